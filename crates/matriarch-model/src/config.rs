@@ -1,0 +1,354 @@
+//! The dynamic cluster configuration (the `config` key), shared by every member.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a cluster configuration was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A primary could not give up its role before its lock expires.
+    #[error(
+        "unsafe timing: loop_wait ({loop_wait:?}) + 2 × retry_timeout ({retry_timeout:?}) = {needed:?} \
+         exceeds ttl ({ttl:?}); a primary that loses the DCS could still take writes after its lock \
+         expired and another member was promoted. Raise ttl to at least {needed:?} or lower \
+         loop_wait/retry_timeout"
+    )]
+    UnsafeTiming {
+        /// The lock's time to live.
+        ttl: Duration,
+        /// The pause between two loops.
+        loop_wait: Duration,
+        /// How long one DCS or PostgreSQL call may be retried.
+        retry_timeout: Duration,
+        /// `loop_wait + 2 × retry_timeout`.
+        needed: Duration,
+    },
+    /// A duration that must be positive is zero.
+    #[error("{field} must be greater than zero")]
+    ZeroDuration {
+        /// The configuration key.
+        field: &'static str,
+    },
+    /// `synchronous_node_count` is zero.
+    #[error("synchronous_node_count must be at least 1")]
+    ZeroSynchronousNodeCount,
+}
+
+/// How commits wait for replicas (`synchronous_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SynchronousMode {
+    /// Asynchronous replication: a failover may lose what the replicas had
+    /// not yet received (bounded by `maximum_lag_on_failover`).
+    #[default]
+    Off,
+    /// `synchronous_standby_names = FIRST n (...)`.
+    On,
+    /// `synchronous_standby_names = ANY n (...)`.
+    Quorum,
+}
+
+impl Serialize for SynchronousMode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Patroni writes booleans for off/on and the string "quorum".
+        match self {
+            SynchronousMode::Off => serializer.serialize_bool(false),
+            SynchronousMode::On => serializer.serialize_bool(true),
+            SynchronousMode::Quorum => serializer.serialize_str("quorum"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SynchronousMode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(false) => Ok(SynchronousMode::Off),
+            Raw::Bool(true) => Ok(SynchronousMode::On),
+            Raw::Text(text) => match text.to_ascii_lowercase().as_str() {
+                "off" | "false" => Ok(SynchronousMode::Off),
+                "on" | "true" => Ok(SynchronousMode::On),
+                "quorum" => Ok(SynchronousMode::Quorum),
+                _ => Err(serde::de::Error::custom(format!(
+                    "synchronous_mode must be true, false, \"on\", \"off\" or \"quorum\", not {text:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// A PostgreSQL parameter value as written in YAML or JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParameterValue {
+    /// `on`/`off` style settings.
+    Bool(bool),
+    /// Integer settings (units are PostgreSQL's default for the parameter).
+    Integer(i64),
+    /// Real-valued settings.
+    Real(f64),
+    /// Anything else, passed through as text (`'64MB'`, `'replica'`).
+    Text(String),
+}
+
+impl fmt::Display for ParameterValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParameterValue::Bool(true) => f.write_str("on"),
+            ParameterValue::Bool(false) => f.write_str("off"),
+            ParameterValue::Integer(value) => write!(f, "{value}"),
+            ParameterValue::Real(value) => write!(f, "{value}"),
+            ParameterValue::Text(value) => f.write_str(value),
+        }
+    }
+}
+
+/// The `postgresql` section of the dynamic configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PostgresqlConfig {
+    /// Parameters applied on every member (`postgresql.conf` settings).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParameterValue>,
+    /// Whether a diverged former primary may be repaired with pg_rewind
+    /// instead of a new base backup.
+    #[serde(default = "default_true")]
+    pub use_pg_rewind: bool,
+    /// Whether each replica gets a physical replication slot on the primary.
+    #[serde(default = "default_true")]
+    pub use_slots: bool,
+}
+
+impl Default for PostgresqlConfig {
+    fn default() -> Self {
+        PostgresqlConfig {
+            parameters: BTreeMap::new(),
+            use_pg_rewind: true,
+            use_slots: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Durations are whole or fractional seconds in JSON, as Patroni's integers are.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        if value.subsec_nanos() == 0 {
+            serializer.serialize_u64(value.as_secs())
+        } else {
+            serializer.serialize_f64(value.as_secs_f64())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let seconds = f64::deserialize(deserializer)?;
+        Duration::try_from_secs_f64(seconds).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected a non-negative number of seconds, got {seconds}"
+            ))
+        })
+    }
+}
+
+/// The dynamic configuration every member reads from the `config` key.
+///
+/// Field names and JSON follow Patroni's so that `patronictl edit-config`
+/// habits carry over. matriarch's defaults are tighter than Patroni's
+/// (ttl 30 s, loop_wait 10 s) because failover time is bounded by ttl.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// How long the leader lock lives without renewal.
+    #[serde(default = "defaults::ttl", with = "seconds")]
+    pub ttl: Duration,
+    /// The pause between two HA loops.
+    #[serde(default = "defaults::loop_wait", with = "seconds")]
+    pub loop_wait: Duration,
+    /// How long a DCS or PostgreSQL call is retried before it counts as failed.
+    #[serde(default = "defaults::retry_timeout", with = "seconds")]
+    pub retry_timeout: Duration,
+    /// A replica more than this many bytes behind may not be promoted automatically.
+    #[serde(default = "defaults::maximum_lag_on_failover")]
+    pub maximum_lag_on_failover: u64,
+    /// Synchronous replication mode.
+    #[serde(default)]
+    pub synchronous_mode: SynchronousMode,
+    /// Block writes rather than fall back to asynchronous when no synchronous
+    /// standby is available.
+    #[serde(default)]
+    pub synchronous_mode_strict: bool,
+    /// How many synchronous standbys the primary waits for.
+    #[serde(default = "defaults::synchronous_node_count")]
+    pub synchronous_node_count: u32,
+    /// Keep a primary running through a DCS outage while every member confirms it.
+    #[serde(default)]
+    pub failsafe_mode: bool,
+    /// Maintenance mode: agents observe and publish but change nothing.
+    #[serde(default)]
+    pub pause: bool,
+    /// PostgreSQL settings shared by all members.
+    #[serde(default)]
+    pub postgresql: PostgresqlConfig,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn ttl() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn loop_wait() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn retry_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn maximum_lag_on_failover() -> u64 {
+        1024 * 1024
+    }
+    pub fn synchronous_node_count() -> u32 {
+        1
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            ttl: defaults::ttl(),
+            loop_wait: defaults::loop_wait(),
+            retry_timeout: defaults::retry_timeout(),
+            maximum_lag_on_failover: defaults::maximum_lag_on_failover(),
+            synchronous_mode: SynchronousMode::Off,
+            synchronous_mode_strict: false,
+            synchronous_node_count: defaults::synchronous_node_count(),
+            failsafe_mode: false,
+            pause: false,
+            postgresql: PostgresqlConfig::default(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the rules that keep a primary safe; a config that breaks one is
+    /// rejected as it is, never adjusted.
+    ///
+    /// The timing rule: a primary that stops reaching the DCS notices within
+    /// one `loop_wait` and then spends at most `retry_timeout` on the failing
+    /// renewal and `retry_timeout` on demoting, so
+    /// `loop_wait + 2 × retry_timeout ≤ ttl` lets it stop taking writes before
+    /// its lock can expire and another member can be promoted.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("ttl", self.ttl),
+            ("loop_wait", self.loop_wait),
+            ("retry_timeout", self.retry_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { field });
+            }
+        }
+        let needed = self.loop_wait + self.retry_timeout * 2;
+        if needed > self.ttl {
+            return Err(ConfigError::UnsafeTiming {
+                ttl: self.ttl,
+                loop_wait: self.loop_wait,
+                retry_timeout: self.retry_timeout,
+                needed,
+            });
+        }
+        if self.synchronous_node_count == 0 {
+            return Err(ConfigError::ZeroSynchronousNodeCount);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe() {
+        ClusterConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn timing_that_lets_a_lock_expire_before_demotion_is_rejected_unchanged() {
+        let config = ClusterConfig {
+            ttl: Duration::from_secs(10),
+            loop_wait: Duration::from_secs(4),
+            retry_timeout: Duration::from_secs(4),
+            ..ClusterConfig::default()
+        };
+        let before = config.clone();
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::UnsafeTiming {
+                ttl: Duration::from_secs(10),
+                loop_wait: Duration::from_secs(4),
+                retry_timeout: Duration::from_secs(4),
+                needed: Duration::from_secs(12),
+            }
+        );
+        assert!(err.to_string().contains("exceeds ttl"), "{err}");
+        assert_eq!(config, before);
+    }
+
+    #[test]
+    fn the_boundary_is_allowed() {
+        let config = ClusterConfig {
+            ttl: Duration::from_secs(30),
+            loop_wait: Duration::from_secs(10),
+            retry_timeout: Duration::from_secs(10),
+            ..ClusterConfig::default()
+        };
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_values_are_rejected() {
+        let config = ClusterConfig { loop_wait: Duration::ZERO, ..ClusterConfig::default() };
+        assert_eq!(config.validate(), Err(ConfigError::ZeroDuration { field: "loop_wait" }));
+        let config = ClusterConfig { synchronous_node_count: 0, ..ClusterConfig::default() };
+        assert_eq!(config.validate(), Err(ConfigError::ZeroSynchronousNodeCount));
+    }
+
+    #[test]
+    fn synchronous_mode_reads_patroni_forms() {
+        for (json, mode) in [
+            ("false", SynchronousMode::Off),
+            ("true", SynchronousMode::On),
+            ("\"on\"", SynchronousMode::On),
+            ("\"quorum\"", SynchronousMode::Quorum),
+        ] {
+            assert_eq!(serde_json::from_str::<SynchronousMode>(json).unwrap(), mode);
+        }
+        let err = serde_json::from_str::<SynchronousMode>("\"sometimes\"").unwrap_err();
+        assert!(err.to_string().contains("synchronous_mode must be"), "{err}");
+        assert!(serde_json::from_str::<SynchronousMode>("1").is_err());
+    }
+
+    #[test]
+    fn parameter_values_render_for_postgresql_conf() {
+        let params: BTreeMap<String, ParameterValue> = serde_json::from_str(
+            r#"{"hot_standby": true, "max_connections": 100, "wal_level": "replica", "x": 0.5}"#,
+        )
+        .unwrap();
+        let rendered: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(rendered, ["hot_standby=on", "max_connections=100", "wal_level=replica", "x=0.5"]);
+    }
+}
