@@ -1,0 +1,521 @@
+//! The contract every [`Dcs`] backend must keep, as a test suite that any
+//! backend plugs into (like object_store's shared tests).
+//!
+//! A backend implements [`Harness`] (how to make clients of one fresh scope,
+//! how to let time pass, how to write raw bytes as a third party) and
+//! generates one test per check with [`crate::dcs_conformance_tests!`]:
+//!
+//! ```ignore
+//! async fn harness() -> MyHarness { MyHarness::start().await }
+//! matriarch_dcs::dcs_conformance_tests!(harness());
+//! ```
+//!
+//! The checks panic with a message on a broken contract, as tests do.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use matriarch_model::{
+    ClusterConfig, DcsKey, FailoverRequest, Failsafe, HistoryEntry, Initialize, LeaderStatus, Lsn,
+    Member, MemberName, MemberState, Record, Role, SyncState, SystemId, Timeline, TimelineHistory,
+};
+
+use crate::{Dcs, DcsError, Expected, WatchOutcome};
+
+/// What the suite needs from a backend under test.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// The client type under test.
+    type Client: Dcs + 'static;
+
+    /// A new client of this harness' scope, as another member would have
+    /// (its own lease or session). Each harness uses a scope no other test uses.
+    async fn client(&self) -> Self::Client;
+
+    /// Stores raw bytes under a path relative to the scope, as a third party
+    /// writing directly to the DCS would.
+    async fn put_raw(&self, relative_key: &str, value: &[u8]);
+
+    /// Lets `duration` pass as the backend's TTLs see it: a virtual clock may
+    /// jump at once; a real server is waited for.
+    async fn pass_time(&self, duration: Duration);
+
+    /// The TTL the suite uses for locks and members.
+    fn ttl(&self) -> Duration;
+
+    /// How far from `ttl` a backend may expire a key (servers round TTLs to
+    /// their own ticks); the suite checks "not before `ttl - slack`" and
+    /// "gone by `ttl + slack`".
+    fn expiry_slack(&self) -> Duration;
+}
+
+/// How long a watch may take to report a change, at most.
+pub const WATCH_WAKE_BOUND: Duration = Duration::from_secs(2);
+
+fn name(text: &str) -> MemberName {
+    // The names below are literals known to be valid.
+    MemberName::new(text).expect("valid member name")
+}
+
+fn member(text: &str) -> Member {
+    let mut member = Member::new(
+        name(text),
+        format!("postgres://127.0.0.1:5432/postgres?member={text}"),
+        "http://127.0.0.1:8008/patroni",
+    );
+    member.role = Role::Replica;
+    member.state = MemberState::Running;
+    member.timeline = Some(Timeline(2));
+    member.received_lsn = Some(Lsn(0x300_0060));
+    member.replayed_lsn = Some(Lsn(0x300_0000));
+    member.tags.failover_priority = 2;
+    member
+}
+
+/// A fresh scope reads as empty.
+pub async fn empty_scope_reads_as_empty<H: Harness>(harness: &H) {
+    let view = harness.client().await.read_view().await.expect("read_view");
+    assert!(view.leader.is_none() && view.initialize.is_none() && view.config.is_none());
+    assert!(view.members.is_empty(), "{:?}", view.members);
+}
+
+/// Of many members racing to initialize, exactly one wins; it records the
+/// system id; a cancelled race can be run again.
+pub async fn initialize_race_has_exactly_one_winner<H: Harness>(harness: &H) {
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(Arc::new(harness.client().await));
+    }
+    let results = race(&clients, |client| async move { client.try_initialize().await }).await;
+    let winners: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, won)| **won)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "initialize race winners: {winners:?}");
+    let winner = &clients[winners[0]];
+    let loser = &clients[(winners[0] + 1) % clients.len()];
+
+    let view = loser.read_view().await.expect("read_view");
+    assert_eq!(
+        view.initialize.expect("initialize present").expect("decodes").value,
+        Initialize::InProgress
+    );
+    winner.cancel_initialize().await.expect("cancel_initialize");
+    assert!(loser.read_view().await.expect("read_view").initialize.is_none());
+
+    assert!(loser.try_initialize().await.expect("second race"));
+    assert!(!winner.try_initialize().await.expect("late racer"));
+    loser
+        .complete_initialize(SystemId(7_221_239_846_937_620_000))
+        .await
+        .expect("complete_initialize");
+    let view = winner.read_view().await.expect("read_view");
+    assert_eq!(
+        view.initialize.expect("present").expect("decodes").value,
+        Initialize::Done(SystemId(7_221_239_846_937_620_000))
+    );
+    // A finished initialization is neither cancelled nor overwritten.
+    loser.cancel_initialize().await.expect("cancel is a no-op");
+    let err = loser
+        .complete_initialize(SystemId(1))
+        .await
+        .expect_err("complete twice");
+    assert!(matches!(err, DcsError::Conflict { .. }), "{err}");
+    assert!(winner.read_view().await.expect("read").initialize.is_some());
+}
+
+async fn race<C, F, Fut, T>(clients: &[Arc<C>], call: F) -> Vec<T>
+where
+    C: Dcs + 'static,
+    F: Fn(Arc<C>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, DcsError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let mut tasks = Vec::new();
+    for client in clients {
+        let barrier = Arc::clone(&barrier);
+        let future = call(Arc::clone(client));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            future.await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task").expect("DCS call"));
+    }
+    results
+}
+
+/// Of many members racing for the leader lock, exactly one wins, and the
+/// view names it.
+pub async fn concurrent_acquirers_have_exactly_one_winner<H: Harness>(harness: &H) {
+    let ttl = harness.ttl();
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(Arc::new(harness.client().await));
+    }
+    let names: Vec<MemberName> = (0..clients.len()).map(|i| name(&format!("racer{i}"))).collect();
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let mut tasks = Vec::new();
+    for (client, me) in clients.iter().zip(&names) {
+        let (client, me, barrier) = (Arc::clone(client), me.clone(), Arc::clone(&barrier));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.acquire_leader(&me, ttl).await
+        }));
+    }
+    let mut winners = Vec::new();
+    for (task, me) in tasks.into_iter().zip(&names) {
+        if task.await.expect("task").expect("acquire_leader") {
+            winners.push(me.clone());
+        }
+    }
+    assert_eq!(winners.len(), 1, "lock winners: {winners:?}");
+    let view = clients[0].read_view().await.expect("read_view");
+    assert_eq!(view.leader_name(), Some(&winners[0]));
+}
+
+/// An unrenewed lock lives for its TTL, and not longer.
+pub async fn lock_expires_after_ttl_and_not_before<H: Harness>(harness: &H) {
+    let (ttl, slack) = (harness.ttl(), harness.expiry_slack());
+    let holder = harness.client().await;
+    let other = harness.client().await;
+    let (a, b) = (name("holder"), name("other"));
+    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
+    harness.pass_time(ttl.saturating_sub(slack)).await;
+    assert!(
+        !other.acquire_leader(&b, ttl).await.expect("acquire"),
+        "the lock was free before ttl - slack"
+    );
+    assert_eq!(other.read_view().await.expect("read").leader_name(), Some(&a));
+    harness.pass_time(slack * 2).await;
+    assert!(
+        other.acquire_leader(&b, ttl).await.expect("acquire"),
+        "the lock was still held after ttl + slack"
+    );
+    // The expired holder learns it lost the lock, and to whom.
+    match holder.renew_leader(&a, ttl).await {
+        Err(DcsError::LockNotHeld { member, holder }) => {
+            assert_eq!(member, a);
+            assert_eq!(holder, Some(b));
+        }
+        other => panic!("renewal of an expired lock gave {other:?}"),
+    }
+}
+
+/// Renewals keep the lock for as long as they come in time.
+pub async fn renewal_keeps_the_lock<H: Harness>(harness: &H) {
+    let ttl = harness.ttl();
+    let holder = harness.client().await;
+    let other = harness.client().await;
+    let (a, b) = (name("holder"), name("other"));
+    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
+    for _ in 0..6 {
+        harness.pass_time(ttl / 3).await;
+        holder.renew_leader(&a, ttl).await.expect("renew");
+        assert!(!other.acquire_leader(&b, ttl).await.expect("acquire"));
+    }
+    assert!(holder.acquire_leader(&a, ttl).await.expect("re-acquire by the holder"));
+}
+
+/// Renewal and release by a member that does not hold the lock fail and
+/// change nothing.
+pub async fn renew_and_release_by_a_non_owner_fail<H: Harness>(harness: &H) {
+    let ttl = harness.ttl();
+    let holder = harness.client().await;
+    let other = harness.client().await;
+    let (a, b) = (name("holder"), name("other"));
+    let err = other.renew_leader(&b, ttl).await.expect_err("renew of a free lock");
+    assert!(matches!(&err, DcsError::LockNotHeld { holder: None, .. }), "{err}");
+    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
+    for result in [other.renew_leader(&b, ttl).await, other.release_leader(&b).await] {
+        match result {
+            Err(DcsError::LockNotHeld { member, holder }) => {
+                assert_eq!((member, holder), (b.clone(), Some(a.clone())));
+            }
+            other => panic!("non-owner lock call gave {other:?}"),
+        }
+    }
+    let view = other.read_view().await.expect("read");
+    assert_eq!(view.leader_name(), Some(&a));
+}
+
+/// A released lock is free at once.
+pub async fn release_frees_the_lock_at_once<H: Harness>(harness: &H) {
+    let ttl = harness.ttl();
+    let holder = harness.client().await;
+    let other = harness.client().await;
+    let (a, b) = (name("holder"), name("other"));
+    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
+    holder.release_leader(&a).await.expect("release");
+    assert!(other.acquire_leader(&b, ttl).await.expect("acquire after release"));
+    let err = holder.release_leader(&a).await.expect_err("second release");
+    assert!(matches!(err, DcsError::LockNotHeld { .. }), "{err}");
+}
+
+/// Member records are visible to everyone, refreshed by republishing, gone
+/// after their TTL without it, and removable.
+pub async fn members_are_published_refreshed_and_expire<H: Harness>(harness: &H) {
+    let (ttl, slack) = (harness.ttl(), harness.expiry_slack());
+    let node = harness.client().await;
+    let observer = harness.client().await;
+    let record = member("node1");
+    node.publish_member(&record, ttl).await.expect("publish");
+    let view = observer.read_view().await.expect("read");
+    let stored = view.members.get("node1").expect("member listed").as_ref().expect("decodes");
+    assert_eq!(stored.value, record);
+
+    harness.pass_time(ttl.saturating_sub(slack) / 2).await;
+    let mut updated = record.clone();
+    updated.received_lsn = Some(Lsn(0x400_0000));
+    node.publish_member(&updated, ttl).await.expect("republish");
+    harness.pass_time(ttl.saturating_sub(slack) / 2 + ttl.saturating_sub(slack) / 2).await;
+    let view = observer.read_view().await.expect("read");
+    let stored = view.members.get("node1").expect("refreshed member still listed");
+    assert_eq!(stored.as_ref().expect("decodes").value, updated);
+
+    harness.pass_time(ttl + slack).await;
+    let view = observer.read_view().await.expect("read");
+    assert!(!view.members.contains_key("node1"), "member outlived its ttl");
+
+    node.publish_member(&record, ttl).await.expect("publish");
+    node.remove_member(&record.name).await.expect("remove");
+    assert!(observer.read_view().await.expect("read").members.is_empty());
+}
+
+fn all_records() -> Vec<Record> {
+    vec![
+        Record::Config(ClusterConfig {
+            maximum_lag_on_failover: 4096,
+            ..ClusterConfig::default()
+        }),
+        Record::Failover(FailoverRequest {
+            leader: Some(name("node1")),
+            candidate: Some(name("node2")),
+            scheduled_at: None,
+        }),
+        Record::Sync(SyncState {
+            leader: Some(name("node1")),
+            sync_standbys: BTreeSet::from([name("node2")]),
+            quorum: None,
+        }),
+        Record::History(TimelineHistory(vec![HistoryEntry {
+            timeline: Timeline(1),
+            switch_lsn: Lsn(0x300_0060),
+            reason: "no recovery target specified".to_owned(),
+            timestamp: None,
+            new_leader: Some(name("node2")),
+        }])),
+        Record::Status(LeaderStatus {
+            optime: Lsn(0x300_0060),
+            ..LeaderStatus::default()
+        }),
+        Record::Failsafe(Failsafe(
+            [(name("node1"), "http://127.0.0.1:8008/patroni".to_owned())].into(),
+        )),
+    ]
+}
+
+/// Every record comes back as it was written, at the version the write returned.
+pub async fn every_record_round_trips<H: Harness>(harness: &H) {
+    let client = harness.client().await;
+    for record in all_records() {
+        let version = client.write(&record, Expected::Any).await.expect("write");
+        let view = client.read_view().await.expect("read");
+        let (value, stored_version) = match (&record, &view) {
+            (Record::Config(_), v) => pick(&v.config, Record::Config),
+            (Record::Failover(_), v) => pick(&v.failover, Record::Failover),
+            (Record::Sync(_), v) => pick(&v.sync, Record::Sync),
+            (Record::History(_), v) => pick(&v.history, Record::History),
+            (Record::Status(_), v) => pick(&v.status, Record::Status),
+            (Record::Failsafe(_), v) => pick(&v.failsafe, Record::Failsafe),
+        };
+        assert_eq!(value, record);
+        assert_eq!(stored_version, version, "version of {}", record.key());
+    }
+}
+
+fn pick<T: Clone>(
+    entry: &Option<matriarch_model::Entry<T>>,
+    wrap: fn(T) -> Record,
+) -> (Record, matriarch_model::Version) {
+    let versioned = entry
+        .as_ref()
+        .expect("record present")
+        .as_ref()
+        .expect("record decodes");
+    (wrap(versioned.value.clone()), versioned.version)
+}
+
+/// A compare-and-swap on a stale or wrong version fails as a conflict and
+/// writes nothing.
+pub async fn compare_and_swap_conflicts_are_reported<H: Harness>(harness: &H) {
+    let client = harness.client().await;
+    let other = harness.client().await;
+    let first = Record::Failover(FailoverRequest {
+        leader: None,
+        candidate: Some(name("node2")),
+        scheduled_at: None,
+    });
+    let second = Record::Failover(FailoverRequest {
+        leader: None,
+        candidate: Some(name("node3")),
+        scheduled_at: None,
+    });
+    let v1 = client.write(&first, Expected::Absent).await.expect("create");
+    let err = other.write(&second, Expected::Absent).await.expect_err("create twice");
+    assert!(
+        matches!(&err, DcsError::Conflict { key, expected: Expected::Absent, found: Some(v) } if key == "failover" && *v == v1),
+        "{err}"
+    );
+    let v2 = other.write(&second, Expected::Version(v1)).await.expect("swap");
+    assert_ne!(v1, v2);
+    let err = client.write(&first, Expected::Version(v1)).await.expect_err("stale swap");
+    assert!(matches!(err, DcsError::Conflict { .. }), "{err}");
+    let view = client.read_view().await.expect("read");
+    assert_eq!(pick(&view.failover, Record::Failover).0, second);
+
+    let err = client
+        .delete(&DcsKey::Failover, Expected::Version(v1))
+        .await
+        .expect_err("stale delete");
+    assert!(matches!(err, DcsError::Conflict { .. }), "{err}");
+    client.delete(&DcsKey::Failover, Expected::Version(v2)).await.expect("delete");
+    assert!(client.read_view().await.expect("read").failover.is_none());
+    let err = client
+        .delete(&DcsKey::Failover, Expected::Version(v2))
+        .await
+        .expect_err("delete of an absent key at a version");
+    assert!(matches!(err, DcsError::Conflict { found: None, .. }), "{err}");
+    let err = client
+        .delete(&DcsKey::Leader, Expected::Any)
+        .await
+        .expect_err("the leader key is not a record");
+    assert!(matches!(err, DcsError::InvalidRequest(_)), "{err}");
+}
+
+/// A watch wakes soon after a change by another client.
+pub async fn watch_wakes_on_a_change<H: Harness>(harness: &H) {
+    let watcher = harness.client().await;
+    let writer = harness.client().await;
+    let revision = watcher.read_view().await.expect("read").revision;
+    let started = Instant::now();
+    let write = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let record = Record::Status(LeaderStatus::default());
+        writer.write(&record, Expected::Any).await.expect("write");
+    });
+    let outcome = watcher.watch(revision, Duration::from_secs(30)).await.expect("watch");
+    let waited = started.elapsed();
+    write.await.expect("writer");
+    assert_eq!(outcome, WatchOutcome::Changed);
+    assert!(waited < WATCH_WAKE_BOUND, "watch woke after {waited:?}");
+    let view = watcher.read_view().await.expect("read");
+    assert!(view.revision > revision && view.status.is_some());
+}
+
+/// A watch with nothing to report returns when its timeout passes.
+pub async fn watch_returns_on_timeout<H: Harness>(harness: &H) {
+    let watcher = harness.client().await;
+    let revision = watcher.read_view().await.expect("read").revision;
+    let started = Instant::now();
+    let outcome = watcher
+        .watch(revision, Duration::from_millis(300))
+        .await
+        .expect("watch");
+    assert_eq!(outcome, WatchOutcome::TimedOut);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+/// A lock that expires wakes watchers, so replicas notice a dead leader
+/// without waiting for their next loop.
+pub async fn watch_wakes_when_the_lock_expires<H: Harness>(harness: &H) {
+    let (ttl, slack) = (harness.ttl(), harness.expiry_slack());
+    let holder = harness.client().await;
+    let watcher = harness.client().await;
+    assert!(holder.acquire_leader(&name("holder"), ttl).await.expect("acquire"));
+    let revision = watcher.read_view().await.expect("read").revision;
+    let watch = tokio::spawn(async move {
+        let outcome = watcher.watch(revision, Duration::from_secs(60)).await;
+        (watcher, outcome)
+    });
+    harness.pass_time(ttl + slack).await;
+    let (watcher, outcome) = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("watch woke")
+        .expect("task");
+    assert_eq!(outcome.expect("watch"), WatchOutcome::Changed);
+    assert!(watcher.read_view().await.expect("read").leader.is_none());
+}
+
+/// A malformed value written by a third party is an error for its key only;
+/// an unreadable leader key is never taken for a free lock.
+pub async fn malformed_values_are_errors_for_their_key_only<H: Harness>(harness: &H) {
+    let client = harness.client().await;
+    client
+        .publish_member(&member("good"), harness.ttl())
+        .await
+        .expect("publish");
+    harness.put_raw("members/broken", b"{not json").await;
+    harness.put_raw("config", br#"{"ttl": "thirty"}"#).await;
+    harness.put_raw("leader", b"not a valid/name").await;
+    let view = client.read_view().await.expect("a read with malformed keys still succeeds");
+    assert!(view.members["good"].is_ok());
+    let broken = view.members["broken"].as_ref().expect_err("malformed member");
+    assert_eq!(broken.key, "members/broken");
+    assert!(view.config.as_ref().expect("config present").is_err());
+    assert!(view.leader.as_ref().expect("leader present").is_err());
+    assert_eq!(view.errors().len(), 3, "{:?}", view.errors());
+    assert!(
+        !client
+            .acquire_leader(&name("good"), harness.ttl())
+            .await
+            .expect("acquire"),
+        "an unreadable leader key was taken as a free lock"
+    );
+}
+
+/// Generates one `#[tokio::test]` per conformance check, in a module named
+/// `dcs_conformance`, for the harness that `$harness` (an expression
+/// evaluating to a future of a [`Harness`]) makes afresh for each test.
+/// The calling crate needs `tokio` as a dev-dependency.
+#[macro_export]
+macro_rules! dcs_conformance_tests {
+    ($harness:expr) => {
+        mod dcs_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::dcs_conformance_tests!(@each $harness;
+                empty_scope_reads_as_empty,
+                initialize_race_has_exactly_one_winner,
+                concurrent_acquirers_have_exactly_one_winner,
+                lock_expires_after_ttl_and_not_before,
+                renewal_keeps_the_lock,
+                renew_and_release_by_a_non_owner_fail,
+                release_frees_the_lock_at_once,
+                members_are_published_refreshed_and_expire,
+                every_record_round_trips,
+                compare_and_swap_conflicts_are_reported,
+                watch_wakes_on_a_change,
+                watch_returns_on_timeout,
+                watch_wakes_when_the_lock_expires,
+                malformed_values_are_errors_for_their_key_only
+            );
+        }
+    };
+    (@each $harness:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let harness = $harness.await;
+                $crate::conformance::$check(&harness).await;
+            }
+        )+
+    };
+}

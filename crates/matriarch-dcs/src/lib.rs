@@ -1,0 +1,111 @@
+//! The distributed configuration store (DCS) behind matriarch: the [`Dcs`]
+//! trait that every backend implements, [`MemoryDcs`] (a complete in-process
+//! backend with a clock that tests drive), and, behind the `testing` feature,
+//! the [`conformance`] suite that every backend must pass.
+//!
+//! Every backend stores the same bytes in the same layout (Patroni's, see
+//! `docs/dcs-layout.md`): values are made and read by `matriarch-model`.
+
+mod clock;
+#[cfg(feature = "testing")]
+pub mod conformance;
+mod error;
+mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use matriarch_model::{ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Version};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{DcsError, Expected};
+pub use memory::MemoryDcs;
+
+/// What [`Dcs::watch`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchOutcome {
+    /// Something under the scope changed after the given revision (a backend
+    /// may also wake spuriously; callers re-read the view either way).
+    Changed,
+    /// Nothing changed before the timeout.
+    TimedOut,
+}
+
+/// A client of the DCS for one cluster scope, as one member uses it.
+///
+/// Every call is bounded in time: a backend that cannot reach its servers
+/// returns [`DcsError::Unreachable`] or [`DcsError::Timeout`] (never hangs,
+/// and never reports that as a lost lock), so the engine can apply its
+/// demotion deadline. Compare-and-swap failures are [`DcsError::Conflict`];
+/// lock operations by a non-owner are [`DcsError::LockNotHeld`].
+///
+/// TTL-bound state (the leader lock and this member's record) belongs to the
+/// client: one etcd lease or one ZooKeeper session per client. Two members
+/// must use two clients.
+#[async_trait]
+pub trait Dcs: Send + Sync {
+    /// The namespace and scope this client works under.
+    fn layout(&self) -> &KeyLayout;
+
+    /// Reads every key under the scope in one consistent call. A malformed
+    /// value is an error in its own slot of the view, not a failed read.
+    async fn read_view(&self) -> Result<ClusterView, DcsError>;
+
+    /// Races to bootstrap the cluster: creates `initialize` (empty, meaning
+    /// "in progress") if it is absent. `Ok(true)` for the one winner.
+    async fn try_initialize(&self) -> Result<bool, DcsError>;
+
+    /// Records the new cluster's system identifier in `initialize`; only the
+    /// race winner calls it, and only while the key is still "in progress"
+    /// (otherwise [`DcsError::Conflict`]).
+    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError>;
+
+    /// Gives up a won race after a failed bootstrap: deletes `initialize` if it
+    /// is still "in progress", so another member can try.
+    async fn cancel_initialize(&self) -> Result<(), DcsError>;
+
+    /// Takes the leader lock for `me` if it is free, bound to `ttl`.
+    /// `Ok(true)` if `me` holds it afterwards (also when it already did),
+    /// `Ok(false)` if another member holds it or the leader key is unreadable.
+    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError>;
+
+    /// Extends the lock by `ttl` from now, only while it is still held by
+    /// `me`; otherwise [`DcsError::LockNotHeld`] with the current holder.
+    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError>;
+
+    /// Deletes the lock only if `me` holds it (so a planned stop hands over at
+    /// once); otherwise [`DcsError::LockNotHeld`].
+    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError>;
+
+    /// Writes this member's record, bound to `ttl` (it disappears if the
+    /// member stops refreshing it).
+    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError>;
+
+    /// Deletes this member's record (on a clean shutdown).
+    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError>;
+
+    /// Writes a record if its key's version is as `expected`; returns the new
+    /// version. A mismatch is [`DcsError::Conflict`] and writes nothing.
+    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError>;
+
+    /// Deletes a record's key if its version is as `expected`. Only keys that
+    /// hold a [`Record`] may be deleted this way.
+    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError>;
+
+    /// Waits until something under the scope changed after `after_revision`
+    /// (a [`ClusterView::revision`]) or `timeout` passed.
+    async fn watch(&self, after_revision: u64, timeout: Duration) -> Result<WatchOutcome, DcsError>;
+}
+
+/// The keys [`Dcs::write`] and [`Dcs::delete`] accept.
+pub fn is_record_key(key: &DcsKey) -> bool {
+    matches!(
+        key,
+        DcsKey::Config
+            | DcsKey::Failover
+            | DcsKey::Sync
+            | DcsKey::History
+            | DcsKey::Status
+            | DcsKey::Failsafe
+    )
+}

@@ -1,0 +1,393 @@
+//! A complete DCS in process memory, for tests, simulations and examples.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use matriarch_model::{
+    decode_initialize, decode_leader, encode_initialize, encode_leader, encode_member,
+    ClusterView, DcsKey, Initialize, KeyLayout, LeaderLock, Member, MemberName, RawEntry, Record,
+    SystemId, Version,
+};
+use tokio::sync::Notify;
+
+use crate::{is_record_key, Clock, DcsError, Expected, SystemClock, WatchOutcome};
+
+const BACKEND: &str = "memory";
+
+/// How often a watcher re-checks for TTL expiry, which has no writer to wake it.
+const EXPIRY_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug)]
+struct Stored {
+    value: Vec<u8>,
+    version: Version,
+    /// When the key disappears, on the store's clock.
+    expires_at: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    revision: u64,
+    /// By full path.
+    entries: BTreeMap<String, Stored>,
+}
+
+impl Store {
+    fn bump(&mut self) -> Version {
+        self.revision += 1;
+        Version(self.revision)
+    }
+
+    fn put(&mut self, path: String, value: Vec<u8>, expires_at: Option<Duration>) -> Version {
+        let version = self.bump();
+        self.entries.insert(
+            path,
+            Stored {
+                value,
+                version,
+                expires_at,
+            },
+        );
+        version
+    }
+
+    fn remove(&mut self, path: &str) {
+        if self.entries.remove(path).is_some() {
+            self.bump();
+        }
+    }
+
+    /// Drops every key whose TTL ran out; each removal is a change watchers see.
+    fn expire(&mut self, now: Duration) {
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, stored)| stored.expires_at.is_some_and(|at| at <= now))
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in expired {
+            self.remove(&path);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Store>,
+    changed: Notify,
+    clock: Arc<dyn Clock>,
+}
+
+/// An in-memory [`crate::Dcs`]: every contract of the trait, with TTLs on a
+/// [`Clock`] that tests can drive ([`crate::ManualClock`]).
+///
+/// [`MemoryDcs::connect`] makes another client of the same store, as another
+/// member would have; each client can be cut off on its own with
+/// [`MemoryDcs::set_reachable`] to simulate a partition.
+#[derive(Debug, Clone)]
+pub struct MemoryDcs {
+    shared: Arc<Shared>,
+    layout: KeyLayout,
+    reachable: Arc<AtomicBool>,
+}
+
+impl MemoryDcs {
+    /// A new, empty store on the system clock, with a first client for `layout`.
+    pub fn new(layout: KeyLayout) -> Self {
+        MemoryDcs::with_clock(layout, Arc::new(SystemClock::new()))
+    }
+
+    /// A new, empty store whose TTLs run on `clock`.
+    pub fn with_clock(layout: KeyLayout, clock: Arc<dyn Clock>) -> Self {
+        MemoryDcs {
+            shared: Arc::new(Shared {
+                store: Mutex::new(Store::default()),
+                changed: Notify::new(),
+                clock,
+            }),
+            layout,
+            reachable: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Another client of the same store (same scope), reachable on its own.
+    pub fn connect(&self) -> Self {
+        MemoryDcs {
+            shared: Arc::clone(&self.shared),
+            layout: self.layout.clone(),
+            reachable: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Cuts this client off from the store (every call fails with
+    /// [`DcsError::Unreachable`]) or reconnects it.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::SeqCst);
+    }
+
+    /// Stores raw bytes under a path relative to the scope, bypassing every
+    /// check, as a third party writing to the DCS would.
+    pub fn put_raw(&self, relative_key: &str, value: &[u8]) {
+        let path = format!("{}{relative_key}", self.layout.prefix());
+        let mut store = self.lock_store();
+        store.put(path, value.to_vec(), None);
+        drop(store);
+        self.shared.changed.notify_waiters();
+    }
+
+    fn lock_store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the map half-updated in
+        // a way that matters more than losing the whole store would.
+        self.shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store, after a reachability check and TTL expiry.
+    fn store(&self) -> Result<MutexGuard<'_, Store>, DcsError> {
+        if !self.reachable.load(Ordering::SeqCst) {
+            return Err(DcsError::Unreachable {
+                backend: BACKEND,
+                message: "this client is cut off from the store".to_owned(),
+            });
+        }
+        let now = self.shared.clock.now();
+        let mut store = self.lock_store();
+        let before = store.revision;
+        store.expire(now);
+        if store.revision != before {
+            self.shared.changed.notify_waiters();
+        }
+        Ok(store)
+    }
+
+    fn path(&self, key: &DcsKey) -> String {
+        self.layout.path(key)
+    }
+
+    fn expiry(&self, ttl: Duration) -> Option<Duration> {
+        Some(self.shared.clock.now() + ttl)
+    }
+
+    fn holder(&self, store: &Store) -> Option<Result<LeaderLock, ()>> {
+        store
+            .entries
+            .get(&self.path(&DcsKey::Leader))
+            .map(|stored| decode_leader(&stored.value).map_err(|_| ()))
+    }
+
+    fn changed(&self) {
+        self.shared.changed.notify_waiters();
+    }
+}
+
+fn check(key: &DcsKey, stored: Option<&Stored>, expected: Expected) -> Result<(), DcsError> {
+    let found = stored.map(|s| s.version);
+    let ok = match expected {
+        Expected::Any => true,
+        Expected::Absent => found.is_none(),
+        Expected::Version(version) => found == Some(version),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DcsError::Conflict {
+            key: key.relative_path(),
+            expected,
+            found,
+        })
+    }
+}
+
+#[async_trait]
+impl crate::Dcs for MemoryDcs {
+    fn layout(&self) -> &KeyLayout {
+        &self.layout
+    }
+
+    async fn read_view(&self) -> Result<ClusterView, DcsError> {
+        let store = self.store()?;
+        let prefix = self.layout.prefix();
+        let entries: Vec<RawEntry> = store
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(path, _)| path.starts_with(&prefix))
+            .map(|(path, stored)| RawEntry {
+                key: path[prefix.len()..].to_owned(),
+                value: stored.value.clone(),
+                version: stored.version,
+            })
+            .collect();
+        Ok(ClusterView::decode(store.revision, entries))
+    }
+
+    async fn try_initialize(&self) -> Result<bool, DcsError> {
+        let mut store = self.store()?;
+        let path = self.path(&DcsKey::Initialize);
+        if store.entries.contains_key(&path) {
+            return Ok(false);
+        }
+        store.put(path, encode_initialize(&Initialize::InProgress), None);
+        drop(store);
+        self.changed();
+        Ok(true)
+    }
+
+    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
+        let mut store = self.store()?;
+        let path = self.path(&DcsKey::Initialize);
+        let stored = store.entries.get(&path);
+        let in_progress = stored
+            .map(|s| decode_initialize(&s.value) == Ok(Initialize::InProgress))
+            .unwrap_or(false);
+        if !in_progress {
+            return Err(DcsError::Conflict {
+                key: DcsKey::Initialize.relative_path(),
+                expected: Expected::Any,
+                found: stored.map(|s| s.version),
+            });
+        }
+        store.put(path, encode_initialize(&Initialize::Done(system_id)), None);
+        drop(store);
+        self.changed();
+        Ok(())
+    }
+
+    async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        let mut store = self.store()?;
+        let path = self.path(&DcsKey::Initialize);
+        let in_progress = store
+            .entries
+            .get(&path)
+            .map(|s| decode_initialize(&s.value) == Ok(Initialize::InProgress));
+        if in_progress == Some(true) {
+            store.remove(&path);
+            drop(store);
+            self.changed();
+        }
+        Ok(())
+    }
+
+    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
+        let mut store = self.store()?;
+        match self.holder(&store) {
+            Some(Ok(lock)) => return Ok(&lock.holder == me),
+            // Unreadable is never free.
+            Some(Err(())) => return Ok(false),
+            None => {}
+        }
+        let value = encode_leader(&LeaderLock { holder: me.clone() });
+        let expiry = self.expiry(ttl);
+        store.put(self.path(&DcsKey::Leader), value, expiry);
+        drop(store);
+        self.changed();
+        Ok(true)
+    }
+
+    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
+        let mut store = self.store()?;
+        let path = self.path(&DcsKey::Leader);
+        match self.holder(&store) {
+            Some(Ok(lock)) if &lock.holder == me => {
+                let expiry = self.expiry(ttl);
+                if let Some(stored) = store.entries.get_mut(&path) {
+                    // Renewal extends the lease; the value and version stay.
+                    stored.expires_at = expiry;
+                }
+                Ok(())
+            }
+            other => Err(DcsError::LockNotHeld {
+                member: me.clone(),
+                holder: other.and_then(Result::ok).map(|lock| lock.holder),
+            }),
+        }
+    }
+
+    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
+        let mut store = self.store()?;
+        match self.holder(&store) {
+            Some(Ok(lock)) if &lock.holder == me => {
+                store.remove(&self.path(&DcsKey::Leader));
+                drop(store);
+                self.changed();
+                Ok(())
+            }
+            other => Err(DcsError::LockNotHeld {
+                member: me.clone(),
+                holder: other.and_then(Result::ok).map(|lock| lock.holder),
+            }),
+        }
+    }
+
+    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
+        let mut store = self.store()?;
+        let expiry = self.expiry(ttl);
+        store.put(
+            self.path(&DcsKey::Member(member.name.clone())),
+            encode_member(member),
+            expiry,
+        );
+        drop(store);
+        self.changed();
+        Ok(())
+    }
+
+    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
+        let mut store = self.store()?;
+        store.remove(&self.path(&DcsKey::Member(name.clone())));
+        drop(store);
+        self.changed();
+        Ok(())
+    }
+
+    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
+        let key = record.key();
+        let path = self.path(&key);
+        let mut store = self.store()?;
+        check(&key, store.entries.get(&path), expected)?;
+        let version = store.put(path, record.encode(), None);
+        drop(store);
+        self.changed();
+        Ok(version)
+    }
+
+    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
+        if !is_record_key(key) {
+            return Err(DcsError::InvalidRequest(format!(
+                "`{key}` is not deleted through `delete`"
+            )));
+        }
+        let path = self.path(key);
+        let mut store = self.store()?;
+        check(key, store.entries.get(&path), expected)?;
+        store.remove(&path);
+        drop(store);
+        self.changed();
+        Ok(())
+    }
+
+    async fn watch(&self, after_revision: u64, timeout: Duration) -> Result<WatchOutcome, DcsError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a change between the check and the
+            // wait is not missed.
+            notified.as_mut().enable();
+            if self.store()?.revision > after_revision {
+                return Ok(WatchOutcome::Changed);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(WatchOutcome::TimedOut);
+            }
+            // Expiry has no writer to notify us: poll for it.
+            let wait = (deadline - now).min(EXPIRY_POLL);
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+}
