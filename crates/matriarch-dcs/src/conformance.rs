@@ -88,7 +88,11 @@ pub async fn initialize_race_has_exactly_one_winner<H: Harness>(harness: &H) {
     for _ in 0..5 {
         clients.push(Arc::new(harness.client().await));
     }
-    let results = race(&clients, |client| async move { client.try_initialize().await }).await;
+    let results = race(
+        &clients,
+        |client| async move { client.try_initialize().await },
+    )
+    .await;
     let winners: Vec<usize> = results
         .iter()
         .enumerate()
@@ -101,11 +105,19 @@ pub async fn initialize_race_has_exactly_one_winner<H: Harness>(harness: &H) {
 
     let view = loser.read_view().await.expect("read_view");
     assert_eq!(
-        view.initialize.expect("initialize present").expect("decodes").value,
+        view.initialize
+            .expect("initialize present")
+            .expect("decodes")
+            .value,
         Initialize::InProgress
     );
     winner.cancel_initialize().await.expect("cancel_initialize");
-    assert!(loser.read_view().await.expect("read_view").initialize.is_none());
+    assert!(loser
+        .read_view()
+        .await
+        .expect("read_view")
+        .initialize
+        .is_none());
 
     assert!(loser.try_initialize().await.expect("second race"));
     assert!(!winner.try_initialize().await.expect("late racer"));
@@ -160,7 +172,9 @@ pub async fn concurrent_acquirers_have_exactly_one_winner<H: Harness>(harness: &
     for _ in 0..5 {
         clients.push(Arc::new(harness.client().await));
     }
-    let names: Vec<MemberName> = (0..clients.len()).map(|i| name(&format!("racer{i}"))).collect();
+    let names: Vec<MemberName> = (0..clients.len())
+        .map(|i| name(&format!("racer{i}")))
+        .collect();
     let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
     let mut tasks = Vec::new();
     for (client, me) in clients.iter().zip(&names) {
@@ -193,7 +207,10 @@ pub async fn lock_expires_after_ttl_and_not_before<H: Harness>(harness: &H) {
         !other.acquire_leader(&b, ttl).await.expect("acquire"),
         "the lock was free before ttl - slack"
     );
-    assert_eq!(other.read_view().await.expect("read").leader_name(), Some(&a));
+    assert_eq!(
+        other.read_view().await.expect("read").leader_name(),
+        Some(&a)
+    );
     harness.pass_time(slack * 2).await;
     assert!(
         other.acquire_leader(&b, ttl).await.expect("acquire"),
@@ -221,7 +238,10 @@ pub async fn renewal_keeps_the_lock<H: Harness>(harness: &H) {
         holder.renew_leader(&a, ttl).await.expect("renew");
         assert!(!other.acquire_leader(&b, ttl).await.expect("acquire"));
     }
-    assert!(holder.acquire_leader(&a, ttl).await.expect("re-acquire by the holder"));
+    assert!(holder
+        .acquire_leader(&a, ttl)
+        .await
+        .expect("re-acquire by the holder"));
 }
 
 /// Renewal and release by a member that does not hold the lock fail and
@@ -231,10 +251,19 @@ pub async fn renew_and_release_by_a_non_owner_fail<H: Harness>(harness: &H) {
     let holder = harness.client().await;
     let other = harness.client().await;
     let (a, b) = (name("holder"), name("other"));
-    let err = other.renew_leader(&b, ttl).await.expect_err("renew of a free lock");
-    assert!(matches!(&err, DcsError::LockNotHeld { holder: None, .. }), "{err}");
+    let err = other
+        .renew_leader(&b, ttl)
+        .await
+        .expect_err("renew of a free lock");
+    assert!(
+        matches!(&err, DcsError::LockNotHeld { holder: None, .. }),
+        "{err}"
+    );
     assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    for result in [other.renew_leader(&b, ttl).await, other.release_leader(&b).await] {
+    for result in [
+        other.renew_leader(&b, ttl).await,
+        other.release_leader(&b).await,
+    ] {
         match result {
             Err(DcsError::LockNotHeld { member, holder }) => {
                 assert_eq!((member, holder), (b.clone(), Some(a.clone())));
@@ -254,7 +283,10 @@ pub async fn release_frees_the_lock_at_once<H: Harness>(harness: &H) {
     let (a, b) = (name("holder"), name("other"));
     assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
     holder.release_leader(&a).await.expect("release");
-    assert!(other.acquire_leader(&b, ttl).await.expect("acquire after release"));
+    assert!(other
+        .acquire_leader(&b, ttl)
+        .await
+        .expect("acquire after release"));
     let err = holder.release_leader(&a).await.expect_err("second release");
     assert!(matches!(err, DcsError::LockNotHeld { .. }), "{err}");
 }
@@ -268,21 +300,34 @@ pub async fn members_are_published_refreshed_and_expire<H: Harness>(harness: &H)
     let record = member("node1");
     node.publish_member(&record, ttl).await.expect("publish");
     let view = observer.read_view().await.expect("read");
-    let stored = view.members.get("node1").expect("member listed").as_ref().expect("decodes");
+    let stored = view
+        .members
+        .get("node1")
+        .expect("member listed")
+        .as_ref()
+        .expect("decodes");
     assert_eq!(stored.value, record);
 
     harness.pass_time(ttl.saturating_sub(slack) / 2).await;
     let mut updated = record.clone();
     updated.received_lsn = Some(Lsn(0x400_0000));
     node.publish_member(&updated, ttl).await.expect("republish");
-    harness.pass_time(ttl.saturating_sub(slack) / 2 + ttl.saturating_sub(slack) / 2).await;
+    harness
+        .pass_time(ttl.saturating_sub(slack) / 2 + ttl.saturating_sub(slack) / 2)
+        .await;
     let view = observer.read_view().await.expect("read");
-    let stored = view.members.get("node1").expect("refreshed member still listed");
+    let stored = view
+        .members
+        .get("node1")
+        .expect("refreshed member still listed");
     assert_eq!(stored.as_ref().expect("decodes").value, updated);
 
     harness.pass_time(ttl + slack).await;
     let view = observer.read_view().await.expect("read");
-    assert!(!view.members.contains_key("node1"), "member outlived its ttl");
+    assert!(
+        !view.members.contains_key("node1"),
+        "member outlived its ttl"
+    );
 
     node.publish_member(&record, ttl).await.expect("publish");
     node.remove_member(&record.name).await.expect("remove");
@@ -368,15 +413,27 @@ pub async fn compare_and_swap_conflicts_are_reported<H: Harness>(harness: &H) {
         candidate: Some(name("node3")),
         scheduled_at: None,
     });
-    let v1 = client.write(&first, Expected::Absent).await.expect("create");
-    let err = other.write(&second, Expected::Absent).await.expect_err("create twice");
+    let v1 = client
+        .write(&first, Expected::Absent)
+        .await
+        .expect("create");
+    let err = other
+        .write(&second, Expected::Absent)
+        .await
+        .expect_err("create twice");
     assert!(
         matches!(&err, DcsError::Conflict { key, expected: Expected::Absent, found: Some(v) } if key == "failover" && *v == v1),
         "{err}"
     );
-    let v2 = other.write(&second, Expected::Version(v1)).await.expect("swap");
+    let v2 = other
+        .write(&second, Expected::Version(v1))
+        .await
+        .expect("swap");
     assert_ne!(v1, v2);
-    let err = client.write(&first, Expected::Version(v1)).await.expect_err("stale swap");
+    let err = client
+        .write(&first, Expected::Version(v1))
+        .await
+        .expect_err("stale swap");
     assert!(matches!(err, DcsError::Conflict { .. }), "{err}");
     let view = client.read_view().await.expect("read");
     assert_eq!(pick(&view.failover, Record::Failover).0, second);
@@ -386,13 +443,19 @@ pub async fn compare_and_swap_conflicts_are_reported<H: Harness>(harness: &H) {
         .await
         .expect_err("stale delete");
     assert!(matches!(err, DcsError::Conflict { .. }), "{err}");
-    client.delete(&DcsKey::Failover, Expected::Version(v2)).await.expect("delete");
+    client
+        .delete(&DcsKey::Failover, Expected::Version(v2))
+        .await
+        .expect("delete");
     assert!(client.read_view().await.expect("read").failover.is_none());
     let err = client
         .delete(&DcsKey::Failover, Expected::Version(v2))
         .await
         .expect_err("delete of an absent key at a version");
-    assert!(matches!(err, DcsError::Conflict { found: None, .. }), "{err}");
+    assert!(
+        matches!(err, DcsError::Conflict { found: None, .. }),
+        "{err}"
+    );
     let err = client
         .delete(&DcsKey::Leader, Expected::Any)
         .await
@@ -411,7 +474,10 @@ pub async fn watch_wakes_on_a_change<H: Harness>(harness: &H) {
         let record = Record::Status(LeaderStatus::default());
         writer.write(&record, Expected::Any).await.expect("write");
     });
-    let outcome = watcher.watch(revision, Duration::from_secs(30)).await.expect("watch");
+    let outcome = watcher
+        .watch(revision, Duration::from_secs(30))
+        .await
+        .expect("watch");
     let waited = started.elapsed();
     write.await.expect("writer");
     assert_eq!(outcome, WatchOutcome::Changed);
@@ -430,7 +496,11 @@ pub async fn watch_returns_on_timeout<H: Harness>(harness: &H) {
         .await
         .expect("watch");
     assert_eq!(outcome, WatchOutcome::TimedOut);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A lock that expires wakes watchers, so replicas notice a dead leader
@@ -439,7 +509,10 @@ pub async fn watch_wakes_when_the_lock_expires<H: Harness>(harness: &H) {
     let (ttl, slack) = (harness.ttl(), harness.expiry_slack());
     let holder = harness.client().await;
     let watcher = harness.client().await;
-    assert!(holder.acquire_leader(&name("holder"), ttl).await.expect("acquire"));
+    assert!(holder
+        .acquire_leader(&name("holder"), ttl)
+        .await
+        .expect("acquire"));
     let revision = watcher.read_view().await.expect("read").revision;
     let watch = tokio::spawn(async move {
         let outcome = watcher.watch(revision, Duration::from_secs(60)).await;
@@ -465,9 +538,14 @@ pub async fn malformed_values_are_errors_for_their_key_only<H: Harness>(harness:
     harness.put_raw("members/broken", b"{not json").await;
     harness.put_raw("config", br#"{"ttl": "thirty"}"#).await;
     harness.put_raw("leader", b"not a valid/name").await;
-    let view = client.read_view().await.expect("a read with malformed keys still succeeds");
+    let view = client
+        .read_view()
+        .await
+        .expect("a read with malformed keys still succeeds");
     assert!(view.members["good"].is_ok());
-    let broken = view.members["broken"].as_ref().expect_err("malformed member");
+    let broken = view.members["broken"]
+        .as_ref()
+        .expect_err("malformed member");
     assert_eq!(broken.key, "members/broken");
     assert!(view.config.as_ref().expect("config present").is_err());
     assert!(view.leader.as_ref().expect("leader present").is_err());

@@ -99,6 +99,9 @@ impl DcsError {
     /// Whether the DCS could not be reached in time, so the state of the
     /// lock is unknown (as opposed to known to be lost).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, DcsError::Unreachable { .. } | DcsError::Timeout { .. })
+        matches!(
+            self,
+            DcsError::Unreachable { .. } | DcsError::Timeout { .. }
+        )
     }
 }

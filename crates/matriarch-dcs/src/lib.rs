@@ -15,7 +15,9 @@ mod memory;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_model::{ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Version};
+use matriarch_model::{
+    ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Version,
+};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DcsError, Expected};
@@ -94,7 +96,8 @@ pub trait Dcs: Send + Sync {
 
     /// Waits until something under the scope changed after `after_revision`
     /// (a [`ClusterView::revision`]) or `timeout` passed.
-    async fn watch(&self, after_revision: u64, timeout: Duration) -> Result<WatchOutcome, DcsError>;
+    async fn watch(&self, after_revision: u64, timeout: Duration)
+        -> Result<WatchOutcome, DcsError>;
 }
 
 /// The keys [`Dcs::write`] and [`Dcs::delete`] accept.

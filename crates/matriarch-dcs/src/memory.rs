@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use matriarch_model::{
-    decode_initialize, decode_leader, encode_initialize, encode_leader, encode_member,
-    ClusterView, DcsKey, Initialize, KeyLayout, LeaderLock, Member, MemberName, RawEntry, Record,
-    SystemId, Version,
+    decode_initialize, decode_leader, encode_initialize, encode_leader, encode_member, ClusterView,
+    DcsKey, Initialize, KeyLayout, LeaderLock, Member, MemberName, RawEntry, Record, SystemId,
+    Version,
 };
 use tokio::sync::Notify;
 
@@ -370,7 +370,11 @@ impl crate::Dcs for MemoryDcs {
         Ok(())
     }
 
-    async fn watch(&self, after_revision: u64, timeout: Duration) -> Result<WatchOutcome, DcsError> {
+    async fn watch(
+        &self,
+        after_revision: u64,
+        timeout: Duration,
+    ) -> Result<WatchOutcome, DcsError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.shared.changed.notified();

@@ -19,7 +19,13 @@ async fn a_cut_off_client_sees_unreachable_not_a_lost_lock() {
     holder.set_reachable(false);
     let err = holder.renew_leader(&me, ttl).await.unwrap_err();
     assert!(err.is_unreachable(), "{err}");
-    assert!(matches!(err, DcsError::Unreachable { backend: "memory", .. }));
+    assert!(matches!(
+        err,
+        DcsError::Unreachable {
+            backend: "memory",
+            ..
+        }
+    ));
     assert!(holder.read_view().await.unwrap_err().is_unreachable());
     // The rest of the cluster still reaches the store and sees the lock.
     let view = other.read_view().await.unwrap();
@@ -35,6 +41,9 @@ fn errors_read_clearly() {
         member: MemberName::new("a").unwrap(),
         holder: Some(MemberName::new("b").unwrap()),
     };
-    assert_eq!(err.to_string(), "a does not hold the leader lock: it is held by b");
+    assert_eq!(
+        err.to_string(),
+        "a does not hold the leader lock: it is held by b"
+    );
     assert!(!err.is_unreachable());
 }

@@ -253,7 +253,9 @@ impl ClusterView {
                 Ok(None) => continue,
                 Err(e) => {
                     // Only member keys can fail to parse: keep the error in its slot.
-                    let name = path.strip_prefix(crate::layout::MEMBERS_DIR).unwrap_or(&path);
+                    let name = path
+                        .strip_prefix(crate::layout::MEMBERS_DIR)
+                        .unwrap_or(&path);
                     view.members.insert(
                         name.to_owned(),
                         Err(DecodeError {

@@ -321,10 +321,22 @@ mod tests {
 
     #[test]
     fn zero_values_are_rejected() {
-        let config = ClusterConfig { loop_wait: Duration::ZERO, ..ClusterConfig::default() };
-        assert_eq!(config.validate(), Err(ConfigError::ZeroDuration { field: "loop_wait" }));
-        let config = ClusterConfig { synchronous_node_count: 0, ..ClusterConfig::default() };
-        assert_eq!(config.validate(), Err(ConfigError::ZeroSynchronousNodeCount));
+        let config = ClusterConfig {
+            loop_wait: Duration::ZERO,
+            ..ClusterConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ZeroDuration { field: "loop_wait" })
+        );
+        let config = ClusterConfig {
+            synchronous_node_count: 0,
+            ..ClusterConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ZeroSynchronousNodeCount)
+        );
     }
 
     #[test]
@@ -338,7 +350,10 @@ mod tests {
             assert_eq!(serde_json::from_str::<SynchronousMode>(json).unwrap(), mode);
         }
         let err = serde_json::from_str::<SynchronousMode>("\"sometimes\"").unwrap_err();
-        assert!(err.to_string().contains("synchronous_mode must be"), "{err}");
+        assert!(
+            err.to_string().contains("synchronous_mode must be"),
+            "{err}"
+        );
         assert!(serde_json::from_str::<SynchronousMode>("1").is_err());
     }
 
@@ -349,6 +364,14 @@ mod tests {
         )
         .unwrap();
         let rendered: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        assert_eq!(rendered, ["hot_standby=on", "max_connections=100", "wal_level=replica", "x=0.5"]);
+        assert_eq!(
+            rendered,
+            [
+                "hot_standby=on",
+                "max_connections=100",
+                "wal_level=replica",
+                "x=0.5"
+            ]
+        );
     }
 }

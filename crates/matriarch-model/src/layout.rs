@@ -183,14 +183,22 @@ mod tests {
             DcsKey::Failsafe,
         ];
         for key in keys {
-            assert_eq!(DcsKey::parse_relative(&key.relative_path()).unwrap(), Some(key));
+            assert_eq!(
+                DcsKey::parse_relative(&key.relative_path()).unwrap(),
+                Some(key)
+            );
         }
         assert_eq!(DcsKey::parse_relative("optime/leader").unwrap(), None);
     }
 
     #[test]
     fn bad_layouts_and_member_keys_are_errors() {
-        for (namespace, scope) in [("", "pg"), ("service", ""), ("service", "a/b"), ("a//b", "pg")] {
+        for (namespace, scope) in [
+            ("", "pg"),
+            ("service", ""),
+            ("service", "a/b"),
+            ("a//b", "pg"),
+        ] {
             let err = KeyLayout::new(namespace, scope).unwrap_err();
             assert!(matches!(err, ModelError::InvalidLayout { .. }), "{err}");
         }

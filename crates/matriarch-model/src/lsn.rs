@@ -12,7 +12,9 @@ use crate::ModelError;
 ///
 /// In DCS values it is stored as a plain integer of bytes, as Patroni does
 /// (`xlog_location`, `optime`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -110,7 +112,18 @@ mod tests {
 
     #[test]
     fn malformed_lsn_is_a_clear_error() {
-        for bad in ["", "16", "/1", "1/", "x/1", "1/2/3", "+1/2", "1/-2", "123456789/0", " 1/2"] {
+        for bad in [
+            "",
+            "16",
+            "/1",
+            "1/",
+            "x/1",
+            "1/2/3",
+            "+1/2",
+            "1/-2",
+            "123456789/0",
+            " 1/2",
+        ] {
             let err = bad.parse::<Lsn>().unwrap_err();
             assert!(
                 matches!(&err, ModelError::InvalidLsn { input, .. } if input == bad),
@@ -128,7 +141,10 @@ mod tests {
 
     #[test]
     fn system_id_rejects_non_digits() {
-        assert_eq!("7221239846937620000".parse::<SystemId>().unwrap().0, 7221239846937620000);
+        assert_eq!(
+            "7221239846937620000".parse::<SystemId>().unwrap().0,
+            7221239846937620000
+        );
         for bad in ["", "-1", "12a", "99999999999999999999999"] {
             assert!(bad.parse::<SystemId>().is_err(), "{bad}");
         }

@@ -227,7 +227,10 @@ pub struct Tags {
     pub nofailover: bool,
     /// Preference among equally fresh candidates: higher wins; 0 means never
     /// promote (like `nofailover`). Defaults to 1.
-    #[serde(default = "default_failover_priority", skip_serializing_if = "is_default_priority")]
+    #[serde(
+        default = "default_failover_priority",
+        skip_serializing_if = "is_default_priority"
+    )]
     pub failover_priority: u32,
     /// Keep this member out of the readers that routers publish.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -293,10 +296,18 @@ pub struct Member {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
     /// WAL received from the primary and written to disk (replicas).
-    #[serde(default, rename = "receive_lsn", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "receive_lsn",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub received_lsn: Option<Lsn>,
     /// WAL replayed (replicas).
-    #[serde(default, rename = "replay_lsn", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "replay_lsn",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub replayed_lsn: Option<Lsn>,
     /// WAL flushed to disk (the primary's durable position).
     #[serde(default, rename = "flush_lsn", skip_serializing_if = "Option::is_none")]
@@ -332,10 +343,15 @@ impl Member {
     /// The freshest WAL position the member reports having durably: the
     /// highest of its received, flushed, replayed and summary positions.
     pub fn wal_position(&self) -> Option<Lsn> {
-        [self.received_lsn, self.flushed_lsn, self.replayed_lsn, self.xlog_location]
-            .into_iter()
-            .flatten()
-            .max()
+        [
+            self.received_lsn,
+            self.flushed_lsn,
+            self.replayed_lsn,
+            self.xlog_location,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
     }
 }
 
@@ -366,15 +382,24 @@ mod tests {
     #[test]
     fn tags_default_allows_failover_and_priority_zero_forbids_it() {
         assert!(Tags::default().allows_failover());
-        let tags = Tags { failover_priority: 0, ..Tags::default() };
+        let tags = Tags {
+            failover_priority: 0,
+            ..Tags::default()
+        };
         assert!(!tags.allows_failover());
-        let tags = Tags { nofailover: true, ..Tags::default() };
+        let tags = Tags {
+            nofailover: true,
+            ..Tags::default()
+        };
         assert!(!tags.allows_failover());
     }
 
     #[test]
     fn unknown_state_is_not_running() {
-        assert_eq!(MemberState::from("running".to_owned()), MemberState::Running);
+        assert_eq!(
+            MemberState::from("running".to_owned()),
+            MemberState::Running
+        );
         let other = MemberState::from("starting after custom bootstrap".to_owned());
         assert!(matches!(other, MemberState::Other(_)));
         assert_eq!(String::from(other), "starting after custom bootstrap");

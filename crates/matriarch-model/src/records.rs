@@ -165,21 +165,34 @@ impl<'de> Deserialize<'de> for TimelineHistory {
             let timeline = row[0]
                 .as_u64()
                 .and_then(|t| u32::try_from(t).ok())
-                .ok_or_else(|| D::Error::custom(format!("history entry {index}: timeline is not a 32-bit unsigned integer")))?;
-            let switch_lsn = row[1]
-                .as_u64()
-                .ok_or_else(|| D::Error::custom(format!("history entry {index}: lsn is not an unsigned integer")))?;
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "history entry {index}: timeline is not a 32-bit unsigned integer"
+                    ))
+                })?;
+            let switch_lsn = row[1].as_u64().ok_or_else(|| {
+                D::Error::custom(format!(
+                    "history entry {index}: lsn is not an unsigned integer"
+                ))
+            })?;
             let reason = row[2]
                 .as_str()
-                .ok_or_else(|| D::Error::custom(format!("history entry {index}: reason is not a string")))?
+                .ok_or_else(|| {
+                    D::Error::custom(format!("history entry {index}: reason is not a string"))
+                })?
                 .to_owned();
             let timestamp = match row.get(3) {
                 None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(text)) => Some(
-                    DateTime::parse_from_rfc3339(text)
-                        .map_err(|e| D::Error::custom(format!("history entry {index}: timestamp {text:?}: {e}")))?,
-                ),
-                Some(_) => return Err(D::Error::custom(format!("history entry {index}: timestamp is not a string"))),
+                Some(serde_json::Value::String(text)) => {
+                    Some(DateTime::parse_from_rfc3339(text).map_err(|e| {
+                        D::Error::custom(format!("history entry {index}: timestamp {text:?}: {e}"))
+                    })?)
+                }
+                Some(_) => {
+                    return Err(D::Error::custom(format!(
+                        "history entry {index}: timestamp is not a string"
+                    )))
+                }
             };
             let new_leader = match row.get(4) {
                 None | Some(serde_json::Value::Null) => None,
@@ -187,7 +200,11 @@ impl<'de> Deserialize<'de> for TimelineHistory {
                     MemberName::new(name.as_str())
                         .map_err(|e| D::Error::custom(format!("history entry {index}: {e}")))?,
                 ),
-                Some(_) => return Err(D::Error::custom(format!("history entry {index}: new_leader is not a string"))),
+                Some(_) => {
+                    return Err(D::Error::custom(format!(
+                        "history entry {index}: new_leader is not a string"
+                    )))
+                }
             };
             entries.push(HistoryEntry {
                 timeline: Timeline(timeline),

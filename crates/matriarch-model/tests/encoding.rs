@@ -34,7 +34,10 @@ fn sample_member() -> Member {
     member.version = Some("0.1.0".into());
     member.tags.nosync = true;
     member.tags.failover_priority = 3;
-    member.tags.other.insert("zone".into(), serde_json::json!("a"));
+    member
+        .tags
+        .other
+        .insert("zone".into(), serde_json::json!("a"));
     member
 }
 
@@ -99,11 +102,22 @@ fn every_record_round_trips() {
         assert_eq!(decoded, record, "{key}");
     }
     let member = sample_member();
-    assert_eq!(decode_member(&member.name, &encode_member(&member)).unwrap(), member);
-    let lock = LeaderLock { holder: name("node1") };
+    assert_eq!(
+        decode_member(&member.name, &encode_member(&member)).unwrap(),
+        member
+    );
+    let lock = LeaderLock {
+        holder: name("node1"),
+    };
     assert_eq!(decode_leader(&encode_leader(&lock)).unwrap(), lock);
-    for state in [Initialize::InProgress, Initialize::Done(SystemId(7221239846937620000))] {
-        assert_eq!(decode_initialize(&encode_initialize(&state)).unwrap(), state);
+    for state in [
+        Initialize::InProgress,
+        Initialize::Done(SystemId(7221239846937620000)),
+    ] {
+        assert_eq!(
+            decode_initialize(&encode_initialize(&state)).unwrap(),
+            state
+        );
     }
 }
 
@@ -131,7 +145,10 @@ fn the_view_decodes_each_key_with_its_version() {
     assert_eq!(view.revision, 42);
     assert!(view.errors().is_empty(), "{:?}", view.errors());
     assert_eq!(view.leader_name(), Some(&name("node1")));
-    assert_eq!(view.leader.as_ref().unwrap().as_ref().unwrap().version, Version(9));
+    assert_eq!(
+        view.leader.as_ref().unwrap().as_ref().unwrap().version,
+        Version(9)
+    );
     let stored = view.members["node1"].as_ref().unwrap();
     assert_eq!((&stored.value, stored.version), (&member, Version(7)));
     assert_eq!(
@@ -167,7 +184,11 @@ fn patroni_values_are_read() {
                 r#"[[1,25165984,"no recovery target specified","2024-01-02T03:04:05.678+00:00","pg-0"]]"#,
                 9,
             ),
-            raw("status", r#"{"optime":50331744,"slots":{"pg_1":50331744}}"#, 10),
+            raw(
+                "status",
+                r#"{"optime":50331744,"slots":{"pg_1":50331744}}"#,
+                10,
+            ),
         ],
     );
     assert!(view.errors().is_empty(), "{:?}", view.errors());
@@ -189,9 +210,21 @@ fn malformed_values_are_errors_for_their_key_only() {
         1,
         [
             raw("leader", "not a/name", 1),
-            raw("members/good", r#"{"conn_url":"c","api_url":"a","state":"running","role":"replica"}"#, 2),
-            raw("members/wrongtype", r#"{"conn_url":"c","api_url":"a","state":"running","role":"replica","timeline":"2"}"#, 3),
-            raw("members/badrole", r#"{"conn_url":"c","api_url":"a","state":"running","role":"boss"}"#, 4),
+            raw(
+                "members/good",
+                r#"{"conn_url":"c","api_url":"a","state":"running","role":"replica"}"#,
+                2,
+            ),
+            raw(
+                "members/wrongtype",
+                r#"{"conn_url":"c","api_url":"a","state":"running","role":"replica","timeline":"2"}"#,
+                3,
+            ),
+            raw(
+                "members/badrole",
+                r#"{"conn_url":"c","api_url":"a","state":"running","role":"boss"}"#,
+                4,
+            ),
             raw("members/bad name", r#"{}"#, 5),
             raw("members/notjson", "{", 6),
             raw("config", r#"{"ttl":10,"loop_wait":5,"retry_timeout":5}"#, 7),
@@ -226,9 +259,15 @@ fn malformed_values_are_errors_for_their_key_only() {
     // A malformed leader key is never mistaken for a free lock.
     assert!(view.leader.is_some() && view.leader_name().is_none());
     let config_error = view.config.as_ref().unwrap().as_ref().unwrap_err();
-    assert!(config_error.reason.contains("exceeds ttl"), "{config_error}");
+    assert!(
+        config_error.reason.contains("exceeds ttl"),
+        "{config_error}"
+    );
     for error in errors {
-        assert!(error.to_string().starts_with("malformed value under `"), "{error}");
+        assert!(
+            error.to_string().starts_with("malformed value under `"),
+            "{error}"
+        );
     }
 }
 

@@ -1,0 +1,966 @@
+//! One test per situation the decision function covers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use matriarch_ha::*;
+use matriarch_model::*;
+
+fn name(n: &str) -> MemberName {
+    MemberName::new(n).unwrap()
+}
+
+const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
+
+/// A cluster as one node sees it; tests change what they need and call `decide`.
+struct World {
+    node: NodeSettings,
+    config: ClusterConfig,
+    entries: Vec<RawEntry>,
+    reachable: bool,
+    local: LocalPostgres,
+    peers: BTreeMap<MemberName, PeerReport>,
+    memory: Memory,
+    now: Duration,
+    wall: DateTime<Utc>,
+}
+
+impl World {
+    fn new(me: &str) -> World {
+        let mut world = World {
+            node: NodeSettings {
+                name: name(me),
+                tags: Tags::default(),
+                conn_url: format!("postgres://{me}:5432/postgres"),
+                api_url: format!("http://{me}:8008/patroni"),
+            },
+            config: ClusterConfig::default(),
+            entries: Vec::new(),
+            reachable: true,
+            local: LocalPostgres::no_data(),
+            peers: BTreeMap::new(),
+            memory: Memory::default(),
+            now: Duration::from_secs(100),
+            wall: Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap(),
+        };
+        world.put("initialize", encode_initialize(&Initialize::Done(SYSID)));
+        world
+    }
+
+    fn put(&mut self, key: &str, value: Vec<u8>) {
+        self.entries.retain(|e| e.key != key);
+        let version = Version(self.entries.len() as u64 + 10);
+        self.entries.push(RawEntry {
+            key: key.to_owned(),
+            value,
+            version,
+        });
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.entries.retain(|e| e.key != key);
+    }
+
+    fn leader(&mut self, holder: &str) -> &mut Self {
+        self.put("leader", holder.as_bytes().to_vec());
+        self
+    }
+
+    fn record(&mut self, record: Record) -> &mut Self {
+        self.put(&record.key().relative_path(), record.encode());
+        self
+    }
+
+    /// A peer's member record.
+    fn peer(&mut self, n: &str, role: Role, position: u64, timeline: u32) -> &mut Self {
+        self.peer_with(n, role, position, timeline, Tags::default())
+    }
+
+    fn peer_with(
+        &mut self,
+        n: &str,
+        role: Role,
+        position: u64,
+        timeline: u32,
+        tags: Tags,
+    ) -> &mut Self {
+        let mut member = Member::new(name(n), format!("postgres://{n}:5432/postgres"), "");
+        member.role = role;
+        member.state = MemberState::Running;
+        member.xlog_location = Some(Lsn(position));
+        member.timeline = Some(Timeline(timeline));
+        member.tags = tags;
+        self.put(&format!("members/{n}"), encode_member(&member));
+        self
+    }
+
+    fn replica(&mut self, upstream: Option<&str>, position: u64, timeline: u32) -> &mut Self {
+        self.local = LocalPostgres {
+            role: LocalRole::Replica {
+                upstream: upstream.map(name),
+            },
+            system_id: Some(SYSID),
+            timeline: Some(Timeline(timeline)),
+            wal_position: Some(Lsn(position)),
+            streaming_standbys: BTreeSet::new(),
+            sync_standbys: BTreeSet::new(),
+        };
+        self
+    }
+
+    fn primary(&mut self, position: u64, timeline: u32) -> &mut Self {
+        self.replica(None, position, timeline);
+        self.local.role = LocalRole::Primary;
+        self.memory.ran_as_primary = true;
+        self
+    }
+
+    fn stopped(&mut self) -> &mut Self {
+        self.replica(None, 100, 1);
+        self.local.role = LocalRole::Stopped { crashed: false };
+        self
+    }
+
+    /// We hold the lock, renewed `ago` before now.
+    fn renewed(&mut self, ago: Duration) -> &mut Self {
+        self.memory.lock_renewed_at = Some(self.now - ago);
+        self
+    }
+
+    fn decide(&self) -> Decision {
+        let dcs = if self.reachable {
+            DcsObservation::View(Box::new(ClusterView::decode(1, self.entries.clone())))
+        } else {
+            DcsObservation::Unreachable
+        };
+        decide(&Inputs {
+            node: &self.node,
+            config: &self.config,
+            dcs: &dcs,
+            local: &self.local,
+            peers: &self.peers,
+            memory: &self.memory,
+            now: self.now,
+            wall_clock: self.wall,
+        })
+    }
+}
+
+/// The actions other than publishing the member record.
+fn acts(decision: &Decision) -> Vec<Action> {
+    decision
+        .actions
+        .iter()
+        .filter(|a| !matches!(a, Action::PublishMember(_)))
+        .cloned()
+        .collect()
+}
+
+fn has(decision: &Decision, wanted: &Action) -> bool {
+    decision.actions.contains(wanted)
+}
+
+fn promotes(decision: &Decision) -> bool {
+    decision.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Promote | Action::AcquireLock | Action::StartPrimary
+        )
+    })
+}
+
+// ---- bootstrap ----
+
+#[test]
+fn empty_cluster_and_no_data_races_to_bootstrap() {
+    let mut world = World::new("a");
+    world.remove("initialize");
+    let decision = world.decide();
+    assert_eq!(acts(&decision), [Action::Bootstrap]);
+    assert!(matches!(decision.actions[0], Action::PublishMember(_)));
+}
+
+#[test]
+fn bootstrap_in_progress_elsewhere_makes_others_wait() {
+    let mut world = World::new("b");
+    world.put("initialize", encode_initialize(&Initialize::InProgress));
+    let decision = world.decide();
+    assert!(acts(&decision).is_empty(), "{decision:?}");
+    assert_eq!(decision.role, EngineRole::Uninitialized);
+}
+
+#[test]
+fn new_node_clones_from_the_running_leader() {
+    let mut world = World::new("b");
+    world.leader("a").peer("a", Role::Primary, 500, 1);
+    assert_eq!(acts(&world.decide()), [Action::CloneFrom(name("a"))]);
+}
+
+#[test]
+fn new_node_prefers_a_clonefrom_replica() {
+    let mut world = World::new("c");
+    let tags = Tags {
+        clonefrom: true,
+        ..Tags::default()
+    };
+    world
+        .leader("a")
+        .peer("a", Role::Primary, 500, 1)
+        .peer_with("b", Role::Replica, 500, 1, tags);
+    assert_eq!(acts(&world.decide()), [Action::CloneFrom(name("b"))]);
+}
+
+#[test]
+fn new_node_waits_when_there_is_no_leader_to_clone_from() {
+    let world = World::new("b");
+    assert!(acts(&world.decide()).is_empty());
+}
+
+// ---- leader ----
+
+#[test]
+fn leader_renews_its_lock_every_loop() {
+    let mut world = World::new("a");
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(1));
+    world.memory.routed = Some(Routes {
+        primary: name("a"),
+        replicas: BTreeSet::new(),
+    });
+    let decision = world.decide();
+    assert_eq!(acts(&decision), [Action::RenewLock]);
+    assert_eq!(decision.role, EngineRole::Leader);
+    assert_eq!(
+        decision.demotion_deadline,
+        Some(world.now - Duration::from_secs(1) + world.config.ttl - world.config.retry_timeout)
+    );
+}
+
+#[test]
+fn leader_routes_when_routes_changed() {
+    let mut world = World::new("a");
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(1))
+        .peer("b", Role::Replica, 500, 1);
+    let noload = Tags {
+        noloadbalance: true,
+        ..Tags::default()
+    };
+    world.peer_with("c", Role::Replica, 500, 1, noload);
+    let expected = Routes {
+        primary: name("a"),
+        replicas: BTreeSet::from([name("b")]),
+    };
+    assert!(has(&world.decide(), &Action::Route(expected.clone())));
+    world.memory.routed = Some(expected);
+    assert!(!world
+        .decide()
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Route(_))));
+}
+
+#[test]
+fn leader_that_cannot_reach_the_dcs_keeps_trying_before_the_deadline() {
+    let mut world = World::new("a");
+    world.primary(500, 1).renewed(Duration::from_secs(1));
+    world.reachable = false;
+    let decision = world.decide();
+    assert_eq!(decision.actions, [Action::RenewLock]);
+    assert_eq!(decision.role, EngineRole::Leader);
+}
+
+#[test]
+fn leader_that_cannot_reach_the_dcs_demotes_by_the_deadline() {
+    let mut world = World::new("a");
+    // ttl 5 s, retry_timeout 2 s: the deadline is 3 s after the last renewal was sent.
+    world.primary(500, 1).renewed(Duration::from_secs(3));
+    world.reachable = false;
+    let decision = world.decide();
+    assert_eq!(
+        decision.actions,
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+    assert_eq!(decision.role, EngineRole::Demoting);
+}
+
+#[test]
+fn demotion_deadline_leaves_time_to_demote_before_the_lock_expires() {
+    let mut world = World::new("a");
+    world.primary(500, 1).renewed(Duration::ZERO);
+    world.reachable = false;
+    let deadline = world.decide().demotion_deadline.unwrap();
+    let lock_expiry = world.now + world.config.ttl;
+    assert!(deadline + world.config.retry_timeout <= lock_expiry);
+}
+
+#[test]
+fn leader_whose_renewals_fail_while_reads_work_demotes_by_the_deadline() {
+    let mut world = World::new("a");
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(4));
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+#[test]
+fn leader_whose_postgres_crashed_restarts_it_as_primary() {
+    let mut world = World::new("a");
+    world.leader("a").stopped().renewed(Duration::from_secs(1));
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::RenewLock, Action::StartPrimary]
+    );
+}
+
+#[test]
+fn leader_whose_postgres_will_not_start_hands_the_lock_over() {
+    let mut world = World::new("a");
+    world.leader("a").stopped().renewed(Duration::from_secs(1));
+    world.memory.primary_start_failures = 2;
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::ReleaseLock, Action::Withdraw]
+    );
+}
+
+#[test]
+fn lock_holder_running_as_replica_promotes_then_routes() {
+    let mut world = World::new("b");
+    world
+        .leader("b")
+        .replica(None, 500, 1)
+        .renewed(Duration::from_secs(1));
+    let decision = world.decide();
+    let acts = acts(&decision);
+    assert_eq!(acts[0], Action::RenewLock);
+    assert_eq!(acts[1], Action::Promote);
+    assert!(matches!(acts[2], Action::Route(_)));
+}
+
+// ---- replicas ----
+
+#[test]
+fn replica_following_the_leader_does_nothing_else() {
+    let mut world = World::new("b");
+    world.leader("a").replica(Some("a"), 500, 1);
+    assert!(acts(&world.decide()).is_empty());
+}
+
+#[test]
+fn replica_corrects_its_upstream_when_the_leader_changed() {
+    let mut world = World::new("b");
+    world.leader("c").replica(Some("a"), 500, 2);
+    assert_eq!(acts(&world.decide()), [Action::Follow(name("c"))]);
+}
+
+#[test]
+fn stopped_replica_checks_its_timeline_then_starts_following() {
+    let mut world = World::new("b");
+    world.leader("a").stopped();
+    assert_eq!(
+        acts(&world.decide()),
+        [
+            Action::Rewind(name("a")),
+            Action::StartReplica {
+                upstream: Some(name("a"))
+            }
+        ]
+    );
+}
+
+#[test]
+fn primary_without_the_lock_demotes_at_once_when_another_holds_it() {
+    let mut world = World::new("a");
+    world.leader("b").primary(500, 1);
+    let decision = world.decide();
+    assert_eq!(
+        acts(&decision),
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+    assert!(!promotes(&decision));
+}
+
+#[test]
+fn primary_without_the_lock_demotes_at_once_when_the_lock_is_free() {
+    let mut world = World::new("a");
+    world.primary(500, 1);
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+#[test]
+fn former_primary_running_as_replica_stops_to_rewind() {
+    let mut world = World::new("a");
+    world.leader("b").replica(None, 500, 1);
+    world.memory.ran_as_primary = true;
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Graceful)]
+    );
+}
+
+#[test]
+fn diverged_former_primary_reclones_when_rewind_is_impossible() {
+    let mut world = World::new("a");
+    world.leader("b").peer("b", Role::Primary, 900, 2).stopped();
+    world.memory.rewind_impossible = true;
+    assert_eq!(acts(&world.decide()), [Action::CloneFrom(name("b"))]);
+}
+
+// ---- leader gone: the race ----
+
+#[test]
+fn leader_gone_best_replica_races_promotes_and_routes() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("c", Role::Replica, 400, 1);
+    let decision = world.decide();
+    let acts = acts(&decision);
+    assert_eq!(acts[..2], [Action::AcquireLock, Action::Promote]);
+    assert!(matches!(&acts[2], Action::Route(r) if r.primary == name("b")));
+    assert_eq!(decision.role, EngineRole::Candidate);
+}
+
+#[test]
+fn leader_gone_replica_behind_a_peer_does_not_race() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 400, 1)
+        .peer("c", Role::Replica, 500, 1);
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    assert!(
+        decision.reason.contains("c is a better candidate"),
+        "{}",
+        decision.reason
+    );
+}
+
+#[test]
+fn leader_gone_peer_position_from_a_direct_probe_counts() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("c", Role::Replica, 400, 1);
+    world.peers.insert(
+        name("c"),
+        PeerReport {
+            wal_position: Some(Lsn(600)),
+            timeline: Some(Timeline(1)),
+        },
+    );
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_tie_goes_to_higher_failover_priority() {
+    let mut world = World::new("b");
+    let high = Tags {
+        failover_priority: 5,
+        ..Tags::default()
+    };
+    world
+        .replica(Some("a"), 500, 1)
+        .peer_with("c", Role::Replica, 500, 1, high);
+    assert!(!promotes(&world.decide()));
+    world.node.tags.failover_priority = 6;
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_tie_of_priority_goes_to_the_smaller_name() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("x"), 500, 1)
+        .peer("c", Role::Replica, 500, 1);
+    assert!(promotes(&world.decide()));
+    let mut world = World::new("d");
+    world
+        .replica(Some("x"), 500, 1)
+        .peer("c", Role::Replica, 500, 1);
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_nofailover_replica_never_races() {
+    let mut world = World::new("b");
+    world.replica(Some("a"), 500, 1);
+    world.node.tags.nofailover = true;
+    assert!(!promotes(&world.decide()));
+    world.node.tags = Tags {
+        failover_priority: 0,
+        ..Tags::default()
+    };
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_a_nofailover_peer_ahead_does_not_block_the_race() {
+    let mut world = World::new("b");
+    let never = Tags {
+        nofailover: true,
+        ..Tags::default()
+    };
+    world
+        .replica(Some("a"), 500, 1)
+        .peer_with("c", Role::Replica, 510, 1, never);
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_replica_lagging_more_than_maximum_lag_does_not_race() {
+    let mut world = World::new("b");
+    world.config.maximum_lag_on_failover = 100;
+    let never = Tags {
+        nofailover: true,
+        ..Tags::default()
+    };
+    world
+        .replica(Some("a"), 500, 1)
+        .peer_with("c", Role::Replica, 700, 1, never);
+    let decision = world.decide();
+    assert!(!promotes(&decision));
+    assert!(
+        decision.reason.contains("maximum_lag_on_failover"),
+        "{}",
+        decision.reason
+    );
+}
+
+#[test]
+fn leader_gone_dead_leaders_optime_far_ahead_does_not_block_failover() {
+    // Patroni compares with the leader's last optime, which survivors of a
+    // primary that died under load may never reach: the cluster would stay
+    // leaderless. matriarch compares with the freshest live member.
+    let mut world = World::new("b");
+    world.config.maximum_lag_on_failover = 100;
+    world.record(Record::Status(LeaderStatus {
+        optime: Lsn(1_000_000),
+        ..LeaderStatus::default()
+    }));
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("c", Role::Replica, 450, 1);
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_replica_on_an_older_timeline_does_not_race() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("c", Role::Replica, 100, 2);
+    let decision = world.decide();
+    assert!(!promotes(&decision));
+    assert!(decision.reason.contains("timeline"), "{}", decision.reason);
+}
+
+#[test]
+fn leader_gone_history_newer_than_own_timeline_blocks_the_race() {
+    let mut world = World::new("b");
+    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
+        timeline: Timeline(1),
+        switch_lsn: Lsn(300),
+        reason: "promoted".into(),
+        timestamp: None,
+        new_leader: Some(name("c")),
+    }])));
+    world.replica(Some("a"), 500, 1);
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_replica_of_another_cluster_does_not_race() {
+    let mut world = World::new("b");
+    world.replica(Some("a"), 500, 1);
+    world.local.system_id = Some(SystemId(42));
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn leader_gone_stopped_replica_starts_read_only_to_join_the_race() {
+    let mut world = World::new("b");
+    world.stopped();
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::StartReplica { upstream: None }]
+    );
+}
+
+#[test]
+fn unreadable_leader_key_is_never_a_free_lock() {
+    let mut world = World::new("b");
+    world.put("leader", b"bad name!".to_vec());
+    world.replica(Some("a"), 500, 1);
+    let decision = world.decide();
+    assert!(!promotes(&decision));
+    assert_eq!(decision.role, EngineRole::Uncertain);
+}
+
+#[test]
+fn unreadable_leader_key_demotes_a_running_primary() {
+    let mut world = World::new("a");
+    world.put("leader", b"bad name!".to_vec());
+    world.primary(500, 1).renewed(Duration::from_secs(1));
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+#[test]
+fn unreachable_dcs_never_leads_a_replica_to_promote() {
+    let mut world = World::new("b");
+    world.replica(Some("a"), 500, 1);
+    world.reachable = false;
+    assert!(world.decide().actions.is_empty());
+}
+
+// ---- switchover and failover ----
+
+fn switchover(world: &mut World, leader: Option<&str>, candidate: Option<&str>, at: Option<&str>) {
+    world.record(Record::Failover(FailoverRequest {
+        leader: leader.map(name),
+        candidate: candidate.map(name),
+        scheduled_at: at.map(|t| t.parse().unwrap()),
+    }));
+}
+
+#[test]
+fn switchover_leader_steps_down_when_the_candidate_is_ready() {
+    let mut world = World::new("a");
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(1))
+        .peer("b", Role::Replica, 500, 1);
+    switchover(&mut world, Some("a"), Some("b"), None);
+    assert_eq!(
+        acts(&world.decide()),
+        [
+            Action::Demote(DemoteMode::Graceful),
+            Action::Withdraw,
+            Action::ReleaseLock
+        ]
+    );
+}
+
+#[test]
+fn switchover_to_a_missing_candidate_does_nothing() {
+    let mut world = World::new("a");
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(1));
+    world.memory.routed = Some(Routes {
+        primary: name("a"),
+        replicas: BTreeSet::new(),
+    });
+    switchover(&mut world, Some("a"), Some("zz"), None);
+    assert_eq!(acts(&world.decide()), [Action::RenewLock]);
+}
+
+#[test]
+fn switchover_to_any_eligible_replica() {
+    let mut world = World::new("a");
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(1))
+        .peer("b", Role::Replica, 500, 1);
+    switchover(&mut world, Some("a"), None, None);
+    assert!(has(&world.decide(), &Action::ReleaseLock));
+}
+
+#[test]
+fn scheduled_switchover_waits_for_its_time() {
+    let mut world = World::new("a");
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(1))
+        .peer("b", Role::Replica, 500, 1);
+    switchover(
+        &mut world,
+        Some("a"),
+        Some("b"),
+        Some("2026-11-28T13:00:00+00:00"),
+    );
+    assert!(!has(&world.decide(), &Action::ReleaseLock));
+    world.wall = Utc.with_ymd_and_hms(2026, 11, 28, 13, 0, 1).unwrap();
+    assert!(has(&world.decide(), &Action::ReleaseLock));
+}
+
+#[test]
+fn switchover_only_the_named_candidate_races() {
+    let mut world = World::new("c");
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("b", Role::Replica, 400, 1);
+    switchover(&mut world, Some("a"), Some("b"), None);
+    assert!(!promotes(&world.decide()));
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 400, 1)
+        .peer("c", Role::Replica, 500, 1);
+    switchover(&mut world, Some("a"), Some("b"), None);
+    assert!(
+        promotes(&world.decide()),
+        "the named candidate races even if a peer is ahead within the lag limit"
+    );
+}
+
+#[test]
+fn failover_request_for_a_departed_candidate_falls_back_to_the_normal_race() {
+    let mut world = World::new("c");
+    world.replica(Some("a"), 500, 1);
+    switchover(&mut world, None, Some("gone"), None);
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn new_leader_clears_the_request_it_carried_out() {
+    let mut world = World::new("b");
+    world
+        .leader("b")
+        .primary(500, 2)
+        .renewed(Duration::from_secs(1));
+    switchover(&mut world, Some("a"), Some("b"), None);
+    assert!(world
+        .decide()
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::ClearFailoverRequest(_))));
+}
+
+// ---- pause ----
+
+#[test]
+fn paused_replica_never_starts_stops_or_promotes() {
+    let mut world = World::new("b");
+    world.config.pause = true;
+    world.replica(Some("a"), 500, 1);
+    assert!(acts(&world.decide()).is_empty());
+    world.stopped();
+    assert!(acts(&world.decide()).is_empty());
+}
+
+#[test]
+fn paused_leader_keeps_its_lock_and_changes_nothing() {
+    let mut world = World::new("a");
+    world.config.pause = true;
+    world.leader("a").stopped().renewed(Duration::from_secs(1));
+    assert_eq!(acts(&world.decide()), [Action::RenewLock]);
+}
+
+#[test]
+fn paused_primary_does_not_demote_when_another_holds_the_lock() {
+    let mut world = World::new("a");
+    world.config.pause = true;
+    world.leader("b").primary(500, 1);
+    assert!(acts(&world.decide()).is_empty());
+}
+
+// ---- synchronous mode ----
+
+fn sync_key(world: &mut World, leader: &str, standbys: &[&str]) {
+    world.record(Record::Sync(SyncState {
+        leader: Some(name(leader)),
+        sync_standbys: standbys.iter().map(|s| name(s)).collect(),
+        quorum: Some(1),
+    }));
+}
+
+#[test]
+fn sync_mode_only_a_synchronous_standby_promotes() {
+    let mut world = World::new("c");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world
+        .replica(Some("a"), 600, 1)
+        .peer("b", Role::Replica, 500, 1);
+    sync_key(&mut world, "a", &["b"]);
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    let mut world = World::new("b");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("c", Role::Replica, 600, 1);
+    sync_key(&mut world, "a", &["b"]);
+    assert!(
+        promotes(&world.decide()),
+        "the sync standby wins over a fresher async one"
+    );
+}
+
+#[test]
+fn sync_mode_without_a_sync_key_nobody_promotes() {
+    let mut world = World::new("b");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world.replica(Some("a"), 500, 1);
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn sync_mode_needs_enough_of_the_key_visible() {
+    // Key {b, c} with one acknowledgement per commit: the commit may be on c
+    // only, so b may promote only while c is visible (and not ahead).
+    let mut world = World::new("b");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world.replica(Some("a"), 500, 1);
+    sync_key(&mut world, "a", &["b", "c"]);
+    assert!(!promotes(&world.decide()));
+    world.peer("c", Role::Replica, 500, 1);
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn sync_mode_race_winner_empties_the_key_before_promoting() {
+    let mut world = World::new("b");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world.replica(Some("a"), 500, 1);
+    sync_key(&mut world, "a", &["b"]);
+    let acts = acts(&world.decide());
+    assert_eq!(acts[0], Action::AcquireLock);
+    assert!(matches!(&acts[1], Action::WriteSyncState { standbys, .. } if standbys.is_empty()));
+    assert_eq!(acts[2], Action::Promote);
+}
+
+fn sync_leader() -> World {
+    let mut world = World::new("a");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world
+        .leader("a")
+        .primary(500, 1)
+        .renewed(Duration::from_secs(1))
+        .peer("b", Role::Replica, 500, 1);
+    world.memory.routed = Some(Routes {
+        primary: name("a"),
+        replicas: BTreeSet::from([name("b")]),
+    });
+    world.local.streaming_standbys = BTreeSet::from([name("b")]);
+    world
+}
+
+fn sync_action(decision: &Decision) -> Option<Action> {
+    decision
+        .actions
+        .iter()
+        .find(|a| {
+            matches!(
+                a,
+                Action::WriteSyncState { .. } | Action::SetSyncStandbys { .. }
+            )
+        })
+        .cloned()
+}
+
+#[test]
+fn sync_mode_adding_a_first_standby_sets_postgres_before_the_key() {
+    let mut world = sync_leader();
+    sync_key(&mut world, "a", &[]);
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
+    );
+    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
+    );
+    sync_key(&mut world, "a", &["b"]);
+    assert_eq!(sync_action(&world.decide()), None);
+}
+
+#[test]
+fn sync_mode_replacing_a_standby_grows_the_key_first() {
+    let mut world = sync_leader();
+    sync_key(&mut world, "a", &["c"]);
+    world.local.sync_standbys = BTreeSet::from([name("c")]);
+    // c is gone; b streams.
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b"), name("c")]))
+    );
+    sync_key(&mut world, "a", &["b", "c"]);
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
+    );
+    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
+    );
+}
+
+#[test]
+fn sync_mode_going_asynchronous_empties_the_key_before_postgres() {
+    let mut world = sync_leader();
+    world.local.streaming_standbys.clear();
+    sync_key(&mut world, "a", &["b"]);
+    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    let step = sync_action(&world.decide());
+    assert!(matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys.is_empty()));
+    sync_key(&mut world, "a", &[]);
+    let step = sync_action(&world.decide());
+    assert!(matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys.is_empty()));
+}
+
+#[test]
+fn sync_mode_strict_keeps_waiting_for_its_standby() {
+    let mut world = sync_leader();
+    world.config.synchronous_mode_strict = true;
+    world.local.streaming_standbys.clear();
+    sync_key(&mut world, "a", &["b"]);
+    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    assert_eq!(sync_action(&world.decide()), None);
+}
+
+// ---- memory ----
+
+#[test]
+fn memory_tracks_renewals_rewinds_and_routes() {
+    let mut memory = Memory::default();
+    memory.record(&Action::AcquireLock, &Outcome::Done, Duration::from_secs(7));
+    assert_eq!(memory.lock_renewed_at, Some(Duration::from_secs(7)));
+    memory.record(&Action::RenewLock, &Outcome::Failed, Duration::from_secs(8));
+    assert_eq!(
+        memory.lock_renewed_at,
+        Some(Duration::from_secs(7)),
+        "a failed renewal moves nothing"
+    );
+    memory.record(&Action::Promote, &Outcome::Done, Duration::from_secs(8));
+    assert!(memory.ran_as_primary);
+    memory.record(
+        &Action::Rewind(name("b")),
+        &Outcome::RewindImpossible,
+        Duration::from_secs(9),
+    );
+    assert!(memory.rewind_impossible);
+    memory.record(
+        &Action::CloneFrom(name("b")),
+        &Outcome::Done,
+        Duration::from_secs(9),
+    );
+    assert!(!memory.ran_as_primary && !memory.rewind_impossible);
+    memory.record(
+        &Action::ReleaseLock,
+        &Outcome::Done,
+        Duration::from_secs(10),
+    );
+    assert_eq!(memory.lock_renewed_at, None);
+}

@@ -1,0 +1,162 @@
+//! The one error type of this crate.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::state::PgRole;
+
+/// Which [`crate::Postgres`] operation an error comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// [`crate::Postgres::observe`].
+    Observe,
+    /// [`crate::Postgres::bootstrap`].
+    Bootstrap,
+    /// [`crate::Postgres::clone_replica`].
+    CloneReplica,
+    /// [`crate::Postgres::start`].
+    Start,
+    /// [`crate::Postgres::stop`].
+    Stop,
+    /// [`crate::Postgres::promote`].
+    Promote,
+    /// [`crate::Postgres::demote`].
+    Demote,
+    /// [`crate::Postgres::follow`].
+    Follow,
+    /// [`crate::Postgres::rewind`].
+    Rewind,
+    /// [`crate::Postgres::set_synchronous_standby_names`].
+    SetSynchronousStandbyNames,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Observe => "observe",
+            Operation::Bootstrap => "bootstrap",
+            Operation::CloneReplica => "clone replica",
+            Operation::Start => "start",
+            Operation::Stop => "stop",
+            Operation::Promote => "promote",
+            Operation::Demote => "demote",
+            Operation::Follow => "follow",
+            Operation::Rewind => "rewind",
+            Operation::SetSynchronousStandbyNames => "set synchronous_standby_names",
+        })
+    }
+}
+
+/// Everything that can go wrong while controlling the local PostgreSQL.
+///
+/// The variants are the cases the HA engine reacts to differently; each
+/// carries enough context (operation, program, data directory) to be logged
+/// as it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresError {
+    /// The operation needs a running server and there is none.
+    #[error("cannot {operation}: PostgreSQL is not running")]
+    NotRunning {
+        /// What was attempted.
+        operation: Operation,
+    },
+    /// The operation needs a stopped server (pg_rewind, for one) and it is running.
+    #[error("cannot {operation}: PostgreSQL is running and must be stopped first")]
+    StillRunning {
+        /// What was attempted.
+        operation: Operation,
+    },
+    /// The server runs in a role the operation does not change on its own
+    /// (for example `start` as primary while it runs as a replica: changing
+    /// role is `promote`'s or `demote`'s job).
+    #[error("cannot {operation}: PostgreSQL is running as {running_as}")]
+    RoleConflict {
+        /// What was attempted.
+        operation: Operation,
+        /// The role the server runs in.
+        running_as: PgRole,
+    },
+    /// The data directory holds no database cluster to start, promote or rewind.
+    #[error("cannot {operation}: data directory {} holds no database cluster", data_dir.display())]
+    NotInitialized {
+        /// What was attempted.
+        operation: Operation,
+        /// The data directory.
+        data_dir: PathBuf,
+    },
+    /// `bootstrap` or `clone_replica` found a data directory that is not empty;
+    /// nothing was changed, so no existing data is ever overwritten.
+    #[error("cannot {operation}: data directory {} is not empty", data_dir.display())]
+    NotEmpty {
+        /// What was attempted.
+        operation: Operation,
+        /// The data directory.
+        data_dir: PathBuf,
+    },
+    /// The operation did not finish in time; what it changed so far is
+    /// unknown, so the engine must `observe` before acting on the outcome.
+    #[error("{operation} did not finish within {after:?}")]
+    Timeout {
+        /// What was attempted.
+        operation: Operation,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// A PostgreSQL program (initdb, pg_ctl, pg_basebackup, pg_rewind, ...) failed.
+    #[error("{operation}: {program} failed ({status}): {stderr_tail}")]
+    CommandFailed {
+        /// What was attempted.
+        operation: Operation,
+        /// The program that was run.
+        program: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The last lines it wrote to stderr (the error is almost always there).
+        stderr_tail: String,
+    },
+    /// A SQL connection or query failed.
+    #[error("{operation}: query failed while {context}: {message}")]
+    Query {
+        /// What was attempted.
+        operation: Operation,
+        /// What the query was for, e.g. "reading pg_stat_replication".
+        context: String,
+        /// The server's or driver's message.
+        message: String,
+    },
+    /// A `synchronous_standby_names` value that cannot be used, either
+    /// given to [`crate::SyncStandbyNames`] or read back from PostgreSQL.
+    #[error("invalid synchronous_standby_names {input:?}: {reason}")]
+    InvalidSyncStandbyNames {
+        /// The rejected text (or the rendering of the rejected value).
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a file under PostgreSQL's control failed.
+    #[error("{operation}: {context}: {source}")]
+    Io {
+        /// What was attempted.
+        operation: Operation,
+        /// What was being done, e.g. "writing postgresql.auto.conf in /var/lib/pg".
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// PostgreSQL did something the contract does not allow for, e.g. it
+    /// reported a timeline that went backwards after a promotion.
+    #[error("{operation}: unexpected: {context}: {message}")]
+    Unexpected {
+        /// What was attempted.
+        operation: Operation,
+        /// Where it was noticed.
+        context: String,
+        /// What was seen.
+        message: String,
+    },
+}

@@ -1,0 +1,139 @@
+//! The member a replica streams from, and the libpq connection string for it.
+
+use matriarch_model::MemberName;
+
+use crate::secret::{Credentials, Secret};
+
+/// A member to stream WAL from (or to take a base backup or rewind from).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    /// The upstream member's name.
+    pub member: MemberName,
+    /// Its PostgreSQL host: an IP address, a host name, or (as libpq allows)
+    /// a Unix socket directory starting with `/`.
+    pub host: String,
+    /// Its PostgreSQL port.
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Renders the libpq connection string for `primary_conninfo`:
+    /// `host`, `port`, `user`, `password` (when there is one) and
+    /// `application_name` as `key=value` pairs.
+    ///
+    /// `application_name` is the *local* member's name: the primary shows it
+    /// in `pg_stat_replication` and matches it against
+    /// `synchronous_standby_names`.
+    ///
+    /// Values are quoted as libpq requires (single quotes, with `'` and `\`
+    /// escaped by a backslash) whenever they hold anything but letters,
+    /// digits, `_` and `.`. The result is the connection string itself; a
+    /// caller writing it into `postgresql.auto.conf` must still quote it as a
+    /// configuration value. It contains the password, hence a [`Secret`].
+    pub fn primary_conninfo(
+        &self,
+        replication: &Credentials,
+        application_name: &MemberName,
+    ) -> Secret {
+        let mut conninfo = String::new();
+        let mut pair = |key: &str, value: &str| {
+            if !conninfo.is_empty() {
+                conninfo.push(' ');
+            }
+            conninfo.push_str(key);
+            conninfo.push('=');
+            push_libpq_value(&mut conninfo, value);
+        };
+        pair("host", &self.host);
+        pair("port", &self.port.to_string());
+        pair("user", &replication.username);
+        if let Some(password) = &replication.password {
+            pair("password", password.expose());
+        }
+        pair("application_name", application_name.as_str());
+        Secret::new(conninfo)
+    }
+}
+
+/// Appends one libpq connection-string value, quoted only when needed (as
+/// libpq's own `appendConnStrVal` does) so that plain values stay readable.
+fn push_libpq_value(out: &mut String, value: &str) {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if plain {
+        out.push_str(value);
+        return;
+    }
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn libpq_value(value: &str) -> String {
+        let mut out = String::new();
+        push_libpq_value(&mut out, value);
+        out
+    }
+
+    fn upstream(host: &str) -> Upstream {
+        Upstream {
+            member: MemberName::new("pg-1").unwrap(),
+            host: host.to_owned(),
+            port: 5432,
+        }
+    }
+
+    #[test]
+    fn password_with_quote_backslash_and_spaces_is_escaped() {
+        let conninfo = upstream("10.0.0.1").primary_conninfo(
+            &Credentials::new("replicator", r"it's a \secret"),
+            &MemberName::new("pg-2").unwrap(),
+        );
+        assert_eq!(
+            conninfo.expose(),
+            r"host=10.0.0.1 port=5432 user=replicator password='it\'s a \\secret' application_name='pg-2'"
+        );
+    }
+
+    #[test]
+    fn conninfo_without_password_omits_the_key() {
+        let conninfo = upstream("db.example.com").primary_conninfo(
+            &Credentials::without_password("replicator"),
+            &MemberName::new("pg_2").unwrap(),
+        );
+        assert_eq!(
+            conninfo.expose(),
+            "host=db.example.com port=5432 user=replicator application_name=pg_2"
+        );
+    }
+
+    #[test]
+    fn libpq_values_are_quoted_when_libpq_would_misread_them() {
+        assert_eq!(libpq_value(""), "''");
+        assert_eq!(libpq_value("plain_1.2"), "plain_1.2");
+        assert_eq!(libpq_value("a=b"), "'a=b'");
+        assert_eq!(libpq_value("/var/run/postgresql"), "'/var/run/postgresql'");
+        assert_eq!(libpq_value("::1"), "'::1'");
+        assert_eq!(libpq_value(r"\'"), r"'\\\''");
+    }
+
+    #[test]
+    fn conninfo_is_a_secret_so_the_password_is_not_logged() {
+        let conninfo = upstream("10.0.0.1").primary_conninfo(
+            &Credentials::new("replicator", "topsecret"),
+            &MemberName::new("pg-2").unwrap(),
+        );
+        assert!(!format!("{conninfo:?} {conninfo}").contains("topsecret"));
+    }
+}

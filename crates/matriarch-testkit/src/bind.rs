@@ -1,0 +1,345 @@
+//! A real BIND 9 authoritative server with a TSIG-protected dynamic zone.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::error::{IoContext, Result, TestkitError};
+use crate::ports::free_tcp_udp_port;
+use crate::process::{describe, find_program, is_port_clash, ServiceProcess, Spec};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const START_ATTEMPTS: usize = 3;
+/// The zone every [`BindServer`] serves (without the trailing dot).
+pub const BIND_ZONE: &str = "matriarch.test";
+/// The name of the TSIG key allowed to update the zone.
+pub const BIND_TSIG_KEY_NAME: &str = "matriarch-key";
+/// The TSIG algorithm of the key.
+pub const BIND_TSIG_ALGORITHM: &str = "hmac-sha256";
+
+/// Standard base64 (with padding).
+pub(crate) fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(ALPHABET[(n >> 18) as usize & 63] as char);
+        out.push(ALPHABET[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            ALPHABET[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            ALPHABET[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+fn random_secret() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .ctx(|| "reading 32 random bytes from /dev/urandom".to_string())?;
+    Ok(base64_encode(&bytes))
+}
+
+/// BIND 9 (`named -g`) serving the zone [`BIND_ZONE`] on a free UDP+TCP port on
+/// 127.0.0.1. Updates are allowed only when signed with a TSIG key generated for this
+/// server. The zone holds SOA, NS, `ns A 127.0.0.1` and `primary A 127.0.0.1` (TTL 5).
+/// Killed and its directory removed on drop.
+#[derive(Debug)]
+pub struct BindServer {
+    port: u16,
+    secret: String,
+    key_file: PathBuf,
+    dig: PathBuf,
+    nsupdate: PathBuf,
+    process: Mutex<ServiceProcess>,
+    _dir: TempDir,
+}
+
+impl BindServer {
+    /// Writes the configuration, starts `named` and waits until it answers for the zone.
+    pub fn start() -> Result<Self> {
+        let named = find_program("named")?;
+        let dig = find_program("dig")?;
+        let nsupdate = find_program("nsupdate")?;
+        let secret = random_secret()?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("matriarch-bind-")
+                .tempdir()
+                .ctx(|| "creating a temporary directory for BIND".to_string())?;
+            let d = dir.path();
+            let port = free_tcp_udp_port()?;
+            let key_file = d.join("tsig.key");
+            let key = format!(
+                "key \"{BIND_TSIG_KEY_NAME}\" {{\n    algorithm {BIND_TSIG_ALGORITHM};\n    secret \"{secret}\";\n}};\n"
+            );
+            write_file(&key_file, &key)?;
+            let zone_file = d.join(format!("{BIND_ZONE}.zone"));
+            let zone = format!(
+                "$TTL 5\n\
+                 @ IN SOA ns.{BIND_ZONE}. hostmaster.{BIND_ZONE}. (1 60 30 600 5)\n\
+                 @ IN NS ns.{BIND_ZONE}.\n\
+                 ns IN A 127.0.0.1\n\
+                 primary 5 IN A 127.0.0.1\n"
+            );
+            write_file(&zone_file, &zone)?;
+            let conf_file = d.join("named.conf");
+            let dir_s = d.display();
+            let conf = format!(
+                "include \"{key}\";\n\
+                 options {{\n\
+                 \x20   directory \"{dir_s}\";\n\
+                 \x20   pid-file \"{dir_s}/named.pid\";\n\
+                 \x20   session-keyfile \"{dir_s}/session.key\";\n\
+                 \x20   managed-keys-directory \"{dir_s}\";\n\
+                 \x20   listen-on port {port} {{ 127.0.0.1; }};\n\
+                 \x20   listen-on-v6 {{ none; }};\n\
+                 \x20   recursion no;\n\
+                 \x20   dnssec-validation no;\n\
+                 \x20   notify no;\n\
+                 }};\n\
+                 controls {{ }};\n\
+                 zone \"{BIND_ZONE}\" {{\n\
+                 \x20   type primary;\n\
+                 \x20   file \"{zone}\";\n\
+                 \x20   allow-update {{ key \"{BIND_TSIG_KEY_NAME}\"; }};\n\
+                 }};\n",
+                key = key_file.display(),
+                zone = zone_file.display(),
+            );
+            write_file(&conf_file, &conf)?;
+            let spec = Spec::new(&named)
+                .arg("-g")
+                .arg("-4")
+                .arg("-n")
+                .arg("1")
+                .arg("-c")
+                .arg(&conf_file);
+            let process = ServiceProcess::spawn("named", spec, d.join("named.log"))?;
+            let server = BindServer {
+                port,
+                secret: secret.clone(),
+                key_file,
+                dig: dig.clone(),
+                nsupdate: nsupdate.clone(),
+                process: Mutex::new(process),
+                _dir: dir,
+            };
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(e) if is_port_clash(&e) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| TestkitError::InvalidArgument("named start failed".into())))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
+        self.process.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let mut cmd = self.dig_command(BIND_ZONE, "SOA");
+        self.lock().wait_until(READY_TIMEOUT, || {
+            let out = cmd.output().map_err(|e| format!("running dig: {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && !text.trim().is_empty() {
+                Ok(true)
+            } else {
+                Err(format!("dig SOA answered `{}`", text.trim()))
+            }
+        })
+    }
+
+    fn dig_command(&self, name: &str, rtype: &str) -> Command {
+        let mut cmd = Command::new(&self.dig);
+        cmd.arg("@127.0.0.1")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["+short", "+time=2", "+tries=2", name, rtype])
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The DNS port (UDP and TCP) on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The zone name without trailing dot: `matriarch.test`.
+    pub fn zone(&self) -> &'static str {
+        BIND_ZONE
+    }
+
+    /// The TSIG key name: `matriarch-key`.
+    pub fn tsig_key_name(&self) -> &'static str {
+        BIND_TSIG_KEY_NAME
+    }
+
+    /// The TSIG algorithm: `hmac-sha256`.
+    pub fn tsig_algorithm(&self) -> &'static str {
+        BIND_TSIG_ALGORITHM
+    }
+
+    /// The TSIG secret (32 random bytes, base64).
+    pub fn tsig_secret_base64(&self) -> &str {
+        &self.secret
+    }
+
+    /// The key file in BIND syntax (usable with `nsupdate -k`).
+    pub fn tsig_key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// The named process id, or `None` once killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().pid()
+    }
+
+    /// The last lines of named's log.
+    pub fn log_tail(&self) -> String {
+        self.lock().log_tail()
+    }
+
+    /// Resolves `name` (e.g. `primary.matriarch.test`) to its A records with
+    /// `dig +short`. An empty answer (NXDOMAIN, no A record) gives an empty vector.
+    pub fn query_a(&self, name: &str) -> Result<Vec<Ipv4Addr>> {
+        let mut cmd = self.dig_command(name, "A");
+        let what = describe(&cmd);
+        let out = cmd.output().ctx(|| format!("running `{what}`"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(TestkitError::CommandFailed {
+                command: what,
+                status: out.status.to_string(),
+                stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let mut addrs = Vec::new();
+        for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            match line.parse::<Ipv4Addr>() {
+                Ok(a) => addrs.push(a),
+                // A CNAME target in a +short answer ends with a dot; skip it.
+                Err(_) if line.ends_with('.') => {}
+                Err(_) => {
+                    return Err(TestkitError::Parse {
+                        context: format!("`{what}`"),
+                        detail: format!("line `{line}` is not an IPv4 address"),
+                    })
+                }
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// Runs `nsupdate` signed with the zone's TSIG key. `script` holds the update
+    /// commands (e.g. `update delete primary.matriarch.test. A`); the `server` and
+    /// `zone` lines are prepended, and `send` appended when missing. Returns stdout;
+    /// a refused or failed update is an error.
+    pub fn nsupdate(&self, script: &str) -> Result<String> {
+        self.run_nsupdate(script, true)
+    }
+
+    /// Like [`BindServer::nsupdate`] but without the key (the server must refuse it).
+    pub fn nsupdate_unsigned(&self, script: &str) -> Result<String> {
+        self.run_nsupdate(script, false)
+    }
+
+    fn run_nsupdate(&self, script: &str, signed: bool) -> Result<String> {
+        let mut cmd = Command::new(&self.nsupdate);
+        if signed {
+            cmd.arg("-k").arg(&self.key_file);
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = describe(&cmd);
+        let mut input = format!("server 127.0.0.1 {}\nzone {BIND_ZONE}.\n", self.port);
+        input.push_str(script);
+        if !input.ends_with('\n') {
+            input.push('\n');
+        }
+        if !script.lines().any(|l| l.trim() == "send") {
+            input.push_str("send\n");
+        }
+        let mut child = cmd.spawn().ctx(|| format!("starting `{what}`"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .ctx(|| format!("writing the script to `{what}`"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .ctx(|| format!("waiting for `{what}`"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(TestkitError::CommandFailed {
+                command: format!("{what} <<< {input:?}"),
+                status: out.status.to_string(),
+                stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+    }
+
+    /// Freezes named with SIGSTOP.
+    pub fn pause(&self) -> Result<()> {
+        self.lock().signal(libc::SIGSTOP)
+    }
+
+    /// Unfreezes a paused named (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.lock().signal(libc::SIGCONT)
+    }
+
+    /// Kills named with SIGKILL. No-op when not running.
+    pub fn kill(&self) {
+        self.lock().kill();
+    }
+}
+
+fn write_file(path: &Path, content: &str) -> Result<()> {
+    std::fs::write(path, content).ctx(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_encode;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(base64_encode(input.as_bytes()), expected);
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Real services for matriarch's tests.
+//!
+//! Each handle starts a real program as a child process on a free 127.0.0.1 port with a
+//! throwaway directory, waits until it is ready, and on drop (also when a test panics)
+//! kills the process group, waits for it, and removes the directory:
+//!
+//! * [`EtcdServer`] / [`EtcdCluster`]: etcd 3.4 (`/usr/bin/etcd`).
+//! * [`ZooKeeperServer`]: standalone ZooKeeper 3.8 run with java.
+//! * [`PostgresServer`]: PostgreSQL 15 (as the `postgres` OS user when run as root).
+//! * [`BindServer`]: BIND 9 with a TSIG-protected dynamic zone.
+//! * [`MotoServer`]: moto's AWS emulator from the venv made by `cargo xtask deps`.
+//!
+//! Missing programs make `start()` fail with a message that names the program and says
+//! to run `cargo xtask deps`. The library is blocking (std::process) and works from
+//! sync and async tests alike.
+
+#![warn(missing_docs)]
+
+mod bind;
+mod error;
+mod etcd;
+mod http;
+mod moto;
+mod ports;
+mod postgres;
+mod process;
+mod zookeeper;
+
+pub use bind::{BindServer, BIND_TSIG_ALGORITHM, BIND_TSIG_KEY_NAME, BIND_ZONE};
+pub use error::{Result, TestkitError};
+pub use etcd::{EtcdCluster, EtcdMember, EtcdServer};
+pub use http::{http_request, http_request_timeout, HttpResponse};
+pub use moto::{moto_venv, MotoServer};
+pub use ports::{free_port, free_tcp_udp_port};
+pub use postgres::{
+    bin_dir, pg_command, pg_program, run_as_pg_user, run_pg_program, PgOsUser, PostgresServer,
+    DEFAULT_PG_BIN, PG_OS_USER,
+};
+pub use zookeeper::{zk_four_letter_word, ZooKeeperServer};

@@ -1,0 +1,105 @@
+//! moto's AWS emulator server (`moto_server`) from the venv made by `cargo xtask deps`.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::error::{IoContext, Result, TestkitError};
+use crate::http::{http_request, http_request_timeout};
+use crate::ports::free_port;
+use crate::process::{is_port_clash, require_program, ServiceProcess, Spec};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const START_ATTEMPTS: usize = 3;
+
+/// The moto venv: `$MATRIARCH_MOTO_VENV`, else `<workspace>/target/moto-venv`.
+pub fn moto_venv() -> PathBuf {
+    std::env::var_os("MATRIARCH_MOTO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/moto-venv"))
+}
+
+/// A `moto_server` on a free 127.0.0.1 port; killed on drop. Any credentials work;
+/// use region `us-east-1`.
+#[derive(Debug)]
+pub struct MotoServer {
+    port: u16,
+    process: Mutex<ServiceProcess>,
+    _dir: TempDir,
+}
+
+impl MotoServer {
+    /// Starts `moto_server` and waits until it answers HTTP.
+    pub fn start() -> Result<Self> {
+        let program = moto_venv().join("bin/moto_server");
+        require_program("moto_server", &program)?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("matriarch-moto-")
+                .tempdir()
+                .ctx(|| "creating a temporary directory for moto".to_string())?;
+            let port = free_port()?;
+            let mut spec = Spec::new(&program)
+                .arg("-H")
+                .arg("127.0.0.1")
+                .arg("-p")
+                .arg(port.to_string());
+            spec.cwd = Some(dir.path().to_path_buf());
+            spec.envs = vec![("PYTHONUNBUFFERED".into(), "1".into())];
+            let process = ServiceProcess::spawn("moto_server", spec, dir.path().join("moto.log"))?;
+            let server = MotoServer {
+                port,
+                process: Mutex::new(process),
+                _dir: dir,
+            };
+            let url = format!("{}/moto-api/", server.endpoint_url());
+            let ready = server.lock().wait_until(READY_TIMEOUT, || {
+                http_request_timeout("GET", &url, &[], b"", Duration::from_secs(2))
+                    .map(|_| true)
+                    .map_err(|e| e.to_string())
+            });
+            match ready {
+                Ok(()) => return Ok(server),
+                Err(e) if is_port_clash(&e) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| TestkitError::InvalidArgument("moto start failed".into())))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
+        self.process.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The endpoint URL, e.g. `http://127.0.0.1:18080`.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The last lines of moto's log.
+    pub fn log_tail(&self) -> String {
+        self.lock().log_tail()
+    }
+
+    /// Drops all emulated state (`POST /moto-api/reset`).
+    pub fn reset(&self) -> Result<()> {
+        let url = format!("{}/moto-api/reset", self.endpoint_url());
+        let resp = http_request("POST", &url, &[], b"")?;
+        if resp.status == 200 {
+            Ok(())
+        } else {
+            Err(TestkitError::Parse {
+                context: format!("POST {url}"),
+                detail: format!("HTTP {}: {}", resp.status, resp.body_text()),
+            })
+        }
+    }
+}

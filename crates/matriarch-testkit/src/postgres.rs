@@ -1,0 +1,445 @@
+//! Real PostgreSQL 15 instances, and helpers to run PostgreSQL programs as the right
+//! OS user (PostgreSQL refuses to run as root).
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::error::{IoContext, Result, TestkitError};
+use crate::ports::free_port;
+use crate::process::{is_port_clash, require_program, run_checked, ServiceProcess, Spec};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const START_ATTEMPTS: usize = 3;
+/// The default PostgreSQL binary directory (Debian's postgresql-15).
+pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The OS user PostgreSQL programs run as when the tests run as root.
+pub const PG_OS_USER: &str = "postgres";
+
+/// The PostgreSQL binary directory: `$MATRIARCH_PG_BIN`, else `/usr/lib/postgresql/15/bin`.
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("MATRIARCH_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN))
+}
+
+/// The path of a PostgreSQL program (e.g. `initdb`) in [`bin_dir`]; an error that says
+/// to run `cargo xtask deps` when it is missing.
+pub fn pg_program(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    require_program(name, &p)?;
+    Ok(p)
+}
+
+/// The OS user that PostgreSQL server programs run as: the Debian `postgres` user when
+/// the tests run as root (euid 0), otherwise the current user (no switch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOsUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+    switch: bool,
+}
+
+fn lookup_user(name: &str) -> Result<Option<PgOsUser>> {
+    let cname = CString::new(name)
+        .map_err(|_| TestkitError::InvalidArgument(format!("bad user name `{name}`")))?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value to be filled in by getpwnam_r.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the duration of the call; buf outlives pwd use.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(TestkitError::io(
+            format!("looking up OS user `{name}`"),
+            std::io::Error::from_raw_os_error(rc),
+        ));
+    }
+    if result.is_null() {
+        return Ok(None);
+    }
+    let home = if pwd.pw_dir.is_null() {
+        PathBuf::from("/")
+    } else {
+        // SAFETY: getpwnam_r succeeded, so pw_dir points into buf as a C string.
+        PathBuf::from(
+            unsafe { CStr::from_ptr(pwd.pw_dir) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    Ok(Some(PgOsUser {
+        name: name.to_string(),
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+        home,
+        switch: true,
+    }))
+}
+
+impl PgOsUser {
+    /// Finds the user to run PostgreSQL programs as (cached after the first call).
+    pub fn detect() -> Result<PgOsUser> {
+        static USER: OnceLock<PgOsUser> = OnceLock::new();
+        if let Some(u) = USER.get() {
+            return Ok(u.clone());
+        }
+        // SAFETY: geteuid/getegid cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let user = if euid == 0 {
+            lookup_user(PG_OS_USER)?.ok_or_else(|| TestkitError::MissingUser {
+                user: PG_OS_USER.to_string(),
+            })?
+        } else {
+            PgOsUser {
+                name: std::env::var("USER").unwrap_or_else(|_| format!("uid {euid}")),
+                uid: euid,
+                gid: egid,
+                home: std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/")),
+                switch: false,
+            }
+        };
+        Ok(USER.get_or_init(|| user).clone())
+    }
+
+    /// The user name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The numeric user id.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The numeric primary group id.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// Whether commands switch user (true when the tests run as root).
+    pub fn switches_user(&self) -> bool {
+        self.switch
+    }
+
+    /// Makes `cmd` run as this user: sets uid/gid (dropping root's supplementary
+    /// groups), `HOME`/`USER`/`LOGNAME`, and the working directory to `/` unless one
+    /// was set (root's working directory may not be accessible). Use absolute paths.
+    pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        if self.switch {
+            cmd.uid(self.uid)
+                .gid(self.gid)
+                .env("HOME", &self.home)
+                .env("USER", &self.name)
+                .env("LOGNAME", &self.name);
+            if cmd.get_current_dir().is_none() {
+                cmd.current_dir("/");
+            }
+        }
+        cmd
+    }
+
+    /// Changes the owner of `path` (not recursive) to this user; no-op without a switch.
+    pub fn chown(&self, path: &Path) -> Result<()> {
+        if self.switch {
+            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+                .ctx(|| format!("chown {} to {}", path.display(), self.name))?;
+        }
+        Ok(())
+    }
+
+    /// Changes the owner of `path` and everything below it to this user.
+    pub fn chown_recursive(&self, path: &Path) -> Result<()> {
+        if !self.switch {
+            return Ok(());
+        }
+        self.chown(path)?;
+        let meta = std::fs::symlink_metadata(path).ctx(|| format!("stat {}", path.display()))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+                let entry = entry.ctx(|| format!("listing {}", path.display()))?;
+                self.chown_recursive(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a throwaway directory under `/tmp` (traversable by every user) owned by
+    /// this user. It is removed when the returned handle drops.
+    pub fn tempdir(&self, prefix: &str) -> Result<TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .ctx(|| format!("creating a temporary directory {prefix}* under /tmp"))?;
+        self.chown(dir.path())?;
+        Ok(dir)
+    }
+}
+
+/// Makes `cmd` run as the PostgreSQL OS user (see [`PgOsUser::apply`]).
+pub fn run_as_pg_user(cmd: &mut Command) -> Result<&mut Command> {
+    Ok(PgOsUser::detect()?.apply(cmd))
+}
+
+/// A [`Command`] for the PostgreSQL program `name` (from [`bin_dir`]) set up to run as
+/// the PostgreSQL OS user.
+pub fn pg_command(name: &str) -> Result<Command> {
+    let mut cmd = Command::new(pg_program(name)?);
+    run_as_pg_user(&mut cmd)?;
+    Ok(cmd)
+}
+
+/// Runs the PostgreSQL program `name` (e.g. `pg_controldata`) with `args` as the
+/// PostgreSQL OS user, waits for it, and returns its output; fails on a non-zero exit
+/// with the captured stdout/stderr in the error.
+pub fn run_pg_program<I, S>(name: &str, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = pg_command(name)?;
+    cmd.args(args);
+    run_checked(&mut cmd)
+}
+
+/// A PostgreSQL 15 server (initdb with data checksums, trust auth, superuser
+/// `postgres`) listening on 127.0.0.1 on a free port, with its socket in the throwaway
+/// directory. The postmaster is the handle's own child: on drop it gets an immediate
+/// shutdown (SIGQUIT), then the process group is SIGKILLed and the directory removed.
+#[derive(Debug)]
+pub struct PostgresServer {
+    port: u16,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    user: PgOsUser,
+    process: Mutex<ServiceProcess>,
+    _dir: TempDir,
+}
+
+impl PostgresServer {
+    /// Runs initdb and starts the server; returns once `pg_isready` says it accepts
+    /// connections.
+    pub fn start() -> Result<Self> {
+        let initdb = pg_program("initdb")?;
+        let postgres = pg_program("postgres")?;
+        pg_program("pg_isready")?;
+        let user = PgOsUser::detect()?;
+        let dir = user.tempdir("matriarch-pg-")?;
+        let data_dir = dir.path().join("data");
+        let mut cmd = Command::new(&initdb);
+        cmd.arg("-D")
+            .arg(&data_dir)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "--data-checksums",
+            ])
+            .args(["-E", "UTF8", "--locale=C", "--no-instructions"])
+            .current_dir(dir.path());
+        user.apply(&mut cmd);
+        run_checked(&mut cmd)?;
+
+        let socket_dir = dir.path().to_path_buf();
+        let log = dir.path().join("postgres.log");
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port()?;
+            let mut spec = Spec::new(&postgres)
+                .arg("-D")
+                .arg(&data_dir)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-k")
+                .arg(&socket_dir)
+                .arg("-c")
+                .arg("listen_addresses=127.0.0.1")
+                .arg("-c")
+                .arg("fsync=off");
+            spec.cwd = Some(dir.path().to_path_buf());
+            if user.switches_user() {
+                spec.user = Some((user.uid(), user.gid()));
+                spec.envs = vec![
+                    ("HOME".into(), user.home.clone().into_os_string()),
+                    ("USER".into(), user.name().into()),
+                    ("LOGNAME".into(), user.name().into()),
+                ];
+            }
+            let mut process = ServiceProcess::spawn("postgres", spec, log.clone())?;
+            match wait_ready(&mut process, port) {
+                Ok(()) => {
+                    return Ok(PostgresServer {
+                        port,
+                        data_dir,
+                        socket_dir,
+                        user,
+                        process: Mutex::new(process),
+                        _dir: dir,
+                    })
+                }
+                Err(e) if is_port_clash(&e) => {
+                    shutdown(&mut process);
+                    last_err = Some(e);
+                }
+                Err(e) => {
+                    shutdown(&mut process);
+                    return Err(e);
+                }
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| TestkitError::InvalidArgument("postgres start failed".into())))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
+        self.process.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Always `127.0.0.1`.
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A key=value connection string for tokio-postgres / libpq:
+    /// `host=127.0.0.1 port=PORT user=postgres dbname=postgres`.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// The data directory (`PGDATA`), owned by the PostgreSQL OS user.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The Unix socket directory (`-k`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The OS user the server runs as.
+    pub fn os_user(&self) -> &PgOsUser {
+        &self.user
+    }
+
+    /// The postmaster's process id, or `None` once stopped/killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().pid()
+    }
+
+    /// The last lines of the server log.
+    pub fn log_tail(&self) -> String {
+        self.lock().log_tail()
+    }
+
+    /// Fast shutdown (SIGINT), waiting up to 30 s before SIGKILL. No-op when not running.
+    pub fn stop(&self) {
+        self.lock().terminate(libc::SIGINT, Duration::from_secs(30));
+    }
+
+    /// Kills the postmaster and all backends with SIGKILL (a crash). No-op when not running.
+    pub fn kill(&self) {
+        self.lock().kill();
+    }
+
+    /// Freezes the postmaster with SIGSTOP (backends keep running).
+    pub fn pause(&self) -> Result<()> {
+        self.lock().signal(libc::SIGSTOP)
+    }
+
+    /// Unfreezes a paused postmaster (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.lock().signal(libc::SIGCONT)
+    }
+
+    /// Starts the server again on the same data directory and port (after an immediate
+    /// shutdown if it still runs) and waits until it accepts connections.
+    pub fn restart(&self) -> Result<()> {
+        let mut p = self.lock();
+        shutdown(&mut p);
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            p.start()?;
+            match wait_ready(&mut p, self.port) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_port_clash(&e) => {
+                    shutdown(&mut p);
+                    std::thread::sleep(Duration::from_millis(500));
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| TestkitError::InvalidArgument("postgres restart failed".into())))
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        shutdown(&mut self.lock());
+    }
+}
+
+/// Immediate shutdown (SIGQUIT, which also removes shared memory), then SIGKILL for
+/// whatever is left in the process group.
+fn shutdown(p: &mut ServiceProcess) {
+    p.terminate(libc::SIGQUIT, Duration::from_secs(5));
+}
+
+/// Waits until `pg_isready` reports that the server accepts connections.
+fn wait_ready(p: &mut ServiceProcess, port: u16) -> Result<()> {
+    let pg_isready = pg_program("pg_isready")?;
+    let port_s = port.to_string();
+    p.wait_until(READY_TIMEOUT, || {
+        let out = Command::new(&pg_isready)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port_s,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-t",
+                "2",
+            ])
+            .output()
+            .map_err(|e| format!("running pg_isready: {e}"))?;
+        if out.status.success() {
+            Ok(true)
+        } else {
+            Err(format!(
+                "pg_isready: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ))
+        }
+    })
+}

@@ -1,0 +1,200 @@
+//! A real standalone ZooKeeper 3.8 (Debian's `zookeeper` package, run with java directly).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::error::{IoContext, Result, TestkitError};
+use crate::ports::free_port;
+use crate::process::{find_program, is_port_clash, require_program, ServiceProcess, Spec};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const START_ATTEMPTS: usize = 3;
+const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
+const LOG4J_EXAMPLE: &str = "/etc/zookeeper/conf_example/log4j.properties";
+
+/// Sends a four-letter word (e.g. `ruok`, `srvr`, `mntr`) to a ZooKeeper server and
+/// returns its answer.
+pub fn zk_four_letter_word(port: u16, word: &str) -> Result<String> {
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .ctx(|| format!("connecting to ZooKeeper on 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .ctx(|| "setting read timeout".to_string())?;
+    s.write_all(word.as_bytes())
+        .ctx(|| format!("sending `{word}` to ZooKeeper"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .ctx(|| format!("reading the answer to `{word}` from ZooKeeper"))?;
+    Ok(out)
+}
+
+/// A standalone ZooKeeper server on a free 127.0.0.1 port with a throwaway data
+/// directory; killed and removed on drop.
+#[derive(Debug)]
+pub struct ZooKeeperServer {
+    port: u16,
+    data_dir: PathBuf,
+    process: Mutex<ServiceProcess>,
+    _dir: TempDir,
+}
+
+impl ZooKeeperServer {
+    /// Starts ZooKeeper and waits until it answers `ruok` with `imok`.
+    pub fn start() -> Result<Self> {
+        let java = find_program("java")?;
+        require_program("zookeeper (zookeeper.jar)", Path::new(ZK_JAR))?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("matriarch-zk-")
+                .tempdir()
+                .ctx(|| "creating a temporary directory for ZooKeeper".to_string())?;
+            let port = free_port()?;
+            let conf_dir = dir.path().join("conf");
+            let data_dir = dir.path().join("data");
+            for d in [&conf_dir, &data_dir] {
+                std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
+            }
+            let cfg = format!(
+                "tickTime=2000\n\
+                 initLimit=10\n\
+                 syncLimit=5\n\
+                 minSessionTimeout=1000\n\
+                 maxSessionTimeout=60000\n\
+                 dataDir={}\n\
+                 clientPort={port}\n\
+                 clientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n\
+                 4lw.commands.whitelist=*\n\
+                 forceSync=no\n",
+                data_dir.display()
+            );
+            let cfg_path = conf_dir.join("zoo.cfg");
+            std::fs::write(&cfg_path, cfg).ctx(|| format!("writing {}", cfg_path.display()))?;
+            let log4j = conf_dir.join("log4j.properties");
+            if Path::new(LOG4J_EXAMPLE).is_file() {
+                std::fs::copy(LOG4J_EXAMPLE, &log4j)
+                    .ctx(|| format!("copying {LOG4J_EXAMPLE} to {}", log4j.display()))?;
+            } else {
+                std::fs::write(
+                    &log4j,
+                    "log4j.rootLogger=INFO, CONSOLE\n\
+                     log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
+                     log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
+                     log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} - %-5p [%t] - %m%n\n",
+                )
+                .ctx(|| format!("writing {}", log4j.display()))?;
+            }
+            let spec = Spec::new(&java)
+                .arg("-Xmx256m")
+                .arg("-XX:+UseSerialGC")
+                .arg("-XX:TieredStopAtLevel=1")
+                .arg(format!("-Dzookeeper.log.dir={}", dir.path().display()))
+                .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
+                .arg("-Dzookeeper.admin.enableServer=false")
+                .arg("-cp")
+                .arg(format!("{}:{ZK_JAR}", conf_dir.display()))
+                .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+                .arg(&cfg_path);
+            let process =
+                ServiceProcess::spawn("zookeeper", spec, dir.path().join("zookeeper.log"))?;
+            let server = ZooKeeperServer {
+                port,
+                data_dir,
+                process: Mutex::new(process),
+                _dir: dir,
+            };
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(e) if is_port_clash(&e) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| TestkitError::InvalidArgument("ZooKeeper start failed".into())))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
+        self.process.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let port = self.port;
+        self.lock().wait_until(READY_TIMEOUT, || {
+            let answer = zk_four_letter_word(port, "ruok").map_err(|e| e.to_string())?;
+            if answer.trim() == "imok" {
+                Ok(true)
+            } else {
+                Err(format!("ruok answered `{}`", answer.trim()))
+            }
+        })
+    }
+
+    /// The connect string, e.g. `127.0.0.1:21810`.
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The client port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory (kept across [`ZooKeeperServer::restart`]).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The java process id, or `None` after [`ZooKeeperServer::kill`].
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().pid()
+    }
+
+    /// The last lines of the server log.
+    pub fn log_tail(&self) -> String {
+        self.lock().log_tail()
+    }
+
+    /// Freezes the server with SIGSTOP (sessions expire once it is resumed late).
+    pub fn pause(&self) -> Result<()> {
+        self.lock().signal(libc::SIGSTOP)
+    }
+
+    /// Unfreezes a paused server (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.lock().signal(libc::SIGCONT)
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone. No-op when not running.
+    pub fn kill(&self) {
+        self.lock().kill();
+    }
+
+    /// Starts the server again with the same data directory and port (killing it first
+    /// if it still runs) and waits for `imok`.
+    pub fn restart(&self) -> Result<()> {
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            {
+                let mut p = self.lock();
+                p.kill();
+                p.start()?;
+            }
+            match self.wait_ready() {
+                Ok(()) => return Ok(()),
+                Err(e) if is_port_clash(&e) => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| TestkitError::InvalidArgument("ZooKeeper restart failed".into())))
+    }
+}

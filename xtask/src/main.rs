@@ -1,0 +1,282 @@
+//! `cargo xtask`: project automation (installing test dependencies, the CI test run).
+//!
+//! Run `cargo xtask help` for the list of commands.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+/// Debian packages the tests need (real services and build tools).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "postgresql-15",
+    "etcd-server",
+    "etcd-client",
+    "zookeeper",
+    "bind9",
+    "bind9-dnsutils",
+    "protobuf-compiler",
+    "nftables",
+    "iptables",
+    "python3-venv",
+];
+
+/// The moto version installed into the venv.
+const MOTO_REQUIREMENT: &str = "moto[server]==5.2.5";
+
+/// Debian's Python (not a pyenv build first on PATH, which other OS users may not run).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  deps          install missing test dependencies (Debian packages, the `postgres`
+                OS user, the moto venv in target/moto-venv); skips what is present
+  test [args]   deps, then cargo fmt --check, cargo clippy -D warnings and
+                cargo test --workspace [args]
+  demo          run the demo (arrives with the reference daemon)
+  sim           deterministic simulation (not yet implemented)
+  bench         benchmarks (not yet implemented)
+  chaos         chaos tests against real services (not yet implemented)
+  help          show this message
+";
+
+/// A failure with a message for the user.
+struct Failure(String);
+
+type Result<T = ()> = std::result::Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    let result = match cmd {
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        "deps" => no_args(cmd, rest).and_then(|()| deps()),
+        "test" => test(rest),
+        "demo" => {
+            println!("cargo xtask demo: the demo arrives with the reference daemon (not yet).");
+            Ok(())
+        }
+        "sim" => return not_yet("sim", "deterministic simulation"),
+        "bench" => return not_yet("bench", "benchmarks"),
+        "chaos" => return not_yet("chaos", "chaos tests"),
+        other => {
+            eprintln!("cargo xtask: unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("cargo xtask {cmd}: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn not_yet(cmd: &str, issue: &str) -> ExitCode {
+    println!("cargo xtask {cmd}: not yet implemented (issue: {issue})");
+    ExitCode::from(2)
+}
+
+fn no_args(cmd: &str, rest: &[String]) -> Result {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(format!("`{cmd}` takes no arguments, got {rest:?}")))
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn render(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a command with inherited stdio; fails unless it exits 0.
+fn run(cmd: &mut Command) -> Result {
+    let what = render(cmd);
+    let status = cmd
+        .status()
+        .map_err(|e| Failure(format!("cannot run `{what}`: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure(format!("`{what}` failed ({status})")))
+    }
+}
+
+// ---------------------------------------------------------------------------- deps
+
+fn deps() -> Result {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    for p in DEBIAN_PACKAGES.iter().filter(|p| !missing.contains(p)) {
+        println!("package {p}: present");
+    }
+    if !missing.is_empty() {
+        if !is_root() {
+            return Err(Failure(format!(
+                "missing Debian packages {} and not running as root; install them with \
+                 `sudo apt-get install -y --no-install-recommends {}` or rerun as root",
+                missing.join(", "),
+                missing.join(" ")
+            )));
+        }
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        for p in &missing {
+            if !package_installed(p) {
+                return Err(Failure(format!(
+                    "package {p} is still not installed after apt-get install"
+                )));
+            }
+            println!("package {p}: installed");
+        }
+    }
+    postgres_user()?;
+    moto_venv()
+}
+
+fn package_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed"
+        })
+        .unwrap_or(false)
+}
+
+/// As root, PostgreSQL runs as the `postgres` OS user; make sure it exists.
+fn postgres_user() -> Result {
+    if !is_root() {
+        println!("os user postgres: not needed (not running as root)");
+        return Ok(());
+    }
+    let exists = Command::new("id")
+        .args(["-u", "postgres"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if exists {
+        println!("os user postgres: present");
+    } else {
+        run(Command::new("useradd").args(["--system", "postgres"]))?;
+        println!("os user postgres: installed");
+    }
+    Ok(())
+}
+
+fn moto_venv_dir() -> PathBuf {
+    std::env::var_os("MATRIARCH_MOTO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("moto-venv"))
+}
+
+fn moto_venv() -> Result {
+    let venv = moto_venv_dir();
+    let server = venv.join("bin").join("moto_server");
+    if server.is_file() {
+        println!("moto venv {}: present", venv.display());
+        return Ok(());
+    }
+    if !Path::new(SYSTEM_PYTHON).is_file() {
+        return Err(Failure(format!(
+            "{SYSTEM_PYTHON} not found; install Debian's python3 and python3-venv"
+        )));
+    }
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Failure(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    run(Command::new(SYSTEM_PYTHON).args([
+        OsStr::new("-m"),
+        OsStr::new("venv"),
+        venv.as_os_str(),
+    ]))?;
+    run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        MOTO_REQUIREMENT,
+    ]))?;
+    if !server.is_file() {
+        return Err(Failure(format!(
+            "{} missing after pip install {MOTO_REQUIREMENT}",
+            server.display()
+        )));
+    }
+    run(Command::new("chmod").args([OsStr::new("-R"), OsStr::new("a+rX"), venv.as_os_str()]))?;
+    println!(
+        "moto venv {}: installed ({MOTO_REQUIREMENT})",
+        venv.display()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- test
+
+fn test(extra: &[String]) -> Result {
+    step("deps", deps())?;
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo_step = |name: &str, args: &[&str], extra: &[String]| -> Result {
+        println!("==> cargo xtask test: {name}");
+        let mut cmd = Command::new(&cargo);
+        cmd.args(args).args(extra).current_dir(&root);
+        step(name, run(&mut cmd))
+    };
+    cargo_step("fmt", &["fmt", "--all", "--", "--check"], &[])?;
+    cargo_step(
+        "clippy",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo_step("test", &["test", "--workspace"], extra)?;
+    println!("==> cargo xtask test: all steps passed");
+    Ok(())
+}
+
+fn step(name: &str, r: Result) -> Result {
+    r.map_err(|Failure(msg)| Failure(format!("step `{name}` failed: {msg}")))
+}
