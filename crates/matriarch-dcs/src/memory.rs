@@ -17,8 +17,10 @@ use crate::{is_record_key, Clock, DcsError, Expected, SystemClock, WatchOutcome}
 
 const BACKEND: &str = "memory";
 
-/// How often a watcher re-checks for TTL expiry, which has no writer to wake it.
-const EXPIRY_POLL: Duration = Duration::from_millis(10);
+/// Bounds on how long a watcher sleeps before re-checking for TTL expiry,
+/// which has no writer to wake it: until the next key is due, within these.
+const EXPIRY_POLL_MIN: Duration = Duration::from_millis(10);
+const EXPIRY_POLL_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Stored {
@@ -382,15 +384,24 @@ impl crate::Dcs for MemoryDcs {
             // Register before checking, so a change between the check and the
             // wait is not missed.
             notified.as_mut().enable();
-            if self.store()?.revision > after_revision {
-                return Ok(WatchOutcome::Changed);
-            }
+            let next_expiry = {
+                let store = self.store()?;
+                if store.revision > after_revision {
+                    return Ok(WatchOutcome::Changed);
+                }
+                store.entries.values().filter_map(|s| s.expires_at).min()
+            };
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(WatchOutcome::TimedOut);
             }
-            // Expiry has no writer to notify us: poll for it.
-            let wait = (deadline - now).min(EXPIRY_POLL);
+            // Expiry has no writer to notify us: look again when the next key
+            // is due (a clock that tests move by hand is caught within the maximum).
+            let until_expiry = next_expiry.map_or(EXPIRY_POLL_MAX, |at| {
+                at.saturating_sub(self.shared.clock.now())
+                    .clamp(EXPIRY_POLL_MIN, EXPIRY_POLL_MAX)
+            });
+            let wait = (deadline - now).min(until_expiry);
             let _ = tokio::time::timeout(wait, notified).await;
         }
     }

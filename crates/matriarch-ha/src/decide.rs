@@ -103,6 +103,9 @@ pub struct Memory {
     pub ran_as_primary: bool,
     /// pg_rewind said it cannot repair the data directory: re-clone it.
     pub rewind_impossible: bool,
+    /// The leader this stopped data directory was last checked against
+    /// (rewound, or found not diverged), so it can start following at once.
+    pub timeline_checked_against: Option<MemberName>,
     /// Failed attempts to start PostgreSQL as primary while holding the lock.
     pub primary_start_failures: u32,
     /// The routes last applied successfully.
@@ -558,11 +561,14 @@ fn planned_switchover(
     if scheduled_at.is_some_and(|at| at > inputs.wall_clock) {
         return None;
     }
+    // In synchronous mode only a synchronous standby can take over without
+    // losing a commit, and only one could win the race after we step down.
+    let synchronous = inputs.config.synchronous_mode != SynchronousMode::Off;
     let ready = |member: &Member| {
         member.name != *me
-            && member.role == Role::Replica
-            && member.state == MemberState::Running
-            && member.tags.allows_failover()
+            && (!synchronous || in_sync_key(view, &member.name) && wrote_sync_key(view, me))
+            && candidate_looks_able(inputs, view, member)
+            && member.timeline >= inputs.local.timeline
             && lag_ok(inputs, member.wal_position(), inputs.local.wal_position)
     };
     let candidate_ready = match candidate {
@@ -759,6 +765,13 @@ fn follower(
                 plan.push(Action::Demote(DemoteMode::Graceful));
                 return plan.done(EngineRole::Demoting, "former primary: stopping to rewind");
             }
+            if replica_diverged(inputs, view) {
+                plan.push(Action::Demote(DemoteMode::Graceful));
+                return plan.done(
+                    EngineRole::Demoting,
+                    "received WAL past the point where the cluster's timeline forked: stopping to rewind",
+                );
+            }
             if upstream.as_ref() != Some(holder) {
                 plan.push(Action::Follow(holder.clone()));
                 return plan.done(
@@ -777,7 +790,13 @@ fn follower(
             // (an agent restart forgets that it ran as primary): check its
             // timeline against the leader's before streaming. pg_rewind
             // reports NotNeeded quickly when nothing diverged.
-            plan.push(Action::Rewind(holder.clone()));
+            if inputs.memory.timeline_checked_against.as_ref() != Some(holder) {
+                plan.push(Action::Rewind(holder.clone()));
+                return plan.done(
+                    EngineRole::Replica,
+                    format!("checking the timeline against {holder} before rejoining"),
+                );
+            }
             plan.push(Action::StartReplica {
                 upstream: Some(holder.clone()),
             });
@@ -800,6 +819,25 @@ fn follower(
         }
         LocalRole::Unknown => plan.done(EngineRole::Uncertain, "PostgreSQL state unknown"),
     }
+}
+
+/// A replica on an older timeline that holds WAL past the point where that
+/// timeline ended (the old primary sent it more than the new primary had)
+/// cannot stream from the new primary until it is rewound. Patroni checks
+/// the same against the timeline history.
+fn replica_diverged(inputs: &Inputs<'_>, view: &ClusterView) -> bool {
+    let (Some(own_timeline), Some(position)) = (inputs.local.timeline, inputs.local.wal_position)
+    else {
+        return false;
+    };
+    let Some(Ok(history)) = &view.history else {
+        return false;
+    };
+    history
+        .value
+        .0
+        .iter()
+        .any(|entry| entry.timeline == own_timeline && position > entry.switch_lsn)
 }
 
 fn member<'v>(view: &'v ClusterView, name: &MemberName) -> Option<&'v Member> {
@@ -900,12 +938,14 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     let me = &inputs.node.name;
     let local = inputs.local;
     let forced_candidate = match &view.failover {
-        Some(Ok(request)) if request.value.leader.is_none() => request.value.candidate.clone(),
         Some(Ok(request)) => request.value.candidate.clone(),
         _ => None,
     };
     if let Some(candidate) = &forced_candidate {
-        if candidate != me && member(view, candidate).is_some() {
+        // Defer to the named candidate only while it looks able to take over;
+        // a stale request must not leave the cluster leaderless.
+        let able = member(view, candidate).is_some_and(|m| candidate_looks_able(inputs, view, m));
+        if candidate != me && able {
             return Err(format!("a failover request names {candidate}"));
         }
     }
@@ -958,7 +998,9 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
         if !peer.tags.allows_failover() || peer.role != Role::Replica {
             continue;
         }
-        if inputs.config.synchronous_mode != SynchronousMode::Off && !in_sync_key(view, &peer.name)
+        if inputs.config.synchronous_mode != SynchronousMode::Off
+            && !in_sync_key(view, &peer.name)
+            && !wrote_sync_key(view, &peer.name)
         {
             continue;
         }
@@ -969,6 +1011,30 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether another member's record says it could win a race: running as a
+/// replica, allowed to fail over, on the cluster's timeline, and in
+/// synchronous mode named by the sync key (or its writer).
+fn candidate_looks_able(inputs: &Inputs<'_>, view: &ClusterView, candidate: &Member) -> bool {
+    let timeline_ok = match (cluster_timeline(view), candidate.timeline) {
+        (Some(cluster), Some(own)) => own >= cluster,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let sync_ok = inputs.config.synchronous_mode == SynchronousMode::Off
+        || in_sync_key(view, &candidate.name)
+        || wrote_sync_key(view, &candidate.name);
+    candidate.state == MemberState::Running
+        && candidate.role == Role::Replica
+        && candidate.tags.allows_failover()
+        && candidate.wal_position().is_some()
+        && timeline_ok
+        && sync_ok
+}
+
+fn wrote_sync_key(view: &ClusterView, name: &MemberName) -> bool {
+    matches!(&view.sync, Some(Ok(sync)) if sync.value.leader.as_ref() == Some(name))
 }
 
 fn in_sync_key(view: &ClusterView, name: &MemberName) -> bool {
@@ -989,6 +1055,11 @@ fn sync_verdict(
     let Some(Ok(sync)) = &view.sync else {
         return Err("synchronous mode without a readable sync key".to_owned());
     };
+    if sync.value.leader.as_ref() == Some(me) {
+        // The primary that wrote the key acknowledged every commit itself, and
+        // nobody was promoted since: a promotion rewrites the key first.
+        return Ok(());
+    }
     let key = &sync.value.sync_standbys;
     if !key.contains(me) {
         return Err("not a synchronous standby".to_owned());
@@ -998,10 +1069,18 @@ fn sync_verdict(
         .quorum
         .unwrap_or(inputs.config.synchronous_node_count)
         .max(1) as usize;
+    // Only a position the standby reported just now counts: its record may be
+    // a loop old and miss the commit that decides the race. (The old primary
+    // stopped acknowledging before its lock expired, so fresh positions are final.)
     let visible: Vec<Lsn> = peers
         .iter()
-        .filter(|(m, p)| key.contains(&m.name) && p.is_some())
-        .filter_map(|(_, p)| *p)
+        .filter(|(m, _)| key.contains(&m.name))
+        .filter_map(|(m, _)| {
+            inputs
+                .peers
+                .get(&m.name)
+                .and_then(|report| report.wal_position)
+        })
         .collect();
     let needed = key.len().saturating_sub(count) + 1;
     if visible.len() + 1 < needed {
@@ -1047,9 +1126,10 @@ impl Memory {
             }
             (Action::StartPrimary, Outcome::Failed) => self.primary_start_failures += 1,
             (Action::Demote(_), Outcome::Done) => self.routed = None,
-            (Action::Rewind(_), Outcome::Done) => {
+            (Action::Rewind(source), Outcome::Done) => {
                 self.ran_as_primary = false;
                 self.rewind_impossible = false;
+                self.timeline_checked_against = Some(source.clone());
             }
             (Action::Rewind(_), Outcome::RewindImpossible) => self.rewind_impossible = true,
             (Action::CloneFrom(_), Outcome::Done) => {
@@ -1069,8 +1149,13 @@ impl Memory {
 
     /// Notes a primary seen running, so its timeline is checked before it follows anyone.
     pub fn observed(&mut self, local: &LocalPostgres) {
-        if local.role == LocalRole::Primary {
-            self.ran_as_primary = true;
+        match local.role {
+            LocalRole::Primary => {
+                self.ran_as_primary = true;
+                self.timeline_checked_against = None;
+            }
+            LocalRole::Replica { .. } | LocalRole::NoData => self.timeline_checked_against = None,
+            LocalRole::Stopped { .. } | LocalRole::Unknown => {}
         }
     }
 }

@@ -1,13 +1,19 @@
 //! matriarch's HA engine.
 //!
 //! [`decide`] is a pure function from what was observed (the DCS view, the
-//! local PostgreSQL, the peers, the time) to a plan of [`Action`]s. The loop
-//! observes, decides and acts through the `Dcs`, `Postgres` and `Router`
-//! traits, and never names a backend.
+//! local PostgreSQL, the peers, the time) to a plan of [`Action`]s. The
+//! [`Engine`] loop observes, decides and acts through the `Dcs`, `Postgres`
+//! and `Router` traits, and never names a backend.
 
 mod decide;
+mod engine;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 pub use decide::{
     decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, Inputs, LocalPostgres,
     LocalRole, Memory, NodeSettings, Outcome, PeerReport, Routes,
+};
+pub use engine::{
+    local_postgres, Decider, Engine, EngineSettings, EngineStatus, Fence, PeerProbe, StatusHandle,
 };

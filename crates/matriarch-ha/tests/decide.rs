@@ -367,15 +367,19 @@ fn replica_corrects_its_upstream_when_the_leader_changed() {
 fn stopped_replica_checks_its_timeline_then_starts_following() {
     let mut world = World::new("b");
     world.leader("a").stopped();
+    assert_eq!(acts(&world.decide()), [Action::Rewind(name("a"))]);
+    world
+        .memory
+        .record(&Action::Rewind(name("a")), &Outcome::Done, world.now);
     assert_eq!(
         acts(&world.decide()),
-        [
-            Action::Rewind(name("a")),
-            Action::StartReplica {
-                upstream: Some(name("a"))
-            }
-        ]
+        [Action::StartReplica {
+            upstream: Some(name("a"))
+        }]
     );
+    // Checked against another leader does not count.
+    world.leader("c");
+    assert_eq!(acts(&world.decide()), [Action::Rewind(name("c"))]);
 }
 
 #[test]
@@ -824,6 +828,24 @@ fn sync_mode_needs_enough_of_the_key_visible() {
     sync_key(&mut world, "a", &["b", "c"]);
     assert!(!promotes(&world.decide()));
     world.peer("c", Role::Replica, 500, 1);
+    // A record may be a loop old: only a position c reports now counts.
+    assert!(!promotes(&world.decide()));
+    let fresh = |position| PeerReport {
+        wal_position: Some(Lsn(position)),
+        timeline: Some(Timeline(1)),
+    };
+    world.peers.insert(name("c"), fresh(500));
+    assert!(promotes(&world.decide()));
+    world.peers.insert(name("c"), fresh(520));
+    assert!(!promotes(&world.decide()), "c holds a commit b lacks");
+}
+
+#[test]
+fn sync_mode_the_primary_that_wrote_the_key_may_lead_again() {
+    let mut world = World::new("a");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world.replica(None, 500, 1);
+    sync_key(&mut world, "a", &["b"]);
     assert!(promotes(&world.decide()));
 }
 

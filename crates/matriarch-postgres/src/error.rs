@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use matriarch_model::SystemId;
+
 use crate::state::PgRole;
 
 /// Which [`crate::Postgres`] operation an error comes from.
@@ -31,6 +33,10 @@ pub enum Operation {
     Rewind,
     /// [`crate::Postgres::set_synchronous_standby_names`].
     SetSynchronousStandbyNames,
+    /// [`crate::PgController::reload`].
+    Reload,
+    /// [`crate::PgController::restart`].
+    Restart,
 }
 
 impl fmt::Display for Operation {
@@ -46,6 +52,8 @@ impl fmt::Display for Operation {
             Operation::Follow => "follow",
             Operation::Rewind => "rewind",
             Operation::SetSynchronousStandbyNames => "set synchronous_standby_names",
+            Operation::Reload => "reload",
+            Operation::Restart => "restart",
         })
     }
 }
@@ -147,6 +155,56 @@ pub enum PostgresError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// A PostgreSQL program is not where the configuration says it is.
+    #[error("{operation}: PostgreSQL program {program} not found at {}; check the configured bin directory", path.display())]
+    MissingProgram {
+        /// What was attempted.
+        operation: Operation,
+        /// The program, e.g. `pg_ctl`.
+        program: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The data directory belongs to another OS user than the one
+    /// PostgreSQL runs as; nothing was changed in it.
+    #[error(
+        "cannot {operation}: data directory {} is owned by uid {owner_uid}, not by the PostgreSQL OS user {expected_user} (uid {expected_uid}); refusing to touch it",
+        data_dir.display()
+    )]
+    ForeignDataDirectory {
+        /// What was attempted.
+        operation: Operation,
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Its owner.
+        owner_uid: u32,
+        /// The OS user PostgreSQL runs as.
+        expected_user: String,
+        /// That user's uid.
+        expected_uid: u32,
+    },
+    /// A cluster (the local data directory, or a source to clone or rewind
+    /// from) has another database system identifier than expected: it
+    /// belongs to another cluster. Nothing was changed.
+    #[error("{operation}: {context} has system identifier {found}, expected {expected}")]
+    SystemIdMismatch {
+        /// What was attempted.
+        operation: Operation,
+        /// Whose identifier differs, e.g. "data directory /var/lib/pg".
+        context: String,
+        /// The identifier expected (the cluster's).
+        expected: SystemId,
+        /// The identifier found.
+        found: SystemId,
+    },
+    /// The controller's configuration cannot be used (a parameter name or
+    /// value PostgreSQL's configuration file cannot hold, a parameter that
+    /// matriarch manages itself, an OS user that does not exist).
+    #[error("invalid PostgreSQL control configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
     },
     /// PostgreSQL did something the contract does not allow for, e.g. it
     /// reported a timeline that went backwards after a promotion.

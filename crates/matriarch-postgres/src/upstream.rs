@@ -57,7 +57,7 @@ impl Upstream {
 
 /// Appends one libpq connection-string value, quoted only when needed (as
 /// libpq's own `appendConnStrVal` does) so that plain values stay readable.
-fn push_libpq_value(out: &mut String, value: &str) {
+pub(crate) fn push_libpq_value(out: &mut String, value: &str) {
     let plain = !value.is_empty()
         && value
             .bytes()

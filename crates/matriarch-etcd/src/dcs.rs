@@ -1,0 +1,846 @@
+//! [`EtcdDcs`]: the [`Dcs`] trait on etcd's v3 API.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse, WatchOptions,
+};
+use matriarch_dcs::{is_record_key, Dcs, DcsError, Expected, WatchOutcome};
+use matriarch_model::{
+    decode_leader, encode_initialize, encode_leader, encode_member, ClusterView, DcsKey,
+    Initialize, KeyLayout, LeaderLock, Member, MemberName, RawEntry, Record, SystemId, Version,
+};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::{EtcdConfig, EtcdConfigError};
+use crate::transport::{describe, CallError, Endpoints, BACKEND};
+
+/// Why a watch session ended without an answer.
+struct WatchFailure {
+    reason: String,
+    /// Whether etcd had confirmed the watch before it failed.
+    established: bool,
+}
+
+impl WatchFailure {
+    fn setup(reason: String) -> Self {
+        WatchFailure {
+            reason,
+            established: false,
+        }
+    }
+}
+
+/// The lease this client attaches its TTL-bound keys to.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    id: i64,
+    /// The TTL it was granted with, in whole seconds.
+    ttl_secs: i64,
+    /// Whether the leader key is attached to it: then only
+    /// [`Dcs::renew_leader`] (and [`Dcs::acquire_leader`]) keep it alive, so
+    /// that publishing the member record never extends an unrenewed lock.
+    carries_lock: bool,
+}
+
+#[derive(Debug, Default)]
+struct LeaseState {
+    lease: Option<Lease>,
+}
+
+/// A [`Dcs`] client on etcd (v3 API), for one cluster scope.
+///
+/// Keys follow `docs/dcs-layout.md`. The client owns one lease, granted with
+/// the TTL of the calls that need one (whole seconds, rounded up): the
+/// leader key and this member's key are attached to it. Every call is bounded
+/// by [`EtcdConfig::retry_timeout`]: within it, failed or slow attempts are
+/// retried on the next endpoint; past it the call fails with
+/// [`DcsError::Timeout`] or [`DcsError::Unreachable`].
+///
+/// Nothing is sent to etcd until the first call: a client can be made while
+/// etcd is down.
+pub struct EtcdDcs {
+    layout: KeyLayout,
+    prefix: String,
+    endpoints: Endpoints,
+    lease: Mutex<LeaseState>,
+}
+
+impl std::fmt::Debug for EtcdDcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connect options hold the password: leave them out.
+        f.debug_struct("EtcdDcs")
+            .field("layout", &self.layout)
+            .field("endpoint", &self.endpoints.current().1)
+            .field("retry_timeout", &self.endpoints.retry_timeout())
+            .finish_non_exhaustive()
+    }
+}
+
+/// etcd's lease TTLs are whole seconds: round up, at least one.
+pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+fn version(revision: i64) -> Version {
+    Version(u64::try_from(revision).unwrap_or(0))
+}
+
+/// The key-values of the first range (get) response of a transaction branch.
+fn first_get(response: &TxnResponse) -> Option<KeyValue> {
+    response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+fn header_revision(response: &TxnResponse) -> Result<i64, DcsError> {
+    response
+        .header()
+        .map(|header| header.revision())
+        .ok_or_else(|| DcsError::Backend {
+            backend: BACKEND,
+            message: "etcd answered without a response header".to_owned(),
+        })
+}
+
+fn holder_of(kv: Option<&KeyValue>) -> Option<MemberName> {
+    kv.and_then(|kv| decode_leader(kv.value()).ok())
+        .map(|lock| lock.holder)
+}
+
+impl EtcdDcs {
+    /// A client for `config`'s scope. Checks the configuration and reads the
+    /// certificate files; connects on the first call.
+    pub fn new(config: &EtcdConfig) -> Result<Self, EtcdConfigError> {
+        let validated = config.validate()?;
+        let prefix = validated.layout.prefix();
+        Ok(EtcdDcs {
+            endpoints: Endpoints::new(
+                validated.endpoints,
+                validated.options,
+                config.retry_timeout,
+                validated.layout.scope().to_owned(),
+            ),
+            layout: validated.layout,
+            prefix,
+            lease: Mutex::new(LeaseState::default()),
+        })
+    }
+
+    /// The id of the lease this client's TTL-bound keys are attached to, if it
+    /// has one (for diagnostics and tests).
+    pub async fn lease_id(&self) -> Option<i64> {
+        self.lease.lock().await.lease.map(|lease| lease.id)
+    }
+
+    fn scope(&self) -> &str {
+        self.layout.scope()
+    }
+
+    fn path(&self, key: &DcsKey) -> String {
+        self.layout.path(key)
+    }
+
+    async fn txn(
+        &self,
+        operation: &'static str,
+        deadline: Instant,
+        txn: Txn,
+    ) -> Result<TxnResponse, CallError> {
+        self.endpoints
+            .run(operation, deadline, move |mut client: Client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await
+    }
+
+    /// Refreshes `id` to its full TTL. `Ok(false)` if etcd no longer knows it.
+    async fn keep_alive(&self, id: i64, deadline: Instant) -> Result<bool, DcsError> {
+        let result = self
+            .endpoints
+            .run(
+                "lease keep-alive",
+                deadline,
+                move |mut client: Client| async move {
+                    // One request, one answer; the stream closes when dropped.
+                    client.lease_keep_alive(id).await.map(|_| ())
+                },
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_lease_not_found() => Ok(false),
+            Err(e) => Err(e.into_dcs("lease keep-alive")),
+        }
+    }
+
+    async fn grant(&self, ttl_secs: i64, deadline: Instant) -> Result<Lease, DcsError> {
+        let granted = self
+            .endpoints
+            .run(
+                "lease grant",
+                deadline,
+                move |mut client: Client| async move { client.lease_grant(ttl_secs, None).await },
+            )
+            .await
+            .map_err(|e| e.into_dcs("lease grant"))?;
+        tracing::debug!(
+            cluster = %self.scope(),
+            lease = granted.id(),
+            ttl = granted.ttl(),
+            "granted an etcd lease"
+        );
+        Ok(Lease {
+            id: granted.id(),
+            ttl_secs,
+            carries_lock: false,
+        })
+    }
+
+    /// A live lease granted with `ttl_secs`: the current one (refreshed to its
+    /// full TTL when `refresh`), or a new one.
+    async fn live_lease(
+        &self,
+        state: &mut LeaseState,
+        ttl_secs: i64,
+        refresh: bool,
+        deadline: Instant,
+    ) -> Result<Lease, DcsError> {
+        if let Some(lease) = state.lease.filter(|lease| lease.ttl_secs == ttl_secs) {
+            if !refresh || self.keep_alive(lease.id, deadline).await? {
+                return Ok(lease);
+            }
+            tracing::info!(
+                cluster = %self.scope(),
+                lease = lease.id,
+                "the etcd lease expired; granting a new one"
+            );
+        }
+        let lease = self.grant(ttl_secs, deadline).await?;
+        state.lease = Some(lease);
+        Ok(lease)
+    }
+
+    /// Puts `value` under `path` attached to a live lease of `ttl`, granting a
+    /// new lease if etcd says the current one is gone.
+    async fn put_with_lease(
+        &self,
+        state: &mut LeaseState,
+        ttl: Duration,
+        refresh: bool,
+        (path, value): (String, Vec<u8>),
+        deadline: Instant,
+    ) -> Result<Lease, DcsError> {
+        let operation = "publish_member";
+        let secs = ttl_secs(ttl);
+        let mut refresh = refresh;
+        for _ in 0..2 {
+            let lease = self.live_lease(state, secs, refresh, deadline).await?;
+            let (path, value) = (path.clone(), value.clone());
+            let result = self
+                .endpoints
+                .run(operation, deadline, move |mut client: Client| {
+                    let options = PutOptions::new().with_lease(lease.id);
+                    let (path, value) = (path.clone(), value.clone());
+                    async move { client.put(path, value, Some(options)).await }
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(lease),
+                Err(e) if e.is_lease_not_found() => {
+                    state.lease = None;
+                    refresh = true;
+                }
+                Err(e) => return Err(e.into_dcs(operation)),
+            }
+        }
+        Err(DcsError::Backend {
+            backend: BACKEND,
+            message: format!("{operation}: etcd dropped every lease granted for it"),
+        })
+    }
+
+    /// Moves the leader key, which holds `me` at `mod_revision`, to this
+    /// client's lease. `Ok(false)` if it changed in the meantime.
+    async fn adopt_leader(
+        &self,
+        state: &mut LeaseState,
+        me: &MemberName,
+        ttl: Duration,
+        mod_revision: i64,
+        deadline: Instant,
+    ) -> Result<bool, DcsError> {
+        let lease = self
+            .live_lease(state, ttl_secs(ttl), true, deadline)
+            .await?;
+        let path = self.path(&DcsKey::Leader);
+        let value = encode_leader(&LeaderLock { holder: me.clone() });
+        let txn = Txn::new()
+            .when([
+                Compare::value(path.clone(), CompareOp::Equal, value.clone()),
+                Compare::mod_revision(path.clone(), CompareOp::Equal, mod_revision),
+            ])
+            .and_then([TxnOp::put(
+                path,
+                value,
+                Some(PutOptions::new().with_lease(lease.id)),
+            )]);
+        let response = match self.txn("adopt leader key", deadline, txn).await {
+            Ok(response) => response,
+            Err(e) if e.is_lease_not_found() => {
+                state.lease = None;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into_dcs("adopt leader key")),
+        };
+        if response.succeeded() {
+            if let Some(lease) = state.lease.as_mut() {
+                lease.carries_lock = true;
+            }
+            tracing::info!(
+                cluster = %self.scope(),
+                member = %me,
+                lease = lease.id,
+                "the leader key holds this member under another lease; moved it to ours"
+            );
+        }
+        Ok(response.succeeded())
+    }
+
+    fn lock_not_held(
+        &self,
+        state: &mut LeaseState,
+        me: &MemberName,
+        kv: Option<&KeyValue>,
+    ) -> DcsError {
+        if let Some(lease) = state.lease.as_mut() {
+            lease.carries_lock = false;
+        }
+        DcsError::LockNotHeld {
+            member: me.clone(),
+            holder: holder_of(kv),
+        }
+    }
+
+    /// Checks a record write or delete's condition for the failure branch.
+    fn conflict(key: &DcsKey, expected: Expected, kv: Option<&KeyValue>) -> DcsError {
+        DcsError::Conflict {
+            key: key.relative_path(),
+            expected,
+            found: kv.map(|kv| version(kv.mod_revision())),
+        }
+    }
+
+    fn conditions(path: &str, expected: Expected) -> Vec<Compare> {
+        match expected {
+            Expected::Any => Vec::new(),
+            Expected::Absent => vec![Compare::create_revision(path, CompareOp::Equal, 0)],
+            Expected::Version(Version(v)) => vec![
+                Compare::create_revision(path, CompareOp::Greater, 0),
+                Compare::mod_revision(path, CompareOp::Equal, i64::try_from(v).unwrap_or(i64::MAX)),
+            ],
+        }
+    }
+
+    /// One watch session on `index`'s endpoint, from `after_revision + 1`,
+    /// until a change, `deadline`, or the stream fails.
+    async fn watch_once(
+        &self,
+        index: usize,
+        after_revision: u64,
+        deadline: Instant,
+    ) -> Result<Option<WatchOutcome>, WatchFailure> {
+        let start = i64::try_from(after_revision.saturating_add(1)).unwrap_or(i64::MAX);
+        let attempt = self.endpoints.attempt_timeout();
+        let setup_deadline = Instant::now() + attempt;
+        let prefix = self.prefix.clone();
+        let setup = async {
+            let mut client = self.endpoints.client(index).await?;
+            let options = WatchOptions::new().with_prefix().with_start_revision(start);
+            client.watch(prefix, Some(options)).await
+        };
+        let mut stream = match tokio::time::timeout_at(setup_deadline.min(deadline), setup).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(WatchFailure::setup(describe(&e))),
+            Err(_) if Instant::now() >= deadline => return Ok(None),
+            Err(_) => return Err(WatchFailure::setup(format!("no watch within {attempt:?}"))),
+        };
+        // etcd answers a progress request only while the stream works: ask
+        // for one when it has been quiet, and give up on it when the answer
+        // does not come (a hung member keeps its connections open).
+        let probe_every = self.endpoints.retry_timeout() / 2;
+        let mut last_heard = Instant::now();
+        let mut probed = false;
+        let mut established = false;
+        let failed = |reason: String, established: bool| WatchFailure {
+            reason,
+            established,
+        };
+        loop {
+            let wake = if probed {
+                last_heard + self.endpoints.retry_timeout()
+            } else {
+                last_heard + probe_every
+            };
+            match tokio::time::timeout_at(wake.min(deadline), stream.message()).await {
+                Ok(Ok(Some(response))) => {
+                    last_heard = Instant::now();
+                    probed = false;
+                    established = established || response.created();
+                    if response.compact_revision() > 0 {
+                        tracing::info!(
+                            cluster = %self.scope(),
+                            after_revision,
+                            compact_revision = response.compact_revision(),
+                            "the watched revision was compacted; the caller re-reads"
+                        );
+                        return Ok(Some(WatchOutcome::Changed));
+                    }
+                    if !response.events().is_empty() {
+                        return Ok(Some(WatchOutcome::Changed));
+                    }
+                    if response.canceled() {
+                        let reason =
+                            format!("etcd cancelled the watch: {}", response.cancel_reason());
+                        return Err(failed(reason, established));
+                    }
+                }
+                Ok(Ok(None)) => {
+                    return Err(failed(
+                        "etcd closed the watch stream".to_owned(),
+                        established,
+                    ))
+                }
+                Ok(Err(e)) => return Err(failed(describe(&e), established)),
+                Err(_) if Instant::now() >= deadline => return Ok(None),
+                Err(_) if probed => {
+                    let reason = format!(
+                        "no answer on the watch stream for {:?}",
+                        self.endpoints.retry_timeout()
+                    );
+                    return Err(failed(reason, established));
+                }
+                Err(_) => {
+                    probed = true;
+                    if let Err(e) = stream.request_progress().await {
+                        return Err(failed(describe(&e), established));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Dcs for EtcdDcs {
+    fn layout(&self) -> &KeyLayout {
+        &self.layout
+    }
+
+    async fn read_view(&self) -> Result<ClusterView, DcsError> {
+        let prefix = self.prefix.clone();
+        let mut response = self
+            .endpoints
+            .run(
+                "read_view",
+                self.endpoints.deadline(),
+                move |mut client: Client| {
+                    let prefix = prefix.clone();
+                    async move {
+                        client
+                            .get(prefix, Some(GetOptions::new().with_prefix()))
+                            .await
+                    }
+                },
+            )
+            .await
+            .map_err(|e| e.into_dcs("read_view"))?;
+        let revision = response
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| DcsError::Backend {
+                backend: BACKEND,
+                message: "read_view: etcd answered without a response header".to_owned(),
+            })?;
+        let mut entries = Vec::new();
+        for kv in response.take_kvs() {
+            let relative = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|key| self.layout.strip(key));
+            let Some(relative) = relative else {
+                tracing::warn!(
+                    cluster = %self.scope(),
+                    key = %String::from_utf8_lossy(kv.key()),
+                    "ignoring a key under the scope that is not UTF-8"
+                );
+                continue;
+            };
+            entries.push(RawEntry {
+                key: relative.to_owned(),
+                value: kv.value().to_vec(),
+                version: version(kv.mod_revision()),
+            });
+        }
+        let view = ClusterView::decode(version(revision).0, entries);
+        for error in view.errors() {
+            tracing::warn!(cluster = %self.scope(), key = %error.key, reason = %error.reason, "malformed value in etcd");
+        }
+        Ok(view)
+    }
+
+    async fn try_initialize(&self) -> Result<bool, DcsError> {
+        let path = self.path(&DcsKey::Initialize);
+        let txn = Txn::new()
+            .when([Compare::create_revision(path.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                path,
+                encode_initialize(&Initialize::InProgress),
+                None,
+            )]);
+        let response = self
+            .txn("try_initialize", self.endpoints.deadline(), txn)
+            .await
+            .map_err(|e| e.into_dcs("try_initialize"))?;
+        if response.succeeded() {
+            tracing::info!(cluster = %self.scope(), "won the initialize race");
+        }
+        Ok(response.succeeded())
+    }
+
+    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
+        let path = self.path(&DcsKey::Initialize);
+        let in_progress = encode_initialize(&Initialize::InProgress);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(path.clone(), CompareOp::Greater, 0),
+                Compare::value(path.clone(), CompareOp::Equal, in_progress),
+            ])
+            .and_then([TxnOp::put(
+                path.clone(),
+                encode_initialize(&Initialize::Done(system_id)),
+                None,
+            )])
+            .or_else([TxnOp::get(path, None)]);
+        let response = self
+            .txn("complete_initialize", self.endpoints.deadline(), txn)
+            .await
+            .map_err(|e| e.into_dcs("complete_initialize"))?;
+        if response.succeeded() {
+            tracing::info!(cluster = %self.scope(), %system_id, "recorded the system identifier");
+            Ok(())
+        } else {
+            Err(Self::conflict(
+                &DcsKey::Initialize,
+                Expected::Any,
+                first_get(&response).as_ref(),
+            ))
+        }
+    }
+
+    async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        let path = self.path(&DcsKey::Initialize);
+        let in_progress = encode_initialize(&Initialize::InProgress);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(path.clone(), CompareOp::Greater, 0),
+                Compare::value(path.clone(), CompareOp::Equal, in_progress),
+            ])
+            .and_then([TxnOp::delete(path, None)]);
+        let response = self
+            .txn("cancel_initialize", self.endpoints.deadline(), txn)
+            .await
+            .map_err(|e| e.into_dcs("cancel_initialize"))?;
+        if response.succeeded() {
+            tracing::info!(cluster = %self.scope(), "cancelled the initialize race");
+        }
+        Ok(())
+    }
+
+    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
+        let deadline = self.endpoints.deadline();
+        let mut state = self.lease.lock().await;
+        let path = self.path(&DcsKey::Leader);
+        let value = encode_leader(&LeaderLock { holder: me.clone() });
+        let mut response = None;
+        for _ in 0..2 {
+            // A fresh TTL for the lock: refresh the lease before attaching it.
+            let lease = self
+                .live_lease(&mut state, ttl_secs(ttl), true, deadline)
+                .await?;
+            let txn = Txn::new()
+                .when([Compare::create_revision(path.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    path.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease.id)),
+                )])
+                .or_else([TxnOp::get(path.clone(), None)]);
+            match self.txn("acquire_leader", deadline, txn).await {
+                Ok(answer) => {
+                    response = Some(answer);
+                    break;
+                }
+                Err(e) if e.is_lease_not_found() => state.lease = None,
+                Err(e) => return Err(e.into_dcs("acquire_leader")),
+            }
+        }
+        let Some(response) = response else {
+            return Err(DcsError::Backend {
+                backend: BACKEND,
+                message: "acquire_leader: etcd dropped every lease granted for it".to_owned(),
+            });
+        };
+        if response.succeeded() {
+            if let Some(lease) = state.lease.as_mut() {
+                lease.carries_lock = true;
+            }
+            tracing::info!(cluster = %self.scope(), member = %me, "acquired the leader lock");
+            return Ok(true);
+        }
+        let kv = first_get(&response);
+        match kv.as_ref().map(|kv| (decode_leader(kv.value()), kv)) {
+            Some((Ok(lock), kv)) if &lock.holder == me => {
+                let ours = state.lease.filter(|lease| lease.id == kv.lease());
+                if ours.is_some() {
+                    if let Some(lease) = state.lease.as_mut() {
+                        lease.carries_lock = true;
+                    }
+                    return Ok(true);
+                }
+                self.adopt_leader(&mut state, me, ttl, kv.mod_revision(), deadline)
+                    .await
+            }
+            Some((Err(e), _)) => {
+                tracing::warn!(cluster = %self.scope(), member = %me, error = %e, "the leader key is unreadable; not taking the lock");
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
+        let deadline = self.endpoints.deadline();
+        let mut state = self.lease.lock().await;
+        let secs = ttl_secs(ttl);
+        // The keep-alive is the renewal: the leader key lives as long as the lease.
+        if let Some(lease) = state.lease.filter(|lease| lease.ttl_secs == secs) {
+            if !self.keep_alive(lease.id, deadline).await? {
+                tracing::warn!(
+                    cluster = %self.scope(),
+                    member = %me,
+                    lease = lease.id,
+                    "the etcd lease expired: the leader key went with it"
+                );
+                state.lease = None;
+            }
+        }
+        let path = self.path(&DcsKey::Leader);
+        let response = self
+            .endpoints
+            .run("renew_leader", deadline, move |mut client: Client| {
+                let path = path.clone();
+                async move { client.get(path, None).await }
+            })
+            .await
+            .map_err(|e| e.into_dcs("renew_leader"))?;
+        let kv = response.kvs().first();
+        match kv.map(|kv| decode_leader(kv.value())) {
+            Some(Ok(lock)) if &lock.holder == me => {}
+            _ => {
+                let err = self.lock_not_held(&mut state, me, kv);
+                tracing::warn!(cluster = %self.scope(), member = %me, error = %err, "leader lock renewal refused");
+                return Err(err);
+            }
+        }
+        let Some(kv) = kv else {
+            return Err(self.lock_not_held(&mut state, me, None));
+        };
+        let ours = state
+            .lease
+            .filter(|lease| lease.ttl_secs == secs && lease.id == kv.lease());
+        if ours.is_some() {
+            if let Some(lease) = state.lease.as_mut() {
+                lease.carries_lock = true;
+            }
+            return Ok(());
+        }
+        // Our name under another lease (a TTL change, or an earlier process of
+        // this member): move it to our lease, unless it changed meanwhile.
+        if self
+            .adopt_leader(&mut state, me, ttl, kv.mod_revision(), deadline)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(self.lock_not_held(&mut state, me, None))
+    }
+
+    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
+        let deadline = self.endpoints.deadline();
+        let mut state = self.lease.lock().await;
+        let path = self.path(&DcsKey::Leader);
+        let value = encode_leader(&LeaderLock { holder: me.clone() });
+        let txn = Txn::new()
+            .when([Compare::value(path.clone(), CompareOp::Equal, value)])
+            .and_then([TxnOp::delete(path.clone(), None)])
+            .or_else([TxnOp::get(path, None)]);
+        let response = self
+            .txn("release_leader", deadline, txn)
+            .await
+            .map_err(|e| e.into_dcs("release_leader"))?;
+        if response.succeeded() {
+            if let Some(lease) = state.lease.as_mut() {
+                lease.carries_lock = false;
+            }
+            tracing::info!(cluster = %self.scope(), member = %me, "released the leader lock");
+            Ok(())
+        } else {
+            Err(self.lock_not_held(&mut state, me, first_get(&response).as_ref()))
+        }
+    }
+
+    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
+        let deadline = self.endpoints.deadline();
+        let mut state = self.lease.lock().await;
+        // While the lease carries the lock, only renewals may keep it alive.
+        let refresh = !state.lease.is_some_and(|lease| lease.carries_lock);
+        let path = self.path(&DcsKey::Member(member.name.clone()));
+        self.put_with_lease(
+            &mut state,
+            ttl,
+            refresh,
+            (path, encode_member(member)),
+            deadline,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
+        let path = self.path(&DcsKey::Member(name.clone()));
+        self.endpoints
+            .run(
+                "remove_member",
+                self.endpoints.deadline(),
+                move |mut client: Client| {
+                    let path = path.clone();
+                    async move { client.delete(path, None).await }
+                },
+            )
+            .await
+            .map_err(|e| e.into_dcs("remove_member"))?;
+        tracing::info!(cluster = %self.scope(), member = %name, "removed the member record");
+        Ok(())
+    }
+
+    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
+        let key = record.key();
+        let path = self.path(&key);
+        let txn = Txn::new()
+            .when(Self::conditions(&path, expected))
+            .and_then([TxnOp::put(path.clone(), record.encode(), None)])
+            .or_else([TxnOp::get(path, None)]);
+        let response = self
+            .txn("write", self.endpoints.deadline(), txn)
+            .await
+            .map_err(|e| e.into_dcs("write"))?;
+        if response.succeeded() {
+            // The put's revision is the key's new mod_revision.
+            Ok(version(header_revision(&response)?))
+        } else {
+            Err(Self::conflict(
+                &key,
+                expected,
+                first_get(&response).as_ref(),
+            ))
+        }
+    }
+
+    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
+        if !is_record_key(key) {
+            return Err(DcsError::InvalidRequest(format!(
+                "`{key}` is not deleted through `delete`"
+            )));
+        }
+        let path = self.path(key);
+        let txn = Txn::new()
+            .when(Self::conditions(&path, expected))
+            .and_then([TxnOp::delete(path.clone(), None)])
+            .or_else([TxnOp::get(path, None)]);
+        let response = self
+            .txn("delete", self.endpoints.deadline(), txn)
+            .await
+            .map_err(|e| e.into_dcs("delete"))?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(Self::conflict(key, expected, first_get(&response).as_ref()))
+        }
+    }
+
+    async fn watch(
+        &self,
+        after_revision: u64,
+        timeout: Duration,
+    ) -> Result<WatchOutcome, DcsError> {
+        let deadline = Instant::now() + timeout;
+        let retry_timeout = self.endpoints.retry_timeout();
+        // Since when no watch has worked, and why.
+        let mut failing: Option<(Instant, String)> = None;
+        let mut ever_established = false;
+        let mut attempts = 0u32;
+        loop {
+            let (index, url) = self.endpoints.current();
+            let url = url.to_owned();
+            match self.watch_once(index, after_revision, deadline).await {
+                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(None) => return Ok(WatchOutcome::TimedOut),
+                Err(failure) => {
+                    attempts += 1;
+                    tracing::debug!(
+                        cluster = %self.scope(),
+                        endpoint = %url,
+                        reason = %failure.reason,
+                        "etcd watch failed; watching again from the same revision"
+                    );
+                    let since = match &failing {
+                        Some((since, _)) if !failure.established => *since,
+                        _ => Instant::now(),
+                    };
+                    ever_established |= failure.established;
+                    failing = Some((since, format!("{url}: {}", failure.reason)));
+                    self.endpoints.fail_over(index);
+                }
+            }
+            let now = Instant::now();
+            if let Some((since, reason)) = &failing {
+                let too_long = now.duration_since(*since) >= retry_timeout;
+                if too_long || (now >= deadline && !ever_established) {
+                    tracing::warn!(
+                        cluster = %self.scope(),
+                        attempts,
+                        reason = %reason,
+                        "etcd watch could not be established"
+                    );
+                    return Err(DcsError::Unreachable {
+                        backend: BACKEND,
+                        message: format!("watch: {reason}"),
+                    });
+                }
+            }
+            if now >= deadline {
+                return Ok(WatchOutcome::TimedOut);
+            }
+            let pause = (Duration::from_millis(50) * attempts)
+                .min(Duration::from_millis(400))
+                .min(deadline.saturating_duration_since(now));
+            tokio::time::sleep(pause).await;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Shared by the etcd test files: harnesses for the conformance suite on real
+//! etcd started by the test kit, and small helpers.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use matriarch_dcs::conformance::Harness;
+use matriarch_etcd::{EtcdConfig, EtcdDcs};
+use matriarch_model::{Member, MemberName, MemberState, Role};
+use matriarch_testkit::{EtcdCluster, EtcdServer};
+
+/// The TTL the conformance suite runs with. etcd's minimum lease TTL with the
+/// default election timeout is 2 s; leases are revoked up to 0.5 s after
+/// they run out (the lessor checks twice a second), and revoking is a raft
+/// proposal (an fsync) that a busy machine can slow down.
+pub const SUITE_TTL: Duration = Duration::from_secs(3);
+/// Expiry is checked at `ttl - slack` (must still exist) and `ttl + slack`
+/// (must be gone). Measured here: a lease goes 0 to 0.5 s after its TTL, so
+/// 1.5 s leaves a second for a loaded machine (2 s / 1 s also passed, with
+/// half a second to spare).
+pub const SUITE_SLACK: Duration = Duration::from_millis(1500);
+/// The retry_timeout of the suite's clients.
+pub const SUITE_RETRY: Duration = Duration::from_secs(2);
+
+/// A scope no other test (of any test process) uses.
+pub fn unique_scope(tag: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Shows the backend's logs in a failing test's output (`RUST_LOG` filters,
+/// `info` by default).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A client of `scope` on `endpoints`.
+pub fn dcs(endpoints: &[String], scope: &str, retry_timeout: Duration) -> EtcdDcs {
+    init_logs();
+    let config =
+        EtcdConfig::new(endpoints.iter().cloned(), scope).with_retry_timeout(retry_timeout);
+    EtcdDcs::new(&config).expect("valid etcd configuration")
+}
+
+/// A plain etcd client, as a third party (or an operator with etcdctl) would use.
+pub async fn raw_client(endpoints: &[String]) -> etcd_client::Client {
+    etcd_client::Client::connect(endpoints, None)
+        .await
+        .expect("connect a plain etcd client")
+}
+
+/// Runs blocking test-kit calls (process start, kill, restart) off the async workers.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+pub fn name(text: &str) -> MemberName {
+    MemberName::new(text).expect("valid member name")
+}
+
+pub fn member(text: &str) -> Member {
+    let mut member = Member::new(
+        name(text),
+        format!("postgres://127.0.0.1:5432/postgres?member={text}"),
+        "http://127.0.0.1:8008/patroni",
+    );
+    member.role = Role::Replica;
+    member.state = MemberState::Running;
+    member
+}
+
+/// Polls `attempt` until it returns `Some`, failing the test after `bound`.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The conformance harness on a single etcd member of its own.
+pub struct SingleMemberHarness {
+    pub server: EtcdServer,
+    scope: String,
+    raw: etcd_client::Client,
+}
+
+pub async fn single_member_harness() -> SingleMemberHarness {
+    let server = blocking(EtcdServer::start).expect("start etcd");
+    let raw = raw_client(&[server.client_url()]).await;
+    SingleMemberHarness {
+        server,
+        scope: unique_scope("single"),
+        raw,
+    }
+}
+
+#[async_trait]
+impl Harness for SingleMemberHarness {
+    type Client = EtcdDcs;
+
+    async fn client(&self) -> EtcdDcs {
+        dcs(&[self.server.client_url()], &self.scope, SUITE_RETRY)
+    }
+
+    async fn put_raw(&self, relative_key: &str, value: &[u8]) {
+        let key = format!("/service/{}/{relative_key}", self.scope);
+        self.raw
+            .clone()
+            .put(key, value, None)
+            .await
+            .expect("raw put");
+    }
+
+    async fn pass_time(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+
+    fn ttl(&self) -> Duration {
+        SUITE_TTL
+    }
+
+    fn expiry_slack(&self) -> Duration {
+        SUITE_SLACK
+    }
+}
+
+/// The conformance harness on a three-member cluster shared by the tests that
+/// run at the same time (each in its own scope); the last harness dropped
+/// kills the cluster, so nothing outlives the test process.
+pub struct ClusterHarness {
+    pub cluster: Arc<EtcdCluster>,
+    scope: String,
+    raw: etcd_client::Client,
+}
+
+fn shared_cluster() -> Arc<EtcdCluster> {
+    static SHARED: Mutex<Weak<EtcdCluster>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(cluster) = slot.upgrade() {
+        return cluster;
+    }
+    let cluster =
+        Arc::new(blocking(|| EtcdCluster::start(3)).expect("start a 3-member etcd cluster"));
+    *slot = Arc::downgrade(&cluster);
+    cluster
+}
+
+pub async fn cluster_harness() -> ClusterHarness {
+    let cluster = shared_cluster();
+    let raw = raw_client(&cluster.client_urls()).await;
+    ClusterHarness {
+        cluster,
+        scope: unique_scope("cluster"),
+        raw,
+    }
+}
+
+#[async_trait]
+impl Harness for ClusterHarness {
+    type Client = EtcdDcs;
+
+    async fn client(&self) -> EtcdDcs {
+        // Spread the clients over the members, as members of a real cluster are.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut urls = self.cluster.client_urls();
+        let shift = (NEXT.fetch_add(1, Ordering::SeqCst) as usize) % urls.len();
+        urls.rotate_left(shift);
+        dcs(&urls, &self.scope, SUITE_RETRY)
+    }
+
+    async fn put_raw(&self, relative_key: &str, value: &[u8]) {
+        let key = format!("/service/{}/{relative_key}", self.scope);
+        self.raw
+            .clone()
+            .put(key, value, None)
+            .await
+            .expect("raw put");
+    }
+
+    async fn pass_time(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+
+    fn ttl(&self) -> Duration {
+        SUITE_TTL
+    }
+
+    fn expiry_slack(&self) -> Duration {
+        SUITE_SLACK
+    }
+}

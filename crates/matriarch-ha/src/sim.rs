@@ -1,0 +1,1278 @@
+//! A deterministic simulation of a whole cluster: the real [`Engine`] loop
+//! and [`decide`](crate::decide) on every node, over [`MemoryDcs`] and a
+//! simulated PostgreSQL, on tokio's virtual clock, with faults chosen by a
+//! seed. The same seed replays the same run.
+//!
+//! Invariants, checked whenever they can change:
+//! - at most one node is a writable primary at any instant (writable from
+//!   its promotion until its demotion or its write fence takes effect);
+//! - a node never promotes (or starts as primary) without holding the lock;
+//! - in synchronous mode, no acknowledged write is missing from a newly
+//!   promoted primary;
+//! - once faults stop, a primary exists within 2 × ttl + loop_wait, and
+//!   every live node follows it within a further ttl.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use matriarch_dcs::{Clock, Dcs, DcsError, Expected, MemoryDcs, WatchOutcome};
+use matriarch_model::{
+    ClusterConfig, ClusterView, DcsKey, FailoverRequest, KeyLayout, Lsn, Member, MemberName,
+    Record, SynchronousMode, SystemId, Tags, Timeline, Version,
+};
+use matriarch_postgres::{
+    BootstrapSpec, Credentials, DataDirectoryState, LocalState, Operation, PgRole, Postgres,
+    PostgresError, ReplicationConnection, RewindOutcome, ServerState, StandbySyncState, StartAs,
+    StopMode, SyncStandbyNames, Upstream, WalPositions, WalSenderState,
+};
+use matriarch_router::RecordingRouter;
+use tokio::time::Instant;
+
+use crate::{Decider, Engine, EngineSettings, Fence, NodeSettings, PeerProbe, PeerReport};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed every random choice comes from.
+    pub seed: u64,
+    /// How many nodes (3 or 5).
+    pub nodes: usize,
+    /// Synchronous replication (`synchronous_mode: on`).
+    pub synchronous: bool,
+    /// How long faults are injected, in virtual time.
+    pub fault_duration: Duration,
+    /// A replacement decision function (to prove that the invariants catch a broken one).
+    pub decider: Option<Decider>,
+}
+
+impl SimConfig {
+    /// The mix the test suite runs: 3 or 5 nodes, asynchronous or
+    /// synchronous, all chosen by the seed.
+    pub fn mixed(seed: u64) -> Self {
+        let mut rng = Rng::new(seed ^ 0x5EED_5EED);
+        SimConfig {
+            seed,
+            nodes: if rng.chance(0.5) { 3 } else { 5 },
+            synchronous: rng.chance(0.5),
+            fault_duration: Duration::from_secs(40),
+            decider: None,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Broken invariants, in the order found (empty: the run is correct).
+    pub violations: Vec<String>,
+    /// Writes acknowledged to the client.
+    pub acknowledged_writes: u64,
+    /// Acknowledged writes missing from a new primary (asynchronous mode
+    /// tolerates these within maximum_lag_on_failover; synchronous mode never).
+    pub lost_writes: u64,
+    /// Promotions.
+    pub promotions: u64,
+    /// The last events before the end, for a failure report.
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {}: {} violation(s), {} acknowledged writes, {} lost, {} promotions",
+            self.seed,
+            self.violations.len(),
+            self.acknowledged_writes,
+            self.lost_writes,
+            self.promotions
+        )?;
+        for violation in &self.violations {
+            writeln!(f, "  VIOLATION: {violation}")?;
+        }
+        if !self.violations.is_empty() {
+            writeln!(f, "  last events:")?;
+            for line in &self.trace {
+                writeln!(f, "    {line}")?;
+            }
+            writeln!(f, "  replay: cargo xtask sim --seed {}", self.seed)?;
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64: small, fast and the same everywhere.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.below(high.saturating_sub(low) + 1))
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// Monotonic time on tokio's (virtual) clock.
+#[derive(Debug)]
+struct TokioClock(Instant);
+
+impl Clock for TokioClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+const SYSTEM_ID: SystemId = SystemId(7_300_000_000_000_000_001);
+
+#[derive(Clone, Debug)]
+struct Data {
+    timeline: u32,
+    /// (timeline written on, write id): a diverged history differs in an entry.
+    log: Vec<(u32, u64)>,
+}
+
+impl Data {
+    fn position(&self) -> Lsn {
+        Lsn(0x100_0000 + 64 * self.log.len() as u64)
+    }
+}
+
+#[derive(Debug)]
+struct PgNode {
+    name: MemberName,
+    data: Option<Data>,
+    running: bool,
+    primary: bool,
+    crashed: bool,
+    upstream: Option<usize>,
+    fence_until: Option<Instant>,
+    sync_names: BTreeSet<String>,
+    sync_count: u32,
+    /// Cut off from the other nodes (replication, cloning, REST).
+    isolated: bool,
+    /// The agent runs and answers its REST API.
+    agent_up: bool,
+}
+
+struct World {
+    nodes: Vec<PgNode>,
+    acknowledged: Vec<u64>,
+    acknowledged_total: u64,
+    next_write: u64,
+    violations: Vec<String>,
+    lost_writes: u64,
+    promotions: u64,
+    trace: Vec<String>,
+    rng: Rng,
+    start: Instant,
+    synchronous: bool,
+}
+
+impl World {
+    fn log(&mut self, line: String) {
+        let at = self.start.elapsed().as_millis();
+        self.trace.push(format!("{at:>7} ms  {line}"));
+        if self.trace.len() > 200 {
+            self.trace.remove(0);
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        let at = self.start.elapsed().as_millis();
+        self.log(format!("VIOLATION {what}"));
+        if self.violations.len() < 20 {
+            self.violations.push(format!("at {at} ms: {what}"));
+        }
+    }
+
+    fn writable(&self, index: usize, now: Instant) -> bool {
+        let node = &self.nodes[index];
+        node.running
+            && node.primary
+            && node.data.is_some()
+            && node.fence_until.is_some_and(|until| until > now)
+    }
+
+    fn check_single_writer(&mut self) {
+        let now = Instant::now();
+        let writers: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.writable(i, now))
+            .map(|i| self.nodes[i].name.to_string())
+            .collect();
+        if writers.len() > 1 {
+            self.violation(format!("two writable primaries at once: {writers:?}"));
+        }
+    }
+
+    fn index(&self, name: &MemberName) -> Option<usize> {
+        self.nodes.iter().position(|n| &n.name == name)
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        !self.nodes[a].isolated && !self.nodes[b].isolated
+    }
+}
+
+fn lock(world: &Mutex<World>) -> MutexGuard<'_, World> {
+    // A panic in a sim task poisons the lock; the data is still what we report.
+    world.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn is_prefix(short: &[(u32, u64)], long: &[(u32, u64)]) -> bool {
+    short.len() <= long.len() && long[..short.len()] == *short
+}
+
+/// A simulated PostgreSQL of one node; also its write fence.
+#[derive(Clone)]
+struct SimPostgres {
+    index: usize,
+    world: Arc<Mutex<World>>,
+    /// Reads the lock holder for the invariant, whatever this node can reach.
+    oracle: MemoryDcs,
+}
+
+fn unexpected(operation: Operation, message: &str) -> PostgresError {
+    PostgresError::Unexpected {
+        operation,
+        context: "simulated PostgreSQL".to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+impl SimPostgres {
+    async fn holds_lock(&self) -> bool {
+        let name = lock(&self.world).nodes[self.index].name.clone();
+        match self.oracle.read_view().await {
+            Ok(view) => view.leader_name() == Some(&name),
+            Err(_) => false,
+        }
+    }
+
+    fn upstream_index(&self, upstream: &Upstream) -> Option<usize> {
+        lock(&self.world).index(&upstream.member)
+    }
+}
+
+#[async_trait]
+impl Postgres for SimPostgres {
+    async fn observe(&self) -> Result<LocalState, PostgresError> {
+        let world = lock(&self.world);
+        let node = &world.nodes[self.index];
+        let Some(data) = &node.data else {
+            return Ok(LocalState::empty());
+        };
+        let position = Some(data.position());
+        let mut state = LocalState {
+            timeline: Some(Timeline(data.timeline)),
+            system_id: Some(SYSTEM_ID),
+            ..LocalState::empty()
+        };
+        if !node.running {
+            state.server = ServerState::NotRunning(if node.crashed {
+                DataDirectoryState::Crashed
+            } else {
+                DataDirectoryState::CleanShutdown
+            });
+            state.wal.flush = position;
+            return Ok(state);
+        }
+        if node.primary {
+            state.server = ServerState::Running(PgRole::Primary);
+            state.wal = WalPositions {
+                write: position,
+                flush: position,
+                received: None,
+                replayed: None,
+            };
+            state.replication = world
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, other)| {
+                    other.running
+                        && !other.primary
+                        && other.upstream == Some(self.index)
+                        && world.reachable(self.index, *j)
+                        && other
+                            .data
+                            .as_ref()
+                            .is_some_and(|d| is_prefix(&d.log, &data.log))
+                })
+                .map(|(_, other)| ReplicationConnection {
+                    application_name: other.name.to_string(),
+                    state: WalSenderState::Streaming,
+                    sync_state: if node.sync_names.contains(other.name.as_str()) {
+                        StandbySyncState::Sync
+                    } else {
+                        StandbySyncState::Async
+                    },
+                    sent: other.data.as_ref().map(Data::position),
+                    write: other.data.as_ref().map(Data::position),
+                    flush: other.data.as_ref().map(Data::position),
+                    replay: other.data.as_ref().map(Data::position),
+                })
+                .collect();
+        } else {
+            state.server = ServerState::Running(PgRole::Replica);
+            state.wal.received = position;
+            state.wal.replayed = position;
+            state.upstream = node.upstream.map(|u| Upstream {
+                member: world.nodes[u].name.clone(),
+                host: world.nodes[u].name.to_string(),
+                port: 5432,
+            });
+        }
+        if !node.sync_names.is_empty() {
+            state.synchronous_standby_names =
+                SyncStandbyNames::first(node.sync_count, node.sync_names.iter().cloned()).ok();
+        }
+        Ok(state)
+    }
+
+    async fn bootstrap(&self, _spec: &BootstrapSpec) -> Result<SystemId, PostgresError> {
+        let mut world = lock(&self.world);
+        let node = &mut world.nodes[self.index];
+        if node.data.is_some() {
+            return Err(PostgresError::NotEmpty {
+                operation: Operation::Bootstrap,
+                data_dir: "sim".into(),
+            });
+        }
+        node.data = Some(Data {
+            timeline: 1,
+            log: Vec::new(),
+        });
+        node.running = true;
+        node.primary = true;
+        node.crashed = false;
+        let name = node.name.clone();
+        world.log(format!("{name}: bootstrapped"));
+        Ok(SYSTEM_ID)
+    }
+
+    async fn clone_replica(&self, source: &Upstream) -> Result<(), PostgresError> {
+        let from = self
+            .upstream_index(source)
+            .ok_or_else(|| unexpected(Operation::CloneReplica, "unknown source"))?;
+        let mut world = lock(&self.world);
+        let source_data = match &world.nodes[from] {
+            node if node.running && world.reachable(self.index, from) => node.data.clone(),
+            _ => None,
+        };
+        let data =
+            source_data.ok_or_else(|| unexpected(Operation::CloneReplica, "source unreachable"))?;
+        let node = &mut world.nodes[self.index];
+        node.data = Some(data);
+        node.running = true;
+        node.primary = false;
+        node.crashed = false;
+        node.upstream = Some(from);
+        node.fence_until = None;
+        node.sync_names.clear();
+        let name = node.name.clone();
+        world.log(format!("{name}: cloned from {}", source.member));
+        Ok(())
+    }
+
+    async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
+        let upstream = match &as_role {
+            StartAs::ReplicaOf(upstream) => Some(
+                self.upstream_index(upstream)
+                    .ok_or_else(|| unexpected(Operation::Start, "unknown upstream"))?,
+            ),
+            _ => None,
+        };
+        if as_role == StartAs::Primary && !self.holds_lock().await {
+            let mut world = lock(&self.world);
+            let name = world.nodes[self.index].name.clone();
+            world.violation(format!(
+                "{name} started as primary without holding the lock"
+            ));
+        }
+        let mut world = lock(&self.world);
+        let node = &mut world.nodes[self.index];
+        if node.data.is_none() {
+            return Err(PostgresError::NotInitialized {
+                operation: Operation::Start,
+                data_dir: "sim".into(),
+            });
+        }
+        if node.running {
+            return Ok(());
+        }
+        node.running = true;
+        node.crashed = false;
+        node.primary = as_role == StartAs::Primary;
+        node.upstream = upstream;
+        let name = node.name.clone();
+        world.log(format!("{name}: started as {as_role:?}"));
+        world.check_single_writer();
+        Ok(())
+    }
+
+    async fn stop(&self, _mode: StopMode) -> Result<(), PostgresError> {
+        let mut world = lock(&self.world);
+        let node = &mut world.nodes[self.index];
+        node.running = false;
+        let name = node.name.clone();
+        world.log(format!("{name}: stopped"));
+        Ok(())
+    }
+
+    async fn promote(&self) -> Result<Timeline, PostgresError> {
+        let holds = self.holds_lock().await;
+        let mut world = lock(&self.world);
+        let name = world.nodes[self.index].name.clone();
+        if !holds {
+            world.violation(format!("{name} promoted without holding the lock"));
+        }
+        let node = &mut world.nodes[self.index];
+        if !node.running {
+            return Err(PostgresError::NotRunning {
+                operation: Operation::Promote,
+            });
+        }
+        let Some(data) = node.data.as_mut() else {
+            return Err(unexpected(Operation::Promote, "no data"));
+        };
+        if node.primary {
+            return Ok(Timeline(data.timeline));
+        }
+        data.timeline += 1;
+        let timeline = data.timeline;
+        node.primary = true;
+        node.upstream = None;
+        let log: BTreeSet<u64> = data.log.iter().map(|(_, id)| *id).collect();
+        let missing = world
+            .acknowledged
+            .iter()
+            .filter(|id| !log.contains(id))
+            .count() as u64;
+        world.promotions += 1;
+        world.lost_writes += missing;
+        world.log(format!(
+            "{name}: promoted to timeline {timeline}, {missing} acknowledged writes missing"
+        ));
+        if missing > 0 && world.synchronous {
+            world.violation(format!(
+                "{name} promoted in synchronous mode without {missing} acknowledged write(s)"
+            ));
+        }
+        // Writes already acknowledged are settled: count each loss once.
+        world.acknowledged.retain(|id| log.contains(id));
+        world.check_single_writer();
+        Ok(Timeline(timeline))
+    }
+
+    async fn demote(&self, mode: StopMode, follow: Option<Upstream>) -> Result<(), PostgresError> {
+        {
+            let mut world = lock(&self.world);
+            let node = &mut world.nodes[self.index];
+            node.running = false;
+            node.primary = false;
+            node.crashed = mode == StopMode::Immediate;
+            let name = node.name.clone();
+            world.log(format!("{name}: demoted ({mode:?})"));
+        }
+        if let Some(upstream) = follow {
+            self.start(StartAs::ReplicaOf(upstream)).await?;
+        }
+        Ok(())
+    }
+
+    async fn follow(&self, upstream: &Upstream) -> Result<(), PostgresError> {
+        let target = self
+            .upstream_index(upstream)
+            .ok_or_else(|| unexpected(Operation::Follow, "unknown upstream"))?;
+        let mut world = lock(&self.world);
+        world.nodes[self.index].upstream = Some(target);
+        Ok(())
+    }
+
+    async fn rewind(&self, source: &Upstream) -> Result<RewindOutcome, PostgresError> {
+        let from = self
+            .upstream_index(source)
+            .ok_or_else(|| unexpected(Operation::Rewind, "unknown source"))?;
+        let mut world = lock(&self.world);
+        if !world.reachable(self.index, from) || !world.nodes[from].running {
+            return Err(unexpected(Operation::Rewind, "source unreachable"));
+        }
+        let Some(source_data) = world.nodes[from].data.clone() else {
+            return Err(unexpected(Operation::Rewind, "source has no data"));
+        };
+        let impossible = world.rng.chance(0.1);
+        let node = &mut world.nodes[self.index];
+        if node.running {
+            return Err(unexpected(Operation::Rewind, "still running"));
+        }
+        let Some(data) = node.data.as_mut() else {
+            return Err(unexpected(Operation::Rewind, "no data"));
+        };
+        if is_prefix(&data.log, &source_data.log) {
+            return Ok(RewindOutcome::NotNeeded);
+        }
+        if impossible {
+            return Ok(RewindOutcome::Impossible {
+                reason: "simulated: WAL needed for the rewind is gone".to_owned(),
+            });
+        }
+        let common = data
+            .log
+            .iter()
+            .zip(&source_data.log)
+            .take_while(|(a, b)| a == b)
+            .count();
+        data.log.truncate(common);
+        data.timeline = source_data.timeline;
+        let name = node.name.clone();
+        world.log(format!(
+            "{name}: rewound from {} to {common} records",
+            source.member
+        ));
+        Ok(RewindOutcome::Rewound)
+    }
+
+    async fn set_synchronous_standby_names(
+        &self,
+        names: &SyncStandbyNames,
+    ) -> Result<(), PostgresError> {
+        let mut world = lock(&self.world);
+        let node = &mut world.nodes[self.index];
+        node.sync_names = names.names().iter().cloned().collect();
+        node.sync_count = names.count();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Fence for SimPostgres {
+    async fn arm(&self, valid_for: Duration) -> Result<(), String> {
+        let mut world = lock(&self.world);
+        world.nodes[self.index].fence_until = Some(Instant::now() + valid_for);
+        world.check_single_writer();
+        Ok(())
+    }
+
+    async fn disarm(&self) -> Result<(), String> {
+        lock(&self.world).nodes[self.index].fence_until = None;
+        Ok(())
+    }
+}
+
+/// Asking peers for their positions over their REST API: only agents that
+/// run and can be reached answer.
+struct SimProbe {
+    index: usize,
+    world: Arc<Mutex<World>>,
+}
+
+#[async_trait]
+impl PeerProbe for SimProbe {
+    async fn probe(
+        &self,
+        members: &[Member],
+    ) -> std::collections::BTreeMap<MemberName, PeerReport> {
+        let world = lock(&self.world);
+        members
+            .iter()
+            .filter_map(|member| {
+                let j = world.index(&member.name)?;
+                let node = &world.nodes[j];
+                if !node.agent_up || !world.reachable(self.index, j) || !node.running {
+                    return None;
+                }
+                let data = node.data.as_ref()?;
+                Some((
+                    member.name.clone(),
+                    PeerReport {
+                        wal_position: Some(data.position()),
+                        timeline: Some(Timeline(data.timeline)),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// A node's DCS client, which the simulation can slow down or cut off.
+#[derive(Clone)]
+struct SimDcs {
+    inner: MemoryDcs,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl SimDcs {
+    async fn lag(&self) {
+        let delay = *self.delay.lock().unwrap_or_else(PoisonError::into_inner);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Dcs for SimDcs {
+    fn layout(&self) -> &KeyLayout {
+        self.inner.layout()
+    }
+    async fn read_view(&self) -> Result<ClusterView, DcsError> {
+        self.lag().await;
+        self.inner.read_view().await
+    }
+    async fn try_initialize(&self) -> Result<bool, DcsError> {
+        self.lag().await;
+        self.inner.try_initialize().await
+    }
+    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
+        self.lag().await;
+        self.inner.complete_initialize(system_id).await
+    }
+    async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        self.lag().await;
+        self.inner.cancel_initialize().await
+    }
+    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
+        self.lag().await;
+        self.inner.acquire_leader(me, ttl).await
+    }
+    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
+        self.lag().await;
+        self.inner.renew_leader(me, ttl).await
+    }
+    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
+        self.lag().await;
+        self.inner.release_leader(me).await
+    }
+    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
+        self.lag().await;
+        self.inner.publish_member(member, ttl).await
+    }
+    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
+        self.lag().await;
+        self.inner.remove_member(name).await
+    }
+    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
+        self.lag().await;
+        self.inner.write(record, expected).await
+    }
+    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
+        self.lag().await;
+        self.inner.delete(key, expected).await
+    }
+    async fn watch(
+        &self,
+        after_revision: u64,
+        timeout: Duration,
+    ) -> Result<WatchOutcome, DcsError> {
+        self.inner.watch(after_revision, timeout).await
+    }
+}
+
+/// SIGSTOP and SIGCONT for a future: while paused it is not polled, and its
+/// timers run on without it.
+#[derive(Default)]
+struct PauseSwitch {
+    state: Mutex<(bool, Option<Waker>)>,
+}
+
+impl PauseSwitch {
+    fn set(&self, paused: bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = paused;
+        if !paused {
+            if let Some(waker) = state.1.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+struct Pausable<F> {
+    inner: Pin<Box<F>>,
+    switch: Arc<PauseSwitch>,
+}
+
+impl<F: Future> Future for Pausable<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        {
+            let mut state = self
+                .switch
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.0 {
+                state.1 = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+struct NodeHandle {
+    task: Option<tokio::task::JoinHandle<()>>,
+    reporter: Option<tokio::task::JoinHandle<()>>,
+    pause: Arc<PauseSwitch>,
+    dcs: SimDcs,
+    postgres: SimPostgres,
+}
+
+struct Cluster {
+    world: Arc<Mutex<World>>,
+    store: MemoryDcs,
+    clock: Arc<TokioClock>,
+    config: ClusterConfig,
+    decider: Option<Decider>,
+    nodes: Vec<NodeHandle>,
+}
+
+fn member_name(index: usize) -> MemberName {
+    // "node1".."node9" are valid names.
+    MemberName::new(format!("node{}", index + 1)).unwrap_or_else(|_| unreachable!())
+}
+
+impl Cluster {
+    fn spawn_agent(&mut self, index: usize) {
+        let handle = &mut self.nodes[index];
+        let name = member_name(index);
+        let settings = EngineSettings {
+            node: NodeSettings {
+                name: name.clone(),
+                tags: Tags::default(),
+                conn_url: format!("postgres://{name}:5432/postgres"),
+                api_url: format!("http://{name}:8008/patroni"),
+            },
+            bootstrap_config: self.config.clone(),
+            bootstrap: BootstrapSpec {
+                superuser: Credentials::without_password("postgres"),
+                replication: Credentials::without_password("replicator"),
+                rewind: None,
+                parameters: Default::default(),
+                pg_hba: Vec::new(),
+            },
+            postgres_timeout: Duration::from_secs(10),
+        };
+        let wall = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .unwrap_or_default();
+        let mut engine = Engine::new(
+            handle.dcs.clone(),
+            handle.postgres.clone(),
+            RecordingRouter::new(name.to_string()),
+            settings,
+            self.clock.clone(),
+        )
+        .with_fence(Arc::new(handle.postgres.clone()))
+        .with_peer_probe(Arc::new(SimProbe {
+            index,
+            world: Arc::clone(&self.world),
+        }))
+        .with_wall_start(wall);
+        if let Some(decider) = self.decider {
+            engine = engine.with_decider(decider);
+        }
+        let mut status = engine.status();
+        let world = Arc::clone(&self.world);
+        let reporter = tokio::spawn(async move {
+            let mut last = String::new();
+            while status.changed().await {
+                let now = status.get();
+                let line = format!("{:?}: {}", now.role, now.reason);
+                if line != last {
+                    lock(&world).log(format!("{name}: {line}"));
+                    last = line;
+                }
+            }
+        });
+        handle.pause.set(false);
+        lock(&self.world).nodes[index].agent_up = true;
+        let run = Pausable {
+            inner: Box::pin(engine.run(std::future::pending())),
+            switch: Arc::clone(&handle.pause),
+        };
+        handle.reporter = Some(reporter);
+        handle.task = Some(tokio::spawn(run));
+    }
+
+    fn crash_agent(&mut self, index: usize) {
+        lock(&self.world).nodes[index].agent_up = false;
+        if let Some(task) = self.nodes[index].task.take() {
+            task.abort();
+        }
+        if let Some(reporter) = self.nodes[index].reporter.take() {
+            reporter.abort();
+        }
+    }
+}
+
+/// Runs one simulation to the end and reports what it found.
+pub fn run(config: &SimConfig) -> SimReport {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return SimReport {
+                seed: config.seed,
+                violations: vec![format!("could not build a runtime: {error}")],
+                ..SimReport::default()
+            }
+        }
+    };
+    runtime.block_on(simulate(config))
+}
+
+async fn simulate(sim: &SimConfig) -> SimReport {
+    let start = Instant::now();
+    let clock = Arc::new(TokioClock(start));
+    let mut rng = Rng::new(sim.seed);
+    let config = ClusterConfig {
+        synchronous_mode: if sim.synchronous {
+            SynchronousMode::On
+        } else {
+            SynchronousMode::Off
+        },
+        ..ClusterConfig::default()
+    };
+    let layout = KeyLayout::new("service", "sim").unwrap_or_else(|_| unreachable!());
+    let store = MemoryDcs::with_clock(layout, clock.clone());
+    let world = Arc::new(Mutex::new(World {
+        nodes: (0..sim.nodes)
+            .map(|i| PgNode {
+                name: member_name(i),
+                data: None,
+                running: false,
+                primary: false,
+                crashed: false,
+                upstream: None,
+                fence_until: None,
+                sync_names: BTreeSet::new(),
+                sync_count: 1,
+                isolated: false,
+                agent_up: false,
+            })
+            .collect(),
+        acknowledged: Vec::new(),
+        acknowledged_total: 0,
+        next_write: 1,
+        violations: Vec::new(),
+        lost_writes: 0,
+        promotions: 0,
+        trace: Vec::new(),
+        rng: Rng::new(sim.seed.rotate_left(17)),
+        start,
+        synchronous: sim.synchronous,
+    }));
+    let mut cluster = Cluster {
+        world: Arc::clone(&world),
+        store: store.clone(),
+        clock,
+        config: config.clone(),
+        decider: sim.decider,
+        nodes: (0..sim.nodes)
+            .map(|i| NodeHandle {
+                task: None,
+                reporter: None,
+                pause: Arc::new(PauseSwitch::default()),
+                dcs: SimDcs {
+                    inner: store.connect(),
+                    delay: Arc::new(Mutex::new(Duration::ZERO)),
+                },
+                postgres: SimPostgres {
+                    index: i,
+                    world: Arc::clone(&world),
+                    oracle: store.connect(),
+                },
+            })
+            .collect(),
+    };
+    for index in 0..sim.nodes {
+        cluster.spawn_agent(index);
+        tokio::time::sleep(rng.millis(0, 300)).await;
+    }
+    let traffic = tokio::spawn(traffic(Arc::clone(&world), rng.next()));
+
+    // Let the cluster form, then inject faults.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let faults_end = Instant::now() + sim.fault_duration;
+    let mut healers: Vec<(Instant, Heal)> = Vec::new();
+    while Instant::now() < faults_end {
+        tokio::time::sleep(rng.millis(200, 2500)).await;
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = healers.drain(..).partition(|(at, _)| *at <= now);
+        healers = later;
+        for (_, heal) in due {
+            heal.apply(&mut cluster);
+        }
+        inject_fault(&mut cluster, &mut rng, &mut healers).await;
+    }
+    for (_, heal) in healers.drain(..) {
+        heal.apply(&mut cluster);
+    }
+    heal_everything(&mut cluster);
+    lock(&world).log("faults stopped".to_owned());
+
+    // Liveness: a primary within 2 × ttl + loop_wait, followers within a further ttl.
+    let ttl = config.ttl;
+    tokio::time::sleep(ttl * 2 + config.loop_wait).await;
+    let leader = check_primary(&cluster).await;
+    tokio::time::sleep(ttl).await;
+    if let Some(leader) = leader {
+        check_followers(&cluster, leader);
+    }
+
+    traffic.abort();
+    for index in 0..sim.nodes {
+        cluster.crash_agent(index);
+    }
+    let world = lock(&world);
+    SimReport {
+        seed: sim.seed,
+        violations: world.violations.clone(),
+        acknowledged_writes: world.acknowledged_total,
+        lost_writes: world.lost_writes,
+        promotions: world.promotions,
+        trace: world.trace.clone(),
+    }
+}
+
+/// A fault's end.
+enum Heal {
+    RestartAgent(usize),
+    Resume(usize),
+    Reconnect(usize),
+    Rejoin(usize),
+    Undelay(usize),
+}
+
+impl Heal {
+    fn apply(self, cluster: &mut Cluster) {
+        let log = |line: String| lock(&cluster.world).log(line);
+        match self {
+            Heal::RestartAgent(i) => {
+                log(format!("{}: agent restarted", member_name(i)));
+                if cluster.nodes[i].task.is_none() {
+                    cluster.spawn_agent(i);
+                }
+            }
+            Heal::Resume(i) => {
+                log(format!("{}: agent resumed", member_name(i)));
+                cluster.nodes[i].pause.set(false);
+                lock(&cluster.world).nodes[i].agent_up = cluster.nodes[i].task.is_some();
+            }
+            Heal::Reconnect(i) => {
+                log(format!("{}: DCS reachable again", member_name(i)));
+                cluster.nodes[i].dcs.inner.set_reachable(true);
+            }
+            Heal::Rejoin(i) => {
+                log(format!("{}: network to peers restored", member_name(i)));
+                lock(&cluster.world).nodes[i].isolated = false;
+            }
+            Heal::Undelay(i) => {
+                log(format!("{}: DCS answers promptly again", member_name(i)));
+                *cluster.nodes[i]
+                    .dcs
+                    .delay
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Duration::ZERO;
+            }
+        }
+    }
+}
+
+fn heal_everything(cluster: &mut Cluster) {
+    for i in 0..cluster.nodes.len() {
+        for heal in [
+            Heal::Resume(i),
+            Heal::Reconnect(i),
+            Heal::Rejoin(i),
+            Heal::Undelay(i),
+            Heal::RestartAgent(i),
+        ] {
+            heal.apply(cluster);
+        }
+    }
+}
+
+async fn inject_fault(cluster: &mut Cluster, rng: &mut Rng, healers: &mut Vec<(Instant, Heal)>) {
+    let n = cluster.nodes.len();
+    let i = rng.below(n as u64) as usize;
+    let name = member_name(i);
+    let now = Instant::now();
+    let ttl = cluster.config.ttl;
+    match rng.below(7) {
+        0 => {
+            // The whole node dies: agent and PostgreSQL.
+            cluster.crash_agent(i);
+            {
+                let mut world = lock(&cluster.world);
+                let node = &mut world.nodes[i];
+                node.running = false;
+                node.crashed = true;
+                node.fence_until = None;
+                world.log(format!("{name}: node crashed"));
+            }
+            healers.push((now + rng.millis(500, 8000), Heal::RestartAgent(i)));
+        }
+        1 => {
+            cluster.nodes[i].pause.set(true);
+            lock(&cluster.world).nodes[i].agent_up = false;
+            lock(&cluster.world).log(format!("{name}: agent paused"));
+            let pause = ttl + rng.millis(0, 3 * ttl.as_millis() as u64);
+            healers.push((now + pause, Heal::Resume(i)));
+        }
+        2 => {
+            cluster.nodes[i].dcs.inner.set_reachable(false);
+            lock(&cluster.world).log(format!("{name}: cut off from the DCS"));
+            healers.push((now + rng.millis(500, 10_000), Heal::Reconnect(i)));
+        }
+        3 => {
+            let mut world = lock(&cluster.world);
+            world.nodes[i].isolated = true;
+            world.log(format!("{name}: cut off from its peers"));
+            healers.push((now + rng.millis(500, 10_000), Heal::Rejoin(i)));
+        }
+        4 => {
+            let mut world = lock(&cluster.world);
+            let node = &mut world.nodes[i];
+            if node.running {
+                node.running = false;
+                node.crashed = true;
+                world.log(format!("{name}: PostgreSQL crashed"));
+            }
+        }
+        5 => {
+            let delay = rng.millis(50, 3000);
+            *cluster.nodes[i]
+                .dcs
+                .delay
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = delay;
+            lock(&cluster.world).log(format!("{name}: DCS answers delayed by {delay:?}"));
+            healers.push((now + rng.millis(500, 10_000), Heal::Undelay(i)));
+        }
+        _ => {
+            // A planned switchover, to a named candidate or to any.
+            let Ok(view) = cluster.store.read_view().await else {
+                return;
+            };
+            let Some(leader) = view.leader_name().cloned() else {
+                return;
+            };
+            let candidate = rng
+                .chance(0.6)
+                .then(|| member_name(rng.below(n as u64) as usize))
+                .filter(|c| c != &leader);
+            let request = Record::Failover(FailoverRequest {
+                leader: Some(leader.clone()),
+                candidate: candidate.clone(),
+                scheduled_at: None,
+            });
+            if cluster.store.write(&request, Expected::Any).await.is_ok() {
+                lock(&cluster.world).log(format!(
+                    "switchover requested from {leader} to {candidate:?}"
+                ));
+            }
+        }
+    }
+}
+
+/// A client writing every 20 ms to whichever node is writable, and the
+/// replication of every running replica from its upstream.
+async fn traffic(world: Arc<Mutex<World>>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut world = lock(&world);
+        let now = Instant::now();
+        replicate(&mut world, &mut rng);
+        let writers: Vec<usize> = (0..world.nodes.len())
+            .filter(|&i| world.writable(i, now))
+            .collect();
+        if writers.len() > 1 {
+            world.check_single_writer();
+        }
+        let Some(&primary) = writers.first() else {
+            continue;
+        };
+        let id = world.next_write;
+        world.next_write += 1;
+        let node = &mut world.nodes[primary];
+        let Some(data) = node.data.as_mut() else {
+            continue;
+        };
+        data.log.push((data.timeline, id));
+        let log = data.log.clone();
+        let (names, count) = (node.sync_names.clone(), node.sync_count as usize);
+        if names.is_empty() {
+            world.acknowledged.push(id);
+            world.acknowledged_total += 1;
+            continue;
+        }
+        // Synchronous commit: acknowledged once `count` named standbys that
+        // stream from this primary have it.
+        let standbys: Vec<usize> = (0..world.nodes.len())
+            .filter(|&j| {
+                let other = &world.nodes[j];
+                names.contains(other.name.as_str())
+                    && other.running
+                    && !other.primary
+                    && other.upstream == Some(primary)
+                    && world.reachable(primary, j)
+                    && other.data.as_ref().is_some_and(|d| is_prefix(&d.log, &log))
+            })
+            .take(count)
+            .collect();
+        if standbys.len() < count {
+            // The commit waits; the client gives up on it.
+            continue;
+        }
+        for j in standbys {
+            if let Some(data) = world.nodes[j].data.as_mut() {
+                data.log = log.clone();
+            }
+        }
+        world.acknowledged.push(id);
+        world.acknowledged_total += 1;
+    }
+}
+
+fn replicate(world: &mut World, rng: &mut Rng) {
+    for j in 0..world.nodes.len() {
+        let (running, primary, upstream) = {
+            let node = &world.nodes[j];
+            (node.running, node.primary, node.upstream)
+        };
+        let Some(u) = upstream else { continue };
+        if !running || primary || !world.nodes[u].running || !world.reachable(j, u) {
+            continue;
+        }
+        let Some(source) = world.nodes[u].data.clone() else {
+            continue;
+        };
+        let Some(data) = world.nodes[j].data.as_mut() else {
+            continue;
+        };
+        if !is_prefix(&data.log, &source.log) {
+            continue; // Diverged: only a rewind helps.
+        }
+        // Replicas lag a little, at random.
+        let behind = source.log.len() - data.log.len();
+        let take = if rng.chance(0.7) {
+            behind
+        } else {
+            rng.below(behind as u64 + 1) as usize
+        };
+        let upto = data.log.len() + take;
+        data.log
+            .extend_from_slice(&source.log[data.log.len()..upto]);
+        data.timeline = data.timeline.max(source.timeline);
+    }
+}
+
+async fn check_primary(cluster: &Cluster) -> Option<usize> {
+    let holder = match cluster.store.read_view().await {
+        Ok(view) => view.leader_name().cloned(),
+        Err(_) => None,
+    };
+    let mut world = lock(&cluster.world);
+    let now = Instant::now();
+    let writers: Vec<usize> = (0..world.nodes.len())
+        .filter(|&i| world.writable(i, now))
+        .collect();
+    match (
+        holder.as_ref().and_then(|h| world.index(h)),
+        writers.as_slice(),
+    ) {
+        (Some(leader), [writer]) if leader == *writer => Some(leader),
+        _ => {
+            let states: Vec<String> = world
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}: agent {} pg {} {} tl {:?} pos {:?} upstream {:?} fence {:?}",
+                        n.name,
+                        if n.agent_up { "up" } else { "down" },
+                        if n.running { "running" } else { "stopped" },
+                        if n.primary { "primary" } else { "replica" },
+                        n.data.as_ref().map(|d| d.timeline),
+                        n.data.as_ref().map(Data::position),
+                        n.upstream,
+                        n.fence_until.map(|f| f.saturating_duration_since(now)),
+                    )
+                })
+                .collect();
+            for line in states {
+                world.log(line);
+            }
+            world.violation(format!(
+                "no single writable primary 2 × ttl + loop_wait after faults stopped (lock: {holder:?}, writable: {writers:?})"
+            ));
+            None
+        }
+    }
+}
+
+fn check_followers(cluster: &Cluster, leader: usize) {
+    let mut world = lock(&cluster.world);
+    let leader_log = world.nodes[leader]
+        .data
+        .as_ref()
+        .map(|d| d.log.clone())
+        .unwrap_or_default();
+    let mut stragglers = Vec::new();
+    for (j, node) in world.nodes.iter().enumerate() {
+        if j == leader {
+            continue;
+        }
+        let following = node.running
+            && !node.primary
+            && node.upstream == Some(leader)
+            && node
+                .data
+                .as_ref()
+                .is_some_and(|d| is_prefix(&d.log, &leader_log));
+        if !following {
+            stragglers.push(node.name.to_string());
+        }
+    }
+    if !stragglers.is_empty() {
+        let leader_name = world.nodes[leader].name.clone();
+        world.violation(format!(
+            "{stragglers:?} not following {leader_name} a ttl after it led"
+        ));
+    }
+}

@@ -1,0 +1,512 @@
+//! The data directory and the configuration files matriarch writes into it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use matriarch_model::{Lsn, MemberName, ParameterValue, SystemId, Timeline};
+
+use super::process::OsUser;
+use crate::error::{Operation, PostgresError};
+use crate::secret::Credentials;
+use crate::sync_standby::SyncStandbyNames;
+use crate::upstream::Upstream;
+
+/// The configuration file matriarch rewrites on every start: listen
+/// address, port, socket, replication settings and the user parameters.
+pub const MANAGED_CONF_FILE: &str = "postgresql.matriarch.conf";
+/// The file with `primary_conninfo` and `primary_slot_name` (mode 0600: it
+/// holds the replication password).
+pub const UPSTREAM_CONF_FILE: &str = "postgresql.matriarch.upstream.conf";
+/// The file with `synchronous_standby_names`.
+pub const SYNC_CONF_FILE: &str = "postgresql.matriarch.sync.conf";
+
+const INCLUDE_MARKER: &str = "# matriarch: managed configuration files";
+const UPSTREAM_MEMBER: &str = "# matriarch-upstream-member: ";
+const UPSTREAM_HOST: &str = "# matriarch-upstream-host: ";
+const UPSTREAM_PORT: &str = "# matriarch-upstream-port: ";
+
+/// What the data directory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DirContents {
+    /// It does not exist.
+    Absent,
+    /// It exists and is empty.
+    Empty,
+    /// A database cluster (`PG_VERSION` is there).
+    Cluster,
+    /// Something else.
+    Other,
+}
+
+/// Inspects the data directory, refusing one owned by another user.
+pub(crate) fn inspect_data_dir(
+    op: Operation,
+    data_dir: &Path,
+    user: &OsUser,
+) -> Result<DirContents, PostgresError> {
+    let meta = match fs::metadata(data_dir) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(DirContents::Absent),
+        Err(source) => {
+            return Err(PostgresError::Io {
+                operation: op,
+                context: format!("reading data directory {}", data_dir.display()),
+                source,
+            })
+        }
+    };
+    if !meta.is_dir() {
+        return Err(PostgresError::Io {
+            operation: op,
+            context: format!("data directory {}", data_dir.display()),
+            source: std::io::Error::other("it exists but is not a directory"),
+        });
+    }
+    if meta.uid() != user.uid {
+        return Err(PostgresError::ForeignDataDirectory {
+            operation: op,
+            data_dir: data_dir.to_owned(),
+            owner_uid: meta.uid(),
+            expected_user: user.name.clone(),
+            expected_uid: user.uid,
+        });
+    }
+    let mut entries = fs::read_dir(data_dir).map_err(|source| PostgresError::Io {
+        operation: op,
+        context: format!("listing data directory {}", data_dir.display()),
+        source,
+    })?;
+    if entries.next().is_none() {
+        return Ok(DirContents::Empty);
+    }
+    if data_dir.join("PG_VERSION").is_file() {
+        Ok(DirContents::Cluster)
+    } else {
+        Ok(DirContents::Other)
+    }
+}
+
+/// Creates the data directory (mode 0700, owned by the OS user) if absent.
+pub(crate) fn create_data_dir(
+    op: Operation,
+    data_dir: &Path,
+    user: &OsUser,
+) -> Result<(), PostgresError> {
+    let io = |context: String| {
+        move |source| PostgresError::Io {
+            operation: op,
+            context,
+            source,
+        }
+    };
+    fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("chmod 0700 {}", data_dir.display())))?;
+    chown(op, data_dir, user)
+}
+
+/// Removes everything inside the data directory (not the directory itself).
+/// Only called on a directory this controller found empty and filled itself.
+pub(crate) fn empty_data_dir(op: Operation, data_dir: &Path) -> Result<(), PostgresError> {
+    let io = |context: String| {
+        move |source| PostgresError::Io {
+            operation: op,
+            context,
+            source,
+        }
+    };
+    let entries = match fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io(format!("listing {}", data_dir.display()))(source)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(format!("listing {}", data_dir.display())))?;
+        let path = entry.path();
+        let is_dir = entry
+            .file_type()
+            .map_err(io(format!("stat {}", path.display())))?
+            .is_dir();
+        if is_dir {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        }
+        .map_err(io(format!("removing {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Changes `path`'s owner to the OS user (when this process runs as root).
+pub(crate) fn chown(op: Operation, path: &Path, user: &OsUser) -> Result<(), PostgresError> {
+    if !user.switch {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
+        PostgresError::Io {
+            operation: op,
+            context: format!("chown {} to {}", path.display(), user.name),
+            source,
+        }
+    })
+}
+
+/// Writes `contents` to `path` atomically (temporary file, fsync, rename),
+/// with `mode`, owned by the OS user.
+pub(crate) fn write_file(
+    op: Operation,
+    path: &Path,
+    contents: &str,
+    mode: u32,
+    user: &OsUser,
+) -> Result<(), PostgresError> {
+    let io = |context: String| {
+        move |source| PostgresError::Io {
+            operation: op,
+            context,
+            source,
+        }
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".matriarch-tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(format!("creating {}", tmp.display())))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    drop(file);
+    chown(op, &tmp, user)?;
+    fs::rename(&tmp, path).map_err(io(format!("renaming {} into place", tmp.display())))
+}
+
+/// Removes a file if it exists.
+pub(crate) fn remove_file(op: Operation, path: &Path) -> Result<(), PostgresError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PostgresError::Io {
+            operation: op,
+            context: format!("removing {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Reads a file; `None` when it does not exist.
+pub(crate) fn read_optional(op: Operation, path: &Path) -> Result<Option<String>, PostgresError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PostgresError::Io {
+            operation: op,
+            context: format!("reading {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Quotes a configuration file value: `'...'` with `'` doubled and `\` escaped.
+pub(crate) fn conf_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Quotes an SQL string literal (`standard_conforming_strings` is on).
+pub(crate) fn sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Quotes an SQL identifier.
+pub(crate) fn sql_ident(value: &str) -> String {
+    format!("\"{}\"", value.replace('"', "\"\""))
+}
+
+fn render_value(value: &ParameterValue) -> String {
+    match value {
+        ParameterValue::Bool(_) | ParameterValue::Integer(_) | ParameterValue::Real(_) => {
+            value.to_string()
+        }
+        ParameterValue::Text(text) => conf_quote(text),
+    }
+}
+
+/// The managed settings for one member.
+pub(crate) struct ManagedSettings<'a> {
+    pub(crate) member: &'a MemberName,
+    pub(crate) listen_addresses: &'a str,
+    pub(crate) port: u16,
+    pub(crate) socket_dir: &'a Path,
+    pub(crate) parameters: &'a BTreeMap<String, ParameterValue>,
+}
+
+/// Renders [`MANAGED_CONF_FILE`].
+pub(crate) fn render_managed(settings: &ManagedSettings<'_>) -> String {
+    let mut out = format!(
+        "# Managed by matriarch for member {}: rewritten on every start, do not edit.\n",
+        settings.member
+    );
+    let mut set = |name: &str, value: String| {
+        out.push_str(name);
+        out.push_str(" = ");
+        out.push_str(&value);
+        out.push('\n');
+    };
+    set("listen_addresses", conf_quote(settings.listen_addresses));
+    set("port", settings.port.to_string());
+    set(
+        "unix_socket_directories",
+        conf_quote(&settings.socket_dir.to_string_lossy()),
+    );
+    // Only the OS user (and root) may use the socket, where local
+    // connections are trusted.
+    set("unix_socket_permissions", "0700".to_owned());
+    // Defaults a replicated cluster needs; the user parameters below may
+    // override them.
+    set("wal_level", "replica".to_owned());
+    set("hot_standby", "on".to_owned());
+    set("max_wal_senders", "10".to_owned());
+    set("max_replication_slots", "10".to_owned());
+    set("wal_log_hints", "on".to_owned());
+    set("wal_keep_size", conf_quote("128MB"));
+    set("synchronous_commit", "on".to_owned());
+    for (name, value) in settings.parameters {
+        set(name, render_value(value));
+    }
+    out
+}
+
+/// The lines appended to `postgresql.conf` that include the managed files.
+pub(crate) fn include_block() -> String {
+    format!(
+        "\n{INCLUDE_MARKER}\ninclude_if_exists = '{MANAGED_CONF_FILE}'\ninclude_if_exists = '{UPSTREAM_CONF_FILE}'\ninclude_if_exists = '{SYNC_CONF_FILE}'\n"
+    )
+}
+
+/// Whether `postgresql.conf` already includes the managed files.
+pub(crate) fn has_include_block(postgresql_conf: &str) -> bool {
+    postgresql_conf.contains(INCLUDE_MARKER)
+}
+
+/// Renders the bootstrap parameters appended to `postgresql.conf`.
+pub(crate) fn render_parameters(parameters: &BTreeMap<String, ParameterValue>) -> String {
+    let mut out = String::from("\n# matriarch: parameters of the bootstrap\n");
+    for (name, value) in parameters {
+        out.push_str(&format!("{name} = {}\n", render_value(value)));
+    }
+    out
+}
+
+/// Renders [`UPSTREAM_CONF_FILE`]: the upstream to stream from (and which
+/// it is, in comments that [`parse_upstream`] reads back), or none.
+pub(crate) fn render_upstream(
+    upstream: Option<&Upstream>,
+    replication: &Credentials,
+    member: &MemberName,
+) -> Result<String, String> {
+    let mut out = String::from("# Managed by matriarch: the upstream this server streams from.\n");
+    match upstream {
+        None => out.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n"),
+        Some(upstream) => {
+            if upstream.host.is_empty() || upstream.host.contains(['\n', '\r', '\0']) {
+                return Err(format!(
+                    "upstream {} has an unusable host {:?}",
+                    upstream.member, upstream.host
+                ));
+            }
+            out.push_str(&format!("{UPSTREAM_MEMBER}{}\n", upstream.member));
+            out.push_str(&format!("{UPSTREAM_HOST}{}\n", upstream.host));
+            out.push_str(&format!("{UPSTREAM_PORT}{}\n", upstream.port));
+            let conninfo = upstream.primary_conninfo(replication, member);
+            out.push_str(&format!(
+                "primary_conninfo = {}\n",
+                conf_quote(conninfo.expose())
+            ));
+            out.push_str(&format!(
+                "primary_slot_name = {}\n",
+                conf_quote(&member.slot_name())
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The upstream recorded in [`UPSTREAM_CONF_FILE`]'s comments.
+pub(crate) fn parse_upstream(text: &str) -> Option<Upstream> {
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .map(str::to_owned)
+    };
+    Some(Upstream {
+        member: MemberName::new(field(UPSTREAM_MEMBER)?).ok()?,
+        host: field(UPSTREAM_HOST)?,
+        port: field(UPSTREAM_PORT)?.trim().parse().ok()?,
+    })
+}
+
+/// Renders [`SYNC_CONF_FILE`].
+pub(crate) fn render_sync(names: &SyncStandbyNames) -> String {
+    format!(
+        "# Managed by matriarch.\nsynchronous_standby_names = {}\n",
+        conf_quote(&names.to_string())
+    )
+}
+
+/// The default `pg_hba.conf` lines after the configured ones: local
+/// connections trusted (the socket is 0700, so only the OS user and root can
+/// use it), everything over TCP with a SCRAM password.
+pub(crate) fn default_hba(replication_user: &str) -> Vec<String> {
+    vec![
+        "local all all trust".to_owned(),
+        "local replication all trust".to_owned(),
+        format!(
+            "host replication {} all scram-sha-256",
+            sql_ident(replication_user)
+        ),
+        "host all all all scram-sha-256".to_owned(),
+    ]
+}
+
+/// What pg_controldata reports about a data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ControlData {
+    pub(crate) system_id: SystemId,
+    pub(crate) state: String,
+    pub(crate) checkpoint: Lsn,
+    pub(crate) checkpoint_timeline: Timeline,
+    pub(crate) min_recovery_end: Lsn,
+    pub(crate) min_recovery_end_timeline: Timeline,
+}
+
+impl ControlData {
+    /// Parses `pg_controldata` output (in the C locale).
+    pub(crate) fn parse(text: &str) -> Result<ControlData, String> {
+        let field = |key: &str| -> Result<&str, String> {
+            text.lines()
+                .find_map(|line| {
+                    let (k, v) = line.split_once(':')?;
+                    (k.trim() == key).then(|| v.trim())
+                })
+                .ok_or_else(|| format!("no {key:?} line"))
+        };
+        let lsn = |key: &str| -> Result<Lsn, String> {
+            let value = field(key)?;
+            value.parse::<Lsn>().map_err(|err| format!("{key}: {err}"))
+        };
+        let timeline = |key: &str| -> Result<Timeline, String> {
+            let value = field(key)?;
+            value
+                .parse::<u32>()
+                .map(Timeline)
+                .map_err(|err| format!("{key}: {value:?}: {err}"))
+        };
+        let system_id = field("Database system identifier")?;
+        Ok(ControlData {
+            system_id: system_id
+                .parse::<SystemId>()
+                .map_err(|err| format!("system identifier: {err}"))?,
+            state: field("Database cluster state")?.to_owned(),
+            checkpoint: lsn("Latest checkpoint location")?,
+            checkpoint_timeline: timeline("Latest checkpoint's TimeLineID")?,
+            min_recovery_end: lsn("Minimum recovery ending location")?,
+            min_recovery_end_timeline: timeline("Min recovery ending loc's timeline")?,
+        })
+    }
+
+    /// Whether the last shutdown was clean.
+    pub(crate) fn clean(&self) -> bool {
+        self.state == "shut down" || self.state == "shut down in recovery"
+    }
+
+    /// Whether the cluster was in recovery (a replica) when it stopped.
+    pub(crate) fn in_recovery(&self) -> bool {
+        self.state == "shut down in recovery" || self.state == "in archive recovery"
+    }
+
+    /// The timeline it was on.
+    pub(crate) fn timeline(&self) -> Timeline {
+        self.checkpoint_timeline.max(self.min_recovery_end_timeline)
+    }
+
+    /// The furthest WAL position known to be in the data directory.
+    pub(crate) fn position(&self) -> Lsn {
+        self.checkpoint.max(self.min_recovery_end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTROLDATA: &str = "pg_control version number:            1300
+Catalog version number:               202209061
+Database system identifier:           7312345678901234567
+Database cluster state:               shut down in recovery
+pg_control last modified:             Fri 27 Nov 2026 11:00:00 PM UTC
+Latest checkpoint location:           0/3000060
+Latest checkpoint's REDO location:    0/3000028
+Latest checkpoint's TimeLineID:       1
+Minimum recovery ending location:     0/4000100
+Min recovery ending loc's timeline:   2
+";
+
+    #[test]
+    fn controldata_is_parsed() {
+        let data = ControlData::parse(CONTROLDATA).unwrap();
+        assert_eq!(data.system_id, SystemId(7312345678901234567));
+        assert!(data.clean() && data.in_recovery());
+        assert_eq!(data.timeline(), Timeline(2));
+        assert_eq!(data.position(), "0/4000100".parse::<Lsn>().unwrap());
+        assert!(ControlData::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn upstream_round_trips_through_its_file() {
+        let upstream = Upstream {
+            member: MemberName::new("pg-1").unwrap(),
+            host: "10.0.0.1".to_owned(),
+            port: 5433,
+        };
+        let text = render_upstream(
+            Some(&upstream),
+            &Credentials::new("rep", "it's \\ secret"),
+            &MemberName::new("pg-2").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(parse_upstream(&text), Some(upstream));
+        assert!(text.contains("primary_slot_name = 'pg_2'"), "{text}");
+        assert!(text.contains(r"password=''it\\''s \\\\ secret''"), "{text}");
+        let none = render_upstream(
+            None,
+            &Credentials::new("rep", "x"),
+            &MemberName::new("pg-2").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(parse_upstream(&none), None);
+    }
+
+    #[test]
+    fn values_are_quoted_for_the_configuration_file() {
+        assert_eq!(conf_quote(r"a'b\c"), r"'a''b\\c'");
+        assert_eq!(sql_literal("it's"), "'it''s'");
+        assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

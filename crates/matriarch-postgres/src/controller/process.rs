@@ -1,0 +1,261 @@
+//! Running the PostgreSQL server programs as the right OS user.
+
+use std::ffi::{CStr, CString, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::error::{Operation, PostgresError};
+use crate::secret::Secret;
+
+/// The OS user the server programs run as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OsUser {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    home: PathBuf,
+    /// Whether commands switch to this user (this process runs as root).
+    pub(crate) switch: bool,
+}
+
+impl OsUser {
+    /// `name` when running as root, else the current user.
+    pub(crate) fn resolve(name: &str) -> Result<OsUser, PostgresError> {
+        // SAFETY: geteuid/getegid cannot fail and touch no memory.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if euid == 0 {
+            let user = lookup_user(name)?.ok_or_else(|| PostgresError::InvalidConfig {
+                reason: format!(
+                    "OS user {name:?} does not exist (PostgreSQL refuses to run as root)"
+                ),
+            })?;
+            if user.uid == 0 {
+                return Err(PostgresError::InvalidConfig {
+                    reason: format!("OS user {name:?} is root; PostgreSQL refuses to run as root"),
+                });
+            }
+            Ok(user)
+        } else {
+            Ok(OsUser {
+                name: std::env::var("USER").unwrap_or_else(|_| format!("uid {euid}")),
+                uid: euid,
+                gid: egid,
+                home: std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/")),
+                switch: false,
+            })
+        }
+    }
+}
+
+fn lookup_user(name: &str) -> Result<Option<OsUser>, PostgresError> {
+    let cname = CString::new(name).map_err(|_| PostgresError::InvalidConfig {
+        reason: format!("OS user name {name:?} holds a NUL byte"),
+    })?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill in.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives every use of pwd.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(PostgresError::InvalidConfig {
+            reason: format!(
+                "looking up OS user {name:?}: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ),
+        });
+    }
+    if result.is_null() {
+        return Ok(None);
+    }
+    let home = if pwd.pw_dir.is_null() {
+        PathBuf::from("/")
+    } else {
+        // SAFETY: getpwnam_r succeeded, so pw_dir is a C string inside buf.
+        PathBuf::from(
+            unsafe { CStr::from_ptr(pwd.pw_dir) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    Ok(Some(OsUser {
+        name: name.to_owned(),
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+        home,
+        switch: true,
+    }))
+}
+
+/// Runs server programs from one bin directory as one OS user.
+#[derive(Clone, Debug)]
+pub(crate) struct Runner {
+    pub(crate) bin_dir: PathBuf,
+    pub(crate) user: OsUser,
+    pub(crate) member: String,
+}
+
+/// What a finished program printed.
+pub(crate) struct Finished {
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Runner {
+    /// The program's path, or [`PostgresError::MissingProgram`].
+    pub(crate) fn program(&self, op: Operation, name: &str) -> Result<PathBuf, PostgresError> {
+        let path = self.bin_dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(PostgresError::MissingProgram {
+                operation: op,
+                program: name.to_owned(),
+                path,
+            })
+        }
+    }
+
+    /// A command for `name` with a clean environment (no inherited `PG*`
+    /// variables), the C locale, and the OS user's identity.
+    pub(crate) fn command(&self, op: Operation, name: &str) -> Result<Command, PostgresError> {
+        let mut cmd = Command::new(self.program(op, name)?);
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LC_ALL", "C")
+            .env("LANG", "C")
+            .env("HOME", &self.user.home)
+            .env("USER", &self.user.name)
+            .env("LOGNAME", &self.user.name)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if self.user.switch {
+            cmd.uid(self.user.uid).gid(self.user.gid);
+        }
+        Ok(cmd)
+    }
+
+    /// Runs `name args` to completion within `timeout`. `password` goes to
+    /// the child's environment as `PGPASSWORD`, never on its command line.
+    /// A non-zero exit is [`PostgresError::CommandFailed`] with the tail of
+    /// its output.
+    pub(crate) async fn run(
+        &self,
+        op: Operation,
+        name: &str,
+        args: &[OsString],
+        password: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Finished, PostgresError> {
+        let output = self.output(op, name, args, password, timeout).await?;
+        let finished = Finished {
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        if output.status.success() {
+            Ok(finished)
+        } else {
+            Err(PostgresError::CommandFailed {
+                operation: op,
+                program: name.to_owned(),
+                status: output.status,
+                stderr_tail: tail_of(&finished),
+            })
+        }
+    }
+
+    /// Like [`Runner::run`] but returns the output whatever the exit status.
+    pub(crate) async fn output(
+        &self,
+        op: Operation,
+        name: &str,
+        args: &[OsString],
+        password: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Output, PostgresError> {
+        let mut cmd = self.command(op, name)?;
+        cmd.args(args);
+        if let Some(password) = password {
+            cmd.env("PGPASSWORD", password.expose());
+        }
+        // Arguments never hold passwords (they go through PGPASSWORD).
+        tracing::debug!(member = %self.member, program = name, ?args, "running PostgreSQL program");
+        let child = cmd.spawn().map_err(|source| PostgresError::Io {
+            operation: op,
+            context: format!("starting {name} as OS user {}", self.user.name),
+            source,
+        })?;
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(source)) => Err(PostgresError::Io {
+                operation: op,
+                context: format!("waiting for {name}"),
+                source,
+            }),
+            // Dropping the future kills the child (kill_on_drop).
+            Err(_) => Err(PostgresError::Timeout {
+                operation: op,
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// The last lines a program wrote to stderr (or stdout when stderr is empty).
+pub(crate) fn tail_of(finished: &Finished) -> String {
+    let text = if finished.stderr.trim().is_empty() {
+        &finished.stdout
+    } else {
+        &finished.stderr
+    };
+    last_lines(text, 12)
+}
+
+/// The last `count` non-empty lines of `text`, joined by newlines.
+pub(crate) fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+/// Whether a process with this pid exists.
+pub(crate) fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for existence.
+    let rc = unsafe { libc::kill(pid, 0) };
+    if rc == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Sends `signal` to `pid`; `true` if it was delivered.
+pub(crate) fn send_signal(pid: i32, signal: libc::c_int) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) involves no memory.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// The path as an argument.
+pub(crate) fn arg(path: &Path) -> OsString {
+    path.as_os_str().to_owned()
+}

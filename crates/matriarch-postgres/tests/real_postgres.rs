@@ -1,0 +1,853 @@
+//! `PgController` against real PostgreSQL 15 servers: each test builds its
+//! own primary and replicas on free ports in throwaway directories.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use matriarch_model::{MemberName, ParameterValue, SystemId, Timeline};
+use matriarch_postgres::{
+    BootstrapSpec, Credentials, DataDirectoryState, PgController, PgControllerConfig, PgRole,
+    PgTimeouts, Postgres, PostgresError, RewindOutcome, ServerState, StandbySyncState, StartAs,
+    StopMode, SyncStandbyNames, Upstream,
+};
+use matriarch_testkit::{bin_dir, free_port, PgOsUser};
+use tempfile::TempDir;
+use tokio_postgres::{Client, NoTls};
+
+const SUPERUSER_PASSWORD: &str = "super-'secret\\";
+const REPLICATION_PASSWORD: &str = "repl secret";
+const REWIND_PASSWORD: &str = "rewind-secret";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One member: a controller over a throwaway directory. On drop the
+/// server (if any) is killed before the directory is removed.
+struct Node {
+    name: MemberName,
+    port: u16,
+    ctl: PgController,
+    dir: TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        kill_postmaster(&self.data_dir(), libc::SIGKILL);
+    }
+}
+
+impl Node {
+    fn new(name: &str) -> Node {
+        Self::with(name, |_| {})
+    }
+
+    fn with(name: &str, adjust: impl FnOnce(&mut PgControllerConfig)) -> Node {
+        let user = PgOsUser::detect().expect("PostgreSQL OS user");
+        let dir = user
+            .tempdir(&format!("matriarch-{name}-"))
+            .expect("tempdir");
+        let mut config = base_config(name, dir.path(), free_port().expect("free port"));
+        adjust(&mut config);
+        let port = config.port;
+        let ctl = PgController::new(config).expect("controller");
+        Node {
+            name: MemberName::new(name).expect("member name"),
+            port,
+            ctl,
+            dir,
+        }
+    }
+
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn upstream(&self) -> Upstream {
+        Upstream {
+            member: self.name.clone(),
+            host: "127.0.0.1".to_owned(),
+            port: self.port,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(SUPERUSER_PASSWORD)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5))
+            .connect(NoTls)
+            .await
+            .unwrap_or_else(|err| panic!("connecting to {}: {err:?}", self.name));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    async fn execute(&self, sql: &str) {
+        self.client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|err| panic!("{sql} on {}: {err:?}", self.name));
+    }
+
+    async fn rows(&self, sql: &str) -> Vec<String> {
+        self.client()
+            .await
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|err| panic!("{sql} on {}: {err:?}", self.name))
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect()
+    }
+
+    /// Waits until `sql` (one text column) returns exactly `expected`.
+    async fn wait_rows(&self, sql: &str, expected: &[&str]) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let rows = self.rows(sql).await;
+            if rows == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {sql} returned {rows:?}, expected {expected:?}\nserver log:\n{}",
+                self.name,
+                server_log(self)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn observe_until(
+        &self,
+        what: &str,
+        check: impl Fn(&matriarch_postgres::LocalState) -> bool,
+    ) -> matriarch_postgres::LocalState {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let state = self.ctl.observe().await.expect("observe");
+            if check(&state) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: never {what}; last state {state:#?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn server_log(node: &Node) -> String {
+    std::fs::read_to_string(node.ctl.server_log()).unwrap_or_default()
+}
+
+fn base_config(name: &str, dir: &Path, port: u16) -> PgControllerConfig {
+    let mut config = PgControllerConfig::new(
+        MemberName::new(name).expect("member name"),
+        dir.join("data"),
+        port,
+        dir,
+        Credentials::new("postgres", SUPERUSER_PASSWORD),
+        Credentials::new("replicator", REPLICATION_PASSWORD),
+    );
+    config.bin_dir = bin_dir();
+    config.rewind = Some(Credentials::new("rewinder", REWIND_PASSWORD));
+    config.os_user = PgOsUser::detect().expect("OS user").name().to_owned();
+    config.initdb_args = vec![
+        "--no-sync".to_owned(),
+        "--locale=C".to_owned(),
+        "-E".to_owned(),
+        "UTF8".to_owned(),
+    ];
+    let parameters: BTreeMap<String, ParameterValue> = [
+        ("fsync", ParameterValue::Bool(false)),
+        ("full_page_writes", ParameterValue::Bool(true)),
+        ("shared_buffers", ParameterValue::Text("16MB".to_owned())),
+        ("max_connections", ParameterValue::Integer(30)),
+        ("wal_keep_size", ParameterValue::Text("64MB".to_owned())),
+        (
+            "wal_retrieve_retry_interval",
+            ParameterValue::Text("1s".to_owned()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    config.parameters = parameters;
+    config.timeouts = PgTimeouts {
+        start: Duration::from_secs(30),
+        stop: Duration::from_secs(30),
+        promote: Duration::from_secs(30),
+        command: Duration::from_secs(60),
+        clone: Duration::from_secs(120),
+        rewind: Duration::from_secs(120),
+        ..PgTimeouts::default()
+    };
+    config
+}
+
+fn spec() -> BootstrapSpec {
+    BootstrapSpec {
+        superuser: Credentials::new("postgres", SUPERUSER_PASSWORD),
+        replication: Credentials::new("replicator", REPLICATION_PASSWORD),
+        rewind: Some(Credentials::new("rewinder", REWIND_PASSWORD)),
+        parameters: BTreeMap::new(),
+        pg_hba: Vec::new(),
+    }
+}
+
+fn kill_postmaster(data_dir: &Path, signal: libc::c_int) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // SAFETY: kill(2) involves no memory; the pid is the test's own server.
+    unsafe {
+        if signal == libc::SIGKILL {
+            libc::kill(-pid, signal);
+        }
+        libc::kill(pid, signal);
+    }
+    Some(pid)
+}
+
+/// A primary with a table `t(v text)` holding `common`, and cloned replicas
+/// streaming from it with it visible.
+async fn cluster(names: &[&str]) -> (Node, Vec<Node>, SystemId) {
+    let primary = Node::new(names[0]);
+    let system_id = primary.ctl.bootstrap(&spec()).await.expect("bootstrap");
+    primary
+        .execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('common')")
+        .await;
+    let mut replicas = Vec::new();
+    for name in &names[1..] {
+        let replica = Node::new(name);
+        replica
+            .ctl
+            .clone_replica(&primary.upstream())
+            .await
+            .expect("clone");
+
+        replica
+            .ctl
+            .start(StartAs::ReplicaOf(primary.upstream()))
+            .await
+            .expect("start replica");
+        replica
+            .wait_rows("SELECT v FROM t ORDER BY v", &["common"])
+            .await;
+        replicas.push(replica);
+    }
+    (primary, replicas, system_id)
+}
+
+#[tokio::test]
+async fn bootstrap_clone_two_replicas_and_replicate_writes() {
+    let (primary, replicas, system_id) = cluster(&["pg-a", "pg-b", "pg-c"]).await;
+    let state = primary.ctl.observe().await.expect("observe primary");
+    assert_eq!(state.server, ServerState::Running(PgRole::Primary));
+    assert_eq!(state.timeline, Some(Timeline(1)));
+    assert_eq!(state.system_id, Some(system_id));
+    assert!(state.wal.write.is_some() && state.wal.flush.is_some());
+    assert_eq!(state.upstream, None);
+    assert_eq!(state.synchronous_standby_names, Some(SyncStandbyNames::Off));
+
+    primary.execute("INSERT INTO t VALUES ('second')").await;
+    for replica in &replicas {
+        replica
+            .wait_rows("SELECT v FROM t ORDER BY v", &["common", "second"])
+            .await;
+        let state = replica.ctl.observe().await.expect("observe replica");
+        assert_eq!(state.server, ServerState::Running(PgRole::Replica));
+        assert_eq!(state.system_id, Some(system_id));
+        assert_eq!(state.timeline, Some(Timeline(1)));
+        assert_eq!(state.upstream, Some(primary.upstream()));
+        assert!(state.wal.received.is_some() && state.wal.replayed.is_some());
+    }
+    let state = primary
+        .observe_until("sees both replicas streaming", |s| {
+            s.replication.len() == 2
+                && s.replication
+                    .iter()
+                    .all(|r| r.state == matriarch_postgres::WalSenderState::Streaming)
+        })
+        .await;
+    let names: Vec<_> = state
+        .replication
+        .iter()
+        .filter_map(|r| r.member())
+        .collect();
+    assert_eq!(
+        names,
+        vec![replicas[0].name.clone(), replicas[1].name.clone()]
+    );
+    let slots = primary
+        .rows("SELECT slot_name::text FROM pg_replication_slots WHERE active ORDER BY 1")
+        .await;
+    assert_eq!(slots, vec!["pg_b", "pg_c"]);
+
+    // Idempotence and role conflicts.
+    primary
+        .ctl
+        .start(StartAs::Primary)
+        .await
+        .expect("start primary again");
+    replicas[0]
+        .ctl
+        .start(StartAs::ReplicaOf(primary.upstream()))
+        .await
+        .expect("start replica again");
+    replicas[0]
+        .ctl
+        .start(StartAs::Standby)
+        .await
+        .expect("standby on a replica");
+    replicas[0]
+        .ctl
+        .follow(&primary.upstream())
+        .await
+        .expect("follow again");
+    assert!(matches!(
+        replicas[0].ctl.start(StartAs::Primary).await,
+        Err(PostgresError::RoleConflict {
+            running_as: PgRole::Replica,
+            ..
+        })
+    ));
+    assert!(matches!(
+        primary.ctl.follow(&replicas[0].upstream()).await,
+        Err(PostgresError::RoleConflict {
+            running_as: PgRole::Primary,
+            ..
+        })
+    ));
+    assert!(matches!(
+        replicas[0].ctl.clone_replica(&primary.upstream()).await,
+        Err(PostgresError::NotEmpty { .. })
+    ));
+    assert!(matches!(
+        primary.ctl.bootstrap(&spec()).await,
+        Err(PostgresError::NotEmpty { .. })
+    ));
+    // The replication password is in the 0600 upstream file, never in the log.
+    for node in [&primary, &replicas[0], &replicas[1]] {
+        let log = server_log(node);
+        assert!(!log.contains(REPLICATION_PASSWORD) && !log.contains(SUPERUSER_PASSWORD));
+    }
+}
+
+#[tokio::test]
+async fn promote_replica_after_primary_stops_and_the_other_follows() {
+    let (old_primary, replicas, _) = cluster(&["pg-d", "pg-e", "pg-f"]).await;
+    let (new_primary, other) = (&replicas[0], &replicas[1]);
+    old_primary
+        .ctl
+        .demote(StopMode::Fast, None)
+        .await
+        .expect("demote the primary");
+    old_primary
+        .ctl
+        .demote(StopMode::Fast, None)
+        .await
+        .expect("demote is idempotent");
+    old_primary
+        .ctl
+        .stop(StopMode::Fast)
+        .await
+        .expect("stop is idempotent");
+    assert!(old_primary.data_dir().join("standby.signal").exists());
+    let state = old_primary.ctl.observe().await.expect("observe stopped");
+    assert_eq!(
+        state.server,
+        ServerState::NotRunning(DataDirectoryState::CleanShutdown)
+    );
+    assert_eq!(state.timeline, Some(Timeline(1)));
+    assert!(
+        state.wal.flush.is_some(),
+        "a stopped node reports its position"
+    );
+
+    let timeline = new_primary.ctl.promote().await.expect("promote");
+    assert_eq!(timeline, Timeline(2));
+    assert_eq!(
+        new_primary.ctl.promote().await.expect("promote again"),
+        timeline
+    );
+    let state = new_primary
+        .ctl
+        .observe()
+        .await
+        .expect("observe new primary");
+    assert_eq!(state.server, ServerState::Running(PgRole::Primary));
+    assert_eq!(state.timeline, Some(Timeline(2)));
+    assert_eq!(state.upstream, None);
+
+    other
+        .ctl
+        .follow(&new_primary.upstream())
+        .await
+        .expect("follow");
+    new_primary
+        .execute("INSERT INTO t VALUES ('after failover')")
+        .await;
+    other
+        .wait_rows("SELECT v FROM t ORDER BY v", &["after failover", "common"])
+        .await;
+    let state = other
+        .observe_until("follows timeline 2", |s| s.timeline == Some(Timeline(2)))
+        .await;
+    assert_eq!(state.upstream, Some(new_primary.upstream()));
+
+    // The old primary stopped cleanly before the promotion: nothing to undo.
+    let outcome = old_primary
+        .ctl
+        .rewind(&new_primary.upstream())
+        .await
+        .expect("rewind");
+    assert_eq!(outcome, RewindOutcome::NotNeeded);
+    old_primary
+        .ctl
+        .demote(StopMode::Fast, Some(new_primary.upstream()))
+        .await
+        .expect("a stopped server is started as a replica");
+    old_primary
+        .wait_rows("SELECT v FROM t ORDER BY v", &["after failover", "common"])
+        .await;
+    let state = old_primary.ctl.observe().await.expect("observe rejoined");
+    assert_eq!(state.server, ServerState::Running(PgRole::Replica));
+    assert_eq!(state.upstream, Some(new_primary.upstream()));
+
+    // A switchover back: demote the running primary straight into a replica
+    // of the other member, which is promoted after it stopped.
+    new_primary
+        .ctl
+        .demote(StopMode::Fast, None)
+        .await
+        .expect("demote");
+    assert_eq!(other.ctl.promote().await.expect("promote"), Timeline(3));
+    new_primary
+        .ctl
+        .demote(StopMode::Fast, Some(other.upstream()))
+        .await
+        .expect("start the demoted primary as a replica");
+    old_primary
+        .ctl
+        .follow(&other.upstream())
+        .await
+        .expect("follow");
+    other.execute("INSERT INTO t VALUES ('timeline 3')").await;
+    for node in [new_primary, &old_primary] {
+        node.wait_rows(
+            "SELECT v FROM t ORDER BY v",
+            &["after failover", "common", "timeline 3"],
+        )
+        .await;
+    }
+}
+
+/// Stops the replica, writes `diverged` on the primary, stops it (or kills
+/// it with `crash`), then
+/// promotes the replica (started with no upstream) and writes `new` there.
+async fn diverge(primary: &Node, replica: &Node, crash: bool) {
+    replica
+        .ctl
+        .stop(StopMode::Fast)
+        .await
+        .expect("cut replication");
+    primary.execute("INSERT INTO t VALUES ('diverged')").await;
+    if crash {
+        kill_postmaster(&primary.data_dir(), libc::SIGKILL).expect("postmaster pid");
+        primary.observe_until("crashed", |s| s.crashed()).await;
+    } else {
+        primary
+            .ctl
+            .stop(StopMode::Fast)
+            .await
+            .expect("stop old primary");
+    }
+    replica
+        .ctl
+        .start(StartAs::Standby)
+        .await
+        .expect("start as standby");
+    let state = replica.ctl.observe().await.expect("observe standby");
+    assert_eq!(state.server, ServerState::Running(PgRole::Replica));
+    assert_eq!(state.upstream, None);
+    assert!(
+        state.wal.replayed.is_some(),
+        "a standby reports its position"
+    );
+    assert_eq!(replica.ctl.promote().await.expect("promote"), Timeline(2));
+    replica.execute("INSERT INTO t VALUES ('new')").await;
+}
+
+#[tokio::test]
+async fn crashed_diverged_old_primary_is_rewound_and_follows() {
+    let (old_primary, replicas, _) = cluster(&["pg-g", "pg-h"]).await;
+    let new_primary = &replicas[0];
+    diverge(&old_primary, new_primary, true).await;
+    assert!(matches!(
+        old_primary.ctl.promote().await,
+        Err(PostgresError::NotRunning { .. })
+    ));
+
+    let outcome = old_primary
+        .ctl
+        .rewind(&new_primary.upstream())
+        .await
+        .expect("rewind");
+    assert_eq!(outcome, RewindOutcome::Rewound);
+    let state = old_primary.ctl.observe().await.expect("observe rewound");
+    assert_eq!(
+        state.server,
+        ServerState::NotRunning(DataDirectoryState::CleanShutdown)
+    );
+    assert_eq!(state.upstream, Some(new_primary.upstream()));
+    old_primary
+        .ctl
+        .start(StartAs::ReplicaOf(new_primary.upstream()))
+        .await
+        .expect("start rewound");
+    old_primary
+        .wait_rows("SELECT v FROM t ORDER BY v", &["common", "new"])
+        .await;
+    old_primary
+        .observe_until("runs as a replica on timeline 2", |s| {
+            s.role() == Some(PgRole::Replica) && s.timeline == Some(Timeline(2))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn rewind_without_the_wal_it_needs_is_impossible() {
+    let (old_primary, replicas, _) = cluster(&["pg-i", "pg-j"]).await;
+    let new_primary = &replicas[0];
+    diverge(&old_primary, new_primary, false).await;
+    let wal = old_primary.data_dir().join("pg_wal");
+    for entry in std::fs::read_dir(&wal).expect("pg_wal") {
+        let path = entry.expect("entry").path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.len() == 24)
+        {
+            std::fs::remove_file(&path).expect("remove WAL segment");
+        }
+    }
+    let outcome = old_primary
+        .ctl
+        .rewind(&new_primary.upstream())
+        .await
+        .expect("rewind");
+    let RewindOutcome::Impossible { reason } = outcome else {
+        panic!("expected Impossible, got {outcome:?}");
+    };
+    assert!(reason.contains("pg_wal"), "{reason}");
+    assert!(old_primary.data_dir().join("PG_VERSION").exists());
+    assert!(old_primary.data_dir().join("base").is_dir());
+}
+
+#[tokio::test]
+async fn sigkill_of_the_postmaster_is_observed_as_a_crash() {
+    let (primary, _, system_id) = cluster(&["pg-k"]).await;
+    kill_postmaster(&primary.data_dir(), libc::SIGKILL).expect("postmaster pid");
+    let state = primary
+        .observe_until("observed as crashed", |s| {
+            s.server == ServerState::NotRunning(DataDirectoryState::Crashed)
+        })
+        .await;
+    assert!(state.crashed());
+    assert_eq!(state.system_id, Some(system_id));
+    assert_eq!(state.timeline, Some(Timeline(1)));
+    primary
+        .ctl
+        .stop(StopMode::Fast)
+        .await
+        .expect("stop of a dead server");
+
+    primary
+        .ctl
+        .start(StartAs::Primary)
+        .await
+        .expect("restart after crash");
+    assert_eq!(primary.rows("SELECT v FROM t").await, vec!["common"]);
+
+    // Parameters change by reload (a new controller with the new
+    // configuration), or by restart for those read only at start.
+    let mut config = base_config("pg-k", primary.dir.path(), primary.port);
+    config.parameters.insert(
+        "work_mem".to_owned(),
+        ParameterValue::Text("7MB".to_owned()),
+    );
+    config
+        .parameters
+        .insert("max_connections".to_owned(), ParameterValue::Integer(31));
+    let changed = PgController::new(config).expect("controller");
+    changed.reload().await.expect("reload");
+    primary.wait_rows("SHOW work_mem", &["7MB"]).await;
+    assert_eq!(primary.rows("SHOW max_connections").await, vec!["30"]);
+    changed.restart(StopMode::Fast).await.expect("restart");
+    assert_eq!(primary.rows("SHOW max_connections").await, vec!["31"]);
+    let state = primary.ctl.observe().await.expect("observe");
+    assert_eq!(state.server, ServerState::Running(PgRole::Primary));
+    primary
+        .ctl
+        .stop(StopMode::Immediate)
+        .await
+        .expect("immediate stop");
+    let state = primary.ctl.observe().await.expect("observe");
+    assert!(state.crashed(), "an immediate stop is a crash: {state:?}");
+}
+
+#[tokio::test]
+async fn demote_kills_a_primary_that_does_not_stop() {
+    let primary = Node::with("pg-s", |config| {
+        config.timeouts.stop = Duration::from_secs(2);
+    });
+    primary.ctl.bootstrap(&spec()).await.expect("bootstrap");
+    let client = primary.client().await;
+    // A frozen postmaster ignores shutdown requests.
+    let pid = kill_postmaster(&primary.data_dir(), libc::SIGSTOP).expect("postmaster pid");
+    let started = Instant::now();
+    primary
+        .ctl
+        .demote(StopMode::Fast, None)
+        .await
+        .expect("demote escalates to SIGKILL");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // SAFETY: kill(2) with signal 0 only probes the (dead) postmaster's pid.
+    let gone = unsafe { libc::kill(pid, 0) } != 0
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"));
+    assert!(gone, "the postmaster still runs");
+    assert!(
+        client
+            .batch_execute("CREATE TABLE written (i int)")
+            .await
+            .is_err(),
+        "a session of the killed primary still accepts writes"
+    );
+    assert!(primary.data_dir().join("standby.signal").exists());
+    let state = primary.ctl.observe().await.expect("observe");
+    assert!(state.crashed(), "{state:?}");
+}
+
+#[tokio::test]
+async fn synchronous_standby_makes_commits_wait_for_it() {
+    let (primary, replicas, _) = cluster(&["pg-l", "pg-m"]).await;
+    let replica = &replicas[0];
+    let names = SyncStandbyNames::first(1, ["pg-m"]).expect("names");
+    primary
+        .ctl
+        .set_synchronous_standby_names(&names)
+        .await
+        .expect("set sync");
+    primary
+        .ctl
+        .set_synchronous_standby_names(&names)
+        .await
+        .expect("set sync again");
+    let state = primary
+        .observe_until("reports pg-m as sync", |s| {
+            s.replication
+                .iter()
+                .any(|r| r.application_name == "pg-m" && r.sync_state == StandbySyncState::Sync)
+        })
+        .await;
+    assert_eq!(state.synchronous_standby_names, Some(names.clone()));
+    primary.execute("INSERT INTO t VALUES ('sync 1')").await;
+
+    replica
+        .ctl
+        .stop(StopMode::Fast)
+        .await
+        .expect("stop replica");
+    let client = primary.client().await;
+    let insert = tokio::spawn(async move {
+        client
+            .batch_execute("INSERT INTO t VALUES ('sync 2')")
+            .await
+            .map(|()| client)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !insert.is_finished(),
+        "the commit did not wait for the stopped standby"
+    );
+
+    replica
+        .ctl
+        .start(StartAs::ReplicaOf(primary.upstream()))
+        .await
+        .expect("restart replica");
+    tokio::time::timeout(WAIT, insert)
+        .await
+        .expect("the commit completes once the standby is back")
+        .expect("task")
+        .expect("insert");
+    replica
+        .wait_rows(
+            "SELECT v FROM t ORDER BY v",
+            &["common", "sync 1", "sync 2"],
+        )
+        .await;
+
+    primary
+        .ctl
+        .set_synchronous_standby_names(&SyncStandbyNames::Off)
+        .await
+        .expect("sync off");
+    assert_eq!(
+        primary
+            .ctl
+            .observe()
+            .await
+            .expect("observe")
+            .synchronous_standby_names,
+        Some(SyncStandbyNames::Off)
+    );
+    let invalid = SyncStandbyNames::First {
+        count: 0,
+        names: vec!["x".to_owned()],
+    };
+    assert!(matches!(
+        primary.ctl.set_synchronous_standby_names(&invalid).await,
+        Err(PostgresError::InvalidSyncStandbyNames { .. })
+    ));
+}
+
+#[tokio::test]
+async fn foreign_data_directory_is_refused_and_left_alone() {
+    let user = PgOsUser::detect().expect("OS user");
+    if !user.switches_user() {
+        eprintln!("skipped: needs root to own a directory as another user");
+        return;
+    }
+    // Owned by root, not by the PostgreSQL OS user.
+    let foreign = tempfile::tempdir().expect("tempdir");
+    std::fs::write(foreign.path().join("precious"), "keep me").expect("write");
+    let node = Node::with("pg-n", |config| config.data_dir = foreign.path().to_owned());
+    let is_foreign = |result: Result<(), PostgresError>| {
+        matches!(result, Err(PostgresError::ForeignDataDirectory { .. }))
+    };
+    let err = node.ctl.bootstrap(&spec()).await.expect_err("bootstrap");
+    assert!(err.to_string().contains("owned by uid 0"), "{err}");
+    assert!(is_foreign(node.ctl.clone_replica(&node.upstream()).await));
+    assert!(is_foreign(node.ctl.start(StartAs::Primary).await));
+    assert!(is_foreign(node.ctl.follow(&node.upstream()).await));
+    assert!(matches!(
+        node.ctl.observe().await,
+        Err(PostgresError::ForeignDataDirectory { .. })
+    ));
+    assert!(matches!(
+        node.ctl.rewind(&node.upstream()).await,
+        Err(PostgresError::ForeignDataDirectory { .. })
+    ));
+    assert_eq!(
+        std::fs::read_to_string(foreign.path().join("precious")).expect("read"),
+        "keep me"
+    );
+}
+
+#[tokio::test]
+async fn missing_binary_is_named_and_nothing_is_created() {
+    let node = Node::with("pg-o", |config| {
+        config.bin_dir = "/nonexistent/pg/bin".into()
+    });
+    let err = node.ctl.bootstrap(&spec()).await.expect_err("bootstrap");
+    assert!(
+        matches!(&err, PostgresError::MissingProgram { program, .. } if program == "initdb"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("/nonexistent/pg/bin/initdb"),
+        "{err}"
+    );
+    assert!(!node.data_dir().exists());
+    assert!(matches!(
+        node.ctl.clone_replica(&node.upstream()).await,
+        Err(PostgresError::MissingProgram { .. })
+    ));
+}
+
+#[tokio::test]
+async fn wrong_system_id_and_bad_parameters_are_refused_without_deleting_data() {
+    let (primary, _, system_id) = cluster(&["pg-p"]).await;
+    primary.ctl.stop(StopMode::Fast).await.expect("stop");
+    let dir = primary.dir.path().to_owned();
+    let port = primary.port;
+
+    let mut config = base_config("pg-p", &dir, port);
+    config.expected_system_id = Some(SystemId(system_id.0 ^ 1));
+    let other_cluster = PgController::new(config).expect("controller");
+    let err = other_cluster
+        .start(StartAs::Primary)
+        .await
+        .expect_err("start with a wrong system id");
+    assert!(
+        matches!(err, PostgresError::SystemIdMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&system_id.to_string()), "{err}");
+    assert!(matches!(
+        other_cluster.rewind(&primary.upstream()).await,
+        Err(PostgresError::SystemIdMismatch { .. })
+    ));
+
+    let mut config = base_config("pg-p", &dir, port);
+    config.parameters.insert(
+        "shared_buffers".to_owned(),
+        ParameterValue::Text("banana".to_owned()),
+    );
+    let bad_value = PgController::new(config).expect("controller");
+    let err = bad_value
+        .start(StartAs::Primary)
+        .await
+        .expect_err("start with a bad parameter value");
+    assert!(err.to_string().contains("shared_buffers"), "{err}");
+
+    let mut config = base_config("pg-p", &dir, port);
+    config
+        .parameters
+        .insert("port".to_owned(), ParameterValue::Integer(1));
+    assert!(matches!(
+        PgController::new(config),
+        Err(PostgresError::InvalidConfig { .. })
+    ));
+
+    // Another cluster is neither a rewind source nor a clone source.
+    let stranger = Node::new("pg-q");
+    let stranger_id = stranger.ctl.bootstrap(&spec()).await.expect("bootstrap");
+    let err = primary
+        .ctl
+        .rewind(&stranger.upstream())
+        .await
+        .expect_err("rewind from another cluster");
+    assert!(
+        matches!(err, PostgresError::SystemIdMismatch { .. }),
+        "{err:?}"
+    );
+    let clone = Node::with("pg-r", |config| config.expected_system_id = Some(system_id));
+    let err = clone
+        .ctl
+        .clone_replica(&stranger.upstream())
+        .await
+        .expect_err("clone from another cluster");
+    assert!(
+        matches!(err, PostgresError::SystemIdMismatch { found, .. } if found == stranger_id),
+        "{err:?}"
+    );
+    let leftovers = std::fs::read_dir(clone.data_dir())
+        .expect("data dir")
+        .count();
+    assert_eq!(leftovers, 0, "the refused copy was removed");
+
+    // Nothing was deleted: the cluster starts with the right configuration.
+    assert!(primary.data_dir().join("PG_VERSION").exists());
+    primary.ctl.start(StartAs::Primary).await.expect("start");
+    assert_eq!(primary.rows("SELECT v FROM t").await, vec!["common"]);
+}

@@ -1,0 +1,100 @@
+//! Helpers shared by the ZooKeeper integration tests.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use matriarch_testkit::ZooKeeperServer;
+use matriarch_zookeeper::ZooKeeperConfig;
+use zookeeper_client as zk;
+
+/// The TTL (= session timeout) the tests use unless they say otherwise.
+pub const TTL: Duration = Duration::from_secs(4);
+/// The bound of every call.
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The chroot every test cluster lives under.
+pub const CHROOT: &str = "/matriarch-tests";
+
+static SHARED: Mutex<Weak<ZooKeeperServer>> = Mutex::new(Weak::new());
+
+/// One ZooKeeper server shared by the tests of a binary that run at the same
+/// time (each with its own scope); it is killed when the last of them drops it.
+pub fn shared_server() -> Arc<ZooKeeperServer> {
+    let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(server) = slot.upgrade() {
+        return server;
+    }
+    let server = Arc::new(ZooKeeperServer::start().expect("start ZooKeeper"));
+    *slot = Arc::downgrade(&server);
+    server
+}
+
+/// A scope no other test (in this or another run) uses.
+pub fn unique_scope(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// The configuration of a test client of `scope` on `connect_string`.
+pub fn config(connect_string: &str, scope: &str) -> ZooKeeperConfig {
+    ZooKeeperConfig::new(connect_string.split(','), scope)
+        .with_chroot(CHROOT)
+        .with_session_timeout(TTL)
+        .with_retry_timeout(RETRY_TIMEOUT)
+}
+
+/// A plain ZooKeeper client (no matriarch logic), as a third party would use.
+pub async fn raw_client(connect_string: &str) -> zk::Client {
+    zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(connect_string)
+        .await
+        .expect("connect a raw ZooKeeper client")
+}
+
+/// Writes `value` at the absolute `path` (creating parents as needed) as a
+/// persistent znode, or overwrites it.
+pub async fn put_raw(client: &zk::Client, path: &str, value: &[u8]) {
+    let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    if let Some((parent, _)) = path.rsplit_once('/') {
+        if !parent.is_empty() {
+            client
+                .mkdir(parent, &options)
+                .await
+                .expect("create parents");
+        }
+    }
+    match client.create(path, value, &options).await {
+        Ok(_) => {}
+        Err(zk::Error::NodeExists) => {
+            client
+                .set_data(path, value, None)
+                .await
+                .expect("overwrite raw value");
+        }
+        Err(e) => panic!("raw write of {path}: {e}"),
+    }
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or panics after `bound`.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
