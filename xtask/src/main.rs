@@ -18,6 +18,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "python3-venv",
+    "haproxy",
 ];
 
 /// The moto version installed into the venv.
@@ -35,7 +36,9 @@ commands:
   test [args]   deps, then cargo fmt --check, cargo clippy -D warnings and
                 cargo test --workspace [args]
   demo          run the demo (arrives with the reference daemon)
-  sim           deterministic simulation (not yet implemented)
+  sim [--seeds N] [--first-seed F] [--seed S]
+                the deterministic cluster simulation (release build): N seeds of
+                mixed faults from F (default 20000 from 1), or replay seed S with its trace
   bench         benchmarks (not yet implemented)
   chaos         chaos tests against real services (not yet implemented)
   help          show this message
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
             println!("cargo xtask demo: the demo arrives with the reference daemon (not yet).");
             Ok(())
         }
-        "sim" => return not_yet("sim", "deterministic simulation"),
+        "sim" => sim(rest),
         "bench" => return not_yet("bench", "benchmarks"),
         "chaos" => return not_yet("chaos", "chaos tests"),
         other => {
@@ -248,6 +251,45 @@ fn moto_venv() -> Result {
 }
 
 // ---------------------------------------------------------------------------- test
+
+/// Runs the simulation test of matriarch-ha with the seeds asked for.
+fn sim(args: &[String]) -> Result {
+    let mut env: Vec<(&str, String)> = vec![("MATRIARCH_SIM_SEEDS", "20000".to_owned())];
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let variable = match flag.as_str() {
+            "--seeds" => "MATRIARCH_SIM_SEEDS",
+            "--first-seed" => "MATRIARCH_SIM_FIRST_SEED",
+            "--seed" => "MATRIARCH_SIM_SEED",
+            other => {
+                return Err(Failure(format!(
+                    "unknown argument `{other}` (see `cargo xtask help`)"
+                )))
+            }
+        };
+        let value = args
+            .next()
+            .filter(|v| v.parse::<u64>().is_ok())
+            .ok_or_else(|| Failure(format!("`{flag}` needs a whole number")))?;
+        env.push((variable, value.clone()));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "matriarch-ha",
+        "--test",
+        "simulation",
+        "simulation_of_mixed_faults_breaks_no_invariant",
+        "--",
+        "--nocapture",
+    ])
+    .envs(env)
+    .current_dir(workspace_root());
+    run(&mut cmd)
+}
 
 fn test(extra: &[String]) -> Result {
     step("deps", deps())?;

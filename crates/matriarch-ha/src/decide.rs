@@ -65,6 +65,8 @@ pub struct LocalPostgres {
     /// The standbys `synchronous_standby_names` currently names, and how many
     /// acknowledgements a commit waits for (primary only).
     pub sync_standbys: BTreeSet<MemberName>,
+    /// A replica streams WAL from its upstream right now.
+    pub receiving: bool,
 }
 
 impl LocalPostgres {
@@ -77,6 +79,7 @@ impl LocalPostgres {
             wal_position: None,
             streaming_standbys: BTreeSet::new(),
             sync_standbys: BTreeSet::new(),
+            receiving: false,
         }
     }
 }
@@ -110,7 +113,15 @@ pub struct Memory {
     pub primary_start_failures: u32,
     /// The routes last applied successfully.
     pub routed: Option<Routes>,
+    /// Consecutive loops this node ran as a replica with an upstream but
+    /// received no WAL from it.
+    pub loops_not_streaming: u32,
 }
+
+/// After this many loops following an upstream without streaming from it, a
+/// replica is taken for diverged and stopped to be rewound (pg_rewind finds
+/// nothing to do if it was only slow to connect).
+pub const LOOPS_BEFORE_REWIND: u32 = 3;
 
 /// Where clients should go: writers to `primary`, readers to `replicas`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -765,6 +776,15 @@ fn follower(
                 plan.push(Action::Demote(DemoteMode::Graceful));
                 return plan.done(EngineRole::Demoting, "former primary: stopping to rewind");
             }
+            if upstream.as_ref() == Some(holder)
+                && inputs.memory.loops_not_streaming >= LOOPS_BEFORE_REWIND
+            {
+                plan.push(Action::Demote(DemoteMode::Graceful));
+                return plan.done(
+                    EngineRole::Demoting,
+                    format!("following {holder} without receiving WAL: stopping to rewind"),
+                );
+            }
             if replica_diverged(inputs, view) {
                 plan.push(Action::Demote(DemoteMode::Graceful));
                 return plan.done(
@@ -972,8 +992,11 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
         .filter(|m| &m.name != me && m.state == MemberState::Running)
         .map(|m| (m, reported(&m.name, m)))
         .collect();
+    // Positions compare only along one history: a peer on an older timeline
+    // holds WAL this node's timeline forked away from.
     let freshest = peers
         .iter()
+        .filter(|(m, _)| m.timeline.is_some_and(|t| Some(t) >= local.timeline))
         .filter_map(|(_, p)| *p)
         .chain([own_position])
         .max()
@@ -995,13 +1018,9 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     let own_key = (own_position, inputs.node.tags.failover_priority);
     for (peer, position) in &peers {
         let Some(position) = position else { continue };
-        if !peer.tags.allows_failover() || peer.role != Role::Replica {
-            continue;
-        }
-        if inputs.config.synchronous_mode != SynchronousMode::Off
-            && !in_sync_key(view, &peer.name)
-            && !wrote_sync_key(view, &peer.name)
-        {
+        // Only a peer that could win a race itself can be a better candidate
+        // (a peer on an older timeline cannot, whatever its position).
+        if !candidate_looks_able(inputs, view, peer) {
             continue;
         }
         let peer_key = (*position, peer.tags.failover_priority);
@@ -1149,6 +1168,12 @@ impl Memory {
 
     /// Notes a primary seen running, so its timeline is checked before it follows anyone.
     pub fn observed(&mut self, local: &LocalPostgres) {
+        self.loops_not_streaming = match &local.role {
+            LocalRole::Replica { upstream: Some(_) } if !local.receiving => {
+                self.loops_not_streaming.saturating_add(1)
+            }
+            _ => 0,
+        };
         match local.role {
             LocalRole::Primary => {
                 self.ran_as_primary = true;

@@ -206,6 +206,7 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
         wal_position,
         streaming_standbys,
         sync_standbys,
+        receiving: state.receiving,
     }
 }
 
@@ -443,6 +444,14 @@ where
         });
         debug!(member = %self.name(), role = ?decision.role, reason = %decision.reason, actions = ?decision.actions, "decided");
         self.act(&decision, &local).await;
+        if decision.role == EngineRole::Leader
+            && local.role == LocalRole::Primary
+            && self.history_incomplete(local.timeline)
+        {
+            if let Some(timeline) = local.timeline {
+                self.record_history(timeline, None).await;
+            }
+        }
         self.loops += 1;
         let leader = match &dcs {
             DcsObservation::View(view) => view.leader_name().cloned(),
@@ -768,34 +777,90 @@ where
             .map_err(|e| e.to_string())
     }
 
+    /// Makes the `history` key list every timeline before `timeline`: the one
+    /// this node just ended with its promotion at `switch_lsn`, and any that a
+    /// leader before it failed to record. A switch point that is not known is
+    /// taken as the previous one: lower than the truth, so a replica may rewind
+    /// needlessly (pg_rewind then finds nothing to do) but never follows a
+    /// history it diverged from.
     async fn record_history(&self, timeline: Timeline, switch_lsn: Option<Lsn>) {
-        let Some(view) = &self.last_view else { return };
-        let (mut history, expected) = match &view.history {
-            Some(Ok(history)) => (history.value.clone(), Expected::Version(history.version)),
-            Some(Err(_)) => return,
-            None => (TimelineHistory::default(), Expected::Absent),
-        };
-        let ended = Timeline(timeline.0.saturating_sub(1));
-        if history.0.iter().any(|entry| entry.timeline >= ended) {
-            return;
-        }
-        history.0.push(HistoryEntry {
-            timeline: ended,
-            switch_lsn: switch_lsn.unwrap_or_default(),
-            reason: "promoted by matriarch".to_owned(),
-            timestamp: Some(Utc::now().fixed_offset()),
-            new_leader: Some(self.name().clone()),
-        });
         let retry = self.config.retry_timeout;
-        if let Err(error) = bounded(
-            "write history",
-            retry,
-            self.dcs.write(&Record::History(history), expected),
-        )
-        .await
-        {
-            warn!(member = %self.name(), %error, "could not record the timeline switch");
+        for _ in 0..3 {
+            let view = match bounded("read history", retry, self.dcs.read_view()).await {
+                Ok(view) => view,
+                Err(error) => {
+                    warn!(member = %self.name(), %error, "could not read the timeline history");
+                    return;
+                }
+            };
+            let (mut history, expected) = match &view.history {
+                Some(Ok(history)) => (history.value.clone(), Expected::Version(history.version)),
+                Some(Err(error)) => {
+                    warn!(member = %self.name(), %error, "the timeline history is unreadable: not rewriting it");
+                    return;
+                }
+                None => (TimelineHistory::default(), Expected::Absent),
+            };
+            let ended = timeline.0.saturating_sub(1);
+            let mut changed = false;
+            for missing in 1..=ended {
+                if history.0.iter().any(|entry| entry.timeline.0 == missing) {
+                    continue;
+                }
+                let previous = history
+                    .0
+                    .iter()
+                    .filter(|entry| entry.timeline.0 < missing)
+                    .map(|entry| entry.switch_lsn)
+                    .max()
+                    .unwrap_or_default();
+                let known = (missing == ended).then_some(switch_lsn).flatten();
+                history.0.push(HistoryEntry {
+                    timeline: Timeline(missing),
+                    switch_lsn: known.unwrap_or(previous),
+                    reason: if known.is_some() {
+                        "promoted by matriarch".to_owned()
+                    } else {
+                        "switch point unknown; recorded by a later leader".to_owned()
+                    },
+                    timestamp: Some(Utc::now().fixed_offset()),
+                    new_leader: (missing == ended).then(|| self.name().clone()),
+                });
+                changed = true;
+            }
+            if !changed {
+                return;
+            }
+            history.0.sort_by_key(|entry| entry.timeline);
+            match bounded(
+                "write history",
+                retry,
+                self.dcs.write(&Record::History(history), expected),
+            )
+            .await
+            {
+                Ok(_) => return,
+                Err(DcsError::Conflict { .. }) => continue,
+                Err(error) => {
+                    warn!(member = %self.name(), %error, "could not record the timeline switch");
+                    return;
+                }
+            }
         }
+    }
+
+    /// A leader checks each loop that the history names every timeline
+    /// before its own.
+    fn history_incomplete(&self, timeline: Option<Timeline>) -> bool {
+        let (Some(timeline), Some(view)) = (timeline, &self.last_view) else {
+            return false;
+        };
+        let recorded: BTreeSet<u32> = match &view.history {
+            Some(Ok(history)) => history.value.0.iter().map(|e| e.timeline.0).collect(),
+            Some(Err(_)) => return false,
+            None => BTreeSet::new(),
+        };
+        (1..timeline.0).any(|t| !recorded.contains(&t))
     }
 
     async fn arm_fence(&self) {

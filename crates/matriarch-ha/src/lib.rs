@@ -12,7 +12,7 @@ pub mod sim;
 
 pub use decide::{
     decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, Inputs, LocalPostgres,
-    LocalRole, Memory, NodeSettings, Outcome, PeerReport, Routes,
+    LocalRole, Memory, NodeSettings, Outcome, PeerReport, Routes, LOOPS_BEFORE_REWIND,
 };
 pub use engine::{
     local_postgres, Decider, Engine, EngineSettings, EngineStatus, Fence, PeerProbe, StatusHandle,

@@ -344,6 +344,14 @@ impl Postgres for SimPostgres {
             state.server = ServerState::Running(PgRole::Replica);
             state.wal.received = position;
             state.wal.replayed = position;
+            state.receiving = node.upstream.is_some_and(|u| {
+                world.reachable(self.index, u)
+                    && world.nodes[u].running
+                    && world.nodes[u]
+                        .data
+                        .as_ref()
+                        .is_some_and(|source| is_prefix(&data.log, &source.log))
+            });
             state.upstream = node.upstream.map(|u| Upstream {
                 member: world.nodes[u].name.clone(),
                 host: world.nodes[u].name.to_string(),
@@ -1203,10 +1211,18 @@ fn replicate(world: &mut World, rng: &mut Rng) {
 }
 
 async fn check_primary(cluster: &Cluster) -> Option<usize> {
-    let holder = match cluster.store.read_view().await {
-        Ok(view) => view.leader_name().cloned(),
-        Err(_) => None,
-    };
+    let view = cluster.store.read_view().await.ok();
+    let holder = view.as_ref().and_then(|v| v.leader_name().cloned());
+    if let Some(Some(Ok(history))) = view.as_ref().map(|v| &v.history) {
+        let line = history
+            .value
+            .0
+            .iter()
+            .map(|e| format!("tl{}@{}", e.timeline, e.switch_lsn))
+            .collect::<Vec<_>>()
+            .join(" ");
+        lock(&cluster.world).log(format!("history: {line}"));
+    }
     let mut world = lock(&cluster.world);
     let now = Instant::now();
     let writers: Vec<usize> = (0..world.nodes.len())
@@ -1266,7 +1282,27 @@ fn check_followers(cluster: &Cluster, leader: usize) {
                 .as_ref()
                 .is_some_and(|d| is_prefix(&d.log, &leader_log));
         if !following {
-            stragglers.push(node.name.to_string());
+            let log = node
+                .data
+                .as_ref()
+                .map(|d| d.log.as_slice())
+                .unwrap_or_default();
+            let common = log
+                .iter()
+                .zip(&leader_log)
+                .take_while(|(a, b)| a == b)
+                .count();
+            stragglers.push(format!(
+                "{} (running {}, primary {}, upstream {:?}, timeline {:?}, {} records, {} in common with the leader's {})",
+                node.name,
+                node.running,
+                node.primary,
+                node.upstream,
+                node.data.as_ref().map(|d| d.timeline),
+                log.len(),
+                common,
+                leader_log.len()
+            ));
         }
     }
     if !stragglers.is_empty() {

@@ -105,6 +105,7 @@ impl World {
             wal_position: Some(Lsn(position)),
             streaming_standbys: BTreeSet::new(),
             sync_standbys: BTreeSet::new(),
+            receiving: true,
         };
         self
     }
@@ -985,4 +986,58 @@ fn memory_tracks_renewals_rewinds_and_routes() {
         Duration::from_secs(10),
     );
     assert_eq!(memory.lock_renewed_at, None);
+}
+
+#[test]
+fn replica_that_never_streams_from_its_leader_stops_to_rewind() {
+    let mut world = World::new("b");
+    world.leader("a").replica(Some("a"), 500, 1);
+    world.local.receiving = false;
+    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND - 1;
+    assert!(
+        acts(&world.decide()).is_empty(),
+        "slow to connect is not yet diverged"
+    );
+    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND;
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Graceful)]
+    );
+}
+
+#[test]
+fn replica_past_the_fork_point_of_its_timeline_stops_to_rewind() {
+    let mut world = World::new("b");
+    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
+        timeline: Timeline(1),
+        switch_lsn: Lsn(400),
+        reason: "promoted".into(),
+        timestamp: None,
+        new_leader: Some(name("c")),
+    }])));
+    world.leader("c").replica(Some("c"), 500, 1);
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Graceful)]
+    );
+    world.replica(Some("c"), 400, 1);
+    assert!(
+        acts(&world.decide()).is_empty(),
+        "at the fork point it can still follow"
+    );
+}
+
+#[test]
+fn memory_counts_loops_without_streaming() {
+    let mut memory = Memory::default();
+    let mut local = LocalPostgres::no_data();
+    local.role = LocalRole::Replica {
+        upstream: Some(name("a")),
+    };
+    memory.observed(&local);
+    memory.observed(&local);
+    assert_eq!(memory.loops_not_streaming, 2);
+    local.receiving = true;
+    memory.observed(&local);
+    assert_eq!(memory.loops_not_streaming, 0);
 }

@@ -175,6 +175,10 @@ pub struct LocalState {
     /// The `synchronous_standby_names` the server runs with; `None` when it
     /// is not running.
     pub synchronous_standby_names: Option<SyncStandbyNames>,
+    /// A replica's WAL receiver is streaming from its upstream right now
+    /// (`pg_stat_wal_receiver.status = 'streaming'`). A replica that follows
+    /// an upstream but never streams may have diverged from it.
+    pub receiving: bool,
 }
 
 impl LocalState {
@@ -188,6 +192,7 @@ impl LocalState {
             upstream: None,
             replication: Vec::new(),
             synchronous_standby_names: None,
+            receiving: false,
         }
     }
 

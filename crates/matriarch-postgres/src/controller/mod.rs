@@ -782,6 +782,7 @@ impl PgController {
             upstream,
             replication: Vec::new(),
             synchronous_standby_names: None,
+            receiving: false,
         })
     }
 
@@ -826,6 +827,7 @@ impl PgController {
         let sync_names = sql::text(row, 7)
             .unwrap_or_default()
             .parse::<SyncStandbyNames>()?;
+        let receiving = sql::text(row, 8) == Some("t");
         let mut replication = Vec::new();
         for row in statements.next().unwrap_or_default() {
             let lsn = |index| sql::parsed::<Lsn>(&row, index, op, "reading pg_stat_replication");
@@ -847,6 +849,7 @@ impl PgController {
             upstream,
             replication,
             synchronous_standby_names: Some(sync_names),
+            receiving,
         })
     }
 

@@ -172,7 +172,8 @@ SELECT pg_is_in_recovery(), \
  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn() END, \
  pg_last_wal_receive_lsn(), \
  pg_last_wal_replay_lsn(), \
- current_setting('synchronous_standby_names'); \
+ current_setting('synchronous_standby_names'), \
+ COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false); \
 SELECT application_name, state, sync_state, sent_lsn, write_lsn, flush_lsn, replay_lsn \
  FROM pg_stat_replication ORDER BY application_name, pid";
 
