@@ -35,7 +35,9 @@ commands:
                 OS user, the moto venv in target/moto-venv); skips what is present
   test [args]   deps, then cargo fmt --check, cargo clippy -D warnings and
                 cargo test --workspace [args]
-  demo          run the demo (arrives with the reference daemon)
+  demo [--keep] deps, build matriarch and the demo, then run it: three nodes on
+                loopback behind a DNS name, a node crash, the failover timeline
+                (logs in target/demo); --keep leaves the cluster up until Ctrl-C
   sim [--seeds N] [--first-seed F] [--seed S]
                 the deterministic cluster simulation (release build): N seeds of
                 mixed faults from F (default 20000 from 1), or replay seed S with its trace
@@ -62,10 +64,7 @@ fn main() -> ExitCode {
         }
         "deps" => no_args(cmd, rest).and_then(|()| deps()),
         "test" => test(rest),
-        "demo" => {
-            println!("cargo xtask demo: the demo arrives with the reference daemon (not yet).");
-            Ok(())
-        }
+        "demo" => demo(rest),
         "sim" => sim(rest),
         "bench" => return not_yet("bench", "benchmarks"),
         "chaos" => return not_yet("chaos", "chaos tests"),
@@ -248,6 +247,75 @@ fn moto_venv() -> Result {
         venv.display()
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------- demo
+
+/// `cargo xtask demo [--keep]`: deps, then builds `matriarch` and `matriarch-demo`
+/// and runs the demo (crates in `demo/`) with the built daemon.
+fn demo(args: &[String]) -> Result {
+    let keep = match args {
+        [] => false,
+        [flag] if flag == "--keep" => true,
+        other => {
+            return Err(Failure(format!(
+                "`demo` takes only `--keep`, got {other:?}"
+            )))
+        }
+    };
+    step("deps", deps())?;
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("==> cargo xtask demo: build");
+    step(
+        "build",
+        run(Command::new(&cargo)
+            .args(["build", "-p", "matriarch", "-p", "matriarch-demo"])
+            .current_dir(&root)),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                root.join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| root.join("target"));
+    let mut cmd = Command::new(target.join("debug").join("matriarch-demo"));
+    cmd.arg("--matriarch")
+        .arg(target.join("debug").join("matriarch"))
+        .arg("--logs")
+        .arg(target.join("demo"))
+        .current_dir(&root);
+    if keep {
+        cmd.arg("--keep");
+    }
+    let what = render(&cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure(format!("cannot run `{what}`: {e}")))?;
+    // Ctrl-C goes to the whole terminal group: the demo handles it (stops the cluster
+    // and cleans up); this process waits for that instead of dying first.
+    // SAFETY: setting a signal disposition to SIG_IGN and back installs no handler.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let status = child.wait();
+    // SAFETY: as above.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+    let status = status.map_err(|e| Failure(format!("waiting for `{what}`: {e}")))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(130) => Err(Failure("interrupted; the demo stopped everything".into())),
+        _ => Err(Failure(format!(
+            "the demo failed ({status}); node logs are in {}",
+            target.join("demo").display()
+        ))),
+    }
 }
 
 // ---------------------------------------------------------------------------- test

@@ -67,6 +67,8 @@ pub struct LocalPostgres {
     pub sync_standbys: BTreeSet<MemberName>,
     /// A replica streams WAL from its upstream right now.
     pub receiving: bool,
+    /// How far each streaming standby has flushed WAL (primary only).
+    pub standby_flush: BTreeMap<MemberName, Lsn>,
 }
 
 impl LocalPostgres {
@@ -80,6 +82,7 @@ impl LocalPostgres {
             streaming_standbys: BTreeSet::new(),
             sync_standbys: BTreeSet::new(),
             receiving: false,
+            standby_flush: BTreeMap::new(),
         }
     }
 }
@@ -116,6 +119,10 @@ pub struct Memory {
     /// Consecutive loops this node ran as a replica with an upstream but
     /// received no WAL from it.
     pub loops_not_streaming: u32,
+    /// The primary's WAL position when `synchronous_standby_names` last
+    /// started naming standbys: commits before it were acknowledged without
+    /// them, so a standby enters the `sync` key only once it flushed past it.
+    pub sync_standbys_since: Option<Lsn>,
 }
 
 /// After this many loops following an upstream without streaming from it, a
@@ -186,6 +193,8 @@ pub enum Action {
         standbys: BTreeSet<MemberName>,
         /// How many must acknowledge a commit.
         count: u32,
+        /// The primary's WAL position when deciding this.
+        at: Option<Lsn>,
     },
     /// Write the `sync` key (compare-and-swap on `expected`).
     WriteSyncState {
@@ -457,6 +466,18 @@ fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
     match &inputs.local.role {
         LocalRole::Primary => {}
         LocalRole::Replica { .. } => {
+            // The lock may have been taken on a decision that went stale
+            // (a pause between deciding and acquiring): check again.
+            if let Err(why) = race_verdict(inputs, view) {
+                plan.actions.retain(|a| *a != Action::RenewLock);
+                plan.push(Action::ReleaseLock);
+                return plan.done(
+                    EngineRole::Replica,
+                    format!(
+                        "holding the lock but no longer the right candidate ({why}): releasing it"
+                    ),
+                );
+            }
             push_promotion(inputs, view, &mut plan);
             return plan.done(EngineRole::Candidate, "holding the lock: promoting");
         }
@@ -474,6 +495,16 @@ fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
                 return plan.done(
                     EngineRole::Leader,
                     "holding the lock; PostgreSQL state unknown",
+                );
+            }
+            if !inputs.memory.ran_as_primary {
+                // A replica's data directory started as primary would skip
+                // promotion and every check of the race.
+                plan.actions.retain(|a| *a != Action::RenewLock);
+                plan.push(Action::ReleaseLock);
+                return plan.done(
+                    EngineRole::Replica,
+                    "holding the lock with a stopped replica: releasing it for a proper race",
                 );
             }
             plan.push(Action::StartPrimary);
@@ -632,6 +663,7 @@ fn sync_step(
     in_key: &BTreeSet<MemberName>,
     key_is_ours: bool,
     streaming: &BTreeSet<MemberName>,
+    caught_up: &dyn Fn(&BTreeSet<MemberName>) -> Option<bool>,
 ) -> Option<SyncStep> {
     let key_valid =
         in_key.is_empty() || (!in_postgres.is_empty() && in_key.is_superset(in_postgres));
@@ -656,10 +688,14 @@ fn sync_step(
         if in_postgres != desired {
             return Some(SyncStep::Postgres(desired.clone()));
         }
-        if desired.is_subset(streaming) {
-            return Some(SyncStep::Key(desired.clone()));
-        }
-        return None;
+        // Commits before PostgreSQL named them were acknowledged without
+        // them: they enter the key once they hold those too.
+        return match caught_up(desired) {
+            Some(true) if desired.is_subset(streaming) => Some(SyncStep::Key(desired.clone())),
+            // The position was forgotten (agent restart): set it again.
+            None => Some(SyncStep::Postgres(desired.clone())),
+            _ => None,
+        };
     }
     if !in_key.is_superset(desired) {
         return Some(SyncStep::Key(in_key.union(desired).cloned().collect()));
@@ -742,15 +778,27 @@ fn maintain_sync(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
         &in_key,
         key_is_ours,
         &inputs.local.streaming_standbys,
+        &|standbys: &BTreeSet<MemberName>| {
+            let since = inputs.memory.sync_standbys_since?;
+            Some(standbys.iter().all(|name| {
+                inputs
+                    .local
+                    .standby_flush
+                    .get(name)
+                    .is_some_and(|flushed| *flushed >= since)
+            }))
+        },
     ) {
         Some(SyncStep::Key(standbys)) => plan.push(Action::WriteSyncState {
             standbys,
             count,
             expected: key_version,
         }),
-        Some(SyncStep::Postgres(standbys)) => {
-            plan.push(Action::SetSyncStandbys { standbys, count })
-        }
+        Some(SyncStep::Postgres(standbys)) => plan.push(Action::SetSyncStandbys {
+            standbys,
+            count,
+            at: inputs.local.wal_position,
+        }),
         None => {}
     }
 }
@@ -964,7 +1012,20 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     if let Some(candidate) = &forced_candidate {
         // Defer to the named candidate only while it looks able to take over;
         // a stale request must not leave the cluster leaderless.
-        let able = member(view, candidate).is_some_and(|m| candidate_looks_able(inputs, view, m));
+        let able = member(view, candidate).is_some_and(|m| {
+            // In synchronous mode a candidate behind another synchronous
+            // standby refuses to race: then nobody should wait for it.
+            let position = m
+                .wal_position()
+                .into_iter()
+                .chain(inputs.peers.get(candidate).and_then(|p| p.wal_position))
+                .max();
+            let outrun = inputs.config.synchronous_mode != SynchronousMode::Off
+                && local
+                    .wal_position
+                    .is_some_and(|own| position.is_none_or(|p| own > p));
+            candidate_looks_able(inputs, view, m) && !outrun
+        });
         if candidate != me && able {
             return Err(format!("a failover request names {candidate}"));
         }
@@ -1151,9 +1212,14 @@ impl Memory {
                 self.timeline_checked_against = Some(source.clone());
             }
             (Action::Rewind(_), Outcome::RewindImpossible) => self.rewind_impossible = true,
-            (Action::CloneFrom(_), Outcome::Done) => {
+            (Action::CloneFrom(source), Outcome::Done) => {
+                // A fresh clone follows its source's history: nothing to rewind.
                 self.ran_as_primary = false;
                 self.rewind_impossible = false;
+                self.timeline_checked_against = Some(source.clone());
+            }
+            (Action::SetSyncStandbys { standbys, at, .. }, Outcome::Done) => {
+                self.sync_standbys_since = if standbys.is_empty() { None } else { *at };
             }
             (Action::Route(routes), Outcome::Done) => self.routed = Some(routes.clone()),
             _ => {}

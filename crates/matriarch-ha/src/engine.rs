@@ -207,6 +207,11 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
         streaming_standbys,
         sync_standbys,
         receiving: state.receiving,
+        standby_flush: state
+            .replication
+            .iter()
+            .filter_map(|c| Some((c.member()?, c.flush?)))
+            .collect(),
     }
 }
 
@@ -520,7 +525,14 @@ where
     }
 
     async fn act(&mut self, decision: &Decision, local: &LocalPostgres) {
+        let decided_at = self.clock.now();
         for action in &decision.actions {
+            // A plan is only as good as the observation it came from: after a
+            // pause (GC, SIGSTOP, a slow disk) the rest of it may be wrong.
+            if self.clock.now().saturating_sub(decided_at) > self.config.retry_timeout {
+                warn!(member = %self.name(), ?action, "plan went stale: deciding again");
+                break;
+            }
             let busy = self.long_task.is_some();
             if busy && !matches!(action, Action::PublishMember(_) | Action::RenewLock) {
                 debug!(member = %self.name(), ?action, "skipped while a long action runs");
@@ -708,7 +720,9 @@ where
                     .map_err(|e| e.to_string()),
                 None => Err("no endpoint for this node".to_owned()),
             },
-            Action::SetSyncStandbys { standbys, count } => {
+            Action::SetSyncStandbys {
+                standbys, count, ..
+            } => {
                 let names: Vec<String> = standbys.iter().map(|n| n.as_str().to_owned()).collect();
                 let setting = if names.is_empty() {
                     Ok(SyncStandbyNames::Off)

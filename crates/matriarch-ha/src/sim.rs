@@ -197,6 +197,26 @@ struct World {
 }
 
 impl World {
+    /// Acknowledged writes that no node holds any more (for the trace).
+    fn note_vanished(&mut self, context: &str) {
+        let held: BTreeSet<u64> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.data.as_ref())
+            .flat_map(|d| d.log.iter().map(|(_, id)| *id))
+            .collect();
+        let gone = self
+            .acknowledged
+            .iter()
+            .filter(|id| !held.contains(id))
+            .count();
+        if gone > 0 {
+            self.log(format!(
+                "{gone} acknowledged write(s) now held by no node after {context}"
+            ));
+        }
+    }
+
     fn log(&mut self, line: String) {
         let at = self.start.elapsed().as_millis();
         self.trace.push(format!("{at:>7} ms  {line}"));
@@ -407,6 +427,7 @@ impl Postgres for SimPostgres {
         node.sync_names.clear();
         let name = node.name.clone();
         world.log(format!("{name}: cloned from {}", source.member));
+        world.note_vanished("a clone");
         Ok(())
     }
 
@@ -490,6 +511,31 @@ impl Postgres for SimPostgres {
             "{name}: promoted to timeline {timeline}, {missing} acknowledged writes missing"
         ));
         if missing > 0 && world.synchronous {
+            let first_missing = world
+                .acknowledged
+                .iter()
+                .find(|id| !log.contains(id))
+                .copied();
+            let holders: Vec<String> = world
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.data
+                        .as_ref()
+                        .is_some_and(|d| d.log.iter().any(|(_, id)| Some(*id) == first_missing))
+                })
+                .map(|n| {
+                    format!(
+                        "{} ({} records)",
+                        n.name,
+                        n.data.as_ref().map_or(0, |d| d.log.len())
+                    )
+                })
+                .collect();
+            world.log(format!(
+                "first missing write {first_missing:?} is on {holders:?}; {name} has {} records",
+                log.len()
+            ));
             world.violation(format!(
                 "{name} promoted in synchronous mode without {missing} acknowledged write(s)"
             ));
@@ -576,6 +622,8 @@ impl Postgres for SimPostgres {
         let node = &mut world.nodes[self.index];
         node.sync_names = names.names().iter().cloned().collect();
         node.sync_count = names.count();
+        let line = format!("{}: synchronous_standby_names = '{names}'", node.name);
+        world.log(line);
         Ok(())
     }
 }
@@ -635,6 +683,8 @@ impl PeerProbe for SimProbe {
 struct SimDcs {
     inner: MemoryDcs,
     delay: Arc<Mutex<Duration>>,
+    /// For the trace.
+    world: Option<Arc<Mutex<World>>>,
 }
 
 impl SimDcs {
@@ -669,7 +719,11 @@ impl Dcs for SimDcs {
     }
     async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
         self.lag().await;
-        self.inner.acquire_leader(me, ttl).await
+        let result = self.inner.acquire_leader(me, ttl).await;
+        if let (Ok(true), Some(world)) = (&result, &self.world) {
+            lock(world).log(format!("{me}: holds the lock"));
+        }
+        result
     }
     async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
         self.lag().await;
@@ -689,7 +743,12 @@ impl Dcs for SimDcs {
     }
     async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
         self.lag().await;
-        self.inner.write(record, expected).await
+        let result = self.inner.write(record, expected).await;
+        if let (Record::Sync(sync), Ok(_), Some(world)) = (record, &result, &self.world) {
+            let names: Vec<&str> = sync.sync_standbys.iter().map(MemberName::as_str).collect();
+            lock(world).log(format!("sync key = {names:?} (leader {:?})", sync.leader));
+        }
+        result
     }
     async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
         self.lag().await;
@@ -917,6 +976,7 @@ async fn simulate(sim: &SimConfig) -> SimReport {
                 dcs: SimDcs {
                     inner: store.connect(),
                     delay: Arc::new(Mutex::new(Duration::ZERO)),
+                    world: Some(Arc::clone(&world)),
                 },
                 postgres: SimPostgres {
                     index: i,

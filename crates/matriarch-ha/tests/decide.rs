@@ -106,6 +106,7 @@ impl World {
             streaming_standbys: BTreeSet::new(),
             sync_standbys: BTreeSet::new(),
             receiving: true,
+            standby_flush: BTreeMap::new(),
         };
         self
     }
@@ -317,6 +318,7 @@ fn leader_whose_renewals_fail_while_reads_work_demotes_by_the_deadline() {
 fn leader_whose_postgres_crashed_restarts_it_as_primary() {
     let mut world = World::new("a");
     world.leader("a").stopped().renewed(Duration::from_secs(1));
+    world.memory.ran_as_primary = true;
     assert_eq!(
         acts(&world.decide()),
         [Action::RenewLock, Action::StartPrimary]
@@ -327,6 +329,7 @@ fn leader_whose_postgres_crashed_restarts_it_as_primary() {
 fn leader_whose_postgres_will_not_start_hands_the_lock_over() {
     let mut world = World::new("a");
     world.leader("a").stopped().renewed(Duration::from_secs(1));
+    world.memory.ran_as_primary = true;
     world.memory.primary_start_failures = 2;
     assert_eq!(
         acts(&world.decide()),
@@ -900,6 +903,11 @@ fn sync_mode_adding_a_first_standby_sets_postgres_before_the_key() {
         matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
     );
     world.local.sync_standbys = BTreeSet::from([name("b")]);
+    world.memory.sync_standbys_since = Some(Lsn(500));
+    // b streams but has not flushed what was acknowledged before it was named.
+    world.local.standby_flush.insert(name("b"), Lsn(450));
+    assert_eq!(sync_action(&world.decide()), None);
+    world.local.standby_flush.insert(name("b"), Lsn(500));
     let step = sync_action(&world.decide());
     assert!(
         matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
@@ -1040,4 +1048,26 @@ fn memory_counts_loops_without_streaming() {
     local.receiving = true;
     memory.observed(&local);
     assert_eq!(memory.loops_not_streaming, 0);
+}
+
+#[test]
+fn lock_holder_with_a_stopped_replica_releases_the_lock_instead_of_starting_it_as_primary() {
+    let mut world = World::new("b");
+    world.leader("b").stopped().renewed(Duration::from_secs(1));
+    let decision = world.decide();
+    assert_eq!(acts(&decision), [Action::ReleaseLock]);
+    assert!(!promotes(&decision));
+}
+
+#[test]
+fn lock_taken_on_a_stale_decision_is_released_when_no_longer_the_best_candidate() {
+    let mut world = World::new("b");
+    world
+        .leader("b")
+        .replica(None, 400, 1)
+        .renewed(Duration::from_secs(1))
+        .peer("c", Role::Replica, 500, 1);
+    let decision = world.decide();
+    assert!(!decision.actions.contains(&Action::Promote), "{decision:?}");
+    assert!(decision.actions.contains(&Action::ReleaseLock));
 }

@@ -1,0 +1,1086 @@
+//! The node configuration file (`matriarch run --config node.yaml`), in
+//! Patroni's shape where it makes sense, with `MATRIARCH_*` environment
+//! overrides.
+//!
+//! Every section refuses unknown keys (except `tags`, which holds custom tags
+//! for `/replica?tag_key=value`). [`NodeConfig::load`] parses, applies the
+//! environment, then [`NodeConfig::validate`]s every setting; an error names
+//! the key and what is wrong, and nothing is started.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use matriarch_model::{ClusterConfig, KeyLayout, MemberName, ParameterValue, Tags};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::secret::Password;
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The cluster's name (the DCS scope).
+    #[serde(default)]
+    pub scope: String,
+    /// The DCS namespace (`/service/` by default).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// This member's name, unique in the cluster.
+    #[serde(default)]
+    pub name: String,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The REST API.
+    #[serde(default)]
+    pub restapi: RestApiConfig,
+    /// etcd (v3 API) as the DCS.
+    #[serde(default)]
+    pub etcd3: Option<Etcd3Config>,
+    /// ZooKeeper as the DCS.
+    #[serde(default)]
+    pub zookeeper: Option<ZooKeeperSection>,
+    /// What a new cluster is created with.
+    #[serde(default)]
+    pub bootstrap: BootstrapConfig,
+    /// The local PostgreSQL.
+    pub postgresql: Option<PostgresqlSection>,
+    /// This member's tags.
+    #[serde(default)]
+    pub tags: Tags,
+    /// Where clients are sent (none: clients use the REST health checks).
+    #[serde(default)]
+    pub router: RouterSection,
+    /// Commands run on events.
+    #[serde(default)]
+    pub callbacks: CallbacksConfig,
+}
+
+fn default_namespace() -> String {
+    "/service/".to_owned()
+}
+
+/// Log output.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `matriarch=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// The log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `restapi:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestApiConfig {
+    /// Where the API listens (`0.0.0.0:8008` by default).
+    #[serde(default = "default_restapi_listen")]
+    pub listen: String,
+    /// The `host:port` peers and tools use; defaults to `listen` (with
+    /// `127.0.0.1` for an unspecified address).
+    #[serde(default)]
+    pub connect_address: Option<String>,
+    /// Basic authentication required by every mutating call.
+    #[serde(default)]
+    pub authentication: Option<BasicAuthConfig>,
+    /// Client addresses (IPs or CIDR ranges) allowed to make mutating calls;
+    /// empty allows every address.
+    #[serde(default)]
+    pub allowlist: Vec<String>,
+    /// TLS certificate chain (PEM); with `keyfile`, the API speaks HTTPS.
+    #[serde(default)]
+    pub certfile: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[serde(default)]
+    pub keyfile: Option<PathBuf>,
+    /// CA (PEM) that client certificates are verified against; a verified
+    /// client certificate authenticates a mutating call.
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+}
+
+impl Default for RestApiConfig {
+    fn default() -> Self {
+        RestApiConfig {
+            listen: default_restapi_listen(),
+            connect_address: None,
+            authentication: None,
+            allowlist: Vec::new(),
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+        }
+    }
+}
+
+fn default_restapi_listen() -> String {
+    "0.0.0.0:8008".to_owned()
+}
+
+/// A user name and password.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: Password,
+}
+
+/// `etcd3:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd3Config {
+    /// Endpoints: a list, or one comma-separated string (`host:port` or URLs).
+    pub hosts: HostList,
+    /// etcd user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// etcd password.
+    #[serde(default)]
+    pub password: Option<Password>,
+    /// CA certificate (PEM); setting it switches to HTTPS.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// `zookeeper:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooKeeperSection {
+    /// Servers (`host:port`): a list or a comma-separated string.
+    pub hosts: HostList,
+    /// A chroot path under which the layout lives.
+    #[serde(default)]
+    pub chroot: Option<String>,
+    /// Digest authentication.
+    #[serde(default)]
+    pub auth: Option<ZooKeeperAuth>,
+}
+
+/// ZooKeeper digest authentication.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooKeeperAuth {
+    /// The user.
+    pub username: String,
+    /// The password.
+    pub password: Password,
+}
+
+/// A list of hosts, written as a YAML list or a comma-separated string.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum HostList {
+    /// `[a:2379, b:2379]`
+    List(Vec<String>),
+    /// `a:2379,b:2379`
+    Text(String),
+}
+
+impl HostList {
+    /// The hosts, trimmed, without empty entries.
+    pub fn hosts(&self) -> Vec<String> {
+        let raw: Vec<&str> = match self {
+            HostList::List(list) => list.iter().map(String::as_str).collect(),
+            HostList::Text(text) => text.split(',').collect(),
+        };
+        raw.into_iter()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// `bootstrap:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// The dynamic configuration a new cluster starts with (Patroni's
+    /// `bootstrap.dcs`); checked with `ClusterConfig::validate`.
+    #[serde(default)]
+    pub dcs: Option<serde_json::Value>,
+    /// Extra `initdb` arguments (e.g. `--locale=C`, `--no-sync`).
+    #[serde(default)]
+    pub initdb: Vec<String>,
+}
+
+/// `postgresql:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresqlSection {
+    /// `host:port` PostgreSQL listens on (`listen_addresses` and `port`).
+    pub listen: String,
+    /// `host:port` other members and clients connect to; defaults to `listen`.
+    #[serde(default)]
+    pub connect_address: Option<String>,
+    /// The data directory (absolute).
+    pub data_dir: PathBuf,
+    /// The server programs' directory.
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// The Unix socket directory (absolute); defaults to the data
+    /// directory's parent.
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+    /// The OS user the server programs run as when matriarch runs as root.
+    #[serde(default)]
+    pub os_user: Option<String>,
+    /// The roles.
+    pub authentication: PgAuthentication,
+    /// Local parameters, over `bootstrap.dcs.postgresql.parameters`.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParameterValue>,
+    /// `pg_hba.conf` lines for a new cluster.
+    #[serde(default)]
+    pub pg_hba: Vec<String>,
+}
+
+/// `postgresql.authentication:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgAuthentication {
+    /// The superuser matriarch connects as.
+    pub superuser: PgRoleConfig,
+    /// The replication role.
+    pub replication: PgRoleConfig,
+    /// The pg_rewind role (the superuser if absent).
+    #[serde(default)]
+    pub rewind: Option<PgRoleConfig>,
+}
+
+/// One PostgreSQL role.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgRoleConfig {
+    /// The role name.
+    pub username: String,
+    /// Its password.
+    #[serde(default)]
+    pub password: Option<Password>,
+}
+
+/// `router:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// AWS ELB target groups.
+    #[serde(default)]
+    pub elb: Option<ElbSection>,
+    /// DNS names updated with RFC 2136.
+    #[serde(default)]
+    pub dns: Option<DnsSection>,
+}
+
+/// `router.elb:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElbSection {
+    /// The target group that holds exactly the primary.
+    pub writer_target_group_arn: String,
+    /// The target group that holds the replicas.
+    #[serde(default)]
+    pub reader_target_group_arn: Option<String>,
+    /// The AWS region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An endpoint override (e.g. a local emulator).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// `all` for addresses outside the target group's VPC.
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+}
+
+/// `router.dns:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// The zone's primary server, `ip:port`.
+    pub server: String,
+    /// The zone.
+    pub zone: String,
+    /// The name that points at the primary.
+    pub writer: String,
+    /// The name that holds the replicas.
+    #[serde(default)]
+    pub reader: Option<String>,
+    /// Record TTL in seconds.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+    /// TSIG key.
+    pub tsig: TsigSection,
+}
+
+fn default_dns_ttl() -> u32 {
+    5
+}
+
+/// `router.dns.tsig:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigSection {
+    /// The key's name.
+    pub key_name: String,
+    /// `hmac-sha256` etc.
+    #[serde(default = "default_tsig_algorithm")]
+    pub algorithm: String,
+    /// The base64 secret.
+    pub secret: Password,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".to_owned()
+}
+
+/// `callbacks:`: commands run with `<action> <role> <scope>`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// After PostgreSQL started (asynchronous).
+    #[serde(default)]
+    pub on_start: Option<PathBuf>,
+    /// After PostgreSQL stopped (asynchronous).
+    #[serde(default)]
+    pub on_stop: Option<PathBuf>,
+    /// After this member changed role (asynchronous).
+    #[serde(default)]
+    pub on_role_change: Option<PathBuf>,
+    /// Before a promotion (synchronous): a non-zero exit cancels it.
+    #[serde(default)]
+    pub pre_promote: Option<PathBuf>,
+}
+
+/// The keys of the dynamic configuration, for refusing unknown ones.
+const CLUSTER_CONFIG_KEYS: &[&str] = &[
+    "ttl",
+    "loop_wait",
+    "retry_timeout",
+    "maximum_lag_on_failover",
+    "synchronous_mode",
+    "synchronous_mode_strict",
+    "synchronous_node_count",
+    "failsafe_mode",
+    "pause",
+    "postgresql",
+];
+const CLUSTER_POSTGRESQL_KEYS: &[&str] = &["parameters", "use_pg_rewind", "use_slots"];
+
+/// Reads a dynamic configuration from JSON, refusing unknown keys and
+/// checking [`ClusterConfig::validate`]. `key` prefixes error messages.
+pub fn cluster_config_from_json(
+    key: &str,
+    value: &serde_json::Value,
+) -> Result<ClusterConfig, ConfigError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| ConfigError::invalid(key, "must be a mapping"))?;
+    for field in object.keys() {
+        if !CLUSTER_CONFIG_KEYS.contains(&field.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.{field}"),
+                format!(
+                    "unknown key; expected one of {}",
+                    CLUSTER_CONFIG_KEYS.join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(pg) = object.get("postgresql") {
+        let pg = pg.as_object().ok_or_else(|| {
+            ConfigError::invalid(format!("{key}.postgresql"), "must be a mapping")
+        })?;
+        for field in pg.keys() {
+            if !CLUSTER_POSTGRESQL_KEYS.contains(&field.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.postgresql.{field}"),
+                    format!(
+                        "unknown key; expected one of {}",
+                        CLUSTER_POSTGRESQL_KEYS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    for field in CLUSTER_CONFIG_KEYS {
+        if let Some(v) = object.get(*field) {
+            // Each field on its own, so the error names it.
+            let mut single = serde_json::Map::new();
+            single.insert((*field).to_owned(), v.clone());
+            if let Err(err) = serde_json::from_value::<ClusterConfig>(single.into()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{field}"),
+                    err.to_string(),
+                ));
+            }
+        }
+    }
+    let config: ClusterConfig = serde_json::from_value(value.clone())
+        .map_err(|err| ConfigError::invalid(key, err.to_string()))?;
+    config
+        .validate()
+        .map_err(|err| ConfigError::invalid(key, err.to_string()))?;
+    Ok(config)
+}
+
+/// Everything derived and checked from a [`NodeConfig`]: what the daemon
+/// starts with.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// The member name.
+    pub name: MemberName,
+    /// The DCS layout.
+    pub layout: KeyLayout,
+    /// The dynamic configuration for a bootstrap.
+    pub bootstrap_dcs: ClusterConfig,
+    /// Where the REST API listens.
+    pub restapi_listen: SocketAddr,
+    /// `http(s)://host:port` of this member's API.
+    pub api_url: String,
+    /// Allowlist ranges.
+    pub allowlist: Vec<IpRange>,
+    /// PostgreSQL's listen host and port.
+    pub pg_listen: (String, u16),
+    /// `postgres://host:port/postgres`.
+    pub conn_url: String,
+    /// The DNS server address.
+    pub dns_server: Option<SocketAddr>,
+}
+
+/// An IP address range (`10.0.0.0/8`, `::1/128`, or a single address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(text: &str) -> Result<IpRange, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(IpRange { network, prefix })
+    }
+
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6).
+pub fn split_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port))
+}
+
+fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The environment overrides: variable, key, and how it applies.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("MATRIARCH_SCOPE", "scope"),
+    ("MATRIARCH_NAMESPACE", "namespace"),
+    ("MATRIARCH_NAME", "name"),
+    ("MATRIARCH_LOG_LEVEL", "log.level"),
+    ("MATRIARCH_LOG_FORMAT", "log.format"),
+    ("MATRIARCH_RESTAPI_LISTEN", "restapi.listen"),
+    (
+        "MATRIARCH_RESTAPI_CONNECT_ADDRESS",
+        "restapi.connect_address",
+    ),
+    (
+        "MATRIARCH_RESTAPI_USERNAME",
+        "restapi.authentication.username",
+    ),
+    (
+        "MATRIARCH_RESTAPI_PASSWORD",
+        "restapi.authentication.password",
+    ),
+    ("MATRIARCH_ETCD3_HOSTS", "etcd3.hosts"),
+    ("MATRIARCH_ETCD3_USERNAME", "etcd3.username"),
+    ("MATRIARCH_ETCD3_PASSWORD", "etcd3.password"),
+    ("MATRIARCH_ZOOKEEPER_HOSTS", "zookeeper.hosts"),
+    ("MATRIARCH_POSTGRESQL_LISTEN", "postgresql.listen"),
+    (
+        "MATRIARCH_POSTGRESQL_CONNECT_ADDRESS",
+        "postgresql.connect_address",
+    ),
+    ("MATRIARCH_POSTGRESQL_DATA_DIR", "postgresql.data_dir"),
+    ("MATRIARCH_POSTGRESQL_BIN_DIR", "postgresql.bin_dir"),
+    (
+        "MATRIARCH_SUPERUSER_USERNAME",
+        "postgresql.authentication.superuser.username",
+    ),
+    (
+        "MATRIARCH_SUPERUSER_PASSWORD",
+        "postgresql.authentication.superuser.password",
+    ),
+    (
+        "MATRIARCH_REPLICATION_USERNAME",
+        "postgresql.authentication.replication.username",
+    ),
+    (
+        "MATRIARCH_REPLICATION_PASSWORD",
+        "postgresql.authentication.replication.password",
+    ),
+    (
+        "MATRIARCH_REWIND_USERNAME",
+        "postgresql.authentication.rewind.username",
+    ),
+    (
+        "MATRIARCH_REWIND_PASSWORD",
+        "postgresql.authentication.rewind.password",
+    ),
+];
+
+/// Sets `path` (dotted) in a YAML mapping, creating mappings on the way.
+fn set_path(root: &mut serde_norway::Value, path: &str, value: serde_norway::Value) {
+    let mut node = root;
+    for segment in path.split('.') {
+        if !node.is_mapping() {
+            *node = serde_norway::Value::Mapping(serde_norway::Mapping::new());
+        }
+        let serde_norway::Value::Mapping(map) = node else {
+            return;
+        };
+        node = map
+            .entry(serde_norway::Value::String(segment.to_owned()))
+            .or_insert(serde_norway::Value::Null);
+    }
+    *node = value;
+}
+
+impl NodeConfig {
+    /// Reads `path`, applies `env` overrides (`MATRIARCH_*`), and validates.
+    pub fn load(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(NodeConfig, Validated), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, env)
+    }
+
+    /// Parses YAML text, applies overrides, validates.
+    pub fn parse(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(NodeConfig, Validated), ConfigError> {
+        // First parse as written: errors carry line and column and the key path.
+        let mut config: NodeConfig = serde_norway::from_str(text).map_err(ConfigError::yaml)?;
+        let overrides: Vec<(&str, &str, String)> = ENV_OVERRIDES
+            .iter()
+            .filter_map(|(var, key)| env(var).map(|value| (*var, *key, value)))
+            .collect();
+        if !overrides.is_empty() {
+            let mut value: serde_norway::Value =
+                serde_norway::from_str(text).map_err(ConfigError::yaml)?;
+            if value.is_null() {
+                value = serde_norway::Value::Mapping(serde_norway::Mapping::new());
+            }
+            for (_, key, raw) in &overrides {
+                set_path(&mut value, key, serde_norway::Value::String(raw.clone()));
+            }
+            config = serde_norway::from_value(value).map_err(|err| {
+                let vars: Vec<&str> = overrides.iter().map(|(var, _, _)| *var).collect();
+                ConfigError::Env {
+                    vars: vars.join(", "),
+                    message: err.to_string(),
+                }
+            })?;
+        }
+        let validated = config.validate()?;
+        Ok((config, validated))
+    }
+
+    /// Checks every setting; the error names the key.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        if self.scope.is_empty() {
+            return Err(ConfigError::missing("scope", "MATRIARCH_SCOPE"));
+        }
+        if self.name.is_empty() {
+            return Err(ConfigError::missing("name", "MATRIARCH_NAME"));
+        }
+        let name = MemberName::new(self.name.as_str())
+            .map_err(|e| ConfigError::invalid("name", e.to_string()))?;
+        let layout = KeyLayout::new(&self.namespace, &self.scope)
+            .map_err(|e| ConfigError::invalid("scope/namespace", e.to_string()))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+
+        let bootstrap_dcs = match &self.bootstrap.dcs {
+            Some(value) => cluster_config_from_json("bootstrap.dcs", value)?,
+            None => ClusterConfig::default(),
+        };
+
+        // REST API.
+        let restapi_listen: SocketAddr = self.restapi.listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "restapi.listen",
+                format!("{:?} is not an ip:port address", self.restapi.listen),
+            )
+        })?;
+        let tls = match (&self.restapi.certfile, &self.restapi.keyfile) {
+            (Some(_), Some(_)) => true,
+            (None, None) => false,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "restapi.keyfile",
+                    "required with restapi.certfile",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "restapi.certfile",
+                    "required with restapi.keyfile",
+                ))
+            }
+        };
+        if self.restapi.cafile.is_some() && !tls {
+            return Err(ConfigError::invalid(
+                "restapi.cafile",
+                "client certificates need TLS: set restapi.certfile and restapi.keyfile",
+            ));
+        }
+        for (key, file) in [
+            ("restapi.certfile", &self.restapi.certfile),
+            ("restapi.keyfile", &self.restapi.keyfile),
+            ("restapi.cafile", &self.restapi.cafile),
+        ] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{} is not a readable file", file.display()),
+                    ));
+                }
+            }
+        }
+        let connect = match &self.restapi.connect_address {
+            Some(addr) => split_host_port(addr).ok_or_else(|| {
+                ConfigError::invalid(
+                    "restapi.connect_address",
+                    format!("{addr:?} is not host:port"),
+                )
+            })?,
+            None => {
+                let host = if restapi_listen.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    restapi_listen.ip().to_string()
+                };
+                (host, restapi_listen.port())
+            }
+        };
+        let api_url = format!(
+            "{}://{}/patroni",
+            if tls { "https" } else { "http" },
+            format_host_port(&connect.0, connect.1)
+        );
+        if let Some(auth) = &self.restapi.authentication {
+            if auth.username.is_empty() || auth.username.contains(':') {
+                return Err(ConfigError::invalid(
+                    "restapi.authentication.username",
+                    "must be non-empty and without ':'",
+                ));
+            }
+            if auth.password.expose().is_empty() {
+                return Err(ConfigError::invalid(
+                    "restapi.authentication.password",
+                    "must not be empty",
+                ));
+            }
+        }
+        let allowlist = self
+            .restapi
+            .allowlist
+            .iter()
+            .map(|entry| IpRange::parse(entry))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::invalid("restapi.allowlist", e))?;
+
+        // DCS.
+        match (&self.etcd3, &self.zookeeper) {
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "etcd3/zookeeper",
+                    "configure one DCS: an etcd3 or a zookeeper section",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "etcd3/zookeeper",
+                    "configure only one DCS, not both etcd3 and zookeeper",
+                ))
+            }
+            (Some(etcd), None) => {
+                if etcd.hosts.hosts().is_empty() {
+                    return Err(ConfigError::invalid("etcd3.hosts", "no host given"));
+                }
+                if etcd.username.is_some() != etcd.password.is_some() {
+                    return Err(ConfigError::invalid(
+                        "etcd3.username/password",
+                        "give both or neither",
+                    ));
+                }
+                if (etcd.cert.is_some() || etcd.key.is_some()) && etcd.cacert.is_none() {
+                    return Err(ConfigError::invalid(
+                        "etcd3.cacert",
+                        "required with cert/key",
+                    ));
+                }
+                if etcd.cert.is_some() != etcd.key.is_some() {
+                    return Err(ConfigError::invalid(
+                        "etcd3.cert/key",
+                        "give both or neither",
+                    ));
+                }
+            }
+            (None, Some(zk)) => {
+                if zk.hosts.hosts().is_empty() {
+                    return Err(ConfigError::invalid("zookeeper.hosts", "no host given"));
+                }
+            }
+        }
+
+        // PostgreSQL.
+        let pg = self
+            .postgresql
+            .as_ref()
+            .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))?;
+        let pg_listen = split_host_port(&pg.listen).ok_or_else(|| {
+            ConfigError::invalid(
+                "postgresql.listen",
+                format!("{:?} is not host:port", pg.listen),
+            )
+        })?;
+        if pg_listen.1 == 0 {
+            return Err(ConfigError::invalid(
+                "postgresql.listen",
+                "the port must not be 0",
+            ));
+        }
+        let connect = match &pg.connect_address {
+            Some(addr) => split_host_port(addr).ok_or_else(|| {
+                ConfigError::invalid(
+                    "postgresql.connect_address",
+                    format!("{addr:?} is not host:port"),
+                )
+            })?,
+            None => {
+                let host = match pg_listen.0.as_str() {
+                    "0.0.0.0" | "*" | "::" => "127.0.0.1".to_owned(),
+                    host => host.to_owned(),
+                };
+                (host, pg_listen.1)
+            }
+        };
+        let conn_url = format!(
+            "postgres://{}/postgres",
+            format_host_port(&connect.0, connect.1)
+        );
+        if !pg.data_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "postgresql.data_dir",
+                format!("{} must be an absolute path", pg.data_dir.display()),
+            ));
+        }
+        if let Some(dir) = &pg.socket_dir {
+            if !dir.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "postgresql.socket_dir",
+                    "must be an absolute path",
+                ));
+            }
+        }
+        if let Some(bin) = &pg.bin_dir {
+            if !bin.join("pg_ctl").is_file() {
+                return Err(ConfigError::invalid(
+                    "postgresql.bin_dir",
+                    format!("{} has no pg_ctl", bin.display()),
+                ));
+            }
+        }
+        for (key, role) in [
+            (
+                "postgresql.authentication.superuser",
+                Some(&pg.authentication.superuser),
+            ),
+            (
+                "postgresql.authentication.replication",
+                Some(&pg.authentication.replication),
+            ),
+            (
+                "postgresql.authentication.rewind",
+                pg.authentication.rewind.as_ref(),
+            ),
+        ] {
+            if let Some(role) = role {
+                if role.username.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.username"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+
+        // Routers.
+        let mut dns_server = None;
+        if let Some(dns) = &self.router.dns {
+            let server: SocketAddr = dns
+                .server
+                .parse()
+                .or_else(|_| {
+                    dns.server
+                        .parse::<IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    ConfigError::invalid(
+                        "router.dns.server",
+                        format!("{:?} is not ip or ip:port", dns.server),
+                    )
+                })?;
+            dns_server = Some(server);
+            matriarch_dns::TsigKey::from_base64(
+                dns.tsig.key_name.clone(),
+                dns.tsig.algorithm.clone(),
+                dns.tsig.secret.expose(),
+            )
+            .map_err(|e| ConfigError::invalid("router.dns.tsig", e.to_string()))?;
+        }
+        if let Some(elb) = &self.router.elb {
+            if !elb.writer_target_group_arn.starts_with("arn:") {
+                return Err(ConfigError::invalid(
+                    "router.elb.writer_target_group_arn",
+                    "must be an ARN (arn:aws:elasticloadbalancing:...)",
+                ));
+            }
+        }
+
+        // Callbacks.
+        for (key, cmd) in [
+            ("callbacks.on_start", &self.callbacks.on_start),
+            ("callbacks.on_stop", &self.callbacks.on_stop),
+            ("callbacks.on_role_change", &self.callbacks.on_role_change),
+            ("callbacks.pre_promote", &self.callbacks.pre_promote),
+        ] {
+            if let Some(cmd) = cmd {
+                if !cmd.is_file() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{} is not a file", cmd.display()),
+                    ));
+                }
+            }
+        }
+
+        Ok(Validated {
+            name,
+            layout,
+            bootstrap_dcs,
+            restapi_listen,
+            api_url,
+            allowlist,
+            pg_listen,
+            conn_url,
+            dns_server,
+        })
+    }
+
+    /// The PostgreSQL section; `validate` guarantees it is there.
+    pub fn pg(&self) -> Result<&PostgresqlSection, ConfigError> {
+        self.postgresql
+            .as_ref()
+            .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+scope: pg
+name: node1
+etcd3:
+  hosts: 127.0.0.1:2379
+postgresql:
+  listen: 127.0.0.1:5432
+  data_dir: /tmp/x/data
+  authentication:
+    superuser: {username: postgres, password: secret}
+    replication: {username: replicator, password: rsecret}
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let (config, v) = NodeConfig::parse(MINIMAL, no_env).unwrap();
+        assert_eq!(v.layout.namespace(), "service");
+        assert_eq!(v.restapi_listen.to_string(), "0.0.0.0:8008");
+        assert_eq!(v.api_url, "http://127.0.0.1:8008/patroni");
+        assert_eq!(v.conn_url, "postgres://127.0.0.1:5432/postgres");
+        assert_eq!(v.bootstrap_dcs, ClusterConfig::default());
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let env = |var: &str| match var {
+            "MATRIARCH_NAME" => Some("node9".to_owned()),
+            "MATRIARCH_ETCD3_HOSTS" => Some("a:1,b:2".to_owned()),
+            "MATRIARCH_RESTAPI_LISTEN" => Some("127.0.0.1:9000".to_owned()),
+            _ => None,
+        };
+        let (config, v) = NodeConfig::parse(MINIMAL, env).unwrap();
+        assert_eq!(v.name.as_str(), "node9");
+        assert_eq!(v.restapi_listen.port(), 9000);
+        assert_eq!(config.etcd3.unwrap().hosts.hosts(), ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let text = MINIMAL.replace("name: node1", "name: node1\nrestapi:\n  lisen: 1");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let text = format!("{MINIMAL}tags:\n  nofailover: maybe\n");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("nofailover"), "{err}");
+    }
+
+    #[test]
+    fn impossible_timing_is_refused() {
+        let text = format!(
+            "{MINIMAL}bootstrap:\n  dcs:\n    ttl: 5\n    loop_wait: 4\n    retry_timeout: 4\n"
+        );
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("bootstrap.dcs"), "{err}");
+        assert!(err.contains("exceeds ttl"), "{err}");
+        let text = format!("{MINIMAL}bootstrap:\n  dcs:\n    ttl: soon\n");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("bootstrap.dcs.ttl"), "{err}");
+        let text = format!("{MINIMAL}bootstrap:\n  dcs:\n    tll: 5\n");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("bootstrap.dcs.tll"), "{err}");
+    }
+
+    #[test]
+    fn ip_ranges() {
+        let range = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(range.contains("10.1.2.3".parse().unwrap()));
+        assert!(!range.contains("11.1.2.3".parse().unwrap()));
+        assert!(IpRange::parse("127.0.0.1")
+            .unwrap()
+            .contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(IpRange::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        assert!(IpRange::parse("10.0.0.0/33").is_err());
+        assert!(IpRange::parse("nope").is_err());
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../node.example.yaml");
+        let (config, v) = NodeConfig::parse(text, no_env).unwrap();
+        assert_eq!(v.api_url, "http://10.0.0.11:8008/patroni");
+        assert_eq!(v.conn_url, "postgres://10.0.0.11:5432/postgres");
+        assert_eq!(v.bootstrap_dcs.ttl, std::time::Duration::from_secs(30));
+        assert_eq!(v.allowlist.len(), 2);
+        assert!(config.router.elb.is_none() && config.router.dns.is_none());
+    }
+}

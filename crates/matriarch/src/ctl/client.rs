@@ -1,0 +1,538 @@
+//! The HTTP client `ctl` talks to members' REST APIs with: hyper's HTTP/1 connection over a
+//! tokio TCP stream (rustls on top for `https://`), one connection per request, basic auth on
+//! mutating calls, and a list of APIs tried in turn until one answers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{header, Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use super::{CtlError, Secret};
+
+/// How long a connection attempt may take before the next API is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a read (GET) may take.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Cap on the bytes shown of a server's error text.
+const MAX_MESSAGE: usize = 2000;
+
+/// A REST API base URL, parsed: `http(s)://host:port[/prefix]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Endpoint {
+    tls: bool,
+    host: String,
+    port: u16,
+    prefix: String,
+}
+
+impl Endpoint {
+    /// Parses a base URL; `host:port` without a scheme means `http://`, a trailing `/` or
+    /// `/patroni` (as in a member's `api_url`) is dropped.
+    pub fn parse(raw: &str) -> Result<Endpoint, String> {
+        let raw = raw.trim();
+        let with_scheme = if raw.contains("://") {
+            raw.to_string()
+        } else {
+            format!("http://{raw}")
+        };
+        let uri: Uri = with_scheme
+            .parse()
+            .map_err(|e| format!("'{raw}' is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("'{raw}' must start with http:// or https://")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("'{raw}' has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "'{raw}': give credentials with --username/--password, not in the URL"
+            ));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return Err(format!("'{raw}' has no host"));
+        }
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let mut prefix = uri.path().trim_end_matches('/').to_string();
+        if let Some(stripped) = prefix.strip_suffix("/patroni") {
+            prefix = stripped.to_string();
+        }
+        if uri.query().is_some() {
+            return Err(format!("'{raw}' must not have a query"));
+        }
+        Ok(Endpoint {
+            tls,
+            host,
+            port,
+            prefix,
+        })
+    }
+
+    /// The full URL of `path` on this API, for requests and messages.
+    pub fn url(&self, path: &str) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{host}:{}{}{path}", self.port, self.prefix)
+    }
+}
+
+/// A response: status and body text.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body text (lossy UTF-8).
+    pub body: String,
+    /// The URL that answered, for messages.
+    pub url: String,
+}
+
+impl Reply {
+    /// Whether the status is 2xx.
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The server's message: the `message`/`error` field of a JSON body, a JSON string, or the
+    /// text itself, sanitized and capped.
+    pub fn message(&self) -> String {
+        let text = match serde_json::from_str::<Value>(&self.body) {
+            Ok(Value::String(s)) => s,
+            Ok(Value::Object(map)) => ["message", "error", "reason"]
+                .iter()
+                .find_map(|k| map.get(*k).and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| self.body.trim().to_string()),
+            _ => self.body.trim().to_string(),
+        };
+        let mut text = super::render::sanitize(&text);
+        if text.len() > MAX_MESSAGE {
+            let cut = (0..=MAX_MESSAGE)
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            text.truncate(cut);
+            text.push('…');
+        }
+        if text.is_empty() {
+            format!("HTTP {}", self.status)
+        } else {
+            text
+        }
+    }
+
+    /// The body as JSON; the error names the URL.
+    pub fn json(&self) -> Result<Value, CtlError> {
+        serde_json::from_str(&self.body).map_err(|e| {
+            CtlError::Failed(format!(
+                "{} answered with a body that is not JSON: {e}",
+                self.url
+            ))
+        })
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The connection was not made, so the request was not sent: another API may be tried.
+    Connect(String),
+    /// The request may have been sent but no full response came.
+    Other(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) | SendError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// TLS files for `https://` APIs.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TlsFiles {
+    /// CA bundle (PEM); default: the system's.
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub certfile: Option<PathBuf>,
+    /// Its key (PEM).
+    pub keyfile: Option<PathBuf>,
+}
+
+/// The client: the APIs to try, the credentials for mutating calls, and timeouts.
+#[derive(Debug)]
+pub(crate) struct Client {
+    endpoints: Vec<Endpoint>,
+    auth: Option<(String, Secret)>,
+    tls_files: TlsFiles,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Total time a mutating request may take.
+    pub write_timeout: Duration,
+}
+
+const DEFAULT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_path: &Path = files
+        .cacert
+        .as_deref()
+        .unwrap_or(Path::new(DEFAULT_CA_BUNDLE));
+    let certs = CertificateDer::pem_file_iter(ca_path).map_err(|e| {
+        format!(
+            "cannot read CA certificates from {}: {e}",
+            ca_path.display()
+        )
+    })?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", ca_path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad certificate in {}: {e}", ca_path.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots);
+    match (&files.certfile, &files.keyfile) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate rejected: {e}"))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err("--certfile and --keyfile go together".into()),
+    }
+}
+
+/// Basic auth header value.
+pub(crate) fn basic_auth(username: &str, password: &Secret) -> String {
+    let raw = format!("{username}:{}", password.expose());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+impl Client {
+    /// A client for these APIs (at least one).
+    pub fn new(
+        endpoints: Vec<Endpoint>,
+        auth: Option<(String, Secret)>,
+        tls_files: TlsFiles,
+        write_timeout: Duration,
+    ) -> Client {
+        Client {
+            endpoints,
+            auth,
+            tls_files,
+            tls: None,
+            write_timeout,
+        }
+    }
+
+    fn tls(&mut self) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(config) = &self.tls {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(tls_config(&self.tls_files)?);
+        self.tls = Some(config.clone());
+        Ok(config)
+    }
+
+    /// Sends one request to one API.
+    pub async fn send(
+        &mut self,
+        endpoint: &Endpoint,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Reply, SendError> {
+        let url = endpoint.url(path);
+        let mutating = method != Method::GET && method != Method::HEAD;
+        let uri_path = format!("{}{path}", endpoint.prefix);
+        let host_header = match endpoint.host.contains(':') {
+            true => format!("[{}]:{}", endpoint.host, endpoint.port),
+            false => format!("{}:{}", endpoint.host, endpoint.port),
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri_path)
+            .header(header::HOST, host_header)
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("matriarch-ctl/", env!("CARGO_PKG_VERSION")),
+            );
+        if mutating {
+            if let Some((user, password)) = &self.auth {
+                builder = builder.header(header::AUTHORIZATION, basic_auth(user, password));
+            }
+        }
+        let bytes = match body {
+            Some(body) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(bytes))
+            .map_err(|e| SendError::Other(format!("{url}: cannot build the request: {e}")))?;
+        let tls = if endpoint.tls {
+            Some(self.tls().map_err(SendError::Connect)?)
+        } else {
+            None
+        };
+        let exchange = async {
+            let tcp = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+            )
+            .await
+            .map_err(|_| SendError::Connect(format!("{url}: timed out connecting")))?
+            .map_err(|e| SendError::Connect(format!("{url}: cannot connect: {e}")))?;
+            match tls {
+                Some(config) => {
+                    let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+                        SendError::Connect(format!("{url}: bad TLS server name: {e}"))
+                    })?;
+                    let stream = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+                    )
+                    .await
+                    .map_err(|_| {
+                        SendError::Connect(format!("{url}: timed out in the TLS handshake"))
+                    })?
+                    .map_err(|e| SendError::Connect(format!("{url}: TLS handshake failed: {e}")))?;
+                    exchange(TokioIo::new(stream), request, &url).await
+                }
+                None => exchange(TokioIo::new(tcp), request, &url).await,
+            }
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            SendError::Other(format!("{url}: no answer within {}s", timeout.as_secs()))
+        })?
+    }
+
+    /// `GET path` from the first API that answers with a non-5xx status; the API that answered
+    /// moves to the front for later calls. A 4xx answer is an error with the server's message.
+    pub async fn get_json(&mut self, path: &str) -> Result<(Value, Endpoint), CtlError> {
+        let mut failures = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let endpoint = self.endpoints[i].clone();
+            match self
+                .send(&endpoint, Method::GET, path, None, READ_TIMEOUT)
+                .await
+            {
+                Ok(reply) if reply.ok() => {
+                    let value = reply.json()?;
+                    self.endpoints.swap(0, i);
+                    return Ok((value, endpoint));
+                }
+                Ok(reply) if reply.status >= 500 => failures.push(format!(
+                    "{}: HTTP {}: {}",
+                    reply.url,
+                    reply.status,
+                    reply.message()
+                )),
+                Ok(reply) => {
+                    return Err(CtlError::Failed(format!(
+                        "{}: HTTP {}: {}",
+                        reply.url,
+                        reply.status,
+                        reply.message()
+                    )))
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(no_answer(failures))
+    }
+
+    /// `GET path` from one API (a member's own).
+    pub async fn get_json_from(
+        &mut self,
+        endpoint: &Endpoint,
+        path: &str,
+    ) -> Result<Value, CtlError> {
+        let reply = self
+            .send(endpoint, Method::GET, path, None, READ_TIMEOUT)
+            .await
+            .map_err(|e| CtlError::Failed(e.to_string()))?;
+        if !reply.ok() {
+            return Err(CtlError::Failed(format!(
+                "{}: HTTP {}: {}",
+                reply.url,
+                reply.status,
+                reply.message()
+            )));
+        }
+        reply.json()
+    }
+
+    /// A mutating request to the first API that accepts a connection (the one that answered a
+    /// read before, if any). Only a failed connection moves on to the next API: once sent,
+    /// the request is never repeated.
+    pub async fn mutate(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, CtlError> {
+        let mut failures = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let endpoint = self.endpoints[i].clone();
+            match self
+                .send(&endpoint, method.clone(), path, body, self.write_timeout)
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(SendError::Connect(e)) => failures.push(e),
+                Err(SendError::Other(e)) => return Err(CtlError::Failed(e)),
+            }
+        }
+        Err(no_answer(failures))
+    }
+
+    /// A mutating request to one API (a member's own).
+    pub async fn mutate_at(
+        &mut self,
+        endpoint: &Endpoint,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, CtlError> {
+        let timeout = self.write_timeout;
+        self.send(endpoint, method, path, body, timeout)
+            .await
+            .map_err(|e| CtlError::Failed(e.to_string()))
+    }
+}
+
+fn no_answer(failures: Vec<String>) -> CtlError {
+    CtlError::Failed(format!(
+        "no REST API answered:\n  {}",
+        failures.join("\n  ")
+    ))
+}
+
+async fn exchange<I>(io: I, request: Request<Full<Bytes>>, url: &str) -> Result<Reply, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| SendError::Connect(format!("{url}: HTTP handshake failed: {e}")))?;
+    let driver = tokio::spawn(connection);
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| SendError::Other(format!("{url}: request failed: {e}")))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| SendError::Other(format!("{url}: reading the response failed: {e}")))?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            url: url.to_string(),
+        })
+    }
+    .await;
+    drop(sender);
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_bare_addresses_and_member_api_urls() {
+        let e = Endpoint::parse("127.0.0.1:8008").expect("ok");
+        assert_eq!(e.url("/cluster"), "http://127.0.0.1:8008/cluster");
+        let e = Endpoint::parse("http://10.0.0.2:8009/patroni").expect("ok");
+        assert_eq!(e.url("/restart"), "http://10.0.0.2:8009/restart");
+        let e = Endpoint::parse("https://db1/api/").expect("ok");
+        assert_eq!(e.url("/cluster"), "https://db1:443/api/cluster");
+        let e = Endpoint::parse("http://[::1]:8008").expect("ok");
+        assert_eq!(e.url("/x"), "http://[::1]:8008/x");
+    }
+
+    #[test]
+    fn bad_endpoints_are_rejected_with_the_text() {
+        assert!(Endpoint::parse("ftp://x:1")
+            .unwrap_err()
+            .contains("http://"));
+        assert!(Endpoint::parse("http://").is_err());
+        assert!(Endpoint::parse("not a url")
+            .unwrap_err()
+            .contains("not a URL"));
+        let err = Endpoint::parse("http://admin:pw@host:1").unwrap_err();
+        assert!(err.contains("--username"), "{err}");
+        assert!(Endpoint::parse("http://h:1/?a=b").is_err());
+    }
+
+    #[test]
+    fn basic_auth_is_rfc_7617() {
+        assert_eq!(
+            basic_auth("Aladdin", &Secret::new("open sesame")),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+    }
+
+    #[test]
+    fn reply_messages_come_from_json_or_text() {
+        let reply = |status, body: &str| Reply {
+            status,
+            body: body.into(),
+            url: "u".into(),
+        };
+        assert_eq!(
+            reply(412, "{\"message\": \"no such member\"}").message(),
+            "no such member"
+        );
+        assert_eq!(reply(412, "\"quoted\"").message(), "quoted");
+        assert_eq!(
+            reply(503, "Switchover failed\n").message(),
+            "Switchover failed"
+        );
+        assert_eq!(reply(503, "").message(), "HTTP 503");
+        assert_eq!(reply(400, "\u{1b}[31mred").message(), "?[31mred");
+        assert!(reply(500, &"é".repeat(5000)).message().len() <= MAX_MESSAGE + 3);
+    }
+}

@@ -1,0 +1,334 @@
+//! Callbacks like Patroni's, and the [`Postgres`] wrapper that runs them
+//! around the engine's PostgreSQL operations.
+//!
+//! - `on_start`, `on_stop`, `on_role_change` are asynchronous: spawned, not
+//!   waited for; each is called as `<cmd> <action> <role> <scope>` (Patroni's
+//!   arguments), e.g. `on_role_change on_role_change primary pg-main`.
+//! - `pre_promote` is synchronous: it runs (with the same arguments, action
+//!   `pre_promote`, role `primary`) before a promotion, and a non-zero exit
+//!   (or no exit within [`PRE_PROMOTE_TIMEOUT`]) cancels it: the wrapped
+//!   `promote` returns an error and the engine tries again next loop.
+//!
+//! `on_role_change` is driven by the engine's status (see
+//! [`watch_role_changes`]); `on_start`/`on_stop` by the wrapper.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use matriarch_ha::{EngineRole, StatusHandle};
+use matriarch_model::{SystemId, Timeline};
+use matriarch_postgres::{
+    BootstrapSpec, LocalState, Operation, PgController, Postgres, PostgresError, RewindOutcome,
+    StartAs, StopMode, SyncStandbyNames, Upstream,
+};
+use tracing::{info, warn};
+
+use crate::config::CallbacksConfig;
+
+/// How long `pre_promote` may run.
+pub const PRE_PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an asynchronous callback may run before it is killed.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The configured callback commands.
+#[derive(Debug, Clone, Default)]
+pub struct Callbacks {
+    config: CallbacksConfig,
+    scope: String,
+}
+
+impl Callbacks {
+    /// Callbacks for the cluster `scope`.
+    pub fn new(config: CallbacksConfig, scope: impl Into<String>) -> Self {
+        Callbacks {
+            config,
+            scope: scope.into(),
+        }
+    }
+
+    fn command(&self, action: &str) -> Option<&PathBuf> {
+        match action {
+            "on_start" => self.config.on_start.as_ref(),
+            "on_stop" => self.config.on_stop.as_ref(),
+            "on_role_change" => self.config.on_role_change.as_ref(),
+            "pre_promote" => self.config.pre_promote.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Spawns the `action` callback (if configured) without waiting for it.
+    pub fn fire(&self, action: &'static str, role: &'static str) {
+        let Some(cmd) = self.command(action).cloned() else {
+            return;
+        };
+        let scope = self.scope.clone();
+        tokio::spawn(async move {
+            info!(callback = action, %role, command = %cmd.display(), "running callback");
+            let child = tokio::process::Command::new(&cmd)
+                .args([action, role, scope.as_str()])
+                .kill_on_drop(true)
+                .spawn();
+            match child {
+                Ok(mut child) => match tokio::time::timeout(CALLBACK_TIMEOUT, child.wait()).await {
+                    Ok(Ok(status)) if status.success() => {}
+                    Ok(Ok(status)) => {
+                        warn!(callback = action, %status, "callback failed")
+                    }
+                    Ok(Err(error)) => warn!(callback = action, %error, "callback failed"),
+                    Err(_) => warn!(callback = action, "callback timed out: killed"),
+                },
+                Err(error) => {
+                    warn!(callback = action, command = %cmd.display(), %error, "cannot run callback")
+                }
+            }
+        });
+    }
+
+    /// Runs `pre_promote` and waits: `Ok` when it is not configured or
+    /// exited 0.
+    pub async fn pre_promote(&self) -> Result<(), String> {
+        let Some(cmd) = self.command("pre_promote") else {
+            return Ok(());
+        };
+        info!(command = %cmd.display(), "running pre_promote");
+        let child = tokio::process::Command::new(cmd)
+            .args(["pre_promote", "primary", self.scope.as_str()])
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(PRE_PROMOTE_TIMEOUT, child).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!(
+                "pre_promote {} exited with {status}",
+                cmd.display()
+            )),
+            Ok(Err(error)) => Err(format!("pre_promote {}: {error}", cmd.display())),
+            Err(_) => Err(format!(
+                "pre_promote {} did not finish within {PRE_PROMOTE_TIMEOUT:?}",
+                cmd.display()
+            )),
+        }
+    }
+}
+
+/// Calls `on_role_change` when the engine's settled role changes between
+/// leader and replica (not on the first role a start settles in).
+pub async fn watch_role_changes(mut status: StatusHandle, callbacks: Callbacks) {
+    let settled = |role: EngineRole| match role {
+        EngineRole::Leader => Some("primary"),
+        EngineRole::Replica => Some("replica"),
+        _ => None,
+    };
+    let mut last = settled(status.get().role);
+    while status.changed().await {
+        let Some(now) = settled(status.get().role) else {
+            continue;
+        };
+        if last.is_some_and(|last| last != now) {
+            callbacks.fire("on_role_change", now);
+        }
+        last = Some(now);
+    }
+}
+
+/// The engine's [`Postgres`]: the [`PgController`] plus the callbacks, and
+/// one lock that serializes every changing operation with the REST API's
+/// (restart, reinitialize).
+pub struct HookedPostgres {
+    inner: Arc<PgController>,
+    callbacks: Callbacks,
+    ops: Arc<tokio::sync::Mutex<()>>,
+    role: Mutex<&'static str>,
+    /// The member a still-unstarted clone was taken from.
+    cloned_from: Mutex<Option<matriarch_model::MemberName>>,
+}
+
+impl HookedPostgres {
+    /// Wraps `inner`; `ops` is shared with the REST API.
+    pub fn new(
+        inner: Arc<PgController>,
+        callbacks: Callbacks,
+        ops: Arc<tokio::sync::Mutex<()>>,
+    ) -> Self {
+        HookedPostgres {
+            inner,
+            callbacks,
+            ops,
+            role: Mutex::new("replica"),
+            cloned_from: Mutex::new(None),
+        }
+    }
+
+    fn set_role(&self, role: &'static str) {
+        if let Ok(mut guard) = self.role.lock() {
+            *guard = role;
+        }
+    }
+
+    fn role(&self) -> &'static str {
+        self.role.lock().map_or("replica", |g| *g)
+    }
+
+    async fn run_pre_promote(&self) -> Result<(), PostgresError> {
+        self.callbacks.pre_promote().await.map_err(|reason| {
+            warn!(%reason, "pre_promote cancelled the promotion");
+            PostgresError::Unexpected {
+                operation: Operation::Promote,
+                context: "pre_promote callback".to_owned(),
+                message: reason,
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Postgres for HookedPostgres {
+    async fn observe(&self) -> Result<LocalState, PostgresError> {
+        self.inner.observe().await
+    }
+
+    async fn bootstrap(&self, spec: &BootstrapSpec) -> Result<SystemId, PostgresError> {
+        let _ops = self.ops.lock().await;
+        let id = self.inner.bootstrap(spec).await?;
+        self.set_role("primary");
+        self.callbacks.fire("on_start", "primary");
+        Ok(id)
+    }
+
+    /// Clones; a stopped data directory that is not empty is set aside
+    /// first (renamed to `<data_dir>.replaced`, replacing an older one).
+    ///
+    /// The engine clones a non-empty directory only after pg_rewind said it
+    /// cannot repair it ("cloning anew"), while the controller's contract
+    /// refuses a non-empty one; setting it aside (rather than deleting it)
+    /// keeps the old data for inspection until the next replacement.
+    async fn clone_replica(&self, source: &Upstream) -> Result<(), PostgresError> {
+        let _ops = self.ops.lock().await;
+        let data_dir = self.inner.config().data_dir.clone();
+        let not_empty = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
+        if not_empty {
+            let state = self.inner.observe().await?;
+            if state.role().is_some()
+                || matches!(state.server, matriarch_postgres::ServerState::Unavailable)
+            {
+                return Err(PostgresError::StillRunning {
+                    operation: Operation::CloneReplica,
+                });
+            }
+            let mut aside = data_dir.clone().into_os_string();
+            aside.push(".replaced");
+            let aside = PathBuf::from(aside);
+            if aside.exists() {
+                let _ = std::fs::remove_dir_all(&aside);
+            }
+            std::fs::rename(&data_dir, &aside).map_err(|source| PostgresError::Io {
+                operation: Operation::CloneReplica,
+                context: format!("setting {} aside", data_dir.display()),
+                source,
+            })?;
+            warn!(data_dir = %data_dir.display(), aside = %aside.display(), "set the unrepairable data directory aside before cloning anew");
+        }
+        self.inner.clone_replica(source).await?;
+        if let Ok(mut cloned) = self.cloned_from.lock() {
+            *cloned = Some(source.member.clone());
+        }
+        Ok(())
+    }
+
+    async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
+        let _ops = self.ops.lock().await;
+        let before = self.inner.observe().await.ok();
+        let was_running = before.as_ref().is_some_and(|s| s.role().is_some());
+        if as_role == StartAs::Primary {
+            // Starting a replica's data directory as primary ends recovery:
+            // a promotion, so pre_promote decides.
+            let data_dir = &self.inner.config().data_dir;
+            if data_dir.join("standby.signal").exists() {
+                self.run_pre_promote().await?;
+            }
+        }
+        self.inner.start(as_role.clone()).await?;
+        if let Ok(mut cloned) = self.cloned_from.lock() {
+            *cloned = None;
+        }
+        let role = if as_role == StartAs::Primary {
+            "primary"
+        } else {
+            "replica"
+        };
+        self.set_role(role);
+        if !was_running {
+            self.callbacks.fire("on_start", role);
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, mode: StopMode) -> Result<(), PostgresError> {
+        let _ops = self.ops.lock().await;
+        let was_running = self
+            .inner
+            .observe()
+            .await
+            .ok()
+            .is_some_and(|s| s.role().is_some());
+        self.inner.stop(mode).await?;
+        if was_running {
+            self.callbacks.fire("on_stop", self.role());
+        }
+        Ok(())
+    }
+
+    async fn promote(&self) -> Result<Timeline, PostgresError> {
+        let _ops = self.ops.lock().await;
+        let state = self.inner.observe().await?;
+        if state.role() != Some(matriarch_postgres::PgRole::Primary) {
+            self.run_pre_promote().await?;
+        }
+        let timeline = self.inner.promote().await?;
+        self.set_role("primary");
+        Ok(timeline)
+    }
+
+    async fn demote(&self, mode: StopMode, follow: Option<Upstream>) -> Result<(), PostgresError> {
+        let _ops = self.ops.lock().await;
+        let follows = follow.is_some();
+        self.inner.demote(mode, follow).await?;
+        let previous = self.role();
+        self.set_role("replica");
+        if !follows {
+            self.callbacks.fire("on_stop", previous);
+        }
+        Ok(())
+    }
+
+    async fn follow(&self, upstream: &Upstream) -> Result<(), PostgresError> {
+        let _ops = self.ops.lock().await;
+        self.inner.follow(upstream).await
+    }
+
+    /// A fresh clone of `source` that has not started yet cannot have
+    /// diverged from it: `NotNeeded` (pg_rewind would refuse its
+    /// `backup_label`). Anything else goes to pg_rewind.
+    async fn rewind(&self, source: &Upstream) -> Result<RewindOutcome, PostgresError> {
+        let _ops = self.ops.lock().await;
+        let fresh_clone = self
+            .cloned_from
+            .lock()
+            .map(|c| c.as_ref() == Some(&source.member))
+            .unwrap_or(false);
+        if fresh_clone && self.inner.config().data_dir.join("backup_label").exists() {
+            return Ok(RewindOutcome::NotNeeded);
+        }
+        self.inner.rewind(source).await
+    }
+
+    async fn set_synchronous_standby_names(
+        &self,
+        names: &SyncStandbyNames,
+    ) -> Result<(), PostgresError> {
+        let _ops = self.ops.lock().await;
+        self.inner.set_synchronous_standby_names(names).await
+    }
+}

@@ -1,0 +1,125 @@
+//! A configuration that cannot be used stops `matriarch run` at once, with a
+//! message naming the key, before anything starts.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const GOOD: &str = r#"scope: e2e
+name: node1
+restapi:
+  listen: 127.0.0.1:0
+etcd3:
+  hosts: 127.0.0.1:1
+bootstrap:
+  dcs:
+    ttl: 4
+    loop_wait: 1
+    retry_timeout: 1.5
+postgresql:
+  listen: 127.0.0.1:5999
+  data_dir: /tmp/matriarch-bad-config-never-created/data
+  authentication:
+    superuser: {username: postgres, password: pg-secret}
+    replication: {username: replicator, password: repl-secret}
+"#;
+
+fn run(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.yaml");
+    std::fs::write(&path, config).unwrap();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("pg-secret") && !stderr.contains("repl-secret"),
+        "a secret leaked: {stderr}"
+    );
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_good_config_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn bad_configs_exit_non_zero_naming_the_key() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (format!("{GOOD}  parameters: [unclosed\n"), &["line"]),
+        (
+            GOOD.replace("  listen: 127.0.0.1:0", "  lisen: 127.0.0.1:0"),
+            &["lisen", "line"],
+        ),
+        (
+            GOOD.replace("scope: e2e", "scope: e2e\ntagz: {}"),
+            &["tagz"],
+        ),
+        (
+            format!("{GOOD}tags:\n  nofailover: sometimes\n"),
+            &["nofailover"],
+        ),
+        (
+            GOOD.replace("retry_timeout: 1.5", "retry_timeout: 3"),
+            &["bootstrap.dcs", "exceeds ttl"],
+        ),
+        (GOOD.replace("ttl: 4", "ttl: soon"), &["bootstrap.dcs.ttl"]),
+        (
+            GOOD.replace("    loop_wait: 1\n", "    loop_wait: 1\n    tll: 3\n"),
+            &["bootstrap.dcs.tll"],
+        ),
+        (
+            GOOD.replace("127.0.0.1:5999", "localhost"),
+            &["postgresql.listen"],
+        ),
+        (
+            GOOD.replace("/tmp/matriarch-bad", "relative/matriarch-bad"),
+            &["postgresql.data_dir"],
+        ),
+        (
+            GOOD.replace("name: node1\n", ""),
+            &["name", "MATRIARCH_NAME"],
+        ),
+        (
+            GOOD.replace("etcd3:\n  hosts: 127.0.0.1:1\n", ""),
+            &["etcd3/zookeeper"],
+        ),
+        (format!("{GOOD}restapi_typo: 1\n"), &["restapi_typo"]),
+    ];
+    for (config, needles) in cases {
+        let (code, stderr) = run(&config);
+        assert_ne!(code, 0, "accepted:\n{config}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{needle:?} not in {stderr:?}\nfor:\n{config}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_file_is_reported() {
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+        .args(["run", "--config", "/nonexistent/node.yaml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/node.yaml"));
+}

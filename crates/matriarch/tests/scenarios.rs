@@ -1,0 +1,858 @@
+//! End-to-end scenarios: real etcd, real PostgreSQL, `matriarch run` processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{serial, wait_for, Cluster, DcsSpec, Options};
+use matriarch_testkit::EtcdServer;
+
+fn etcd() -> (EtcdServer, DcsSpec) {
+    let etcd = EtcdServer::start().expect("etcd");
+    let spec = DcsSpec::Etcd(etcd.client_url());
+    (etcd, spec)
+}
+
+#[test]
+fn bootstrap_and_replicate() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let cluster = Cluster::start(3, dcs, Options::default());
+    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
+    let p = &cluster.nodes[primary];
+    p.psql("CREATE TABLE herd (id int primary key, name text); INSERT INTO herd VALUES (1, 'matriarch')")
+        .unwrap_or_else(|e| panic!("write on the primary: {e}\n{}", cluster.logs()));
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if i == primary {
+            continue;
+        }
+        assert!(
+            cluster.wait_sql(
+                i,
+                "SELECT name FROM herd WHERE id = 1",
+                "matriarch",
+                Duration::from_secs(20)
+            ),
+            "the write is not visible on {}\n{}",
+            node.name,
+            cluster.logs()
+        );
+        // A replica refuses writes.
+        let err = node
+            .psql("INSERT INTO herd VALUES (2, 'calf')")
+            .unwrap_err();
+        assert!(err.contains("read-only"), "{err}");
+    }
+    // The REST API describes the cluster as Patroni does.
+    let body: serde_json::Value =
+        serde_json::from_slice(&p.call("GET", "/cluster", "", false).body).unwrap();
+    let members = body["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{body}");
+    assert_eq!(
+        members.iter().filter(|m| m["role"] == "leader").count(),
+        1,
+        "{body}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&p.call("GET", "/patroni", "", false).body).unwrap();
+    assert_eq!(status["role"], "primary", "{status}");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["patroni"]["scope"], "e2e", "{status}");
+    assert!(status["xlog"]["location"].as_u64().is_some(), "{status}");
+    // Secrets never reach the logs.
+    for node in &cluster.nodes {
+        let log = std::fs::read_to_string(&node.log).unwrap();
+        for secret in [common::PG_PASSWORD, common::API_PASSWORD, "repl-secret"] {
+            assert!(!log.contains(secret), "{} logged a secret", node.name);
+        }
+    }
+    let metrics = p.call("GET", "/metrics", "", false).body_text();
+    assert!(
+        metrics.contains("matriarch_primary{scope=\"e2e\",name=\""),
+        "{metrics}"
+    );
+    // HEAD and OPTIONS answer like GET.
+    assert_eq!(p.call("OPTIONS", "/primary", "", false).status, 200);
+    assert_eq!(p.call("HEAD", "/master", "", false).status, 200);
+    assert_eq!(p.status("/replica"), 503);
+    // Patroni's health checks, on the primary and on a replica.
+    let r = &cluster.nodes[(primary + 1) % 3];
+    for (path, on_primary, on_replica) in [
+        ("/", 200, 503),
+        ("/read-write", 200, 503),
+        ("/leader", 200, 503),
+        ("/replica", 503, 200),
+        ("/replica?lag=100MB", 503, 200),
+        ("/replica?lag=lots", 503, 503),
+        ("/replica?nofailover=false", 503, 200),
+        ("/replica?nofailover=true", 503, 503),
+        ("/read-only", 200, 200),
+        ("/synchronous", 503, 503),
+        ("/asynchronous", 503, 200),
+        ("/health", 200, 200),
+        ("/liveness", 200, 200),
+        ("/readiness", 200, 200),
+        ("/nonexistent", 404, 404),
+    ] {
+        assert_eq!(p.status(path), on_primary, "primary {path}");
+        assert_eq!(r.status(path), on_replica, "replica {path}");
+    }
+}
+
+fn new_primary(cluster: &Cluster, not: usize, timeout: Duration) -> usize {
+    wait_for(timeout, || cluster.primary().filter(|p| *p != not))
+        .unwrap_or_else(|| panic!("no new primary within {timeout:?}\n{}", cluster.logs()))
+}
+
+#[test]
+fn node_crash_fails_over_and_the_old_primary_rejoins() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let mut cluster = Cluster::start(3, dcs, Options::default());
+    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    cluster.nodes[old]
+        .psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    for i in 0..3 {
+        assert!(cluster.wait_sql(i, "SELECT count(*) FROM t", "1", Duration::from_secs(20)));
+    }
+    // The whole node dies: agent and PostgreSQL, no clean shutdown.
+    cluster.nodes[old].kill_agent();
+    cluster.nodes[old].kill_postgres();
+    let crashed = Instant::now();
+    let new = new_primary(&cluster, old, Duration::from_secs(30));
+    let took = crashed.elapsed();
+    // ttl 4 s: the lock expires, a replica wins the race and is promoted.
+    assert!(took < Duration::from_secs(20), "failover took {took:?}");
+    cluster.nodes[new]
+        .psql("INSERT INTO t VALUES (2)")
+        .unwrap_or_else(|e| panic!("write on the new primary: {e}\n{}", cluster.logs()));
+    // The old primary comes back and rejoins as a replica of the new one.
+    cluster.nodes[old].start(&[]);
+    assert!(
+        wait_for(Duration::from_secs(60), || (cluster.nodes[old]
+            .status("/replica")
+            == 200)
+            .then_some(()))
+        .is_some(),
+        "the old primary did not rejoin\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.wait_sql(old, "SELECT count(*) FROM t", "2", Duration::from_secs(30)),
+        "the rejoined node does not see the new primary's write\n{}",
+        cluster.logs()
+    );
+    assert_eq!(cluster.primary(), Some(new));
+}
+
+#[test]
+fn sigterm_on_the_primary_hands_over_without_waiting_for_the_ttl() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let options = Options {
+        dcs: "    ttl: 30\n    loop_wait: 1\n    retry_timeout: 2\n".to_owned(),
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(2, dcs, options);
+    let old = cluster.wait_healthy(1, Duration::from_secs(60));
+    cluster.nodes[old].signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    let new = new_primary(&cluster, old, Duration::from_secs(25));
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "handover took {took:?}, not much less than the ttl of 30 s"
+    );
+    assert!(
+        cluster.nodes[old].wait_exit(Duration::from_secs(20)),
+        "the agent did not exit"
+    );
+    // PostgreSQL of the old primary was stopped cleanly.
+    assert_eq!(cluster.nodes[old].postmaster_pid(), None);
+    cluster.nodes[new]
+        .psql("CREATE TABLE after_handover (v int)")
+        .unwrap();
+}
+
+#[test]
+fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let mut cluster = Cluster::start(2, dcs, Options::default());
+    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    cluster.nodes[primary]
+        .psql("CREATE TABLE fenced (v int)")
+        .unwrap();
+    // Only the agent dies (kill -9); its PostgreSQL keeps running unless fenced.
+    cluster.nodes[primary].kill_agent();
+    let killed = Instant::now();
+    let refused = wait_for(Duration::from_secs(10), || {
+        cluster.nodes[primary]
+            .psql("INSERT INTO fenced VALUES (1)")
+            .err()
+    });
+    assert!(
+        refused.is_some(),
+        "the orphaned primary still accepts writes 10 s after its agent died\n{}",
+        cluster.logs()
+    );
+    // Well within the lock's ttl (4 s): before a replica could be promoted.
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "fenced after {:?}",
+        killed.elapsed()
+    );
+    let new = new_primary(&cluster, primary, Duration::from_secs(30));
+    cluster.nodes[new]
+        .psql("INSERT INTO fenced VALUES (2)")
+        .unwrap();
+}
+
+#[test]
+fn switchover_by_rest_api_with_callbacks() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let script_dir = tempfile::tempdir().unwrap();
+    let script = script_dir.path().join("callback.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}/calls-$MATRIARCH_TEST_NODE\n",
+            script_dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let options = Options {
+        extra: format!(
+            "callbacks:\n  on_start: {0}\n  on_stop: {0}\n  on_role_change: {0}\n",
+            script.display()
+        ),
+        ..Options::default()
+    };
+    let mut cluster = Cluster::configure(3, dcs, options);
+    for node in &mut cluster.nodes {
+        let name = node.name.clone();
+        node.start(&[("MATRIARCH_TEST_NODE", &name)]);
+    }
+    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let candidate = (old + 1) % 3;
+    let body = format!(
+        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
+        cluster.nodes[old].name, cluster.nodes[candidate].name
+    );
+    let response = cluster.nodes[(old + 2) % 3].call("POST", "/switchover", &body, true);
+    assert_eq!(
+        response.status,
+        200,
+        "{}\n{}",
+        response.body_text(),
+        cluster.logs()
+    );
+    assert!(
+        response.body_text().contains("Successfully switched over"),
+        "{}",
+        response.body_text()
+    );
+    let new = wait_for(Duration::from_secs(30), || cluster.primary()).unwrap();
+    assert_eq!(new, candidate, "{}", cluster.logs());
+    assert!(
+        wait_for(Duration::from_secs(60), || (cluster.nodes[old]
+            .status("/replica")
+            == 200)
+            .then_some(()))
+        .is_some(),
+        "the old primary did not become a replica\n{}",
+        cluster.logs()
+    );
+    cluster.nodes[candidate]
+        .psql("CREATE TABLE switched (v int)")
+        .unwrap();
+    // History records the timeline switch.
+    let history: serde_json::Value = serde_json::from_slice(
+        &cluster.nodes[candidate]
+            .call("GET", "/history", "", false)
+            .body,
+    )
+    .unwrap();
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    // Callbacks: asynchronous, with `<action> <role> <scope>`.
+    let calls = |i: usize| {
+        std::fs::read_to_string(
+            script_dir
+                .path()
+                .join(format!("calls-{}", cluster.nodes[i].name)),
+        )
+        .unwrap_or_default()
+    };
+    let got = wait_for(Duration::from_secs(10), || {
+        (calls(candidate).contains("on_role_change primary e2e")
+            && calls(old).contains("on_role_change replica e2e"))
+        .then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "new primary: {:?}\nold primary: {:?}",
+        calls(candidate),
+        calls(old)
+    );
+    assert!(
+        calls(old).contains("on_start primary e2e"),
+        "{:?}",
+        calls(old)
+    );
+    assert!(
+        calls(candidate).contains("on_start replica e2e"),
+        "{:?}",
+        calls(candidate)
+    );
+}
+
+fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
+    serde_json::from_slice(&node.call("GET", path, "", false).body)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn rest_api_refuses_unauthenticated_and_bad_changes_and_applies_good_ones() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let cluster = Cluster::start(2, dcs, Options::default());
+    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let replica = 1 - primary;
+    let p = &cluster.nodes[primary];
+    let leader = &p.name;
+    let candidate = &cluster.nodes[replica].name;
+    let config_before = get_json(p, "/config");
+    assert_eq!(config_before["ttl"], 4, "{config_before}");
+    let good = format!("{{\"leader\": \"{leader}\", \"candidate\": \"{candidate}\"}}");
+
+    // Unauthenticated or wrongly authenticated: 401, nothing changes.
+    assert_eq!(p.call("POST", "/switchover", &good, false).status, 401);
+    let wrong = [
+        ("Authorization", "Basic YWRtaW46d3Jvbmc="),
+        ("Content-Type", "application/json"),
+    ];
+    let r = matriarch_testkit::http_request(
+        "POST",
+        &format!("{}/switchover", p.api()),
+        &wrong,
+        good.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        p.call("PATCH", "/config", "{\"ttl\": 10}", false).status,
+        401
+    );
+    assert_eq!(p.call("POST", "/restart", "", false).status, 401);
+
+    // Bad input: 4xx with a message, nothing changes.
+    let cases = [
+        (
+            "POST",
+            "/switchover",
+            "not json".to_owned(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "POST",
+            "/switchover",
+            "[1, 2]".to_owned(),
+            400,
+            "JSON object",
+        ),
+        (
+            "POST",
+            "/switchover",
+            format!("{{\"leader\": \"{leader}\", \"bogus\": 1}}"),
+            400,
+            "bogus",
+        ),
+        (
+            "POST",
+            "/switchover",
+            format!("{{\"leader\": \"{leader}\", \"candidate\": 7}}"),
+            400,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/switchover",
+            format!("{{\"leader\": \"{leader}\", \"candidate\": \"ghost\"}}"),
+            412,
+            "ghost",
+        ),
+        (
+            "POST",
+            "/switchover",
+            format!("{{\"leader\": \"{candidate}\"}}"),
+            412,
+            "does not match",
+        ),
+        (
+            "POST",
+            "/switchover",
+            format!("{{\"leader\": \"{leader}\", \"scheduled_at\": \"tomorrow\"}}"),
+            400,
+            "scheduled_at",
+        ),
+        ("POST", "/failover", "{}".to_owned(), 400, "candidate"),
+        (
+            "POST",
+            "/failover",
+            "{\"candidate\": \"ghost\"}".to_owned(),
+            412,
+            "ghost",
+        ),
+        (
+            "PATCH",
+            "/config",
+            "{\"ttl\": ".to_owned(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "PATCH",
+            "/config",
+            "{\"ttl\": \"soon\"}".to_owned(),
+            400,
+            "config.ttl",
+        ),
+        (
+            "PATCH",
+            "/config",
+            "{\"tll\": 10}".to_owned(),
+            400,
+            "config.tll",
+        ),
+        (
+            "PATCH",
+            "/config",
+            "{\"loop_wait\": 10}".to_owned(),
+            400,
+            "exceeds ttl",
+        ),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let r = p.call(method, path, &body, true);
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path} {body}: {}",
+            r.body_text()
+        );
+        assert!(
+            r.body_text().contains(needle),
+            "{method} {path} {body}: {}",
+            r.body_text()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster.primary(),
+        Some(primary),
+        "the leader changed\n{}",
+        cluster.logs()
+    );
+    assert_eq!(get_json(p, "/config"), config_before);
+    assert!(get_json(p, "/cluster")
+        .get("scheduled_switchover")
+        .is_none());
+
+    // A good change reaches every node's engine: pause.
+    let r = p.call("PATCH", "/config", "{\"pause\": true}", true);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    for node in &cluster.nodes {
+        let paused = wait_for(Duration::from_secs(10), || {
+            (get_json(node, "/patroni")["pause"] == true).then_some(())
+        });
+        assert!(
+            paused.is_some(),
+            "{} did not adopt pause\n{}",
+            node.name,
+            cluster.logs()
+        );
+    }
+    assert_eq!(
+        get_json(p, "/config")["ttl"],
+        4,
+        "the merge patch kept the other keys"
+    );
+    let r = p.call("PATCH", "/config", "{\"pause\": null}", true);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(get_json(p, "/config")["pause"], false);
+
+    // POST /restart restarts PostgreSQL in place; the node stays primary.
+    let r = p.call("POST", "/restart", "{}", true);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(30)), primary);
+    // POST /reinitialize: refused on the leader, re-clones a replica.
+    p.psql("CREATE TABLE before_reinit (v int)").unwrap();
+    let r = p.call("POST", "/reinitialize", "{}", true);
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    let r = cluster.nodes[replica].call("POST", "/reinitialize", "{}", true);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), primary);
+    assert!(
+        cluster.wait_sql(
+            replica,
+            "SELECT count(*) FROM before_reinit",
+            "0",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn a_duplicate_member_name_is_refused() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let cluster = Cluster::start(1, dcs, Options::default());
+    cluster.wait_healthy(0, Duration::from_secs(60));
+    let original = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
+    let api_port = matriarch_testkit::free_port().unwrap();
+    let twin = original.replace(
+        &format!("listen: 127.0.0.1:{}", cluster.nodes[0].api_port),
+        &format!("listen: 127.0.0.1:{api_port}"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twin.yaml");
+    std::fs::write(&path, twin).unwrap();
+    let started = Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_matriarch"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // The original keeps running as primary.
+    assert_eq!(cluster.primary(), Some(0));
+
+    // SIGHUP reloads: the log level applies at once, tags are reported as
+    // needing a restart, and a broken file is refused without stopping.
+    let node = &cluster.nodes[0];
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        config.replace("level: info,matriarch=debug", "level: info") + "  nosync: true\n",
+    )
+    .unwrap();
+    node.signal(libc::SIGHUP);
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&node.log).ok()?;
+        (log.contains("log level changed")
+            && log.contains("take effect after a restart")
+            && log.contains("tags"))
+        .then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", node.log_tail(20));
+    std::fs::write(&node.config, "scope: [broken").unwrap();
+    node.signal(libc::SIGHUP);
+    let refused = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&node.log)
+            .ok()?
+            .contains("reload refused")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", node.log_tail(20));
+    assert_eq!(cluster.primary(), Some(0));
+}
+
+#[test]
+fn a_postgres_crash_with_the_agent_alive_recovers() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let cluster = Cluster::start(2, dcs, Options::default());
+    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    cluster.nodes[primary]
+        .psql("CREATE TABLE crash (v int); INSERT INTO crash VALUES (1)")
+        .unwrap();
+    cluster.nodes[primary].kill_postgres();
+    // The agent restarts PostgreSQL (or the replica takes over): either way
+    // the cluster has a primary that takes writes and a replica again.
+    let writable = wait_for(Duration::from_secs(40), || {
+        let p = cluster.primary()?;
+        cluster.nodes[p]
+            .psql("INSERT INTO crash VALUES (2)")
+            .ok()
+            .map(|_| p)
+    });
+    let p = writable
+        .unwrap_or_else(|| panic!("no writable primary after the crash\n{}", cluster.logs()));
+    cluster.wait_healthy(1, Duration::from_secs(60));
+    assert!(
+        cluster.wait_sql(
+            1 - p,
+            "SELECT count(*) FROM crash",
+            "2",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn the_dns_router_points_the_writer_name_at_the_new_primary_after_a_failover() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let bind = matriarch_testkit::BindServer::start().expect("BIND");
+    let writer = format!("primary.{}", bind.zone());
+    let options = Options {
+        distinct_ips: true,
+        extra: format!(
+            "router:\n  dns:\n    server: 127.0.0.1:{}\n    zone: {}\n    writer: {writer}\n    ttl: 1\n    tsig:\n      key_name: {}\n      algorithm: {}\n      secret: {}\n",
+            bind.port(),
+            bind.zone(),
+            bind.tsig_key_name(),
+            bind.tsig_algorithm(),
+            bind.tsig_secret_base64()
+        ),
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(3, dcs, options);
+    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let hosts: Vec<std::net::Ipv4Addr> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.pg_host.parse().unwrap())
+        .collect();
+    let points_at = |i: usize| {
+        let want = hosts[i];
+        wait_for(Duration::from_secs(20), || {
+            (bind.query_a(&writer).ok()? == vec![want]).then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        points_at(old),
+        "{writer} does not point at the primary: {:?}\n{}",
+        bind.query_a(&writer),
+        cluster.logs()
+    );
+    cluster.nodes[old].kill_agent();
+    cluster.nodes[old].kill_postgres();
+    let new = new_primary(&cluster, old, Duration::from_secs(30));
+    assert!(
+        points_at(new),
+        "{writer} does not follow the failover: {:?}\n{}",
+        bind.query_a(&writer),
+        cluster.logs()
+    );
+}
+
+#[test]
+fn zookeeper_bootstrap_and_failover() {
+    let _serial = serial();
+    let zk = matriarch_testkit::ZooKeeperServer::start().expect("ZooKeeper");
+    let options = Options {
+        log_format: "json",
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(2, DcsSpec::ZooKeeper(zk.connect_string()), options);
+    let old = cluster.wait_healthy(1, Duration::from_secs(60));
+    // JSON logs: one object a line, with the cluster and member fields.
+    let log = std::fs::read_to_string(&cluster.nodes[old].log).unwrap();
+    let started = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "matriarch started")
+        .unwrap_or_else(|| panic!("no JSON start line in {log}"));
+    assert_eq!(started["span"]["cluster"], "e2e", "{started}");
+    assert_eq!(
+        started["span"]["member"],
+        cluster.nodes[old].name.as_str(),
+        "{started}"
+    );
+    cluster.nodes[old]
+        .psql("CREATE TABLE zk (v int); INSERT INTO zk VALUES (1)")
+        .unwrap();
+    let other = 1 - old;
+    assert!(cluster.wait_sql(
+        other,
+        "SELECT count(*) FROM zk",
+        "1",
+        Duration::from_secs(20)
+    ));
+    cluster.nodes[old].kill_agent();
+    cluster.nodes[old].kill_postgres();
+    let new = new_primary(&cluster, old, Duration::from_secs(40));
+    assert_eq!(new, other);
+    cluster.nodes[new]
+        .psql("INSERT INTO zk VALUES (2)")
+        .unwrap();
+}
+
+#[test]
+fn an_etcd_outage_stops_writes_on_the_primary_before_its_lock_expires() {
+    let _serial = serial();
+    let (etcd, dcs) = etcd();
+    let cluster = Cluster::start(2, dcs, Options::default());
+    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    cluster.nodes[primary]
+        .psql("CREATE TABLE outage (v int)")
+        .unwrap();
+    etcd.pause().expect("pause etcd");
+    let cut = Instant::now();
+    // The lock was renewed at most `cut` ago and lives 4 s (ttl): the primary
+    // must refuse writes by then. psql's own time is part of the measure.
+    let refused = wait_for(Duration::from_secs(10), || {
+        cluster.nodes[primary]
+            .psql("INSERT INTO outage VALUES (1)")
+            .err()
+            .map(|_| cut.elapsed())
+    });
+    etcd.resume().expect("resume etcd");
+    let refused =
+        refused.unwrap_or_else(|| panic!("the primary kept taking writes\n{}", cluster.logs()));
+    assert!(
+        refused < Duration::from_secs(4),
+        "writes stopped only after {refused:?}\n{}",
+        cluster.logs()
+    );
+    // Once etcd is back, the cluster has a primary again.
+    cluster.wait_healthy(1, Duration::from_secs(60));
+}
+
+#[test]
+fn a_nofailover_replica_is_never_promoted() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let mut cluster = Cluster::configure(2, dcs, Options::default());
+    // node1 starts alone and bootstraps; node2 joins tagged nofailover.
+    cluster.nodes[0].start(&[]);
+    cluster.wait_healthy(0, Duration::from_secs(60));
+    let config = std::fs::read_to_string(&cluster.nodes[1].config).unwrap();
+    std::fs::write(
+        &cluster.nodes[1].config,
+        format!("{config}  nofailover: true\n"),
+    )
+    .unwrap();
+    cluster.nodes[1].start(&[]);
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+    cluster.nodes[0].kill_agent();
+    cluster.nodes[0].kill_postgres();
+    // Three ttls later node2 is still a replica and refuses writes.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        cluster.nodes[1].status("/primary"),
+        503,
+        "{}",
+        cluster.logs()
+    );
+    assert!(cluster.nodes[1].psql("CREATE TABLE nope (v int)").is_err());
+    // The old primary comes back and leads again.
+    cluster.nodes[0].start(&[]);
+    assert!(
+        wait_for(Duration::from_secs(60), || (cluster.primary() == Some(0))
+            .then_some(()))
+        .is_some(),
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn a_failing_pre_promote_cancels_the_promotion() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let dir = tempfile::tempdir().unwrap();
+    let allow = dir.path().join("allow");
+    let calls = dir.path().join("calls");
+    let script = dir.path().join("pre_promote.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\ntest -e {}\n",
+            calls.display(),
+            allow.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let options = Options {
+        extra: format!("callbacks:\n  pre_promote: {}\n", script.display()),
+        ..Options::default()
+    };
+    let mut cluster = Cluster::configure(2, dcs, options);
+    cluster.nodes[0].start(&[]);
+    cluster.wait_healthy(0, Duration::from_secs(60));
+    cluster.nodes[1].start(&[]);
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+    cluster.nodes[0].kill_agent();
+    cluster.nodes[0].kill_postgres();
+    // node2 wins the lock, but pre_promote refuses: no promotion.
+    let called = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&calls)
+            .ok()
+            .filter(|c| c.contains("pre_promote primary e2e"))
+    });
+    assert!(
+        called.is_some(),
+        "pre_promote was not called\n{}",
+        cluster.logs()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        cluster.nodes[1]
+            .psql("CREATE TABLE refused (v int)")
+            .is_err(),
+        "promoted despite pre_promote"
+    );
+    // Once the script agrees, the next attempt promotes.
+    std::fs::write(&allow, "").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || cluster.nodes[1]
+            .psql("CREATE TABLE allowed (v int)")
+            .ok())
+        .is_some(),
+        "not promoted after pre_promote agreed\n{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let mut cluster = Cluster::start(3, dcs, Options::default());
+    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let haproxy = common::HaProxy::start(&cluster.nodes);
+    let server_port = |expected: u16| {
+        wait_for(Duration::from_secs(30), || {
+            let port = common::psql_at("127.0.0.1", haproxy.port, "SELECT current_setting('port')")
+                .ok()?;
+            (port == expected.to_string()).then_some(())
+        })
+        .is_some()
+    };
+    let old_port = cluster.nodes[old].pg_port;
+    assert!(
+        server_port(old_port),
+        "HAProxy does not reach the primary\n{}",
+        cluster.logs()
+    );
+    cluster.nodes[old].kill_agent();
+    cluster.nodes[old].kill_postgres();
+    let new = new_primary(&cluster, old, Duration::from_secs(30));
+    let new_port = cluster.nodes[new].pg_port;
+    assert!(
+        server_port(new_port),
+        "HAProxy does not send clients to the new primary\n{}",
+        cluster.logs()
+    );
+    common::psql_at(
+        "127.0.0.1",
+        haproxy.port,
+        "CREATE TABLE through_haproxy (v int)",
+    )
+    .unwrap_or_else(|e| panic!("write through HAProxy: {e}"));
+}

@@ -1,0 +1,209 @@
+//! End to end: the demo binary against the built `matriarch` daemon, with real etcd,
+//! BIND and PostgreSQL. It must finish, print the failover timeline and the count of
+//! lost acknowledged writes, show the crashed node rejoin, and leave nothing running.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The workspace's `target/debug/matriarch`, built when it is missing.
+///
+/// `cargo test --workspace` builds it anyway (for the daemon's own end-to-end tests);
+/// `cargo test -p matriarch-demo` alone may find none, or an old one: rebuild with
+/// `cargo build -p matriarch` then.
+fn matriarch_binary() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(manifest);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                root.join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("debug").join("matriarch");
+    if !binary.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "matriarch"])
+            .current_dir(root)
+            .status()
+            .expect("run cargo build -p matriarch");
+        assert!(status.success(), "cargo build -p matriarch failed");
+    }
+    assert!(binary.is_file(), "{} is missing", binary.display());
+    binary
+}
+
+/// Serializes the tests that run a cluster: two clusters of three PostgreSQL
+/// servers at once are too much for a two-core machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_demo_fails_over_reports_the_timeline_and_cleans_up() {
+    let _serial = serial();
+    let matriarch = matriarch_binary();
+    let logs = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch-demo"))
+        .arg("--matriarch")
+        .arg(&matriarch)
+        .arg("--logs")
+        .arg(logs.path())
+        .output()
+        .expect("run matriarch-demo");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the demo failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    // Under two minutes, as the README promises (on a loaded two-core machine).
+    assert!(took < Duration::from_secs(120), "took {took:?}\n{context}");
+    for expected in [
+        "`matriarch ctl list`",
+        "| Leader ",
+        "The failover timeline",
+        "crashed (agent and PostgreSQL SIGKILLed)",
+        "primary lost: ",
+        "lock taken by node",
+        "promoted: out of recovery",
+        "DNS moved: primary.matriarch.test -> 127.0.0.",
+        "first write accepted by node",
+        "Write unavailability: ",
+        "Acknowledged writes missing from the new primary: ",
+        "streams from node",
+        "(now a replica) has the same",
+        "Stopped; data directories removed.",
+    ] {
+        assert!(stdout.contains(expected), "no `{expected}` in\n{context}");
+    }
+    // The timeline, as JSON.
+    let timeline: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(logs.path().join("timeline.json")).expect("timeline.json"),
+    )
+    .expect("timeline.json is JSON");
+    let unavailable = timeline["write_unavailability_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no write unavailability in {timeline}"));
+    // The lock's ttl (5 s) bounds it from below, the demo's 30 s bound from above.
+    assert!(
+        (3_000..30_000).contains(&unavailable),
+        "{unavailable} ms\n{context}"
+    );
+    assert!(
+        timeline["acknowledged_writes"].as_u64() > Some(100),
+        "{timeline}"
+    );
+    // Asynchronous replication may lose writes acknowledged just before a crash; the
+    // demo counts them. Here the count must at least be there.
+    assert!(
+        timeline["acknowledged_writes_missing"].as_u64().is_some(),
+        "{timeline}"
+    );
+    // Nothing is left running: no agent (its command line names the logs directory),
+    // no PostgreSQL or fence (they name the data directory).
+    let config = fs::read_to_string(logs.path().join("node1.yaml")).expect("node1.yaml");
+    let data_dir = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("data_dir: "))
+        .expect("data_dir in node1.yaml");
+    let demo_dir = Path::new(data_dir)
+        .parent()
+        .and_then(Path::parent)
+        .expect("the demo's directory");
+    assert!(!demo_dir.exists(), "{} was not removed", demo_dir.display());
+    let left: Vec<String> = [logs.path(), demo_dir]
+        .iter()
+        .flat_map(|p| processes_mentioning(&p.display().to_string()))
+        .collect();
+    assert!(left.is_empty(), "still running: {left:#?}");
+}
+
+#[test]
+fn a_missing_daemon_is_a_clear_error() {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch-demo"))
+        .args(["--matriarch", "/nonexistent/matriarch", "--logs"])
+        .arg(logs.path())
+        .output()
+        .expect("run matriarch-demo");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/matriarch does not exist"),
+        "{stderr}"
+    );
+    let usage = Command::new(env!("CARGO_BIN_EXE_matriarch-demo"))
+        .arg("--bogus")
+        .output()
+        .expect("run matriarch-demo");
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn a_failover_slower_than_the_bound_fails_with_the_logs_and_cleans_up() {
+    let _serial = serial();
+    let matriarch = matriarch_binary();
+    let logs = tempfile::tempdir().expect("temp dir");
+    // The lock lives 5 s: no failover can complete within 1 s.
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch-demo"))
+        .arg("--matriarch")
+        .arg(&matriarch)
+        .arg("--logs")
+        .arg(logs.path())
+        .args(["--failover-bound", "1"])
+        .output()
+        .expect("run matriarch-demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{context}");
+    for expected in [
+        "no failover within 1 s of the crash",
+        "no survivor took the leader lock",
+        "The end of the logs",
+        "----- node1 agent",
+        "----- etcd -----",
+    ] {
+        assert!(stderr.contains(expected), "no `{expected}` in\n{context}");
+    }
+    assert!(
+        stdout.contains("Stopped; data directories removed."),
+        "{context}"
+    );
+    let left = processes_mentioning(&logs.path().display().to_string());
+    assert!(left.is_empty(), "still running: {left:#?}");
+}
