@@ -193,8 +193,36 @@ impl Node {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// SIGTERM to the agent.
-    fn terminate(&self) {
+    /// The agent's pid, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL for the agent alone (its PostgreSQL is left to the write fence).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL for the postmaster alone (the agent keeps running; the postmaster's
+    /// children notice its death and exit). Whether there was one to kill.
+    pub fn kill_postmaster(&self) -> bool {
+        match self.postmaster_pid() {
+            Some(pid) => {
+                // SAFETY: kill(2) on the postmaster of this node's data directory.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGTERM to the agent (it steps down and exits; [`Node::exited`] reaps it).
+    pub fn terminate(&self) {
         if let Some(child) = &self.child {
             if let Ok(pid) = i32::try_from(child.id()) {
                 // SAFETY: kill(2) on our own child.
@@ -499,6 +527,63 @@ router:
             self.bind.log_tail()
         ));
         out
+    }
+
+    /// Waits for a primary and two streaming replicas; fails early when an agent
+    /// exits. The primary's index.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> Result<usize> {
+        let start = Instant::now();
+        loop {
+            crate::interrupt::check()?;
+            for node in &mut self.nodes {
+                if let Some(status) = node.exited() {
+                    return Err(DemoError::AgentExited {
+                        name: node.name.clone(),
+                        status,
+                    });
+                }
+            }
+            if let Some(primary) = self.healthy() {
+                return Ok(primary);
+            }
+            if start.elapsed() > timeout {
+                return Err(DemoError::Timeout {
+                    what: "a primary with two streaming replicas".into(),
+                    waited: timeout,
+                });
+            }
+            crate::interrupt::sleep(Duration::from_millis(250))?;
+        }
+    }
+
+    /// Waits (at most 15 s) until every agent's view of the cluster has caught up,
+    /// so that `ctl list` shows the state the health checks report.
+    pub fn settle(&mut self) -> Result<()> {
+        match crate::interrupt::wait_for(
+            "the member records to catch up",
+            Duration::from_secs(15),
+            Duration::from_millis(250),
+            || self.settled().then_some(()),
+        ) {
+            Err(DemoError::Timeout { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Waits until the writer's DNS name resolves to `ip` alone.
+    pub fn wait_dns(&self, ip: Ipv4Addr, timeout: Duration) -> Result<()> {
+        let name = self.writer_name();
+        crate::interrupt::wait_for(
+            "the DNS name to point at the primary",
+            timeout,
+            Duration::from_millis(100),
+            || {
+                (crate::dns::resolve_a(self.dns_server(), &name, Duration::from_millis(500))
+                    .ok()?
+                    == vec![ip])
+                .then_some(())
+            },
+        )
     }
 
     /// Stops everything this cluster started; safe to call twice.

@@ -21,14 +21,6 @@
 //! longer than `--failover-bound`, 30 s by default, or a step failed: the logs'
 //! tails are printed); 2 for a usage error; 130 when interrupted.
 
-mod cluster;
-mod dns;
-mod error;
-mod interrupt;
-mod timeline;
-mod watch;
-mod writer;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -37,18 +29,18 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
-use cluster::{Cluster, API_PASSWORD, API_USER, PG_PASSWORD, PG_USER};
-use error::{DemoError, Result};
-use timeline::{offset, Event};
-use watch::{LeaderWatch, LockEvent};
-use writer::{Target, Writer, WriterLog, TABLE};
+use matriarch_demo::cluster::{Cluster, API_PASSWORD, API_USER, PG_PASSWORD, PG_USER};
+use matriarch_demo::error::{DemoError, Result};
+use matriarch_demo::failover::{inject_and_measure, Fault, Measured};
+use matriarch_demo::timeline::{self, Event};
+use matriarch_demo::watch::LeaderWatch;
+use matriarch_demo::writer::{self, Target, Writer, WriterLog, TABLE};
+use matriarch_demo::{dns, interrupt};
 
 /// The failover must complete (promotion, DNS, first write) within this by default.
 const FAILOVER_BOUND: Duration = Duration::from_secs(30);
 /// How often the writer writes.
 const WRITE_INTERVAL: Duration = Duration::from_millis(10);
-/// How often the failover monitor polls the REST APIs and DNS.
-const POLL: Duration = Duration::from_millis(25);
 /// Steps, for the headings.
 const STEPS: usize = 7;
 
@@ -221,93 +213,17 @@ fn run(args: &Args, runtime: &Handle) -> Result<()> {
 /// The writer's view of the failover.
 struct WriterSummary {
     last_before: Option<writer::Ack>,
-    first_error: Option<writer::Failure>,
     first_after: Option<writer::Ack>,
 }
 
 fn writer_summary(log: &WriterLog, fault: Instant, old_ip: Ipv4Addr) -> WriterSummary {
     WriterSummary {
         last_before: log.acks.iter().rev().find(|a| a.server == old_ip).copied(),
-        first_error: log.failures.iter().find(|f| f.at >= fault).cloned(),
         first_after: log
             .acks
             .iter()
             .find(|a| a.at >= fault && a.server != old_ip)
             .copied(),
-    }
-}
-
-/// Waits for a primary and two streaming replicas; fails early when an agent exits.
-fn wait_healthy(cluster: &mut Cluster, timeout: Duration) -> Result<usize> {
-    let start = Instant::now();
-    loop {
-        interrupt::check()?;
-        for node in &mut cluster.nodes {
-            if let Some(status) = node.exited() {
-                return Err(DemoError::AgentExited {
-                    name: node.name.clone(),
-                    status,
-                });
-            }
-        }
-        if let Some(primary) = cluster.healthy() {
-            return Ok(primary);
-        }
-        if start.elapsed() > timeout {
-            return Err(DemoError::Timeout {
-                what: "a primary with two streaming replicas".into(),
-                waited: timeout,
-            });
-        }
-        interrupt::sleep(Duration::from_millis(250))?;
-    }
-}
-
-/// Waits (at most 15 s) until every agent's view of the cluster has caught up,
-/// so that `ctl list` shows the state the health checks report.
-fn settle(cluster: &mut Cluster) -> Result<()> {
-    match interrupt::wait_for(
-        "the member records to catch up",
-        Duration::from_secs(15),
-        Duration::from_millis(250),
-        || cluster.settled().then_some(()),
-    ) {
-        Err(DemoError::Timeout { .. }) => Ok(()),
-        other => other,
-    }
-}
-
-/// `text`, cut to `max` characters with an ellipsis, to keep table rows short.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let cut: String = text.chars().take(max.saturating_sub(3)).collect();
-        format!("{}...", cut.trim_end())
-    }
-}
-
-/// The events of a failover, printed as they are seen.
-struct Failover {
-    fault: Instant,
-    events: Vec<Event>,
-}
-
-impl Failover {
-    fn new(fault: Instant) -> Failover {
-        Failover {
-            fault,
-            events: Vec::new(),
-        }
-    }
-
-    fn record(&mut self, at: Instant, what: String, seen_by: &str) {
-        println!("    {}  {what}", offset(self.fault, at));
-        self.events.push(Event {
-            at,
-            what,
-            seen_by: seen_by.to_owned(),
-        });
     }
 }
 
@@ -357,7 +273,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
     println!(
         "    Waiting for one node to initdb and take the lock, and the others to clone it ..."
     );
-    let primary = wait_healthy(cluster, Duration::from_secs(120))?;
+    let primary = cluster.wait_healthy(Duration::from_secs(120))?;
     println!(
         "    Ready after {:.1} s: {} is the primary, the others stream from it.",
         boot.elapsed().as_secs_f64(),
@@ -380,7 +296,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
     );
 
     heading(2, "The cluster, as `matriarch ctl list` shows it");
-    settle(cluster)?;
+    cluster.settle()?;
     println!("{}", indent(&cluster.ctl(&["list"])));
     let timeline_before = cluster.nodes[primary].timeline();
 
@@ -449,21 +365,25 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
     println!(
         "    Nothing tells the others: they notice when {old_name}'s leader lock expires (ttl 5 s)."
     );
-    let measured = crash_and_measure(
+    let measured = inject_and_measure(
         cluster,
         old,
+        Fault::NodeCrash,
         runtime,
         &target,
         &watch,
         &writer,
         args.failover_bound,
+        true,
     )?;
     let Measured {
         fault,
         mut events,
         new,
-        writer: summary,
+        marks,
+        ..
     } = measured;
+    let summary = writer_summary(&writer.log(), fault, primary_ip);
     let new_name = cluster.nodes[new].name.clone();
     let new_ip = cluster.nodes[new].ip;
 
@@ -548,7 +468,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
             "    Its timeline: {after} (it was the primary on timeline {before}; the promotion of {new_name} started timeline {after})."
         );
     }
-    settle(cluster)?;
+    cluster.settle()?;
     println!("{}", indent(&cluster.ctl(&["list"])));
 
     // ------------------------------------------------------------------ the writes
@@ -589,6 +509,34 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
         Err(DemoError::Interrupted) => return Err(DemoError::Interrupted),
         Err(e) => println!("    {old_name} does not have the same rows as {new_name}: {e}"),
     }
+    let svg = args.logs.join("failover.svg");
+    let servers: Vec<(Ipv4Addr, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.ip, n.name.clone()))
+        .collect();
+    let end = summary.first_after.map_or(10.0, |a| {
+        timeline::offset_ms(fault, a.at) as f64 / 1000.0 + 3.0
+    });
+    let plot = matriarch_demo::failover::plot(
+        format!("matriarch demo: {old_name} crashed (agent and PostgreSQL SIGKILLed)"),
+        format!(
+            "a write every 10 ms through {name}; ttl 5 s, loop_wait 1 s; write unavailability {}; {missing} acknowledged writes missing",
+            unavailable.map_or_else(|| "?".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()))
+        ),
+        &servers,
+        &log.acks,
+        fault,
+        &marks,
+        (-2.0, end),
+    );
+    match std::fs::write(&svg, plot.svg()) {
+        Ok(()) => println!(
+            "    The failover as a plot (writes per 100 ms, events marked): {}",
+            svg.display()
+        ),
+        Err(e) => eprintln!("warning: cannot write {}: {e}", svg.display()),
+    }
     write_timeline_json(
         &args.logs,
         fault,
@@ -603,186 +551,6 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
         keep(cluster, &target, new, &args.logs);
     }
     Ok(())
-}
-
-/// What [`crash_and_measure`] saw.
-struct Measured {
-    /// When the crash was injected.
-    fault: Instant,
-    /// The events, in the order they were seen.
-    events: Vec<Event>,
-    /// The new primary.
-    new: usize,
-    /// The client's view.
-    writer: WriterSummary,
-}
-
-/// Crashes node `old` (the primary) and watches the failover: the leader key in
-/// etcd, the survivors' PostgreSQL and REST API, the DNS name and the writer, each
-/// event printed as it is seen. `Err(NoFailover)` when it does not complete within
-/// `bound`.
-fn crash_and_measure(
-    cluster: &mut Cluster,
-    old: usize,
-    runtime: &Handle,
-    target: &Target,
-    watch: &LeaderWatch,
-    writer: &Writer,
-    bound: Duration,
-) -> Result<Measured> {
-    let old_name = cluster.nodes[old].name.clone();
-    let primary_ip = cluster.nodes[old].ip;
-    let name = &target.name;
-    let survivors: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != old).collect();
-    // Open before the crash: these connections to the replicas see the promotion.
-    let mut probes: Vec<(usize, Option<tokio_postgres::Client>)> = survivors
-        .iter()
-        .map(|i| {
-            let ip = cluster.nodes[*i].ip;
-            (*i, runtime.block_on(target.connect(ip)).ok())
-        })
-        .collect();
-    let fault = Instant::now();
-    cluster.nodes[old].crash();
-    let mut failover = Failover::new(fault);
-    failover.record(
-        fault,
-        format!("{old_name} crashed (agent and PostgreSQL SIGKILLed)"),
-        "demo",
-    );
-    let mut lock_released = false;
-    let mut lock_taken = false;
-    let mut promoted: Option<usize> = None;
-    let mut rest_primary = false;
-    let mut dns_moved = false;
-    let mut first_error = false;
-    let mut first_after = false;
-    let poll = format!("polled every {} ms", POLL.as_millis());
-    let summary = loop {
-        interrupt::check()?;
-        for (at, event) in watch.events_since(fault) {
-            match event {
-                LockEvent::Released if !lock_released && !lock_taken => {
-                    lock_released = true;
-                    failover.record(
-                        at,
-                        format!("primary lost: {old_name}'s leader lock expired"),
-                        "etcd watch",
-                    );
-                }
-                LockEvent::Held(holder) if !lock_taken && holder != old_name => {
-                    lock_taken = true;
-                    failover.record(at, format!("lock taken by {holder}"), "etcd watch");
-                }
-                _ => {}
-            }
-        }
-        if promoted.is_none() {
-            for (i, client) in &mut probes {
-                let ip = cluster.nodes[*i].ip;
-                let in_recovery = runtime.block_on(async {
-                    if client.is_none() {
-                        *client = target.connect(ip).await.ok();
-                    }
-                    let c = client.as_ref()?;
-                    let sql = c.query_one("SELECT pg_is_in_recovery()", &[]);
-                    match tokio::time::timeout(Duration::from_millis(500), sql).await {
-                        Ok(Ok(row)) => row.try_get::<_, bool>(0).ok(),
-                        _ => None,
-                    }
-                });
-                match in_recovery {
-                    None => *client = None,
-                    Some(false) => {
-                        failover.record(
-                            Instant::now(),
-                            format!("{} promoted: out of recovery", cluster.nodes[*i].name),
-                            &format!("SQL, {poll}"),
-                        );
-                        promoted = Some(*i);
-                        break;
-                    }
-                    Some(true) => {}
-                }
-            }
-        }
-        if !rest_primary {
-            if let Some(i) = survivors.iter().find(|i| cluster.nodes[**i].is_primary()) {
-                rest_primary = true;
-                failover.record(
-                    Instant::now(),
-                    format!("{} answers 200 on REST /primary", cluster.nodes[*i].name),
-                    &format!("REST, {poll}"),
-                );
-            }
-        }
-        if !dns_moved {
-            let dns = dns::resolve_a(cluster.dns_server(), name, Duration::from_millis(500));
-            if let Ok([ip]) = dns.as_deref() {
-                if *ip != primary_ip && cluster.node_at(*ip).is_some() {
-                    dns_moved = true;
-                    failover.record(
-                        Instant::now(),
-                        format!("DNS moved: {name} -> {ip}"),
-                        &format!("DNS, {poll}"),
-                    );
-                }
-            }
-        }
-        let summary = writer_summary(&writer.log(), fault, primary_ip);
-        if let (Some(failure), false) = (&summary.first_error, first_error) {
-            first_error = true;
-            failover.record(
-                failure.at,
-                format!("first failed write ({})", shorten(&failure.message, 48)),
-                "client",
-            );
-        }
-        if let (Some(ack), false) = (&summary.first_after, first_after) {
-            first_after = true;
-            let by = cluster
-                .node_at(ack.server)
-                .map_or_else(|| ack.server.to_string(), |i| cluster.nodes[i].name.clone());
-            failover.record(
-                ack.at,
-                format!("first write accepted by {by} (id {})", ack.id),
-                "client",
-            );
-        }
-        if promoted.is_some() && rest_primary && dns_moved && first_after {
-            break summary;
-        }
-        if fault.elapsed() > bound {
-            let mut missing = Vec::new();
-            if !lock_taken {
-                missing.push("no survivor took the leader lock");
-            }
-            if promoted.is_none() {
-                missing.push("no survivor left recovery");
-            }
-            if !rest_primary {
-                missing.push("no survivor answered 200 on /primary");
-            }
-            if !dns_moved {
-                missing.push("the DNS name did not move");
-            }
-            if !first_after {
-                missing.push("the client wrote nothing after the crash");
-            }
-            return Err(DemoError::NoFailover {
-                bound,
-                missing: missing.join("; "),
-            });
-        }
-        std::thread::sleep(POLL);
-    };
-    let new = promoted.ok_or_else(|| DemoError::Setup("no promotion recorded".into()))?;
-    Ok(Measured {
-        fault,
-        events: failover.events,
-        new,
-        writer: summary,
-    })
 }
 
 /// Saves the timeline as JSON (for plots and comparisons) in `logs/timeline.json`.
@@ -880,11 +648,5 @@ mod tests {
         for bad in [&["--failover-bound", "0"][..], &["--logs"], &["--nope"]] {
             assert!(matches!(args(bad), Err(DemoError::Usage(_))), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn long_messages_are_shortened() {
-        assert_eq!(shorten("short", 10), "short");
-        assert_eq!(shorten("0123456789abc", 10), "0123456...");
     }
 }

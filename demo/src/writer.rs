@@ -223,3 +223,32 @@ async fn write_loop(
         }
     }
 }
+
+/// The ids in the writer's table, read on `ip`.
+pub async fn table_ids(
+    target: &Target,
+    ip: Ipv4Addr,
+) -> Result<std::collections::BTreeSet<i64>, String> {
+    let client = target.connect(ip).await?;
+    let rows = client
+        .query(&format!("SELECT id FROM {TABLE}"), &[])
+        .await
+        .map_err(|e| describe(&e))?;
+    rows.iter()
+        .map(|row| row.try_get::<_, i64>(0))
+        .collect::<Result<_, _>>()
+        .map_err(|e| describe(&e))
+}
+
+/// Creates the writer's table on the primary behind the name if it is missing, and
+/// empties it (the ids start at 1 again with each [`Writer`]).
+pub async fn fresh_table(target: &Target) -> Result<(), String> {
+    let (client, ip) = target.connect_by_name().await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, \
+             written_at timestamptz NOT NULL DEFAULT clock_timestamp()); TRUNCATE {TABLE}"
+        ))
+        .await
+        .map_err(|e| format!("{ip}: {}", describe(&e)))
+}

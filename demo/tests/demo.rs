@@ -2,42 +2,14 @@
 //! BIND and PostgreSQL. It must finish, print the failover timeline and the count of
 //! lost acknowledged writes, show the crashed node rejoin, and leave nothing running.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The workspace's `target/debug/matriarch`, built when it is missing.
-///
-/// `cargo test --workspace` builds it anyway (for the daemon's own end-to-end tests);
-/// `cargo test -p matriarch-demo` alone may find none, or an old one: rebuild with
-/// `cargo build -p matriarch` then.
-fn matriarch_binary() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().unwrap_or(manifest);
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                root.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("debug").join("matriarch");
-    if !binary.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "matriarch"])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build -p matriarch");
-        assert!(status.success(), "cargo build -p matriarch failed");
-    }
-    assert!(binary.is_file(), "{} is missing", binary.display());
-    binary
-}
+use common::{matriarch_binary, processes_mentioning};
 
 /// Serializes the tests that run a cluster: two clusters of three PostgreSQL
 /// servers at once are too much for a two-core machine.
@@ -45,27 +17,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        if !entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            continue;
-        }
-        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(cmdline);
-            }
-        }
-    }
-    found
 }
 
 #[test]
@@ -107,9 +58,16 @@ fn the_demo_fails_over_reports_the_timeline_and_cleans_up() {
         "streams from node",
         "(now a replica) has the same",
         "Stopped; data directories removed.",
+        "The failover as a plot (writes per 100 ms, events marked): ",
     ] {
         assert!(stdout.contains(expected), "no `{expected}` in\n{context}");
     }
+    // The plot.
+    let svg = fs::read_to_string(logs.path().join("failover.svg")).expect("failover.svg");
+    assert!(
+        svg.starts_with("<svg ") && svg.contains("lock taken ("),
+        "{svg}"
+    );
     // The timeline, as JSON.
     let timeline: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(logs.path().join("timeline.json")).expect("timeline.json"),

@@ -41,7 +41,13 @@ commands:
   sim [--seeds N] [--first-seed F] [--seed S]
                 the deterministic cluster simulation (release build): N seeds of
                 mixed faults from F (default 20000 from 1), or replay seed S with its trace
-  bench         benchmarks (not yet implemented)
+  bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
+                deps, release build, then the failover benchmark: N runs (default 5)
+                of node-crash, postgres-crash, agent-kill, switchover, sigterm;
+                target/bench/failover.json, failover-<scenario>.svg, a table
+  bench stability [--minutes M]
+                pgbench for M minutes (default 10) against the primary, counting
+                failovers nothing caused; target/bench/stability.json
   chaos         chaos tests against real services (not yet implemented)
   help          show this message
 ";
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "demo" => demo(rest),
         "sim" => sim(rest),
-        "bench" => return not_yet("bench", "benchmarks"),
+        "bench" => bench(rest),
         "chaos" => return not_yet("chaos", "chaos tests"),
         other => {
             eprintln!("cargo xtask: unknown command `{other}`\n\n{USAGE}");
@@ -314,6 +320,86 @@ fn demo(args: &[String]) -> Result {
         _ => Err(Failure(format!(
             "the demo failed ({status}); node logs are in {}",
             target.join("demo").display()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------- bench
+
+/// `cargo xtask bench failover|stability [args]`: deps, a release build of
+/// `matriarch` and `matriarch-bench` (these are figures), then the benchmark
+/// (`demo/src/bin/bench.rs`) with the built daemon; results in target/bench.
+fn bench(args: &[String]) -> Result {
+    match args.first().map(String::as_str) {
+        Some("failover" | "stability") => {}
+        Some("-h" | "--help") => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        other => {
+            return Err(Failure(format!(
+                "`bench` needs `failover` or `stability`, got {other:?} (see `cargo xtask help`)"
+            )))
+        }
+    }
+    step("deps", deps())?;
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("==> cargo xtask bench: release build");
+    step(
+        "build",
+        run(Command::new(&cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "matriarch",
+                "-p",
+                "matriarch-demo",
+            ])
+            .current_dir(&root)),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                root.join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| root.join("target"));
+    let release = target.join("release");
+    let mut cmd = Command::new(release.join("matriarch-bench"));
+    cmd.args(args)
+        .arg("--matriarch")
+        .arg(release.join("matriarch"))
+        .arg("--out")
+        .arg(target.join("bench"))
+        .current_dir(&root);
+    let what = render(&cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure(format!("cannot run `{what}`: {e}")))?;
+    // As for the demo: Ctrl-C is the benchmark's to handle (it stops the cluster).
+    // SAFETY: setting a signal disposition to SIG_IGN and back installs no handler.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let status = child.wait();
+    // SAFETY: as above.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+    let status = status.map_err(|e| Failure(format!("waiting for `{what}`: {e}")))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(130) => Err(Failure(
+            "interrupted; the benchmark stopped everything".into(),
+        )),
+        _ => Err(Failure(format!(
+            "the benchmark failed or missed a check ({status}); results and logs are in {}",
+            target.join("bench").display()
         ))),
     }
 }

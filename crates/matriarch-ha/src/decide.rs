@@ -824,7 +824,14 @@ fn follower(
                 plan.push(Action::Demote(DemoteMode::Graceful));
                 return plan.done(EngineRole::Demoting, "former primary: stopping to rewind");
             }
+            // Only a leader on a newer timeline can have a history this
+            // replica diverged from; on the same timeline a silent upstream is
+            // just down (a dead leader must not make its replicas stop).
+            let leader_ahead = member(view, holder)
+                .and_then(|m| m.timeline)
+                .is_some_and(|theirs| inputs.local.timeline.is_none_or(|ours| theirs > ours));
             if upstream.as_ref() == Some(holder)
+                && leader_ahead
                 && inputs.memory.loops_not_streaming >= LOOPS_BEFORE_REWIND
             {
                 plan.push(Action::Demote(DemoteMode::Graceful));

@@ -79,6 +79,8 @@ pub struct EngineStatus {
     pub paused: bool,
     /// Loops run so far.
     pub loops: u64,
+    /// The dynamic configuration the engine decides with.
+    pub config: ClusterConfig,
 }
 
 /// A cheap read handle on [`EngineStatus`].
@@ -239,6 +241,7 @@ where
             dcs_reachable: false,
             paused: false,
             loops: 0,
+            config: settings.bootstrap_config.clone(),
         });
         Engine {
             dcs: Arc::new(dcs),
@@ -471,6 +474,7 @@ where
             dcs_reachable: matches!(dcs, DcsObservation::View(_)),
             paused: self.config.pause,
             loops: self.loops,
+            config: self.config.clone(),
         });
         decision
     }
@@ -529,7 +533,9 @@ where
         for action in &decision.actions {
             // A plan is only as good as the observation it came from: after a
             // pause (GC, SIGSTOP, a slow disk) the rest of it may be wrong.
-            if self.clock.now().saturating_sub(decided_at) > self.config.retry_timeout {
+            // (A slow promotion is no pause: only a gap as long as the lock's
+            // own lifetime makes the rest of the plan suspect.)
+            if self.clock.now().saturating_sub(decided_at) > self.config.ttl {
                 warn!(member = %self.name(), ?action, "plan went stale: deciding again");
                 break;
             }

@@ -1001,6 +1001,13 @@ fn replica_that_never_streams_from_its_leader_stops_to_rewind() {
     let mut world = World::new("b");
     world.leader("a").replica(Some("a"), 500, 1);
     world.local.receiving = false;
+    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND + 5;
+    // A leader on the same timeline that does not stream is down, not ahead:
+    // its replicas keep running to race when its lock expires.
+    world.peer("a", Role::Primary, 500, 1);
+    assert!(acts(&world.decide()).is_empty());
+    world.peer("a", Role::Primary, 600, 2);
+    world.local.receiving = false;
     world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND - 1;
     assert!(
         acts(&world.decide()).is_empty(),

@@ -188,6 +188,8 @@ struct Node {
     status_age: Option<Duration>,
     timeline: Option<u32>,
     wal_position: Option<Lsn>,
+    /// The dynamic configuration this node's engine decides with.
+    config: ClusterConfig,
 }
 
 impl Node {
@@ -265,6 +267,7 @@ impl ApiState {
             status_age: cache.status_at.map(|at| at.elapsed()),
             timeline: status.timeline.map(|t| t.0),
             wal_position: status.wal_position,
+            config: status.config,
         }
     }
 
@@ -300,6 +303,9 @@ impl ApiState {
             "leader": node.leader.as_ref().map(MemberName::as_str),
             "tags": node.tags,
             "loops": node.loops,
+            // What this node's engine decides with (the DCS `config` key once
+            // it adopted it): lets an operator see a change reach each node.
+            "dynamic_config": serde_json::to_value(&node.config).unwrap_or(Value::Null),
         });
         if let Some(version) = cache.server_version {
             body["server_version"] = json!(version);

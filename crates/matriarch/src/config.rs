@@ -1079,7 +1079,7 @@ postgresql:
         let (config, v) = NodeConfig::parse(text, no_env).unwrap();
         assert_eq!(v.api_url, "http://10.0.0.11:8008/patroni");
         assert_eq!(v.conn_url, "postgres://10.0.0.11:5432/postgres");
-        assert_eq!(v.bootstrap_dcs.ttl, std::time::Duration::from_secs(30));
+        assert_eq!(v.bootstrap_dcs.ttl, std::time::Duration::from_secs(5));
         assert_eq!(v.allowlist.len(), 2);
         assert!(config.router.elb.is_none() && config.router.dns.is_none());
     }

@@ -123,3 +123,33 @@ fn a_missing_file_is_reported() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/node.yaml"));
 }
+
+/// A `MATRIARCH_*` override is validated like the file: a bad value stops
+/// the start with a message naming the variable or the key it sets, and
+/// nothing is created.
+#[test]
+fn bad_environment_overrides_exit_non_zero_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    for (var, value, needle) in [
+        ("MATRIARCH_LOG_FORMAT", "xml", "MATRIARCH_LOG_FORMAT"),
+        (
+            "MATRIARCH_POSTGRESQL_LISTEN",
+            "localhost",
+            "postgresql.listen",
+        ),
+        ("MATRIARCH_RESTAPI_LISTEN", "nowhere", "restapi.listen"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(needle), "{var}={value}: {stderr}");
+    }
+    assert!(!std::path::Path::new("/tmp/matriarch-bad-config-never-created").exists());
+}

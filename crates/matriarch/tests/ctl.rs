@@ -921,8 +921,17 @@ fn real_daemon_switchover_by_ctl() {
         rows.iter()
             .any(|r| r["Member"] == "pg2" && r["Role"] == "Leader" && r["State"] == "running")
     });
-    let out = ctl(&["history", "--format", "json", "--api", &apis]);
-    let history: Value = serde_json::from_slice(&out.stdout).expect("history json");
+    // The new leader records the timeline switch after its promotion, and
+    // each API serves the DCS view it last refreshed: allow a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let out = ctl(&["history", "--format", "json", "--api", &apis]);
+        let history: Value = serde_json::from_slice(&out.stdout).expect("history json");
+        if history.as_array().map(Vec::len) == Some(1) || std::time::Instant::now() > deadline {
+            break history;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
     drop((pg1, pg2));
     drop(etcd);

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{serial, wait_for, Cluster, DcsSpec, Options};
+use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
 use matriarch_testkit::EtcdServer;
 
 fn etcd() -> (EtcdServer, DcsSpec) {
@@ -855,4 +855,449 @@ fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
         "CREATE TABLE through_haproxy (v int)",
     )
     .unwrap_or_else(|e| panic!("write through HAProxy: {e}"));
+}
+
+/// Rewrites node `i`'s config file with `from` replaced by `to` (before the
+/// node starts, or before a restart).
+fn edit_config(cluster: &Cluster, i: usize, from: &str, to: &str) {
+    let path = &cluster.nodes[i].config;
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// Waits until node `i` answers 200 on `/replica`.
+fn wait_replica(cluster: &Cluster, i: usize, timeout: Duration) -> bool {
+    wait_for(timeout, || {
+        (cluster.nodes[i].status("/replica") == 200).then_some(())
+    })
+    .is_some()
+}
+
+/// The DCS key of the pending switchover (Patroni's `failover`).
+const FAILOVER_KEY: &str = "/service/e2e/failover";
+
+/// A switchover scheduled a few seconds ahead is accepted at once (202),
+/// changes nothing before its time and happens after it: the candidate
+/// leads, the `failover` key is gone, the old primary follows. A time in
+/// the past is refused (422) and leaves nothing behind.
+#[test]
+fn scheduled_switchover_happens_at_its_time() {
+    let _serial = serial();
+    let (etcd, dcs) = etcd();
+    let cluster = Cluster::start(3, dcs, Options::default());
+    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let candidate = (old + 1) % 3;
+    let other = (old + 2) % 3;
+    let leader_name = cluster.nodes[old].name.clone();
+    let candidate_name = cluster.nodes[candidate].name.clone();
+    let request = |at: chrono::DateTime<chrono::Utc>| {
+        format!(
+            "{{\"leader\": \"{leader_name}\", \"candidate\": \"{candidate_name}\", \"scheduled_at\": \"{}\"}}",
+            at.to_rfc3339()
+        )
+    };
+
+    // A time in the past is refused and leaves nothing behind.
+    let past = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let r = cluster.nodes[other].call("POST", "/switchover", &request(past), true);
+    assert_eq!(r.status, 422, "{}", r.body_text());
+    assert!(r.body_text().contains("past"), "{}", r.body_text());
+    assert_eq!(etcd_get(&etcd.client_url(), FAILOVER_KEY), None);
+
+    // Scheduled 8 s ahead, through a replica's API: accepted at once.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(8);
+    let posted = Instant::now();
+    let r = cluster.nodes[other].call("POST", "/switchover", &request(at), true);
+    assert_eq!(r.status, 202, "{}\n{}", r.body_text(), cluster.logs());
+    assert!(r.body_text().contains("scheduled"), "{}", r.body_text());
+    assert!(
+        posted.elapsed() < Duration::from_secs(5),
+        "a scheduled switchover must not wait for its outcome"
+    );
+    assert!(etcd_get(&etcd.client_url(), FAILOVER_KEY).is_some());
+    // Each node's /cluster shows it once its view refreshed.
+    let scheduled = wait_for(Duration::from_secs(3), || {
+        let s = get_json(&cluster.nodes[old], "/cluster")["scheduled_switchover"].clone();
+        (!s.is_null()).then_some(s)
+    })
+    .unwrap_or_default();
+    assert_eq!(scheduled["from"], leader_name.as_str(), "{scheduled}");
+    assert_eq!(scheduled["to"], candidate_name.as_str(), "{scheduled}");
+
+    // Until its time nothing changes; after it the candidate leads. Every
+    // observation is checked against the wall clock it was made at (the
+    // agents share this host's clock; 500 ms covers one poll).
+    let mut checked_before = 0;
+    let led_at = wait_for(Duration::from_secs(40), || {
+        let now = chrono::Utc::now();
+        let old_primary = cluster.nodes[old].status("/primary") == 200;
+        let candidate_primary = cluster.nodes[candidate].status("/primary") == 200;
+        if now < at - chrono::Duration::milliseconds(500) {
+            assert!(
+                old_primary && !candidate_primary,
+                "the leader changed {} ms before the scheduled time\n{}",
+                (at - now).num_milliseconds(),
+                cluster.logs()
+            );
+            checked_before += 1;
+        }
+        candidate_primary.then_some(now)
+    })
+    .unwrap_or_else(|| panic!("the candidate never led\n{}", cluster.logs()));
+    assert!(
+        checked_before >= 10,
+        "only {checked_before} checks before the time"
+    );
+    assert!(
+        led_at >= at - chrono::Duration::milliseconds(500),
+        "led at {led_at}, scheduled for {at}"
+    );
+    assert!(
+        led_at < at + chrono::Duration::seconds(20),
+        "led at {led_at}, long after {at}"
+    );
+    assert_eq!(cluster.primary(), Some(candidate), "{}", cluster.logs());
+
+    // The request is consumed: the key is gone and /cluster shows no schedule.
+    assert!(
+        wait_for(Duration::from_secs(10), || etcd_get(
+            &etcd.client_url(),
+            FAILOVER_KEY
+        )
+        .is_none()
+        .then_some(()))
+        .is_some(),
+        "the failover key outlived the switchover: {:?}",
+        etcd_get(&etcd.client_url(), FAILOVER_KEY)
+    );
+    assert!(get_json(&cluster.nodes[candidate], "/cluster")
+        .get("scheduled_switchover")
+        .is_none());
+
+    // The old primary follows the new one, and sees its writes.
+    assert!(
+        wait_replica(&cluster, old, Duration::from_secs(60)),
+        "the old primary did not rejoin as a replica\n{}",
+        cluster.logs()
+    );
+    cluster.nodes[candidate]
+        .psql("CREATE TABLE scheduled (v int); INSERT INTO scheduled VALUES (1)")
+        .unwrap_or_else(|e| panic!("write on the new primary: {e}\n{}", cluster.logs()));
+    assert!(
+        cluster.wait_sql(
+            old,
+            "SELECT count(*) FROM scheduled",
+            "1",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        cluster.logs()
+    );
+}
+
+/// The WAL positions `/patroni` reports: the primary's location, or a
+/// replica's (received, replayed).
+fn positions(node: &common::Node) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let status = get_json(node, "/patroni");
+    let xlog = &status["xlog"];
+    (
+        xlog["location"].as_u64(),
+        xlog["received_location"].as_u64(),
+        xlog["replayed_location"].as_u64(),
+    )
+}
+
+/// Between two replicas at the same WAL position, the one with the higher
+/// `failover_priority` tag is promoted when the primary crashes.
+#[test]
+fn failover_priority_decides_between_equally_fresh_replicas() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let mut cluster = Cluster::configure(3, dcs, Options::default());
+    // node1 bootstraps alone; node2 keeps failover_priority 1, node3 gets 5.
+    // On a tie of position and priority the lower name wins, so without the
+    // priority node2 would be promoted.
+    edit_config(
+        &cluster,
+        2,
+        "  failover_priority: 1\n",
+        "  failover_priority: 5\n",
+    );
+    cluster.nodes[0].start(&[]);
+    cluster.wait_healthy(0, Duration::from_secs(60));
+    cluster.nodes[1].start(&[]);
+    cluster.nodes[2].start(&[]);
+    assert_eq!(cluster.wait_healthy(2, Duration::from_secs(60)), 0);
+    cluster.nodes[0]
+        .psql("CREATE TABLE prio (v int); INSERT INTO prio VALUES (1)")
+        .unwrap();
+    // No more writes: wait until both replicas have received and replayed
+    // everything the primary wrote, and it stays so for a second.
+    let all_caught_up = || {
+        let (Some(primary), _, _) = positions(&cluster.nodes[0]) else {
+            return false;
+        };
+        [1, 2].iter().all(|i| {
+            let (_, received, replayed) = positions(&cluster.nodes[*i]);
+            received == Some(primary) && replayed == Some(primary)
+        })
+    };
+    let equal = wait_for(Duration::from_secs(30), || {
+        if !all_caught_up() {
+            return None;
+        }
+        let before = positions(&cluster.nodes[0]);
+        std::thread::sleep(Duration::from_secs(1));
+        (all_caught_up() && positions(&cluster.nodes[0]) == before).then_some(())
+    });
+    assert!(
+        equal.is_some(),
+        "the replicas did not catch up: {:?} {:?} {:?}\n{}",
+        positions(&cluster.nodes[0]),
+        positions(&cluster.nodes[1]),
+        positions(&cluster.nodes[2]),
+        cluster.logs()
+    );
+    cluster.nodes[0].kill_agent();
+    cluster.nodes[0].kill_postgres();
+    let new = new_primary(&cluster, 0, Duration::from_secs(30));
+    assert_eq!(
+        new,
+        2,
+        "the failover_priority 5 replica was not promoted\n{}",
+        cluster.logs()
+    );
+    // The other replica follows it, and the cluster takes writes.
+    cluster.nodes[2]
+        .psql("INSERT INTO prio VALUES (2)")
+        .unwrap_or_else(|e| panic!("write on the new primary: {e}\n{}", cluster.logs()));
+    assert!(
+        cluster.wait_sql(1, "SELECT count(*) FROM prio", "2", Duration::from_secs(30)),
+        "node2 does not follow node3\n{}",
+        cluster.logs()
+    );
+    assert_eq!(cluster.primary(), Some(2));
+}
+
+/// `failover_priority: 0` works like `nofailover`: the replica is neither
+/// promoted when it is the last one left, nor accepted as a switchover
+/// candidate.
+#[test]
+fn a_failover_priority_zero_replica_is_never_promoted() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let mut cluster = Cluster::configure(2, dcs, Options::default());
+    edit_config(
+        &cluster,
+        1,
+        "  failover_priority: 1\n",
+        "  failover_priority: 0\n",
+    );
+    cluster.nodes[0].start(&[]);
+    cluster.wait_healthy(0, Duration::from_secs(60));
+    cluster.nodes[1].start(&[]);
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+    // Nor by request: a switchover to it is refused.
+    let body = format!(
+        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
+        cluster.nodes[0].name, cluster.nodes[1].name
+    );
+    let r = cluster.nodes[0].call("POST", "/switchover", &body, true);
+    assert_eq!(r.status, 412, "{}", r.body_text());
+    cluster.nodes[0].kill_agent();
+    cluster.nodes[0].kill_postgres();
+    // Three ttls later node2 is still a replica and refuses writes.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        cluster.nodes[1].status("/primary"),
+        503,
+        "{}",
+        cluster.logs()
+    );
+    assert!(cluster.nodes[1].psql("CREATE TABLE nope (v int)").is_err());
+    // The old primary comes back and leads again; node2 follows it.
+    cluster.nodes[0].start(&[]);
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+}
+
+/// The ttl the etcd lease behind `key` was granted with.
+fn lease_ttl_of(etcd_url: &str, key: &str) -> Option<i64> {
+    let (_, lease) = etcd_get(etcd_url, key)?;
+    common::etcd_lease_granted_ttl(etcd_url, lease)
+}
+
+/// HA loops node `i` ran during `window`.
+fn loops_during(cluster: &Cluster, i: usize, window: Duration) -> u64 {
+    let loops = || {
+        get_json(&cluster.nodes[i], "/patroni")["loops"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = loops();
+    std::thread::sleep(window);
+    loops() - before
+}
+
+/// PATCH /config through one node reaches every node: each serves it, each
+/// engine reports it in force (`/patroni` `dynamic_config`) and acts on it
+/// (its etcd lease follows the new ttl, its loop the new loop_wait).
+#[test]
+fn a_dynamic_config_change_reaches_every_node() {
+    let _serial = serial();
+    let (etcd, dcs) = etcd();
+    let cluster = Cluster::start(3, dcs, Options::default());
+    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
+    let url = etcd.client_url();
+    for node in &cluster.nodes {
+        let key = format!("/service/e2e/members/{}", node.name);
+        assert_eq!(lease_ttl_of(&url, &key), Some(4), "{key}");
+    }
+    let fast = loops_during(&cluster, primary, Duration::from_secs(3));
+
+    // The change goes through a replica's API: any node takes it.
+    let through = (primary + 1) % 3;
+    let change = "{\"ttl\": 12, \"loop_wait\": 3, \"retry_timeout\": 2, \"maximum_lag_on_failover\": 1048576}";
+    let r = cluster.nodes[through].call("PATCH", "/config", change, true);
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), cluster.logs());
+    let answered: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answered["loop_wait"], 3, "{answered}");
+
+    for node in &cluster.nodes {
+        // The cluster's configuration, as every node serves it...
+        let config = get_json(node, "/config");
+        assert_eq!(config["ttl"], 12, "{}: {config}", node.name);
+        assert_eq!(config["loop_wait"], 3, "{}: {config}", node.name);
+        assert_eq!(
+            config["maximum_lag_on_failover"], 1048576,
+            "{}: {config}",
+            node.name
+        );
+        // ... is the one its engine adopted ...
+        let adopted = wait_for(Duration::from_secs(10), || {
+            let in_force = get_json(node, "/patroni")["dynamic_config"].clone();
+            (in_force["ttl"] == 12
+                && in_force["loop_wait"] == 3
+                && in_force["retry_timeout"] == 2
+                && in_force["maximum_lag_on_failover"] == 1048576)
+                .then_some(())
+        });
+        assert!(
+            adopted.is_some(),
+            "{} did not adopt the change: {}\n{}",
+            node.name,
+            get_json(node, "/patroni"),
+            cluster.logs()
+        );
+        // ... and uses: its DCS keys now live 12 s.
+        let key = format!("/service/e2e/members/{}", node.name);
+        let renewed = wait_for(Duration::from_secs(15), || {
+            (lease_ttl_of(&url, &key) == Some(12)).then_some(())
+        });
+        assert!(
+            renewed.is_some(),
+            "{key} is still on a {:?} s lease\n{}",
+            lease_ttl_of(&url, &key),
+            cluster.logs()
+        );
+    }
+    assert_eq!(lease_ttl_of(&url, "/service/e2e/leader"), Some(12));
+    // The engines loop every 3 s instead of every second.
+    let slow = loops_during(&cluster, primary, Duration::from_secs(9));
+    assert!(
+        fast >= 2 && slow <= 5,
+        "loops: {fast} in 3 s at loop_wait 1, {slow} in 9 s at loop_wait 3"
+    );
+    assert_eq!(cluster.primary(), Some(primary));
+}
+
+/// A former primary whose data went further than the new primary's fork
+/// (writes that no replica received) comes back by pg_rewind, not by a
+/// new clone: its diverged rows are gone and it follows the new timeline.
+#[test]
+fn the_former_primary_rejoins_by_pg_rewind() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let mut cluster = Cluster::configure(2, dcs, Options::default());
+    cluster.nodes[0].start(&[]);
+    cluster.wait_healthy(0, Duration::from_secs(60));
+    cluster.nodes[1].start(&[]);
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+    cluster.nodes[0]
+        .psql("CREATE TABLE rw (v int); INSERT INTO rw VALUES (1)")
+        .unwrap();
+    assert!(cluster.wait_sql(1, "SELECT count(*) FROM rw", "1", Duration::from_secs(20)));
+
+    // node2 goes down entirely; node1 alone takes writes node2 never gets.
+    cluster.nodes[1].kill_agent();
+    cluster.nodes[1].kill_postgres();
+    cluster.nodes[0]
+        .psql("INSERT INTO rw SELECT 100 + g FROM generate_series(1, 10) g")
+        .unwrap_or_else(|e| panic!("write on the lone primary: {e}\n{}", cluster.logs()));
+    // Then node1 dies too, without a clean shutdown.
+    cluster.nodes[0].kill_agent();
+    cluster.nodes[0].kill_postgres();
+
+    // node2 comes back alone: once node1's lock expires it is promoted, on a
+    // new timeline that forks before node1's last writes.
+    cluster.nodes[1].start(&[]);
+    let writable = wait_for(Duration::from_secs(40), || {
+        cluster.nodes[1].psql("INSERT INTO rw VALUES (2)").ok()
+    });
+    assert!(
+        writable.is_some(),
+        "node2 was not promoted\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        cluster.nodes[1].psql("SELECT count(*) FROM rw").unwrap(),
+        "2",
+        "node2 has node1's last writes: no divergence to test"
+    );
+
+    // node1 restarts: its data directory diverged, so it must rewind, then
+    // follow node2.
+    let log_before = std::fs::read_to_string(&cluster.nodes[0].log)
+        .unwrap_or_default()
+        .len();
+    cluster.nodes[0].start(&[]);
+    assert!(
+        wait_replica(&cluster, 0, Duration::from_secs(60)),
+        "node1 did not rejoin\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.wait_sql(
+            0,
+            "SELECT string_agg(v::text, ',' ORDER BY v) FROM rw",
+            "1,2",
+            Duration::from_secs(30)
+        ),
+        "node1 does not hold exactly node2's rows: {:?}\n{}",
+        cluster.nodes[0].psql("SELECT string_agg(v::text, ',' ORDER BY v) FROM rw"),
+        cluster.logs()
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[0].log).unwrap_or_default();
+    let since_restart = &log[log_before..];
+    assert!(
+        since_restart.contains("rewinding with pg_rewind"),
+        "no pg_rewind in node1's log:\n{since_restart}"
+    );
+    assert!(
+        !since_restart.contains("cloning a replica"),
+        "node1 was re-cloned, not rewound:\n{since_restart}"
+    );
+    // It is on node2's timeline now.
+    let timeline = get_json(&cluster.nodes[1], "/patroni")["timeline"].clone();
+    assert_eq!(timeline, 2, "node2 after one promotion");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            (get_json(&cluster.nodes[0], "/patroni")["timeline"] == timeline).then_some(())
+        })
+        .is_some(),
+        "{}",
+        get_json(&cluster.nodes[0], "/patroni")
+    );
+    cluster.nodes[1].psql("INSERT INTO rw VALUES (3)").unwrap();
+    assert!(cluster.wait_sql(0, "SELECT count(*) FROM rw", "3", Duration::from_secs(20)));
 }

@@ -465,3 +465,52 @@ impl Drop for HaProxy {
         let _ = self.child.wait();
     }
 }
+
+/// One key read straight from etcd's JSON gateway (`/v3/kv/range`), so a
+/// scenario can check what the agents left in the DCS without going
+/// through them: `None` when the key is absent, else its value and lease id
+/// (0 without a lease). Panics if etcd does not answer.
+pub fn etcd_get(client_url: &str, key: &str) -> Option<(String, i64)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
+    let response = http_request(
+        "POST",
+        &format!("{client_url}/v3/kv/range"),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .expect("etcd answers /v3/kv/range");
+    let reply: serde_json::Value =
+        serde_json::from_slice(&response.body).expect("etcd's range reply is JSON");
+    let kv = reply["kvs"].as_array()?.first()?;
+    let value = kv["value"]
+        .as_str()
+        .and_then(|v| b64.decode(v).ok())
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    // The gateway writes int64 as a JSON string; absent means 0.
+    let lease = kv["lease"]
+        .as_str()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    Some((value, lease))
+}
+
+/// The TTL an etcd lease was granted with (`/v3/lease/timetolive`), if it
+/// is still alive.
+pub fn etcd_lease_granted_ttl(client_url: &str, lease: i64) -> Option<i64> {
+    let body = serde_json::json!({ "ID": lease }).to_string();
+    let response = http_request(
+        "POST",
+        &format!("{client_url}/v3/lease/timetolive"),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .ok()?;
+    let reply: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
+    // An expired lease reports ttl -1.
+    let ttl: i64 = reply["TTL"].as_str()?.parse().ok()?;
+    (ttl >= 0).then_some(())?;
+    reply["grantedTTL"].as_str()?.parse().ok()
+}
