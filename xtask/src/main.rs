@@ -257,6 +257,26 @@ fn moto_venv() -> Result {
 
 // ---------------------------------------------------------------------------- demo
 
+/// Runs a program that handles Ctrl-C itself (the demo and the benchmark stop
+/// their cluster and clean up): Ctrl-C goes to the whole terminal group, so this
+/// process ignores it while waiting instead of dying first.
+fn run_owning_ctrl_c(cmd: &mut Command) -> Result<std::process::ExitStatus> {
+    let what = render(cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure(format!("cannot run `{what}`: {e}")))?;
+    // SAFETY: setting a signal disposition to SIG_IGN and back installs no handler.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let status = child.wait();
+    // SAFETY: as above.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+    status.map_err(|e| Failure(format!("waiting for `{what}`: {e}")))
+}
+
 /// `cargo xtask demo [--keep]`: deps, then builds `matriarch` and `matriarch-demo`
 /// and runs the demo (crates in `demo/`) with the built daemon.
 fn demo(args: &[String]) -> Result {
@@ -298,22 +318,7 @@ fn demo(args: &[String]) -> Result {
     if keep {
         cmd.arg("--keep");
     }
-    let what = render(&cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Failure(format!("cannot run `{what}`: {e}")))?;
-    // Ctrl-C goes to the whole terminal group: the demo handles it (stops the cluster
-    // and cleans up); this process waits for that instead of dying first.
-    // SAFETY: setting a signal disposition to SIG_IGN and back installs no handler.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
-    let status = child.wait();
-    // SAFETY: as above.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-    }
-    let status = status.map_err(|e| Failure(format!("waiting for `{what}`: {e}")))?;
+    let status = run_owning_ctrl_c(&mut cmd)?;
     match status.code() {
         Some(0) => Ok(()),
         Some(130) => Err(Failure("interrupted; the demo stopped everything".into())),
@@ -377,21 +382,7 @@ fn bench(args: &[String]) -> Result {
         .arg("--out")
         .arg(target.join("bench"))
         .current_dir(&root);
-    let what = render(&cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Failure(format!("cannot run `{what}`: {e}")))?;
-    // As for the demo: Ctrl-C is the benchmark's to handle (it stops the cluster).
-    // SAFETY: setting a signal disposition to SIG_IGN and back installs no handler.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
-    let status = child.wait();
-    // SAFETY: as above.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-    }
-    let status = status.map_err(|e| Failure(format!("waiting for `{what}`: {e}")))?;
+    let status = run_owning_ctrl_c(&mut cmd)?;
     match status.code() {
         Some(0) => Ok(()),
         Some(130) => Err(Failure(

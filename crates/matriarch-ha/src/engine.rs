@@ -627,10 +627,11 @@ where
             .await
             .map_err(|e| e.to_string()),
             Action::AcquireLock => {
+                let sent_at = self.clock.now();
                 match bounded("acquire_leader", retry, self.dcs.acquire_leader(&me, ttl)).await {
                     Ok(true) => {
                         info!(cluster = %self.dcs.layout().scope(), member = %me, "took the leader lock");
-                        self.arm_fence().await;
+                        self.arm_fence(sent_at).await;
                         Ok(())
                     }
                     Ok(false) => Err("another member holds the lock".to_owned()),
@@ -641,8 +642,7 @@ where
                 let sent_at = self.clock.now();
                 match bounded("renew_leader", retry, self.dcs.renew_leader(&me, ttl)).await {
                     Ok(()) => {
-                        self.memory.lock_renewed_at = Some(sent_at);
-                        self.arm_fence().await;
+                        self.arm_fence(sent_at).await;
                         if let Some(optime) = local
                             .wal_position
                             .filter(|_| local.role == LocalRole::Primary)
@@ -883,11 +883,14 @@ where
         (1..timeline.0).any(|t| !recorded.contains(&t))
     }
 
-    async fn arm_fence(&self) {
-        let (Some(fence), Some(renewed)) = (&self.fence, self.memory.lock_renewed_at) else {
+    /// Allows writes until the demotion deadline of a lock renewed by a
+    /// request sent at `renewed_at` (the memory records the same time after
+    /// the action; the fence must not wait for that).
+    async fn arm_fence(&self, renewed_at: Duration) {
+        let Some(fence) = &self.fence else {
             return;
         };
-        let deadline = (renewed + self.config.ttl).saturating_sub(self.config.retry_timeout);
+        let deadline = (renewed_at + self.config.ttl).saturating_sub(self.config.retry_timeout);
         let valid_for = deadline.saturating_sub(self.clock.now());
         if let Err(error) = fence.arm(valid_for).await {
             warn!(member = %self.name(), %error, "could not arm the write fence");
