@@ -23,8 +23,8 @@ use matriarch_model::{SystemId, Timeline};
 
 pub use bootstrap::BootstrapSpec;
 pub use controller::{
-    PgController, PgControllerConfig, PgTimeouts, DEFAULT_BIN_DIR, DEFAULT_OS_USER,
-    MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE,
+    check_parameter, PgController, PgControllerConfig, PgTimeouts, DEFAULT_BIN_DIR,
+    DEFAULT_OS_USER, MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE,
 };
 pub use error::{Operation, PostgresError};
 pub use secret::{Credentials, Secret};

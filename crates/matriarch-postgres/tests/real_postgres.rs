@@ -577,22 +577,42 @@ async fn sigkill_of_the_postmaster_is_observed_as_a_crash() {
         .expect("restart after crash");
     assert_eq!(primary.rows("SELECT v FROM t").await, vec!["common"]);
 
-    // Parameters change by reload (a new controller with the new
-    // configuration), or by restart for those read only at start.
-    let mut config = base_config("pg-k", primary.dir.path(), primary.port);
-    config.parameters.insert(
+    // Parameters change on the running controller: by reload, or by
+    // restart for those read only at start (reported as pending until then).
+    let mut parameters = primary.ctl.parameters();
+    parameters.insert(
         "work_mem".to_owned(),
         ParameterValue::Text("7MB".to_owned()),
     );
-    config
-        .parameters
-        .insert("max_connections".to_owned(), ParameterValue::Integer(31));
-    let changed = PgController::new(config).expect("controller");
-    changed.reload().await.expect("reload");
+    parameters.insert("max_connections".to_owned(), ParameterValue::Integer(31));
+    assert!(primary.ctl.set_parameters(parameters.clone()).expect("set"));
+    assert!(!primary
+        .ctl
+        .set_parameters(parameters.clone())
+        .expect("same"));
+    primary.ctl.reload().await.expect("reload");
     primary.wait_rows("SHOW work_mem", &["7MB"]).await;
     assert_eq!(primary.rows("SHOW max_connections").await, vec!["30"]);
-    changed.restart(StopMode::Fast).await.expect("restart");
+    assert_eq!(
+        primary.ctl.pending_restart().await.expect("pending"),
+        vec!["max_connections".to_owned()]
+    );
+    // A parameter matriarch manages is refused and changes nothing.
+    let mut reserved = parameters.clone();
+    reserved.insert("port".to_owned(), ParameterValue::Integer(1));
+    assert!(matches!(
+        primary.ctl.set_parameters(reserved),
+        Err(PostgresError::InvalidConfig { .. })
+    ));
+    assert_eq!(primary.ctl.parameters(), parameters);
+    primary.ctl.restart(StopMode::Fast).await.expect("restart");
     assert_eq!(primary.rows("SHOW max_connections").await, vec!["31"]);
+    assert!(primary
+        .ctl
+        .pending_restart()
+        .await
+        .expect("pending")
+        .is_empty());
     let state = primary.ctl.observe().await.expect("observe");
     assert_eq!(state.server, ServerState::Running(PgRole::Primary));
     primary
@@ -850,4 +870,91 @@ async fn wrong_system_id_and_bad_parameters_are_refused_without_deleting_data() 
     assert!(primary.data_dir().join("PG_VERSION").exists());
     primary.ctl.start(StartAs::Primary).await.expect("start");
     assert_eq!(primary.rows("SELECT v FROM t").await, vec!["common"]);
+}
+
+/// A standby that crashed is repaired without ending its recovery: it can
+/// follow again, and once promoted the old primary can be rewound onto it
+/// (single-user crash recovery would have written a checkpoint of its own
+/// on the old timeline, a history the old primary never had).
+#[tokio::test]
+async fn a_crashed_standby_recovers_as_a_standby_and_can_later_lead() {
+    let (primary, replicas, _) = cluster(&["pg-m", "pg-n"]).await;
+    let standby = &replicas[0];
+    kill_postmaster(&standby.data_dir(), libc::SIGKILL).expect("postmaster pid");
+    standby
+        .observe_until("observed as crashed", |s| {
+            s.server == ServerState::NotRunning(DataDirectoryState::Crashed)
+        })
+        .await;
+    let outcome = standby
+        .ctl
+        .rewind(&primary.upstream())
+        .await
+        .expect("rewind of a crashed standby");
+    assert_eq!(outcome, RewindOutcome::NotNeeded);
+    standby
+        .ctl
+        .start(StartAs::ReplicaOf(primary.upstream()))
+        .await
+        .expect("start the repaired standby");
+    primary
+        .execute("INSERT INTO t VALUES ('after crash')")
+        .await;
+    standby
+        .wait_rows("SELECT v FROM t ORDER BY v", &["after crash", "common"])
+        .await;
+
+    // The standby becomes primary; the old primary comes back by rewind.
+    primary
+        .ctl
+        .stop(StopMode::Fast)
+        .await
+        .expect("stop primary");
+    standby.ctl.promote().await.expect("promote");
+    standby.execute("INSERT INTO t VALUES ('new')").await;
+    let outcome = primary
+        .ctl
+        .rewind(&standby.upstream())
+        .await
+        .expect("rewind the old primary");
+    assert!(
+        matches!(outcome, RewindOutcome::Rewound | RewindOutcome::NotNeeded),
+        "{outcome:?}"
+    );
+    primary
+        .ctl
+        .start(StartAs::ReplicaOf(standby.upstream()))
+        .await
+        .expect("start the old primary as a replica");
+    primary
+        .wait_rows(
+            "SELECT v FROM t ORDER BY v",
+            &["after crash", "common", "new"],
+        )
+        .await;
+}
+
+/// A fresh clone that never started cannot have diverged from its source:
+/// rewinding it onto that source is not needed (pg_rewind would refuse its
+/// backup_label); onto another member it is impossible.
+#[tokio::test]
+async fn an_unstarted_clone_needs_no_rewind_onto_its_source() {
+    let (primary, _, _) = cluster(&["pg-o"]).await;
+    let clone = Node::new("pg-p");
+    clone
+        .ctl
+        .clone_replica(&primary.upstream())
+        .await
+        .expect("clone");
+    let outcome = clone.ctl.rewind(&primary.upstream()).await.expect("rewind");
+    assert_eq!(outcome, RewindOutcome::NotNeeded);
+    let stranger = Upstream {
+        member: MemberName::new("pg-q").expect("name"),
+        ..primary.upstream()
+    };
+    let outcome = clone.ctl.rewind(&stranger).await.expect("rewind");
+    assert!(
+        matches!(outcome, RewindOutcome::Impossible { .. }),
+        "{outcome:?}"
+    );
 }

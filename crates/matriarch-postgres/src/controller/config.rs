@@ -215,7 +215,9 @@ impl PgControllerConfig {
 
 /// Checks a user parameter: a name PostgreSQL could know, not one that
 /// matriarch manages, and a value a configuration file can hold.
-pub(crate) fn check_parameter(name: &str, value: &ParameterValue) -> Result<(), PostgresError> {
+///
+/// [`PostgresError::InvalidConfig`] names the parameter and what is wrong.
+pub fn check_parameter(name: &str, value: &ParameterValue) -> Result<(), PostgresError> {
     let valid_name = !name.is_empty()
         && name
             .bytes()

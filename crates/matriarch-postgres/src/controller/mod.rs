@@ -34,7 +34,11 @@
 //!   start it with [`StartAs::Standby`] for the exact replay position.
 //! * A data directory with a `backup_label` (fresh from pg_basebackup or
 //!   pg_rewind) is reported as [`DataDirectoryState::CleanShutdown`], not as
-//!   a crash, and `rewind` reports it [`RewindOutcome::Impossible`].
+//!   a crash. `rewind` reports it [`RewindOutcome::NotNeeded`] when it is an
+//!   unstarted clone of that very source, else [`RewindOutcome::Impossible`].
+//! * `rewind` of a crashed standby first recovers it as a standby without
+//!   upstream (it stops "shut down in recovery"); only a crashed primary goes
+//!   through crash recovery in single-user mode, which ends recovery.
 //! * `promote` runs a `CHECKPOINT` after `pg_promote()`, so that pg_rewind
 //!   (which reads a source's timeline from its control file) sees the new
 //!   timeline at once.
@@ -44,16 +48,19 @@ mod files;
 mod process;
 mod sql;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use matriarch_model::{Lsn, SystemId, Timeline};
+use matriarch_model::{Lsn, MemberName, ParameterValue, SystemId, Timeline};
 use tokio_postgres::Client;
 
-pub use config::{PgControllerConfig, PgTimeouts, DEFAULT_BIN_DIR, DEFAULT_OS_USER};
+pub use config::{
+    check_parameter, PgControllerConfig, PgTimeouts, DEFAULT_BIN_DIR, DEFAULT_OS_USER,
+};
 pub use files::{MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE};
 
 use self::files::{ControlData, DirContents, ManagedSettings};
@@ -85,6 +92,12 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct PgController {
     config: PgControllerConfig,
+    /// The user parameters in force: the configuration's at first, then
+    /// whatever [`PgController::set_parameters`] last accepted.
+    parameters: std::sync::RwLock<BTreeMap<String, ParameterValue>>,
+    /// The member the data directory was last cloned from, until it starts:
+    /// such a copy cannot have diverged from its source.
+    cloned_from: std::sync::Mutex<Option<MemberName>>,
     runner: Runner,
     server_log: PathBuf,
 }
@@ -112,13 +125,79 @@ impl PgController {
                 member: config.member.to_string(),
             },
             server_log: config.server_log_path(),
+            parameters: std::sync::RwLock::new(config.parameters.clone()),
+            cloned_from: std::sync::Mutex::new(None),
             config,
         })
     }
 
-    /// The configuration it was built with.
+    /// The configuration it was built with (its `parameters` are the
+    /// initial ones; [`PgController::parameters`] has those in force).
     pub fn config(&self) -> &PgControllerConfig {
         &self.config
+    }
+
+    /// The user parameters in force: written to the managed configuration
+    /// file at the next start or [`PgController::reload`].
+    pub fn parameters(&self) -> BTreeMap<String, ParameterValue> {
+        match self.parameters.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the user parameters (the dynamic configuration's
+    /// `postgresql.parameters` with the node's own on top). Takes effect at
+    /// the next [`PgController::reload`] or start; returns whether anything
+    /// changed.
+    ///
+    /// [`PostgresError::InvalidConfig`] for a parameter matriarch manages
+    /// itself or a malformed name or value; then nothing changes.
+    pub fn set_parameters(
+        &self,
+        parameters: BTreeMap<String, ParameterValue>,
+    ) -> Result<bool, PostgresError> {
+        for (name, value) in &parameters {
+            config::check_parameter(name, value)?;
+        }
+        let mut current = match self.parameters.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *current == parameters {
+            return Ok(false);
+        }
+        *current = parameters;
+        Ok(true)
+    }
+
+    /// The parameters whose new value waits for a restart
+    /// (`pg_settings.pending_restart`), sorted by name.
+    ///
+    /// [`PostgresError::NotRunning`] when the server does not accept
+    /// connections.
+    pub async fn pending_restart(&self) -> Result<Vec<String>, PostgresError> {
+        let op = Operation::Reload;
+        match self.live(op).await? {
+            Live::Running(_, client) => {
+                let rows = sql::simple(
+                    &client,
+                    op,
+                    "reading pg_settings.pending_restart",
+                    "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+                    self.config.timeouts.connect,
+                )
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|row| sql::text(&row, 0).map(str::to_owned))
+                    .collect())
+            }
+            Live::NotRunning | Live::Unavailable => {
+                Err(PostgresError::NotRunning { operation: op })
+            }
+        }
     }
 
     /// The server log pg_ctl appends to.
@@ -135,8 +214,8 @@ impl PgController {
     /// without a restart: rewrites the managed configuration file (user
     /// parameters, listen address, port...) and calls `pg_reload_conf()`.
     ///
-    /// To change parameters, build a new controller with the new
-    /// configuration and call `reload` on it. Parameters that PostgreSQL
+    /// To change parameters, call [`PgController::set_parameters`] first.
+    /// Parameters that PostgreSQL
     /// only reads at start (`shared_buffers`, `port`, ...) wait for
     /// [`PgController::restart`]. On a stopped server the file is rewritten
     /// and applies at the next start; [`PostgresError::NotRunning`] if the
@@ -194,6 +273,13 @@ impl PgController {
 
     fn data_dir(&self) -> &Path {
         &self.config.data_dir
+    }
+
+    fn set_cloned_from(&self, source: Option<MemberName>) {
+        match self.cloned_from.lock() {
+            Ok(mut guard) => *guard = source,
+            Err(poisoned) => *poisoned.into_inner() = source,
+        }
     }
 
     fn member(&self) -> &str {
@@ -339,7 +425,7 @@ impl PgController {
             listen_addresses: &self.config.listen_addresses,
             port: self.config.port,
             socket_dir: &self.config.socket_dir,
-            parameters: &self.config.parameters,
+            parameters: &self.parameters(),
         });
         files::write_file(op, &self.path(MANAGED_CONF_FILE), &managed, 0o600, user)
     }
@@ -1038,7 +1124,10 @@ impl PgController {
         files::create_data_dir(op, self.data_dir(), &self.runner.user)?;
         tracing::info!(member = self.member(), source = %source.member, "cloning a replica with pg_basebackup");
         match self.clone_steps(source).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.set_cloned_from(Some(source.member.clone()));
+                Ok(())
+            }
             Err(err) => {
                 tracing::warn!(member = self.member(), error = %err, "clone failed, removing the partial copy");
                 files::empty_data_dir(op, self.data_dir())?;
@@ -1446,12 +1535,39 @@ impl PgController {
         self.check_system_id(op, control.system_id, || {
             format!("data directory {}", self.data_dir().display())
         })?;
+        let fresh_clone = self
+            .cloned_from
+            .lock()
+            .map(|c| c.as_ref() == Some(&source.member))
+            .unwrap_or(false);
+        if fresh_clone && self.path("backup_label").exists() {
+            // Never started since it was copied from this very source: it
+            // cannot have diverged (and pg_rewind refuses a backup_label).
+            return Ok(RewindOutcome::NotNeeded);
+        }
         if !control.clean() && self.path("backup_label").exists() {
             return Ok(RewindOutcome::Impossible {
                 reason: "the data directory holds a backup_label (an unfinished base backup or \
                          rewind): it must finish recovery as a replica, or be cloned again"
                     .to_owned(),
             });
+        }
+        if !control.clean() && self.path("standby.signal").exists() {
+            // A crashed standby recovers as a standby without upstream,
+            // replaying only the WAL it has, and stops "shut down in
+            // recovery". Single-user crash recovery would end recovery as a
+            // primary does, writing a checkpoint on the standby's timeline
+            // that its primary never had: promoted later, such a node forks
+            // from a history the old primary cannot be rewound onto.
+            tracing::info!(
+                member = self.member(),
+                "a crashed standby: recovering it as a standby without upstream before pg_rewind"
+            );
+            self.wait_for_reaped_postmaster(op).await?;
+            self.start_inner(&StartAs::Standby).await?;
+            self.pg_ctl_stop(op, StopMode::Fast, self.config.timeouts.stop)
+                .await?;
+            control = self.controldata(op).await?;
         }
         if !control.clean() {
             self.crash_recovery(op).await?;
@@ -1636,7 +1752,11 @@ impl Postgres for PgController {
     }
 
     async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
-        self.start_inner(&as_role).await
+        let started = self.start_inner(&as_role).await;
+        if started.is_ok() {
+            self.set_cloned_from(None);
+        }
+        started
     }
 
     async fn stop(&self, mode: StopMode) -> Result<(), PostgresError> {
