@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use matriarch_model::{
-    ClusterConfig, ClusterView, FailoverRequest, Initialize, Lsn, Member, MemberName, MemberState,
-    Role, SynchronousMode, SystemId, Tags, Timeline, Version,
+    ClusterConfig, ClusterView, FailoverRequest, Failsafe, Initialize, Lsn, Member, MemberName,
+    MemberState, Role, SynchronousMode, SystemId, Tags, Timeline, Version,
 };
 
 /// Who this node is.
@@ -97,6 +97,61 @@ pub struct PeerReport {
     pub timeline: Option<Timeline>,
 }
 
+/// The leader this node last followed, as it was last seen: a failover
+/// withdraws it from the routers and reports how much WAL it may have taken
+/// with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastLeader {
+    /// Its name.
+    pub name: MemberName,
+    /// Its PostgreSQL connection URL (for the routers), if its record was seen.
+    pub conn_url: Option<String>,
+    /// The newest WAL position it was known to hold: the `status` key's
+    /// `optime` or its member record's `xlog_location`, whichever is newer.
+    pub optime: Option<Lsn>,
+}
+
+/// A round of failsafe heartbeats (`POST /failsafe`) the primary sent to the
+/// members of the `failsafe` key while the DCS was unreachable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailsafeRound {
+    /// When (monotonic) the round was sent.
+    pub sent_at: Duration,
+    /// The members that acknowledged it (HTTP 200).
+    pub acknowledged: BTreeSet<MemberName>,
+    /// The members that did not, in time.
+    pub missing: BTreeSet<MemberName>,
+}
+
+impl FailsafeRound {
+    /// Every member of the failsafe set acknowledged the round.
+    pub fn all_acknowledged(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// A failsafe heartbeat this node acknowledged: it promised not to race for
+/// the lock until `received_at + ttl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedHeartbeat {
+    /// The primary that sent it.
+    pub leader: MemberName,
+    /// When (monotonic) it was acknowledged.
+    pub received_at: Duration,
+}
+
+/// What failsafe mode brings to a decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailsafeInputs {
+    /// The round this primary ran in this loop, if the DCS did not answer in time.
+    pub round: Option<FailsafeRound>,
+    /// The last heartbeat this node acknowledged, if any.
+    pub heartbeat: Option<ReceivedHeartbeat>,
+    /// When (monotonic) this agent started answering heartbeats: one that
+    /// restarted may have acknowledged a heartbeat it no longer remembers.
+    pub listening_since: Duration,
+}
+
 /// What the engine remembers between loops. The loop updates it from the
 /// outcome of each action ([`Memory::record`]); `decide` only reads it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -123,6 +178,12 @@ pub struct Memory {
     /// started naming standbys: commits before it were acknowledged without
     /// them, so a standby enters the `sync` key only once it flushed past it.
     pub sync_standbys_since: Option<Lsn>,
+    /// When (monotonic) the last failsafe round that every member
+    /// acknowledged was sent, while this node held the lock: like a renewal,
+    /// it extends the demotion deadline to this plus ttl minus retry_timeout.
+    pub failsafe_acked_at: Option<Duration>,
+    /// The leader this node last saw (not itself), for failover reports.
+    pub last_leader: Option<LastLeader>,
 }
 
 /// After this many loops following an upstream without streaming from it, a
@@ -207,6 +268,20 @@ pub enum Action {
     },
     /// Delete the carried-out or stale `failover` key.
     ClearFailoverRequest(Version),
+    /// Write the `failsafe` key: the members (name → REST API URL) a
+    /// primary must reach while the DCS is unreachable.
+    WriteFailsafe(Failsafe),
+    /// Every member of the failsafe set acknowledged the round sent at
+    /// `round_sent_at`: keep leading, re-arm the write fence until the
+    /// deadline that round allows.
+    FailsafeExtend {
+        /// When the round was sent.
+        round_sent_at: Duration,
+    },
+    /// Take the former leader out of the writer routes: the first step of a
+    /// failover after it lost its lock. A router failure never stops the
+    /// promotion.
+    WithdrawFormerLeader(MemberName),
 }
 
 /// The role the engine plays after this loop, for reporting.
@@ -268,16 +343,36 @@ pub struct Inputs<'a> {
     pub now: Duration,
     /// Wall-clock time, for scheduled switchovers only.
     pub wall_clock: DateTime<Utc>,
+    /// Failsafe mode: this loop's round (primary) and the last heartbeat
+    /// acknowledged (replica).
+    pub failsafe: &'a FailsafeInputs,
 }
 
 impl Inputs<'_> {
     /// When this node must have stopped taking writes: the lock, renewed by a
     /// request sent at `lock_renewed_at`, lives at least until then plus ttl;
     /// demoting takes up to `retry_timeout`, so demotion starts that much earlier.
+    ///
+    /// A failsafe round every member acknowledged extends it the same way:
+    /// none of them races for the lock until ttl after it received the round.
+    /// The promise stands even if the lock itself expired meanwhile (the
+    /// DCS came back and said so): nobody may take it before then.
     fn demotion_deadline(&self) -> Option<Duration> {
-        self.memory
+        let base = self
+            .memory
             .lock_renewed_at
-            .map(|renewed| (renewed + self.config.ttl).saturating_sub(self.config.retry_timeout))
+            .into_iter()
+            .chain(self.memory.failsafe_acked_at)
+            .max()?;
+        Some((base + self.config.ttl).saturating_sub(self.config.retry_timeout))
+    }
+
+    /// A failsafe heartbeat acknowledged less than ttl ago.
+    fn fresh_heartbeat(&self) -> Option<&ReceivedHeartbeat> {
+        self.failsafe
+            .heartbeat
+            .as_ref()
+            .filter(|hb| self.now < hb.received_at + self.config.ttl)
     }
 
     fn member_record(&self) -> Member {
@@ -314,14 +409,20 @@ impl Inputs<'_> {
 struct Plan {
     actions: Vec<Action>,
     deadline: Option<Duration>,
+    /// Appended to the reason (why failsafe did not keep a primary leading).
+    reason_note: Option<String>,
 }
 
 impl Plan {
     fn done(self, role: EngineRole, reason: impl Into<String>) -> Decision {
+        let mut reason = reason.into();
+        if let Some(note) = self.reason_note {
+            reason = format!("{reason} ({note})");
+        }
         Decision {
             actions: self.actions,
             role,
-            reason: reason.into(),
+            reason,
             demotion_deadline: self.deadline,
         }
     }
@@ -336,6 +437,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
     let mut plan = Plan {
         actions: Vec::new(),
         deadline: None,
+        reason_note: None,
     };
     let view = match inputs.dcs {
         DcsObservation::View(view) => view,
@@ -376,6 +478,9 @@ fn dcs_unreachable(inputs: &Inputs<'_>, mut plan: Plan) -> Decision {
     let holds_lock = inputs.memory.lock_renewed_at.is_some();
     if inputs.local.role == LocalRole::Primary {
         let deadline = inputs.demotion_deadline();
+        if let Some(decision) = failsafe_leading(inputs, deadline, &mut plan) {
+            return decision;
+        }
         match deadline {
             Some(deadline) if inputs.now < deadline && !inputs.config.pause => {
                 plan.deadline = Some(deadline);
@@ -402,6 +507,57 @@ fn dcs_unreachable(inputs: &Inputs<'_>, mut plan: Plan) -> Decision {
         }
     }
     plan.done(EngineRole::Uncertain, "DCS unreachable: waiting")
+}
+
+/// Failsafe mode: a primary cut off from the DCS keeps leading while every
+/// member of the failsafe set acknowledges its heartbeats, each round sent
+/// before the deadline the previous one (or the last renewal) allowed.
+fn failsafe_leading(
+    inputs: &Inputs<'_>,
+    deadline: Option<Duration>,
+    plan: &mut Plan,
+) -> Option<Decision> {
+    // Only a lock holder extends; one that heard the lock is gone only
+    // keeps the deadline it had.
+    if !inputs.config.failsafe_mode
+        || inputs.config.pause
+        || inputs.memory.lock_renewed_at.is_none()
+    {
+        return None;
+    }
+    let deadline = deadline?;
+    let round = inputs.failsafe.round.as_ref()?;
+    if !round.all_acknowledged() {
+        let missing: Vec<&str> = round.missing.iter().map(MemberName::as_str).collect();
+        plan.reason_note = Some(format!(
+            "failsafe: no acknowledgement from {}",
+            missing.join(", ")
+        ));
+        return None;
+    }
+    if round.sent_at >= deadline {
+        // Too late: the promise not to race came after writes had to stop.
+        return None;
+    }
+    let extended = (round.sent_at + inputs.config.ttl).saturating_sub(inputs.config.retry_timeout);
+    if inputs.now >= extended {
+        return None;
+    }
+    plan.deadline = Some(extended);
+    plan.push(Action::FailsafeExtend {
+        round_sent_at: round.sent_at,
+    });
+    let reason = format!(
+        "DCS unreachable: failsafe mode, all {} other member(s) acknowledged: keeping the primary",
+        round.acknowledged.len()
+    );
+    let decision = Decision {
+        actions: std::mem::take(&mut plan.actions),
+        role: EngineRole::Leader,
+        reason,
+        demotion_deadline: plan.deadline,
+    };
+    Some(decision)
 }
 
 fn paused(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
@@ -529,6 +685,16 @@ fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
     }
     maintain_sync(inputs, view, &mut plan);
     push_route(inputs, view, &mut plan);
+    if inputs.config.failsafe_mode {
+        let desired = desired_failsafe(inputs, view);
+        let current = match &view.failsafe {
+            Some(Ok(key)) => Some(&key.value),
+            _ => None,
+        };
+        if current != Some(&desired) {
+            plan.push(Action::WriteFailsafe(desired));
+        }
+    }
     if let Some(Ok(request)) = &view.failover {
         // A request naming us as the candidate has been carried out; one
         // naming another leader is stale.
@@ -545,6 +711,9 @@ fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
 /// this node waits for standbys of its own, no other member may be promoted
 /// on the strength of the previous leader's key.
 fn push_promotion(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
+    if let Some(former) = failover_from(inputs, view) {
+        plan.push(Action::WithdrawFormerLeader(former));
+    }
     let key_is_empty_and_ours = matches!(&view.sync,
         Some(Ok(sync)) if sync.value.sync_standbys.is_empty() && sync.value.leader.as_ref() == Some(&inputs.node.name));
     if inputs.config.synchronous_mode != SynchronousMode::Off && !key_is_empty_and_ours {
@@ -560,6 +729,19 @@ fn push_promotion(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
     }
     plan.push(Action::Promote);
     push_route(inputs, view, plan);
+}
+
+/// The former leader this promotion replaces in a failover; `None` for a
+/// planned switchover (the `failover` key names the leader stepping down,
+/// which withdrew itself) or when no other leader was ever seen.
+fn failover_from(inputs: &Inputs<'_>, view: &ClusterView) -> Option<MemberName> {
+    let former = inputs.memory.last_leader.as_ref()?;
+    if former.name == inputs.node.name {
+        return None;
+    }
+    let planned = matches!(&view.failover,
+        Some(Ok(request)) if request.value.leader.as_ref() == Some(&former.name));
+    (!planned).then(|| former.name.clone())
 }
 
 fn push_route(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
@@ -754,9 +936,18 @@ fn maintain_sync(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
                 .then(b.tags.failover_priority.cmp(&a.tags.failover_priority))
                 .then(a.name.cmp(&b.name))
         });
+        // FIRST n names n standbys; a quorum (ANY n) names every eligible
+        // standby, so that any n of them can acknowledge a commit and one slow
+        // standby does not stall it. `sync_verdict` then needs |key| − n + 1
+        // of them visible to promote.
+        let wanted = if config.synchronous_mode == SynchronousMode::Quorum {
+            ranked.len()
+        } else {
+            count as usize
+        };
         let desired: BTreeSet<MemberName> = ranked
             .into_iter()
-            .take(count as usize)
+            .take(wanted)
             .map(|m| m.name.clone())
             .collect();
         if desired.is_empty() && config.synchronous_mode_strict {
@@ -971,6 +1162,21 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
 
     match &local.role {
         LocalRole::Primary => {
+            // Failsafe: the lock expired while the DCS was unreachable, but
+            // every member promised not to race until after this deadline:
+            // take the lock again before anybody else may.
+            let deadline = inputs.demotion_deadline();
+            if inputs.config.failsafe_mode
+                && inputs.memory.failsafe_acked_at.is_some()
+                && deadline.is_some_and(|deadline| inputs.now < deadline)
+            {
+                plan.deadline = deadline;
+                plan.push(Action::AcquireLock);
+                return plan.done(
+                    EngineRole::Leader,
+                    "failsafe: the DCS is back and the lock expired meanwhile: the primary takes it again",
+                );
+            }
             // Without the lock this primary may not take writes, even if
             // nobody else leads: another member may be promoted any moment.
             plan.push(Action::Demote(DemoteMode::Immediate));
@@ -1012,6 +1218,7 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
 fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     let me = &inputs.node.name;
     let local = inputs.local;
+    failsafe_verdict(inputs, view)?;
     let forced_candidate = match &view.failover {
         Some(Ok(request)) => request.value.candidate.clone(),
         _ => None,
@@ -1100,6 +1307,50 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     Ok(())
 }
 
+/// Failsafe mode: a member that acknowledged a heartbeat less than ttl ago
+/// promised the primary (cut off from the DCS, still writing) not to race; a
+/// member missing from the `failsafe` key was never asked, so the primary may
+/// be writing without its knowledge.
+fn failsafe_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
+    if let Some(heartbeat) = inputs.fresh_heartbeat() {
+        // Kept even when failsafe_mode was switched off since: a promise.
+        return Err(format!(
+            "acknowledged a failsafe heartbeat from {} {:?} ago",
+            heartbeat.leader,
+            inputs.now.saturating_sub(heartbeat.received_at)
+        ));
+    }
+    if !inputs.config.failsafe_mode {
+        return Ok(());
+    }
+    let listening_for = inputs.now.saturating_sub(inputs.failsafe.listening_since);
+    if listening_for < inputs.config.ttl {
+        return Err(format!(
+            "failsafe mode: this agent started {listening_for:?} ago and may have acknowledged a heartbeat before"
+        ));
+    }
+    match &view.failsafe {
+        Some(Ok(key))
+            if !key.value.0.is_empty() && !key.value.0.contains_key(&inputs.node.name) =>
+        {
+            Err("failsafe mode: not a member of the failsafe key".to_owned())
+        }
+        Some(Err(_)) => Err("failsafe mode: the failsafe key is unreadable".to_owned()),
+        _ => Ok(()),
+    }
+}
+
+/// The `failsafe` key a leader keeps: itself and every member with a REST API URL.
+fn desired_failsafe(inputs: &Inputs<'_>, view: &ClusterView) -> Failsafe {
+    let mut members: BTreeMap<MemberName, String> = view
+        .healthy_records()
+        .filter(|m| m.name != inputs.node.name && !m.api_url.is_empty())
+        .map(|m| (m.name.clone(), m.api_url.clone()))
+        .collect();
+    members.insert(inputs.node.name.clone(), inputs.node.api_url.clone());
+    Failsafe(members)
+}
+
 /// Whether another member's record says it could win a race: running as a
 /// replica, allowed to fail over, on the cluster's timeline, and in
 /// synchronous mode named by the sync key (or its writer).
@@ -1112,8 +1363,16 @@ fn candidate_looks_able(inputs: &Inputs<'_>, view: &ClusterView, candidate: &Mem
     let sync_ok = inputs.config.synchronous_mode == SynchronousMode::Off
         || in_sync_key(view, &candidate.name)
         || wrote_sync_key(view, &candidate.name);
+    // In failsafe mode a member missing from the failsafe key does not race.
+    let failsafe_ok = !inputs.config.failsafe_mode
+        || match &view.failsafe {
+            Some(Ok(key)) => key.value.0.is_empty() || key.value.0.contains_key(&candidate.name),
+            Some(Err(_)) => false,
+            None => true,
+        };
     candidate.state == MemberState::Running
         && candidate.role == Role::Replica
+        && failsafe_ok
         && candidate.tags.allows_failover()
         && candidate.wal_position().is_some()
         && timeline_ok
@@ -1201,18 +1460,35 @@ impl Memory {
         match (action, outcome) {
             (Action::AcquireLock | Action::RenewLock | Action::Bootstrap, Outcome::Done) => {
                 self.lock_renewed_at = Some(sent_at);
+                // The lock is held again: failsafe no longer carries the deadline.
+                self.failsafe_acked_at = None;
+            }
+            (Action::FailsafeExtend { round_sent_at }, Outcome::Done)
+                if self.lock_renewed_at.is_some() =>
+            {
+                self.failsafe_acked_at = Some(*round_sent_at);
             }
             (Action::RenewLock | Action::AcquireLock, Outcome::Failed) => {}
             (Action::ReleaseLock, Outcome::Done) => {
                 self.lock_renewed_at = None;
+                self.failsafe_acked_at = None;
                 self.routed = None;
             }
-            (Action::Promote | Action::StartPrimary, Outcome::Done) => {
+            (Action::Promote, Outcome::Done) => {
+                self.ran_as_primary = true;
+                self.primary_start_failures = 0;
+                // Reported with this promotion; the next leader is someone else.
+                self.last_leader = None;
+            }
+            (Action::StartPrimary, Outcome::Done) => {
                 self.ran_as_primary = true;
                 self.primary_start_failures = 0;
             }
             (Action::StartPrimary, Outcome::Failed) => self.primary_start_failures += 1,
-            (Action::Demote(_), Outcome::Done) => self.routed = None,
+            (Action::Demote(_), Outcome::Done) => {
+                self.routed = None;
+                self.failsafe_acked_at = None;
+            }
             (Action::Rewind(source), Outcome::Done) => {
                 self.ran_as_primary = false;
                 self.rewind_impossible = false;
@@ -1234,9 +1510,49 @@ impl Memory {
     }
 
     /// Forgets the lock after the DCS said it is not ours.
+    ///
+    /// A failsafe round every member acknowledged still holds
+    /// (`failsafe_acked_at`): they promised not to race, so the primary may
+    /// take the lock again before its deadline.
     pub fn lock_lost(&mut self) {
         self.lock_renewed_at = None;
         self.routed = None;
+    }
+
+    /// Notes the leader in a view read this loop (not this node): its name,
+    /// address and the newest WAL position it was known to hold. While no
+    /// leader holds the lock the last one is kept, and the `status` key it
+    /// wrote last still counts.
+    pub fn saw_view(&mut self, view: &ClusterView, me: &MemberName) {
+        let status = match &view.status {
+            Some(Ok(status)) => Some(status.value.optime),
+            _ => None,
+        };
+        match view.leader_name() {
+            Some(holder) if holder == me => {}
+            Some(holder) => {
+                let record = member(view, holder);
+                let from_record = record.and_then(Member::wal_position);
+                let mut optime = status.into_iter().chain(from_record).max();
+                let mut conn_url = record.map(|m| m.conn_url.clone());
+                if let Some(last) = self.last_leader.as_ref().filter(|l| &l.name == holder) {
+                    optime = optime.into_iter().chain(last.optime).max();
+                    conn_url = conn_url.or_else(|| last.conn_url.clone());
+                }
+                self.last_leader = Some(LastLeader {
+                    name: holder.clone(),
+                    conn_url,
+                    optime,
+                });
+            }
+            None => {
+                if view.leader.is_none() {
+                    if let Some(last) = self.last_leader.as_mut() {
+                        last.optime = last.optime.into_iter().chain(status).max();
+                    }
+                }
+            }
+        }
     }
 
     /// Notes a primary seen running, so its timeline is checked before it follows anyone.

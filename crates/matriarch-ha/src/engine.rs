@@ -3,15 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use matriarch_dcs::{Clock, Dcs, DcsError, Expected};
 use matriarch_model::{
-    ClusterConfig, ClusterView, DcsKey, HistoryEntry, LeaderStatus, Lsn, Member, MemberName,
-    Record, SyncState, SynchronousMode, Timeline, TimelineHistory,
+    ClusterConfig, ClusterView, DcsKey, FailsafeHeartbeat, HistoryEntry, LeaderStatus, Lsn, Member,
+    MemberName, Record, SyncState, SynchronousMode, Timeline, TimelineHistory,
 };
 use matriarch_postgres::{
     BootstrapSpec, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError, RewindOutcome,
@@ -20,11 +20,12 @@ use matriarch_postgres::{
 use matriarch_router::{Endpoint, Router};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::decide::{
-    decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, Inputs, LocalPostgres,
-    LocalRole, Memory, NodeSettings, Outcome, PeerReport, Routes,
+    decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, FailsafeInputs,
+    FailsafeRound, Inputs, LocalPostgres, LocalRole, Memory, NodeSettings, Outcome, PeerReport,
+    ReceivedHeartbeat, Routes,
 };
 
 /// Stops a primary's PostgreSQL from acknowledging writes when its agent stops
@@ -44,6 +45,121 @@ pub trait Fence: Send + Sync {
 pub trait PeerProbe: Send + Sync {
     /// Reports of the members that answered in time.
     async fn probe(&self, members: &[Member]) -> BTreeMap<MemberName, PeerReport>;
+}
+
+/// Sends failsafe heartbeats (`POST /failsafe`) to the members of the
+/// `failsafe` key while the DCS is unreachable.
+#[async_trait]
+pub trait FailsafeSender: Send + Sync {
+    /// Sends `heartbeat` to every member (name, REST API URL) at once, each
+    /// bounded by `timeout`; returns the members that acknowledged it (200).
+    async fn send(
+        &self,
+        members: &[(MemberName, String)],
+        heartbeat: &FailsafeHeartbeat,
+        timeout: Duration,
+    ) -> BTreeSet<MemberName>;
+}
+
+/// Why a failsafe heartbeat was not acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FailsafeRefusal {
+    /// `failsafe_mode` is off on this node.
+    #[error("failsafe mode is off")]
+    Disabled,
+    /// This node is not a running replica of the sender.
+    #[error("not a running replica of {sender}")]
+    NotAReplicaOf {
+        /// The member that sent the heartbeat.
+        sender: MemberName,
+    },
+}
+
+#[derive(Debug, Default)]
+struct FailsafeShared {
+    enabled: bool,
+    /// The member this node runs as a replica of, as the last loop decided.
+    following: Option<MemberName>,
+    last: Option<ReceivedHeartbeat>,
+}
+
+/// The receiving end of failsafe heartbeats: the REST API hands each
+/// `POST /failsafe` to [`FailsafeHandle::receive`]; the engine reads the last
+/// acknowledged one at every decision. Clones share the state.
+#[derive(Clone)]
+pub struct FailsafeHandle {
+    shared: Arc<Mutex<FailsafeShared>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for FailsafeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailsafeHandle").finish_non_exhaustive()
+    }
+}
+
+impl FailsafeHandle {
+    fn new(clock: Arc<dyn Clock>) -> Self {
+        FailsafeHandle {
+            shared: Arc::default(),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FailsafeShared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a heartbeat and acknowledges it (`Ok`: answer 200) only when
+    /// failsafe mode is on and this node runs as a replica of its sender;
+    /// from then on this node does not race for the lock for a ttl.
+    pub fn receive(&self, heartbeat: &FailsafeHeartbeat) -> Result<(), FailsafeRefusal> {
+        let mut shared = self.lock();
+        if !shared.enabled {
+            return Err(FailsafeRefusal::Disabled);
+        }
+        if shared.following.as_ref() != Some(&heartbeat.name) {
+            return Err(FailsafeRefusal::NotAReplicaOf {
+                sender: heartbeat.name.clone(),
+            });
+        }
+        shared.last = Some(ReceivedHeartbeat {
+            leader: heartbeat.name.clone(),
+            received_at: self.clock.now(),
+        });
+        Ok(())
+    }
+
+    /// The last heartbeat acknowledged.
+    pub fn last(&self) -> Option<ReceivedHeartbeat> {
+        self.lock().last.clone()
+    }
+
+    fn set_acceptance(&self, enabled: bool, following: Option<MemberName>) {
+        let mut shared = self.lock();
+        shared.enabled = enabled;
+        shared.following = following;
+    }
+}
+
+/// Changes this node's settings (tags, URLs) while the engine runs: the
+/// daemon calls [`SettingsHandle::set_node`] on SIGHUP; the engine applies
+/// the new settings at the start of its next loop and publishes them in its
+/// member record. The member name cannot change (a different name is ignored
+/// with a warning).
+#[derive(Clone, Debug)]
+pub struct SettingsHandle(Arc<watch::Sender<NodeSettings>>);
+
+impl SettingsHandle {
+    /// Replaces the node settings from the next loop on.
+    pub fn set_node(&self, node: NodeSettings) {
+        self.0.send_replace(node);
+    }
+
+    /// The settings the engine will use from its next loop on.
+    pub fn node(&self) -> NodeSettings {
+        self.0.borrow().clone()
+    }
 }
 
 /// What the engine needs besides the three traits.
@@ -81,6 +197,13 @@ pub struct EngineStatus {
     pub loops: u64,
     /// The dynamic configuration the engine decides with.
     pub config: ClusterConfig,
+    /// This node leads on failsafe: the DCS is unreachable and every member
+    /// acknowledged its last heartbeat.
+    pub failsafe_active: bool,
+    /// How many bytes of WAL the former leader was last known to hold beyond
+    /// this node's position when this node last promoted in a failover
+    /// (`None`: no failover by this node, or the position was unknown).
+    pub last_failover_possible_loss_bytes: Option<u64>,
 }
 
 /// A cheap read handle on [`EngineStatus`].
@@ -121,6 +244,21 @@ pub struct Engine<D, P, R> {
     status: watch::Sender<EngineStatus>,
     loops: u64,
     decider: Decider,
+    failsafe: FailsafeHandle,
+    failsafe_sender: Option<Arc<dyn FailsafeSender>>,
+    /// The failsafe set last read from the DCS, plus any written since.
+    failsafe_set: BTreeMap<MemberName, String>,
+    node_settings: watch::Receiver<NodeSettings>,
+    node_settings_tx: Arc<watch::Sender<NodeSettings>>,
+    /// The former leader the plan being carried out fails over from.
+    failing_over_from: Option<MemberName>,
+    last_failover_loss: Option<u64>,
+    /// The local timeline and WAL position last observed (for heartbeats).
+    last_local: (Option<Timeline>, Option<Lsn>),
+    /// When (monotonic) this engine was made.
+    started_at: Duration,
+    /// The role the last decision gave.
+    last_role: EngineRole,
 }
 
 /// A decision function with [`decide`]'s signature.
@@ -242,7 +380,12 @@ where
             paused: false,
             loops: 0,
             config: settings.bootstrap_config.clone(),
+            failsafe_active: false,
+            last_failover_possible_loss_bytes: None,
         });
+        let (node_settings_tx, node_settings) = watch::channel(settings.node.clone());
+        let failsafe = FailsafeHandle::new(Arc::clone(&clock));
+        let started_at = clock.now();
         Engine {
             dcs: Arc::new(dcs),
             postgres: Arc::new(postgres),
@@ -259,7 +402,35 @@ where
             status,
             loops: 0,
             decider: decide,
+            failsafe,
+            failsafe_sender: None,
+            failsafe_set: BTreeMap::new(),
+            node_settings,
+            node_settings_tx: Arc::new(node_settings_tx),
+            failing_over_from: None,
+            last_failover_loss: None,
+            last_local: (None, None),
+            started_at,
+            last_role: EngineRole::Uninitialized,
         }
+    }
+
+    /// Sends failsafe heartbeats through `sender` when this node leads and
+    /// the DCS is unreachable with `failsafe_mode` on. Without one, a primary
+    /// cut off from the DCS demotes by its deadline as in non-failsafe mode.
+    pub fn with_failsafe_sender(mut self, sender: Arc<dyn FailsafeSender>) -> Self {
+        self.failsafe_sender = Some(sender);
+        self
+    }
+
+    /// The handle the REST API passes received failsafe heartbeats to.
+    pub fn failsafe_handle(&self) -> FailsafeHandle {
+        self.failsafe.clone()
+    }
+
+    /// A handle to change this node's settings (tags) while the engine runs.
+    pub fn settings_handle(&self) -> SettingsHandle {
+        SettingsHandle(Arc::clone(&self.node_settings_tx))
     }
 
     /// Replaces [`decide`] with another policy: for simulations that prove
@@ -406,14 +577,36 @@ where
     /// One loop: observe, decide, act. Returns the decision it acted on.
     pub async fn run_once(&mut self) -> Decision {
         self.collect_long_task().await;
+        self.apply_node_settings();
         let retry = self.config.retry_timeout;
-        let (view, state) = tokio::join!(
-            bounded("read_view", retry, self.dcs.read_view()),
-            pg_bounded(retry, self.postgres.observe()),
-        );
+        let failsafe_enabled = self.config.failsafe_mode;
+        let was_following = matches!(self.last_role, EngineRole::Replica | EngineRole::Uncertain);
+        let observe = async {
+            let state = pg_bounded(retry, self.postgres.observe()).await;
+            // A replica that was not racing acknowledges heartbeats of the
+            // upstream it streams from now, without waiting for a DCS read
+            // that may hang (checked again after deciding, and before racing).
+            if let Ok(state) = &state {
+                let following = match local_postgres(state).role {
+                    LocalRole::Replica { upstream } if was_following => upstream,
+                    _ => None,
+                };
+                self.failsafe.set_acceptance(failsafe_enabled, following);
+            }
+            state
+        };
+        let ((view, round), state) = tokio::join!(self.read_view_or_failsafe(), observe);
         let dcs = match view {
             Ok(view) => {
                 self.adopt_config(&view);
+                self.memory.saw_view(&view, &self.settings.node.name);
+                // An unreadable key keeps the last set (and stops every
+                // replica from racing); an absent one empties it.
+                match &view.failsafe {
+                    Some(Ok(key)) => self.failsafe_set = key.value.0.clone(),
+                    None => self.failsafe_set.clear(),
+                    Some(Err(_)) => {}
+                }
                 for error in view.errors() {
                     warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), %error, "unreadable DCS value");
                 }
@@ -436,7 +629,18 @@ where
             }
         };
         self.memory.observed(&local);
+        self.last_local = (local.timeline, local.wal_position);
         let peers = self.probe_peers(&dcs).await;
+        // Read before the time: a heartbeat acknowledged up to now counts.
+        let failsafe = FailsafeInputs {
+            round: if matches!(dcs, DcsObservation::Unreachable) {
+                round
+            } else {
+                None
+            },
+            heartbeat: self.failsafe.last(),
+            listening_since: self.started_at,
+        };
         let now = self.clock.now();
         let wall_clock =
             self.wall_start + chrono::Duration::from_std(now).unwrap_or(chrono::Duration::zero());
@@ -449,15 +653,26 @@ where
             memory: &self.memory,
             now,
             wall_clock,
+            failsafe: &failsafe,
         });
         debug!(member = %self.name(), role = ?decision.role, reason = %decision.reason, actions = ?decision.actions, "decided");
+        // Acknowledge heartbeats only as a replica that is not about to race.
+        let following = match (&local.role, decision.role) {
+            (LocalRole::Replica { upstream }, EngineRole::Replica | EngineRole::Uncertain) => {
+                upstream.clone()
+            }
+            _ => None,
+        };
+        self.failsafe
+            .set_acceptance(self.config.failsafe_mode, following);
+        self.last_role = decision.role;
         self.act(&decision, &local).await;
         if decision.role == EngineRole::Leader
             && local.role == LocalRole::Primary
             && self.history_incomplete(local.timeline)
         {
             if let Some(timeline) = local.timeline {
-                self.record_history(timeline, None).await;
+                self.record_history(timeline, None, None).await;
             }
         }
         self.loops += 1;
@@ -475,8 +690,120 @@ where
             paused: self.config.pause,
             loops: self.loops,
             config: self.config.clone(),
+            failsafe_active: decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::FailsafeExtend { .. })),
+            last_failover_possible_loss_bytes: self.last_failover_loss,
         });
         decision
+    }
+
+    /// A failsafe heartbeat acknowledged less than ttl ago.
+    fn heartbeat_fresh(&self) -> bool {
+        self.failsafe
+            .last()
+            .is_some_and(|hb| self.clock.now() < hb.received_at + self.config.ttl)
+    }
+
+    /// Applies settings changed through [`SettingsHandle`] (not the name).
+    fn apply_node_settings(&mut self) {
+        if !self.node_settings.has_changed().unwrap_or(false) {
+            return;
+        }
+        let mut node = self.node_settings.borrow_and_update().clone();
+        if node.name != self.settings.node.name {
+            warn!(member = %self.name(), ignored = %node.name, "the member name cannot change while running: keeping it");
+            node.name = self.settings.node.name.clone();
+        }
+        if node != self.settings.node {
+            info!(cluster = %self.dcs.layout().scope(), member = %self.name(), tags = ?node.tags, "node settings changed");
+            self.settings.node = node;
+        }
+    }
+
+    /// Reads the view; when it has not answered after half of
+    /// `retry_timeout` and this node leads in failsafe mode, sends a round of
+    /// failsafe heartbeats meanwhile, so the round is sent well before the
+    /// demotion deadline even on the first loop of an outage.
+    async fn read_view_or_failsafe(
+        &self,
+    ) -> (Result<ClusterView, DcsError>, Option<FailsafeRound>) {
+        let retry = self.config.retry_timeout;
+        let read = bounded("read_view", retry, self.dcs.read_view());
+        let eligible = self.config.failsafe_mode
+            && self.memory.lock_renewed_at.is_some()
+            && self.memory.ran_as_primary
+            && self.failsafe_sender.is_some();
+        if !eligible {
+            return (read.await, None);
+        }
+        tokio::pin!(read);
+        tokio::select! {
+            biased;
+            result = &mut read => {
+                // A DCS refusing at once: the round goes now.
+                let round = match &result {
+                    Ok(_) => None,
+                    Err(_) => self.failsafe_round(retry / 2).await,
+                };
+                (result, round)
+            }
+            () = tokio::time::sleep(retry / 2) => {
+                let (result, round) = tokio::join!(read, self.failsafe_round(retry / 2));
+                (result, round)
+            }
+        }
+    }
+
+    /// One round of heartbeats to every other member of the failsafe set.
+    ///
+    /// No round without a known failsafe set: replicas race freely while the
+    /// key is absent, so nobody's silence could be taken for a promise.
+    async fn failsafe_round(&self, timeout: Duration) -> Option<FailsafeRound> {
+        let sender = self.failsafe_sender.as_ref()?;
+        if self.failsafe_set.is_empty() {
+            debug!(member = %self.name(), "failsafe: no failsafe key known: no round");
+            return None;
+        }
+        let me = self.name();
+        let members: Vec<(MemberName, String)> = self
+            .failsafe_set
+            .iter()
+            .filter(|(name, _)| *name != me)
+            .map(|(name, url)| (name.clone(), url.clone()))
+            .collect();
+        let heartbeat = FailsafeHeartbeat {
+            name: me.clone(),
+            conn_url: self.settings.node.conn_url.clone(),
+            api_url: self.settings.node.api_url.clone(),
+            timeline: self.last_local.0,
+            xlog_location: self.last_local.1,
+        };
+        let sent_at = self.clock.now();
+        let acknowledged =
+            tokio::time::timeout(timeout, sender.send(&members, &heartbeat, timeout))
+                .await
+                .unwrap_or_default();
+        let missing = members
+            .iter()
+            .map(|(name, _)| name.clone())
+            .filter(|name| !acknowledged.contains(name))
+            .collect::<BTreeSet<_>>();
+        let acknowledged = acknowledged
+            .into_iter()
+            .filter(|name| self.failsafe_set.contains_key(name) && name != me)
+            .collect::<BTreeSet<_>>();
+        if missing.is_empty() {
+            debug!(member = %me, acknowledged = acknowledged.len(), "failsafe round acknowledged by every member");
+        } else {
+            warn!(cluster = %self.dcs.layout().scope(), member = %me, ?missing, "failsafe round: members did not acknowledge");
+        }
+        Some(FailsafeRound {
+            sent_at,
+            acknowledged,
+            missing,
+        })
     }
 
     fn adopt_config(&mut self, view: &ClusterView) {
@@ -530,6 +857,7 @@ where
 
     async fn act(&mut self, decision: &Decision, local: &LocalPostgres) {
         let decided_at = self.clock.now();
+        self.failing_over_from = None;
         for action in &decision.actions {
             // A plan is only as good as the observation it came from: after a
             // pause (GC, SIGSTOP, a slow disk) the rest of it may be wrong.
@@ -537,6 +865,12 @@ where
             // own lifetime makes the rest of the plan suspect.)
             if self.clock.now().saturating_sub(decided_at) > self.config.ttl {
                 warn!(member = %self.name(), ?action, "plan went stale: deciding again");
+                break;
+            }
+            if *action == Action::AcquireLock && self.heartbeat_fresh() {
+                // Acknowledged after this decision read the heartbeats: the
+                // promise not to race holds.
+                warn!(member = %self.name(), "a failsafe heartbeat was acknowledged while deciding: not racing");
                 break;
             }
             let busy = self.long_task.is_some();
@@ -631,8 +965,7 @@ where
                 match bounded("acquire_leader", retry, self.dcs.acquire_leader(&me, ttl)).await {
                     Ok(true) => {
                         info!(cluster = %self.dcs.layout().scope(), member = %me, "took the leader lock");
-                        self.arm_fence(sent_at).await;
-                        Ok(())
+                        self.arm_fence_or_give_up(sent_at).await
                     }
                     Ok(false) => Err("another member holds the lock".to_owned()),
                     Err(e) => Err(e.to_string()),
@@ -642,7 +975,10 @@ where
                 let sent_at = self.clock.now();
                 match bounded("renew_leader", retry, self.dcs.renew_leader(&me, ttl)).await {
                     Ok(()) => {
-                        self.arm_fence(sent_at).await;
+                        if self.arm_fence_or_give_up(sent_at).await.is_err() {
+                            // Logged there; the lock is released.
+                            return Outcome::Failed;
+                        }
                         if let Some(optime) = local
                             .wal_position
                             .filter(|_| local.role == LocalRole::Primary)
@@ -683,7 +1019,9 @@ where
                 let result = pg_bounded(pg_timeout, self.postgres.promote()).await;
                 if let Ok(timeline) = &result {
                     info!(cluster = %self.dcs.layout().scope(), member = %me, %timeline, "promoted");
-                    self.record_history(*timeline, local.wal_position).await;
+                    let reason = self.failover_report(local.wal_position);
+                    self.record_history(*timeline, local.wal_position, reason)
+                        .await;
                 }
                 result.map(|_| ())
             }
@@ -769,6 +1107,31 @@ where
             )
             .await
             .map_err(|e| e.to_string()),
+            Action::WriteFailsafe(members) => {
+                // Rounds include the members being written even if the write
+                // times out and applies later: asking one more is only stricter.
+                for (name, url) in &members.0 {
+                    self.failsafe_set.insert(name.clone(), url.clone());
+                }
+                bounded(
+                    "write failsafe",
+                    retry,
+                    self.dcs
+                        .write(&Record::Failsafe(members.clone()), Expected::Any),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+            Action::FailsafeExtend { round_sent_at } => {
+                self.arm_fence(*round_sent_at).await;
+                Ok(())
+            }
+            Action::WithdrawFormerLeader(former) => {
+                self.failing_over_from = Some(former.clone());
+                self.withdraw_former_leader(former).await;
+                Ok(())
+            }
             Action::Bootstrap | Action::CloneFrom(_) | Action::Rewind(_) => {
                 Err("long actions run in the background".to_owned())
             }
@@ -780,6 +1143,75 @@ where
                 Outcome::Failed
             }
         }
+    }
+
+    /// Takes the former leader out of the writer routes, bounded by
+    /// `retry_timeout`; a failure is logged and the failover goes on.
+    async fn withdraw_former_leader(&self, former: &MemberName) {
+        let conn_url = self
+            .last_view
+            .as_ref()
+            .and_then(|view| view.members.get(former.as_str()))
+            .and_then(|entry| entry.as_ref().ok())
+            .map(|m| m.value.conn_url.clone())
+            .or_else(|| {
+                self.memory
+                    .last_leader
+                    .as_ref()
+                    .filter(|l| &l.name == former)
+                    .and_then(|l| l.conn_url.clone())
+            });
+        let Some((host, port)) = conn_url.as_deref().and_then(host_port) else {
+            warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), former = %former, "no address for the former leader: cannot withdraw it from the routers");
+            return;
+        };
+        let endpoint = Endpoint {
+            member: former.clone(),
+            host,
+            port,
+        };
+        match tokio::time::timeout(self.config.retry_timeout, self.router.withdraw(&endpoint)).await
+        {
+            Ok(Ok(())) => {
+                info!(cluster = %self.dcs.layout().scope(), member = %self.name(), former = %former, "withdrew the former leader from the routers")
+            }
+            Ok(Err(error)) => {
+                warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), former = %former, %error, "could not withdraw the former leader: promoting anyway")
+            }
+            Err(_) => {
+                warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), former = %former, "withdrawing the former leader timed out: promoting anyway")
+            }
+        }
+    }
+
+    /// In a failover, how much WAL the former leader was last known to hold
+    /// beyond the promoted position: logged, kept for the status, and
+    /// returned as the history entry's reason.
+    fn failover_report(&mut self, promoted_at: Option<Lsn>) -> Option<String> {
+        let former = self.failing_over_from.take()?;
+        let known = self
+            .memory
+            .last_leader
+            .as_ref()
+            .filter(|l| l.name == former)
+            .and_then(|l| l.optime);
+        let (Some(known), Some(promoted_at)) = (known, promoted_at) else {
+            warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), former = %former, "failover: the former leader's last position or our own is unknown: possible loss not reported");
+            return None;
+        };
+        let loss = known.bytes_ahead_of(promoted_at);
+        warn!(
+            cluster = %self.dcs.layout().scope(),
+            member = %self.name(),
+            former = %former,
+            former_last_known = %known,
+            promoted_at = %promoted_at,
+            possible_loss_bytes = loss,
+            synchronous = self.config.synchronous_mode != SynchronousMode::Off,
+            "failover: the former leader may have held WAL this promotion does not have"
+        );
+        self.last_failover_loss = Some(loss);
+        Some(HistoryEntry::failover_reason(&former, loss))
     }
 
     async fn route(&self, routes: &Routes) -> Result<(), String> {
@@ -803,7 +1235,15 @@ where
     /// taken as the previous one: lower than the truth, so a replica may rewind
     /// needlessly (pg_rewind then finds nothing to do) but never follows a
     /// history it diverged from.
-    async fn record_history(&self, timeline: Timeline, switch_lsn: Option<Lsn>) {
+    ///
+    /// `reason` replaces the default reason of the entry for the timeline
+    /// just ended (a failover's report, [`HistoryEntry::failover_reason`]).
+    async fn record_history(
+        &self,
+        timeline: Timeline,
+        switch_lsn: Option<Lsn>,
+        reason: Option<String>,
+    ) {
         let retry = self.config.retry_timeout;
         for _ in 0..3 {
             let view = match bounded("read history", retry, self.dcs.read_view()).await {
@@ -838,7 +1278,9 @@ where
                 history.0.push(HistoryEntry {
                     timeline: Timeline(missing),
                     switch_lsn: known.unwrap_or(previous),
-                    reason: if known.is_some() {
+                    reason: if let (Some(reason), true) = (&reason, missing == ended) {
+                        reason.clone()
+                    } else if known.is_some() {
                         "promoted by matriarch".to_owned()
                     } else {
                         "switch point unknown; recorded by a later leader".to_owned()
@@ -895,6 +1337,29 @@ where
         if let Err(error) = fence.arm(valid_for).await {
             warn!(member = %self.name(), %error, "could not arm the write fence");
         }
+    }
+
+    /// Arms the fence after the lock was taken or renewed; when it cannot
+    /// be armed (its process died, a required watchdog failed) this node
+    /// may not lead unguarded: the lock is released at once, so that the
+    /// next loop demotes (a primary without the lock) and another member
+    /// can take over, and the action fails (no promotion follows).
+    async fn arm_fence_or_give_up(&self, renewed_at: Duration) -> Result<(), String> {
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        let deadline = (renewed_at + self.config.ttl).saturating_sub(self.config.retry_timeout);
+        let valid_for = deadline.saturating_sub(self.clock.now());
+        let Err(error) = fence.arm(valid_for).await else {
+            return Ok(());
+        };
+        let me = self.name().clone();
+        error!(cluster = %self.dcs.layout().scope(), member = %me, %error, "could not arm the write fence: giving up the leader lock");
+        let retry = self.config.retry_timeout;
+        if let Err(release) = bounded("release_leader", retry, self.dcs.release_leader(&me)).await {
+            warn!(member = %me, error = %release, "could not release the lock; it expires by its ttl");
+        }
+        Err(format!("could not arm the write fence: {error}"))
     }
 
     async fn disarm_fence(&self) {

@@ -11,9 +11,11 @@ mod engine;
 pub mod sim;
 
 pub use decide::{
-    decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, Inputs, LocalPostgres,
-    LocalRole, Memory, NodeSettings, Outcome, PeerReport, Routes, LOOPS_BEFORE_REWIND,
+    decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, FailsafeInputs,
+    FailsafeRound, Inputs, LastLeader, LocalPostgres, LocalRole, Memory, NodeSettings, Outcome,
+    PeerReport, ReceivedHeartbeat, Routes, LOOPS_BEFORE_REWIND,
 };
 pub use engine::{
-    local_postgres, Decider, Engine, EngineSettings, EngineStatus, Fence, PeerProbe, StatusHandle,
+    local_postgres, Decider, Engine, EngineSettings, EngineStatus, FailsafeHandle, FailsafeRefusal,
+    FailsafeSender, Fence, PeerProbe, SettingsHandle, StatusHandle,
 };

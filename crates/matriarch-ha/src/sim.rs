@@ -10,7 +10,10 @@
 //! - in synchronous mode, no acknowledged write is missing from a newly
 //!   promoted primary;
 //! - once faults stop, a primary exists within 2 × ttl + loop_wait, and
-//!   every live node follows it within a further ttl.
+//!   every live node follows it within a further ttl;
+//! - in failsafe mode (`failsafe_mode` on), with the DCS cut off from every
+//!   node, the primary keeps running when it reaches every member and stops
+//!   writing within ttl when one does not answer ([`Scenario::FailsafeOutage`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -35,7 +38,11 @@ use matriarch_postgres::{
 use matriarch_router::RecordingRouter;
 use tokio::time::Instant;
 
-use crate::{Decider, Engine, EngineSettings, Fence, NodeSettings, PeerProbe, PeerReport};
+use crate::{
+    Decider, Engine, EngineSettings, FailsafeHandle, FailsafeSender, Fence, NodeSettings,
+    PeerProbe, PeerReport,
+};
+use matriarch_model::FailsafeHeartbeat;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -46,10 +53,34 @@ pub struct SimConfig {
     pub nodes: usize,
     /// Synchronous replication (`synchronous_mode: on`).
     pub synchronous: bool,
+    /// With `synchronous`: `synchronous_mode: quorum` (ANY n over every
+    /// eligible standby; a commit is acknowledged by any n of them).
+    pub quorum: bool,
     /// How long faults are injected, in virtual time.
     pub fault_duration: Duration,
     /// A replacement decision function (to prove that the invariants catch a broken one).
     pub decider: Option<Decider>,
+    /// `failsafe_mode` on: a primary cut off from the DCS keeps leading while
+    /// every member acknowledges its heartbeats.
+    pub failsafe: bool,
+    /// What happens after the cluster formed.
+    pub scenario: Scenario,
+}
+
+/// The course of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Random faults for `fault_duration`.
+    Mixed,
+    /// Failsafe mode on, then the DCS cut off from every node for 3 × ttl.
+    /// With `reach_all`, every member stays reachable and the primary must
+    /// stay writable throughout, nobody promoted; without it, one replica's
+    /// agent is killed just before the cut and the primary must have stopped
+    /// writing within ttl of the cut.
+    FailsafeOutage {
+        /// Every member answers the heartbeats.
+        reach_all: bool,
+    },
 }
 
 impl SimConfig {
@@ -63,6 +94,19 @@ impl SimConfig {
             synchronous: rng.chance(0.5),
             fault_duration: Duration::from_secs(40),
             decider: None,
+            failsafe: rng.chance(0.5),
+            scenario: Scenario::Mixed,
+            quorum: rng.chance(0.5),
+        }
+    }
+
+    /// [`Scenario::FailsafeOutage`] on 3 or 5 nodes, asynchronous or
+    /// synchronous as the seed chooses.
+    pub fn failsafe_outage(seed: u64, reach_all: bool) -> Self {
+        SimConfig {
+            failsafe: true,
+            scenario: Scenario::FailsafeOutage { reach_all },
+            ..SimConfig::mixed(seed)
         }
     }
 }
@@ -180,6 +224,8 @@ struct PgNode {
     isolated: bool,
     /// The agent runs and answers its REST API.
     agent_up: bool,
+    /// Where its REST API hands failsafe heartbeats.
+    failsafe: Option<FailsafeHandle>,
 }
 
 struct World {
@@ -194,6 +240,7 @@ struct World {
     rng: Rng,
     start: Instant,
     synchronous: bool,
+    quorum: bool,
 }
 
 impl World {
@@ -379,8 +426,12 @@ impl Postgres for SimPostgres {
             });
         }
         if !node.sync_names.is_empty() {
-            state.synchronous_standby_names =
-                SyncStandbyNames::first(node.sync_count, node.sync_names.iter().cloned()).ok();
+            let names = node.sync_names.iter().cloned();
+            state.synchronous_standby_names = if world.quorum {
+                SyncStandbyNames::any(node.sync_count, names).ok()
+            } else {
+                SyncStandbyNames::first(node.sync_count, names).ok()
+            };
         }
         Ok(state)
     }
@@ -678,6 +729,41 @@ impl PeerProbe for SimProbe {
     }
 }
 
+/// `POST /failsafe` to peers: only agents that run and can be reached answer,
+/// through their engine's [`FailsafeHandle`].
+struct SimFailsafe {
+    index: usize,
+    world: Arc<Mutex<World>>,
+}
+
+#[async_trait]
+impl FailsafeSender for SimFailsafe {
+    async fn send(
+        &self,
+        members: &[(MemberName, String)],
+        heartbeat: &FailsafeHeartbeat,
+        _timeout: Duration,
+    ) -> BTreeSet<MemberName> {
+        let world = lock(&self.world);
+        members
+            .iter()
+            .filter(|(name, _)| {
+                let Some(j) = world.index(name) else {
+                    return false;
+                };
+                let node = &world.nodes[j];
+                node.agent_up
+                    && world.reachable(self.index, j)
+                    && node
+                        .failsafe
+                        .as_ref()
+                        .is_some_and(|handle| handle.receive(heartbeat).is_ok())
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
 /// A node's DCS client, which the simulation can slow down or cut off.
 #[derive(Clone)]
 struct SimDcs {
@@ -864,7 +950,12 @@ impl Cluster {
             index,
             world: Arc::clone(&self.world),
         }))
+        .with_failsafe_sender(Arc::new(SimFailsafe {
+            index,
+            world: Arc::clone(&self.world),
+        }))
         .with_wall_start(wall);
+        lock(&self.world).nodes[index].failsafe = Some(engine.failsafe_handle());
         if let Some(decider) = self.decider {
             engine = engine.with_decider(decider);
         }
@@ -893,6 +984,7 @@ impl Cluster {
 
     fn crash_agent(&mut self, index: usize) {
         lock(&self.world).nodes[index].agent_up = false;
+        lock(&self.world).nodes[index].failsafe = None;
         if let Some(task) = self.nodes[index].task.take() {
             task.abort();
         }
@@ -926,11 +1018,14 @@ async fn simulate(sim: &SimConfig) -> SimReport {
     let clock = Arc::new(TokioClock(start));
     let mut rng = Rng::new(sim.seed);
     let config = ClusterConfig {
-        synchronous_mode: if sim.synchronous {
+        synchronous_mode: if sim.synchronous && sim.quorum {
+            SynchronousMode::Quorum
+        } else if sim.synchronous {
             SynchronousMode::On
         } else {
             SynchronousMode::Off
         },
+        failsafe_mode: sim.failsafe,
         ..ClusterConfig::default()
     };
     let layout = KeyLayout::new("service", "sim").unwrap_or_else(|_| unreachable!());
@@ -949,6 +1044,7 @@ async fn simulate(sim: &SimConfig) -> SimReport {
                 sync_count: 1,
                 isolated: false,
                 agent_up: false,
+                failsafe: None,
             })
             .collect(),
         acknowledged: Vec::new(),
@@ -961,6 +1057,7 @@ async fn simulate(sim: &SimConfig) -> SimReport {
         rng: Rng::new(sim.seed.rotate_left(17)),
         start,
         synchronous: sim.synchronous,
+        quorum: sim.quorum,
     }));
     let mut cluster = Cluster {
         world: Arc::clone(&world),
@@ -994,7 +1091,14 @@ async fn simulate(sim: &SimConfig) -> SimReport {
 
     // Let the cluster form, then inject faults.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let faults_end = Instant::now() + sim.fault_duration;
+    if let Scenario::FailsafeOutage { reach_all } = sim.scenario {
+        failsafe_outage(&mut cluster, reach_all).await;
+    }
+    let faults_end = if sim.scenario == Scenario::Mixed {
+        Instant::now() + sim.fault_duration
+    } else {
+        Instant::now()
+    };
     let mut healers: Vec<(Instant, Heal)> = Vec::new();
     while Instant::now() < faults_end {
         tokio::time::sleep(rng.millis(200, 2500)).await;
@@ -1033,6 +1137,71 @@ async fn simulate(sim: &SimConfig) -> SimReport {
         lost_writes: world.lost_writes,
         promotions: world.promotions,
         trace: world.trace.clone(),
+    }
+}
+
+/// The DCS cut off from every node for 3 × ttl, with every member reachable
+/// (the primary must stay writable, nobody promoted) or with one replica's
+/// agent killed just before (the primary must stop writing within ttl).
+async fn failsafe_outage(cluster: &mut Cluster, reach_all: bool) {
+    let ttl = cluster.config.ttl;
+    let primary = {
+        let world = lock(&cluster.world);
+        let now = Instant::now();
+        (0..world.nodes.len()).find(|&i| world.writable(i, now))
+    };
+    let Some(primary) = primary else {
+        lock(&cluster.world).violation("no writable primary before the DCS outage".to_owned());
+        return;
+    };
+    if !reach_all {
+        let replica = (0..cluster.nodes.len())
+            .find(|&i| i != primary)
+            .unwrap_or_default();
+        cluster.crash_agent(replica);
+        lock(&cluster.world).log(format!("{}: agent killed", member_name(replica)));
+    }
+    let promotions = lock(&cluster.world).promotions;
+    for node in &cluster.nodes {
+        node.dcs.inner.set_reachable(false);
+    }
+    let cut_at = Instant::now();
+    lock(&cluster.world).log("the DCS is cut off from every node".to_owned());
+    while Instant::now() < cut_at + ttl * 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut world = lock(&cluster.world);
+        let now = Instant::now();
+        let writable = world.writable(primary, now);
+        if reach_all && !writable {
+            let name = world.nodes[primary].name.clone();
+            world.violation(format!(
+                "failsafe: {name} stopped taking writes during a DCS outage although every member was reachable"
+            ));
+            break;
+        }
+        if !reach_all && writable && now >= cut_at + ttl {
+            let name = world.nodes[primary].name.clone();
+            world.violation(format!(
+                "failsafe: {name} still writable a ttl into a DCS outage although a member did not answer"
+            ));
+            break;
+        }
+    }
+    for node in &cluster.nodes {
+        node.dcs.inner.set_reachable(true);
+    }
+    lock(&cluster.world).log("the DCS is reachable again".to_owned());
+    tokio::time::sleep(ttl * 2).await;
+    let mut world = lock(&cluster.world);
+    if reach_all {
+        let now = Instant::now();
+        if world.promotions != promotions || !world.writable(primary, now) {
+            let name = world.nodes[primary].name.clone();
+            let since = world.promotions - promotions;
+            world.violation(format!(
+                "failsafe: {name} did not stay the primary after the DCS outage ({since} promotion(s) since)"
+            ));
+        }
     }
 }
 
@@ -1100,7 +1269,7 @@ async fn inject_fault(cluster: &mut Cluster, rng: &mut Rng, healers: &mut Vec<(I
     let name = member_name(i);
     let now = Instant::now();
     let ttl = cluster.config.ttl;
-    match rng.below(7) {
+    match rng.below(8) {
         0 => {
             // The whole node dies: agent and PostgreSQL.
             cluster.crash_agent(i);
@@ -1150,6 +1319,17 @@ async fn inject_fault(cluster: &mut Cluster, rng: &mut Rng, healers: &mut Vec<(I
                 .unwrap_or_else(PoisonError::into_inner) = delay;
             lock(&cluster.world).log(format!("{name}: DCS answers delayed by {delay:?}"));
             healers.push((now + rng.millis(500, 10_000), Heal::Undelay(i)));
+        }
+        6 => {
+            // The DCS goes away for everyone (failsafe mode's case).
+            for node in &cluster.nodes {
+                node.dcs.inner.set_reachable(false);
+            }
+            lock(&cluster.world).log("the DCS is cut off from every node".to_owned());
+            let until = now + rng.millis(500, 4 * ttl.as_millis() as u64);
+            for j in 0..n {
+                healers.push((until, Heal::Reconnect(j)));
+            }
         }
         _ => {
             // A planned switchover, to a named candidate or to any.
@@ -1210,8 +1390,9 @@ async fn traffic(world: Arc<Mutex<World>>, seed: u64) {
             continue;
         }
         // Synchronous commit: acknowledged once `count` named standbys that
-        // stream from this primary have it.
-        let standbys: Vec<usize> = (0..world.nodes.len())
+        // stream from this primary have it. In quorum mode any `count` of
+        // them may be the ones: the choice rotates with the write.
+        let eligible: Vec<usize> = (0..world.nodes.len())
             .filter(|&j| {
                 let other = &world.nodes[j];
                 names.contains(other.name.as_str())
@@ -1221,7 +1402,18 @@ async fn traffic(world: Arc<Mutex<World>>, seed: u64) {
                     && world.reachable(primary, j)
                     && other.data.as_ref().is_some_and(|d| is_prefix(&d.log, &log))
             })
-            .take(count)
+            .collect();
+        let rotate = if world.quorum && !eligible.is_empty() {
+            id as usize % eligible.len()
+        } else {
+            0
+        };
+        let standbys: Vec<usize> = eligible
+            .iter()
+            .cycle()
+            .skip(rotate)
+            .take(count.min(eligible.len()))
+            .copied()
             .collect();
         if standbys.len() < count {
             // The commit waits; the client gives up on it.

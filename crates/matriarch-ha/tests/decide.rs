@@ -24,6 +24,7 @@ struct World {
     memory: Memory,
     now: Duration,
     wall: DateTime<Utc>,
+    failsafe: FailsafeInputs,
 }
 
 impl World {
@@ -43,6 +44,7 @@ impl World {
             memory: Memory::default(),
             now: Duration::from_secs(100),
             wall: Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap(),
+            failsafe: FailsafeInputs::default(),
         };
         world.put("initialize", encode_initialize(&Initialize::Done(SYSID)));
         world
@@ -145,6 +147,7 @@ impl World {
             memory: &self.memory,
             now: self.now,
             wall_clock: self.wall,
+            failsafe: &self.failsafe,
         })
     }
 }
@@ -952,6 +955,38 @@ fn sync_mode_going_asynchronous_empties_the_key_before_postgres() {
 }
 
 #[test]
+fn quorum_mode_names_every_eligible_standby_for_any_n() {
+    let mut world = sync_leader();
+    world.config.synchronous_mode = SynchronousMode::Quorum;
+    world.config.synchronous_node_count = 1;
+    world.peer("c", Role::Replica, 500, 1);
+    world.local.streaming_standbys = BTreeSet::from([name("b"), name("c")]);
+    sync_key(&mut world, "a", &["b"]);
+    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    // ANY 1 (b, c): the key grows to both first, then PostgreSQL follows.
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::WriteSyncState { standbys, count: 1, .. }) if *standbys == BTreeSet::from([name("b"), name("c")])),
+        "{step:?}"
+    );
+    sync_key(&mut world, "a", &["b", "c"]);
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::SetSyncStandbys { standbys, count: 1, .. }) if *standbys == BTreeSet::from([name("b"), name("c")])),
+        "{step:?}"
+    );
+    world.local.sync_standbys = BTreeSet::from([name("b"), name("c")]);
+    assert_eq!(sync_action(&world.decide()), None);
+    // FIRST 1 with the same members names one.
+    world.config.synchronous_mode = SynchronousMode::On;
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys.len() == 1),
+        "{step:?}"
+    );
+}
+
+#[test]
 fn sync_mode_strict_keeps_waiting_for_its_standby() {
     let mut world = sync_leader();
     world.config.synchronous_mode_strict = true;
@@ -1077,4 +1112,438 @@ fn lock_taken_on_a_stale_decision_is_released_when_no_longer_the_best_candidate(
     let decision = world.decide();
     assert!(!decision.actions.contains(&Action::Promote), "{decision:?}");
     assert!(decision.actions.contains(&Action::ReleaseLock));
+}
+
+// ---- failsafe mode ----
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// A running replica's record with a REST API URL.
+fn api_peer(world: &mut World, n: &str, position: u64) {
+    let mut member = Member::new(
+        name(n),
+        format!("postgres://{n}:5432/postgres"),
+        format!("http://{n}:8008/patroni"),
+    );
+    member.role = Role::Replica;
+    member.state = MemberState::Running;
+    member.xlog_location = Some(Lsn(position));
+    member.timeline = Some(Timeline(1));
+    world.put(&format!("members/{n}"), encode_member(&member));
+}
+
+fn failsafe_key(members: &[&str]) -> Record {
+    Record::Failsafe(Failsafe(
+        members
+            .iter()
+            .map(|n| (name(n), format!("http://{n}:8008/patroni")))
+            .collect(),
+    ))
+}
+
+fn round(world: &World, sent_ago: f64, acknowledged: &[&str], missing: &[&str]) -> FailsafeRound {
+    FailsafeRound {
+        sent_at: world.now - secs(sent_ago),
+        acknowledged: acknowledged.iter().map(|n| name(n)).collect(),
+        missing: missing.iter().map(|n| name(n)).collect(),
+    }
+}
+
+#[test]
+fn failsafe_primary_cut_off_from_the_dcs_keeps_leading_when_every_member_acknowledged() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.primary(500, 1).renewed(secs(2.5));
+    world.reachable = false;
+    world.failsafe.round = Some(round(&world, 0.5, &["b", "c"], &[]));
+    let decision = world.decide();
+    let sent_at = world.now - secs(0.5);
+    assert_eq!(
+        decision.actions,
+        [Action::FailsafeExtend {
+            round_sent_at: sent_at
+        }]
+    );
+    assert_eq!(decision.role, EngineRole::Leader);
+    // Extended like a renewal sent when the round was.
+    assert_eq!(
+        decision.demotion_deadline,
+        Some(sent_at + world.config.ttl - world.config.retry_timeout)
+    );
+}
+
+#[test]
+fn failsafe_primary_whose_deadline_passed_on_the_renewal_keeps_leading_on_the_failsafe_round() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    // The renewal alone would have demoted (3 s ago), the last acknowledged round did not.
+    world.primary(500, 1).renewed(secs(3.5));
+    world.memory.failsafe_acked_at = Some(world.now - secs(2.0));
+    world.reachable = false;
+    world.failsafe.round = Some(round(&world, 0.3, &["b"], &[]));
+    let decision = world.decide();
+    assert!(matches!(
+        decision.actions[..],
+        [Action::FailsafeExtend { .. }]
+    ));
+}
+
+#[test]
+fn failsafe_primary_demotes_by_its_deadline_when_a_member_did_not_acknowledge() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.primary(500, 1).renewed(secs(3.0));
+    world.reachable = false;
+    world.failsafe.round = Some(round(&world, 0.5, &["b"], &["c"]));
+    let decision = world.decide();
+    assert_eq!(
+        decision.actions,
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+    assert!(
+        decision.reason.contains("no acknowledgement from c"),
+        "{}",
+        decision.reason
+    );
+}
+
+#[test]
+fn failsafe_primary_missing_an_acknowledgement_retries_the_renewal_before_its_deadline() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.primary(500, 1).renewed(secs(1.0));
+    world.reachable = false;
+    world.failsafe.round = Some(round(&world, 0.5, &["b"], &["c"]));
+    let decision = world.decide();
+    assert_eq!(decision.actions, [Action::RenewLock]);
+    assert_eq!(
+        decision.demotion_deadline,
+        Some(world.now - secs(1.0) + world.config.ttl - world.config.retry_timeout)
+    );
+}
+
+#[test]
+fn failsafe_round_sent_after_the_deadline_does_not_revive_a_primary() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    // Deadline 3 s after the renewal sent 4 s ago: passed 1 s ago; the round went 0.5 s ago.
+    world.primary(500, 1).renewed(secs(4.0));
+    world.reachable = false;
+    world.failsafe.round = Some(round(&world, 0.5, &["b", "c"], &[]));
+    let decision = world.decide();
+    assert_eq!(
+        decision.actions,
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+#[test]
+fn failsafe_mode_off_ignores_an_acknowledged_round() {
+    let mut world = World::new("a");
+    world.primary(500, 1).renewed(secs(3.0));
+    world.reachable = false;
+    world.failsafe.round = Some(round(&world, 0.5, &["b", "c"], &[]));
+    let decision = world.decide();
+    assert_eq!(
+        decision.actions,
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+#[test]
+fn failsafe_replica_with_a_fresh_heartbeat_does_not_race_for_the_expired_lock() {
+    let mut world = World::new("b");
+    world.config.failsafe_mode = true;
+    world.replica(Some("a"), 500, 1);
+    world.record(failsafe_key(&["a", "b"]));
+    world.failsafe.heartbeat = Some(ReceivedHeartbeat {
+        leader: name("a"),
+        received_at: world.now - secs(4.0),
+    });
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    assert!(
+        decision.reason.contains("failsafe heartbeat from a"),
+        "{}",
+        decision.reason
+    );
+}
+
+#[test]
+fn failsafe_replica_whose_heartbeat_is_older_than_ttl_races_again() {
+    let mut world = World::new("b");
+    world.config.failsafe_mode = true;
+    world.replica(Some("a"), 500, 1);
+    world.record(failsafe_key(&["a", "b"]));
+    world.failsafe.heartbeat = Some(ReceivedHeartbeat {
+        leader: name("a"),
+        received_at: world.now - secs(5.0),
+    });
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn failsafe_heartbeat_is_honoured_even_after_failsafe_mode_was_switched_off() {
+    let mut world = World::new("b");
+    world.replica(Some("a"), 500, 1);
+    world.failsafe.heartbeat = Some(ReceivedHeartbeat {
+        leader: name("a"),
+        received_at: world.now - secs(1.0),
+    });
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn failsafe_mode_member_missing_from_the_failsafe_key_does_not_race() {
+    let mut world = World::new("b");
+    world.config.failsafe_mode = true;
+    world.replica(Some("a"), 500, 1);
+    world.record(failsafe_key(&["a", "c"]));
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    assert!(decision.reason.contains("not a member of the failsafe key"));
+}
+
+#[test]
+fn failsafe_mode_member_of_the_failsafe_key_races_as_usual() {
+    let mut world = World::new("b");
+    world.config.failsafe_mode = true;
+    world.replica(Some("a"), 500, 1);
+    world.record(failsafe_key(&["a", "b"]));
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn failsafe_leader_writes_the_failsafe_key_with_every_member_api() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.leader("a").primary(500, 1).renewed(secs(1.0));
+    api_peer(&mut world, "b", 500);
+    api_peer(&mut world, "c", 400);
+    let decision = world.decide();
+    let Some(Record::Failsafe(expected)) = Some(failsafe_key(&["a", "b", "c"])) else {
+        unreachable!()
+    };
+    assert!(
+        has(&decision, &Action::WriteFailsafe(expected)),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn failsafe_leader_leaves_an_unchanged_failsafe_key_alone() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.leader("a").primary(500, 1).renewed(secs(1.0));
+    api_peer(&mut world, "b", 500);
+    world.record(failsafe_key(&["a", "b"]));
+    let decision = world.decide();
+    assert!(
+        !decision
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteFailsafe(_))),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn failsafe_mode_off_leader_writes_no_failsafe_key() {
+    let mut world = World::new("a");
+    world.leader("a").primary(500, 1).renewed(secs(1.0));
+    api_peer(&mut world, "b", 500);
+    assert!(!world
+        .decide()
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::WriteFailsafe(_))));
+}
+
+#[test]
+fn failsafe_primary_retakes_the_lock_that_expired_during_the_outage() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.primary(500, 1).renewed(secs(8.0));
+    world.memory.failsafe_acked_at = Some(world.now - secs(1.0));
+    let decision = world.decide();
+    assert_eq!(acts(&decision), [Action::AcquireLock]);
+    assert_eq!(decision.role, EngineRole::Leader);
+}
+
+#[test]
+fn primary_without_failsafe_acknowledgements_still_demotes_when_the_lock_expired() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.primary(500, 1).renewed(secs(8.0));
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+#[test]
+fn failsafe_extension_is_remembered_and_cleared_by_the_next_renewal() {
+    let mut memory = Memory {
+        lock_renewed_at: Some(secs(10.0)),
+        ..Memory::default()
+    };
+    memory.record(
+        &Action::FailsafeExtend {
+            round_sent_at: secs(12.0),
+        },
+        &Outcome::Done,
+        secs(12.5),
+    );
+    assert_eq!(memory.failsafe_acked_at, Some(secs(12.0)));
+    memory.record(&Action::RenewLock, &Outcome::Done, secs(14.0));
+    assert_eq!(memory.failsafe_acked_at, None);
+    // Without the lock a round extends nothing.
+    let mut memory = Memory::default();
+    memory.record(
+        &Action::FailsafeExtend {
+            round_sent_at: secs(12.0),
+        },
+        &Outcome::Done,
+        secs(12.5),
+    );
+    assert_eq!(memory.failsafe_acked_at, None);
+}
+
+// ---- failover: the former leader withdrawn first, its last position remembered ----
+
+fn former_leader(world: &mut World, n: &str, optime: u64) {
+    world.memory.last_leader = Some(LastLeader {
+        name: name(n),
+        conn_url: Some(format!("postgres://{n}:5432/postgres")),
+        optime: Some(Lsn(optime)),
+    });
+}
+
+#[test]
+fn failover_withdraws_the_former_leader_after_taking_the_lock_and_before_promoting() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("c", Role::Replica, 400, 1);
+    former_leader(&mut world, "a", 600);
+    let acts = acts(&world.decide());
+    assert_eq!(
+        acts[..3],
+        [
+            Action::AcquireLock,
+            Action::WithdrawFormerLeader(name("a")),
+            Action::Promote
+        ]
+    );
+}
+
+#[test]
+fn failover_in_synchronous_mode_withdraws_before_the_sync_key_and_the_promotion() {
+    let mut world = World::new("b");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world.replica(Some("a"), 500, 1);
+    world.record(Record::Sync(SyncState {
+        leader: Some(name("a")),
+        sync_standbys: BTreeSet::from([name("b")]),
+        quorum: None,
+    }));
+    former_leader(&mut world, "a", 500);
+    let acts = acts(&world.decide());
+    assert_eq!(acts[0], Action::AcquireLock);
+    assert_eq!(acts[1], Action::WithdrawFormerLeader(name("a")));
+    assert!(matches!(acts[2], Action::WriteSyncState { .. }));
+    assert_eq!(acts[3], Action::Promote);
+}
+
+#[test]
+fn switchover_candidate_does_not_withdraw_the_leader_that_stepped_down() {
+    let mut world = World::new("b");
+    world.replica(Some("a"), 500, 1);
+    former_leader(&mut world, "a", 500);
+    switchover(&mut world, Some("a"), Some("b"), None);
+    let decision = world.decide();
+    assert!(promotes(&decision), "{decision:?}");
+    assert!(!decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::WithdrawFormerLeader(_))));
+}
+
+#[test]
+fn first_promotion_without_a_former_leader_withdraws_nobody() {
+    let mut world = World::new("b");
+    world.replica(Some("a"), 500, 1);
+    let decision = world.decide();
+    assert!(promotes(&decision));
+    assert!(!decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::WithdrawFormerLeader(_))));
+}
+
+#[test]
+fn replica_remembers_the_newest_position_of_its_leader_from_status_or_record() {
+    let mut world = World::new("b");
+    world.leader("a").peer("a", Role::Primary, 700, 1);
+    world.record(Record::Status(LeaderStatus {
+        optime: Lsn(650),
+        ..LeaderStatus::default()
+    }));
+    let mut memory = Memory::default();
+    memory.saw_view(&ClusterView::decode(1, world.entries.clone()), &name("b"));
+    let last = memory.last_leader.clone().unwrap();
+    assert_eq!(last.name, name("a"));
+    assert_eq!(last.optime, Some(Lsn(700)));
+    assert_eq!(last.conn_url.as_deref(), Some("postgres://a:5432/postgres"));
+
+    // The lock expired; the status the leader wrote last is newer still.
+    world.remove("leader");
+    world.remove("members/a");
+    world.record(Record::Status(LeaderStatus {
+        optime: Lsn(900),
+        ..LeaderStatus::default()
+    }));
+    memory.saw_view(&ClusterView::decode(2, world.entries.clone()), &name("b"));
+    let last = memory.last_leader.clone().unwrap();
+    assert_eq!(last.optime, Some(Lsn(900)));
+    assert_eq!(last.conn_url.as_deref(), Some("postgres://a:5432/postgres"));
+
+    // Promoting reports it once, then forgets it.
+    memory.record(&Action::Promote, &Outcome::Done, secs(1.0));
+    assert_eq!(memory.last_leader, None);
+}
+
+#[test]
+fn failsafe_primary_told_the_lock_expired_keeps_its_failsafe_deadline_to_retake_it() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.primary(500, 1);
+    world.memory.failsafe_acked_at = Some(world.now - secs(1.0));
+    world.memory.lock_lost();
+    assert_eq!(world.memory.failsafe_acked_at, Some(world.now - secs(1.0)));
+    let decision = world.decide();
+    assert_eq!(acts(&decision), [Action::AcquireLock]);
+    // Past that deadline it demotes.
+    world.memory.failsafe_acked_at = Some(world.now - secs(3.0));
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+#[test]
+fn failsafe_round_does_not_extend_a_lock_this_node_was_told_it_lost() {
+    let mut world = World::new("a");
+    world.config.failsafe_mode = true;
+    world.primary(500, 1);
+    world.memory.failsafe_acked_at = Some(world.now - secs(2.5));
+    world.reachable = false;
+    world.failsafe.round = Some(round(&world, 0.1, &["b"], &[]));
+    let decision = world.decide();
+    assert!(!decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::FailsafeExtend { .. })));
 }

@@ -153,3 +153,64 @@ fn the_same_seed_replays_the_same_run() {
     );
     let _ = Arc::new(());
 }
+
+fn failsafe_seeds(reach_all: bool) {
+    let count = env_u64("MATRIARCH_SIM_FAILSAFE_SEEDS").unwrap_or(40);
+    let seeds: Vec<u64> = (1..=count).collect();
+    let (ran, failures) = run_seeds(seeds, |seed| SimConfig::failsafe_outage(seed, reach_all), 3);
+    println!("simulated {ran} failsafe outage(s), every member reachable: {reach_all}");
+    for report in &failures {
+        println!("{report}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} seed(s) broke an invariant (see above)",
+        failures.len()
+    );
+}
+
+#[test]
+fn failsafe_dcs_outage_with_every_member_reachable_keeps_the_primary_writable() {
+    failsafe_seeds(true);
+}
+
+#[test]
+fn failsafe_dcs_outage_with_a_member_unreachable_stops_writes_within_ttl() {
+    failsafe_seeds(false);
+}
+
+/// Failsafe mode where the primary keeps leading without asking anyone.
+fn failsafe_without_acknowledgements(inputs: &Inputs<'_>) -> Decision {
+    let mut failsafe = inputs.failsafe.clone();
+    if let Some(round) = failsafe.round.as_mut() {
+        round.missing.clear();
+    }
+    decide(&Inputs {
+        failsafe: &failsafe,
+        ..inputs.clone()
+    })
+}
+
+#[test]
+fn planted_bug_failsafe_ignoring_a_silent_member_is_caught() {
+    let seeds: Vec<u64> = (1..=50).collect();
+    let (ran, failures) = run_seeds(
+        seeds,
+        |seed| SimConfig {
+            decider: Some(failsafe_without_acknowledgements),
+            ..SimConfig::failsafe_outage(seed, false)
+        },
+        1,
+    );
+    let report = failures
+        .first()
+        .unwrap_or_else(|| panic!("no violation found in {ran} seeds"));
+    println!("caught after {ran} seed(s):\n{report}");
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("still writable") || v.contains("two writable")),
+        "{report}"
+    );
+}

@@ -23,8 +23,8 @@ pub use layout::{DcsKey, KeyLayout, DEFAULT_NAMESPACE, MEMBERS_DIR};
 pub use lsn::{Lsn, SystemId, Timeline};
 pub use member::{Member, MemberName, MemberState, Role, Tags};
 pub use records::{
-    FailoverRequest, Failsafe, HistoryEntry, Initialize, LeaderLock, LeaderStatus, SyncState,
-    TimelineHistory,
+    FailoverRequest, Failsafe, FailsafeHeartbeat, HistoryEntry, Initialize, LeaderLock,
+    LeaderStatus, SyncState, TimelineHistory,
 };
 
 /// Errors from parsing model values.

@@ -118,8 +118,46 @@ pub struct HistoryEntry {
     pub new_leader: Option<MemberName>,
 }
 
+/// The start of the `reason` matriarch writes for an automatic failover; the
+/// rest names the former leader and the WAL it may have lost (see
+/// [`HistoryEntry::failover_reason`]).
+const FAILOVER_REASON: &str = "automatic failover from ";
+
+/// What follows the former leader's name in a failover reason.
+const LOSS_MARKER: &str = ": possible loss ";
+
+impl HistoryEntry {
+    /// The `reason` text of a switch made by an automatic failover from
+    /// `former_leader`, recording how many bytes of WAL the former leader was
+    /// last known to hold beyond the promoted position (`possible_loss_bytes`;
+    /// 0 when nothing can have been lost). It stays a plain string so the
+    /// history keeps Patroni's `[timeline, lsn, reason, timestamp, new_leader]`
+    /// shape; [`HistoryEntry::possible_loss_bytes`] reads it back.
+    pub fn failover_reason(former_leader: &MemberName, possible_loss_bytes: u64) -> String {
+        format!("{FAILOVER_REASON}{former_leader}{LOSS_MARKER}{possible_loss_bytes} bytes")
+    }
+
+    /// The WAL an automatic failover may have lost, in bytes, when this entry
+    /// was written by one (see [`HistoryEntry::failover_reason`]); `None` for
+    /// planned switchovers and entries written by other tools.
+    pub fn possible_loss_bytes(&self) -> Option<u64> {
+        let rest = self.reason.strip_prefix(FAILOVER_REASON)?;
+        let (_, loss) = rest.split_once(LOSS_MARKER)?;
+        loss.strip_suffix(" bytes")?.parse().ok()
+    }
+
+    /// The former leader an automatic failover replaced, when this entry was
+    /// written by one.
+    pub fn failover_from(&self) -> Option<MemberName> {
+        let rest = self.reason.strip_prefix(FAILOVER_REASON)?;
+        let (name, _) = rest.split_once(LOSS_MARKER)?;
+        MemberName::new(name).ok()
+    }
+}
+
 /// The `history` key: every timeline switch of the cluster, oldest first.
-/// JSON: a list of `[timeline, lsn, reason, timestamp, new_leader]`.
+/// JSON: a list of `[timeline, lsn, reason, timestamp, new_leader]`. Rows with
+/// more elements (a later version's additions) are read, the extra ones ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimelineHistory(pub Vec<HistoryEntry>);
 
@@ -156,9 +194,9 @@ impl<'de> Deserialize<'de> for TimelineHistory {
         let rows = Vec::<Vec<serde_json::Value>>::deserialize(deserializer)?;
         let mut entries = Vec::with_capacity(rows.len());
         for (index, row) in rows.into_iter().enumerate() {
-            if !(3..=5).contains(&row.len()) {
+            if row.len() < 3 {
                 return Err(D::Error::custom(format!(
-                    "history entry {index} has {} fields; expected [timeline, lsn, reason, timestamp?, new_leader?]",
+                    "history entry {index} has {} fields; expected [timeline, lsn, reason, timestamp?, new_leader?, ...]",
                     row.len()
                 )));
             }
@@ -236,3 +274,25 @@ pub struct LeaderStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Failsafe(pub BTreeMap<MemberName, String>);
+
+/// The body of `POST /failsafe`: the primary, cut off from the DCS with
+/// `failsafe_mode` on, tells a member that it still leads (Patroni's fields:
+/// `name`, `conn_url`, `api_url`, `timeline`, `xlog_location`). A member that
+/// acknowledges it (HTTP 200) does not race for the lock while it is fresh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailsafeHeartbeat {
+    /// The primary sending it.
+    pub name: MemberName,
+    /// Its PostgreSQL connection URL.
+    #[serde(default)]
+    pub conn_url: String,
+    /// Its REST API URL.
+    #[serde(default)]
+    pub api_url: String,
+    /// Its timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
+    /// Its WAL write position, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xlog_location: Option<Lsn>,
+}

@@ -284,3 +284,75 @@ fn non_utf8_values_are_errors() {
     let err = view.leader.unwrap().unwrap_err();
     assert!(err.reason.contains("UTF-8"), "{err}");
 }
+
+#[test]
+fn failover_reason_carries_the_possible_loss_and_keeps_patronis_shape() {
+    let entry = HistoryEntry {
+        timeline: Timeline(2),
+        switch_lsn: Lsn(0x300_0000),
+        reason: HistoryEntry::failover_reason(&MemberName::new("db1").unwrap(), 8192),
+        timestamp: None,
+        new_leader: Some(MemberName::new("db2").unwrap()),
+    };
+    assert_eq!(entry.possible_loss_bytes(), Some(8192));
+    assert_eq!(entry.failover_from(), Some(MemberName::new("db1").unwrap()));
+    let json = serde_json::to_value(TimelineHistory(vec![entry.clone()])).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([[
+            2,
+            0x300_0000u64,
+            "automatic failover from db1: possible loss 8192 bytes",
+            null,
+            "db2"
+        ]])
+    );
+    let back: TimelineHistory = serde_json::from_value(json).unwrap();
+    assert_eq!(back.0[0], entry);
+}
+
+#[test]
+fn history_reasons_of_other_writers_report_no_loss() {
+    for reason in [
+        "no recovery target specified",
+        "promoted by matriarch",
+        "automatic failover from db1",
+        "automatic failover from db1: possible loss lots bytes",
+    ] {
+        let entry = HistoryEntry {
+            timeline: Timeline(1),
+            switch_lsn: Lsn(1),
+            reason: reason.to_owned(),
+            timestamp: None,
+            new_leader: None,
+        };
+        assert_eq!(entry.possible_loss_bytes(), None, "{reason}");
+    }
+}
+
+#[test]
+fn history_rows_with_more_fields_than_patronis_are_read() {
+    let history: TimelineHistory = serde_json::from_str(
+        r#"[[1, 100, "r", "2026-01-01T00:00:00+00:00", "db2", {"possible_loss_bytes": 5}]]"#,
+    )
+    .unwrap();
+    assert_eq!(
+        history.0[0].new_leader,
+        Some(MemberName::new("db2").unwrap())
+    );
+    assert!(serde_json::from_str::<TimelineHistory>(r#"[[1, 100]]"#).is_err());
+}
+
+#[test]
+fn failsafe_heartbeat_reads_patronis_body() {
+    let heartbeat: FailsafeHeartbeat = serde_json::from_str(
+        r#"{"name": "db1", "conn_url": "postgres://db1:5432/postgres", "api_url": "http://db1:8008/patroni", "slots": {}, "timeline": 3, "xlog_location": 50331744}"#,
+    )
+    .unwrap();
+    assert_eq!(heartbeat.name, MemberName::new("db1").unwrap());
+    assert_eq!(heartbeat.timeline, Some(Timeline(3)));
+    assert_eq!(heartbeat.xlog_location, Some(Lsn(50331744)));
+    let minimal: FailsafeHeartbeat = serde_json::from_str(r#"{"name": "db1"}"#).unwrap();
+    assert_eq!(minimal.timeline, None);
+    assert!(serde_json::from_str::<FailsafeHeartbeat>(r#"{"name": "bad name!"}"#).is_err());
+}

@@ -13,6 +13,11 @@
 //! Changes (authenticated, see [`ApiState::authorize`]): PATCH and PUT
 //! `/config`, POST `/switchover`, `/failover`, `/restart`, `/reload`,
 //! `/reinitialize`.
+//!
+//! Failsafe (see [`ApiState::failsafe_heartbeat`]): POST `/failsafe`, a
+//! primary's heartbeat while the DCS is unreachable; checked against
+//! `restapi.allowlist` only, as Patroni does, since every member must be able
+//! to acknowledge it.
 
 // Refusals are returned as the response itself (`Result<_, Response>`): they
 // are built only on the error path of one request, so their size is no cost.
@@ -30,9 +35,10 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use matriarch_dcs::{Dcs, DcsError, Expected};
-use matriarch_ha::{EngineRole, StatusHandle};
+use matriarch_ha::{EngineRole, FailsafeHandle, FailsafeRefusal, StatusHandle};
 use matriarch_model::{
-    ClusterConfig, ClusterView, FailoverRequest, Lsn, MemberName, MemberState, Record, Role, Tags,
+    ClusterConfig, ClusterView, FailoverRequest, FailsafeHeartbeat, Lsn, MemberName, MemberState,
+    Record, Role, Tags,
 };
 use matriarch_postgres::{
     DataDirectoryState, LocalState, PgController, PgRole, Postgres, ServerState, StopMode,
@@ -77,6 +83,11 @@ pub struct ApiState {
     pub reload: tokio::sync::mpsc::Sender<()>,
     /// The cache.
     pub cache: RwLock<Cache>,
+    /// Where `POST /failsafe` hands heartbeats to the engine
+    /// ([`matriarch_ha::Engine::failsafe_handle`]); `None` answers 503.
+    pub failsafe: Option<FailsafeHandle>,
+    /// PostgreSQL parameters waiting for a restart.
+    pub parameters: Arc<crate::params::ParameterStatus>,
 }
 
 /// What the background refresher last saw.
@@ -190,6 +201,10 @@ struct Node {
     wal_position: Option<Lsn>,
     /// The dynamic configuration this node's engine decides with.
     config: ClusterConfig,
+    /// The possible loss this node reported at its last failover.
+    last_failover_loss: Option<u64>,
+    /// Leading on failsafe.
+    failsafe_active: bool,
 }
 
 impl Node {
@@ -268,6 +283,8 @@ impl ApiState {
             timeline: status.timeline.map(|t| t.0),
             wal_position: status.wal_position,
             config: status.config,
+            last_failover_loss: status.last_failover_possible_loss_bytes,
+            failsafe_active: status.failsafe_active,
         }
     }
 
@@ -315,6 +332,14 @@ impl ApiState {
         }
         if node.paused {
             body["pause"] = json!(true);
+        }
+        if node.failsafe_active {
+            body["failsafe_mode_is_active"] = json!(true);
+        }
+        let pending = self.parameters.pending();
+        if !pending.is_empty() {
+            body["pending_restart"] = json!(true);
+            body["pending_restart_reason"] = json!(pending);
         }
         if let Some(local) = &node.local {
             match node.pg_role() {
@@ -522,6 +547,24 @@ impl ApiState {
             "matriarch_paused",
             "1 if the cluster is in maintenance mode",
             b(node.paused),
+        );
+        // This node's own report, else the newest one in the history.
+        let loss = node.last_failover_loss.or_else(|| {
+            node.view
+                .as_ref()
+                .and_then(|v| v.history.as_ref())
+                .and_then(|h| h.as_ref().ok())
+                .and_then(|h| h.value.0.iter().rev().find_map(|e| e.possible_loss_bytes()))
+        });
+        gauge(
+            "matriarch_last_failover_possible_loss_bytes",
+            "WAL bytes the former leader was last known to hold beyond the promoted position at the last automatic failover (-1: none reported)",
+            loss.map_or("-1".to_owned(), |l| l.to_string()),
+        );
+        gauge(
+            "matriarch_failsafe_active",
+            "1 if this primary leads on failsafe (DCS unreachable, every member acknowledged)",
+            b(node.failsafe_active),
         );
         out.push_str(&format!(
             "# HELP matriarch_ha_loops_total HA loops run\n# TYPE matriarch_ha_loops_total counter\nmatriarch_ha_loops_total{{{labels}}} {}\n",
@@ -749,6 +792,16 @@ impl ApiState {
             Ok(c) => c,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
+        // Refused here rather than by every node later: a parameter matriarch
+        // manages, or one no configuration file can hold.
+        for (name, value) in &config.postgresql.parameters {
+            if let Err(e) = matriarch_postgres::check_parameter(name, value) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("postgresql.parameters: {e}"),
+                );
+            }
+        }
         match self
             .dcs
             .write(&Record::Config(config.clone()), expected)
@@ -1037,6 +1090,54 @@ impl ApiState {
         respond(StatusCode::OK, json!({"message": "reinitialize started"}))
     }
 
+    /// `POST /failsafe`: a primary cut off from the DCS (failsafe mode)
+    /// asks this member not to race for the lock. 200 only when failsafe
+    /// mode is on and this node runs as a replica of the sender (from then
+    /// on it does not race for a ttl); 409 when it is not a replica of it;
+    /// 503 when failsafe mode is off or the engine is not wired. Only
+    /// `restapi.allowlist` applies.
+    async fn failsafe_heartbeat(&self, req: Request<Incoming>, peer: IpAddr) -> Resp {
+        if !self.allowlist.is_empty() && !self.allowlist.iter().any(|r| r.contains(peer)) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("{peer} is not in restapi.allowlist"),
+            );
+        }
+        let Some(handle) = &self.failsafe else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "failsafe is not available");
+        };
+        let heartbeat: FailsafeHeartbeat = match read_json(req).await {
+            Ok(value) => match serde_json::from_value(value) {
+                Ok(heartbeat) => heartbeat,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("not a failsafe heartbeat: {e}"),
+                    )
+                }
+            },
+            Err(r) => return r,
+        };
+        // The engine's view is a loop old; PostgreSQL's is fresher.
+        let node = self.node();
+        if node.pg_role() != Some(PgRole::Replica) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("not a running replica of {}", heartbeat.name),
+            );
+        }
+        match handle.receive(&heartbeat) {
+            Ok(()) => {
+                debug!(cluster = %self.scope, member = %self.name, leader = %heartbeat.name, "failsafe heartbeat acknowledged");
+                respond(StatusCode::OK, json!({"message": "Accepted"}))
+            }
+            Err(refusal @ FailsafeRefusal::Disabled) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
+            }
+            Err(refusal) => error(StatusCode::CONFLICT, refusal.to_string()),
+        }
+    }
+
     /// Serves one request.
     pub async fn handle(
         self: Arc<Self>,
@@ -1078,13 +1179,23 @@ impl ApiState {
                                         .0
                                         .iter()
                                         .map(|e| {
-                                            json!([
+                                            let mut row = json!([
                                                 e.timeline.0,
                                                 e.switch_lsn.0,
                                                 e.reason,
                                                 e.timestamp.map(|t| t.to_rfc3339()),
                                                 e.new_leader.as_ref().map(MemberName::as_str)
-                                            ])
+                                            ]);
+                                            // A failover's report, after Patroni's five fields.
+                                            if let (Some(loss), Value::Array(items)) =
+                                                (e.possible_loss_bytes(), &mut row)
+                                            {
+                                                items.push(json!({
+                                                    "possible_loss_bytes": loss,
+                                                    "failover_from": e.failover_from().map(|n| n.to_string()),
+                                                }));
+                                            }
+                                            row
                                         })
                                         .collect()
                                 })
@@ -1122,6 +1233,9 @@ impl ApiState {
                 response
             }
             Method::POST | Method::PATCH | Method::PUT | Method::DELETE => {
+                if method == Method::POST && path == "/failsafe" {
+                    return self.failsafe_heartbeat(req, peer.ip()).await;
+                }
                 let known = matches!(
                     (&method, path.as_str()),
                     (&Method::PATCH | &Method::PUT, "/config")

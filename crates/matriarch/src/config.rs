@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// Commands run on events.
     #[serde(default)]
     pub callbacks: CallbacksConfig,
+    /// The Linux watchdog armed while this node leads (off by default).
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
 }
 
 fn default_namespace() -> String {
@@ -385,6 +388,78 @@ pub struct CallbacksConfig {
     /// Before a promotion (synchronous): a non-zero exit cancels it.
     #[serde(default)]
     pub pre_promote: Option<PathBuf>,
+}
+
+/// `watchdog:` (Patroni's shape): a Linux watchdog device kept armed while
+/// this node leads, so that a hung host is reset before its lock expires.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// `off`, `automatic` or `required`.
+    #[serde(default)]
+    pub mode: WatchdogMode,
+    /// The device (`/dev/watchdog` by default).
+    #[serde(default = "default_watchdog_device")]
+    pub device: PathBuf,
+    /// Seconds between the watchdog firing and the lock expiring: the
+    /// device's timeout is `ttl - safety_margin` (at least 1 s).
+    #[serde(default = "default_watchdog_safety_margin")]
+    pub safety_margin: u64,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            mode: WatchdogMode::Off,
+            device: default_watchdog_device(),
+            safety_margin: default_watchdog_safety_margin(),
+        }
+    }
+}
+
+fn default_watchdog_device() -> PathBuf {
+    PathBuf::from("/dev/watchdog")
+}
+
+fn default_watchdog_safety_margin() -> u64 {
+    5
+}
+
+/// `watchdog.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WatchdogMode {
+    /// No watchdog.
+    #[default]
+    Off,
+    /// Use the device when it works; a failure is logged and ignored.
+    Automatic,
+    /// Refuse to start when the device cannot be opened; a failure while
+    /// leading is reported as a failure of the write fence.
+    Required,
+}
+
+impl<'de> Deserialize<'de> for WatchdogMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        // YAML 1.1 readers (Patroni's) take a bare `off` as false.
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(false) => Ok(WatchdogMode::Off),
+            Raw::Bool(true) => Ok(WatchdogMode::Automatic),
+            Raw::Text(text) => match text.to_ascii_lowercase().as_str() {
+                "off" | "false" => Ok(WatchdogMode::Off),
+                "automatic" | "on" | "true" => Ok(WatchdogMode::Automatic),
+                "required" => Ok(WatchdogMode::Required),
+                _ => Err(serde::de::Error::custom(format!(
+                    "watchdog.mode must be off, automatic or required, not {text:?}"
+                ))),
+            },
+        }
+    }
 }
 
 /// The keys of the dynamic configuration, for refusing unknown ones.
@@ -959,6 +1034,17 @@ impl NodeConfig {
             }
         }
 
+        // Watchdog.
+        if self.watchdog.mode != WatchdogMode::Off && !self.watchdog.device.is_absolute() {
+            return Err(ConfigError::invalid(
+                "watchdog.device",
+                format!(
+                    "{} must be an absolute path",
+                    self.watchdog.device.display()
+                ),
+            ));
+        }
+
         Ok(Validated {
             name,
             layout,
@@ -1074,6 +1160,37 @@ postgresql:
     }
 
     #[test]
+    fn the_watchdog_is_off_by_default_and_reads_patroni_forms() {
+        let (config, _) = NodeConfig::parse(MINIMAL, no_env).unwrap();
+        assert_eq!(config.watchdog, WatchdogConfig::default());
+        assert_eq!(config.watchdog.mode, WatchdogMode::Off);
+        for (mode, expected) in [
+            ("off", WatchdogMode::Off),
+            ("false", WatchdogMode::Off),
+            ("automatic", WatchdogMode::Automatic),
+            ("required", WatchdogMode::Required),
+            ("Required", WatchdogMode::Required),
+        ] {
+            let text = format!(
+                "{MINIMAL}watchdog:\n  mode: {mode}\n  device: /dev/watchdog1\n  safety_margin: 3\n"
+            );
+            let (config, _) = NodeConfig::parse(&text, no_env).unwrap();
+            assert_eq!(config.watchdog.mode, expected, "{mode}");
+            assert_eq!(config.watchdog.device, PathBuf::from("/dev/watchdog1"));
+            assert_eq!(config.watchdog.safety_margin, 3);
+        }
+        let text = format!("{MINIMAL}watchdog:\n  mode: sometimes\n");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("off, automatic or required"), "{err}");
+        let text = format!("{MINIMAL}watchdog:\n  mode: required\n  device: watchdog\n");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("watchdog.device"), "{err}");
+        let text = format!("{MINIMAL}watchdog:\n  mode: automatic\n  timeout: 3\n");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("timeout"), "{err}");
+    }
+
+    #[test]
     fn the_example_configuration_is_valid() {
         let text = include_str!("../node.example.yaml");
         let (config, v) = NodeConfig::parse(text, no_env).unwrap();
@@ -1082,5 +1199,6 @@ postgresql:
         assert_eq!(v.bootstrap_dcs.ttl, std::time::Duration::from_secs(5));
         assert_eq!(v.allowlist.len(), 2);
         assert!(config.router.elb.is_none() && config.router.dns.is_none());
+        assert_eq!(config.watchdog, WatchdogConfig::default());
     }
 }

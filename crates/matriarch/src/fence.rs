@@ -26,15 +26,23 @@
 //! replica, rewind). When the pipe closes while disarmed the watchdog just
 //! exits. It ignores SIGINT and SIGHUP (a terminal's Ctrl-C must not take
 //! the fence down with the agent); SIGTERM ends it.
+//!
+//! # With a watchdog
+//!
+//! When `watchdog.mode` is not `off`, [`CombinedFence`] arms and disarms
+//! both the process fence and the [`crate::watchdog::Watchdog`]: the first
+//! guards against a dead or hung agent, the second against a hung host.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use matriarch_ha::Fence;
+use tracing::{debug, info, warn};
 
 use crate::error::DaemonError;
 
@@ -113,6 +121,100 @@ impl Fence for ProcessFence {
 
     async fn disarm(&self) -> Result<(), String> {
         self.send("disarm\n")
+    }
+}
+
+/// How a failure of the second fence of a [`CombinedFence`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondFence {
+    /// Logged (once, until it works again) and otherwise ignored.
+    BestEffort,
+    /// Reported to the engine like a failure of the first.
+    Required,
+}
+
+/// Two fences armed and disarmed together: the first (the process fence)
+/// always counts; the second (the watchdog) counts as [`SecondFence`] says.
+pub struct CombinedFence {
+    first: Arc<dyn Fence>,
+    second: Arc<dyn Fence>,
+    policy: SecondFence,
+    /// The second fence failed last time (to log a failure once, not every loop).
+    second_failing: AtomicBool,
+}
+
+impl std::fmt::Debug for CombinedFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CombinedFence")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CombinedFence {
+    /// Arms and disarms `first` and `second` together.
+    pub fn new(first: Arc<dyn Fence>, second: Arc<dyn Fence>, policy: SecondFence) -> Self {
+        CombinedFence {
+            first,
+            second,
+            policy,
+            second_failing: AtomicBool::new(false),
+        }
+    }
+
+    /// Combines both results: the first's error always, the second's only
+    /// when it is required.
+    fn combine(
+        &self,
+        what: &str,
+        first: Result<(), String>,
+        second: Result<(), String>,
+    ) -> Result<(), String> {
+        let second = match second {
+            // Only an arm proves the watchdog works (a disarm of a device
+            // never opened succeeds trivially).
+            Ok(()) if what != "arm" => Ok(()),
+            Ok(()) => {
+                if self.second_failing.swap(false, Ordering::Relaxed) {
+                    info!("the watchdog works again");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let first_time = !self.second_failing.swap(true, Ordering::Relaxed);
+                match self.policy {
+                    SecondFence::Required => Err(error),
+                    SecondFence::BestEffort => {
+                        if first_time {
+                            warn!(%error, "watchdog.mode is automatic: could not {what} the watchdog, continuing without it");
+                        } else {
+                            debug!(%error, "the watchdog still fails");
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        };
+        match (first, second) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
+    }
+}
+
+#[async_trait]
+impl Fence for CombinedFence {
+    async fn arm(&self, valid_for: Duration) -> Result<(), String> {
+        let first = self.first.arm(valid_for).await;
+        let second = self.second.arm(valid_for).await;
+        self.combine("arm", first, second)
+    }
+
+    async fn disarm(&self) -> Result<(), String> {
+        let first = self.first.disarm().await;
+        let second = self.second.disarm().await;
+        self.combine("disarm", first, second)
     }
 }
 
@@ -254,6 +356,80 @@ mod tests {
         assert_eq!(parse_line("disarm\n"), Some(Message::Disarm));
         assert_eq!(parse_line("arm soon"), None);
         assert_eq!(parse_line("kill"), None);
+    }
+
+    /// A fence that records calls and fails when told to.
+    #[derive(Default)]
+    struct FakeFence {
+        calls: Mutex<Vec<String>>,
+        fail: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Fence for FakeFence {
+        async fn arm(&self, valid_for: Duration) -> Result<(), String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("arm {}", valid_for.as_millis()));
+            if self.fail.load(Ordering::Relaxed) {
+                Err("device gone".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+
+        async fn disarm(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("disarm".to_owned());
+            if self.fail.load(Ordering::Relaxed) {
+                Err("device gone".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn combined(policy: SecondFence) -> (Arc<FakeFence>, Arc<FakeFence>, CombinedFence) {
+        let first = Arc::new(FakeFence::default());
+        let second = Arc::new(FakeFence::default());
+        let fence = CombinedFence::new(first.clone(), second.clone(), policy);
+        (first, second, fence)
+    }
+
+    #[tokio::test]
+    async fn both_fences_are_armed_and_disarmed() {
+        let (first, second, fence) = combined(SecondFence::BestEffort);
+        fence.arm(Duration::from_millis(1500)).await.unwrap();
+        fence.disarm().await.unwrap();
+        for f in [&first, &second] {
+            assert_eq!(*f.calls.lock().unwrap(), ["arm 1500", "disarm"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_automatic_watchdog_failure_is_ignored_but_a_required_one_is_reported() {
+        let (first, second, fence) = combined(SecondFence::BestEffort);
+        second.fail.store(true, Ordering::Relaxed);
+        fence.arm(Duration::from_secs(1)).await.unwrap();
+        fence.arm(Duration::from_secs(1)).await.unwrap();
+        // The process fence is still armed every time.
+        assert_eq!(first.calls.lock().unwrap().len(), 2);
+
+        let (_, second, fence) = combined(SecondFence::Required);
+        second.fail.store(true, Ordering::Relaxed);
+        let err = fence.arm(Duration::from_secs(1)).await.unwrap_err();
+        assert!(err.contains("device gone"), "{err}");
+        second.fail.store(false, Ordering::Relaxed);
+        fence.arm(Duration::from_secs(1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_process_fence_failure_is_always_reported() {
+        let (first, second, fence) = combined(SecondFence::BestEffort);
+        first.fail.store(true, Ordering::Relaxed);
+        assert!(fence.arm(Duration::from_secs(1)).await.is_err());
+        // The watchdog is armed even so.
+        assert_eq!(second.calls.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -141,8 +141,6 @@ pub struct HookedPostgres {
     callbacks: Callbacks,
     ops: Arc<tokio::sync::Mutex<()>>,
     role: Mutex<&'static str>,
-    /// The member a still-unstarted clone was taken from.
-    cloned_from: Mutex<Option<matriarch_model::MemberName>>,
 }
 
 impl HookedPostgres {
@@ -157,7 +155,6 @@ impl HookedPostgres {
             callbacks,
             ops,
             role: Mutex::new("replica"),
-            cloned_from: Mutex::new(None),
         }
     }
 
@@ -230,11 +227,7 @@ impl Postgres for HookedPostgres {
             })?;
             warn!(data_dir = %data_dir.display(), aside = %aside.display(), "set the unrepairable data directory aside before cloning anew");
         }
-        self.inner.clone_replica(source).await?;
-        if let Ok(mut cloned) = self.cloned_from.lock() {
-            *cloned = Some(source.member.clone());
-        }
-        Ok(())
+        self.inner.clone_replica(source).await
     }
 
     async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
@@ -250,9 +243,6 @@ impl Postgres for HookedPostgres {
             }
         }
         self.inner.start(as_role.clone()).await?;
-        if let Ok(mut cloned) = self.cloned_from.lock() {
-            *cloned = None;
-        }
         let role = if as_role == StartAs::Primary {
             "primary"
         } else {
@@ -308,43 +298,8 @@ impl Postgres for HookedPostgres {
         self.inner.follow(upstream).await
     }
 
-    /// A fresh clone of `source` that has not started yet cannot have
-    /// diverged from it: `NotNeeded` (pg_rewind would refuse its
-    /// `backup_label`). Anything else goes to pg_rewind.
-    ///
-    /// A standby that crashed (`standby.signal` present, no clean shutdown)
-    /// first recovers as a standby without upstream, replaying only the WAL
-    /// it has, and stops cleanly ("shut down in recovery"), which pg_rewind
-    /// accepts. The controller's own path for a crashed directory, crash
-    /// recovery in single-user mode, ends recovery as a primary would: it
-    /// writes a shutdown checkpoint on the standby's timeline, WAL that its
-    /// primary never had. Promoted later, such a node forks from a history
-    /// that differs from the old primary's before the fork point it records,
-    /// and the old primary can then not be rewound (pg_rewind finds no
-    /// record at that point in its WAL) and is cloned anew.
     async fn rewind(&self, source: &Upstream) -> Result<RewindOutcome, PostgresError> {
         let _ops = self.ops.lock().await;
-        let data_dir = self.inner.config().data_dir.clone();
-        let fresh_clone = self
-            .cloned_from
-            .lock()
-            .map(|c| c.as_ref() == Some(&source.member))
-            .unwrap_or(false);
-        if fresh_clone && data_dir.join("backup_label").exists() {
-            return Ok(RewindOutcome::NotNeeded);
-        }
-        if data_dir.join("standby.signal").exists() {
-            let state = self.inner.observe().await?;
-            if state.server
-                == matriarch_postgres::ServerState::NotRunning(
-                    matriarch_postgres::DataDirectoryState::Crashed,
-                )
-            {
-                info!(data_dir = %data_dir.display(), "a crashed standby: recovering it as a standby, without upstream, before the timeline check");
-                self.inner.start(StartAs::Standby).await?;
-                self.inner.stop(StopMode::Fast).await?;
-            }
-        }
         self.inner.rewind(source).await
     }
 

@@ -17,9 +17,11 @@ mod hooks;
 mod http_client;
 mod logging;
 mod node;
+mod params;
 mod probe;
 mod router;
 mod secret;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

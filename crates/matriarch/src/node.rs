@@ -6,8 +6,8 @@
 //!   releases the leader lock at once so a replica takes over without
 //!   waiting for the ttl, removes its member record), then the process exits.
 //! - SIGHUP (and `POST /reload`): the configuration file is read again; the
-//!   log level applies at once, every other changed section is reported as
-//!   needing a restart.
+//!   log level, the tags and `postgresql.parameters` apply at once, every
+//!   other changed section is reported as needing a restart.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,12 +22,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn, Instrument};
 
 use crate::api::{self, ApiState};
-use crate::config::{NodeConfig, Validated};
+use crate::config::{NodeConfig, Validated, WatchdogMode};
 use crate::error::DaemonError;
-use crate::fence::ProcessFence;
+use crate::fence::{CombinedFence, ProcessFence, SecondFence};
 use crate::hooks::{self, Callbacks, HookedPostgres};
 use crate::logging::LogHandle;
+use crate::params::{self, ParameterStatus};
 use crate::probe::HttpPeerProbe;
+use crate::watchdog::Watchdog;
 use crate::{dcs, http_client, router};
 
 /// How long a peer probe or a duplicate-name check waits for an answer.
@@ -160,6 +162,14 @@ async fn run_node(
     let retry = validated.bootstrap_dcs.retry_timeout;
     let ttl = validated.bootstrap_dcs.ttl;
     let scope = validated.layout.scope().to_owned();
+    // The watchdog's timeout follows the ttl in force (the engine's status,
+    // once it runs).
+    let engine_status = Arc::new(std::sync::OnceLock::<matriarch_ha::StatusHandle>::new());
+    let watchdog = watchdog(
+        &config,
+        &validated.bootstrap_dcs,
+        Arc::clone(&engine_status),
+    )?;
     let dcs = dcs::build(&config, retry, ttl)?;
     let system_id = check_duplicate_name(&*dcs.0, &validated, retry * 2).await?;
 
@@ -194,6 +204,14 @@ async fn run_node(
 
     let fence = Arc::new(ProcessFence::spawn(&pg_config.data_dir)?);
     info!(pid = ?fence.pid(), "write fence watchdog started");
+    let engine_fence: Arc<dyn matriarch_ha::Fence> = match &watchdog {
+        Some((device, policy)) => Arc::new(CombinedFence::new(
+            Arc::clone(&fence) as Arc<dyn matriarch_ha::Fence>,
+            Arc::clone(device) as Arc<dyn matriarch_ha::Fence>,
+            *policy,
+        )),
+        None => Arc::clone(&fence) as Arc<dyn matriarch_ha::Fence>,
+    };
     let callbacks = Callbacks::new(config.callbacks.clone(), scope.clone());
     let ops = Arc::new(tokio::sync::Mutex::new(()));
     let postgres = HookedPostgres::new(Arc::clone(&pg), callbacks.clone(), Arc::clone(&ops));
@@ -215,6 +233,16 @@ async fn run_node(
         },
         postgres_timeout: POSTGRES_TIMEOUT,
     };
+    // Peers' REST APIs over HTTP or HTTPS (the cluster's CA: restapi.cafile).
+    let peer_client = Arc::new(HttpPeerProbe::with_tls(
+        PROBE_TIMEOUT,
+        config.restapi.cafile.as_deref(),
+        config
+            .restapi
+            .certfile
+            .as_deref()
+            .zip(config.restapi.keyfile.as_deref()),
+    ));
     let engine = Engine::new(
         dcs.clone(),
         postgres,
@@ -222,11 +250,18 @@ async fn run_node(
         settings,
         Arc::new(SystemClock::new()),
     )
-    .with_fence(Arc::clone(&fence) as Arc<dyn matriarch_ha::Fence>)
-    .with_peer_probe(Arc::new(HttpPeerProbe::new(PROBE_TIMEOUT)));
+    .with_fence(engine_fence)
+    .with_peer_probe(Arc::clone(&peer_client) as Arc<dyn matriarch_ha::PeerProbe>)
+    .with_failsafe_sender(peer_client as Arc<dyn matriarch_ha::FailsafeSender>);
     let status = engine.status();
+    let settings_handle = engine.settings_handle();
+    let failsafe = engine.failsafe_handle();
+    let _ = engine_status.set(status.clone());
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(4);
+    let (local_parameters, local_parameters_rx) =
+        tokio::sync::watch::channel(pgs.parameters.clone());
+    let parameter_status = Arc::new(ParameterStatus::default());
     let state = Arc::new(ApiState {
         name: validated.name.clone(),
         scope: scope.clone(),
@@ -245,6 +280,8 @@ async fn run_node(
         bootstrap_config: validated.bootstrap_dcs.clone(),
         reload: reload_tx.clone(),
         cache: RwLock::new(api::Cache::default()),
+        failsafe: Some(failsafe),
+        parameters: Arc::clone(&parameter_status),
     });
     let current = tracing::Span::current();
     let server =
@@ -259,6 +296,16 @@ async fn run_node(
         )
         .instrument(current.clone()),
     );
+    let applier = tokio::spawn(
+        params::apply_dynamic_parameters(
+            status.clone(),
+            local_parameters_rx,
+            Arc::clone(&pg),
+            Arc::clone(&state.ops),
+            parameter_status,
+        )
+        .instrument(current.clone()),
+    );
     let role_watch = tokio::spawn(
         hooks::watch_role_changes(status.clone(), callbacks).instrument(current.clone()),
     );
@@ -270,7 +317,8 @@ async fn run_node(
     let reloader = {
         let state = Arc::clone(&state);
         let path = config_path.clone();
-        let running = config.clone();
+        let mut running = config.clone();
+        let settings = settings_handle.clone();
         tokio::spawn(
             async move {
                 loop {
@@ -279,7 +327,11 @@ async fn run_node(
                         Some(()) = reload_rx.recv() => {}
                         else => break,
                     }
-                    reload(&path, &running, &state, &log);
+                    if let Some(new) =
+                        reload(&path, &running, &state, &log, &local_parameters, &settings)
+                    {
+                        running = new;
+                    }
                 }
             }
             .instrument(current.clone()),
@@ -294,22 +346,107 @@ async fn run_node(
     engine.run(shutdown).await;
     info!("stopped");
     fence.close();
+    if let Some((device, _)) = &watchdog {
+        // The engine disarms after stepping down; this covers every other way out.
+        if let Err(error) = device.disarm() {
+            error!(%error, "could not disarm the watchdog: the host may be reset");
+        }
+    }
     reloader.abort();
+    applier.abort();
     role_watch.abort();
     refresher.abort();
     server.abort();
     Ok(())
 }
 
-/// Re-reads the configuration file and applies what can change live.
-fn reload(path: &Path, running: &NodeConfig, state: &ApiState, log: &LogHandle) {
+/// The watchdog of `watchdog:`, if its mode is not `off`, with how its
+/// failures count. `required` refuses to start when the device cannot be
+/// opened; `automatic` logs it and carries on.
+fn watchdog(
+    config: &NodeConfig,
+    bootstrap: &matriarch_model::ClusterConfig,
+    status: Arc<std::sync::OnceLock<matriarch_ha::StatusHandle>>,
+) -> Result<Option<(Arc<Watchdog>, SecondFence)>, DaemonError> {
+    let bootstrap_ttl = bootstrap.ttl;
+    let section = &config.watchdog;
+    let policy = match section.mode {
+        WatchdogMode::Off => return Ok(None),
+        WatchdogMode::Automatic => SecondFence::BestEffort,
+        WatchdogMode::Required => SecondFence::Required,
+    };
+    let ttl = Arc::new(move || status.get().map_or(bootstrap_ttl, |s| s.get().config.ttl));
+    let margin = Duration::from_secs(section.safety_margin);
+    let device = Arc::new(Watchdog::new(section.device.clone(), margin, ttl));
+    let timeout = crate::watchdog::timeout_for(bootstrap_ttl, margin);
+    if timeout <= bootstrap.loop_wait + bootstrap.retry_timeout {
+        // Keepalives follow renewals: up to loop_wait + retry_timeout apart.
+        warn!(
+            timeout_secs = timeout.as_secs(),
+            "the watchdog timeout (ttl - watchdog.safety_margin, at least 1 s) is not longer than \
+             loop_wait + retry_timeout: a healthy primary's host may be reset; raise ttl or lower \
+             watchdog.safety_margin"
+        );
+    }
+    if timeout + bootstrap.retry_timeout >= bootstrap_ttl {
+        // A keepalive follows its renewal's request by up to retry_timeout,
+        // and the lock counts from the request.
+        warn!(
+            timeout_secs = timeout.as_secs(),
+            "the watchdog timeout plus retry_timeout is not shorter than ttl: after a hang the \
+             host may be reset only after its lock expired; make watchdog.safety_margin larger \
+             than retry_timeout"
+        );
+    }
+    match (device.check_usable(), policy) {
+        (Ok(()), _) => info!(
+            device = %section.device.display(),
+            mode = ?section.mode,
+            timeout_secs = timeout.as_secs(),
+            "watchdog enabled: armed while this node leads"
+        ),
+        (Err(error), SecondFence::Required) => {
+            return Err(DaemonError::Fence(format!(
+                "watchdog.mode is required: {error}"
+            )))
+        }
+        (Err(error), SecondFence::BestEffort) => warn!(
+            %error,
+            "watchdog.mode is automatic: the watchdog device is not usable, running without it"
+        ),
+    }
+    Ok(Some((device, policy)))
+}
+
+/// Re-reads the configuration file and applies what can change live: the
+/// log level and `postgresql.parameters`. Returns the configuration read,
+/// or `None` (nothing changed) when it is invalid.
+fn reload(
+    path: &Path,
+    running: &NodeConfig,
+    state: &ApiState,
+    log: &LogHandle,
+    local_parameters: &tokio::sync::watch::Sender<params::Parameters>,
+    settings: &matriarch_ha::SettingsHandle,
+) -> Option<NodeConfig> {
     let (new, _) = match NodeConfig::load(path, |var| std::env::var(var).ok()) {
         Ok(loaded) => loaded,
         Err(error) => {
             error!(%error, "reload refused: keeping the running configuration");
-            return;
+            return None;
         }
     };
+    // PostgreSQL parameters apply by reload; the rest of the section needs
+    // a restart of the agent.
+    let (mut running_pg, mut new_pg) = (running.postgresql.clone(), new.postgresql.clone());
+    if let (Some(old), Some(fresh)) = (running_pg.as_mut(), new_pg.as_mut()) {
+        if old.parameters != fresh.parameters {
+            local_parameters.send_replace(fresh.parameters.clone());
+            info!("postgresql.parameters changed: applying");
+        }
+        old.parameters.clear();
+        fresh.parameters.clear();
+    }
     if new.log.level != running.log.level {
         match log.set_level(&new.log.level) {
             Ok(()) => info!(level = %new.log.level, "log level changed"),
@@ -347,13 +484,8 @@ fn reload(path: &Path, running: &NodeConfig, state: &ApiState, log: &LogHandle) 
         ),
         (
             "postgresql",
-            format!("{:?}", running.postgresql),
-            format!("{:?}", new.postgresql),
-        ),
-        (
-            "tags",
-            format!("{:?}", running.tags),
-            format!("{:?}", new.tags),
+            format!("{running_pg:?}"),
+            format!("{new_pg:?}"),
         ),
         (
             "router",
@@ -365,16 +497,33 @@ fn reload(path: &Path, running: &NodeConfig, state: &ApiState, log: &LogHandle) 
             format!("{:?}", running.callbacks),
             format!("{:?}", new.callbacks),
         ),
+        (
+            "watchdog",
+            format!("{:?}", running.watchdog),
+            format!("{:?}", new.watchdog),
+        ),
     ];
     for (key, old, new) in sections {
         if old != new {
             restart.push(key);
         }
     }
-    let _ = state;
+    if new.tags != running.tags {
+        // Tags apply at the engine's next loop (and its member record).
+        settings.set_node(NodeSettings {
+            tags: new.tags.clone(),
+            ..settings.node()
+        });
+        match state.tags.write() {
+            Ok(mut tags) => *tags = new.tags.clone(),
+            Err(poisoned) => *poisoned.into_inner() = new.tags.clone(),
+        }
+        info!(tags = ?new.tags, "tags changed: applying");
+    }
     if restart.is_empty() {
         info!("configuration reloaded");
     } else {
         warn!(keys = %restart.join(", "), "configuration reloaded: these changes take effect after a restart");
     }
+    Some(new)
 }

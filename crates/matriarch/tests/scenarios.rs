@@ -536,21 +536,24 @@ fn a_duplicate_member_name_is_refused() {
     // The original keeps running as primary.
     assert_eq!(cluster.primary(), Some(0));
 
-    // SIGHUP reloads: the log level applies at once, tags are reported as
-    // needing a restart, and a broken file is refused without stopping.
+    // SIGHUP reloads: the log level and tags apply at once, the log format
+    // is reported as needing a restart, and a broken file is refused without
+    // stopping.
     let node = &cluster.nodes[0];
     let config = std::fs::read_to_string(&node.config).unwrap();
-    std::fs::write(
-        &node.config,
-        config.replace("level: info,matriarch=debug", "level: info") + "  nosync: true\n",
-    )
-    .unwrap();
+    let changed = config
+        .replace("level: info,matriarch=debug", "level: info")
+        .replace("format: text", "format: json")
+        + "  nosync: true\n";
+    assert!(changed.contains("format: json"), "{changed}");
+    std::fs::write(&node.config, changed).unwrap();
     node.signal(libc::SIGHUP);
     let reloaded = wait_for(Duration::from_secs(10), || {
         let log = std::fs::read_to_string(&node.log).ok()?;
         (log.contains("log level changed")
+            && log.contains("tags changed: applying")
             && log.contains("take effect after a restart")
-            && log.contains("tags"))
+            && log.contains("log.format"))
         .then_some(())
     });
     assert!(reloaded.is_some(), "{}", node.log_tail(20));
@@ -1209,6 +1212,140 @@ fn a_dynamic_config_change_reaches_every_node() {
         "loops: {fast} in 3 s at loop_wait 1, {slow} in 9 s at loop_wait 3"
     );
     assert_eq!(cluster.primary(), Some(primary));
+}
+
+/// `postgresql.parameters` changed through the REST API (what `matriarch
+/// ctl edit-config -p` sends) reach every running server by reload; one read
+/// only at start is reported as pending until the node restarts; a parameter
+/// matriarch manages itself is refused and changes nothing.
+#[test]
+fn a_postgresql_parameter_change_reaches_every_running_server() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let cluster = Cluster::start(3, dcs, Options::default());
+    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
+    let through = (primary + 1) % 3;
+    let change = r#"{"postgresql": {"parameters": {"work_mem": "7MB", "max_connections": 123}}}"#;
+    let r = cluster.nodes[through].call("PATCH", "/config", change, true);
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), cluster.logs());
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert!(
+            cluster.wait_sql(i, "SHOW work_mem", "7MB", Duration::from_secs(15)),
+            "{}: work_mem not reloaded\n{}",
+            node.name,
+            cluster.logs()
+        );
+        let pending = wait_for(Duration::from_secs(15), || {
+            let body = get_json(node, "/patroni");
+            (body["pending_restart"] == true).then_some(body)
+        });
+        let body = pending.unwrap_or_else(|| {
+            panic!(
+                "{}: no pending_restart\n{}",
+                node.name,
+                get_json(node, "/patroni")
+            )
+        });
+        assert_eq!(
+            body["pending_restart_reason"],
+            serde_json::json!(["max_connections"]),
+            "{}",
+            node.name
+        );
+        assert_eq!(node.psql("SHOW max_connections").as_deref(), Ok("100"));
+    }
+
+    let refused = r#"{"postgresql": {"parameters": {"port": 6543, "work_mem": "9MB"}}}"#;
+    let r = cluster.nodes[through].call("PATCH", "/config", refused, true);
+    assert_eq!(r.status, 400, "{}", r.body_text());
+    assert!(r.body_text().contains("port"), "{}", r.body_text());
+    assert_eq!(
+        get_json(&cluster.nodes[through], "/config")["postgresql"]["parameters"]["work_mem"],
+        "7MB"
+    );
+
+    // A restart applies what waited for it, and the flag goes.
+    let replica = &cluster.nodes[through];
+    let r = replica.call("POST", "/restart", "{}", true);
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), cluster.logs());
+    assert!(
+        cluster.wait_sql(
+            through,
+            "SHOW max_connections",
+            "123",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        cluster.logs()
+    );
+    let cleared = wait_for(Duration::from_secs(15), || {
+        get_json(replica, "/patroni")
+            .get("pending_restart")
+            .is_none()
+            .then_some(())
+    });
+    assert!(cleared.is_some(), "{}", get_json(replica, "/patroni"));
+    assert_eq!(
+        cluster.nodes[through].psql("SHOW work_mem").as_deref(),
+        Ok("7MB")
+    );
+}
+
+/// SIGHUP applies a node's changed tags (its member record says so at the
+/// next loop) and its own `postgresql.parameters` (PostgreSQL reloads),
+/// without a restart of the agent or of PostgreSQL.
+#[test]
+fn sighup_applies_changed_tags_and_postgresql_parameters() {
+    let _serial = serial();
+    let (_etcd, dcs) = etcd();
+    let cluster = Cluster::start(2, dcs, Options::default());
+    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let replica = 1 - primary;
+    let node = &cluster.nodes[replica];
+    let postmaster = node.postmaster_pid();
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    let changed = config
+        .replacen(
+            "tags:\n  failover_priority: 1\n",
+            "tags:\n  failover_priority: 1\n  nofailover: true\n",
+            1,
+        )
+        .replacen(
+            "    wal_keep_size: 128MB\n",
+            "    wal_keep_size: 128MB\n    work_mem: 9MB\n",
+            1,
+        );
+    assert_ne!(changed, config);
+    std::fs::write(&node.config, changed).unwrap();
+    node.signal(libc::SIGHUP);
+
+    assert!(
+        cluster.wait_sql(replica, "SHOW work_mem", "9MB", Duration::from_secs(15)),
+        "{}",
+        cluster.logs()
+    );
+    let published = wait_for(Duration::from_secs(15), || {
+        let body = get_json(&cluster.nodes[primary], "/cluster");
+        let member = body["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == node.name.as_str())?
+            .clone();
+        (member["tags"]["nofailover"] == true).then_some(member)
+    });
+    assert!(
+        published.is_some(),
+        "{}\n{}",
+        get_json(&cluster.nodes[primary], "/cluster"),
+        cluster.logs()
+    );
+    assert_eq!(get_json(node, "/patroni")["tags"]["nofailover"], true);
+    // Nothing restarted, and the primary's settings are its own.
+    assert_eq!(node.postmaster_pid(), postmaster);
+    assert_eq!(
+        cluster.nodes[primary].psql("SHOW work_mem").as_deref(),
+        Ok("4MB")
+    );
 }
 
 /// A former primary whose data went further than the new primary's fork
