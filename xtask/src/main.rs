@@ -48,7 +48,13 @@ commands:
   bench stability [--minutes M]
                 pgbench for M minutes (default 10) against the primary, counting
                 failovers nothing caused; target/bench/stability.json
-  chaos         chaos tests against real services (not yet implemented)
+  chaos [--faults N] [--seed N] [--mode synchronous|strict|quorum|asynchronous] [--keep]
+                as root: deps, build, then a three-node cluster (etcd x3, BIND,
+                PostgreSQL) in network namespaces under N seeded faults (default 12):
+                kills, stops, partitions, etcd outages, garbage keys; checks lost and
+                deposed-primary writes; target/chaos/<run>.json, a table, exit 1 on a
+                violation or a cluster that did not recover (also --ttl, --loop-wait,
+                --retry-timeout S: the timing, 5/1/2 by default; --recovery-timeout S)
   help          show this message
 ";
 
@@ -73,7 +79,7 @@ fn main() -> ExitCode {
         "demo" => demo(rest),
         "sim" => sim(rest),
         "bench" => bench(rest),
-        "chaos" => return not_yet("chaos", "chaos tests"),
+        "chaos" => chaos(rest),
         other => {
             eprintln!("cargo xtask: unknown command `{other}`\n\n{USAGE}");
             return ExitCode::from(2);
@@ -86,11 +92,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_yet(cmd: &str, issue: &str) -> ExitCode {
-    println!("cargo xtask {cmd}: not yet implemented (issue: {issue})");
-    ExitCode::from(2)
 }
 
 fn no_args(cmd: &str, rest: &[String]) -> Result {
@@ -391,6 +392,94 @@ fn bench(args: &[String]) -> Result {
         _ => Err(Failure(format!(
             "the benchmark failed or missed a check ({status}); results and logs are in {}",
             target.join("bench").display()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------- chaos
+
+/// `cargo xtask chaos [--faults N] [--seed N] [--mode M] [--keep]`: as root, deps, a
+/// debug build of `matriarch` and `matriarch-chaos`, then the chaos run (crate
+/// `chaos/`) with the built daemon; reports in target/chaos.
+fn chaos(args: &[String]) -> Result {
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--faults" | "--seed" | "--ttl" | "--loop-wait" | "--retry-timeout"
+            | "--recovery-timeout" => {
+                if it.next().is_none_or(|v| v.parse::<u64>().is_err()) {
+                    return Err(Failure(format!("`{flag}` needs a whole number")));
+                }
+            }
+            "--mode" => {
+                if !it.next().is_some_and(|v| {
+                    ["synchronous", "strict", "quorum", "asynchronous"].contains(&v.as_str())
+                }) {
+                    return Err(Failure(
+                        "`--mode` needs synchronous, strict, quorum or asynchronous".into(),
+                    ));
+                }
+            }
+            "--keep" => {}
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            other => {
+                return Err(Failure(format!(
+                    "unknown argument `{other}` (see `cargo xtask help`)"
+                )))
+            }
+        }
+    }
+    if !is_root() {
+        return Err(Failure(
+            "`chaos` needs root (network namespaces, nftables, PostgreSQL as the `postgres` \
+             user); rerun as root"
+                .into(),
+        ));
+    }
+    step("deps", deps())?;
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("==> cargo xtask chaos: build");
+    step(
+        "build",
+        run(Command::new(&cargo)
+            .args(["build", "-p", "matriarch", "-p", "matriarch-chaos"])
+            .current_dir(&root)),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                root.join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| root.join("target"));
+    let mut cmd = Command::new(target.join("debug").join("matriarch-chaos"));
+    cmd.args(args)
+        .arg("--matriarch")
+        .arg(target.join("debug").join("matriarch"))
+        .arg("--out")
+        .arg(target.join("chaos"))
+        .current_dir(&root);
+    let status = run_owning_ctrl_c(&mut cmd)?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(130) => Err(Failure(
+            "interrupted; the chaos run stopped everything".into(),
+        )),
+        Some(1) => Err(Failure(format!(
+            "a check failed or the cluster did not recover (see above); reports and logs \
+             are in {}",
+            target.join("chaos").display()
+        ))),
+        _ => Err(Failure(format!(
+            "the chaos run could not be carried out ({status}); logs are in {}",
+            target.join("chaos").display()
         ))),
     }
 }
