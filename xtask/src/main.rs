@@ -6,20 +6,39 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-/// Debian packages the tests need (real services and build tools).
-const DEBIAN_PACKAGES: &[&str] = &[
-    "postgresql-15",
-    "etcd-server",
-    "etcd-client",
-    "zookeeper",
-    "bind9",
-    "bind9-dnsutils",
-    "protobuf-compiler",
-    "nftables",
-    "iptables",
-    "python3-venv",
-    "haproxy",
+/// What the tests and the demo need from Debian, each checked by a file it
+/// must provide (not by the package database, which a machine's earlier work can
+/// make look complete): the package is installed when any file is missing.
+const DEBIAN_REQUIREMENTS: &[(&str, &[&str])] = &[
+    (
+        "postgresql-15",
+        &[
+            "/usr/lib/postgresql/15/bin/postgres",
+            "/usr/lib/postgresql/15/bin/initdb",
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            "/usr/lib/postgresql/15/bin/pg_basebackup",
+            "/usr/lib/postgresql/15/bin/pg_rewind",
+            "/usr/lib/postgresql/15/bin/pg_controldata",
+        ],
+    ),
+    ("postgresql-client-15", &["/usr/lib/postgresql/15/bin/psql"]),
+    ("etcd-server", &["/usr/bin/etcd"]),
+    ("etcd-client", &["/usr/bin/etcdctl"]),
+    ("zookeeper", &["/usr/share/java/zookeeper.jar"]),
+    ("default-jre-headless", &["/usr/bin/java"]),
+    ("bind9", &["/usr/sbin/named"]),
+    ("bind9-dnsutils", &["/usr/bin/nsupdate", "/usr/bin/dig"]),
+    ("nftables", &["/usr/sbin/nft"]),
+    ("iptables", &["/usr/sbin/iptables"]),
+    ("iproute2", &["/usr/sbin/ip"]),
+    ("python3-venv", &["/usr/bin/python3"]),
+    ("haproxy", &["/usr/sbin/haproxy"]),
 ];
+
+/// Packages an earlier release needed for its build and this one must not:
+/// under CI (`CI=true`) they are removed before building, so a build step that
+/// still relies on one fails here instead of on a fresh machine.
+const MUST_NOT_NEED: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
 
 /// The moto version installed into the venv.
 const MOTO_REQUIREMENT: &str = "moto[server]==5.2.5";
@@ -138,13 +157,26 @@ fn run(cmd: &mut Command) -> Result {
 // ---------------------------------------------------------------------------- deps
 
 fn deps() -> Result {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !package_installed(p))
-        .collect();
-    for p in DEBIAN_PACKAGES.iter().filter(|p| !missing.contains(p)) {
-        println!("package {p}: present");
+    let mut missing: Vec<&str> = Vec::new();
+    for (package, files) in DEBIAN_REQUIREMENTS {
+        let absent: Vec<&str> = files
+            .iter()
+            .copied()
+            .filter(|f| !Path::new(f).exists())
+            .collect();
+        if absent.is_empty() {
+            println!("package {package}: present");
+        } else {
+            println!("package {package}: missing {}", absent.join(", "));
+            missing.push(package);
+        }
+    }
+    if !python_venv_works() && !missing.contains(&"python3-venv") {
+        println!("package python3-venv: `python3 -m venv` cannot make a venv");
+        missing.push("python3-venv");
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        remove_what_the_build_must_not_need()?;
     }
     if !missing.is_empty() {
         if !is_root() {
@@ -162,17 +194,60 @@ fn deps() -> Result {
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        for p in &missing {
-            if !package_installed(p) {
+        for (package, files) in DEBIAN_REQUIREMENTS
+            .iter()
+            .filter(|(p, _)| missing.contains(p))
+        {
+            if let Some(absent) = files.iter().find(|f| !Path::new(f).exists()) {
                 return Err(Failure(format!(
-                    "package {p} is still not installed after apt-get install"
+                    "{absent} is still missing after apt-get install {package}"
                 )));
             }
-            println!("package {p}: installed");
+            println!("package {package}: installed");
         }
     }
     postgres_user()?;
     moto_venv()
+}
+
+/// Whether Debian's Python can make a venv with pip (python3-venv's ensurepip).
+fn python_venv_works() -> bool {
+    Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import ensurepip, venv"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The CI guard of [`MUST_NOT_NEED`].
+fn remove_what_the_build_must_not_need() -> Result {
+    let present: Vec<&str> = MUST_NOT_NEED
+        .iter()
+        .copied()
+        .filter(|p| package_installed(p))
+        .collect();
+    if present.is_empty() {
+        println!(
+            "ci guard: none of {} is installed",
+            MUST_NOT_NEED.join(", ")
+        );
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(Failure(format!(
+            "CI must build without {}, which are installed; remove them or run as root",
+            present.join(", ")
+        )));
+    }
+    println!(
+        "ci guard: removing {} (the build must not need them)",
+        present.join(", ")
+    );
+    run(Command::new("apt-get")
+        .args(["remove", "-y"])
+        .args(&present)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn package_installed(pkg: &str) -> bool {
@@ -292,11 +367,10 @@ fn demo(args: &[String]) -> Result {
     };
     step("deps", deps())?;
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("==> cargo xtask demo: build");
     step(
         "build",
-        run(Command::new(&cargo)
+        run(cargo_command()?
             .args(["build", "-p", "matriarch", "-p", "matriarch-demo"])
             .current_dir(&root)),
     )?;
@@ -350,11 +424,10 @@ fn bench(args: &[String]) -> Result {
     }
     step("deps", deps())?;
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("==> cargo xtask bench: release build");
     step(
         "build",
-        run(Command::new(&cargo)
+        run(cargo_command()?
             .args([
                 "build",
                 "--release",
@@ -441,11 +514,10 @@ fn chaos(args: &[String]) -> Result {
     }
     step("deps", deps())?;
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("==> cargo xtask chaos: build");
     step(
         "build",
-        run(Command::new(&cargo)
+        run(cargo_command()?
             .args(["build", "-p", "matriarch", "-p", "matriarch-chaos"])
             .current_dir(&root)),
     )?;
@@ -507,8 +579,7 @@ fn sim(args: &[String]) -> Result {
             .ok_or_else(|| Failure(format!("`{flag}` needs a whole number")))?;
         env.push((variable, value.clone()));
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo_command()?;
     cmd.args([
         "test",
         "--release",
@@ -528,10 +599,9 @@ fn sim(args: &[String]) -> Result {
 fn test(extra: &[String]) -> Result {
     step("deps", deps())?;
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let cargo_step = |name: &str, args: &[&str], extra: &[String]| -> Result {
         println!("==> cargo xtask test: {name}");
-        let mut cmd = Command::new(&cargo);
+        let mut cmd = cargo_command()?;
         cmd.args(args).args(extra).current_dir(&root);
         step(name, run(&mut cmd))
     };
@@ -551,6 +621,20 @@ fn test(extra: &[String]) -> Result {
     cargo_step("test", &["test", "--workspace"], extra)?;
     println!("==> cargo xtask test: all steps passed");
     Ok(())
+}
+
+/// A `cargo` command whose build scripts use the `protoc` and the well-known
+/// `.proto` files shipped in the `protoc-bin-vendored` crate, never a system
+/// protobuf: etcd-client's build script needs both, and a machine with only the
+/// Rust toolchain has neither (Debian splits them over two packages).
+fn cargo_command() -> Result<Command> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()
+        .map_err(|e| Failure(format!("no vendored protoc for this platform: {e}")))?;
+    let include = protoc_bin_vendored::include_path()
+        .map_err(|e| Failure(format!("no vendored protobuf include files: {e}")))?;
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.env("PROTOC", protoc).env("PROTOC_INCLUDE", include);
+    Ok(cmd)
 }
 
 fn step(name: &str, r: Result) -> Result {
