@@ -1,39 +1,22 @@
-//! Standard base64 decoding (RFC 4648 section 4), for TSIG secrets.
+//! Standard base64 decoding (RFC 4648 section 4) of TSIG secrets, through the
+//! `base64` crate: padding optional and whitespace ignored, as BIND's key files
+//! and `tsig-keygen` output allow.
+
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+
+/// The standard alphabet, padding optional.
+const STANDARD_PADDING_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Decodes standard base64; padding is optional, whitespace is ignored.
 pub(crate) fn decode(text: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut buffer: u32 = 0;
-    let mut bits = 0u32;
-    let mut padding = 0usize;
-    for (i, c) in text.bytes().enumerate() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                padding += 1;
-                continue;
-            }
-            b' ' | b'\t' | b'\r' | b'\n' => continue,
-            _ => return Err(format!("invalid character at offset {i}")),
-        };
-        if padding > 0 {
-            return Err("data after padding".to_owned());
-        }
-        buffer = (buffer << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((buffer >> bits) & 0xff) as u8);
-        }
-    }
-    if padding > 2 || bits >= 6 {
-        return Err("truncated input".to_owned());
-    }
-    Ok(out)
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    STANDARD_PADDING_OPTIONAL
+        .decode(compact)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -51,6 +34,7 @@ mod tests {
             ("Zm9vYmE=", "fooba"),
             ("Zm9vYmFy", "foobar"),
             ("Zm9vYmE", "fooba"),
+            (" Zm9v\nYmFy ", "foobar"),
         ];
         for (input, expected) in cases {
             assert_eq!(decode(input).as_deref(), Ok(expected.as_bytes()), "{input}");
