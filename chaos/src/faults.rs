@@ -21,6 +21,12 @@ pub enum FaultKind {
     /// SIGKILL the primary's agent only (its write fence then kills PostgreSQL);
     /// restart the agent after the hold.
     AgentKill,
+    /// SIGKILL the primary's agent and every helper process it started (its
+    /// write fence, hooks; what `pkill -9 matriarch` or an OOM kill of the
+    /// unit's group does), fence first, so that the fence cannot act on its
+    /// pipe closing: PostgreSQL must die with its fence. Restart the agent
+    /// after the hold.
+    KillAgentGroup,
     /// SIGSTOP the primary's agent for longer than the ttl, then SIGCONT.
     AgentStop,
     /// SIGSTOP the primary's PostgreSQL (the postmaster's process group), then SIGCONT.
@@ -41,10 +47,11 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::NodeKill,
         FaultKind::PostgresKill,
         FaultKind::AgentKill,
+        FaultKind::KillAgentGroup,
         FaultKind::AgentStop,
         FaultKind::PostgresStop,
         FaultKind::IsolatePrimary,
@@ -61,6 +68,7 @@ impl FaultKind {
             FaultKind::NodeKill => "node-kill",
             FaultKind::PostgresKill => "postgres-kill",
             FaultKind::AgentKill => "agent-kill",
+            FaultKind::KillAgentGroup => "kill-agent-group",
             FaultKind::AgentStop => "agent-stop",
             FaultKind::PostgresStop => "postgres-stop",
             FaultKind::IsolatePrimary => "isolate-primary",
@@ -134,7 +142,9 @@ pub fn plan(seed: u64, count: usize, ttl_ms: u64) -> Vec<PlannedFault> {
             };
             let hold_ms = match kind {
                 FaultKind::PostgresKill => 0,
-                FaultKind::NodeKill | FaultKind::AgentKill => rng.range(1000, ttl_ms + 3000),
+                FaultKind::NodeKill | FaultKind::AgentKill | FaultKind::KillAgentGroup => {
+                    rng.range(1000, ttl_ms + 3000)
+                }
                 FaultKind::AgentStop | FaultKind::EtcdStopAll => {
                     rng.range(ttl_ms + 1000, ttl_ms + 4000)
                 }
@@ -237,6 +247,29 @@ pub fn run_fault(
                 detail: format!(
                     "SIGKILL the agent of {}; restarted after {hold:?}",
                     cluster.nodes[primary].name
+                ),
+            })
+        }
+        FaultKind::KillAgentGroup => {
+            let node = &mut cluster.nodes[primary];
+            let helpers = match node.agent.pid() {
+                Some(agent) => helpers_of(agent, &lab.pids(&node.short)),
+                None => Vec::new(),
+            };
+            for pid in &helpers {
+                sys::signal(*pid, libc::SIGKILL);
+            }
+            node.agent.kill();
+            let at_us = sys::now_us();
+            sys::sleep(hold)?;
+            cluster.nodes[primary].agent.start()?;
+            Ok(Injected {
+                at_us,
+                node: Some(primary),
+                detail: format!(
+                    "SIGKILL the agent of {} and its {} helper processes; restarted after {hold:?}",
+                    cluster.nodes[primary].name,
+                    helpers.len()
                 ),
             })
         }
@@ -415,6 +448,46 @@ pub fn run_fault(
     }
 }
 
+/// The descendants of `agent` among `pids` that are not PostgreSQL (its
+/// write fence, hook scripts, programs it runs), deepest first.
+fn helpers_of(agent: i32, pids: &[i32]) -> Vec<i32> {
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let postgres = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.starts_with("postgres") || c.starts_with("postmaster"))
+    };
+    let mut found: Vec<(usize, i32)> = Vec::new();
+    for &pid in pids {
+        // The depth below the agent, if it descends from it.
+        let mut depth = 0;
+        let mut at = pid;
+        while depth < 64 {
+            match parent(at) {
+                Some(p) if p == agent => {
+                    if !postgres(pid) {
+                        found.push((depth, pid));
+                    }
+                    break;
+                }
+                Some(p) if p > 1 => {
+                    at = p;
+                    depth += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    found.sort_by(|a, b| b.cmp(a));
+    found.into_iter().map(|(_, pid)| pid).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +508,20 @@ mod tests {
                 _ => assert!(f.hold_ms >= 1000),
             }
         }
+    }
+
+    #[test]
+    fn the_helpers_of_an_agent_are_its_descendants() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let me = std::process::id() as i32;
+        let pid = child.id() as i32;
+        assert_eq!(helpers_of(me, &[pid, 1]), vec![pid]);
+        assert!(helpers_of(pid, &[me]).is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

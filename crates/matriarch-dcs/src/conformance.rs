@@ -226,6 +226,40 @@ pub async fn lock_expires_after_ttl_and_not_before<H: Harness>(harness: &H) {
     }
 }
 
+/// The lifetime a holder reports for its lock ([`Dcs::lock_lifetime`]) is
+/// never longer than the lock lives: asked for twice the suite's ttl (more
+/// than a server may grant), the lock, left unrenewed, is still held
+/// `lifetime - slack` after its last renewal. A backend that reported the
+/// ttl asked for while its server clamped it fails here.
+pub async fn reported_lock_lifetime_is_never_longer_than_the_lock_lives<H: Harness>(harness: &H) {
+    let (ttl, slack) = (harness.ttl(), harness.expiry_slack());
+    let asked = ttl * 2;
+    let holder = harness.client().await;
+    let other = harness.client().await;
+    let (a, b) = (name("holder"), name("other"));
+    assert!(holder.acquire_leader(&a, asked).await.expect("acquire"));
+    let after_acquire = holder
+        .lock_lifetime()
+        .expect("a lock lifetime after a successful acquire");
+    assert!(!after_acquire.is_zero(), "a zero lock lifetime");
+    holder.renew_leader(&a, asked).await.expect("renew");
+    let lifetime = holder
+        .lock_lifetime()
+        .expect("a lock lifetime after a successful renewal");
+    assert!(!lifetime.is_zero(), "a zero lock lifetime");
+    let passed = lifetime.saturating_sub(slack);
+    harness.pass_time(passed).await;
+    assert!(
+        !other.acquire_leader(&b, ttl).await.expect("acquire"),
+        "the lock was free {passed:?} after its renewal, before the lifetime of {lifetime:?} \
+         its holder reported (asked for {asked:?})"
+    );
+    assert_eq!(
+        other.read_view().await.expect("read").leader_name(),
+        Some(&a)
+    );
+}
+
 /// Renewals keep the lock for as long as they come in time.
 pub async fn renewal_keeps_the_lock<H: Harness>(harness: &H) {
     let ttl = harness.ttl();
@@ -574,6 +608,7 @@ macro_rules! dcs_conformance_tests {
                 initialize_race_has_exactly_one_winner,
                 concurrent_acquirers_have_exactly_one_winner,
                 lock_expires_after_ttl_and_not_before,
+                reported_lock_lifetime_is_never_longer_than_the_lock_lives,
                 renewal_keeps_the_lock,
                 renew_and_release_by_a_non_owner_fail,
                 release_frees_the_lock_at_once,

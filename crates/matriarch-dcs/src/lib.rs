@@ -75,6 +75,22 @@ pub trait Dcs: Send + Sync {
     /// `me`; otherwise [`DcsError::LockNotHeld`] with the current holder.
     async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError>;
 
+    /// How long the server keeps the leader lock after this client's last
+    /// successful [`Dcs::acquire_leader`] or [`Dcs::renew_leader`] without
+    /// another renewal, counted from when that request was sent: the lock's
+    /// real lifetime, which may differ from the `ttl` asked for (servers
+    /// clamp TTLs: ZooKeeper to its `maxSessionTimeout`, etcd to its minimum
+    /// lease TTL; a ZooKeeper lock ends with its session). `None` before the
+    /// first successful acquire or renewal.
+    ///
+    /// Correctness rule: an implementation must never report a lifetime
+    /// longer than the server will keep the lock, also when this client is
+    /// cut off or dies. The engine stops writes (demotion deadline, write
+    /// fence, watchdog) by `min(ttl, lock_lifetime)` after a renewal was
+    /// sent; a longer answer lets another member take the lock while this
+    /// one still writes.
+    fn lock_lifetime(&self) -> Option<Duration>;
+
     /// Deletes the lock only if `me` holds it (so a planned stop hands over at
     /// once); otherwise [`DcsError::LockNotHeld`].
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError>;

@@ -81,6 +81,8 @@ struct Shared {
     store: Mutex<Store>,
     changed: Notify,
     clock: Arc<dyn Clock>,
+    /// The longest TTL the store grants (like ZooKeeper's `maxSessionTimeout`).
+    max_ttl: Mutex<Option<Duration>>,
 }
 
 /// An in-memory [`crate::Dcs`]: every contract of the trait, with TTLs on a
@@ -88,12 +90,16 @@ struct Shared {
 ///
 /// [`MemoryDcs::connect`] makes another client of the same store, as another
 /// member would have; each client can be cut off on its own with
-/// [`MemoryDcs::set_reachable`] to simulate a partition.
+/// [`MemoryDcs::set_reachable`] to simulate a partition. A store can clamp
+/// the TTLs it grants ([`MemoryDcs::set_max_ttl`]), as a server with its own
+/// limits does.
 #[derive(Debug, Clone)]
 pub struct MemoryDcs {
     shared: Arc<Shared>,
     layout: KeyLayout,
     reachable: Arc<AtomicBool>,
+    /// The TTL applied by this client's last successful acquire or renewal.
+    lock_lifetime: Arc<Mutex<Option<Duration>>>,
 }
 
 impl MemoryDcs {
@@ -109,9 +115,11 @@ impl MemoryDcs {
                 store: Mutex::new(Store::default()),
                 changed: Notify::new(),
                 clock,
+                max_ttl: Mutex::new(None),
             }),
             layout,
             reachable: Arc::new(AtomicBool::new(true)),
+            lock_lifetime: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -121,7 +129,19 @@ impl MemoryDcs {
             shared: Arc::clone(&self.shared),
             layout: self.layout.clone(),
             reachable: Arc::new(AtomicBool::new(true)),
+            lock_lifetime: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Makes the whole store (every client) grant TTLs of at most `max`, as a
+    /// ZooKeeper server clamps session timeouts to its `maxSessionTimeout`;
+    /// `None` grants every TTL as asked. Applies from the next TTL-bound write.
+    pub fn set_max_ttl(&self, max: Option<Duration>) {
+        *self
+            .shared
+            .max_ttl
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = max;
     }
 
     /// Cuts this client off from the store (every call fails with
@@ -171,8 +191,27 @@ impl MemoryDcs {
         self.layout.path(key)
     }
 
+    /// The TTL the store grants for `ttl`: clamped to its maximum, if any.
+    fn granted(&self, ttl: Duration) -> Duration {
+        let max = *self
+            .shared
+            .max_ttl
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        max.map_or(ttl, |max| ttl.min(max))
+    }
+
     fn expiry(&self, ttl: Duration) -> Option<Duration> {
-        Some(self.shared.clock.now() + ttl)
+        Some(self.shared.clock.now() + self.granted(ttl))
+    }
+
+    /// Remembers the TTL granted to this client's lock for `ttl`.
+    fn note_lock_lifetime(&self, ttl: Duration) {
+        let granted = self.granted(ttl);
+        *self
+            .lock_lifetime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(granted);
     }
 
     fn holder(&self, store: &Store) -> Option<Result<LeaderLock, ()>> {
@@ -277,7 +316,18 @@ impl crate::Dcs for MemoryDcs {
     async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
         let mut store = self.store()?;
         match self.holder(&store) {
-            Some(Ok(lock)) => return Ok(&lock.holder == me),
+            Some(Ok(lock)) if &lock.holder == me => {
+                // Held already: acquiring again extends it, as the other
+                // backends do (the engine counts the lock from this call).
+                let expiry = self.expiry(ttl);
+                if let Some(stored) = store.entries.get_mut(&self.path(&DcsKey::Leader)) {
+                    stored.expires_at = expiry;
+                }
+                drop(store);
+                self.note_lock_lifetime(ttl);
+                return Ok(true);
+            }
+            Some(Ok(_)) => return Ok(false),
             // Unreadable is never free.
             Some(Err(())) => return Ok(false),
             None => {}
@@ -286,6 +336,7 @@ impl crate::Dcs for MemoryDcs {
         let expiry = self.expiry(ttl);
         store.put(self.path(&DcsKey::Leader), value, expiry);
         drop(store);
+        self.note_lock_lifetime(ttl);
         self.changed();
         Ok(true)
     }
@@ -300,6 +351,7 @@ impl crate::Dcs for MemoryDcs {
                     // Renewal extends the lease; the value and version stay.
                     stored.expires_at = expiry;
                 }
+                self.note_lock_lifetime(ttl);
                 Ok(())
             }
             other => Err(DcsError::LockNotHeld {
@@ -307,6 +359,13 @@ impl crate::Dcs for MemoryDcs {
                 holder: other.and_then(Result::ok).map(|lock| lock.holder),
             }),
         }
+    }
+
+    fn lock_lifetime(&self) -> Option<Duration> {
+        *self
+            .lock_lifetime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {

@@ -38,8 +38,11 @@ impl WatchFailure {
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     id: i64,
-    /// The TTL it was granted with, in whole seconds.
+    /// The TTL it was asked for, in whole seconds.
     ttl_secs: i64,
+    /// The TTL etcd granted (it may raise a short one to its minimum, or
+    /// cap a long one): how long the lease lives after each keep-alive.
+    granted_secs: i64,
     /// Whether the leader key is attached to it: then only
     /// [`Dcs::renew_leader`] (and [`Dcs::acquire_leader`]) keep it alive, so
     /// that publishing the member record never extends an unrenewed lock.
@@ -67,6 +70,8 @@ pub struct EtcdDcs {
     prefix: String,
     endpoints: Endpoints,
     lease: Mutex<LeaseState>,
+    /// The granted TTL of the lease the lock was last taken or renewed on.
+    lock_lifetime: std::sync::Mutex<Option<Duration>>,
 }
 
 impl std::fmt::Debug for EtcdDcs {
@@ -129,6 +134,7 @@ impl EtcdDcs {
             layout: validated.layout,
             prefix,
             lease: Mutex::new(LeaseState::default()),
+            lock_lifetime: std::sync::Mutex::new(None),
         })
     }
 
@@ -140,6 +146,18 @@ impl EtcdDcs {
 
     fn scope(&self) -> &str {
         self.layout.scope()
+    }
+
+    /// Records the lifetime of the lock just taken or renewed on the
+    /// current lease: the TTL etcd granted it.
+    fn note_lock_lifetime(&self, state: &LeaseState) {
+        let lifetime = state
+            .lease
+            .map(|lease| Duration::from_secs(u64::try_from(lease.granted_secs).unwrap_or(0)));
+        *self
+            .lock_lifetime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = lifetime;
     }
 
     fn path(&self, key: &DcsKey) -> String {
@@ -199,6 +217,7 @@ impl EtcdDcs {
         Ok(Lease {
             id: granted.id(),
             ttl_secs,
+            granted_secs: granted.ttl(),
             carries_lock: false,
         })
     }
@@ -488,8 +507,10 @@ impl Dcs for EtcdDcs {
             });
         }
         let view = ClusterView::decode(version(revision).0, entries);
+        // Debug only: every read would repeat it; the engine reports what it
+        // ignores (the config key once per change).
         for error in view.errors() {
-            tracing::warn!(cluster = %self.scope(), key = %error.key, reason = %error.reason, "malformed value in etcd");
+            tracing::debug!(cluster = %self.scope(), key = %error.key, reason = %error.reason, "malformed value in etcd");
         }
         Ok(view)
     }
@@ -600,6 +621,7 @@ impl Dcs for EtcdDcs {
             if let Some(lease) = state.lease.as_mut() {
                 lease.carries_lock = true;
             }
+            self.note_lock_lifetime(&state);
             tracing::info!(cluster = %self.scope(), member = %me, "acquired the leader lock");
             return Ok(true);
         }
@@ -611,10 +633,16 @@ impl Dcs for EtcdDcs {
                     if let Some(lease) = state.lease.as_mut() {
                         lease.carries_lock = true;
                     }
+                    self.note_lock_lifetime(&state);
                     return Ok(true);
                 }
-                self.adopt_leader(&mut state, me, ttl, kv.mod_revision(), deadline)
-                    .await
+                let adopted = self
+                    .adopt_leader(&mut state, me, ttl, kv.mod_revision(), deadline)
+                    .await?;
+                if adopted {
+                    self.note_lock_lifetime(&state);
+                }
+                Ok(adopted)
             }
             Some((Err(e), _)) => {
                 tracing::warn!(cluster = %self.scope(), member = %me, error = %e, "the leader key is unreadable; not taking the lock");
@@ -668,6 +696,7 @@ impl Dcs for EtcdDcs {
             if let Some(lease) = state.lease.as_mut() {
                 lease.carries_lock = true;
             }
+            self.note_lock_lifetime(&state);
             return Ok(());
         }
         // Our name under another lease (a TTL change, or an earlier process of
@@ -676,9 +705,17 @@ impl Dcs for EtcdDcs {
             .adopt_leader(&mut state, me, ttl, kv.mod_revision(), deadline)
             .await?
         {
+            self.note_lock_lifetime(&state);
             return Ok(());
         }
         Err(self.lock_not_held(&mut state, me, None))
+    }
+
+    fn lock_lifetime(&self) -> Option<Duration> {
+        *self
+            .lock_lifetime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {

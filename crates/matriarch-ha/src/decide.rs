@@ -62,9 +62,14 @@ pub struct LocalPostgres {
     pub wal_position: Option<Lsn>,
     /// Standbys streaming from it right now (primary only).
     pub streaming_standbys: BTreeSet<MemberName>,
-    /// The standbys `synchronous_standby_names` currently names, and how many
-    /// acknowledgements a commit waits for (primary only).
+    /// The standbys `synchronous_standby_names` currently names (primary only).
     pub sync_standbys: BTreeSet<MemberName>,
+    /// How many acknowledgements a commit waits for under
+    /// `synchronous_standby_names` (0: asynchronous).
+    pub sync_count: u32,
+    /// `synchronous_standby_names` names `*`: any standby, named or not, may
+    /// acknowledge a commit.
+    pub sync_any_standby: bool,
     /// A replica streams WAL from its upstream right now.
     pub receiving: bool,
     /// How far each streaming standby has flushed WAL (primary only).
@@ -81,6 +86,8 @@ impl LocalPostgres {
             wal_position: None,
             streaming_standbys: BTreeSet::new(),
             sync_standbys: BTreeSet::new(),
+            sync_count: 0,
+            sync_any_standby: false,
             receiving: false,
             standby_flush: BTreeMap::new(),
         }
@@ -95,6 +102,9 @@ pub struct PeerReport {
     pub wal_position: Option<Lsn>,
     /// Its timeline.
     pub timeline: Option<Timeline>,
+    /// It answered that its PostgreSQL runs as a primary: a former leader
+    /// that still does may still take writes until its fence stops them.
+    pub running_primary: bool,
 }
 
 /// The leader this node last followed, as it was last seen: a failover
@@ -184,6 +194,20 @@ pub struct Memory {
     pub failsafe_acked_at: Option<Duration>,
     /// The leader this node last saw (not itself), for failover reports.
     pub last_leader: Option<LastLeader>,
+    /// How long the DCS keeps the lock after the last acquisition or renewal
+    /// that succeeded ([`matriarch_dcs::Dcs::lock_lifetime`]), when it said:
+    /// a server may grant less than the ttl (ZooKeeper's
+    /// `maxSessionTimeout`), and every deadline counts from the shorter.
+    pub lock_lifetime: Option<Duration>,
+    /// When (monotonic) this node first read the leader lock as free since
+    /// it last saw it held: the former leader's last renewal came before,
+    /// so its fence stopped writes before this plus ttl minus retry_timeout.
+    pub lock_free_since: Option<Duration>,
+    /// When (monotonic) this node stopped its primary cleanly for a
+    /// switchover; cleared once another member takes the lock or the data
+    /// directory runs again. While set, nobody else promoted from this data
+    /// directory's history as far as this node saw.
+    pub stepped_down_at: Option<Duration>,
 }
 
 /// After this many loops following an upstream without streaming from it, a
@@ -203,9 +227,13 @@ pub struct Routes {
 /// How to stop taking writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DemoteMode {
-    /// A clean, fast shutdown: connected replicas receive all WAL first
-    /// (planned switchover).
+    /// A clean, fast shutdown: connected replicas receive all WAL first.
     Graceful,
+    /// A graceful stop of the primary for a planned switchover, remembered
+    /// ([`Memory::stepped_down_at`]): if nobody takes the lock, this node
+    /// starts the same data directory as primary again instead of racing
+    /// and promoting onto a new timeline.
+    Switchover,
     /// Stop at once (lost lock, demotion deadline).
     Immediate,
 }
@@ -248,14 +276,20 @@ pub enum Action {
     Route(Routes),
     /// Take this node out of the writer routes.
     Withdraw,
-    /// Set `synchronous_standby_names` to these members (empty: asynchronous).
+    /// Set `synchronous_standby_names` to these members (empty: asynchronous,
+    /// unless `any_standby`).
     SetSyncStandbys {
         /// The standbys.
         standbys: BTreeSet<MemberName>,
         /// How many must acknowledge a commit.
         count: u32,
-        /// The primary's WAL position when deciding this.
+        /// The primary's WAL position, taken while PostgreSQL already
+        /// enforced this setting; `None` when this action changes it (commits
+        /// until the change applies do not wait for the new standbys).
         at: Option<Lsn>,
+        /// Wait for any standby (`*`, with `standbys` empty): strict mode
+        /// without an eligible standby.
+        any_standby: bool,
     },
     /// Write the `sync` key (compare-and-swap on `expected`).
     WriteSyncState {
@@ -282,6 +316,9 @@ pub enum Action {
     /// failover after it lost its lock. A router failure never stops the
     /// promotion.
     WithdrawFormerLeader(MemberName),
+    /// A switchover this node stepped down for did not complete: report why
+    /// (the REST API answers the request with it) before leading again.
+    SwitchoverAbandoned(String),
 }
 
 /// The role the engine plays after this loop, for reporting.
@@ -357,14 +394,21 @@ impl Inputs<'_> {
     /// none of them races for the lock until ttl after it received the round.
     /// The promise stands even if the lock itself expired meanwhile (the
     /// DCS came back and said so): nobody may take it before then.
+    ///
+    /// The lock counts for `min(ttl, lock_lifetime)`: never longer than the
+    /// DCS said it keeps it. A failsafe round counts for the ttl (the
+    /// members' promise, not the lock).
     fn demotion_deadline(&self) -> Option<Duration> {
-        let base = self
+        let lock = self
             .memory
             .lock_renewed_at
-            .into_iter()
-            .chain(self.memory.failsafe_acked_at)
-            .max()?;
-        Some((base + self.config.ttl).saturating_sub(self.config.retry_timeout))
+            .map(|at| at.saturating_add(self.memory.lock_ttl(self.config.ttl)));
+        let failsafe = self
+            .memory
+            .failsafe_acked_at
+            .map(|at| at.saturating_add(self.config.ttl));
+        let until = lock.into_iter().chain(failsafe).max()?;
+        Some(until.saturating_sub(self.config.retry_timeout))
     }
 
     /// A failsafe heartbeat acknowledged less than ttl ago.
@@ -709,7 +753,9 @@ fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
 
 /// Promotion, preceded in synchronous mode by emptying the `sync` key: until
 /// this node waits for standbys of its own, no other member may be promoted
-/// on the strength of the previous leader's key.
+/// on the strength of the previous leader's key. In strict mode PostgreSQL is
+/// first set to wait for any standby, so no commit is acknowledged by the
+/// new primary alone.
 fn push_promotion(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
     if let Some(former) = failover_from(inputs, view) {
         plan.push(Action::WithdrawFormerLeader(former));
@@ -725,6 +771,18 @@ fn push_promotion(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
             standbys: BTreeSet::new(),
             count: inputs.config.synchronous_node_count,
             expected,
+        });
+    }
+    if inputs.config.synchronous_mode != SynchronousMode::Off
+        && inputs.config.synchronous_mode_strict
+    {
+        // As Patroni: from its first commit the new primary waits for a
+        // standby (`*`) until its leader upkeep names its own.
+        plan.push(Action::SetSyncStandbys {
+            standbys: BTreeSet::new(),
+            count: 1,
+            at: None,
+            any_standby: true,
         });
     }
     plan.push(Action::Promote);
@@ -806,7 +864,7 @@ fn planned_switchover(
     if !candidate_ready {
         return None;
     }
-    plan.push(Action::Demote(DemoteMode::Graceful));
+    plan.push(Action::Demote(DemoteMode::Switchover));
     plan.push(Action::Withdraw);
     plan.push(Action::ReleaseLock);
     plan.actions.retain(|a| *a != Action::RenewLock);
@@ -818,6 +876,9 @@ fn planned_switchover(
     })
 }
 
+/// A member at `position` is within maximum_lag_on_failover of `reference`
+/// (a switchover: the leader stepping down). An unknown position never is;
+/// an unknown reference cannot be measured against and is not held against it.
 fn lag_ok(inputs: &Inputs<'_>, position: Option<Lsn>, reference: Option<Lsn>) -> bool {
     match (position, reference) {
         (Some(position), Some(reference)) => {
@@ -828,41 +889,98 @@ fn lag_ok(inputs: &Inputs<'_>, position: Option<Lsn>, reference: Option<Lsn>) ->
     }
 }
 
-/// The next step that moves `synchronous_standby_names` (P) and the `sync`
-/// key (K) towards the desired standbys, one step per loop, such that at
-/// every moment either K is empty (no automatic promotion at all) or K ⊇ P
-/// and P is not empty. A commit waits for `count` members of P, so any
-/// |K| − count + 1 members of K include one that holds it (see `sync_verdict`).
+/// What `synchronous_standby_names` says, or should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SyncSetting {
+    /// The standbys named.
+    standbys: BTreeSet<MemberName>,
+    /// How many acknowledgements a commit waits for (0: asynchronous).
+    count: u32,
+    /// `*`: any standby may acknowledge (strict mode without a standby).
+    any_standby: bool,
+}
+
+impl SyncSetting {
+    fn asynchronous() -> Self {
+        SyncSetting {
+            standbys: BTreeSet::new(),
+            count: 0,
+            any_standby: false,
+        }
+    }
+
+    fn any_standby() -> Self {
+        SyncSetting {
+            standbys: BTreeSet::new(),
+            count: 1,
+            any_standby: true,
+        }
+    }
+
+    fn is_asynchronous(&self) -> bool {
+        self.standbys.is_empty() && !self.any_standby
+    }
+}
+
+/// The `sync` key as the leader reads it: a key without `quorum` claims one
+/// acknowledgement per commit, the least it can mean.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SyncKey {
+    standbys: BTreeSet<MemberName>,
+    quorum: u32,
+}
+
+/// The next step that moves `synchronous_standby_names` (P, waiting for
+/// `P.count` of its standbys) and the `sync` key (K, claiming `K.quorum`
+/// acknowledgements per commit) towards the desired setting, one step per
+/// loop, such that at every moment either K is empty (no automatic
+/// promotion at all) or K ⊇ P, P is not empty or `*`, K.quorum ≤ P.count,
+/// and every acknowledged commit is on K.quorum members of K. Then any
+/// |K| − K.quorum + 1 members of K include one that holds it (see `sync_verdict`).
 ///
-/// - Going asynchronous (nothing desired): the key is emptied first, then PostgreSQL.
+/// - Going asynchronous (or to `*`): the key is emptied first, then PostgreSQL.
 /// - From asynchronous: PostgreSQL first (K stays empty meanwhile), then the
-///   key once the new standbys stream (they then hold every earlier commit).
-/// - Replacing standbys: the key grows to the union first, then PostgreSQL
-///   changes, then the key shrinks to match.
+///   key once the new standbys flushed past the position PostgreSQL named
+///   them at (they then hold every earlier commit).
+/// - Replacing standbys or changing the count: the key grows to the union
+///   and lowers its quorum to the smaller count first, then PostgreSQL
+///   changes, then the key drops members or raises its quorum, once every
+///   standby it keeps flushed past the position PostgreSQL changed at:
+///   commits before were acknowledged under the old setting.
 fn sync_step(
-    desired: &BTreeSet<MemberName>,
-    in_postgres: &BTreeSet<MemberName>,
-    in_key: &BTreeSet<MemberName>,
+    desired: &SyncSetting,
+    in_postgres: &SyncSetting,
+    key: &SyncKey,
     key_is_ours: bool,
     streaming: &BTreeSet<MemberName>,
     caught_up: &dyn Fn(&BTreeSet<MemberName>) -> Option<bool>,
 ) -> Option<SyncStep> {
-    let key_valid =
-        in_key.is_empty() || (!in_postgres.is_empty() && in_key.is_superset(in_postgres));
+    let in_key = &key.standbys;
+    let empty_key = || {
+        Some(SyncStep::Key(SyncKey {
+            standbys: BTreeSet::new(),
+            quorum: desired.count.max(1),
+        }))
+    };
+    let key_valid = in_key.is_empty()
+        || (!in_postgres.standbys.is_empty()
+            && !in_postgres.any_standby
+            && in_key.is_superset(&in_postgres.standbys)
+            && key.quorum <= in_postgres.count);
     if !key_is_ours || !key_valid {
         // Claim the key, or repair it, by the one always-safe state.
         return if in_key.is_empty() && key_is_ours {
             None
         } else {
-            Some(SyncStep::Key(BTreeSet::new()))
+            empty_key()
         };
     }
-    if desired.is_empty() {
+    if desired.standbys.is_empty() {
         if !in_key.is_empty() {
-            return Some(SyncStep::Key(BTreeSet::new()));
+            return empty_key();
         }
-        if !in_postgres.is_empty() {
-            return Some(SyncStep::Postgres(BTreeSet::new()));
+        if in_postgres != desired {
+            return Some(SyncStep::Postgres(desired.clone()));
         }
         return None;
     }
@@ -872,21 +990,35 @@ fn sync_step(
         }
         // Commits before PostgreSQL named them were acknowledged without
         // them: they enter the key once they hold those too.
-        return match caught_up(desired) {
-            Some(true) if desired.is_subset(streaming) => Some(SyncStep::Key(desired.clone())),
-            // The position was forgotten (agent restart): set it again.
+        return match caught_up(&desired.standbys) {
+            Some(true) if desired.standbys.is_subset(streaming) => Some(SyncStep::Key(SyncKey {
+                standbys: desired.standbys.clone(),
+                quorum: desired.count,
+            })),
+            // The position was forgotten (agent restart), or taken before
+            // the change applied: take it again.
             None => Some(SyncStep::Postgres(desired.clone())),
             _ => None,
         };
     }
-    if !in_key.is_superset(desired) {
-        return Some(SyncStep::Key(in_key.union(desired).cloned().collect()));
+    if !in_key.is_superset(&desired.standbys) || key.quorum > desired.count {
+        return Some(SyncStep::Key(SyncKey {
+            standbys: in_key.union(&desired.standbys).cloned().collect(),
+            quorum: key.quorum.min(desired.count),
+        }));
     }
     if in_postgres != desired {
         return Some(SyncStep::Postgres(desired.clone()));
     }
-    if in_key != desired {
-        return Some(SyncStep::Key(desired.clone()));
+    if in_key != &desired.standbys || key.quorum != desired.count {
+        return match caught_up(&desired.standbys) {
+            Some(true) => Some(SyncStep::Key(SyncKey {
+                standbys: desired.standbys.clone(),
+                quorum: desired.count,
+            })),
+            None => Some(SyncStep::Postgres(desired.clone())),
+            Some(false) => None,
+        };
     }
     None
 }
@@ -894,30 +1026,53 @@ fn sync_step(
 /// One step of [`sync_step`].
 #[derive(Debug, PartialEq, Eq)]
 enum SyncStep {
-    Key(BTreeSet<MemberName>),
-    Postgres(BTreeSet<MemberName>),
+    Key(SyncKey),
+    Postgres(SyncSetting),
 }
 
 /// The leader's synchronous replication upkeep.
 fn maintain_sync(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
     let config = inputs.config;
     let me = &inputs.node.name;
-    let (in_key, key_version, key_is_ours) = match &view.sync {
+    let (key, key_version, key_is_ours) = match &view.sync {
         Some(Ok(sync)) => (
-            sync.value.sync_standbys.clone(),
+            SyncKey {
+                standbys: sync.value.sync_standbys.clone(),
+                quorum: sync.value.quorum.unwrap_or(1),
+            },
             Some(sync.version),
             sync.value.leader.as_ref() == Some(me),
         ),
         // A malformed sync key may hide who can be promoted: leave it to an
         // operator rather than guess.
         Some(Err(_)) => return,
-        None => (BTreeSet::new(), None, false),
+        None => (
+            SyncKey {
+                standbys: BTreeSet::new(),
+                quorum: 1,
+            },
+            None,
+            false,
+        ),
     };
-    let count = config.synchronous_node_count;
-    let desired: BTreeSet<MemberName> = if config.synchronous_mode == SynchronousMode::Off {
-        BTreeSet::new()
+    let local = inputs.local;
+    let in_postgres = if local.sync_any_standby {
+        SyncSetting {
+            count: local.sync_count.max(1),
+            ..SyncSetting::any_standby()
+        }
+    } else if local.sync_standbys.is_empty() {
+        SyncSetting::asynchronous()
     } else {
-        let in_postgres = &inputs.local.sync_standbys;
+        SyncSetting {
+            standbys: local.sync_standbys.clone(),
+            count: local.sync_count,
+            any_standby: false,
+        }
+    };
+    let desired = if config.synchronous_mode == SynchronousMode::Off {
+        SyncSetting::asynchronous()
+    } else {
         let mut ranked: Vec<&Member> = view
             .healthy_records()
             .filter(|m| {
@@ -925,14 +1080,15 @@ fn maintain_sync(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
                     && !m.tags.nosync
                     && m.role == Role::Replica
                     && m.state == MemberState::Running
-                    && inputs.local.streaming_standbys.contains(&m.name)
+                    && local.streaming_standbys.contains(&m.name)
             })
             .collect();
         // Prefer the current ones, so that the set does not flap.
         ranked.sort_by(|a, b| {
-            in_postgres
+            local
+                .sync_standbys
                 .contains(&b.name)
-                .cmp(&in_postgres.contains(&a.name))
+                .cmp(&local.sync_standbys.contains(&a.name))
                 .then(b.tags.failover_priority.cmp(&a.tags.failover_priority))
                 .then(a.name.cmp(&b.name))
         });
@@ -940,56 +1096,89 @@ fn maintain_sync(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
         // standby, so that any n of them can acknowledge a commit and one slow
         // standby does not stall it. `sync_verdict` then needs |key| − n + 1
         // of them visible to promote.
+        let count = config.synchronous_node_count.max(1);
         let wanted = if config.synchronous_mode == SynchronousMode::Quorum {
             ranked.len()
         } else {
             count as usize
         };
-        let desired: BTreeSet<MemberName> = ranked
+        let standbys: BTreeSet<MemberName> = ranked
             .into_iter()
             .take(wanted)
             .map(|m| m.name.clone())
             .collect();
-        if desired.is_empty() && config.synchronous_mode_strict {
-            // Strict: keep waiting for the standbys we have rather than go asynchronous.
-            in_postgres.clone()
+        if standbys.is_empty() && config.synchronous_mode_strict {
+            // Strict: keep waiting for the standbys we have rather than go
+            // asynchronous; with none (just promoted or bootstrapped), wait
+            // for any standby, as Patroni's `*`.
+            if in_postgres.is_asynchronous() {
+                SyncSetting::any_standby()
+            } else {
+                in_postgres.clone()
+            }
+        } else if standbys.is_empty() {
+            SyncSetting::asynchronous()
         } else {
-            desired
+            // More acknowledgements than standbys would stall every commit
+            // (Patroni caps it the same way).
+            let count = count.min(u32::try_from(standbys.len()).unwrap_or(u32::MAX));
+            SyncSetting {
+                standbys,
+                count,
+                any_standby: false,
+            }
         }
     };
     if config.synchronous_mode == SynchronousMode::Off
         && view.sync.is_none()
-        && inputs.local.sync_standbys.is_empty()
+        && in_postgres.is_asynchronous()
     {
         return;
     }
-    match sync_step(
-        &desired,
-        &inputs.local.sync_standbys,
-        &in_key,
-        key_is_ours,
-        &inputs.local.streaming_standbys,
-        &|standbys: &BTreeSet<MemberName>| {
-            let since = inputs.memory.sync_standbys_since?;
-            Some(standbys.iter().all(|name| {
-                inputs
-                    .local
-                    .standby_flush
-                    .get(name)
-                    .is_some_and(|flushed| *flushed >= since)
-            }))
-        },
-    ) {
-        Some(SyncStep::Key(standbys)) => plan.push(Action::WriteSyncState {
-            standbys,
-            count,
+    let step = if view.sync.is_none() && desired.any_standby && !in_postgres.any_standby {
+        // No key at all (just bootstrapped): nobody can be promoted on it, so
+        // PostgreSQL may start waiting before the key is claimed.
+        Some(SyncStep::Postgres(desired.clone()))
+    } else {
+        sync_step(
+            &desired,
+            &in_postgres,
+            &key,
+            key_is_ours,
+            &local.streaming_standbys,
+            &|standbys: &BTreeSet<MemberName>| {
+                let since = inputs.memory.sync_standbys_since?;
+                Some(standbys.iter().all(|name| {
+                    local
+                        .standby_flush
+                        .get(name)
+                        .is_some_and(|flushed| *flushed >= since)
+                }))
+            },
+        )
+    };
+    match step {
+        Some(SyncStep::Key(key)) => plan.push(Action::WriteSyncState {
+            standbys: key.standbys,
+            count: key.quorum,
             expected: key_version,
         }),
-        Some(SyncStep::Postgres(standbys)) => plan.push(Action::SetSyncStandbys {
-            standbys,
-            count,
-            at: inputs.local.wal_position,
-        }),
+        Some(SyncStep::Postgres(setting)) => {
+            // A position counts only if taken while PostgreSQL already waited
+            // for these standbys; a changing step takes none (the next loop
+            // takes it, see `sync_step`).
+            let at = if setting == in_postgres {
+                local.wal_position
+            } else {
+                None
+            };
+            plan.push(Action::SetSyncStandbys {
+                standbys: setting.standbys,
+                count: setting.count.max(1),
+                at,
+                any_standby: setting.any_standby,
+            });
+        }
         None => {}
     }
 }
@@ -1187,6 +1376,9 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
             )
         }
         LocalRole::Stopped { .. } => {
+            if let Some(decision) = after_switchover(inputs, view, &mut plan) {
+                return decision;
+            }
             plan.push(Action::StartReplica { upstream: None });
             plan.done(
                 EngineRole::Replica,
@@ -1214,11 +1406,125 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
     }
 }
 
+/// Moves the plan out, for a helper that decides the whole loop.
+fn take(plan: &mut Plan) -> Plan {
+    Plan {
+        actions: std::mem::take(&mut plan.actions),
+        deadline: plan.deadline,
+        reason_note: plan.reason_note.take(),
+    }
+}
+
+/// A leader that stepped down for a switchover: its data directory was shut
+/// down cleanly as a primary and has not run since. While nobody takes the
+/// lock it waits (starting as a standby would let it race and promote onto
+/// a new timeline); after a ttl with the lock free all along and no newer
+/// timeline anywhere, nobody can have promoted from its history, so it takes
+/// the lock back and starts the same data directory as primary: no
+/// promotion, same timeline. The request is cleared and the reason reported.
+fn after_switchover(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) -> Option<Decision> {
+    let since = inputs.memory.stepped_down_at?;
+    if inputs.local.role != (LocalRole::Stopped { crashed: false }) || !inputs.memory.ran_as_primary
+    {
+        return None;
+    }
+    let own = inputs.local.timeline?;
+    let peer_newer = inputs
+        .peers
+        .values()
+        .any(|p| p.timeline.is_some_and(|t| t > own));
+    if peer_newer || cluster_timeline(view).is_some_and(|cluster| cluster > own) {
+        // Somebody was promoted after all: rejoin through the usual checks.
+        return None;
+    }
+    let request = match &view.failover {
+        Some(Ok(request)) => Some(request),
+        _ => None,
+    };
+    let candidate = request.and_then(|r| r.value.candidate.clone());
+    let who = candidate
+        .as_ref()
+        .map_or_else(|| "no candidate".to_owned(), |c| format!("candidate {c}"));
+    let wait = inputs.config.ttl;
+    let running_primary = inputs
+        .peers
+        .iter()
+        .find(|(name, report)| report.running_primary && **name != inputs.node.name);
+    if let Some((name, _)) = running_primary {
+        // Nobody may run as primary without the lock; until that is
+        // resolved, neither does this node.
+        return Some(take(plan).done(
+            EngineRole::Demoting,
+            format!("switchover: stepped down; {name} answers as a running primary: waiting"),
+        ));
+    }
+    if inputs.now < since.saturating_add(wait) {
+        return Some(take(plan).done(
+            EngineRole::Demoting,
+            format!("switchover: stepped down, waiting up to {wait:?} for {who} to take the lock"),
+        ));
+    }
+    let why = match candidate.as_ref().map(|c| (c, member(view, c))) {
+        Some((_, None)) => "it has no member record".to_owned(),
+        Some((_, Some(m))) if !candidate_looks_able(inputs, view, m) => format!(
+            "its record shows it unable to take over: {} {}, timeline {}, the cluster's {}",
+            format!("{:?}", m.role).to_ascii_lowercase(),
+            m.state.as_str(),
+            m.timeline
+                .map_or_else(|| "unknown".to_owned(), |t| t.0.to_string()),
+            cluster_timeline(view).map_or_else(|| "unknown".to_owned(), |t| t.0.to_string()),
+        ),
+        Some(_) => "it did not race for the lock".to_owned(),
+        None => "no member raced for the lock".to_owned(),
+    };
+    let reason = format!(
+        "{who} did not take over within {wait:?}: {why}; {} keeps leading on timeline {} (no promotion)",
+        inputs.node.name, own.0
+    );
+    plan.push(Action::AcquireLock);
+    if let Some(request) = request {
+        plan.push(Action::ClearFailoverRequest(request.version));
+    }
+    plan.push(Action::SwitchoverAbandoned(reason.clone()));
+    plan.push(Action::StartPrimary);
+    Some(take(plan).done(
+        EngineRole::Leader,
+        format!("switchover abandoned: {reason}"),
+    ))
+}
+
+/// Patroni's last check before a race: a former leader that still answers
+/// as a running primary may still take writes, until its write fence stops
+/// them. Its last renewal came before this node first read the lock free,
+/// so the fence (armed until that renewal plus ttl minus retry_timeout)
+/// has provably expired a ttl after that read: then the answer no longer
+/// matters (a primary whose agent hangs must not block failover forever).
+fn former_leader_verdict(inputs: &Inputs<'_>) -> Result<(), String> {
+    let fence_expired = inputs
+        .memory
+        .lock_free_since
+        .is_some_and(|since| inputs.now >= since.saturating_add(inputs.config.ttl));
+    if fence_expired {
+        return Ok(());
+    }
+    match inputs
+        .peers
+        .iter()
+        .find(|(name, report)| report.running_primary && **name != inputs.node.name)
+    {
+        Some((name, _)) => Err(format!(
+            "{name} still answers as a running primary and its write fence may not have expired"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether this running replica may race for a free lock, and why not.
 fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     let me = &inputs.node.name;
     let local = inputs.local;
     failsafe_verdict(inputs, view)?;
+    former_leader_verdict(inputs)?;
     let forced_candidate = match &view.failover {
         Some(Ok(request)) => request.value.candidate.clone(),
         _ => None,
@@ -1256,8 +1562,33 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
         }
     }
 
-    // The freshest position anyone alive reports (not the dead leader's last
-    // optime, which no survivor may ever reach).
+    // What the former leader may have acknowledged: its last known position
+    // (the `status` key's optime or its record, remembered while it led).
+    // A replica further behind than maximum_lag_on_failover does not race,
+    // as in Patroni: that bounds the loss of an asynchronous failover, at
+    // the price of no automatic failover when every survivor is that far
+    // behind; an operator's failover request naming this node overrides it.
+    let former_leader = inputs
+        .memory
+        .last_leader
+        .as_ref()
+        .filter(|last| &last.name != me)
+        .and_then(|last| last.optime);
+    let status = match &view.status {
+        Some(Ok(status)) => Some(status.value.optime),
+        _ => None,
+    };
+    let last_known = former_leader.into_iter().chain(status).max();
+    if let Some(optime) = last_known.filter(|_| forced_candidate.as_ref() != Some(me)) {
+        let lag = optime.bytes_ahead_of(own_position);
+        if lag > inputs.config.maximum_lag_on_failover {
+            return Err(format!(
+                "{lag} bytes behind the former leader's last known position {optime}, more than maximum_lag_on_failover"
+            ));
+        }
+    }
+
+    // The freshest position anyone alive reports.
     let reported = |name: &MemberName, record: &Member| -> Option<Lsn> {
         let probed = inputs.peers.get(name).and_then(|p| p.wal_position);
         record.wal_position().into_iter().chain(probed).max()
@@ -1410,11 +1741,11 @@ fn sync_verdict(
     if !key.contains(me) {
         return Err("not a synchronous standby".to_owned());
     }
-    let count = sync
-        .value
-        .quorum
-        .unwrap_or(inputs.config.synchronous_node_count)
-        .max(1) as usize;
+    // The key's quorum is what the leader made PostgreSQL enforce before it
+    // wrote it; a key without one (Patroni's, or an older version's) proves
+    // one acknowledgement only. synchronous_node_count is what is wanted, not
+    // what was enforced.
+    let count = sync.value.quorum.unwrap_or(1).max(1) as usize;
     // Only a position the standby reported just now counts: its record may be
     // a loop old and miss the commit that decides the race. (The old primary
     // stopped acknowledging before its lock expired, so fresh positions are final.)
@@ -1457,6 +1788,19 @@ impl Memory {
     /// Updates what the engine remembers after `action` ended with `outcome`;
     /// `sent_at` is when (monotonic) the action started.
     pub fn record(&mut self, action: &Action, outcome: &Outcome, sent_at: Duration) {
+        let runs_again = matches!(
+            action,
+            Action::StartPrimary
+                | Action::StartReplica { .. }
+                | Action::Promote
+                | Action::Rewind(_)
+                | Action::CloneFrom(_)
+                | Action::Bootstrap
+        );
+        if runs_again && *outcome != Outcome::Failed {
+            // The data directory no longer is the one the switchover stopped.
+            self.stepped_down_at = None;
+        }
         match (action, outcome) {
             (Action::AcquireLock | Action::RenewLock | Action::Bootstrap, Outcome::Done) => {
                 self.lock_renewed_at = Some(sent_at);
@@ -1485,9 +1829,12 @@ impl Memory {
                 self.primary_start_failures = 0;
             }
             (Action::StartPrimary, Outcome::Failed) => self.primary_start_failures += 1,
-            (Action::Demote(_), Outcome::Done) => {
+            (Action::Demote(mode), Outcome::Done) => {
                 self.routed = None;
                 self.failsafe_acked_at = None;
+                if *mode == DemoteMode::Switchover {
+                    self.stepped_down_at = Some(sent_at);
+                }
             }
             (Action::Rewind(source), Outcome::Done) => {
                 self.ran_as_primary = false;
@@ -1501,12 +1848,23 @@ impl Memory {
                 self.rewind_impossible = false;
                 self.timeline_checked_against = Some(source.clone());
             }
-            (Action::SetSyncStandbys { standbys, at, .. }, Outcome::Done) => {
-                self.sync_standbys_since = if standbys.is_empty() { None } else { *at };
+            (Action::SetSyncStandbys { standbys, at, .. }, outcome) => {
+                // A change that failed may still apply later (a reload that
+                // timed out): the old position then no longer counts.
+                self.sync_standbys_since = match outcome {
+                    Outcome::Done if !standbys.is_empty() => *at,
+                    _ => None,
+                };
             }
             (Action::Route(routes), Outcome::Done) => self.routed = Some(routes.clone()),
             _ => {}
         }
+    }
+
+    /// How long the lock counts after a renewal: the ttl, or the lifetime
+    /// the DCS reported for it if that is shorter.
+    pub fn lock_ttl(&self, ttl: Duration) -> Duration {
+        self.lock_lifetime.map_or(ttl, |lifetime| lifetime.min(ttl))
     }
 
     /// Forgets the lock after the DCS said it is not ours.
@@ -1531,6 +1889,8 @@ impl Memory {
         match view.leader_name() {
             Some(holder) if holder == me => {}
             Some(holder) => {
+                // Somebody took over: a switchover this node stepped down for is done.
+                self.stepped_down_at = None;
                 let record = member(view, holder);
                 let from_record = record.and_then(Member::wal_position);
                 let mut optime = status.into_iter().chain(from_record).max();
@@ -1555,6 +1915,17 @@ impl Memory {
         }
     }
 
+    /// Notes whether the leader lock was free in a view read at `now`
+    /// (monotonic, taken after the read): the first such time is kept until
+    /// the lock is seen held or unreadable again.
+    pub fn saw_lock(&mut self, view: &ClusterView, now: Duration) {
+        if view.leader.is_none() {
+            self.lock_free_since.get_or_insert(now);
+        } else {
+            self.lock_free_since = None;
+        }
+    }
+
     /// Notes a primary seen running, so its timeline is checked before it follows anyone.
     pub fn observed(&mut self, local: &LocalPostgres) {
         self.loops_not_streaming = match &local.role {
@@ -1563,6 +1934,11 @@ impl Memory {
             }
             _ => 0,
         };
+        if matches!(local.role, LocalRole::Primary | LocalRole::Replica { .. }) {
+            // Running again (started by hand, or by an earlier agent): no
+            // longer the data directory the switchover stopped.
+            self.stepped_down_at = None;
+        }
         match local.role {
             LocalRole::Primary => {
                 self.ran_as_primary = true;

@@ -10,15 +10,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use matriarch_dcs::{Clock, Dcs, DcsError, Expected};
 use matriarch_model::{
-    ClusterConfig, ClusterView, DcsKey, FailsafeHeartbeat, HistoryEntry, LeaderStatus, Lsn, Member,
-    MemberName, Record, SyncState, SynchronousMode, Timeline, TimelineHistory,
+    ClusterConfig, ClusterView, DcsKey, DecodeError, FailsafeHeartbeat, HistoryEntry, LeaderStatus,
+    Lsn, Member, MemberName, Record, SyncState, SynchronousMode, Timeline, TimelineHistory,
 };
 use matriarch_postgres::{
     BootstrapSpec, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError, RewindOutcome,
     ServerState, StartAs, StopMode, SyncStandbyNames, Upstream,
 };
 use matriarch_router::{Endpoint, Router};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -162,6 +162,55 @@ impl SettingsHandle {
     }
 }
 
+/// Why a restart asked through [`RestartHandle`] did not happen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    /// The engine is not running (stopped, or not started yet).
+    #[error("the HA engine is not running")]
+    EngineGone,
+    /// The engine did not carry it out in time.
+    #[error("the HA engine did not restart PostgreSQL within {0:?}")]
+    Timeout(Duration),
+    /// Refused; nothing was changed.
+    #[error("not restarted: {0}")]
+    Refused(String),
+    /// Stopping or starting failed; the engine decides what runs next.
+    #[error("restart failed: {0}")]
+    Failed(String),
+}
+
+type RestartReply = oneshot::Sender<Result<String, RestartError>>;
+
+/// Asks the engine to restart PostgreSQL in its own loop, where the lock and
+/// the write fence are known: a primary is stopped and started again only
+/// while this member holds the lock, renewed (and the fence re-armed) just
+/// before the start; nothing else can demote or promote meanwhile.
+#[derive(Clone, Debug)]
+pub struct RestartHandle {
+    requests: mpsc::Sender<RestartReply>,
+    wake: Arc<Notify>,
+}
+
+impl RestartHandle {
+    /// Restarts PostgreSQL in the role it runs in, waiting up to `timeout`
+    /// for the engine; returns what was done.
+    pub async fn restart(&self, timeout: Duration) -> Result<String, RestartError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.try_send(reply).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                RestartError::Refused("another restart is waiting".to_owned())
+            }
+            mpsc::error::TrySendError::Closed(_) => RestartError::EngineGone,
+        })?;
+        self.wake.notify_one();
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RestartError::EngineGone),
+            Err(_) => Err(RestartError::Timeout(timeout)),
+        }
+    }
+}
+
 /// What the engine needs besides the three traits.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
@@ -200,10 +249,17 @@ pub struct EngineStatus {
     /// This node leads on failsafe: the DCS is unreachable and every member
     /// acknowledged its last heartbeat.
     pub failsafe_active: bool,
+    /// How long the leader lock counts after a renewal: the ttl, or the
+    /// shorter lifetime the DCS reported for it. The watchdog timeout
+    /// follows it.
+    pub lock_ttl: Duration,
     /// How many bytes of WAL the former leader was last known to hold beyond
     /// this node's position when this node last promoted in a failover
     /// (`None`: no failover by this node, or the position was unknown).
     pub last_failover_possible_loss_bytes: Option<u64>,
+    /// Why the last switchover this node stepped down for did not complete
+    /// (nobody took over, so it leads again on the same timeline).
+    pub last_switchover_failure: Option<String>,
 }
 
 /// A cheap read handle on [`EngineStatus`].
@@ -239,6 +295,9 @@ pub struct Engine<D, P, R> {
     probe: Option<Arc<dyn PeerProbe>>,
     memory: Memory,
     config: ClusterConfig,
+    /// Why the `config` key was last refused, so that a bad value is
+    /// reported once per change of the key, not once per loop.
+    rejected_config: Option<DecodeError>,
     last_view: Option<ClusterView>,
     long_task: Option<LongTask>,
     status: watch::Sender<EngineStatus>,
@@ -250,9 +309,14 @@ pub struct Engine<D, P, R> {
     failsafe_set: BTreeMap<MemberName, String>,
     node_settings: watch::Receiver<NodeSettings>,
     node_settings_tx: Arc<watch::Sender<NodeSettings>>,
+    /// Restarts asked for through [`RestartHandle`], carried out in the loop.
+    restarts: mpsc::Receiver<RestartReply>,
+    restart_handle: RestartHandle,
     /// The former leader the plan being carried out fails over from.
     failing_over_from: Option<MemberName>,
     last_failover_loss: Option<u64>,
+    /// Why the last switchover this node stepped down for did not complete.
+    last_switchover_failure: Option<String>,
     /// The local timeline and WAL position last observed (for heartbeats).
     last_local: (Option<Timeline>, Option<Lsn>),
     /// When (monotonic) this engine was made.
@@ -346,6 +410,14 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
         wal_position,
         streaming_standbys,
         sync_standbys,
+        sync_count: state
+            .synchronous_standby_names
+            .as_ref()
+            .map_or(0, SyncStandbyNames::count),
+        sync_any_standby: state
+            .synchronous_standby_names
+            .as_ref()
+            .is_some_and(|names| names.names().iter().any(|n| n == "*")),
         receiving: state.receiving,
         standby_flush: state
             .replication
@@ -381,9 +453,12 @@ where
             loops: 0,
             config: settings.bootstrap_config.clone(),
             failsafe_active: false,
+            lock_ttl: settings.bootstrap_config.ttl,
             last_failover_possible_loss_bytes: None,
+            last_switchover_failure: None,
         });
         let (node_settings_tx, node_settings) = watch::channel(settings.node.clone());
+        let (restart_requests, restarts) = mpsc::channel(1);
         let failsafe = FailsafeHandle::new(Arc::clone(&clock));
         let started_at = clock.now();
         Engine {
@@ -397,6 +472,7 @@ where
             fence: None,
             probe: None,
             memory: Memory::default(),
+            rejected_config: None,
             last_view: None,
             long_task: None,
             status,
@@ -407,8 +483,14 @@ where
             failsafe_set: BTreeMap::new(),
             node_settings,
             node_settings_tx: Arc::new(node_settings_tx),
+            restarts,
+            restart_handle: RestartHandle {
+                requests: restart_requests,
+                wake: Arc::new(Notify::new()),
+            },
             failing_over_from: None,
             last_failover_loss: None,
+            last_switchover_failure: None,
             last_local: (None, None),
             started_at,
             last_role: EngineRole::Uninitialized,
@@ -426,6 +508,11 @@ where
     /// The handle the REST API passes received failsafe heartbeats to.
     pub fn failsafe_handle(&self) -> FailsafeHandle {
         self.failsafe.clone()
+    }
+
+    /// A handle the REST API asks for PostgreSQL restarts through.
+    pub fn restart_handle(&self) -> RestartHandle {
+        self.restart_handle.clone()
     }
 
     /// A handle to change this node's settings (tags) while the engine runs.
@@ -527,10 +614,13 @@ where
                 // Wake up in time to act on the deadline.
                 wait = wait.min(deadline.saturating_sub(self.clock.now()));
             }
+            let wake = Arc::clone(&self.restart_handle.wake);
             let waited = self.wait_for_relevant_change(wait);
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                // A restart is carried out by the next loop, at once.
+                () = wake.notified() => {}
                 () = waited => {}
             }
         }
@@ -540,7 +630,13 @@ where
     /// Waits up to `wait`, returning early when something that can change a
     /// decision changed (not merely a member's periodic refresh).
     async fn wait_for_relevant_change(&self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
+        // Never panics, whatever the wait: one past the clock's range waits
+        // at most the longest ttl.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .or_else(|| now.checked_add(ClusterConfig::MAX_TTL))
+            .unwrap_or(now);
         let Some(mut last) = self.last_view.clone() else {
             tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
             return;
@@ -600,6 +696,7 @@ where
             Ok(view) => {
                 self.adopt_config(&view);
                 self.memory.saw_view(&view, &self.settings.node.name);
+                self.memory.saw_lock(&view, self.clock.now());
                 // An unreadable key keeps the last set (and stops every
                 // replica from racing); an absent one empties it.
                 match &view.failsafe {
@@ -607,7 +704,9 @@ where
                     None => self.failsafe_set.clear(),
                     Some(Err(_)) => {}
                 }
-                for error in view.errors() {
+                // The config key's error is reported by adopt_config, once.
+                let config_key = DcsKey::Config.relative_path();
+                for error in view.errors().into_iter().filter(|e| e.key != config_key) {
                     warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), %error, "unreadable DCS value");
                 }
                 self.last_view = Some(view.clone());
@@ -667,6 +766,7 @@ where
             .set_acceptance(self.config.failsafe_mode, following);
         self.last_role = decision.role;
         self.act(&decision, &local).await;
+        self.serve_restart(&decision, &local).await;
         if decision.role == EngineRole::Leader
             && local.role == LocalRole::Primary
             && self.history_incomplete(local.timeline)
@@ -695,15 +795,123 @@ where
                 .iter()
                 .any(|a| matches!(a, Action::FailsafeExtend { .. })),
             last_failover_possible_loss_bytes: self.last_failover_loss,
+            last_switchover_failure: self.last_switchover_failure.clone(),
+            lock_ttl: self.lock_ttl(),
         });
         decision
+    }
+
+    /// Carries out a restart asked for through [`RestartHandle`], after this
+    /// loop's plan.
+    async fn serve_restart(&mut self, decision: &Decision, local: &LocalPostgres) {
+        let Ok(reply) = self.restarts.try_recv() else {
+            return;
+        };
+        let result = self.restart_postgres(decision, local).await;
+        match &result {
+            Ok(done) => {
+                info!(cluster = %self.dcs.layout().scope(), member = %self.name(), %done, "restart through the REST API")
+            }
+            Err(error) => {
+                warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), %error, "restart through the REST API")
+            }
+        }
+        let _ = reply.send(result);
+    }
+
+    /// Stops PostgreSQL cleanly and starts it again in the same role. A
+    /// primary only while this member leads: the lock is renewed and the
+    /// fence armed before stopping (a refusal changes nothing) and again
+    /// before starting (a lock lost meanwhile leaves it stopped for the next
+    /// loop to decide).
+    async fn restart_postgres(
+        &mut self,
+        decision: &Decision,
+        local: &LocalPostgres,
+    ) -> Result<String, RestartError> {
+        if self.long_task.is_some() {
+            return Err(RestartError::Refused(
+                "a bootstrap, clone or rewind is running".to_owned(),
+            ));
+        }
+        let timeout = self.settings.postgres_timeout;
+        match &local.role {
+            LocalRole::Primary => {
+                if decision.role != EngineRole::Leader || self.memory.lock_renewed_at.is_none() {
+                    return Err(RestartError::Refused(format!(
+                        "this primary does not hold the leader lock ({})",
+                        decision.reason
+                    )));
+                }
+                if !self.renew_for_restart(local).await {
+                    return Err(RestartError::Refused(
+                        "the leader lock could not be renewed with the write fence armed"
+                            .to_owned(),
+                    ));
+                }
+                pg_bounded(timeout, self.postgres.stop(StopMode::Fast))
+                    .await
+                    .map_err(RestartError::Failed)?;
+                // Stopping may take long: the lock and the fence again, right
+                // before a writable primary starts.
+                if !self.renew_for_restart(local).await {
+                    return Err(RestartError::Failed(
+                        "stopped, then the leader lock could not be renewed with the write fence armed: not starting a primary".to_owned(),
+                    ));
+                }
+                let sent_at = self.clock.now();
+                let started = pg_bounded(timeout, self.postgres.start(StartAs::Primary)).await;
+                let outcome = if started.is_ok() {
+                    Outcome::Done
+                } else {
+                    Outcome::Failed
+                };
+                self.memory.record(&Action::StartPrimary, &outcome, sent_at);
+                started.map_err(RestartError::Failed)?;
+                Ok("restarted as primary".to_owned())
+            }
+            LocalRole::Replica { upstream } => {
+                let start_as = match upstream {
+                    Some(name) => match self.upstream(name) {
+                        Some(upstream) => StartAs::ReplicaOf(upstream),
+                        None => {
+                            return Err(RestartError::Refused(format!(
+                                "no connection address for the upstream {name}"
+                            )))
+                        }
+                    },
+                    None => StartAs::Standby,
+                };
+                pg_bounded(timeout, self.postgres.stop(StopMode::Fast))
+                    .await
+                    .map_err(RestartError::Failed)?;
+                pg_bounded(timeout, self.postgres.start(start_as))
+                    .await
+                    .map_err(RestartError::Failed)?;
+                Ok("restarted as a replica".to_owned())
+            }
+            LocalRole::NoData | LocalRole::Stopped { .. } => Err(RestartError::Refused(
+                "PostgreSQL is not running".to_owned(),
+            )),
+            LocalRole::Unknown => Err(RestartError::Refused(
+                "PostgreSQL's state is unknown".to_owned(),
+            )),
+        }
+    }
+
+    /// Renews the lock and arms the fence, as [`Action::RenewLock`] does.
+    async fn renew_for_restart(&mut self, local: &LocalPostgres) -> bool {
+        let sent_at = self.clock.now();
+        let outcome = self.execute(&Action::RenewLock, local).await;
+        self.memory.record(&Action::RenewLock, &outcome, sent_at);
+        outcome == Outcome::Done
     }
 
     /// A failsafe heartbeat acknowledged less than ttl ago.
     fn heartbeat_fresh(&self) -> bool {
         self.failsafe
             .last()
-            .is_some_and(|hb| self.clock.now() < hb.received_at + self.config.ttl)
+            .is_some_and(|hb| self.clock.now() < hb.received_at.saturating_add(self.config.ttl))
     }
 
     /// Applies settings changed through [`SettingsHandle`] (not the name).
@@ -806,16 +1014,27 @@ where
         })
     }
 
+    /// Takes up a valid `config` key. One that does not parse or breaks a
+    /// bound (written behind matriarch's back: `PATCH /config` refuses it)
+    /// changes nothing: the last valid configuration stays in force, and
+    /// the refusal is logged once per distinct error, not once per loop.
     fn adopt_config(&mut self, view: &ClusterView) {
         match &view.config {
-            Some(Ok(config)) if config.value != self.config => {
-                info!(cluster = %self.dcs.layout().scope(), member = %self.name(), "dynamic configuration changed");
-                self.config = config.value.clone();
+            Some(Ok(config)) => {
+                self.rejected_config = None;
+                if config.value != self.config {
+                    info!(cluster = %self.dcs.layout().scope(), member = %self.name(), "dynamic configuration changed");
+                    self.config = config.value.clone();
+                }
             }
             Some(Err(error)) => {
-                warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), %error, "keeping the last valid configuration");
+                if self.rejected_config.as_ref() != Some(error) {
+                    warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), %error,
+                        "ignoring the DCS config key: keeping the last valid dynamic configuration");
+                    self.rejected_config = Some(error.clone());
+                }
             }
-            _ => {}
+            None => self.rejected_config = None,
         }
     }
 
@@ -846,6 +1065,10 @@ where
             match task.await {
                 Ok((action, outcome, sent_at)) => {
                     info!(member = %self.name(), ?action, ?outcome, "long action finished");
+                    if action == Action::Bootstrap && outcome == Outcome::Done {
+                        // The bootstrap took the lock.
+                        self.note_lock_lifetime();
+                    }
                     self.memory.record(&action, &outcome, sent_at);
                 }
                 Err(error) => {
@@ -863,7 +1086,7 @@ where
             // pause (GC, SIGSTOP, a slow disk) the rest of it may be wrong.
             // (A slow promotion is no pause: only a gap as long as the lock's
             // own lifetime makes the rest of the plan suspect.)
-            if self.clock.now().saturating_sub(decided_at) > self.config.ttl {
+            if self.clock.now().saturating_sub(decided_at) > self.lock_ttl() {
                 warn!(member = %self.name(), ?action, "plan went stale: deciding again");
                 break;
             }
@@ -965,6 +1188,7 @@ where
                 match bounded("acquire_leader", retry, self.dcs.acquire_leader(&me, ttl)).await {
                     Ok(true) => {
                         info!(cluster = %self.dcs.layout().scope(), member = %me, "took the leader lock");
+                        self.note_lock_lifetime();
                         self.arm_fence_or_give_up(sent_at).await
                     }
                     Ok(false) => Err("another member holds the lock".to_owned()),
@@ -975,6 +1199,7 @@ where
                 let sent_at = self.clock.now();
                 match bounded("renew_leader", retry, self.dcs.renew_leader(&me, ttl)).await {
                     Ok(()) => {
+                        self.note_lock_lifetime();
                         if self.arm_fence_or_give_up(sent_at).await.is_err() {
                             // Logged there; the lock is released.
                             return Outcome::Failed;
@@ -1044,7 +1269,7 @@ where
             },
             Action::Demote(mode) => {
                 let stop = match mode {
-                    DemoteMode::Graceful => StopMode::Fast,
+                    DemoteMode::Graceful | DemoteMode::Switchover => StopMode::Fast,
                     DemoteMode::Immediate => StopMode::Immediate,
                 };
                 // Bounded by retry_timeout: the timing rule counts on it.
@@ -1065,9 +1290,17 @@ where
                 None => Err("no endpoint for this node".to_owned()),
             },
             Action::SetSyncStandbys {
-                standbys, count, ..
+                standbys,
+                count,
+                any_standby,
+                ..
             } => {
-                let names: Vec<String> = standbys.iter().map(|n| n.as_str().to_owned()).collect();
+                let mut names: Vec<String> =
+                    standbys.iter().map(|n| n.as_str().to_owned()).collect();
+                if *any_standby {
+                    // Patroni's `*`: strict mode waits for any standby.
+                    names.push("*".to_owned());
+                }
                 let setting = if names.is_empty() {
                     Ok(SyncStandbyNames::Off)
                 } else if self.config.synchronous_mode == SynchronousMode::Quorum {
@@ -1125,6 +1358,11 @@ where
             }
             Action::FailsafeExtend { round_sent_at } => {
                 self.arm_fence(*round_sent_at).await;
+                Ok(())
+            }
+            Action::SwitchoverAbandoned(reason) => {
+                warn!(cluster = %self.dcs.layout().scope(), member = %me, %reason, "switchover abandoned");
+                self.last_switchover_failure = Some(reason.clone());
                 Ok(())
             }
             Action::WithdrawFormerLeader(former) => {
@@ -1332,7 +1570,9 @@ where
         let Some(fence) = &self.fence else {
             return;
         };
-        let deadline = (renewed_at + self.config.ttl).saturating_sub(self.config.retry_timeout);
+        let deadline = renewed_at
+            .saturating_add(self.config.ttl)
+            .saturating_sub(self.config.retry_timeout);
         let valid_for = deadline.saturating_sub(self.clock.now());
         if let Err(error) = fence.arm(valid_for).await {
             warn!(member = %self.name(), %error, "could not arm the write fence");
@@ -1348,7 +1588,9 @@ where
         let Some(fence) = &self.fence else {
             return Ok(());
         };
-        let deadline = (renewed_at + self.config.ttl).saturating_sub(self.config.retry_timeout);
+        let deadline = renewed_at
+            .saturating_add(self.lock_ttl())
+            .saturating_sub(self.config.retry_timeout);
         let valid_for = deadline.saturating_sub(self.clock.now());
         let Err(error) = fence.arm(valid_for).await else {
             return Ok(());
@@ -1360,6 +1602,23 @@ where
             warn!(member = %me, error = %release, "could not release the lock; it expires by its ttl");
         }
         Err(format!("could not arm the write fence: {error}"))
+    }
+
+    /// Remembers how long the DCS keeps the lock just acquired or renewed.
+    fn note_lock_lifetime(&mut self) {
+        let lifetime = self.dcs.lock_lifetime();
+        if let Some(lifetime) = lifetime.filter(|l| *l < self.config.ttl) {
+            if self.memory.lock_lifetime != Some(lifetime) {
+                warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), ?lifetime, ttl = ?self.config.ttl,
+                    "the DCS keeps the leader lock for less than the ttl: deadlines count from the shorter");
+            }
+        }
+        self.memory.lock_lifetime = lifetime;
+    }
+
+    /// How long the lock counts after a renewal: `min(ttl, lock lifetime)`.
+    fn lock_ttl(&self) -> Duration {
+        self.memory.lock_ttl(self.config.ttl)
     }
 
     async fn disarm_fence(&self) {

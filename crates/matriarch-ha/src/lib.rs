@@ -17,5 +17,5 @@ pub use decide::{
 };
 pub use engine::{
     local_postgres, Decider, Engine, EngineSettings, EngineStatus, FailsafeHandle, FailsafeRefusal,
-    FailsafeSender, Fence, PeerProbe, SettingsHandle, StatusHandle,
+    FailsafeSender, Fence, PeerProbe, RestartError, RestartHandle, SettingsHandle, StatusHandle,
 };

@@ -722,6 +722,7 @@ impl PeerProbe for SimProbe {
                     PeerReport {
                         wal_position: Some(data.position()),
                         timeline: Some(Timeline(data.timeline)),
+                        running_primary: node.primary,
                     },
                 ))
             })
@@ -814,6 +815,11 @@ impl Dcs for SimDcs {
     async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
         self.lag().await;
         self.inner.renew_leader(me, ttl).await
+    }
+    fn lock_lifetime(&self) -> Option<Duration> {
+        // The delay comes before the store's call: counted from the request
+        // sent, the store's lifetime is a lower bound.
+        self.inner.lock_lifetime()
     }
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
         self.lag().await;

@@ -107,6 +107,8 @@ impl World {
             wal_position: Some(Lsn(position)),
             streaming_standbys: BTreeSet::new(),
             sync_standbys: BTreeSet::new(),
+            sync_count: 0,
+            sync_any_standby: false,
             receiving: true,
             standby_flush: BTreeMap::new(),
         };
@@ -471,6 +473,7 @@ fn leader_gone_peer_position_from_a_direct_probe_counts() {
         PeerReport {
             wal_position: Some(Lsn(600)),
             timeline: Some(Timeline(1)),
+            running_primary: false,
         },
     );
     assert!(!promotes(&world.decide()));
@@ -549,23 +552,6 @@ fn leader_gone_replica_lagging_more_than_maximum_lag_does_not_race() {
         "{}",
         decision.reason
     );
-}
-
-#[test]
-fn leader_gone_dead_leaders_optime_far_ahead_does_not_block_failover() {
-    // Patroni compares with the leader's last optime, which survivors of a
-    // primary that died under load may never reach: the cluster would stay
-    // leaderless. matriarch compares with the freshest live member.
-    let mut world = World::new("b");
-    world.config.maximum_lag_on_failover = 100;
-    world.record(Record::Status(LeaderStatus {
-        optime: Lsn(1_000_000),
-        ..LeaderStatus::default()
-    }));
-    world
-        .replica(Some("a"), 500, 1)
-        .peer("c", Role::Replica, 450, 1);
-    assert!(promotes(&world.decide()));
 }
 
 #[test]
@@ -662,7 +648,7 @@ fn switchover_leader_steps_down_when_the_candidate_is_ready() {
     assert_eq!(
         acts(&world.decide()),
         [
-            Action::Demote(DemoteMode::Graceful),
+            Action::Demote(DemoteMode::Switchover),
             Action::Withdraw,
             Action::ReleaseLock
         ]
@@ -840,6 +826,7 @@ fn sync_mode_needs_enough_of_the_key_visible() {
     let fresh = |position| PeerReport {
         wal_position: Some(Lsn(position)),
         timeline: Some(Timeline(1)),
+        running_primary: false,
     };
     world.peers.insert(name("c"), fresh(500));
     assert!(promotes(&world.decide()));
@@ -905,7 +892,7 @@ fn sync_mode_adding_a_first_standby_sets_postgres_before_the_key() {
     assert!(
         matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
     );
-    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
     world.memory.sync_standbys_since = Some(Lsn(500));
     // b streams but has not flushed what was acknowledged before it was named.
     world.local.standby_flush.insert(name("b"), Lsn(450));
@@ -923,7 +910,7 @@ fn sync_mode_adding_a_first_standby_sets_postgres_before_the_key() {
 fn sync_mode_replacing_a_standby_grows_the_key_first() {
     let mut world = sync_leader();
     sync_key(&mut world, "a", &["c"]);
-    world.local.sync_standbys = BTreeSet::from([name("c")]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("c")]), 1);
     // c is gone; b streams.
     let step = sync_action(&world.decide());
     assert!(
@@ -934,7 +921,11 @@ fn sync_mode_replacing_a_standby_grows_the_key_first() {
     assert!(
         matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
     );
-    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
+    // The key drops c once b holds what c acknowledged before PostgreSQL
+    // switched (see the test after `drive_sync`).
+    world.memory.sync_standbys_since = Some(Lsn(500));
+    world.local.standby_flush.insert(name("b"), Lsn(500));
     let step = sync_action(&world.decide());
     assert!(
         matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
@@ -946,7 +937,7 @@ fn sync_mode_going_asynchronous_empties_the_key_before_postgres() {
     let mut world = sync_leader();
     world.local.streaming_standbys.clear();
     sync_key(&mut world, "a", &["b"]);
-    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
     let step = sync_action(&world.decide());
     assert!(matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys.is_empty()));
     sync_key(&mut world, "a", &[]);
@@ -962,7 +953,7 @@ fn quorum_mode_names_every_eligible_standby_for_any_n() {
     world.peer("c", Role::Replica, 500, 1);
     world.local.streaming_standbys = BTreeSet::from([name("b"), name("c")]);
     sync_key(&mut world, "a", &["b"]);
-    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
     // ANY 1 (b, c): the key grows to both first, then PostgreSQL follows.
     let step = sync_action(&world.decide());
     assert!(
@@ -975,7 +966,7 @@ fn quorum_mode_names_every_eligible_standby_for_any_n() {
         matches!(&step, Some(Action::SetSyncStandbys { standbys, count: 1, .. }) if *standbys == BTreeSet::from([name("b"), name("c")])),
         "{step:?}"
     );
-    world.local.sync_standbys = BTreeSet::from([name("b"), name("c")]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b"), name("c")]), 1);
     assert_eq!(sync_action(&world.decide()), None);
     // FIRST 1 with the same members names one.
     world.config.synchronous_mode = SynchronousMode::On;
@@ -992,7 +983,7 @@ fn sync_mode_strict_keeps_waiting_for_its_standby() {
     world.config.synchronous_mode_strict = true;
     world.local.streaming_standbys.clear();
     sync_key(&mut world, "a", &["b"]);
-    world.local.sync_standbys = BTreeSet::from([name("b")]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
     assert_eq!(sync_action(&world.decide()), None);
 }
 
@@ -1546,4 +1537,495 @@ fn failsafe_round_does_not_extend_a_lock_this_node_was_told_it_lost() {
         .actions
         .iter()
         .any(|a| matches!(a, Action::FailsafeExtend { .. })));
+}
+
+// ---- synchronous replication: ordering of the sync key and PostgreSQL ----
+
+fn sync_key_quorum(world: &mut World, leader: &str, standbys: &[&str], quorum: Option<u32>) {
+    world.record(Record::Sync(SyncState {
+        leader: Some(name(leader)),
+        sync_standbys: standbys.iter().map(|s| name(s)).collect(),
+        quorum,
+    }));
+}
+
+/// What PostgreSQL's `synchronous_standby_names` says, as the leader observes it.
+fn set_postgres_sync(world: &mut World, standbys: &BTreeSet<MemberName>, count: u32) {
+    world.local.sync_standbys = standbys.clone();
+    world.local.sync_count = if standbys.is_empty() { 0 } else { count };
+}
+
+/// The sync key and `synchronous_standby_names` as a test drives them.
+#[derive(Debug)]
+struct SyncDrive {
+    key: BTreeSet<MemberName>,
+    key_quorum: u32,
+    postgres: BTreeSet<MemberName>,
+    postgres_count: u32,
+}
+
+/// Runs the leader's sync steps, applying each, until it takes none; after
+/// every step checks what promotion relies on: the key (when not empty)
+/// covers every standby PostgreSQL may wait on and claims no more
+/// acknowledgements per commit than PostgreSQL enforces.
+fn drive_sync(world: &mut World, mut state: SyncDrive) -> SyncDrive {
+    for _ in 0..12 {
+        sync_key_quorum(
+            world,
+            "a",
+            &state.key.iter().map(MemberName::as_str).collect::<Vec<_>>(),
+            Some(state.key_quorum),
+        );
+        set_postgres_sync(world, &state.postgres, state.postgres_count);
+        let Some(step) = sync_action(&world.decide()) else {
+            return state;
+        };
+        world.memory.record(&step, &Outcome::Done, world.now);
+        match step {
+            Action::WriteSyncState {
+                standbys, count, ..
+            } => {
+                state.key = standbys;
+                state.key_quorum = count;
+            }
+            Action::SetSyncStandbys {
+                standbys, count, ..
+            } => {
+                state.postgres = standbys;
+                state.postgres_count = if state.postgres.is_empty() { 0 } else { count };
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        if !state.key.is_empty() {
+            assert!(
+                state.key.is_superset(&state.postgres) && !state.postgres.is_empty(),
+                "the key must cover PostgreSQL's standbys: {state:?}"
+            );
+            assert!(
+                state.key_quorum <= state.postgres_count,
+                "the key claims more acknowledgements than PostgreSQL enforces: {state:?}"
+            );
+        }
+    }
+    panic!("no stable state after 12 steps: {state:?}");
+}
+
+fn two_standbys(world: &mut World) {
+    world.peer("c", Role::Replica, 500, 1);
+    world.local.streaming_standbys = BTreeSet::from([name("b"), name("c")]);
+    world.local.standby_flush = BTreeMap::from([(name("b"), Lsn(500)), (name("c"), Lsn(500))]);
+    world.memory.sync_standbys_since = Some(Lsn(500));
+}
+
+#[test]
+fn sync_mode_replacing_a_standby_shrinks_the_key_only_once_the_new_one_holds_every_acknowledged_commit(
+) {
+    // PostgreSQL switched from c to b at 500: commits before were
+    // acknowledged by c alone. Dropping c from the key before b holds them
+    // would let b be promoted without them.
+    let mut world = sync_leader();
+    sync_key(&mut world, "a", &["b", "c"]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
+    world.memory.sync_standbys_since = Some(Lsn(500));
+    world.local.standby_flush.insert(name("b"), Lsn(450));
+    assert_eq!(
+        sync_action(&world.decide()),
+        None,
+        "b lacks commits c acknowledged before 500"
+    );
+    // The position was forgotten (agent restart): PostgreSQL is set again
+    // to take a new one, the key stays.
+    world.memory.sync_standbys_since = None;
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::SetSyncStandbys { standbys, .. }) if *standbys == BTreeSet::from([name("b")])),
+        "{step:?}"
+    );
+    world.memory.sync_standbys_since = Some(Lsn(500));
+    world.local.standby_flush.insert(name("b"), Lsn(500));
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::WriteSyncState { standbys, .. }) if *standbys == BTreeSet::from([name("b")])),
+        "{step:?}"
+    );
+}
+
+#[test]
+fn sync_mode_a_standby_counts_as_caught_up_only_past_a_position_taken_once_postgres_named_it() {
+    // The position recorded with the change is taken before PostgreSQL
+    // applies it: commits acknowledged meanwhile did not wait for b.
+    let mut world = sync_leader();
+    sync_key(&mut world, "a", &[]);
+    let step = sync_action(&world.decide()).expect("PostgreSQL names b first");
+    assert!(matches!(&step, Action::SetSyncStandbys { .. }), "{step:?}");
+    world.memory.record(&step, &Outcome::Done, world.now);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
+    world.local.wal_position = Some(Lsn(600));
+    world.local.standby_flush.insert(name("b"), Lsn(550));
+    let step = sync_action(&world.decide());
+    assert!(
+        !matches!(&step, Some(Action::WriteSyncState { standbys, .. }) if !standbys.is_empty()),
+        "b has flushed only 550 of the 600 written while PostgreSQL switched: {step:?}"
+    );
+    if let Some(step) = step {
+        world.memory.record(&step, &Outcome::Done, world.now);
+    }
+    world.local.standby_flush.insert(name("b"), Lsn(600));
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::WriteSyncState { standbys, .. }) if *standbys == BTreeSet::from([name("b")])),
+        "{step:?}"
+    );
+}
+
+#[test]
+fn sync_mode_raising_synchronous_node_count_changes_postgres_before_the_key() {
+    // FIRST 1 (b) → FIRST 2 (b, c): until PostgreSQL waits for both, a
+    // commit may be on b only, and c must not count as synchronous.
+    let mut world = sync_leader();
+    two_standbys(&mut world);
+    world.config.synchronous_node_count = 2;
+    let end = drive_sync(
+        &mut world,
+        SyncDrive {
+            key: BTreeSet::from([name("b")]),
+            key_quorum: 1,
+            postgres: BTreeSet::from([name("b")]),
+            postgres_count: 1,
+        },
+    );
+    assert_eq!(end.postgres, BTreeSet::from([name("b"), name("c")]));
+    assert_eq!((end.postgres_count, end.key_quorum), (2, 2), "{end:?}");
+    assert_eq!(end.key, end.postgres);
+}
+
+#[test]
+fn sync_mode_lowering_synchronous_node_count_changes_the_key_before_postgres() {
+    let mut world = sync_leader();
+    two_standbys(&mut world);
+    world.config.synchronous_node_count = 1;
+    let end = drive_sync(
+        &mut world,
+        SyncDrive {
+            key: BTreeSet::from([name("b"), name("c")]),
+            key_quorum: 2,
+            postgres: BTreeSet::from([name("b"), name("c")]),
+            postgres_count: 2,
+        },
+    );
+    assert_eq!((end.postgres_count, end.key_quorum), (1, 1), "{end:?}");
+    assert_eq!(end.postgres.len(), 1);
+}
+
+#[test]
+fn quorum_mode_a_new_synchronous_node_count_reaches_postgres_and_the_key() {
+    for (from, to) in [(1, 2), (2, 1)] {
+        let mut world = sync_leader();
+        world.config.synchronous_mode = SynchronousMode::Quorum;
+        two_standbys(&mut world);
+        world.config.synchronous_node_count = to;
+        let both = BTreeSet::from([name("b"), name("c")]);
+        let end = drive_sync(
+            &mut world,
+            SyncDrive {
+                key: both.clone(),
+                key_quorum: from,
+                postgres: both.clone(),
+                postgres_count: from,
+            },
+        );
+        assert_eq!((end.postgres_count, end.key_quorum), (to, to), "{end:?}");
+        assert_eq!((&end.key, &end.postgres), (&both, &both));
+    }
+}
+
+#[test]
+fn sync_mode_a_count_above_the_number_of_standbys_waits_for_all_of_them_and_no_more() {
+    // ANY 3 of two standbys would stall every commit; the key then claims
+    // as many acknowledgements as PostgreSQL waits for.
+    let mut world = sync_leader();
+    world.config.synchronous_mode = SynchronousMode::Quorum;
+    two_standbys(&mut world);
+    world.config.synchronous_node_count = 3;
+    let end = drive_sync(
+        &mut world,
+        SyncDrive {
+            key: BTreeSet::new(),
+            key_quorum: 3,
+            postgres: BTreeSet::new(),
+            postgres_count: 0,
+        },
+    );
+    assert_eq!(end.postgres, BTreeSet::from([name("b"), name("c")]));
+    assert_eq!((end.postgres_count, end.key_quorum), (2, 2), "{end:?}");
+}
+
+#[test]
+fn sync_mode_a_key_without_a_quorum_claims_one_acknowledgement_per_commit() {
+    // A key written without `quorum` (by Patroni, or an older version) says
+    // nothing of how many standbys acknowledged: assume one, so c needs b
+    // visible, whatever synchronous_node_count says now.
+    let mut world = World::new("c");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world.config.synchronous_node_count = 2;
+    world.replica(Some("a"), 500, 1);
+    sync_key_quorum(&mut world, "a", &["b", "c"], None);
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+}
+
+#[test]
+fn sync_mode_strict_leader_without_standbys_makes_commits_wait_for_any_standby() {
+    // Just promoted: the key is ours and empty, PostgreSQL names nobody, no
+    // standby streams yet. Strict mode must not acknowledge commits alone.
+    let mut world = sync_leader();
+    world.config.synchronous_mode_strict = true;
+    world.local.streaming_standbys.clear();
+    sync_key(&mut world, "a", &[]);
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::SetSyncStandbys { standbys, any_standby: true, .. }) if standbys.is_empty()),
+        "strict mode acknowledges commits without a standby: {step:?}"
+    );
+}
+
+#[test]
+fn sync_mode_strict_leader_just_bootstrapped_makes_commits_wait_for_any_standby_first() {
+    // No sync key at all yet: nobody may promote on it, so PostgreSQL can
+    // start waiting before the key is claimed.
+    let mut world = sync_leader();
+    world.config.synchronous_mode_strict = true;
+    world.local.streaming_standbys.clear();
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::SetSyncStandbys { standbys, any_standby: true, .. }) if standbys.is_empty()),
+        "strict mode acknowledges commits without a standby: {step:?}"
+    );
+}
+
+#[test]
+fn leader_gone_replica_too_far_behind_the_former_leaders_last_position_does_not_race() {
+    // Asynchronous loss is bounded by maximum_lag_on_failover, measured from
+    // what the former leader was last known to hold, as in Patroni.
+    let from_memory = |world: &mut World| {
+        world.memory.last_leader = Some(LastLeader {
+            name: name("a"),
+            conn_url: None,
+            optime: Some(Lsn(1_000_000)),
+        });
+    };
+    let from_status = |world: &mut World| {
+        world.record(Record::Status(LeaderStatus {
+            optime: Lsn(1_000_000),
+            ..LeaderStatus::default()
+        }));
+    };
+    for known in [from_memory, from_status] {
+        let mut world = World::new("b");
+        world.config.maximum_lag_on_failover = 100;
+        world
+            .replica(Some("a"), 500, 1)
+            .peer("c", Role::Replica, 450, 1);
+        known(&mut world);
+        let decision = world.decide();
+        assert!(!promotes(&decision), "{decision:?}");
+        assert!(
+            decision.reason.contains("maximum_lag_on_failover"),
+            "{}",
+            decision.reason
+        );
+        // An operator's failover request naming it overrides the bound.
+        world.record(Record::Failover(FailoverRequest {
+            leader: None,
+            candidate: Some(name("b")),
+            scheduled_at: None,
+        }));
+        assert!(promotes(&world.decide()));
+        world.remove("failover");
+        // Within the bound it races.
+        world.config.maximum_lag_on_failover = 1_000_000;
+        assert!(promotes(&world.decide()));
+    }
+}
+
+// ---- the former leader still answering as a running primary ----
+
+fn answers_as_running_primary(world: &mut World, n: &str, position: u64) {
+    world.peers.insert(
+        name(n),
+        PeerReport {
+            wal_position: Some(Lsn(position)),
+            timeline: Some(Timeline(1)),
+            running_primary: true,
+        },
+    );
+}
+
+#[test]
+fn former_leader_still_answering_as_a_running_primary_is_not_raced_until_its_fence_expired() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("a", Role::Primary, 500, 1);
+    former_leader(&mut world, "a", 500);
+    answers_as_running_primary(&mut world, "a", 500);
+    let ttl = world.config.ttl;
+    // The lock was read free 1 s ago: a's fence may allow writes for up to a ttl more.
+    world.memory.lock_free_since = Some(world.now - Duration::from_secs(1));
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    assert!(decision.reason.contains("running primary"), "{decision:?}");
+    // Never seen free before this loop: the same.
+    world.memory.lock_free_since = None;
+    assert!(!promotes(&world.decide()));
+    // A ttl after the lock was first read free, its fence has stopped writes.
+    world.memory.lock_free_since = Some(world.now - ttl - Duration::from_secs(1));
+    assert!(promotes(&world.decide()));
+}
+
+#[test]
+fn former_leader_answering_as_a_replica_does_not_hold_the_race_up() {
+    let mut world = World::new("b");
+    world.replica(Some("a"), 500, 1);
+    former_leader(&mut world, "a", 500);
+    answers_as_running_primary(&mut world, "a", 400);
+    if let Some(report) = world.peers.get_mut(&name("a")) {
+        report.running_primary = false;
+    }
+    world.memory.lock_free_since = Some(world.now - Duration::from_secs(1));
+    assert!(promotes(&world.decide()));
+}
+
+// ---- a switchover nobody took over ----
+
+/// `a` stopped its primary (timeline 2, at 800) for a switchover to `b`
+/// `ago` before now; the lock is free.
+fn stepped_down(world: &mut World, ago: Duration) {
+    world.primary(800, 2);
+    world.local.role = LocalRole::Stopped { crashed: false };
+    world.memory.stepped_down_at = Some(world.now - ago);
+    world.peer("b", Role::Replica, 800, 2);
+    switchover(world, Some("a"), Some("b"), None);
+}
+
+#[test]
+fn switchover_not_taken_over_the_former_leader_waits_then_starts_as_primary_on_its_timeline() {
+    let mut world = World::new("a");
+    stepped_down(&mut world, Duration::from_secs(1));
+    let waiting = world.decide();
+    assert_eq!(acts(&waiting), [], "{waiting:?}");
+    let late = world.config.ttl + Duration::from_secs(1);
+    stepped_down(&mut world, late);
+    let decision = world.decide();
+    let acts = acts(&decision);
+    assert_eq!(acts.len(), 4, "{decision:?}");
+    assert_eq!(acts[0], Action::AcquireLock);
+    assert!(
+        matches!(acts[1], Action::ClearFailoverRequest(_)),
+        "{acts:?}"
+    );
+    assert!(
+        matches!(&acts[2], Action::SwitchoverAbandoned(why) if why.contains("candidate b")),
+        "{acts:?}"
+    );
+    assert_eq!(acts[3], Action::StartPrimary);
+}
+
+#[test]
+fn switchover_former_leader_never_starts_as_primary_once_the_cluster_moved_on() {
+    let mut world = World::new("a");
+    let late = world.config.ttl + Duration::from_secs(1);
+    stepped_down(&mut world, late);
+    // b was promoted onto timeline 3 (and its lock is gone already).
+    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
+        timeline: Timeline(2),
+        switch_lsn: Lsn(800),
+        reason: "promoted by matriarch".to_owned(),
+        timestamp: None,
+        new_leader: Some(name("b")),
+    }])));
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    // A peer reports a newer timeline, or answers as a running primary.
+    for (timeline, running_primary) in [(3, false), (2, true)] {
+        let mut world = World::new("a");
+        stepped_down(&mut world, late);
+        world.peers.insert(
+            name("b"),
+            PeerReport {
+                wal_position: Some(Lsn(900)),
+                timeline: Some(Timeline(timeline)),
+                running_primary,
+            },
+        );
+        let decision = world.decide();
+        assert!(!promotes(&decision), "{decision:?}");
+    }
+    // Crashed since: not the data directory it stopped cleanly either.
+    let mut world = World::new("a");
+    let late = world.config.ttl + Duration::from_secs(1);
+    stepped_down(&mut world, late);
+    world.local.role = LocalRole::Stopped { crashed: true };
+    assert!(!promotes(&world.decide()));
+}
+
+#[test]
+fn memory_forgets_a_switchover_once_the_data_directory_runs_or_another_leads() {
+    let mut memory = Memory::default();
+    let at = Duration::from_secs(5);
+    memory.record(&Action::Demote(DemoteMode::Switchover), &Outcome::Done, at);
+    assert_eq!(memory.stepped_down_at, Some(at));
+    let mut world = World::new("a");
+    world.replica(None, 800, 2);
+    memory.observed(&world.local);
+    assert_eq!(memory.stepped_down_at, None, "ran as a standby since");
+
+    memory.record(&Action::Demote(DemoteMode::Switchover), &Outcome::Done, at);
+    world.leader("b").peer("b", Role::Primary, 900, 3);
+    memory.saw_view(&ClusterView::decode(1, world.entries.clone()), &name("a"));
+    assert_eq!(memory.stepped_down_at, None, "b took over");
+
+    memory.record(&Action::Demote(DemoteMode::Graceful), &Outcome::Done, at);
+    assert_eq!(memory.stepped_down_at, None, "not a switchover");
+}
+
+#[test]
+fn the_leader_observes_how_many_acknowledgements_postgres_waits_for_and_any_standby() {
+    use matriarch_postgres::{LocalState, PgRole, ServerState, SyncStandbyNames};
+    let mut state = LocalState {
+        server: ServerState::Running(PgRole::Primary),
+        ..LocalState::empty()
+    };
+    state.synchronous_standby_names = Some(SyncStandbyNames::any(2, ["b", "c"]).unwrap());
+    let local = local_postgres(&state);
+    assert_eq!(local.sync_standbys, BTreeSet::from([name("b"), name("c")]));
+    assert_eq!((local.sync_count, local.sync_any_standby), (2, false));
+    state.synchronous_standby_names = Some(SyncStandbyNames::first(1, ["*"]).unwrap());
+    let local = local_postgres(&state);
+    assert!(local.sync_standbys.is_empty());
+    assert_eq!((local.sync_count, local.sync_any_standby), (1, true));
+    state.synchronous_standby_names = Some(SyncStandbyNames::Off);
+    let local = local_postgres(&state);
+    assert_eq!((local.sync_count, local.sync_any_standby), (0, false));
+}
+
+#[test]
+fn sync_mode_strict_race_winner_makes_postgres_wait_for_any_standby_before_promoting() {
+    // As Patroni: the promoted primary must not acknowledge a commit alone
+    // in the loop before its leader upkeep names standbys.
+    let mut world = World::new("b");
+    world.config.synchronous_mode = SynchronousMode::On;
+    world.config.synchronous_mode_strict = true;
+    world.replica(Some("a"), 500, 1);
+    sync_key(&mut world, "a", &["b"]);
+    let acts = acts(&world.decide());
+    let wait_any = acts.iter().position(|a| {
+        matches!(a, Action::SetSyncStandbys { standbys, any_standby: true, .. } if standbys.is_empty())
+    });
+    let promote = acts.iter().position(|a| *a == Action::Promote);
+    assert!(promote.is_some(), "{acts:?}");
+    assert!(
+        wait_any.is_some_and(|w| Some(w) < promote),
+        "no wait for any standby before the promotion: {acts:?}"
+    );
 }

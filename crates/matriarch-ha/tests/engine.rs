@@ -31,6 +31,8 @@ struct PgState {
     timeline: u32,
     position: u64,
     upstream: Option<MemberName>,
+    /// `synchronous_standby_names` as last set.
+    sync: Option<SyncStandbyNames>,
 }
 
 /// A PostgreSQL that does what it is told and logs promotions and demotions.
@@ -49,6 +51,7 @@ impl FakePg {
                 timeline: 1,
                 position,
                 upstream: Some(name(upstream)),
+                sync: None,
             })),
             events: Arc::clone(events),
         }
@@ -91,6 +94,7 @@ impl Postgres for FakePg {
                 flush: position,
                 ..WalPositions::default()
             };
+            local.synchronous_standby_names = state.sync.clone();
         } else {
             local.server = ServerState::Running(PgRole::Replica);
             local.wal.received = position;
@@ -110,8 +114,12 @@ impl Postgres for FakePg {
     async fn clone_replica(&self, _source: &Upstream) -> Result<(), PostgresError> {
         Ok(())
     }
-    async fn start(&self, _as_role: StartAs) -> Result<(), PostgresError> {
-        self.state.lock().unwrap().running = true;
+    async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
+        let mut state = self.state.lock().unwrap();
+        if !state.running {
+            state.running = true;
+            state.primary = as_role == StartAs::Primary;
+        }
         Ok(())
     }
     async fn stop(&self, _mode: StopMode) -> Result<(), PostgresError> {
@@ -146,8 +154,9 @@ impl Postgres for FakePg {
     }
     async fn set_synchronous_standby_names(
         &self,
-        _names: &SyncStandbyNames,
+        names: &SyncStandbyNames,
     ) -> Result<(), PostgresError> {
+        self.state.lock().unwrap().sync = Some(names.clone());
         Ok(())
     }
 }
@@ -667,4 +676,493 @@ async fn a_lock_taken_without_an_armed_fence_is_given_back_and_nobody_is_promote
         "the lock was kept: {:?}",
         view.leader
     );
+}
+
+/// The store keeps a lock for less than the ttl in force (a ZooKeeper server
+/// whose `maxSessionTimeout` is below the ttl): the primary must have stopped
+/// taking writes, and its fence must have run out, before the lock expires and
+/// another member can take it.
+#[tokio::test]
+async fn a_primary_whose_lock_lives_shorter_than_the_ttl_stops_writes_before_it_expires() {
+    let clock = Arc::new(ManualClock::new());
+    let store = store(&clock);
+    let lifetime = Duration::from_secs(6);
+    store.set_max_ttl(Some(lifetime));
+    let events: Events = Arc::default();
+    let config = ClusterConfig {
+        ttl: Duration::from_secs(30),
+        loop_wait: Duration::from_secs(1),
+        retry_timeout: Duration::from_secs(2),
+        ..ClusterConfig::default()
+    };
+    let connection = store.connect();
+    let pg = FakePg::primary(800, &events);
+    let fence = Arc::new(RecordingFence::default());
+    let mut engine = Engine::new(
+        connection.clone(),
+        pg.clone(),
+        RecordingRouter::new("recording"),
+        settings("a", config.clone()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
+    assert!(connection
+        .acquire_leader(&name("a"), config.ttl)
+        .await
+        .unwrap());
+    // Renewed at 0 s: the lock lives until 6 s, whatever the ttl says.
+    let decision = engine.run_once().await;
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    assert!(pg.is_writable_primary());
+    let first_arm = fence.armed.lock().unwrap().last().copied();
+    // The watchdog's timeout follows the lock's real lifetime, not the ttl.
+    assert_eq!(engine.status().get().lock_ttl, lifetime);
+
+    // Cut off from the store. At 4.5 s the lock has 1.5 s left, less than
+    // the retry_timeout a demotion may take: writes must stop now.
+    connection.set_reachable(false);
+    clock.advance(Duration::from_millis(4500));
+    let decision = engine.run_once().await;
+    let writable_at_4_5 = pg.is_writable_primary();
+
+    // At 6.5 s the lock is gone from the store: another member takes it.
+    clock.advance(Duration::from_secs(2));
+    let other = store.connect();
+    assert!(
+        other.acquire_leader(&name("b"), config.ttl).await.unwrap(),
+        "the store kept the lock longer than its limit"
+    );
+    assert!(
+        !writable_at_4_5,
+        "the primary still took writes 4.5 s after its last renewal, with its lock \
+         expiring at 6 s and another member free to take it then: {decision:?}"
+    );
+    assert_eq!(decision.role, EngineRole::Demoting, "{decision:?}");
+    // The fence armed at the renewal ran out before the lock did.
+    assert_eq!(
+        first_arm,
+        Some(lifetime - config.retry_timeout),
+        "fence window after a renewal"
+    );
+}
+
+/// Collects the events logged on this thread (the test runtime is
+/// single-threaded), one line each: level, then every field.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<String>>>);
+
+impl LogCapture {
+    /// Warnings about the `config` key logged by `member`.
+    fn config_warnings(&self, member: &str) -> Vec<String> {
+        let tag = format!(" member={member} ");
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| {
+                line.starts_with("WARN") && line.contains(&tag) && line.contains("config")
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+impl tracing::Subscriber for LogCapture {
+    fn enabled(&self, _metadata: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _span: &tracing::span::Id, _values: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _span: &tracing::span::Id, _follows: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={:?} ", field.name(), value));
+            }
+        }
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _span: &tracing::span::Id) {}
+    fn exit(&self, _span: &tracing::span::Id) {}
+}
+
+/// A leader `a` and its replica `b` on one store and clock.
+struct Pair {
+    a: Engine<MemoryDcs, FakePg, RecordingRouter>,
+    b: Engine<MemoryDcs, FakePg, RecordingRouter>,
+    a_pg: FakePg,
+    clock: Arc<ManualClock>,
+}
+
+impl Pair {
+    /// Runs `n` loops a second apart, checking that `a` leads as a writable
+    /// primary and `b` follows; returns the configurations they decide with.
+    async fn loops(&mut self, n: usize) -> (ClusterConfig, ClusterConfig) {
+        for _ in 0..n {
+            let decision = self.a.run_once().await;
+            assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+            let decision = self.b.run_once().await;
+            assert_eq!(decision.role, EngineRole::Replica, "{decision:?}");
+            assert!(self.a_pg.is_writable_primary());
+            self.clock.advance(Duration::from_secs(1));
+        }
+        (self.a.config().clone(), self.b.config().clone())
+    }
+}
+
+/// Leader `a` and replica `b` run with `config` (from the DCS) for a few
+/// loops; then `bad` is written into the `config` key behind matriarch's
+/// back. Both keep the last valid configuration for longer than its ttl,
+/// `a` keeps leading, nobody is promoted, and each says so once.
+async fn bad_config_written_behind_our_back_changes_nothing(bad: &str) {
+    let logs = LogCapture::default();
+    let _logging = tracing::subscriber::set_default(logs.clone());
+    let clock = Arc::new(ManualClock::new());
+    let store = store(&clock);
+    let events: Events = Arc::default();
+    let config = ClusterConfig {
+        ttl: Duration::from_secs(8),
+        ..ClusterConfig::default()
+    };
+    store
+        .connect()
+        .write(&Record::Config(config.clone()), Expected::Absent)
+        .await
+        .unwrap();
+    let a_dcs = store.connect();
+    let a_pg = FakePg::primary(800, &events);
+    assert!(a_dcs.acquire_leader(&name("a"), config.ttl).await.unwrap());
+    let a = Engine::new(
+        a_dcs,
+        a_pg.clone(),
+        RecordingRouter::new("recording"),
+        settings("a", ClusterConfig::default()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    let b = Engine::new(
+        store.connect(),
+        FakePg::replica_of("a", 800, &events),
+        RecordingRouter::new("recording"),
+        settings("b", ClusterConfig::default()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    let mut pair = Pair {
+        a,
+        b,
+        a_pg,
+        clock: Arc::clone(&clock),
+    };
+    assert_eq!(pair.loops(3).await, (config.clone(), config.clone()));
+
+    store.put_raw("config", bad.as_bytes());
+    // Longer than the ttl in force: the leader renews with it all along.
+    assert_eq!(pair.loops(12).await, (config.clone(), config.clone()));
+    assert!(
+        !events.lock().unwrap().iter().any(|e| e == "promote"),
+        "{:?}",
+        events.lock().unwrap()
+    );
+    assert_eq!(pair.a.status().get().config, config);
+    let view = store.read_view().await.unwrap();
+    assert_eq!(view.leader.unwrap().unwrap().value.holder, name("a"));
+    for member in ["a", "b"] {
+        let warnings = logs.config_warnings(member);
+        assert_eq!(warnings.len(), 1, "{member}: {warnings:#?}");
+    }
+
+    // A valid configuration written afterwards is taken up again.
+    let next = ClusterConfig {
+        ttl: Duration::from_secs(9),
+        ..config.clone()
+    };
+    store
+        .connect()
+        .write(&Record::Config(next.clone()), Expected::Any)
+        .await
+        .unwrap();
+    assert_eq!(pair.loops(2).await, (next.clone(), next));
+}
+
+#[tokio::test]
+async fn huge_retry_timeout_written_into_the_dcs_is_ignored() {
+    bad_config_written_behind_our_back_changes_nothing(
+        r#"{"ttl": 8, "loop_wait": 1, "retry_timeout": 1e19}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn huge_loop_wait_written_into_the_dcs_is_ignored() {
+    bad_config_written_behind_our_back_changes_nothing(
+        r#"{"ttl": 8, "loop_wait": 1e19, "retry_timeout": 2}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ttl_no_dcs_can_hold_written_into_the_dcs_is_ignored() {
+    bad_config_written_behind_our_back_changes_nothing(
+        r#"{"ttl": 1e12, "loop_wait": 1, "retry_timeout": 2}"#,
+    )
+    .await;
+}
+
+/// Replica `b`'s record as the leader sees it: running, at `position` on `timeline`.
+async fn publish_replica(store: &MemoryDcs, n: &str, position: u64, timeline: u32) {
+    let mut member = Member::new(
+        name(n),
+        format!("postgres://{n}:5432/postgres"),
+        format!("http://{n}:8008/patroni"),
+    );
+    member.role = Role::Replica;
+    member.state = MemberState::Running;
+    member.xlog_location = Some(Lsn(position));
+    member.timeline = Some(Timeline(timeline));
+    store
+        .connect()
+        .publish_member(&member, Duration::from_secs(3600))
+        .await
+        .unwrap();
+}
+
+/// The reported loop: a switchover requested soon after a promotion, whose
+/// candidate misreads its timeline while nobody leads (it reports the one
+/// before the promotion) and so never races. The leader must end up leading
+/// again on the same timeline, without a promotion, with the request gone
+/// and the reason reported.
+#[tokio::test]
+async fn switchover_whose_candidate_never_races_ends_with_the_same_leader_and_timeline() {
+    let clock = Arc::new(ManualClock::new());
+    let store = store(&clock);
+    let events: Events = Arc::default();
+    let config = ClusterConfig::default();
+    let connection = store.connect();
+    let pg = FakePg::primary(800, &events);
+    pg.state.lock().unwrap().timeline = 2;
+    let fence = Arc::new(RecordingFence::default());
+    let mut engine = Engine::new(
+        connection.clone(),
+        pg.clone(),
+        RecordingRouter::new("recording"),
+        settings("a", config.clone()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
+    // The earlier promotion ended timeline 1.
+    connection
+        .write(
+            &Record::History(TimelineHistory(vec![HistoryEntry {
+                timeline: Timeline(1),
+                switch_lsn: Lsn(100),
+                reason: "promoted by matriarch".to_owned(),
+                timestamp: None,
+                new_leader: Some(name("a")),
+            }])),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+    assert!(connection
+        .acquire_leader(&name("a"), config.ttl)
+        .await
+        .unwrap());
+    publish_replica(&store, "b", 800, 2).await;
+    engine.run_once().await;
+    assert!(pg.is_writable_primary());
+    connection
+        .write(
+            &Record::Failover(FailoverRequest {
+                leader: Some(name("a")),
+                candidate: Some(name("b")),
+                scheduled_at: None,
+            }),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+
+    let mut stepped_down = false;
+    for _ in 0..40 {
+        let view = store.read_view().await.unwrap();
+        let leading = view.leader.is_some();
+        // b reports the right timeline while it follows a leader, the old
+        // one while nobody leads.
+        let timeline = if leading {
+            pg.state.lock().unwrap().timeline
+        } else {
+            1
+        };
+        publish_replica(&store, "b", 800, timeline).await;
+        let decision = engine.run_once().await;
+        stepped_down |= decision.role == EngineRole::Demoting;
+        clock.advance(config.loop_wait);
+    }
+    assert!(stepped_down, "the leader never stepped down");
+    let view = store.read_view().await.unwrap();
+    let events = events.lock().unwrap().clone();
+    assert!(
+        !events.iter().any(|e| e == "promote"),
+        "promoted again: {events:?}"
+    );
+    assert_eq!(pg.state.lock().unwrap().timeline, 2, "a new timeline");
+    assert_eq!(view.leader_name(), Some(&name("a")));
+    assert!(pg.is_writable_primary(), "a does not run as primary");
+    assert!(view.failover.is_none(), "the failover key is still there");
+    let failure = engine.status().get().last_switchover_failure;
+    assert!(
+        failure.as_deref().is_some_and(|f| f.contains('b')),
+        "no reason reported: {failure:?}"
+    );
+}
+
+/// Strict synchronous mode on a primary with no standby (just promoted or
+/// bootstrapped): PostgreSQL is set to wait for any standby (`*`, as
+/// Patroni does), so no commit is acknowledged by the primary alone, and the
+/// setting stays while no standby appears.
+#[tokio::test]
+async fn strict_synchronous_primary_without_standbys_waits_for_any_standby() {
+    let clock = Arc::new(ManualClock::new());
+    let store = store(&clock);
+    let events: Events = Arc::default();
+    let config = ClusterConfig {
+        synchronous_mode: SynchronousMode::On,
+        synchronous_mode_strict: true,
+        ..ClusterConfig::default()
+    };
+    let connection = store.connect();
+    let pg = FakePg::primary(800, &events);
+    let mut engine = Engine::new(
+        connection.clone(),
+        pg.clone(),
+        RecordingRouter::new("recording"),
+        settings("a", config.clone()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .with_fence(Arc::new(RecordingFence::default()) as Arc<dyn Fence>);
+    assert!(connection
+        .acquire_leader(&name("a"), config.ttl)
+        .await
+        .unwrap());
+    for _ in 0..4 {
+        engine.run_once().await;
+        clock.advance(config.loop_wait);
+    }
+    let any = SyncStandbyNames::first(1, ["*"]).unwrap();
+    assert_eq!(pg.state.lock().unwrap().sync, Some(any));
+    let view = store.read_view().await.unwrap();
+    match &view.sync {
+        Some(Ok(sync)) => assert!(sync.value.sync_standbys.is_empty(), "{sync:?}"),
+        other => panic!("no sync key: {other:?}"),
+    }
+}
+
+/// A fence that can be broken while the engine runs.
+#[derive(Default)]
+struct BreakableFence {
+    broken: std::sync::atomic::AtomicBool,
+    armed: Mutex<Vec<Duration>>,
+}
+
+#[async_trait]
+impl Fence for BreakableFence {
+    async fn arm(&self, valid_for: Duration) -> Result<(), String> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the watchdog device is gone".to_owned());
+        }
+        self.armed.lock().unwrap().push(valid_for);
+        Ok(())
+    }
+    async fn disarm(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Leader `a` with a running primary, one loop run.
+async fn restart_setup() -> (
+    Engine<MemoryDcs, FakePg, RecordingRouter>,
+    FakePg,
+    Arc<BreakableFence>,
+    MemoryDcs,
+) {
+    let clock = Arc::new(ManualClock::new());
+    let store = store(&clock);
+    let events: Events = Arc::default();
+    let connection = store.connect();
+    let pg = FakePg::primary(800, &events);
+    let fence = Arc::new(BreakableFence::default());
+    let mut engine = Engine::new(
+        connection.clone(),
+        pg.clone(),
+        RecordingRouter::new("recording"),
+        settings("a", ClusterConfig::default()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
+    assert!(connection
+        .acquire_leader(&name("a"), ClusterConfig::default().ttl)
+        .await
+        .unwrap());
+    let decision = engine.run_once().await;
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    (engine, pg, fence, store)
+}
+
+#[tokio::test]
+async fn restart_of_the_leader_renews_the_lock_and_arms_the_fence_before_starting() {
+    let (mut engine, pg, fence, _store) = restart_setup().await;
+    let handle = engine.restart_handle();
+    let armed_before = fence.armed.lock().unwrap().len();
+    let (result, _) = tokio::join!(handle.restart(Duration::from_secs(5)), engine.run_once());
+    assert_eq!(result, Ok("restarted as primary".to_owned()));
+    assert!(pg.is_writable_primary());
+    // The loop's renewal, then one before stopping and one before starting.
+    assert_eq!(fence.armed.lock().unwrap().len(), armed_before + 3);
+}
+
+#[tokio::test]
+async fn restart_of_a_primary_that_cannot_arm_its_fence_is_refused_and_changes_nothing() {
+    let (mut engine, pg, fence, _store) = restart_setup().await;
+    let handle = engine.restart_handle();
+    fence
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (result, _) = tokio::join!(handle.restart(Duration::from_secs(5)), engine.run_once());
+    assert!(
+        matches!(&result, Err(RestartError::Refused(why)) if why.contains("lock")),
+        "{result:?}"
+    );
+    // Not stopped by the restart (the engine demotes it on its own next).
+    assert!(pg.is_writable_primary());
+}
+
+#[tokio::test]
+async fn restart_of_a_primary_whose_lock_another_member_holds_is_refused() {
+    let (mut engine, pg, _fence, store) = restart_setup().await;
+    let handle = engine.restart_handle();
+    // In pause the engine leaves the primary alone: only the restart could touch it.
+    store
+        .connect()
+        .write(
+            &Record::Config(ClusterConfig {
+                pause: true,
+                ..ClusterConfig::default()
+            }),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+    store.put_raw("leader", b"b");
+    let (result, decision) =
+        tokio::join!(handle.restart(Duration::from_secs(5)), engine.run_once());
+    assert_ne!(decision.role, EngineRole::Leader, "{decision:?}");
+    assert!(
+        matches!(&result, Err(RestartError::Refused(why)) if why.contains("lock")),
+        "{result:?}"
+    );
+    assert!(pg.is_writable_primary(), "touched by the refused restart");
 }

@@ -36,6 +36,23 @@ pub enum ConfigError {
     /// `synchronous_node_count` is zero.
     #[error("synchronous_node_count must be at least 1")]
     ZeroSynchronousNodeCount,
+    /// A value above its bound.
+    #[error("{field} = {value} exceeds {max}: {why}")]
+    OutOfRange {
+        /// The configuration key.
+        field: &'static str,
+        /// The value as read.
+        value: String,
+        /// The bound, in words (`the maximum (86400s)`, `ttl (30s)`).
+        max: String,
+        /// Why the bound exists.
+        why: &'static str,
+    },
+}
+
+/// A duration as the `config` key writes it (seconds).
+fn seconds_text(value: Duration) -> String {
+    format!("{}s", value.as_secs_f64())
 }
 
 /// How commits wait for replicas (`synchronous_mode`).
@@ -144,7 +161,7 @@ fn default_true() -> bool {
 mod seconds {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         if value.subsec_nanos() == 0 {
@@ -154,13 +171,56 @@ mod seconds {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let seconds = f64::deserialize(deserializer)?;
+    /// Never panics: NaN, infinite, negative or too large for a
+    /// `Duration` is an error naming `field`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        field: &'static str,
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let seconds: f64 = super::named::deserialize(field, deserializer)?;
         Duration::try_from_secs_f64(seconds).map_err(|_| {
             serde::de::Error::custom(format!(
-                "expected a non-negative number of seconds, got {seconds}"
+                "{field}: expected a non-negative number of seconds, got {seconds}"
             ))
         })
+    }
+
+    pub fn ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserialize("ttl", deserializer)
+    }
+
+    pub fn loop_wait<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserialize("loop_wait", deserializer)
+    }
+
+    pub fn retry_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserialize("retry_timeout", deserializer)
+    }
+}
+
+/// Deserializers whose errors name the key: serde's own do not say which
+/// field a wrong type or an overflowing number was in, and a refused
+/// `config` key must say which setting is wrong.
+mod named {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        field: &'static str,
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        T::deserialize(deserializer).map_err(|e| serde::de::Error::custom(format!("{field}: {e}")))
+    }
+
+    pub fn maximum_lag_on_failover<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<u64, D::Error> {
+        deserialize("maximum_lag_on_failover", deserializer)
+    }
+
+    pub fn synchronous_node_count<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<u32, D::Error> {
+        deserialize("synchronous_node_count", deserializer)
     }
 }
 
@@ -172,16 +232,31 @@ mod seconds {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterConfig {
     /// How long the leader lock lives without renewal.
-    #[serde(default = "defaults::ttl", with = "seconds")]
+    #[serde(
+        default = "defaults::ttl",
+        serialize_with = "seconds::serialize",
+        deserialize_with = "seconds::ttl"
+    )]
     pub ttl: Duration,
     /// The pause between two HA loops.
-    #[serde(default = "defaults::loop_wait", with = "seconds")]
+    #[serde(
+        default = "defaults::loop_wait",
+        serialize_with = "seconds::serialize",
+        deserialize_with = "seconds::loop_wait"
+    )]
     pub loop_wait: Duration,
     /// How long a DCS or PostgreSQL call is retried before it counts as failed.
-    #[serde(default = "defaults::retry_timeout", with = "seconds")]
+    #[serde(
+        default = "defaults::retry_timeout",
+        serialize_with = "seconds::serialize",
+        deserialize_with = "seconds::retry_timeout"
+    )]
     pub retry_timeout: Duration,
     /// A replica more than this many bytes behind may not be promoted automatically.
-    #[serde(default = "defaults::maximum_lag_on_failover")]
+    #[serde(
+        default = "defaults::maximum_lag_on_failover",
+        deserialize_with = "named::maximum_lag_on_failover"
+    )]
     pub maximum_lag_on_failover: u64,
     /// Synchronous replication mode.
     #[serde(default)]
@@ -191,7 +266,10 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub synchronous_mode_strict: bool,
     /// How many synchronous standbys the primary waits for.
-    #[serde(default = "defaults::synchronous_node_count")]
+    #[serde(
+        default = "defaults::synchronous_node_count",
+        deserialize_with = "named::synchronous_node_count"
+    )]
     pub synchronous_node_count: u32,
     /// Keep a primary running through a DCS outage while every member confirms it.
     #[serde(default)]
@@ -242,8 +320,31 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// Checks the rules that keep a primary safe; a config that breaks one is
-    /// rejected as it is, never adjusted.
+    /// The longest `ttl`: one day.
+    ///
+    /// The lock must fit in every DCS: etcd refuses leases above its maximum
+    /// lease TTL (9 000 000 000 s by default, less when configured), and
+    /// ZooKeeper's session timeout is an int32 of milliseconds (about 24.8
+    /// days, clamped further by the server's `maxSessionTimeout`). A day is
+    /// far below both, and far beyond any useful failover time. It also keeps
+    /// every `now + ttl` the agents compute from overflowing.
+    pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// The largest `synchronous_node_count`: PostgreSQL's `MAX_BACKENDS`
+    /// (the upper bound of `max_wal_senders`), so the most standbys a primary
+    /// can ever have.
+    ///
+    /// The tighter bound, fewer than the cluster's members, is not checked
+    /// here: members come and go while the key stays, so a count that is too
+    /// high today may fit tomorrow. Like PostgreSQL itself, a count above the
+    /// standbys present makes commits wait; the leader names at most the
+    /// eligible standbys it sees, and the promotion rule's
+    /// |sync key| − count + 1 saturates (see `matriarch_ha::decide`).
+    pub const MAX_SYNCHRONOUS_NODE_COUNT: u32 = 262_143;
+
+    /// Checks the rules that keep a primary safe and the bounds every DCS
+    /// can hold; a config that breaks one is rejected as it is, never
+    /// adjusted. Never panics, whatever the values.
     ///
     /// The timing rule: a primary that stops reaching the DCS notices within
     /// one `loop_wait` and then spends at most `retry_timeout` on the failing
@@ -260,17 +361,51 @@ impl ClusterConfig {
                 return Err(ConfigError::ZeroDuration { field });
             }
         }
-        let needed = self.loop_wait + self.retry_timeout * 2;
-        if needed > self.ttl {
+        if self.ttl > Self::MAX_TTL {
+            return Err(ConfigError::OutOfRange {
+                field: "ttl",
+                value: seconds_text(self.ttl),
+                max: format!("the maximum ({})", seconds_text(Self::MAX_TTL)),
+                why: "the lock must fit in every DCS (etcd leases, ZooKeeper sessions)",
+            });
+        }
+        // Named before the timing rule, so the error points at the culprit.
+        for (field, value) in [
+            ("loop_wait", self.loop_wait),
+            ("retry_timeout", self.retry_timeout),
+        ] {
+            if value > self.ttl {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    value: seconds_text(value),
+                    max: format!("ttl ({})", seconds_text(self.ttl)),
+                    why: "the leader lock would expire before a loop could renew it",
+                });
+            }
+        }
+        // Each term is at most MAX_TTL now; checked all the same.
+        let needed = self
+            .retry_timeout
+            .checked_mul(2)
+            .and_then(|retries| retries.checked_add(self.loop_wait));
+        if needed.is_none_or(|needed| needed > self.ttl) {
             return Err(ConfigError::UnsafeTiming {
                 ttl: self.ttl,
                 loop_wait: self.loop_wait,
                 retry_timeout: self.retry_timeout,
-                needed,
+                needed: needed.unwrap_or(Duration::MAX),
             });
         }
         if self.synchronous_node_count == 0 {
             return Err(ConfigError::ZeroSynchronousNodeCount);
+        }
+        if self.synchronous_node_count > Self::MAX_SYNCHRONOUS_NODE_COUNT {
+            return Err(ConfigError::OutOfRange {
+                field: "synchronous_node_count",
+                value: self.synchronous_node_count.to_string(),
+                max: format!("the maximum ({})", Self::MAX_SYNCHRONOUS_NODE_COUNT),
+                why: "no primary can have that many standbys",
+            });
         }
         Ok(())
     }
@@ -337,6 +472,138 @@ mod tests {
             config.validate(),
             Err(ConfigError::ZeroSynchronousNodeCount)
         );
+    }
+
+    /// Decodes `json` as the `config` key would be and validates it, the way
+    /// every agent's `read_view` and `PATCH /config` do.
+    fn decode_and_validate(json: &str) -> Result<ClusterConfig, String> {
+        let config: ClusterConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn huge_retry_timeout_is_rejected_without_panicking() {
+        // 2 × 1e19 s does not fit in a Duration: this used to panic.
+        let err = decode_and_validate(r#"{"retry_timeout": 1e19}"#).unwrap_err();
+        assert!(err.contains("retry_timeout"), "{err}");
+    }
+
+    #[test]
+    fn huge_loop_wait_is_rejected_without_panicking() {
+        let err = decode_and_validate(r#"{"loop_wait": 1e19, "retry_timeout": 5e18}"#).unwrap_err();
+        assert!(err.contains("loop_wait"), "{err}");
+        let config = ClusterConfig {
+            loop_wait: Duration::MAX,
+            ..ClusterConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("loop_wait"), "{err}");
+    }
+
+    #[test]
+    fn ttl_no_dcs_can_hold_is_rejected() {
+        // Consistent timing, but etcd refuses such a lease and ZooKeeper's
+        // session timeout is an int32 of milliseconds.
+        let err = decode_and_validate(r#"{"ttl": 1e12, "loop_wait": 10, "retry_timeout": 10}"#)
+            .unwrap_err();
+        assert!(err.contains("ttl"), "{err}");
+        let err =
+            decode_and_validate(r#"{"ttl": 1.8e19, "loop_wait": 9e18, "retry_timeout": 4.5e18}"#)
+                .unwrap_err();
+        assert!(err.contains("ttl"), "{err}");
+        // The bound itself is allowed.
+        let day = ClusterConfig {
+            ttl: ClusterConfig::MAX_TTL,
+            loop_wait: Duration::from_secs(10),
+            retry_timeout: Duration::from_secs(10),
+            ..ClusterConfig::default()
+        };
+        day.validate().unwrap();
+        let longer = ClusterConfig {
+            ttl: ClusterConfig::MAX_TTL + Duration::from_secs(1),
+            ..day
+        };
+        assert!(matches!(
+            longer.validate(),
+            Err(ConfigError::OutOfRange { field: "ttl", .. })
+        ));
+    }
+
+    #[test]
+    fn loop_wait_and_retry_timeout_longer_than_ttl_are_rejected_by_name() {
+        let config = ClusterConfig {
+            ttl: Duration::from_secs(30),
+            loop_wait: Duration::from_secs(31),
+            retry_timeout: Duration::from_secs(1),
+            ..ClusterConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::OutOfRange {
+                    field: "loop_wait",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("exceeds ttl (30s)"), "{err}");
+        let config = ClusterConfig {
+            ttl: Duration::from_secs(30),
+            loop_wait: Duration::from_secs(1),
+            retry_timeout: Duration::MAX,
+            ..ClusterConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "retry_timeout",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unparsable_durations_are_errors_not_panics() {
+        use serde::de::value::{Error, F64Deserializer};
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 1e30] {
+            let result = seconds::ttl(F64Deserializer::<Error>::new(bad));
+            assert!(result.is_err(), "{bad} gave {result:?}");
+        }
+        for (json, field) in [
+            (r#"{"retry_timeout": -1}"#, "retry_timeout"),
+            (r#"{"ttl": 1e300}"#, "ttl"),
+            (r#"{"loop_wait": "soon"}"#, "loop_wait"),
+        ] {
+            let err = decode_and_validate(json).unwrap_err();
+            assert!(err.contains(field), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn counts_out_of_range_are_refused_at_parse_or_validation() {
+        for json in [
+            r#"{"maximum_lag_on_failover": 1e30}"#,
+            r#"{"maximum_lag_on_failover": -1}"#,
+            r#"{"maximum_lag_on_failover": 18446744073709551616}"#,
+            r#"{"synchronous_node_count": 4294967296}"#,
+            r#"{"synchronous_node_count": -1}"#,
+            r#"{"synchronous_node_count": 0}"#,
+        ] {
+            let err = decode_and_validate(json).unwrap_err();
+            let field = if json.contains("maximum_lag") {
+                "maximum_lag_on_failover"
+            } else {
+                "synchronous_node_count"
+            };
+            assert!(err.contains(field), "{json}: {err}");
+        }
+        let err = decode_and_validate(r#"{"synchronous_node_count": 4294967295}"#).unwrap_err();
+        assert!(err.contains("synchronous_node_count"), "{err}");
+        decode_and_validate(r#"{"synchronous_node_count": 3, "maximum_lag_on_failover": 0}"#)
+            .unwrap();
     }
 
     #[test]

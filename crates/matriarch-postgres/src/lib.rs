@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 mod bootstrap;
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod controller;
 mod error;
 mod secret;
@@ -23,8 +25,9 @@ use matriarch_model::{SystemId, Timeline};
 
 pub use bootstrap::BootstrapSpec;
 pub use controller::{
-    check_parameter, PgController, PgControllerConfig, PgTimeouts, DEFAULT_BIN_DIR,
-    DEFAULT_OS_USER, MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE,
+    check_parameter, PgController, PgControllerConfig, PgTimeouts, PostmasterLauncher,
+    PostmasterSpec, DEFAULT_BIN_DIR, DEFAULT_OS_USER, MANAGED_CONF_FILE, SYNC_CONF_FILE,
+    UPSTREAM_CONF_FILE,
 };
 pub use error::{Operation, PostgresError};
 pub use secret::{Credentials, Secret};

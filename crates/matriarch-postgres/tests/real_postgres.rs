@@ -219,8 +219,13 @@ fn kill_postmaster(data_dir: &Path, signal: libc::c_int) -> Option<i32> {
 /// A primary with a table `t(v text)` holding `common`, and cloned replicas
 /// streaming from it with it visible.
 async fn cluster(names: &[&str]) -> (Node, Vec<Node>, SystemId) {
+    cluster_with(names, &spec()).await
+}
+
+/// [`cluster`] bootstrapped with `spec`.
+async fn cluster_with(names: &[&str], spec: &BootstrapSpec) -> (Node, Vec<Node>, SystemId) {
     let primary = Node::new(names[0]);
-    let system_id = primary.ctl.bootstrap(&spec()).await.expect("bootstrap");
+    let system_id = primary.ctl.bootstrap(spec).await.expect("bootstrap");
     primary
         .execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('common')")
         .await;
@@ -956,5 +961,126 @@ async fn an_unstarted_clone_needs_no_rewind_onto_its_source() {
     assert!(
         matches!(outcome, RewindOutcome::Impossible { .. }),
         "{outcome:?}"
+    );
+}
+
+/// Builds primary A and replicas B and C (bootstrapped with `spec`),
+/// promotes B onto timeline 2 with no checkpoint on C, makes C stream
+/// timeline 2 from B, then stops B. Returns C (and the others, to keep them)
+/// once C's walreceiver is gone.
+async fn replica_whose_upstream_stopped(
+    names: &[&str; 3],
+    spec: &BootstrapSpec,
+) -> (Node, Vec<Node>) {
+    let (old_primary, mut replicas, _) = cluster_with(names, spec).await;
+    let replica = replicas.pop().expect("C");
+    let promoted = replicas.pop().expect("B");
+    old_primary.ctl.stop(StopMode::Fast).await.expect("stop A");
+    assert_eq!(
+        promoted.ctl.promote().await.expect("promote B"),
+        Timeline(2)
+    );
+    replica
+        .ctl
+        .follow(&promoted.upstream())
+        .await
+        .expect("C follows B");
+    promoted
+        .execute("INSERT INTO t VALUES ('timeline 2')")
+        .await;
+    replica
+        .wait_rows("SELECT v FROM t ORDER BY v", &["common", "timeline 2"])
+        .await;
+    replica
+        .wait_rows(
+            "SELECT received_tli::text FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            &["2"],
+        )
+        .await;
+    // No CHECKPOINT on C: its control file still shows timeline 1.
+    assert_eq!(
+        replica
+            .rows("SELECT timeline_id::text FROM pg_control_checkpoint()")
+            .await,
+        vec!["1"],
+        "the scenario needs a replica whose last restartpoint is on timeline 1"
+    );
+    promoted.ctl.stop(StopMode::Fast).await.expect("stop B");
+    replica
+        .wait_rows("SELECT count(*)::text FROM pg_stat_wal_receiver", &["0"])
+        .await;
+    (replica, vec![old_primary, promoted])
+}
+
+/// Observes `replica` for a while (its walreceiver keeps retrying the dead
+/// upstream) and returns the timelines it reported, checking that it stays a
+/// replica that receives nothing.
+async fn timelines_reported(replica: &Node) -> Vec<Option<Timeline>> {
+    let mut timelines = Vec::new();
+    for _ in 0..10 {
+        let state = replica.ctl.observe().await.expect("observe C");
+        assert_eq!(state.server, ServerState::Running(PgRole::Replica));
+        assert!(!state.receiving, "{state:?}");
+        timelines.push(state.timeline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    timelines
+}
+
+/// A replica that followed a promoted member onto timeline 2 and then lost
+/// it (no walreceiver any more, no restartpoint since the switch) still
+/// reports timeline 2, the one it replays on: reporting the timeline of its
+/// last restartpoint made candidates refuse to race and survivors rewind
+/// against a dead node.
+#[tokio::test]
+async fn a_replica_whose_upstream_stopped_reports_the_timeline_it_replays() {
+    let (replica, _others) =
+        replica_whose_upstream_stopped(&["pg-u", "pg-v", "pg-w"], &spec()).await;
+    for timeline in timelines_reported(&replica).await {
+        assert_eq!(
+            timeline,
+            Some(Timeline(2)),
+            "a replica replaying timeline 2 without its upstream reported {timeline:?}"
+        );
+    }
+    // And it is what a promotion starts from: the next timeline is 3.
+    assert_eq!(replica.ctl.promote().await.expect("promote C"), Timeline(3));
+}
+
+/// The same when the operator's pg_hba.conf asks local replication
+/// connections for a SCRAM password: the controller authenticates as the
+/// superuser.
+#[tokio::test]
+async fn the_replay_timeline_is_read_when_local_replication_needs_a_scram_password() {
+    let spec = BootstrapSpec {
+        pg_hba: vec!["local replication all scram-sha-256".to_owned()],
+        ..spec()
+    };
+    let (replica, _others) = replica_whose_upstream_stopped(&["pg-x", "pg-y", "pg-z"], &spec).await;
+    assert_eq!(
+        timelines_reported(&replica).await,
+        vec![Some(Timeline(2)); 10]
+    );
+}
+
+/// When pg_hba.conf refuses the local replication connection, observe still
+/// works: the replica reports the timeline SQL can see (which may lag behind
+/// a timeline switch until the next restartpoint) instead of failing.
+#[tokio::test]
+async fn observe_still_works_when_pg_hba_refuses_local_replication() {
+    let spec = BootstrapSpec {
+        pg_hba: vec!["local replication all reject".to_owned()],
+        ..spec()
+    };
+    let (replica, _others) =
+        replica_whose_upstream_stopped(&["pg-ra", "pg-rb", "pg-rc"], &spec).await;
+    for timeline in timelines_reported(&replica).await {
+        assert!(matches!(timeline, Some(Timeline(1 | 2))), "{timeline:?}");
+    }
+    replica.execute("CHECKPOINT").await;
+    // A restartpoint moves the control file onto timeline 2.
+    assert_eq!(
+        replica.ctl.observe().await.expect("observe").timeline,
+        Some(Timeline(2))
     );
 }

@@ -36,4 +36,4 @@ pub use postgres::{
     bin_dir, pg_command, pg_program, run_as_pg_user, run_pg_program, PgOsUser, PostgresServer,
     DEFAULT_PG_BIN, PG_OS_USER,
 };
-pub use zookeeper::{zk_four_letter_word, ZooKeeperServer};
+pub use zookeeper::{zk_four_letter_word, ZooKeeperOptions, ZooKeeperServer};

@@ -33,6 +33,28 @@ pub fn zk_four_letter_word(port: u16, word: &str) -> Result<String> {
     Ok(out)
 }
 
+/// The session timeouts a [`ZooKeeperServer`] grants: it clamps every
+/// client's request into `min..=max` (ZooKeeper's `minSessionTimeout` and
+/// `maxSessionTimeout`; the server's `tickTime` is 2 s, and a server expires
+/// sessions on tick boundaries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZooKeeperOptions {
+    /// `minSessionTimeout` (at least 1 ms).
+    pub min_session_timeout: Duration,
+    /// `maxSessionTimeout` (at least `min_session_timeout`).
+    pub max_session_timeout: Duration,
+}
+
+impl Default for ZooKeeperOptions {
+    /// 1 s to 60 s: wide enough for every test ttl.
+    fn default() -> Self {
+        ZooKeeperOptions {
+            min_session_timeout: Duration::from_secs(1),
+            max_session_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A standalone ZooKeeper server on a free 127.0.0.1 port with a throwaway data
 /// directory; killed and removed on drop.
 #[derive(Debug)]
@@ -46,6 +68,21 @@ pub struct ZooKeeperServer {
 impl ZooKeeperServer {
     /// Starts ZooKeeper and waits until it answers `ruok` with `imok`.
     pub fn start() -> Result<Self> {
+        ZooKeeperServer::start_with(ZooKeeperOptions::default())
+    }
+
+    /// Starts ZooKeeper granting the session timeouts of `options` (for
+    /// example a `maxSessionTimeout` below a cluster's ttl).
+    pub fn start_with(options: ZooKeeperOptions) -> Result<Self> {
+        let (min, max) = (
+            options.min_session_timeout.as_millis(),
+            options.max_session_timeout.as_millis(),
+        );
+        if min == 0 || max < min || max > i32::MAX as u128 {
+            return Err(TestkitError::InvalidArgument(format!(
+                "ZooKeeper session timeouts must satisfy 1 ms <= min ({min} ms) <= max ({max} ms)"
+            )));
+        }
         let java = find_program("java")?;
         require_program("zookeeper (zookeeper.jar)", Path::new(ZK_JAR))?;
         let mut last_err = None;
@@ -64,8 +101,8 @@ impl ZooKeeperServer {
                 "tickTime=2000\n\
                  initLimit=10\n\
                  syncLimit=5\n\
-                 minSessionTimeout=1000\n\
-                 maxSessionTimeout=60000\n\
+                 minSessionTimeout={min}\n\
+                 maxSessionTimeout={max}\n\
                  dataDir={}\n\
                  clientPort={port}\n\
                  clientPortAddress=127.0.0.1\n\

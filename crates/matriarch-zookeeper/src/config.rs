@@ -89,10 +89,13 @@ pub struct ZooKeeperConfig {
     pub scope: String,
     /// Digest credentials, if the ensemble requires them.
     pub auth: Option<DigestAuth>,
-    /// The ZooKeeper session timeout, which is the TTL of the leader lock and
-    /// of the member record when this client dies or is cut off. Use the
-    /// cluster's `ttl`. The server clamps it to its `minSessionTimeout` and
-    /// `maxSessionTimeout` (by default 2 and 20 times its `tickTime`).
+    /// The ZooKeeper session timeout of the first session, which is the TTL
+    /// of the leader lock and of the member record when this client dies or
+    /// is cut off. Use the cluster's `ttl`: once a lock or member call passes
+    /// another ttl, the session is re-established with that one. The server
+    /// clamps it to its `minSessionTimeout` and `maxSessionTimeout` (by
+    /// default 2 and 20 times its `tickTime`);
+    /// [`matriarch_dcs::Dcs::lock_lifetime`] reports the result.
     pub session_timeout: Duration,
     /// The bound of every call: a call that cannot finish in time fails with
     /// [`matriarch_dcs::DcsError::Timeout`].

@@ -102,6 +102,12 @@ struct Inner {
     ephemeral_ops: tokio::sync::Mutex<()>,
     reaper_wake: Notify,
     warned_ttl: AtomicBool,
+    /// The session timeout new sessions ask for: the configured one until a
+    /// call passes another ttl, then that ttl (Patroni's `set_ttl`).
+    wanted_timeout: Mutex<Duration>,
+    /// How long the lock taken or renewed last lives at least (see
+    /// [`Dcs::lock_lifetime`]).
+    lock_lifetime: Mutex<Option<Duration>>,
 }
 
 impl ZooKeeperDcs {
@@ -113,7 +119,6 @@ impl ZooKeeperDcs {
         let scope_dir = layout.prefix().trim_end_matches('/').to_owned();
         let members_dir = layout.members_prefix().trim_end_matches('/').to_owned();
         let inner = Arc::new(Inner {
-            config,
             layout,
             scope_dir,
             members_dir,
@@ -123,6 +128,9 @@ impl ZooKeeperDcs {
             ephemeral_ops: tokio::sync::Mutex::new(()),
             reaper_wake: Notify::new(),
             warned_ttl: AtomicBool::new(false),
+            wanted_timeout: Mutex::new(config.session_timeout),
+            lock_lifetime: Mutex::new(None),
+            config,
         });
         let reaper = runtime.spawn(reap(Arc::clone(&inner)));
         Ok(ZooKeeperDcs { inner, reaper })
@@ -146,6 +154,23 @@ impl ZooKeeperDcs {
     pub async fn session_id(&self) -> Option<i64> {
         let slot = self.inner.session.lock().await;
         slot.as_ref().filter(|s| !s.is_terminated()).map(|s| s.id)
+    }
+
+    /// The session timeout the server granted to the current session (after
+    /// clamping the request to its `minSessionTimeout`/`maxSessionTimeout`),
+    /// if one is open: how long the server keeps this client's ephemeral
+    /// znodes (the leader lock) once it stops hearing from it.
+    pub async fn negotiated_session_timeout(&self) -> Option<Duration> {
+        let slot = self.inner.session.lock().await;
+        slot.as_ref()
+            .filter(|s| !s.is_terminated())
+            .map(|s| s.timeout())
+    }
+
+    /// The session timeout the current (or next) session asks for: the
+    /// configured one, or the ttl of the last lock or member call.
+    pub fn requested_session_timeout(&self) -> Duration {
+        self.inner.wanted_timeout()
     }
 
     /// The configuration.
@@ -255,9 +280,125 @@ impl Inner {
             self.retire(session.id);
             *slot = None;
         }
-        let session = Arc::new(Session::open(&self.config, &self.scope_dir).await?);
+        let timeout = self.wanted_timeout();
+        let session = Arc::new(Session::open(&self.config, timeout, &self.scope_dir).await?);
         *slot = Some(Arc::clone(&session));
         Ok(session)
+    }
+
+    fn wanted_timeout(&self) -> Duration {
+        *self
+            .wanted_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the lifetime of the lock just taken or renewed on `session`
+    /// with `ttl`: the client-side lease ends it after `ttl`, the server
+    /// after the negotiated session timeout once it stops hearing from this
+    /// client, whichever comes first.
+    fn note_lock_lifetime(&self, session: &Session, ttl: Duration) {
+        *self
+            .lock_lifetime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(ttl.min(session.timeout()));
+    }
+
+    /// Follows the ttl of a lock or member call: when it differs from the
+    /// session timeout asked for, the session is re-established with the new
+    /// timeout (as Patroni's `set_ttl` does), moving this client's live
+    /// ephemeral znodes (the lock, the member record) to the new session
+    /// without a gap. When that fails the old session goes on (the lock's
+    /// reported lifetime stays its negotiated timeout) and the next call
+    /// tries again.
+    async fn follow_ttl(&self, ttl: Duration) {
+        if ttl.is_zero() || ttl > Duration::from_millis(i32::MAX as u64) {
+            return; // not a timeout ZooKeeper takes: keep the session
+        }
+        {
+            let mut wanted = self
+                .wanted_timeout
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *wanted != ttl {
+                info!(cluster = %self.scope(), from = ?*wanted, to = ?ttl,
+                    "the ttl changed: the ZooKeeper session follows it");
+                *wanted = ttl;
+            }
+        }
+        let current = {
+            let slot = self.session.lock().await;
+            slot.as_ref()
+                .filter(|s| !s.is_terminated())
+                .map(|s| s.requested)
+        };
+        if current.is_none_or(|requested| requested == ttl) {
+            return; // none open (the next one asks for it) or already right
+        }
+        let bound = self.config.retry_timeout / 2;
+        match tokio::time::timeout(bound, self.switch_session()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(cluster = %self.scope(), %error,
+                "could not re-establish the ZooKeeper session with the new ttl; keeping the old one"),
+            Err(_) => warn!(cluster = %self.scope(), ?bound,
+                "re-establishing the ZooKeeper session with the new ttl timed out; keeping the old one"),
+        }
+    }
+
+    /// Opens a session with the wanted timeout and moves this client's live
+    /// ephemeral znodes onto it, each in one transaction (delete the old
+    /// session's znode at its version, create it for the new session), so
+    /// that the lock is never free in between; then closes the old session.
+    async fn switch_session(&self) -> Result<(), DcsError> {
+        let _ops = self.ephemeral_ops.lock().await;
+        let mut slot = self.session.lock().await;
+        let wanted = self.wanted_timeout();
+        let Some(old) = slot
+            .as_ref()
+            .filter(|s| !s.is_terminated() && s.requested != wanted)
+            .map(Arc::clone)
+        else {
+            return Ok(());
+        };
+        let new = Arc::new(Session::open(&self.config, wanted, &self.scope_dir).await?);
+        let live = self.leases().live_of(old.id, Instant::now());
+        for (key, deadline) in live {
+            let path = self.lease_path(&key);
+            let found = self.get(&old, &path).await?;
+            let Some((data, stat)) = found.filter(|(_, stat)| stat.ephemeral_owner == old.id)
+            else {
+                // Not ours any more: the next call finds out and says so.
+                self.leases().forget(&key);
+                continue;
+            };
+            let mut txn = new.client.new_multi_writer();
+            txn.add_delete(&path, Some(stat.version))
+                .and_then(|()| txn.add_create(&path, &data, &ephemeral(&self.config)))
+                .map_err(|e| map_zk(&format!("moving {path}"), e))?;
+            match txn.commit().await {
+                Ok(_) => self.leases().confirm(key, new.id, deadline),
+                Err(zk::MultiWriteError::OperationFailed { .. }) => {
+                    // Changed meanwhile: not ours to move.
+                    self.leases().forget(&key);
+                }
+                Err(zk::MultiWriteError::RequestFailed { source }) => {
+                    return Err(map_zk(&format!("moving {path}"), source));
+                }
+            }
+        }
+        info!(
+            cluster = %self.scope(),
+            old = %format_args!("{:#x}", old.id),
+            new = %format_args!("{:#x}", new.id),
+            requested = ?wanted,
+            negotiated = ?new.timeout(),
+            "re-established the ZooKeeper session with the new ttl"
+        );
+        *slot = Some(new);
+        drop(slot);
+        // Its znodes are moved; dropping its last handle closes it.
+        self.retire(old.id);
+        Ok(())
     }
 
     /// The current session if it is still the one with id `id`.
@@ -493,6 +634,7 @@ impl Inner {
     }
 
     async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
+        self.follow_ttl(ttl).await;
         let session = self.session().await?;
         let _ops = self.ephemeral_ops.lock().await;
         let path = self.path(&DcsKey::Leader);
@@ -516,6 +658,7 @@ impl Inner {
                 Ok(_) => {
                     self.leases().confirm(key, session.id, start + ttl);
                     self.reaper_wake.notify_one();
+                    self.note_lock_lifetime(&session, ttl);
                     self.warn_ttl(&session, ttl);
                     info!(cluster = %self.scope(), member = %me, "took the leader lock");
                     return Ok(true);
@@ -530,6 +673,7 @@ impl Inner {
                         if holder.as_ref() == Some(me) {
                             self.leases().confirm(key, session.id, start + ttl);
                             self.reaper_wake.notify_one();
+                            self.note_lock_lifetime(&session, ttl);
                             return Ok(true);
                         }
                         return Ok(false);
@@ -589,6 +733,7 @@ impl Inner {
         ttl: Duration,
         deadline: Instant,
     ) -> Result<(), DcsError> {
+        self.follow_ttl(ttl).await;
         let session = self.session().await?;
         let _ops = self.ephemeral_ops.lock().await;
         let path = self.path(&DcsKey::Leader);
@@ -665,6 +810,7 @@ impl Inner {
             return Err(lost(me, None));
         }
         self.reaper_wake.notify_one();
+        self.note_lock_lifetime(&session, ttl);
         debug!(cluster = %self.scope(), member = %me, "renewed the leader lock");
         Ok(())
     }
@@ -707,6 +853,7 @@ impl Inner {
     }
 
     async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
+        self.follow_ttl(ttl).await;
         let session = self.session().await?;
         let _ops = self.ephemeral_ops.lock().await;
         let name = member.name.as_str().to_owned();
@@ -1051,6 +1198,14 @@ impl Dcs for ZooKeeperDcs {
         self.inner
             .bounded("renew_leader", self.inner.renew_leader(me, ttl, deadline))
             .await
+    }
+
+    fn lock_lifetime(&self) -> Option<Duration> {
+        *self
+            .inner
+            .lock_lifetime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {

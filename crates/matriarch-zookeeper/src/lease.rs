@@ -141,6 +141,19 @@ impl Leases {
         )
     }
 
+    /// The keys `session` holds live leases on at `now`, with their deadlines.
+    pub(crate) fn live_of(&self, session: i64, now: Instant) -> Vec<(LeaseKey, Instant)> {
+        self.entries
+            .iter()
+            .filter_map(|(key, lease)| match lease.state {
+                State::Active(deadline) if lease.session == session && deadline > now => {
+                    Some((key.clone(), deadline))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Drops every lease of a session that ended (its znodes went with it).
     pub(crate) fn forget_session(&mut self, session: i64) {
         self.entries.retain(|_, lease| lease.session != session);
@@ -199,6 +212,32 @@ mod tests {
         assert!(leases.renew(&key, 1, now + ttl + ttl / 2, now + ttl / 2));
         assert!(leases.is_live(&key, 1, now + ttl));
         assert!(!leases.renew(&key, 1, now + ttl * 3, now + ttl * 2));
+    }
+
+    #[test]
+    fn live_leases_of_a_session_are_listed_for_a_session_change() {
+        let now = Instant::now();
+        let mut leases = Leases::default();
+        let member = LeaseKey::Member("n1".into());
+        leases.confirm(LeaseKey::Leader, 7, now + Duration::from_secs(5));
+        leases.confirm(member.clone(), 7, now + Duration::from_secs(1));
+        leases.confirm(
+            LeaseKey::Member("n2".into()),
+            8,
+            now + Duration::from_secs(5),
+        );
+        assert_eq!(
+            leases.live_of(7, now),
+            [
+                (LeaseKey::Leader, now + Duration::from_secs(5)),
+                (member, now + Duration::from_secs(1)),
+            ]
+        );
+        // A lease past its deadline is not moved: it ran out.
+        assert_eq!(
+            leases.live_of(7, now + Duration::from_secs(2)),
+            [(LeaseKey::Leader, now + Duration::from_secs(5))]
+        );
     }
 
     #[test]

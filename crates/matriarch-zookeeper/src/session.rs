@@ -17,6 +17,8 @@ use matriarch_dcs::DcsError;
 pub(crate) struct Session {
     pub(crate) client: zk::Client,
     pub(crate) id: i64,
+    /// The session timeout asked for (the server may have granted another).
+    pub(crate) requested: Duration,
     /// Bumped on every event under the scope and on every reconnection.
     changes: watch::Receiver<u64>,
     pump: JoinHandle<()>,
@@ -38,14 +40,15 @@ pub(crate) fn acls(config: &ZooKeeperConfig) -> zk::Acls<'static> {
 }
 
 impl Session {
-    /// Opens a new session (unbounded: the caller bounds it), creates the
-    /// chroot if needed, and starts watching `scope_dir` (a path under the
-    /// chroot).
+    /// Opens a new session asking for `timeout` (unbounded: the caller
+    /// bounds it), creates the chroot if needed, and starts watching
+    /// `scope_dir` (a path under the chroot).
     pub(crate) async fn open(
         config: &ZooKeeperConfig,
+        timeout: Duration,
         scope_dir: &str,
     ) -> Result<Session, DcsError> {
-        let mut connector = zk::Client::connector().with_session_timeout(config.session_timeout);
+        let mut connector = zk::Client::connector().with_session_timeout(timeout);
         if let Some(auth) = &config.auth {
             connector = connector.with_auth("digest", &auth.credentials());
         }
@@ -66,13 +69,14 @@ impl Session {
         }
         let id = client.session_id().0;
         let negotiated = client.session_timeout();
-        if negotiated != config.session_timeout {
+        if negotiated != timeout {
             warn!(
                 cluster = %config.scope,
                 session = %format_args!("{id:#x}"),
-                requested = ?config.session_timeout,
+                requested = ?timeout,
                 negotiated = ?negotiated,
-                "ZooKeeper negotiated another session timeout than the configured ttl \
+                "ZooKeeper negotiated another session timeout than the ttl: the leader lock \
+                 lives at most the negotiated timeout when this member is cut off \
                  (see the server's minSessionTimeout/maxSessionTimeout)"
             );
         }
@@ -91,6 +95,7 @@ impl Session {
         Ok(Session {
             client,
             id,
+            requested: timeout,
             changes,
             pump,
         })
@@ -108,7 +113,8 @@ impl Session {
         receiver
     }
 
-    /// The negotiated session timeout.
+    /// The negotiated session timeout: what the server granted, after
+    /// clamping the request to its `minSessionTimeout`/`maxSessionTimeout`.
     pub(crate) fn timeout(&self) -> Duration {
         self.client.session_timeout()
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{eventually, RETRY_TIMEOUT, TTL};
 use matriarch_dcs::{Dcs, DcsError, WatchOutcome};
 use matriarch_model::{Member, MemberName, Role};
-use matriarch_testkit::{free_port, zk_four_letter_word, ZooKeeperServer};
+use matriarch_testkit::{free_port, zk_four_letter_word, ZooKeeperOptions, ZooKeeperServer};
 use matriarch_zookeeper::{DigestAuth, ZooKeeperDcs};
 use zookeeper_client as zk;
 
@@ -35,12 +35,18 @@ fn member(text: &str) -> Member {
 /// lock (and never believes it still holds it), another member takes it, and
 /// the holder's next publish re-creates its member record in a new session.
 ///
-/// The lock is taken with a TTL far longer than the session timeout, so that
-/// only the session's expiry (not the client-side lease) can tell the holder
+/// The lock is taken with a TTL far longer than the session timeout the
+/// server grants (its `maxSessionTimeout` is the test TTL: the session
+/// follows the ttl asked for, clamped), so that only the session's expiry
+/// (not the client-side lease) can tell the holder
 /// that the lock is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_expires_the_session_and_the_holder_learns_it_lost_the_lock() {
-    let server = ZooKeeperServer::start().expect("start ZooKeeper");
+    let server = ZooKeeperServer::start_with(ZooKeeperOptions {
+        min_session_timeout: Duration::from_secs(1),
+        max_session_timeout: TTL,
+    })
+    .expect("start ZooKeeper");
     let config = common::config(&server.connect_string(), &common::unique_scope("frozen"));
     let holder = ZooKeeperDcs::connect(config.clone())
         .await
@@ -48,6 +54,8 @@ async fn a_frozen_server_expires_the_session_and_the_holder_learns_it_lost_the_l
     let (a, b) = (name("holder"), name("other"));
     let long_ttl = Duration::from_secs(300);
     assert!(holder.acquire_leader(&a, long_ttl).await.expect("acquire"));
+    // The server keeps the lock for its maximum session timeout, not the ttl.
+    assert_eq!(holder.lock_lifetime(), Some(TTL));
     holder
         .publish_member(&member("holder"), long_ttl)
         .await

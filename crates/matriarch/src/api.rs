@@ -35,10 +35,10 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use matriarch_dcs::{Dcs, DcsError, Expected};
-use matriarch_ha::{EngineRole, FailsafeHandle, FailsafeRefusal, StatusHandle};
+use matriarch_ha::{EngineRole, FailsafeHandle, FailsafeRefusal, RestartHandle, StatusHandle};
 use matriarch_model::{
-    ClusterConfig, ClusterView, FailoverRequest, FailsafeHeartbeat, Lsn, MemberName, MemberState,
-    Record, Role, Tags,
+    ClusterConfig, ClusterView, DcsKey, FailoverRequest, FailsafeHeartbeat, Lsn, MemberName,
+    MemberState, Record, Role, Tags,
 };
 use matriarch_postgres::{
     DataDirectoryState, LocalState, PgController, PgRole, Postgres, ServerState, StopMode,
@@ -88,6 +88,9 @@ pub struct ApiState {
     pub failsafe: Option<FailsafeHandle>,
     /// PostgreSQL parameters waiting for a restart.
     pub parameters: Arc<crate::params::ParameterStatus>,
+    /// Where `POST /restart` asks the engine to restart PostgreSQL
+    /// ([`matriarch_ha::Engine::restart_handle`]); `None` answers 503.
+    pub restart: Option<RestartHandle>,
 }
 
 /// What the background refresher last saw.
@@ -324,6 +327,10 @@ impl ApiState {
             // it adopted it): lets an operator see a change reach each node.
             "dynamic_config": serde_json::to_value(&node.config).unwrap_or(Value::Null),
         });
+        // Why the last switchover this node stepped down for did not complete.
+        if let Some(failure) = self.status.get().last_switchover_failure {
+            body["last_switchover_failure"] = json!(failure);
+        }
         if let Some(version) = cache.server_version {
             body["server_version"] = json!(version);
         }
@@ -942,6 +949,8 @@ impl ApiState {
                 }
             }
         }
+        // A reason the engine reports later must be told from an older one.
+        let failure_before = self.status.get().last_switchover_failure;
         let request = FailoverRequest {
             leader: if failover { None } else { leader.clone() },
             candidate: candidate.clone(),
@@ -949,7 +958,7 @@ impl ApiState {
         };
         if let Err(e) = self
             .dcs
-            .write(&Record::Failover(request), Expected::Any)
+            .write(&Record::Failover(request.clone()), Expected::Any)
             .await
         {
             return dcs_error(e);
@@ -979,6 +988,23 @@ impl ApiState {
                 continue;
             };
             let now = view.leader_name().cloned();
+            if now.is_some() && now == current && view.failover.is_none() {
+                // The leader withdrew the request and leads on: it stepped
+                // down and nobody took over, or it never could.
+                let leader = current.as_ref().map_or("the leader", MemberName::as_str);
+                let reason = self
+                    .switchover_failure(
+                        &view,
+                        leader,
+                        failure_before.as_deref(),
+                        config.retry_timeout,
+                    )
+                    .await;
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("Switchover failed: {reason}"),
+                );
+            }
             if now.is_some() && now != current {
                 let new = now.as_ref().map_or("", MemberName::as_str);
                 if candidate.as_ref().is_none_or(|c| Some(c) == now.as_ref()) {
@@ -993,10 +1019,118 @@ impl ApiState {
                 );
             }
         }
+        if let (false, Some(leader)) = (failover, &current) {
+            if let Some(reason) = self.withdraw_stale_request(&request, leader, &config).await {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("Switchover failed: {reason}"),
+                );
+            }
+        }
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "Switchover status unknown: the leader did not change in time",
         )
+    }
+
+    /// A switchover the leader did not carry out in time (it never found the
+    /// candidate ready, so it never stepped down): withdraws the request,
+    /// if it is still ours and the leader still leads, so that it cannot
+    /// fire later by surprise, and says why. `None` when that is not so.
+    async fn withdraw_stale_request(
+        &self,
+        request: &FailoverRequest,
+        leader: &MemberName,
+        config: &ClusterConfig,
+    ) -> Option<String> {
+        let view = tokio::time::timeout(config.retry_timeout, self.dcs.read_view())
+            .await
+            .ok()?
+            .ok()?;
+        if view.leader_name() != Some(leader) {
+            return None;
+        }
+        let Some(Ok(entry)) = &view.failover else {
+            return None;
+        };
+        if entry.value != *request {
+            return None;
+        }
+        if let Err(e) = self
+            .dcs
+            .delete(&DcsKey::Failover, Expected::Version(entry.version))
+            .await
+        {
+            warn!(cluster = %self.scope, member = %self.name, error = %e, "could not withdraw the switchover request");
+            return None;
+        }
+        let why = match &request.candidate {
+            Some(candidate) => match view
+                .members
+                .get(candidate.as_str())
+                .and_then(|e| e.as_ref().ok())
+            {
+                None => format!("candidate {candidate} has no member record"),
+                Some(m) => format!(
+                    "candidate {candidate} was never ready to take over (its record: {} {}, timeline {})",
+                    format!("{:?}", m.value.role).to_ascii_lowercase(),
+                    m.value.state.as_str(),
+                    m.value.timeline.map_or_else(|| "unknown".to_owned(), |t| t.0.to_string()),
+                ),
+            },
+            None => "no replica was ever ready to take over".to_owned(),
+        };
+        warn!(cluster = %self.scope, member = %self.name, %why, "switchover not carried out in time: request withdrawn");
+        Some(format!(
+            "{leader} did not step down: {why}; the request was withdrawn and {leader} keeps leading"
+        ))
+    }
+
+    /// Why the leader abandoned a switchover, as its engine reported it
+    /// (`last_switchover_failure`: this node's status, or the leader's
+    /// `GET /patroni`), waiting up to `wait` for the report to appear.
+    async fn switchover_failure(
+        &self,
+        view: &ClusterView,
+        leader: &str,
+        before: Option<&str>,
+        wait: Duration,
+    ) -> String {
+        let deadline = Instant::now() + wait;
+        let api_url = view
+            .members
+            .get(leader)
+            .and_then(|entry| entry.as_ref().ok())
+            .map(|m| m.value.api_url.clone())
+            .filter(|url| !url.is_empty());
+        loop {
+            let reported = if leader == self.name.as_str() {
+                self.status
+                    .get()
+                    .last_switchover_failure
+                    .filter(|f| Some(f.as_str()) != before)
+            } else if let Some(url) = &api_url {
+                match crate::http_client::get(url, wait.min(Duration::from_secs(2))).await {
+                    Ok((200, body)) => serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
+                        b.get("last_switchover_failure")?
+                            .as_str()
+                            .map(str::to_owned)
+                    }),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(reason) = reported {
+                return reason;
+            }
+            if Instant::now() >= deadline {
+                return format!(
+                    "the request was withdrawn without a new leader; {leader} keeps leading"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     async fn restart(&self, req: Request<Incoming>) -> Resp {
@@ -1007,13 +1141,23 @@ impl ApiState {
         if let Err(r) = parse_body::<RestartBody>(value) {
             return r;
         }
-        let _ops = self.ops.lock().await;
-        match self.pg.restart(StopMode::Fast).await {
-            Ok(()) => respond(StatusCode::OK, json!({"message": "restarted successfully"})),
-            Err(e) => error(
+        // Through the engine: only it knows whether this member may start a
+        // writable primary (lock held, fence armed), and nothing else it
+        // does (a demotion) can wait behind the restart.
+        let Some(handle) = &self.restart else {
+            return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("restart failed: {e}"),
+                "restart failed: the HA engine is not wired to the REST API",
+            );
+        };
+        // A bound far above a normal restart (the engine bounds each step itself).
+        let timeout = Duration::from_secs(300);
+        match handle.restart(timeout).await {
+            Ok(done) => respond(
+                StatusCode::OK,
+                json!({"message": format!("restarted successfully ({done})")}),
             ),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
 

@@ -41,6 +41,9 @@ impl Dcs for AnyDcs {
     async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
         self.0.renew_leader(me, ttl).await
     }
+    fn lock_lifetime(&self) -> Option<Duration> {
+        self.0.lock_lifetime()
+    }
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
         self.0.release_leader(me).await
     }

@@ -175,8 +175,16 @@ async fn run_node(
 
     let mut pg_config = controller_config(&config, &validated)?;
     pg_config.expected_system_id = system_id;
+    // The fence starts the postmaster as its child: PostgreSQL dies with it.
+    let fence = Arc::new(ProcessFence::spawn(
+        &pg_config.data_dir,
+        validated.name.as_str(),
+    )?);
+    info!(pid = ?fence.pid(), "write fence watchdog started");
     let pg = Arc::new(
-        PgController::new(pg_config.clone()).map_err(|e| DaemonError::Postgres(e.to_string()))?,
+        PgController::new(pg_config.clone())
+            .map_err(|e| DaemonError::Postgres(e.to_string()))?
+            .with_launcher(Arc::clone(&fence) as Arc<dyn matriarch_postgres::PostmasterLauncher>),
     );
     let router = router::build(&config, &validated).await?;
     info!(router = router.name(), "router");
@@ -202,8 +210,6 @@ async fn run_node(
         warn!("restapi.authentication is not configured: the REST API refuses every change");
     }
 
-    let fence = Arc::new(ProcessFence::spawn(&pg_config.data_dir)?);
-    info!(pid = ?fence.pid(), "write fence watchdog started");
     let engine_fence: Arc<dyn matriarch_ha::Fence> = match &watchdog {
         Some((device, policy)) => Arc::new(CombinedFence::new(
             Arc::clone(&fence) as Arc<dyn matriarch_ha::Fence>,
@@ -256,6 +262,7 @@ async fn run_node(
     let status = engine.status();
     let settings_handle = engine.settings_handle();
     let failsafe = engine.failsafe_handle();
+    let restart = engine.restart_handle();
     let _ = engine_status.set(status.clone());
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(4);
@@ -282,6 +289,7 @@ async fn run_node(
         cache: RwLock::new(api::Cache::default()),
         failsafe: Some(failsafe),
         parameters: Arc::clone(&parameter_status),
+        restart: Some(restart),
     });
     let current = tracing::Span::current();
     let server =
@@ -375,7 +383,8 @@ fn watchdog(
         WatchdogMode::Automatic => SecondFence::BestEffort,
         WatchdogMode::Required => SecondFence::Required,
     };
-    let ttl = Arc::new(move || status.get().map_or(bootstrap_ttl, |s| s.get().config.ttl));
+    // The lock's real lifetime when the DCS grants less than the ttl.
+    let ttl = Arc::new(move || status.get().map_or(bootstrap_ttl, |s| s.get().lock_ttl));
     let margin = Duration::from_secs(section.safety_margin);
     let device = Arc::new(Watchdog::new(section.device.clone(), margin, ttl));
     let timeout = crate::watchdog::timeout_for(bootstrap_ttl, margin);

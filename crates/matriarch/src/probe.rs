@@ -285,9 +285,14 @@ pub fn report_from_body(body: &serde_json::Value) -> PeerReport {
         .and_then(serde_json::Value::as_u64)
         .and_then(|t| u32::try_from(t).ok())
         .map(Timeline);
+    // Patroni's body: `role` "master"/"primary" and `state` "running".
+    let text = |key: &str| body.get(key).and_then(serde_json::Value::as_str);
+    let running_primary =
+        matches!(text("role"), Some("primary" | "master")) && text("state") == Some("running");
     PeerReport {
         wal_position: position,
         timeline,
+        running_primary,
     }
 }
 
@@ -383,6 +388,18 @@ mod tests {
         let body = serde_json::json!({"xlog": {"location": "0/3000000"}});
         assert_eq!(report_from_body(&body).wal_position, Some(Lsn(0x3000000)));
         assert_eq!(report_from_body(&serde_json::json!({})).wal_position, None);
+    }
+
+    #[test]
+    fn a_running_primary_is_told_from_its_body() {
+        let primary = |role: &str, state: &str| {
+            report_from_body(&serde_json::json!({"role": role, "state": state})).running_primary
+        };
+        assert!(primary("primary", "running"));
+        assert!(primary("master", "running"));
+        assert!(!primary("primary", "stopped"));
+        assert!(!primary("replica", "running"));
+        assert!(!report_from_body(&serde_json::json!({"role": 7})).running_primary);
     }
 
     #[test]

@@ -166,7 +166,7 @@ fn failsafe_primary_stops_writes_by_its_deadline_when_a_member_does_not_answer()
     let silent = (primary + 1) % 3;
     insert(&cluster, primary).expect("write before the outage");
 
-    // One replica's agent dies (its PostgreSQL keeps streaming), then etcd
+    // One replica's agent dies (its PostgreSQL dies with its fence), then etcd
     // freezes before the leader could drop it from the failsafe key.
     cluster.nodes[silent].kill_agent();
     etcd.pause().expect("SIGSTOP etcd");

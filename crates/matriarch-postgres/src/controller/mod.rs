@@ -39,6 +39,11 @@
 //! * `rewind` of a crashed standby first recovers it as a standby without
 //!   upstream (it stops "shut down in recovery"); only a crashed primary goes
 //!   through crash recovery in single-user mode, which ends recovery.
+//! * A running replica's timeline is the one it replays, asked with
+//!   `IDENTIFY_SYSTEM` over a local replication connection (one more
+//!   connection per `observe`, on replicas only); SQL alone shows the last
+//!   restartpoint's once the WAL receiver is gone. If `pg_hba.conf` refuses
+//!   that connection, the SQL estimate is reported and a warning logged once.
 //! * `promote` runs a `CHECKPOINT` after `pg_promote()`, so that pg_rewind
 //!   (which reads a source's timeline from its control file) sees the new
 //!   timeline at once.
@@ -65,6 +70,7 @@ pub use files::{MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE};
 
 use self::files::{ControlData, DirContents, ManagedSettings};
 use self::process::{arg, Runner};
+pub use self::process::{PostmasterLauncher, PostmasterSpec};
 use self::sql::Target;
 use crate::bootstrap::BootstrapSpec;
 use crate::error::{Operation, PostgresError};
@@ -98,8 +104,13 @@ pub struct PgController {
     /// The member the data directory was last cloned from, until it starts:
     /// such a copy cannot have diverged from its source.
     cloned_from: std::sync::Mutex<Option<MemberName>>,
+    /// The replica timeline probe failed last time (logged once, until it
+    /// works again).
+    timeline_probe_failing: std::sync::atomic::AtomicBool,
     runner: Runner,
     server_log: PathBuf,
+    /// Starts the postmaster instead of `pg_ctl start` when set.
+    launcher: Option<std::sync::Arc<dyn PostmasterLauncher>>,
 }
 
 /// Whether the server runs, as far as a connection can tell.
@@ -125,10 +136,19 @@ impl PgController {
                 member: config.member.to_string(),
             },
             server_log: config.server_log_path(),
+            launcher: None,
             parameters: std::sync::RwLock::new(config.parameters.clone()),
             cloned_from: std::sync::Mutex::new(None),
+            timeline_probe_failing: std::sync::atomic::AtomicBool::new(false),
             config,
         })
+    }
+
+    /// Starts the postmaster with `launcher` instead of `pg_ctl start`
+    /// (the daemon's write fence makes it a child it dies with).
+    pub fn with_launcher(mut self, launcher: std::sync::Arc<dyn PostmasterLauncher>) -> Self {
+        self.launcher = Some(launcher);
+        self
     }
 
     /// The configuration it was built with (its `parameters` are the
@@ -495,9 +515,12 @@ impl PgController {
 
     /// Makes sure the server log exists and belongs to the OS user; returns its size.
     fn prepare_server_log(&self, op: Operation) -> Result<u64, PostgresError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            // Like pg_ctl -l: the log may show queries and their data.
+            .mode(0o600)
             .open(&self.server_log)
             .map_err(|source| PostgresError::Io {
                 operation: op,
@@ -539,10 +562,14 @@ impl PgController {
         Ok(())
     }
 
-    /// `pg_ctl start -w`; on failure the server log's tail is in the error.
+    /// `pg_ctl start -w`, or the launcher and a wait for readiness; on
+    /// failure the server log's tail is in the error.
     async fn pg_ctl_start(&self, op: Operation) -> Result<(), PostgresError> {
         self.wait_for_reaped_postmaster(op).await?;
         let offset = self.prepare_server_log(op)?;
+        if let Some(launcher) = &self.launcher {
+            return self.launch_postmaster(op, launcher.as_ref(), offset).await;
+        }
         let timeout = self.config.timeouts.start;
         let args: Vec<OsString> = vec![
             "start".into(),
@@ -580,6 +607,65 @@ impl PgController {
                 self.server_log_since(offset)
             ),
         })
+    }
+
+    /// Starts the postmaster with `launcher` and waits, as `pg_ctl start -w`
+    /// does, until `postmaster.pid` says `ready` or `standby`.
+    async fn launch_postmaster(
+        &self,
+        op: Operation,
+        launcher: &dyn PostmasterLauncher,
+        offset: u64,
+    ) -> Result<(), PostgresError> {
+        let spec = self
+            .runner
+            .postmaster_spec(op, self.data_dir(), &self.server_log)?;
+        tracing::info!(member = self.member(), data_dir = %self.data_dir().display(), "starting PostgreSQL (guarded)");
+        let pid = launcher
+            .launch(&spec)
+            .await
+            .map_err(|message| PostgresError::Unexpected {
+                operation: op,
+                context: "starting the postmaster".to_owned(),
+                message,
+            })?;
+        let pid = i32::try_from(pid).map_err(|_| PostgresError::Unexpected {
+            operation: op,
+            context: "starting the postmaster".to_owned(),
+            message: format!("the launcher reported an impossible pid {pid}"),
+        })?;
+        let timeout = self.config.timeouts.start;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = std::fs::read_to_string(self.path("postmaster.pid")).ok();
+            if matches!(
+                status
+                    .as_deref()
+                    .and_then(|text| process::postmaster_status(text, pid)),
+                Some("ready" | "standby")
+            ) {
+                return Ok(());
+            }
+            if !process::process_running(pid) {
+                return Err(PostgresError::Unexpected {
+                    operation: op,
+                    context: "starting the postmaster".to_owned(),
+                    message: format!(
+                        "postmaster {pid} exited while starting; server log {}:\n{}",
+                        self.server_log.display(),
+                        self.server_log_since(offset)
+                    ),
+                });
+            }
+            if Instant::now() >= deadline {
+                // Like pg_ctl: the server is left starting; observe decides.
+                return Err(PostgresError::Timeout {
+                    operation: op,
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// `pg_ctl stop -m mode -w` within `timeout`.
@@ -914,6 +1000,10 @@ impl PgController {
             .unwrap_or_default()
             .parse::<SyncStandbyNames>()?;
         let receiving = sql::text(row, 8) == Some("t");
+        let timeline = match role {
+            PgRole::Primary => timeline,
+            PgRole::Replica => self.replica_timeline(timeline).await,
+        };
         let mut replication = Vec::new();
         for row in statements.next().unwrap_or_default() {
             let lsn = |index| sql::parsed::<Lsn>(&row, index, op, "reading pg_stat_replication");
@@ -937,6 +1027,48 @@ impl PgController {
             synchronous_standby_names: Some(sync_names),
             receiving,
         })
+    }
+
+    /// The timeline a running replica replays on: `IDENTIFY_SYSTEM` over a
+    /// local replication connection, or the later of that and `estimate`
+    /// (the WAL receiver's timeline while it streams, which it replays
+    /// next). When the probe fails (a `pg_hba.conf` without the local
+    /// replication line), `estimate` alone: it may lag behind a timeline
+    /// switch until the replica's next restartpoint.
+    async fn replica_timeline(&self, estimate: Option<Timeline>) -> Option<Timeline> {
+        use std::sync::atomic::Ordering;
+        let probe = sql::identify_system_timeline(
+            &self.config.socket_dir,
+            self.config.port,
+            &self.config.superuser,
+            self.config.timeouts.connect,
+        )
+        .await;
+        match probe {
+            Ok(replaying) => {
+                if self.timeline_probe_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        member = self.member(),
+                        %replaying,
+                        "the replica reports its timeline over a replication connection again"
+                    );
+                }
+                estimate.max(Some(replaying))
+            }
+            Err(message) => {
+                if !self.timeline_probe_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        member = self.member(),
+                        %message,
+                        "cannot ask the replica for its timeline over a local replication \
+                         connection (pg_hba.conf needs `local replication` for the superuser); \
+                         reporting the WAL receiver's or the last restartpoint's timeline, \
+                         which lags behind a timeline switch until the next restartpoint"
+                    );
+                }
+                estimate
+            }
+        }
     }
 
     async fn bootstrap_inner(&self, spec: &BootstrapSpec) -> Result<SystemId, PostgresError> {

@@ -217,6 +217,103 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// How to start the postmaster of `data_dir` directly (what `pg_ctl
+    /// start` would exec), with its output appended to `log`: the same
+    /// clean environment and OS user as [`Runner::command`].
+    pub(crate) fn postmaster_spec(
+        &self,
+        op: Operation,
+        data_dir: &Path,
+        log: &Path,
+    ) -> Result<PostmasterSpec, PostgresError> {
+        Ok(PostmasterSpec {
+            program: self.program(op, "postgres")?,
+            args: vec!["-D".into(), arg(data_dir)],
+            env: [
+                ("PATH", OsString::from("/usr/local/bin:/usr/bin:/bin")),
+                ("LC_ALL", "C".into()),
+                ("LANG", "C".into()),
+                ("HOME", self.user.home.clone().into_os_string()),
+                ("USER", self.user.name.clone().into()),
+                ("LOGNAME", self.user.name.clone().into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (OsString::from(k), v))
+            .collect(),
+            cwd: PathBuf::from("/"),
+            log: log.to_owned(),
+            identity: self.user.switch.then_some((self.user.uid, self.user.gid)),
+        })
+    }
+}
+
+/// How to start a postmaster: what a [`PostmasterLauncher`] runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostmasterSpec {
+    /// The `postgres` program of the configured bin directory.
+    pub program: PathBuf,
+    /// Its arguments (`-D <data_dir>`).
+    pub args: Vec<OsString>,
+    /// Its whole environment: nothing else is inherited (no `PG*` variables).
+    pub env: Vec<(OsString, OsString)>,
+    /// Its working directory.
+    pub cwd: PathBuf,
+    /// The server log its stdout and stderr are appended to; opened as the
+    /// OS user (never as root: the file sits in a directory that user may
+    /// write), created with mode 0600 like `pg_ctl -l` does.
+    pub log: PathBuf,
+    /// The uid and gid it runs as (supplementary groups dropped) when the
+    /// launcher runs as root; `None` to keep the launcher's identity.
+    pub identity: Option<(u32, u32)>,
+}
+
+/// Starts the postmaster on behalf of a [`super::PgController`].
+///
+/// Without one (the default) the controller runs `pg_ctl start -w`, whose
+/// postmaster is reparented to init and outlives every matriarch process.
+/// A launcher lets the daemon make the postmaster the child of a guard
+/// process that the kernel kills it with (`PR_SET_PDEATHSIG`), so that a
+/// primary never outlives all of matriarch's processes; see
+/// `docs/safety.md`.
+///
+/// The controller prepares the server log, waits for readiness itself (the
+/// `ready`/`standby` status line of `postmaster.pid`, as `pg_ctl -w` does)
+/// and reports a failed start with the log's tail; `pg_ctl stop`, `promote`
+/// and `reload` keep working as they signal through `postmaster.pid`.
+#[async_trait::async_trait]
+pub trait PostmasterLauncher: Send + Sync + std::fmt::Debug {
+    /// Starts `spec` in the background and returns the postmaster's pid
+    /// without waiting for it to accept connections. The postmaster must
+    /// lead its own session and process group (the controller's kill
+    /// escalation signals `-pid`) and must not be waited for by anyone but
+    /// its parent. `Err` with a one-line reason when nothing was started.
+    async fn launch(&self, spec: &PostmasterSpec) -> Result<u32, String>;
+}
+
+/// Whether `pid` exists and is not a zombie (which runs nothing more).
+pub(crate) fn process_running(pid: i32) -> bool {
+    if !process_alive(pid) {
+        return false;
+    }
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.trim_start().chars().next()
+        });
+    !matches!(state, Some('Z' | 'X'))
+}
+
+/// The status line (`ready`, `standby`, `starting`, `stopping`) of a
+/// `postmaster.pid` written by `pid`, if it has one yet.
+pub(crate) fn postmaster_status(pid_file_text: &str, pid: i32) -> Option<&str> {
+    let mut lines = pid_file_text.lines();
+    let owner: i32 = lines.next()?.trim().parse().ok()?;
+    // Line 8 (LOCK_FILE_LINE_PM_STATUS) once the postmaster wrote it.
+    (owner == pid).then(|| lines.nth(6).map(str::trim))?
+}
+
 /// The last lines a program wrote to stderr (or stdout when stderr is empty).
 pub(crate) fn tail_of(finished: &Finished) -> String {
     let text = if finished.stderr.trim().is_empty() {
@@ -258,4 +355,20 @@ pub(crate) fn send_signal(pid: i32, signal: libc::c_int) -> bool {
 /// The path as an argument.
 pub(crate) fn arg(path: &Path) -> OsString {
     path.as_os_str().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_counts_only_for_the_launched_postmaster() {
+        let ready = "4242\n/data\n1700000000\n5432\n/tmp\n127.0.0.1\n  1234  5678\nready   \n";
+        assert_eq!(postmaster_status(ready, 4242), Some("ready"));
+        // A stale file of an earlier postmaster says nothing about this one.
+        assert_eq!(postmaster_status(ready, 4243), None);
+        // Written before the status line.
+        assert_eq!(postmaster_status("4242\n/data\n", 4242), None);
+        assert_eq!(postmaster_status("garbage", 4242), None);
+    }
 }

@@ -1,0 +1,106 @@
+//! A switchover whose candidate never takes over ends cleanly: the request
+//! is cleared, the leader leads again on the same timeline (no promotion),
+//! and the REST API says why instead of a bare 503 after its wait.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{basic_auth, serial, wait_for, Cluster, DcsSpec, Options};
+use matriarch_testkit::{http_request_timeout, EtcdServer};
+
+fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
+    serde_json::from_slice(&node.call("GET", path, "", false).body)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn switchover_to_a_candidate_that_never_races_ends_with_the_same_leader_and_a_reason() {
+    let _serial = serial();
+    let etcd = EtcdServer::start().expect("etcd");
+    let cluster = Cluster::start(2, DcsSpec::Etcd(etcd.client_url()), Options::default());
+    let leader = cluster.wait_healthy(1, Duration::from_secs(90));
+    let candidate = 1 - leader;
+    let timeline = get_json(&cluster.nodes[leader], "/patroni")["timeline"].as_u64();
+    assert!(timeline.is_some(), "no timeline\n{}", cluster.logs());
+
+    // The candidate's agent freezes: its record stays for a ttl, so the
+    // leader steps down for it, but it never races.
+    let streaming = wait_for(Duration::from_secs(60), || {
+        let view = get_json(&cluster.nodes[leader], "/cluster");
+        view["members"].as_array()?.iter().find(|m| {
+            m["name"] == cluster.nodes[candidate].name.as_str() && m["state"] == "streaming"
+        })?;
+        Some(())
+    });
+    assert!(
+        streaming.is_some(),
+        "the candidate does not stream\n{}",
+        cluster.logs()
+    );
+    cluster.nodes[candidate].signal(libc::SIGSTOP);
+    let body = format!(
+        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
+        cluster.nodes[leader].name, cluster.nodes[candidate].name
+    );
+    let asked = Instant::now();
+    let auth = basic_auth();
+    let response = http_request_timeout(
+        "POST",
+        &format!("{}/switchover", cluster.nodes[leader].api()),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", auth.as_str()),
+        ],
+        body.as_bytes(),
+        Duration::from_secs(60),
+    );
+    let took = asked.elapsed();
+    cluster.nodes[candidate].signal(libc::SIGCONT);
+    let response = response.expect("the switchover request is answered");
+    let text = response.body_text();
+    assert_eq!(response.status, 503, "{text}\n{}", cluster.logs());
+    assert!(
+        text.contains(&format!(
+            "candidate {} did not take over",
+            cluster.nodes[candidate].name
+        )) && text.contains(&format!("{} keeps leading", cluster.nodes[leader].name)),
+        "the reason is not reported: {text}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        took < Duration::from_secs(25),
+        "answered only after {took:?}: {text}"
+    );
+    let node = &cluster.nodes[leader];
+    let primary_again = wait_for(Duration::from_secs(20), || {
+        (node.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f")).then_some(())
+    });
+    assert!(
+        primary_again.is_some(),
+        "the former leader does not run as primary\n{}",
+        cluster.logs()
+    );
+    let timeline_now = wait_for(Duration::from_secs(10), || {
+        get_json(node, "/patroni")["timeline"].as_u64()
+    });
+    assert_eq!(timeline_now, timeline, "a new timeline\n{}", cluster.logs());
+    let view = get_json(node, "/cluster");
+    assert!(
+        view.get("scheduled_switchover")
+            .is_none_or(serde_json::Value::is_null),
+        "{view}"
+    );
+    assert_eq!(
+        wait_for(Duration::from_secs(10), || cluster.primary()),
+        Some(leader),
+        "{}",
+        cluster.logs()
+    );
+    assert!(
+        get_json(node, "/patroni")["last_switchover_failure"]
+            .as_str()
+            .is_some(),
+        "no reason in /patroni"
+    );
+}

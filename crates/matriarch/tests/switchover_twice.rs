@@ -1,0 +1,101 @@
+//! Two switchovers in a row: the second is asked for five seconds after the
+//! first promotion, while the replicas' last restartpoint is still on the old
+//! timeline (outside testers saw this loop, promoting the old leader again and
+//! again, before replicas reported the timeline they replay).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
+use matriarch_testkit::EtcdServer;
+
+fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
+    serde_json::from_slice(&node.call("GET", path, "", false).body)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn timeline(node: &common::Node) -> Option<u64> {
+    get_json(node, "/patroni")["timeline"].as_u64()
+}
+
+/// Asks `via` for a switchover from `leader` to `candidate`; returns how long it
+/// took until `candidate` alone answers as primary.
+fn switchover(cluster: &Cluster, via: usize, leader: usize, candidate: usize) -> Duration {
+    let body = format!(
+        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
+        cluster.nodes[leader].name, cluster.nodes[candidate].name
+    );
+    let asked = Instant::now();
+    let response = cluster.nodes[via].call("POST", "/switchover", &body, true);
+    assert_eq!(
+        response.status,
+        200,
+        "switchover {} -> {}: {}\n{}",
+        cluster.nodes[leader].name,
+        cluster.nodes[candidate].name,
+        response.body_text(),
+        cluster.logs()
+    );
+    let new = wait_for(Duration::from_secs(30), || {
+        (cluster.primary() == Some(candidate)).then_some(())
+    });
+    assert!(
+        new.is_some(),
+        "{} is not the only primary\n{}",
+        cluster.nodes[candidate].name,
+        cluster.logs()
+    );
+    asked.elapsed()
+}
+
+#[test]
+fn a_second_switchover_right_after_a_promotion_completes_with_one_new_timeline_each() {
+    let _serial = serial();
+    let etcd = EtcdServer::start().expect("etcd");
+    let cluster = Cluster::start(3, DcsSpec::Etcd(etcd.client_url()), Options::default());
+    let first = cluster.wait_healthy(2, Duration::from_secs(60));
+    let start_timeline = timeline(&cluster.nodes[first]).expect("the leader's timeline");
+    let second = (first + 1) % 3;
+    let third = (first + 2) % 3;
+
+    let took = switchover(&cluster, third, first, second);
+    println!("first switchover: {took:?}");
+    // Every replica follows the new primary before the next request.
+    cluster.wait_healthy(2, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(5));
+
+    // The third node streams the second's timeline but its last restartpoint
+    // is still on the first timeline.
+    let took = switchover(&cluster, first, second, third);
+    println!("second switchover: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the second switchover took {took:?}\n{}",
+        cluster.logs()
+    );
+
+    // Stable afterwards: no further promotions, exactly two history entries.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(cluster.primary(), Some(third), "{}", cluster.logs());
+    assert_eq!(
+        timeline(&cluster.nodes[third]),
+        Some(start_timeline + 2),
+        "{}",
+        cluster.logs()
+    );
+    let history = get_json(&cluster.nodes[third], "/history");
+    assert_eq!(
+        history.as_array().map(Vec::len),
+        Some(2),
+        "{history}\n{}",
+        cluster.logs()
+    );
+    // The request was carried out and cleared.
+    assert_eq!(
+        etcd_get(&etcd.client_url(), "/service/e2e/failover"),
+        None,
+        "{}",
+        cluster.logs()
+    );
+}
