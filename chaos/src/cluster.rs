@@ -20,7 +20,8 @@ use tempfile::TempDir;
 use crate::error::{ChaosError, Result};
 use crate::netns::{Host, Lab};
 use crate::sys;
-use crate::Mode;
+use crate::zk;
+use crate::{Dcs, Mode};
 
 /// The cluster's name (the DCS scope).
 pub const SCOPE: &str = "chaos";
@@ -241,6 +242,37 @@ impl Node {
         }
     }
 
+    /// `method path` with a JSON `body` and the API's basic auth: status and body
+    /// text, or why it got no answer. `timeout` bounds the connection and each read
+    /// (a switchover answers once it is done).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        use base64::Engine as _;
+        let url = format!("http://{}:{API_PORT}{path}", self.ip);
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{API_USER}:{API_PASSWORD}"))
+        );
+        let body = body.to_string();
+        http_request_timeout(
+            method,
+            &url,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+            timeout,
+        )
+        .map(|r| (r.status, r.body_text()))
+        .map_err(|e| ChaosError::Client(format!("{method} {url}: {e}")))
+    }
+
     /// `GET path` as JSON when it answers 200.
     pub fn get_json(&self, path: &str) -> Option<Value> {
         let (status, body) = self.get(path);
@@ -267,7 +299,7 @@ pub struct Cluster<'lab> {
     pub lab: &'lab Lab,
     /// The PostgreSQL nodes.
     pub nodes: Vec<Node>,
-    /// The etcd members.
+    /// The DCS servers: etcd members, or ZooKeeper servers with `--dcs zookeeper`.
     pub etcd: Vec<EtcdMember>,
     /// BIND.
     pub named: Proc,
@@ -277,6 +309,10 @@ pub struct Cluster<'lab> {
     pub mode: Mode,
     /// The lock's ttl in seconds.
     pub ttl: u64,
+    /// The DCS the agents use: [`Cluster::etcd`] holds its three servers
+    /// (etcd members or ZooKeeper servers, same namespaces and addresses).
+    pub dcs: Dcs,
+    zk: Option<zk::Keys>,
     data: Option<TempDir>,
 }
 
@@ -290,6 +326,8 @@ pub struct ClusterSpec<'a> {
     pub mode: Mode,
     /// ttl, loop_wait, retry_timeout in seconds.
     pub timing: (u64, u64, u64),
+    /// The DCS.
+    pub dcs: Dcs,
 }
 
 fn random_secret() -> Result<String> {
@@ -304,6 +342,106 @@ fn random_secret() -> Result<String> {
 
 fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(|e| ChaosError::io(format!("writing {}", path.display()), e))
+}
+
+/// The ZooKeeper connect string: every server's client address.
+fn zk_hosts() -> String {
+    (0..NODES)
+        .map(|i| format!("{}:{}", etcd_ip(i), zk::CLIENT_PORT))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts the three etcd members (e1..e3), not waiting for them.
+fn start_etcd(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<EtcdMember>> {
+    let initial = (0..NODES)
+        .map(|i| format!("e{}=http://{}:2380", i + 1, etcd_ip(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcd = Vec::new();
+    for i in 0..NODES {
+        let name = format!("e{}", i + 1);
+        let ip = etcd_ip(i);
+        let dir = data.join(format!("etcd-{name}"));
+        let argv: Vec<OsString> = vec![
+            "/usr/bin/etcd".into(),
+            "--name".into(),
+            name.clone().into(),
+            "--data-dir".into(),
+            dir.into(),
+            "--listen-client-urls".into(),
+            format!("http://{ip}:2379").into(),
+            "--advertise-client-urls".into(),
+            format!("http://{ip}:2379").into(),
+            "--listen-peer-urls".into(),
+            format!("http://{ip}:2380").into(),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://{ip}:2380").into(),
+            "--initial-cluster".into(),
+            initial.clone().into(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--initial-cluster-token".into(),
+            lab.prefix().trim_end_matches('-').into(),
+        ];
+        let mut proc = Proc::new(
+            lab.ns(&name),
+            argv,
+            spec.logs.join(format!("etcd-{name}.log")),
+        );
+        proc.start()?;
+        etcd.push(EtcdMember { name, ip, proc });
+    }
+    Ok(etcd)
+}
+
+/// Starts a three-server ZooKeeper ensemble in e1..e3 (java with
+/// `QuorumPeerMain`, a `zoo.cfg` and a `myid` each), not waiting for it.
+fn start_zookeeper(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<EtcdMember>> {
+    let ips: Vec<Ipv4Addr> = (0..NODES).map(etcd_ip).collect();
+    let mut servers = Vec::new();
+    for i in 0..NODES {
+        let name = format!("e{}", i + 1);
+        let dir = data.join(format!("zk-{name}"));
+        let data_dir = dir.join("data");
+        fs::create_dir_all(&data_dir)
+            .map_err(|e| ChaosError::io(format!("creating {}", data_dir.display()), e))?;
+        write(&data_dir.join("myid"), &format!("{}\n", i + 1))?;
+        let cfg = dir.join("zoo.cfg");
+        write(&cfg, &zk::config(i + 1, &ips, &data_dir))?;
+        write(
+            &dir.join("log4j.properties"),
+            "log4j.rootLogger=INFO, CONSOLE\n\
+             log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
+             log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
+             log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} - %-5p [%t] - %m%n\n",
+        )?;
+        let argv: Vec<OsString> = vec![
+            zk::JAVA.into(),
+            "-Xmx256m".into(),
+            "-XX:+UseSerialGC".into(),
+            "-XX:TieredStopAtLevel=1".into(),
+            format!("-Dzookeeper.log.dir={}", dir.display()).into(),
+            "-Dzookeeper.root.logger=INFO,CONSOLE".into(),
+            "-Dzookeeper.admin.enableServer=false".into(),
+            "-cp".into(),
+            format!("{}:{}", dir.display(), zk::JAR).into(),
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+            cfg.into(),
+        ];
+        let mut proc = Proc::new(
+            lab.ns(&name),
+            argv,
+            spec.logs.join(format!("zookeeper-{name}.log")),
+        );
+        proc.start()?;
+        servers.push(EtcdMember {
+            name,
+            ip: ips[i],
+            proc,
+        });
+    }
+    Ok(servers)
 }
 
 impl<'lab> Cluster<'lab> {
@@ -325,7 +463,11 @@ impl<'lab> Cluster<'lab> {
                 spec.matriarch.display()
             )));
         }
-        for program in ["/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/sbin/named"] {
+        let programs: &[&str] = match spec.dcs {
+            Dcs::Etcd => &["/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/sbin/named"],
+            Dcs::ZooKeeper => &[zk::JAVA, zk::JAR, "/usr/sbin/named"],
+        };
+        for program in programs {
             if !Path::new(program).is_file() {
                 return Err(ChaosError::Setup(format!(
                     "{program} is missing: run `cargo xtask deps`"
@@ -340,45 +482,15 @@ impl<'lab> Cluster<'lab> {
                 context: "creating the data directories".into(),
                 source,
             })?;
-        // etcd: three members, all started before any waits for the others.
-        let initial = (0..NODES)
-            .map(|i| format!("e{}=http://{}:2380", i + 1, etcd_ip(i)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut etcd = Vec::new();
-        for i in 0..NODES {
-            let name = format!("e{}", i + 1);
-            let ip = etcd_ip(i);
-            let dir = data.path().join(format!("etcd-{name}"));
-            let argv: Vec<OsString> = vec![
-                "/usr/bin/etcd".into(),
-                "--name".into(),
-                name.clone().into(),
-                "--data-dir".into(),
-                dir.into(),
-                "--listen-client-urls".into(),
-                format!("http://{ip}:2379").into(),
-                "--advertise-client-urls".into(),
-                format!("http://{ip}:2379").into(),
-                "--listen-peer-urls".into(),
-                format!("http://{ip}:2380").into(),
-                "--initial-advertise-peer-urls".into(),
-                format!("http://{ip}:2380").into(),
-                "--initial-cluster".into(),
-                initial.clone().into(),
-                "--initial-cluster-state".into(),
-                "new".into(),
-                "--initial-cluster-token".into(),
-                lab.prefix().trim_end_matches('-').into(),
-            ];
-            let mut proc = Proc::new(
-                lab.ns(&name),
-                argv,
-                spec.logs.join(format!("etcd-{name}.log")),
-            );
-            proc.start()?;
-            etcd.push(EtcdMember { name, ip, proc });
-        }
+        // etcd or ZooKeeper: three servers, all started before any waits for the others.
+        let etcd = match spec.dcs {
+            Dcs::Etcd => start_etcd(lab, spec, data.path())?,
+            Dcs::ZooKeeper => start_zookeeper(lab, spec, data.path())?,
+        };
+        let zk = match spec.dcs {
+            Dcs::Etcd => None,
+            Dcs::ZooKeeper => Some(zk::Keys::new(zk_hosts())?),
+        };
         // BIND.
         let dns_dir = data.path().join("dns");
         fs::create_dir_all(&dns_dir)
@@ -434,6 +546,8 @@ impl<'lab> Cluster<'lab> {
             logs: spec.logs.to_path_buf(),
             mode: spec.mode,
             ttl: spec.timing.0,
+            dcs: spec.dcs,
+            zk,
             data: None,
         };
         for i in 0..NODES {
@@ -530,12 +644,109 @@ impl<'lab> Cluster<'lab> {
         leader
     }
 
+    /// The index of the DCS leader (etcd's Raft leader or ZooKeeper's quorum
+    /// leader), if there is one and `all` three servers (when asked) answer.
+    pub fn dcs_leader(&self, all: bool) -> Option<usize> {
+        match self.dcs {
+            Dcs::Etcd => self.etcd_leader(all),
+            Dcs::ZooKeeper => {
+                let modes: Vec<Option<bool>> = (0..NODES).map(|i| zk::leads(etcd_ip(i))).collect();
+                if all && modes.iter().any(Option::is_none) {
+                    return None;
+                }
+                let leaders: Vec<usize> = (0..NODES).filter(|i| modes[*i] == Some(true)).collect();
+                match leaders[..] {
+                    [one] => Some(one),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// The raw value of a DCS key (full path, `/service/<scope>/…`), `None` when absent.
+    pub fn dcs_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match &self.zk {
+            Some(keys) => keys.get(key),
+            None => {
+                let out = Command::new("/usr/bin/etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .arg(format!("--endpoints={}", self.etcd_endpoints()))
+                    .args(["--dial-timeout=1s", "--command-timeout=2s"])
+                    .args(["get", key, "-w", "json"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|source| ChaosError::Spawn {
+                        command: format!("etcdctl get {key}"),
+                        source,
+                    })?;
+                if !out.status.success() {
+                    return Err(ChaosError::Client(format!(
+                        "etcdctl get {key}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                // JSON output carries the value in base64: any bytes survive.
+                let parsed: Value =
+                    serde_json::from_slice(&out.stdout).map_err(|e| ChaosError::Parse {
+                        what: format!("etcdctl get {key}"),
+                        detail: e.to_string(),
+                    })?;
+                let Some(value) = parsed
+                    .get("kvs")
+                    .and_then(Value::as_array)
+                    .and_then(|kvs| kvs.first())
+                    .and_then(|kv| kv.get("value"))
+                    .and_then(Value::as_str)
+                else {
+                    return Ok(None);
+                };
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .map(Some)
+                    .map_err(|e| ChaosError::Parse {
+                        what: format!("the value of {key}"),
+                        detail: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Writes raw bytes into a DCS key behind the agents' backs (on etcd
+    /// without a lease, on ZooKeeper creating a persistent znode if absent).
+    pub fn dcs_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        match &self.zk {
+            Some(keys) => keys.put(key, value),
+            None => {
+                use std::os::unix::ffi::OsStrExt;
+                // `--` so that a value starting with `-` is not read as a flag.
+                sys::run(
+                    Command::new("/usr/bin/etcdctl")
+                        .env("ETCDCTL_API", "3")
+                        .arg(format!("--endpoints={}", self.etcd_endpoints()))
+                        .args(["--dial-timeout=1s", "--command-timeout=2s", "put", "--"])
+                        .arg(key)
+                        .arg(std::ffi::OsStr::from_bytes(value)),
+                )
+                .map(drop)
+            }
+        }
+    }
+
+    /// Deletes a DCS key (absent is fine).
+    pub fn dcs_del(&self, key: &str) -> Result<()> {
+        match &self.zk {
+            Some(keys) => keys.del(key),
+            None => self.etcdctl(&["del", key]).map(drop),
+        }
+    }
+
     fn wait_etcd(&self, timeout: Duration) -> Result<()> {
         sys::wait_for(
-            "the three etcd members to elect a leader",
+            "the three DCS servers to elect a leader",
             timeout,
             Duration::from_millis(200),
-            || self.etcd_leader(true),
+            || self.dcs_leader(true),
         )
         .map(drop)
     }
@@ -603,7 +814,7 @@ impl<'lab> Cluster<'lab> {
         if self.writer_addrs()? != vec![self.nodes[primary].ip] {
             return None;
         }
-        self.etcd_leader(true)?;
+        self.dcs_leader(true)?;
         for member in &mut self.etcd {
             if !member.proc.running() {
                 return None;
@@ -728,10 +939,16 @@ fn node_yaml(
     spec: &ClusterSpec<'_>,
     secret: &str,
 ) -> String {
-    let hosts = (0..NODES)
-        .map(|i| format!("{}:2379", etcd_ip(i)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let dcs = match spec.dcs {
+        Dcs::Etcd => format!(
+            "etcd3:\n  hosts: [{}]",
+            (0..NODES)
+                .map(|i| format!("{}:2379", etcd_ip(i)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Dcs::ZooKeeper => format!("zookeeper:\n  hosts: [{}]", zk_hosts().replace(',', ", ")),
+    };
     let (ttl, loop_wait, retry_timeout) = spec.timing;
     let sync = match spec.mode {
         Mode::Synchronous => "synchronous_mode: true",
@@ -750,8 +967,7 @@ restapi:
   authentication:
     username: {API_USER}
     password: {API_PASSWORD}
-etcd3:
-  hosts: [{hosts}]
+{dcs}
 bootstrap:
   initdb: [--no-sync]
   dcs:

@@ -11,7 +11,7 @@
 //! | host | address | runs |
 //! |---|---|---|
 //! | `n1`..`n3` | 127.1.0.11..13 | `matriarch run` (node1..node3) and its PostgreSQL (port 5432, REST API 8008) |
-//! | `e1`..`e3` | 127.1.0.21..23 | one etcd member each (2379 clients, 2380 peers) |
+//! | `e1`..`e3` | 127.1.0.21..23 | one etcd member each (2379 clients, 2380 peers), or with `--dcs zookeeper` one ZooKeeper server each (2181 clients, 2888/3888 quorum) |
 //! | `dns` | 127.1.0.30 | BIND, zone `chaos.test`, `primary.chaos.test` updated with TSIG by the leader |
 //! | `cl` | 127.1.0.40 | the harness itself: the writer, the poller, the health checks, `etcdctl` |
 //!
@@ -30,9 +30,15 @@
 //! (longer than the ttl), PostgreSQL stop, isolating the primary (link down),
 //! cutting the primary from etcd or from the replicas (nftables in its namespace),
 //! killing the etcd leader, stopping all of etcd (longer than the ttl), and
-//! garbage in the leader, config or a member key. The seed decides the order (a
-//! shuffle of all kinds first, so `--faults 11` covers each once, then random
-//! kinds), which node, how long each fault lasts and which key is spoiled.
+//! garbage in the leader, config or a member key; and what operators do: two
+//! switchovers in a row (the second as soon as the first candidate answers
+//! `/primary`), `PATCH /config` of the timing or of `synchronous_node_count` and
+//! strictness, and garbage (random bytes, huge numbers, wrong types) in `config`,
+//! `sync`, `failover` and a member key at once. With `--dcs zookeeper` the etcd
+//! faults hit the ZooKeeper ensemble (its quorum leader, all servers). The seed
+//! decides the order (a shuffle of all kinds first, so `--faults 16` covers each
+//! once, then random kinds; `--kinds` restricts the draw), which node, how long
+//! each fault lasts and which key is spoiled.
 //! After each fault is healed the run waits for a healthy cluster (one `/primary`,
 //! two `/replica`, both streaming in the primary's `/patroni`, a synchronous
 //! standby in the synchronous modes, the DNS name on the primary, an etcd leader,
@@ -87,6 +93,7 @@ pub mod faults;
 pub mod netns;
 pub mod report;
 pub mod sys;
+pub mod zk;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -148,6 +155,41 @@ impl FromStr for Mode {
     }
 }
 
+/// The DCS the agents use (`--dcs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dcs {
+    /// Three etcd members (the default).
+    Etcd,
+    /// A three-server ZooKeeper ensemble; the etcd faults hit its servers
+    /// (the quorum leader, all servers) instead.
+    ZooKeeper,
+}
+
+impl Dcs {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dcs::Etcd => "etcd",
+            Dcs::ZooKeeper => "zookeeper",
+        }
+    }
+}
+
+impl FromStr for Dcs {
+    type Err = ChaosError;
+
+    fn from_str(s: &str) -> Result<Dcs> {
+        match s {
+            "etcd" | "etcd3" => Ok(Dcs::Etcd),
+            "zookeeper" | "zk" => Ok(Dcs::ZooKeeper),
+            other => Err(ChaosError::Usage(format!(
+                "--dcs must be etcd or zookeeper, not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// What a run does.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -157,6 +199,10 @@ pub struct Options {
     pub seed: u64,
     /// The replication mode.
     pub mode: Mode,
+    /// The DCS.
+    pub dcs: Dcs,
+    /// The fault kinds to draw from (`--kinds`); empty: all of them.
+    pub kinds: Vec<FaultKind>,
     /// Keep the cluster up after the run until Ctrl-C.
     pub keep: bool,
     /// The `matriarch` binary.
@@ -197,6 +243,8 @@ impl Options {
             faults: 12,
             seed,
             mode: Mode::Synchronous,
+            dcs: Dcs::Etcd,
+            kinds: Vec::new(),
             keep: false,
             matriarch: target.join("debug").join("matriarch"),
             out_dir: target.join("chaos"),
@@ -229,8 +277,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         );
     }
     let run_name = format!(
-        "{}-seed{}-{}",
+        "{}{}-seed{}-{}",
         opts.mode.name(),
+        match opts.dcs {
+            Dcs::Etcd => "",
+            Dcs::ZooKeeper => "-zookeeper",
+        },
         opts.seed,
         sys::now_us() / 1_000_000
     );
@@ -297,11 +349,13 @@ fn scenario(
         logs,
         mode: opts.mode,
         timing: opts.timing,
+        dcs: opts.dcs,
     };
     say(
         opts,
         format!(
-            "starting etcd, BIND and three agents in namespaces {}*",
+            "starting {}, BIND and three agents in namespaces {}*",
+            opts.dcs.name(),
             lab.prefix()
         ),
     );
@@ -318,7 +372,7 @@ fn scenario(
     );
     let mut load = client::Load::start()?;
     sys::sleep(Duration::from_secs(1))?;
-    let plan = faults::plan(opts.seed, opts.faults, opts.timing.0 * 1000);
+    let plan = faults::plan(opts.seed, opts.faults, opts.timing.0 * 1000, &opts.kinds);
     let mut records: Vec<FaultRecord> = Vec::new();
     let mut primary = initial;
     let mut log_tails = None;
@@ -332,7 +386,7 @@ fn scenario(
             ),
         );
         let started_us = sys::now_us();
-        let outcome = faults::run_fault(&mut cluster, planned, primary);
+        let outcome = faults::run_fault(&mut cluster, planned, primary, opts.timing);
         let healed_us = sys::now_us();
         let (injected, error) = match outcome {
             Ok(i) => (i, None),
@@ -392,6 +446,7 @@ fn scenario(
             },
             healed_us,
             recovered_us,
+            switchover_ms: injected.switchover_ms,
             unavailability_ms: None,
             worst_gap_ms: None,
             acks: 0,
@@ -460,6 +515,8 @@ fn scenario(
         run: run_name.to_owned(),
         seed: opts.seed,
         mode: opts.mode,
+        dcs: opts.dcs,
+        kinds_requested: opts.kinds.clone(),
         timing: opts.timing,
         faults_requested: opts.faults,
         wall_time_s: 0.0,

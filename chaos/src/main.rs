@@ -4,15 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use matriarch_chaos::{run, sys, ChaosError, Mode, Options};
+use matriarch_chaos::{run, sys, ChaosError, Dcs, FaultKind, Mode, Options};
 
 const USAGE: &str = "\
 usage: matriarch-chaos [--faults N] [--seed N] [--mode synchronous|strict|quorum|asynchronous]
+                       [--dcs etcd|zookeeper] [--kinds KIND,KIND...]
                        [--keep] [--matriarch PATH] [--out DIR]
                        [--ttl S] [--loop-wait S] [--retry-timeout S] [--recovery-timeout S]
 
-A three-node matriarch cluster (etcd x3, BIND, PostgreSQL) in network namespaces under
-seeded faults; checks lost and deposed-primary writes. Needs root.
+A three-node matriarch cluster (etcd x3 or ZooKeeper x3, BIND, PostgreSQL) in network
+namespaces under seeded faults; checks lost and deposed-primary writes. Needs root.
+--kinds draws the faults from these kinds only (each once first, in a seeded order).
 Defaults: 12 faults, a seed from the clock, synchronous mode, ttl 5 / loop_wait 1 /
 retry_timeout 2, target/debug/matriarch, reports in target/chaos.
 Exit: 0 passed, 1 a check failed or a fault was not recovered from, 2 usage, 3 error.
@@ -35,6 +37,24 @@ fn parse(args: &[String]) -> Result<Options, ChaosError> {
                     .next()
                     .ok_or_else(|| ChaosError::Usage("--mode needs a value".into()))?
                     .parse::<Mode>()?
+            }
+            "--dcs" => {
+                opts.dcs = it
+                    .next()
+                    .ok_or_else(|| ChaosError::Usage("--dcs needs a value".into()))?
+                    .parse::<Dcs>()?
+            }
+            "--kinds" => {
+                opts.kinds = it
+                    .next()
+                    .ok_or_else(|| ChaosError::Usage("--kinds needs a list of kinds".into()))?
+                    .split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .map(|k| FaultKind::parse(k.trim()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if opts.kinds.is_empty() {
+                    return Err(ChaosError::Usage("--kinds needs at least one kind".into()));
+                }
             }
             "--keep" => opts.keep = true,
             "--matriarch" => {
@@ -71,6 +91,24 @@ fn parse(args: &[String]) -> Result<Options, ChaosError> {
     Ok(opts)
 }
 
+/// The command that replays the run `opts` describes.
+fn replay(opts: &Options) -> String {
+    let mut cmd = format!(
+        "cargo xtask chaos --seed {} --faults {} --mode {}",
+        opts.seed,
+        opts.faults,
+        opts.mode.name()
+    );
+    if opts.dcs != Dcs::Etcd {
+        cmd.push_str(&format!(" --dcs {}", opts.dcs.name()));
+    }
+    if !opts.kinds.is_empty() {
+        let kinds: Vec<&str> = opts.kinds.iter().map(|k| k.name()).collect();
+        cmd.push_str(&format!(" --kinds {}", kinds.join(",")));
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse(&args) {
@@ -89,13 +127,12 @@ fn main() -> ExitCode {
     };
     sys::install_interrupt_handler();
     println!(
-        "matriarch-chaos: {} faults, seed {}, mode {} (replay: cargo xtask chaos --seed {} --faults {} --mode {})",
+        "matriarch-chaos: {} faults, seed {}, mode {}, dcs {} (replay: {})",
         opts.faults,
         opts.seed,
         opts.mode.name(),
-        opts.seed,
-        opts.faults,
-        opts.mode.name()
+        opts.dcs.name(),
+        replay(&opts)
     );
     match run(&opts) {
         Ok(report) => {
@@ -117,11 +154,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!(
-                "matriarch-chaos: {e}\n(seed {}: replay with cargo xtask chaos --seed {} --faults {} --mode {})",
+                "matriarch-chaos: {e}\n(seed {}: replay with {})",
                 opts.seed,
-                opts.seed,
-                opts.faults,
-                opts.mode.name()
+                replay(&opts)
             );
             ExitCode::from(3)
         }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::checker::{self, Ack, DeposedAck, Promotion, Stats};
 use crate::faults::{FaultKind, PlannedFault};
-use crate::Mode;
+use crate::{Dcs, Mode};
 
 /// One fault as it happened.
 #[derive(Clone, Debug, Serialize)]
@@ -32,6 +32,10 @@ pub struct FaultRecord {
     pub healed_us: u64,
     /// When the cluster was healthy again (`None`: it did not recover in time).
     pub recovered_us: Option<u64>,
+    /// For a switchover fault: how long each switchover took, from the request
+    /// to the candidate answering `/primary` (ms).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub switchover_ms: Vec<f64>,
     /// From the injection to the first acknowledgement of a write sent after it.
     pub unavailability_ms: Option<f64>,
     /// The longest stretch without any acknowledgement from the injection to the
@@ -95,6 +99,10 @@ pub struct Report {
     pub seed: u64,
     /// The replication mode.
     pub mode: Mode,
+    /// The DCS.
+    pub dcs: Dcs,
+    /// The kinds the faults were drawn from (`--kinds`; empty: all).
+    pub kinds_requested: Vec<FaultKind>,
     /// ttl, loop_wait, retry_timeout (seconds).
     pub timing: (u64, u64, u64),
     /// How many faults were asked for.
@@ -286,6 +294,24 @@ impl Report {
         self.problems.is_empty()
     }
 
+    /// The command that replays this run's fault sequence.
+    pub fn replay(&self) -> String {
+        let mut cmd = format!(
+            "cargo xtask chaos --seed {} --faults {} --mode {}",
+            self.seed,
+            self.faults_requested,
+            self.mode.name()
+        );
+        if self.dcs != Dcs::Etcd {
+            cmd.push_str(&format!(" --dcs {}", self.dcs.name()));
+        }
+        if !self.kinds_requested.is_empty() {
+            let kinds: Vec<&str> = self.kinds_requested.iter().map(|k| k.name()).collect();
+            cmd.push_str(&format!(" --kinds {}", kinds.join(",")));
+        }
+        cmd
+    }
+
     /// Which kinds ran at least once.
     pub fn kinds_run(&self) -> BTreeSet<FaultKind> {
         self.faults.iter().map(|f| f.planned.kind).collect()
@@ -296,9 +322,10 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "chaos run {} — mode {}, seed {}, {} faults, ttl/loop_wait/retry_timeout {}/{}/{} s, {:.0} s",
+            "chaos run {} — mode {}, dcs {}, seed {}, {} faults, ttl/loop_wait/retry_timeout {}/{}/{} s, {:.0} s",
             self.run,
             self.mode.name(),
+            self.dcs.name(),
             self.seed,
             self.faults.len(),
             self.timing.0,
@@ -411,13 +438,7 @@ impl Report {
             for p in &self.problems {
                 let _ = writeln!(s, "    - {p}");
             }
-            let _ = writeln!(
-                s,
-                "  replay: cargo xtask chaos --seed {} --faults {} --mode {}",
-                self.seed,
-                self.faults_requested,
-                self.mode.name()
-            );
+            let _ = writeln!(s, "  replay: {}", self.replay());
         }
         s
     }

@@ -2,6 +2,9 @@
 //!
 //! Run `cargo xtask help` for the list of commands.
 
+mod image;
+mod package;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -85,7 +88,20 @@ commands:
                 kills, stops, partitions, etcd outages, garbage keys; checks lost and
                 deposed-primary writes; target/chaos/<run>.json, a table, exit 1 on a
                 violation or a cluster that did not recover (also --ttl, --loop-wait,
-                --retry-timeout S: the timing, 5/1/2 by default; --recovery-timeout S)
+                --retry-timeout S: the timing, 5/1/2 by default; --recovery-timeout S;
+                --dcs etcd|zookeeper: a three-server etcd or ZooKeeper ensemble;
+                --kinds a,b: draw the faults from these kinds only)
+  image [--test]
+                as root: a container image in Spilo's form (PostgreSQL 15 and
+                matriarch, configured from the environment) built from Debian's
+                packages with debootstrap and imported into podman (no registry);
+                --test then runs etcd and three containers with host networking,
+                kills the primary's container and checks the failover and that no
+                acknowledged write was lost (target/image/failover.json)
+  package [--check]
+                release build, then the Debian package target/debian/matriarch_<version>_<arch>.deb
+                (dpkg-deb; files from packaging/); --check, as root: dpkg -i it, run
+                `matriarch check` on the packaged /etc/matriarch/node.yaml, dpkg --purge
   help          show this message
 ";
 
@@ -111,6 +127,8 @@ fn main() -> ExitCode {
         "sim" => sim(rest),
         "bench" => bench(rest),
         "chaos" => chaos(rest),
+        "package" => package::package(rest),
+        "image" => image::image(rest),
         other => {
             eprintln!("cargo xtask: unknown command `{other}`\n\n{USAGE}");
             return ExitCode::from(2);
@@ -428,16 +446,7 @@ fn demo(args: &[String]) -> Result {
             .args(["build", "-p", "matriarch", "-p", "matriarch-demo"])
             .current_dir(&root)),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                root.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| root.join("target"));
+    let target = target_dir(&root);
     let mut cmd = Command::new(target.join("debug").join("matriarch-demo"));
     cmd.arg("--matriarch")
         .arg(target.join("debug").join("matriarch"))
@@ -492,16 +501,7 @@ fn bench(args: &[String]) -> Result {
             ])
             .current_dir(&root)),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                root.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| root.join("target"));
+    let target = target_dir(&root);
     let release = target.join("release");
     let mut cmd = Command::new(release.join("matriarch-bench"));
     cmd.args(args)
@@ -547,6 +547,22 @@ fn chaos(args: &[String]) -> Result {
                     ));
                 }
             }
+            "--dcs" => {
+                if !it
+                    .next()
+                    .is_some_and(|v| ["etcd", "zookeeper"].contains(&v.as_str()))
+                {
+                    return Err(Failure("`--dcs` needs etcd or zookeeper".into()));
+                }
+            }
+            // The kinds' names are checked by matriarch-chaos itself.
+            "--kinds" => {
+                if it.next().is_none_or(|v| v.trim().is_empty()) {
+                    return Err(Failure(
+                        "`--kinds` needs a comma-separated list of fault kinds".into(),
+                    ));
+                }
+            }
             "--keep" => {}
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -575,16 +591,7 @@ fn chaos(args: &[String]) -> Result {
             .args(["build", "-p", "matriarch", "-p", "matriarch-chaos"])
             .current_dir(&root)),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                root.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| root.join("target"));
+    let target = target_dir(&root);
     let mut cmd = Command::new(target.join("debug").join("matriarch-chaos"));
     cmd.args(args)
         .arg("--matriarch")
@@ -713,6 +720,21 @@ fn cargo_command() -> Result<Command> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.env("PROTOC", protoc).env("PROTOC_INCLUDE", include);
     Ok(cmd)
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace
+/// root) or `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                root.join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn step(name: &str, r: Result) -> Result {

@@ -96,7 +96,11 @@ pub trait Dcs: Send + Sync {
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError>;
 
     /// Writes this member's record, bound to `ttl` (it disappears if the
-    /// member stops refreshing it).
+    /// member stops refreshing it). The engine calls it every loop: a backend
+    /// may leave a record the DCS already holds unchanged, on this client's
+    /// TTL-bound state, unwritten (etcd does, so that an idle cluster makes no
+    /// revisions), as long as the call still keeps the record alive as a
+    /// write would.
     async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError>;
 
     /// Deletes this member's record (on a clean shutdown).

@@ -58,7 +58,10 @@ struct LeaseState {
 ///
 /// Keys follow `docs/dcs-layout.md`. The client owns one lease, granted with
 /// the TTL of the calls that need one (whole seconds, rounded up): the
-/// leader key and this member's key are attached to it. Every call is bounded
+/// leader key and this member's key are attached to it. Keep-alives of that
+/// lease, not puts, keep both keys alive, and an unchanged member record is
+/// not written again, so an idle member makes no etcd revision (Patroni's
+/// behaviour). Every call is bounded
 /// by [`EtcdConfig::retry_timeout`]: within it, failed or slow attempts are
 /// retried on the next endpoint; past it the call fails with
 /// [`DcsError::Timeout`] or [`DcsError::Unreachable`].
@@ -246,8 +249,13 @@ impl EtcdDcs {
         Ok(lease)
     }
 
-    /// Puts `value` under `path` attached to a live lease of `ttl`, granting a
-    /// new lease if etcd says the current one is gone.
+    /// Makes `path` hold `value` attached to a live lease of `ttl`, granting a
+    /// new lease if etcd says the current one is gone. A key that already
+    /// holds `value` on that lease is not written again: one transaction
+    /// compares value and lease and puts only if either differs, so an
+    /// unchanged record makes no etcd revision (a transaction that writes
+    /// nothing does not advance the revision); the lease's keep-alive, not a
+    /// put, is what keeps the key alive.
     async fn put_with_lease(
         &self,
         state: &mut LeaseState,
@@ -261,17 +269,23 @@ impl EtcdDcs {
         let mut refresh = refresh;
         for _ in 0..2 {
             let lease = self.live_lease(state, secs, refresh, deadline).await?;
-            let (path, value) = (path.clone(), value.clone());
-            let result = self
-                .endpoints
-                .run(operation, deadline, move |mut client: Client| {
-                    let options = PutOptions::new().with_lease(lease.id);
-                    let (path, value) = (path.clone(), value.clone());
-                    async move { client.put(path, value, Some(options)).await }
-                })
-                .await;
-            match result {
-                Ok(_) => return Ok(lease),
+            let txn = Txn::new()
+                .when([
+                    Compare::value(path.clone(), CompareOp::Equal, value.clone()),
+                    Compare::lease(path.clone(), CompareOp::Equal, lease.id),
+                ])
+                .or_else([TxnOp::put(
+                    path.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease.id)),
+                )]);
+            match self.txn(operation, deadline, txn).await {
+                Ok(response) => {
+                    if !response.succeeded() {
+                        tracing::debug!(cluster = %self.scope(), key = %path, lease = lease.id, "wrote a changed record");
+                    }
+                    return Ok(lease);
+                }
                 Err(e) if e.is_lease_not_found() => {
                     state.lease = None;
                     refresh = true;

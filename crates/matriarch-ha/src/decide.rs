@@ -350,6 +350,10 @@ pub struct Decision {
     /// The time (monotonic) by which this node must have stopped taking
     /// writes unless it renews the lock first; the loop wakes up for it.
     pub demotion_deadline: Option<Duration>,
+    /// Why this node holds back (does not race, does not follow, waits for
+    /// something or someone): shown as `pending` in `GET /patroni` and
+    /// logged at info when it begins. `None` when nothing is held back.
+    pub pending: Option<String>,
 }
 
 /// The DCS as observed this loop.
@@ -468,11 +472,19 @@ impl Plan {
             role,
             reason,
             demotion_deadline: self.deadline,
+            pending: None,
         }
     }
 
     fn push(&mut self, action: Action) {
         self.actions.push(action);
+    }
+
+    /// A decision to hold back: the reason is also what is pending.
+    fn wait(self, role: EngineRole, reason: impl Into<String>) -> Decision {
+        let mut decision = self.done(role, reason);
+        decision.pending = Some(decision.reason.clone());
+        decision
     }
 }
 
@@ -504,7 +516,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
                     "the leader key is unreadable: a primary without a readable lock stops taking writes",
                 );
             }
-            plan.done(
+            plan.wait(
                 EngineRole::Uncertain,
                 "the leader key is unreadable: waiting",
             )
@@ -550,7 +562,7 @@ fn dcs_unreachable(inputs: &Inputs<'_>, mut plan: Plan) -> Decision {
             }
         }
     }
-    plan.done(EngineRole::Uncertain, "DCS unreachable: waiting")
+    plan.wait(EngineRole::Uncertain, "DCS unreachable: waiting")
 }
 
 /// Failsafe mode: a primary cut off from the DCS keeps leading while every
@@ -600,6 +612,7 @@ fn failsafe_leading(
         role: EngineRole::Leader,
         reason,
         demotion_deadline: plan.deadline,
+        pending: None,
     };
     Some(decision)
 }
@@ -633,16 +646,14 @@ fn cluster_system_id(view: &ClusterView) -> Option<Result<Initialize, ()>> {
 
 /// The newest timeline the cluster is known to have reached.
 fn cluster_timeline(view: &ClusterView) -> Option<Timeline> {
-    let from_history = match &view.history {
-        Some(Ok(history)) => history
-            .value
-            .0
-            .iter()
-            .map(|entry| Timeline(entry.timeline.0.saturating_add(1)))
-            .max(),
-        _ => None,
-    };
-    let from_members = view.healthy_records().filter_map(|m| m.timeline).max();
+    let from_history = history_next_timeline(view);
+    // A record more than one promotion beyond the history is impossible
+    // (a leftover or forged key): it must not hold every member back.
+    let from_members = view
+        .healthy_records()
+        .filter_map(|m| m.timeline)
+        .filter(|t| from_history.is_none_or(|next| t.0 <= next.0.saturating_add(1)))
+        .max();
     from_history.into_iter().chain(from_members).max()
 }
 
@@ -873,6 +884,7 @@ fn planned_switchover(
         role: EngineRole::Demoting,
         reason: "switchover: stepping down for the candidate".to_owned(),
         demotion_deadline: plan.deadline,
+        pending: None,
     })
 }
 
@@ -1234,6 +1246,13 @@ fn follower(
                     format!("following the new leader {holder}"),
                 );
             }
+            if !inputs.local.receiving && inputs.memory.loops_not_streaming >= LOOPS_BEFORE_REWIND {
+                // No loop count in the reason: it is logged when it changes.
+                return plan.wait(
+                    EngineRole::Replica,
+                    format!("following {holder} without receiving WAL"),
+                );
+            }
             plan.done(EngineRole::Replica, format!("following {holder}"))
         }
         LocalRole::Stopped { .. } => {
@@ -1264,7 +1283,7 @@ fn follower(
             let leader_running =
                 member(view, holder).is_some_and(|m| m.state == MemberState::Running);
             if !leader_running {
-                return plan.done(
+                return plan.wait(
                     EngineRole::Uninitialized,
                     "waiting for a running leader to clone from",
                 );
@@ -1272,7 +1291,7 @@ fn follower(
             plan.push(Action::CloneFrom(clone_source(inputs, view, holder)));
             plan.done(EngineRole::Uninitialized, "cloning a new replica")
         }
-        LocalRole::Unknown => plan.done(EngineRole::Uncertain, "PostgreSQL state unknown"),
+        LocalRole::Unknown => plan.wait(EngineRole::Uncertain, "PostgreSQL state unknown"),
     }
 }
 
@@ -1324,16 +1343,16 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
                 plan.push(Action::Bootstrap);
                 return plan.done(EngineRole::Candidate, "no cluster yet: racing to bootstrap");
             }
-            return plan.done(
+            return plan.wait(
                 EngineRole::Uncertain,
                 "the initialize key is absent but data exists: waiting for an operator",
             );
         }
         Some(Err(())) => {
-            return plan.done(EngineRole::Uncertain, "the initialize key is unreadable")
+            return plan.wait(EngineRole::Uncertain, "the initialize key is unreadable")
         }
         Some(Ok(Initialize::InProgress)) => {
-            return plan.done(EngineRole::Uninitialized, "another member is bootstrapping");
+            return plan.wait(EngineRole::Uninitialized, "another member is bootstrapping");
         }
         Some(Ok(Initialize::Done(system_id))) => {
             if local.system_id.is_some_and(|own| own != system_id) {
@@ -1341,7 +1360,7 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
                     plan.push(Action::Demote(DemoteMode::Immediate));
                     plan.push(Action::Withdraw);
                 }
-                return plan.done(
+                return plan.wait(
                     EngineRole::Uncertain,
                     format!("local data belongs to another cluster (system id is not {system_id})"),
                 );
@@ -1385,9 +1404,9 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
                 "no leader: starting read-only to join the race",
             )
         }
-        LocalRole::NoData => plan.done(EngineRole::Uninitialized, "no leader to clone from"),
+        LocalRole::NoData => plan.wait(EngineRole::Uninitialized, "no leader to clone from"),
         LocalRole::Unknown => {
-            plan.done(EngineRole::Uncertain, "no leader; PostgreSQL state unknown")
+            plan.wait(EngineRole::Uncertain, "no leader; PostgreSQL state unknown")
         }
         LocalRole::Replica { .. } => match race_verdict(inputs, view) {
             Ok(()) => {
@@ -1398,7 +1417,7 @@ fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decisio
                     "leader gone: this node is the best candidate",
                 )
             }
-            Err(why) => plan.done(
+            Err(why) => plan.wait(
                 EngineRole::Replica,
                 format!("leader gone; not racing: {why}"),
             ),
@@ -1433,14 +1452,53 @@ fn after_switchover(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) ->
         .peers
         .values()
         .any(|p| p.timeline.is_some_and(|t| t > own));
-    if peer_newer || cluster_timeline(view).is_some_and(|cluster| cluster > own) {
+    let me = &inputs.node.name;
+    let others: Vec<&Member> = view.healthy_records().filter(|m| &m.name != me).collect();
+    let record_newer = others.iter().any(|m| m.timeline.is_some_and(|t| t > own));
+    // A new primary in a synchronous mode claims the sync key before it promotes.
+    let sync_claimed = inputs.config.synchronous_mode != SynchronousMode::Off
+        && matches!(&view.sync,
+            Some(Ok(sync)) if sync.value.leader.as_ref().is_some_and(|l| l != me));
+    if peer_newer
+        || record_newer
+        || sync_claimed
+        || cluster_timeline(view).is_some_and(|cluster| cluster > own)
+    {
         // Somebody was promoted after all: rejoin through the usual checks.
         return None;
     }
+    // Starting the old data directory as primary is only safe when every
+    // member confirms, by answering now, that it is on no newer timeline: a
+    // record or a lock read may be late. Without that, after three ttls, give
+    // up the take-back and rejoin through the usual race.
+    let unconfirmed: Vec<&str> = others
+        .iter()
+        .filter(|m| {
+            inputs
+                .peers
+                .get(&m.name)
+                .is_none_or(|p| p.timeline.is_none())
+        })
+        .map(|m| m.name.as_str())
+        .collect();
     let request = match &view.failover {
         Some(Ok(request)) => Some(request),
         _ => None,
     };
+    if inputs.now >= since.saturating_add(inputs.config.ttl.saturating_mul(3)) {
+        // The request goes, or the usual race's winner would be asked to
+        // step down again.
+        return request.map(|request| {
+            plan.push(Action::ClearFailoverRequest(request.version));
+            take(plan).done(
+                EngineRole::Demoting,
+                format!(
+                    "switchover abandoned: cannot confirm that {} did not promote; rejoining through the usual race",
+                    unconfirmed.join(", ")
+                ),
+            )
+        });
+    }
     let candidate = request.and_then(|r| r.value.candidate.clone());
     let who = candidate
         .as_ref()
@@ -1453,15 +1511,24 @@ fn after_switchover(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) ->
     if let Some((name, _)) = running_primary {
         // Nobody may run as primary without the lock; until that is
         // resolved, neither does this node.
-        return Some(take(plan).done(
+        return Some(take(plan).wait(
             EngineRole::Demoting,
             format!("switchover: stepped down; {name} answers as a running primary: waiting"),
         ));
     }
     if inputs.now < since.saturating_add(wait) {
-        return Some(take(plan).done(
+        return Some(take(plan).wait(
             EngineRole::Demoting,
             format!("switchover: stepped down, waiting up to {wait:?} for {who} to take the lock"),
+        ));
+    }
+    if !unconfirmed.is_empty() {
+        return Some(take(plan).wait(
+            EngineRole::Demoting,
+            format!(
+                "switchover: stepped down; cannot confirm that {} did not promote: waiting",
+                unconfirmed.join(", ")
+            ),
         ));
     }
     let why = match candidate.as_ref().map(|c| (c, member(view, c))) {
@@ -1519,6 +1586,76 @@ fn former_leader_verdict(inputs: &Inputs<'_>) -> Result<(), String> {
     }
 }
 
+/// The member records a race ignores, with why: records of members that
+/// did not answer the REST probe and claim what no member of this cluster can
+/// hold (a position far beyond the former leader's last known one, or a
+/// timeline beyond the history's next). A leftover or forged key must not
+/// block every failover.
+pub fn implausible_records(
+    me: &MemberName,
+    view: &ClusterView,
+    peers: &BTreeMap<MemberName, PeerReport>,
+    memory: &Memory,
+) -> BTreeMap<MemberName, String> {
+    let former_leader = memory
+        .last_leader
+        .as_ref()
+        .filter(|last| &last.name != me)
+        .and_then(|last| last.optime);
+    let status = match &view.status {
+        Some(Ok(status)) => Some(status.value.optime),
+        _ => None,
+    };
+    // Records lag the leader by up to a loop of WAL: only a claim far beyond
+    // what it was last known to hold is impossible.
+    let ceiling = former_leader
+        .into_iter()
+        .chain(status)
+        .max()
+        .map(|known| Lsn(known.0.saturating_add(IMPLAUSIBLE_LEAD_BYTES)));
+    let next_timeline = history_next_timeline(view);
+    view.healthy_records()
+        .filter(|m| &m.name != me && !peers.contains_key(&m.name))
+        .filter_map(|m| {
+            let why = if let Some(position) =
+                m.wal_position().filter(|p| ceiling.is_some_and(|c| *p > c))
+            {
+                format!("its position {position} is far beyond the former leader's last known one")
+            } else if let Some(timeline) = m
+                .timeline
+                .filter(|t| next_timeline.is_some_and(|next| t.0 > next.0.saturating_add(1)))
+            {
+                format!("its timeline {timeline} is beyond the timeline history")
+            } else {
+                return None;
+            };
+            Some((
+                m.name.clone(),
+                format!("{why}, and its REST API did not answer"),
+            ))
+        })
+        .collect()
+}
+
+/// How far beyond the former leader's last known position an unconfirmed
+/// record may claim to be before a race ignores it (1 GiB: far more WAL than
+/// a primary writes between two updates of its status).
+const IMPLAUSIBLE_LEAD_BYTES: u64 = 1 << 30;
+
+/// The timeline after the newest one the history key says ended: the
+/// cluster's current timeline as the history knows it.
+fn history_next_timeline(view: &ClusterView) -> Option<Timeline> {
+    match &view.history {
+        Some(Ok(history)) => history
+            .value
+            .0
+            .iter()
+            .map(|entry| Timeline(entry.timeline.0.saturating_add(1)))
+            .max(),
+        _ => None,
+    }
+}
+
 /// Whether this running replica may race for a free lock, and why not.
 fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     let me = &inputs.node.name;
@@ -1529,7 +1666,11 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
         Some(Ok(request)) => request.value.candidate.clone(),
         _ => None,
     };
-    if let Some(candidate) = &forced_candidate {
+    let implausible = implausible_records(me, view, inputs.peers, inputs.memory);
+    if let Some(candidate) = forced_candidate
+        .as_ref()
+        .filter(|c| !implausible.contains_key(*c))
+    {
         // Defer to the named candidate only while it looks able to take over;
         // a stale request must not leave the cluster leaderless.
         let able = member(view, candidate).is_some_and(|m| {
@@ -1595,7 +1736,9 @@ fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     };
     let peers: Vec<(&Member, Option<Lsn>)> = view
         .healthy_records()
-        .filter(|m| &m.name != me && m.state == MemberState::Running)
+        .filter(|m| {
+            &m.name != me && m.state == MemberState::Running && !implausible.contains_key(&m.name)
+        })
         .map(|m| (m, reported(&m.name, m)))
         .collect();
     // Positions compare only along one history: a peer on an older timeline

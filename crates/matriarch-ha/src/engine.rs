@@ -23,9 +23,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::decide::{
-    decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, FailsafeInputs,
-    FailsafeRound, Inputs, LocalPostgres, LocalRole, Memory, NodeSettings, Outcome, PeerReport,
-    ReceivedHeartbeat, Routes,
+    decide, implausible_records, Action, DcsObservation, Decision, DemoteMode, EngineRole,
+    FailsafeInputs, FailsafeRound, Inputs, LocalPostgres, LocalRole, Memory, NodeSettings, Outcome,
+    PeerReport, ReceivedHeartbeat, Routes,
 };
 
 /// Stops a primary's PostgreSQL from acknowledging writes when its agent stops
@@ -211,6 +211,11 @@ impl RestartHandle {
     }
 }
 
+/// The shortest wait between two renewals of a held lock, however short its
+/// real life: a store that grants a lock for less than `2 × retry_timeout`
+/// still gets a renewal this often rather than a busy loop.
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What the engine needs besides the three traits.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
@@ -260,6 +265,13 @@ pub struct EngineStatus {
     /// Why the last switchover this node stepped down for did not complete
     /// (nobody took over, so it leads again on the same timeline).
     pub last_switchover_failure: Option<String>,
+    /// PostgreSQL runs read-write under this node's leadership: set the
+    /// moment a promotion completes, cleared before a demotion or any
+    /// decision not to lead is acted on (not only at the loop's end), so
+    /// the REST role checks follow the engine without lag.
+    pub writable: bool,
+    /// Why this node holds back, from the last decision ([`Decision::pending`]).
+    pub pending: Option<String>,
 }
 
 /// A cheap read handle on [`EngineStatus`].
@@ -317,6 +329,13 @@ pub struct Engine<D, P, R> {
     last_failover_loss: Option<u64>,
     /// Why the last switchover this node stepped down for did not complete.
     last_switchover_failure: Option<String>,
+    /// Unreadable keys already reported, with a hash of their error: each
+    /// is logged once per change, not once per loop.
+    reported_bad_keys: BTreeMap<String, u64>,
+    /// Member records a race ignored, already reported (hash of the why).
+    reported_implausible: BTreeMap<MemberName, u64>,
+    /// What the last decision held back for: logged when it changes.
+    last_pending: Option<String>,
     /// The local timeline and WAL position last observed (for heartbeats).
     last_local: (Option<Timeline>, Option<Lsn>),
     /// When (monotonic) this engine was made.
@@ -456,6 +475,8 @@ where
             lock_ttl: settings.bootstrap_config.ttl,
             last_failover_possible_loss_bytes: None,
             last_switchover_failure: None,
+            pending: None,
+            writable: false,
         });
         let (node_settings_tx, node_settings) = watch::channel(settings.node.clone());
         let (restart_requests, restarts) = mpsc::channel(1);
@@ -491,6 +512,9 @@ where
             failing_over_from: None,
             last_failover_loss: None,
             last_switchover_failure: None,
+            reported_bad_keys: BTreeMap::new(),
+            reported_implausible: BTreeMap::new(),
+            last_pending: None,
             last_local: (None, None),
             started_at,
             last_role: EngineRole::Uninitialized,
@@ -610,6 +634,16 @@ where
                 warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), ?elapsed, "HA loop overran loop_wait");
             }
             let mut wait = self.config.loop_wait.saturating_sub(elapsed);
+            if self.memory.lock_renewed_at.is_some() {
+                // Renew within the lock's real life (a store may grant less
+                // than the ttl): the timing rule applied to that life.
+                let renew_within = self
+                    .memory
+                    .lock_ttl(self.config.ttl)
+                    .saturating_sub(self.config.retry_timeout.saturating_mul(2))
+                    .max(MIN_RENEWAL_INTERVAL);
+                wait = wait.min(renew_within.saturating_sub(elapsed));
+            }
             if let Some(deadline) = decision.demotion_deadline {
                 // Wake up in time to act on the deadline.
                 wait = wait.min(deadline.saturating_sub(self.clock.now()));
@@ -705,10 +739,7 @@ where
                     Some(Err(_)) => {}
                 }
                 // The config key's error is reported by adopt_config, once.
-                let config_key = DcsKey::Config.relative_path();
-                for error in view.errors().into_iter().filter(|e| e.key != config_key) {
-                    warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), %error, "unreadable DCS value");
-                }
+                self.report_unreadable_keys(&view);
                 self.last_view = Some(view.clone());
                 DcsObservation::View(Box::new(view))
             }
@@ -755,6 +786,7 @@ where
             failsafe: &failsafe,
         });
         debug!(member = %self.name(), role = ?decision.role, reason = %decision.reason, actions = ?decision.actions, "decided");
+        self.report_holding_back(&decision, &dcs, &peers);
         // Acknowledge heartbeats only as a replica that is not about to race.
         let following = match (&local.role, decision.role) {
             (LocalRole::Replica { upstream }, EngineRole::Replica | EngineRole::Uncertain) => {
@@ -780,6 +812,9 @@ where
             DcsObservation::View(view) => view.leader_name().cloned(),
             DcsObservation::Unreachable => None,
         };
+        // As act() left it: a promotion in this loop set it. (Read before
+        // sending: a borrow held across the send would deadlock.)
+        let writable = decision.role == EngineRole::Leader && self.status.borrow().writable;
         self.status.send_replace(EngineStatus {
             role: decision.role,
             reason: decision.reason.clone(),
@@ -796,6 +831,8 @@ where
                 .any(|a| matches!(a, Action::FailsafeExtend { .. })),
             last_failover_possible_loss_bytes: self.last_failover_loss,
             last_switchover_failure: self.last_switchover_failure.clone(),
+            writable,
+            pending: decision.pending.clone(),
             lock_ttl: self.lock_ttl(),
         });
         decision
@@ -1014,6 +1051,63 @@ where
         })
     }
 
+    /// Logs each unreadable key (the `config` key aside: `adopt_config`
+    /// reports it) once per change of its error, with a bounded excerpt: a
+    /// huge or garbage value must not flood the log every loop.
+    fn report_unreadable_keys(&mut self, view: &ClusterView) {
+        let config_key = DcsKey::Config.relative_path();
+        let mut seen = BTreeMap::new();
+        for error in view.errors().into_iter().filter(|e| e.key != config_key) {
+            let hash = text_hash(&error.reason);
+            if self.reported_bad_keys.get(&error.key) != Some(&hash) {
+                let excerpt = excerpt(&error.reason);
+                warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), key = %error.key, error = %excerpt,
+                    "unreadable DCS value: ignored until it changes");
+            }
+            seen.insert(error.key.clone(), hash);
+        }
+        // A key readable again (or gone) is reported anew if it breaks again.
+        self.reported_bad_keys = seen;
+    }
+
+    /// Logs at info, once when it begins, what this node holds back for
+    /// (not racing, not following, waiting), and at warn, once per
+    /// record, each member record a race ignores.
+    fn report_holding_back(
+        &mut self,
+        decision: &Decision,
+        dcs: &DcsObservation,
+        peers: &BTreeMap<MemberName, PeerReport>,
+    ) {
+        if decision.pending != self.last_pending {
+            if let Some(pending) = &decision.pending {
+                info!(cluster = %self.dcs.layout().scope(), member = %self.name(), role = ?decision.role, reason = %excerpt(pending), "holding back");
+            } else if let Some(before) = &self.last_pending {
+                info!(cluster = %self.dcs.layout().scope(), member = %self.name(), role = ?decision.role, before = %excerpt(before), "no longer holding back");
+            }
+            self.last_pending = decision.pending.clone();
+        }
+        let ignored = match dcs {
+            DcsObservation::View(view) if view.leader.is_none() => {
+                implausible_records(&self.settings.node.name, view, peers, &self.memory)
+            }
+            _ => BTreeMap::new(),
+        };
+        for (name, why) in &ignored {
+            let hash = text_hash(why);
+            if self.reported_implausible.get(name) != Some(&hash) {
+                warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), record = %name, why = %excerpt(why),
+                    "ignoring a member record for the leader race");
+            }
+        }
+        if !matches!(dcs, DcsObservation::View(view) if view.leader.is_some()) {
+            self.reported_implausible = ignored
+                .into_iter()
+                .map(|(name, why)| (name, text_hash(&why)))
+                .collect();
+        }
+    }
+
     /// Takes up a valid `config` key. One that does not parse or breaks a
     /// bound (written behind matriarch's back: `PATCH /config` refuses it)
     /// changes nothing: the last valid configuration stays in force, and
@@ -1029,7 +1123,7 @@ where
             }
             Some(Err(error)) => {
                 if self.rejected_config.as_ref() != Some(error) {
-                    warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), %error,
+                    warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), error = %excerpt(&error.to_string()),
                         "ignoring the DCS config key: keeping the last valid dynamic configuration");
                     self.rejected_config = Some(error.clone());
                 }
@@ -1081,6 +1175,13 @@ where
     async fn act(&mut self, decision: &Decision, local: &LocalPostgres) {
         let decided_at = self.clock.now();
         self.failing_over_from = None;
+        // Published before acting: a demotion is announced before it starts.
+        let writable = decision.role == EngineRole::Leader && local.role == LocalRole::Primary;
+        self.status.send_if_modified(|status| {
+            let changed = status.writable != writable;
+            status.writable = writable;
+            changed
+        });
         for action in &decision.actions {
             // A plan is only as good as the observation it came from: after a
             // pause (GC, SIGSTOP, a slow disk) the rest of it may be wrong.
@@ -1208,18 +1309,29 @@ where
                             .wal_position
                             .filter(|_| local.role == LocalRole::Primary)
                         {
-                            let status = Record::Status(LeaderStatus {
+                            let value = LeaderStatus {
                                 optime,
                                 ..LeaderStatus::default()
-                            });
-                            if let Err(error) = bounded(
-                                "write status",
-                                retry,
-                                self.dcs.write(&status, Expected::Any),
-                            )
-                            .await
-                            {
-                                debug!(member = %me, %error, "could not write status");
+                            };
+                            // Written only when it changed (as Patroni does):
+                            // an idle primary's loop makes no DCS write.
+                            let stored = self
+                                .last_view
+                                .as_ref()
+                                .and_then(|view| view.status.as_ref())
+                                .and_then(|status| status.as_ref().ok())
+                                .is_some_and(|status| status.value == value);
+                            if !stored {
+                                let status = Record::Status(value);
+                                let written = bounded(
+                                    "write status",
+                                    retry,
+                                    self.dcs.write(&status, Expected::Any),
+                                )
+                                .await;
+                                if let Err(error) = written {
+                                    debug!(member = %me, %error, "could not write status");
+                                }
                             }
                         }
                         Ok(())
@@ -1244,6 +1356,14 @@ where
                 let result = pg_bounded(pg_timeout, self.postgres.promote()).await;
                 if let Ok(timeline) = &result {
                     info!(cluster = %self.dcs.layout().scope(), member = %me, %timeline, "promoted");
+                    // Published at once: health checks must not wait for the
+                    // rest of the loop (history, routes).
+                    let new_timeline = *timeline;
+                    self.status.send_modify(|status| {
+                        status.role = EngineRole::Leader;
+                        status.writable = true;
+                        status.timeline = Some(new_timeline);
+                    });
                     let reason = self.failover_report(local.wal_position);
                     self.record_history(*timeline, local.wal_position, reason)
                         .await;
@@ -1268,6 +1388,8 @@ where
                 None => Err(format!("no connection address for {name}")),
             },
             Action::Demote(mode) => {
+                // Not writable from now on, whatever the decision's role.
+                self.status.send_modify(|status| status.writable = false);
                 let stop = match mode {
                     DemoteMode::Graceful | DemoteMode::Switchover => StopMode::Fast,
                     DemoteMode::Immediate => StopMode::Immediate,
@@ -1634,6 +1756,7 @@ where
         if let Some(task) = self.long_task.take() {
             task.abort();
         }
+        self.status.send_modify(|status| status.writable = false);
         let me = self.name().clone();
         let retry = self.config.retry_timeout;
         let holds_lock = self.memory.lock_renewed_at.is_some();
@@ -1747,6 +1870,32 @@ async fn bootstrap<D: Dcs + ?Sized, P: Postgres + ?Sized>(
         Ok(true) => (Outcome::Done, sent_at),
         _ => (Outcome::Failed, started),
     }
+}
+
+/// The longest excerpt of a DCS value (or an error quoting it) that goes
+/// into a log line.
+const EXCERPT_BYTES: usize = 200;
+
+/// The first [`EXCERPT_BYTES`] of `text` (cut at a character boundary),
+/// with the full length when cut.
+fn excerpt(text: &str) -> String {
+    if text.len() <= EXCERPT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = EXCERPT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
+/// A hash of `text`, to tell a changed error from a repeated one without
+/// keeping a copy of a huge value.
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ mod engine;
 pub mod sim;
 
 pub use decide::{
-    decide, Action, DcsObservation, Decision, DemoteMode, EngineRole, FailsafeInputs,
-    FailsafeRound, Inputs, LastLeader, LocalPostgres, LocalRole, Memory, NodeSettings, Outcome,
-    PeerReport, ReceivedHeartbeat, Routes, LOOPS_BEFORE_REWIND,
+    decide, implausible_records, Action, DcsObservation, Decision, DemoteMode, EngineRole,
+    FailsafeInputs, FailsafeRound, Inputs, LastLeader, LocalPostgres, LocalRole, Memory,
+    NodeSettings, Outcome, PeerReport, ReceivedHeartbeat, Routes, LOOPS_BEFORE_REWIND,
 };
 pub use engine::{
     local_postgres, Decider, Engine, EngineSettings, EngineStatus, FailsafeHandle, FailsafeRefusal,

@@ -3,9 +3,21 @@
 //! simulated PostgreSQL, on tokio's virtual clock, with faults chosen by a
 //! seed. The same seed replays the same run.
 //!
+//! The world is not kind: every node's clock drifts (±2 %) and is skewed;
+//! WAL ships with random lag and stalls; synchronous commits wait for the
+//! standbys `synchronous_standby_names` names (`*`: any standby; `FIRST n`,
+//! `ANY n`); a slowed DCS request lands even after its caller timed out;
+//! the store may keep the lock for less than the ttl
+//! ([`MemoryDcs::set_max_ttl`]); an operator changes ttl, loop_wait,
+//! retry_timeout, the synchronous count and strictness during the run and
+//! malformed values land in the config, sync, failover and member keys;
+//! PostgreSQL is restarted through the REST API; a disarmed write fence (a
+//! fresh one after a crash) does not stop a primary from writing.
+//!
 //! Invariants, checked whenever they can change:
-//! - at most one node is a writable primary at any instant (writable from
-//!   its promotion until its demotion or its write fence takes effect);
+//! - at most one node acknowledges writes at any instant: a running primary
+//!   whose write fence has not expired and, when it names synchronous
+//!   standbys, enough of them stream from it to acknowledge a commit;
 //! - a node never promotes (or starts as primary) without holding the lock;
 //! - in synchronous mode, no acknowledged write is missing from a newly
 //!   promoted primary;
@@ -65,6 +77,41 @@ pub struct SimConfig {
     pub failsafe: bool,
     /// What happens after the cluster formed.
     pub scenario: Scenario,
+    /// With `synchronous`: `synchronous_node_count` (1..n-1).
+    pub sync_count: u32,
+    /// With `synchronous`: `synchronous_mode_strict`.
+    pub strict: bool,
+    /// The store keeps a lock at most this long ([`MemoryDcs::set_max_ttl`]),
+    /// in some seeds below the configured ttl.
+    pub max_ttl: Option<Duration>,
+    /// Each node's clock runs at its own rate (parts per million off real
+    /// time, within ±[`MAX_DRIFT_PPM`]) and from its own offset.
+    pub drift: bool,
+    /// An operator rewrites ttl, loop_wait, retry_timeout, the synchronous
+    /// count and strictness in the config key during the run, and malformed
+    /// values land in the config, sync, failover and member keys.
+    pub dynamic: bool,
+    /// A deliberately wrong world (to prove that the invariants catch it).
+    pub model_bug: Option<ModelBug>,
+}
+
+/// The largest clock drift a seed chooses, in parts per million: 2 %. The
+/// write fence keeps `retry_timeout` of margin below the lock's lifetime,
+/// at least 1 s of at most 40 s, so the drift must stay below 2.5 %.
+pub const MAX_DRIFT_PPM: i64 = 20_000;
+
+/// Defects planted in the simulated world rather than in the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelBug {
+    /// The DCS client does not report the store's lock lifetime: deadlines
+    /// count from the configured ttl, not the lock's real life.
+    HideLockLifetime,
+    /// A replica's observed timeline is its last restartpoint's (pg_control)
+    /// rather than the timeline it replays.
+    TimelineFromRestartpoint,
+    /// A REST restart bypasses the engine: PostgreSQL is stopped and started
+    /// in the role it ran in, whether or not this node holds the lock.
+    RestartBypassesEngine,
 }
 
 /// The course of a run.
@@ -88,15 +135,31 @@ impl SimConfig {
     /// synchronous, all chosen by the seed.
     pub fn mixed(seed: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x5EED_5EED);
+        let nodes = if rng.chance(0.5) { 3 } else { 5 };
+        let synchronous = rng.chance(0.5);
+        let failsafe = rng.chance(0.5);
+        let quorum = rng.chance(0.5);
+        // Drawn after the original four, so that those stay what they were.
+        let sync_count = 1 + rng.below(nodes as u64 - 1) as u32;
+        let strict = rng.chance(0.3);
+        let max_ttl = rng
+            .chance(0.3)
+            .then(|| Duration::from_secs(12 + rng.below(24)));
         SimConfig {
             seed,
-            nodes: if rng.chance(0.5) { 3 } else { 5 },
-            synchronous: rng.chance(0.5),
+            nodes,
+            synchronous,
             fault_duration: Duration::from_secs(40),
             decider: None,
-            failsafe: rng.chance(0.5),
+            failsafe,
             scenario: Scenario::Mixed,
-            quorum: rng.chance(0.5),
+            quorum,
+            sync_count,
+            strict,
+            max_ttl,
+            drift: true,
+            dynamic: rng.chance(0.5),
+            model_bug: None,
         }
     }
 
@@ -194,6 +257,30 @@ impl Clock for TokioClock {
     }
 }
 
+/// One node's monotonic clock: its own offset, running `ppm` parts per
+/// million fast (positive) or slow (negative) against real time.
+#[derive(Debug)]
+struct NodeClock {
+    start: Instant,
+    offset: Duration,
+    ppm: i64,
+}
+
+impl Clock for NodeClock {
+    fn now(&self) -> Duration {
+        let real = self.start.elapsed();
+        let skew = real.as_nanos() as i128 * self.ppm as i128 / 1_000_000;
+        let nanos = (real.as_nanos() as i128 + skew).max(0) as u64;
+        self.offset + Duration::from_nanos(nanos)
+    }
+}
+
+/// How long a span `local` long on a clock `ppm` off lasts in real time.
+fn real_span(local: Duration, ppm: i64) -> Duration {
+    let nanos = local.as_nanos() as i128 * 1_000_000 / (1_000_000 + ppm as i128);
+    Duration::from_nanos(nanos.clamp(0, u64::MAX as i128) as u64)
+}
+
 const SYSTEM_ID: SystemId = SystemId(7_300_000_000_000_000_001);
 
 #[derive(Clone, Debug)]
@@ -217,6 +304,8 @@ struct PgNode {
     primary: bool,
     crashed: bool,
     upstream: Option<usize>,
+    /// The write fence's deadline; `None`: disarmed, and a disarmed fence
+    /// (as a fresh one after a crash) lets a primary write without limit.
     fence_until: Option<Instant>,
     sync_names: BTreeSet<String>,
     sync_count: u32,
@@ -226,6 +315,14 @@ struct PgNode {
     agent_up: bool,
     /// Where its REST API hands failsafe heartbeats.
     failsafe: Option<FailsafeHandle>,
+    /// `synchronous_standby_names` is `ANY n (...)` (else `FIRST n`).
+    sync_any: bool,
+    /// Its clock's drift, parts per million.
+    drift_ppm: i64,
+    /// WAL shipping to this replica is held up until then.
+    stalled_until: Option<Instant>,
+    /// The timeline of the last restartpoint (a replica's pg_control).
+    restartpoint_timeline: u32,
 }
 
 struct World {
@@ -240,7 +337,9 @@ struct World {
     rng: Rng,
     start: Instant,
     synchronous: bool,
-    quorum: bool,
+    model_bug: Option<ModelBug>,
+    /// Faults are being injected (WAL shipping stalls only then).
+    faults_active: bool,
 }
 
 impl World {
@@ -280,12 +379,44 @@ impl World {
         }
     }
 
+    /// PostgreSQL on `index` would acknowledge a commit now: a running
+    /// primary, not fenced off, and its named synchronous standbys there to
+    /// acknowledge.
     fn writable(&self, index: usize, now: Instant) -> bool {
         let node = &self.nodes[index];
         node.running
             && node.primary
             && node.data.is_some()
-            && node.fence_until.is_some_and(|until| until > now)
+            && node.fence_until.is_none_or(|until| until > now)
+            && self.acknowledgers(index, now).is_some()
+    }
+
+    /// The standbys that would acknowledge a commit on primary `index` now
+    /// (empty: asynchronous), `None` when the commit would wait: PostgreSQL
+    /// waits for `count` of the standbys `synchronous_standby_names` names
+    /// (`*`: any standby) that stream from it and hold its WAL.
+    fn acknowledgers(&self, index: usize, now: Instant) -> Option<Vec<usize>> {
+        let node = &self.nodes[index];
+        if node.sync_names.is_empty() {
+            return Some(Vec::new());
+        }
+        let log = node.data.as_ref().map(|d| d.log.as_slice())?;
+        let any = node.sync_names.contains("*");
+        let count = node.sync_count as usize;
+        let eligible: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| {
+                let other = &self.nodes[j];
+                (any || node.sync_names.contains(other.name.as_str()))
+                    && j != index
+                    && other.running
+                    && !other.primary
+                    && other.upstream == Some(index)
+                    && self.reachable(index, j)
+                    && other.stalled_until.is_none_or(|until| until <= now)
+                    && other.data.as_ref().is_some_and(|d| is_prefix(&d.log, log))
+            })
+            .collect();
+        (eligible.len() >= count).then_some(eligible)
     }
 
     fn check_single_writer(&mut self) {
@@ -301,6 +432,71 @@ impl World {
 
     fn index(&self, name: &MemberName) -> Option<usize> {
         self.nodes.iter().position(|n| &n.name == name)
+    }
+
+    /// The timeline `index` reports: a running replica's is the one it
+    /// replays, unless the planted bug reads its last restartpoint's.
+    fn reported_timeline(&self, index: usize) -> Option<u32> {
+        let node = &self.nodes[index];
+        let data = node.data.as_ref()?;
+        if self.model_bug == Some(ModelBug::TimelineFromRestartpoint)
+            && node.running
+            && !node.primary
+        {
+            return Some(node.restartpoint_timeline);
+        }
+        Some(data.timeline)
+    }
+
+    /// Node `index` now takes writes (`how`: promoted, started as primary):
+    /// acknowledged writes it lacks are lost, in synchronous mode a broken
+    /// invariant. Returns how many; each loss counts once.
+    fn settle(&mut self, index: usize, how: &str) -> u64 {
+        let name = self.nodes[index].name.clone();
+        let log: BTreeSet<u64> = self.nodes[index]
+            .data
+            .as_ref()
+            .map(|d| d.log.iter().map(|(_, id)| *id).collect())
+            .unwrap_or_default();
+        let missing = self
+            .acknowledged
+            .iter()
+            .filter(|id| !log.contains(id))
+            .count() as u64;
+        self.lost_writes += missing;
+        if missing > 0 && self.synchronous {
+            let first_missing = self
+                .acknowledged
+                .iter()
+                .find(|id| !log.contains(id))
+                .copied();
+            let holders: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.data
+                        .as_ref()
+                        .is_some_and(|d| d.log.iter().any(|(_, id)| Some(*id) == first_missing))
+                })
+                .map(|n| {
+                    format!(
+                        "{} ({} records)",
+                        n.name,
+                        n.data.as_ref().map_or(0, |d| d.log.len())
+                    )
+                })
+                .collect();
+            self.log(format!(
+                "first missing write {first_missing:?} is on {holders:?}; {name} has {} records",
+                log.len()
+            ));
+            self.violation(format!(
+                "{name} {how} in synchronous mode without {missing} acknowledged write(s)"
+            ));
+        }
+        // Writes already acknowledged are settled: count each loss once.
+        self.acknowledged.retain(|id| log.contains(id));
+        missing
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
@@ -358,7 +554,7 @@ impl Postgres for SimPostgres {
         };
         let position = Some(data.position());
         let mut state = LocalState {
-            timeline: Some(Timeline(data.timeline)),
+            timeline: world.reported_timeline(self.index).map(Timeline),
             system_id: Some(SYSTEM_ID),
             ..LocalState::empty()
         };
@@ -396,7 +592,9 @@ impl Postgres for SimPostgres {
                 .map(|(_, other)| ReplicationConnection {
                     application_name: other.name.to_string(),
                     state: WalSenderState::Streaming,
-                    sync_state: if node.sync_names.contains(other.name.as_str()) {
+                    sync_state: if node.sync_names.contains(other.name.as_str())
+                        || node.sync_names.contains("*")
+                    {
                         StandbySyncState::Sync
                     } else {
                         StandbySyncState::Async
@@ -427,7 +625,7 @@ impl Postgres for SimPostgres {
         }
         if !node.sync_names.is_empty() {
             let names = node.sync_names.iter().cloned();
-            state.synchronous_standby_names = if world.quorum {
+            state.synchronous_standby_names = if node.sync_any {
                 SyncStandbyNames::any(node.sync_count, names).ok()
             } else {
                 SyncStandbyNames::first(node.sync_count, names).ok()
@@ -475,6 +673,7 @@ impl Postgres for SimPostgres {
         node.crashed = false;
         node.upstream = Some(from);
         node.fence_until = None;
+        node.restartpoint_timeline = node.data.as_ref().map_or(1, |d| d.timeline);
         node.sync_names.clear();
         let name = node.name.clone();
         world.log(format!("{name}: cloned from {}", source.member));
@@ -492,10 +691,21 @@ impl Postgres for SimPostgres {
         };
         if as_role == StartAs::Primary && !self.holds_lock().await {
             let mut world = lock(&self.world);
-            let name = world.nodes[self.index].name.clone();
-            world.violation(format!(
-                "{name} started as primary without holding the lock"
-            ));
+            let node = &world.nodes[self.index];
+            let name = node.name.clone();
+            // Paused between its renewal and the start, a node may start
+            // after its lock expired: the fence, armed at the renewal and
+            // expired since, keeps it from taking writes. Without a fence
+            // in force the start is a second writer in the making.
+            if node.fence_until.is_none_or(|until| until > Instant::now()) {
+                world.violation(format!(
+                    "{name} started as primary without holding the lock"
+                ));
+            } else {
+                world.log(format!(
+                    "{name} started as primary after its lock expired, fenced off"
+                ));
+            }
         }
         let mut world = lock(&self.world);
         let node = &mut world.nodes[self.index];
@@ -514,6 +724,9 @@ impl Postgres for SimPostgres {
         node.upstream = upstream;
         let name = node.name.clone();
         world.log(format!("{name}: started as {as_role:?}"));
+        if as_role == StartAs::Primary {
+            world.settle(self.index, "started as primary");
+        }
         world.check_single_writer();
         Ok(())
     }
@@ -550,49 +763,11 @@ impl Postgres for SimPostgres {
         let timeline = data.timeline;
         node.primary = true;
         node.upstream = None;
-        let log: BTreeSet<u64> = data.log.iter().map(|(_, id)| *id).collect();
-        let missing = world
-            .acknowledged
-            .iter()
-            .filter(|id| !log.contains(id))
-            .count() as u64;
         world.promotions += 1;
-        world.lost_writes += missing;
+        let missing = world.settle(self.index, "promoted");
         world.log(format!(
             "{name}: promoted to timeline {timeline}, {missing} acknowledged writes missing"
         ));
-        if missing > 0 && world.synchronous {
-            let first_missing = world
-                .acknowledged
-                .iter()
-                .find(|id| !log.contains(id))
-                .copied();
-            let holders: Vec<String> = world
-                .nodes
-                .iter()
-                .filter(|n| {
-                    n.data
-                        .as_ref()
-                        .is_some_and(|d| d.log.iter().any(|(_, id)| Some(*id) == first_missing))
-                })
-                .map(|n| {
-                    format!(
-                        "{} ({} records)",
-                        n.name,
-                        n.data.as_ref().map_or(0, |d| d.log.len())
-                    )
-                })
-                .collect();
-            world.log(format!(
-                "first missing write {first_missing:?} is on {holders:?}; {name} has {} records",
-                log.len()
-            ));
-            world.violation(format!(
-                "{name} promoted in synchronous mode without {missing} acknowledged write(s)"
-            ));
-        }
-        // Writes already acknowledged are settled: count each loss once.
-        world.acknowledged.retain(|id| log.contains(id));
         world.check_single_writer();
         Ok(Timeline(timeline))
     }
@@ -673,6 +848,7 @@ impl Postgres for SimPostgres {
         let node = &mut world.nodes[self.index];
         node.sync_names = names.names().iter().cloned().collect();
         node.sync_count = names.count();
+        node.sync_any = matches!(names, SyncStandbyNames::Any { .. });
         let line = format!("{}: synchronous_standby_names = '{names}'", node.name);
         world.log(line);
         Ok(())
@@ -683,7 +859,9 @@ impl Postgres for SimPostgres {
 impl Fence for SimPostgres {
     async fn arm(&self, valid_for: Duration) -> Result<(), String> {
         let mut world = lock(&self.world);
-        world.nodes[self.index].fence_until = Some(Instant::now() + valid_for);
+        // `valid_for` is on this node's clock.
+        let real = real_span(valid_for, world.nodes[self.index].drift_ppm);
+        world.nodes[self.index].fence_until = Some(Instant::now() + real);
         world.check_single_writer();
         Ok(())
     }
@@ -721,7 +899,7 @@ impl PeerProbe for SimProbe {
                     member.name.clone(),
                     PeerReport {
                         wal_position: Some(data.position()),
-                        timeline: Some(Timeline(data.timeline)),
+                        timeline: world.reported_timeline(j).map(Timeline),
                         running_primary: node.primary,
                     },
                 ))
@@ -765,20 +943,60 @@ impl FailsafeSender for SimFailsafe {
     }
 }
 
-/// A node's DCS client, which the simulation can slow down or cut off.
+/// A node's DCS client, which the simulation can slow down or cut off. A
+/// slowed-down request reaches the store after the delay whether or not its
+/// caller still waits: a write may land after the caller timed out.
 #[derive(Clone)]
 struct SimDcs {
     inner: MemoryDcs,
     delay: Arc<Mutex<Duration>>,
     /// For the trace.
     world: Option<Arc<Mutex<World>>>,
+    /// [`ModelBug::HideLockLifetime`].
+    hide_lock_lifetime: bool,
 }
 
 impl SimDcs {
+    fn current_delay(&self) -> Duration {
+        *self.delay.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn lag(&self) {
-        let delay = *self.delay.lock().unwrap_or_else(PoisonError::into_inner);
+        let delay = self.current_delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Sends a request that takes effect after the delay, even if the caller
+    /// gave up on it meanwhile (a timeout dropped its future).
+    async fn send<T, F, Fut>(&self, request: F) -> Result<T, DcsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(MemoryDcs) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DcsError>> + Send + 'static,
+    {
+        let delay = self.current_delay();
+        let inner = self.inner.clone();
+        if delay.is_zero() {
+            return request(inner).await;
+        }
+        let world = self.world.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            request(inner).await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Some(world) = world {
+                    lock(&world).log("a DCS request's task vanished".to_owned());
+                }
+                Err(DcsError::Unreachable {
+                    backend: "memory",
+                    message: "simulated request lost".to_owned(),
+                })
+            }
         }
     }
 }
@@ -793,58 +1011,77 @@ impl Dcs for SimDcs {
         self.inner.read_view().await
     }
     async fn try_initialize(&self) -> Result<bool, DcsError> {
-        self.lag().await;
-        self.inner.try_initialize().await
+        self.send(|dcs| async move { dcs.try_initialize().await })
+            .await
     }
     async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        self.lag().await;
-        self.inner.complete_initialize(system_id).await
+        self.send(move |dcs| async move { dcs.complete_initialize(system_id).await })
+            .await
     }
     async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        self.lag().await;
-        self.inner.cancel_initialize().await
+        self.send(|dcs| async move { dcs.cancel_initialize().await })
+            .await
     }
     async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        self.lag().await;
-        let result = self.inner.acquire_leader(me, ttl).await;
-        if let (Ok(true), Some(world)) = (&result, &self.world) {
-            lock(world).log(format!("{me}: holds the lock"));
-        }
-        result
+        let world = self.world.clone();
+        let name = me.clone();
+        self.send(move |dcs| async move {
+            let result = dcs.acquire_leader(&name, ttl).await;
+            if let (Ok(true), Some(world)) = (&result, &world) {
+                lock(world).log(format!("{name}: holds the lock"));
+            }
+            result
+        })
+        .await
     }
     async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        self.lag().await;
-        self.inner.renew_leader(me, ttl).await
+        let name = me.clone();
+        self.send(move |dcs| async move { dcs.renew_leader(&name, ttl).await })
+            .await
     }
     fn lock_lifetime(&self) -> Option<Duration> {
+        if self.hide_lock_lifetime {
+            return None;
+        }
         // The delay comes before the store's call: counted from the request
         // sent, the store's lifetime is a lower bound.
         self.inner.lock_lifetime()
     }
     async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        self.lag().await;
-        self.inner.release_leader(me).await
+        let name = me.clone();
+        self.send(move |dcs| async move { dcs.release_leader(&name).await })
+            .await
     }
     async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        self.lag().await;
-        self.inner.publish_member(member, ttl).await
+        let member = member.clone();
+        self.send(move |dcs| async move { dcs.publish_member(&member, ttl).await })
+            .await
     }
     async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        self.lag().await;
-        self.inner.remove_member(name).await
+        let name = name.clone();
+        self.send(move |dcs| async move { dcs.remove_member(&name).await })
+            .await
     }
     async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        self.lag().await;
-        let result = self.inner.write(record, expected).await;
-        if let (Record::Sync(sync), Ok(_), Some(world)) = (record, &result, &self.world) {
-            let names: Vec<&str> = sync.sync_standbys.iter().map(MemberName::as_str).collect();
-            lock(world).log(format!("sync key = {names:?} (leader {:?})", sync.leader));
-        }
-        result
+        let world = self.world.clone();
+        let record = record.clone();
+        self.send(move |dcs| async move {
+            let result = dcs.write(&record, expected).await;
+            if let (Record::Sync(sync), Ok(_), Some(world)) = (&record, &result, &world) {
+                let names: Vec<&str> = sync.sync_standbys.iter().map(MemberName::as_str).collect();
+                lock(world).log(format!(
+                    "sync key = {names:?} quorum {:?} (leader {:?})",
+                    sync.quorum, sync.leader
+                ));
+            }
+            result
+        })
+        .await
     }
     async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        self.lag().await;
-        self.inner.delete(key, expected).await
+        let key = key.clone();
+        self.send(move |dcs| async move { dcs.delete(&key, expected).await })
+            .await
     }
     async fn watch(
         &self,
@@ -903,15 +1140,27 @@ struct NodeHandle {
     pause: Arc<PauseSwitch>,
     dcs: SimDcs,
     postgres: SimPostgres,
+    /// This node's monotonic clock.
+    clock: Arc<NodeClock>,
+    /// How far its wall clock is off, in milliseconds.
+    wall_skew_ms: i64,
+    /// Asks its engine to restart PostgreSQL.
+    restart: Option<crate::RestartHandle>,
 }
 
 struct Cluster {
     world: Arc<Mutex<World>>,
     store: MemoryDcs,
-    clock: Arc<TokioClock>,
+    /// The configuration in force (operators may change it).
     config: ClusterConfig,
+    /// The longest ttl in force during the run (for the liveness bound).
+    max_ttl_seen: Duration,
     decider: Option<Decider>,
     nodes: Vec<NodeHandle>,
+    /// [`SimConfig::dynamic`].
+    dynamic: bool,
+    /// [`SimConfig::model_bug`].
+    model_bug: Option<ModelBug>,
 }
 
 fn member_name(index: usize) -> MemberName {
@@ -943,13 +1192,14 @@ impl Cluster {
         let wall = Utc
             .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
             .single()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + chrono::Duration::milliseconds(handle.wall_skew_ms);
         let mut engine = Engine::new(
             handle.dcs.clone(),
             handle.postgres.clone(),
             RecordingRouter::new(name.to_string()),
             settings,
-            self.clock.clone(),
+            handle.clock.clone(),
         )
         .with_fence(Arc::new(handle.postgres.clone()))
         .with_peer_probe(Arc::new(SimProbe {
@@ -965,6 +1215,7 @@ impl Cluster {
         if let Some(decider) = self.decider {
             engine = engine.with_decider(decider);
         }
+        handle.restart = Some(engine.restart_handle());
         let mut status = engine.status();
         let world = Arc::clone(&self.world);
         let reporter = tokio::spawn(async move {
@@ -1032,10 +1283,13 @@ async fn simulate(sim: &SimConfig) -> SimReport {
             SynchronousMode::Off
         },
         failsafe_mode: sim.failsafe,
+        synchronous_node_count: sim.sync_count.max(1),
+        synchronous_mode_strict: sim.synchronous && sim.strict,
         ..ClusterConfig::default()
     };
     let layout = KeyLayout::new("service", "sim").unwrap_or_else(|_| unreachable!());
     let store = MemoryDcs::with_clock(layout, clock.clone());
+    store.set_max_ttl(sim.max_ttl);
     let world = Arc::new(Mutex::new(World {
         nodes: (0..sim.nodes)
             .map(|i| PgNode {
@@ -1051,6 +1305,14 @@ async fn simulate(sim: &SimConfig) -> SimReport {
                 isolated: false,
                 agent_up: false,
                 failsafe: None,
+                sync_any: sim.quorum,
+                drift_ppm: if sim.drift {
+                    rng.below(2 * MAX_DRIFT_PPM as u64 + 1) as i64 - MAX_DRIFT_PPM
+                } else {
+                    0
+                },
+                stalled_until: None,
+                restartpoint_timeline: 1,
             })
             .collect(),
         acknowledged: Vec::new(),
@@ -1063,16 +1325,34 @@ async fn simulate(sim: &SimConfig) -> SimReport {
         rng: Rng::new(sim.seed.rotate_left(17)),
         start,
         synchronous: sim.synchronous,
-        quorum: sim.quorum,
+        model_bug: sim.model_bug,
+        faults_active: false,
     }));
     let mut cluster = Cluster {
         world: Arc::clone(&world),
         store: store.clone(),
-        clock,
         config: config.clone(),
+        max_ttl_seen: config.ttl,
+        dynamic: sim.dynamic,
+        model_bug: sim.model_bug,
         decider: sim.decider,
         nodes: (0..sim.nodes)
             .map(|i| NodeHandle {
+                clock: Arc::new(NodeClock {
+                    start,
+                    offset: if sim.drift {
+                        rng.millis(0, 3_600_000)
+                    } else {
+                        Duration::ZERO
+                    },
+                    ppm: lock(&world).nodes[i].drift_ppm,
+                }),
+                wall_skew_ms: if sim.drift {
+                    rng.below(4001) as i64 - 2000
+                } else {
+                    0
+                },
+                restart: None,
                 task: None,
                 reporter: None,
                 pause: Arc::new(PauseSwitch::default()),
@@ -1080,6 +1360,7 @@ async fn simulate(sim: &SimConfig) -> SimReport {
                     inner: store.connect(),
                     delay: Arc::new(Mutex::new(Duration::ZERO)),
                     world: Some(Arc::clone(&world)),
+                    hide_lock_lifetime: sim.model_bug == Some(ModelBug::HideLockLifetime),
                 },
                 postgres: SimPostgres {
                     index: i,
@@ -1106,28 +1387,51 @@ async fn simulate(sim: &SimConfig) -> SimReport {
         Instant::now()
     };
     let mut healers: Vec<(Instant, Heal)> = Vec::new();
+    lock(&world).faults_active = sim.scenario == Scenario::Mixed;
     while Instant::now() < faults_end {
         tokio::time::sleep(rng.millis(200, 2500)).await;
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = healers.drain(..).partition(|(at, _)| *at <= now);
         healers = later;
         for (_, heal) in due {
-            heal.apply(&mut cluster);
+            heal.apply(&mut cluster).await;
         }
         inject_fault(&mut cluster, &mut rng, &mut healers).await;
     }
     for (_, heal) in healers.drain(..) {
-        heal.apply(&mut cluster);
+        heal.apply(&mut cluster).await;
     }
-    heal_everything(&mut cluster);
-    lock(&world).log("faults stopped".to_owned());
+    heal_everything(&mut cluster).await;
+    {
+        let mut world = lock(&world);
+        world.faults_active = false;
+        for node in &mut world.nodes {
+            node.stalled_until = None;
+        }
+        world.log("faults stopped".to_owned());
+    }
 
     // Liveness: a primary within 2 × ttl + loop_wait, followers within a further ttl.
-    let ttl = config.ttl;
-    tokio::time::sleep(ttl * 2 + config.loop_wait).await;
+    // Under the longest ttl in force during the run: a lock taken under it
+    // may still live.
+    let ttl = cluster.max_ttl_seen;
+    tokio::time::sleep(ttl * 2 + cluster.config.loop_wait).await;
     let leader = check_primary(&cluster).await;
     tokio::time::sleep(ttl).await;
     if let Some(leader) = leader {
+        // A switchover requested before the faults stopped may have handed
+        // over meanwhile: the followers follow the lock holder if it writes.
+        let holder = match cluster.store.read_view().await {
+            Ok(view) => view.leader_name().cloned(),
+            Err(_) => None,
+        };
+        let leader = {
+            let world = lock(&world);
+            holder
+                .and_then(|h| world.index(&h))
+                .filter(|&i| world.writable(i, Instant::now()))
+                .unwrap_or(leader)
+        };
         check_followers(&cluster, leader);
     }
 
@@ -1218,10 +1522,24 @@ enum Heal {
     Reconnect(usize),
     Rejoin(usize),
     Undelay(usize),
+    /// An operator repairs a key a malformed value was written to.
+    Repair(Repair),
+}
+
+/// A key to repair, and how.
+enum Repair {
+    /// Writes the configuration in force back.
+    Config,
+    /// Writes back the sync key as it was (or deletes it, if it was absent).
+    Sync(Option<matriarch_model::SyncState>),
+    /// Deletes the failover key.
+    Failover,
+    /// Deletes the member key (its agent publishes it again).
+    Member(usize),
 }
 
 impl Heal {
-    fn apply(self, cluster: &mut Cluster) {
+    async fn apply(self, cluster: &mut Cluster) {
         let log = |line: String| lock(&cluster.world).log(line);
         match self {
             Heal::RestartAgent(i) => {
@@ -1251,11 +1569,39 @@ impl Heal {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Duration::ZERO;
             }
+            Heal::Repair(repair) => {
+                let store = &cluster.store;
+                let (what, result) = match repair {
+                    Repair::Config => (
+                        "config",
+                        store
+                            .write(&Record::Config(cluster.config.clone()), Expected::Any)
+                            .await
+                            .map(drop),
+                    ),
+                    Repair::Sync(Some(sync)) => (
+                        "sync",
+                        store
+                            .write(&Record::Sync(sync), Expected::Any)
+                            .await
+                            .map(drop),
+                    ),
+                    Repair::Sync(None) => {
+                        ("sync", store.delete(&DcsKey::Sync, Expected::Any).await)
+                    }
+                    Repair::Failover => (
+                        "failover",
+                        store.delete(&DcsKey::Failover, Expected::Any).await,
+                    ),
+                    Repair::Member(j) => ("member", store.remove_member(&member_name(j)).await),
+                };
+                log(format!("operator repaired the {what} key: {result:?}"));
+            }
         }
     }
 }
 
-fn heal_everything(cluster: &mut Cluster) {
+async fn heal_everything(cluster: &mut Cluster) {
     for i in 0..cluster.nodes.len() {
         for heal in [
             Heal::Resume(i),
@@ -1264,7 +1610,7 @@ fn heal_everything(cluster: &mut Cluster) {
             Heal::Undelay(i),
             Heal::RestartAgent(i),
         ] {
-            heal.apply(cluster);
+            heal.apply(cluster).await;
         }
     }
 }
@@ -1275,7 +1621,8 @@ async fn inject_fault(cluster: &mut Cluster, rng: &mut Rng, healers: &mut Vec<(I
     let name = member_name(i);
     let now = Instant::now();
     let ttl = cluster.config.ttl;
-    match rng.below(8) {
+    let retry = cluster.config.retry_timeout;
+    match rng.below(if cluster.dynamic { 12 } else { 10 }) {
         0 => {
             // The whole node dies: agent and PostgreSQL.
             cluster.crash_agent(i);
@@ -1337,6 +1684,22 @@ async fn inject_fault(cluster: &mut Cluster, rng: &mut Rng, healers: &mut Vec<(I
                 healers.push((until, Heal::Reconnect(j)));
             }
         }
+        8 => restart_postgres(cluster, rng).await,
+        9 => {
+            // Requests land after their caller gave up on them.
+            let delay = retry + rng.millis(0, 2 * retry.as_millis() as u64);
+            *cluster.nodes[i]
+                .dcs
+                .delay
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = delay;
+            lock(&cluster.world).log(format!(
+                "{name}: DCS requests land {delay:?} late, past retry_timeout"
+            ));
+            healers.push((now + rng.millis(500, 10_000), Heal::Undelay(i)));
+        }
+        10 => change_config(cluster, rng).await,
+        11 => corrupt_key(cluster, rng, healers).await,
         _ => {
             // A planned switchover, to a named candidate or to any.
             let Ok(view) = cluster.store.read_view().await else {
@@ -1363,6 +1726,131 @@ async fn inject_fault(cluster: &mut Cluster, rng: &mut Rng, healers: &mut Vec<(I
     }
 }
 
+/// An operator rewrites the timing, the synchronous count or strictness in
+/// the config key (valid values only: the agents check them too).
+async fn change_config(cluster: &mut Cluster, rng: &mut Rng) {
+    let mut config = cluster.config.clone();
+    match rng.below(3) {
+        0 => {
+            let ttl = 10 + rng.below(31);
+            let retry = 1 + rng.below((ttl / 4).min(10));
+            let loop_wait = 1 + rng.below((ttl - 2 * retry).min(10));
+            config.ttl = Duration::from_secs(ttl);
+            config.retry_timeout = Duration::from_secs(retry);
+            config.loop_wait = Duration::from_secs(loop_wait);
+        }
+        1 => {
+            let n = cluster.nodes.len() as u64;
+            config.synchronous_node_count = 1 + rng.below(n - 1) as u32;
+        }
+        _ => config.synchronous_mode_strict = !config.synchronous_mode_strict,
+    }
+    if config.validate().is_err() {
+        return;
+    }
+    let written = cluster
+        .store
+        .write(&Record::Config(config.clone()), Expected::Any)
+        .await;
+    if written.is_ok() {
+        lock(&cluster.world).log(format!(
+            "operator set ttl {:?} loop_wait {:?} retry_timeout {:?} synchronous_node_count {} strict {}",
+            config.ttl,
+            config.loop_wait,
+            config.retry_timeout,
+            config.synchronous_node_count,
+            config.synchronous_mode_strict
+        ));
+        cluster.max_ttl_seen = cluster.max_ttl_seen.max(config.ttl);
+        cluster.config = config;
+    }
+}
+
+/// Writes a malformed value into the config, sync, failover or a member
+/// key; an operator repairs it a little later.
+async fn corrupt_key(cluster: &mut Cluster, rng: &mut Rng, healers: &mut Vec<(Instant, Heal)>) {
+    // Undecodable, or known fields of the wrong type. (A JSON object of
+    // unknown fields is no malformed config: it decodes as the defaults,
+    // as an operator's `{}` would.)
+    let garbage: &[u8] = match rng.below(4) {
+        0 => b"{\"ttl\": 30, \"loop_wait\": 1",
+        1 => b"\xff\xfe not json",
+        2 => b"{\"ttl\": \"soon\", \"synchronous_mode\": 3, \"leader\": 17}",
+        _ => b"{\"leader\": 17, \"sync_standby\": [1, 2], \"quorum\": \"many\", \"ttl\": [], \"conn_url\": 5, \"state\": 9, \"candidate\": 4}",
+    };
+    let now = Instant::now();
+    let later = now + rng.millis(500, 8000);
+    let (key, repair) = match rng.below(4) {
+        0 => ("config".to_owned(), Repair::Config),
+        1 => {
+            let previous = match cluster.store.read_view().await {
+                Ok(view) => match view.sync {
+                    Some(Ok(sync)) => Some(sync.value),
+                    Some(Err(_)) => return, // Already malformed.
+                    None => None,
+                },
+                Err(_) => return,
+            };
+            ("sync".to_owned(), Repair::Sync(previous))
+        }
+        2 => ("failover".to_owned(), Repair::Failover),
+        _ => {
+            let j = rng.below(cluster.nodes.len() as u64) as usize;
+            (format!("members/{}", member_name(j)), Repair::Member(j))
+        }
+    };
+    cluster.store.put_raw(&key, garbage);
+    lock(&cluster.world).log(format!("malformed value written to the {key} key"));
+    healers.push((later, Heal::Repair(repair)));
+}
+
+/// A REST restart of the lock holder's PostgreSQL (or of a random node's).
+async fn restart_postgres(cluster: &mut Cluster, rng: &mut Rng) {
+    let holder = match cluster.store.read_view().await {
+        Ok(view) => view.leader_name().cloned(),
+        Err(_) => None,
+    };
+    let i = holder
+        .and_then(|h| lock(&cluster.world).index(&h))
+        .unwrap_or_else(|| rng.below(cluster.nodes.len() as u64) as usize);
+    let name = member_name(i);
+    let world = Arc::clone(&cluster.world);
+    lock(&world).log(format!("{name}: PostgreSQL restart requested"));
+    if cluster.model_bug == Some(ModelBug::RestartBypassesEngine) {
+        // The old way: in the role observed at the request, after a stop
+        // that takes its time (a checkpoint), whatever happened meanwhile.
+        let postgres = cluster.nodes[i].postgres.clone();
+        let slow_stop = rng.millis(0, 2 * cluster.config.ttl.as_millis() as u64);
+        tokio::spawn(async move {
+            let role = match postgres.observe().await {
+                Ok(state) => state,
+                Err(_) => return,
+            };
+            let as_role = match (&role.server, &role.upstream) {
+                (ServerState::Running(PgRole::Primary), _) => StartAs::Primary,
+                (ServerState::Running(PgRole::Replica), Some(upstream)) => {
+                    StartAs::ReplicaOf(upstream.clone())
+                }
+                _ => return,
+            };
+            tokio::time::sleep(slow_stop).await;
+            let stopped = postgres.stop(StopMode::Fast).await;
+            let started = postgres.start(as_role).await;
+            lock(&world).log(format!(
+                "{name}: restarted outside the engine: {stopped:?} {started:?}"
+            ));
+        });
+        return;
+    }
+    let Some(handle) = cluster.nodes[i].restart.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let result = handle.restart(Duration::from_secs(30)).await;
+        lock(&world).log(format!("{name}: restart: {result:?}"));
+    });
+}
+
 /// A client writing every 20 ms to whichever node is writable, and the
 /// replication of every running replica from its upstream.
 async fn traffic(world: Arc<Mutex<World>>, seed: u64) {
@@ -1378,9 +1866,18 @@ async fn traffic(world: Arc<Mutex<World>>, seed: u64) {
         if writers.len() > 1 {
             world.check_single_writer();
         }
-        let Some(&primary) = writers.first() else {
+        // A commit on a primary that cannot acknowledge it still lands in
+        // its WAL (the client gives up waiting).
+        let open: Vec<usize> = (0..world.nodes.len())
+            .filter(|&i| {
+                let node = &world.nodes[i];
+                node.running && node.primary && node.fence_until.is_none_or(|u| u > now)
+            })
+            .collect();
+        let Some(&primary) = writers.first().or(open.first()) else {
             continue;
         };
+        let acknowledgers = world.acknowledgers(primary, now);
         let id = world.next_write;
         world.next_write += 1;
         let node = &mut world.nodes[primary];
@@ -1389,27 +1886,13 @@ async fn traffic(world: Arc<Mutex<World>>, seed: u64) {
         };
         data.log.push((data.timeline, id));
         let log = data.log.clone();
-        let (names, count) = (node.sync_names.clone(), node.sync_count as usize);
-        if names.is_empty() {
-            world.acknowledged.push(id);
-            world.acknowledged_total += 1;
+        let (count, any_of) = (node.sync_count as usize, node.sync_any);
+        let Some(eligible) = acknowledgers else {
             continue;
-        }
-        // Synchronous commit: acknowledged once `count` named standbys that
-        // stream from this primary have it. In quorum mode any `count` of
-        // them may be the ones: the choice rotates with the write.
-        let eligible: Vec<usize> = (0..world.nodes.len())
-            .filter(|&j| {
-                let other = &world.nodes[j];
-                names.contains(other.name.as_str())
-                    && other.running
-                    && !other.primary
-                    && other.upstream == Some(primary)
-                    && world.reachable(primary, j)
-                    && other.data.as_ref().is_some_and(|d| is_prefix(&d.log, &log))
-            })
-            .collect();
-        let rotate = if world.quorum && !eligible.is_empty() {
+        };
+        // FIRST n: the first n eligible by priority; ANY n: any n of them,
+        // the choice rotating with the write.
+        let rotate = if any_of && !eligible.is_empty() {
             id as usize % eligible.len()
         } else {
             0
@@ -1421,10 +1904,6 @@ async fn traffic(world: Arc<Mutex<World>>, seed: u64) {
             .take(count.min(eligible.len()))
             .copied()
             .collect();
-        if standbys.len() < count {
-            // The commit waits; the client gives up on it.
-            continue;
-        }
         for j in standbys {
             if let Some(data) = world.nodes[j].data.as_mut() {
                 data.log = log.clone();
@@ -1443,6 +1922,26 @@ fn replicate(world: &mut World, rng: &mut Rng) {
         };
         let Some(u) = upstream else { continue };
         if !running || primary || !world.nodes[u].running || !world.reachable(j, u) {
+            continue;
+        }
+        let now = Instant::now();
+        if world.nodes[j]
+            .stalled_until
+            .is_some_and(|until| until > now)
+        {
+            continue;
+        }
+        // A restartpoint now and then writes the replayed timeline to pg_control.
+        if rng.chance(0.0005) {
+            let node = &mut world.nodes[j];
+            if let Some(timeline) = node.data.as_ref().map(|d| d.timeline) {
+                node.restartpoint_timeline = timeline;
+            }
+        }
+        // WAL shipping stalls now and then (a slow network, a busy disk).
+        if world.faults_active && rng.chance(0.002) {
+            let until = now + rng.millis(200, 4000);
+            world.nodes[j].stalled_until = Some(until);
             continue;
         }
         let Some(source) = world.nodes[u].data.clone() else {
@@ -1497,7 +1996,7 @@ async fn check_primary(cluster: &Cluster) -> Option<usize> {
                 .iter()
                 .map(|n| {
                     format!(
-                        "{}: agent {} pg {} {} tl {:?} pos {:?} upstream {:?} fence {:?}",
+                        "{}: agent {} pg {} {} tl {:?} pos {:?} upstream {:?} fence {:?} stalled {:?} sync {:?} {} of {:?}",
                         n.name,
                         if n.agent_up { "up" } else { "down" },
                         if n.running { "running" } else { "stopped" },
@@ -1506,6 +2005,13 @@ async fn check_primary(cluster: &Cluster) -> Option<usize> {
                         n.data.as_ref().map(Data::position),
                         n.upstream,
                         n.fence_until.map(|f| f.saturating_duration_since(now)),
+                        n.stalled_until.map(|f| f.saturating_duration_since(now)),
+                        n.sync_names,
+                        n.sync_count,
+                        n.upstream.map(|u| {
+                            let upstream = world.nodes[u].data.as_ref().map(|d| d.log.as_slice()).unwrap_or_default();
+                            n.data.as_ref().map(|d| is_prefix(&d.log, upstream))
+                        }),
                     )
                 })
                 .collect();

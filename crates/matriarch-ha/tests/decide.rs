@@ -1905,7 +1905,55 @@ fn stepped_down(world: &mut World, ago: Duration) {
     world.local.role = LocalRole::Stopped { crashed: false };
     world.memory.stepped_down_at = Some(world.now - ago);
     world.peer("b", Role::Replica, 800, 2);
+    // b answers its REST API: on the former leader's timeline.
+    world.peers.insert(
+        name("b"),
+        PeerReport {
+            wal_position: Some(Lsn(800)),
+            timeline: Some(Timeline(2)),
+            running_primary: false,
+        },
+    );
     switchover(world, Some("a"), Some("b"), None);
+}
+
+#[test]
+fn switchover_former_leader_takes_back_only_what_every_member_confirms() {
+    // b does not answer: its promotion may be unseen (its writes late).
+    let mut world = World::new("a");
+    let late = world.config.ttl + Duration::from_secs(1);
+    stepped_down(&mut world, late);
+    world.peers.clear();
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    assert!(
+        !acts(&decision).contains(&Action::StartPrimary),
+        "{decision:?}"
+    );
+    assert!(
+        decision.reason.contains("cannot confirm that b"),
+        "{decision:?}"
+    );
+    // After three ttls the take-back is given up: the usual race decides.
+    let mut world = World::new("a");
+    let much_later = world.config.ttl * 3 + Duration::from_secs(1);
+    stepped_down(&mut world, much_later);
+    world.peers.clear();
+    let decision = world.decide();
+    assert!(
+        !acts(&decision).contains(&Action::StartPrimary),
+        "{decision:?}"
+    );
+    // In a synchronous mode, another leader's sync key means it promoted.
+    let mut world = World::new("a");
+    world.config.synchronous_mode = SynchronousMode::On;
+    stepped_down(&mut world, late);
+    sync_key(&mut world, "b", &[]);
+    let decision = world.decide();
+    assert!(
+        !acts(&decision).contains(&Action::StartPrimary),
+        "{decision:?}"
+    );
 }
 
 #[test]
@@ -2028,4 +2076,134 @@ fn sync_mode_strict_race_winner_makes_postgres_wait_for_any_standby_before_promo
         wait_any.is_some_and(|w| Some(w) < promote),
         "no wait for any standby before the promotion: {acts:?}"
     );
+}
+
+// ---- hostile member records and silent waits ----
+
+/// A leftover or forged record the REST probe cannot confirm: running
+/// replica, on timeline 1, at `position`.
+const GHOST_POSITION: u64 = 1 << 50;
+
+fn ghost_world() -> World {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 500, 1)
+        .peer("c", Role::Replica, 400, 1)
+        .peer("ghost", Role::Replica, GHOST_POSITION, 1)
+        .record(Record::Status(LeaderStatus {
+            optime: Lsn(600),
+            ..LeaderStatus::default()
+        }));
+    world
+}
+
+#[test]
+fn leader_gone_unprobed_record_far_ahead_of_the_former_leader_does_not_block_the_race() {
+    let world = ghost_world();
+    let decision = world.decide();
+    assert!(promotes(&decision), "{decision:?}");
+    let view = ClusterView::decode(1, world.entries.clone());
+    let ignored = implausible_records(&world.node.name, &view, &world.peers, &world.memory);
+    assert_eq!(ignored.keys().collect::<Vec<_>>(), [&name("ghost")]);
+}
+
+#[test]
+fn leader_gone_probed_peer_far_ahead_still_blocks_the_race() {
+    // A peer that answers for itself is alive: its claim is not ignored.
+    let mut world = ghost_world();
+    world.peers.insert(
+        name("ghost"),
+        PeerReport {
+            wal_position: Some(Lsn(GHOST_POSITION)),
+            timeline: Some(Timeline(1)),
+            running_primary: false,
+        },
+    );
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+}
+
+#[test]
+fn leader_gone_unprobed_record_on_an_impossible_timeline_does_not_block_the_race() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 500, 2)
+        .peer("ghost", Role::Replica, 510, 9)
+        .record(Record::History(TimelineHistory(vec![HistoryEntry {
+            timeline: Timeline(1),
+            switch_lsn: Lsn(100),
+            reason: "test".to_owned(),
+            timestamp: None,
+            new_leader: Some(name("a")),
+        }])));
+    let decision = world.decide();
+    assert!(promotes(&decision), "{decision:?}");
+}
+
+#[test]
+fn leader_gone_unprobed_record_slightly_ahead_still_blocks_the_race() {
+    // Records lag the leader's status: a little ahead of it is plausible.
+    let mut world = ghost_world();
+    world.peer("ghost", Role::Replica, 700, 1);
+    let decision = world.decide();
+    assert!(!promotes(&decision), "{decision:?}");
+    assert!(
+        decision.reason.contains("ghost is a better candidate"),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn not_racing_and_waiting_decisions_say_what_is_pending() {
+    let mut world = World::new("b");
+    world
+        .replica(Some("a"), 400, 1)
+        .peer("c", Role::Replica, 500, 1);
+    let decision = world.decide();
+    assert!(!promotes(&decision));
+    let pending = decision.pending.as_deref().unwrap_or_default();
+    assert!(pending.contains("c is a better candidate"), "{decision:?}");
+
+    let mut world = World::new("b");
+    world.remove("initialize");
+    world.stopped();
+    let decision = world.decide();
+    assert!(
+        decision
+            .pending
+            .as_deref()
+            .unwrap_or_default()
+            .contains("waiting for an operator"),
+        "{decision:?}"
+    );
+
+    // Following a live leader is not a wait.
+    let mut world = World::new("b");
+    world
+        .leader("a")
+        .peer("a", Role::Primary, 500, 1)
+        .replica(Some("a"), 400, 1);
+    assert_eq!(world.decide().pending, None);
+}
+
+#[test]
+fn following_without_receiving_wal_is_pending_with_a_stable_reason() {
+    let mut world = World::new("b");
+    world
+        .leader("a")
+        .peer("a", Role::Primary, 500, 1)
+        .replica(Some("a"), 400, 1);
+    world.local.receiving = false;
+    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND;
+    let first = world.decide().pending;
+    assert!(
+        first
+            .as_deref()
+            .unwrap_or_default()
+            .contains("following a without receiving WAL"),
+        "{first:?}"
+    );
+    // The reason is logged when it changes: it must not change every loop.
+    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND + 5;
+    assert_eq!(world.decide().pending, first);
 }

@@ -2,7 +2,7 @@
 //! carried out in order, failover loss reports, node settings changed while
 //! running, failsafe rounds that keep the write fence armed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -930,6 +930,28 @@ async fn publish_replica(store: &MemoryDcs, n: &str, position: u64, timeline: u3
         .unwrap();
 }
 
+/// Peers that answer their REST API with what their records say.
+struct RecordProbe;
+
+#[async_trait]
+impl PeerProbe for RecordProbe {
+    async fn probe(&self, members: &[Member]) -> BTreeMap<MemberName, PeerReport> {
+        members
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    PeerReport {
+                        wal_position: m.wal_position(),
+                        timeline: m.timeline,
+                        running_primary: false,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
 /// The reported loop: a switchover requested soon after a promotion, whose
 /// candidate misreads its timeline while nobody leads (it reports the one
 /// before the promotion) and so never races. The leader must end up leading
@@ -952,7 +974,8 @@ async fn switchover_whose_candidate_never_races_ends_with_the_same_leader_and_ti
         settings("a", config.clone()),
         Arc::clone(&clock) as Arc<dyn Clock>,
     )
-    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
+    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>)
+    .with_peer_probe(Arc::new(RecordProbe));
     // The earlier promotion ended timeline 1.
     connection
         .write(
@@ -1165,4 +1188,129 @@ async fn restart_of_a_primary_whose_lock_another_member_holds_is_refused() {
         "{result:?}"
     );
     assert!(pg.is_writable_primary(), "touched by the refused restart");
+}
+
+/// The `status` key an observer reads.
+async fn stored_status(store: &MemoryDcs) -> Versioned<LeaderStatus> {
+    store
+        .connect()
+        .read_view()
+        .await
+        .unwrap()
+        .status
+        .expect("a status key")
+        .expect("a readable status key")
+}
+
+/// An idle primary's loop writes no `status` (it was rewritten every loop:
+/// with the member records, 4 etcd revisions a second for an idle 3-member
+/// cluster); a new position is still written by the next loop.
+#[tokio::test]
+async fn an_idle_leader_rewrites_status_only_when_its_position_changes() {
+    let (mut engine, pg, _fence, store) = restart_setup().await;
+    // The first loop found no status; the second reads the one written.
+    engine.run_once().await;
+    let idle = stored_status(&store).await;
+    assert_eq!(idle.value.optime, Lsn(800));
+    for _ in 0..3 {
+        let decision = engine.run_once().await;
+        assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    }
+    assert_eq!(
+        stored_status(&store).await.version,
+        idle.version,
+        "an idle loop rewrote the status key"
+    );
+
+    pg.state.lock().unwrap().position = 900;
+    engine.run_once().await;
+    assert_eq!(stored_status(&store).await.value.optime, Lsn(900));
+}
+
+// ---- hostile records, log amplification, silent waits ----
+
+impl LogCapture {
+    /// Lines at `level` logged by `member` that contain `text`.
+    fn lines(&self, level: &str, member: &str, text: &str) -> Vec<String> {
+        let tag = format!(" member={member} ");
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.starts_with(level) && line.contains(&tag) && line.contains(text))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A permanent record (no lease) of a running replica `n` at `position`.
+fn leftover_record(store: &MemoryDcs, n: &str, position: u64, timeline: u32) {
+    let mut member = Member::new(name(n), format!("postgres://{n}:5432/postgres"), "");
+    member.role = Role::Replica;
+    member.state = MemberState::Running;
+    member.xlog_location = Some(Lsn(position));
+    member.timeline = Some(Timeline(timeline));
+    store.put_raw(&format!("members/{n}"), &encode_member(&member));
+}
+
+#[tokio::test]
+async fn a_leftover_record_far_ahead_does_not_block_failover_and_is_reported_once() {
+    let logs = LogCapture::default();
+    let _logging = tracing::subscriber::set_default(logs.clone());
+    let mut f = failover_setup().await;
+    leftover_record(&f.store, "ghost", 1 << 50, 1);
+    f.leader_dies().await;
+    let mut promoted = false;
+    for _ in 0..3 {
+        let decision = f.engine.run_once().await;
+        promoted |= decision.actions.contains(&Action::Promote);
+        f.clock.advance(Duration::from_secs(1));
+    }
+    assert!(promoted, "{:?}", f.events.lock().unwrap());
+    let reports = logs.lines("WARN", "b", "ghost");
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+}
+
+#[tokio::test]
+async fn garbage_in_leader_sync_and_failover_is_logged_once_per_key_with_a_bounded_excerpt() {
+    let logs = LogCapture::default();
+    let _logging = tracing::subscriber::set_default(logs.clone());
+    let mut f = failover_setup().await;
+    f.engine.run_once().await;
+    let garbage = "x".repeat(1 << 20);
+    for key in ["leader", "sync", "failover"] {
+        f.store.put_raw(key, garbage.as_bytes());
+    }
+    for _ in 0..20 {
+        let decision = f.engine.run_once().await;
+        assert!(!decision.actions.contains(&Action::Promote), "{decision:?}");
+        f.clock.advance(Duration::from_millis(250));
+    }
+    for key in ["leader", "sync", "failover"] {
+        let warnings = logs.lines("WARN", "b", &format!(" key={key} "));
+        assert_eq!(warnings.len(), 1, "{key}: {} warnings", warnings.len());
+        assert!(
+            warnings[0].len() < 1000,
+            "{key}: {} bytes",
+            warnings[0].len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_reason_not_to_race_is_logged_once_and_shown_in_the_status() {
+    let logs = LogCapture::default();
+    let _logging = tracing::subscriber::set_default(logs.clone());
+    let mut f = failover_setup().await;
+    leftover_record(&f.store, "c", 700, 1);
+    f.leader_dies().await;
+    for _ in 0..5 {
+        let decision = f.engine.run_once().await;
+        assert!(!decision.actions.contains(&Action::Promote), "{decision:?}");
+        f.clock.advance(Duration::from_secs(1));
+    }
+    let lines = logs.lines("INFO", "b", "c is a better candidate");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let pending = f.engine.status().get().pending.unwrap_or_default();
+    assert!(pending.contains("c is a better candidate"), "{pending}");
 }

@@ -141,6 +141,11 @@ pub struct PostgresqlConfig {
     /// Whether each replica gets a physical replication slot on the primary.
     #[serde(default = "default_true")]
     pub use_slots: bool,
+    /// Every other key of the section (Patroni's `recovery_conf`, `pg_hba`,
+    /// ...): matriarch does not act on them, but keeps them so that rewriting
+    /// the `config` key never drops what another tool or an operator put there.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for PostgresqlConfig {
@@ -149,6 +154,7 @@ impl Default for PostgresqlConfig {
             parameters: BTreeMap::new(),
             use_pg_rewind: true,
             use_slots: true,
+            other: serde_json::Map::new(),
         }
     }
 }
@@ -280,6 +286,12 @@ pub struct ClusterConfig {
     /// PostgreSQL settings shared by all members.
     #[serde(default)]
     pub postgresql: PostgresqlConfig,
+    /// Every other key (Patroni's `slots`, `standby_cluster`,
+    /// `check_timeline`, `primary_start_timeout`, ...): not acted on, but
+    /// kept, so that `PATCH /config`, `pause` or `edit-config` rewrite the key
+    /// without dropping them and `GET /config` shows them.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 mod defaults {
@@ -315,6 +327,7 @@ impl Default for ClusterConfig {
             failsafe_mode: false,
             pause: false,
             postgresql: PostgresqlConfig::default(),
+            other: serde_json::Map::new(),
         }
     }
 }
@@ -604,6 +617,79 @@ mod tests {
         assert!(err.contains("synchronous_node_count"), "{err}");
         decode_and_validate(r#"{"synchronous_node_count": 3, "maximum_lag_on_failover": 0}"#)
             .unwrap();
+    }
+
+    /// A Patroni `config` key: the keys matriarch does not act on must
+    /// survive decode → encode, or every rewrite (PATCH, pause) drops them.
+    const PATRONI_CONFIG: &str = r#"{
+        "ttl": 30, "loop_wait": 10, "retry_timeout": 10,
+        "maximum_lag_on_failover": 1048576,
+        "check_timeline": true,
+        "primary_start_timeout": 300,
+        "member_slots_ttl": "30min",
+        "ignore_slots": [{"name": "ignored", "type": "logical"}],
+        "slots": {"cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"}},
+        "standby_cluster": {"host": "127.0.0.1", "port": 5432, "create_replica_methods": ["basebackup"]},
+        "postgresql": {
+            "use_pg_rewind": true, "use_slots": false,
+            "parameters": {"max_connections": 200},
+            "recovery_conf": {"restore_command": "cp /arch/%f %p"},
+            "pg_hba": ["host replication replicator 127.0.0.1/32 md5"]
+        }
+    }"#;
+
+    #[test]
+    fn unknown_keys_survive_decode_and_encode() {
+        let original: serde_json::Value = serde_json::from_str(PATRONI_CONFIG).unwrap();
+        let config = decode_and_validate(PATRONI_CONFIG).unwrap();
+        assert_eq!(config.ttl, Duration::from_secs(30));
+        assert!(!config.postgresql.use_slots);
+        let encoded = serde_json::to_value(&config).unwrap();
+        // Every key and value of the original is in the encoding (which adds
+        // the defaults of the known keys it lacked).
+        fn assert_contains(whole: &serde_json::Value, part: &serde_json::Value, path: &str) {
+            match (whole, part) {
+                (serde_json::Value::Object(whole), serde_json::Value::Object(part)) => {
+                    for (key, value) in part {
+                        let inner = format!("{path}.{key}");
+                        let found = whole.get(key).unwrap_or_else(|| panic!("{inner} lost"));
+                        assert_contains(found, value, &inner);
+                    }
+                }
+                _ => assert_eq!(whole, part, "{path}"),
+            }
+        }
+        assert_contains(&encoded, &original, "config");
+        // And the encoding decodes to an equal config: equality covers them.
+        let again: ClusterConfig = serde_json::from_value(encoded).unwrap();
+        assert_eq!(again, config);
+        let mut changed = again.clone();
+        changed
+            .other
+            .insert("check_timeline".into(), serde_json::Value::Bool(false));
+        assert_ne!(changed, config);
+    }
+
+    #[test]
+    fn unknown_keys_do_not_lift_the_bounds_of_known_keys() {
+        let mut value: serde_json::Value = serde_json::from_str(PATRONI_CONFIG).unwrap();
+        value["retry_timeout"] = 20.into();
+        let err = decode_and_validate(&value.to_string()).unwrap_err();
+        assert!(err.contains("exceeds ttl"), "{err}");
+        value["retry_timeout"] = "soon".into();
+        let err = decode_and_validate(&value.to_string()).unwrap_err();
+        assert!(err.contains("retry_timeout"), "{err}");
+        value["retry_timeout"] = 10.into();
+        value["synchronous_node_count"] = 0.into();
+        let err = decode_and_validate(&value.to_string()).unwrap_err();
+        assert!(err.contains("synchronous_node_count"), "{err}");
+        value["synchronous_node_count"] = 1.into();
+        value["ttl"] = 1e12.into();
+        let err = decode_and_validate(&value.to_string()).unwrap_err();
+        assert!(err.contains("ttl"), "{err}");
+        value["ttl"] = 30.into();
+        value["postgresql"]["use_slots"] = "yes".into();
+        assert!(decode_and_validate(&value.to_string()).is_err());
     }
 
     #[test]

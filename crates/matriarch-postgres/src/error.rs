@@ -198,6 +198,19 @@ pub enum PostgresError {
         /// The identifier found.
         found: SystemId,
     },
+    /// A removal (reinitialize, re-clone) was asked for a directory that does
+    /// not hold a PostgreSQL cluster this member can prove is its own (no
+    /// `PG_VERSION`, no readable `global/pg_control`, not a directory).
+    /// Nothing was changed.
+    #[error("{operation}: refusing to remove the contents of {data_dir}: {reason}; it does not hold this member's PostgreSQL cluster")]
+    NotOurCluster {
+        /// What was attempted.
+        operation: Operation,
+        /// The directory that was left alone.
+        data_dir: PathBuf,
+        /// Why it is not this member's cluster.
+        reason: String,
+    },
     /// The controller's configuration cannot be used (a parameter name or
     /// value PostgreSQL's configuration file cannot hold, a parameter that
     /// matriarch manages itself, an OS user that does not exist).

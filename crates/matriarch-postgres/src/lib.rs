@@ -25,9 +25,9 @@ use matriarch_model::{SystemId, Timeline};
 
 pub use bootstrap::BootstrapSpec;
 pub use controller::{
-    check_parameter, PgController, PgControllerConfig, PgTimeouts, PostmasterLauncher,
-    PostmasterSpec, DEFAULT_BIN_DIR, DEFAULT_OS_USER, MANAGED_CONF_FILE, SYNC_CONF_FILE,
-    UPSTREAM_CONF_FILE,
+    check_cluster_data_dir, check_parameter, empty_cluster_data_dir, read_system_id, PgController,
+    PgControllerConfig, PgTimeouts, PostmasterLauncher, PostmasterSpec, DEFAULT_BIN_DIR,
+    DEFAULT_OS_USER, MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE,
 };
 pub use error::{Operation, PostgresError};
 pub use secret::{Credentials, Secret};

@@ -53,6 +53,57 @@ impl Upstream {
         pair("application_name", application_name.as_str());
         Secret::new(conninfo)
     }
+
+    /// Renders `primary_conninfo` without the password: `host`, `port`,
+    /// `user`, `passfile` (when given) and `application_name`.
+    ///
+    /// PostgreSQL logs `primary_conninfo` whenever a reload changes it and
+    /// shows it to superusers, so the password lives in a 0600 passfile
+    /// (libpq's `passfile` option, as Patroni's pgpass) instead.
+    pub fn primary_conninfo_with_passfile(
+        &self,
+        user: &str,
+        passfile: Option<&std::path::Path>,
+        application_name: &MemberName,
+    ) -> String {
+        let mut conninfo = String::new();
+        let mut pair = |key: &str, value: &str| {
+            if !conninfo.is_empty() {
+                conninfo.push(' ');
+            }
+            conninfo.push_str(key);
+            conninfo.push('=');
+            push_libpq_value(&mut conninfo, value);
+        };
+        pair("host", &self.host);
+        pair("port", &self.port.to_string());
+        pair("user", user);
+        if let Some(passfile) = passfile {
+            pair("passfile", &passfile.to_string_lossy());
+        }
+        pair("application_name", application_name.as_str());
+        conninfo
+    }
+}
+
+/// Renders a libpq password file (`~/.pgpass` format) that gives `user`'s
+/// password for any host, port and database: `:` and `\` are escaped with a
+/// backslash as libpq expects. It holds the password, hence a [`Secret`].
+pub(crate) fn pgpass_line(user: &str, password: &str) -> Secret {
+    fn escape(out: &mut String, value: &str) {
+        for c in value.chars() {
+            if c == ':' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    let mut line = String::from("*:*:*:");
+    escape(&mut line, user);
+    line.push(':');
+    escape(&mut line, password);
+    line.push('\n');
+    Secret::new(line)
 }
 
 /// Appends one libpq connection-string value, quoted only when needed (as
@@ -126,6 +177,27 @@ mod tests {
         assert_eq!(libpq_value("/var/run/postgresql"), "'/var/run/postgresql'");
         assert_eq!(libpq_value("::1"), "'::1'");
         assert_eq!(libpq_value(r"\'"), r"'\\\''");
+    }
+
+    #[test]
+    fn pgpass_escapes_colons_and_backslashes() {
+        assert_eq!(
+            pgpass_line("rep:l", r"a:b\c").expose(),
+            "*:*:*:rep\\:l:a\\:b\\\\c\n"
+        );
+    }
+
+    #[test]
+    fn conninfo_with_passfile_has_no_password() {
+        let conninfo = upstream("10.0.0.1").primary_conninfo_with_passfile(
+            "replicator",
+            Some(std::path::Path::new("/var/lib/pg/data.pgpass")),
+            &MemberName::new("pg-2").unwrap(),
+        );
+        assert_eq!(
+            conninfo,
+            "host=10.0.0.1 port=5432 user=replicator passfile='/var/lib/pg/data.pgpass' application_name='pg-2'"
+        );
     }
 
     #[test]

@@ -1084,3 +1084,117 @@ async fn observe_still_works_when_pg_hba_refuses_local_replication() {
         Some(Timeline(2))
     );
 }
+
+/// Every regular file under `root` whose contents hold `needle` and that
+/// the OS user's group or others may read.
+fn readable_by_others_holding(root: &Path, needle: &str) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && meta.permissions().mode() & 0o044 != 0 {
+                let bytes = std::fs::read(entry.path()).unwrap_or_default();
+                if String::from_utf8_lossy(&bytes).contains(needle) {
+                    found.push(entry.path().display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|err| panic!("stat {}: {err}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A replica that follows a new upstream reloads its configuration, and
+/// PostgreSQL logs the new `primary_conninfo`: the replication password
+/// must not be in it (it lives in a 0600 passfile), nor in any file others
+/// can read, and streaming still works.
+#[tokio::test]
+async fn following_a_new_upstream_keeps_the_replication_password_off_disk() {
+    let (old_primary, replicas, _) = cluster(&["pg-p1", "pg-p2", "pg-p3"]).await;
+    let (new_primary, other) = (&replicas[0], &replicas[1]);
+    old_primary
+        .ctl
+        .demote(StopMode::Fast, None)
+        .await
+        .expect("demote");
+    new_primary.ctl.promote().await.expect("promote");
+    other
+        .ctl
+        .follow(&new_primary.upstream())
+        .await
+        .expect("follow");
+    new_primary
+        .execute("INSERT INTO t VALUES ('followed')")
+        .await;
+    other
+        .wait_rows("SELECT v FROM t ORDER BY v", &["common", "followed"])
+        .await;
+    let conninfo = other.rows("SHOW primary_conninfo").await.join("");
+    assert!(
+        !conninfo.contains(REPLICATION_PASSWORD),
+        "primary_conninfo holds the password: {conninfo}"
+    );
+    for node in [&old_primary, new_primary, other] {
+        let log = server_log(node);
+        assert!(
+            !log.contains(REPLICATION_PASSWORD),
+            "{}: the replication password is in the server log:\n{log}",
+            node.name
+        );
+        assert_eq!(
+            mode(node.ctl.server_log()),
+            0o600,
+            "{}: server log mode",
+            node.name
+        );
+        let leaked = readable_by_others_holding(node.dir.path(), REPLICATION_PASSWORD);
+        assert!(
+            leaked.is_empty(),
+            "{}: readable files hold the password: {leaked:?}",
+            node.name
+        );
+        let upstream_conf = node.data_dir().join(matriarch_postgres::UPSTREAM_CONF_FILE);
+        let text = std::fs::read_to_string(&upstream_conf).unwrap_or_default();
+        assert!(
+            !text.contains(REPLICATION_PASSWORD),
+            "{}: {} holds the password",
+            node.name,
+            upstream_conf.display()
+        );
+    }
+    let passfile = conninfo
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix("passfile="))
+        .map(|v| v.trim_matches('\'').to_owned())
+        .unwrap_or_else(|| panic!("no passfile in primary_conninfo: {conninfo}"));
+    assert_eq!(mode(Path::new(&passfile)), 0o600, "passfile mode");
+}
+
+/// pg_ctl appends to a server log that may already exist with a looser mode
+/// (created by hand or by an older version): it is made 0600 on start.
+#[tokio::test]
+async fn an_existing_server_log_is_made_private_on_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("pg-log");
+    let log = node.ctl.server_log().to_path_buf();
+    std::fs::write(&log, "").expect("create the server log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    node.ctl.bootstrap(&spec()).await.expect("bootstrap");
+    node.ctl.start(StartAs::Primary).await.expect("start");
+    assert_eq!(mode(&log), 0o600, "server log mode after start");
+}

@@ -15,17 +15,24 @@
 //! `/reinitialize`.
 //!
 //! Failsafe (see [`ApiState::failsafe_heartbeat`]): POST `/failsafe`, a
-//! primary's heartbeat while the DCS is unreachable; checked against
-//! `restapi.allowlist` only, as Patroni does, since every member must be able
-//! to acknowledge it.
+//! primary's heartbeat while the DCS is unreachable; authenticated like every
+//! change (the sender presents `restapi.authentication` or its client
+//! certificate), so that nobody else can hold a replica back from a race.
+//!
+//! Exhaustion (see [`serve`]): connections are capped in total (a share of
+//! the file limit, so that the HA loop and PostgreSQL keep theirs) and per
+//! client address, and headers, bodies and TLS handshakes are read under
+//! timeouts; bodies are bounded.
 
 // Refusals are returned as the response itself (`Result<_, Response>`): they
 // are built only on the error path of one request, so their size is no cost.
 #![allow(clippy::result_large_err)]
 
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -38,7 +45,7 @@ use matriarch_dcs::{Dcs, DcsError, Expected};
 use matriarch_ha::{EngineRole, FailsafeHandle, FailsafeRefusal, RestartHandle, StatusHandle};
 use matriarch_model::{
     ClusterConfig, ClusterView, DcsKey, FailoverRequest, FailsafeHeartbeat, Lsn, MemberName,
-    MemberState, Record, Role, Tags,
+    MemberState, Record, Role, SynchronousMode, Tags,
 };
 use matriarch_postgres::{
     DataDirectoryState, LocalState, PgController, PgRole, Postgres, ServerState, StopMode,
@@ -47,12 +54,34 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
-use crate::config::{cluster_config_from_json, IpRange};
+use crate::config::{check_requested_config_keys, dynamic_config_from_json, IpRange};
 use crate::dcs::AnyDcs;
 use crate::secret::Password;
 
-/// The largest request body accepted.
+/// The largest request body accepted (413 beyond): a `/config` body is a
+/// few kilobytes.
 const MAX_BODY: usize = 64 * 1024;
+
+/// How long a client may take to send a request's headers; also how long an
+/// idle keep-alive connection is kept.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request body (408 beyond).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The total connection cap when `restapi.max_connections` is not set (and
+/// the file limit allows as many).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The per-client connection cap when `restapi.max_connections_per_ip` is
+/// not set.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
+
+/// How often a refused connection is logged at most.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the API serves from: the engine's status, a cache of the DCS view
 /// and of the local PostgreSQL, refreshed in the background.
@@ -208,6 +237,11 @@ struct Node {
     last_failover_loss: Option<u64>,
     /// Leading on failsafe.
     failsafe_active: bool,
+    /// The engine's word that PostgreSQL runs read-write under its lock,
+    /// published the moment it promotes or before it demotes.
+    writable: bool,
+    /// The postmaster named in `postmaster.pid` is alive now.
+    postmaster_alive: bool,
 }
 
 impl Node {
@@ -219,8 +253,11 @@ impl Node {
         self.pg_role().is_some()
     }
 
+    /// Answered from the engine's latest word (not the cache refreshed on
+    /// a timer) and from whether PostgreSQL is alive now: a fence that just
+    /// killed the postmaster must not leave a moment of 200.
     fn is_primary(&self) -> bool {
-        self.role == EngineRole::Leader && self.pg_role() == Some(PgRole::Primary)
+        self.role == EngineRole::Leader && self.writable && self.postmaster_alive
     }
 
     fn is_replica(&self) -> bool {
@@ -251,9 +288,17 @@ impl Node {
         from_status.into_iter().chain(from_member).max()
     }
 
+    /// Bytes behind the leader, from the freshest of the engine's and the
+    /// cache's observations of this server.
     fn lag(&self) -> Option<u64> {
         let leader = self.leader_optime()?;
-        let mine = self.wal_position?;
+        let cached = self.local.as_ref().and_then(|l| {
+            [l.wal.received, l.wal.replayed, l.wal.flush]
+                .into_iter()
+                .flatten()
+                .max()
+        });
+        let mine = self.wal_position.into_iter().chain(cached).max()?;
         Some(leader.bytes_ahead_of(mine))
     }
 
@@ -267,6 +312,116 @@ impl Node {
             None => "unknown",
         }
     }
+}
+
+/// Whether the health check `path` (other than `/liveness`) passes for
+/// `node`, as Patroni answers it; `None` if `path` is not one.
+fn health_check(
+    path: &str,
+    query: &[(String, String)],
+    node: &Node,
+    me: &MemberName,
+) -> Option<bool> {
+    let in_sync = node.in_sync(me);
+    let sync_standby =
+        node.is_replica() && node.config.synchronous_mode == SynchronousMode::On && in_sync;
+    let quorum_standby =
+        node.is_replica() && node.config.synchronous_mode == SynchronousMode::Quorum && in_sync;
+    let ok = match path {
+        "/" | "/primary" | "/master" | "/read-write" => node.is_primary(),
+        // No standby cluster support: never a standby leader.
+        "/standby-leader" | "/standby_leader" => false,
+        "/leader" => node.role == EngineRole::Leader && node.running(),
+        "/replica" => {
+            node.is_replica() && !node.tags.noloadbalance && replica_filters(query, node, true)
+        }
+        "/read-only" => node.is_primary() || node.is_replica(),
+        "/synchronous" | "/sync" => sync_standby,
+        "/read-only-sync" => node.is_primary() || sync_standby,
+        "/quorum" => quorum_standby,
+        "/read-only-quorum" => node.is_primary() || quorum_standby,
+        "/asynchronous" | "/async" => {
+            node.is_replica() && !in_sync && replica_filters(query, node, false)
+        }
+        "/health" => node.running(),
+        "/readiness" => {
+            node.is_primary()
+                || (node.is_replica() && node.running() && replica_filters(query, node, false))
+        }
+        _ => return None,
+    };
+    Some(ok)
+}
+
+/// The query parameters of a replica check: `lag` (the bound on the bytes
+/// behind the leader; ignored while the leader's position is unknown, as
+/// Patroni does), `replication_state`, and, if `tags`, any other key as a
+/// tag to match.
+fn replica_filters(query: &[(String, String)], node: &Node, tags: bool) -> bool {
+    let mut ok = true;
+    for (key, value) in query {
+        match key.as_str() {
+            "lag" => match (parse_size(value), node.lag()) {
+                (Some(max), Some(lag)) => ok &= lag <= max,
+                (Some(_), None) => {}
+                (None, _) => ok = false,
+            },
+            "replication_state" => {
+                // Patroni's values: the WAL receiver streams, or not.
+                let state = if node.local.as_ref().is_some_and(|l| l.receiving) {
+                    "streaming"
+                } else {
+                    "in archive recovery"
+                };
+                ok &= state.eq_ignore_ascii_case(value);
+            }
+            "mode" => {}
+            _ if tags => {
+                let tags = serde_json::to_value(&node.tags).unwrap_or(Value::Null);
+                let actual = match tags.get(key) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => {
+                        // Known boolean tags default to false.
+                        if ["nofailover", "noloadbalance", "nosync", "clonefrom"]
+                            .contains(&key.as_str())
+                        {
+                            "false".to_owned()
+                        } else {
+                            String::new()
+                        }
+                    }
+                    Some(other) => other.to_string(),
+                };
+                ok &= actual.eq_ignore_ascii_case(value);
+            }
+            _ => {}
+        }
+    }
+    ok
+}
+
+/// Whether the postmaster that `data_dir/postmaster.pid` names is alive
+/// (not a zombie): a cheap check of what PostgreSQL is now, between two
+/// observations.
+fn postmaster_alive(data_dir: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+        .filter(|pid| *pid > 0)
+    else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which may itself hold ") ".
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 impl ApiState {
@@ -288,6 +443,8 @@ impl ApiState {
             config: status.config,
             last_failover_loss: status.last_failover_possible_loss_bytes,
             failsafe_active: status.failsafe_active,
+            writable: status.writable,
+            postmaster_alive: postmaster_alive(&self.pg.config().data_dir),
         }
     }
 
@@ -330,6 +487,11 @@ impl ApiState {
         // Why the last switchover this node stepped down for did not complete.
         if let Some(failure) = self.status.get().last_switchover_failure {
             body["last_switchover_failure"] = json!(failure);
+        }
+        // Why this node holds back (not racing, not following, waiting):
+        // otherwise a stuck node looks healthy and idle.
+        if let Some(pending) = self.status.get().pending {
+            body["pending"] = json!(pending);
         }
         if let Some(version) = cache.server_version {
             body["server_version"] = json!(version);
@@ -386,52 +548,34 @@ impl ApiState {
 
     /// Whether the health check `path` passes; `None` if `path` is not one.
     fn health(&self, path: &str, query: &[(String, String)], node: &Node) -> Option<bool> {
-        let ok = match path {
-            "/" | "/primary" | "/master" | "/read-write" => node.is_primary(),
-            "/leader" => node.role == EngineRole::Leader && node.running(),
-            "/replica" => {
-                let mut ok = node.is_replica() && !node.tags.noloadbalance;
-                for (key, value) in query {
-                    if key == "lag" {
-                        match (parse_size(value), node.lag()) {
-                            (Some(max), Some(lag)) => ok &= lag <= max,
-                            (Some(_), None) => {}
-                            (None, _) => ok = false,
-                        }
-                    } else {
-                        let tags = serde_json::to_value(&node.tags).unwrap_or(Value::Null);
-                        let actual = match tags.get(key) {
-                            Some(Value::String(s)) => s.clone(),
-                            Some(Value::Null) | None => {
-                                // Known boolean tags default to false.
-                                if ["nofailover", "noloadbalance", "nosync", "clonefrom"]
-                                    .contains(&key.as_str())
-                                {
-                                    "false".to_owned()
-                                } else {
-                                    String::new()
-                                }
-                            }
-                            Some(other) => other.to_string(),
-                        };
-                        ok &= actual.eq_ignore_ascii_case(value);
-                    }
-                }
-                ok
-            }
-            "/read-only" => node.is_primary() || node.is_replica(),
-            "/synchronous" | "/sync" => node.is_replica() && node.in_sync(&self.name),
-            "/asynchronous" | "/async" => node.is_replica() && !node.in_sync(&self.name),
-            "/health" => node.running(),
-            "/liveness" => {
-                let config = self.config_in_force(node);
-                let bound = config.ttl.max(config.loop_wait * 3) + config.retry_timeout * 2;
-                node.status_age.is_some_and(|age| age <= bound)
-            }
-            "/readiness" => node.is_primary() || (node.is_replica() && node.running()),
-            _ => return None,
-        };
-        Some(ok)
+        if path == "/liveness" {
+            let config = self.config_in_force(node);
+            let bound = config.ttl.max(config.loop_wait * 3) + config.retry_timeout * 2;
+            return Some(node.status_age.is_some_and(|age| age <= bound));
+        }
+        health_check(path, query, node, &self.name)
+    }
+
+    /// `GET /failsafe`: the failsafe key's members (name to API URL) while
+    /// `failsafe_mode` is on; 503 otherwise, as Patroni.
+    fn failsafe_members(&self, node: &Node) -> Resp {
+        if !node.config.failsafe_mode {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "failsafe_mode is off");
+        }
+        match node.view.as_ref().and_then(|v| v.failsafe.as_ref()) {
+            Some(Ok(key)) => respond(
+                StatusCode::OK,
+                serde_json::to_value(&key.value.0).unwrap_or(Value::Null),
+            ),
+            Some(Err(e)) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the failsafe key is unreadable: {e}"),
+            ),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the cluster has no failsafe key yet",
+            ),
+        }
     }
 
     fn cluster_body(&self, node: &Node) -> Value {
@@ -657,15 +801,54 @@ fn host_port(conn_url: &str) -> (Option<String>, Option<u16>) {
     }
 }
 
+/// A refusal after which the rest of the request is not read: the
+/// connection is closed rather than kept alive.
+fn closing(mut response: Resp) -> Resp {
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes (413 beyond, before
+/// reading when `Content-Length` says so) within [`BODY_READ_TIMEOUT`] (408).
 async fn read_json(req: Request<Incoming>) -> Result<Value, Resp> {
-    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(closing(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )));
+    }
+    let collected = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        http_body_util::Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    .map_err(|_| {
+        closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+        ))
+    })?;
+    let body = collected
         .map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            )
+            if e.is::<http_body_util::LengthLimitError>() {
+                closing(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {MAX_BODY} bytes"),
+                ))
+            } else {
+                closing(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                ))
+            }
         })?
         .to_bytes();
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -738,7 +921,9 @@ fn member_name(text: &str, field: &str) -> Result<MemberName, Resp> {
     MemberName::new(text).map_err(|e| error(StatusCode::BAD_REQUEST, format!("{field}: {e}")))
 }
 
-/// RFC 7396 JSON merge patch.
+/// Applies an RFC 7396 JSON merge patch to `target`: the one implementation,
+/// used by `PATCH /config` and by `ctl edit-config`'s preview, so the preview
+/// shows exactly what the server will write.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(patch) => {
@@ -779,6 +964,9 @@ impl ApiState {
         if !patch.is_object() {
             return error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
         }
+        if let Err(e) = check_requested_config_keys("config", &patch) {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
         let view = match self.fresh_view().await {
             Ok(v) => v,
             Err(r) => return r,
@@ -795,7 +983,9 @@ impl ApiState {
             merge_patch(&mut value, &patch);
             value
         };
-        let config = match cluster_config_from_json("config", &new) {
+        // Unknown keys (Patroni's `slots`, `standby_cluster`, ...) are kept:
+        // the key is rewritten whole, and dropping them would lose them.
+        let config = match dynamic_config_from_json("config", &new) {
             Ok(c) => c,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
@@ -913,6 +1103,34 @@ impl ApiState {
             );
         }
         let healthy: Vec<_> = view.healthy_records().collect();
+        // In synchronous mode only a synchronous standby can take over without
+        // losing a commit: like Patroni, refuse a switchover to another at once
+        // instead of writing a request the leader will never carry out.
+        let synchronous = matches!(&view.config,
+            Some(Ok(config)) if config.value.synchronous_mode != SynchronousMode::Off);
+        let sync_standbys: BTreeSet<MemberName> = match &view.sync {
+            Some(Ok(sync)) => sync.value.sync_standbys.clone(),
+            _ => BTreeSet::new(),
+        };
+        if synchronous && !failover {
+            match &candidate {
+                Some(candidate) if !sync_standbys.contains(candidate) => {
+                    return error(
+                        StatusCode::PRECONDITION_FAILED,
+                        format!(
+                            "candidate {candidate} is not a synchronous standby (candidate name does not match with sync_standby)"
+                        ),
+                    );
+                }
+                None if sync_standbys.is_empty() => {
+                    return error(
+                        StatusCode::PRECONDITION_FAILED,
+                        "no good candidates: synchronous mode without a synchronous standby",
+                    );
+                }
+                _ => {}
+            }
+        }
         match &candidate {
             Some(candidate) => {
                 let Some(member) = healthy.iter().find(|m| &m.name == candidate) else {
@@ -1199,6 +1417,32 @@ impl ApiState {
                 "the cluster has no leader to clone from",
             );
         }
+        // Only this cluster's data directory is ever emptied: PG_VERSION and
+        // the DCS `initialize` system identifier must match, checked before
+        // stopping anything and again right before removing.
+        let expected = match node.view.as_ref().and_then(|v| v.initialize.as_ref()) {
+            Some(Ok(entry)) => match entry.value {
+                matriarch_model::Initialize::Done(id) => id,
+                matriarch_model::Initialize::InProgress => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the cluster is still initializing: no system identifier to check the data directory against",
+                    )
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the cluster's system identifier is unknown: refusing to remove the data directory",
+                )
+            }
+        };
+        let data_dir = self.pg.config().data_dir.clone();
+        let op = matriarch_postgres::Operation::CloneReplica;
+        if let Err(e) = matriarch_postgres::check_cluster_data_dir(op, &data_dir, Some(expected)) {
+            warn!(cluster = %self.scope, member = %self.name, error = %e, "reinitialize refused");
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
         let _ops = self.ops.lock().await;
         if let Err(e) = self.pg.stop(StopMode::Immediate).await {
             return error(
@@ -1206,29 +1450,9 @@ impl ApiState {
                 format!("cannot stop PostgreSQL: {e}"),
             );
         }
-        let data_dir = self.pg.config().data_dir.clone();
-        let entries = match std::fs::read_dir(&data_dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot list {}: {e}", data_dir.display()),
-                )
-            }
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let result = if path.is_dir() && !path.is_symlink() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            if let Err(e) = result {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot remove {}: {e}", path.display()),
-                );
-            }
+        if let Err(e) = matriarch_postgres::empty_cluster_data_dir(op, &data_dir, Some(expected)) {
+            warn!(cluster = %self.scope, member = %self.name, error = %e, "reinitialize refused");
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         }
         warn!(cluster = %self.scope, member = %self.name, "data directory removed for reinitialization: the engine clones it again");
         respond(StatusCode::OK, json!({"message": "reinitialize started"}))
@@ -1238,15 +1462,9 @@ impl ApiState {
     /// asks this member not to race for the lock. 200 only when failsafe
     /// mode is on and this node runs as a replica of the sender (from then
     /// on it does not race for a ttl); 409 when it is not a replica of it;
-    /// 503 when failsafe mode is off or the engine is not wired. Only
-    /// `restapi.allowlist` applies.
-    async fn failsafe_heartbeat(&self, req: Request<Incoming>, peer: IpAddr) -> Resp {
-        if !self.allowlist.is_empty() && !self.allowlist.iter().any(|r| r.contains(peer)) {
-            return error(
-                StatusCode::FORBIDDEN,
-                format!("{peer} is not in restapi.allowlist"),
-            );
-        }
+    /// 503 when failsafe mode is off or the engine is not wired. The caller
+    /// has authorized the request ([`ApiState::authorize`]).
+    async fn failsafe_heartbeat(&self, req: Request<Incoming>) -> Resp {
         let Some(handle) = &self.failsafe else {
             return error(StatusCode::SERVICE_UNAVAILABLE, "failsafe is not available");
         };
@@ -1363,6 +1581,7 @@ impl ApiState {
                             },
                             Err(r) => r,
                         },
+                        "/failsafe" => self.failsafe_members(&node),
                         "/metrics" => text(
                             StatusCode::OK,
                             self.metrics(&node),
@@ -1371,14 +1590,23 @@ impl ApiState {
                         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
                     }
                 };
-                if method == Method::HEAD {
+                // Patroni answers both with the status alone.
+                if method == Method::HEAD || method == Method::OPTIONS {
                     *response.body_mut() = Full::new(Bytes::new());
                 }
                 response
             }
             Method::POST | Method::PATCH | Method::PUT | Method::DELETE => {
                 if method == Method::POST && path == "/failsafe" {
-                    return self.failsafe_heartbeat(req, peer.ip()).await;
+                    // Authenticated before the body is read: an anonymous
+                    // client holds nothing open.
+                    if let Err(r) = self.authorize(&req, peer.ip(), client_cert) {
+                        if let Some(suppressed) = REFUSALS.due() {
+                            warn!(cluster = %self.scope, member = %self.name, %method, %path, %peer, status = r.status().as_u16(), suppressed, "refused a failsafe heartbeat");
+                        }
+                        return r;
+                    }
+                    return self.failsafe_heartbeat(req).await;
                 }
                 let known = matches!(
                     (&method, path.as_str()),
@@ -1395,7 +1623,9 @@ impl ApiState {
                     );
                 }
                 if let Err(r) = self.authorize(&req, peer.ip(), client_cert) {
-                    warn!(cluster = %self.scope, member = %self.name, %method, %path, %peer, status = r.status().as_u16(), "refused a change request");
+                    if let Some(suppressed) = REFUSALS.due() {
+                        warn!(cluster = %self.scope, member = %self.name, %method, %path, %peer, status = r.status().as_u16(), suppressed, "refused a change request");
+                    }
                     return r;
                 }
                 match (method, path.as_str()) {
@@ -1520,8 +1750,225 @@ pub fn tls_acceptor(
     ))
 }
 
-/// Accepts connections on `listener` and serves them until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>, tls: Option<Tls>) {
+/// Caps on the connections the API serves at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// In total.
+    pub total: usize,
+    /// Per client address.
+    pub per_ip: usize,
+}
+
+impl ConnectionLimits {
+    /// The caps for a process whose soft file limit is `nofile`: the total
+    /// is `total` (default [`DEFAULT_MAX_CONNECTIONS`]) but never more than a
+    /// quarter of the files, the rest being the HA loop's, the DCS client's
+    /// and PostgreSQL's; the per-client cap is `per_ip` (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IP`]), never more than the total.
+    pub fn new(nofile: u64, total: Option<usize>, per_ip: Option<usize>) -> Self {
+        let share = usize::try_from(nofile / 4).unwrap_or(usize::MAX).max(1);
+        let total = total.unwrap_or(DEFAULT_MAX_CONNECTIONS).clamp(1, share);
+        let per_ip = per_ip
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP)
+            .clamp(1, total);
+        ConnectionLimits { total, per_ip }
+    }
+}
+
+/// Why `RLIMIT_NOFILE` could not be read or raised.
+#[derive(Debug, thiserror::Error)]
+pub enum FileLimitError {
+    /// getrlimit(2) failed.
+    #[error("getrlimit(RLIMIT_NOFILE): {0}")]
+    Get(std::io::Error),
+    /// setrlimit(2) failed; `current` stays in force.
+    #[error("setrlimit(RLIMIT_NOFILE) from {current} to {wanted}: {source}")]
+    Set {
+        /// The soft limit in force.
+        current: u64,
+        /// The limit asked for.
+        wanted: u64,
+        /// The system's error.
+        source: std::io::Error,
+    },
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (a service manager
+/// often starts a daemon with 1,024) and returns the soft limit in force.
+pub fn raise_file_limit() -> Result<u64, FileLimitError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(FileLimitError::Get(std::io::Error::last_os_error()));
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(limit.rlim_cur);
+    }
+    let current = limit.rlim_cur;
+    let wanted = limit.rlim_max;
+    limit.rlim_cur = wanted;
+    // SAFETY: setrlimit(2) reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(FileLimitError::Set {
+            current,
+            wanted,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(wanted)
+}
+
+/// Lets one log line through per [`REFUSAL_LOG_INTERVAL`], so that a flood
+/// of refused requests or connections cannot flood the log.
+struct Throttle {
+    /// Events since the last line let through.
+    since: AtomicU64,
+    /// When that was.
+    last: Mutex<Option<Instant>>,
+}
+
+impl Throttle {
+    const fn new() -> Self {
+        Throttle {
+            since: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Counts one event; `Some(events left unlogged before it)` when it is
+    /// to be logged.
+    fn due(&self) -> Option<u64> {
+        let since = self.since.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        self.since.store(0, Ordering::Relaxed);
+        Some(since)
+    }
+}
+
+/// Refused change requests (one log line per interval).
+static REFUSALS: Throttle = Throttle::new();
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The total cap is reached.
+    Total,
+    /// The client's cap is reached.
+    PerIp,
+}
+
+/// Counts the connections being served, in total and per client address.
+struct ConnectionGate {
+    limits: ConnectionLimits,
+    total: Arc<tokio::sync::Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Refused connections (one log line per interval).
+    refusals: Throttle,
+}
+
+/// One admitted connection: gives its places back when dropped.
+struct ConnectionPermit {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    gate: Arc<ConnectionGate>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self.gate.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionGate {
+    fn new(limits: ConnectionLimits) -> Self {
+        ConnectionGate {
+            limits,
+            total: Arc::new(tokio::sync::Semaphore::new(limits.total)),
+            per_ip: Mutex::new(HashMap::new()),
+            refusals: Throttle::new(),
+        }
+    }
+
+    /// Admits a connection from `ip` if both caps allow it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        // An IPv4 client on a dual-stack socket counts as itself.
+        let ip = ip.to_canonical();
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_ip.get(&ip).copied().unwrap_or(0);
+        if count >= self.limits.per_ip {
+            return Err(Refusal::PerIp);
+        }
+        let total = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Total)?;
+        per_ip.insert(ip, count + 1);
+        Ok(ConnectionPermit {
+            _total: total,
+            gate: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Logs refusals, at most once per [`REFUSAL_LOG_INTERVAL`].
+    fn refused(&self, peer: SocketAddr, why: Refusal) {
+        let Some(suppressed) = self.refusals.due() else {
+            return;
+        };
+        let cap = match why {
+            Refusal::Total => "restapi.max_connections",
+            Refusal::PerIp => "restapi.max_connections_per_ip",
+        };
+        warn!(%peer, cap, total = self.limits.total, per_ip = self.limits.per_ip, suppressed, "REST API connection refused: a cap is reached");
+    }
+}
+
+/// The listen backlog asked for (the kernel caps it at `somaxconn`): a
+/// burst of connections waits in it rather than having a health check's SYN
+/// dropped, which costs the check a 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the REST API's listener, with a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted agent rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts connections on `listener` and serves them until the task is
+/// aborted. A connection over a cap of `limits` is closed at once, before
+/// anything is read; headers, bodies and TLS handshakes are read under
+/// timeouts, so that a silent client gives its place back.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    tls: Option<Tls>,
+    limits: ConnectionLimits,
+) {
+    let gate = Arc::new(ConnectionGate::new(limits));
+    info!(
+        max_connections = limits.total,
+        max_connections_per_ip = limits.per_ip,
+        "REST API connection caps"
+    );
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -1531,21 +1978,29 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>, tls:
                 continue;
             }
         };
+        let permit = match gate.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                gate.refused(peer, why);
+                drop(stream);
+                continue;
+            }
+        };
         let state = Arc::clone(&state);
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(true);
             match tls {
                 Some((acceptor, _)) => {
                     let accepted =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await;
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                     let Ok(Ok(stream)) = accepted else {
-                        debug!(%peer, "TLS handshake failed");
+                        debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
                     let client_cert = stream
@@ -1601,15 +2056,280 @@ mod tests {
 
     #[test]
     fn merge_patch_follows_rfc_7396() {
-        let mut target = json!({"ttl": 5, "postgresql": {"parameters": {"a": 1, "b": 2}}});
-        merge_patch(
-            &mut target,
-            &json!({"ttl": 10, "postgresql": {"parameters": {"a": null, "c": 3}}}),
+        // RFC 7396 Appendix A, in order: (target, patch, result).
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": "b", "b": "c"}),
+                json!({"a": null}),
+                json!({"b": "c"}),
+            ),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (json!({"a": "foo"}), json!(null), json!(null)),
+            (json!({"a": "foo"}), json!("bar"), json!("bar")),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ];
+        for (target, patch, expected) in cases {
+            let mut merged = target.clone();
+            merge_patch(&mut merged, &patch);
+            assert_eq!(merged, expected, "{target} + {patch}");
+        }
+    }
+
+    #[test]
+    fn connection_caps_keep_three_quarters_of_the_files() {
+        let limits = ConnectionLimits::new(1024, None, None);
+        assert_eq!((limits.total, limits.per_ip), (256, 100));
+        let limits = ConnectionLimits::new(1 << 20, None, None);
+        assert_eq!(limits.total, DEFAULT_MAX_CONNECTIONS);
+        let limits = ConnectionLimits::new(1 << 20, Some(500_000), Some(1_000_000));
+        assert_eq!((limits.total, limits.per_ip), (1 << 18, 1 << 18));
+        let limits = ConnectionLimits::new(u64::MAX, Some(50), Some(10));
+        assert_eq!((limits.total, limits.per_ip), (50, 10));
+        assert_eq!(ConnectionLimits::new(2, None, None).total, 1);
+    }
+
+    #[test]
+    fn per_client_and_total_caps_refuse_and_give_places_back() {
+        let gate = Arc::new(ConnectionGate::new(ConnectionLimits {
+            total: 3,
+            per_ip: 2,
+        }));
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "::ffff:127.0.0.3".parse().unwrap();
+        let first = gate.admit(a).unwrap();
+        let _second = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).err(), Some(Refusal::PerIp));
+        let _third = gate.admit(b).unwrap();
+        assert_eq!(
+            gate.admit("127.0.0.4".parse().unwrap()).err(),
+            Some(Refusal::Total)
+        );
+        drop(first);
+        // The mapped and the plain address are one client.
+        let _fourth = gate.admit("127.0.0.3".parse().unwrap()).unwrap();
+        assert_eq!(gate.admit(b).err(), Some(Refusal::PerIp));
+        assert_eq!(
+            gate.admit("127.0.0.5".parse().unwrap()).err(),
+            Some(Refusal::Total)
+        );
+    }
+
+    use matriarch_model::{LeaderStatus, SyncState};
+
+    /// A node as the health checks see it: `role` under the engine,
+    /// PostgreSQL running as `pg` (or not), everything else quiet.
+    fn health_node(role: EngineRole, pg: Option<PgRole>) -> Node {
+        let mut local = LocalState::empty();
+        if let Some(pg) = pg {
+            local.server = ServerState::Running(pg);
+        }
+        Node {
+            role,
+            leader: None,
+            local: Some(local),
+            view: Some(ClusterView::default()),
+            tags: Tags::default(),
+            paused: false,
+            dcs_reachable: true,
+            loops: 1,
+            status_age: Some(Duration::from_millis(1)),
+            timeline: None,
+            wal_position: None,
+            config: ClusterConfig::default(),
+            last_failover_loss: None,
+            failsafe_active: false,
+            writable: role == EngineRole::Leader && pg == Some(PgRole::Primary),
+            postmaster_alive: pg.is_some(),
+        }
+    }
+
+    fn me() -> MemberName {
+        MemberName::new("me").unwrap()
+    }
+
+    fn check(path_and_query: &str, node: &Node) -> Option<bool> {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        health_check(path, &query_pairs(query), node, &me())
+    }
+
+    fn listed_in_sync(node: &mut Node, mode: SynchronousMode) {
+        node.config.synchronous_mode = mode;
+        let sync: SyncState =
+            serde_json::from_value(json!({"leader": "other", "sync_standby": "me"})).unwrap();
+        node.view = Some(ClusterView {
+            sync: Some(Ok(matriarch_model::Versioned {
+                value: sync,
+                version: matriarch_model::Version(1),
+            })),
+            ..ClusterView::default()
+        });
+    }
+
+    #[test]
+    fn replication_state_is_the_receivers_not_a_tag() {
+        let mut replica = health_node(EngineRole::Replica, Some(PgRole::Replica));
+        if let Some(local) = replica.local.as_mut() {
+            local.receiving = true;
+        }
+        assert_eq!(
+            check("/replica?replication_state=streaming", &replica),
+            Some(true)
         );
         assert_eq!(
-            target,
-            json!({"ttl": 10, "postgresql": {"parameters": {"b": 2, "c": 3}}})
+            check("/replica?replication_state=stopped", &replica),
+            Some(false)
         );
+        if let Some(local) = replica.local.as_mut() {
+            local.receiving = false;
+        }
+        assert_eq!(
+            check("/replica?replication_state=streaming", &replica),
+            Some(false)
+        );
+        // Other keys are still tags.
+        assert_eq!(check("/replica?nofailover=false", &replica), Some(true));
+        assert_eq!(check("/replica?dc=east", &replica), Some(false));
+    }
+
+    #[test]
+    fn lag_bounds_asynchronous_and_readiness() {
+        let mut replica = health_node(EngineRole::Replica, Some(PgRole::Replica));
+        replica.wal_position = Some(Lsn(1_000));
+        let status: LeaderStatus = LeaderStatus {
+            optime: Lsn(1_000 + 2 * 1024 * 1024),
+            ..LeaderStatus::default()
+        };
+        replica.view = Some(ClusterView {
+            status: Some(Ok(matriarch_model::Versioned {
+                value: status,
+                version: matriarch_model::Version(1),
+            })),
+            ..ClusterView::default()
+        });
+        for path in ["/asynchronous", "/async", "/readiness", "/replica"] {
+            assert_eq!(
+                check(&format!("{path}?lag=1MB"), &replica),
+                Some(false),
+                "{path}"
+            );
+            assert_eq!(
+                check(&format!("{path}?lag=3MB"), &replica),
+                Some(true),
+                "{path}"
+            );
+            assert_eq!(
+                check(&format!("{path}?lag=nonsense"), &replica),
+                Some(false),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn sync_and_quorum_standbys_follow_the_mode() {
+        let primary = health_node(EngineRole::Leader, Some(PgRole::Primary));
+        let mut sync = health_node(EngineRole::Replica, Some(PgRole::Replica));
+        listed_in_sync(&mut sync, SynchronousMode::On);
+        let mut quorum = health_node(EngineRole::Replica, Some(PgRole::Replica));
+        listed_in_sync(&mut quorum, SynchronousMode::Quorum);
+        let asynchronous = health_node(EngineRole::Replica, Some(PgRole::Replica));
+        let table = [
+            // path, primary, sync standby, quorum standby, async replica
+            ("/sync", false, true, false, false),
+            ("/read-only-sync", true, true, false, false),
+            ("/quorum", false, false, true, false),
+            ("/read-only-quorum", true, false, true, false),
+            ("/asynchronous", false, false, false, true),
+            ("/standby-leader", false, false, false, false),
+            ("/standby_leader", false, false, false, false),
+        ];
+        for (path, p, s, q, a) in table {
+            assert_eq!(check(path, &primary), Some(p), "{path} on the primary");
+            assert_eq!(check(path, &sync), Some(s), "{path} on a sync standby");
+            assert_eq!(check(path, &quorum), Some(q), "{path} on a quorum standby");
+            assert_eq!(
+                check(path, &asynchronous),
+                Some(a),
+                "{path} on an async replica"
+            );
+        }
+    }
+
+    #[test]
+    fn primary_answers_from_the_engine_and_a_live_postmaster() {
+        // The cache still says replica, but the engine has promoted.
+        let mut promoted = health_node(EngineRole::Leader, Some(PgRole::Replica));
+        promoted.writable = true;
+        promoted.postmaster_alive = true;
+        assert_eq!(check("/primary", &promoted), Some(true));
+        // The cache still says primary, but the engine is demoting.
+        let mut demoting = health_node(EngineRole::Leader, Some(PgRole::Primary));
+        demoting.writable = false;
+        for path in ["/", "/primary", "/master", "/read-write"] {
+            assert_eq!(check(path, &demoting), Some(false), "{path}");
+        }
+        // Everything says primary but the fence just killed the postmaster.
+        let mut fenced = health_node(EngineRole::Leader, Some(PgRole::Primary));
+        fenced.postmaster_alive = false;
+        for path in ["/", "/primary", "/master", "/read-write"] {
+            assert_eq!(check(path, &fenced), Some(false), "{path}");
+        }
+    }
+
+    #[test]
+    fn postmaster_liveness_reads_the_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!postmaster_alive(dir.path()), "no pid file");
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n/data\n", std::process::id()),
+        )
+        .unwrap();
+        assert!(postmaster_alive(dir.path()), "this process is alive");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{gone}\n")).unwrap();
+        assert!(!postmaster_alive(dir.path()), "a reaped process is dead");
+        std::fs::write(dir.path().join("postmaster.pid"), "garbage\n").unwrap();
+        assert!(!postmaster_alive(dir.path()), "an unreadable pid");
     }
 
     #[test]

@@ -75,6 +75,18 @@ pub struct LogConfig {
     /// A `tracing` filter: `info`, `debug`, `matriarch=debug,info`.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// Also write the log to `<dir>/matriarch.log` (stderr goes on): Patroni's
+    /// `log.dir`. Applied at start, not on reload.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// How many rotated files (`matriarch.log.1` ...) to keep besides the
+    /// current one, as Patroni's `log.file_num`.
+    #[serde(default = "default_log_file_num")]
+    pub file_num: u32,
+    /// The size in bytes past which the file is rotated, as Patroni's
+    /// `log.file_size`.
+    #[serde(default = "default_log_file_size")]
+    pub file_size: u64,
 }
 
 impl Default for LogConfig {
@@ -82,12 +94,25 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: default_log_level(),
+            dir: None,
+            file_num: default_log_file_num(),
+            file_size: default_log_file_size(),
         }
     }
 }
 
 fn default_log_level() -> String {
     "info".to_owned()
+}
+
+/// Patroni's default.
+fn default_log_file_num() -> u32 {
+    4
+}
+
+/// Patroni's default (25 MB).
+fn default_log_file_size() -> u64 {
+    25_000_000
 }
 
 /// The log line format.
@@ -129,6 +154,15 @@ pub struct RestApiConfig {
     /// client certificate authenticates a mutating call.
     #[serde(default)]
     pub cafile: Option<PathBuf>,
+    /// Concurrent connections the API serves in total; more are closed at
+    /// once. Never more than a quarter of the file limit, so that the HA
+    /// loop and PostgreSQL keep theirs (default: that quarter, at most
+    /// 10,000).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Concurrent connections the API serves per client address (default 100).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for RestApiConfig {
@@ -141,6 +175,8 @@ impl Default for RestApiConfig {
             certfile: None,
             keyfile: None,
             cafile: None,
+            max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -513,6 +549,84 @@ pub fn cluster_config_from_json(
             }
         }
     }
+    dynamic_config_from_json(key, value)
+}
+
+/// Top-level keys of Patroni's dynamic configuration that matriarch keeps
+/// without acting on them, so a Patroni cluster's `config` key round-trips.
+const PATRONI_ONLY_CONFIG_KEYS: &[&str] = &[
+    "slots",
+    "ignore_slots",
+    "member_slots_ttl",
+    "standby_cluster",
+    "check_timeline",
+    "primary_start_timeout",
+    "primary_stop_timeout",
+    "master_start_timeout",
+    "master_stop_timeout",
+    "maximum_lag_on_syncnode",
+    "max_timelines_history",
+    "retain_slots",
+    "use_slots",
+];
+
+/// Refuses a top-level key of a requested change (`PATCH`/`PUT /config`)
+/// that neither matriarch nor Patroni knows: most likely a typo (`tll`), which
+/// would otherwise be stored and silently do nothing. Keys already in the DCS
+/// are never checked, so a key written by another tool survives.
+pub fn check_requested_config_keys(
+    key: &str,
+    requested: &serde_json::Value,
+) -> Result<(), ConfigError> {
+    let Some(object) = requested.as_object() else {
+        return Ok(());
+    };
+    for field in object.keys() {
+        let known = CLUSTER_CONFIG_KEYS.contains(&field.as_str())
+            || PATRONI_ONLY_CONFIG_KEYS.contains(&field.as_str());
+        if !known {
+            let hint = CLUSTER_CONFIG_KEYS
+                .iter()
+                .find(|k| edit_distance(k, field) <= 2)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(ConfigError::invalid(
+                format!("{key}.{field}"),
+                format!("unknown setting{hint}; neither matriarch nor Patroni has it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance of two short ASCII keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Reads a dynamic configuration from JSON as the DCS holds it: every known
+/// key is type-checked (the error names it) and [`ClusterConfig::validate`]
+/// applies, while unknown keys (Patroni's `slots`, `standby_cluster`,
+/// `postgresql.recovery_conf`, ...) are kept in `other`, so that rewriting
+/// the `config` key never drops them. `key` prefixes error messages.
+pub fn dynamic_config_from_json(
+    key: &str,
+    value: &serde_json::Value,
+) -> Result<ClusterConfig, ConfigError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| ConfigError::invalid(key, "must be a mapping"))?;
     for field in CLUSTER_CONFIG_KEYS {
         if let Some(v) = object.get(*field) {
             // Each field on its own, so the error names it.
@@ -639,6 +753,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("MATRIARCH_NAME", "name"),
     ("MATRIARCH_LOG_LEVEL", "log.level"),
     ("MATRIARCH_LOG_FORMAT", "log.format"),
+    ("MATRIARCH_LOG_DIR", "log.dir"),
     ("MATRIARCH_RESTAPI_LISTEN", "restapi.listen"),
     (
         "MATRIARCH_RESTAPI_CONNECT_ADDRESS",
@@ -724,13 +839,14 @@ impl NodeConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(NodeConfig, Validated), ConfigError> {
-        // First parse as written: errors carry line and column and the key path.
-        let mut config: NodeConfig = serde_norway::from_str(text).map_err(ConfigError::yaml)?;
         let overrides: Vec<(&str, &str, String)> = ENV_OVERRIDES
             .iter()
             .filter_map(|(var, key)| env(var).map(|value| (*var, *key, value)))
             .collect();
-        if !overrides.is_empty() {
+        // Without overrides, parse as written: errors carry line and column and the key path.
+        let config: NodeConfig = if overrides.is_empty() {
+            serde_norway::from_str(text).map_err(ConfigError::yaml)?
+        } else {
             let mut value: serde_norway::Value =
                 serde_norway::from_str(text).map_err(ConfigError::yaml)?;
             if value.is_null() {
@@ -739,14 +855,23 @@ impl NodeConfig {
             for (_, key, raw) in &overrides {
                 set_path(&mut value, key, serde_norway::Value::String(raw.clone()));
             }
-            config = serde_norway::from_value(value).map_err(|err| {
-                let vars: Vec<&str> = overrides.iter().map(|(var, _, _)| *var).collect();
-                ConfigError::Env {
-                    vars: vars.join(", "),
-                    message: err.to_string(),
+            // A file may leave required keys to the environment (a container
+            // image's file does); an error the file has on its own is still
+            // reported with its line.
+            match serde_norway::from_value(value) {
+                Ok(config) => config,
+                Err(err) => {
+                    if let Err(as_written) = serde_norway::from_str::<NodeConfig>(text) {
+                        return Err(ConfigError::yaml(as_written));
+                    }
+                    let vars: Vec<&str> = overrides.iter().map(|(var, _, _)| *var).collect();
+                    return Err(ConfigError::Env {
+                        vars: vars.join(", "),
+                        message: err.to_string(),
+                    });
                 }
-            })?;
-        }
+            }
+        };
         let validated = config.validate()?;
         Ok((config, validated))
     }
@@ -765,6 +890,20 @@ impl NodeConfig {
             .map_err(|e| ConfigError::invalid("scope/namespace", e.to_string()))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        if let Some(dir) = &self.log.dir {
+            if !dir.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "log.dir",
+                    format!("{} must be an absolute path", dir.display()),
+                ));
+            }
+        }
+        if self.log.file_size == 0 {
+            return Err(ConfigError::invalid(
+                "log.file_size",
+                "must be at least 1 byte",
+            ));
+        }
 
         let bootstrap_dcs = match &self.bootstrap.dcs {
             Some(value) => cluster_config_from_json("bootstrap.dcs", value)?,
@@ -812,6 +951,17 @@ impl NodeConfig {
                         format!("{} is not a readable file", file.display()),
                     ));
                 }
+            }
+        }
+        for (key, value) in [
+            ("restapi.max_connections", self.restapi.max_connections),
+            (
+                "restapi.max_connections_per_ip",
+                self.restapi.max_connections_per_ip,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
             }
         }
         let connect = match &self.restapi.connect_address {
@@ -1058,12 +1208,149 @@ impl NodeConfig {
         })
     }
 
+    /// Refuses a PostgreSQL outside [`SUPPORTED_PG_MAJORS`]: runs
+    /// `<bin_dir>/postgres --version`, and reads `PG_VERSION` of an existing
+    /// data directory (which must match the binaries). Returns the major
+    /// version. `run` and `check` call it; a reload does not.
+    pub fn check_postgres_version(&self) -> Result<u32, ConfigError> {
+        let pg = self.pg()?;
+        let bin_dir = pg
+            .bin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(matriarch_postgres::DEFAULT_BIN_DIR));
+        let postgres = bin_dir.join("postgres");
+        let output = run_bounded(&postgres, "--version", PG_VERSION_TIMEOUT).map_err(|e| {
+            ConfigError::invalid(
+                "postgresql.bin_dir",
+                format!("cannot run `{} --version`: {e}", postgres.display()),
+            )
+        })?;
+        let (major, full) = parse_postgres_version(&output).ok_or_else(|| {
+            ConfigError::invalid(
+                "postgresql.bin_dir",
+                format!(
+                    "`{} --version` printed {:?}, not `postgres (PostgreSQL) <version>`",
+                    postgres.display(),
+                    output.trim()
+                ),
+            )
+        })?;
+        if !SUPPORTED_PG_MAJORS.contains(&major) {
+            return Err(ConfigError::invalid(
+                "postgresql.bin_dir",
+                format!(
+                    "{} is PostgreSQL {full}; matriarch supports PostgreSQL {} to {}",
+                    postgres.display(),
+                    SUPPORTED_PG_MAJORS.start(),
+                    SUPPORTED_PG_MAJORS.end()
+                ),
+            ));
+        }
+        let pg_version = pg.data_dir.join("PG_VERSION");
+        // A missing (not yet created) or unreadable data directory is the
+        // controller's business; only a version we can read is checked.
+        if let Ok(text) = std::fs::read_to_string(&pg_version) {
+            let data_major: u32 = text.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    "postgresql.data_dir",
+                    format!(
+                        "{} holds {:?}, not a version",
+                        pg_version.display(),
+                        text.trim()
+                    ),
+                )
+            })?;
+            if data_major != major {
+                return Err(ConfigError::invalid(
+                    "postgresql.data_dir",
+                    format!(
+                        "{} is a PostgreSQL {data_major} data directory but {} is PostgreSQL                          {full}; point postgresql.bin_dir at PostgreSQL {data_major} (supported:                          {} to {})",
+                        pg.data_dir.display(),
+                        postgres.display(),
+                        SUPPORTED_PG_MAJORS.start(),
+                        SUPPORTED_PG_MAJORS.end()
+                    ),
+                ));
+            }
+        }
+        Ok(major)
+    }
+
     /// The PostgreSQL section; `validate` guarantees it is there.
     pub fn pg(&self) -> Result<&PostgresqlSection, ConfigError> {
         self.postgresql
             .as_ref()
             .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))
     }
+}
+
+/// The PostgreSQL major versions matriarch is tested with and supports.
+pub const SUPPORTED_PG_MAJORS: std::ops::RangeInclusive<u32> = 15..=18;
+
+/// How long `postgres --version` may take.
+const PG_VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `program arg` and returns its standard output; an exit status other
+/// than 0, or no exit within `timeout` (the child is then killed), is an error.
+fn run_bounded(program: &Path, arg: &str, timeout: std::time::Duration) -> Result<String, String> {
+    use std::io::Read;
+    let spawn = || {
+        std::process::Command::new(program)
+            .arg(arg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    };
+    // ETXTBSY: a program just written (an upgrade in progress) is briefly
+    // still open for writing in some process.
+    let mut child = spawn()
+        .or_else(|e| match e.raw_os_error() {
+            Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                spawn()
+            }
+            _ => Err(e),
+        })
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                // Best effort: the error below is what matters.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {}s", timeout.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        // Bounded: a version line, not a stream.
+        stdout
+            .by_ref()
+            .take(4096)
+            .read_to_string(&mut out)
+            .map_err(|e| e.to_string())?;
+    }
+    if !status.success() {
+        return Err(format!("it exited with {status}"));
+    }
+    Ok(out)
+}
+
+/// `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → (15, "15.18");
+/// also `18beta1` → (18, "18beta1").
+fn parse_postgres_version(output: &str) -> Option<(u32, String)> {
+    let rest = output.lines().next()?.split("(PostgreSQL) ").nth(1)?;
+    let full = rest.split_whitespace().next()?;
+    let digits: String = full.chars().take_while(char::is_ascii_digit).collect();
+    Some((digits.parse().ok()?, full.to_owned()))
 }
 
 #[cfg(test)]
@@ -1097,6 +1384,41 @@ postgresql:
         assert_eq!(v.bootstrap_dcs, ClusterConfig::default());
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
+    fn a_requested_key_nobody_knows_is_refused_with_a_hint() {
+        let err = check_requested_config_keys("config", &serde_json::json!({"tll": 10}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.tll") && err.contains("did you mean `ttl`"),
+            "{err}"
+        );
+        for ok in [
+            serde_json::json!({"ttl": 10}),
+            serde_json::json!({"slots": {}, "standby_cluster": null, "check_timeline": true}),
+        ] {
+            assert!(check_requested_config_keys("config", &ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_file_may_leave_required_keys_to_the_environment() {
+        let text = "bootstrap:\n  dcs: {ttl: 5, loop_wait: 1, retry_timeout: 2}\npostgresql:\n  data_dir: /data\n  authentication:\n    superuser: {username: postgres}\n    replication: {username: standby}\n";
+        assert!(NodeConfig::parse(text, no_env).is_err());
+        let env = |var: &str| match var {
+            "MATRIARCH_SCOPE" => Some("img".to_owned()),
+            "MATRIARCH_NAME" => Some("node1".to_owned()),
+            "MATRIARCH_ETCD3_HOSTS" => Some("127.0.0.1:2379".to_owned()),
+            "MATRIARCH_RESTAPI_LISTEN" => Some("127.0.0.1:8008".to_owned()),
+            "MATRIARCH_POSTGRESQL_LISTEN" => Some("127.0.0.1:5432".to_owned()),
+            "MATRIARCH_SUPERUSER_PASSWORD" => Some("s3cret".to_owned()),
+            "MATRIARCH_REPLICATION_PASSWORD" => Some("r3pl".to_owned()),
+            _ => None,
+        };
+        let (config, _) = NodeConfig::parse(text, env).unwrap();
+        assert_eq!(config.scope, "img");
     }
 
     #[test]
@@ -1200,5 +1522,90 @@ postgresql:
         assert_eq!(v.allowlist.len(), 2);
         assert!(config.router.elb.is_none() && config.router.dns.is_none());
         assert_eq!(config.watchdog, WatchdogConfig::default());
+    }
+    /// A bin_dir whose `postgres --version` prints `line`.
+    fn fake_bin_dir(line: &str) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg_ctl"), "").unwrap();
+        let postgres = dir.path().join("postgres");
+        std::fs::write(&postgres, format!("#!/bin/sh\necho '{line}'\n")).unwrap();
+        std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn with_bin_dir(bin: &Path, data_dir: &Path) -> NodeConfig {
+        let text = MINIMAL.replace("/tmp/x/data", &data_dir.display().to_string())
+            + &format!("  bin_dir: {}\n", bin.display());
+        NodeConfig::parse(&text, no_env).unwrap().0
+    }
+
+    #[test]
+    fn postgresql_14_is_refused_naming_the_version_and_the_range() {
+        let bin = fake_bin_dir("postgres (PostgreSQL) 14.9");
+        let config = with_bin_dir(bin.path(), Path::new("/nonexistent/data"));
+        let err = config.check_postgres_version().unwrap_err().to_string();
+        assert!(err.contains("PostgreSQL 14.9"), "{err}");
+        assert!(err.contains("supports PostgreSQL 15 to 18"), "{err}");
+        assert!(err.contains("postgresql.bin_dir"), "{err}");
+        let bin = fake_bin_dir("postgres (PostgreSQL) 19devel");
+        let config = with_bin_dir(bin.path(), Path::new("/nonexistent/data"));
+        let err = config.check_postgres_version().unwrap_err().to_string();
+        assert!(err.contains("PostgreSQL 19devel"), "{err}");
+    }
+
+    #[test]
+    fn postgresql_15_to_18_are_accepted() {
+        for (line, major) in [
+            ("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", 15),
+            ("postgres (PostgreSQL) 16.4", 16),
+            ("postgres (PostgreSQL) 18.6", 18),
+        ] {
+            let bin = fake_bin_dir(line);
+            let config = with_bin_dir(bin.path(), Path::new("/nonexistent/data"));
+            assert_eq!(config.check_postgres_version().unwrap(), major, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_data_directory_of_another_version_is_refused() {
+        let bin = fake_bin_dir("postgres (PostgreSQL) 16.4");
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("PG_VERSION"), "14\n").unwrap();
+        let config = with_bin_dir(bin.path(), data.path());
+        let err = config.check_postgres_version().unwrap_err().to_string();
+        assert!(err.contains("PostgreSQL 14 data directory"), "{err}");
+        assert!(err.contains("postgresql.data_dir"), "{err}");
+        std::fs::write(data.path().join("PG_VERSION"), "16\n").unwrap();
+        assert_eq!(config.check_postgres_version().unwrap(), 16);
+    }
+
+    #[test]
+    fn a_missing_or_unparsable_postgres_is_a_clear_error() {
+        let bin = fake_bin_dir("something else");
+        let config = with_bin_dir(bin.path(), Path::new("/nonexistent/data"));
+        let err = config.check_postgres_version().unwrap_err().to_string();
+        assert!(
+            err.contains("not `postgres (PostgreSQL) <version>`"),
+            "{err}"
+        );
+        std::fs::remove_file(bin.path().join("postgres")).unwrap();
+        let err = config.check_postgres_version().unwrap_err().to_string();
+        assert!(err.contains("cannot run"), "{err}");
+    }
+
+    #[test]
+    fn log_dir_must_be_absolute_and_file_settings_default_to_patronis() {
+        let (config, _) = NodeConfig::parse(MINIMAL, no_env).unwrap();
+        assert_eq!((config.log.file_num, config.log.file_size), (4, 25_000_000));
+        assert!(config.log.dir.is_none());
+        let text = format!("{MINIMAL}log:\n  dir: var/log\n");
+        let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
+        assert!(err.contains("log.dir"), "{err}");
+        let text =
+            format!("{MINIMAL}log:\n  dir: /var/log/matriarch\n  file_num: 2\n  file_size: 1000\n");
+        let (config, _) = NodeConfig::parse(&text, no_env).unwrap();
+        assert_eq!(config.log.dir, Some(PathBuf::from("/var/log/matriarch")));
+        assert_eq!((config.log.file_num, config.log.file_size), (2, 1000));
     }
 }

@@ -94,6 +94,29 @@ pub enum DaemonError {
         /// The other agent's API.
         api_url: String,
     },
+    /// Another agent holds the data directory's lock file: it runs this
+    /// data directory's PostgreSQL, which this agent must not touch.
+    #[error(
+        "data directory {} is in use by another matriarch agent (pid {holder}): \
+         lock {} is held; check `postgresql.data_dir` in this node's configuration",
+        data_dir.display(), lock.display()
+    )]
+    DataDirLocked {
+        /// The data directory.
+        data_dir: std::path::PathBuf,
+        /// The lock file.
+        lock: std::path::PathBuf,
+        /// The pid the lock file names (as written by its holder), or `?`.
+        holder: String,
+    },
+    /// The data directory's lock file could not be created or locked.
+    #[error("data directory lock {}: {source}", lock.display())]
+    DataDirLock {
+        /// The lock file.
+        lock: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The write fence could not be started.
     #[error("write fence: {0}")]
     Fence(String),

@@ -194,18 +194,23 @@ impl Postgres for HookedPostgres {
         Ok(id)
     }
 
-    /// Clones; a stopped data directory that is not empty is set aside
-    /// first (renamed to `<data_dir>.replaced`, replacing an older one).
+    /// Clones; a stopped data directory that is not empty is emptied in
+    /// place first, and only when it holds a PostgreSQL cluster.
     ///
     /// The engine clones a non-empty directory only after pg_rewind said it
     /// cannot repair it ("cloning anew"), while the controller's contract
-    /// refuses a non-empty one; setting it aside (rather than deleting it)
-    /// keeps the old data for inspection until the next replacement.
+    /// refuses a non-empty one. Emptying in place (rather than renaming to
+    /// a sibling) works on a mount point and needs no second copy's worth of
+    /// disk; [`matriarch_postgres::empty_cluster_data_dir`] refuses anything
+    /// that is not a PostgreSQL cluster (somebody's own files). The engine
+    /// has already refused a cluster with another system identifier than
+    /// the DCS `initialize` one before it gets here.
     async fn clone_replica(&self, source: &Upstream) -> Result<(), PostgresError> {
         let _ops = self.ops.lock().await;
         let data_dir = self.inner.config().data_dir.clone();
         let not_empty = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
         if not_empty {
+            matriarch_postgres::check_cluster_data_dir(Operation::CloneReplica, &data_dir, None)?;
             let state = self.inner.observe().await?;
             if state.role().is_some()
                 || matches!(state.server, matriarch_postgres::ServerState::Unavailable)
@@ -214,18 +219,13 @@ impl Postgres for HookedPostgres {
                     operation: Operation::CloneReplica,
                 });
             }
-            let mut aside = data_dir.clone().into_os_string();
-            aside.push(".replaced");
-            let aside = PathBuf::from(aside);
-            if aside.exists() {
-                let _ = std::fs::remove_dir_all(&aside);
-            }
-            std::fs::rename(&data_dir, &aside).map_err(|source| PostgresError::Io {
-                operation: Operation::CloneReplica,
-                context: format!("setting {} aside", data_dir.display()),
-                source,
-            })?;
-            warn!(data_dir = %data_dir.display(), aside = %aside.display(), "set the unrepairable data directory aside before cloning anew");
+            let expected = state.system_id;
+            matriarch_postgres::empty_cluster_data_dir(
+                Operation::CloneReplica,
+                &data_dir,
+                expected,
+            )?;
+            warn!(data_dir = %data_dir.display(), "emptied the unrepairable data directory in place before cloning anew");
         }
         self.inner.clone_replica(source).await
     }

@@ -4,6 +4,8 @@
 //! - `matriarch run --config node.yaml` runs the agent of one member (see
 //!   [`node`]).
 //! - `matriarch ctl ...` drives a cluster through the REST API.
+//! - `matriarch check --config node.yaml` checks a configuration and the
+//!   PostgreSQL version; `matriarch version` prints the version.
 //! - `matriarch fence --pid-file ...` is the write-fence watchdog the agent
 //!   spawns (hidden; see [`fence`]).
 
@@ -50,6 +52,8 @@ enum Command {
         #[arg(long, short, env = "MATRIARCH_CONFIG")]
         config: PathBuf,
     },
+    /// Prints the version (as `--version` does).
+    Version,
     /// Drives a cluster through its REST API (like patronictl).
     Ctl(ctl::CtlArgs),
     /// The write-fence watchdog (spawned by `run`).
@@ -63,6 +67,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Version = cli.command {
+        println!("matriarch {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     if let Command::Fence { pid_file } = cli.command {
         // No runtime: the watchdog is a plain loop.
         return fence::run_watchdog(pid_file);
@@ -82,9 +90,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => node::run(config).await,
             Command::Check { config } => {
-                match config::NodeConfig::load(&config, |var| std::env::var(var).ok()) {
-                    Ok(_) => {
-                        println!("{}: valid", config.display());
+                match config::NodeConfig::load(&config, |var| std::env::var(var).ok())
+                    .and_then(|(node, _)| node.check_postgres_version())
+                {
+                    Ok(major) => {
+                        println!("{}: valid (PostgreSQL {major})", config.display());
                         ExitCode::SUCCESS
                     }
                     Err(error) => {
@@ -94,7 +104,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Ctl(args) => ctl::run(args).await,
-            Command::Fence { .. } => ExitCode::FAILURE,
+            Command::Fence { .. } | Command::Version => ExitCode::FAILURE,
         }
     })
 }

@@ -81,6 +81,67 @@ pub fn controller_config(
     Ok(pgc)
 }
 
+/// The lock file of a data directory: `.<name>.matriarch.lock` next to it
+/// (in its parent, so emptying or re-creating the data directory keeps it).
+fn data_dir_lock_path(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".to_owned());
+    let parent = data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parent.join(format!(".{name}.matriarch.lock"))
+}
+
+/// Takes the exclusive `flock` on the data directory's lock file, held
+/// (through the returned file) for the agent's whole life. A second agent
+/// started on the same data directory (a copied configuration) is refused
+/// here, before it touches the DCS or the PostgreSQL the first one runs.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let lock = data_dir_lock_path(data_dir);
+    let io = |source| DaemonError::DataDirLock {
+        lock: lock.clone(),
+        source,
+    };
+    if let Some(parent) = lock.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(DaemonError::DataDirLocked {
+                data_dir: data_dir.to_owned(),
+                lock,
+                holder: if holder.is_empty() {
+                    "?".to_owned()
+                } else {
+                    holder.to_owned()
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
+    }
+    // Our pid, for the message a refused second agent prints.
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(io)?;
+    Ok(file)
+}
+
 /// Refuses to start when a live agent already runs under this member name:
 /// `members/<name>` exists and its api_url answers.
 async fn check_duplicate_name(
@@ -131,6 +192,11 @@ pub async fn run(config_path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A PostgreSQL outside 15..=18 is refused before anything starts.
+    if let Err(error) = config.check_postgres_version() {
+        eprintln!("matriarch: {error}");
+        return ExitCode::from(2);
+    }
     let log = match crate::logging::init(&config.log) {
         Ok(handle) => handle,
         Err(error) => {
@@ -162,6 +228,12 @@ async fn run_node(
     let retry = validated.bootstrap_dcs.retry_timeout;
     let ttl = validated.bootstrap_dcs.ttl;
     let scope = validated.layout.scope().to_owned();
+    // Before anything else (DCS, fence, PostgreSQL): a second agent on this
+    // data directory must not adopt, demote or stop the first one's server.
+    // Held until the process exits.
+    let data_dir = controller_config(&config, &validated)?.data_dir;
+    let _data_dir_lock = lock_data_dir(&data_dir)?;
+    info!(lock = %data_dir_lock_path(&data_dir).display(), "data directory lock taken");
     // The watchdog's timeout follows the ttl in force (the engine's status,
     // once it runs).
     let engine_status = Arc::new(std::sync::OnceLock::<matriarch_ha::StatusHandle>::new());
@@ -189,12 +261,34 @@ async fn run_node(
     let router = router::build(&config, &validated).await?;
     info!(router = router.name(), "router");
 
-    let listener = tokio::net::TcpListener::bind(validated.restapi_listen)
-        .await
-        .map_err(|e| DaemonError::RestApi {
-            addr: validated.restapi_listen.to_string(),
-            message: e.to_string(),
-        })?;
+    // File descriptors: the REST API gets a bounded share, so that no flood of
+    // connections can starve the HA loop, the DCS client or PostgreSQL.
+    let nofile = match api::raise_file_limit() {
+        Ok(nofile) => nofile,
+        Err(err) => {
+            let current = match &err {
+                api::FileLimitError::Set { current, .. } => *current,
+                _ => 1024,
+            };
+            warn!(error = %err, open_files = current, "cannot raise the open file limit");
+            current
+        }
+    };
+    let limits = api::ConnectionLimits::new(
+        nofile,
+        config.restapi.max_connections,
+        config.restapi.max_connections_per_ip,
+    );
+    info!(
+        open_files = nofile,
+        max_connections = limits.total,
+        max_connections_per_ip = limits.per_ip,
+        "REST API connection caps"
+    );
+    let listener = api::bind(validated.restapi_listen).map_err(|e| DaemonError::RestApi {
+        addr: validated.restapi_listen.to_string(),
+        message: e.to_string(),
+    })?;
     let tls = match (&config.restapi.certfile, &config.restapi.keyfile) {
         (Some(cert), Some(key)) => Some(
             api::tls_acceptor(cert, key, config.restapi.cafile.as_deref()).map_err(|message| {
@@ -207,7 +301,7 @@ async fn run_node(
         _ => None,
     };
     if config.restapi.authentication.is_none() && config.restapi.cafile.is_none() {
-        warn!("restapi.authentication is not configured: the REST API refuses every change");
+        warn!("restapi.authentication is not configured: the REST API refuses every change, and failsafe heartbeats from this node are refused by its peers");
     }
 
     let engine_fence: Arc<dyn matriarch_ha::Fence> = match &watchdog {
@@ -240,15 +334,24 @@ async fn run_node(
         postgres_timeout: POSTGRES_TIMEOUT,
     };
     // Peers' REST APIs over HTTP or HTTPS (the cluster's CA: restapi.cafile).
-    let peer_client = Arc::new(HttpPeerProbe::with_tls(
-        PROBE_TIMEOUT,
-        config.restapi.cafile.as_deref(),
-        config
-            .restapi
-            .certfile
-            .as_deref()
-            .zip(config.restapi.keyfile.as_deref()),
-    ));
+    let peer_client = Arc::new(
+        HttpPeerProbe::with_tls(
+            PROBE_TIMEOUT,
+            config.restapi.cafile.as_deref(),
+            config
+                .restapi
+                .certfile
+                .as_deref()
+                .zip(config.restapi.keyfile.as_deref()),
+        )
+        .with_basic_auth(
+            config
+                .restapi
+                .authentication
+                .as_ref()
+                .map(|a| (a.username.as_str(), &a.password)),
+        ),
+    );
     let engine = Engine::new(
         dcs.clone(),
         postgres,
@@ -292,8 +395,9 @@ async fn run_node(
         restart: Some(restart),
     });
     let current = tracing::Span::current();
-    let server =
-        tokio::spawn(api::serve(listener, Arc::clone(&state), tls).instrument(current.clone()));
+    let server = tokio::spawn(
+        api::serve(listener, Arc::clone(&state), tls, limits).instrument(current.clone()),
+    );
     let refresher = tokio::spawn(
         api::refresh(
             Arc::clone(&state),

@@ -25,6 +25,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tracing::debug;
 
+use crate::secret::Password;
+
 /// Where the system's CA bundle usually is (`SSL_CERT_FILE` first).
 const SYSTEM_CA_BUNDLES: [&str; 4] = [
     "/etc/ssl/certs/ca-certificates.crt",
@@ -44,6 +46,8 @@ pub struct HttpPeerProbe {
     /// For `https://` peers; `None` when no CA could be loaded (then HTTPS
     /// peers are not reached, and the error says why).
     tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// The `Authorization` header sent with `POST /failsafe` (a secret).
+    authorization: Option<String>,
 }
 
 impl std::fmt::Debug for HttpPeerProbe {
@@ -51,6 +55,7 @@ impl std::fmt::Debug for HttpPeerProbe {
         f.debug_struct("HttpPeerProbe")
             .field("timeout", &self.timeout)
             .field("tls", &self.tls.is_ok())
+            .field("authorization", &self.authorization.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -180,7 +185,23 @@ impl HttpPeerProbe {
         HttpPeerProbe {
             timeout,
             tls: tls_client_config(cafile, client_cert).map(Arc::new),
+            authorization: None,
         }
+    }
+
+    /// Sends `credentials` (`restapi.authentication`) as basic
+    /// authentication with `POST /failsafe`, which peers authenticate like
+    /// every change; without them only a client certificate can.
+    pub fn with_basic_auth(mut self, credentials: Option<(&str, &Password)>) -> Self {
+        use base64::Engine as _;
+        self.authorization = credentials.map(|(user, password)| {
+            let pair = format!("{user}:{}", password.expose());
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        });
+        self
     }
 
     /// Sends one request (a JSON body for POST) and returns the status and
@@ -192,9 +213,24 @@ impl HttpPeerProbe {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), String> {
-        tokio::time::timeout(timeout, self.request_inner(method.clone(), url, body))
-            .await
-            .map_err(|_| format!("{method} {url}: no answer within {timeout:?}"))?
+        self.request_with(method, url, body, None, timeout).await
+    }
+
+    /// [`HttpPeerProbe::request`] with an `Authorization` header.
+    async fn request_with(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        body: Option<Bytes>,
+        authorization: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        tokio::time::timeout(
+            timeout,
+            self.request_inner(method.clone(), url, body, authorization),
+        )
+        .await
+        .map_err(|_| format!("{method} {url}: no answer within {timeout:?}"))?
     }
 
     async fn request_inner(
@@ -202,6 +238,7 @@ impl HttpPeerProbe {
         method: hyper::Method,
         url: &str,
         body: Option<Bytes>,
+        authorization: Option<&str>,
     ) -> Result<(u16, Bytes), String> {
         let target = parse_url(url)?;
         let fail = |e: &dyn std::fmt::Display| format!("{method} {url}: {e}");
@@ -218,6 +255,9 @@ impl HttpPeerProbe {
             );
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(authorization) = authorization {
+            builder = builder.header(hyper::header::AUTHORIZATION, authorization);
         }
         let request = builder
             .body(Full::new(body.unwrap_or_default()))
@@ -352,7 +392,13 @@ impl FailsafeSender for HttpPeerProbe {
                     }
                 };
                 match self
-                    .request(hyper::Method::POST, &url, Some(body), timeout)
+                    .request_with(
+                        hyper::Method::POST,
+                        &url,
+                        Some(body),
+                        self.authorization.as_deref(),
+                        timeout,
+                    )
                     .await
                 {
                     Ok((200, _)) => Some(name.clone()),

@@ -153,3 +153,31 @@ fn bad_environment_overrides_exit_non_zero_naming_them() {
     }
     assert!(!std::path::Path::new("/tmp/matriarch-bad-config-never-created").exists());
 }
+
+#[test]
+fn an_unsupported_postgresql_version_is_refused_by_run_and_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(bin.path().join("pg_ctl"), "").unwrap();
+    let postgres = bin.path().join("postgres");
+    std::fs::write(&postgres, "#!/bin/sh\necho 'postgres (PostgreSQL) 14.9'\n").unwrap();
+    std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!("{GOOD}  bin_dir: {}\n", bin.path().display());
+    let (code, stderr) = run(&config);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("PostgreSQL 14.9") && stderr.contains("15 to 18"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PostgreSQL 14.9"), "{stderr}");
+}

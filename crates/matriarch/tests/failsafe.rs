@@ -72,17 +72,18 @@ fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_mem
     let (etcd, cluster, primary) = start();
     let replica = (primary + 1) % 3;
 
-    // A replica acknowledges only heartbeats of the leader it follows.
+    // A replica acknowledges only heartbeats of the leader it follows, and
+    // only from a peer that authenticates like for any change.
     let stranger = r#"{"name": "nobody", "conn_url": "", "api_url": ""}"#;
     assert_eq!(
         cluster.nodes[replica]
-            .call("POST", "/failsafe", stranger, false)
+            .call("POST", "/failsafe", stranger, true)
             .status,
         409
     );
     assert_eq!(
         cluster.nodes[replica]
-            .call("POST", "/failsafe", "[1, 2]", false)
+            .call("POST", "/failsafe", "[1, 2]", true)
             .status,
         400
     );
@@ -93,7 +94,7 @@ fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_mem
     );
     assert_eq!(
         cluster.nodes[primary]
-            .call("POST", "/failsafe", &from_replica, false)
+            .call("POST", "/failsafe", &from_replica, true)
             .status,
         409
     );

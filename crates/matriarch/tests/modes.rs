@@ -225,6 +225,31 @@ fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged
         "GET /cluster never named {standby}: {body}"
     );
 
+    // A switchover to the standby that is not synchronous is refused at once
+    // (Patroni's 412), and no request is left for the leader.
+    let other = (0..3)
+        .find(|i| *i != primary && cluster.nodes[*i].name != standby)
+        .expect("a non-synchronous replica");
+    let body = format!(
+        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
+        cluster.nodes[primary].name, cluster.nodes[other].name
+    );
+    let asked = Instant::now();
+    let response = cluster.nodes[other].call("POST", "/switchover", &body, true);
+    assert_eq!(response.status, 412, "{}", response.body_text());
+    assert!(
+        response.body_text().contains("not a synchronous standby"),
+        "{}",
+        response.body_text()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(etcd_get(&url, "/service/e2e/failover"), None);
+    assert_eq!(cluster.primary(), Some(primary));
+
     let (new, standbys_before) = crash_primary_while_writing(&mut cluster, &url, primary);
     assert_eq!(
         standbys_before, standbys,

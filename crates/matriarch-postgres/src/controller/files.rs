@@ -10,9 +10,9 @@ use matriarch_model::{Lsn, MemberName, ParameterValue, SystemId, Timeline};
 
 use super::process::OsUser;
 use crate::error::{Operation, PostgresError};
-use crate::secret::Credentials;
+use crate::secret::{Credentials, Secret};
 use crate::sync_standby::SyncStandbyNames;
-use crate::upstream::Upstream;
+use crate::upstream::{pgpass_line, Upstream};
 
 /// The configuration file matriarch rewrites on every start: listen
 /// address, port, socket, replication settings and the user parameters.
@@ -109,7 +109,8 @@ pub(crate) fn create_data_dir(
 }
 
 /// Removes everything inside the data directory (not the directory itself).
-/// Only called on a directory this controller found empty and filled itself.
+/// Only called on a directory this controller found empty and filled itself,
+/// or through [`empty_cluster_data_dir`] after its checks.
 pub(crate) fn empty_data_dir(op: Operation, data_dir: &Path) -> Result<(), PostgresError> {
     let io = |context: String| {
         move |source| PostgresError::Io {
@@ -126,6 +127,8 @@ pub(crate) fn empty_data_dir(op: Operation, data_dir: &Path) -> Result<(), Postg
     for entry in entries {
         let entry = entry.map_err(io(format!("listing {}", data_dir.display())))?;
         let path = entry.path();
+        // `file_type` does not follow symlinks: a link is removed, never
+        // what it points to.
         let is_dir = entry
             .file_type()
             .map_err(io(format!("stat {}", path.display())))?
@@ -136,6 +139,81 @@ pub(crate) fn empty_data_dir(op: Operation, data_dir: &Path) -> Result<(), Postg
             fs::remove_file(&path)
         }
         .map_err(io(format!("removing {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Reads the database system identifier from `global/pg_control` directly
+/// (its first 8 bytes, native byte order, as PostgreSQL writes them) so the
+/// check needs neither a running server nor `pg_controldata`.
+pub fn read_system_id(op: Operation, data_dir: &Path) -> Result<SystemId, PostgresError> {
+    let path = data_dir.join("global").join("pg_control");
+    let bytes = fs::read(&path).map_err(|source| PostgresError::NotOurCluster {
+        operation: op,
+        data_dir: data_dir.to_owned(),
+        reason: format!("cannot read {}: {source}", path.display()),
+    })?;
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| PostgresError::NotOurCluster {
+            operation: op,
+            data_dir: data_dir.to_owned(),
+            reason: format!("{} is truncated ({} bytes)", path.display(), bytes.len()),
+        })?;
+    Ok(SystemId(u64::from_ne_bytes(head)))
+}
+
+/// Empties a data directory *in place* (the directory itself, which may be
+/// a mount point, stays) but only after proving it holds this cluster:
+/// `PG_VERSION` is there and `global/pg_control` names `expected` as the
+/// system identifier. `expected == None` is for a caller that has no
+/// cluster identifier to compare with (nothing recorded yet): then only a
+/// PostgreSQL cluster with a readable identifier is accepted.
+///
+/// Anything else (somebody's own files, another cluster, a symlink instead
+/// of a directory) is refused with [`PostgresError::NotOurCluster`] or
+/// [`PostgresError::SystemIdMismatch`] and nothing is changed.
+pub fn empty_cluster_data_dir(
+    op: Operation,
+    data_dir: &Path,
+    expected: Option<SystemId>,
+) -> Result<(), PostgresError> {
+    check_cluster_data_dir(op, data_dir, expected)?;
+    empty_data_dir(op, data_dir)
+}
+
+/// The checks of [`empty_cluster_data_dir`] without removing anything, for a
+/// caller that must refuse before doing anything else (stopping the server).
+pub fn check_cluster_data_dir(
+    op: Operation,
+    data_dir: &Path,
+    expected: Option<SystemId>,
+) -> Result<(), PostgresError> {
+    let refuse = |reason: String| PostgresError::NotOurCluster {
+        operation: op,
+        data_dir: data_dir.to_owned(),
+        reason,
+    };
+    let meta = fs::symlink_metadata(data_dir)
+        .map_err(|source| refuse(format!("cannot stat it: {source}")))?;
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".to_owned()));
+    }
+    match fs::symlink_metadata(data_dir.join("PG_VERSION")) {
+        Ok(meta) if meta.is_file() => {}
+        _ => return Err(refuse("it has no PG_VERSION file".to_owned())),
+    }
+    let found = read_system_id(op, data_dir)?;
+    if let Some(expected) = expected {
+        if found != expected {
+            return Err(PostgresError::SystemIdMismatch {
+                operation: op,
+                context: format!("data directory {}", data_dir.display()),
+                expected,
+                found,
+            });
+        }
     }
     Ok(())
 }
@@ -316,10 +394,15 @@ pub(crate) fn render_parameters(parameters: &BTreeMap<String, ParameterValue>) -
 
 /// Renders [`UPSTREAM_CONF_FILE`]: the upstream to stream from (and which
 /// it is, in comments that [`parse_upstream`] reads back), or none.
+///
+/// The replication password is not in `primary_conninfo` (PostgreSQL logs
+/// that parameter on every reload that changes it): it names `passfile`,
+/// which [`render_passfile`] fills.
 pub(crate) fn render_upstream(
     upstream: Option<&Upstream>,
     replication: &Credentials,
     member: &MemberName,
+    passfile: &Path,
 ) -> Result<String, String> {
     let mut out = String::from("# Managed by matriarch: the upstream this server streams from.\n");
     match upstream {
@@ -334,11 +417,10 @@ pub(crate) fn render_upstream(
             out.push_str(&format!("{UPSTREAM_MEMBER}{}\n", upstream.member));
             out.push_str(&format!("{UPSTREAM_HOST}{}\n", upstream.host));
             out.push_str(&format!("{UPSTREAM_PORT}{}\n", upstream.port));
-            let conninfo = upstream.primary_conninfo(replication, member);
-            out.push_str(&format!(
-                "primary_conninfo = {}\n",
-                conf_quote(conninfo.expose())
-            ));
+            let passfile = replication.password.as_ref().map(|_| passfile);
+            let conninfo =
+                upstream.primary_conninfo_with_passfile(&replication.username, passfile, member);
+            out.push_str(&format!("primary_conninfo = {}\n", conf_quote(&conninfo)));
             out.push_str(&format!(
                 "primary_slot_name = {}\n",
                 conf_quote(&member.slot_name())
@@ -346,6 +428,32 @@ pub(crate) fn render_upstream(
         }
     }
     Ok(out)
+}
+
+/// The libpq password file `primary_conninfo` names: `<data_dir>.pgpass`,
+/// next to the data directory (outside it, so base backups and pg_rewind
+/// do not copy it around) like the default server log.
+pub(crate) fn passfile_path(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".pgpass");
+    PathBuf::from(name)
+}
+
+/// Renders the libpq password file `primary_conninfo` names: `None` when
+/// the replication role has no password. A password with a line break
+/// cannot be written to a password file and is refused.
+pub(crate) fn render_passfile(replication: &Credentials) -> Result<Option<Secret>, String> {
+    let Some(password) = &replication.password else {
+        return Ok(None);
+    };
+    let bad = |v: &str| v.contains(['\n', '\r', '\0']);
+    if bad(password.expose()) || bad(&replication.username) {
+        return Err(format!(
+            "the replication role {:?} or its password holds a line break, which a libpq password file cannot hold",
+            replication.username
+        ));
+    }
+    Ok(Some(pgpass_line(&replication.username, password.expose())))
 }
 
 /// The upstream recorded in [`UPSTREAM_CONF_FILE`]'s comments.
@@ -489,15 +597,18 @@ Min recovery ending loc's timeline:   2
             Some(&upstream),
             &Credentials::new("rep", "it's \\ secret"),
             &MemberName::new("pg-2").unwrap(),
+            Path::new("/pg/it's.pgpass"),
         )
         .unwrap();
         assert_eq!(parse_upstream(&text), Some(upstream));
         assert!(text.contains("primary_slot_name = 'pg_2'"), "{text}");
-        assert!(text.contains(r"password=''it\\''s \\\\ secret''"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains(r"passfile=''/pg/it\\''s.pgpass''"), "{text}");
         let none = render_upstream(
             None,
             &Credentials::new("rep", "x"),
             &MemberName::new("pg-2").unwrap(),
+            Path::new("/pg/p"),
         )
         .unwrap();
         assert_eq!(parse_upstream(&none), None);

@@ -44,9 +44,10 @@
 //!   connection per `observe`, on replicas only); SQL alone shows the last
 //!   restartpoint's once the WAL receiver is gone. If `pg_hba.conf` refuses
 //!   that connection, the SQL estimate is reported and a warning logged once.
-//! * `promote` runs a `CHECKPOINT` after `pg_promote()`, so that pg_rewind
-//!   (which reads a source's timeline from its control file) sees the new
-//!   timeline at once.
+//! * `promote` returns as soon as recovery has ended (polled every
+//!   [`PROMOTE_POLL`]) and then runs a `CHECKPOINT` in the background, so that
+//!   pg_rewind (which reads a source's timeline from its control file) sees
+//!   the new timeline soon; `rewind` also checkpoints a primary source first.
 
 mod config;
 mod files;
@@ -66,7 +67,10 @@ use tokio_postgres::Client;
 pub use config::{
     check_parameter, PgControllerConfig, PgTimeouts, DEFAULT_BIN_DIR, DEFAULT_OS_USER,
 };
-pub use files::{MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE};
+pub use files::{
+    check_cluster_data_dir, empty_cluster_data_dir, read_system_id, MANAGED_CONF_FILE,
+    SYNC_CONF_FILE, UPSTREAM_CONF_FILE,
+};
 
 use self::files::{ControlData, DirContents, ManagedSettings};
 use self::process::{arg, Runner};
@@ -90,6 +94,8 @@ const IMMEDIATE_STOP: Duration = Duration::from_secs(10);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often readiness and reloads are polled.
 const POLL: Duration = Duration::from_millis(100);
+/// How often `promote` checks whether recovery has ended.
+pub(crate) const PROMOTE_POLL: Duration = Duration::from_millis(5);
 
 /// Controls one PostgreSQL server (one data directory) with the server
 /// programs and SQL: the [`Postgres`] implementation the HA engine runs.
@@ -455,12 +461,27 @@ impl PgController {
         op: Operation,
         upstream: Option<&Upstream>,
     ) -> Result<(), PostgresError> {
-        let text = files::render_upstream(upstream, &self.config.replication, &self.config.member)
-            .map_err(|message| PostgresError::Unexpected {
-                operation: op,
-                context: "writing primary_conninfo".to_owned(),
-                message,
-            })?;
+        let passfile = files::passfile_path(self.data_dir());
+        let unexpected = |message| PostgresError::Unexpected {
+            operation: op,
+            context: "writing primary_conninfo".to_owned(),
+            message,
+        };
+        let text = files::render_upstream(
+            upstream,
+            &self.config.replication,
+            &self.config.member,
+            &passfile,
+        )
+        .map_err(unexpected)?;
+        // The password file first: primary_conninfo names it.
+        if upstream.is_some() {
+            if let Some(line) =
+                files::render_passfile(&self.config.replication).map_err(unexpected)?
+            {
+                files::write_file(op, &passfile, line.expose(), 0o600, &self.runner.user)?;
+            }
+        }
         files::write_file(
             op,
             &self.path(UPSTREAM_CONF_FILE),
@@ -468,6 +489,19 @@ impl PgController {
             0o600,
             &self.runner.user,
         )
+    }
+
+    /// Checks, before anything is written, that `upstream` and the
+    /// replication credentials can be rendered, so a bad one leaves no trace.
+    fn check_upstream(&self, upstream: &Upstream) -> Result<(), PostgresError> {
+        files::render_upstream(
+            Some(upstream),
+            &self.config.replication,
+            &self.config.member,
+            &files::passfile_path(self.data_dir()),
+        )
+        .and_then(|_| files::render_passfile(&self.config.replication).map(|_| ()))
+        .map_err(|reason| PostgresError::InvalidConfig { reason })
     }
 
     fn current_upstream(&self, op: Operation) -> Result<Option<Upstream>, PostgresError> {
@@ -527,6 +561,18 @@ impl PgController {
                 context: format!("opening server log {}", self.server_log.display()),
                 source,
             })?;
+        // `mode` applies only when the file is created: one left by hand or
+        // by an older version with a looser mode is tightened too (reloads
+        // log parameter values).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| PostgresError::Io {
+                    operation: op,
+                    context: format!("chmod 0600 server log {}", self.server_log.display()),
+                    source,
+                })?;
+        }
         files::chown(op, &self.server_log, &self.runner.user)?;
         Ok(file.metadata().map(|meta| meta.len()).unwrap_or(0))
     }
@@ -1251,8 +1297,7 @@ impl PgController {
             }
         }
         // Checked before anything is written, so a bad upstream leaves no trace.
-        files::render_upstream(Some(source), &self.config.replication, &self.config.member)
-            .map_err(|reason| PostgresError::InvalidConfig { reason })?;
+        self.check_upstream(source)?;
         files::create_data_dir(op, self.data_dir(), &self.runner.user)?;
         tracing::info!(member = self.member(), source = %source.member, "cloning a replica with pg_basebackup");
         match self.clone_steps(source).await {
@@ -1416,27 +1461,44 @@ impl PgController {
         }
         let before = self.observe_running(&client, None).await?.timeline;
         tracing::info!(member = self.member(), "promoting");
+        // pg_promote(wait => true) looks every 100 ms; asking without waiting
+        // and watching recovery end ourselves tells the caller (and so the
+        // REST health checks and the router) within a few milliseconds.
         let row = sql::one_row(
             &client,
             op,
             "pg_promote()",
-            &format!(
-                "SELECT pg_promote(true, {})",
-                timeout.as_secs().clamp(1, i32::MAX as u64)
-            ),
-            timeout + Duration::from_secs(5),
+            "SELECT pg_promote(false)",
+            self.config.timeouts.connect,
         )
         .await?;
         if sql::text(&row, 0) != Some("t") {
-            return Err(PostgresError::Timeout {
+            return Err(PostgresError::Unexpected {
                 operation: op,
-                after: timeout,
+                context: "pg_promote(false)".to_owned(),
+                message: "PostgreSQL did not accept the promotion request".to_owned(),
             });
         }
-        // pg_rewind (before PostgreSQL 16) reads the source's timeline from
-        // its last checkpoint: make it show the new timeline at once.
-        if let Err(err) = sql::simple(&client, op, "CHECKPOINT", "CHECKPOINT", timeout).await {
-            tracing::warn!(member = self.member(), error = %err, "checkpoint after promotion failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = sql::one_row(
+                &client,
+                op,
+                "waiting for the end of recovery",
+                "SELECT pg_is_in_recovery()",
+                self.config.timeouts.connect,
+            )
+            .await?;
+            if sql::text(&row, 0) == Some("f") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(PostgresError::Timeout {
+                    operation: op,
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(PROMOTE_POLL).await;
         }
         self.write_upstream(op, None)?;
         let timeline = self.primary_timeline(op, &client).await?;
@@ -1449,6 +1511,15 @@ impl PgController {
                 });
             }
         }
+        // pg_rewind (before PostgreSQL 16) reads the source's timeline from its
+        // last checkpoint. `rewind` checkpoints its source itself; this one,
+        // off the promotion's path, spares that wait later.
+        let member = self.member().to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = sql::simple(&client, op, "CHECKPOINT", "CHECKPOINT", timeout).await {
+                tracing::warn!(member, error = %err, "checkpoint after promotion failed");
+            }
+        });
         tracing::info!(member = self.member(), %timeline, "promoted");
         Ok(timeline)
     }
@@ -1534,12 +1605,7 @@ impl PgController {
     async fn follow_inner(&self, upstream: &Upstream) -> Result<(), PostgresError> {
         let op = Operation::Follow;
         self.require_cluster(op)?;
-        files::render_upstream(
-            Some(upstream),
-            &self.config.replication,
-            &self.config.member,
-        )
-        .map_err(|reason| PostgresError::InvalidConfig { reason })?;
+        self.check_upstream(upstream)?;
         match self.live(op).await? {
             Live::Running(PgRole::Primary, _) => Err(PostgresError::RoleConflict {
                 operation: op,
@@ -1658,8 +1724,7 @@ impl PgController {
         self.runner.program(op, "pg_controldata")?;
         self.runner.program(op, "postgres")?;
         self.require_cluster(op)?;
-        files::render_upstream(Some(source), &self.config.replication, &self.config.member)
-            .map_err(|reason| PostgresError::InvalidConfig { reason })?;
+        self.check_upstream(source)?;
         if self.postmaster_pid().is_some() {
             return Err(PostgresError::StillRunning { operation: op });
         }

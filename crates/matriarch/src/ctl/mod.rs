@@ -452,6 +452,9 @@ async fn list(client: &mut Client, format: Format, tree: bool) -> Result<(), Ctl
                 "{}",
                 render::members_table(&cluster, &rows, system_id.as_deref())
             );
+            if let Some(note) = status.as_ref().and_then(render::pending_note) {
+                print!("{note}");
+            }
             Ok(())
         }
     }
@@ -708,7 +711,7 @@ async fn wait_for_members(
 async fn edit_config(client: &mut Client, patch: Value, force: bool) -> Result<(), CtlError> {
     let (current, _) = client.get_json("/config").await?;
     let mut wanted = current.clone();
-    patch::merge_patch(&mut wanted, &patch);
+    crate::api::merge_patch(&mut wanted, &patch);
     let diff = patch::diff_lines(&current, &wanted);
     if diff.is_empty() {
         println!("Not changed");

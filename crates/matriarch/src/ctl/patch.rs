@@ -90,26 +90,6 @@ fn insert(
     }
 }
 
-/// Applies a JSON merge patch (RFC 7386) to `target`, as `PATCH /config` does.
-pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch_map) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    if let Value::Object(target_map) = target {
-        for (key, value) in patch_map {
-            if value.is_null() {
-                target_map.remove(key);
-            } else {
-                merge_patch(target_map.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
-    }
-}
-
 fn flatten(value: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
@@ -251,20 +231,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("more than once"), "{err}");
-    }
-
-    #[test]
-    fn merge_patch_follows_rfc_7386() {
-        let mut config =
-            json!({"ttl": 30, "postgresql": {"parameters": {"a": 1, "b": 2}}, "s": [1]});
-        merge_patch(
-            &mut config,
-            &json!({"ttl": 20, "postgresql": {"parameters": {"a": null, "c": 3}}, "s": {"x": 1}, "new": true}),
-        );
-        assert_eq!(
-            config,
-            json!({"ttl": 20, "postgresql": {"parameters": {"b": 2, "c": 3}}, "s": {"x": 1}, "new": true})
-        );
     }
 
     #[test]

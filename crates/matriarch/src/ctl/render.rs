@@ -218,6 +218,26 @@ pub(crate) fn members_table(
     out
 }
 
+/// The longest reason the note under the `list` table shows, in characters.
+const PENDING_NOTE_CHARS: usize = 300;
+
+/// The note under the `list` table saying what the answering member holds
+/// back for (`pending` in its `GET /patroni`: not racing, not following,
+/// waiting), on one line and bounded; `None` when it holds nothing back.
+pub(crate) fn pending_note(status: &Value) -> Option<String> {
+    let reason = status.get("pending")?.as_str()?;
+    let name = status
+        .get("patroni")
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let mut reason: String = sanitize(reason).chars().take(PENDING_NOTE_CHARS).collect();
+    if reason.chars().count() == PENDING_NOTE_CHARS {
+        reason.push_str("...");
+    }
+    Some(format!(" Holding back ({}): {reason}\n", sanitize(name)))
+}
+
 /// The rows of `list --format json`: one object per member with the table's column names
 /// as keys (as `patronictl list -f json`).
 pub(crate) fn members_json(cluster: &Cluster, rows: &[(usize, &Member)]) -> Value {
@@ -441,6 +461,24 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("to: b\n"), "{out}");
+    }
+
+    #[test]
+    fn pending_note_shows_the_reason_on_one_bounded_line() {
+        let status = json!({
+            "patroni": {"name": "db2"},
+            "pending": "leader gone; not racing: db3 is a better candidate"
+        });
+        assert_eq!(
+            pending_note(&status).as_deref(),
+            Some(" Holding back (db2): leader gone; not racing: db3 is a better candidate\n")
+        );
+        let hostile = json!({"patroni": {"name": "x"}, "pending": format!("a\n\u{1b}[2J{}", "y".repeat(5000))});
+        let note = pending_note(&hostile).expect("a note");
+        assert_eq!(note.matches('\n').count(), 1, "{note}");
+        assert!(!note.contains('\u{1b}'), "{note}");
+        assert!(note.len() < 400, "{} bytes", note.len());
+        assert_eq!(pending_note(&json!({"patroni": {"name": "x"}})), None);
     }
 
     #[test]

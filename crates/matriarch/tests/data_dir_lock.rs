@@ -1,0 +1,84 @@
+//! A second agent started by mistake on another member's data directory
+//! (a copied configuration whose `name` was changed but not its
+//! `data_dir`) refuses to start, naming the lock, and leaves the first
+//! member's PostgreSQL running.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use common::{serial, Cluster, DcsSpec, Options};
+use matriarch_testkit::EtcdServer;
+
+#[test]
+fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
+    let _serial = serial();
+    let etcd = EtcdServer::start().expect("etcd");
+    let mut cluster = Cluster::configure(2, DcsSpec::Etcd(etcd.client_url()), Options::default());
+    cluster.nodes[0].start(&[]);
+    let primary = cluster.wait_healthy(0, Duration::from_secs(60));
+    assert_eq!(primary, 0, "node1 is not the primary\n{}", cluster.logs());
+    let postmaster = cluster.nodes[0].postmaster_pid();
+    assert!(postmaster.is_some(), "node1's PostgreSQL is not running");
+
+    // node2's configuration: node1's, copied, with its own name and REST
+    // API port, but node1's data directory and PostgreSQL port.
+    let copied = fs::read_to_string(&cluster.nodes[0].config).expect("read node1's config");
+    let copied = copied.replace("name: node1", "name: node2").replace(
+        &format!("127.0.0.1:{}", cluster.nodes[0].api_port),
+        &format!("127.0.0.1:{}", cluster.nodes[1].api_port),
+    );
+    fs::write(&cluster.nodes[1].config, copied).expect("write node2's config");
+    cluster.nodes[1].start(&[]);
+    let mut second = cluster.nodes[1]
+        .child
+        .take()
+        .expect("the second agent runs");
+    let status = wait_child(&mut second, Duration::from_secs(15));
+    if status.is_none() {
+        // Today's behaviour: it runs; stopping it shows what it does.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(second.id() as i32, libc::SIGTERM);
+        }
+        if wait_child(&mut second, Duration::from_secs(30)).is_none() {
+            let _ = second.kill();
+            let _ = second.wait();
+        }
+    }
+    let second_log = fs::read_to_string(&cluster.nodes[1].log).unwrap_or_default();
+    let still_running = cluster.nodes[0].postmaster_pid();
+    assert_eq!(
+        still_running, postmaster,
+        "node1's PostgreSQL was stopped by the second agent (exit on its own: {status:?})\nsecond agent:\n{second_log}"
+    );
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second agent did not refuse to start (exit: {status:?})\nsecond agent:\n{second_log}"
+    );
+    assert!(
+        second_log.contains(".matriarch.lock"),
+        "the refusal does not name the lock:\n{second_log}"
+    );
+    assert_eq!(
+        cluster.nodes[0].status("/primary"),
+        200,
+        "node1 is no longer the primary"
+    );
+}
+
+/// Waits up to `timeout` for `child` to exit.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
