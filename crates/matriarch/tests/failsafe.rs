@@ -247,9 +247,15 @@ fn automatic_failover_reports_the_possible_loss_in_history_and_metrics() {
         cluster.primary().filter(|p| *p != old)
     })
     .unwrap_or_else(|| panic!("no failover\n{}", cluster.logs()));
-    let history: serde_json::Value =
-        serde_json::from_slice(&cluster.nodes[new].call("GET", "/history", "", false).body)
-            .unwrap();
+    // /primary answers the moment PostgreSQL is promoted; the history entry
+    // is written right after.
+    let history: serde_json::Value = wait_for(Duration::from_secs(10), || {
+        let history: serde_json::Value =
+            serde_json::from_slice(&cluster.nodes[new].call("GET", "/history", "", false).body)
+                .ok()?;
+        (history.as_array().is_some_and(|rows| !rows.is_empty())).then_some(history)
+    })
+    .unwrap_or_else(|| panic!("no history entry after the failover\n{}", cluster.logs()));
     let row = &history[0];
     assert_eq!(row[4], cluster.nodes[new].name.as_str(), "{history}");
     assert_eq!(
