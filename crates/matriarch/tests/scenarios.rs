@@ -516,11 +516,18 @@ fn a_duplicate_member_name_is_refused() {
     cluster.wait_healthy(0, Duration::from_secs(60));
     let original = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
     let api_port = matriarch_testkit::free_port().unwrap();
-    let twin = original.replace(
-        &format!("listen: 127.0.0.1:{}", cluster.nodes[0].api_port),
-        &format!("listen: 127.0.0.1:{api_port}"),
-    );
     let dir = tempfile::tempdir().unwrap();
+    // Its own data directory: the same one would be refused by its lock first.
+    let twin = original
+        .replace(
+            &format!("listen: 127.0.0.1:{}", cluster.nodes[0].api_port),
+            &format!("listen: 127.0.0.1:{api_port}"),
+        )
+        .replace(
+            &format!("data_dir: {}", cluster.nodes[0].data_dir().display()),
+            &format!("data_dir: {}", dir.path().join("data").display()),
+        );
+    assert!(twin.contains(&dir.path().display().to_string()), "{twin}");
     let path = dir.path().join("twin.yaml");
     std::fs::write(&path, twin).unwrap();
     let started = Instant::now();
