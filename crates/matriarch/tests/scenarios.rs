@@ -981,9 +981,14 @@ fn scheduled_switchover_happens_at_its_time() {
         "the failover key outlived the switchover: {:?}",
         etcd_get(&etcd.client_url(), FAILOVER_KEY)
     );
-    assert!(get_json(&cluster.nodes[candidate], "/cluster")
-        .get("scheduled_switchover")
-        .is_none());
+    // /cluster answers from a view refreshed every loop_wait.
+    assert!(wait_for(Duration::from_secs(10), || {
+        get_json(&cluster.nodes[candidate], "/cluster")
+            .get("scheduled_switchover")
+            .is_none()
+            .then_some(())
+    })
+    .is_some());
 
     // The old primary follows the new one, and sees its writes.
     assert!(
