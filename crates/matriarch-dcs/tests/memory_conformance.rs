@@ -1,4 +1,7 @@
-//! MemoryDcs passes the whole conformance suite, on a clock the tests drive.
+//! MemoryDcs passes the whole conformance suite, on a clock the tests drive:
+//! as it is, and when the store clamps the TTLs it grants (as a ZooKeeper
+//! server clamps session timeouts to its `maxSessionTimeout`; the suite's ttl
+//! is then the limit, and the lock lifetime check asks for more than it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,7 @@ use matriarch_model::KeyLayout;
 struct MemoryHarness {
     store: MemoryDcs,
     clock: ManualClock,
+    ttl: Duration,
 }
 
 #[async_trait]
@@ -30,7 +34,7 @@ impl Harness for MemoryHarness {
     }
 
     fn ttl(&self) -> Duration {
-        Duration::from_secs(30)
+        self.ttl
     }
 
     fn expiry_slack(&self) -> Duration {
@@ -38,13 +42,31 @@ impl Harness for MemoryHarness {
     }
 }
 
-async fn memory_harness() -> MemoryHarness {
+/// A store on its own clock; with `max_ttl`, it grants no longer TTL.
+fn harness(scope: &str, max_ttl: Option<Duration>) -> MemoryHarness {
     let clock = ManualClock::new();
-    let layout = KeyLayout::new("service", "conformance").expect("layout");
+    let layout = KeyLayout::new("service", scope).expect("layout");
+    let store = MemoryDcs::with_clock(layout, Arc::new(clock.clone()));
+    store.set_max_ttl(max_ttl);
     MemoryHarness {
-        store: MemoryDcs::with_clock(layout, Arc::new(clock.clone())),
+        store,
         clock,
+        ttl: max_ttl.unwrap_or(Duration::from_secs(30)),
     }
 }
 
+async fn memory_harness() -> MemoryHarness {
+    harness("conformance", None)
+}
+
 matriarch_dcs::dcs_conformance_tests!(memory_harness());
+
+mod clamped {
+    use super::*;
+
+    async fn clamped_harness() -> MemoryHarness {
+        harness("clamped", Some(Duration::from_secs(10)))
+    }
+
+    matriarch_dcs::dcs_conformance_tests!(clamped_harness());
+}
