@@ -5,14 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{cargo_command, is_root, run, step, workspace_root, Failure, Result};
+use crate::{build, install_missing, is_root, only_flag, run, step, Failure, Requirement, Result};
 
 /// What building and testing the image needs, each checked by a file it provides.
-const IMAGE_REQUIREMENTS: &[(&str, &str)] = &[
-    ("podman", "/usr/bin/podman"),
-    ("runc", "/usr/sbin/runc"),
-    ("debootstrap", "/usr/sbin/debootstrap"),
-    ("curl", "/usr/bin/curl"),
+const IMAGE_REQUIREMENTS: &[Requirement] = &[
+    ("podman", &["/usr/bin/podman"]),
+    ("runc", &["/usr/sbin/runc"]),
+    ("debootstrap", &["/usr/sbin/debootstrap"]),
+    ("curl", &["/usr/bin/curl"]),
 ];
 
 /// Packages inside the image besides the minimal base.
@@ -25,30 +25,14 @@ fn image_name() -> String {
 
 /// Builds the image; with `--test`, also runs the failover test against it.
 pub(crate) fn image(args: &[String]) -> Result {
-    let test = match args {
-        [] => false,
-        [flag] if flag == "--test" => true,
-        other => {
-            return Err(Failure(format!(
-                "`image` takes only `--test`, got {other:?}"
-            )))
-        }
-    };
+    let test = only_flag("image", "--test", args)?;
     if !is_root() {
         return Err(Failure(
             "`image` needs root (debootstrap, podman with host networking)".into(),
         ));
     }
     step("image deps", image_deps())?;
-    let root = workspace_root();
-    println!("==> cargo xtask image: release build");
-    step(
-        "build",
-        run(cargo_command()?
-            .args(["build", "--release", "-p", "matriarch"])
-            .current_dir(&root)),
-    )?;
-    let target = crate::target_dir(&root);
+    let (root, target) = build("image", true, &[])?;
     let work = target.join("image");
     std::fs::create_dir_all(&work)
         .map_err(|e| Failure(format!("cannot create {}: {e}", work.display())))?;
@@ -100,22 +84,9 @@ pub(crate) fn image(args: &[String]) -> Result {
     Ok(())
 }
 
+/// Installs what building the image needs (podman, runc, debootstrap, curl).
 fn image_deps() -> Result {
-    let missing: Vec<&str> = IMAGE_REQUIREMENTS
-        .iter()
-        .filter(|(_, file)| !Path::new(file).exists())
-        .map(|(package, _)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    run(Command::new("apt-get")
-        .arg("update")
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    install_missing(IMAGE_REQUIREMENTS)
 }
 
 /// The Debian mirror this machine's apt uses (the first `URIs:` or `deb` line).

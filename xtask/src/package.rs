@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{
-    cargo_command, is_root, package_installed, run, step, target_dir, workspace_root, Failure,
-    Result,
-};
+use crate::{build, is_root, only_flag, package_installed, run, step, Failure, Result};
 
 /// The package's name.
 const NAME: &str = "matriarch";
@@ -38,15 +35,7 @@ const FILES: &[(&str, &str, u32)] = &[
 
 /// Builds the package; with `--check`, installs, checks and purges it.
 pub(crate) fn package(args: &[String]) -> Result {
-    let check = match args {
-        [] => false,
-        [flag] if flag == "--check" => true,
-        other => {
-            return Err(Failure(format!(
-                "`package` takes only `--check`, got {other:?}"
-            )))
-        }
-    };
+    let check = only_flag("package", "--check", args)?;
     if check {
         if !is_root() {
             return Err(Failure(
@@ -62,15 +51,7 @@ pub(crate) fn package(args: &[String]) -> Result {
         }
     }
     let started = Instant::now();
-    let root = workspace_root();
-    println!("==> cargo xtask package: release build");
-    step(
-        "build",
-        run(cargo_command()?
-            .args(["build", "--release", "-p", "matriarch"])
-            .current_dir(&root)),
-    )?;
-    let target = target_dir(&root);
+    let (root, target) = build("package", true, &[])?;
     let deb = build_deb(&root, &target, &target.join("release").join("matriarch"))
         .map_err(|Failure(msg)| Failure(format!("step `dpkg-deb` failed: {msg}")))?;
     let size = std::fs::metadata(&deb)

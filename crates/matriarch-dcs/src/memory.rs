@@ -349,7 +349,10 @@ impl crate::Dcs for MemoryDcs {
                 let expiry = self.expiry(ttl);
                 if let Some(stored) = store.entries.get_mut(&path) {
                     // Renewal extends the lease; the value and version stay.
-                    stored.expires_at = expiry;
+                    // It never shortens it: a renewal sent with an older,
+                    // shorter ttl may land after one with the new ttl, whose
+                    // promise the holder's fence already counts on.
+                    stored.expires_at = stored.expires_at.max(expiry);
                 }
                 self.note_lock_lifetime(ttl);
                 Ok(())
@@ -387,11 +390,17 @@ impl crate::Dcs for MemoryDcs {
     async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
         let mut store = self.store()?;
         let expiry = self.expiry(ttl);
-        store.put(
-            self.path(&DcsKey::Member(member.name.clone())),
-            encode_member(member),
-            expiry,
-        );
+        let path = self.path(&DcsKey::Member(member.name.clone()));
+        let value = encode_member(member);
+        if let Some(stored) = store.entries.get_mut(&path) {
+            if stored.value == value {
+                // Unchanged: only its TTL moves, as a lease keep-alive would,
+                // with no new revision to wake the watchers.
+                stored.expires_at = expiry;
+                return Ok(());
+            }
+        }
+        store.put(path, value, expiry);
         drop(store);
         self.changed();
         Ok(())

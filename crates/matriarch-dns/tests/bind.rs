@@ -403,3 +403,73 @@ fn configuration_is_checked_and_the_secret_is_never_shown() {
         Err(RouterError::Config { .. })
     ));
 }
+
+/// The router conformance suite (`matriarch_router::conformance`) against a
+/// BIND of its own: writers are the writer name's A records, readers the
+/// reader name's; the zone's SOA serial counts the applied updates.
+mod conformance {
+    use std::collections::BTreeSet;
+
+    use async_trait::async_trait;
+    use matriarch_router::conformance::{Harness, Served};
+
+    use super::*;
+
+    pub struct BindHarness {
+        dns: BindServer,
+    }
+
+    fn hosts(addresses: Vec<Ipv4Addr>) -> BTreeSet<String> {
+        addresses.iter().map(Ipv4Addr::to_string).collect()
+    }
+
+    #[async_trait]
+    impl Harness for BindHarness {
+        type Router = DnsRouter;
+
+        async fn router(&self) -> DnsRouter {
+            router(&self.dns)
+        }
+
+        fn endpoints(&self) -> [Endpoint; 3] {
+            [
+                endpoint("a", "127.0.0.2"),
+                endpoint("b", "127.0.0.3"),
+                endpoint("c", "127.0.0.4"),
+            ]
+        }
+
+        async fn served(&self) -> Served {
+            Served {
+                writers: hosts(query_a(&self.dns, &writer(&self.dns))),
+                readers: Some(hosts(query_a(&self.dns, &reader(&self.dns)))),
+            }
+        }
+
+        async fn change_count(&self) -> Option<u64> {
+            Some(soa_serial(&self.dns))
+        }
+
+        async fn unreachable_router(&self) -> Option<DnsRouter> {
+            // Nothing listens there.
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let closed_addr = closed.local_addr().expect("addr");
+            drop(closed);
+            let mut config = config(&self.dns);
+            config.server = closed_addr;
+            Some(DnsRouter::new(config).expect("router"))
+        }
+
+        fn call_bound(&self) -> Duration {
+            Duration::from_secs(10)
+        }
+    }
+
+    pub async fn harness() -> BindHarness {
+        BindHarness {
+            dns: BindServer::start().expect("start BIND"),
+        }
+    }
+
+    matriarch_router::router_conformance_tests!(harness());
+}

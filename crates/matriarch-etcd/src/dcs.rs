@@ -1,11 +1,14 @@
 //! [`EtcdDcs`]: the [`Dcs`] trait on etcd's v3 API.
 
+mod lease;
+mod watch;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchOptions,
+    TxnResponse,
 };
 use matriarch_dcs::{is_record_key, Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_model::{
@@ -16,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{EtcdConfig, EtcdConfigError};
-use crate::transport::{describe, CallError, Endpoints, BACKEND};
+use crate::transport::{CallError, Endpoints, BACKEND};
 
 /// Why a watch session ended without an answer.
 struct WatchFailure {
@@ -181,171 +184,6 @@ impl EtcdDcs {
             .await
     }
 
-    /// Refreshes `id` to its full TTL. `Ok(false)` if etcd no longer knows it.
-    async fn keep_alive(&self, id: i64, deadline: Instant) -> Result<bool, DcsError> {
-        let result = self
-            .endpoints
-            .run(
-                "lease keep-alive",
-                deadline,
-                move |mut client: Client| async move {
-                    // One request, one answer; the stream closes when dropped.
-                    client.lease_keep_alive(id).await.map(|_| ())
-                },
-            )
-            .await;
-        match result {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_lease_not_found() => Ok(false),
-            Err(e) => Err(e.into_dcs("lease keep-alive")),
-        }
-    }
-
-    async fn grant(&self, ttl_secs: i64, deadline: Instant) -> Result<Lease, DcsError> {
-        let granted = self
-            .endpoints
-            .run(
-                "lease grant",
-                deadline,
-                move |mut client: Client| async move { client.lease_grant(ttl_secs, None).await },
-            )
-            .await
-            .map_err(|e| e.into_dcs("lease grant"))?;
-        tracing::debug!(
-            cluster = %self.scope(),
-            lease = granted.id(),
-            ttl = granted.ttl(),
-            "granted an etcd lease"
-        );
-        Ok(Lease {
-            id: granted.id(),
-            ttl_secs,
-            granted_secs: granted.ttl(),
-            carries_lock: false,
-        })
-    }
-
-    /// A live lease granted with `ttl_secs`: the current one (refreshed to its
-    /// full TTL when `refresh`), or a new one.
-    async fn live_lease(
-        &self,
-        state: &mut LeaseState,
-        ttl_secs: i64,
-        refresh: bool,
-        deadline: Instant,
-    ) -> Result<Lease, DcsError> {
-        if let Some(lease) = state.lease.filter(|lease| lease.ttl_secs == ttl_secs) {
-            if !refresh || self.keep_alive(lease.id, deadline).await? {
-                return Ok(lease);
-            }
-            tracing::info!(
-                cluster = %self.scope(),
-                lease = lease.id,
-                "the etcd lease expired; granting a new one"
-            );
-        }
-        let lease = self.grant(ttl_secs, deadline).await?;
-        state.lease = Some(lease);
-        Ok(lease)
-    }
-
-    /// Makes `path` hold `value` attached to a live lease of `ttl`, granting a
-    /// new lease if etcd says the current one is gone. A key that already
-    /// holds `value` on that lease is not written again: one transaction
-    /// compares value and lease and puts only if either differs, so an
-    /// unchanged record makes no etcd revision (a transaction that writes
-    /// nothing does not advance the revision); the lease's keep-alive, not a
-    /// put, is what keeps the key alive.
-    async fn put_with_lease(
-        &self,
-        state: &mut LeaseState,
-        ttl: Duration,
-        refresh: bool,
-        (path, value): (String, Vec<u8>),
-        deadline: Instant,
-    ) -> Result<Lease, DcsError> {
-        let operation = "publish_member";
-        let secs = ttl_secs(ttl);
-        let mut refresh = refresh;
-        for _ in 0..2 {
-            let lease = self.live_lease(state, secs, refresh, deadline).await?;
-            let txn = Txn::new()
-                .when([
-                    Compare::value(path.clone(), CompareOp::Equal, value.clone()),
-                    Compare::lease(path.clone(), CompareOp::Equal, lease.id),
-                ])
-                .or_else([TxnOp::put(
-                    path.clone(),
-                    value.clone(),
-                    Some(PutOptions::new().with_lease(lease.id)),
-                )]);
-            match self.txn(operation, deadline, txn).await {
-                Ok(response) => {
-                    if !response.succeeded() {
-                        tracing::debug!(cluster = %self.scope(), key = %path, lease = lease.id, "wrote a changed record");
-                    }
-                    return Ok(lease);
-                }
-                Err(e) if e.is_lease_not_found() => {
-                    state.lease = None;
-                    refresh = true;
-                }
-                Err(e) => return Err(e.into_dcs(operation)),
-            }
-        }
-        Err(DcsError::Backend {
-            backend: BACKEND,
-            message: format!("{operation}: etcd dropped every lease granted for it"),
-        })
-    }
-
-    /// Moves the leader key, which holds `me` at `mod_revision`, to this
-    /// client's lease. `Ok(false)` if it changed in the meantime.
-    async fn adopt_leader(
-        &self,
-        state: &mut LeaseState,
-        me: &MemberName,
-        ttl: Duration,
-        mod_revision: i64,
-        deadline: Instant,
-    ) -> Result<bool, DcsError> {
-        let lease = self
-            .live_lease(state, ttl_secs(ttl), true, deadline)
-            .await?;
-        let path = self.path(&DcsKey::Leader);
-        let value = encode_leader(&LeaderLock { holder: me.clone() });
-        let txn = Txn::new()
-            .when([
-                Compare::value(path.clone(), CompareOp::Equal, value.clone()),
-                Compare::mod_revision(path.clone(), CompareOp::Equal, mod_revision),
-            ])
-            .and_then([TxnOp::put(
-                path,
-                value,
-                Some(PutOptions::new().with_lease(lease.id)),
-            )]);
-        let response = match self.txn("adopt leader key", deadline, txn).await {
-            Ok(response) => response,
-            Err(e) if e.is_lease_not_found() => {
-                state.lease = None;
-                return Ok(false);
-            }
-            Err(e) => return Err(e.into_dcs("adopt leader key")),
-        };
-        if response.succeeded() {
-            if let Some(lease) = state.lease.as_mut() {
-                lease.carries_lock = true;
-            }
-            tracing::info!(
-                cluster = %self.scope(),
-                member = %me,
-                lease = lease.id,
-                "the leader key holds this member under another lease; moved it to ours"
-            );
-        }
-        Ok(response.succeeded())
-    }
-
     fn lock_not_held(
         &self,
         state: &mut LeaseState,
@@ -378,94 +216,6 @@ impl EtcdDcs {
                 Compare::create_revision(path, CompareOp::Greater, 0),
                 Compare::mod_revision(path, CompareOp::Equal, i64::try_from(v).unwrap_or(i64::MAX)),
             ],
-        }
-    }
-
-    /// One watch session on `index`'s endpoint, from `after_revision + 1`,
-    /// until a change, `deadline`, or the stream fails.
-    async fn watch_once(
-        &self,
-        index: usize,
-        after_revision: u64,
-        deadline: Instant,
-    ) -> Result<Option<WatchOutcome>, WatchFailure> {
-        let start = i64::try_from(after_revision.saturating_add(1)).unwrap_or(i64::MAX);
-        let attempt = self.endpoints.attempt_timeout();
-        let setup_deadline = Instant::now() + attempt;
-        let prefix = self.prefix.clone();
-        let setup = async {
-            let mut client = self.endpoints.client(index).await?;
-            let options = WatchOptions::new().with_prefix().with_start_revision(start);
-            client.watch(prefix, Some(options)).await
-        };
-        let mut stream = match tokio::time::timeout_at(setup_deadline.min(deadline), setup).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(WatchFailure::setup(describe(&e))),
-            Err(_) if Instant::now() >= deadline => return Ok(None),
-            Err(_) => return Err(WatchFailure::setup(format!("no watch within {attempt:?}"))),
-        };
-        // etcd answers a progress request only while the stream works: ask
-        // for one when it has been quiet, and give up on it when the answer
-        // does not come (a hung member keeps its connections open).
-        let probe_every = self.endpoints.retry_timeout() / 2;
-        let mut last_heard = Instant::now();
-        let mut probed = false;
-        let mut established = false;
-        let failed = |reason: String, established: bool| WatchFailure {
-            reason,
-            established,
-        };
-        loop {
-            let wake = if probed {
-                last_heard + self.endpoints.retry_timeout()
-            } else {
-                last_heard + probe_every
-            };
-            match tokio::time::timeout_at(wake.min(deadline), stream.message()).await {
-                Ok(Ok(Some(response))) => {
-                    last_heard = Instant::now();
-                    probed = false;
-                    established = established || response.created();
-                    if response.compact_revision() > 0 {
-                        tracing::info!(
-                            cluster = %self.scope(),
-                            after_revision,
-                            compact_revision = response.compact_revision(),
-                            "the watched revision was compacted; the caller re-reads"
-                        );
-                        return Ok(Some(WatchOutcome::Changed));
-                    }
-                    if !response.events().is_empty() {
-                        return Ok(Some(WatchOutcome::Changed));
-                    }
-                    if response.canceled() {
-                        let reason =
-                            format!("etcd cancelled the watch: {}", response.cancel_reason());
-                        return Err(failed(reason, established));
-                    }
-                }
-                Ok(Ok(None)) => {
-                    return Err(failed(
-                        "etcd closed the watch stream".to_owned(),
-                        established,
-                    ))
-                }
-                Ok(Err(e)) => return Err(failed(describe(&e), established)),
-                Err(_) if Instant::now() >= deadline => return Ok(None),
-                Err(_) if probed => {
-                    let reason = format!(
-                        "no answer on the watch stream for {:?}",
-                        self.endpoints.retry_timeout()
-                    );
-                    return Err(failed(reason, established));
-                }
-                Err(_) => {
-                    probed = true;
-                    if let Err(e) = stream.request_progress().await {
-                        return Err(failed(describe(&e), established));
-                    }
-                }
-            }
         }
     }
 }

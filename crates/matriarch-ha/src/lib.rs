@@ -11,11 +11,13 @@ mod engine;
 pub mod sim;
 
 pub use decide::{
-    decide, implausible_records, Action, DcsObservation, Decision, DemoteMode, EngineRole,
-    FailsafeInputs, FailsafeRound, Inputs, LastLeader, LocalPostgres, LocalRole, Memory,
-    NodeSettings, Outcome, PeerReport, ReceivedHeartbeat, Routes, LOOPS_BEFORE_REWIND,
+    decide, implausible_records, postgres_silence_limit, Action, DcsObservation, Decision,
+    DemoteMode, EngineRole, FailsafeInputs, FailsafeRound, Inputs, LastLeader, LocalPostgres,
+    LocalRole, Memory, NodeSettings, Outcome, PeerReport, ReceivedHeartbeat, Routes,
+    LOOPS_BEFORE_REWIND,
 };
 pub use engine::{
-    local_postgres, Decider, Engine, EngineSettings, EngineStatus, FailsafeHandle, FailsafeRefusal,
-    FailsafeSender, Fence, PeerProbe, RestartError, RestartHandle, SettingsHandle, StatusHandle,
+    local_postgres, BoxedError, Decider, Engine, EngineSettings, EngineStatus, FailsafeHandle,
+    FailsafeRefusal, FailsafeSender, Fence, FenceError, PeerProbe, PostgresCallError, RestartError,
+    RestartFailure, RestartHandle, RestartRefusal, SettingsHandle, StatusHandle,
 };

@@ -2207,3 +2207,73 @@ fn following_without_receiving_wal_is_pending_with_a_stable_reason() {
     world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND + 5;
     assert_eq!(world.decide().pending, first);
 }
+
+/// A leader whose PostgreSQL does not answer keeps the lock for a ttl (a
+/// slow answer is no reason to fail over), then stops renewing: it tries to
+/// stop PostgreSQL and hand the lock over, and if PostgreSQL cannot even be
+/// stopped, its fence stops writes before the lock expires.
+#[test]
+fn a_leader_whose_postgres_stays_silent_for_a_ttl_stops_renewing() {
+    let mut world = World::new("a");
+    world
+        .primary(500, 1)
+        .leader("a")
+        .renewed(Duration::from_secs(1));
+    world.local.role = LocalRole::Unknown;
+    world.memory.postgres_answered_at = Some(world.now - Duration::from_secs(4));
+    let decision = world.decide();
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    assert!(has(&decision, &Action::RenewLock), "{decision:?}");
+
+    world.memory.postgres_answered_at = Some(world.now - world.config.ttl);
+    let decision = world.decide();
+    assert_eq!(decision.role, EngineRole::Demoting, "{decision:?}");
+    assert_eq!(
+        acts(&decision),
+        [
+            Action::Demote(DemoteMode::Immediate),
+            Action::Withdraw,
+            Action::ReleaseLock
+        ]
+    );
+}
+
+/// A due request naming a member without a record is pending on the leader
+/// for a ttl after it was first seen, then cleared; the leader keeps leading.
+#[test]
+fn a_failover_request_for_a_member_without_a_record_is_pending_then_cleared() {
+    let mut world = World::new("a");
+    world
+        .primary(500, 1)
+        .leader("a")
+        .renewed(Duration::from_secs(1));
+    world.record(Record::Failover(FailoverRequest {
+        leader: Some(name("a")),
+        candidate: Some(name("ghost")),
+        scheduled_at: None,
+    }));
+    let version = match &ClusterView::decode(1, world.entries.clone()).failover {
+        Some(Ok(request)) => request.version,
+        other => panic!("{other:?}"),
+    };
+    world.memory.failover_seen_at = Some((version, world.now - Duration::from_secs(1)));
+    let decision = world.decide();
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    assert!(
+        decision
+            .pending
+            .as_deref()
+            .is_some_and(|p| p.contains("ghost")),
+        "{decision:?}"
+    );
+    assert!(!has(&decision, &Action::ClearFailoverRequest(version)));
+
+    world.memory.failover_seen_at = Some((version, world.now - world.config.ttl));
+    let decision = world.decide();
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    assert!(
+        has(&decision, &Action::ClearFailoverRequest(version)),
+        "{decision:?}"
+    );
+    assert!(!has(&decision, &Action::Demote(DemoteMode::Switchover)));
+}

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
+use matriarch_ha::sim::plants::{DecidePlant, Regression};
 use matriarch_ha::sim::{run, ModelBug, SimConfig, SimReport};
-use matriarch_ha::{decide, Action, DcsObservation, Decision, Inputs, Memory};
-use matriarch_model::Lsn;
+use matriarch_ha::{decide, Action, Decision, Inputs};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -239,29 +239,17 @@ fn caught(seeds: u64, config: impl Fn(u64) -> SimConfig + Sync, invariants: &[&s
 const SINGLE_WRITER: &str = "two writable primaries";
 const LOST_WRITE: &str = "acknowledged write";
 const RECOVERY: &str = "after faults stopped";
+/// The second half of recovery: every live node follows the new primary.
+const FOLLOWERS: &str = "not following";
 /// The invariant that only the lock holder runs as primary.
 const WITHOUT_LOCK: &str = "without holding the lock";
-
-/// Shrinks (or fills) the sync key as soon as PostgreSQL names the new
-/// standbys, without waiting for them to hold the commits acknowledged
-/// before: it pretends they flushed past the change already.
-fn shrink_sync_key_early(inputs: &Inputs<'_>) -> Decision {
-    let memory = Memory {
-        sync_standbys_since: inputs.memory.sync_standbys_since.map(|_| Lsn(0)),
-        ..inputs.memory.clone()
-    };
-    decide(&Inputs {
-        memory: &memory,
-        ..inputs.clone()
-    })
-}
 
 #[test]
 fn planted_bug_shrinking_the_sync_key_early_is_caught() {
     caught(
         800,
         |seed| SimConfig {
-            decider: Some(shrink_sync_key_early),
+            decide_plants: vec![DecidePlant::ShrinkSyncKeyEarly],
             synchronous: true,
             dynamic: true,
             ..SimConfig::mixed(seed)
@@ -270,48 +258,12 @@ fn planted_bug_shrinking_the_sync_key_early_is_caught() {
     );
 }
 
-/// Changes the synchronous count in the wrong order: PostgreSQL lowers it
-/// before the key does, and the key raises it before PostgreSQL does.
-fn count_change_in_wrong_order(inputs: &Inputs<'_>) -> Decision {
-    let mut decision = decide(inputs);
-    let DcsObservation::View(view) = inputs.dcs else {
-        return decision;
-    };
-    let Some(Ok(sync)) = &view.sync else {
-        return decision;
-    };
-    let key_quorum = sync.value.quorum.unwrap_or(1);
-    for action in &mut decision.actions {
-        match action {
-            Action::WriteSyncState { count, .. } if *count < key_quorum => {
-                *action = Action::SetSyncStandbys {
-                    standbys: inputs.local.sync_standbys.clone(),
-                    count: *count,
-                    at: None,
-                    any_standby: false,
-                };
-            }
-            Action::SetSyncStandbys {
-                standbys, count, ..
-            } if *count > key_quorum && *standbys == sync.value.sync_standbys => {
-                *action = Action::WriteSyncState {
-                    standbys: standbys.clone(),
-                    count: *count,
-                    expected: Some(sync.version),
-                };
-            }
-            _ => {}
-        }
-    }
-    decision
-}
-
 #[test]
 fn planted_bug_changing_the_sync_count_in_the_wrong_order_is_caught() {
     caught(
         400,
         |seed| SimConfig {
-            decider: Some(count_change_in_wrong_order),
+            decide_plants: vec![DecidePlant::CountChangeInWrongOrder],
             synchronous: true,
             nodes: 5,
             dynamic: true,
@@ -322,29 +274,14 @@ fn planted_bug_changing_the_sync_count_in_the_wrong_order_is_caught() {
 }
 
 /// Strict mode without an eligible standby sets an empty
-/// `synchronous_standby_names` (asynchronous) instead of `*`.
-fn strict_with_empty_names(inputs: &Inputs<'_>) -> Decision {
-    let mut decision = decide(inputs);
-    for action in &mut decision.actions {
-        if let Action::SetSyncStandbys { any_standby, .. } = action {
-            *any_standby = false;
-        }
-    }
-    decision
-}
-
-/// Not caught: in the simulated world a primary keeps its WAL, and with an
-/// empty key nobody else may be promoted, so a commit acknowledged without a
-/// standby is never lost; only losing the primary's disk would show it, and
-/// that also leaves a correct strict cluster (key empty under `*`) without a
-/// candidate, which the recovery invariant cannot tell apart.
+/// `synchronous_standby_names` instead of `*`: PostgreSQL then waits for
+/// nobody, and a new primary acknowledges commits that only it holds.
 #[test]
-#[ignore = "not caught by the simulation's invariants (see the comment)"]
 fn planted_bug_strict_mode_with_empty_names_is_caught() {
     caught(
         400,
         |seed| SimConfig {
-            decider: Some(strict_with_empty_names),
+            decide_plants: vec![DecidePlant::StrictWithEmptyNames],
             synchronous: true,
             strict: true,
             ..SimConfig::mixed(seed)
@@ -358,7 +295,7 @@ fn planted_bug_deadline_from_the_config_ttl_is_caught() {
     caught(
         400,
         |seed| SimConfig {
-            model_bug: Some(ModelBug::HideLockLifetime),
+            model_bugs: vec![ModelBug::HideLockLifetime],
             max_ttl: Some(Duration::from_secs(12)),
             ..SimConfig::mixed(seed)
         },
@@ -371,10 +308,10 @@ fn planted_bug_replica_timeline_from_the_restartpoint_is_caught() {
     caught(
         400,
         |seed| SimConfig {
-            model_bug: Some(ModelBug::TimelineFromRestartpoint),
+            model_bugs: vec![ModelBug::TimelineFromRestartpoint],
             ..SimConfig::mixed(seed)
         },
-        &[SINGLE_WRITER, LOST_WRITE, RECOVERY],
+        &[SINGLE_WRITER, LOST_WRITE, RECOVERY, FOLLOWERS],
     );
 }
 
@@ -383,9 +320,111 @@ fn planted_bug_restart_starting_a_primary_without_the_lock_is_caught() {
     caught(
         400,
         |seed| SimConfig {
-            model_bug: Some(ModelBug::RestartBypassesEngine),
+            model_bugs: vec![ModelBug::RestartBypassesEngine],
             ..SimConfig::mixed(seed)
         },
         &[SINGLE_WRITER, LOST_WRITE, RECOVERY, WITHOUT_LOCK],
+    );
+}
+
+#[test]
+fn planted_bug_postmaster_outliving_its_agent_is_caught() {
+    caught(
+        400,
+        |seed| SimConfig {
+            model_bugs: vec![ModelBug::PostmasterOutlivesAgent],
+            ..SimConfig::mixed(seed)
+        },
+        &[SINGLE_WRITER, LOST_WRITE, RECOVERY, WITHOUT_LOCK],
+    );
+}
+
+/// A run with only `regression` planted.
+fn alone(seed: u64, regression: Regression) -> SimConfig {
+    let mut config = SimConfig::mixed(seed);
+    match regression {
+        Regression::World(bug) => config.model_bugs = vec![bug],
+        Regression::Decide(plant) => config.decide_plants = vec![plant],
+    }
+    config
+}
+
+/// The code before issue 14's fixes: every regression planted back at once.
+fn pre_fix(seed: u64) -> SimConfig {
+    let mut config = SimConfig::mixed(seed);
+    for regression in Regression::ALL {
+        match regression {
+            Regression::World(bug) => config.model_bugs.push(bug),
+            Regression::Decide(plant) => config.decide_plants.push(plant),
+        }
+    }
+    config
+}
+
+/// `cargo xtask sim --pre-fix`: the simulation on the code before issue
+/// 14's fixes (every regression planted back at once) finds at least four
+/// of them. A seed that breaks an invariant is credited to each regression
+/// that breaks one on the same seed when planted alone.
+#[test]
+#[ignore = "run by cargo xtask sim --pre-fix"]
+fn pre_fix_regressions_are_found() {
+    let count = env_u64("MATRIARCH_SIM_SEEDS").unwrap_or(400);
+    let first = env_u64("MATRIARCH_SIM_FIRST_SEED").unwrap_or(1);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut found: Vec<Option<(u64, String)>> = vec![None; Regression::ALL.len()];
+    let (mut ran, mut broken) = (0, 0);
+    let started = std::time::Instant::now();
+    let seeds: Vec<u64> = (first..first + count).collect();
+    for chunk in seeds.chunks(threads * 4) {
+        let (chunk_ran, mut failures) = run_seeds(chunk.to_vec(), pre_fix, usize::MAX);
+        ran += chunk_ran;
+        broken += failures.len();
+        failures.sort_by_key(|report| report.seed);
+        for report in failures {
+            let open: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+            let verdicts: Vec<(usize, Option<String>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = open
+                    .iter()
+                    .map(|&i| {
+                        let seed = report.seed;
+                        scope.spawn(move || {
+                            let alone = run(&alone(seed, Regression::ALL[i]));
+                            (i, alone.violations.first().cloned())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .filter_map(|handle| handle.join().ok())
+                    .collect()
+            });
+            for (i, violation) in verdicts {
+                if let Some(violation) = violation {
+                    found[i] = Some((report.seed, violation));
+                }
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    println!(
+        "pre-fix: {broken} of {ran} seeds with every issue-14 regression planted broke an invariant ({:?})",
+        started.elapsed()
+    );
+    for (regression, finding) in Regression::ALL.iter().zip(&found) {
+        match finding {
+            Some((seed, violation)) => println!(
+                "  {:<26} FOUND on seed {seed}: {violation}",
+                regression.name()
+            ),
+            None => println!("  {:<26} not found in {ran} seeds", regression.name()),
+        }
+    }
+    let classes = found.iter().filter(|f| f.is_some()).count();
+    assert!(
+        classes >= 4,
+        "only {classes} of {} regressions found",
+        Regression::ALL.len()
     );
 }

@@ -15,6 +15,7 @@ mod bootstrap;
 pub mod conformance;
 mod controller;
 mod error;
+pub mod memory;
 mod secret;
 mod state;
 mod sync_standby;
@@ -30,6 +31,7 @@ pub use controller::{
     DEFAULT_OS_USER, MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE,
 };
 pub use error::{Operation, PostgresError};
+pub use memory::{MemoryPostgres, MemoryPostgresCluster};
 pub use secret::{Credentials, Secret};
 pub use state::{
     DataDirectoryState, LocalState, PgRole, ReplicationConnection, ServerState, StandbySyncState,
@@ -265,6 +267,13 @@ pub trait Postgres: Send + Sync {
         &self,
         names: &SyncStandbyNames,
     ) -> Result<(), PostgresError>;
+
+    /// The cluster's system identifier as the `initialize` key says now,
+    /// passed on by the HA engine at every loop where the key is readable
+    /// and complete. An implementation that refuses a data directory or
+    /// clone source of another cluster checks against the latest one, so a
+    /// corrected key counts without a restart. The default ignores it.
+    fn set_cluster_system_id(&self, _system_id: SystemId) {}
 }
 
 #[cfg(test)]

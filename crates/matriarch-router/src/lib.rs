@@ -2,10 +2,13 @@
 //! readers to the replicas), and combinators that compose routers the way
 //! tower layers compose services: [`FanOut`] drives several at once,
 //! [`Retry`] retries transient failures, and [`RecordingRouter`] stands in
-//! for a backend in tests. Backends (load balancers, DNS) live elsewhere.
+//! for a backend in tests. Backends (load balancers, DNS) live elsewhere;
+//! behind the `testing` feature, the [`conformance`] suite checks them.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod error;
 mod fan_out;
 mod recording;

@@ -11,7 +11,9 @@ use tempfile::TempDir;
 
 use crate::error::{IoContext, Result, TestkitError};
 use crate::ports::free_tcp_udp_port;
-use crate::process::{describe, find_program, is_port_clash, ServiceProcess, Spec};
+use crate::process::{
+    describe, find_program, is_port_clash, process_controls, ServiceProcess, Spec,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
@@ -22,7 +24,8 @@ pub const BIND_TSIG_KEY_NAME: &str = "matriarch-key";
 /// The TSIG algorithm of the key.
 pub const BIND_TSIG_ALGORITHM: &str = "hmac-sha256";
 
-fn random_secret() -> Result<String> {
+/// A fresh TSIG secret: 32 random bytes, base64.
+pub fn random_tsig_secret() -> Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -52,7 +55,7 @@ impl BindServer {
         let named = find_program("named")?;
         let dig = find_program("dig")?;
         let nsupdate = find_program("nsupdate")?;
-        let secret = random_secret()?;
+        let secret = random_tsig_secret()?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -61,52 +64,20 @@ impl BindServer {
                 .ctx(|| "creating a temporary directory for BIND".to_string())?;
             let d = dir.path();
             let port = free_tcp_udp_port()?;
+            let conf_file = BindConfig {
+                dir: d,
+                listen: Ipv4Addr::LOCALHOST,
+                port,
+                zone: BIND_ZONE,
+                key_name: BIND_TSIG_KEY_NAME,
+                secret: &secret,
+                record_ttl: 5,
+            }
+            .write()?;
             let key_file = d.join("tsig.key");
-            let key = format!(
-                "key \"{BIND_TSIG_KEY_NAME}\" {{\n    algorithm {BIND_TSIG_ALGORITHM};\n    secret \"{secret}\";\n}};\n"
-            );
-            write_file(&key_file, &key)?;
-            let zone_file = d.join(format!("{BIND_ZONE}.zone"));
-            let zone = format!(
-                "$TTL 5\n\
-                 @ IN SOA ns.{BIND_ZONE}. hostmaster.{BIND_ZONE}. (1 60 30 600 5)\n\
-                 @ IN NS ns.{BIND_ZONE}.\n\
-                 ns IN A 127.0.0.1\n\
-                 primary 5 IN A 127.0.0.1\n"
-            );
-            write_file(&zone_file, &zone)?;
-            let conf_file = d.join("named.conf");
-            let dir_s = d.display();
-            let conf = format!(
-                "include \"{key}\";\n\
-                 options {{\n\
-                 \x20   directory \"{dir_s}\";\n\
-                 \x20   pid-file \"{dir_s}/named.pid\";\n\
-                 \x20   session-keyfile \"{dir_s}/session.key\";\n\
-                 \x20   managed-keys-directory \"{dir_s}\";\n\
-                 \x20   listen-on port {port} {{ 127.0.0.1; }};\n\
-                 \x20   listen-on-v6 {{ none; }};\n\
-                 \x20   recursion no;\n\
-                 \x20   dnssec-validation no;\n\
-                 \x20   notify no;\n\
-                 }};\n\
-                 controls {{ }};\n\
-                 zone \"{BIND_ZONE}\" {{\n\
-                 \x20   type primary;\n\
-                 \x20   file \"{zone}\";\n\
-                 \x20   allow-update {{ key \"{BIND_TSIG_KEY_NAME}\"; }};\n\
-                 }};\n",
-                key = key_file.display(),
-                zone = zone_file.display(),
-            );
-            write_file(&conf_file, &conf)?;
-            let spec = Spec::new(&named)
-                .arg("-g")
-                .arg("-4")
-                .arg("-n")
-                .arg("1")
-                .arg("-c")
-                .arg(&conf_file);
+            let spec = named_args(&conf_file)
+                .into_iter()
+                .fold(Spec::new(&named), Spec::arg);
             let process = ServiceProcess::spawn("named", spec, d.join("named.log"))?;
             let server = BindServer {
                 port,
@@ -129,6 +100,8 @@ impl BindServer {
     fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
         self.process.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    process_controls!("named");
 
     fn wait_ready(&self) -> Result<()> {
         let mut cmd = self.dig_command(BIND_ZONE, "SOA");
@@ -181,16 +154,6 @@ impl BindServer {
     /// The key file in BIND syntax (usable with `nsupdate -k`).
     pub fn tsig_key_file(&self) -> &Path {
         &self.key_file
-    }
-
-    /// The named process id, or `None` once killed.
-    pub fn pid(&self) -> Option<u32> {
-        self.lock().pid()
-    }
-
-    /// The last lines of named's log.
-    pub fn log_tail(&self) -> String {
-        self.lock().log_tail()
     }
 
     /// Resolves `name` (e.g. `primary.matriarch.test`) to its A records with
@@ -276,23 +239,142 @@ impl BindServer {
             })
         }
     }
+}
 
-    /// Freezes named with SIGSTOP.
-    pub fn pause(&self) -> Result<()> {
-        self.lock().signal(libc::SIGSTOP)
-    }
+/// The files of a BIND 9 server with one dynamic zone that only updates signed
+/// with a TSIG key ([`BIND_TSIG_ALGORITHM`]) may change: what [`BindServer`] runs,
+/// and what the chaos run starts in its DNS namespace. The zone holds SOA, NS,
+/// `ns A <listen>` and `primary A 127.0.0.1`, all with `record_ttl`.
+#[derive(Debug, Clone)]
+pub struct BindConfig<'a> {
+    /// Where the files go (named's working directory).
+    pub dir: &'a Path,
+    /// The address named listens on (and the zone's `ns` record).
+    pub listen: Ipv4Addr,
+    /// Its port (UDP and TCP).
+    pub port: u16,
+    /// The zone, without the trailing dot.
+    pub zone: &'a str,
+    /// The TSIG key's name.
+    pub key_name: &'a str,
+    /// The TSIG secret, base64 ([`random_tsig_secret`]).
+    pub secret: &'a str,
+    /// The TTL of every record, in seconds.
+    pub record_ttl: u32,
+}
 
-    /// Unfreezes a paused named (SIGCONT).
-    pub fn resume(&self) -> Result<()> {
-        self.lock().signal(libc::SIGCONT)
+impl BindConfig<'_> {
+    /// Writes `tsig.key`, the zone file and `named.conf` into [`BindConfig::dir`];
+    /// the path of `named.conf`.
+    pub fn write(&self) -> Result<PathBuf> {
+        let BindConfig {
+            dir,
+            listen,
+            port,
+            zone,
+            key_name,
+            secret,
+            record_ttl: ttl,
+        } = *self;
+        let key_file = dir.join("tsig.key");
+        write_file(
+            &key_file,
+            &format!(
+                "key \"{key_name}\" {{\n    algorithm {BIND_TSIG_ALGORITHM};\n    secret \"{secret}\";\n}};\n"
+            ),
+        )?;
+        let zone_file = dir.join(format!("{zone}.zone"));
+        write_file(
+            &zone_file,
+            &format!(
+                "$TTL {ttl}\n\
+                 @ IN SOA ns.{zone}. hostmaster.{zone}. (1 60 30 600 {ttl})\n\
+                 @ IN NS ns.{zone}.\n\
+                 ns IN A {listen}\n\
+                 primary {ttl} IN A 127.0.0.1\n"
+            ),
+        )?;
+        let conf_file = dir.join("named.conf");
+        let d = dir.display();
+        write_file(
+            &conf_file,
+            &format!(
+                "include \"{key}\";\n\
+                 options {{\n\
+                 \x20   directory \"{d}\";\n\
+                 \x20   pid-file \"{d}/named.pid\";\n\
+                 \x20   session-keyfile \"{d}/session.key\";\n\
+                 \x20   managed-keys-directory \"{d}\";\n\
+                 \x20   listen-on port {port} {{ {listen}; }};\n\
+                 \x20   listen-on-v6 {{ none; }};\n\
+                 \x20   recursion no;\n\
+                 \x20   dnssec-validation no;\n\
+                 \x20   notify no;\n\
+                 }};\n\
+                 controls {{ }};\n\
+                 zone \"{zone}\" {{\n\
+                 \x20   type primary;\n\
+                 \x20   file \"{zone_path}\";\n\
+                 \x20   allow-update {{ key \"{key_name}\"; }};\n\
+                 }};\n",
+                key = key_file.display(),
+                zone_path = zone_file.display(),
+            ),
+        )?;
+        Ok(conf_file)
     }
+}
 
-    /// Kills named with SIGKILL. No-op when not running.
-    pub fn kill(&self) {
-        self.lock().kill();
-    }
+/// named's arguments for `conf` (after the program): in the foreground, IPv4,
+/// one worker thread.
+pub fn named_args(conf: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = ["-g", "-4", "-n", "1", "-c"].map(Into::into).to_vec();
+    args.push(conf.into());
+    args
 }
 
 fn write_file(path: &Path, content: &str) -> Result<()> {
     std::fs::write(path, content).ctx(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_serves_the_zone_on_the_given_address_to_signed_updates_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = BindConfig {
+            dir: dir.path(),
+            listen: Ipv4Addr::new(127, 1, 0, 30),
+            port: 53,
+            zone: "chaos.test",
+            key_name: "k",
+            secret: "c2VjcmV0",
+            record_ttl: 1,
+        }
+        .write()
+        .unwrap();
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert!(
+            text.contains("listen-on port 53 { 127.1.0.30; };"),
+            "{text}"
+        );
+        assert!(text.contains("allow-update { key \"k\"; };"), "{text}");
+        let zone = std::fs::read_to_string(dir.path().join("chaos.test.zone")).unwrap();
+        assert!(zone.starts_with("$TTL 1\n"), "{zone}");
+        assert!(
+            zone.contains("ns IN A 127.1.0.30\nprimary 1 IN A 127.0.0.1\n"),
+            "{zone}"
+        );
+        let key = std::fs::read_to_string(dir.path().join("tsig.key")).unwrap();
+        assert!(
+            key.contains("algorithm hmac-sha256;") && key.contains("c2VjcmV0"),
+            "{key}"
+        );
+        assert_eq!(
+            named_args(&conf).last().map(|a| a.as_os_str()),
+            Some(conf.as_os_str())
+        );
+    }
 }

@@ -95,6 +95,10 @@ pub enum TestkitError {
     /// An argument given to the testkit was invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// The machine cannot host a test cluster: what is missing and how to get it.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl std::fmt::Debug for TestkitError {

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use crate::error::{IoContext, Result, TestkitError};
 use crate::http::http_request_timeout;
 use crate::ports::free_port;
-use crate::process::{find_program, is_port_clash, ServiceProcess, Spec};
+use crate::process::{find_program, is_port_clash, process_controls, ServiceProcess, Spec};
 
 /// How long a single member or a whole cluster may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -142,6 +142,8 @@ impl EtcdMember {
         self.process.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    process_controls!("the etcd member");
+
     /// The member name (`--name`), e.g. `e1`.
     pub fn name(&self) -> &str {
         &self.name
@@ -167,40 +169,15 @@ impl EtcdMember {
         &self.data_dir
     }
 
-    /// The process id, or `None` after [`EtcdMember::kill`] / [`EtcdMember::stop`].
-    pub fn pid(&self) -> Option<u32> {
-        self.lock().pid()
-    }
-
-    /// The last lines of the member's log.
-    pub fn log_tail(&self) -> String {
-        self.lock().log_tail()
-    }
-
     /// Whether `GET /health` says the member is healthy (it has a leader) right now.
     pub fn is_healthy(&self) -> bool {
         probe_health(&self.client_url()).unwrap_or(false)
-    }
-
-    /// Kills the member with SIGKILL and waits for it to be gone. No-op when not running.
-    pub fn kill(&self) {
-        self.lock().kill();
     }
 
     /// Stops the member gracefully (SIGTERM; SIGKILL after 10 s). No-op when not running.
     pub fn stop(&self) {
         self.lock()
             .terminate(libc::SIGTERM, Duration::from_secs(10));
-    }
-
-    /// Freezes the member with SIGSTOP (it keeps its sockets but answers nothing).
-    pub fn pause(&self) -> Result<()> {
-        self.lock().signal(libc::SIGSTOP)
-    }
-
-    /// Unfreezes a member frozen by [`EtcdMember::pause`] (SIGCONT).
-    pub fn resume(&self) -> Result<()> {
-        self.lock().signal(libc::SIGCONT)
     }
 
     /// Starts the member again with the same data directory and ports (killing it first

@@ -1,20 +1,27 @@
-//! A tiny blocking HTTP/1.1 client (one request per connection, `Connection: close`),
-//! enough to probe health endpoints and call emulated cloud APIs in tests.
+//! A blocking HTTP/1.1 client for tests (one request per connection): hyper's client
+//! connection on a runtime of its own, enough to probe health endpoints, drive the agents'
+//! REST APIs and call emulated cloud APIs.
+//!
+//! Each request runs on a short-lived thread with a current-thread tokio runtime, so the
+//! blocking functions work from sync and async tests alike (a runtime cannot be blocked on
+//! from inside another).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::error::{IoContext, Result, TestkitError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::error::{Result, TestkitError};
 
 /// An HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     /// Status code, e.g. 200.
     pub status: u16,
-    /// Header names (as sent) and values, in order.
+    /// Header names (lower case) and values, in order.
     pub headers: Vec<(String, String)>,
-    /// The body, with chunked transfer encoding removed.
+    /// The body, with any transfer encoding removed.
     pub body: Vec<u8>,
 }
 
@@ -33,30 +40,38 @@ impl HttpResponse {
     }
 }
 
-/// Splits `http://host:port/path?query` into (host, port, path-and-query).
+/// `http://host:port/path?query` taken apart: (host, port, path-and-query).
 fn split_url(url: &str) -> Result<(String, u16, String)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        TestkitError::InvalidArgument(format!("only http:// URLs are supported, got `{url}`"))
-    })?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+    let invalid = |why: &str| TestkitError::InvalidArgument(format!("{why}: `{url}`"));
+    let uri: hyper::Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(invalid("only http:// URLs are supported"));
+    }
+    let authority = uri.authority().ok_or_else(|| invalid("no host in URL"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid("no host in URL"));
+    }
+    let port = match authority.port() {
+        Some(port) => port
+            .as_str()
+            .parse::<u16>()
+            .map_err(|_| invalid("bad port in URL"))?,
+        None if authority.as_str() != authority.host() => return Err(invalid("bad port in URL")),
+        None => 80,
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => {
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| TestkitError::InvalidArgument(format!("bad port in URL `{url}`")))?;
-            (h.to_string(), port)
-        }
-        None => (authority.to_string(), 80),
-    };
-    Ok((host, port, path.to_string()))
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = if path.is_empty() { "/" } else { path };
+    Ok((host.to_string(), port, path.to_string()))
 }
 
-/// Sends one HTTP/1.1 request and reads the whole response (5 s connect/read timeouts).
+/// Sends one HTTP/1.1 request and reads the whole response (5 s to connect, and 5 s for
+/// the request and response).
 ///
-/// `Host`, `Content-Length` and `Connection: close` are added automatically.
+/// `Host` and `Content-Length` are added automatically.
 pub fn http_request(
     method: &str,
     url: &str,
@@ -66,7 +81,7 @@ pub fn http_request(
     http_request_timeout(method, url, headers, body, Duration::from_secs(5))
 }
 
-/// Like [`http_request`] with a custom timeout for connecting and for each read/write.
+/// Like [`http_request`] with a custom timeout, for connecting and for the exchange.
 pub fn http_request_timeout(
     method: &str,
     url: &str,
@@ -75,131 +90,157 @@ pub fn http_request_timeout(
     timeout: Duration,
 ) -> Result<HttpResponse> {
     let (host, port, path) = split_url(url)?;
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .ctx(|| format!("resolving {host}:{port}"))?
-        .collect();
-    let addr = addrs
-        .first()
-        .ok_or_else(|| TestkitError::InvalidArgument(format!("`{host}` resolves to no address")))?;
-    let mut stream =
-        TcpStream::connect_timeout(addr, timeout).ctx(|| format!("connecting to {url}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .ctx(|| "setting read timeout".to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .ctx(|| "setting write timeout".to_string())?;
-
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    let method = hyper::Method::from_bytes(method.as_bytes())
+        .map_err(|_| TestkitError::InvalidArgument(format!("`{method}` is not an HTTP method")))?;
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
     }
-    if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    stream
-        .write_all(&bytes)
-        .ctx(|| format!("sending request to {url}"))?;
+    let request = builder
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(|e| TestkitError::InvalidArgument(format!("request to {url}: {e}")))?;
+    let url = url.to_owned();
+    let io_error = |context: String, source: std::io::Error| TestkitError::Io { context, source };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| io_error("starting a runtime for an HTTP request".into(), e))?;
+                runtime.block_on(exchange(&host, port, request, &url, timeout))
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(TestkitError::InvalidArgument(format!(
+                    "the HTTP request to {url} panicked"
+                )))
+            })
+    })
+}
 
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .ctx(|| format!("reading response from {url}"))?;
-    parse_response(&raw, method == "HEAD").map_err(|detail| TestkitError::Parse {
-        context: format!("HTTP response from {url}"),
+async fn exchange(
+    host: &str,
+    port: u16,
+    request: hyper::Request<Full<Bytes>>,
+    url: &str,
+    timeout: Duration,
+) -> Result<HttpResponse> {
+    let timed_out = |what: &str| TestkitError::Io {
+        context: format!("{what} {url}"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        ),
+    };
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| timed_out("connecting to"))?
+        .map_err(|source| TestkitError::Io {
+            context: format!("connecting to {url}"),
+            source,
+        })?;
+    let protocol = |detail: String| TestkitError::Parse {
+        context: format!("HTTP exchange with {url}"),
         detail,
-    })
-}
-
-fn parse_response(raw: &[u8], head: bool) -> std::result::Result<HttpResponse, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no end of headers in {} bytes", raw.len()))?;
-    let head_text = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head_text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/") {
-        return Err(format!("bad status line `{status_line}`"));
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line `{status_line}`"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-    });
-    if head {
-        body.clear();
-    } else if chunked {
-        body = dechunk(&body)?;
-    } else if let Some(len) = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-    {
-        if body.len() < len {
-            return Err(format!("body truncated: {} of {len} bytes", body.len()));
-        }
-        body.truncate(len);
-    }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line not terminated")?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_hex = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| format!("bad chunk size `{size_hex}`"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size {
-            return Err("chunk truncated".into());
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size..];
-        data = data.strip_prefix(b"\r\n").unwrap_or(data);
-    }
+    };
+    let answer = async {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| protocol(e.to_string()));
+        let result = match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| {
+                        (
+                            name.as_str().to_owned(),
+                            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|body| HttpResponse {
+                        status,
+                        headers,
+                        body: body.to_bytes().to_vec(),
+                    })
+                    .map_err(|e| protocol(format!("reading the body: {e}")))
+            }
+            Err(error) => Err(error),
+        };
+        driver.abort();
+        result
+    };
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| timed_out("waiting for the answer of"))?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    /// Answers one connection with `reply` after reading the request head.
+    fn one_shot(reply: &'static [u8]) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(reply);
+            }
+        });
+        format!("http://127.0.0.1:{port}/x?y=1")
+    }
 
     #[test]
-    fn parses_content_length_and_chunked() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", false).unwrap();
+    fn reads_content_length_and_chunked_bodies() {
+        let url = one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
+        let r = http_request("GET", &url, &[], b"").unwrap();
         assert_eq!((r.status, r.body_text().as_str()), (200, "hi"));
-        let r = parse_response(
-            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-            false,
-        )
-        .unwrap();
+        let url = one_shot(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nX-Test: yes\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        );
+        let r = http_request("GET", &url, &[], b"").unwrap();
         assert_eq!((r.status, r.body_text().as_str()), (404, "abcde"));
+        assert_eq!(r.header("x-TEST"), Some("yes"));
+    }
+
+    #[tokio::test]
+    async fn works_inside_an_async_test() {
+        let url = one_shot(b"HTTP/1.1 204 No Content\r\n\r\n");
+        let r = http_request("DELETE", &url, &[("X-A", "b")], b"").unwrap();
+        assert_eq!(r.status, 204);
+    }
+
+    #[test]
+    fn a_silent_server_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let err = http_request_timeout("GET", &url, &[], b"", Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no answer within"), "{err}");
+        drop(listener);
     }
 
     #[test]
@@ -212,5 +253,7 @@ mod tests {
             split_url("http://localhost").unwrap(),
             ("localhost".into(), 80, "/".into())
         );
+        assert!(split_url("https://localhost/").is_err());
+        assert!(split_url("http://h:port/").is_err());
     }
 }

@@ -10,6 +10,9 @@
 //! * [`BindServer`]: BIND 9 with a TSIG-protected dynamic zone.
 //! * [`MotoServer`]: moto's AWS emulator from the venv made by `cargo xtask deps`.
 //!
+//! On top of them, [`cluster`] runs real `matriarch run` agents (the harness of
+//! the demo, the benchmarks and the chaos run) and [`dns`] asks BIND for `A` records.
+//!
 //! Missing programs make `start()` fail with a message that names the program and says
 //! to run `cargo xtask deps`. The library is blocking (std::process) and works from
 //! sync and async tests alike.
@@ -17,6 +20,8 @@
 #![warn(missing_docs)]
 
 mod bind;
+pub mod cluster;
+pub mod dns;
 mod error;
 mod etcd;
 mod http;
@@ -26,7 +31,10 @@ mod postgres;
 mod process;
 mod zookeeper;
 
-pub use bind::{BindServer, BIND_TSIG_ALGORITHM, BIND_TSIG_KEY_NAME, BIND_ZONE};
+pub use bind::{
+    named_args, random_tsig_secret, BindConfig, BindServer, BIND_TSIG_ALGORITHM,
+    BIND_TSIG_KEY_NAME, BIND_ZONE,
+};
 pub use error::{Result, TestkitError};
 pub use etcd::{EtcdCluster, EtcdMember, EtcdServer};
 pub use http::{http_request, http_request_timeout, HttpResponse};

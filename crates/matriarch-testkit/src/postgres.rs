@@ -12,7 +12,9 @@ use tempfile::TempDir;
 
 use crate::error::{IoContext, Result, TestkitError};
 use crate::ports::free_port;
-use crate::process::{is_port_clash, require_program, run_checked, ServiceProcess, Spec};
+use crate::process::{
+    is_port_clash, process_controls, require_program, run_checked, ServiceProcess, Spec,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const START_ATTEMPTS: usize = 3;
@@ -314,6 +316,8 @@ impl PostgresServer {
         self.process.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    process_controls!("the postmaster");
+
     /// Always `127.0.0.1`.
     pub fn host(&self) -> &'static str {
         "127.0.0.1"
@@ -348,34 +352,9 @@ impl PostgresServer {
         &self.user
     }
 
-    /// The postmaster's process id, or `None` once stopped/killed.
-    pub fn pid(&self) -> Option<u32> {
-        self.lock().pid()
-    }
-
-    /// The last lines of the server log.
-    pub fn log_tail(&self) -> String {
-        self.lock().log_tail()
-    }
-
     /// Fast shutdown (SIGINT), waiting up to 30 s before SIGKILL. No-op when not running.
     pub fn stop(&self) {
         self.lock().terminate(libc::SIGINT, Duration::from_secs(30));
-    }
-
-    /// Kills the postmaster and all backends with SIGKILL (a crash). No-op when not running.
-    pub fn kill(&self) {
-        self.lock().kill();
-    }
-
-    /// Freezes the postmaster with SIGSTOP (backends keep running).
-    pub fn pause(&self) -> Result<()> {
-        self.lock().signal(libc::SIGSTOP)
-    }
-
-    /// Unfreezes a paused postmaster (SIGCONT).
-    pub fn resume(&self) -> Result<()> {
-        self.lock().signal(libc::SIGCONT)
     }
 
     /// Starts the server again on the same data directory and port (after an immediate

@@ -12,6 +12,42 @@ use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result, TestkitError};
 
+/// The process controls of a service handle whose `lock()` gives its
+/// [`ServiceProcess`]: `pid`, `log_tail`, `kill`, `pause` and `resume`. `$what`
+/// names the process in their docs.
+macro_rules! process_controls {
+    ($what:literal) => {
+        #[doc = concat!("The process id of ", $what, ", or `None` once it was stopped or killed.")]
+        pub fn pid(&self) -> Option<u32> {
+            self.lock().pid()
+        }
+
+        #[doc = concat!("The last lines of the log of ", $what, ".")]
+        pub fn log_tail(&self) -> String {
+            self.lock().log_tail()
+        }
+
+        #[doc = concat!(
+                    "Kills ", $what, " (its whole process group) with SIGKILL and waits for it ",
+                    "to be gone. No-op when not running."
+                )]
+        pub fn kill(&self) {
+            self.lock().kill();
+        }
+
+        #[doc = concat!("Freezes ", $what, " with SIGSTOP (its sockets stay open).")]
+        pub fn pause(&self) -> $crate::error::Result<()> {
+            self.lock().signal(libc::SIGSTOP)
+        }
+
+        #[doc = concat!("Unfreezes ", $what, " after a pause (SIGCONT).")]
+        pub fn resume(&self) -> $crate::error::Result<()> {
+            self.lock().signal(libc::SIGCONT)
+        }
+    };
+}
+pub(crate) use process_controls;
+
 /// How many log lines go into error messages.
 const TAIL_LINES: usize = 40;
 

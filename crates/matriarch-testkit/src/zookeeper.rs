@@ -10,7 +10,9 @@ use tempfile::TempDir;
 
 use crate::error::{IoContext, Result, TestkitError};
 use crate::ports::free_port;
-use crate::process::{find_program, is_port_clash, require_program, ServiceProcess, Spec};
+use crate::process::{
+    find_program, is_port_clash, process_controls, require_program, ServiceProcess, Spec,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const START_ATTEMPTS: usize = 3;
@@ -160,6 +162,8 @@ impl ZooKeeperServer {
         self.process.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    process_controls!("the ZooKeeper server");
+
     fn wait_ready(&self) -> Result<()> {
         let port = self.port;
         self.lock().wait_until(READY_TIMEOUT, || {
@@ -185,31 +189,6 @@ impl ZooKeeperServer {
     /// The data directory (kept across [`ZooKeeperServer::restart`]).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    /// The java process id, or `None` after [`ZooKeeperServer::kill`].
-    pub fn pid(&self) -> Option<u32> {
-        self.lock().pid()
-    }
-
-    /// The last lines of the server log.
-    pub fn log_tail(&self) -> String {
-        self.lock().log_tail()
-    }
-
-    /// Freezes the server with SIGSTOP (sessions expire once it is resumed late).
-    pub fn pause(&self) -> Result<()> {
-        self.lock().signal(libc::SIGSTOP)
-    }
-
-    /// Unfreezes a paused server (SIGCONT).
-    pub fn resume(&self) -> Result<()> {
-        self.lock().signal(libc::SIGCONT)
-    }
-
-    /// Kills the server with SIGKILL and waits for it to be gone. No-op when not running.
-    pub fn kill(&self) {
-        self.lock().kill();
     }
 
     /// Starts the server again with the same data directory and port (killing it first

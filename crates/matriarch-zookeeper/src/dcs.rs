@@ -1,6 +1,11 @@
 //! [`ZooKeeperDcs`]: the [`Dcs`] trait on ZooKeeper znodes.
 
-use std::collections::VecDeque;
+mod lock;
+mod members;
+mod records;
+mod view;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -9,9 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use matriarch_dcs::{is_record_key, Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_model::{
-    decode_initialize, decode_leader, encode_initialize, encode_leader, encode_member, ClusterView,
-    DcsKey, Initialize, KeyLayout, LeaderLock, Member, MemberName, RawEntry, Record, SystemId,
-    Version,
+    decode_leader, ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Version,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -19,8 +22,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
+use self::members::WrittenMember;
 use crate::config::ZooKeeperConfig;
-use crate::error::{is_connection_failure, map_zk, timeout, ConfigError, ZooKeeperError, BACKEND};
+use crate::error::{map_zk, timeout, ConfigError, ZooKeeperError};
 use crate::lease::{LeaseKey, Leases};
 use crate::session::{acls, Session};
 
@@ -52,6 +56,11 @@ const READ_RETRY_PAUSE: Duration = Duration::from_millis(50);
 ///   long as the client process answers pings, so without it a caller that
 ///   stops renewing would keep the lock forever. When the lease runs out the
 ///   client reports the lock as lost and deletes the znode.
+/// * An unchanged member record is not written again (no new zxid, no
+///   watch event for the other members): [`Dcs::publish_member`] checks with
+///   one read that this session's znode still holds it at the version this
+///   client wrote, and extends the lease; a changed or vanished record is
+///   written.
 /// * A session that expires is never reused: the lock is reported lost
 ///   ([`DcsError::LockNotHeld`]), a new session is opened on the next call,
 ///   and the next [`Dcs::publish_member`] re-creates the member znode
@@ -108,6 +117,9 @@ struct Inner {
     /// How long the lock taken or renewed last lives at least (see
     /// [`Dcs::lock_lifetime`]).
     lock_lifetime: Mutex<Option<Duration>>,
+    /// The member records this client wrote last, by member name, so that an
+    /// unchanged record is not written again (see [`Dcs::publish_member`]).
+    written_members: Mutex<BTreeMap<String, WrittenMember>>,
 }
 
 impl ZooKeeperDcs {
@@ -130,6 +142,7 @@ impl ZooKeeperDcs {
             warned_ttl: AtomicBool::new(false),
             wanted_timeout: Mutex::new(config.session_timeout),
             lock_lifetime: Mutex::new(None),
+            written_members: Mutex::new(BTreeMap::new()),
             config,
         });
         let reaper = runtime.spawn(reap(Arc::clone(&inner)));
@@ -418,143 +431,6 @@ impl Inner {
             .map_err(|e| map_zk(&format!("creating {dir}"), e))
     }
 
-    /// A read, retried after connection losses (reads are idempotent); the
-    /// caller bounds it.
-    async fn read<T, F, Fut>(&self, what: &str, op: F) -> Result<T, zk::Error>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, zk::Error>>,
-    {
-        loop {
-            match op().await {
-                Err(e) if is_connection_failure(&e) => {
-                    debug!(cluster = %self.scope(), what, error = %e, "connection lost during a read; retrying");
-                    tokio::time::sleep(READ_RETRY_PAUSE).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn get(
-        &self,
-        session: &Session,
-        path: &str,
-    ) -> Result<Option<(Vec<u8>, zk::Stat)>, DcsError> {
-        match self.read(path, || session.client.get_data(path)).await {
-            Ok(found) => Ok(Some(found)),
-            Err(zk::Error::NoNode) => Ok(None),
-            Err(e) => Err(map_zk(&format!("reading {path}"), e)),
-        }
-    }
-
-    async fn stat(&self, session: &Session, path: &str) -> Result<Option<zk::Stat>, DcsError> {
-        self.read(path, || session.client.check_stat(path))
-            .await
-            .map_err(|e| map_zk(&format!("reading the stat of {path}"), e))
-    }
-
-    // ------------------------------------------------------------------ view
-
-    async fn read_view(&self, session: &Session) -> Result<ClusterView, DcsError> {
-        let (mut revision, dirs) = self
-            .read(&self.scope_dir, || self.read_dirs(session))
-            .await
-            .map_err(|e| map_zk(&format!("listing {}", self.scope_dir), e))?;
-        let (scope_children, member_children) = dirs;
-        let mut keys: Vec<(String, String)> = Vec::new();
-        for child in scope_children {
-            if child != "members" {
-                keys.push((format!("{}/{child}", self.scope_dir), child));
-            }
-        }
-        for child in member_children {
-            keys.push((
-                format!("{}/{child}", self.members_dir),
-                format!("{}{child}", matriarch_model::MEMBERS_DIR),
-            ));
-        }
-        let results = self
-            .read(&self.scope_dir, || async {
-                let mut reader = session.client.new_multi_reader();
-                for (path, _) in &keys {
-                    reader.add_get_data(path)?;
-                }
-                reader.commit().await
-            })
-            .await
-            .map_err(|e| map_zk(&format!("reading the keys under {}", self.scope_dir), e))?;
-        let mut entries = Vec::with_capacity(keys.len());
-        for ((path, key), result) in keys.into_iter().zip(results) {
-            match result {
-                zk::MultiReadResult::Data { data, stat } => {
-                    revision = revision.max(zxid(stat.mzxid));
-                    entries.push(RawEntry {
-                        key,
-                        value: data,
-                        version: version_of(&stat),
-                    });
-                }
-                // Deleted between the listing and the read.
-                zk::MultiReadResult::Error {
-                    err: zk::Error::NoNode,
-                } => {}
-                zk::MultiReadResult::Error { err } => {
-                    return Err(map_zk(&format!("reading {path}"), err));
-                }
-                other => {
-                    return Err(DcsError::Backend {
-                        backend: BACKEND,
-                        message: format!("reading {path}: unexpected answer {other:?}"),
-                    })
-                }
-            }
-        }
-        Ok(ClusterView::decode(revision, entries))
-    }
-
-    /// Lists the scope and the members folder in one multi-read; the
-    /// revision so far is the largest zxid of their last changes.
-    async fn read_dirs(
-        &self,
-        session: &Session,
-    ) -> Result<(u64, (Vec<String>, Vec<String>)), zk::Error> {
-        let mut reader = session.client.new_multi_reader();
-        reader.add_get_data(&self.scope_dir)?;
-        reader.add_get_children(&self.scope_dir)?;
-        reader.add_get_data(&self.members_dir)?;
-        reader.add_get_children(&self.members_dir)?;
-        let results = reader.commit().await?;
-        let mut revision = 0u64;
-        let mut lists = [Vec::new(), Vec::new()];
-        for (index, result) in results.into_iter().enumerate() {
-            match result {
-                zk::MultiReadResult::Data { stat, .. } => {
-                    revision = revision.max(zxid(stat.pzxid)).max(zxid(stat.mzxid));
-                }
-                zk::MultiReadResult::Children { children } => {
-                    if let Some(list) = lists.get_mut(index / 2) {
-                        *list = children;
-                    }
-                }
-                // A folder that does not exist (yet) is empty.
-                zk::MultiReadResult::Error {
-                    err: zk::Error::NoNode,
-                } => {}
-                zk::MultiReadResult::Error { err } => return Err(err),
-                other => {
-                    return Err(zk::Error::UnexpectedError(format!(
-                        "unexpected multi-read answer {other:?}"
-                    )))
-                }
-            }
-        }
-        let [scope, members] = lists;
-        Ok((revision, (scope, members)))
-    }
-
-    // ------------------------------------------------------------ ephemerals
-
     /// Deletes `key`'s znode if `session` owns it.
     async fn delete_own(&self, session: &Session, key: &LeaseKey) -> Result<(), DcsError> {
         let path = self.lease_path(key);
@@ -630,499 +506,6 @@ impl Inner {
                 "the ttl is shorter than the ZooKeeper session timeout: if this process dies, \
                  its lock outlives the ttl until the session expires"
             );
-        }
-    }
-
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        self.follow_ttl(ttl).await;
-        let session = self.session().await?;
-        let _ops = self.ephemeral_ops.lock().await;
-        let path = self.path(&DcsKey::Leader);
-        let key = LeaseKey::Leader;
-        let value = encode_leader(&LeaderLock { holder: me.clone() });
-        let start = Instant::now();
-        if self.leases().has_run_out(&key, session.id, start) {
-            // Our lock ran out: it is lost; clear its znode before racing again.
-            self.delete_own(&session, &key).await?;
-            self.leases().forget(&key);
-        }
-        self.leases()
-            .tentative(key.clone(), session.id, start + ttl, start);
-        self.reaper_wake.notify_one();
-        for _ in 0..ATTEMPTS {
-            match session
-                .client
-                .create(&path, &value, &ephemeral(&self.config))
-                .await
-            {
-                Ok(_) => {
-                    self.leases().confirm(key, session.id, start + ttl);
-                    self.reaper_wake.notify_one();
-                    self.note_lock_lifetime(&session, ttl);
-                    self.warn_ttl(&session, ttl);
-                    info!(cluster = %self.scope(), member = %me, "took the leader lock");
-                    return Ok(true);
-                }
-                Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
-                Err(zk::Error::NodeExists) => {
-                    let Some((data, stat)) = self.get(&session, &path).await? else {
-                        continue; // released meanwhile: race again
-                    };
-                    let holder = holder_of(&data);
-                    if stat.ephemeral_owner == session.id {
-                        if holder.as_ref() == Some(me) {
-                            self.leases().confirm(key, session.id, start + ttl);
-                            self.reaper_wake.notify_one();
-                            self.note_lock_lifetime(&session, ttl);
-                            return Ok(true);
-                        }
-                        return Ok(false);
-                    }
-                    self.leases().forget(&key);
-                    if self.is_retired(stat.ephemeral_owner) {
-                        // Left by an ended session of ours: the lock is lost
-                        // either way; free it rather than wait for its expiry.
-                        info!(cluster = %self.scope(), member = %me,
-                            "deleting a leader znode left by an ended session of this client");
-                        match session.client.delete(&path, Some(stat.version)).await {
-                            Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {}
-                            Err(e) => return Err(map_zk(&format!("deleting {path}"), e)),
-                        }
-                        self.leases()
-                            .tentative(key.clone(), session.id, start + ttl, start);
-                        continue;
-                    }
-                    debug!(cluster = %self.scope(), member = %me, holder = ?holder, "the leader lock is held");
-                    return Ok(false);
-                }
-                // The create may still land: the tentative lease ends it in time.
-                Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
-            }
-        }
-        self.leases().forget(&key);
-        Err(DcsError::Backend {
-            backend: BACKEND,
-            message: format!("creating {path}: the znode kept changing"),
-        })
-    }
-
-    /// Who holds the lock, as far as can be read before `deadline`. A leader
-    /// znode left by an ended session of this client is deleted on the way
-    /// (the lock it stood for is lost), so that another member can take the
-    /// lock without waiting for the server to expire that session.
-    async fn holder_before(&self, deadline: Instant) -> Option<MemberName> {
-        let read = async {
-            let session = self.session().await.ok()?;
-            let path = self.path(&DcsKey::Leader);
-            let (data, stat) = self.get(&session, &path).await.ok()??;
-            if self.is_retired(stat.ephemeral_owner) {
-                info!(cluster = %self.scope(), "deleting a leader znode left by an ended session of this client");
-                return match session.client.delete(&path, Some(stat.version)).await {
-                    Ok(()) | Err(zk::Error::NoNode) => None,
-                    Err(_) => holder_of(&data),
-                };
-            }
-            holder_of(&data)
-        };
-        tokio::time::timeout_at(deadline, read).await.ok().flatten()
-    }
-
-    async fn renew_leader(
-        &self,
-        me: &MemberName,
-        ttl: Duration,
-        deadline: Instant,
-    ) -> Result<(), DcsError> {
-        self.follow_ttl(ttl).await;
-        let session = self.session().await?;
-        let _ops = self.ephemeral_ops.lock().await;
-        let path = self.path(&DcsKey::Leader);
-        let key = LeaseKey::Leader;
-        let start = Instant::now();
-        if !self.leases().is_live(&key, session.id, start) {
-            if self.leases().has_run_out(&key, session.id, start) {
-                warn!(cluster = %self.scope(), member = %me,
-                    "the leader lock was not renewed within its ttl: it is lost");
-                if let Ok(Ok(())) =
-                    tokio::time::timeout_at(deadline, self.delete_own(&session, &key)).await
-                {
-                    self.leases().forget(&key);
-                }
-            }
-            return Err(lost(me, self.holder_before(deadline).await));
-        }
-        let (data, stat) = match self.get(&session, &path).await {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                self.leases().forget(&key);
-                warn!(cluster = %self.scope(), member = %me, "the leader znode is gone: the lock is lost");
-                return Err(lost(me, None));
-            }
-            Err(e) if session.is_terminated() => {
-                warn!(cluster = %self.scope(), member = %me, error = %e,
-                    "the ZooKeeper session ended: the lock is lost");
-                drop(_ops);
-                return Err(lost(me, self.holder_before(deadline).await));
-            }
-            Err(e) => return Err(e),
-        };
-        let holder = holder_of(&data);
-        if stat.ephemeral_owner != session.id {
-            self.leases().forget(&key);
-            warn!(cluster = %self.scope(), member = %me, holder = ?holder,
-                "the leader znode belongs to another session: the lock is lost");
-            return Err(lost(me, holder));
-        }
-        if holder.as_ref() != Some(me) {
-            return Err(lost(me, holder));
-        }
-        // A read may be answered by a server that lags; a check through the
-        // quorum proves that the session is alive and the znode unchanged.
-        let mut check = session.client.new_multi_writer();
-        check
-            .add_check_version(&path, stat.version)
-            .map_err(|e| map_zk(&format!("checking {path}"), e))?;
-        match check.commit().await {
-            Ok(_) => {}
-            Err(zk::MultiWriteError::OperationFailed { source, .. }) => {
-                self.leases().forget(&key);
-                warn!(cluster = %self.scope(), member = %me, error = %source,
-                    "the leader znode changed: the lock is lost");
-                drop(_ops);
-                return Err(lost(me, self.holder_before(deadline).await));
-            }
-            Err(zk::MultiWriteError::RequestFailed { source }) => {
-                if session_ended(&source) || session.is_terminated() {
-                    warn!(cluster = %self.scope(), member = %me, error = %source,
-                        "the ZooKeeper session ended: the lock is lost");
-                    drop(_ops);
-                    return Err(lost(me, self.holder_before(deadline).await));
-                }
-                return Err(map_zk(&format!("checking {path}"), source));
-            }
-        }
-        if !self
-            .leases()
-            .renew(&key, session.id, start + ttl, Instant::now())
-        {
-            warn!(cluster = %self.scope(), member = %me,
-                "the leader lock ran out during its renewal: it is lost");
-            return Err(lost(me, None));
-        }
-        self.reaper_wake.notify_one();
-        self.note_lock_lifetime(&session, ttl);
-        debug!(cluster = %self.scope(), member = %me, "renewed the leader lock");
-        Ok(())
-    }
-
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        let session = self.session().await?;
-        let _ops = self.ephemeral_ops.lock().await;
-        let path = self.path(&DcsKey::Leader);
-        let key = LeaseKey::Leader;
-        let Some((data, stat)) = self.get(&session, &path).await? else {
-            self.leases().forget(&key);
-            return Err(lost(me, None));
-        };
-        let holder = holder_of(&data);
-        if stat.ephemeral_owner != session.id {
-            self.leases().forget(&key);
-            return Err(lost(me, holder));
-        }
-        if holder.as_ref() != Some(me) {
-            return Err(lost(me, holder));
-        }
-        let live = self.leases().is_live(&key, session.id, Instant::now());
-        match session.client.delete(&path, Some(stat.version)).await {
-            Ok(()) => {
-                self.leases().forget(&key);
-                if live {
-                    info!(cluster = %self.scope(), member = %me, "released the leader lock");
-                    Ok(())
-                } else {
-                    // It had run out already: deleted, but it was not held.
-                    Err(lost(me, None))
-                }
-            }
-            Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
-                self.leases().forget(&key);
-                Err(lost(me, None))
-            }
-            Err(e) => Err(map_zk(&format!("deleting {path}"), e)),
-        }
-    }
-
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        self.follow_ttl(ttl).await;
-        let session = self.session().await?;
-        let _ops = self.ephemeral_ops.lock().await;
-        let name = member.name.as_str().to_owned();
-        let key = LeaseKey::Member(name.clone());
-        let path = self.lease_path(&key);
-        let value = encode_member(member);
-        let start = Instant::now();
-        let deadline = start + ttl;
-        let confirm = || {
-            self.leases().confirm(key.clone(), session.id, deadline);
-            self.reaper_wake.notify_one();
-        };
-        if self.leases().is_live(&key, session.id, start) {
-            match session.client.set_data(&path, &value, None).await {
-                Ok(stat) if stat.ephemeral_owner == session.id => {
-                    confirm();
-                    return Ok(());
-                }
-                Ok(_) | Err(zk::Error::NoNode) => {} // not ours any more: re-create
-                Err(e) => return Err(map_zk(&format!("writing {path}"), e)),
-            }
-        }
-        self.leases()
-            .tentative(key.clone(), session.id, deadline, start);
-        self.reaper_wake.notify_one();
-        for _ in 0..ATTEMPTS {
-            match session
-                .client
-                .create(&path, &value, &ephemeral(&self.config))
-                .await
-            {
-                Ok(_) => {
-                    confirm();
-                    info!(cluster = %self.scope(), member = %name, "published the member record");
-                    return Ok(());
-                }
-                Err(zk::Error::NoNode) => self.make_dir(&session, &self.members_dir).await?,
-                Err(zk::Error::NodeExists) => {
-                    let Some(stat) = self.stat(&session, &path).await? else {
-                        continue;
-                    };
-                    if stat.ephemeral_owner == session.id {
-                        match session
-                            .client
-                            .set_data(&path, &value, Some(stat.version))
-                            .await
-                        {
-                            Ok(_) => {
-                                confirm();
-                                return Ok(());
-                            }
-                            Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => continue,
-                            Err(e) => return Err(map_zk(&format!("writing {path}"), e)),
-                        }
-                    }
-                    // Left by an ended session (of ours, or of a member that
-                    // had this name): replace it with ours in one transaction.
-                    let mut txn = session.client.new_multi_writer();
-                    txn.add_delete(&path, Some(stat.version))
-                        .and_then(|()| txn.add_create(&path, &value, &ephemeral(&self.config)))
-                        .map_err(|e| map_zk(&format!("replacing {path}"), e))?;
-                    match txn.commit().await {
-                        Ok(_) => {
-                            confirm();
-                            info!(cluster = %self.scope(), member = %name,
-                                owner = %format_args!("{:#x}", stat.ephemeral_owner),
-                                "replaced a member znode of another session with this session's");
-                            return Ok(());
-                        }
-                        Err(zk::MultiWriteError::OperationFailed { .. }) => continue,
-                        Err(zk::MultiWriteError::RequestFailed { source }) => {
-                            return Err(map_zk(&format!("replacing {path}"), source))
-                        }
-                    }
-                }
-                Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
-            }
-        }
-        Err(DcsError::Backend {
-            backend: BACKEND,
-            message: format!("publishing {path}: the znode kept changing"),
-        })
-    }
-
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        let session = self.session().await?;
-        let _ops = self.ephemeral_ops.lock().await;
-        let key = LeaseKey::Member(name.as_str().to_owned());
-        let path = self.lease_path(&key);
-        self.leases().forget(&key);
-        match session.client.delete(&path, None).await {
-            Ok(()) => {
-                info!(cluster = %self.scope(), member = %name, "removed the member record");
-                Ok(())
-            }
-            Err(zk::Error::NoNode) => Ok(()),
-            Err(e) => Err(map_zk(&format!("deleting {path}"), e)),
-        }
-    }
-
-    // --------------------------------------------------------------- records
-
-    fn conflict(key: &DcsKey, expected: Expected, found: Option<&zk::Stat>) -> DcsError {
-        DcsError::Conflict {
-            key: key.relative_path(),
-            expected,
-            found: found.map(version_of),
-        }
-    }
-
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        let session = self.session().await?;
-        let key = record.key();
-        let path = self.path(&key);
-        let value = record.encode();
-        match expected {
-            Expected::Absent => loop {
-                match session
-                    .client
-                    .create(&path, &value, &persistent(&self.config))
-                    .await
-                {
-                    Ok((stat, _)) => return Ok(version_of(&stat)),
-                    Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
-                    Err(zk::Error::NodeExists) => {
-                        let found = self.stat(&session, &path).await?;
-                        return Err(Self::conflict(&key, expected, found.as_ref()));
-                    }
-                    Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
-                }
-            },
-            Expected::Version(version) => {
-                let Some(stat) = self.stat(&session, &path).await? else {
-                    return Err(Self::conflict(&key, expected, None));
-                };
-                if version_of(&stat) != version {
-                    return Err(Self::conflict(&key, expected, Some(&stat)));
-                }
-                match session
-                    .client
-                    .set_data(&path, &value, Some(stat.version))
-                    .await
-                {
-                    Ok(stat) => Ok(version_of(&stat)),
-                    Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
-                        let found = self.stat(&session, &path).await?;
-                        Err(Self::conflict(&key, expected, found.as_ref()))
-                    }
-                    Err(e) => Err(map_zk(&format!("writing {path}"), e)),
-                }
-            }
-            Expected::Any => {
-                for _ in 0..ATTEMPTS {
-                    match session.client.set_data(&path, &value, None).await {
-                        Ok(stat) => return Ok(version_of(&stat)),
-                        Err(zk::Error::NoNode) => {}
-                        Err(e) => return Err(map_zk(&format!("writing {path}"), e)),
-                    }
-                    match session
-                        .client
-                        .create(&path, &value, &persistent(&self.config))
-                        .await
-                    {
-                        Ok((stat, _)) => return Ok(version_of(&stat)),
-                        Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
-                        Err(zk::Error::NodeExists) => {}
-                        Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
-                    }
-                }
-                Err(DcsError::Backend {
-                    backend: BACKEND,
-                    message: format!("writing {path}: the znode kept changing"),
-                })
-            }
-        }
-    }
-
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        let session = self.session().await?;
-        let path = self.path(key);
-        let version = match expected {
-            Expected::Any => None,
-            Expected::Absent => {
-                return match self.stat(&session, &path).await? {
-                    None => Ok(()),
-                    Some(stat) => Err(Self::conflict(key, expected, Some(&stat))),
-                }
-            }
-            Expected::Version(version) => {
-                let Some(stat) = self.stat(&session, &path).await? else {
-                    return Err(Self::conflict(key, expected, None));
-                };
-                if version_of(&stat) != version {
-                    return Err(Self::conflict(key, expected, Some(&stat)));
-                }
-                Some(stat.version)
-            }
-        };
-        match session.client.delete(&path, version).await {
-            Ok(()) => Ok(()),
-            Err(zk::Error::NoNode) if version.is_none() => Ok(()),
-            Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
-                let found = self.stat(&session, &path).await?;
-                Err(Self::conflict(key, expected, found.as_ref()))
-            }
-            Err(e) => Err(map_zk(&format!("deleting {path}"), e)),
-        }
-    }
-
-    // ------------------------------------------------------------ initialize
-
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        let session = self.session().await?;
-        let path = self.path(&DcsKey::Initialize);
-        let value = encode_initialize(&Initialize::InProgress);
-        loop {
-            match session
-                .client
-                .create(&path, &value, &persistent(&self.config))
-                .await
-            {
-                Ok(_) => {
-                    info!(cluster = %self.scope(), "won the initialize race");
-                    return Ok(true);
-                }
-                Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
-                Err(zk::Error::NodeExists) => return Ok(false),
-                Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
-            }
-        }
-    }
-
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        let session = self.session().await?;
-        let key = DcsKey::Initialize;
-        let path = self.path(&key);
-        let Some((data, stat)) = self.get(&session, &path).await? else {
-            return Err(Self::conflict(&key, Expected::Any, None));
-        };
-        if decode_initialize(&data) != Ok(Initialize::InProgress) {
-            return Err(Self::conflict(&key, Expected::Any, Some(&stat)));
-        }
-        let value = encode_initialize(&Initialize::Done(system_id));
-        match session
-            .client
-            .set_data(&path, &value, Some(stat.version))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
-                let found = self.stat(&session, &path).await?;
-                Err(Self::conflict(&key, Expected::Any, found.as_ref()))
-            }
-            Err(e) => Err(map_zk(&format!("writing {path}"), e)),
-        }
-    }
-
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        let session = self.session().await?;
-        let path = self.path(&DcsKey::Initialize);
-        let Some((data, stat)) = self.get(&session, &path).await? else {
-            return Ok(());
-        };
-        if decode_initialize(&data) != Ok(Initialize::InProgress) {
-            return Ok(());
-        }
-        match session.client.delete(&path, Some(stat.version)).await {
-            Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => Ok(()),
-            Err(e) => Err(map_zk(&format!("deleting {path}"), e)),
         }
     }
 }

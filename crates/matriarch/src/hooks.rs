@@ -310,4 +310,8 @@ impl Postgres for HookedPostgres {
         let _ops = self.ops.lock().await;
         self.inner.set_synchronous_standby_names(names).await
     }
+
+    fn set_cluster_system_id(&self, system_id: SystemId) {
+        self.inner.set_cluster_system_id(system_id);
+    }
 }

@@ -26,11 +26,12 @@ use crate::config::{NodeConfig, Validated, WatchdogMode};
 use crate::error::DaemonError;
 use crate::fence::{CombinedFence, ProcessFence, SecondFence};
 use crate::hooks::{self, Callbacks, HookedPostgres};
+use crate::http_client::HttpClient;
 use crate::logging::LogHandle;
 use crate::params::{self, ParameterStatus};
 use crate::probe::HttpPeerProbe;
 use crate::watchdog::Watchdog;
-use crate::{dcs, http_client, router};
+use crate::{dcs, router};
 
 /// How long a peer probe or a duplicate-name check waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -38,6 +39,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The bound on slow PostgreSQL operations the engine runs (start, promote,
 /// clone, rewind).
 const POSTGRES_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long the REST API's view may take to read PostgreSQL and the DCS.
+const REST_VIEW_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn credentials(role: &crate::config::PgRoleConfig) -> Credentials {
     match &role.password {
@@ -147,6 +151,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, DaemonError> {
 async fn check_duplicate_name(
     dcs: &dyn Dcs,
     validated: &Validated,
+    http: &HttpClient,
     timeout: Duration,
 ) -> Result<Option<matriarch_model::SystemId>, DaemonError> {
     let view = match tokio::time::timeout(timeout, dcs.read_view()).await {
@@ -162,8 +167,8 @@ async fn check_duplicate_name(
     };
     if let Some(Ok(member)) = view.members.get(validated.name.as_str()) {
         let api_url = member.value.api_url.clone();
-        if let Ok((_, body)) = http_client::get(&api_url, PROBE_TIMEOUT).await {
-            let answered_name = serde_json::from_slice::<serde_json::Value>(&body)
+        if let Ok(response) = http.get(&api_url, PROBE_TIMEOUT).await {
+            let answered_name = serde_json::from_slice::<serde_json::Value>(&response.body)
                 .ok()
                 .and_then(|b| b["patroni"]["name"].as_str().map(str::to_owned));
             if answered_name.is_none_or(|n| n == validated.name.as_str()) {
@@ -243,7 +248,16 @@ async fn run_node(
         Arc::clone(&engine_status),
     )?;
     let dcs = dcs::build(&config, retry, ttl)?;
-    let system_id = check_duplicate_name(&*dcs.0, &validated, retry * 2).await?;
+    // Peers' REST APIs over HTTP or HTTPS (the cluster's CA: restapi.cafile).
+    let http = HttpClient::with_tls_files(
+        config.restapi.cafile.as_deref(),
+        config
+            .restapi
+            .certfile
+            .as_deref()
+            .zip(config.restapi.keyfile.as_deref()),
+    );
+    let system_id = check_duplicate_name(&*dcs, &validated, &http, retry * 2).await?;
 
     let mut pg_config = controller_config(&config, &validated)?;
     pg_config.expected_system_id = system_id;
@@ -333,18 +347,8 @@ async fn run_node(
         },
         postgres_timeout: POSTGRES_TIMEOUT,
     };
-    // Peers' REST APIs over HTTP or HTTPS (the cluster's CA: restapi.cafile).
     let peer_client = Arc::new(
-        HttpPeerProbe::with_tls(
-            PROBE_TIMEOUT,
-            config.restapi.cafile.as_deref(),
-            config
-                .restapi
-                .certfile
-                .as_deref()
-                .zip(config.restapi.keyfile.as_deref()),
-        )
-        .with_basic_auth(
+        HttpPeerProbe::new(PROBE_TIMEOUT, http.clone()).with_basic_auth(
             config
                 .restapi
                 .authentication
@@ -376,9 +380,12 @@ async fn run_node(
         name: validated.name.clone(),
         scope: scope.clone(),
         dcs: dcs.clone(),
-        pg: Arc::clone(&pg),
+        pg: Arc::clone(&pg) as Arc<dyn matriarch_postgres::Postgres>,
+        pg_reload: Arc::clone(&pg) as Arc<dyn api::ReloadPostgres>,
+        data_dir: pg_config.data_dir.clone(),
+        pkglibdir: api::pkglibdir(&pg_config.bin_dir),
         ops,
-        status: status.clone(),
+        status: api::StatusSource::Engine(status.clone()),
         auth: config
             .restapi
             .authentication
@@ -391,6 +398,7 @@ async fn run_node(
         reload: reload_tx.clone(),
         cache: RwLock::new(api::Cache::default()),
         failsafe: Some(failsafe),
+        http: http.clone(),
         parameters: Arc::clone(&parameter_status),
         restart: Some(restart),
     });
@@ -398,15 +406,9 @@ async fn run_node(
     let server = tokio::spawn(
         api::serve(listener, Arc::clone(&state), tls, limits).instrument(current.clone()),
     );
+    // The REST view is read again on every engine status change.
     let refresher = tokio::spawn(
-        api::refresh(
-            Arc::clone(&state),
-            validated
-                .bootstrap_dcs
-                .loop_wait
-                .min(Duration::from_secs(1)),
-        )
-        .instrument(current.clone()),
+        api::refresh(Arc::clone(&state), REST_VIEW_READ_TIMEOUT).instrument(current.clone()),
     );
     let applier = tokio::spawn(
         params::apply_dynamic_parameters(

@@ -38,8 +38,13 @@ impl Router for NoRouter {
     }
 }
 
-/// Builds the configured routers: all of them at once ([`FanOut`]), retried
-/// on transient failures ([`Retry`]); [`NoRouter`] when none is configured.
+/// How many times, and how far apart, each router is tried per call.
+const ROUTER_ATTEMPTS: u32 = 3;
+const ROUTER_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Builds the configured routers: each retried on transient failures
+/// ([`Retry`]), all of them at once ([`FanOut`]); [`NoRouter`] when none is
+/// configured.
 pub async fn build(
     config: &NodeConfig,
     validated: &Validated,
@@ -79,14 +84,81 @@ pub async fn build(
         })?;
         routers.push(Arc::new(router));
     }
+    compose(routers, ROUTER_ATTEMPTS, ROUTER_BACKOFF)
+}
+
+/// Wraps each router in its own [`Retry`] and drives them together with a
+/// [`FanOut`], so that a transient failure of one backend repeats the call on
+/// that backend only (a `Retry` around the `FanOut` would call again the
+/// routers that had succeeded); [`NoRouter`] when there is none.
+fn compose(
+    routers: Vec<Arc<dyn Router>>,
+    max_attempts: u32,
+    backoff: Duration,
+) -> Result<Arc<dyn Router>, DaemonError> {
     if routers.is_empty() {
         return Ok(Arc::new(NoRouter));
     }
-    let retry = Retry::new(FanOut::new(routers), 3, Duration::from_millis(200)).map_err(|e| {
-        DaemonError::Router {
-            router: "retry",
-            message: e.to_string(),
+    let retried = routers
+        .into_iter()
+        .map(|router| {
+            Retry::new(router, max_attempts, backoff)
+                .map(|retry| Arc::new(retry) as Arc<dyn Router>)
+                .map_err(|e| DaemonError::Router {
+                    router: "retry",
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(FanOut::new(retried)))
+}
+
+#[cfg(test)]
+mod tests {
+    use matriarch_model::MemberName;
+    use matriarch_router::{RecordingRouter, RouterCall};
+
+    use super::*;
+
+    fn endpoint(member: &str) -> Endpoint {
+        Endpoint {
+            member: MemberName::new(member).expect("member name"),
+            host: "10.0.0.1".to_owned(),
+            port: 5432,
         }
-    })?;
-    Ok(Arc::new(retry))
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_retried_on_the_failing_router_only() {
+        let elb = RecordingRouter::new("elb");
+        let dns = RecordingRouter::new("dns");
+        dns.fail_next(
+            1,
+            RouterError::Throttled {
+                router: "dns".to_owned(),
+            },
+        );
+        let router = compose(
+            vec![Arc::new(elb.clone()), Arc::new(dns.clone())],
+            3,
+            Duration::from_millis(1),
+        )
+        .expect("compose");
+        let routes = Routes {
+            primary: endpoint("a"),
+            replicas: vec![endpoint("b")],
+        };
+        router.route(&routes).await.expect("route after a retry");
+        assert_eq!(elb.calls(), vec![RouterCall::Route(routes.clone())]);
+        assert_eq!(
+            dns.calls(),
+            vec![RouterCall::Route(routes.clone()), RouterCall::Route(routes)]
+        );
+    }
+
+    #[tokio::test]
+    async fn no_router_configured_is_the_no_router_mode() {
+        let router = compose(Vec::new(), 3, Duration::from_millis(1)).expect("compose");
+        assert_eq!(router.name(), NoRouter.name());
+    }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_ha::Fence;
+use matriarch_ha::{Fence, FenceError};
 use tracing::{info, warn};
 
 /// The keepalive byte (any byte but `V` refreshes the timer).
@@ -222,12 +222,16 @@ impl Watchdog {
 /// The device's timeout is its own (`ttl − safety_margin`), not `valid_for`.
 #[async_trait]
 impl Fence for Watchdog {
-    async fn arm(&self, _valid_for: Duration) -> Result<(), String> {
-        self.keepalive().map_err(|e| e.to_string())
+    async fn arm(&self, _valid_for: Duration) -> Result<(), FenceError> {
+        self.keepalive().map_err(|e| FenceError::Watchdog {
+            source: Box::new(e),
+        })
     }
 
-    async fn disarm(&self) -> Result<(), String> {
-        Watchdog::disarm(self).map_err(|e| e.to_string())
+    async fn disarm(&self) -> Result<(), FenceError> {
+        Watchdog::disarm(self).map_err(|e| FenceError::Watchdog {
+            source: Box::new(e),
+        })
     }
 }
 

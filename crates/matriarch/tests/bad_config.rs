@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 const GOOD: &str = r#"scope: e2e
 name: node1
 restapi:
-  listen: 127.0.0.1:0
+  listen: 127.0.0.1:8008
 etcd3:
   hosts: 127.0.0.1:1
 bootstrap:
@@ -60,11 +60,29 @@ fn a_good_config_passes_check() {
 }
 
 #[test]
+fn check_refuses_a_rest_api_on_port_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.yaml");
+    std::fs::write(&path, GOOD.replace("127.0.0.1:8008", "127.0.0.1:0")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`restapi.listen`: the port must not be 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_configs_exit_non_zero_naming_the_key() {
     let cases: Vec<(String, &[&str])> = vec![
         (format!("{GOOD}  parameters: [unclosed\n"), &["line"]),
         (
-            GOOD.replace("  listen: 127.0.0.1:0", "  lisen: 127.0.0.1:0"),
+            GOOD.replace("  listen: 127.0.0.1:8008", "  lisen: 127.0.0.1:8008"),
             &["lisen", "line"],
         ),
         (
@@ -101,6 +119,14 @@ fn bad_configs_exit_non_zero_naming_the_key() {
             &["etcd3/zookeeper"],
         ),
         (format!("{GOOD}restapi_typo: 1\n"), &["restapi_typo"]),
+        (
+            GOOD.replace("127.0.0.1:8008", "127.0.0.1:0"),
+            &["restapi.listen", "port must not be 0"],
+        ),
+        (
+            format!("{GOOD}name: node2\n"),
+            &["duplicate key `name` at line 18", "line 2)"],
+        ),
     ];
     for (config, needles) in cases {
         let (code, stderr) = run(&config);

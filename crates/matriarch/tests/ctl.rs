@@ -641,6 +641,61 @@ fn usage_errors_exit_2_and_send_nothing() {
 }
 
 #[test]
+fn an_api_that_answers_503_is_named_with_its_answer() {
+    let starting = Stub::start(|_| (503, "\"starting up\"".into()));
+    let out = ctl(&["show-config", "--api", &starting.url()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("no REST API answered"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}/config answered HTTP 503: starting up",
+            starting.url()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn list_shows_a_scheduled_switchover_under_the_table() {
+    let stub = Stub::start(|req| match req.path.as_str() {
+        "/cluster" => {
+            let mut body = cluster("http://127.0.0.1:1", false);
+            body["scheduled_switchover"] =
+                json!({"at": "2030-01-01T12:00:00+00:00", "from": "pg1", "to": "pg2"});
+            (200, body.to_string())
+        }
+        _ => (404, "\"not found\"".into()),
+    });
+    let out = ctl(&["list", "--api", &stub.url()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "+\n Switchover scheduled at: 2030-01-01T12:00:00+00:00\n                    from: pg1\n                      to: pg2\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_password_option_warns_that_ps_shows_it_and_names_the_variable() {
+    let out = ctl(&["--help"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let help = stdout(&out);
+    assert!(help.contains("MATRIARCH_CTL_PASSWORD"), "{help}");
+    assert!(help.contains("visible to other users"), "{help}");
+    // The variable works on its own.
+    let stub = member((200, "\"ok\""));
+    let out = ctl_env(
+        &["pause", "--api", &stub.url(), "--username", "admin"],
+        &[("MATRIARCH_CTL_PASSWORD", "s3cret")],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stub.mutations()[0].auth(), Some(AUTH));
+}
+
+#[test]
 fn a_body_that_is_not_json_is_a_clear_error() {
     let stub = Stub::start(|_| (200, "<html>".into()));
     let out = ctl(&["list", "--api", &stub.url()]);

@@ -192,6 +192,43 @@ fn ctl(args: &[&str]) -> Output {
     command.output().expect("run matriarch ctl")
 }
 
+/// Starts `matriarch run` on a copy of `config` with another API port and
+/// data directory (the same name) and expects it to exit at once, refused as
+/// a duplicate.
+fn twin_is_refused(config: &Path, api_port: u16, data_dir: &Path) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let original = fs::read_to_string(config).expect("config");
+    let twin = original
+        .replace(
+            &format!("listen: 127.0.0.1:{api_port}"),
+            &format!("listen: 127.0.0.1:{}", free_port().expect("port")),
+        )
+        .replace(
+            &format!("data_dir: {}", data_dir.display()),
+            &format!("data_dir: {}", dir.path().join("data").display()),
+        );
+    assert!(twin.contains(&dir.path().display().to_string()), "{twin}");
+    let path = dir.path().join("twin.yaml");
+    fs::write(&path, twin).expect("write the twin's config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the twin");
+    let exited = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("the twin's output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(exited.is_some(), "the twin still ran after 20 s: {stderr}");
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+}
+
 #[test]
 fn etcd_over_tls_and_a_rest_api_that_takes_client_certificates() {
     let _serial = serial();
@@ -267,6 +304,14 @@ fn etcd_over_tls_and_a_rest_api_that_takes_client_certificates() {
     // Its member record advertises the https API.
     let (_, body) = curl(dir, "GET", &format!("{base}/cluster"), &[]);
     assert!(body.contains(&format!("{base}/patroni")), "{body}");
+
+    // A second agent under the same name is refused at start: the duplicate
+    // check reaches the first one's https API with the cluster's CA.
+    twin_is_refused(
+        &cluster.nodes[0].config,
+        api_port,
+        &cluster.nodes[0].data_dir(),
+    );
 
     // Plain http gets no answer from the https port.
     let plain = Command::new("curl")

@@ -1,8 +1,9 @@
 //! A custom [`Router`]: it writes the primary's `host:port` to a file that a
 //! sidecar proxy (pgbouncer, HAProxy, Envoy, a shell loop) watches, and
 //! removes the file when that member steps down. It is composed the way the
-//! daemon composes its ELB and DNS routers: several routers at once with
-//! [`FanOut`], retried on transient failures with [`Retry`].
+//! daemon composes its ELB and DNS routers: each retried on transient
+//! failures with [`Retry`], all driven at once with [`FanOut`] (a `Retry`
+//! around the `FanOut` would call again the routers that had succeeded).
 //!
 //! The engine calls `route` only on the lock holder after its promotion
 //! succeeded, and `withdraw` only for a demoting member itself; this program
@@ -108,8 +109,7 @@ fn file_content(path: &Path) -> String {
 async fn run(path: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let mut out = Vec::new();
     // A stand-in for a second backend (a webhook, say) that is throttled on
-    // its first call: `Retry` retries the whole fan-out, which is why every
-    // router's `route` must be idempotent.
+    // its first call: its own `Retry` calls it again, and only it.
     let webhook = RecordingRouter::new("webhook");
     webhook.fail_next(
         1,
@@ -117,9 +117,12 @@ async fn run(path: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
             router: "webhook".to_owned(),
         },
     );
-    let routers: Vec<Arc<dyn Router>> =
-        vec![Arc::new(FileRouter::new(path)), Arc::new(webhook.clone())];
-    let router = Retry::new(FanOut::new(routers), 3, Duration::from_millis(50))?;
+    let backoff = Duration::from_millis(50);
+    let routers: Vec<Arc<dyn Router>> = vec![
+        Arc::new(Retry::new(FileRouter::new(path), 3, backoff)?),
+        Arc::new(Retry::new(webhook.clone(), 3, backoff)?),
+    ];
+    let router = FanOut::new(routers);
     out.push(format!("router: {}", router.name()));
 
     let routes = Routes {
@@ -165,6 +168,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use matriarch_router::conformance::{Harness, Served};
+
     use super::*;
 
     #[tokio::test]
@@ -180,4 +188,76 @@ mod tests {
         assert!(lines[3].ends_with("file absent"), "{lines:?}");
         assert!(!path.exists());
     }
+
+    /// The router conformance suite on a file of its own per test.
+    struct FileHarness {
+        path: PathBuf,
+    }
+
+    impl Drop for FileHarness {
+        fn drop(&mut self) {
+            // Best effort: a leftover file in the temporary directory is harmless.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    #[async_trait]
+    impl Harness for FileHarness {
+        type Router = FileRouter;
+
+        async fn router(&self) -> FileRouter {
+            FileRouter::new(&self.path)
+        }
+
+        fn endpoints(&self) -> [Endpoint; 3] {
+            ["db1", "db2", "db3"].map(|name| Endpoint {
+                member: MemberName::new(name).expect("member name"),
+                host: format!("10.0.0.1{}", &name[2..]),
+                port: 5432,
+            })
+        }
+
+        async fn served(&self) -> Served {
+            let writers = match std::fs::read_to_string(&self.path) {
+                Ok(text) => text
+                    .trim_end()
+                    .rsplit_once(':')
+                    .map(|(host, _port)| host.to_owned())
+                    .into_iter()
+                    .collect(),
+                Err(_) => BTreeSet::new(),
+            };
+            // This router serves writers only.
+            Served {
+                writers,
+                readers: None,
+            }
+        }
+
+        async fn change_count(&self) -> Option<u64> {
+            None
+        }
+
+        async fn unreachable_router(&self) -> Option<FileRouter> {
+            // A local file cannot be unreachable.
+            None
+        }
+
+        fn call_bound(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+    }
+
+    async fn harness() -> FileHarness {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        FileHarness {
+            path: std::env::temp_dir().join(format!(
+                "matriarch-file-router-conformance-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )),
+        }
+    }
+
+    matriarch_router::router_conformance_tests!(harness());
 }

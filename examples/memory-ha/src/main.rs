@@ -1,12 +1,14 @@
 //! An HA cluster built from matriarch's crates: the real `matriarch_ha::Engine`
 //! (the same loop `matriarch run` drives) on three nodes, over `MemoryDcs`,
-//! with a stand-in PostgreSQL and a router that prints. It forms a cluster,
+//! with the in-memory PostgreSQL of `matriarch_postgres::memory` (the one
+//! the simulation runs, held to the same conformance suite as the real
+//! controller) and a router that prints. It forms a cluster,
 //! kills the leader (agent and PostgreSQL together, as a host crash would:
 //! the lock is not released), prints who takes over, then restarts the old
 //! leader and shows it rejoining as a replica.
 //!
 //! The engine only sees three traits: `Dcs` (here `MemoryDcs`), `Postgres`
-//! (here [`ToyPostgres`]) and `Router` (here [`PrintRouter`]). The daemon
+//! (here `MemoryPostgres`) and `Router` (here [`PrintRouter`]). The daemon
 //! passes `EtcdDcs`, `PgController` and the ELB/DNS routers instead, and adds
 //! `with_fence` and `with_peer_probe`.
 //!
@@ -15,17 +17,14 @@
 //! `cargo run -p example-memory-ha -- --sim 42`
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use matriarch_dcs::{MemoryDcs, SystemClock};
 use matriarch_ha::{Engine, EngineRole, EngineSettings, NodeSettings, StatusHandle};
-use matriarch_model::{ClusterConfig, KeyLayout, Lsn, MemberName, SystemId, Tags, Timeline};
-use matriarch_postgres::{
-    BootstrapSpec, Credentials, DataDirectoryState, LocalState, Operation, PgRole, Postgres,
-    PostgresError, RewindOutcome, ServerState, StartAs, StopMode, SyncStandbyNames, Upstream,
-};
+use matriarch_model::{ClusterConfig, KeyLayout, MemberName, SystemId, Tags};
+use matriarch_postgres::{BootstrapSpec, Credentials, MemoryPostgresCluster};
 use matriarch_router::{Endpoint, Router, RouterError, Routes};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,263 +45,22 @@ impl Log {
     }
 }
 
-/// One node's pretend PostgreSQL: a timeline and a WAL position.
-#[derive(Debug, Default)]
-struct PgNode {
-    /// `None`: empty data directory.
-    data: Option<(Timeline, Lsn)>,
-    running: bool,
-    primary: bool,
-    crashed: bool,
-    upstream: Option<Upstream>,
-}
-
-/// Every node's PostgreSQL, shared, so replication can copy between them.
-type World = Arc<Mutex<BTreeMap<MemberName, PgNode>>>;
-
-fn lock(world: &World) -> MutexGuard<'_, BTreeMap<MemberName, PgNode>> {
-    world.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A client commit on the running primary, streamed at once to the replicas
-/// that follow it (with the primary's timeline: a replica follows a timeline
-/// switch by streaming).
-fn write(world: &World) {
-    let mut nodes = lock(world);
-    let Some((primary, data)) = nodes
-        .iter_mut()
-        .find(|(_, n)| n.running && n.primary)
-        .and_then(|(name, n)| {
-            let (timeline, lsn) = n.data.as_mut()?;
-            lsn.0 += 64;
-            Some((name.clone(), (*timeline, *lsn)))
-        })
-    else {
-        return;
-    };
-    for node in nodes.values_mut() {
-        if node.running && node.upstream.as_ref().is_some_and(|u| u.member == primary) {
-            node.data = Some(data);
-        }
+/// A client commit on the running primary, if there is one.
+fn write(postgres: &MemoryPostgresCluster) {
+    let mut servers = postgres.servers();
+    if let Some(primary) =
+        (0..servers.all().len()).find(|&i| servers.server(i).is_running_primary())
+    {
+        servers.commit(primary);
     }
 }
 
-/// The `Postgres` trait over the shared [`World`]. The trait's documentation
-/// (crates/matriarch-postgres/src/lib.rs) is the contract; this keeps the
-/// parts the engine relies on: idempotence, `clone_replica` leaves the server
-/// stopped, `demote` means no more writes, `Immediate` stops look like crashes.
-#[derive(Clone)]
-struct ToyPostgres {
-    me: MemberName,
-    world: World,
-}
-
-impl ToyPostgres {
-    fn with_node<T>(&self, f: impl FnOnce(&mut PgNode) -> T) -> T {
-        f(lock(&self.world).entry(self.me.clone()).or_default())
-    }
-}
-
-#[async_trait]
-impl Postgres for ToyPostgres {
-    async fn observe(&self) -> Result<LocalState, PostgresError> {
-        let nodes = lock(&self.world);
-        let Some(node) = nodes.get(&self.me) else {
-            return Ok(LocalState::empty());
-        };
-        let Some((timeline, lsn)) = node.data else {
-            return Ok(LocalState::empty());
-        };
-        let mut state = LocalState {
-            timeline: Some(timeline),
-            system_id: Some(SYSTEM_ID),
-            ..LocalState::empty()
-        };
-        if !node.running {
-            state.server = ServerState::NotRunning(if node.crashed {
-                DataDirectoryState::Crashed
-            } else {
-                DataDirectoryState::CleanShutdown
-            });
-            state.wal.flush = Some(lsn);
-        } else if node.primary {
-            state.server = ServerState::Running(PgRole::Primary);
-            state.wal.write = Some(lsn);
-            state.wal.flush = Some(lsn);
-        } else {
-            state.server = ServerState::Running(PgRole::Replica);
-            state.wal.received = Some(lsn);
-            state.wal.replayed = Some(lsn);
-            state.upstream = node.upstream.clone();
-            // Streaming only from a running primary: a replica that follows
-            // a dead one is noticed by the engine.
-            state.receiving = node.upstream.as_ref().is_some_and(|u| {
-                nodes
-                    .get(&u.member)
-                    .is_some_and(|up| up.running && up.primary)
-            });
-        }
-        Ok(state)
-    }
-
-    async fn bootstrap(&self, _spec: &BootstrapSpec) -> Result<SystemId, PostgresError> {
-        self.with_node(|node| {
-            if node.data.is_some() {
-                return Err(PostgresError::NotEmpty {
-                    operation: Operation::Bootstrap,
-                    data_dir: "toy".into(),
-                });
-            }
-            *node = PgNode {
-                data: Some((Timeline(1), Lsn(0x300_0000))),
-                running: true,
-                primary: true,
-                ..PgNode::default()
-            };
-            Ok(SYSTEM_ID)
-        })
-    }
-
-    async fn clone_replica(&self, source: &Upstream) -> Result<(), PostgresError> {
-        let mut nodes = lock(&self.world);
-        let data = nodes
-            .get(&source.member)
-            .filter(|n| n.running)
-            .and_then(|n| n.data)
-            .ok_or(PostgresError::NotRunning {
-                operation: Operation::CloneReplica,
-            })?;
-        // Left stopped, configured to follow the source.
-        nodes.insert(
-            self.me.clone(),
-            PgNode {
-                data: Some(data),
-                upstream: Some(source.clone()),
-                ..PgNode::default()
-            },
-        );
-        Ok(())
-    }
-
-    async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
-        self.with_node(|node| {
-            if node.data.is_none() {
-                return Err(PostgresError::NotInitialized {
-                    operation: Operation::Start,
-                    data_dir: "toy".into(),
-                });
-            }
-            let primary = as_role == StartAs::Primary;
-            if node.running && node.primary != primary {
-                return Err(PostgresError::RoleConflict {
-                    operation: Operation::Start,
-                    running_as: if node.primary {
-                        PgRole::Primary
-                    } else {
-                        PgRole::Replica
-                    },
-                });
-            }
-            match as_role {
-                StartAs::ReplicaOf(upstream) => node.upstream = Some(upstream),
-                // A running replica is left as it is; a stopped one starts
-                // read-only without an upstream.
-                StartAs::Standby if node.running => {}
-                StartAs::Standby | StartAs::Primary => node.upstream = None,
-            }
-            node.running = true;
-            node.crashed = false;
-            node.primary = primary;
-            Ok(())
-        })
-    }
-
-    async fn stop(&self, mode: StopMode) -> Result<(), PostgresError> {
-        self.with_node(|node| {
-            if node.running {
-                node.running = false;
-                node.crashed = mode == StopMode::Immediate;
-            }
-            Ok(())
-        })
-    }
-
-    async fn promote(&self) -> Result<Timeline, PostgresError> {
-        self.with_node(|node| {
-            let Some((timeline, _)) = node.data.as_mut().filter(|_| node.running) else {
-                return Err(PostgresError::NotRunning {
-                    operation: Operation::Promote,
-                });
-            };
-            if !node.primary {
-                // Ending recovery starts a new timeline.
-                timeline.0 += 1;
-                node.primary = true;
-                node.upstream = None;
-            }
-            Ok(*timeline)
-        })
-    }
-
-    async fn demote(&self, mode: StopMode, follow: Option<Upstream>) -> Result<(), PostgresError> {
-        self.with_node(|node| {
-            node.running = false;
-            node.primary = false;
-            node.crashed = mode == StopMode::Immediate;
-        });
-        match follow {
-            Some(upstream) => self.start(StartAs::ReplicaOf(upstream)).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn follow(&self, upstream: &Upstream) -> Result<(), PostgresError> {
-        self.with_node(|node| {
-            if node.running && node.primary {
-                return Err(PostgresError::RoleConflict {
-                    operation: Operation::Follow,
-                    running_as: PgRole::Primary,
-                });
-            }
-            node.upstream = Some(upstream.clone());
-            Ok(())
-        })
-    }
-
-    async fn rewind(&self, source: &Upstream) -> Result<RewindOutcome, PostgresError> {
-        let mut nodes = lock(&self.world);
-        let source_data = nodes.get(&source.member).and_then(|n| n.data);
-        let node = nodes.entry(self.me.clone()).or_default();
-        if node.running {
-            return Err(PostgresError::StillRunning {
-                operation: Operation::Rewind,
-            });
-        }
-        let (Some((own_tl, own_lsn)), Some((source_tl, source_lsn))) = (node.data, source_data)
-        else {
-            return Err(PostgresError::NotInitialized {
-                operation: Operation::Rewind,
-                data_dir: "toy".into(),
-            });
-        };
-        node.upstream = Some(source.clone());
-        node.crashed = false;
-        // Anything past the source's position is WAL the source never had.
-        let outcome = if own_lsn > source_lsn || own_tl > source_tl {
-            RewindOutcome::Rewound
-        } else {
-            RewindOutcome::NotNeeded
-        };
-        node.data = Some((source_tl, own_lsn.min(source_lsn)));
-        Ok(outcome)
-    }
-
-    async fn set_synchronous_standby_names(
-        &self,
-        _names: &SyncStandbyNames,
-    ) -> Result<(), PostgresError> {
-        Ok(()) // This example runs asynchronous replication only.
-    }
+/// `name` runs as a replica streaming from `leader`.
+fn follows(postgres: &MemoryPostgresCluster, name: &MemberName, leader: &MemberName) -> bool {
+    let servers = postgres.servers();
+    servers
+        .index_of(name)
+        .is_some_and(|i| servers.server(i).streams_from() == Some(leader))
 }
 
 /// Prints what the engine asks of it. A real router moves a DNS name or a
@@ -348,7 +106,7 @@ fn start_node(
     index: u16,
     name: &MemberName,
     store: &MemoryDcs,
-    world: &World,
+    postgres: &MemoryPostgresCluster,
     config: &ClusterConfig,
     log: Log,
     mut shutdown: watch::Receiver<bool>,
@@ -374,10 +132,7 @@ fn start_node(
     };
     let engine = Engine::new(
         store.connect(), // each member has its own DCS client (its own TTLs)
-        ToyPostgres {
-            me: name.clone(),
-            world: Arc::clone(world),
-        },
+        postgres.member(name.clone()),
         PrintRouter {
             me: name.clone(),
             log,
@@ -466,7 +221,7 @@ async fn run() -> Result<Outcome, Box<dyn std::error::Error>> {
     };
     config.validate()?;
     let store = MemoryDcs::new(KeyLayout::new("service", "memory-ha")?);
-    let world: World = Arc::default();
+    let postgres = MemoryPostgresCluster::new(SYSTEM_ID);
     let (stop, stopped) = watch::channel(false);
     let names: Vec<MemberName> = ["node1", "node2", "node3"]
         .into_iter()
@@ -479,19 +234,21 @@ async fn run() -> Result<Outcome, Box<dyn std::error::Error>> {
             i as u16 + 1,
             name,
             &store,
-            &world,
+            &postgres,
             &config,
             log,
             stopped.clone(),
         );
         nodes.insert(name.clone(), node);
     }
-    // A client committing every 50 ms on whichever node is primary.
+    // A client committing every 50 ms on whichever node is primary, and
+    // WAL shipping to the replicas on the same beat.
     let client = {
-        let world = Arc::clone(&world);
+        let postgres = postgres.clone();
         tokio::spawn(async move {
             loop {
-                write(&world);
+                postgres.servers().replicate();
+                write(&postgres);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -499,12 +256,10 @@ async fn run() -> Result<Outcome, Box<dyn std::error::Error>> {
 
     let first = until("the cluster to form", Duration::from_secs(15), || {
         agreed_leader(nodes.iter()).filter(|leader| {
-            let pg = lock(&world);
-            nodes.keys().filter(|name| *name != leader).all(|name| {
-                pg.get(name).is_some_and(|n| {
-                    n.running && n.upstream.as_ref().is_some_and(|u| u.member == *leader)
-                })
-            })
+            nodes
+                .keys()
+                .filter(|name| *name != leader)
+                .all(|name| follows(&postgres, name, leader))
         })
     })
     .await?;
@@ -517,10 +272,7 @@ async fn run() -> Result<Outcome, Box<dyn std::error::Error>> {
     if let Some(node) = nodes.remove(&first) {
         node.task.abort();
     }
-    if let Some(pg) = lock(&world).get_mut(&first) {
-        pg.running = false;
-        pg.crashed = true;
-    }
+    postgres.member(first.clone()).crash();
     log.line(format!(
         "killed {first} (agent and PostgreSQL); its lock expires within ttl ({:?})",
         config.ttl
@@ -539,12 +291,18 @@ async fn run() -> Result<Outcome, Box<dyn std::error::Error>> {
     // The old leader's agent comes back: it finds a crashed data directory
     // and another leader, checks its timeline (rewind) and rejoins.
     let index = names.iter().position(|n| *n == first).unwrap_or(0) as u16 + 1;
-    let node = start_node(index, &first, &store, &world, &config, log, stopped.clone());
+    let node = start_node(
+        index,
+        &first,
+        &store,
+        &postgres,
+        &config,
+        log,
+        stopped.clone(),
+    );
     nodes.insert(first.clone(), node);
     until("the old leader to rejoin", Duration::from_secs(15), || {
-        let following = lock(&world).get(&first).is_some_and(|pg| {
-            pg.running && pg.upstream.as_ref().is_some_and(|u| u.member == second)
-        });
+        let following = follows(&postgres, &first, &second);
         (following && agreed_leader(nodes.iter()).as_ref() == Some(&second)).then_some(())
     })
     .await?;

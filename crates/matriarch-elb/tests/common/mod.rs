@@ -4,11 +4,13 @@
 
 #![allow(dead_code)]
 
+use std::time::Duration;
+
 use matriarch_elb::sdk;
 use matriarch_elb::ElbRouterConfig;
 use matriarch_model::MemberName;
 use matriarch_router::{Endpoint, Routes};
-use matriarch_testkit::{http_request, MotoServer};
+use matriarch_testkit::{http_request_timeout, MotoServer};
 use sdk::types::{
     Action, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, ProtocolEnum,
     TargetTypeEnum,
@@ -16,12 +18,16 @@ use sdk::types::{
 
 pub const REGION: &str = "us-east-1";
 
+/// How long an EC2 call of the setup may take: moto loads a service's backend
+/// on its first call, which took over 5 s on a loaded 2-core machine.
+const EC2_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One EC2 query-protocol call with a fake SigV4 header (moto routes on the
 /// service in the credential scope), as in the testkit's smoke test.
 fn ec2_call(endpoint: &str, body: &str) -> String {
     let auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, \
                 SignedHeaders=host;x-amz-date, Signature=0000";
-    let response = http_request(
+    let response = http_request_timeout(
         "POST",
         &format!("{endpoint}/"),
         &[
@@ -30,6 +36,7 @@ fn ec2_call(endpoint: &str, body: &str) -> String {
             ("Authorization", auth),
         ],
         format!("{body}&Version=2016-11-15").as_bytes(),
+        EC2_CALL_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("EC2 call `{body}`: {e}"));
     let text = response.body_text();
@@ -73,6 +80,13 @@ pub struct Lab {
 /// listener forwarding to the writer group, and writer and reader TCP target
 /// groups of type ip.
 pub async fn lab(moto: &MotoServer) -> Lab {
+    lab_named(moto, "pg").await
+}
+
+/// [`lab`] with names starting with `prefix` (the load balancer `prefix`, the
+/// groups `prefix-writer` and `prefix-reader`), so that several labs can
+/// share one moto server.
+pub async fn lab_named(moto: &MotoServer, prefix: &str) -> Lab {
     let url = moto.endpoint_url();
     let vpc = xml_value(
         &ec2_call(&url, "Action=CreateVpc&CidrBlock=10.0.0.0/16"),
@@ -95,7 +109,7 @@ pub async fn lab(moto: &MotoServer) -> Lab {
     let elb = client(moto);
     let lb = elb
         .create_load_balancer()
-        .name("pg")
+        .name(prefix)
         .r#type(LoadBalancerTypeEnum::Network)
         .scheme(LoadBalancerSchemeEnum::Internal)
         .set_subnets(Some(subnets))
@@ -107,10 +121,10 @@ pub async fn lab(moto: &MotoServer) -> Lab {
         .expect("load balancer ARN")
         .to_owned();
     let mut arns = Vec::new();
-    for name in ["pg-writer", "pg-reader"] {
+    for role in ["writer", "reader"] {
         let group = elb
             .create_target_group()
-            .name(name)
+            .name(format!("{prefix}-{role}"))
             .protocol(ProtocolEnum::Tcp)
             .port(5432)
             .vpc_id(&vpc)

@@ -1,22 +1,17 @@
-//! The HTTP client `ctl` talks to members' REST APIs with: hyper's HTTP/1 connection over a
-//! tokio TCP stream (rustls on top for `https://`), one connection per request, basic auth on
-//! mutating calls, and a list of APIs tried in turn until one answers.
+//! How `ctl` talks to members' REST APIs: the crate's [`HttpClient`] (HTTP or HTTPS, one
+//! connection per request), basic auth on mutating calls, and a list of APIs tried in turn
+//! until one answers.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{header, Method, Request, Uri};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use hyper::{Method, Uri};
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 use super::{CtlError, Secret};
+use crate::http_client::{tls_client_config, HttpClient, HttpRequest, TlsSetupError};
 
 /// How long a connection attempt may take before the next API is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -24,6 +19,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cap on the bytes shown of a server's error text.
 const MAX_MESSAGE: usize = 2000;
+/// The largest response read (a `/history` of a long-lived cluster is the largest).
+const MAX_RESPONSE: usize = 64 << 20;
 
 /// A REST API base URL, parsed: `http(s)://host:port[/prefix]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,51 +181,23 @@ pub(crate) struct TlsFiles {
 pub(crate) struct Client {
     endpoints: Vec<Endpoint>,
     auth: Option<(String, Secret)>,
-    tls_files: TlsFiles,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    http: HttpClient,
     /// Total time a mutating request may take.
     pub write_timeout: Duration,
 }
 
-const DEFAULT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_path: &Path = files
-        .cacert
-        .as_deref()
-        .unwrap_or(Path::new(DEFAULT_CA_BUNDLE));
-    let certs = CertificateDer::pem_file_iter(ca_path).map_err(|e| {
-        format!(
-            "cannot read CA certificates from {}: {e}",
-            ca_path.display()
-        )
-    })?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", ca_path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("bad certificate in {}: {e}", ca_path.display()))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots);
-    match (&files.certfile, &files.keyfile) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate rejected: {e}"))
+/// The TLS configuration of `--cacert`, `--certfile` and `--keyfile`.
+fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let client_cert = match (&files.certfile, &files.keyfile) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(TlsSetupError::Rustls(
+                "--certfile and --keyfile go together".into(),
+            ))
         }
-        (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err("--certfile and --keyfile go together".into()),
-    }
+    };
+    tls_client_config(files.cacert.as_deref(), client_cert)
 }
 
 /// Basic auth header value.
@@ -241,29 +210,24 @@ pub(crate) fn basic_auth(username: &str, password: &Secret) -> String {
 }
 
 impl Client {
-    /// A client for these APIs (at least one).
+    /// A client for these APIs (at least one). The TLS files are read now; an error in
+    /// them is reported by the first `https://` request.
     pub fn new(
         endpoints: Vec<Endpoint>,
         auth: Option<(String, Secret)>,
         tls_files: TlsFiles,
         write_timeout: Duration,
     ) -> Client {
+        let http = HttpClient::new(tls_config(&tls_files))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .max_body(MAX_RESPONSE)
+            .user_agent(concat!("matriarch-ctl/", env!("CARGO_PKG_VERSION")));
         Client {
             endpoints,
             auth,
-            tls_files,
-            tls: None,
+            http,
             write_timeout,
         }
-    }
-
-    fn tls(&mut self) -> Result<Arc<rustls::ClientConfig>, String> {
-        if let Some(config) = &self.tls {
-            return Ok(config.clone());
-        }
-        let config = Arc::new(tls_config(&self.tls_files)?);
-        self.tls = Some(config.clone());
-        Ok(config)
     }
 
     /// Sends one request to one API.
@@ -277,76 +241,30 @@ impl Client {
     ) -> Result<Reply, SendError> {
         let url = endpoint.url(path);
         let mutating = method != Method::GET && method != Method::HEAD;
-        let uri_path = format!("{}{path}", endpoint.prefix);
-        let host_header = match endpoint.host.contains(':') {
-            true => format!("[{}]:{}", endpoint.host, endpoint.port),
-            false => format!("{}:{}", endpoint.host, endpoint.port),
+        let authorization = match &self.auth {
+            Some((user, password)) if mutating => Some(basic_auth(user, password)),
+            _ => None,
         };
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(uri_path)
-            .header(header::HOST, host_header)
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("matriarch-ctl/", env!("CARGO_PKG_VERSION")),
-            );
-        if mutating {
-            if let Some((user, password)) = &self.auth {
-                builder = builder.header(header::AUTHORIZATION, basic_auth(user, password));
-            }
+        let mut request = HttpRequest::new(method, &url).authorization(authorization.as_deref());
+        if let Some(body) = body {
+            request = request.json(Bytes::from(body.to_string()));
         }
-        let bytes = match body {
-            Some(body) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(body.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let request = builder
-            .body(Full::new(bytes))
-            .map_err(|e| SendError::Other(format!("{url}: cannot build the request: {e}")))?;
-        let tls = if endpoint.tls {
-            Some(self.tls().map_err(SendError::Connect)?)
-        } else {
-            None
-        };
-        let exchange = async {
-            let tcp = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
-            )
-            .await
-            .map_err(|_| SendError::Connect(format!("{url}: timed out connecting")))?
-            .map_err(|e| SendError::Connect(format!("{url}: cannot connect: {e}")))?;
-            match tls {
-                Some(config) => {
-                    let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
-                        SendError::Connect(format!("{url}: bad TLS server name: {e}"))
-                    })?;
-                    let stream = tokio::time::timeout(
-                        CONNECT_TIMEOUT,
-                        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-                    )
-                    .await
-                    .map_err(|_| {
-                        SendError::Connect(format!("{url}: timed out in the TLS handshake"))
-                    })?
-                    .map_err(|e| SendError::Connect(format!("{url}: TLS handshake failed: {e}")))?;
-                    exchange(TokioIo::new(stream), request, &url).await
-                }
-                None => exchange(TokioIo::new(tcp), request, &url).await,
-            }
-        };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
-            SendError::Other(format!("{url}: no answer within {}s", timeout.as_secs()))
-        })?
+        match self.http.send(request, timeout).await {
+            Ok(response) => Ok(Reply {
+                status: response.status,
+                body: String::from_utf8_lossy(&response.body).into_owned(),
+                url,
+            }),
+            Err(error) if error.maybe_sent() => Err(SendError::Other(error.to_string())),
+            Err(error) => Err(SendError::Connect(error.to_string())),
+        }
     }
 
     /// `GET path` from the first API that answers with a non-5xx status; the API that answered
     /// moves to the front for later calls. A 4xx answer is an error with the server's message.
     pub async fn get_json(&mut self, path: &str) -> Result<(Value, Endpoint), CtlError> {
         let mut failures = Vec::new();
+        let mut answered = false;
         for i in 0..self.endpoints.len() {
             let endpoint = self.endpoints[i].clone();
             match self
@@ -358,12 +276,15 @@ impl Client {
                     self.endpoints.swap(0, i);
                     return Ok((value, endpoint));
                 }
-                Ok(reply) if reply.status >= 500 => failures.push(format!(
-                    "{}: HTTP {}: {}",
-                    reply.url,
-                    reply.status,
-                    reply.message()
-                )),
+                Ok(reply) if reply.status >= 500 => {
+                    answered = true;
+                    failures.push(format!(
+                        "{} answered HTTP {}: {}",
+                        reply.url,
+                        reply.status,
+                        reply.message()
+                    ));
+                }
                 Ok(reply) => {
                     return Err(CtlError::Failed(format!(
                         "{}: HTTP {}: {}",
@@ -375,7 +296,11 @@ impl Client {
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        Err(no_answer(failures))
+        Err(if answered {
+            no_usable_answer(failures)
+        } else {
+            no_answer(failures)
+        })
     }
 
     /// `GET path` from one API (a member's own).
@@ -438,43 +363,20 @@ impl Client {
     }
 }
 
+/// Some API answered, but with a server error (a member starting up, or without a DCS).
+fn no_usable_answer(failures: Vec<String>) -> CtlError {
+    CtlError::Failed(format!(
+        "no REST API could serve the request:\n  {}",
+        failures.join("\n  ")
+    ))
+}
+
+/// No API could be reached.
 fn no_answer(failures: Vec<String>) -> CtlError {
     CtlError::Failed(format!(
         "no REST API answered:\n  {}",
         failures.join("\n  ")
     ))
-}
-
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>, url: &str) -> Result<Reply, SendError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| SendError::Connect(format!("{url}: HTTP handshake failed: {e}")))?;
-    let driver = tokio::spawn(connection);
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| SendError::Other(format!("{url}: request failed: {e}")))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| SendError::Other(format!("{url}: reading the response failed: {e}")))?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            url: url.to_string(),
-        })
-    }
-    .await;
-    drop(sender);
-    driver.abort();
-    result
 }
 
 #[cfg(test)]

@@ -208,12 +208,17 @@ pub(crate) fn members_table(
     if cluster.paused {
         out.push_str(" Maintenance mode: on\n");
     }
+    // patronictl's note, a line each (every value sanitized on its own, so that
+    // the line breaks between them stay).
     if let Some(s) = &cluster.scheduled_switchover {
-        out.push_str(&sanitize(&format!(
-            " Switchover scheduled at: {}\n                    from: {}\n                      to: {}",
-            s.at, s.from, s.to
-        )));
-        out.push('\n');
+        out.push_str(&format!(" Switchover scheduled at: {}\n", sanitize(&s.at)));
+        out.push_str(&format!(
+            "                    from: {}\n",
+            sanitize(&s.from)
+        ));
+        if !s.to.is_empty() {
+            out.push_str(&format!("                      to: {}\n", sanitize(&s.to)));
+        }
     }
     out
 }
@@ -461,6 +466,13 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("to: b\n"), "{out}");
+        // Under the table on lines of their own, as patronictl prints them.
+        assert!(
+            out.ends_with(
+                " Switchover scheduled at: 2030-01-01T00:00:00+00:00\n                    from: a\n                      to: b\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

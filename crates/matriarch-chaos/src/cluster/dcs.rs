@@ -1,0 +1,321 @@
+//! The DCS of a chaos run: three etcd members or a three-server ZooKeeper
+//! ensemble in the namespaces e1..e3, and raw access to its keys for the faults
+//! that spoil them.
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use matriarch_testkit::cluster::DcsHosts;
+use serde_json::Value;
+
+use super::{etcd_ip, Cluster, ClusterSpec, EtcdMember, Proc, NODES};
+use crate::error::{ChaosError, Result};
+use crate::netns::Lab;
+use crate::{sys, zk, Dcs};
+
+/// etcd's program.
+pub(super) const ETCD: &str = "/usr/bin/etcd";
+/// etcdctl.
+pub(super) const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+/// The agents' `etcd3` or `zookeeper` hosts.
+pub(super) fn hosts(dcs: Dcs) -> DcsHosts {
+    match dcs {
+        Dcs::Etcd => DcsHosts::Etcd((0..NODES).map(|i| format!("{}:2379", etcd_ip(i))).collect()),
+        Dcs::ZooKeeper => DcsHosts::ZooKeeper(
+            (0..NODES)
+                .map(|i| format!("{}:{}", etcd_ip(i), zk::CLIENT_PORT))
+                .collect(),
+        ),
+    }
+}
+
+/// Starts the three DCS servers (not waiting for them) and, for ZooKeeper, the
+/// client the key faults use.
+pub(super) fn start(
+    lab: &Lab,
+    spec: &ClusterSpec<'_>,
+    data: &Path,
+) -> Result<(Vec<EtcdMember>, Option<zk::Keys>)> {
+    match spec.dcs {
+        Dcs::Etcd => Ok((start_etcd(lab, spec, data)?, None)),
+        Dcs::ZooKeeper => Ok((
+            start_zookeeper(lab, spec, data)?,
+            Some(zk::Keys::new(zk_hosts())?),
+        )),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(|e| ChaosError::io(format!("writing {}", path.display()), e))
+}
+
+/// The ZooKeeper connect string: every server's client address.
+fn zk_hosts() -> String {
+    (0..NODES)
+        .map(|i| format!("{}:{}", etcd_ip(i), zk::CLIENT_PORT))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts the three etcd members (e1..e3), not waiting for them.
+fn start_etcd(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<EtcdMember>> {
+    let initial = (0..NODES)
+        .map(|i| format!("e{}=http://{}:2380", i + 1, etcd_ip(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcd = Vec::new();
+    for i in 0..NODES {
+        let name = format!("e{}", i + 1);
+        let ip = etcd_ip(i);
+        let dir = data.join(format!("etcd-{name}"));
+        let argv: Vec<OsString> = vec![
+            ETCD.into(),
+            "--name".into(),
+            name.clone().into(),
+            "--data-dir".into(),
+            dir.into(),
+            "--listen-client-urls".into(),
+            format!("http://{ip}:2379").into(),
+            "--advertise-client-urls".into(),
+            format!("http://{ip}:2379").into(),
+            "--listen-peer-urls".into(),
+            format!("http://{ip}:2380").into(),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://{ip}:2380").into(),
+            "--initial-cluster".into(),
+            initial.clone().into(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--initial-cluster-token".into(),
+            lab.prefix().trim_end_matches('-').into(),
+        ];
+        let mut proc = Proc::in_namespace(
+            &lab.ns(&name),
+            argv,
+            spec.logs.join(format!("etcd-{name}.log")),
+        );
+        proc.start()?;
+        etcd.push(EtcdMember { name, ip, proc });
+    }
+    Ok(etcd)
+}
+
+/// Starts a three-server ZooKeeper ensemble in e1..e3 (java with
+/// `QuorumPeerMain`, a `zoo.cfg` and a `myid` each), not waiting for it.
+fn start_zookeeper(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<EtcdMember>> {
+    let ips: Vec<Ipv4Addr> = (0..NODES).map(etcd_ip).collect();
+    let mut servers = Vec::new();
+    for i in 0..NODES {
+        let name = format!("e{}", i + 1);
+        let dir = data.join(format!("zk-{name}"));
+        let data_dir = dir.join("data");
+        fs::create_dir_all(&data_dir)
+            .map_err(|e| ChaosError::io(format!("creating {}", data_dir.display()), e))?;
+        write(&data_dir.join("myid"), &format!("{}\n", i + 1))?;
+        let cfg = dir.join("zoo.cfg");
+        write(&cfg, &zk::config(i + 1, &ips, &data_dir))?;
+        write(
+            &dir.join("log4j.properties"),
+            "log4j.rootLogger=INFO, CONSOLE\n\
+             log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
+             log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
+             log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} - %-5p [%t] - %m%n\n",
+        )?;
+        let argv: Vec<OsString> = vec![
+            zk::JAVA.into(),
+            "-Xmx256m".into(),
+            "-XX:+UseSerialGC".into(),
+            "-XX:TieredStopAtLevel=1".into(),
+            format!("-Dzookeeper.log.dir={}", dir.display()).into(),
+            "-Dzookeeper.root.logger=INFO,CONSOLE".into(),
+            "-Dzookeeper.admin.enableServer=false".into(),
+            "-cp".into(),
+            // log4j and its SLF4J binding, so that the servers' own logs say
+            // what the ensemble did (without them SLF4J falls back to no-op).
+            format!(
+                "{}:{}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
+                dir.display(),
+                zk::JAR
+            )
+            .into(),
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+            cfg.into(),
+        ];
+        let mut proc = Proc::in_namespace(
+            &lab.ns(&name),
+            argv,
+            spec.logs.join(format!("zookeeper-{name}.log")),
+        );
+        proc.start()?;
+        servers.push(EtcdMember {
+            name,
+            ip: ips[i],
+            proc,
+        });
+    }
+    Ok(servers)
+}
+
+impl Cluster<'_> {
+    /// The etcd endpoints, comma-separated.
+    pub fn etcd_endpoints(&self) -> String {
+        (0..NODES)
+            .map(|i| format!("{}:2379", etcd_ip(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `etcdctl` against every member, with a 1 s dial timeout and `command_timeout`.
+    fn etcdctl_command(&self, command_timeout: &str) -> Command {
+        let mut cmd = Command::new(ETCDCTL);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.etcd_endpoints()))
+            .arg("--dial-timeout=1s")
+            .arg(format!("--command-timeout={command_timeout}"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `etcdctl <args>` against every member (run from the client namespace).
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        sys::run(self.etcdctl_command("2s").args(args))
+    }
+
+    /// The index of the etcd leader, if all answering members agree on one and
+    /// `all` of them (when asked) answer.
+    pub fn etcd_leader(&self, all: bool) -> Option<usize> {
+        let out = self
+            .etcdctl_command("1s")
+            .args(["endpoint", "status", "-w", "json"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let statuses: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+        if all && statuses.len() != NODES {
+            return None;
+        }
+        let mut leader = None;
+        let mut leader_id = None;
+        for s in &statuses {
+            let endpoint = s.get("Endpoint")?.as_str()?;
+            let status = s.get("Status")?;
+            let id = status.get("header")?.get("member_id")?.as_u64()?;
+            let lead = status.get("leader")?.as_u64()?;
+            if lead == 0 || leader_id.is_some_and(|l| l != lead) {
+                return None;
+            }
+            leader_id = Some(lead);
+            if id == lead {
+                leader = (0..NODES).find(|i| endpoint.starts_with(&etcd_ip(*i).to_string()));
+            }
+        }
+        leader
+    }
+
+    /// The index of the DCS leader (etcd's Raft leader or ZooKeeper's quorum
+    /// leader), if there is one and `all` three servers (when asked) answer.
+    pub fn dcs_leader(&self, all: bool) -> Option<usize> {
+        match self.dcs {
+            Dcs::Etcd => self.etcd_leader(all),
+            Dcs::ZooKeeper => {
+                let modes: Vec<Option<bool>> = (0..NODES).map(|i| zk::leads(etcd_ip(i))).collect();
+                if all && modes.iter().any(Option::is_none) {
+                    return None;
+                }
+                let leaders: Vec<usize> = (0..NODES).filter(|i| modes[*i] == Some(true)).collect();
+                match leaders[..] {
+                    [one] => Some(one),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// The raw value of a DCS key (full path, `/service/<scope>/…`), `None` when absent.
+    pub fn dcs_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match &self.zk {
+            Some(keys) => keys.get(key),
+            None => {
+                let out = self
+                    .etcdctl_command("2s")
+                    .args(["get", key, "-w", "json"])
+                    .output()
+                    .map_err(|source| ChaosError::Spawn {
+                        command: format!("etcdctl get {key}"),
+                        source,
+                    })?;
+                if !out.status.success() {
+                    return Err(ChaosError::Client(format!(
+                        "etcdctl get {key}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                // JSON output carries the value in base64: any bytes survive.
+                let parsed: Value =
+                    serde_json::from_slice(&out.stdout).map_err(|e| ChaosError::Parse {
+                        what: format!("etcdctl get {key}"),
+                        detail: e.to_string(),
+                    })?;
+                let Some(value) = parsed
+                    .get("kvs")
+                    .and_then(Value::as_array)
+                    .and_then(|kvs| kvs.first())
+                    .and_then(|kv| kv.get("value"))
+                    .and_then(Value::as_str)
+                else {
+                    return Ok(None);
+                };
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .map(Some)
+                    .map_err(|e| ChaosError::Parse {
+                        what: format!("the value of {key}"),
+                        detail: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Writes raw bytes into a DCS key behind the agents' backs (on etcd
+    /// without a lease, on ZooKeeper creating a persistent znode if absent).
+    pub fn dcs_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        match &self.zk {
+            Some(keys) => keys.put(key, value),
+            None => {
+                use std::os::unix::ffi::OsStrExt;
+                // `--` so that a value starting with `-` is not read as a flag.
+                sys::run(
+                    self.etcdctl_command("2s")
+                        .args(["put", "--"])
+                        .arg(key)
+                        .arg(std::ffi::OsStr::from_bytes(value)),
+                )
+                .map(drop)
+            }
+        }
+    }
+
+    /// Deletes a DCS key (absent is fine).
+    pub fn dcs_del(&self, key: &str) -> Result<()> {
+        match &self.zk {
+            Some(keys) => keys.del(key),
+            None => self.etcdctl(&["del", key]).map(drop),
+        }
+    }
+
+    pub(super) fn wait_etcd(&self, timeout: Duration) -> Result<()> {
+        sys::wait_for(
+            "the three DCS servers to elect a leader",
+            timeout,
+            Duration::from_millis(200),
+            || self.dcs_leader(true),
+        )
+        .map(drop)
+    }
+}

@@ -1,0 +1,550 @@
+//! The cluster under test: three etcd members, BIND, and three `matriarch run`
+//! agents with their PostgreSQL, each in its own namespace of the [`Lab`].
+//!
+//! Every method here runs from the client namespace (see [`crate::run`]): the REST
+//! APIs, PostgreSQL, etcd and BIND are reached over the bridge, as the client
+//! reaches them. Programs are started with `ip netns exec <namespace>`.
+
+mod dcs;
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use matriarch_testkit::cluster::{
+    keep_server_log, node_dirs, node_log_tails, preflight, tail, AgentConfig, Credentials,
+    DnsRoute, NodeDir, RestApi, Supervised, Timing,
+};
+use matriarch_testkit::dns::resolve_a;
+use matriarch_testkit::{bin_dir, named_args, random_tsig_secret, BindConfig, BIND_TSIG_ALGORITHM};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::error::{ChaosError, Result};
+use crate::netns::{Host, Lab};
+use crate::sys;
+use crate::zk;
+use crate::{Dcs, Mode};
+
+/// The cluster's name (the DCS scope).
+pub const SCOPE: &str = "chaos";
+/// The DNS zone BIND serves.
+pub const ZONE: &str = "chaos.test";
+/// The name that points at the primary.
+pub const WRITER: &str = "primary.chaos.test";
+/// The REST API user.
+pub const API_USER: &str = "admin";
+/// The REST API password.
+pub const API_PASSWORD: &str = "chaos-api";
+/// The PostgreSQL superuser.
+pub const PG_USER: &str = "postgres";
+/// Its password.
+pub const PG_PASSWORD: &str = "chaos-pg";
+/// PostgreSQL's port (on every node's own address).
+pub const PG_PORT: u16 = 5432;
+/// The REST API's port.
+pub const API_PORT: u16 = 8008;
+/// How many PostgreSQL nodes and how many etcd members.
+pub const NODES: usize = 3;
+/// The TSIG key name.
+const TSIG_KEY: &str = "chaos-key";
+/// The prefix of a run's data directory under `/tmp` (followed by the pid).
+const DATA_PREFIX: &str = "matriarch-chaos-";
+
+/// Removes the data directories (`/tmp/matriarch-chaos-<pid>-*`) of chaos runs
+/// whose process is gone; run after [`crate::netns::cleanup_stale`] killed their
+/// processes. Returns how many it removed.
+pub fn cleanup_stale_data() -> usize {
+    let Ok(entries) = fs::read_dir("/tmp") else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DATA_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !sys::alive(pid) && fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The address of node `i` (0-based): 127.1.0.11, .12, .13.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 1, 0, 11 + i as u8)
+}
+
+/// The address of etcd member `i` (0-based): 127.1.0.21, .22, .23.
+pub fn etcd_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 1, 0, 21 + i as u8)
+}
+
+/// BIND's address.
+pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 30);
+/// The client's address.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 40);
+/// The client namespace's short name.
+pub const CLIENT: &str = "cl";
+
+/// Every host of the lab: n1..n3, e1..e3, dns, cl.
+pub fn hosts() -> Vec<Host> {
+    let mut hosts = Vec::new();
+    for i in 0..NODES {
+        hosts.push(Host::new(&format!("n{}", i + 1), node_ip(i)));
+    }
+    for i in 0..NODES {
+        hosts.push(Host::new(&format!("e{}", i + 1), etcd_ip(i)));
+    }
+    hosts.push(Host::new("dns", DNS_IP));
+    hosts.push(Host::new(CLIENT, CLIENT_IP));
+    hosts
+}
+
+/// The index of the node whose address is `ip`.
+pub fn node_at(ip: Ipv4Addr) -> Option<usize> {
+    (0..NODES).find(|i| node_ip(*i) == ip)
+}
+
+/// A long-running program in a namespace, restartable with the same command line
+/// (the test kit's [`Supervised`], started with `ip netns exec`).
+pub type Proc = Supervised;
+
+/// One PostgreSQL node: its agent and data directory.
+#[derive(Debug)]
+pub struct Node {
+    /// Member name: node1..node3.
+    pub name: String,
+    /// Namespace short name: n1..n3.
+    pub short: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its directory (data directory, server log, socket), owned by `postgres`.
+    pub dir: NodeDir,
+    /// The agent.
+    pub agent: Proc,
+    /// Its REST API (`http://<ip>:8008`), with the cluster's credentials for
+    /// `call` (switchovers, `PATCH /config`).
+    pub rest: RestApi,
+}
+
+impl Node {
+    /// PostgreSQL's server log (pg_ctl's `-l`, next to the data directory).
+    pub fn server_log(&self) -> PathBuf {
+        self.dir.server_log()
+    }
+
+    /// The postmaster's pid, if `postmaster.pid` names a live postgres process.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        self.dir.postmaster_pid()
+    }
+
+    /// `GET path` on its REST API: status (0 when it does not answer) and body.
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        self.rest.get(path)
+    }
+
+    /// `GET path` as JSON when it answers 200.
+    pub fn get_json(&self, path: &str) -> Option<Value> {
+        self.rest.get_json(path)
+    }
+}
+
+/// One etcd member.
+#[derive(Debug)]
+pub struct EtcdMember {
+    /// e1..e3 (also the namespace's short name).
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The process.
+    pub proc: Proc,
+}
+
+/// The running cluster.
+pub struct Cluster<'lab> {
+    /// The namespaces.
+    pub lab: &'lab Lab,
+    /// The PostgreSQL nodes.
+    pub nodes: Vec<Node>,
+    /// The DCS servers: etcd members, or ZooKeeper servers with `--dcs zookeeper`.
+    pub etcd: Vec<EtcdMember>,
+    /// BIND.
+    pub named: Proc,
+    /// Where logs and configurations go (`target/chaos/<run>/`).
+    pub logs: PathBuf,
+    /// The synchronous mode of the run.
+    pub mode: Mode,
+    /// The lock's ttl in seconds.
+    pub ttl: u64,
+    /// The DCS the agents use: [`Cluster::etcd`] holds its three servers
+    /// (etcd members or ZooKeeper servers, same namespaces and addresses).
+    pub dcs: Dcs,
+    zk: Option<zk::Keys>,
+    data: Option<TempDir>,
+}
+
+/// Everything that varies per run of [`Cluster::start`].
+pub struct ClusterSpec<'a> {
+    /// The `matriarch` binary.
+    pub matriarch: &'a Path,
+    /// Logs and configurations.
+    pub logs: &'a Path,
+    /// Replication mode.
+    pub mode: Mode,
+    /// ttl, loop_wait, retry_timeout in seconds.
+    pub timing: (u64, u64, u64),
+    /// The DCS.
+    pub dcs: Dcs,
+}
+
+/// BIND's program.
+const NAMED: &str = "/usr/sbin/named";
+
+/// Writes BIND's files into `dir` and starts it in the `dns` namespace, on port
+/// 53 of [`DNS_IP`], not waiting for it.
+fn start_named(lab: &Lab, logs: &Path, dir: &Path, secret: &str) -> Result<Proc> {
+    fs::create_dir_all(dir)
+        .map_err(|e| ChaosError::io(format!("creating {}", dir.display()), e))?;
+    let conf = BindConfig {
+        dir,
+        listen: DNS_IP,
+        port: 53,
+        zone: ZONE,
+        key_name: TSIG_KEY,
+        secret,
+        record_ttl: 1,
+    }
+    .write()?;
+    let mut argv: Vec<OsString> = vec![NAMED.into()];
+    argv.extend(named_args(&conf));
+    let mut named = Proc::in_namespace(&lab.ns("dns"), argv, logs.join("named.log"));
+    named.start()?;
+    Ok(named)
+}
+
+impl<'lab> Cluster<'lab> {
+    /// Starts etcd and BIND, then the three agents (not waiting for them).
+    pub fn start(lab: &'lab Lab, spec: &ClusterSpec<'_>) -> Result<Cluster<'lab>> {
+        let user = preflight(spec.matriarch).map_err(|source| ChaosError::Testkit {
+            context: "checking the agents' programs".into(),
+            source,
+        })?;
+        let programs: &[&str] = match spec.dcs {
+            Dcs::Etcd => &[dcs::ETCD, dcs::ETCDCTL, NAMED],
+            Dcs::ZooKeeper => &[zk::JAVA, zk::JAR, NAMED],
+        };
+        for program in programs {
+            if !Path::new(program).is_file() {
+                return Err(ChaosError::Setup(format!(
+                    "{program} is missing: run `cargo xtask deps`"
+                )));
+            }
+        }
+        fs::create_dir_all(spec.logs)
+            .map_err(|e| ChaosError::io(format!("creating {}", spec.logs.display()), e))?;
+        let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
+        let (data, dirs) = node_dirs(
+            &user,
+            &format!("{DATA_PREFIX}{}-", std::process::id()),
+            &names,
+        )
+        .map_err(|source| ChaosError::Testkit {
+            context: "creating the data directories".into(),
+            source,
+        })?;
+        // etcd or ZooKeeper: three servers, all started before any waits for the others.
+        let (etcd, zk) = dcs::start(lab, spec, data.path())?;
+        let secret = random_tsig_secret()?;
+        let named = start_named(lab, spec.logs, &data.path().join("dns"), &secret)?;
+        let mut cluster = Cluster {
+            lab,
+            nodes: Vec::new(),
+            etcd,
+            named,
+            logs: spec.logs.to_path_buf(),
+            mode: spec.mode,
+            ttl: spec.timing.0,
+            dcs: spec.dcs,
+            zk,
+            data: None,
+        };
+        for (i, (name, dir)) in names.into_iter().zip(dirs).enumerate() {
+            let short = format!("n{}", i + 1);
+            let ip = node_ip(i);
+            let config = spec.logs.join(format!("{name}.yaml"));
+            agent_config(&name, ip, &dir, spec, &secret).write(&config)?;
+            let agent = Proc::in_namespace(
+                &lab.ns(&short),
+                vec![
+                    spec.matriarch.as_os_str().to_owned(),
+                    "run".into(),
+                    "--config".into(),
+                    config.into_os_string(),
+                ],
+                spec.logs.join(format!("{name}.log")),
+            );
+            let rest = RestApi {
+                base: format!("http://{ip}:{API_PORT}"),
+                user: API_USER.into(),
+                password: API_PASSWORD.into(),
+                get_timeout: Duration::from_millis(700),
+            };
+            cluster.nodes.push(Node {
+                name,
+                short,
+                ip,
+                dir,
+                agent,
+                rest,
+            });
+        }
+        cluster.data = Some(data);
+        cluster.wait_etcd(Duration::from_secs(60))?;
+        cluster.wait_dns_server(Duration::from_secs(30))?;
+        for node in &mut cluster.nodes {
+            node.agent.start()?;
+        }
+        Ok(cluster)
+    }
+
+    fn wait_dns_server(&self, timeout: Duration) -> Result<()> {
+        sys::wait_for(
+            "BIND to answer",
+            timeout,
+            Duration::from_millis(100),
+            || resolve_a(self.dns_server(), WRITER, Duration::from_millis(300)).ok(),
+        )
+        .map(drop)
+    }
+
+    /// BIND's address.
+    pub fn dns_server(&self) -> SocketAddr {
+        SocketAddr::from((DNS_IP, 53))
+    }
+
+    /// The addresses the writer's name resolves to now.
+    pub fn writer_addrs(&self) -> Option<Vec<Ipv4Addr>> {
+        resolve_a(self.dns_server(), WRITER, Duration::from_millis(300)).ok()
+    }
+
+    /// The key of the leader lock.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("/service/{SCOPE}/{suffix}")
+    }
+
+    /// A healthy cluster: exactly one node answers `/primary`, the other two
+    /// `/replica`, the primary's `/patroni` lists both as streaming (and, in the
+    /// synchronous modes, one as synchronous), the writer's name points at the
+    /// primary, and etcd has a leader all three members agree on. The primary.
+    pub fn healthy(&mut self) -> Option<usize> {
+        let primaries: Vec<usize> = (0..NODES)
+            .filter(|i| self.nodes[*i].get("/primary").0 == 200)
+            .collect();
+        let [primary] = primaries[..] else {
+            return None;
+        };
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != primary && node.get("/replica").0 != 200 {
+                return None;
+            }
+        }
+        let patroni = self.nodes[primary].get_json("/patroni")?;
+        let replication = patroni.get("replication")?.as_array()?;
+        let streaming = replication
+            .iter()
+            .filter(|r| r.get("state").and_then(Value::as_str) == Some("streaming"))
+            .count();
+        if streaming < NODES - 1 {
+            return None;
+        }
+        if self.mode != Mode::Asynchronous
+            && !replication.iter().any(|r| {
+                matches!(
+                    r.get("sync_state").and_then(Value::as_str),
+                    Some("sync" | "quorum")
+                )
+            })
+        {
+            return None;
+        }
+        if self.writer_addrs()? != vec![self.nodes[primary].ip] {
+            return None;
+        }
+        self.dcs_leader(true)?;
+        for member in &mut self.etcd {
+            if !member.proc.is_running() {
+                return None;
+            }
+        }
+        Some(primary)
+    }
+
+    /// Waits until [`Cluster::healthy`] holds with the same primary for `stable`
+    /// (longer than the REST API's 1 s cache of PostgreSQL's state, so that a
+    /// check right after a fault cannot pass on stale answers). The primary.
+    pub fn wait_healthy(&mut self, timeout: Duration, stable: Duration) -> Result<usize> {
+        let mut since: Option<(usize, std::time::Instant)> = None;
+        sys::wait_for(
+            "a healthy cluster (a primary, two streaming replicas, the DNS name on it)",
+            timeout,
+            Duration::from_millis(200),
+            || {
+                match (self.healthy(), since) {
+                    (Some(p), Some((q, t))) if p == q => {
+                        return (t.elapsed() >= stable).then_some(p);
+                    }
+                    (Some(p), _) => since = Some((p, std::time::Instant::now())),
+                    (None, _) => since = None,
+                }
+                None
+            },
+        )
+    }
+
+    /// The primary as the REST APIs report it (exactly one `/primary`).
+    pub fn primary(&self) -> Option<usize> {
+        let primaries: Vec<usize> = (0..NODES)
+            .filter(|i| self.nodes[*i].get("/primary").0 == 200)
+            .collect();
+        match primaries[..] {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The last `lines` lines of every agent's, PostgreSQL's, etcd's and BIND's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            out.push_str(&node_log_tails(
+                &node.name,
+                node.agent.log(),
+                &node.server_log(),
+                lines,
+            ));
+        }
+        for member in &self.etcd {
+            out.push_str(&format!(
+                "----- etcd {} -----\n{}\n",
+                member.name,
+                tail(member.proc.log(), lines / 4)
+            ));
+        }
+        out
+    }
+
+    /// Copies the PostgreSQL server logs next to the agents' logs.
+    pub fn keep_server_logs(&self) {
+        for node in &self.nodes {
+            keep_server_log(&node.name, &node.server_log(), &self.logs);
+        }
+    }
+
+    /// Stops everything: agents, PostgreSQL, etcd and BIND (by killing every process
+    /// in the node, etcd and DNS namespaces), keeps the server logs, removes the
+    /// data directories.
+    pub fn shutdown(&mut self) {
+        let Some(data) = self.data.take() else {
+            return;
+        };
+        for node in &mut self.nodes {
+            node.agent.kill();
+            self.lab.kill_all(&node.short);
+        }
+        for member in &mut self.etcd {
+            member.proc.kill();
+            self.lab.kill_all(&member.name);
+        }
+        self.named.kill();
+        self.lab.kill_all("dns");
+        self.keep_server_logs();
+        if let Err(e) = data.close() {
+            eprintln!("warning: cannot remove the chaos run's data directories: {e}");
+        }
+    }
+}
+
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The configuration of node `name` at `ip`.
+fn agent_config(
+    name: &str,
+    ip: Ipv4Addr,
+    dir: &NodeDir,
+    spec: &ClusterSpec<'_>,
+    secret: &str,
+) -> AgentConfig {
+    let (ttl, loop_wait, retry_timeout) = spec.timing;
+    let sync: &[&str] = match spec.mode {
+        Mode::Synchronous => &["synchronous_mode: true"],
+        Mode::Strict => &["synchronous_mode: true", "synchronous_mode_strict: true"],
+        Mode::Quorum => &["synchronous_mode: quorum"],
+        Mode::Asynchronous => &["synchronous_mode: false"],
+    };
+    AgentConfig {
+        written_by: "matriarch-chaos".into(),
+        scope: SCOPE.into(),
+        name: name.into(),
+        api_listen: SocketAddr::from((ip, API_PORT)),
+        credentials: credentials(),
+        dcs: dcs::hosts(spec.dcs),
+        timing: Timing {
+            ttl,
+            loop_wait,
+            retry_timeout,
+        },
+        bootstrap_dcs: sync.iter().map(|l| (*l).to_owned()).collect(),
+        pg_listen: SocketAddr::from((ip, PG_PORT)),
+        data_dir: dir.data_dir(),
+        bin_dir: bin_dir(),
+        // Epoch timestamps with milliseconds: the checker reads promotions from here.
+        pg_parameters: vec![("log_line_prefix".into(), "'%n [%p] '".into())],
+        dns: Some(DnsRoute {
+            server: SocketAddr::from((DNS_IP, 53)),
+            zone: ZONE.into(),
+            writer: WRITER.into(),
+            key_name: TSIG_KEY.into(),
+            algorithm: BIND_TSIG_ALGORITHM.into(),
+            secret: secret.into(),
+        }),
+    }
+}
+
+/// The REST API's and PostgreSQL's users and passwords.
+fn credentials() -> Credentials {
+    Credentials {
+        api_user: API_USER.into(),
+        api_password: API_PASSWORD.into(),
+        pg_user: PG_USER.into(),
+        pg_password: PG_PASSWORD.into(),
+        replication_password: "chaos-replication".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_hosts() {
+        assert_eq!(node_ip(0), Ipv4Addr::new(127, 1, 0, 11));
+        assert_eq!(etcd_ip(2), Ipv4Addr::new(127, 1, 0, 23));
+        assert_eq!(node_at(node_ip(1)), Some(1));
+        assert_eq!(node_at(DNS_IP), None);
+        let hosts = hosts();
+        assert_eq!(hosts.len(), 8);
+        assert!(hosts.iter().any(|h| h.short == CLIENT && h.ip == CLIENT_IP));
+    }
+}

@@ -1,0 +1,554 @@
+//! The fault kinds, the seeded plan, and how each fault is injected and healed.
+//!
+//! What operators do (switchovers, `PATCH /config`) is in [`operator`]; garbage
+//! in several keys at once in [`keys`].
+
+mod keys;
+mod operator;
+#[cfg(test)]
+mod tests;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cluster::{self, Cluster, NODES};
+use crate::error::{ChaosError, Result};
+use crate::sys::{self, Rng};
+
+/// What a fault does. [`FaultKind::ALL`] lists them in a fixed order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL every process of a node (agent, fence, PostgreSQL); restart the
+    /// agent after the hold.
+    NodeKill,
+    /// SIGKILL a node's postmaster only; its agent restarts it.
+    PostgresKill,
+    /// SIGKILL the primary's agent only (its write fence then kills PostgreSQL);
+    /// restart the agent after the hold.
+    AgentKill,
+    /// SIGKILL the primary's agent and every helper process it started (its
+    /// write fence, hooks; what `pkill -9 matriarch` or an OOM kill of the
+    /// unit's group does), fence first, so that the fence cannot act on its
+    /// pipe closing: PostgreSQL must die with its fence. Restart the agent
+    /// after the hold.
+    KillAgentGroup,
+    /// SIGSTOP the primary's agent for longer than the ttl, then SIGCONT.
+    AgentStop,
+    /// SIGSTOP the primary's PostgreSQL (the postmaster's process group), then SIGCONT.
+    PostgresStop,
+    /// Take the primary's link down on the switch: it reaches nobody.
+    IsolatePrimary,
+    /// Drop, in the primary's namespace, all traffic to and from the etcd members.
+    CutPrimaryFromEtcd,
+    /// Drop, in the primary's namespace, all traffic to and from the replicas.
+    CutPrimaryFromReplicas,
+    /// SIGKILL the etcd leader (found with `etcdctl endpoint status`); restart it.
+    EtcdLeaderKill,
+    /// SIGSTOP all three etcd members for longer than the ttl, then SIGCONT.
+    EtcdStopAll,
+    /// Write garbage into the leader, config or a member key; repair it later.
+    MalformedKey,
+    /// `POST /switchover` from the primary to a replica and, as soon as that
+    /// replica answers `/primary`, a second one from it to the other replica.
+    SecondSwitchover,
+    /// `PATCH /config` of ttl/loop_wait/retry_timeout to another valid
+    /// combination for the hold, then back.
+    EditTiming,
+    /// `PATCH /config` of `synchronous_node_count` (1 <-> 2) and
+    /// `synchronous_mode_strict` (toggled) for the hold, then back.
+    EditSyncCount,
+    /// Garbage (random bytes, huge numbers, wrong JSON types) in the `config`,
+    /// `sync`, `failover` and one member key at once; then `config` is written
+    /// back and the others deleted. The primary must stay, every agent must live.
+    MalformedKeys,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 16] = [
+        FaultKind::NodeKill,
+        FaultKind::PostgresKill,
+        FaultKind::AgentKill,
+        FaultKind::KillAgentGroup,
+        FaultKind::AgentStop,
+        FaultKind::PostgresStop,
+        FaultKind::IsolatePrimary,
+        FaultKind::CutPrimaryFromEtcd,
+        FaultKind::CutPrimaryFromReplicas,
+        FaultKind::EtcdLeaderKill,
+        FaultKind::EtcdStopAll,
+        FaultKind::MalformedKey,
+        FaultKind::SecondSwitchover,
+        FaultKind::EditTiming,
+        FaultKind::EditSyncCount,
+        FaultKind::MalformedKeys,
+    ];
+
+    /// The kebab-case name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::NodeKill => "node-kill",
+            FaultKind::PostgresKill => "postgres-kill",
+            FaultKind::AgentKill => "agent-kill",
+            FaultKind::KillAgentGroup => "kill-agent-group",
+            FaultKind::AgentStop => "agent-stop",
+            FaultKind::PostgresStop => "postgres-stop",
+            FaultKind::IsolatePrimary => "isolate-primary",
+            FaultKind::CutPrimaryFromEtcd => "cut-primary-from-etcd",
+            FaultKind::CutPrimaryFromReplicas => "cut-primary-from-replicas",
+            FaultKind::EtcdLeaderKill => "etcd-leader-kill",
+            FaultKind::EtcdStopAll => "etcd-stop-all",
+            FaultKind::MalformedKey => "malformed-key",
+            FaultKind::SecondSwitchover => "second-switchover",
+            FaultKind::EditTiming => "edit-timing",
+            FaultKind::EditSyncCount => "edit-sync-count",
+            FaultKind::MalformedKeys => "malformed-keys",
+        }
+    }
+
+    /// The kind named `name` (as [`FaultKind::name`] spells it).
+    pub fn parse(name: &str) -> Result<FaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let all: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                ChaosError::Usage(format!(
+                    "unknown fault kind {name:?} (kinds: {})",
+                    all.join(", ")
+                ))
+            })
+    }
+}
+
+/// Which node a node fault hits, relative to the roles at injection time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The primary.
+    Primary,
+    /// The first (0) or second (1) replica in name order.
+    Replica(usize),
+}
+
+/// Which key [`FaultKind::MalformedKey`] spoils.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadKey {
+    /// `/service/<scope>/leader` (repaired by deleting it: the lock is free again).
+    Leader,
+    /// `/service/<scope>/config` (repaired by writing the original value back).
+    Config,
+    /// The primary's `/service/<scope>/members/<name>` (repaired by deleting it:
+    /// the agent publishes it again).
+    Member,
+}
+
+/// One planned fault: everything random about it is drawn from the seed up front.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedFault {
+    /// What.
+    pub kind: FaultKind,
+    /// Which node, for [`FaultKind::NodeKill`] and [`FaultKind::PostgresKill`]
+    /// (the others hit the primary or etcd).
+    pub target: Target,
+    /// How long the fault lasts before it is healed, in milliseconds.
+    pub hold_ms: u64,
+    /// The key, for [`FaultKind::MalformedKey`].
+    pub bad_key: BadKey,
+    /// Random bits for the newer kinds: the switchover's first candidate, the
+    /// timing combination, the garbage of each key, the member key spoiled.
+    pub variant: u64,
+}
+
+/// The faults of a run: a seeded shuffle of every kind of `only` (all kinds
+/// when empty) first (cut to `count`), then kinds drawn at random from it. Hold
+/// times are drawn around the ttl (`ttl_ms`).
+pub fn plan(seed: u64, count: usize, ttl_ms: u64, only: &[FaultKind]) -> Vec<PlannedFault> {
+    let mut rng = Rng::new(seed);
+    let mut pool: Vec<FaultKind> = if only.is_empty() {
+        FaultKind::ALL.to_vec()
+    } else {
+        only.to_vec()
+    };
+    pool.sort();
+    pool.dedup();
+    let mut first = pool.clone();
+    rng.shuffle(&mut first);
+    let mut kinds: Vec<FaultKind> = first.into_iter().take(count).collect();
+    while kinds.len() < count {
+        kinds.push(pool[rng.below(pool.len() as u64) as usize]);
+    }
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let target = match rng.below(3) {
+                0 => Target::Replica(rng.below(2) as usize),
+                _ => Target::Primary,
+            };
+            let bad_key = match rng.below(3) {
+                0 => BadKey::Leader,
+                1 => BadKey::Config,
+                _ => BadKey::Member,
+            };
+            let variant = rng.next_u64();
+            let hold_ms = match kind {
+                FaultKind::PostgresKill => 0,
+                FaultKind::NodeKill | FaultKind::AgentKill | FaultKind::KillAgentGroup => {
+                    rng.range(1000, ttl_ms + 3000)
+                }
+                FaultKind::AgentStop | FaultKind::EtcdStopAll => {
+                    rng.range(ttl_ms + 1000, ttl_ms + 4000)
+                }
+                FaultKind::PostgresStop => rng.range(1000, ttl_ms + 4000),
+                FaultKind::IsolatePrimary
+                | FaultKind::CutPrimaryFromEtcd
+                | FaultKind::CutPrimaryFromReplicas => rng.range(2000, ttl_ms + 5000),
+                FaultKind::EtcdLeaderKill => rng.range(1000, 5000),
+                FaultKind::MalformedKey => rng.range(2000, 6000),
+                FaultKind::SecondSwitchover => 0,
+                FaultKind::EditTiming | FaultKind::EditSyncCount | FaultKind::MalformedKeys => {
+                    rng.range(3000, 8000)
+                }
+            };
+            PlannedFault {
+                kind,
+                target,
+                hold_ms,
+                bad_key,
+                variant,
+            }
+        })
+        .collect()
+}
+
+/// What an injected fault did: the node it hit, a description, and when it took
+/// effect.
+#[derive(Clone, Debug, Default)]
+pub struct Injected {
+    /// The node hit, if a node was.
+    pub node: Option<usize>,
+    /// What was done.
+    pub detail: String,
+    /// When the fault took effect (µs since the epoch; right after the signal,
+    /// link change, rule or write that makes it).
+    pub at_us: u64,
+    /// How long each switchover took (ms), for [`FaultKind::SecondSwitchover`].
+    pub switchover_ms: Vec<f64>,
+}
+
+impl Injected {
+    /// A fault that hit `node` (if it hit one) and took effect at `at_us`.
+    fn new(node: Option<usize>, at_us: u64, detail: String) -> Injected {
+        Injected {
+            node,
+            detail,
+            at_us,
+            switchover_ms: Vec::new(),
+        }
+    }
+}
+
+/// Holds a fault that took effect just now for `hold`, then heals it with
+/// `heal`, also when Ctrl-C cuts the hold short. When the fault took effect.
+fn hold_then_heal(hold: Duration, heal: impl FnOnce() -> Result<()>) -> Result<u64> {
+    let at_us = sys::now_us();
+    let held = sys::sleep(hold);
+    heal()?;
+    held.map(|()| at_us)
+}
+
+/// Holds a fault for `hold`, then restarts node `n`'s agent.
+fn restart_after(cluster: &mut Cluster<'_>, n: usize, hold: Duration) -> Result<()> {
+    sys::sleep(hold)?;
+    cluster.nodes[n].agent.start()?;
+    Ok(())
+}
+
+/// The value written by [`FaultKind::MalformedKey`].
+const GARBAGE: &str = "{\"chaos\": [unterminated";
+
+/// The node `target` names when `primary` is the primary.
+pub fn resolve_target(target: Target, primary: usize) -> usize {
+    match target {
+        Target::Primary => primary,
+        Target::Replica(k) => {
+            let replicas: Vec<usize> = (0..NODES).filter(|i| *i != primary).collect();
+            replicas[k.min(replicas.len() - 1)]
+        }
+    }
+}
+
+/// Injects `fault` (the primary is `primary`), holds it, and heals it.
+pub fn run_fault(
+    cluster: &mut Cluster<'_>,
+    fault: &PlannedFault,
+    primary: usize,
+    timing: (u64, u64, u64),
+) -> Result<Injected> {
+    let hold = Duration::from_millis(fault.hold_ms);
+    let lab = cluster.lab;
+    match fault.kind {
+        FaultKind::NodeKill => {
+            let n = resolve_target(fault.target, primary);
+            let short = cluster.nodes[n].short.clone();
+            lab.kill_all(&short);
+            let at_us = sys::now_us();
+            cluster.nodes[n].agent.kill();
+            restart_after(cluster, n, hold)?;
+            Ok(Injected::new(
+                Some(n),
+                at_us,
+                format!(
+                    "SIGKILL every process of {}; agent restarted after {hold:?}",
+                    cluster.nodes[n].name
+                ),
+            ))
+        }
+        FaultKind::PostgresKill => {
+            let n = resolve_target(fault.target, primary);
+            let node = &cluster.nodes[n];
+            let mut at_us = sys::now_us();
+            let detail = match node.postmaster_pid() {
+                Some(pid) => {
+                    sys::signal(pid, libc::SIGKILL);
+                    at_us = sys::now_us();
+                    format!("SIGKILL the postmaster ({pid}) of {}", node.name)
+                }
+                None => format!("{} had no running postmaster", node.name),
+            };
+            Ok(Injected::new(Some(n), at_us, detail))
+        }
+        FaultKind::AgentKill | FaultKind::KillAgentGroup => {
+            let node = &mut cluster.nodes[primary];
+            let helpers = match (fault.kind, node.agent.pid()) {
+                (FaultKind::KillAgentGroup, Some(agent)) => {
+                    helpers_of(agent, &lab.pids(&node.short))
+                }
+                _ => Vec::new(),
+            };
+            for pid in &helpers {
+                sys::signal(*pid, libc::SIGKILL);
+            }
+            node.agent.kill();
+            let at_us = sys::now_us();
+            restart_after(cluster, primary, hold)?;
+            let name = &cluster.nodes[primary].name;
+            let detail = if fault.kind == FaultKind::KillAgentGroup {
+                format!(
+                    "SIGKILL the agent of {name} and its {} helper processes; restarted after {hold:?}",
+                    helpers.len()
+                )
+            } else {
+                format!("SIGKILL the agent of {name}; restarted after {hold:?}")
+            };
+            Ok(Injected::new(Some(primary), at_us, detail))
+        }
+        FaultKind::AgentStop => {
+            let stopped = cluster.nodes[primary].agent.signal(libc::SIGSTOP);
+            let at_us = hold_then_heal(hold, || {
+                cluster.nodes[primary].agent.signal(libc::SIGCONT);
+                Ok(())
+            })?;
+            Ok(Injected::new(
+                Some(primary),
+                at_us,
+                format!(
+                    "SIGSTOP the agent of {} for {hold:?}{}",
+                    cluster.nodes[primary].name,
+                    if stopped { "" } else { " (it was not running)" }
+                ),
+            ))
+        }
+        FaultKind::PostgresStop => {
+            let node = &cluster.nodes[primary];
+            // The postmaster and every backend, walsender and helper process: the
+            // open connections must freeze too, not only new ones.
+            let postgres = |lab: &crate::netns::Lab| -> Vec<i32> {
+                lab.pids(&node.short)
+                    .into_iter()
+                    .filter(|pid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .is_ok_and(|c| c.starts_with("postgres") || c.starts_with("postmaster"))
+                    })
+                    .collect()
+            };
+            let pids = postgres(lab);
+            let mut at_us = sys::now_us();
+            let detail = if pids.is_empty() {
+                format!("{} had no running PostgreSQL", node.name)
+            } else {
+                for pid in &pids {
+                    sys::signal(*pid, libc::SIGSTOP);
+                }
+                at_us = sys::now_us();
+                let result = sys::sleep(hold);
+                for pid in pids.iter().chain(postgres(lab).iter()) {
+                    sys::signal(*pid, libc::SIGCONT);
+                }
+                result?;
+                format!(
+                    "SIGSTOP PostgreSQL of {} ({} processes) for {hold:?}",
+                    node.name,
+                    pids.len()
+                )
+            };
+            Ok(Injected::new(Some(primary), at_us, detail))
+        }
+        FaultKind::IsolatePrimary => {
+            let short = cluster.nodes[primary].short.clone();
+            lab.isolate(&short)?;
+            let at_us = hold_then_heal(hold, || lab.reconnect(&short))?;
+            Ok(Injected::new(
+                Some(primary),
+                at_us,
+                format!(
+                    "{} cut off from everything for {hold:?}",
+                    cluster.nodes[primary].name
+                ),
+            ))
+        }
+        FaultKind::CutPrimaryFromEtcd | FaultKind::CutPrimaryFromReplicas => {
+            let short = cluster.nodes[primary].short.clone();
+            let (peers, what): (Vec<Ipv4Addr>, &str) =
+                if fault.kind == FaultKind::CutPrimaryFromEtcd {
+                    ((0..NODES).map(cluster::etcd_ip).collect(), "etcd")
+                } else {
+                    (
+                        (0..NODES)
+                            .filter(|i| *i != primary)
+                            .map(cluster::node_ip)
+                            .collect(),
+                        "the replicas",
+                    )
+                };
+            lab.cut(&short, &peers)?;
+            let at_us = hold_then_heal(hold, || lab.uncut(&short))?;
+            Ok(Injected::new(
+                Some(primary),
+                at_us,
+                format!(
+                    "{} cut from {what} for {hold:?}",
+                    cluster.nodes[primary].name
+                ),
+            ))
+        }
+        FaultKind::EtcdLeaderKill => {
+            let leader = sys::wait_for(
+                "a DCS leader",
+                Duration::from_secs(10),
+                Duration::from_millis(200),
+                || cluster.dcs_leader(false),
+            )?;
+            cluster.etcd[leader].proc.kill();
+            let at_us = hold_then_heal(hold, || Ok(cluster.etcd[leader].proc.start()?))?;
+            Ok(Injected::new(
+                None,
+                at_us,
+                format!(
+                    "SIGKILL the {} leader {}; restarted after {hold:?}",
+                    cluster.dcs.name(),
+                    cluster.etcd[leader].name
+                ),
+            ))
+        }
+        FaultKind::EtcdStopAll => {
+            for member in &mut cluster.etcd {
+                member.proc.signal(libc::SIGSTOP);
+            }
+            let at_us = hold_then_heal(hold, || {
+                for member in &cluster.etcd {
+                    member.proc.signal(libc::SIGCONT);
+                }
+                Ok(())
+            })?;
+            Ok(Injected::new(
+                None,
+                at_us,
+                format!("SIGSTOP all {} servers for {hold:?}", cluster.dcs.name()),
+            ))
+        }
+        FaultKind::SecondSwitchover => operator::second_switchover(cluster, fault, primary),
+        FaultKind::EditTiming => operator::edit_timing(cluster, fault, primary, timing),
+        FaultKind::EditSyncCount => operator::edit_sync_count(cluster, fault, primary),
+        FaultKind::MalformedKeys => keys::malformed_keys(cluster, fault, primary),
+        FaultKind::MalformedKey => {
+            let (key, original) = match fault.bad_key {
+                BadKey::Leader => (cluster.key("leader"), None),
+                BadKey::Config => {
+                    let key = cluster.key("config");
+                    let value = cluster.dcs_get(&key)?;
+                    (key, value.filter(|v| !v.is_empty()))
+                }
+                BadKey::Member => (
+                    cluster.key(&format!("members/{}", cluster.nodes[primary].name)),
+                    None,
+                ),
+            };
+            cluster.dcs_put(&key, GARBAGE.as_bytes())?;
+            let at_us = sys::now_us();
+            let result = sys::sleep(hold);
+            let repaired = match &original {
+                Some(value) => cluster.dcs_put(&key, value),
+                None => cluster.dcs_del(&key),
+            };
+            result?;
+            repaired.map_err(|e| ChaosError::Client(format!("repairing {key}: {e}")))?;
+            Ok(Injected::new(
+                (fault.bad_key == BadKey::Member).then_some(primary),
+                at_us,
+                format!(
+                    "garbage in {key} for {hold:?}, then {}",
+                    if original.is_some() {
+                        "the original value written back"
+                    } else {
+                        "deleted"
+                    }
+                ),
+            ))
+        }
+    }
+}
+
+/// The descendants of `agent` among `pids` that are not PostgreSQL (its
+/// write fence, hook scripts, programs it runs), deepest first.
+fn helpers_of(agent: i32, pids: &[i32]) -> Vec<i32> {
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let postgres = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.starts_with("postgres") || c.starts_with("postmaster"))
+    };
+    let mut found: Vec<(usize, i32)> = Vec::new();
+    for &pid in pids {
+        // The depth below the agent, if it descends from it.
+        let mut depth = 0;
+        let mut at = pid;
+        while depth < 64 {
+            match parent(at) {
+                Some(p) if p == agent => {
+                    if !postgres(pid) {
+                        found.push((depth, pid));
+                    }
+                    break;
+                }
+                Some(p) if p > 1 => {
+                    at = p;
+                    depth += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    found.sort_by(|a, b| b.cmp(a));
+    found.into_iter().map(|(_, pid)| pid).collect()
+}

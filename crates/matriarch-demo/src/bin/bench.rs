@@ -1,0 +1,222 @@
+//! `matriarch-bench` (run by `cargo xtask bench`): failover and stability benchmarks
+//! of the `matriarch` daemon on the demo's three-node loopback cluster.
+//!
+//! ```text
+//! matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
+//!                          [--bound SECS] [--matriarch PATH] [--out DIR]
+//! matriarch-bench stability [--minutes M] [--matriarch PATH] [--out DIR]
+//! ```
+//!
+//! `failover`: for each scenario (node-crash, postgres-crash, agent-kill, switchover,
+//! sigterm; all by default) a fresh cluster, then N runs: a client writes a row every
+//! 10 ms through the DNS name, the fault is injected into the primary and the
+//! failover timed (see `matriarch_demo::failover`); after each run the faulted node
+//! is restarted and the cluster healed (a primary, two streaming replicas, the DNS
+//! name on the primary) for the next run; a failed run gets a fresh cluster. Before
+//! the first scenario, each agent's idle memory (VmRSS) and CPU time (utime + stime)
+//! are read over `--idle-seconds`. Results: `<out>/failover.json`, a plot per
+//! scenario `<out>/failover-<scenario>.svg` (its median run), and a table on stdout.
+//!
+//! `stability`: a fresh cluster, `pgbench -i` and `pgbench -T <minutes>` at default
+//! settings against the primary, while the leader key is watched; every change of
+//! leadership is a failover that nothing caused. Results: `<out>/stability.json`.
+//!
+//! Exit status: 0 when every run completed (and, for stability, no leadership
+//! changed); 1 otherwise; 2 for a usage error; 130 when interrupted.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use matriarch_demo::bench::failover::failover_bench;
+use matriarch_demo::bench::stability::stability_bench;
+use matriarch_demo::bench::Paths;
+use matriarch_demo::cli::{beside_target, matriarch_or_default, run_main};
+use matriarch_demo::error::{DemoError, Result};
+use matriarch_demo::failover::Fault;
+
+const USAGE: &str = "\
+usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S] [--bound SECS]
+                               [--matriarch PATH] [--out DIR]
+       matriarch-bench stability [--minutes M] [--matriarch PATH] [--out DIR]
+
+  --runs N           runs per scenario (default 5)
+  --scenario NAME    node-crash, postgres-crash, agent-kill, switchover or sigterm;
+                     repeat for several (default: all)
+  --idle-seconds S   how long the agents' idle CPU and memory are measured (default 60)
+  --bound SECS       a run fails when the failover is not complete within this (default 60)
+  --minutes M        stability: how long pgbench runs (default 10; fractions allowed)
+  --matriarch PATH   the matriarch binary (default: `matriarch` next to this program)
+  --out DIR          results (default: target/bench, next to the binary's target/<profile>)
+";
+
+#[derive(Debug)]
+enum Mode {
+    Failover {
+        runs: usize,
+        scenarios: Vec<Fault>,
+        idle: Duration,
+        bound: Duration,
+    },
+    Stability {
+        duration: Duration,
+    },
+}
+
+#[derive(Debug)]
+struct Args {
+    mode: Mode,
+    paths: Paths,
+}
+
+fn usage(message: impl std::fmt::Display) -> DemoError {
+    DemoError::Usage(format!("{message}\n\n{USAGE}"))
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
+    let mut args = args.into_iter();
+    let command = match args.next() {
+        None => return Err(usage("a command is needed: failover or stability")),
+        Some(c) if c == "-h" || c == "--help" => return Ok(None),
+        Some(c) => c,
+    };
+    let mut runs = 5usize;
+    let mut scenarios = Vec::new();
+    let mut idle = 60.0f64;
+    let mut bound = 60.0f64;
+    let mut minutes = 10.0f64;
+    let mut matriarch = None;
+    let mut out = None;
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| usage(format!("{flag} needs a value")))?;
+        let number = |v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n > 0.0)
+                .ok_or_else(|| usage(format!("{flag} needs a positive number, got `{v}`")))
+        };
+        match (command.as_str(), flag.as_str()) {
+            (_, "--matriarch") => matriarch = Some(PathBuf::from(value)),
+            (_, "--out") => out = Some(PathBuf::from(value)),
+            ("failover", "--runs") => {
+                runs = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    usage(format!(
+                        "--runs needs a positive whole number, got `{value}`"
+                    ))
+                })?;
+            }
+            ("failover", "--scenario") => {
+                let fault = Fault::parse(&value)
+                    .ok_or_else(|| usage(format!("unknown scenario `{value}`")))?;
+                if !scenarios.contains(&fault) {
+                    scenarios.push(fault);
+                }
+            }
+            ("failover", "--idle-seconds") => idle = number(&value)?,
+            ("failover", "--bound") => bound = number(&value)?,
+            ("stability", "--minutes") => minutes = number(&value)?,
+            _ => return Err(usage(format!("unknown argument `{flag}` for `{command}`"))),
+        }
+    }
+    let mode = match command.as_str() {
+        "failover" => Mode::Failover {
+            runs,
+            scenarios: if scenarios.is_empty() {
+                Fault::ALL.to_vec()
+            } else {
+                scenarios
+            },
+            idle: Duration::from_secs_f64(idle),
+            bound: Duration::from_secs_f64(bound),
+        },
+        "stability" => Mode::Stability {
+            duration: Duration::from_secs_f64(minutes * 60.0),
+        },
+        other => return Err(usage(format!("unknown command `{other}`"))),
+    };
+    let matriarch = matriarch_or_default(matriarch);
+    // target/release/matriarch -> target/bench
+    let out = out.unwrap_or_else(|| beside_target(&matriarch, "bench", "bench"));
+    Ok(Some(Args {
+        mode,
+        paths: Paths { matriarch, out },
+    }))
+}
+
+fn main() -> ExitCode {
+    let parsed = parse_args(std::env::args().skip(1));
+    run_main("matriarch-bench", USAGE, parsed, |args: &Args, runtime| {
+        fs::create_dir_all(&args.paths.out)
+            .map_err(|e| DemoError::io(format!("creating {}", args.paths.out.display()), e))?;
+        match &args.mode {
+            Mode::Failover {
+                runs,
+                scenarios,
+                idle,
+                bound,
+            } => failover_bench(&args.paths, *runs, scenarios, *idle, *bound, runtime),
+            Mode::Stability { duration } => stability_bench(&args.paths, *duration, runtime),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(list: &[&str]) -> Result<Option<Args>> {
+        parse_args(list.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn arguments_are_parsed() {
+        let args = parse(&[
+            "failover",
+            "--runs",
+            "2",
+            "--scenario",
+            "switchover",
+            "--idle-seconds",
+            "2",
+            "--matriarch",
+            "/x/target/release/matriarch",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(args.paths.out, PathBuf::from("/x/target/bench"));
+        match args.mode {
+            Mode::Failover {
+                runs,
+                scenarios,
+                idle,
+                ..
+            } => {
+                assert_eq!(runs, 2);
+                assert_eq!(scenarios, vec![Fault::Switchover]);
+                assert_eq!(idle, Duration::from_secs(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let args = parse(&["stability", "--minutes", "0.5"]).unwrap().unwrap();
+        assert!(
+            matches!(args.mode, Mode::Stability { duration } if duration == Duration::from_secs(30))
+        );
+        assert!(parse(&["--help"]).unwrap().is_none());
+        for bad in [
+            &["failover", "--runs", "0"][..],
+            &["failover", "--scenario", "meteor"],
+            &["stability", "--runs", "3"],
+            &["failover", "--idle-seconds"],
+            &["dance"],
+            &[],
+        ] {
+            assert!(matches!(parse(bad), Err(DemoError::Usage(_))), "{bad:?}");
+        }
+    }
+}

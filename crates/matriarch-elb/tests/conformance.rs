@@ -1,0 +1,123 @@
+//! The router conformance suite (`matriarch_router::conformance`) run against
+//! `ElbRouter` over moto's AWS emulator: writers are the writer target
+//! group's targets, readers the reader target group's. The tests share one
+//! moto server (a server per test made its first, slow EC2 call time out on
+//! a loaded machine), each with a load balancer and groups of its own.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{client, config, endpoint, lab_named, Lab};
+use matriarch_elb::sdk;
+use matriarch_elb::{ElbRouter, ElbRouterConfig};
+use matriarch_router::conformance::{Harness, Served};
+use matriarch_router::Endpoint;
+use matriarch_testkit::MotoServer;
+
+struct MotoHarness {
+    moto: Arc<MotoServer>,
+    lab: Lab,
+    elb: sdk::Client,
+}
+
+/// A router with test credentials (not from the environment).
+async fn make_router(config: ElbRouterConfig) -> ElbRouter {
+    let sdk_config = ElbRouter::client_config(&config)
+        .await
+        .expect("client config")
+        .credentials_provider(sdk::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .build();
+    ElbRouter::from_client(sdk::Client::from_conf(sdk_config), config).expect("router")
+}
+
+/// The target ids (IP addresses) registered in a group.
+async fn target_ids(elb: &sdk::Client, arn: &str) -> BTreeSet<String> {
+    let health = elb
+        .describe_target_health()
+        .target_group_arn(arn)
+        .send()
+        .await
+        .expect("describe target health");
+    health
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|d| d.target())
+        .filter_map(|t| t.id().map(str::to_owned))
+        .collect()
+}
+
+#[async_trait]
+impl Harness for MotoHarness {
+    type Router = ElbRouter;
+
+    async fn router(&self) -> ElbRouter {
+        make_router(config(&self.moto, &self.lab)).await
+    }
+
+    fn endpoints(&self) -> [Endpoint; 3] {
+        [
+            endpoint("a", "10.0.1.10"),
+            endpoint("b", "10.0.1.11"),
+            endpoint("c", "10.0.2.12"),
+        ]
+    }
+
+    async fn served(&self) -> Served {
+        Served {
+            writers: target_ids(&self.elb, &self.lab.writer_arn).await,
+            readers: Some(target_ids(&self.elb, &self.lab.reader_arn).await),
+        }
+    }
+
+    async fn change_count(&self) -> Option<u64> {
+        // Target groups have no revision; `moto.rs` counts the router's
+        // register and deregister calls instead.
+        None
+    }
+
+    async fn unreachable_router(&self) -> Option<ElbRouter> {
+        // Nothing listens on this port.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let mut config = config(&self.moto, &self.lab);
+        config.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
+        config.max_attempts = 2;
+        Some(make_router(config).await)
+    }
+
+    fn call_bound(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// One moto server for the tests of this binary that run at the same time;
+/// it stops when the last of them drops it.
+fn shared_moto() -> Arc<MotoServer> {
+    static SHARED: Mutex<Weak<MotoServer>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(moto) = slot.upgrade() {
+        return moto;
+    }
+    let moto = Arc::new(MotoServer::start().expect("start moto"));
+    *slot = Arc::downgrade(&moto);
+    moto
+}
+
+async fn harness() -> MotoHarness {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let moto = shared_moto();
+    let prefix = format!("pg{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let lab = lab_named(&moto, &prefix).await;
+    let elb = client(&moto);
+    MotoHarness { moto, lab, elb }
+}
+
+matriarch_router::router_conformance_tests!(harness());

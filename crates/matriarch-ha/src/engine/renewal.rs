@@ -1,0 +1,218 @@
+//! Renewing a held lock beside the loop, so that a slow PostgreSQL answer or
+//! a slow action never delays the renewal (and the fence re-arm that goes
+//! with it) past the fence's deadline on a healthy DCS.
+//!
+//! The renewer only keeps what the loop decided: it renews while the loop's
+//! last plan kept this node leading a running primary, and stops once
+//! PostgreSQL has not answered as one for [`postgres_silence_limit`], so a
+//! hung primary still loses the lock (after its fence stopped it).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use matriarch_dcs::{Clock, Dcs, DcsError};
+use matriarch_model::{ClusterConfig, MemberName};
+use tokio::sync::Notify;
+use tracing::{debug, error, warn};
+
+use super::handles::Fence;
+use super::{bounded, MIN_RENEWAL_INTERVAL};
+use crate::decide::postgres_silence_limit;
+
+/// What the loop tells the renewer, and the renewer tells the loop.
+#[derive(Debug, Default)]
+struct LeaseState {
+    /// The loop's last plan kept this node leading a running primary.
+    leading: bool,
+    /// When (monotonic) PostgreSQL last answered as a running primary.
+    primary_seen_at: Option<Duration>,
+    /// When the last renewal that succeeded was sent, by either side.
+    renewed_at: Option<Duration>,
+    /// When the renewer last tried (so that a refusing DCS is not hammered).
+    attempted_at: Option<Duration>,
+    /// The configured ttl (what a renewal asks for).
+    ttl: Duration,
+    /// How long the lock counts after a renewal: `min(ttl, lock lifetime)`.
+    lock_ttl: Duration,
+    /// The bound on one DCS call.
+    retry_timeout: Duration,
+    /// How long the renewer renews on the strength of the last answer.
+    silence_limit: Duration,
+    /// The silence was already reported.
+    silence_reported: bool,
+}
+
+impl LeaseState {
+    /// How long to wait before the next renewal; `None` while not leading.
+    fn next_renewal(&self, now: Duration) -> Option<Duration> {
+        if !self.leading {
+            return None;
+        }
+        // The loop's timing rule: renew within lock_ttl − 2 × retry_timeout.
+        let renew_within = self
+            .lock_ttl
+            .saturating_sub(self.retry_timeout.saturating_mul(2))
+            .max(MIN_RENEWAL_INTERVAL);
+        let due = self.renewed_at.map_or(now, |at| at + renew_within);
+        let spaced = self.attempted_at.map_or(now, |at| {
+            at + MIN_RENEWAL_INTERVAL.max(self.retry_timeout / 4)
+        });
+        Some(due.max(spaced).saturating_sub(now))
+    }
+}
+
+/// The state shared by the loop and its renewer.
+#[derive(Debug, Default)]
+pub(super) struct Lease {
+    state: Mutex<LeaseState>,
+    /// Held across a renewal and its fence arm, and by the loop while it
+    /// disarms the fence: a renewal never re-arms a fence just disarmed.
+    in_flight: tokio::sync::Mutex<()>,
+    changed: Notify,
+}
+
+impl Lease {
+    fn lock(&self) -> MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the timing in force and notes what PostgreSQL answered.
+    pub(super) fn observed(
+        &self,
+        config: &ClusterConfig,
+        lock_ttl: Duration,
+        running_primary: bool,
+        now: Duration,
+    ) {
+        let mut state = self.lock();
+        state.ttl = config.ttl;
+        state.lock_ttl = lock_ttl;
+        state.retry_timeout = config.retry_timeout;
+        state.silence_limit = postgres_silence_limit(config);
+        if running_primary {
+            state.primary_seen_at = Some(now);
+            state.silence_reported = false;
+        }
+    }
+
+    /// The last renewal that succeeded (the renewer's may be newer than the loop's).
+    pub(super) fn renewed_at(&self) -> Option<Duration> {
+        self.lock().renewed_at
+    }
+
+    /// The loop's plan keeps this node leading (`renewed_at`: the lock is
+    /// held, renewed then) or not: the renewer starts or stops.
+    pub(super) fn set_leading(&self, renewed_at: Option<Duration>) {
+        {
+            let mut state = self.lock();
+            state.leading = renewed_at.is_some();
+            state.renewed_at = match (state.renewed_at, renewed_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (_, at) => at,
+            };
+        }
+        self.changed.notify_one();
+    }
+
+    /// Waits for a renewal in flight, so that the fence can be disarmed
+    /// without the renewer arming it again right after.
+    pub(super) async fn quiet(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.in_flight.lock().await
+    }
+}
+
+/// Renews the lock while [`Lease`] says this node leads.
+pub(super) struct Renewer<D> {
+    pub(super) lease: Arc<Lease>,
+    pub(super) dcs: Arc<D>,
+    pub(super) fence: Option<Arc<dyn Fence>>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) me: MemberName,
+    pub(super) scope: String,
+}
+
+impl<D: Dcs> Renewer<D> {
+    /// Runs until dropped (the loop's end).
+    pub(super) async fn run(self) {
+        loop {
+            let next = self.lease.lock().next_renewal(self.clock.now());
+            match next {
+                None => self.lease.changed.notified().await,
+                Some(wait) if !wait.is_zero() => {
+                    tokio::select! {
+                        biased;
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.lease.changed.notified() => {}
+                    }
+                }
+                Some(_) => self.renew().await,
+            }
+        }
+    }
+
+    /// One renewal, and the fence re-armed from when it was sent.
+    async fn renew(&self) {
+        let _in_flight = self.lease.in_flight.lock().await;
+        let sent_at = self.clock.now();
+        let (ttl, lock_ttl, retry) = {
+            let mut state = self.lease.lock();
+            if state
+                .next_renewal(sent_at)
+                .is_none_or(|wait| !wait.is_zero())
+            {
+                return;
+            }
+            state.attempted_at = Some(sent_at);
+            let silent_for = state
+                .primary_seen_at
+                .map(|seen| sent_at.saturating_sub(seen));
+            if silent_for.is_none_or(|silent| silent >= state.silence_limit) {
+                // A renewal on the strength of an answer this old could keep
+                // a hung primary leading for ever: the loop decides alone.
+                if !state.silence_reported {
+                    state.silence_reported = true;
+                    warn!(cluster = %self.scope, member = %self.me, ?silent_for,
+                        "PostgreSQL has not answered as a running primary for too long: only the HA loop renews the leader lock now");
+                }
+                return;
+            }
+            (state.ttl, state.lock_ttl, state.retry_timeout)
+        };
+        match bounded("renew_leader", retry, self.dcs.renew_leader(&self.me, ttl)).await {
+            Ok(()) => {}
+            Err(DcsError::LockNotHeld { holder, .. }) => {
+                warn!(cluster = %self.scope, member = %self.me, ?holder, "lost the leader lock");
+                self.lease.lock().leading = false;
+                return;
+            }
+            Err(error) => {
+                debug!(cluster = %self.scope, member = %self.me, %error, "could not renew the leader lock beside the loop");
+                return;
+            }
+        }
+        if !self.lease.lock().leading {
+            // The loop stepped down meanwhile: no fence for a demotion.
+            return;
+        }
+        if let Some(fence) = &self.fence {
+            let lock_ttl = self
+                .dcs
+                .lock_lifetime()
+                .map_or(lock_ttl, |lifetime| lifetime.min(lock_ttl));
+            let deadline = (sent_at + lock_ttl).saturating_sub(retry);
+            let valid_for = deadline.saturating_sub(self.clock.now());
+            if let Err(error) = fence.arm(valid_for).await {
+                error!(cluster = %self.scope, member = %self.me, %error, "could not arm the write fence: giving up the leader lock");
+                self.lease.lock().leading = false;
+                if let Err(release) =
+                    bounded("release_leader", retry, self.dcs.release_leader(&self.me)).await
+                {
+                    warn!(cluster = %self.scope, member = %self.me, error = %release, "could not release the lock; it expires by its ttl");
+                }
+                return;
+            }
+        }
+        let mut state = self.lease.lock();
+        state.renewed_at = Some(state.renewed_at.map_or(sent_at, |at| at.max(sent_at)));
+    }
+}

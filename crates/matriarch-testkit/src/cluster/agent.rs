@@ -1,0 +1,384 @@
+//! The pieces of one node of a test cluster: a restartable agent process, its
+//! PostgreSQL directory, and its REST API.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::{IoContext, Result, TestkitError};
+use crate::http::http_request_timeout;
+use crate::process::describe;
+
+/// A long-running program started with the same command line each time (an
+/// agent, or a service of the chaos run in a network namespace), its output
+/// appended to a log, in its own process group so that a terminal's Ctrl-C
+/// reaches the harness alone, which then stops it in order. Killed on drop.
+#[derive(Debug)]
+pub struct Supervised {
+    argv: Vec<OsString>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Supervised {
+    /// `argv` (the program first), logging to `log`; not started yet.
+    pub fn new(argv: Vec<OsString>, log: PathBuf) -> Supervised {
+        Supervised {
+            argv,
+            log,
+            child: None,
+        }
+    }
+
+    /// `argv` run in network namespace `ns` with `ip netns exec` (which execs
+    /// the program: the pid is the program's).
+    pub fn in_namespace(ns: &str, argv: Vec<OsString>, log: PathBuf) -> Supervised {
+        let mut full: Vec<OsString> = vec!["ip".into(), "netns".into(), "exec".into(), ns.into()];
+        full.extend(argv);
+        Supervised::new(full, log)
+    }
+
+    /// Starts it (appending to its log).
+    pub fn start(&mut self) -> Result<()> {
+        let open = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .ctx(|| format!("opening {}", self.log.display()))
+        };
+        let Some((program, args)) = self.argv.split_first() else {
+            return Err(TestkitError::InvalidArgument(
+                "an empty command line".into(),
+            ));
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(open()?)
+            .stderr(open()?)
+            .process_group(0);
+        let what = describe(&cmd);
+        self.child = Some(cmd.spawn().ctx(|| format!("starting `{what}`"))?);
+        Ok(())
+    }
+
+    /// Its pid while it runs (an exited process is reaped and forgotten).
+    pub fn pid(&mut self) -> Option<i32> {
+        self.exited().is_none().then_some(())?;
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
+    /// The pid of the process last started, until it is reaped (by
+    /// [`Supervised::exited`], [`Supervised::pid`] or [`Supervised::kill`]).
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it runs.
+    pub fn is_running(&mut self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// How it ended, once it was started and has exited (reaping it); `None`
+    /// while it runs or when it was never started.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait();
+        match status {
+            Ok(None) => None,
+            Ok(Some(status)) => {
+                self.child = None;
+                Some(status.to_string())
+            }
+            Err(e) => Some(format!("cannot wait for it: {e}")),
+        }
+    }
+
+    /// Sends `sig` to it (a child not reaped yet keeps its pid, so this never
+    /// hits another process); whether there was a child to send it to.
+    pub fn signal(&self, sig: libc::c_int) -> bool {
+        let Some(pid) = self.id().and_then(|id| i32::try_from(id).ok()) else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child, which is not reaped yet.
+        unsafe { libc::kill(pid, sig) == 0 }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        // A stopped process ignores SIGKILL until continued.
+        self.signal(libc::SIGCONT);
+        self.kill();
+    }
+}
+
+/// A node's directory: PostgreSQL's data directory (`data`) and the server log
+/// pg_ctl writes next to it (`data.log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDir(pub PathBuf);
+
+impl NodeDir {
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.0.join("data")
+    }
+
+    /// PostgreSQL's server log.
+    pub fn server_log(&self) -> PathBuf {
+        self.0.join("data.log")
+    }
+
+    /// The postmaster's pid, if `postmaster.pid` names a live postgres process.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        is_postgres(pid).then_some(pid)
+    }
+}
+
+/// Whether process `pid` is a PostgreSQL process (postmaster or backend).
+pub fn is_postgres(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.starts_with("postgres") || c.starts_with("postmaster"))
+}
+
+/// A node's REST API, with the cluster's basic-auth credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestApi {
+    /// `http://host:port`.
+    pub base: String,
+    /// The API user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// How long a `GET` may take to connect and each read.
+    pub get_timeout: Duration,
+}
+
+impl RestApi {
+    /// `GET path`: status and body (status 0 when it does not answer).
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let url = format!("{}{path}", self.base);
+        match http_request_timeout("GET", &url, &[], b"", self.get_timeout) {
+            Ok(response) => (response.status, response.body),
+            Err(_) => (0, Vec::new()),
+        }
+    }
+
+    /// `GET path` as JSON, if the API answers 200 with JSON.
+    pub fn get_json(&self, path: &str) -> Option<Value> {
+        let (status, body) = self.get(path);
+        (status == 200)
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten()
+    }
+
+    /// `method path` with a JSON `body` and basic auth: status and body text.
+    /// `timeout` bounds the connection and each read (a switchover answers once
+    /// it is done).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        use base64::Engine as _;
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.user, self.password))
+        );
+        let body = body.to_string();
+        http_request_timeout(
+            method,
+            &format!("{}{path}", self.base),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+            timeout,
+        )
+        .map(|r| (r.status, r.body_text()))
+    }
+
+    /// Whether `/primary` answers 200: the leader, with PostgreSQL running as primary.
+    pub fn is_primary(&self) -> bool {
+        self.get("/primary").0 == 200
+    }
+
+    /// Whether `/replica` answers 200: a running, streaming replica.
+    pub fn is_replica(&self) -> bool {
+        self.get("/replica").0 == 200
+    }
+}
+
+/// The last `lines` lines of a file (or why it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = match fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("(cannot read {}: {e})", path.display()),
+    };
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The last `lines` lines of node `name`'s agent log and half as many of its
+/// PostgreSQL server log, under headings.
+pub fn node_log_tails(name: &str, agent_log: &Path, server_log: &Path, lines: usize) -> String {
+    format!(
+        "----- {name} agent ({}) -----\n{}\n----- {name} PostgreSQL ({}) -----\n{}\n",
+        agent_log.display(),
+        tail(agent_log, lines),
+        server_log.display(),
+        tail(server_log, lines / 2)
+    )
+}
+
+/// Copies node `name`'s PostgreSQL server log to `<logs>/<name>-postgresql.log`,
+/// so that it outlives the data directory.
+pub fn keep_server_log(name: &str, server_log: &Path, logs: &Path) {
+    let _ = fs::copy(server_log, logs.join(format!("{name}-postgresql.log")));
+}
+
+/// SIGKILLs every process whose command line names a path under `dir` (a
+/// harness's own temporary directory: postgres processes, fence watchdogs a
+/// killed agent left behind).
+pub fn kill_processes_under(dir: &Path) {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|pid| *pid != me)
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) on a process started for this harness's directory.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_supervised_program_restarts_logs_and_reports_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let mut p = Supervised::new(
+            ["sh", "-c", "echo hello; exit 3"]
+                .map(OsString::from)
+                .to_vec(),
+            log.clone(),
+        );
+        assert_eq!(p.exited(), None, "never started");
+        for _ in 0..2 {
+            p.start().unwrap();
+            let status = (0..200)
+                .find_map(|_| {
+                    std::thread::sleep(Duration::from_millis(10));
+                    p.exited()
+                })
+                .expect("sh exits");
+            assert!(status.contains('3'), "{status}");
+            assert!(!p.is_running());
+        }
+        assert_eq!(tail(&log, 5), "hello\nhello", "the log is appended to");
+    }
+
+    #[test]
+    fn a_supervised_program_is_signalled_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Supervised::new(
+            ["sleep", "30"].map(OsString::from).to_vec(),
+            dir.path().join("sleep.log"),
+        );
+        assert!(!p.signal(libc::SIGTERM), "nothing to signal yet");
+        p.start().unwrap();
+        assert!(p.is_running());
+        assert!(p.signal(libc::SIGSTOP));
+        drop(p); // SIGCONT, SIGKILL, reaped: the test would hang on a leak otherwise.
+    }
+
+    #[test]
+    fn node_logs_are_tailed_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (agent, server) = (dir.path().join("a.log"), dir.path().join("s.log"));
+        fs::write(&agent, "1\n2\n3\n4\n").unwrap();
+        fs::write(&server, "x\ny\nz\n").unwrap();
+        let text = node_log_tails("node1", &agent, &server, 2);
+        assert!(text.contains("----- node1 agent ("), "{text}");
+        assert!(
+            text.contains("\n3\n4\n"),
+            "the agent's last 2 lines: {text}"
+        );
+        assert!(
+            text.ends_with(") -----\nz\n"),
+            "the server's last line: {text}"
+        );
+        let kept = dir.path().join("kept");
+        fs::create_dir(&kept).unwrap();
+        keep_server_log("node1", &server, &kept);
+        assert_eq!(
+            fs::read_to_string(kept.join("node1-postgresql.log")).unwrap(),
+            "x\ny\nz\n"
+        );
+    }
+
+    #[test]
+    fn tails_and_node_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, "a\nb\nc\n").unwrap();
+        assert_eq!(tail(&file, 2), "b\nc");
+        assert!(tail(&dir.path().join("none"), 2).starts_with("(cannot read"));
+        let node = NodeDir(dir.path().to_path_buf());
+        assert_eq!(node.data_dir(), dir.path().join("data"));
+        assert_eq!(node.postmaster_pid(), None);
+        fs::create_dir(node.data_dir()).unwrap();
+        fs::write(node.data_dir().join("postmaster.pid"), "1\n").unwrap();
+        assert_eq!(node.postmaster_pid(), None, "pid 1 is not postgres");
+    }
+}

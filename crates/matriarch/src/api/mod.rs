@@ -1,0 +1,367 @@
+//! The REST API, compatible with Patroni's so that HAProxy, ELB and
+//! Kubernetes probes written for Patroni work unchanged. Served by axum over
+//! hyper: [`router`] declares the routes, [`serve`] the connections.
+//!
+//! Health endpoints ([`health`]; GET, HEAD, OPTIONS; 200 or 503 with the
+//! `/patroni` body): `/primary` (`/`, `/master`, `/read-write`), `/replica`
+//! (`?lag=<bytes or 1MB>`, `?<tag>=<value>`), `/read-only`, `/leader`,
+//! `/synchronous` (`/sync`), `/asynchronous` (`/async`), `/health`,
+//! `/liveness`, `/readiness`.
+//!
+//! Information ([`status`]): GET `/patroni`, `/cluster`, `/history`,
+//! `/config`, `/metrics` (Prometheus text), `/failsafe`.
+//!
+//! Changes ([`mutations`], [`switchover`]; authenticated by [`auth`]): PATCH
+//! and PUT `/config`, POST `/switchover`, `/failover`, `/restart`, `/reload`,
+//! `/reinitialize`.
+//!
+//! Failsafe: POST `/failsafe`, a primary's heartbeat while the DCS is
+//! unreachable; authenticated like every change (the sender presents
+//! `restapi.authentication` or its client certificate), so that nobody else
+//! can hold a replica back from a race.
+//!
+//! Exhaustion ([`limits`]): connections are capped in total (a share of the
+//! file limit, so that the HA loop and PostgreSQL keep theirs) and per client
+//! address, and headers, bodies ([`body`]) and TLS handshakes ([`tls`]) are
+//! read under timeouts; bodies are bounded.
+
+// Refusals are returned as the response itself (`Result<_, Response>`): they
+// are built only on the error path of one request, so their size is no cost.
+#![allow(clippy::result_large_err)]
+
+mod auth;
+mod body;
+mod config_checks;
+mod health;
+mod limits;
+mod mutations;
+mod status;
+mod switchover;
+mod tls;
+mod view;
+
+#[cfg(test)]
+mod router_tests;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, MethodRouter};
+use axum::Router;
+use matriarch_ha::{EngineStatus, FailsafeHandle, RestartHandle, StatusHandle};
+use matriarch_model::{ClusterConfig, ClusterView, MemberName, Tags};
+use matriarch_postgres::{LocalState, PgController, Postgres, PostgresError};
+use serde_json::{json, Value};
+#[cfg(test)]
+use tokio::sync::watch;
+
+use crate::config::IpRange;
+use crate::dcs::AnyDcs;
+use crate::secret::Password;
+
+pub use config_checks::pkglibdir;
+pub use limits::{bind, raise_file_limit, serve, ConnectionLimits, FileLimitError};
+pub use mutations::merge_patch;
+pub use tls::{tls_acceptor, Tls};
+
+/// Reloads PostgreSQL's configuration (`POST /reload`): the one operation
+/// the API needs that [`Postgres`] does not have.
+#[async_trait]
+pub trait ReloadPostgres: Send + Sync {
+    /// Rewrites the managed configuration file and reloads the server.
+    async fn reload(&self) -> Result<(), PostgresError>;
+}
+
+#[async_trait]
+impl ReloadPostgres for PgController {
+    async fn reload(&self) -> Result<(), PostgresError> {
+        PgController::reload(self).await
+    }
+}
+
+/// Where the API reads the engine's status: the engine's own handle, or (in
+/// the API's in-process tests) a channel fed by hand.
+#[derive(Clone, Debug)]
+pub enum StatusSource {
+    /// [`matriarch_ha::Engine::status`].
+    Engine(StatusHandle),
+    /// A status published by whoever holds the sender.
+    #[cfg(test)]
+    Channel(watch::Receiver<EngineStatus>),
+}
+
+impl StatusSource {
+    /// The latest status.
+    pub fn get(&self) -> EngineStatus {
+        match self {
+            StatusSource::Engine(handle) => handle.get(),
+            #[cfg(test)]
+            StatusSource::Channel(receiver) => receiver.borrow().clone(),
+        }
+    }
+
+    /// Waits until the status changes; `false` once it never will.
+    pub async fn changed(&mut self) -> bool {
+        match self {
+            StatusSource::Engine(handle) => handle.changed().await,
+            #[cfg(test)]
+            StatusSource::Channel(receiver) => receiver.changed().await.is_ok(),
+        }
+    }
+}
+
+/// What the API serves from: the engine's status, a view of the DCS and of
+/// the local PostgreSQL refreshed on every status change ([`refresh`]).
+pub struct ApiState {
+    /// This member.
+    pub name: MemberName,
+    /// The cluster.
+    pub scope: String,
+    /// The shared DCS client.
+    pub dcs: AnyDcs,
+    /// The local PostgreSQL (observed; stopped by `POST /reinitialize`).
+    pub pg: Arc<dyn Postgres>,
+    /// Reloads PostgreSQL's configuration (`POST /reload`).
+    pub pg_reload: Arc<dyn ReloadPostgres>,
+    /// PostgreSQL's data directory.
+    pub data_dir: PathBuf,
+    /// PostgreSQL's library directory, where `shared_preload_libraries`
+    /// must be found (`None`: unknown, not checked).
+    pub pkglibdir: Option<PathBuf>,
+    /// Serializes PostgreSQL changes with the engine's.
+    pub ops: Arc<tokio::sync::Mutex<()>>,
+    /// The engine's status.
+    pub status: StatusSource,
+    /// Basic authentication for changes.
+    pub auth: Option<(String, Password)>,
+    /// Whether a verified client certificate authenticates a change.
+    pub client_certs: bool,
+    /// Client ranges allowed to make changes (empty: all).
+    pub allowlist: Vec<IpRange>,
+    /// The tags this node runs with (reported).
+    pub tags: RwLock<Tags>,
+    /// The dynamic configuration to fall back on before the DCS has one.
+    pub bootstrap_config: ClusterConfig,
+    /// Asks the daemon to reload its configuration file.
+    pub reload: tokio::sync::mpsc::Sender<()>,
+    /// The view of the DCS and of PostgreSQL.
+    pub cache: RwLock<Cache>,
+    /// Where `POST /failsafe` hands heartbeats to the engine
+    /// ([`matriarch_ha::Engine::failsafe_handle`]); `None` answers 503.
+    pub failsafe: Option<FailsafeHandle>,
+    /// PostgreSQL parameters waiting for a restart.
+    pub parameters: Arc<crate::params::ParameterStatus>,
+    /// Where `POST /restart` asks the engine to restart PostgreSQL
+    /// ([`matriarch_ha::Engine::restart_handle`]); `None` answers 503.
+    pub restart: Option<RestartHandle>,
+    /// The client for other members' REST APIs (the cluster's CA and client
+    /// certificate, as the peer probe uses).
+    pub http: crate::http_client::HttpClient,
+}
+
+/// What [`refresh`] last saw.
+#[derive(Default)]
+pub struct Cache {
+    /// The local PostgreSQL.
+    pub local: Option<LocalState>,
+    /// The DCS view.
+    pub view: Option<ClusterView>,
+    /// When the view was read.
+    pub view_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the engine's status last changed (a loop finished).
+    pub status_at: Option<Instant>,
+    /// `PG_VERSION` × 10000.
+    pub server_version: Option<u32>,
+}
+
+/// Who sent a request, as the connection tells: inserted into each
+/// request's extensions by [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether it presented a client certificate the CA verified.
+    pub verified_cert: bool,
+}
+
+pub(crate) type Resp = Response;
+
+/// A JSON response.
+pub(crate) fn respond(status: StatusCode, body: Value) -> Resp {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A text response of `content_type`.
+pub(crate) fn text(status: StatusCode, body: String, content_type: &'static str) -> Resp {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// `{"error": message}` with `status`.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    respond(status, json!({ "error": message.into() }))
+}
+
+/// GET (and HEAD, which axum answers with GET's handler) and OPTIONS.
+fn read<H, T>(handler: H) -> MethodRouter<Arc<ApiState>>
+where
+    H: axum::handler::Handler<T, Arc<ApiState>>,
+    T: 'static,
+{
+    get(handler.clone()).options(handler)
+}
+
+/// The API's routes. Changes pass [`auth::authorize`] before their body is
+/// read; HEAD and OPTIONS answer with the status alone, as Patroni's.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let authorized = || axum::middleware::from_fn_with_state(Arc::clone(&state), auth::authorize);
+    let mut routes = Router::new();
+    for path in health::PATHS {
+        routes = routes.route(path, read(health::check));
+    }
+    routes
+        .route("/patroni", read(status::patroni))
+        .route("/cluster", read(status::cluster))
+        .route("/history", read(status::history))
+        .route("/metrics", read(status::metrics))
+        .route(
+            "/config",
+            patch(mutations::patch_config)
+                .put(mutations::put_config)
+                .route_layer(authorized())
+                .merge(read(status::config)),
+        )
+        .route(
+            "/failsafe",
+            post(mutations::failsafe_heartbeat)
+                .route_layer(authorized())
+                .merge(read(status::failsafe_members)),
+        )
+        .route(
+            "/switchover",
+            post(switchover::switchover).route_layer(authorized()),
+        )
+        .route(
+            "/failover",
+            post(switchover::failover).route_layer(authorized()),
+        )
+        .route(
+            "/restart",
+            post(mutations::restart).route_layer(authorized()),
+        )
+        .route("/reload", post(mutations::reload).route_layer(authorized()))
+        .route(
+            "/reinitialize",
+            post(mutations::reinitialize).route_layer(authorized()),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(axum::middleware::from_fn(bodyless_head_and_options))
+        .with_state(state)
+}
+
+/// No route for this method and path: 404 for the methods the API serves
+/// (as Patroni), 405 for any other.
+async fn not_found(method: Method, uri: Uri) -> Resp {
+    let path = uri.path();
+    match method {
+        Method::GET | Method::HEAD | Method::OPTIONS => {
+            error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
+        }
+        Method::POST | Method::PATCH | Method::PUT | Method::DELETE => error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {method} {path}"),
+        ),
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed"),
+        ),
+    }
+}
+
+/// Patroni answers HEAD and OPTIONS with the status alone.
+async fn bodyless_head_and_options(req: Request<Body>, next: axum::middleware::Next) -> Resp {
+    let bodyless = req.method() == Method::HEAD || req.method() == Method::OPTIONS;
+    let mut response = next.run(req).await;
+    if bodyless {
+        *response.body_mut() = Body::empty();
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    response
+}
+
+/// Routes `/patroni/` as `/patroni` and an empty path as `/`, as the API
+/// always has: rewritten before routing.
+pub(crate) fn normalize_path<B>(req: &mut Request<B>) {
+    let path = req.uri().path();
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.len() == path.len() && !trimmed.is_empty() {
+        return;
+    }
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(rewritten) = path_and_query.parse() {
+        parts.path_and_query = Some(rewritten);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// Keeps [`Cache`] in step with the engine: on every change of its status
+/// (every HA loop), reads the local PostgreSQL and the DCS view again, so
+/// that `/patroni`, `/cluster` and `/history` agree with the role endpoints,
+/// which answer from the status itself. `timeout` bounds each read.
+pub async fn refresh(state: Arc<ApiState>, timeout: Duration) {
+    let mut status = state.status.clone();
+    let version_file = state.data_dir.join("PG_VERSION");
+    let timeout = timeout.max(Duration::from_secs(2));
+    loop {
+        let (local, view) = tokio::join!(
+            tokio::time::timeout(timeout, state.pg.observe()),
+            tokio::time::timeout(timeout, state.dcs.read_view()),
+        );
+        let version = std::fs::read_to_string(&version_file)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .map(|major| major * 10000);
+        if let Ok(mut cache) = state.cache.write() {
+            cache.local = match local {
+                Ok(Ok(local)) => Some(local),
+                _ => None,
+            };
+            if let Ok(Ok(view)) = view {
+                cache.view = Some(view);
+                cache.view_at = Some(chrono::Utc::now());
+            }
+            cache.server_version = version;
+        }
+        // Changes while reading are not lost: the watch keeps the newest.
+        if !status.changed().await {
+            break;
+        }
+        if let Ok(mut cache) = state.cache.write() {
+            cache.status_at = Some(Instant::now());
+        }
+    }
+}

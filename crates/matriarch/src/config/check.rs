@@ -1,0 +1,360 @@
+//! [`NodeConfig::validate`]: every setting checked, the error naming the key.
+
+use std::net::{IpAddr, SocketAddr};
+
+use matriarch_model::{ClusterConfig, KeyLayout, MemberName};
+
+use super::restapi::format_host_port;
+use super::{
+    cluster_config_from_json, split_host_port, IpRange, NodeConfig, Validated, WatchdogMode,
+};
+use crate::error::ConfigError;
+
+impl NodeConfig {
+    /// Checks every setting; the error names the key.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        if self.scope.is_empty() {
+            return Err(ConfigError::missing("scope", "MATRIARCH_SCOPE"));
+        }
+        if self.name.is_empty() {
+            return Err(ConfigError::missing("name", "MATRIARCH_NAME"));
+        }
+        let name = MemberName::new(self.name.as_str())
+            .map_err(|e| ConfigError::invalid("name", e.to_string()))?;
+        let layout = KeyLayout::new(&self.namespace, &self.scope)
+            .map_err(|e| ConfigError::invalid("scope/namespace", e.to_string()))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        if let Some(dir) = &self.log.dir {
+            if !dir.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "log.dir",
+                    format!("{} must be an absolute path", dir.display()),
+                ));
+            }
+        }
+        if self.log.file_size == 0 {
+            return Err(ConfigError::invalid(
+                "log.file_size",
+                "must be at least 1 byte",
+            ));
+        }
+
+        let bootstrap_dcs = match &self.bootstrap.dcs {
+            Some(value) => cluster_config_from_json("bootstrap.dcs", value)?,
+            None => ClusterConfig::default(),
+        };
+
+        // REST API.
+        let restapi_listen: SocketAddr = self.restapi.listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "restapi.listen",
+                format!("{:?} is not an ip:port address", self.restapi.listen),
+            )
+        })?;
+        // Port 0 would bind a random port that no member record, peer or tool knows.
+        if restapi_listen.port() == 0 {
+            return Err(ConfigError::invalid(
+                "restapi.listen",
+                "the port must not be 0: peers and tools reach the API at the port given here",
+            ));
+        }
+        let tls = match (&self.restapi.certfile, &self.restapi.keyfile) {
+            (Some(_), Some(_)) => true,
+            (None, None) => false,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "restapi.keyfile",
+                    "required with restapi.certfile",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "restapi.certfile",
+                    "required with restapi.keyfile",
+                ))
+            }
+        };
+        if self.restapi.cafile.is_some() && !tls {
+            return Err(ConfigError::invalid(
+                "restapi.cafile",
+                "client certificates need TLS: set restapi.certfile and restapi.keyfile",
+            ));
+        }
+        for (key, file) in [
+            ("restapi.certfile", &self.restapi.certfile),
+            ("restapi.keyfile", &self.restapi.keyfile),
+            ("restapi.cafile", &self.restapi.cafile),
+        ] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{} is not a readable file", file.display()),
+                    ));
+                }
+            }
+        }
+        for (key, value) in [
+            ("restapi.max_connections", self.restapi.max_connections),
+            (
+                "restapi.max_connections_per_ip",
+                self.restapi.max_connections_per_ip,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        let connect = match &self.restapi.connect_address {
+            Some(addr) => split_host_port(addr)
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "restapi.connect_address",
+                        format!("{addr:?} is not host:port"),
+                    )
+                })
+                .and_then(|(host, port)| match port {
+                    0 => Err(ConfigError::invalid(
+                        "restapi.connect_address",
+                        "the port must not be 0",
+                    )),
+                    port => Ok((host, port)),
+                })?,
+            None => {
+                let host = if restapi_listen.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    restapi_listen.ip().to_string()
+                };
+                (host, restapi_listen.port())
+            }
+        };
+        let api_url = format!(
+            "{}://{}/patroni",
+            if tls { "https" } else { "http" },
+            format_host_port(&connect.0, connect.1)
+        );
+        if let Some(auth) = &self.restapi.authentication {
+            if auth.username.is_empty() || auth.username.contains(':') {
+                return Err(ConfigError::invalid(
+                    "restapi.authentication.username",
+                    "must be non-empty and without ':'",
+                ));
+            }
+            if auth.password.expose().is_empty() {
+                return Err(ConfigError::invalid(
+                    "restapi.authentication.password",
+                    "must not be empty",
+                ));
+            }
+        }
+        let allowlist = self
+            .restapi
+            .allowlist
+            .iter()
+            .map(|entry| IpRange::parse(entry))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::invalid("restapi.allowlist", e))?;
+
+        // DCS.
+        match (&self.etcd3, &self.zookeeper) {
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "etcd3/zookeeper",
+                    "configure one DCS: an etcd3 or a zookeeper section",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "etcd3/zookeeper",
+                    "configure only one DCS, not both etcd3 and zookeeper",
+                ))
+            }
+            (Some(etcd), None) => {
+                if etcd.hosts.hosts().is_empty() {
+                    return Err(ConfigError::invalid("etcd3.hosts", "no host given"));
+                }
+                if etcd.username.is_some() != etcd.password.is_some() {
+                    return Err(ConfigError::invalid(
+                        "etcd3.username/password",
+                        "give both or neither",
+                    ));
+                }
+                if (etcd.cert.is_some() || etcd.key.is_some()) && etcd.cacert.is_none() {
+                    return Err(ConfigError::invalid(
+                        "etcd3.cacert",
+                        "required with cert/key",
+                    ));
+                }
+                if etcd.cert.is_some() != etcd.key.is_some() {
+                    return Err(ConfigError::invalid(
+                        "etcd3.cert/key",
+                        "give both or neither",
+                    ));
+                }
+            }
+            (None, Some(zk)) => {
+                if zk.hosts.hosts().is_empty() {
+                    return Err(ConfigError::invalid("zookeeper.hosts", "no host given"));
+                }
+            }
+        }
+
+        // PostgreSQL.
+        let pg = self
+            .postgresql
+            .as_ref()
+            .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))?;
+        let pg_listen = split_host_port(&pg.listen).ok_or_else(|| {
+            ConfigError::invalid(
+                "postgresql.listen",
+                format!("{:?} is not host:port", pg.listen),
+            )
+        })?;
+        if pg_listen.1 == 0 {
+            return Err(ConfigError::invalid(
+                "postgresql.listen",
+                "the port must not be 0",
+            ));
+        }
+        let connect = match &pg.connect_address {
+            Some(addr) => split_host_port(addr).ok_or_else(|| {
+                ConfigError::invalid(
+                    "postgresql.connect_address",
+                    format!("{addr:?} is not host:port"),
+                )
+            })?,
+            None => {
+                let host = match pg_listen.0.as_str() {
+                    "0.0.0.0" | "*" | "::" => "127.0.0.1".to_owned(),
+                    host => host.to_owned(),
+                };
+                (host, pg_listen.1)
+            }
+        };
+        let conn_url = format!(
+            "postgres://{}/postgres",
+            format_host_port(&connect.0, connect.1)
+        );
+        if !pg.data_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "postgresql.data_dir",
+                format!("{} must be an absolute path", pg.data_dir.display()),
+            ));
+        }
+        if let Some(dir) = &pg.socket_dir {
+            if !dir.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "postgresql.socket_dir",
+                    "must be an absolute path",
+                ));
+            }
+        }
+        if let Some(bin) = &pg.bin_dir {
+            if !bin.join("pg_ctl").is_file() {
+                return Err(ConfigError::invalid(
+                    "postgresql.bin_dir",
+                    format!("{} has no pg_ctl", bin.display()),
+                ));
+            }
+        }
+        for (key, role) in [
+            (
+                "postgresql.authentication.superuser",
+                Some(&pg.authentication.superuser),
+            ),
+            (
+                "postgresql.authentication.replication",
+                Some(&pg.authentication.replication),
+            ),
+            (
+                "postgresql.authentication.rewind",
+                pg.authentication.rewind.as_ref(),
+            ),
+        ] {
+            if let Some(role) = role {
+                if role.username.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.username"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+
+        // Routers.
+        let mut dns_server = None;
+        if let Some(dns) = &self.router.dns {
+            let server: SocketAddr = dns
+                .server
+                .parse()
+                .or_else(|_| {
+                    dns.server
+                        .parse::<IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    ConfigError::invalid(
+                        "router.dns.server",
+                        format!("{:?} is not ip or ip:port", dns.server),
+                    )
+                })?;
+            dns_server = Some(server);
+            matriarch_dns::TsigKey::from_base64(
+                dns.tsig.key_name.clone(),
+                dns.tsig.algorithm.clone(),
+                dns.tsig.secret.expose(),
+            )
+            .map_err(|e| ConfigError::invalid("router.dns.tsig", e.to_string()))?;
+        }
+        if let Some(elb) = &self.router.elb {
+            if !elb.writer_target_group_arn.starts_with("arn:") {
+                return Err(ConfigError::invalid(
+                    "router.elb.writer_target_group_arn",
+                    "must be an ARN (arn:aws:elasticloadbalancing:...)",
+                ));
+            }
+        }
+
+        // Callbacks.
+        for (key, cmd) in [
+            ("callbacks.on_start", &self.callbacks.on_start),
+            ("callbacks.on_stop", &self.callbacks.on_stop),
+            ("callbacks.on_role_change", &self.callbacks.on_role_change),
+            ("callbacks.pre_promote", &self.callbacks.pre_promote),
+        ] {
+            if let Some(cmd) = cmd {
+                if !cmd.is_file() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{} is not a file", cmd.display()),
+                    ));
+                }
+            }
+        }
+
+        // Watchdog.
+        if self.watchdog.mode != WatchdogMode::Off && !self.watchdog.device.is_absolute() {
+            return Err(ConfigError::invalid(
+                "watchdog.device",
+                format!(
+                    "{} must be an absolute path",
+                    self.watchdog.device.display()
+                ),
+            ));
+        }
+
+        Ok(Validated {
+            name,
+            layout,
+            bootstrap_dcs,
+            restapi_listen,
+            api_url,
+            allowlist,
+            pg_listen,
+            conn_url,
+            dns_server,
+        })
+    }
+}
