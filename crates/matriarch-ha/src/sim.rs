@@ -425,13 +425,15 @@ async fn simulate(sim: &SimConfig) -> SimReport {
         world.log("faults stopped".to_owned());
     }
 
-    // Liveness: a primary within 2 × ttl + loop_wait, followers within a further ttl.
-    // Under the longest ttl in force during the run: a lock taken under it
-    // may still live.
+    // Liveness: a primary within 2 × ttl + loop_wait, followers within a further ttl
+    // and the three loops a diverged replica needs (stop, rewind, start).
+    // Under the longest ttl and loop in force during the run: a lock taken
+    // under it may still live, and an agent may still wait that long.
     let ttl = cluster.max_ttl_seen;
     tokio::time::sleep(ttl * 2 + cluster.config.loop_wait).await;
     let leader = check_primary(&cluster).await;
-    tokio::time::sleep(ttl).await;
+    let longest_loop = lock(&world).loop_wait_bound;
+    tokio::time::sleep(ttl + longest_loop * 3).await;
     if let Some(leader) = leader {
         // A switchover requested before the faults stopped may have handed
         // over meanwhile: the followers follow the lock holder if it writes.

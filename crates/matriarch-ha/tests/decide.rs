@@ -987,6 +987,38 @@ fn sync_mode_strict_keeps_waiting_for_its_standby() {
     assert_eq!(sync_action(&world.decide()), None);
 }
 
+/// Found by the simulation (seed 8474): the sync key was garbage when the
+/// operator turned strict mode on, and the leader, leaving the unreadable key
+/// alone, kept PostgreSQL asynchronous: every commit was acknowledged with no
+/// standby holding it. Waiting for any standby changes nobody's eligibility
+/// (the key is untouched) and keeps strict mode's promise.
+#[test]
+fn sync_mode_strict_with_an_unreadable_sync_key_makes_postgres_wait_for_any_standby() {
+    let mut world = sync_leader();
+    world.config.synchronous_mode_strict = true;
+    world.put("sync", b"\xff\xfe not json".to_vec());
+    set_postgres_sync(&mut world, &BTreeSet::new(), 0);
+    let decision = world.decide();
+    assert!(
+        matches!(
+            sync_action(&decision),
+            Some(Action::SetSyncStandbys { ref standbys, any_standby: true, .. }) if standbys.is_empty()
+        ),
+        "{:?}",
+        acts(&decision)
+    );
+    assert!(
+        !acts(&decision)
+            .iter()
+            .any(|a| matches!(a, Action::WriteSyncState { .. })),
+        "the unreadable key is left to an operator"
+    );
+    // Already waiting: nothing more to do.
+    world.local.sync_any_standby = true;
+    world.local.sync_count = 1;
+    assert_eq!(sync_action(&world.decide()), None);
+}
+
 // ---- memory ----
 
 #[test]
@@ -1065,6 +1097,68 @@ fn replica_past_the_fork_point_of_its_timeline_stops_to_rewind() {
     assert!(
         acts(&world.decide()).is_empty(),
         "at the fork point it can still follow"
+    );
+}
+
+/// Found by the simulation (seed 8296): the history key told of a fork of
+/// timeline 1 (a promotion whose new primary was lost since), while the lock
+/// went back to a primary still on timeline 1. Its replicas share that
+/// timeline's WAL past the stale fork point: stopping them to rewind (which
+/// finds nothing to do) looped for ever.
+#[test]
+fn replica_of_a_leader_still_on_its_timeline_is_not_diverged_by_a_stale_fork() {
+    let mut world = World::new("b");
+    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
+        timeline: Timeline(1),
+        switch_lsn: Lsn(400),
+        reason: "promoted".into(),
+        timestamp: None,
+        new_leader: Some(name("c")),
+    }])));
+    world
+        .leader("a")
+        .replica(Some("a"), 500, 1)
+        .peer("a", Role::Primary, 600, 1);
+    assert!(
+        acts(&world.decide()).is_empty(),
+        "{:?}",
+        acts(&world.decide())
+    );
+    // Once the leader reports the newer timeline, the fork is real.
+    world.peer("a", Role::Primary, 600, 2);
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Graceful)]
+    );
+}
+
+/// Found by the simulation (seeds 5192, 11332, asynchronous mode): a
+/// promotion whose history write was lost, then another from the older
+/// timeline, gave two forks the same timeline number. A replica of the first
+/// follows the second's primary on "its" timeline and never receives WAL
+/// (the records do not chain): it must stop and let pg_rewind compare the
+/// histories, once the leader has been seen alive long enough that a dead
+/// one would have lost its lock.
+#[test]
+fn replica_never_streaming_from_a_live_leader_on_its_timeline_stops_to_rewind() {
+    let mut world = World::new("b");
+    world
+        .leader("a")
+        .replica(Some("a"), 500, 2)
+        .peer("a", Role::Primary, 900, 2);
+    world.local.receiving = false;
+    let loops_for_two_ttls =
+        u32::try_from((world.config.ttl * 2).as_millis() / world.config.loop_wait.as_millis())
+            .unwrap();
+    world.memory.loops_not_streaming = loops_for_two_ttls - 1;
+    assert!(
+        acts(&world.decide()).is_empty(),
+        "a leader silent for less than two ttls may be dead and about to lose its lock"
+    );
+    world.memory.loops_not_streaming = loops_for_two_ttls;
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Graceful)]
     );
 }
 

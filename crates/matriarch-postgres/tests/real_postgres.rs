@@ -822,6 +822,14 @@ async fn wrong_system_id_and_bad_parameters_are_refused_without_deleting_data() 
         other_cluster.rewind(&primary.upstream()).await,
         Err(PostgresError::SystemIdMismatch { .. })
     ));
+    // An operator corrects the `initialize` key: the engine passes the new
+    // id on and the same controller (no agent restart) accepts the data.
+    other_cluster.set_cluster_system_id(system_id);
+    other_cluster
+        .start(StartAs::Primary)
+        .await
+        .expect("start once the cluster's system id is corrected");
+    other_cluster.stop(StopMode::Fast).await.expect("stop");
 
     let mut config = base_config("pg-p", &dir, port);
     config.parameters.insert(

@@ -261,6 +261,27 @@ fn hold_then_heal(hold: Duration, heal: impl FnOnce() -> Result<()>) -> Result<u
     held.map(|()| at_us)
 }
 
+/// How long a DCS may take to accept writes again after all its servers
+/// were resumed, before the servers are restarted.
+const DCS_SERVES_AFTER_HEAL: Duration = Duration::from_secs(30);
+
+/// Whether the DCS accepts a write (of a probe key outside the cluster's
+/// keys) within `within`.
+fn dcs_serves_writes(cluster: &Cluster<'_>, within: Duration) -> bool {
+    let started = std::time::Instant::now();
+    let key = "/chaos-probe";
+    loop {
+        if cluster.dcs_put(key, b"probe").is_ok() {
+            let _ = cluster.dcs_del(key);
+            return true;
+        }
+        if started.elapsed() >= within || sys::check_interrupt().is_err() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Holds a fault for `hold`, then restarts node `n`'s agent.
 fn restart_after(cluster: &mut Cluster<'_>, n: usize, hold: Duration) -> Result<()> {
     sys::sleep(hold)?;
@@ -465,11 +486,23 @@ pub fn run_fault(
                 }
                 Ok(())
             })?;
-            Ok(Injected::new(
-                None,
-                at_us,
-                format!("SIGSTOP all {} servers for {hold:?}", cluster.dcs.name()),
-            ))
+            let mut detail = format!("SIGSTOP all {} servers for {hold:?}", cluster.dcs.name());
+            // ZooKeeper 3.8.0 (Debian's) sometimes comes back from a stop of
+            // every server with a leader that never commits again: sessions
+            // are created and expire unanswered, for any client. No agent can
+            // recover from a DCS that serves nothing; an operator restarts
+            // the servers, and so does this fault, saying so.
+            if !dcs_serves_writes(cluster, DCS_SERVES_AFTER_HEAL) {
+                for member in &mut cluster.etcd {
+                    member.proc.kill();
+                    member.proc.start()?;
+                }
+                detail.push_str(&format!(
+                    "; the {} servers accepted no write {DCS_SERVES_AFTER_HEAL:?} after SIGCONT: restarted them (operator action)",
+                    cluster.dcs.name()
+                ));
+            }
+            Ok(Injected::new(None, at_us, detail))
         }
         FaultKind::SecondSwitchover => operator::second_switchover(cluster, fault, primary),
         FaultKind::EditTiming => operator::edit_timing(cluster, fault, primary, timing),

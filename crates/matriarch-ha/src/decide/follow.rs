@@ -47,6 +47,36 @@ pub(super) fn follower(
                     format!("following {holder} without receiving WAL: stopping to rewind"),
                 );
             }
+            // Two forks may carry the same timeline number (a promotion whose
+            // history never reached the DCS, then another from the older
+            // timeline), or the leader may run on an older timeline than a
+            // promotion this replica followed: nothing streams. Once
+            // the leader has looked alive for two ttls (a dead one would have
+            // lost its lock), stop and let pg_rewind compare the histories.
+            let leader_alive_on_our_timeline = member(view, holder).is_some_and(|m| {
+                m.role == Role::Primary
+                    && m.state == MemberState::Running
+                    && m.timeline.is_some_and(|theirs| {
+                        inputs.local.timeline.is_some_and(|ours| theirs <= ours)
+                    })
+            });
+            let silent_for = inputs
+                .config
+                .loop_wait
+                .saturating_mul(inputs.memory.loops_not_streaming);
+            if upstream.as_ref() == Some(holder)
+                && !inputs.local.receiving
+                && leader_alive_on_our_timeline
+                && silent_for >= inputs.config.ttl.saturating_mul(2)
+            {
+                plan.push(Action::Demote(DemoteMode::Graceful));
+                return plan.done(
+                    EngineRole::Demoting,
+                    format!(
+                        "following {holder} (not on a newer timeline) without receiving WAL for two ttls: stopping to rewind"
+                    ),
+                );
+            }
             if replica_diverged(inputs, view) {
                 plan.push(Action::Demote(DemoteMode::Graceful));
                 return plan.done(
@@ -122,6 +152,16 @@ pub(super) fn replica_diverged(inputs: &Inputs<'_>, view: &ClusterView) -> bool 
     let Some(Ok(history)) = &view.history else {
         return false;
     };
+    // A fork of our timeline matters only if the leader left it: a leader
+    // still on it (the fork's primary was lost since) has our WAL past the
+    // stale fork point too.
+    let leader_timeline = view
+        .leader_name()
+        .and_then(|holder| member(view, holder))
+        .and_then(|m| m.timeline);
+    if leader_timeline.is_some_and(|theirs| theirs <= own_timeline) {
+        return false;
+    }
     history
         .value
         .0

@@ -162,8 +162,25 @@ pub(super) fn maintain_sync(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut 
             sync.value.leader.as_ref() == Some(me),
         ),
         // A malformed sync key may hide who can be promoted: leave it to an
-        // operator rather than guess.
-        Some(Err(_)) => return,
+        // operator rather than guess. In strict mode PostgreSQL must still
+        // not acknowledge a commit alone meanwhile: waiting for any standby
+        // makes no one more eligible, so that much is safe to do.
+        Some(Err(_)) => {
+            let local = inputs.local;
+            let waits = local.sync_any_standby || !local.sync_standbys.is_empty();
+            if config.synchronous_mode != SynchronousMode::Off
+                && config.synchronous_mode_strict
+                && !waits
+            {
+                plan.push(Action::SetSyncStandbys {
+                    standbys: BTreeSet::new(),
+                    count: 1,
+                    at: None,
+                    any_standby: true,
+                });
+            }
+            return;
+        }
         None => (
             SyncKey {
                 standbys: BTreeSet::new(),

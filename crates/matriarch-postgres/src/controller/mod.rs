@@ -119,6 +119,10 @@ pub struct PgController {
     server_log: PathBuf,
     /// Starts the postmaster instead of `pg_ctl start` when set.
     launcher: Option<std::sync::Arc<dyn PostmasterLauncher>>,
+    /// The cluster's system identifier to check data directories and clone
+    /// sources against: the configuration's at first, then what the engine
+    /// last read from the `initialize` key.
+    cluster_system_id: std::sync::RwLock<Option<SystemId>>,
 }
 
 /// Whether the server runs, as far as a connection can tell.
@@ -148,6 +152,7 @@ impl PgController {
             parameters: std::sync::RwLock::new(config.parameters.clone()),
             cloned_from: std::sync::Mutex::new(None),
             timeline_probe_failing: std::sync::atomic::AtomicBool::new(false),
+            cluster_system_id: std::sync::RwLock::new(config.expected_system_id),
             config,
         })
     }
@@ -381,7 +386,11 @@ impl PgController {
         found: SystemId,
         context: impl FnOnce() -> String,
     ) -> Result<(), PostgresError> {
-        match self.config.expected_system_id {
+        let expected = *self
+            .cluster_system_id
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match expected {
             Some(expected) if expected != found => Err(PostgresError::SystemIdMismatch {
                 operation: op,
                 context: context(),
@@ -513,5 +522,12 @@ impl Postgres for PgController {
             self.set_sync_inner(names),
         )
         .await
+    }
+
+    fn set_cluster_system_id(&self, system_id: SystemId) {
+        *self
+            .cluster_system_id
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(system_id);
     }
 }
