@@ -2371,3 +2371,106 @@ fn a_failover_request_for_a_member_without_a_record_is_pending_then_cleared() {
     );
     assert!(!has(&decision, &Action::Demote(DemoteMode::Switchover)));
 }
+
+// ---- arbitrary bytes in every key ----
+
+/// A small deterministic generator (xorshift), so a failing case replays.
+struct Bytes(u64);
+
+impl Bytes {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Random bytes, or JSON of the wrong shape, or a valid-looking prefix.
+    fn value(&mut self) -> Vec<u8> {
+        const SHAPES: &[&[u8]] = &[
+            b"",
+            b"null",
+            b"{}",
+            b"[]",
+            b"{\"leader\": 17, \"sync_standby\": [1, 2], \"quorum\": \"many\"}",
+            b"{\"ttl\": \"soon\", \"loop_wait\": -1, \"synchronous_mode\": 3}",
+            b"{\"xlog_location\": 18446744073709551615, \"timeline\": 4294967295, \"role\": \"master\", \"state\": \"running\"}",
+            b"[[1, \"0/0\", \"x\"], [\"a\"]]",
+            b"{\"optime\": -5, \"slots\": 3}",
+            b"\"a\"",
+            b"a\0b",
+        ];
+        match self.below(3) {
+            0 => SHAPES[self.below(SHAPES.len() as u64) as usize].to_vec(),
+            1 => {
+                let len = self.below(4096) as usize;
+                (0..len).map(|_| self.next() as u8).collect()
+            }
+            _ => {
+                let shape = SHAPES[self.below(SHAPES.len() as u64) as usize];
+                let cut = self.below(shape.len() as u64 + 1) as usize;
+                shape[..cut].to_vec()
+            }
+        }
+    }
+}
+
+/// Every key the cluster reads, by its path below the scope.
+const EVERY_KEY: &[&str] = &[
+    "leader",
+    "sync",
+    "failover",
+    "config",
+    "status",
+    "history",
+    "initialize",
+    "failsafe",
+    "members/a",
+    "members/b",
+    "members/c",
+];
+
+fn promotes_or_takes_the_lock(decision: &Decision) -> bool {
+    acts(decision)
+        .iter()
+        .any(|a| matches!(a, Action::Promote | Action::AcquireLock))
+}
+
+/// Issue 21: arbitrary bytes in any key (or several at once) never make a
+/// replica of a live leader, or a replica that cannot read the leader key,
+/// promote or take the lock, and never panic.
+#[test]
+fn arbitrary_bytes_in_any_key_never_lead_to_a_promotion() {
+    let mut bytes = Bytes(0x9e37_79b9_7f4a_7c15);
+    for case in 0..3000 {
+        let mut world = World::new("b");
+        world
+            .leader("a")
+            .replica(Some("a"), 500, 1)
+            .peer("a", Role::Primary, 600, 1)
+            .peer("c", Role::Replica, 400, 1);
+        let garbled = 1 + bytes.below(3);
+        let mut keys = Vec::new();
+        for _ in 0..garbled {
+            let key = EVERY_KEY[bytes.below(EVERY_KEY.len() as u64) as usize];
+            world.put(key, bytes.value());
+            keys.push(key);
+        }
+        let decision = world.decide();
+        // A garbled leader key is unreadable, never free; a readable one
+        // still names the live leader `a`, or something that is not `b`.
+        let leader_readable_as_b = matches!(
+            ClusterView::decode(1, world.entries.clone()).leader_name(),
+            Some(holder) if holder.as_str() == "b"
+        );
+        assert!(
+            leader_readable_as_b || !promotes_or_takes_the_lock(&decision),
+            "case {case}: garbage in {keys:?} led to {:?}",
+            acts(&decision)
+        );
+    }
+}

@@ -563,3 +563,103 @@ async fn the_basic_scheme_is_case_insensitive() {
     }
     assert_eq!(node.pg.reloads.load(Ordering::SeqCst), 3);
 }
+
+/// Issue 21: arbitrary bytes as the body and the query string of every
+/// endpoint, authenticated or not, never panic the API, never answer 500,
+/// and never change the cluster's leadership (no `failover` key, no lock
+/// taken) unless a request was accepted.
+#[tokio::test]
+async fn arbitrary_bytes_to_every_endpoint_are_answered_without_harm() {
+    use base64::Engine as _;
+    let node = Harness::new(EngineRole::Replica, PgRole::Replica);
+    node.refresh().await;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let endpoints: &[(Method, &str)] = &[
+        (Method::GET, "/"),
+        (Method::GET, "/primary"),
+        (Method::GET, "/replica"),
+        (Method::GET, "/read-only"),
+        (Method::GET, "/asynchronous"),
+        (Method::GET, "/sync"),
+        (Method::GET, "/quorum"),
+        (Method::GET, "/health"),
+        (Method::GET, "/liveness"),
+        (Method::GET, "/readiness"),
+        (Method::GET, "/standby-leader"),
+        (Method::GET, "/patroni"),
+        (Method::GET, "/cluster"),
+        (Method::GET, "/history"),
+        (Method::GET, "/config"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/failsafe"),
+        (Method::PATCH, "/config"),
+        (Method::PUT, "/config"),
+        (Method::POST, "/switchover"),
+        (Method::POST, "/failover"),
+        (Method::POST, "/restart"),
+        (Method::POST, "/reload"),
+        (Method::POST, "/reinitialize"),
+        (Method::POST, "/failsafe"),
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for case in 0..1500 {
+        let (method, path) = &endpoints[(next() % endpoints.len() as u64) as usize];
+        let body: Vec<u8> = match next() % 3 {
+            0 => Vec::new(),
+            1 => (0..next() % 2048).map(|_| next() as u8).collect(),
+            _ => {
+                let shapes: &[&[u8]] = &[
+                    b"{\"leader\": 17}",
+                    b"{\"candidate\": \"\\u0000\"}",
+                    b"{\"postgresql\": {\"parameters\": [1]}}",
+                    b"{\"ttl\": -1}",
+                    b"[[[[[[[[[[[[[[[[[[[[",
+                    b"{\"scheduled_at\": \"yesterday\"}",
+                ];
+                shapes[(next() % shapes.len() as u64) as usize].to_vec()
+            }
+        };
+        let query: String = (0..next() % 40)
+            .map(|_| format!("%{:02X}", next() as u8))
+            .collect();
+        let uri = format!("{path}?{query}");
+        let mut builder = Request::builder().method(method.clone()).uri(&uri);
+        if next() % 2 == 0 {
+            builder = builder.header(header::AUTHORIZATION, format!("Basic {token}"));
+        }
+        let mut req = builder.body(Body::from(body)).unwrap();
+        req.extensions_mut().insert(Client {
+            peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            verified_cert: false,
+        });
+        normalize_path(&mut req);
+        let response = router(Arc::clone(&node.state)).oneshot(req).await.unwrap();
+        let status = response.status();
+        assert_ne!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "case {case}: {method} {uri}"
+        );
+        let view = node.dcs.read_view().await.unwrap();
+        if status.is_success() {
+            // An accepted request may have asked for a failover: start over.
+            if view.failover.is_some() {
+                node.dcs
+                    .delete(&matriarch_model::DcsKey::Failover, Expected::Any)
+                    .await
+                    .unwrap();
+            }
+        } else {
+            assert!(
+                view.failover.is_none() && view.leader.is_none(),
+                "case {case}: refused {method} {uri} ({status}) still changed leadership"
+            );
+        }
+    }
+}
