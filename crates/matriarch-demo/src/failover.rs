@@ -13,6 +13,7 @@ use tokio::runtime::Handle;
 
 use crate::cluster::Cluster;
 use crate::error::{DemoError, Result};
+use crate::plot::shorten;
 use crate::timeline::{offset, Event};
 use crate::watch::{LeaderWatch, LockEvent};
 use crate::writer::{Ack, Target, Writer};
@@ -151,16 +152,6 @@ impl Recorder {
             what,
             seen_by: seen_by.to_owned(),
         });
-    }
-}
-
-/// `text`, cut to `max` characters with an ellipsis, to keep table rows short.
-pub fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let cut: String = text.chars().take(max.saturating_sub(3)).collect();
-        format!("{}...", cut.trim_end())
     }
 }
 

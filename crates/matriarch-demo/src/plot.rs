@@ -216,7 +216,7 @@ impl Plot {
                 mx + 22.0,
                 MARKER_COLORS[i % MARKER_COLORS.len()],
                 mx + 28.0,
-                escape(&shorten_label(name, 32))
+                escape(&shorten(name, 32))
             );
         }
         s.push_str("</svg>\n");
@@ -224,8 +224,15 @@ impl Plot {
     }
 }
 
-fn shorten_label(text: &str, max: usize) -> String {
-    crate::failover::shorten(text, max)
+/// `text`, cut to `max` characters with an ellipsis, to keep labels and table
+/// rows short.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(max.saturating_sub(3)).collect();
+        format!("{}...", cut.trim_end())
+    }
 }
 
 #[cfg(test)]

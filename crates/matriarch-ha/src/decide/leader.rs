@@ -1,17 +1,17 @@
 //! This node holds the leader lock: renew it, keep (or make) the primary,
 //! its routes, its synchronous standbys and its `failsafe` key.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use matriarch_model::{ClusterConfig, ClusterView, MemberName, MemberState, Role, SynchronousMode};
+use matriarch_model::{ClusterConfig, ClusterView};
 
 use super::failsafe::desired_failsafe;
 use super::observed::LocalRole;
+use super::promotion::{push_promotion, push_route};
 use super::race::race_verdict;
 use super::switchover::{planned_switchover, unknown_candidate, UnknownCandidate};
 use super::sync::maintain_sync;
-use super::{Action, Decision, DemoteMode, EngineRole, Inputs, Plan, Routes};
+use super::{Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
 
 pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
     let me = &inputs.node.name;
@@ -140,76 +140,6 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
         }
         Some(UnknownCandidate::Cleared(why)) => plan.done(EngineRole::Leader, why),
         None => plan.done(EngineRole::Leader, "holding the lock as primary"),
-    }
-}
-
-/// Promotion, preceded in synchronous mode by emptying the `sync` key: until
-/// this node waits for standbys of its own, no other member may be promoted
-/// on the strength of the previous leader's key. In strict mode PostgreSQL is
-/// first set to wait for any standby, so no commit is acknowledged by the
-/// new primary alone.
-pub(super) fn push_promotion(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
-    if let Some(former) = failover_from(inputs, view) {
-        plan.push(Action::WithdrawFormerLeader(former));
-    }
-    let key_is_empty_and_ours = matches!(&view.sync,
-        Some(Ok(sync)) if sync.value.sync_standbys.is_empty() && sync.value.leader.as_ref() == Some(&inputs.node.name));
-    if inputs.config.synchronous_mode != SynchronousMode::Off && !key_is_empty_and_ours {
-        let expected = match &view.sync {
-            Some(Ok(sync)) => Some(sync.version),
-            _ => None,
-        };
-        plan.push(Action::WriteSyncState {
-            standbys: BTreeSet::new(),
-            count: inputs.config.synchronous_node_count,
-            expected,
-        });
-    }
-    if inputs.config.synchronous_mode != SynchronousMode::Off
-        && inputs.config.synchronous_mode_strict
-    {
-        // As Patroni: from its first commit the new primary waits for a
-        // standby (`*`) until its leader upkeep names its own.
-        plan.push(Action::SetSyncStandbys {
-            standbys: BTreeSet::new(),
-            count: 1,
-            at: None,
-            any_standby: true,
-        });
-    }
-    plan.push(Action::Promote);
-    push_route(inputs, view, plan);
-}
-
-/// The former leader this promotion replaces in a failover; `None` for a
-/// planned switchover (the `failover` key names the leader stepping down,
-/// which withdrew itself) or when no other leader was ever seen.
-pub(super) fn failover_from(inputs: &Inputs<'_>, view: &ClusterView) -> Option<MemberName> {
-    let former = inputs.memory.last_leader.as_ref()?;
-    if former.name == inputs.node.name {
-        return None;
-    }
-    let planned = matches!(&view.failover,
-        Some(Ok(request)) if request.value.leader.as_ref() == Some(&former.name));
-    (!planned).then(|| former.name.clone())
-}
-
-pub(super) fn push_route(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
-    let routes = Routes {
-        primary: inputs.node.name.clone(),
-        replicas: view
-            .healthy_records()
-            .filter(|m| {
-                m.name != inputs.node.name
-                    && m.role == Role::Replica
-                    && m.state == MemberState::Running
-                    && !m.tags.noloadbalance
-            })
-            .map(|m| m.name.clone())
-            .collect(),
-    };
-    if inputs.memory.routed.as_ref() != Some(&routes) {
-        plan.push(Action::Route(routes));
     }
 }
 

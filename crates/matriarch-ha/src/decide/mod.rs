@@ -9,6 +9,7 @@ mod follow;
 mod leader;
 mod memory;
 mod observed;
+mod promotion;
 mod race;
 mod switchover;
 mod sync;

@@ -7,9 +7,9 @@ use matriarch_model::{
 };
 
 use super::failsafe::failsafe_verdict;
-use super::leader::push_promotion;
 use super::memory::Memory;
 use super::observed::{LocalRole, PeerReport};
+use super::promotion::push_promotion;
 use super::switchover::after_switchover;
 use super::sync::sync_verdict;
 use super::{
