@@ -186,58 +186,6 @@ impl<D: Dcs + ?Sized> Dcs for std::sync::Arc<D> {
     }
 }
 
-/// Forwards every call to the boxed client, for a backend chosen at run time
-/// and owned by one user.
-#[async_trait]
-impl<D: Dcs + ?Sized> Dcs for Box<D> {
-    fn layout(&self) -> &KeyLayout {
-        (**self).layout()
-    }
-    async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        (**self).read_view().await
-    }
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        (**self).try_initialize().await
-    }
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        (**self).complete_initialize(system_id).await
-    }
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        (**self).cancel_initialize().await
-    }
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        (**self).acquire_leader(me, ttl).await
-    }
-    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        (**self).renew_leader(me, ttl).await
-    }
-    fn lock_lifetime(&self) -> Option<Duration> {
-        (**self).lock_lifetime()
-    }
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        (**self).release_leader(me).await
-    }
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        (**self).publish_member(member, ttl).await
-    }
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        (**self).remove_member(name).await
-    }
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        (**self).write(record, expected).await
-    }
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        (**self).delete(key, expected).await
-    }
-    async fn watch(
-        &self,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<WatchOutcome, DcsError> {
-        (**self).watch(after_revision, timeout).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -254,11 +202,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shared_and_boxed_clients_forward_to_the_same_store() {
+    async fn shared_clients_forward_to_the_same_store() {
         let layout = KeyLayout::new("service", "forwarding").expect("layout");
         let memory = MemoryDcs::new(layout);
         let shared: Arc<dyn Dcs> = Arc::new(memory.clone());
-        let boxed: Box<dyn Dcs> = Box::new(memory.clone());
         let name = MemberName::new("m1").expect("name");
         let member = Member::new(
             name,
@@ -266,8 +213,8 @@ mod tests {
             "http://127.0.0.1:8008/patroni",
         );
         publish_through(Arc::clone(&shared), &member).await;
-        assert_eq!(shared.layout(), boxed.layout());
-        let view = boxed.read_view().await.expect("read through the box");
+        assert_eq!(shared.layout(), memory.layout());
+        let view = shared.read_view().await.expect("read through the Arc");
         assert!(view.members["m1"].is_ok(), "{:?}", view.members);
         assert!(memory
             .read_view()

@@ -1,7 +1,7 @@
 //! Planned switchovers: the leader stepping down when a request is due, and
 //! taking the lock back (no promotion) when nobody took over.
 
-use matriarch_model::{ClusterView, FailoverRequest, Lsn, Member, SynchronousMode};
+use matriarch_model::{ClusterView, FailoverRequest, Lsn, Member, SynchronousMode, Versioned};
 
 use super::observed::LocalRole;
 use super::{
@@ -9,13 +9,12 @@ use super::{
     Decision, DemoteMode, EngineRole, Inputs, Plan,
 };
 
-/// The leader's side of a switchover: step down when the request is due and
-/// a candidate is ready.
-pub(super) fn planned_switchover(
+/// The readable `failover` key, if it asks this leader (or any leader) to hand
+/// over to another member and its scheduled time has come.
+fn due_request_for_me<'v>(
     inputs: &Inputs<'_>,
-    view: &ClusterView,
-    plan: &mut Plan,
-) -> Option<Decision> {
+    view: &'v ClusterView,
+) -> Option<&'v Versioned<FailoverRequest>> {
     let me = &inputs.node.name;
     let Some(Ok(request)) = &view.failover else {
         return None;
@@ -25,12 +24,20 @@ pub(super) fn planned_switchover(
         candidate,
         scheduled_at,
     } = &request.value;
-    if leader.as_ref().is_some_and(|l| l != me) || candidate.as_ref() == Some(me) {
-        return None;
-    }
-    if scheduled_at.is_some_and(|at| at > inputs.wall_clock) {
-        return None;
-    }
+    let for_me = leader.as_ref().is_none_or(|l| l == me) && candidate.as_ref() != Some(me);
+    let due = scheduled_at.is_none_or(|at| at <= inputs.wall_clock);
+    (for_me && due).then_some(request)
+}
+
+/// The leader's side of a switchover: step down when the request is due and
+/// a candidate is ready.
+pub(super) fn planned_switchover(
+    inputs: &Inputs<'_>,
+    view: &ClusterView,
+    plan: &mut Plan,
+) -> Option<Decision> {
+    let me = &inputs.node.name;
+    let candidate = &due_request_for_me(inputs, view)?.value.candidate;
     // In synchronous mode only a synchronous standby can take over without
     // losing a commit, and only one could win the race after we step down.
     let synchronous = inputs.config.synchronous_mode != SynchronousMode::Off;
@@ -227,21 +234,9 @@ pub(super) fn unknown_candidate(
     view: &ClusterView,
     plan: &mut Plan,
 ) -> Option<UnknownCandidate> {
-    let me = &inputs.node.name;
-    let Some(Ok(request)) = &view.failover else {
-        return None;
-    };
-    let FailoverRequest {
-        leader,
-        candidate,
-        scheduled_at,
-    } = &request.value;
-    let candidate = candidate.as_ref()?;
-    if candidate == me
-        || leader.as_ref().is_some_and(|l| l != me)
-        || scheduled_at.is_some_and(|at| at > inputs.wall_clock)
-        || view.members.contains_key(candidate.as_str())
-    {
+    let request = due_request_for_me(inputs, view)?;
+    let candidate = request.value.candidate.as_ref()?;
+    if view.members.contains_key(candidate.as_str()) {
         return None;
     }
     let seen_at = inputs
