@@ -753,7 +753,40 @@ async fn a_primary_whose_lock_lives_shorter_than_the_ttl_stops_writes_before_it_
 #[derive(Clone, Default)]
 struct LogCapture(Arc<Mutex<Vec<String>>>);
 
+thread_local! {
+    /// The capture events on this thread go to, if any.
+    static THIS_THREAD_CAPTURE: std::cell::RefCell<Option<LogCapture>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Stops capturing this thread's events when dropped.
+struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        THIS_THREAD_CAPTURE.with(|capture| capture.borrow_mut().take());
+    }
+}
+
 impl LogCapture {
+    /// Sends the events logged on this thread here until the guard drops.
+    ///
+    /// One global subscriber routes each event to its thread's capture.
+    /// Per-thread `set_default` subscribers are not used because tracing
+    /// caches a callsite's interest when it is first hit: a callsite first
+    /// reached by a test thread without a capture, while another test
+    /// installs its own, can be cached as "never" and its events vanish
+    /// (seen under load in CI).
+    fn capture_this_thread(&self) -> CaptureGuard {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            // Fails only if this binary already set one; then nothing to do.
+            let _ = tracing::subscriber::set_global_default(ThreadRouter);
+        });
+        THIS_THREAD_CAPTURE.with(|capture| *capture.borrow_mut() = Some(self.clone()));
+        CaptureGuard
+    }
+
     /// Warnings about the `config` key logged by `member`.
     fn config_warnings(&self, member: &str) -> Vec<String> {
         let tag = format!(" member={member} ");
@@ -769,9 +802,23 @@ impl LogCapture {
     }
 }
 
-impl tracing::Subscriber for LogCapture {
+/// The global subscriber: hands each event to the capture of the thread it
+/// was logged on, and asks again for every event (interest "sometimes") so
+/// no callsite is ever cached as uninteresting.
+struct ThreadRouter;
+
+impl tracing::Subscriber for ThreadRouter {
+    fn register_callsite(
+        &self,
+        _metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
     fn enabled(&self, _metadata: &tracing::Metadata<'_>) -> bool {
-        true
+        THIS_THREAD_CAPTURE.with(|capture| capture.borrow().is_some())
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
     }
     fn new_span(&self, _span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -785,9 +832,12 @@ impl tracing::Subscriber for LogCapture {
                 self.0.push_str(&format!(" {}={:?} ", field.name(), value));
             }
         }
+        let Some(capture) = THIS_THREAD_CAPTURE.with(|capture| capture.borrow().clone()) else {
+            return;
+        };
         let mut line = Line(event.metadata().level().to_string());
         event.record(&mut line);
-        self.0.lock().unwrap().push(line.0);
+        capture.0.lock().unwrap().push(line.0);
     }
     fn enter(&self, _span: &tracing::span::Id) {}
     fn exit(&self, _span: &tracing::span::Id) {}
@@ -823,7 +873,7 @@ impl Pair {
 /// `a` keeps leading, nobody is promoted, and each says so once.
 async fn bad_config_written_behind_our_back_changes_nothing(bad: &str) {
     let logs = LogCapture::default();
-    let _logging = tracing::subscriber::set_default(logs.clone());
+    let _logging = logs.capture_this_thread();
     let clock = Arc::new(ManualClock::new());
     let store = store(&clock);
     let events: Events = Arc::default();
@@ -1269,7 +1319,7 @@ fn leftover_record(store: &MemoryDcs, n: &str, position: u64, timeline: u32) {
 #[tokio::test]
 async fn a_leftover_record_far_ahead_does_not_block_failover_and_is_reported_once() {
     let logs = LogCapture::default();
-    let _logging = tracing::subscriber::set_default(logs.clone());
+    let _logging = logs.capture_this_thread();
     let mut f = failover_setup().await;
     leftover_record(&f.store, "ghost", 1 << 50, 1);
     f.leader_dies().await;
@@ -1287,7 +1337,7 @@ async fn a_leftover_record_far_ahead_does_not_block_failover_and_is_reported_onc
 #[tokio::test]
 async fn garbage_in_leader_sync_and_failover_is_logged_once_per_key_with_a_bounded_excerpt() {
     let logs = LogCapture::default();
-    let _logging = tracing::subscriber::set_default(logs.clone());
+    let _logging = logs.capture_this_thread();
     let mut f = failover_setup().await;
     f.engine.run_once().await;
     let garbage = "x".repeat(1 << 20);
@@ -1313,7 +1363,7 @@ async fn garbage_in_leader_sync_and_failover_is_logged_once_per_key_with_a_bound
 #[tokio::test]
 async fn a_repeated_reason_not_to_race_is_logged_once_and_shown_in_the_status() {
     let logs = LogCapture::default();
-    let _logging = tracing::subscriber::set_default(logs.clone());
+    let _logging = logs.capture_this_thread();
     let mut f = failover_setup().await;
     leftover_record(&f.store, "c", 700, 1);
     f.leader_dies().await;
