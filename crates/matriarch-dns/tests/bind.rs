@@ -415,7 +415,7 @@ mod conformance {
 
     use super::*;
 
-    pub struct BindHarness {
+    pub(crate) struct BindHarness {
         dns: BindServer,
     }
 
@@ -465,7 +465,7 @@ mod conformance {
         }
     }
 
-    pub async fn harness() -> BindHarness {
+    pub(crate) async fn harness() -> BindHarness {
         BindHarness {
             dns: BindServer::start().expect("start BIND"),
         }

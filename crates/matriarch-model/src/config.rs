@@ -169,7 +169,10 @@ mod seconds {
 
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         if value.subsec_nanos() == 0 {
             serializer.serialize_u64(value.as_secs())
         } else {
@@ -179,7 +182,7 @@ mod seconds {
 
     /// Never panics: NaN, infinite, negative or too large for a
     /// `Duration` is an error naming `field`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         field: &'static str,
         deserializer: D,
     ) -> Result<Duration, D::Error> {
@@ -191,15 +194,19 @@ mod seconds {
         })
     }
 
-    pub fn ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(super) fn ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         deserialize("ttl", deserializer)
     }
 
-    pub fn loop_wait<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(super) fn loop_wait<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
         deserialize("loop_wait", deserializer)
     }
 
-    pub fn retry_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(super) fn retry_timeout<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
         deserialize("retry_timeout", deserializer)
     }
 }
@@ -210,20 +217,20 @@ mod seconds {
 mod named {
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
         field: &'static str,
         deserializer: D,
     ) -> Result<T, D::Error> {
         T::deserialize(deserializer).map_err(|e| serde::de::Error::custom(format!("{field}: {e}")))
     }
 
-    pub fn maximum_lag_on_failover<'de, D: Deserializer<'de>>(
+    pub(super) fn maximum_lag_on_failover<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<u64, D::Error> {
         deserialize("maximum_lag_on_failover", deserializer)
     }
 
-    pub fn synchronous_node_count<'de, D: Deserializer<'de>>(
+    pub(super) fn synchronous_node_count<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<u32, D::Error> {
         deserialize("synchronous_node_count", deserializer)
@@ -297,19 +304,19 @@ pub struct ClusterConfig {
 mod defaults {
     use std::time::Duration;
 
-    pub fn ttl() -> Duration {
+    pub(super) fn ttl() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn loop_wait() -> Duration {
+    pub(super) fn loop_wait() -> Duration {
         Duration::from_secs(1)
     }
-    pub fn retry_timeout() -> Duration {
+    pub(super) fn retry_timeout() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn maximum_lag_on_failover() -> u64 {
+    pub(super) fn maximum_lag_on_failover() -> u64 {
         1024 * 1024
     }
-    pub fn synchronous_node_count() -> u32 {
+    pub(super) fn synchronous_node_count() -> u32 {
         1
     }
 }

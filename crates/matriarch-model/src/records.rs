@@ -78,7 +78,7 @@ pub struct SyncState {
 mod standbys {
     use super::*;
 
-    pub fn serialize<S: Serializer>(
+    pub(super) fn serialize<S: Serializer>(
         names: &BTreeSet<MemberName>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
@@ -89,7 +89,7 @@ mod standbys {
         serializer.serialize_str(&joined.join(","))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<BTreeSet<MemberName>, D::Error> {
         let Some(text) = Option::<String>::deserialize(deserializer)? else {

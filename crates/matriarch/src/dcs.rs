@@ -12,11 +12,11 @@ use crate::error::DaemonError;
 /// Any [`Dcs`] backend, shared: the engine and the REST API use the same
 /// client (one etcd lease or ZooKeeper session for this member).
 /// `matriarch-dcs` implements [`Dcs`] for `Arc<dyn Dcs>` itself.
-pub type AnyDcs = Arc<dyn Dcs>;
+pub(crate) type AnyDcs = Arc<dyn Dcs>;
 
 /// Builds the client of the configured backend (etcd or ZooKeeper). Makes no
 /// network call for etcd; ZooKeeper connects lazily.
-pub fn build(
+pub(crate) fn build(
     config: &NodeConfig,
     retry_timeout: Duration,
     ttl: Duration,

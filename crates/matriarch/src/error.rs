@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// A configuration that cannot be used. Messages name the key.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read.
     #[error("cannot read the configuration file {path}: {source}")]
     Read {
@@ -37,7 +37,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// A wrong value for `key`.
-    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
@@ -45,19 +45,19 @@ impl ConfigError {
     }
 
     /// A required key that is missing.
-    pub fn missing(key: &str, env: &str) -> Self {
+    pub(crate) fn missing(key: &str, env: &str) -> Self {
         ConfigError::invalid(key, format!("missing: set `{key}` in the file or {env}"))
     }
 
     /// A YAML parse error.
-    pub fn yaml(err: serde_norway::Error) -> Self {
+    pub(crate) fn yaml(err: serde_norway::Error) -> Self {
         ConfigError::Yaml(err.to_string())
     }
 }
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     /// The configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -28,21 +28,21 @@ use tracing::{info, warn};
 use crate::config::CallbacksConfig;
 
 /// How long `pre_promote` may run.
-pub const PRE_PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const PRE_PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long an asynchronous callback may run before it is killed.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The configured callback commands.
 #[derive(Debug, Clone, Default)]
-pub struct Callbacks {
+pub(crate) struct Callbacks {
     config: CallbacksConfig,
     scope: String,
 }
 
 impl Callbacks {
     /// Callbacks for the cluster `scope`.
-    pub fn new(config: CallbacksConfig, scope: impl Into<String>) -> Self {
+    pub(crate) fn new(config: CallbacksConfig, scope: impl Into<String>) -> Self {
         Callbacks {
             config,
             scope: scope.into(),
@@ -60,7 +60,7 @@ impl Callbacks {
     }
 
     /// Spawns the `action` callback (if configured) without waiting for it.
-    pub fn fire(&self, action: &'static str, role: &'static str) {
+    pub(crate) fn fire(&self, action: &'static str, role: &'static str) {
         let Some(cmd) = self.command(action).cloned() else {
             return;
         };
@@ -89,7 +89,7 @@ impl Callbacks {
 
     /// Runs `pre_promote` and waits: `Ok` when it is not configured or
     /// exited 0.
-    pub async fn pre_promote(&self) -> Result<(), String> {
+    pub(crate) async fn pre_promote(&self) -> Result<(), String> {
         let Some(cmd) = self.command("pre_promote") else {
             return Ok(());
         };
@@ -115,7 +115,7 @@ impl Callbacks {
 
 /// Calls `on_role_change` when the engine's settled role changes between
 /// leader and replica (not on the first role a start settles in).
-pub async fn watch_role_changes(mut status: StatusHandle, callbacks: Callbacks) {
+pub(crate) async fn watch_role_changes(mut status: StatusHandle, callbacks: Callbacks) {
     let settled = |role: EngineRole| match role {
         EngineRole::Leader => Some("primary"),
         EngineRole::Replica => Some("replica"),
@@ -136,7 +136,7 @@ pub async fn watch_role_changes(mut status: StatusHandle, callbacks: Callbacks) 
 /// The engine's [`Postgres`]: the [`PgController`] plus the callbacks, and
 /// one lock that serializes every changing operation with the REST API's
 /// (restart, reinitialize).
-pub struct HookedPostgres {
+pub(crate) struct HookedPostgres {
     inner: Arc<PgController>,
     callbacks: Callbacks,
     ops: Arc<tokio::sync::Mutex<()>>,
@@ -145,7 +145,7 @@ pub struct HookedPostgres {
 
 impl HookedPostgres {
     /// Wraps `inner`; `ops` is shared with the REST API.
-    pub fn new(
+    pub(crate) fn new(
         inner: Arc<PgController>,
         callbacks: Callbacks,
         ops: Arc<tokio::sync::Mutex<()>>,

@@ -30,11 +30,11 @@ const SYSTEM_CA_BUNDLES: [&str; 4] = [
 ];
 
 /// The largest response body read by default.
-pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 /// Why a request got no usable response.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// The URL cannot be requested.
     #[error("{url}: {reason}")]
     BadUrl {
@@ -70,14 +70,14 @@ pub enum HttpError {
 impl HttpError {
     /// Whether the request may have reached the server; `false` means it was
     /// certainly not sent and can be tried elsewhere.
-    pub fn maybe_sent(&self) -> bool {
+    pub(crate) fn maybe_sent(&self) -> bool {
         matches!(self, HttpError::Exchange { .. })
     }
 }
 
 /// Why no TLS client configuration could be built.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum TlsSetupError {
+pub(crate) enum TlsSetupError {
     /// A certificate or key file could not be read or parsed.
     #[error("cannot read {what} from {path}: {reason}")]
     File {
@@ -116,7 +116,7 @@ fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize
 /// The TLS client configuration: `cafile`'s certificates as roots if given,
 /// else the system's bundle; `client_cert` (certificate chain, key) is
 /// presented when a server asks for one.
-pub fn tls_client_config(
+pub(crate) fn tls_client_config(
     cafile: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
 ) -> Result<rustls::ClientConfig, TlsSetupError> {
@@ -167,7 +167,7 @@ pub fn tls_client_config(
 
 /// A URL taken apart for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// `https://`.
     pub tls: bool,
     /// The host to connect to (an IPv6 address without brackets).
@@ -182,7 +182,7 @@ pub struct Target {
 
 impl Target {
     /// Parses `http(s)://host[:port][/path]`; credentials in the URL are refused.
-    pub fn parse(url: &str) -> Result<Target, HttpError> {
+    pub(crate) fn parse(url: &str) -> Result<Target, HttpError> {
         let bad = |reason: &str| HttpError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -238,7 +238,7 @@ impl Target {
 
 /// One request: method, URL, an optional JSON body and `Authorization` header.
 #[derive(Debug, Clone)]
-pub struct HttpRequest<'a> {
+pub(crate) struct HttpRequest<'a> {
     method: Method,
     url: &'a str,
     json: Option<Bytes>,
@@ -247,7 +247,7 @@ pub struct HttpRequest<'a> {
 
 impl<'a> HttpRequest<'a> {
     /// `method url`, without body or credentials.
-    pub fn new(method: Method, url: &'a str) -> Self {
+    pub(crate) fn new(method: Method, url: &'a str) -> Self {
         HttpRequest {
             method,
             url,
@@ -257,18 +257,18 @@ impl<'a> HttpRequest<'a> {
     }
 
     /// `GET url`.
-    pub fn get(url: &'a str) -> Self {
+    pub(crate) fn get(url: &'a str) -> Self {
         HttpRequest::new(Method::GET, url)
     }
 
     /// Sends `body` as `application/json`.
-    pub fn json(mut self, body: Bytes) -> Self {
+    pub(crate) fn json(mut self, body: Bytes) -> Self {
         self.json = Some(body);
         self
     }
 
     /// Sends this `Authorization` header value (a secret: never logged).
-    pub fn authorization(mut self, value: Option<&'a str>) -> Self {
+    pub(crate) fn authorization(mut self, value: Option<&'a str>) -> Self {
         self.authorization = value;
         self
     }
@@ -276,7 +276,7 @@ impl<'a> HttpRequest<'a> {
 
 /// A response: status and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpResponse {
+pub(crate) struct HttpResponse {
     /// The HTTP status.
     pub status: u16,
     /// The body (at most the client's `max_body` bytes).
@@ -285,7 +285,7 @@ pub struct HttpResponse {
 
 /// The HTTP(S) client; cheap to clone.
 #[derive(Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     /// For `https://` URLs; the error says why there is none (then only
     /// `http://` URLs are reached).
     tls: Result<Arc<rustls::ClientConfig>, TlsSetupError>,
@@ -307,7 +307,7 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     /// A client with this TLS configuration for `https://` URLs (an error
     /// is reported by each `https://` request).
-    pub fn new(tls: Result<rustls::ClientConfig, TlsSetupError>) -> Self {
+    pub(crate) fn new(tls: Result<rustls::ClientConfig, TlsSetupError>) -> Self {
         HttpClient {
             tls: tls.map(Arc::new),
             connect_timeout: None,
@@ -318,36 +318,43 @@ impl HttpClient {
 
     /// A client verifying servers against `cafile` (else the system's
     /// roots) and presenting `client_cert` when asked.
-    pub fn with_tls_files(cafile: Option<&Path>, client_cert: Option<(&Path, &Path)>) -> Self {
+    pub(crate) fn with_tls_files(
+        cafile: Option<&Path>,
+        client_cert: Option<(&Path, &Path)>,
+    ) -> Self {
         HttpClient::new(tls_client_config(cafile, client_cert))
     }
 
     /// Bounds connecting (TCP and TLS handshake) apart from the request's
     /// whole timeout, so that an unreachable server is given up early.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
     }
 
     /// The largest response body read; a larger one is an error.
-    pub fn max_body(mut self, bytes: usize) -> Self {
+    pub(crate) fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
     }
 
     /// The `User-Agent` sent.
-    pub fn user_agent(mut self, user_agent: &'static str) -> Self {
+    pub(crate) fn user_agent(mut self, user_agent: &'static str) -> Self {
         self.user_agent = user_agent;
         self
     }
 
     /// `GET url` within `timeout`.
-    pub async fn get(&self, url: &str, timeout: Duration) -> Result<HttpResponse, HttpError> {
+    pub(crate) async fn get(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<HttpResponse, HttpError> {
         self.send(HttpRequest::get(url), timeout).await
     }
 
     /// Sends `request` and reads the whole response, all within `timeout`.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: HttpRequest<'_>,
         timeout: Duration,

@@ -18,18 +18,18 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 use crate::config::{LogConfig, LogFormat};
 
 /// The name of the current log file in `log.dir`; rotated ones get `.1`, `.2`, ...
-pub const LOG_FILE_NAME: &str = "matriarch.log";
+pub(crate) const LOG_FILE_NAME: &str = "matriarch.log";
 
 /// Mode of new log files (lessened by the umask): the logs name members and
 /// addresses, so no one but the owner and its group reads them.
 const LOG_FILE_MODE: u32 = 0o640;
 
 /// Changes the log level of the running process.
-pub struct LogHandle(reload::Handle<EnvFilter, Registry>);
+pub(crate) struct LogHandle(reload::Handle<EnvFilter, Registry>);
 
 impl LogHandle {
     /// Applies a new filter (`info`, `matriarch=debug,info`, ...).
-    pub fn set_level(&self, level: &str) -> Result<(), String> {
+    pub(crate) fn set_level(&self, level: &str) -> Result<(), String> {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         self.0.reload(filter).map_err(|e| e.to_string())
     }
@@ -58,7 +58,7 @@ where
 }
 
 /// Installs the global subscriber: stderr always, and `log.dir` when set.
-pub fn init(config: &LogConfig) -> Result<LogHandle, String> {
+pub(crate) fn init(config: &LogConfig) -> Result<LogHandle, String> {
     let filter = EnvFilter::try_new(&config.level).map_err(|e| format!("log.level: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -84,7 +84,7 @@ pub fn init(config: &LogConfig) -> Result<LogHandle, String> {
 /// `max_size`, it becomes `matriarch.log.1` (`.1` becomes `.2`, ... up to
 /// `.keep`; the oldest is dropped) and a new `matriarch.log` is started, as
 /// Python's `RotatingFileHandler` under Patroni does. A line is never split.
-pub struct RotatingFile {
+pub(crate) struct RotatingFile {
     dir: PathBuf,
     max_size: u64,
     keep: u32,
@@ -95,7 +95,7 @@ pub struct RotatingFile {
 impl RotatingFile {
     /// Opens (appending) or creates `dir/matriarch.log`, creating `dir` (0750)
     /// when missing.
-    pub fn open(dir: &Path, max_size: u64, keep: u32) -> io::Result<RotatingFile> {
+    pub(crate) fn open(dir: &Path, max_size: u64, keep: u32) -> io::Result<RotatingFile> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o750)

@@ -51,7 +51,7 @@ fn credentials(role: &crate::config::PgRoleConfig) -> Credentials {
 }
 
 /// Builds the PostgreSQL controller's configuration.
-pub fn controller_config(
+pub(crate) fn controller_config(
     config: &NodeConfig,
     validated: &Validated,
 ) -> Result<PgControllerConfig, DaemonError> {
@@ -189,7 +189,7 @@ async fn check_duplicate_name(
 }
 
 /// Runs the daemon until a stop signal; returns the process's exit code.
-pub async fn run(config_path: PathBuf) -> ExitCode {
+pub(crate) async fn run(config_path: PathBuf) -> ExitCode {
     let (config, validated) = match NodeConfig::load(&config_path, |var| std::env::var(var).ok()) {
         Ok(loaded) => loaded,
         Err(error) => {

@@ -20,14 +20,14 @@ use tokio::sync::{watch, Mutex};
 use tracing::{error, info, warn};
 
 /// PostgreSQL parameters by name.
-pub type Parameters = BTreeMap<String, ParameterValue>;
+pub(crate) type Parameters = BTreeMap<String, ParameterValue>;
 
 /// How often the pending-restart list is read again without a change (a
 /// restart through the API or by hand clears it).
 const PENDING_RECHECK: Duration = Duration::from_secs(5);
 
 /// The parameters a node runs with: the cluster's, with its own on top.
-pub fn effective(cluster: &Parameters, local: &Parameters) -> Parameters {
+pub(crate) fn effective(cluster: &Parameters, local: &Parameters) -> Parameters {
     let mut merged = cluster.clone();
     merged.extend(local.iter().map(|(k, v)| (k.clone(), v.clone())));
     merged
@@ -35,14 +35,14 @@ pub fn effective(cluster: &Parameters, local: &Parameters) -> Parameters {
 
 /// What the applier shares with the REST API.
 #[derive(Debug, Default)]
-pub struct ParameterStatus {
+pub(crate) struct ParameterStatus {
     /// Parameters whose new value waits for a restart.
     pub pending_restart: RwLock<Vec<String>>,
 }
 
 impl ParameterStatus {
     /// The parameters waiting for a restart.
-    pub fn pending(&self) -> Vec<String> {
+    pub(crate) fn pending(&self) -> Vec<String> {
         self.pending_restart
             .read()
             .map(|p| p.clone())
@@ -59,7 +59,7 @@ impl ParameterStatus {
 
 /// Runs until the status handle closes: applies each new effective
 /// parameter set to `pg` under the PostgreSQL operations lock.
-pub async fn apply_dynamic_parameters(
+pub(crate) async fn apply_dynamic_parameters(
     mut status: StatusHandle,
     mut local: watch::Receiver<Parameters>,
     pg: Arc<PgController>,

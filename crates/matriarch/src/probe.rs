@@ -27,7 +27,7 @@ use crate::secret::Password;
 /// Talks to peers in parallel, each request bounded by `timeout`; a peer that
 /// does not answer in time (or not with a readable body) is left out.
 #[derive(Clone)]
-pub struct HttpPeerProbe {
+pub(crate) struct HttpPeerProbe {
     timeout: Duration,
     client: HttpClient,
     /// The `Authorization` header sent with `POST /failsafe` (a secret).
@@ -46,7 +46,7 @@ impl std::fmt::Debug for HttpPeerProbe {
 
 /// The URL of `endpoint` (`/failsafe`) on the API that `api_url` (Patroni's
 /// `.../patroni`) belongs to: same scheme and address, the path replaced.
-pub fn api_endpoint(api_url: &str, endpoint: &str) -> Result<String, HttpError> {
+pub(crate) fn api_endpoint(api_url: &str, endpoint: &str) -> Result<String, HttpError> {
     let target = Target::parse(api_url)?;
     let scheme = if target.tls { "https" } else { "http" };
     Ok(format!("{scheme}://{}{endpoint}", target.authority))
@@ -55,7 +55,7 @@ pub fn api_endpoint(api_url: &str, endpoint: &str) -> Result<String, HttpError> 
 impl HttpPeerProbe {
     /// A probe that asks peers with `client` (which holds the cluster's CA
     /// and this node's client certificate for HTTPS peers).
-    pub fn new(timeout: Duration, client: HttpClient) -> Self {
+    pub(crate) fn new(timeout: Duration, client: HttpClient) -> Self {
         HttpPeerProbe {
             timeout,
             client,
@@ -66,7 +66,7 @@ impl HttpPeerProbe {
     /// Sends `credentials` (`restapi.authentication`) as basic
     /// authentication with `POST /failsafe`, which peers authenticate like
     /// every change; without them only a client certificate can.
-    pub fn with_basic_auth(mut self, credentials: Option<(&str, &Password)>) -> Self {
+    pub(crate) fn with_basic_auth(mut self, credentials: Option<(&str, &Password)>) -> Self {
         use base64::Engine as _;
         self.authorization = credentials.map(|(user, password)| {
             let pair = format!("{user}:{}", password.expose());
@@ -82,7 +82,7 @@ impl HttpPeerProbe {
 /// Reads the WAL position and timeline from a `/patroni` body: the largest
 /// of `xlog.location`, `xlog.received_location`, `xlog.replayed_location`
 /// (numbers, as Patroni writes them, or `X/Y` text).
-pub fn report_from_body(body: &serde_json::Value) -> PeerReport {
+pub(crate) fn report_from_body(body: &serde_json::Value) -> PeerReport {
     let xlog = body.get("xlog");
     let position = ["location", "received_location", "replayed_location"]
         .iter()

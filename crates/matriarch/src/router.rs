@@ -19,7 +19,7 @@ use crate::error::DaemonError;
 /// a Kubernetes readiness probe on `/primary` or `/replica`) checks every
 /// member's API and sends connections only to the one answering 200.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NoRouter;
+pub(crate) struct NoRouter;
 
 #[async_trait]
 impl Router for NoRouter {
@@ -45,7 +45,7 @@ const ROUTER_BACKOFF: Duration = Duration::from_millis(200);
 /// Builds the configured routers: each retried on transient failures
 /// ([`Retry`]), all of them at once ([`FanOut`]); [`NoRouter`] when none is
 /// configured.
-pub async fn build(
+pub(crate) async fn build(
     config: &NodeConfig,
     validated: &Validated,
 ) -> Result<Arc<dyn Router>, DaemonError> {

@@ -10,11 +10,11 @@ use serde::{Deserialize, Deserializer};
 /// with `{:?}` without leaking it; [`Password::expose`] is the only way to the
 /// value.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Password(String);
+pub(crate) struct Password(String);
 
 impl Password {
     /// The password itself, for the one place that must send it. Never log it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -31,14 +31,14 @@ use matriarch_ha::{Fence, FenceError};
 use tracing::{info, warn};
 
 /// The keepalive byte (any byte but `V` refreshes the timer).
-pub const KEEPALIVE: &[u8] = b"1";
+pub(crate) const KEEPALIVE: &[u8] = b"1";
 /// The magic close character: written just before closing, it stops the timer.
-pub const MAGIC_CLOSE: &[u8] = b"V";
+pub(crate) const MAGIC_CLOSE: &[u8] = b"V";
 
 /// Why the watchdog could not do what was asked. Every message names the
 /// device.
 #[derive(Debug, thiserror::Error)]
-pub enum WatchdogError {
+pub(crate) enum WatchdogError {
     /// The device is missing or this process may not write to it.
     #[error("the watchdog device {device} cannot be opened: {source}")]
     Unusable {
@@ -74,13 +74,13 @@ pub enum WatchdogError {
 
 /// The watchdog timeout for a lock ttl: `ttl − safety_margin`, whole seconds
 /// rounded down, at least one second.
-pub fn timeout_for(ttl: Duration, safety_margin: Duration) -> Duration {
+pub(crate) fn timeout_for(ttl: Duration, safety_margin: Duration) -> Duration {
     Duration::from_secs(ttl.saturating_sub(safety_margin).as_secs().max(1))
 }
 
 /// Where the current lock ttl comes from (the dynamic configuration in force
 /// can change it while the device is open).
-pub type TtlSource = Arc<dyn Fn() -> Duration + Send + Sync>;
+pub(crate) type TtlSource = Arc<dyn Fn() -> Duration + Send + Sync>;
 
 /// The device while it is open.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ struct Armed {
 }
 
 /// One watchdog device, opened while this node leads.
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     device: PathBuf,
     safety_margin: Duration,
     ttl: TtlSource,
@@ -109,7 +109,7 @@ impl std::fmt::Debug for Watchdog {
 
 impl Watchdog {
     /// A watchdog on `device` (not opened yet); its timeout follows `ttl`.
-    pub fn new(device: PathBuf, safety_margin: Duration, ttl: TtlSource) -> Watchdog {
+    pub(crate) fn new(device: PathBuf, safety_margin: Duration, ttl: TtlSource) -> Watchdog {
         Watchdog {
             device,
             safety_margin,
@@ -120,7 +120,7 @@ impl Watchdog {
 
     /// Checks, without opening it (opening starts the timer), that the
     /// device exists and this process may write to it.
-    pub fn check_usable(&self) -> Result<(), WatchdogError> {
+    pub(crate) fn check_usable(&self) -> Result<(), WatchdogError> {
         let unusable = |source| WatchdogError::Unusable {
             device: self.device.clone(),
             source,
@@ -137,12 +137,12 @@ impl Watchdog {
 
     /// Whether the device is open (armed).
     #[cfg(test)]
-    pub fn is_armed(&self) -> bool {
+    pub(crate) fn is_armed(&self) -> bool {
         self.armed.lock().map(|a| a.is_some()).unwrap_or(false)
     }
 
     /// Opens and configures the device if needed, then writes a keepalive.
-    pub fn keepalive(&self) -> Result<(), WatchdogError> {
+    pub(crate) fn keepalive(&self) -> Result<(), WatchdogError> {
         let wanted = timeout_for((self.ttl)(), self.safety_margin);
         let mut guard = self.armed.lock().map_err(|_| WatchdogError::Poisoned {
             device: self.device.clone(),
@@ -176,7 +176,7 @@ impl Watchdog {
     }
 
     /// Writes the magic close character and closes the device, if it is open.
-    pub fn disarm(&self) -> Result<(), WatchdogError> {
+    pub(crate) fn disarm(&self) -> Result<(), WatchdogError> {
         let armed = self
             .armed
             .lock()
@@ -255,12 +255,12 @@ mod ioctl {
     const WRITE: u32 = 1;
     const INT: u32 = std::mem::size_of::<libc::c_int>() as u32;
     /// `_IOWR('W', 6, int)`
-    pub const SET_TIMEOUT: u32 = ioc(READ | WRITE, 6, INT);
+    pub(super) const SET_TIMEOUT: u32 = ioc(READ | WRITE, 6, INT);
     /// `_IOR('W', 7, int)`
-    pub const GET_TIMEOUT: u32 = ioc(READ, 7, INT);
+    pub(super) const GET_TIMEOUT: u32 = ioc(READ, 7, INT);
 
     /// One int-argument watchdog ioctl.
-    pub fn call(
+    pub(super) fn call(
         file: &std::fs::File,
         request: u32,
         value: &mut libc::c_int,

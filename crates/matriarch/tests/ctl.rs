@@ -718,7 +718,7 @@ mod real {
 
     /// One `matriarch run` member; on drop it gets SIGTERM (the daemon stops PostgreSQL),
     /// then SIGKILL and an immediate `pg_ctl stop` if it lingers.
-    pub struct Node {
+    pub(crate) struct Node {
         pub name: String,
         pub api: String,
         child: Child,
@@ -727,7 +727,7 @@ mod real {
     }
 
     impl Node {
-        pub fn start(dir: &Path, scope: &str, name: &str, etcd: &str) -> Node {
+        pub(crate) fn start(dir: &Path, scope: &str, name: &str, etcd: &str) -> Node {
             let home = dir.join(name);
             std::fs::create_dir_all(&home).expect("mkdir");
             let user = PgOsUser::detect().expect("postgres OS user");
@@ -765,7 +765,7 @@ mod real {
             }
         }
 
-        pub fn log_tail(&self) -> String {
+        pub(crate) fn log_tail(&self) -> String {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(30)..].join("\n")
@@ -796,7 +796,7 @@ mod real {
     }
 
     /// Polls `ctl list --format json` until `check` accepts the rows.
-    pub fn wait_for(
+    pub(crate) fn wait_for(
         node: &Node,
         what: &str,
         timeout: Duration,
@@ -823,7 +823,7 @@ mod real {
         }
     }
 
-    pub fn leader_running(rows: &[Value]) -> bool {
+    pub(crate) fn leader_running(rows: &[Value]) -> bool {
         rows.iter()
             .any(|r| r["Role"] == "Leader" && r["State"] == "running")
     }

@@ -11,7 +11,7 @@ use crate::sys::{self, Rng};
 /// The garbage [`FaultKind::MalformedKeys`](super::FaultKind::MalformedKeys) writes into `key` (`config`, `sync`,
 /// `failover`, `member`): random bytes (0), huge numbers (1) or wrong JSON
 /// types (2), as `kind` says.
-pub fn garbage(key: &str, kind: u64, rng: &mut Rng, leader: &str, other: &str) -> Vec<u8> {
+pub(super) fn garbage(key: &str, kind: u64, rng: &mut Rng, leader: &str, other: &str) -> Vec<u8> {
     match kind % 3 {
         0 => (0..64)
             // No NUL: etcdctl takes the value as an argument.

@@ -252,10 +252,10 @@ fn patch_config(cluster: &Cluster<'_>, node: usize, body: &serde_json::Value) ->
 
 /// The ttl/loop_wait/retry_timeout combinations [`FaultKind::EditTiming`](super::FaultKind::EditTiming) moves
 /// to; each keeps loop_wait + 2 x retry_timeout <= ttl.
-pub const TIMINGS: [(u64, u64, u64); 4] = [(8, 2, 3), (8, 1, 3), (7, 1, 3), (10, 2, 4)];
+pub(super) const TIMINGS: [(u64, u64, u64); 4] = [(8, 2, 3), (8, 1, 3), (7, 1, 3), (10, 2, 4)];
 
 /// The combination `variant` picks, never `current`.
-pub fn other_timing(variant: u64, current: (u64, u64, u64)) -> (u64, u64, u64) {
+pub(super) fn other_timing(variant: u64, current: (u64, u64, u64)) -> (u64, u64, u64) {
     let start = (variant % TIMINGS.len() as u64) as usize;
     (0..TIMINGS.len())
         .map(|k| TIMINGS[(start + k) % TIMINGS.len()])

@@ -79,6 +79,8 @@ impl Bench {
         })
     }
 
+    /// Waits for a healthy cluster whose primary DNS names, and gives the
+    /// writer a fresh table; returns the primary's index and the target.
     pub fn ready(cluster: &mut Cluster, runtime: &Handle) -> Result<(usize, Target)> {
         let primary = cluster.wait_healthy(Duration::from_secs(180))?;
         cluster.wait_dns(cluster.nodes[primary].ip, Duration::from_secs(30))?;

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 /// `cargo test --workspace` builds it anyway (for the daemon's own end-to-end tests);
 /// `cargo test -p matriarch-demo` alone may find none, or an old one: rebuild with
 /// `cargo build -p matriarch` then.
-pub fn matriarch_binary() -> PathBuf {
+pub(crate) fn matriarch_binary() -> PathBuf {
     matriarch_testkit::cluster::matriarch_binary().expect("the matriarch binary")
 }
 
 /// Processes whose command line mentions `needle`.
 #[allow(dead_code)]
-pub fn processes_mentioning(needle: &str) -> Vec<String> {
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
         if !entry

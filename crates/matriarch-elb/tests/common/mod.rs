@@ -16,7 +16,7 @@ use sdk::types::{
     TargetTypeEnum,
 };
 
-pub const REGION: &str = "us-east-1";
+pub(crate) const REGION: &str = "us-east-1";
 
 /// How long an EC2 call of the setup may take: moto loads a service's backend
 /// on its first call, which took over 5 s on a loaded 2-core machine.
@@ -57,7 +57,7 @@ fn xml_value(xml: &str, tag: &str) -> String {
 }
 
 /// An SDK client for the test's own setup and checks.
-pub fn client(moto: &MotoServer) -> sdk::Client {
+pub(crate) fn client(moto: &MotoServer) -> sdk::Client {
     let config = sdk::Config::builder()
         .behavior_version(sdk::config::BehaviorVersion::latest())
         .region(sdk::config::Region::new(REGION))
@@ -71,7 +71,7 @@ pub fn client(moto: &MotoServer) -> sdk::Client {
 }
 
 /// The load balancer and target groups of one test.
-pub struct Lab {
+pub(crate) struct Lab {
     pub writer_arn: String,
     pub reader_arn: String,
 }
@@ -79,14 +79,14 @@ pub struct Lab {
 /// Creates a VPC, two subnets, an internal network load balancer with a TCP
 /// listener forwarding to the writer group, and writer and reader TCP target
 /// groups of type ip.
-pub async fn lab(moto: &MotoServer) -> Lab {
+pub(crate) async fn lab(moto: &MotoServer) -> Lab {
     lab_named(moto, "pg").await
 }
 
 /// [`lab`] with names starting with `prefix` (the load balancer `prefix`, the
 /// groups `prefix-writer` and `prefix-reader`), so that several labs can
 /// share one moto server.
-pub async fn lab_named(moto: &MotoServer, prefix: &str) -> Lab {
+pub(crate) async fn lab_named(moto: &MotoServer, prefix: &str) -> Lab {
     let url = moto.endpoint_url();
     let vpc = xml_value(
         &ec2_call(&url, "Action=CreateVpc&CidrBlock=10.0.0.0/16"),
@@ -162,7 +162,7 @@ pub async fn lab_named(moto: &MotoServer, prefix: &str) -> Lab {
 }
 
 /// A router configuration for moto with short timeouts.
-pub fn config(moto: &MotoServer, lab: &Lab) -> ElbRouterConfig {
+pub(crate) fn config(moto: &MotoServer, lab: &Lab) -> ElbRouterConfig {
     let mut config = ElbRouterConfig::new(&lab.writer_arn);
     config.reader_target_group_arn = Some(lab.reader_arn.clone());
     config.region = Some(REGION.to_owned());
@@ -171,7 +171,7 @@ pub fn config(moto: &MotoServer, lab: &Lab) -> ElbRouterConfig {
 }
 
 /// The `ip:port` targets registered in a group, sorted.
-pub async fn targets(elb: &sdk::Client, arn: &str) -> Vec<String> {
+pub(crate) async fn targets(elb: &sdk::Client, arn: &str) -> Vec<String> {
     let health = elb
         .describe_target_health()
         .target_group_arn(arn)
@@ -188,7 +188,7 @@ pub async fn targets(elb: &sdk::Client, arn: &str) -> Vec<String> {
     out
 }
 
-pub fn endpoint(member: &str, host: &str) -> Endpoint {
+pub(crate) fn endpoint(member: &str, host: &str) -> Endpoint {
     Endpoint {
         member: MemberName::new(member).expect("member name"),
         host: host.to_owned(),
@@ -196,14 +196,14 @@ pub fn endpoint(member: &str, host: &str) -> Endpoint {
     }
 }
 
-pub fn routes(primary: &Endpoint, replicas: &[&Endpoint]) -> Routes {
+pub(crate) fn routes(primary: &Endpoint, replicas: &[&Endpoint]) -> Routes {
     Routes {
         primary: primary.clone(),
         replicas: replicas.iter().map(|r| (*r).clone()).collect(),
     }
 }
 
-pub fn strings(list: &[&str]) -> Vec<String> {
+pub(crate) fn strings(list: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
     out.sort();
     out

@@ -18,17 +18,17 @@ use matriarch_testkit::{EtcdCluster, EtcdServer};
 /// default election timeout is 2 s; leases are revoked up to 0.5 s after
 /// they run out (the lessor checks twice a second), and revoking is a raft
 /// proposal (an fsync) that a busy machine can slow down.
-pub const SUITE_TTL: Duration = Duration::from_secs(3);
+pub(crate) const SUITE_TTL: Duration = Duration::from_secs(3);
 /// Expiry is checked at `ttl - slack` (must still exist) and `ttl + slack`
 /// (must be gone). Measured here: a lease goes 0 to 0.5 s after its TTL, so
 /// 1.5 s leaves a second for a loaded machine (2 s / 1 s also passed, with
 /// half a second to spare).
-pub const SUITE_SLACK: Duration = Duration::from_millis(1500);
+pub(crate) const SUITE_SLACK: Duration = Duration::from_millis(1500);
 /// The retry_timeout of the suite's clients.
-pub const SUITE_RETRY: Duration = Duration::from_secs(2);
+pub(crate) const SUITE_RETRY: Duration = Duration::from_secs(2);
 
 /// A scope no other test (of any test process) uses.
-pub fn unique_scope(tag: &str) -> String {
+pub(crate) fn unique_scope(tag: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -43,7 +43,7 @@ pub fn unique_scope(tag: &str) -> String {
 
 /// Shows the backend's logs in a failing test's output (`RUST_LOG` filters,
 /// `info` by default).
-pub fn init_logs() {
+pub(crate) fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -53,7 +53,7 @@ pub fn init_logs() {
 }
 
 /// A client of `scope` on `endpoints`.
-pub fn dcs(endpoints: &[String], scope: &str, retry_timeout: Duration) -> EtcdDcs {
+pub(crate) fn dcs(endpoints: &[String], scope: &str, retry_timeout: Duration) -> EtcdDcs {
     init_logs();
     let config =
         EtcdConfig::new(endpoints.iter().cloned(), scope).with_retry_timeout(retry_timeout);
@@ -61,22 +61,22 @@ pub fn dcs(endpoints: &[String], scope: &str, retry_timeout: Duration) -> EtcdDc
 }
 
 /// A plain etcd client, as a third party (or an operator with etcdctl) would use.
-pub async fn raw_client(endpoints: &[String]) -> etcd_client::Client {
+pub(crate) async fn raw_client(endpoints: &[String]) -> etcd_client::Client {
     etcd_client::Client::connect(endpoints, None)
         .await
         .expect("connect a plain etcd client")
 }
 
 /// Runs blocking test-kit calls (process start, kill, restart) off the async workers.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-pub fn name(text: &str) -> MemberName {
+pub(crate) fn name(text: &str) -> MemberName {
     MemberName::new(text).expect("valid member name")
 }
 
-pub fn member(text: &str) -> Member {
+pub(crate) fn member(text: &str) -> Member {
     let mut member = Member::new(
         name(text),
         format!("postgres://127.0.0.1:5432/postgres?member={text}"),
@@ -88,7 +88,7 @@ pub fn member(text: &str) -> Member {
 }
 
 /// Polls `attempt` until it returns `Some`, failing the test after `bound`.
-pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut attempt: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -104,13 +104,13 @@ where
 }
 
 /// The conformance harness on a single etcd member of its own.
-pub struct SingleMemberHarness {
+pub(crate) struct SingleMemberHarness {
     pub server: EtcdServer,
     scope: String,
     raw: etcd_client::Client,
 }
 
-pub async fn single_member_harness() -> SingleMemberHarness {
+pub(crate) async fn single_member_harness() -> SingleMemberHarness {
     let server = blocking(EtcdServer::start).expect("start etcd");
     let raw = raw_client(&[server.client_url()]).await;
     SingleMemberHarness {
@@ -153,7 +153,7 @@ impl Harness for SingleMemberHarness {
 /// The conformance harness on a three-member cluster shared by the tests that
 /// run at the same time (each in its own scope); the last harness dropped
 /// kills the cluster, so nothing outlives the test process.
-pub struct ClusterHarness {
+pub(crate) struct ClusterHarness {
     pub cluster: Arc<EtcdCluster>,
     scope: String,
     raw: etcd_client::Client,
@@ -171,7 +171,7 @@ fn shared_cluster() -> Arc<EtcdCluster> {
     cluster
 }
 
-pub async fn cluster_harness() -> ClusterHarness {
+pub(crate) async fn cluster_harness() -> ClusterHarness {
     let cluster = shared_cluster();
     let raw = raw_client(&cluster.client_urls()).await;
     ClusterHarness {

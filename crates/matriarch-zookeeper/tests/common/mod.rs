@@ -11,17 +11,17 @@ use matriarch_zookeeper::ZooKeeperConfig;
 use zookeeper_client as zk;
 
 /// The TTL (= session timeout) the tests use unless they say otherwise.
-pub const TTL: Duration = Duration::from_secs(4);
+pub(crate) const TTL: Duration = Duration::from_secs(4);
 /// The bound of every call.
-pub const RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The chroot every test cluster lives under.
-pub const CHROOT: &str = "/matriarch-tests";
+pub(crate) const CHROOT: &str = "/matriarch-tests";
 
 static SHARED: Mutex<Weak<ZooKeeperServer>> = Mutex::new(Weak::new());
 
 /// One ZooKeeper server shared by the tests of a binary that run at the same
 /// time (each with its own scope); it is killed when the last of them drops it.
-pub fn shared_server() -> Arc<ZooKeeperServer> {
+pub(crate) fn shared_server() -> Arc<ZooKeeperServer> {
     let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(server) = slot.upgrade() {
         return server;
@@ -32,7 +32,7 @@ pub fn shared_server() -> Arc<ZooKeeperServer> {
 }
 
 /// A scope no other test (in this or another run) uses.
-pub fn unique_scope(prefix: &str) -> String {
+pub(crate) fn unique_scope(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -43,7 +43,7 @@ pub fn unique_scope(prefix: &str) -> String {
 }
 
 /// The configuration of a test client of `scope` on `connect_string`.
-pub fn config(connect_string: &str, scope: &str) -> ZooKeeperConfig {
+pub(crate) fn config(connect_string: &str, scope: &str) -> ZooKeeperConfig {
     ZooKeeperConfig::new(connect_string.split(','), scope)
         .with_chroot(CHROOT)
         .with_session_timeout(TTL)
@@ -51,7 +51,7 @@ pub fn config(connect_string: &str, scope: &str) -> ZooKeeperConfig {
 }
 
 /// A plain ZooKeeper client (no matriarch logic), as a third party would use.
-pub async fn raw_client(connect_string: &str) -> zk::Client {
+pub(crate) async fn raw_client(connect_string: &str) -> zk::Client {
     zk::Client::connector()
         .with_session_timeout(Duration::from_secs(10))
         .connect(connect_string)
@@ -61,7 +61,7 @@ pub async fn raw_client(connect_string: &str) -> zk::Client {
 
 /// Writes `value` at the absolute `path` (creating parents as needed) as a
 /// persistent znode, or overwrites it.
-pub async fn put_raw(client: &zk::Client, path: &str, value: &[u8]) {
+pub(crate) async fn put_raw(client: &zk::Client, path: &str, value: &[u8]) {
     let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     if let Some((parent, _)) = path.rsplit_once('/') {
         if !parent.is_empty() {
@@ -84,7 +84,7 @@ pub async fn put_raw(client: &zk::Client, path: &str, value: &[u8]) {
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, or panics after `bound`.
-pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -14,12 +14,12 @@ use super::body::MAX_BODY;
 /// The most `postgresql.parameters` the dynamic configuration may hold:
 /// PostgreSQL has about 350 settings of its own, and every node rewrites
 /// and reloads the whole set whenever one changes.
-pub const MAX_PARAMETERS: usize = 500;
+pub(super) const MAX_PARAMETERS: usize = 500;
 
 /// Why a configuration is refused (a 400 whose message names the setting
 /// or the limit).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigRefusal {
+pub(super) enum ConfigRefusal {
     /// A parameter matriarch manages, or a malformed name or value.
     #[error("postgresql.parameters: {0}")]
     Invalid(#[from] PostgresError),
@@ -51,7 +51,7 @@ pub enum ConfigRefusal {
 /// `pkglibdir` is where `shared_preload_libraries` must be found (`None`:
 /// not checked). Values unchanged from `before` (the configuration in
 /// force) pass as they are: an unrelated change is not held hostage.
-pub fn check_parameters(
+pub(super) fn check_parameters(
     parameters: &BTreeMap<String, ParameterValue>,
     before: &BTreeMap<String, ParameterValue>,
     members: usize,
@@ -120,7 +120,7 @@ fn why_unsafe(
 }
 
 /// Checks the size of the whole configuration.
-pub fn check_size(config: &ClusterConfig) -> Result<(), ConfigRefusal> {
+pub(super) fn check_size(config: &ClusterConfig) -> Result<(), ConfigRefusal> {
     let bytes = serde_json::to_vec(config).map_or(0, |json| json.len());
     if bytes > MAX_BODY {
         return Err(ConfigRefusal::TooLarge { bytes });
@@ -182,7 +182,7 @@ fn missing_libraries(list: &str, pkglibdir: &Path) -> Vec<String> {
 
 /// PostgreSQL's library directory: `pg_config --pkglibdir` from `bin_dir`,
 /// else `bin_dir/../lib`; `None` when neither is a directory.
-pub fn pkglibdir(bin_dir: &Path) -> Option<PathBuf> {
+pub(crate) fn pkglibdir(bin_dir: &Path) -> Option<PathBuf> {
     let reported = std::process::Command::new(bin_dir.join("pg_config"))
         .arg("--pkglibdir")
         .stdin(std::process::Stdio::null())

@@ -25,18 +25,18 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The total connection cap when `restapi.max_connections` is not set (and
 /// the file limit allows as many).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The per-client connection cap when `restapi.max_connections_per_ip` is
 /// not set.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
+pub(super) const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
 
 /// How often a refused connection is logged at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Caps on the connections the API serves at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// In total.
     pub total: usize,
     /// Per client address.
@@ -49,7 +49,7 @@ impl ConnectionLimits {
     /// quarter of the files, the rest being the HA loop's, the DCS client's
     /// and PostgreSQL's; the per-client cap is `per_ip` (default
     /// [`DEFAULT_MAX_CONNECTIONS_PER_IP`]), never more than the total.
-    pub fn new(nofile: u64, total: Option<usize>, per_ip: Option<usize>) -> Self {
+    pub(crate) fn new(nofile: u64, total: Option<usize>, per_ip: Option<usize>) -> Self {
         let share = usize::try_from(nofile / 4).unwrap_or(usize::MAX).max(1);
         let total = total.unwrap_or(DEFAULT_MAX_CONNECTIONS).clamp(1, share);
         let per_ip = per_ip
@@ -61,7 +61,7 @@ impl ConnectionLimits {
 
 /// Why `RLIMIT_NOFILE` could not be read or raised.
 #[derive(Debug, thiserror::Error)]
-pub enum FileLimitError {
+pub(crate) enum FileLimitError {
     /// getrlimit(2) failed.
     #[error("getrlimit(RLIMIT_NOFILE): {0}")]
     Get(std::io::Error),
@@ -79,7 +79,7 @@ pub enum FileLimitError {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (a service manager
 /// often starts a daemon with 1,024) and returns the soft limit in force.
-pub fn raise_file_limit() -> Result<u64, FileLimitError> {
+pub(crate) fn raise_file_limit() -> Result<u64, FileLimitError> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -222,7 +222,7 @@ impl ConnectionGate {
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the REST API's listener, with a deep backlog.
-pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -238,7 +238,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// the task is aborted. A connection over a cap of `limits` is closed at
 /// once, before anything is read; headers, bodies and TLS handshakes are
 /// read under timeouts, so that a silent client gives its place back.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
     tls: Option<Tls>,

@@ -67,15 +67,15 @@ use crate::config::IpRange;
 use crate::dcs::AnyDcs;
 use crate::secret::Password;
 
-pub use config_checks::pkglibdir;
-pub use limits::{bind, raise_file_limit, serve, ConnectionLimits, FileLimitError};
-pub use mutations::merge_patch;
-pub use tls::{tls_acceptor, Tls};
+pub(crate) use config_checks::pkglibdir;
+pub(crate) use limits::{bind, raise_file_limit, serve, ConnectionLimits, FileLimitError};
+pub(crate) use mutations::merge_patch;
+pub(crate) use tls::{tls_acceptor, Tls};
 
 /// Reloads PostgreSQL's configuration (`POST /reload`): the one operation
 /// the API needs that [`Postgres`] does not have.
 #[async_trait]
-pub trait ReloadPostgres: Send + Sync {
+pub(crate) trait ReloadPostgres: Send + Sync {
     /// Rewrites the managed configuration file and reloads the server.
     async fn reload(&self) -> Result<(), PostgresError>;
 }
@@ -90,7 +90,7 @@ impl ReloadPostgres for PgController {
 /// Where the API reads the engine's status: the engine's own handle, or (in
 /// the API's in-process tests) a channel fed by hand.
 #[derive(Clone, Debug)]
-pub enum StatusSource {
+pub(crate) enum StatusSource {
     /// [`matriarch_ha::Engine::status`].
     Engine(StatusHandle),
     /// A status published by whoever holds the sender.
@@ -100,7 +100,7 @@ pub enum StatusSource {
 
 impl StatusSource {
     /// The latest status.
-    pub fn get(&self) -> EngineStatus {
+    pub(crate) fn get(&self) -> EngineStatus {
         match self {
             StatusSource::Engine(handle) => handle.get(),
             #[cfg(test)]
@@ -109,7 +109,7 @@ impl StatusSource {
     }
 
     /// Waits until the status changes; `false` once it never will.
-    pub async fn changed(&mut self) -> bool {
+    pub(crate) async fn changed(&mut self) -> bool {
         match self {
             StatusSource::Engine(handle) => handle.changed().await,
             #[cfg(test)]
@@ -120,7 +120,7 @@ impl StatusSource {
 
 /// What the API serves from: the engine's status, a view of the DCS and of
 /// the local PostgreSQL refreshed on every status change ([`refresh`]).
-pub struct ApiState {
+pub(crate) struct ApiState {
     /// This member.
     pub name: MemberName,
     /// The cluster.
@@ -169,7 +169,7 @@ pub struct ApiState {
 
 /// What [`refresh`] last saw.
 #[derive(Default)]
-pub struct Cache {
+pub(crate) struct Cache {
     /// The local PostgreSQL.
     pub local: Option<LocalState>,
     /// The DCS view.
@@ -185,7 +185,7 @@ pub struct Cache {
 /// Who sent a request, as the connection tells: inserted into each
 /// request's extensions by [`serve`].
 #[derive(Clone, Copy, Debug)]
-pub struct Client {
+pub(crate) struct Client {
     /// The client's address.
     pub peer: SocketAddr,
     /// Whether it presented a client certificate the CA verified.
@@ -229,7 +229,7 @@ where
 
 /// The API's routes. Changes pass [`auth::authorize`] before their body is
 /// read; HEAD and OPTIONS answer with the status alone, as Patroni's.
-pub fn router(state: Arc<ApiState>) -> Router {
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
     let authorized = || axum::middleware::from_fn_with_state(Arc::clone(&state), auth::authorize);
     let mut routes = Router::new();
     for path in health::PATHS {
@@ -332,7 +332,7 @@ pub(crate) fn normalize_path<B>(req: &mut Request<B>) {
 /// (every HA loop), reads the local PostgreSQL and the DCS view again, so
 /// that `/patroni`, `/cluster` and `/history` agree with the role endpoints,
 /// which answer from the status itself. `timeout` bounds each read.
-pub async fn refresh(state: Arc<ApiState>, timeout: Duration) {
+pub(crate) async fn refresh(state: Arc<ApiState>, timeout: Duration) {
     let mut status = state.status.clone();
     let version_file = state.data_dir.join("PG_VERSION");
     let timeout = timeout.max(Duration::from_secs(2));

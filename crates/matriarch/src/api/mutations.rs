@@ -78,7 +78,7 @@ pub(crate) async fn failsafe_heartbeat(
 /// Applies an RFC 7396 JSON merge patch to `target`: the one implementation,
 /// used by `PATCH /config` and by `ctl edit-config`'s preview, so the preview
 /// shows exactly what the server will write.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(patch) => {
             if !target.is_object() {

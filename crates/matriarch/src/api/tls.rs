@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 /// A TLS acceptor and whether it verifies client certificates.
-pub type Tls = (tokio_rustls::TlsAcceptor, bool);
+pub(crate) type Tls = (tokio_rustls::TlsAcceptor, bool);
 
 /// Builds the TLS acceptor from PEM files.
-pub fn tls_acceptor(
+pub(crate) fn tls_acceptor(
     certfile: &std::path::Path,
     keyfile: &std::path::Path,
     cafile: Option<&std::path::Path>,

@@ -12,7 +12,7 @@ use crate::error::ConfigError;
 
 impl NodeConfig {
     /// Checks every setting; the error names the key.
-    pub fn validate(&self) -> Result<Validated, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<Validated, ConfigError> {
         if self.scope.is_empty() {
             return Err(ConfigError::missing("scope", "MATRIARCH_SCOPE"));
         }

@@ -9,7 +9,7 @@ use crate::secret::Password;
 /// `etcd3:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Etcd3Config {
+pub(crate) struct Etcd3Config {
     /// Endpoints: a list, or one comma-separated string (`host:port` or URLs).
     pub hosts: HostList,
     /// etcd user.
@@ -32,7 +32,7 @@ pub struct Etcd3Config {
 /// `zookeeper:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ZooKeeperSection {
+pub(crate) struct ZooKeeperSection {
     /// Servers (`host:port`): a list or a comma-separated string.
     pub hosts: HostList,
     /// A chroot path under which the layout lives.
@@ -46,7 +46,7 @@ pub struct ZooKeeperSection {
 /// ZooKeeper digest authentication.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ZooKeeperAuth {
+pub(crate) struct ZooKeeperAuth {
     /// The user.
     pub username: String,
     /// The password.
@@ -56,7 +56,7 @@ pub struct ZooKeeperAuth {
 /// A list of hosts, written as a YAML list or a comma-separated string.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
-pub enum HostList {
+pub(crate) enum HostList {
     /// `[a:2379, b:2379]`
     List(Vec<String>),
     /// `a:2379,b:2379`
@@ -65,7 +65,7 @@ pub enum HostList {
 
 impl HostList {
     /// The hosts, trimmed, without empty entries.
-    pub fn hosts(&self) -> Vec<String> {
+    pub(crate) fn hosts(&self) -> Vec<String> {
         let raw: Vec<&str> = match self {
             HostList::List(list) => list.iter().map(String::as_str).collect(),
             HostList::Text(text) => text.split(',').collect(),

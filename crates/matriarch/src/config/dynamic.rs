@@ -22,7 +22,7 @@ const CLUSTER_POSTGRESQL_KEYS: &[&str] = &["parameters", "use_pg_rewind", "use_s
 
 /// Reads a dynamic configuration from JSON, refusing unknown keys and
 /// checking [`ClusterConfig::validate`]. `key` prefixes error messages.
-pub fn cluster_config_from_json(
+pub(crate) fn cluster_config_from_json(
     key: &str,
     value: &serde_json::Value,
 ) -> Result<ClusterConfig, ConfigError> {
@@ -81,7 +81,7 @@ const PATRONI_ONLY_CONFIG_KEYS: &[&str] = &[
 /// that neither matriarch nor Patroni knows: most likely a typo (`tll`), which
 /// would otherwise be stored and silently do nothing. Keys already in the DCS
 /// are never checked, so a key written by another tool survives.
-pub fn check_requested_config_keys(
+pub(crate) fn check_requested_config_keys(
     key: &str,
     requested: &serde_json::Value,
 ) -> Result<(), ConfigError> {
@@ -111,7 +111,7 @@ pub fn check_requested_config_keys(
 /// applies, while unknown keys (Patroni's `slots`, `standby_cluster`,
 /// `postgresql.recovery_conf`, ...) are kept in `other`, so that rewriting
 /// the `config` key never drops them. `key` prefixes error messages.
-pub fn dynamic_config_from_json(
+pub(crate) fn dynamic_config_from_json(
     key: &str,
     value: &serde_json::Value,
 ) -> Result<ClusterConfig, ConfigError> {

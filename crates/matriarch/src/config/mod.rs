@@ -32,17 +32,17 @@ use restapi::RestApiConfig;
 use router::RouterSection;
 use watchdog::WatchdogConfig;
 
-pub use dynamic::{
+pub(crate) use dynamic::{
     check_requested_config_keys, cluster_config_from_json, dynamic_config_from_json,
 };
-pub use postgresql::PgRoleConfig;
-pub use restapi::{split_host_port, IpRange};
-pub use watchdog::WatchdogMode;
+pub(crate) use postgresql::PgRoleConfig;
+pub(crate) use restapi::{split_host_port, IpRange};
+pub(crate) use watchdog::WatchdogMode;
 
 /// The whole node configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeConfig {
+pub(crate) struct NodeConfig {
     /// The cluster's name (the DCS scope).
     #[serde(default)]
     pub scope: String,
@@ -90,7 +90,7 @@ fn default_namespace() -> String {
 /// Log output.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// `text` or `json`.
     #[serde(default)]
     pub format: LogFormat,
@@ -140,7 +140,7 @@ fn default_log_file_size() -> u64 {
 /// The log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -151,7 +151,7 @@ pub enum LogFormat {
 /// `bootstrap:`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BootstrapConfig {
+pub(crate) struct BootstrapConfig {
     /// The dynamic configuration a new cluster starts with (Patroni's
     /// `bootstrap.dcs`); checked with `ClusterConfig::validate`.
     #[serde(default)]
@@ -164,7 +164,7 @@ pub struct BootstrapConfig {
 /// `callbacks:`: commands run with `<action> <role> <scope>`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CallbacksConfig {
+pub(crate) struct CallbacksConfig {
     /// After PostgreSQL started (asynchronous).
     #[serde(default)]
     pub on_start: Option<PathBuf>,
@@ -182,7 +182,7 @@ pub struct CallbacksConfig {
 /// Everything derived and checked from a [`NodeConfig`]: what the daemon
 /// starts with.
 #[derive(Clone, Debug)]
-pub struct Validated {
+pub(crate) struct Validated {
     /// The member name.
     pub name: MemberName,
     /// The DCS layout.
@@ -204,7 +204,7 @@ pub struct Validated {
 }
 
 /// The environment overrides: variable, key, and how it applies.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+pub(crate) const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("MATRIARCH_SCOPE", "scope"),
     ("MATRIARCH_NAMESPACE", "namespace"),
     ("MATRIARCH_NAME", "name"),
@@ -279,7 +279,7 @@ fn set_path(root: &mut serde_norway::Value, path: &str, value: serde_norway::Val
 }
 impl NodeConfig {
     /// Reads `path`, applies `env` overrides (`MATRIARCH_*`), and validates.
-    pub fn load(
+    pub(crate) fn load(
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(NodeConfig, Validated), ConfigError> {
@@ -291,7 +291,7 @@ impl NodeConfig {
     }
 
     /// Parses YAML text, applies overrides, validates.
-    pub fn parse(
+    pub(crate) fn parse(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(NodeConfig, Validated), ConfigError> {
@@ -333,7 +333,7 @@ impl NodeConfig {
     }
 
     /// The PostgreSQL section; `validate` guarantees it is there.
-    pub fn pg(&self) -> Result<&PostgresqlSection, ConfigError> {
+    pub(crate) fn pg(&self) -> Result<&PostgresqlSection, ConfigError> {
         self.postgresql
             .as_ref()
             .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))

@@ -13,7 +13,7 @@ use crate::secret::Password;
 /// `postgresql:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PostgresqlSection {
+pub(crate) struct PostgresqlSection {
     /// `host:port` PostgreSQL listens on (`listen_addresses` and `port`).
     pub listen: String,
     /// `host:port` other members and clients connect to; defaults to `listen`.
@@ -44,7 +44,7 @@ pub struct PostgresqlSection {
 /// `postgresql.authentication:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PgAuthentication {
+pub(crate) struct PgAuthentication {
     /// The superuser matriarch connects as.
     pub superuser: PgRoleConfig,
     /// The replication role.
@@ -57,7 +57,7 @@ pub struct PgAuthentication {
 /// One PostgreSQL role.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PgRoleConfig {
+pub(crate) struct PgRoleConfig {
     /// The role name.
     pub username: String,
     /// Its password.
@@ -69,7 +69,7 @@ impl NodeConfig {
     /// `<bin_dir>/postgres --version`, and reads `PG_VERSION` of an existing
     /// data directory (which must match the binaries). Returns the major
     /// version. `run` and `check` call it; a reload does not.
-    pub fn check_postgres_version(&self) -> Result<u32, ConfigError> {
+    pub(crate) fn check_postgres_version(&self) -> Result<u32, ConfigError> {
         let pg = self.pg()?;
         let bin_dir = pg
             .bin_dir
@@ -135,7 +135,7 @@ impl NodeConfig {
 }
 
 /// The PostgreSQL major versions matriarch is tested with and supports.
-pub const SUPPORTED_PG_MAJORS: std::ops::RangeInclusive<u32> = 15..=18;
+pub(super) const SUPPORTED_PG_MAJORS: std::ops::RangeInclusive<u32> = 15..=18;
 
 /// How long `postgres --version` may take.
 const PG_VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -11,7 +11,7 @@ use crate::secret::Password;
 /// `restapi:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RestApiConfig {
+pub(crate) struct RestApiConfig {
     /// Where the API listens (`0.0.0.0:8008` by default).
     #[serde(default = "default_restapi_listen")]
     pub listen: String,
@@ -70,7 +70,7 @@ fn default_restapi_listen() -> String {
 /// A user name and password.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BasicAuthConfig {
+pub(crate) struct BasicAuthConfig {
     /// The user name.
     pub username: String,
     /// The password.
@@ -81,11 +81,11 @@ pub struct BasicAuthConfig {
 /// dual-stack socket reports IPv4 clients, count as the IPv4 address, in the
 /// entry and in the client's address alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpRange(IpNet);
+pub(crate) struct IpRange(IpNet);
 
 impl IpRange {
     /// Parses `addr` or `addr/prefix`.
-    pub fn parse(text: &str) -> Result<IpRange, String> {
+    pub(crate) fn parse(text: &str) -> Result<IpRange, String> {
         let trimmed = text.trim();
         let net = match trimmed.split_once('/') {
             Some((addr, _)) => {
@@ -106,7 +106,7 @@ impl IpRange {
     }
 
     /// Whether `ip` is in the range.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         self.0.contains(&unmap(ip))
     }
 }
@@ -131,7 +131,7 @@ fn unmap_net(net: IpNet) -> IpNet {
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6).
-pub fn split_host_port(text: &str) -> Option<(String, u16)> {
+pub(crate) fn split_host_port(text: &str) -> Option<(String, u16)> {
     let (host, port) = text.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');

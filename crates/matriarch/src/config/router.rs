@@ -7,7 +7,7 @@ use crate::secret::Password;
 /// `router:`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouterSection {
+pub(crate) struct RouterSection {
     /// AWS ELB target groups.
     #[serde(default)]
     pub elb: Option<ElbSection>,
@@ -19,7 +19,7 @@ pub struct RouterSection {
 /// `router.elb:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ElbSection {
+pub(crate) struct ElbSection {
     /// The target group that holds exactly the primary.
     pub writer_target_group_arn: String,
     /// The target group that holds the replicas.
@@ -39,7 +39,7 @@ pub struct ElbSection {
 /// `router.dns:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DnsSection {
+pub(crate) struct DnsSection {
     /// The zone's primary server, `ip:port`.
     pub server: String,
     /// The zone.
@@ -63,7 +63,7 @@ fn default_dns_ttl() -> u32 {
 /// `router.dns.tsig:`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TsigSection {
+pub(crate) struct TsigSection {
     /// The key's name.
     pub key_name: String,
     /// `hmac-sha256` etc.

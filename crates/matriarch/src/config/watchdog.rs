@@ -8,7 +8,7 @@ use serde::Deserialize;
 /// this node leads, so that a hung host is reset before its lock expires.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WatchdogConfig {
+pub(crate) struct WatchdogConfig {
     /// `off`, `automatic` or `required`.
     #[serde(default)]
     pub mode: WatchdogMode,
@@ -41,7 +41,7 @@ fn default_watchdog_safety_margin() -> u64 {
 
 /// `watchdog.mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WatchdogMode {
+pub(crate) enum WatchdogMode {
     /// No watchdog.
     #[default]
     Off,

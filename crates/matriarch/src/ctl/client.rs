@@ -34,7 +34,7 @@ pub(crate) struct Endpoint {
 impl Endpoint {
     /// Parses a base URL; `host:port` without a scheme means `http://`, a trailing `/` or
     /// `/patroni` (as in a member's `api_url`) is dropped.
-    pub fn parse(raw: &str) -> Result<Endpoint, String> {
+    pub(super) fn parse(raw: &str) -> Result<Endpoint, String> {
         let raw = raw.trim();
         let with_scheme = if raw.contains("://") {
             raw.to_string()
@@ -82,7 +82,7 @@ impl Endpoint {
     }
 
     /// The full URL of `path` on this API, for requests and messages.
-    pub fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -106,13 +106,13 @@ pub(crate) struct Reply {
 
 impl Reply {
     /// Whether the status is 2xx.
-    pub fn ok(&self) -> bool {
+    pub(super) fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
 
     /// The server's message: the `message`/`error` field of a JSON body, a JSON string, or the
     /// text itself, sanitized and capped.
-    pub fn message(&self) -> String {
+    pub(super) fn message(&self) -> String {
         let text = match serde_json::from_str::<Value>(&self.body) {
             Ok(Value::String(s)) => s,
             Ok(Value::Object(map)) => ["message", "error", "reason"]
@@ -138,7 +138,7 @@ impl Reply {
     }
 
     /// The body as JSON; the error names the URL.
-    pub fn json(&self) -> Result<Value, CtlError> {
+    pub(super) fn json(&self) -> Result<Value, CtlError> {
         serde_json::from_str(&self.body).map_err(|e| {
             CtlError::Failed(format!(
                 "{} answered with a body that is not JSON: {e}",
@@ -212,7 +212,7 @@ pub(crate) fn basic_auth(username: &str, password: &Secret) -> String {
 impl Client {
     /// A client for these APIs (at least one). The TLS files are read now; an error in
     /// them is reported by the first `https://` request.
-    pub fn new(
+    pub(super) fn new(
         endpoints: Vec<Endpoint>,
         auth: Option<(String, Secret)>,
         tls_files: TlsFiles,
@@ -231,7 +231,7 @@ impl Client {
     }
 
     /// Sends one request to one API.
-    pub async fn send(
+    pub(super) async fn send(
         &mut self,
         endpoint: &Endpoint,
         method: Method,
@@ -262,7 +262,7 @@ impl Client {
 
     /// `GET path` from the first API that answers with a non-5xx status; the API that answered
     /// moves to the front for later calls. A 4xx answer is an error with the server's message.
-    pub async fn get_json(&mut self, path: &str) -> Result<(Value, Endpoint), CtlError> {
+    pub(super) async fn get_json(&mut self, path: &str) -> Result<(Value, Endpoint), CtlError> {
         let mut failures = Vec::new();
         let mut answered = false;
         for i in 0..self.endpoints.len() {
@@ -304,7 +304,7 @@ impl Client {
     }
 
     /// `GET path` from one API (a member's own).
-    pub async fn get_json_from(
+    pub(super) async fn get_json_from(
         &mut self,
         endpoint: &Endpoint,
         path: &str,
@@ -327,7 +327,7 @@ impl Client {
     /// A mutating request to the first API that accepts a connection (the one that answered a
     /// read before, if any). Only a failed connection moves on to the next API: once sent,
     /// the request is never repeated.
-    pub async fn mutate(
+    pub(super) async fn mutate(
         &mut self,
         method: Method,
         path: &str,
@@ -349,7 +349,7 @@ impl Client {
     }
 
     /// A mutating request to one API (a member's own).
-    pub async fn mutate_at(
+    pub(super) async fn mutate_at(
         &mut self,
         endpoint: &Endpoint,
         method: Method,

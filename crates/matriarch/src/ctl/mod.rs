@@ -30,16 +30,16 @@ const DEFAULT_API: &str = "http://127.0.0.1:8008";
 /// A password given on the command line or in the environment: `Debug` and `Display` print
 /// `***`, so it never shows in logs or error messages.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Secret {
+    pub(crate) fn new(value: impl Into<String>) -> Secret {
         Secret(value.into())
     }
 
     /// The secret itself, for the Authorization header only.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -66,7 +66,7 @@ impl FromStr for Secret {
 
 /// `matriarch ctl`: operate a cluster through a member's REST API.
 #[derive(clap::Args, Debug)]
-pub struct CtlArgs {
+pub(crate) struct CtlArgs {
     /// REST API of a member, e.g. http://10.0.0.1:8008; repeat it (or separate with commas)
     /// to try several in turn until one answers. Default: the one in --config, else
     /// http://127.0.0.1:8008.
@@ -127,7 +127,7 @@ pub struct CtlArgs {
 
 /// Output format of the reading commands.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Tables (YAML for show-config).
     #[default]
     Text,
@@ -137,7 +137,7 @@ pub enum Format {
 
 /// Options of the reading commands.
 #[derive(clap::Args, Debug)]
-pub struct ReadArgs {
+pub(crate) struct ReadArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -145,7 +145,7 @@ pub struct ReadArgs {
 
 /// Options of `switchover`.
 #[derive(clap::Args, Debug)]
-pub struct SwitchoverArgs {
+pub(crate) struct SwitchoverArgs {
     /// The current leader (checked against the cluster's; default: whoever leads).
     #[arg(long, alias = "primary")]
     pub leader: Option<String>,
@@ -162,7 +162,7 @@ pub struct SwitchoverArgs {
 
 /// Options of `failover`.
 #[derive(clap::Args, Debug)]
-pub struct FailoverArgs {
+pub(crate) struct FailoverArgs {
     /// The member to promote.
     #[arg(long, required = true)]
     pub candidate: String,
@@ -173,7 +173,7 @@ pub struct FailoverArgs {
 
 /// Options of `pause` and `resume`.
 #[derive(clap::Args, Debug)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     /// Wait until every member reports the change (at most --timeout seconds).
     #[arg(long)]
     pub wait: bool,
@@ -181,7 +181,7 @@ pub struct WaitArgs {
 
 /// Options of `edit-config`.
 #[derive(clap::Args, Debug)]
-pub struct EditConfigArgs {
+pub(crate) struct EditConfigArgs {
     /// Set a key of the dynamic configuration: `ttl=30`, `postgresql.use_pg_rewind=false`;
     /// values are JSON when they parse, text otherwise; `null` removes the key.
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
@@ -196,7 +196,7 @@ pub struct EditConfigArgs {
 
 /// Options of the commands aimed at members.
 #[derive(clap::Args, Debug)]
-pub struct MemberArgs {
+pub(crate) struct MemberArgs {
     /// Members to act on.
     #[arg(value_name = "MEMBER", required = true)]
     pub members: Vec<String>,
@@ -207,7 +207,7 @@ pub struct MemberArgs {
 
 /// Options of `restart`.
 #[derive(clap::Args, Debug)]
-pub struct RestartArgs {
+pub(crate) struct RestartArgs {
     /// Members to restart.
     #[command(flatten)]
     pub target: MemberArgs,
@@ -219,7 +219,7 @@ pub struct RestartArgs {
 
 /// The `ctl` commands.
 #[derive(clap::Subcommand, Debug)]
-pub enum CtlCommand {
+pub(crate) enum CtlCommand {
     /// Members with role, state, timeline and lag.
     List(ReadArgs),
     /// Members as a tree by upstream.
@@ -257,7 +257,7 @@ pub(crate) enum CtlError {
 
 /// Runs a `ctl` command and returns its exit code; messages go to stdout (results) and
 /// stderr (errors).
-pub async fn run(args: CtlArgs) -> ExitCode {
+pub(crate) async fn run(args: CtlArgs) -> ExitCode {
     match execute(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(CtlError::Usage(message)) => {

@@ -114,7 +114,7 @@ impl Member {
 
     /// Whether the member holds the leader lock (Patroni's `leader`, older `master`, or the
     /// leader of a standby cluster).
-    pub fn is_leader(&self) -> bool {
+    pub(super) fn is_leader(&self) -> bool {
         is_leader_role(&self.role)
     }
 }
@@ -129,7 +129,7 @@ pub(crate) fn is_leader_role(role: &str) -> bool {
 
 impl Cluster {
     /// Parses `GET /cluster`; fails only when the body is not an object with a `members` list.
-    pub fn parse(value: &Value) -> Result<Cluster, String> {
+    pub(super) fn parse(value: &Value) -> Result<Cluster, String> {
         let members = value
             .get("members")
             .and_then(Value::as_array)
@@ -151,17 +151,17 @@ impl Cluster {
     }
 
     /// The member holding the leader lock, if any.
-    pub fn leader(&self) -> Option<&Member> {
+    pub(super) fn leader(&self) -> Option<&Member> {
         self.members.iter().find(|m| m.is_leader())
     }
 
     /// The member with this name.
-    pub fn member(&self, name: &str) -> Option<&Member> {
+    pub(super) fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
     }
 
     /// The names of all members, for error messages.
-    pub fn names(&self) -> String {
+    pub(super) fn names(&self) -> String {
         let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
         if names.is_empty() {
             "none".to_string()

@@ -166,7 +166,7 @@ impl Guard {
 /// The agent's end of the fence: the watchdog process and its pipes. It
 /// starts a new fence process when it finds the last one dead.
 #[derive(Debug)]
-pub struct ProcessFence {
+pub(crate) struct ProcessFence {
     pid_file: PathBuf,
     member: String,
     guard: Arc<Mutex<Guard>>,
@@ -174,7 +174,7 @@ pub struct ProcessFence {
 
 impl ProcessFence {
     /// Spawns the watchdog for the postmaster of `data_dir`.
-    pub fn spawn(data_dir: &Path, member: &str) -> Result<ProcessFence, DaemonError> {
+    pub(crate) fn spawn(data_dir: &Path, member: &str) -> Result<ProcessFence, DaemonError> {
         let pid_file = data_dir.join("postmaster.pid");
         let guard = Guard::spawn(&pid_file, member)?;
         Ok(ProcessFence {
@@ -185,7 +185,7 @@ impl ProcessFence {
     }
 
     /// The watchdog's process id.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.guard.lock().ok().map(|g| g.child.id())
     }
 
@@ -213,7 +213,7 @@ impl ProcessFence {
 
     /// Disarms and closes the pipe, so the watchdog exits (a clean stop;
     /// a postmaster still running dies with it).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let Ok(mut guard) = self.guard.lock() else {
             return;
         };
@@ -302,7 +302,7 @@ impl PostmasterLauncher for ProcessFence {
 
 /// How a failure of the second fence of a [`CombinedFence`] counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecondFence {
+pub(crate) enum SecondFence {
     /// Logged (once, until it works again) and otherwise ignored.
     BestEffort,
     /// Reported to the engine like a failure of the first.
@@ -311,7 +311,7 @@ pub enum SecondFence {
 
 /// Two fences armed and disarmed together: the first (the process fence)
 /// always counts; the second (the watchdog) counts as [`SecondFence`] says.
-pub struct CombinedFence {
+pub(crate) struct CombinedFence {
     first: Arc<dyn Fence>,
     second: Arc<dyn Fence>,
     policy: SecondFence,
@@ -329,7 +329,7 @@ impl std::fmt::Debug for CombinedFence {
 
 impl CombinedFence {
     /// Arms and disarms `first` and `second` together.
-    pub fn new(first: Arc<dyn Fence>, second: Arc<dyn Fence>, policy: SecondFence) -> Self {
+    pub(crate) fn new(first: Arc<dyn Fence>, second: Arc<dyn Fence>, policy: SecondFence) -> Self {
         CombinedFence {
             first,
             second,
@@ -445,7 +445,7 @@ fn parse_reply(line: &str) -> Option<Result<u32, String>> {
 
 mod process;
 
-pub use process::run_watchdog;
+pub(crate) use process::run_watchdog;
 
 #[cfg(test)]
 mod tests;

@@ -158,7 +158,7 @@ pub(super) fn reap_children() {
 }
 
 /// The watchdog's main loop (`matriarch fence --pid-file ...`).
-pub fn run_watchdog(pid_file: PathBuf) -> ExitCode {
+pub(crate) fn run_watchdog(pid_file: PathBuf) -> ExitCode {
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use matriarch_testkit::{bin_dir, free_port, http_request, HttpResponse, PgOsUser};
 
 /// REST API credentials of every test node.
-pub const API_USER: &str = "admin";
+pub(crate) const API_USER: &str = "admin";
 /// REST API password of every test node.
-pub const API_PASSWORD: &str = "api-secret";
+pub(crate) const API_PASSWORD: &str = "api-secret";
 /// The superuser's password.
-pub const PG_PASSWORD: &str = "pg-secret";
+pub(crate) const PG_PASSWORD: &str = "pg-secret";
 
 /// `Authorization` header value for the test credentials.
-pub fn basic_auth() -> String {
+pub(crate) fn basic_auth() -> String {
     use base64::Engine as _;
     format!(
         "Basic {}",
@@ -28,7 +28,7 @@ pub fn basic_auth() -> String {
 
 /// The DCS section of the test nodes.
 #[derive(Clone, Debug)]
-pub enum DcsSpec {
+pub(crate) enum DcsSpec {
     /// `etcd3: {hosts: ...}`
     Etcd(String),
     /// `zookeeper: {hosts: ...}`
@@ -36,7 +36,7 @@ pub enum DcsSpec {
 }
 
 /// One `matriarch run` process and its files.
-pub struct Node {
+pub(crate) struct Node {
     /// Member name.
     pub name: String,
     /// REST API port.
@@ -57,29 +57,29 @@ pub struct Node {
 
 impl Node {
     /// The data directory.
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
     /// `http://127.0.0.1:<api>`
-    pub fn api(&self) -> String {
+    pub(crate) fn api(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
     }
 
     /// The agent's pid.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// The postmaster's pid, if its pid file names a live process.
-    pub fn postmaster_pid(&self) -> Option<i32> {
+    pub(crate) fn postmaster_pid(&self) -> Option<i32> {
         let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
     /// Starts (or restarts) the agent.
-    pub fn start(&mut self, extra_env: &[(&str, &str)]) {
+    pub(crate) fn start(&mut self, extra_env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,7 +99,7 @@ impl Node {
     }
 
     /// Sends a signal to the agent.
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         if let Some(pid) = self.pid() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe {
@@ -109,7 +109,7 @@ impl Node {
     }
 
     /// Waits for the agent to exit; returns whether it did within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             match self.child.as_mut().map(Child::try_wait) {
@@ -124,7 +124,7 @@ impl Node {
     }
 
     /// SIGKILLs the agent (not PostgreSQL) and reaps it.
-    pub fn kill_agent(&mut self) {
+    pub(crate) fn kill_agent(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -132,7 +132,7 @@ impl Node {
     }
 
     /// SIGKILLs the postmaster and its children.
-    pub fn kill_postgres(&self) {
+    pub(crate) fn kill_postgres(&self) {
         if let Some(pid) = self.postmaster_pid() {
             // SAFETY: kill(2) with a pid read from the pid file of our data dir.
             unsafe {
@@ -145,7 +145,7 @@ impl Node {
     }
 
     /// One REST call.
-    pub fn call(&self, method: &str, path: &str, body: &str, auth: bool) -> HttpResponse {
+    pub(crate) fn call(&self, method: &str, path: &str, body: &str, auth: bool) -> HttpResponse {
         let auth_value = basic_auth();
         let mut headers = vec![("Content-Type", "application/json")];
         if auth {
@@ -165,12 +165,12 @@ impl Node {
     }
 
     /// The status of `GET path` (0 when the API does not answer).
-    pub fn status(&self, path: &str) -> u16 {
+    pub(crate) fn status(&self, path: &str) -> u16 {
         self.call("GET", path, "", false).status
     }
 
     /// Runs SQL with psql over TCP as the superuser; `Err` with psql's output.
-    pub fn psql(&self, sql: &str) -> Result<String, String> {
+    pub(crate) fn psql(&self, sql: &str) -> Result<String, String> {
         let output = Command::new(bin_dir().join("psql"))
             .args([
                 "-h",
@@ -195,7 +195,7 @@ impl Node {
     }
 
     /// The last lines of the agent's log.
-    pub fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
@@ -204,7 +204,7 @@ impl Node {
 
 /// Options for the test cluster.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// `bootstrap.dcs` YAML (indented by 4).
     pub dcs: String,
     /// Extra top-level YAML appended to each node's config; `{name}` is replaced.
@@ -231,7 +231,7 @@ impl Default for Options {
 }
 
 /// A set of nodes sharing one DCS.
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// The nodes.
     pub nodes: Vec<Node>,
     /// The DCS.
@@ -240,7 +240,7 @@ pub struct Cluster {
 }
 
 /// Polls `check` every 200 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
@@ -255,7 +255,7 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
 
 impl Cluster {
     /// Writes configs for `n` nodes and starts them.
-    pub fn start(n: usize, dcs: DcsSpec, options: Options) -> Cluster {
+    pub(crate) fn start(n: usize, dcs: DcsSpec, options: Options) -> Cluster {
         let cluster = Cluster::configure(n, dcs, options);
         let mut cluster = cluster;
         for node in &mut cluster.nodes {
@@ -265,7 +265,7 @@ impl Cluster {
     }
 
     /// Writes configs for `n` nodes without starting them.
-    pub fn configure(n: usize, dcs: DcsSpec, options: Options) -> Cluster {
+    pub(crate) fn configure(n: usize, dcs: DcsSpec, options: Options) -> Cluster {
         let user = PgOsUser::detect().expect("the PostgreSQL OS user");
         let dir = user.tempdir("matriarch-e2e-").expect("temp dir");
         let mut nodes = Vec::new();
@@ -315,7 +315,7 @@ impl Cluster {
     }
 
     /// The index of the node answering 200 on `/primary`, if exactly one does.
-    pub fn primary(&self) -> Option<usize> {
+    pub(crate) fn primary(&self) -> Option<usize> {
         let primaries: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].child.is_some() && self.nodes[*i].status("/primary") == 200)
             .collect();
@@ -323,7 +323,7 @@ impl Cluster {
     }
 
     /// Waits for one primary and `replicas` replicas answering their health checks.
-    pub fn wait_healthy(&self, replicas: usize, timeout: Duration) -> usize {
+    pub(crate) fn wait_healthy(&self, replicas: usize, timeout: Duration) -> usize {
         let found = wait_for(timeout, || {
             let primary = self.primary()?;
             let ready = self
@@ -344,7 +344,7 @@ impl Cluster {
     }
 
     /// Every node's log tail, for failure messages.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.nodes
             .iter()
             .map(|n| format!("===== {} =====\n{}", n.name, n.log_tail(60)))
@@ -353,7 +353,7 @@ impl Cluster {
     }
 
     /// Waits until `sql` on node `i` returns `expected`.
-    pub fn wait_sql(&self, i: usize, sql: &str, expected: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_sql(&self, i: usize, sql: &str, expected: &str, timeout: Duration) -> bool {
         wait_for(timeout, || {
             (self.nodes[i].psql(sql).ok().as_deref() == Some(expected)).then_some(())
         })
@@ -387,14 +387,14 @@ impl Drop for Cluster {
 
 /// Serializes the scenarios of one test binary: each runs three PostgreSQL
 /// servers, and two cores do not run two such clusters at once reliably.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs SQL with psql over TCP at `host:port` as the superuser.
-pub fn psql_at(host: &str, port: u16, sql: &str) -> Result<String, String> {
+pub(crate) fn psql_at(host: &str, port: u16, sql: &str) -> Result<String, String> {
     let output = Command::new(bin_dir().join("psql"))
         .args([
             "-h",
@@ -420,7 +420,7 @@ pub fn psql_at(host: &str, port: u16, sql: &str) -> Result<String, String> {
 
 /// HAProxy (Debian's package) in front of the cluster, checking each node's
 /// REST API with `option httpchk OPTIONS /primary`, as with Patroni.
-pub struct HaProxy {
+pub(crate) struct HaProxy {
     /// The port clients connect to.
     pub port: u16,
     child: Child,
@@ -429,7 +429,7 @@ pub struct HaProxy {
 
 impl HaProxy {
     /// Starts HAProxy for `nodes`.
-    pub fn start(nodes: &[Node]) -> HaProxy {
+    pub(crate) fn start(nodes: &[Node]) -> HaProxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port().expect("port");
         let mut config = format!(
@@ -470,7 +470,7 @@ impl Drop for HaProxy {
 /// scenario can check what the agents left in the DCS without going
 /// through them: `None` when the key is absent, else its value and lease id
 /// (0 without a lease). Panics if etcd does not answer.
-pub fn etcd_get(client_url: &str, key: &str) -> Option<(String, i64)> {
+pub(crate) fn etcd_get(client_url: &str, key: &str) -> Option<(String, i64)> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
@@ -499,7 +499,7 @@ pub fn etcd_get(client_url: &str, key: &str) -> Option<(String, i64)> {
 
 /// The TTL an etcd lease was granted with (`/v3/lease/timetolive`), if it
 /// is still alive.
-pub fn etcd_lease_granted_ttl(client_url: &str, lease: i64) -> Option<i64> {
+pub(crate) fn etcd_lease_granted_ttl(client_url: &str, lease: i64) -> Option<i64> {
     let body = serde_json::json!({ "ID": lease }).to_string();
     let response = http_request(
         "POST",
