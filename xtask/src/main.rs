@@ -491,6 +491,13 @@ fn test(extra: &[String]) -> Result {
         .env("MATRIARCH_PG_BIN", &pg18_bin)
         .current_dir(&root);
     step("postgresql 18 scenarios", run(&mut cmd))?;
+    // Replication slots, with a logical consumer through a failover
+    // (failover slots need PostgreSQL 17+; on 15 that test skips itself).
+    let mut cmd = cargo_command()?;
+    cmd.args(["test", "-p", "matriarch", "--test", "slots"])
+        .env("MATRIARCH_PG_BIN", &pg18_bin)
+        .current_dir(&root);
+    step("postgresql 18 slots", run(&mut cmd))?;
     println!("==> cargo xtask test: all steps passed");
     Ok(())
 }

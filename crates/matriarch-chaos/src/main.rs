@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use matriarch_chaos::report::replay_command;
 use matriarch_chaos::{run, sys, ChaosError, Dcs, FaultKind, Mode, Options};
 
 const USAGE: &str = "\
@@ -93,20 +94,7 @@ fn parse(args: &[String]) -> Result<Options, ChaosError> {
 
 /// The command that replays the run `opts` describes.
 fn replay(opts: &Options) -> String {
-    let mut cmd = format!(
-        "cargo xtask chaos --seed {} --faults {} --mode {}",
-        opts.seed,
-        opts.faults,
-        opts.mode.name()
-    );
-    if opts.dcs != Dcs::Etcd {
-        cmd.push_str(&format!(" --dcs {}", opts.dcs.name()));
-    }
-    if !opts.kinds.is_empty() {
-        let kinds: Vec<&str> = opts.kinds.iter().map(|k| k.name()).collect();
-        cmd.push_str(&format!(" --kinds {}", kinds.join(",")));
-    }
-    cmd
+    replay_command(opts.seed, opts.faults, opts.mode, opts.dcs, &opts.kinds)
 }
 
 fn main() -> ExitCode {

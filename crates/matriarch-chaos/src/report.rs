@@ -186,18 +186,9 @@ pub fn evaluate(report: &mut Report, evidence: Evidence<'_>) {
             .count();
         fault.deposed = deposed.iter().filter(|d| in_window(d.ack.acked_us)).count();
     }
-    let all_unavailability: Vec<u64> = report
-        .faults
-        .iter()
-        .filter_map(|f| f.unavailability_ms.map(|ms| (ms * 1000.0) as u64))
-        .collect();
-    report.unavailability = checker::stats(&all_unavailability);
-    let all_gaps: Vec<u64> = report
-        .faults
-        .iter()
-        .filter_map(|f| f.worst_gap_ms.map(|ms| (ms * 1000.0) as u64))
-        .collect();
-    report.worst_gap = checker::stats(&all_gaps);
+    let all: Vec<&FaultRecord> = report.faults.iter().collect();
+    report.unavailability = stats_of(&all, |f| f.unavailability_ms);
+    report.worst_gap = stats_of(&all, |f| f.worst_gap_ms);
     report.kinds = FaultKind::ALL
         .iter()
         .filter_map(|kind| {
@@ -209,20 +200,12 @@ pub fn evaluate(report: &mut Report, evidence: Evidence<'_>) {
             if of_kind.is_empty() {
                 return None;
             }
-            let values: Vec<u64> = of_kind
-                .iter()
-                .filter_map(|f| f.unavailability_ms.map(|ms| (ms * 1000.0) as u64))
-                .collect();
-            let gaps: Vec<u64> = of_kind
-                .iter()
-                .filter_map(|f| f.worst_gap_ms.map(|ms| (ms * 1000.0) as u64))
-                .collect();
             Some(KindSummary {
                 kind: *kind,
                 count: of_kind.len(),
                 recovered: of_kind.iter().filter(|f| f.recovered_us.is_some()).count(),
-                unavailability: checker::stats(&values),
-                worst_gap: checker::stats(&gaps),
+                unavailability: stats_of(&of_kind, |f| f.unavailability_ms),
+                worst_gap: stats_of(&of_kind, |f| f.worst_gap_ms),
                 lost: of_kind.iter().map(|f| f.lost).sum(),
                 deposed: of_kind.iter().map(|f| f.deposed).sum(),
             })
@@ -284,6 +267,41 @@ pub fn evaluate(report: &mut Report, evidence: Evidence<'_>) {
     }
 }
 
+/// The statistics of one per-fault figure (milliseconds) over `faults`.
+fn stats_of(
+    faults: &[&FaultRecord],
+    figure: impl Fn(&FaultRecord) -> Option<f64>,
+) -> Option<Stats> {
+    let values: Vec<u64> = faults
+        .iter()
+        .filter_map(|f| figure(f).map(|ms| (ms * 1000.0) as u64))
+        .collect();
+    checker::stats(&values)
+}
+
+/// The `cargo xtask chaos` command that replays a run's fault sequence
+/// (`kinds` empty: all kinds).
+pub fn replay_command(
+    seed: u64,
+    faults: usize,
+    mode: Mode,
+    dcs: Dcs,
+    kinds: &[FaultKind],
+) -> String {
+    let mut cmd = format!(
+        "cargo xtask chaos --seed {seed} --faults {faults} --mode {}",
+        mode.name()
+    );
+    if dcs != Dcs::Etcd {
+        cmd.push_str(&format!(" --dcs {}", dcs.name()));
+    }
+    if !kinds.is_empty() {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        cmd.push_str(&format!(" --kinds {}", kinds.join(",")));
+    }
+    cmd
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
 }
@@ -296,20 +314,13 @@ impl Report {
 
     /// The command that replays this run's fault sequence.
     pub fn replay(&self) -> String {
-        let mut cmd = format!(
-            "cargo xtask chaos --seed {} --faults {} --mode {}",
+        replay_command(
             self.seed,
             self.faults_requested,
-            self.mode.name()
-        );
-        if self.dcs != Dcs::Etcd {
-            cmd.push_str(&format!(" --dcs {}", self.dcs.name()));
-        }
-        if !self.kinds_requested.is_empty() {
-            let kinds: Vec<&str> = self.kinds_requested.iter().map(|k| k.name()).collect();
-            cmd.push_str(&format!(" --kinds {}", kinds.join(",")));
-        }
-        cmd
+            self.mode,
+            self.dcs,
+            &self.kinds_requested,
+        )
     }
 
     /// Which kinds ran at least once.

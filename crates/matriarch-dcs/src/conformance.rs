@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use matriarch_model::{
     ClusterConfig, DcsKey, FailoverRequest, Failsafe, HistoryEntry, Initialize, LeaderStatus, Lsn,
-    Member, MemberName, MemberState, Record, Role, SyncState, SystemId, Timeline, TimelineHistory,
+    MemberName, Record, SyncState, SystemId, Timeline, TimelineHistory,
 };
 
+use crate::test_support::{member, name};
 use crate::{Dcs, DcsError, Expected, WatchOutcome};
 
 /// What the suite needs from a backend under test.
@@ -53,26 +54,6 @@ pub trait Harness: Send + Sync + 'static {
 
 /// How long a watch may take to report a change, at most.
 pub const WATCH_WAKE_BOUND: Duration = Duration::from_secs(2);
-
-fn name(text: &str) -> MemberName {
-    // The names below are literals known to be valid.
-    MemberName::new(text).expect("valid member name")
-}
-
-fn member(text: &str) -> Member {
-    let mut member = Member::new(
-        name(text),
-        format!("postgres://127.0.0.1:5432/postgres?member={text}"),
-        "http://127.0.0.1:8008/patroni",
-    );
-    member.role = Role::Replica;
-    member.state = MemberState::Running;
-    member.timeline = Some(Timeline(2));
-    member.received_lsn = Some(Lsn(0x300_0060));
-    member.replayed_lsn = Some(Lsn(0x300_0000));
-    member.tags.failover_priority = 2;
-    member
-}
 
 /// A fresh scope reads as empty.
 pub async fn empty_scope_reads_as_empty<H: Harness>(harness: &H) {

@@ -11,6 +11,8 @@ mod clock;
 pub mod conformance;
 mod error;
 mod memory;
+#[cfg(feature = "testing")]
+pub mod test_support;
 
 use std::time::Duration;
 

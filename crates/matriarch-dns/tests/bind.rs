@@ -62,6 +62,11 @@ fn addrs(list: &[&str]) -> Vec<Ipv4Addr> {
     out
 }
 
+/// Asserts that `name` resolves to exactly the addresses `expected` (in any order).
+fn assert_resolves(dns: &BindServer, name: &str, expected: &[&str]) {
+    assert_eq!(query_a(dns, name), addrs(expected), "A records of {name}");
+}
+
 fn query_a(dns: &BindServer, name: &str) -> Vec<Ipv4Addr> {
     let mut out = dns.query_a(name).expect("dig");
     out.sort();
@@ -94,13 +99,13 @@ async fn route_moves_the_writer_name_from_a_to_b() {
     let router = router(&dns);
     let a = endpoint("a", "127.0.0.2");
     let b = endpoint("b", "127.0.0.3");
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.1"]));
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.1"]);
 
     router.route(&routes(&a, &[])).await.expect("route to A");
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.2"]));
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.2"]);
 
     router.route(&routes(&b, &[])).await.expect("route to B");
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.3"]));
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.3"]);
     assert_eq!(
         dig(&dns, &writer(&dns), "A").lines().count(),
         1,
@@ -127,31 +132,22 @@ async fn reader_name_follows_the_replicas() {
         endpoint("d", "127.0.0.5"),
     );
     router.route(&routes(&a, &[&b, &c])).await.expect("route");
-    assert_eq!(
-        query_a(&dns, &reader(&dns)),
-        addrs(&["127.0.0.3", "127.0.0.4"])
-    );
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.2"]));
+    assert_resolves(&dns, &reader(&dns), &["127.0.0.3", "127.0.0.4"]);
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.2"]);
 
     router.route(&routes(&a, &[&c, &d])).await.expect("route");
-    assert_eq!(
-        query_a(&dns, &reader(&dns)),
-        addrs(&["127.0.0.4", "127.0.0.5"])
-    );
+    assert_resolves(&dns, &reader(&dns), &["127.0.0.4", "127.0.0.5"]);
 
     // Failover to c: c leaves the readers, a joins them.
     router
         .route(&routes(&c, &[&a, &d]))
         .await
         .expect("failover");
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.4"]));
-    assert_eq!(
-        query_a(&dns, &reader(&dns)),
-        addrs(&["127.0.0.2", "127.0.0.5"])
-    );
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.4"]);
+    assert_resolves(&dns, &reader(&dns), &["127.0.0.2", "127.0.0.5"]);
 
     router.route(&routes(&c, &[])).await.expect("no replicas");
-    assert_eq!(query_a(&dns, &reader(&dns)), Vec::<Ipv4Addr>::new());
+    assert_resolves(&dns, &reader(&dns), &[]);
 }
 
 #[tokio::test]
@@ -275,7 +271,7 @@ async fn a_stale_update_is_refused_and_reported() {
 
     // A fresh read-and-write (what `route` does) succeeds.
     router.route(&routes(&b, &[])).await.expect("route to B");
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.3"]));
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.3"]);
 }
 
 #[tokio::test]
@@ -292,10 +288,10 @@ async fn withdraw_removes_only_that_member_from_the_writer_name() {
         serial,
         "withdrawing a non-writer sent an update"
     );
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.2"]));
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.2"]);
 
     router.withdraw(&a).await.expect("withdraw the writer");
-    assert_eq!(query_a(&dns, &writer(&dns)), Vec::<Ipv4Addr>::new());
+    assert_resolves(&dns, &writer(&dns), &[]);
     assert_eq!(
         query_a(&dns, &reader(&dns)),
         addrs(&["127.0.0.3"]),
@@ -315,7 +311,7 @@ async fn a_host_name_primary_becomes_a_cname() {
         .await
         .expect("route to a host name");
     assert_eq!(dig(&dns, &writer(&dns), "CNAME"), format!("{target}."));
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.1"]));
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.1"]);
     let serial = soa_serial(&dns);
     router
         .route(&routes(&endpoint("a", &target), &[]))
@@ -329,7 +325,7 @@ async fn a_host_name_primary_becomes_a_cname() {
         .await
         .expect("route to an address");
     assert_eq!(dig(&dns, &writer(&dns), "CNAME"), "");
-    assert_eq!(query_a(&dns, &writer(&dns)), addrs(&["127.0.0.3"]));
+    assert_resolves(&dns, &writer(&dns), &["127.0.0.3"]);
 }
 
 #[tokio::test]

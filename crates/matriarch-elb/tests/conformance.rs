@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{client, config, endpoint, lab_named, Lab};
+use common::{client, config, endpoint, lab_named, registered, test_credentials, Lab};
 use matriarch_elb::sdk;
 use matriarch_elb::{ElbRouter, ElbRouterConfig};
 use matriarch_router::conformance::{Harness, Served};
@@ -30,25 +30,16 @@ async fn make_router(config: ElbRouterConfig) -> ElbRouter {
     let sdk_config = ElbRouter::client_config(&config)
         .await
         .expect("client config")
-        .credentials_provider(sdk::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
+        .credentials_provider(test_credentials())
         .build();
     ElbRouter::from_client(sdk::Client::from_conf(sdk_config), config).expect("router")
 }
 
 /// The target ids (IP addresses) registered in a group.
 async fn target_ids(elb: &sdk::Client, arn: &str) -> BTreeSet<String> {
-    let health = elb
-        .describe_target_health()
-        .target_group_arn(arn)
-        .send()
+    registered(elb, arn)
         .await
-        .expect("describe target health");
-    health
-        .target_health_descriptions()
         .iter()
-        .filter_map(|d| d.target())
         .filter_map(|t| t.id().map(str::to_owned))
         .collect()
 }

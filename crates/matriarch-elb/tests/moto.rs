@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client, config, endpoint, lab, routes, strings, targets};
+use common::{
+    assert_targets, client, config, endpoint, lab, routes, strings, targets, test_credentials, Lab,
+};
 use matriarch_elb::sdk;
 use matriarch_elb::{ElbRouter, ElbRouterConfig};
 use matriarch_router::{Router, RouterError};
 use matriarch_testkit::MotoServer;
 use sdk::config::interceptors::BeforeSerializationInterceptorContextRef;
-use sdk::config::{ConfigBag, Credentials, Intercept};
+use sdk::config::{ConfigBag, Intercept};
 use sdk::error::BoxError;
 use sdk::operation::deregister_targets::DeregisterTargetsInput;
 use sdk::operation::describe_target_health::DescribeTargetHealthInput;
@@ -77,7 +79,7 @@ async fn make_router(config: ElbRouterConfig) -> (ElbRouter, CallCounter) {
     let sdk_config = ElbRouter::client_config(&config)
         .await
         .expect("client config")
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .credentials_provider(test_credentials())
         .interceptor(counter.clone())
         .build();
     let router =
@@ -85,26 +87,41 @@ async fn make_router(config: ElbRouterConfig) -> (ElbRouter, CallCounter) {
     (router, counter)
 }
 
-#[tokio::test]
-async fn route_moves_the_writer_group_from_a_to_b() {
+/// Routes to member `a` alone through a router on `config`, which must fail
+/// (`why`): the error, and how long it took to come.
+async fn failed_route(config: ElbRouterConfig, why: &str) -> (RouterError, Duration) {
+    let (router, _) = make_router(config).await;
+    let started = Instant::now();
+    let error = router
+        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
+        .await
+        .expect_err(why);
+    let elapsed = started.elapsed();
+    eprintln!("{error}");
+    (error, elapsed)
+}
+
+/// moto with a lab, a client for the test's own checks, and a router on the
+/// lab's groups with its call counter.
+async fn fixture() -> (MotoServer, Lab, sdk::Client, ElbRouter, CallCounter) {
     let moto = MotoServer::start().expect("start moto");
     let lab = lab(&moto).await;
     let elb = client(&moto);
-    let (router, _) = make_router(config(&moto, &lab)).await;
+    let (router, counter) = make_router(config(&moto, &lab)).await;
+    (moto, lab, elb, router, counter)
+}
+
+#[tokio::test]
+async fn route_moves_the_writer_group_from_a_to_b() {
+    let (_moto, lab, elb, router, _counter) = fixture().await;
     assert_eq!(router.name(), "elb:pg-writer");
     let (a, b) = (endpoint("a", "10.0.1.10"), endpoint("b", "10.0.1.11"));
 
     router.route(&routes(&a, &[])).await.expect("route to A");
-    assert_eq!(
-        targets(&elb, &lab.writer_arn).await,
-        strings(&["10.0.1.10:5432"])
-    );
+    assert_targets(&elb, &lab.writer_arn, &["10.0.1.10:5432"]).await;
 
     router.route(&routes(&b, &[])).await.expect("route to B");
-    assert_eq!(
-        targets(&elb, &lab.writer_arn).await,
-        strings(&["10.0.1.11:5432"])
-    );
+    assert_targets(&elb, &lab.writer_arn, &["10.0.1.11:5432"]).await;
 
     // Strangers in the writer group (left by an operator) go too. (Not the same
     // address on another port: moto keys targets by id alone, AWS by id and port.)
@@ -129,18 +146,12 @@ async fn route_moves_the_writer_group_from_a_to_b() {
         .route(&routes(&b, &[]))
         .await
         .expect("route to B again");
-    assert_eq!(
-        targets(&elb, &lab.writer_arn).await,
-        strings(&["10.0.1.11:5432"])
-    );
+    assert_targets(&elb, &lab.writer_arn, &["10.0.1.11:5432"]).await;
 }
 
 #[tokio::test]
 async fn reader_group_follows_the_replicas() {
-    let moto = MotoServer::start().expect("start moto");
-    let lab = lab(&moto).await;
-    let elb = client(&moto);
-    let (router, _) = make_router(config(&moto, &lab)).await;
+    let (_moto, lab, elb, router, _counter) = fixture().await;
     let (a, b, c, d) = (
         endpoint("a", "10.0.1.10"),
         endpoint("b", "10.0.1.11"),
@@ -148,40 +159,25 @@ async fn reader_group_follows_the_replicas() {
         endpoint("d", "10.0.2.13"),
     );
     router.route(&routes(&a, &[&b, &c])).await.expect("route");
-    assert_eq!(
-        targets(&elb, &lab.reader_arn).await,
-        strings(&["10.0.1.11:5432", "10.0.2.12:5432"])
-    );
+    assert_targets(&elb, &lab.reader_arn, &["10.0.1.11:5432", "10.0.2.12:5432"]).await;
     router
         .route(&routes(&a, &[&c, &d]))
         .await
         .expect("replica change");
-    assert_eq!(
-        targets(&elb, &lab.reader_arn).await,
-        strings(&["10.0.2.12:5432", "10.0.2.13:5432"])
-    );
+    assert_targets(&elb, &lab.reader_arn, &["10.0.2.12:5432", "10.0.2.13:5432"]).await;
     router
         .route(&routes(&c, &[&a, &d]))
         .await
         .expect("failover to c");
-    assert_eq!(
-        targets(&elb, &lab.writer_arn).await,
-        strings(&["10.0.2.12:5432"])
-    );
-    assert_eq!(
-        targets(&elb, &lab.reader_arn).await,
-        strings(&["10.0.1.10:5432", "10.0.2.13:5432"])
-    );
+    assert_targets(&elb, &lab.writer_arn, &["10.0.2.12:5432"]).await;
+    assert_targets(&elb, &lab.reader_arn, &["10.0.1.10:5432", "10.0.2.13:5432"]).await;
     router.route(&routes(&c, &[])).await.expect("no replicas");
-    assert_eq!(targets(&elb, &lab.reader_arn).await, Vec::<String>::new());
+    assert_targets(&elb, &lab.reader_arn, &[]).await;
 }
 
 #[tokio::test]
 async fn routing_again_makes_no_register_or_deregister_call() {
-    let moto = MotoServer::start().expect("start moto");
-    let lab = lab(&moto).await;
-    let elb = client(&moto);
-    let (router, counter) = make_router(config(&moto, &lab)).await;
+    let (moto, lab, elb, router, counter) = fixture().await;
     let (a, b) = (endpoint("a", "10.0.1.10"), endpoint("b", "10.0.1.11"));
     router.route(&routes(&a, &[&b])).await.expect("route");
     let first = counter.take();
@@ -194,14 +190,8 @@ async fn routing_again_makes_no_register_or_deregister_call() {
         BTreeMap::from([("DescribeTargetHealth", 2)]),
         "one describe per group and nothing else"
     );
-    assert_eq!(
-        targets(&elb, &lab.writer_arn).await,
-        strings(&["10.0.1.10:5432"])
-    );
-    assert_eq!(
-        targets(&elb, &lab.reader_arn).await,
-        strings(&["10.0.1.11:5432"])
-    );
+    assert_targets(&elb, &lab.writer_arn, &["10.0.1.10:5432"]).await;
+    assert_targets(&elb, &lab.reader_arn, &["10.0.1.11:5432"]).await;
 
     // Without a reader group: exactly one read.
     let mut writer_only = config(&moto, &lab);
@@ -216,10 +206,7 @@ async fn routing_again_makes_no_register_or_deregister_call() {
 
 #[tokio::test]
 async fn withdraw_deregisters_only_that_member_from_the_writer_group() {
-    let moto = MotoServer::start().expect("start moto");
-    let lab = lab(&moto).await;
-    let elb = client(&moto);
-    let (router, counter) = make_router(config(&moto, &lab)).await;
+    let (_moto, lab, elb, router, counter) = fixture().await;
     let (a, b) = (endpoint("a", "10.0.1.10"), endpoint("b", "10.0.1.11"));
     router.route(&routes(&a, &[&b])).await.expect("route");
     counter.take();
@@ -229,13 +216,10 @@ async fn withdraw_deregisters_only_that_member_from_the_writer_group() {
         counter.take(),
         BTreeMap::from([("DescribeTargetHealth", 1)])
     );
-    assert_eq!(
-        targets(&elb, &lab.writer_arn).await,
-        strings(&["10.0.1.10:5432"])
-    );
+    assert_targets(&elb, &lab.writer_arn, &["10.0.1.10:5432"]).await;
 
     router.withdraw(&a).await.expect("withdraw the writer");
-    assert_eq!(targets(&elb, &lab.writer_arn).await, Vec::<String>::new());
+    assert_targets(&elb, &lab.writer_arn, &[]).await;
     assert_eq!(
         targets(&elb, &lab.reader_arn).await,
         strings(&["10.0.1.11:5432"]),
@@ -245,10 +229,7 @@ async fn withdraw_deregisters_only_that_member_from_the_writer_group() {
 
 #[tokio::test]
 async fn setup_makes_deregistered_targets_lose_traffic_fast() {
-    let moto = MotoServer::start().expect("start moto");
-    let lab = lab(&moto).await;
-    let elb = client(&moto);
-    let (router, _) = make_router(config(&moto, &lab)).await;
+    let (_moto, lab, elb, router, _counter) = fixture().await;
     router.setup().await.expect("setup");
     router.setup().await.expect("setup again");
     for arn in [&lab.writer_arn, &lab.reader_arn] {
@@ -302,10 +283,7 @@ async fn a_nonexistent_target_group_is_rejected() {
 
 #[tokio::test]
 async fn a_host_name_endpoint_is_a_configuration_error_before_any_call() {
-    let moto = MotoServer::start().expect("start moto");
-    let lab = lab(&moto).await;
-    let elb = client(&moto);
-    let (router, counter) = make_router(config(&moto, &lab)).await;
+    let (_moto, lab, elb, router, counter) = fixture().await;
     let error = router
         .route(&routes(
             &endpoint("a", "10.0.1.10"),
@@ -315,7 +293,7 @@ async fn a_host_name_endpoint_is_a_configuration_error_before_any_call() {
         .expect_err("a host name cannot be an ip target");
     assert!(matches!(error, RouterError::Config { .. }), "{error:?}");
     assert!(counter.snapshot().is_empty(), "{counter:?}");
-    assert_eq!(targets(&elb, &lab.writer_arn).await, Vec::<String>::new());
+    assert_targets(&elb, &lab.writer_arn, &[]).await;
 }
 
 #[tokio::test]
@@ -330,23 +308,13 @@ async fn an_unreachable_endpoint_is_reported_in_time() {
     config.region = Some(common::REGION.to_owned());
     config.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
     config.max_attempts = 2;
-    let (router, _) = make_router(config).await;
-    let started = Instant::now();
-    let error = router
-        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
-        .await
-        .expect_err("nothing listens");
-    eprintln!("{error}");
+    let (error, elapsed) = failed_route(config, "nothing listens").await;
     assert!(
         matches!(error, RouterError::Unreachable { .. }),
         "{error:?}"
     );
     assert!(error.is_retryable());
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
 /// A fake endpoint that answers every request with `status` and an AWS query
@@ -459,14 +427,7 @@ async fn a_silent_endpoint_is_cut_off_by_the_timeouts() {
     config.attempt_timeout = Duration::from_millis(500);
     config.call_timeout = Duration::from_millis(1500);
     config.max_attempts = 2;
-    let (router, _) = make_router(config).await;
-    let started = Instant::now();
-    let error = router
-        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
-        .await
-        .expect_err("silent endpoint");
-    let elapsed = started.elapsed();
-    eprintln!("{error}");
+    let (error, elapsed) = failed_route(config, "silent endpoint").await;
     assert!(
         matches!(error, RouterError::Unreachable { .. }),
         "{error:?}"

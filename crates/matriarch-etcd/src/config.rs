@@ -1,48 +1,14 @@
 //! How to reach etcd: endpoints, credentials, TLS, the key layout and the
 //! time bound of every call.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
-use matriarch_model::{KeyLayout, ModelError, DEFAULT_NAMESPACE};
+use matriarch_model::{HostPort, KeyLayout, ModelError, Secret, DEFAULT_NAMESPACE};
 
 /// matriarch's default `retry_timeout` (see `docs/dcs-layout.md`).
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A password. It never appears in `Debug` output, and so never in logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    /// Wraps a password.
-    pub fn new(password: impl Into<String>) -> Self {
-        Password(password.into())
-    }
-
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
-impl From<&str> for Password {
-    fn from(password: &str) -> Self {
-        Password::new(password)
-    }
-}
-
-impl From<String> for Password {
-    fn from(password: String) -> Self {
-        Password::new(password)
-    }
-}
 
 /// A user of etcd's authentication (`etcdctl user add`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +16,7 @@ pub struct EtcdCredentials {
     /// The user name.
     pub username: String,
     /// The user's password (redacted in `Debug`).
-    pub password: Password,
+    pub password: Secret,
 }
 
 /// TLS to etcd (rustls): the CA that signed the servers' certificates and,
@@ -142,7 +108,7 @@ impl EtcdConfig {
     pub fn with_credentials(
         mut self,
         username: impl Into<String>,
-        password: impl Into<Password>,
+        password: impl Into<Secret>,
     ) -> Self {
         self.credentials = Some(EtcdCredentials {
             username: username.into(),
@@ -239,15 +205,7 @@ fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String, EtcdConfigErr
     if authority.contains('/') {
         return Err(invalid("a client URL has no path"));
     }
-    let Some((host, port)) = authority.rsplit_once(':') else {
-        return Err(invalid("expected host:port"));
-    };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid("the host is empty or has white space"));
-    }
-    if port.parse::<u16>().is_err() {
-        return Err(invalid("the port is not a number from 0 to 65535"));
-    }
+    HostPort::parse(authority).map_err(|e| invalid(&e.problem.to_string()))?;
     Ok(format!("{scheme}://{authority}"))
 }
 
@@ -350,6 +308,10 @@ mod tests {
             normalize_endpoint("http://10.0.0.1:2379/", false).unwrap(),
             "http://10.0.0.1:2379"
         );
+        assert_eq!(
+            normalize_endpoint("[::1]:2379", false).unwrap(),
+            "http://[::1]:2379"
+        );
         for (endpoint, tls) in [
             ("http://a:1", true),
             ("https://a:1", false),
@@ -358,6 +320,9 @@ mod tests {
             ("a:port", false),
             ("http://a:1/v3", false),
             (":2379", false),
+            ("a:0", false),
+            ("::1", false),
+            ("http://::1:2379", false),
         ] {
             let err = normalize_endpoint(endpoint, tls).unwrap_err();
             assert!(err.to_string().contains(endpoint), "{err}");
@@ -370,10 +335,7 @@ mod tests {
             .with_credentials("matriarch", "hunter2-secret");
         let text = format!("{config:?} {:#?}", config);
         assert!(!text.contains("hunter2-secret"), "{text}");
-        assert!(
-            text.contains("matriarch") && text.contains("<redacted>"),
-            "{text}"
-        );
+        assert!(text.contains("matriarch") && text.contains("***"), "{text}");
     }
 
     #[test]

@@ -184,6 +184,18 @@ impl EtcdDcs {
             .await
     }
 
+    /// [`Self::txn`] within this call's own time bound, its failure as a
+    /// [`DcsError`].
+    async fn bounded_txn(
+        &self,
+        operation: &'static str,
+        txn: Txn,
+    ) -> Result<TxnResponse, DcsError> {
+        self.txn(operation, self.endpoints.deadline(), txn)
+            .await
+            .map_err(|e| e.into_dcs(operation))
+    }
+
     fn lock_not_held(
         &self,
         state: &mut LeaseState,
@@ -288,10 +300,7 @@ impl Dcs for EtcdDcs {
                 encode_initialize(&Initialize::InProgress),
                 None,
             )]);
-        let response = self
-            .txn("try_initialize", self.endpoints.deadline(), txn)
-            .await
-            .map_err(|e| e.into_dcs("try_initialize"))?;
+        let response = self.bounded_txn("try_initialize", txn).await?;
         if response.succeeded() {
             tracing::info!(cluster = %self.scope(), "won the initialize race");
         }
@@ -300,22 +309,14 @@ impl Dcs for EtcdDcs {
 
     async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
         let path = self.path(&DcsKey::Initialize);
-        let in_progress = encode_initialize(&Initialize::InProgress);
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(path.clone(), CompareOp::Greater, 0),
-                Compare::value(path.clone(), CompareOp::Equal, in_progress),
-            ])
+        let txn = while_in_progress(&path)
             .and_then([TxnOp::put(
                 path.clone(),
                 encode_initialize(&Initialize::Done(system_id)),
                 None,
             )])
             .or_else([TxnOp::get(path, None)]);
-        let response = self
-            .txn("complete_initialize", self.endpoints.deadline(), txn)
-            .await
-            .map_err(|e| e.into_dcs("complete_initialize"))?;
+        let response = self.bounded_txn("complete_initialize", txn).await?;
         if response.succeeded() {
             tracing::info!(cluster = %self.scope(), %system_id, "recorded the system identifier");
             Ok(())
@@ -330,17 +331,8 @@ impl Dcs for EtcdDcs {
 
     async fn cancel_initialize(&self) -> Result<(), DcsError> {
         let path = self.path(&DcsKey::Initialize);
-        let in_progress = encode_initialize(&Initialize::InProgress);
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(path.clone(), CompareOp::Greater, 0),
-                Compare::value(path.clone(), CompareOp::Equal, in_progress),
-            ])
-            .and_then([TxnOp::delete(path, None)]);
-        let response = self
-            .txn("cancel_initialize", self.endpoints.deadline(), txn)
-            .await
-            .map_err(|e| e.into_dcs("cancel_initialize"))?;
+        let txn = while_in_progress(&path).and_then([TxnOp::delete(path, None)]);
+        let response = self.bounded_txn("cancel_initialize", txn).await?;
         if response.succeeded() {
             tracing::info!(cluster = %self.scope(), "cancelled the initialize race");
         }
@@ -547,10 +539,7 @@ impl Dcs for EtcdDcs {
             .when(Self::conditions(&path, expected))
             .and_then([TxnOp::put(path.clone(), record.encode(), None)])
             .or_else([TxnOp::get(path, None)]);
-        let response = self
-            .txn("write", self.endpoints.deadline(), txn)
-            .await
-            .map_err(|e| e.into_dcs("write"))?;
+        let response = self.bounded_txn("write", txn).await?;
         if response.succeeded() {
             // The put's revision is the key's new mod_revision.
             Ok(version(header_revision(&response)?))
@@ -574,10 +563,7 @@ impl Dcs for EtcdDcs {
             .when(Self::conditions(&path, expected))
             .and_then([TxnOp::delete(path.clone(), None)])
             .or_else([TxnOp::get(path, None)]);
-        let response = self
-            .txn("delete", self.endpoints.deadline(), txn)
-            .await
-            .map_err(|e| e.into_dcs("delete"))?;
+        let response = self.bounded_txn("delete", txn).await?;
         if response.succeeded() {
             Ok(())
         } else {
@@ -644,4 +630,17 @@ impl Dcs for EtcdDcs {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// A transaction that applies only while the initialize key at `path` says
+/// an initialization is in progress.
+fn while_in_progress(path: &str) -> Txn {
+    Txn::new().when([
+        Compare::create_revision(path, CompareOp::Greater, 0),
+        Compare::value(
+            path,
+            CompareOp::Equal,
+            encode_initialize(&Initialize::InProgress),
+        ),
+    ])
 }

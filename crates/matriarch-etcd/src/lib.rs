@@ -45,7 +45,6 @@ mod dcs;
 mod transport;
 
 pub use config::{
-    ClientIdentity, EtcdConfig, EtcdConfigError, EtcdCredentials, EtcdTls, Password,
-    DEFAULT_RETRY_TIMEOUT,
+    ClientIdentity, EtcdConfig, EtcdConfigError, EtcdCredentials, EtcdTls, DEFAULT_RETRY_TIMEOUT,
 };
 pub use dcs::EtcdDcs;

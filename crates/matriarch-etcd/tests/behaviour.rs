@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{blocking, dcs, eventually, member, name, raw_client, unique_scope};
+use common::{
+    blocking, dcs, eventually, holder_and_rival, member, name, publish, raw_client, unique_scope,
+};
 use matriarch_dcs::{Dcs, DcsError, Expected};
 use matriarch_model::{ClusterConfig, Record};
 use matriarch_testkit::{free_port, EtcdServer};
@@ -19,10 +21,7 @@ async fn third_party_garbage_is_an_error_for_its_key_only() {
     let urls = [server.client_url()];
     let scope = unique_scope("garbage");
     let client = dcs(&urls, &scope, RETRY);
-    client
-        .publish_member(&member("good"), TTL)
-        .await
-        .expect("publish");
+    publish(&client, "good", TTL).await;
     client
         .write(&Record::Config(ClusterConfig::default()), Expected::Absent)
         .await
@@ -88,19 +87,11 @@ async fn publishing_the_member_record_does_not_extend_an_unrenewed_lock() {
     let server = blocking(EtcdServer::start).expect("start etcd");
     let urls = [server.client_url()];
     let scope = unique_scope("no-extend");
-    let holder = dcs(&urls, &scope, RETRY);
-    let other = dcs(&urls, &scope, RETRY);
-    assert!(holder
-        .acquire_leader(&name("holder"), TTL)
-        .await
-        .expect("acquire"));
+    let (holder, other) = holder_and_rival(&urls, &scope, RETRY, TTL).await;
     let acquired = Instant::now();
     // The holder keeps publishing (its loop runs) but stops renewing.
     let taken = loop {
-        holder
-            .publish_member(&member("holder"), TTL)
-            .await
-            .expect("publish");
+        publish(&holder, "holder", TTL).await;
         if other
             .acquire_leader(&name("other"), TTL)
             .await
@@ -119,10 +110,7 @@ async fn publishing_the_member_record_does_not_extend_an_unrenewed_lock() {
         "the lock expired early: {taken:?}"
     );
     // The member record comes back with the next publication.
-    holder
-        .publish_member(&member("holder"), TTL)
-        .await
-        .expect("publish");
+    publish(&holder, "holder", TTL).await;
     let view = other.read_view().await.expect("read");
     assert!(view.members.contains_key("holder"));
     assert_eq!(view.leader_name(), Some(&name("other")));
@@ -168,12 +156,7 @@ async fn a_renewal_with_a_longer_ttl_extends_the_lock_to_it() {
     let server = blocking(EtcdServer::start).expect("start etcd");
     let urls = [server.client_url()];
     let scope = unique_scope("ttl-change");
-    let holder = dcs(&urls, &scope, RETRY);
-    let other = dcs(&urls, &scope, RETRY);
-    assert!(holder
-        .acquire_leader(&name("holder"), TTL)
-        .await
-        .expect("acquire"));
+    let (holder, other) = holder_and_rival(&urls, &scope, RETRY, TTL).await;
     let longer = Duration::from_secs(6);
     holder
         .renew_leader(&name("holder"), longer)
@@ -281,14 +264,8 @@ async fn idle_loops_write_no_revisions_and_keep_every_key_alive() {
     let mut raw = raw_client(&urls).await;
     let (me, other) = (name("leader"), name("replica"));
     assert!(leader.acquire_leader(&me, TTL).await.expect("acquire"));
-    leader
-        .publish_member(&member("leader"), TTL)
-        .await
-        .expect("publish");
-    replica
-        .publish_member(&member("replica"), TTL)
-        .await
-        .expect("publish");
+    publish(&leader, "leader", TTL).await;
+    publish(&replica, "replica", TTL).await;
 
     // Idle loops for twice the TTL: the keys outlive it, and nothing is written.
     let before = revision(&mut raw).await;
@@ -296,14 +273,8 @@ async fn idle_loops_write_no_revisions_and_keep_every_key_alive() {
     let mut loops = 0;
     while Instant::now() < until {
         leader.renew_leader(&me, TTL).await.expect("renew");
-        leader
-            .publish_member(&member("leader"), TTL)
-            .await
-            .expect("publish");
-        replica
-            .publish_member(&member("replica"), TTL)
-            .await
-            .expect("publish");
+        publish(&leader, "leader", TTL).await;
+        publish(&replica, "replica", TTL).await;
         loops += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -362,10 +333,7 @@ async fn idle_loops_write_no_revisions_and_keep_every_key_alive() {
     leader.renew_leader(&me, TTL).await.expect("renew");
     let renewed = Instant::now();
     let taken = loop {
-        leader
-            .publish_member(&member("leader"), TTL)
-            .await
-            .expect("publish");
+        publish(&leader, "leader", TTL).await;
         if observer.acquire_leader(&other, TTL).await.expect("acquire") {
             break renewed.elapsed();
         }

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{blocking, dcs, eventually, member, name, raw_client, unique_scope};
+use common::{
+    blocking, dcs, eventually, holder_and_rival, member, name, publish, raw_client, unique_scope,
+};
 use matriarch_dcs::{Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_etcd::EtcdDcs;
 use matriarch_model::{LeaderStatus, Lsn, Record};
@@ -77,10 +79,7 @@ async fn the_lock_survives_a_sigkill_of_the_etcd_leader() {
     let (a, b) = (name("holder"), name("other"));
 
     assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    holder
-        .publish_member(&member("holder"), ttl)
-        .await
-        .expect("publish");
+    publish(&holder, "holder", ttl).await;
     let revision = watcher.read_view().await.expect("read").revision;
     let watch = tokio::spawn(async move {
         let outcome = watcher.watch(revision, Duration::from_secs(30)).await;
@@ -208,16 +207,8 @@ async fn a_frozen_cluster_is_unreachable_and_the_lock_is_free_when_it_returns() 
     let cluster = blocking(|| EtcdCluster::start(3)).expect("start etcd cluster");
     let urls = cluster.client_urls();
     let scope = unique_scope("frozen");
-    let holder = dcs(&urls, &scope, RETRY);
-    let other = dcs(&urls, &scope, RETRY);
-    assert!(holder
-        .acquire_leader(&name("holder"), TTL)
-        .await
-        .expect("acquire"));
-    holder
-        .publish_member(&member("holder"), TTL)
-        .await
-        .expect("publish");
+    let (holder, other) = holder_and_rival(&urls, &scope, RETRY, TTL).await;
+    publish(&holder, "holder", TTL).await;
     let revision = holder.read_view().await.expect("read").revision;
 
     for m in cluster.members() {
@@ -246,12 +237,7 @@ async fn a_stopped_single_member_is_unreachable_and_the_lock_is_free_after_its_r
     let server = blocking(EtcdServer::start).expect("start etcd");
     let urls = [server.client_url()];
     let scope = unique_scope("restart");
-    let holder = dcs(&urls, &scope, RETRY);
-    let other = dcs(&urls, &scope, RETRY);
-    assert!(holder
-        .acquire_leader(&name("holder"), TTL)
-        .await
-        .expect("acquire"));
+    let (holder, other) = holder_and_rival(&urls, &scope, RETRY, TTL).await;
     let revision = holder.read_view().await.expect("read").revision;
 
     blocking(|| server.kill());

@@ -1,11 +1,9 @@
-//! TLS with client certificates and etcd authentication, against an etcd
-//! started here: the test kit's `EtcdServer` has no TLS or extra flags, so
-//! this file launches its own process (killed on drop).
+//! TLS with client certificates and etcd authentication, against the test
+//! kit's etcd over TLS ([`TlsEtcdServer`], killed on drop).
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{blocking, member, name, unique_scope};
@@ -13,144 +11,33 @@ use etcd_client::{Certificate, ConnectOptions, Identity, Permission, TlsOptions}
 use matriarch_dcs::{Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_etcd::{EtcdConfig, EtcdConfigError, EtcdDcs, EtcdTls};
 use matriarch_model::{LeaderStatus, Record};
-use matriarch_testkit::free_port;
+use matriarch_testkit::TlsEtcdServer;
 
 const PASSWORD: &str = "s3cret-Pa55word";
 const TTL: Duration = Duration::from_secs(2);
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl (it is installed with the system)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1, and client certificates
-/// (`<cn>.pem` / `<cn>-key.pem`) for each common name.
-fn make_certificates(dir: &Path, clients: &[&str]) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=matriarch test CA",
-    ]);
-    openssl(dir, &ca);
-    let sign = |cn: &str, ext: &str| {
-        std::fs::write(dir.join(format!("{cn}.ext")), ext).expect("write extensions");
-        let (key, csr, pem) = (
-            format!("{cn}-key.pem"),
-            format!("{cn}.csr"),
-            format!("{cn}.pem"),
-        );
-        let subject = format!("/CN={cn}");
-        let mut req = vec!["req"];
-        req.extend(ec);
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
-        openssl(dir, &req);
-        let ext_file = format!("{cn}.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca-key.pem",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext_file,
-            ],
-        );
-    };
-    sign(
-        "server",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-    );
-    for cn in clients {
-        sign(cn, "extendedKeyUsage=clientAuth\n");
-    }
-}
-
-/// An etcd serving clients over TLS only, requiring client certificates.
+/// The test kit's etcd over TLS, with client certificates for `root` and
+/// `matriarch`, and the clients this file makes for it.
 struct TlsEtcd {
-    child: Child,
+    server: TlsEtcdServer,
     url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl TlsEtcd {
     fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
+        self.server.path(file)
     }
 
     fn start() -> TlsEtcd {
-        let dir = tempfile::Builder::new()
-            .prefix("matriarch-etcd-tls-")
-            .tempdir()
-            .expect("temporary directory");
-        make_certificates(dir.path(), &["root", "matriarch"]);
-        let (client_port, peer_port) = (free_port().expect("port"), free_port().expect("port"));
-        let url = format!("https://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
-        let binary = std::env::var_os("MATRIARCH_ETCD").unwrap_or_else(|| "etcd".into());
-        let p = |file: &str| dir.path().join(file);
-        let child = Command::new(binary)
-            .arg("--name=tls")
-            .arg(format!("--data-dir={}", p("data").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=tls={peer}"))
-            .arg(format!("--cert-file={}", p("server.pem").display()))
-            .arg(format!("--key-file={}", p("server-key.pem").display()))
-            .arg(format!("--trusted-ca-file={}", p("ca.pem").display()))
-            .arg("--client-cert-auth")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start etcd (cargo xtask deps installs it)");
-        TlsEtcd { child, url, dir }
+        let server = TlsEtcdServer::start(&["root", "matriarch"]).expect("etcd over TLS");
+        TlsEtcd {
+            url: server.url().to_owned(),
+            server,
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.path("etcd.log")).unwrap_or_default()
+        self.server.log()
     }
 
     fn tls(&self, client: Option<&str>) -> EtcdTls {

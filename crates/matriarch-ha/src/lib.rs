@@ -13,7 +13,7 @@ pub mod sim;
 pub use decide::{
     decide, implausible_records, postgres_silence_limit, Action, DcsObservation, Decision,
     DemoteMode, EngineRole, FailsafeInputs, FailsafeRound, Inputs, LastLeader, LocalPostgres,
-    LocalRole, Memory, NodeSettings, Outcome, PeerReport, ReceivedHeartbeat, Routes,
+    LocalRole, Memory, NodeSettings, Outcome, PeerReport, ReceivedHeartbeat, Routes, SlotPlan,
     LOOPS_BEFORE_REWIND,
 };
 pub use engine::{

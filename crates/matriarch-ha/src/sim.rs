@@ -52,6 +52,7 @@ use tokio::time::Instant;
 
 use crate::Decider;
 use cluster::{member_name, Cluster, NodeHandle, PauseSwitch};
+pub use cluster::{member_settings, running_member};
 use dcs::SimDcs;
 use faults::{heal_everything, inject_fault, Heal};
 use invariants::{check_followers, check_primary, failsafe_outage};

@@ -4,8 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use matriarch_ha::sim::running_member;
 use matriarch_ha::*;
 use matriarch_model::*;
+
+mod support;
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -50,14 +53,26 @@ impl World {
         world
     }
 
+    /// Member `me` leads: it holds the lock (renewed a second ago) over a
+    /// primary at position 500 on timeline 1.
+    fn leading(me: &str) -> World {
+        let mut world = World::new(me);
+        world
+            .leader(me)
+            .primary(500, 1)
+            .renewed(Duration::from_secs(1));
+        world
+    }
+
+    /// [`World::new`] with `failsafe_mode` on.
+    fn in_failsafe_mode(me: &str) -> World {
+        let mut world = World::new(me);
+        world.config.failsafe_mode = true;
+        world
+    }
+
     fn put(&mut self, key: &str, value: Vec<u8>) {
-        self.entries.retain(|e| e.key != key);
-        let version = Version(self.entries.len() as u64 + 10);
-        self.entries.push(RawEntry {
-            key: key.to_owned(),
-            value,
-            version,
-        });
+        support::put_entry(&mut self.entries, key, value);
     }
 
     fn remove(&mut self, key: &str) {
@@ -74,6 +89,55 @@ impl World {
         self
     }
 
+    /// The routes last applied: `primary` and `replicas`.
+    fn routed(&mut self, primary: &str, replicas: &[&str]) -> &mut Self {
+        self.memory.routed = Some(Routes {
+            primary: name(primary),
+            replicas: replicas.iter().map(|n| name(n)).collect(),
+        });
+        self
+    }
+
+    /// The history key: `timeline` ended at `switch_lsn`, when `new_leader`
+    /// was promoted for `reason`.
+    fn forked(
+        &mut self,
+        timeline: u32,
+        switch_lsn: u64,
+        reason: &str,
+        new_leader: &str,
+    ) -> &mut Self {
+        self.record(Record::History(TimelineHistory(vec![HistoryEntry {
+            timeline: Timeline(timeline),
+            switch_lsn: Lsn(switch_lsn),
+            reason: reason.to_owned(),
+            timestamp: None,
+            new_leader: Some(name(new_leader)),
+        }])))
+    }
+
+    /// A failsafe heartbeat from `leader`, received `ago` seconds before now.
+    fn heartbeat_from(&mut self, leader: &str, ago: f64) -> &mut Self {
+        self.failsafe.heartbeat = Some(ReceivedHeartbeat {
+            leader: name(leader),
+            received_at: self.now - Duration::from_secs_f64(ago),
+        });
+        self
+    }
+
+    /// Cut off from the DCS, with the last failsafe round sent `sent_ago`
+    /// seconds before now and answered by `acknowledged`, not by `missing`.
+    fn cut_off_after_round(
+        &mut self,
+        sent_ago: f64,
+        acknowledged: &[&str],
+        missing: &[&str],
+    ) -> &mut Self {
+        self.reachable = false;
+        self.failsafe.round = Some(round(self, sent_ago, acknowledged, missing));
+        self
+    }
+
     /// A peer's member record.
     fn peer(&mut self, n: &str, role: Role, position: u64, timeline: u32) -> &mut Self {
         self.peer_with(n, role, position, timeline, Tags::default())
@@ -87,12 +151,11 @@ impl World {
         timeline: u32,
         tags: Tags,
     ) -> &mut Self {
-        let mut member = Member::new(name(n), format!("postgres://{n}:5432/postgres"), "");
-        member.role = role;
-        member.state = MemberState::Running;
-        member.xlog_location = Some(Lsn(position));
-        member.timeline = Some(Timeline(timeline));
-        member.tags = tags;
+        let member = Member {
+            api_url: String::new(),
+            tags,
+            ..running_member(&name(n), role, position, timeline)
+        };
         self.put(&format!("members/{n}"), encode_member(&member));
         self
     }
@@ -154,14 +217,33 @@ impl World {
     }
 }
 
-/// The actions other than publishing the member record.
+/// The actions other than publishing the member record and reconciling
+/// slots (housekeeping every loop; tests/decide_slots.rs covers it).
 fn acts(decision: &Decision) -> Vec<Action> {
     decision
         .actions
         .iter()
-        .filter(|a| !matches!(a, Action::PublishMember(_)))
+        .filter(|a| !matches!(a, Action::PublishMember(_) | Action::ReconcileSlots(_)))
         .cloned()
         .collect()
+}
+
+/// Asserts that the node's only step is a graceful stop (to rewind).
+#[track_caller]
+fn assert_stops_to_rewind(world: &World) {
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Graceful)]
+    );
+}
+
+/// Asserts that the node demotes at once and withdraws from the router.
+#[track_caller]
+fn assert_demotes_at_once(decision: &Decision) {
+    assert_eq!(
+        decision.actions,
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
 }
 
 fn has(decision: &Decision, wanted: &Action) -> bool {
@@ -228,15 +310,8 @@ fn new_node_waits_when_there_is_no_leader_to_clone_from() {
 
 #[test]
 fn leader_renews_its_lock_every_loop() {
-    let mut world = World::new("a");
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(1));
-    world.memory.routed = Some(Routes {
-        primary: name("a"),
-        replicas: BTreeSet::new(),
-    });
+    let mut world = World::leading("a");
+    world.routed("a", &[]);
     let decision = world.decide();
     assert_eq!(acts(&decision), [Action::RenewLock]);
     assert_eq!(decision.role, EngineRole::Leader);
@@ -248,12 +323,8 @@ fn leader_renews_its_lock_every_loop() {
 
 #[test]
 fn leader_routes_when_routes_changed() {
-    let mut world = World::new("a");
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(1))
-        .peer("b", Role::Replica, 500, 1);
+    let mut world = World::leading("a");
+    world.peer("b", Role::Replica, 500, 1);
     let noload = Tags {
         noloadbalance: true,
         ..Tags::default()
@@ -289,10 +360,7 @@ fn leader_that_cannot_reach_the_dcs_demotes_by_the_deadline() {
     world.primary(500, 1).renewed(Duration::from_secs(3));
     world.reachable = false;
     let decision = world.decide();
-    assert_eq!(
-        decision.actions,
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    assert_demotes_at_once(&decision);
     assert_eq!(decision.role, EngineRole::Demoting);
 }
 
@@ -336,6 +404,11 @@ fn leader_whose_postgres_will_not_start_hands_the_lock_over() {
     world.leader("a").stopped().renewed(Duration::from_secs(1));
     world.memory.ran_as_primary = true;
     world.memory.primary_start_failures = 2;
+    // Failing for primary_start_timeout, with a healthy replica to take
+    // over (tests/primary_start_timeout.rs covers the rest).
+    world.memory.primary_start_failed_since =
+        Some(world.now - ClusterConfig::default().primary_start_timeout);
+    world.peer("b", Role::Replica, 100, 1);
     assert_eq!(
         acts(&world.decide()),
         [Action::ReleaseLock, Action::Withdraw]
@@ -418,10 +491,7 @@ fn former_primary_running_as_replica_stops_to_rewind() {
     let mut world = World::new("a");
     world.leader("b").replica(None, 500, 1);
     world.memory.ran_as_primary = true;
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Graceful)]
-    );
+    assert_stops_to_rewind(&world);
 }
 
 #[test]
@@ -568,13 +638,7 @@ fn leader_gone_replica_on_an_older_timeline_does_not_race() {
 #[test]
 fn leader_gone_history_newer_than_own_timeline_blocks_the_race() {
     let mut world = World::new("b");
-    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
-        timeline: Timeline(1),
-        switch_lsn: Lsn(300),
-        reason: "promoted".into(),
-        timestamp: None,
-        new_leader: Some(name("c")),
-    }])));
+    world.forked(1, 300, "promoted", "c");
     world.replica(Some("a"), 500, 1);
     assert!(!promotes(&world.decide()));
 }
@@ -638,12 +702,8 @@ fn switchover(world: &mut World, leader: Option<&str>, candidate: Option<&str>, 
 
 #[test]
 fn switchover_leader_steps_down_when_the_candidate_is_ready() {
-    let mut world = World::new("a");
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(1))
-        .peer("b", Role::Replica, 500, 1);
+    let mut world = World::leading("a");
+    world.peer("b", Role::Replica, 500, 1);
     switchover(&mut world, Some("a"), Some("b"), None);
     assert_eq!(
         acts(&world.decide()),
@@ -657,39 +717,24 @@ fn switchover_leader_steps_down_when_the_candidate_is_ready() {
 
 #[test]
 fn switchover_to_a_missing_candidate_does_nothing() {
-    let mut world = World::new("a");
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(1));
-    world.memory.routed = Some(Routes {
-        primary: name("a"),
-        replicas: BTreeSet::new(),
-    });
+    let mut world = World::leading("a");
+    world.routed("a", &[]);
     switchover(&mut world, Some("a"), Some("zz"), None);
     assert_eq!(acts(&world.decide()), [Action::RenewLock]);
 }
 
 #[test]
 fn switchover_to_any_eligible_replica() {
-    let mut world = World::new("a");
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(1))
-        .peer("b", Role::Replica, 500, 1);
+    let mut world = World::leading("a");
+    world.peer("b", Role::Replica, 500, 1);
     switchover(&mut world, Some("a"), None, None);
     assert!(has(&world.decide(), &Action::ReleaseLock));
 }
 
 #[test]
 fn scheduled_switchover_waits_for_its_time() {
-    let mut world = World::new("a");
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(1))
-        .peer("b", Role::Replica, 500, 1);
+    let mut world = World::leading("a");
+    world.peer("b", Role::Replica, 500, 1);
     switchover(
         &mut world,
         Some("a"),
@@ -863,10 +908,7 @@ fn sync_leader() -> World {
         .primary(500, 1)
         .renewed(Duration::from_secs(1))
         .peer("b", Role::Replica, 500, 1);
-    world.memory.routed = Some(Routes {
-        primary: name("a"),
-        replicas: BTreeSet::from([name("b")]),
-    });
+    world.routed("a", &["b"]);
     world.local.streaming_standbys = BTreeSet::from([name("b")]);
     world
 }
@@ -1072,27 +1114,15 @@ fn replica_that_never_streams_from_its_leader_stops_to_rewind() {
         "slow to connect is not yet diverged"
     );
     world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND;
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Graceful)]
-    );
+    assert_stops_to_rewind(&world);
 }
 
 #[test]
 fn replica_past_the_fork_point_of_its_timeline_stops_to_rewind() {
     let mut world = World::new("b");
-    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
-        timeline: Timeline(1),
-        switch_lsn: Lsn(400),
-        reason: "promoted".into(),
-        timestamp: None,
-        new_leader: Some(name("c")),
-    }])));
+    world.forked(1, 400, "promoted", "c");
     world.leader("c").replica(Some("c"), 500, 1);
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Graceful)]
-    );
+    assert_stops_to_rewind(&world);
     world.replica(Some("c"), 400, 1);
     assert!(
         acts(&world.decide()).is_empty(),
@@ -1108,13 +1138,7 @@ fn replica_past_the_fork_point_of_its_timeline_stops_to_rewind() {
 #[test]
 fn replica_of_a_leader_still_on_its_timeline_is_not_diverged_by_a_stale_fork() {
     let mut world = World::new("b");
-    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
-        timeline: Timeline(1),
-        switch_lsn: Lsn(400),
-        reason: "promoted".into(),
-        timestamp: None,
-        new_leader: Some(name("c")),
-    }])));
+    world.forked(1, 400, "promoted", "c");
     world
         .leader("a")
         .replica(Some("a"), 500, 1)
@@ -1126,10 +1150,7 @@ fn replica_of_a_leader_still_on_its_timeline_is_not_diverged_by_a_stale_fork() {
     );
     // Once the leader reports the newer timeline, the fork is real.
     world.peer("a", Role::Primary, 600, 2);
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Graceful)]
-    );
+    assert_stops_to_rewind(&world);
 }
 
 /// Found by the simulation (seeds 5192, 11332, asynchronous mode): a
@@ -1156,10 +1177,7 @@ fn replica_never_streaming_from_a_live_leader_on_its_timeline_stops_to_rewind() 
         "a leader silent for less than two ttls may be dead and about to lose its lock"
     );
     world.memory.loops_not_streaming = loops_for_two_ttls;
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Graceful)]
-    );
+    assert_stops_to_rewind(&world);
 }
 
 #[test]
@@ -1207,15 +1225,7 @@ fn secs(s: f64) -> Duration {
 
 /// A running replica's record with a REST API URL.
 fn api_peer(world: &mut World, n: &str, position: u64) {
-    let mut member = Member::new(
-        name(n),
-        format!("postgres://{n}:5432/postgres"),
-        format!("http://{n}:8008/patroni"),
-    );
-    member.role = Role::Replica;
-    member.state = MemberState::Running;
-    member.xlog_location = Some(Lsn(position));
-    member.timeline = Some(Timeline(1));
+    let member = running_member(&name(n), Role::Replica, position, 1);
     world.put(&format!("members/{n}"), encode_member(&member));
 }
 
@@ -1238,11 +1248,9 @@ fn round(world: &World, sent_ago: f64, acknowledged: &[&str], missing: &[&str]) 
 
 #[test]
 fn failsafe_primary_cut_off_from_the_dcs_keeps_leading_when_every_member_acknowledged() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1).renewed(secs(2.5));
-    world.reachable = false;
-    world.failsafe.round = Some(round(&world, 0.5, &["b", "c"], &[]));
+    world.cut_off_after_round(0.5, &["b", "c"], &[]);
     let decision = world.decide();
     let sent_at = world.now - secs(0.5);
     assert_eq!(
@@ -1261,13 +1269,11 @@ fn failsafe_primary_cut_off_from_the_dcs_keeps_leading_when_every_member_acknowl
 
 #[test]
 fn failsafe_primary_whose_deadline_passed_on_the_renewal_keeps_leading_on_the_failsafe_round() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     // The renewal alone would have demoted (3 s ago), the last acknowledged round did not.
     world.primary(500, 1).renewed(secs(3.5));
     world.memory.failsafe_acked_at = Some(world.now - secs(2.0));
-    world.reachable = false;
-    world.failsafe.round = Some(round(&world, 0.3, &["b"], &[]));
+    world.cut_off_after_round(0.3, &["b"], &[]);
     let decision = world.decide();
     assert!(matches!(
         decision.actions[..],
@@ -1277,16 +1283,11 @@ fn failsafe_primary_whose_deadline_passed_on_the_renewal_keeps_leading_on_the_fa
 
 #[test]
 fn failsafe_primary_demotes_by_its_deadline_when_a_member_did_not_acknowledge() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1).renewed(secs(3.0));
-    world.reachable = false;
-    world.failsafe.round = Some(round(&world, 0.5, &["b"], &["c"]));
+    world.cut_off_after_round(0.5, &["b"], &["c"]);
     let decision = world.decide();
-    assert_eq!(
-        decision.actions,
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    assert_demotes_at_once(&decision);
     assert!(
         decision.reason.contains("no acknowledgement from c"),
         "{}",
@@ -1296,11 +1297,9 @@ fn failsafe_primary_demotes_by_its_deadline_when_a_member_did_not_acknowledge() 
 
 #[test]
 fn failsafe_primary_missing_an_acknowledgement_retries_the_renewal_before_its_deadline() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1).renewed(secs(1.0));
-    world.reachable = false;
-    world.failsafe.round = Some(round(&world, 0.5, &["b"], &["c"]));
+    world.cut_off_after_round(0.5, &["b"], &["c"]);
     let decision = world.decide();
     assert_eq!(decision.actions, [Action::RenewLock]);
     assert_eq!(
@@ -1311,42 +1310,29 @@ fn failsafe_primary_missing_an_acknowledgement_retries_the_renewal_before_its_de
 
 #[test]
 fn failsafe_round_sent_after_the_deadline_does_not_revive_a_primary() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     // Deadline 3 s after the renewal sent 4 s ago: passed 1 s ago; the round went 0.5 s ago.
     world.primary(500, 1).renewed(secs(4.0));
-    world.reachable = false;
-    world.failsafe.round = Some(round(&world, 0.5, &["b", "c"], &[]));
+    world.cut_off_after_round(0.5, &["b", "c"], &[]);
     let decision = world.decide();
-    assert_eq!(
-        decision.actions,
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    assert_demotes_at_once(&decision);
 }
 
 #[test]
 fn failsafe_mode_off_ignores_an_acknowledged_round() {
     let mut world = World::new("a");
     world.primary(500, 1).renewed(secs(3.0));
-    world.reachable = false;
-    world.failsafe.round = Some(round(&world, 0.5, &["b", "c"], &[]));
+    world.cut_off_after_round(0.5, &["b", "c"], &[]);
     let decision = world.decide();
-    assert_eq!(
-        decision.actions,
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    assert_demotes_at_once(&decision);
 }
 
 #[test]
 fn failsafe_replica_with_a_fresh_heartbeat_does_not_race_for_the_expired_lock() {
-    let mut world = World::new("b");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("b");
     world.replica(Some("a"), 500, 1);
     world.record(failsafe_key(&["a", "b"]));
-    world.failsafe.heartbeat = Some(ReceivedHeartbeat {
-        leader: name("a"),
-        received_at: world.now - secs(4.0),
-    });
+    world.heartbeat_from("a", 4.0);
     let decision = world.decide();
     assert!(!promotes(&decision), "{decision:?}");
     assert!(
@@ -1358,14 +1344,10 @@ fn failsafe_replica_with_a_fresh_heartbeat_does_not_race_for_the_expired_lock() 
 
 #[test]
 fn failsafe_replica_whose_heartbeat_is_older_than_ttl_races_again() {
-    let mut world = World::new("b");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("b");
     world.replica(Some("a"), 500, 1);
     world.record(failsafe_key(&["a", "b"]));
-    world.failsafe.heartbeat = Some(ReceivedHeartbeat {
-        leader: name("a"),
-        received_at: world.now - secs(5.0),
-    });
+    world.heartbeat_from("a", 5.0);
     assert!(promotes(&world.decide()));
 }
 
@@ -1373,17 +1355,13 @@ fn failsafe_replica_whose_heartbeat_is_older_than_ttl_races_again() {
 fn failsafe_heartbeat_is_honoured_even_after_failsafe_mode_was_switched_off() {
     let mut world = World::new("b");
     world.replica(Some("a"), 500, 1);
-    world.failsafe.heartbeat = Some(ReceivedHeartbeat {
-        leader: name("a"),
-        received_at: world.now - secs(1.0),
-    });
+    world.heartbeat_from("a", 1.0);
     assert!(!promotes(&world.decide()));
 }
 
 #[test]
 fn failsafe_mode_member_missing_from_the_failsafe_key_does_not_race() {
-    let mut world = World::new("b");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("b");
     world.replica(Some("a"), 500, 1);
     world.record(failsafe_key(&["a", "c"]));
     let decision = world.decide();
@@ -1393,8 +1371,7 @@ fn failsafe_mode_member_missing_from_the_failsafe_key_does_not_race() {
 
 #[test]
 fn failsafe_mode_member_of_the_failsafe_key_races_as_usual() {
-    let mut world = World::new("b");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("b");
     world.replica(Some("a"), 500, 1);
     world.record(failsafe_key(&["a", "b"]));
     assert!(promotes(&world.decide()));
@@ -1402,8 +1379,7 @@ fn failsafe_mode_member_of_the_failsafe_key_races_as_usual() {
 
 #[test]
 fn failsafe_leader_writes_the_failsafe_key_with_every_member_api() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.leader("a").primary(500, 1).renewed(secs(1.0));
     api_peer(&mut world, "b", 500);
     api_peer(&mut world, "c", 400);
@@ -1419,8 +1395,7 @@ fn failsafe_leader_writes_the_failsafe_key_with_every_member_api() {
 
 #[test]
 fn failsafe_leader_leaves_an_unchanged_failsafe_key_alone() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.leader("a").primary(500, 1).renewed(secs(1.0));
     api_peer(&mut world, "b", 500);
     world.record(failsafe_key(&["a", "b"]));
@@ -1448,8 +1423,7 @@ fn failsafe_mode_off_leader_writes_no_failsafe_key() {
 
 #[test]
 fn failsafe_primary_retakes_the_lock_that_expired_during_the_outage() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1).renewed(secs(8.0));
     world.memory.failsafe_acked_at = Some(world.now - secs(1.0));
     let decision = world.decide();
@@ -1459,8 +1433,7 @@ fn failsafe_primary_retakes_the_lock_that_expired_during_the_outage() {
 
 #[test]
 fn primary_without_failsafe_acknowledgements_still_demotes_when_the_lock_expired() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1).renewed(secs(8.0));
     assert_eq!(
         acts(&world.decide()),
@@ -1602,8 +1575,7 @@ fn replica_remembers_the_newest_position_of_its_leader_from_status_or_record() {
 
 #[test]
 fn failsafe_primary_told_the_lock_expired_keeps_its_failsafe_deadline_to_retake_it() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1);
     world.memory.failsafe_acked_at = Some(world.now - secs(1.0));
     world.memory.lock_lost();
@@ -1620,12 +1592,10 @@ fn failsafe_primary_told_the_lock_expired_keeps_its_failsafe_deadline_to_retake_
 
 #[test]
 fn failsafe_round_does_not_extend_a_lock_this_node_was_told_it_lost() {
-    let mut world = World::new("a");
-    world.config.failsafe_mode = true;
+    let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1);
     world.memory.failsafe_acked_at = Some(world.now - secs(2.5));
-    world.reachable = false;
-    world.failsafe.round = Some(round(&world, 0.1, &["b"], &[]));
+    world.cut_off_after_round(0.1, &["b"], &[]);
     let decision = world.decide();
     assert!(!decision
         .actions
@@ -2079,13 +2049,7 @@ fn switchover_former_leader_never_starts_as_primary_once_the_cluster_moved_on() 
     let late = world.config.ttl + Duration::from_secs(1);
     stepped_down(&mut world, late);
     // b was promoted onto timeline 3 (and its lock is gone already).
-    world.record(Record::History(TimelineHistory(vec![HistoryEntry {
-        timeline: Timeline(2),
-        switch_lsn: Lsn(800),
-        reason: "promoted by matriarch".to_owned(),
-        timestamp: None,
-        new_leader: Some(name("b")),
-    }])));
+    world.forked(2, 800, "promoted by matriarch", "b");
     let decision = world.decide();
     assert!(!promotes(&decision), "{decision:?}");
     // A peer reports a newer timeline, or answers as a running primary.

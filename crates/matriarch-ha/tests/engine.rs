@@ -8,13 +8,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use matriarch_dcs::{Clock, Dcs, Expected, ManualClock, MemoryDcs};
+use matriarch_ha::sim::{member_settings, running_member};
 use matriarch_ha::*;
 use matriarch_model::*;
 use matriarch_postgres::{
-    BootstrapSpec, Credentials, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError,
-    RewindOutcome, ServerState, StartAs, StopMode, SyncStandbyNames, Upstream, WalPositions,
+    BootstrapSpec, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError, RewindOutcome,
+    ServerState, StartAs, StopMode, SyncStandbyNames, Upstream, WalPositions,
 };
 use matriarch_router::{Endpoint, RecordingRouter, Router, RouterCall, RouterError, Routes};
+
+mod support;
+use support::LogCapture;
 
 const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
 
@@ -33,6 +37,8 @@ struct PgState {
     upstream: Option<MemberName>,
     /// `synchronous_standby_names` as last set.
     sync: Option<SyncStandbyNames>,
+    /// The cluster system ids the engine passed on, in order.
+    told_system_ids: Vec<SystemId>,
 }
 
 /// A PostgreSQL that does what it is told and logs promotions and demotions.
@@ -52,6 +58,7 @@ impl FakePg {
                 position,
                 upstream: Some(name(upstream)),
                 sync: None,
+                told_system_ids: Vec::new(),
             })),
             events: Arc::clone(events),
         }
@@ -159,6 +166,9 @@ impl Postgres for FakePg {
         self.state.lock().unwrap().sync = Some(names.clone());
         Ok(())
     }
+    fn set_cluster_system_id(&self, system_id: SystemId) {
+        self.state.lock().unwrap().told_system_ids.push(system_id);
+    }
 }
 
 /// A [`RecordingRouter`] that also logs into the shared event list, so the
@@ -191,23 +201,7 @@ impl Router for LoggedRouter {
 }
 
 fn settings(me: &str, config: ClusterConfig) -> EngineSettings {
-    EngineSettings {
-        node: NodeSettings {
-            name: name(me),
-            tags: Tags::default(),
-            conn_url: format!("postgres://{me}:5432/postgres"),
-            api_url: format!("http://{me}:8008/patroni"),
-        },
-        bootstrap_config: config,
-        bootstrap: BootstrapSpec {
-            superuser: Credentials::without_password("postgres"),
-            replication: Credentials::without_password("replicator"),
-            rewind: None,
-            parameters: Default::default(),
-            pg_hba: Vec::new(),
-        },
-        postgres_timeout: Duration::from_secs(10),
-    }
+    member_settings(&name(me), config)
 }
 
 fn store(clock: &Arc<ManualClock>) -> MemoryDcs {
@@ -219,20 +213,90 @@ fn store(clock: &Arc<ManualClock>) -> MemoryDcs {
     store
 }
 
+/// A store on a manual clock and the log of what the fakes did: what the
+/// engines of one test share.
+struct Rig {
+    clock: Arc<ManualClock>,
+    store: MemoryDcs,
+    events: Events,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let clock = Arc::new(ManualClock::new());
+        Rig {
+            store: store(&clock),
+            clock,
+            events: Arc::default(),
+        }
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock) as Arc<dyn Clock>
+    }
+
+    /// Member `me`'s engine over `pg` on `connection`, with `config` as its
+    /// bootstrap configuration and a recording router.
+    fn engine<P: Postgres + 'static>(
+        &self,
+        connection: MemoryDcs,
+        pg: P,
+        me: &str,
+        config: ClusterConfig,
+    ) -> Engine<MemoryDcs, P, RecordingRouter> {
+        Engine::new(
+            connection,
+            pg,
+            RecordingRouter::new("recording"),
+            settings(me, config),
+            self.clock(),
+        )
+    }
+
+    /// Leader `a`'s engine (not run yet) over a primary at position 800,
+    /// with `a` holding the lock under `config`; also its PostgreSQL and its
+    /// connection to the store.
+    async fn leader_a(
+        &self,
+        config: &ClusterConfig,
+    ) -> (
+        Engine<MemoryDcs, FakePg, RecordingRouter>,
+        FakePg,
+        MemoryDcs,
+    ) {
+        let connection = self.store.connect();
+        let pg = FakePg::primary(800, &self.events);
+        let engine = self.engine(connection.clone(), pg.clone(), "a", config.clone());
+        assert!(connection
+            .acquire_leader(&name("a"), config.ttl)
+            .await
+            .unwrap());
+        (engine, pg, connection)
+    }
+
+    /// Replica `b`'s engine over a replica of `a` at position 500, while
+    /// `a` leads (its record at 550, its status at 600).
+    async fn replica_b(&self, config: ClusterConfig) -> Engine<MemoryDcs, FakePg, RecordingRouter> {
+        let pg = FakePg::replica_of("a", 500, &self.events);
+        let engine = self.engine(self.store.connect(), pg, "b", config);
+        other_leader(&self.store, "a", 550, 600).await;
+        engine
+    }
+}
+
+fn failsafe_config() -> ClusterConfig {
+    ClusterConfig {
+        failsafe_mode: true,
+        ..ClusterConfig::default()
+    }
+}
+
 /// Another member `n` leads with its record at `position` and `status` at `optime`.
 async fn other_leader(store: &MemoryDcs, n: &str, position: u64, optime: u64) -> MemoryDcs {
     let client = store.connect();
     let ttl = ClusterConfig::default().ttl;
     assert!(client.acquire_leader(&name(n), ttl).await.unwrap());
-    let mut member = Member::new(
-        name(n),
-        format!("postgres://{n}:5432/postgres"),
-        format!("http://{n}:8008/patroni"),
-    );
-    member.role = Role::Primary;
-    member.state = MemberState::Running;
-    member.xlog_location = Some(Lsn(position));
-    member.timeline = Some(Timeline(1));
+    let member = running_member(&name(n), Role::Primary, position, 1);
     client.publish_member(&member, ttl).await.unwrap();
     client
         .write(
@@ -258,9 +322,11 @@ struct Failover {
 /// Replica `b` at position 500 follows leader `a` (record at 550, status at
 /// 600) for one loop; then `a`'s lock and record expire.
 async fn failover_setup() -> Failover {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
+    let Rig {
+        clock,
+        store,
+        events,
+    } = Rig::new();
     let router = RecordingRouter::new("recording");
     let engine = Engine::new(
         store.connect(),
@@ -351,19 +417,12 @@ async fn failover_reports_the_possible_loss_in_history_and_status() {
 
 #[tokio::test]
 async fn replica_ahead_of_the_last_known_leader_position_reports_no_loss() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
-    let mut engine = Engine::new(
-        store.connect(),
-        FakePg::replica_of("a", 700, &events),
-        RecordingRouter::new("recording"),
-        settings("b", ClusterConfig::default()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
-    other_leader(&store, "a", 650, 600).await;
+    let rig = Rig::new();
+    let pg = FakePg::replica_of("a", 700, &rig.events);
+    let mut engine = rig.engine(rig.store.connect(), pg, "b", ClusterConfig::default());
+    other_leader(&rig.store, "a", 650, 600).await;
     engine.run_once().await;
-    clock.advance(Duration::from_secs(6));
+    rig.clock.advance(Duration::from_secs(6));
     engine.run_once().await;
     assert_eq!(
         engine.status().get().last_failover_possible_loss_bytes,
@@ -455,26 +514,16 @@ impl Fence for RecordingFence {
 
 #[tokio::test]
 async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_silent() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
-    let config = ClusterConfig {
-        failsafe_mode: true,
-        ..ClusterConfig::default()
-    };
-    let connection = store.connect();
-    let pg = FakePg::primary(800, &events);
+    let rig = Rig::new();
+    let (clock, store) = (&rig.clock, &rig.store);
+    let config = failsafe_config();
     let peers = Arc::new(Peers::default());
     let fence = Arc::new(RecordingFence::default());
-    let mut engine = Engine::new(
-        connection.clone(),
-        pg.clone(),
-        RecordingRouter::new("recording"),
-        settings("a", config.clone()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>)
-    .with_failsafe_sender(Arc::clone(&peers) as Arc<dyn FailsafeSender>);
+    // The primary holds the lock, renews it and writes the failsafe key.
+    let (engine, pg, connection) = rig.leader_a(&config).await;
+    let mut engine = engine
+        .with_fence(Arc::clone(&fence) as Arc<dyn Fence>)
+        .with_failsafe_sender(Arc::clone(&peers) as Arc<dyn FailsafeSender>);
     // Replica b's record, with its REST API.
     let mut b = Member::new(
         name("b"),
@@ -488,12 +537,6 @@ async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_sile
         .publish_member(&b, Duration::from_secs(3600))
         .await
         .unwrap();
-
-    // The primary holds the lock, renews it and writes the failsafe key.
-    assert!(connection
-        .acquire_leader(&name("a"), config.ttl)
-        .await
-        .unwrap());
     engine.run_once().await;
     let view = store.read_view().await.unwrap();
     let key = view.failsafe.unwrap().unwrap().value;
@@ -538,13 +581,6 @@ async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_sile
 async fn failsafe_heartbeat_is_acknowledged_only_by_a_replica_of_its_sender() {
     let mut f = failover_setup().await;
     let handle = f.engine.failsafe_handle();
-    let heartbeat = |n: &str| FailsafeHeartbeat {
-        name: name(n),
-        conn_url: String::new(),
-        api_url: String::new(),
-        timeline: None,
-        xlog_location: None,
-    };
     // Failsafe mode is off in this cluster.
     f.engine.run_once().await;
     assert_eq!(
@@ -552,21 +588,9 @@ async fn failsafe_heartbeat_is_acknowledged_only_by_a_replica_of_its_sender() {
         Err(FailsafeRefusal::Disabled)
     );
 
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
-    let config = ClusterConfig {
-        failsafe_mode: true,
-        ..ClusterConfig::default()
-    };
-    let mut engine = Engine::new(
-        store.connect(),
-        FakePg::replica_of("a", 500, &events),
-        RecordingRouter::new("recording"),
-        settings("b", config),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
-    other_leader(&store, "a", 550, 600).await;
+    let rig = Rig::new();
+    let (clock, events) = (&rig.clock, &rig.events);
+    let mut engine = rig.replica_b(failsafe_config()).await;
     engine.run_once().await;
     let handle = engine.failsafe_handle();
     assert_eq!(
@@ -595,38 +619,33 @@ async fn failsafe_heartbeat_is_acknowledged_only_by_a_replica_of_its_sender() {
 
 static LATE_HEARTBEAT: std::sync::OnceLock<FailsafeHandle> = std::sync::OnceLock::new();
 
+/// A failsafe heartbeat from `n`.
+fn heartbeat(n: &str) -> FailsafeHeartbeat {
+    FailsafeHeartbeat {
+        name: name(n),
+        conn_url: String::new(),
+        api_url: String::new(),
+        timeline: None,
+        xlog_location: None,
+    }
+}
+
 /// `decide`, with a heartbeat from `a` acknowledged just after the inputs were read.
 fn heartbeat_while_deciding(inputs: &Inputs<'_>) -> Decision {
     if let Some(handle) = LATE_HEARTBEAT.get() {
-        let _ = handle.receive(&FailsafeHeartbeat {
-            name: name("a"),
-            conn_url: String::new(),
-            api_url: String::new(),
-            timeline: None,
-            xlog_location: None,
-        });
+        let _ = handle.receive(&heartbeat("a"));
     }
     decide(inputs)
 }
 
 #[tokio::test]
 async fn failsafe_heartbeat_acknowledged_while_deciding_stops_the_race() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
-    let config = ClusterConfig {
-        failsafe_mode: true,
-        ..ClusterConfig::default()
-    };
-    let mut engine = Engine::new(
-        store.connect(),
-        FakePg::replica_of("a", 500, &events),
-        RecordingRouter::new("recording"),
-        settings("b", config),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .with_decider(heartbeat_while_deciding);
-    other_leader(&store, "a", 550, 600).await;
+    let rig = Rig::new();
+    let (clock, store, events) = (&rig.clock, &rig.store, &rig.events);
+    let mut engine = rig
+        .replica_b(failsafe_config())
+        .await
+        .with_decider(heartbeat_while_deciding);
     // Past the restart guard (ttl after the agent started), following a.
     clock.advance(Duration::from_secs(1));
     engine.run_once().await;
@@ -686,32 +705,19 @@ async fn a_lock_taken_without_an_armed_fence_is_given_back_and_nobody_is_promote
 /// another member can take it.
 #[tokio::test]
 async fn a_primary_whose_lock_lives_shorter_than_the_ttl_stops_writes_before_it_expires() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
+    let rig = Rig::new();
+    let (clock, store) = (&rig.clock, &rig.store);
     let lifetime = Duration::from_secs(6);
     store.set_max_ttl(Some(lifetime));
-    let events: Events = Arc::default();
     let config = ClusterConfig {
         ttl: Duration::from_secs(30),
         loop_wait: Duration::from_secs(1),
         retry_timeout: Duration::from_secs(2),
         ..ClusterConfig::default()
     };
-    let connection = store.connect();
-    let pg = FakePg::primary(800, &events);
     let fence = Arc::new(RecordingFence::default());
-    let mut engine = Engine::new(
-        connection.clone(),
-        pg.clone(),
-        RecordingRouter::new("recording"),
-        settings("a", config.clone()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
-    assert!(connection
-        .acquire_leader(&name("a"), config.ttl)
-        .await
-        .unwrap());
+    let (engine, pg, connection) = rig.leader_a(&config).await;
+    let mut engine = engine.with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
     // Renewed at 0 s: the lock lives until 6 s, whatever the ttl says.
     let decision = engine.run_once().await;
     assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
@@ -748,101 +754,6 @@ async fn a_primary_whose_lock_lives_shorter_than_the_ttl_stops_writes_before_it_
     );
 }
 
-/// Collects the events logged on this thread (the test runtime is
-/// single-threaded), one line each: level, then every field.
-#[derive(Clone, Default)]
-struct LogCapture(Arc<Mutex<Vec<String>>>);
-
-thread_local! {
-    /// The capture events on this thread go to, if any.
-    static THIS_THREAD_CAPTURE: std::cell::RefCell<Option<LogCapture>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Stops capturing this thread's events when dropped.
-struct CaptureGuard;
-
-impl Drop for CaptureGuard {
-    fn drop(&mut self) {
-        THIS_THREAD_CAPTURE.with(|capture| capture.borrow_mut().take());
-    }
-}
-
-impl LogCapture {
-    /// Sends the events logged on this thread here until the guard drops.
-    ///
-    /// One global subscriber routes each event to its thread's capture.
-    /// Per-thread `set_default` subscribers are not used because tracing
-    /// caches a callsite's interest when it is first hit: a callsite first
-    /// reached by a test thread without a capture, while another test
-    /// installs its own, can be cached as "never" and its events vanish
-    /// (seen under load in CI).
-    fn capture_this_thread(&self) -> CaptureGuard {
-        static INSTALL: std::sync::Once = std::sync::Once::new();
-        INSTALL.call_once(|| {
-            // Fails only if this binary already set one; then nothing to do.
-            let _ = tracing::subscriber::set_global_default(ThreadRouter);
-        });
-        THIS_THREAD_CAPTURE.with(|capture| *capture.borrow_mut() = Some(self.clone()));
-        CaptureGuard
-    }
-
-    /// Warnings about the `config` key logged by `member`.
-    fn config_warnings(&self, member: &str) -> Vec<String> {
-        let tag = format!(" member={member} ");
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|line| {
-                line.starts_with("WARN") && line.contains(&tag) && line.contains("config")
-            })
-            .cloned()
-            .collect()
-    }
-}
-
-/// The global subscriber: hands each event to the capture of the thread it
-/// was logged on, and asks again for every event (interest "sometimes") so
-/// no callsite is ever cached as uninteresting.
-struct ThreadRouter;
-
-impl tracing::Subscriber for ThreadRouter {
-    fn register_callsite(
-        &self,
-        _metadata: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::sometimes()
-    }
-    fn enabled(&self, _metadata: &tracing::Metadata<'_>) -> bool {
-        THIS_THREAD_CAPTURE.with(|capture| capture.borrow().is_some())
-    }
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::TRACE)
-    }
-    fn new_span(&self, _span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _span: &tracing::span::Id, _values: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _span: &tracing::span::Id, _follows: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Line(String);
-        impl tracing::field::Visit for Line {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!(" {}={:?} ", field.name(), value));
-            }
-        }
-        let Some(capture) = THIS_THREAD_CAPTURE.with(|capture| capture.borrow().clone()) else {
-            return;
-        };
-        let mut line = Line(event.metadata().level().to_string());
-        event.record(&mut line);
-        capture.0.lock().unwrap().push(line.0);
-    }
-    fn enter(&self, _span: &tracing::span::Id) {}
-    fn exit(&self, _span: &tracing::span::Id) {}
-}
-
 /// A leader `a` and its replica `b` on one store and clock.
 struct Pair {
     a: Engine<MemoryDcs, FakePg, RecordingRouter>,
@@ -874,9 +785,8 @@ impl Pair {
 async fn bad_config_written_behind_our_back_changes_nothing(bad: &str) {
     let logs = LogCapture::default();
     let _logging = logs.capture_this_thread();
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
+    let rig = Rig::new();
+    let (store, events) = (&rig.store, &rig.events);
     let config = ClusterConfig {
         ttl: Duration::from_secs(8),
         ..ClusterConfig::default()
@@ -887,27 +797,14 @@ async fn bad_config_written_behind_our_back_changes_nothing(bad: &str) {
         .await
         .unwrap();
     let a_dcs = store.connect();
-    let a_pg = FakePg::primary(800, &events);
+    let a_pg = FakePg::primary(800, events);
     assert!(a_dcs.acquire_leader(&name("a"), config.ttl).await.unwrap());
-    let a = Engine::new(
-        a_dcs,
-        a_pg.clone(),
-        RecordingRouter::new("recording"),
-        settings("a", ClusterConfig::default()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
-    let b = Engine::new(
-        store.connect(),
-        FakePg::replica_of("a", 800, &events),
-        RecordingRouter::new("recording"),
-        settings("b", ClusterConfig::default()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
+    let b_pg = FakePg::replica_of("a", 800, events);
     let mut pair = Pair {
-        a,
-        b,
+        a: rig.engine(a_dcs, a_pg.clone(), "a", ClusterConfig::default()),
+        b: rig.engine(store.connect(), b_pg, "b", ClusterConfig::default()),
         a_pg,
-        clock: Arc::clone(&clock),
+        clock: Arc::clone(&rig.clock),
     };
     assert_eq!(pair.loops(3).await, (config.clone(), config.clone()));
 
@@ -966,15 +863,7 @@ async fn ttl_no_dcs_can_hold_written_into_the_dcs_is_ignored() {
 
 /// Replica `b`'s record as the leader sees it: running, at `position` on `timeline`.
 async fn publish_replica(store: &MemoryDcs, n: &str, position: u64, timeline: u32) {
-    let mut member = Member::new(
-        name(n),
-        format!("postgres://{n}:5432/postgres"),
-        format!("http://{n}:8008/patroni"),
-    );
-    member.role = Role::Replica;
-    member.state = MemberState::Running;
-    member.xlog_location = Some(Lsn(position));
-    member.timeline = Some(Timeline(timeline));
+    let member = running_member(&name(n), Role::Replica, position, timeline);
     store
         .connect()
         .publish_member(&member, Duration::from_secs(3600))
@@ -1011,23 +900,15 @@ impl PeerProbe for RecordProbe {
 /// and the reason reported.
 #[tokio::test]
 async fn switchover_whose_candidate_never_races_ends_with_the_same_leader_and_timeline() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
+    let rig = Rig::new();
+    let (clock, store, events) = (&rig.clock, &rig.store, &rig.events);
     let config = ClusterConfig::default();
-    let connection = store.connect();
-    let pg = FakePg::primary(800, &events);
+    let (engine, pg, connection) = rig.leader_a(&config).await;
     pg.state.lock().unwrap().timeline = 2;
     let fence = Arc::new(RecordingFence::default());
-    let mut engine = Engine::new(
-        connection.clone(),
-        pg.clone(),
-        RecordingRouter::new("recording"),
-        settings("a", config.clone()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>)
-    .with_peer_probe(Arc::new(RecordProbe));
+    let mut engine = engine
+        .with_fence(Arc::clone(&fence) as Arc<dyn Fence>)
+        .with_peer_probe(Arc::new(RecordProbe));
     // The earlier promotion ended timeline 1.
     connection
         .write(
@@ -1042,11 +923,7 @@ async fn switchover_whose_candidate_never_races_ends_with_the_same_leader_and_ti
         )
         .await
         .unwrap();
-    assert!(connection
-        .acquire_leader(&name("a"), config.ttl)
-        .await
-        .unwrap());
-    publish_replica(&store, "b", 800, 2).await;
+    publish_replica(store, "b", 800, 2).await;
     engine.run_once().await;
     assert!(pg.is_writable_primary());
     connection
@@ -1072,7 +949,7 @@ async fn switchover_whose_candidate_never_races_ends_with_the_same_leader_and_ti
         } else {
             1
         };
-        publish_replica(&store, "b", 800, timeline).await;
+        publish_replica(store, "b", 800, timeline).await;
         let decision = engine.run_once().await;
         stepped_down |= decision.role == EngineRole::Demoting;
         clock.advance(config.loop_wait);
@@ -1101,28 +978,15 @@ async fn switchover_whose_candidate_never_races_ends_with_the_same_leader_and_ti
 /// setting stays while no standby appears.
 #[tokio::test]
 async fn strict_synchronous_primary_without_standbys_waits_for_any_standby() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
+    let rig = Rig::new();
+    let (clock, store) = (&rig.clock, &rig.store);
     let config = ClusterConfig {
         synchronous_mode: SynchronousMode::On,
         synchronous_mode_strict: true,
         ..ClusterConfig::default()
     };
-    let connection = store.connect();
-    let pg = FakePg::primary(800, &events);
-    let mut engine = Engine::new(
-        connection.clone(),
-        pg.clone(),
-        RecordingRouter::new("recording"),
-        settings("a", config.clone()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .with_fence(Arc::new(RecordingFence::default()) as Arc<dyn Fence>);
-    assert!(connection
-        .acquire_leader(&name("a"), config.ttl)
-        .await
-        .unwrap());
+    let (engine, pg, _connection) = rig.leader_a(&config).await;
+    let mut engine = engine.with_fence(Arc::new(RecordingFence::default()) as Arc<dyn Fence>);
     for _ in 0..4 {
         engine.run_once().await;
         clock.advance(config.loop_wait);
@@ -1166,27 +1030,13 @@ async fn restart_setup() -> (
     Arc<BreakableFence>,
     MemoryDcs,
 ) {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
-    let connection = store.connect();
-    let pg = FakePg::primary(800, &events);
+    let rig = Rig::new();
     let fence = Arc::new(BreakableFence::default());
-    let mut engine = Engine::new(
-        connection.clone(),
-        pg.clone(),
-        RecordingRouter::new("recording"),
-        settings("a", ClusterConfig::default()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
-    assert!(connection
-        .acquire_leader(&name("a"), ClusterConfig::default().ttl)
-        .await
-        .unwrap());
+    let (engine, pg, _connection) = rig.leader_a(&ClusterConfig::default()).await;
+    let mut engine = engine.with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
     let decision = engine.run_once().await;
     assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
-    (engine, pg, fence, store)
+    (engine, pg, fence, rig.store)
 }
 
 #[tokio::test]
@@ -1292,27 +1142,12 @@ async fn an_idle_leader_rewrites_status_only_when_its_position_changes() {
 
 // ---- hostile records, log amplification, silent waits ----
 
-impl LogCapture {
-    /// Lines at `level` logged by `member` that contain `text`.
-    fn lines(&self, level: &str, member: &str, text: &str) -> Vec<String> {
-        let tag = format!(" member={member} ");
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|line| line.starts_with(level) && line.contains(&tag) && line.contains(text))
-            .cloned()
-            .collect()
-    }
-}
-
 /// A permanent record (no lease) of a running replica `n` at `position`.
 fn leftover_record(store: &MemoryDcs, n: &str, position: u64, timeline: u32) {
-    let mut member = Member::new(name(n), format!("postgres://{n}:5432/postgres"), "");
-    member.role = Role::Replica;
-    member.state = MemberState::Running;
-    member.xlog_location = Some(Lsn(position));
-    member.timeline = Some(Timeline(timeline));
+    let member = Member {
+        api_url: String::new(),
+        ..running_member(&name(n), Role::Replica, position, timeline)
+    };
     store.put_raw(&format!("members/{n}"), &encode_member(&member));
 }
 
@@ -1612,23 +1447,9 @@ async fn a_hung_postgres_is_fenced_and_then_loses_the_lock() {
 /// keeps leading, and clears it once it waited a ttl for the member.
 #[tokio::test]
 async fn a_failover_request_naming_a_nonexistent_member_is_shown_then_cleared() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
-    let config = ClusterConfig::default();
-    let connection = store.connect();
-    let pg = FakePg::primary(800, &events);
-    let mut engine = Engine::new(
-        connection.clone(),
-        pg.clone(),
-        RecordingRouter::new("recording"),
-        settings("a", config.clone()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
-    assert!(connection
-        .acquire_leader(&name("a"), config.ttl)
-        .await
-        .unwrap());
+    let rig = Rig::new();
+    let (clock, store, events) = (&rig.clock, &rig.store, &rig.events);
+    let (mut engine, pg, connection) = rig.leader_a(&ClusterConfig::default()).await;
     engine.run_once().await;
     connection
         .write(
@@ -1667,85 +1488,108 @@ async fn a_failover_request_naming_a_nonexistent_member_is_shown_then_cleared() 
     assert!(events.lock().unwrap().is_empty(), "{:?}", events);
 }
 
-/// A [`FakePg`] that records the cluster system ids the engine passes on.
-#[derive(Clone)]
-struct IdRecordingPg {
-    inner: FakePg,
-    told: Arc<Mutex<Vec<SystemId>>>,
-}
-
-#[async_trait]
-impl Postgres for IdRecordingPg {
-    async fn observe(&self) -> Result<LocalState, PostgresError> {
-        self.inner.observe().await
-    }
-    async fn bootstrap(&self, spec: &BootstrapSpec) -> Result<SystemId, PostgresError> {
-        self.inner.bootstrap(spec).await
-    }
-    async fn clone_replica(&self, source: &Upstream) -> Result<(), PostgresError> {
-        self.inner.clone_replica(source).await
-    }
-    async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
-        self.inner.start(as_role).await
-    }
-    async fn stop(&self, mode: StopMode) -> Result<(), PostgresError> {
-        self.inner.stop(mode).await
-    }
-    async fn promote(&self) -> Result<Timeline, PostgresError> {
-        self.inner.promote().await
-    }
-    async fn demote(&self, mode: StopMode, follow: Option<Upstream>) -> Result<(), PostgresError> {
-        self.inner.demote(mode, follow).await
-    }
-    async fn follow(&self, upstream: &Upstream) -> Result<(), PostgresError> {
-        self.inner.follow(upstream).await
-    }
-    async fn rewind(&self, source: &Upstream) -> Result<RewindOutcome, PostgresError> {
-        self.inner.rewind(source).await
-    }
-    async fn set_synchronous_standby_names(
-        &self,
-        names: &SyncStandbyNames,
-    ) -> Result<(), PostgresError> {
-        self.inner.set_synchronous_standby_names(names).await
-    }
-    fn set_cluster_system_id(&self, system_id: SystemId) {
-        self.told.lock().unwrap().push(system_id);
-    }
-}
-
 /// Issue 21, item 8: the system id PostgreSQL is checked against (a data
 /// directory or a clone source of another cluster is refused) was read from
 /// the `initialize` key once, at start, so a corrected key counted only
 /// after a restart. The engine passes the key on at every loop.
 #[tokio::test]
 async fn a_corrected_initialize_key_is_passed_on_at_the_next_loop() {
-    let clock = Arc::new(ManualClock::new());
-    let store = store(&clock);
-    let events: Events = Arc::default();
-    other_leader(&store, "a", 550, 600).await;
-    let told = Arc::new(Mutex::new(Vec::new()));
-    let pg = IdRecordingPg {
-        inner: FakePg::replica_of("a", 500, &events),
-        told: Arc::clone(&told),
-    };
-    let mut engine = Engine::new(
-        store.connect(),
-        pg,
-        RecordingRouter::new("recording"),
-        settings("b", ClusterConfig::default()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
+    let rig = Rig::new();
+    let store = &rig.store;
+    other_leader(store, "a", 550, 600).await;
+    let pg = FakePg::replica_of("a", 500, &rig.events);
+    let mut engine = rig.engine(store.connect(), pg.clone(), "b", ClusterConfig::default());
+    let told = |pg: &FakePg| pg.state.lock().unwrap().told_system_ids.last().copied();
     let wrong = SystemId(SYSID.0 ^ 1);
     store.put_raw("initialize", &encode_initialize(&Initialize::Done(wrong)));
     engine.run_once().await;
-    assert_eq!(told.lock().unwrap().last(), Some(&wrong));
+    assert_eq!(told(&pg), Some(wrong));
     // An operator corrects the key: the next loop passes the right one on.
     store.put_raw("initialize", &encode_initialize(&Initialize::Done(SYSID)));
     engine.run_once().await;
-    assert_eq!(told.lock().unwrap().last(), Some(&SYSID));
+    assert_eq!(told(&pg), Some(SYSID));
     // A garbage value changes nothing: the last one read stays.
     store.put_raw("initialize", b"\xff not an id");
     engine.run_once().await;
-    assert_eq!(told.lock().unwrap().last(), Some(&SYSID));
+    assert_eq!(told(&pg), Some(SYSID));
+}
+
+/// Records what the engine tells the fence, in order.
+#[derive(Default)]
+struct ModeFence {
+    calls: Mutex<Vec<&'static str>>,
+}
+
+#[async_trait]
+impl Fence for ModeFence {
+    async fn arm(&self, _valid_for: Duration) -> Result<(), FenceError> {
+        self.calls.lock().unwrap().push("arm");
+        Ok(())
+    }
+    async fn disarm(&self) -> Result<(), FenceError> {
+        self.calls.lock().unwrap().push("disarm");
+        Ok(())
+    }
+    async fn suspend(&self) -> Result<(), FenceError> {
+        self.calls.lock().unwrap().push("suspend");
+        Ok(())
+    }
+}
+
+/// In pause (Patroni's maintenance mode) the operator owns PostgreSQL: the
+/// leader's fence is suspended instead of armed, and a stop of the agent
+/// leaves PostgreSQL running and the leader key in place. At resume the
+/// fence is armed again before the agent acts.
+#[tokio::test]
+async fn a_paused_leader_suspends_its_fence_and_stops_without_touching_postgres_or_the_lock() {
+    let rig = Rig::new();
+    let paused = ClusterConfig {
+        pause: true,
+        ..ClusterConfig::default()
+    };
+    rig.store
+        .connect()
+        .write(&Record::Config(paused.clone()), Expected::Any)
+        .await
+        .unwrap();
+    let (engine, pg, _connection) = rig.leader_a(&paused).await;
+    let fence = Arc::new(ModeFence::default());
+    let mut engine = engine.with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
+    let decision = engine.run_once().await;
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    rig.clock.advance(Duration::from_secs(2));
+    engine.run_once().await;
+    assert_eq!(*fence.calls.lock().unwrap(), ["suspend"]);
+
+    // Resumed: disarmed (out of pause), then armed by the renewal.
+    rig.store
+        .connect()
+        .write(&Record::Config(ClusterConfig::default()), Expected::Any)
+        .await
+        .unwrap();
+    rig.clock.advance(Duration::from_secs(2));
+    engine.run_once().await;
+    assert_eq!(*fence.calls.lock().unwrap(), ["suspend", "disarm", "arm"]);
+
+    // Paused again, then the agent stops.
+    rig.store
+        .connect()
+        .write(&Record::Config(paused), Expected::Any)
+        .await
+        .unwrap();
+    rig.clock.advance(Duration::from_secs(2));
+    engine.run_once().await;
+    assert_eq!(fence.calls.lock().unwrap().last(), Some(&"suspend"));
+    engine.step_down().await;
+    assert!(
+        pg.is_writable_primary(),
+        "a stop in pause stopped PostgreSQL"
+    );
+    let view = rig.store.read_view().await.unwrap();
+    assert_eq!(
+        view.leader_name(),
+        Some(&name("a")),
+        "a stop in pause released the leader key"
+    );
+    assert_eq!(fence.calls.lock().unwrap().last(), Some(&"suspend"));
 }

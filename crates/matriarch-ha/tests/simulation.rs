@@ -10,12 +10,21 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use matriarch_ha::sim::plants::{DecidePlant, Regression};
+use matriarch_ha::sim::plants::DecidePlant;
+use matriarch_ha::sim::plants::Regression::{self, Decide, World};
 use matriarch_ha::sim::{run, ModelBug, SimConfig, SimReport};
 use matriarch_ha::{decide, Action, Decision, Inputs};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// `MATRIARCH_SIM_SEEDS` seeds (default `count`) from
+/// `MATRIARCH_SIM_FIRST_SEED` (default 1).
+fn seeds_from_env(count: u64) -> Vec<u64> {
+    let count = env_u64("MATRIARCH_SIM_SEEDS").unwrap_or(count);
+    let first = env_u64("MATRIARCH_SIM_FIRST_SEED").unwrap_or(1);
+    (first..first + count).collect()
 }
 
 /// Runs `seeds` on every core; stops early after `stop_after` failing seeds.
@@ -60,16 +69,19 @@ fn simulation_of_mixed_faults_breaks_no_invariant() {
         assert!(report.violations.is_empty());
         return;
     }
-    let count = env_u64("MATRIARCH_SIM_SEEDS").unwrap_or(2000);
-    let first = env_u64("MATRIARCH_SIM_FIRST_SEED").unwrap_or(1);
-    let seeds: Vec<u64> = (first..first + count).collect();
+    let seeds = seeds_from_env(2000);
     let started = std::time::Instant::now();
     let (ran, failures) = run_seeds(seeds, SimConfig::mixed, 3);
     println!(
         "simulated {ran} seeds of mixed faults in {:?}",
         started.elapsed()
     );
-    for report in &failures {
+    assert_no_failures(&failures);
+}
+
+/// Prints every failing seed's report, then fails when there is one.
+fn assert_no_failures(failures: &[SimReport]) {
+    for report in failures {
         println!("{report}");
     }
     assert!(
@@ -86,30 +98,6 @@ fn promote_without_lock(inputs: &Inputs<'_>) -> Decision {
     decision
 }
 
-#[test]
-fn planted_bug_promoting_without_the_lock_is_caught() {
-    let seeds: Vec<u64> = (1..=2000).collect();
-    let (ran, failures) = run_seeds(
-        seeds,
-        |seed| SimConfig {
-            decider: Some(promote_without_lock),
-            ..SimConfig::mixed(seed)
-        },
-        1,
-    );
-    let report = failures
-        .first()
-        .unwrap_or_else(|| panic!("no violation found in {ran} seeds"));
-    println!("caught after {ran} seed(s):\n{report}");
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("without holding the lock")),
-        "{report}"
-    );
-}
-
 /// In synchronous mode, lets a standby that is not in the sync key race anyway.
 fn ignore_sync_key(inputs: &Inputs<'_>) -> Decision {
     let mut decision = decide(inputs);
@@ -118,31 +106,6 @@ fn ignore_sync_key(inputs: &Inputs<'_>) -> Decision {
         decision.actions.push(Action::Promote);
     }
     decision
-}
-
-#[test]
-fn planted_bug_promoting_an_asynchronous_standby_in_synchronous_mode_is_caught() {
-    let seeds: Vec<u64> = (1..=2000).collect();
-    let (ran, failures) = run_seeds(
-        seeds,
-        |seed| SimConfig {
-            decider: Some(ignore_sync_key),
-            synchronous: true,
-            ..SimConfig::mixed(seed)
-        },
-        1,
-    );
-    let report = failures
-        .first()
-        .unwrap_or_else(|| panic!("no violation found in {ran} seeds"));
-    println!("caught after {ran} seed(s):\n{report}");
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("acknowledged write")),
-        "{report}"
-    );
 }
 
 #[test]
@@ -162,14 +125,7 @@ fn failsafe_seeds(reach_all: bool) {
     let seeds: Vec<u64> = (1..=count).collect();
     let (ran, failures) = run_seeds(seeds, |seed| SimConfig::failsafe_outage(seed, reach_all), 3);
     println!("simulated {ran} failsafe outage(s), every member reachable: {reach_all}");
-    for report in &failures {
-        println!("{report}");
-    }
-    assert!(
-        failures.is_empty(),
-        "{} seed(s) broke an invariant (see above)",
-        failures.len()
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]
@@ -192,30 +148,6 @@ fn failsafe_without_acknowledgements(inputs: &Inputs<'_>) -> Decision {
         failsafe: &failsafe,
         ..inputs.clone()
     })
-}
-
-#[test]
-fn planted_bug_failsafe_ignoring_a_silent_member_is_caught() {
-    let seeds: Vec<u64> = (1..=50).collect();
-    let (ran, failures) = run_seeds(
-        seeds,
-        |seed| SimConfig {
-            decider: Some(failsafe_without_acknowledgements),
-            ..SimConfig::failsafe_outage(seed, false)
-        },
-        1,
-    );
-    let report = failures
-        .first()
-        .unwrap_or_else(|| panic!("no violation found in {ran} seeds"));
-    println!("caught after {ran} seed(s):\n{report}");
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("still writable") || v.contains("two writable")),
-        "{report}"
-    );
 }
 
 /// Runs `seeds` seeds of `config` and returns the first report with a
@@ -244,121 +176,96 @@ const FOLLOWERS: &str = "not following";
 /// The invariant that only the lock holder runs as primary.
 const WITHOUT_LOCK: &str = "without holding the lock";
 
-#[test]
-fn planted_bug_shrinking_the_sync_key_early_is_caught() {
-    caught(
-        800,
-        |seed| SimConfig {
-            decide_plants: vec![DecidePlant::ShrinkSyncKeyEarly],
-            synchronous: true,
-            dynamic: true,
-            ..SimConfig::mixed(seed)
-        },
-        &[LOST_WRITE],
-    );
-}
-
-#[test]
-fn planted_bug_changing_the_sync_count_in_the_wrong_order_is_caught() {
-    caught(
-        400,
-        |seed| SimConfig {
-            decide_plants: vec![DecidePlant::CountChangeInWrongOrder],
-            synchronous: true,
-            nodes: 5,
-            dynamic: true,
-            ..SimConfig::mixed(seed)
-        },
-        &[LOST_WRITE],
-    );
-}
-
-/// Strict mode without an eligible standby sets an empty
-/// `synchronous_standby_names` instead of `*`: PostgreSQL then waits for
-/// nobody, and a new primary acknowledges commits that only it holds.
-#[test]
-fn planted_bug_strict_mode_with_empty_names_is_caught() {
-    caught(
-        400,
-        |seed| SimConfig {
-            decide_plants: vec![DecidePlant::StrictWithEmptyNames],
-            synchronous: true,
-            strict: true,
-            ..SimConfig::mixed(seed)
-        },
-        &[LOST_WRITE, SINGLE_WRITER],
-    );
-}
-
-#[test]
-fn planted_bug_deadline_from_the_config_ttl_is_caught() {
-    caught(
-        400,
-        |seed| SimConfig {
-            model_bugs: vec![ModelBug::HideLockLifetime],
-            max_ttl: Some(Duration::from_secs(12)),
-            ..SimConfig::mixed(seed)
-        },
-        &[SINGLE_WRITER],
-    );
-}
-
-#[test]
-fn planted_bug_replica_timeline_from_the_restartpoint_is_caught() {
-    caught(
-        400,
-        |seed| SimConfig {
-            model_bugs: vec![ModelBug::TimelineFromRestartpoint],
-            ..SimConfig::mixed(seed)
-        },
-        &[SINGLE_WRITER, LOST_WRITE, RECOVERY, FOLLOWERS],
-    );
-}
-
-#[test]
-fn planted_bug_restart_starting_a_primary_without_the_lock_is_caught() {
-    caught(
-        400,
-        |seed| SimConfig {
-            model_bugs: vec![ModelBug::RestartBypassesEngine],
-            ..SimConfig::mixed(seed)
-        },
-        &[SINGLE_WRITER, LOST_WRITE, RECOVERY, WITHOUT_LOCK],
-    );
-}
-
-#[test]
-fn planted_bug_postmaster_outliving_its_agent_is_caught() {
-    caught(
-        400,
-        |seed| SimConfig {
-            model_bugs: vec![ModelBug::PostmasterOutlivesAgent],
-            ..SimConfig::mixed(seed)
-        },
-        &[SINGLE_WRITER, LOST_WRITE, RECOVERY, WITHOUT_LOCK],
-    );
-}
-
-/// A run with only `regression` planted.
-fn alone(seed: u64, regression: Regression) -> SimConfig {
+/// A mixed-faults run of `seed` with `regressions` planted.
+fn planted(seed: u64, regressions: &[Regression]) -> SimConfig {
     let mut config = SimConfig::mixed(seed);
-    match regression {
-        Regression::World(bug) => config.model_bugs = vec![bug],
-        Regression::Decide(plant) => config.decide_plants = vec![plant],
-    }
-    config
-}
-
-/// The code before issue 14's fixes: every regression planted back at once.
-fn pre_fix(seed: u64) -> SimConfig {
-    let mut config = SimConfig::mixed(seed);
-    for regression in Regression::ALL {
-        match regression {
+    for regression in regressions {
+        match *regression {
             Regression::World(bug) => config.model_bugs.push(bug),
             Regression::Decide(plant) => config.decide_plants.push(plant),
         }
     }
     config
+}
+
+/// A run with only `regression` planted.
+fn alone(seed: u64, regression: Regression) -> SimConfig {
+    planted(seed, &[regression])
+}
+
+/// The code before issue 14's fixes: every regression planted back at once.
+fn pre_fix(seed: u64) -> SimConfig {
+    planted(seed, &Regression::ALL)
+}
+
+/// One test per planted bug: `name(seeds, config) => invariants` runs
+/// `seeds` seeds of `config` and passes when some violation names one of
+/// `invariants` (see [`caught`]).
+macro_rules! planted_bugs {
+    ($($(#[$doc:meta])* $name:ident($seeds:expr, $config:expr) => $invariants:expr;)+) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                caught($seeds, $config, &$invariants);
+            }
+        )+
+    };
+}
+
+planted_bugs! {
+    planted_bug_promoting_without_the_lock_is_caught(2000, |seed| SimConfig {
+        decider: Some(promote_without_lock),
+        ..SimConfig::mixed(seed)
+    }) => [WITHOUT_LOCK];
+
+    planted_bug_promoting_an_asynchronous_standby_in_synchronous_mode_is_caught(2000, |seed| {
+        SimConfig { decider: Some(ignore_sync_key), synchronous: true, ..SimConfig::mixed(seed) }
+    }) => [LOST_WRITE];
+
+    planted_bug_failsafe_ignoring_a_silent_member_is_caught(50, |seed| SimConfig {
+        decider: Some(failsafe_without_acknowledgements),
+        ..SimConfig::failsafe_outage(seed, false)
+    }) => ["still writable", "two writable"];
+
+    planted_bug_shrinking_the_sync_key_early_is_caught(800, |seed| SimConfig {
+        synchronous: true,
+        dynamic: true,
+        ..alone(seed, Decide(DecidePlant::ShrinkSyncKeyEarly))
+    }) => [LOST_WRITE];
+
+    planted_bug_changing_the_sync_count_in_the_wrong_order_is_caught(400, |seed| SimConfig {
+        synchronous: true,
+        nodes: 5,
+        dynamic: true,
+        ..alone(seed, Decide(DecidePlant::CountChangeInWrongOrder))
+    }) => [LOST_WRITE];
+
+    /// Strict mode without an eligible standby sets an empty
+    /// `synchronous_standby_names` instead of `*`: PostgreSQL then waits for
+    /// nobody, and a new primary acknowledges commits that only it holds.
+    planted_bug_strict_mode_with_empty_names_is_caught(400, |seed| SimConfig {
+        synchronous: true,
+        strict: true,
+        ..alone(seed, Decide(DecidePlant::StrictWithEmptyNames))
+    }) => [LOST_WRITE, SINGLE_WRITER];
+
+    planted_bug_deadline_from_the_config_ttl_is_caught(400, |seed| SimConfig {
+        max_ttl: Some(Duration::from_secs(12)),
+        ..alone(seed, World(ModelBug::HideLockLifetime))
+    }) => [SINGLE_WRITER];
+
+    planted_bug_replica_timeline_from_the_restartpoint_is_caught(400, |seed| {
+        alone(seed, World(ModelBug::TimelineFromRestartpoint))
+    }) => [SINGLE_WRITER, LOST_WRITE, RECOVERY, FOLLOWERS];
+
+    planted_bug_restart_starting_a_primary_without_the_lock_is_caught(400, |seed| {
+        alone(seed, World(ModelBug::RestartBypassesEngine))
+    }) => [SINGLE_WRITER, LOST_WRITE, RECOVERY, WITHOUT_LOCK];
+
+    planted_bug_postmaster_outliving_its_agent_is_caught(400, |seed| {
+        alone(seed, World(ModelBug::PostmasterOutlivesAgent))
+    }) => [SINGLE_WRITER, LOST_WRITE, RECOVERY, WITHOUT_LOCK];
 }
 
 /// `cargo xtask sim --pre-fix`: the simulation on the code before issue
@@ -368,13 +275,11 @@ fn pre_fix(seed: u64) -> SimConfig {
 #[test]
 #[ignore = "run by cargo xtask sim --pre-fix"]
 fn pre_fix_regressions_are_found() {
-    let count = env_u64("MATRIARCH_SIM_SEEDS").unwrap_or(400);
-    let first = env_u64("MATRIARCH_SIM_FIRST_SEED").unwrap_or(1);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut found: Vec<Option<(u64, String)>> = vec![None; Regression::ALL.len()];
     let (mut ran, mut broken) = (0, 0);
     let started = std::time::Instant::now();
-    let seeds: Vec<u64> = (first..first + count).collect();
+    let seeds = seeds_from_env(400);
     for chunk in seeds.chunks(threads * 4) {
         let (chunk_ran, mut failures) = run_seeds(chunk.to_vec(), pre_fix, usize::MAX);
         ran += chunk_ran;

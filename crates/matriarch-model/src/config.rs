@@ -209,6 +209,12 @@ mod seconds {
     ) -> Result<Duration, D::Error> {
         deserialize("retry_timeout", deserializer)
     }
+
+    pub(super) fn primary_start_timeout<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        deserialize("primary_start_timeout", deserializer)
+    }
 }
 
 /// Deserializers whose errors name the key: serde's own do not say which
@@ -284,6 +290,17 @@ pub struct ClusterConfig {
         deserialize_with = "named::synchronous_node_count"
     )]
     pub synchronous_node_count: u32,
+    /// How long a leader whose PostgreSQL stopped keeps trying to start it
+    /// again in place, counted from the first start that failed, before it
+    /// hands the lock to a healthy replica (Patroni's key; 0: at once).
+    /// matriarch's default is 30 s, not Patroni's 300 s: a primary that
+    /// cannot start (a full disk) costs that long without writes.
+    #[serde(
+        default = "defaults::primary_start_timeout",
+        serialize_with = "seconds::serialize",
+        deserialize_with = "seconds::primary_start_timeout"
+    )]
+    pub primary_start_timeout: Duration,
     /// Keep a primary running through a DCS outage while every member confirms it.
     #[serde(default)]
     pub failsafe_mode: bool,
@@ -294,7 +311,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub postgresql: PostgresqlConfig,
     /// Every other key (Patroni's `slots`, `standby_cluster`,
-    /// `check_timeline`, `primary_start_timeout`, ...): not acted on, but
+    /// `check_timeline`, ...): not acted on, but
     /// kept, so that `PATCH /config`, `pause` or `edit-config` rewrite the key
     /// without dropping them and `GET /config` shows them.
     #[serde(flatten)]
@@ -312,6 +329,9 @@ mod defaults {
     }
     pub(super) fn retry_timeout() -> Duration {
         Duration::from_secs(2)
+    }
+    pub(super) fn primary_start_timeout() -> Duration {
+        Duration::from_secs(30)
     }
     pub(super) fn maximum_lag_on_failover() -> u64 {
         1024 * 1024
@@ -331,6 +351,7 @@ impl Default for ClusterConfig {
             synchronous_mode: SynchronousMode::Off,
             synchronous_mode_strict: false,
             synchronous_node_count: defaults::synchronous_node_count(),
+            primary_start_timeout: defaults::primary_start_timeout(),
             failsafe_mode: false,
             pause: false,
             postgresql: PostgresqlConfig::default(),
@@ -414,6 +435,14 @@ impl ClusterConfig {
                 loop_wait: self.loop_wait,
                 retry_timeout: self.retry_timeout,
                 needed: needed.unwrap_or(Duration::MAX),
+            });
+        }
+        if self.primary_start_timeout > Self::MAX_TTL {
+            return Err(ConfigError::OutOfRange {
+                field: "primary_start_timeout",
+                value: seconds_text(self.primary_start_timeout),
+                max: format!("the maximum ({})", seconds_text(Self::MAX_TTL)),
+                why: "a primary that cannot start would hold the lock that long without taking writes",
             });
         }
         if self.synchronous_node_count == 0 {

@@ -8,10 +8,13 @@
 
 mod codec;
 mod config;
+mod host_port;
 mod layout;
 mod lsn;
 mod member;
 mod records;
+mod secret;
+mod slots;
 
 pub use codec::{
     decode_config, decode_initialize, decode_leader, decode_member, encode_initialize,
@@ -19,12 +22,18 @@ pub use codec::{
     Versioned,
 };
 pub use config::{ClusterConfig, ConfigError, ParameterValue, PostgresqlConfig, SynchronousMode};
+pub use host_port::{HostPort, HostPortError, HostPortProblem};
 pub use layout::{DcsKey, KeyLayout, DEFAULT_NAMESPACE, MEMBERS_DIR};
 pub use lsn::{Lsn, SystemId, Timeline};
 pub use member::{Member, MemberName, MemberState, Role, Tags};
 pub use records::{
     FailoverRequest, Failsafe, FailsafeHeartbeat, HistoryEntry, Initialize, LeaderLock,
     LeaderStatus, SyncState, TimelineHistory,
+};
+pub use secret::Secret;
+pub use slots::{
+    valid_slot_name, DesiredSlots, IgnoreSlotRule, SlotConfigError, SlotKind, SlotReport,
+    SlotState, SlotsConfig, DEFAULT_MEMBER_SLOTS_TTL, MAX_SLOT_NAME_LEN,
 };
 
 /// Errors from parsing model values.

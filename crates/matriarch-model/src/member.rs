@@ -318,6 +318,21 @@ pub struct Member {
     /// The member's tags.
     #[serde(default)]
     pub tags: Tags,
+    /// The cluster is paused (maintenance mode) as this member sees it:
+    /// Patroni writes `pause: true`, and `patronictl pause --wait` waits for
+    /// every member to report it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pause: bool,
+    /// PostgreSQL runs with parameters that wait for a restart (Patroni's
+    /// `pending_restart`, shown by `patronictl list`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pending_restart: bool,
+    /// A restart scheduled on this member through `POST /restart`, as
+    /// Patroni writes it (`schedule`, and the conditions: `postgres_version`,
+    /// `role`, ...): `patronictl list` shows it, `patronictl flush … restart`
+    /// cancels it. Kept as JSON: only Patroni's tools read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<serde_json::Value>,
 }
 
 impl Member {
@@ -337,6 +352,9 @@ impl Member {
             flushed_lsn: None,
             replication_state: None,
             tags: Tags::default(),
+            pause: false,
+            pending_restart: false,
+            scheduled_restart: None,
         }
     }
 
@@ -403,6 +421,21 @@ mod tests {
         let other = MemberState::from("starting after custom bootstrap".to_owned());
         assert!(matches!(other, MemberState::Other(_)));
         assert_eq!(String::from(other), "starting after custom bootstrap");
+    }
+
+    #[test]
+    fn pause_and_pending_restart_are_written_as_patroni_writes_them() {
+        let mut member = Member::new(MemberName::new("a").unwrap(), "", "");
+        let quiet = serde_json::to_value(&member).unwrap();
+        assert!(quiet.get("pause").is_none(), "{quiet}");
+        assert!(quiet.get("pending_restart").is_none(), "{quiet}");
+        member.pause = true;
+        member.pending_restart = true;
+        let value = serde_json::to_value(&member).unwrap();
+        assert_eq!(value["pause"], serde_json::json!(true));
+        assert_eq!(value["pending_restart"], serde_json::json!(true));
+        let back: Member = serde_json::from_value(value).unwrap();
+        assert!(back.pause && back.pending_restart);
     }
 
     #[test]

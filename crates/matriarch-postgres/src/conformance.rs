@@ -18,6 +18,8 @@
 //!
 //! The checks panic with a message on a broken contract, as tests do.
 
+mod slots;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +28,11 @@ use matriarch_model::{Lsn, Timeline};
 use crate::{
     BootstrapSpec, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError, RewindOutcome,
     ServerState, StartAs, StopMode, Upstream,
+};
+
+pub use slots::{
+    reconcile_slots_creates_drops_and_spares_ignored_and_active,
+    replica_slot_copies_advance_never_backwards,
 };
 
 /// How many members every harness provides.
@@ -73,6 +80,18 @@ async fn observe<H: Harness>(harness: &H, index: usize) -> LocalState {
         .observe()
         .await
         .unwrap_or_else(|err| panic!("observe member {index}: {err}"))
+}
+
+/// Observes member `index`, asserting that it is stopped after a clean
+/// shutdown.
+async fn observe_stopped_cleanly<H: Harness>(harness: &H, index: usize) -> LocalState {
+    let state = observe(harness, index).await;
+    assert_eq!(
+        state.server,
+        ServerState::NotRunning(DataDirectoryState::CleanShutdown),
+        "member {index}"
+    );
+    state
 }
 
 /// Polls member `index` until `check` holds, for at most [`REPLICATION_BOUND`].
@@ -126,6 +145,48 @@ async fn wait_replayed<H: Harness>(harness: &H, replica: usize, primary: usize) 
         },
     )
     .await;
+}
+
+/// A write on member `primary` that member `replica` then replays.
+async fn write_and_replay<H: Harness>(harness: &H, primary: usize, replica: usize) {
+    harness.write(primary).await;
+    wait_replayed(harness, replica, primary).await;
+}
+
+/// [`write_and_replay`], then waits until `replica` reports `timeline`;
+/// its state then.
+async fn follows_on_timeline<H: Harness>(
+    harness: &H,
+    primary: usize,
+    replica: usize,
+    timeline: Timeline,
+) -> LocalState {
+    write_and_replay(harness, primary, replica).await;
+    observe_until(
+        harness,
+        replica,
+        &format!("follows {timeline:?}"),
+        |state| state.timeline == Some(timeline),
+    )
+    .await
+}
+
+/// Stops member `index` (fast); `what` names the step in a panic.
+async fn stop_fast<H: Harness>(harness: &H, index: usize, what: &str) {
+    harness
+        .member(index)
+        .stop(StopMode::Fast)
+        .await
+        .expect(what);
+}
+
+/// Member `replica` follows member `primary`, a new primary.
+async fn follow_new_primary<H: Harness>(harness: &H, replica: usize, primary: usize) {
+    harness
+        .member(replica)
+        .follow(&harness.upstream(primary))
+        .await
+        .expect("follow the new primary");
 }
 
 /// Bootstraps member 0 and clones members `1..=replicas` from it, started as
@@ -270,11 +331,7 @@ pub async fn stop_and_start_keep_timeline_and_role<H: Harness>(harness: &H) {
         .stop(StopMode::Fast)
         .await
         .expect("stop is idempotent");
-    let stopped = observe(harness, 1).await;
-    assert_eq!(
-        stopped.server,
-        ServerState::NotRunning(DataDirectoryState::CleanShutdown)
-    );
+    let stopped = observe_stopped_cleanly(harness, 1).await;
     assert_eq!(stopped.timeline, Some(Timeline(1)));
     assert_eq!(stopped.system_id, running.system_id);
     assert_eq!(stopped.role(), None);
@@ -282,8 +339,7 @@ pub async fn stop_and_start_keep_timeline_and_role<H: Harness>(harness: &H) {
         .start(StartAs::ReplicaOf(harness.upstream(0)))
         .await
         .expect("start the replica");
-    harness.write(0).await;
-    wait_replayed(harness, 1, 0).await;
+    write_and_replay(harness, 0, 1).await;
 
     let primary = harness.member(0);
     primary
@@ -307,11 +363,7 @@ pub async fn stop_and_start_keep_timeline_and_role<H: Harness>(harness: &H) {
 /// replica that follows the new primary reports that timeline.
 pub async fn promote_moves_to_a_newer_timeline<H: Harness>(harness: &H) {
     cluster(harness, 2).await;
-    harness
-        .member(0)
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop the primary");
+    stop_fast(harness, 0, "stop the primary").await;
     let promoted = harness.member(1);
     let timeline = promoted.promote().await.expect("promote");
     assert_eq!(timeline, Timeline(2));
@@ -321,17 +373,8 @@ pub async fn promote_moves_to_a_newer_timeline<H: Harness>(harness: &H) {
     assert_eq!(state.timeline, Some(timeline));
     assert_eq!(state.upstream, None);
 
-    harness
-        .member(2)
-        .follow(&harness.upstream(1))
-        .await
-        .expect("follow the new primary");
-    harness.write(1).await;
-    wait_replayed(harness, 2, 1).await;
-    let state = observe_until(harness, 2, "reports timeline 2", |state| {
-        state.timeline == Some(timeline)
-    })
-    .await;
+    follow_new_primary(harness, 2, 1).await;
+    let state = follows_on_timeline(harness, 1, 2, timeline).await;
     assert_eq!(state.upstream, Some(harness.upstream(1)));
 
     let err = harness
@@ -349,27 +392,14 @@ pub async fn a_replica_whose_upstream_is_gone_reports_the_timeline_it_replays<H:
     harness: &H,
 ) {
     cluster(harness, 2).await;
-    harness
-        .member(0)
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop the primary");
+    stop_fast(harness, 0, "stop the primary").await;
     assert_eq!(
         harness.member(1).promote().await.expect("promote"),
         Timeline(2)
     );
-    harness
-        .member(2)
-        .follow(&harness.upstream(1))
-        .await
-        .expect("follow the new primary");
-    harness.write(1).await;
-    wait_replayed(harness, 2, 1).await;
-    harness
-        .member(1)
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop the new primary");
+    follow_new_primary(harness, 2, 1).await;
+    write_and_replay(harness, 1, 2).await;
+    stop_fast(harness, 1, "stop the new primary").await;
     observe_until(harness, 2, "notices its upstream is gone", |state| {
         !state.receiving
     })
@@ -399,11 +429,7 @@ pub async fn demote_stops_writes_and_follows<H: Harness>(harness: &H) {
     old.demote(StopMode::Fast, None)
         .await
         .expect("demote is idempotent");
-    let state = observe(harness, 0).await;
-    assert_eq!(
-        state.server,
-        ServerState::NotRunning(DataDirectoryState::CleanShutdown)
-    );
+    observe_stopped_cleanly(harness, 0).await;
     assert_eq!(
         harness.member(1).promote().await.expect("promote"),
         Timeline(2)
@@ -411,12 +437,7 @@ pub async fn demote_stops_writes_and_follows<H: Harness>(harness: &H) {
     old.demote(StopMode::Fast, Some(harness.upstream(1)))
         .await
         .expect("a stopped server is started as a replica");
-    harness.write(1).await;
-    wait_replayed(harness, 0, 1).await;
-    let state = observe_until(harness, 0, "follows timeline 2", |state| {
-        state.timeline == Some(Timeline(2))
-    })
-    .await;
+    let state = follows_on_timeline(harness, 1, 0, Timeline(2)).await;
     assert_eq!(state.upstream, Some(harness.upstream(1)));
     old.demote(StopMode::Fast, Some(harness.upstream(1)))
         .await
@@ -433,12 +454,7 @@ pub async fn demote_stops_writes_and_follows<H: Harness>(harness: &H) {
     new.demote(StopMode::Fast, Some(harness.upstream(0)))
         .await
         .expect("start the demoted primary as a replica");
-    harness.write(0).await;
-    wait_replayed(harness, 1, 0).await;
-    observe_until(harness, 1, "follows timeline 3", |state| {
-        state.timeline == Some(Timeline(3))
-    })
-    .await;
+    follows_on_timeline(harness, 0, 1, Timeline(3)).await;
 }
 
 /// A former primary that crashed with writes its replica never got is
@@ -465,21 +481,12 @@ pub async fn rewind_lets_a_diverged_primary_follow<H: Harness>(harness: &H) {
 
     let outcome = old.rewind(&harness.upstream(1)).await.expect("rewind");
     assert_eq!(outcome, RewindOutcome::Rewound);
-    let state = observe(harness, 0).await;
-    assert_eq!(
-        state.server,
-        ServerState::NotRunning(DataDirectoryState::CleanShutdown)
-    );
+    let state = observe_stopped_cleanly(harness, 0).await;
     assert_eq!(state.upstream, Some(harness.upstream(1)));
     old.start(StartAs::ReplicaOf(harness.upstream(1)))
         .await
         .expect("start the rewound member");
-    harness.write(1).await;
-    wait_replayed(harness, 0, 1).await;
-    observe_until(harness, 0, "follows timeline 2", |state| {
-        state.timeline == Some(Timeline(2))
-    })
-    .await;
+    follows_on_timeline(harness, 1, 0, Timeline(2)).await;
 }
 
 /// Generates one `#[tokio::test]` per conformance check, in a module named
@@ -499,7 +506,9 @@ macro_rules! postgres_conformance_tests {
                 promote_moves_to_a_newer_timeline,
                 a_replica_whose_upstream_is_gone_reports_the_timeline_it_replays,
                 demote_stops_writes_and_follows,
-                rewind_lets_a_diverged_primary_follow
+                rewind_lets_a_diverged_primary_follow,
+                reconcile_slots_creates_drops_and_spares_ignored_and_active,
+                replica_slot_copies_advance_never_backwards
             );
         }
     };

@@ -37,6 +37,8 @@ pub enum Operation {
     Reload,
     /// [`crate::PgController::restart`].
     Restart,
+    /// [`crate::Postgres::reconcile_slots`].
+    ReconcileSlots,
 }
 
 impl fmt::Display for Operation {
@@ -54,6 +56,7 @@ impl fmt::Display for Operation {
             Operation::SetSynchronousStandbyNames => "set synchronous_standby_names",
             Operation::Reload => "reload",
             Operation::Restart => "restart",
+            Operation::ReconcileSlots => "reconcile replication slots",
         })
     }
 }
@@ -218,6 +221,25 @@ pub enum PostgresError {
     InvalidConfig {
         /// What is wrong.
         reason: String,
+    },
+    /// PostgreSQL could not write for lack of disk space ("No space left on
+    /// device" in its log): it stopped or cannot start until space is freed.
+    /// Retrying in place does not help; the engine reports the cause.
+    #[error(
+        "cannot {operation}: no space left on device ({}: {}){}",
+        path.display(),
+        free_bytes.map_or_else(|| "free space unknown".to_owned(), |free| format!("{free} bytes free")),
+        if detail.is_empty() { String::new() } else { format!(": {detail}") }
+    )]
+    NoSpace {
+        /// What was attempted.
+        operation: Operation,
+        /// The fullest of the data directory and its pg_wal.
+        path: PathBuf,
+        /// Bytes free there for PostgreSQL, if they could be read.
+        free_bytes: Option<u64>,
+        /// The server log line that says so.
+        detail: String,
     },
     /// PostgreSQL did something the contract does not allow for, e.g. it
     /// reported a timeline that went backwards after a promotion.

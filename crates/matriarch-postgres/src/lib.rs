@@ -16,13 +16,14 @@ pub mod conformance;
 mod controller;
 mod error;
 pub mod memory;
+mod os_user;
 mod secret;
 mod state;
 mod sync_standby;
 mod upstream;
 
 use async_trait::async_trait;
-use matriarch_model::{SystemId, Timeline};
+use matriarch_model::{DesiredSlots, SlotReport, SystemId, Timeline};
 
 pub use bootstrap::BootstrapSpec;
 pub use controller::{
@@ -32,6 +33,7 @@ pub use controller::{
 };
 pub use error::{Operation, PostgresError};
 pub use memory::{MemoryPostgres, MemoryPostgresCluster};
+pub use os_user::OsIdentity;
 pub use secret::{Credentials, Secret};
 pub use state::{
     DataDirectoryState, LocalState, PgRole, ReplicationConnection, ServerState, StandbySyncState,
@@ -274,6 +276,36 @@ pub trait Postgres: Send + Sync {
     /// clone source of another cluster checks against the latest one, so a
     /// corrected key counts without a restart. The default ignores it.
     fn set_cluster_system_id(&self, _system_id: SystemId) {}
+
+    /// Makes the running server's replication slots match `desired`:
+    /// creates the missing ones, advances copies to
+    /// [`DesiredSlots::advance_to`] (never backwards), and with
+    /// [`DesiredSlots::drop_others`] drops every slot neither wanted nor
+    /// ignored, except temporary ones, active ones (retried next time) and
+    /// ones PostgreSQL 17's slot synchronization keeps. Returns every slot
+    /// afterwards with its position, and what changed.
+    ///
+    /// Never touches a slot [`DesiredSlots::ignore`] matches. A wanted slot
+    /// that cannot be made right this time (a logical copy on a standby of
+    /// a version that cannot decode there, a slot of the wrong kind under a
+    /// wanted name) is reported in [`SlotReport::skipped`], not an error.
+    /// Errors: [`PostgresError::NotRunning`] without a running server,
+    /// [`PostgresError::Query`] when reading the slots fails.
+    ///
+    /// The default does nothing and reports no slot: an implementation
+    /// without slot support.
+    async fn reconcile_slots(&self, _desired: &DesiredSlots) -> Result<SlotReport, PostgresError> {
+        Ok(SlotReport::default())
+    }
+
+    /// [`PostgresError::NoSpace`] when the data directory or its pg_wal has
+    /// less free space than one WAL segment: a replica there cannot write
+    /// the WAL it receives, and stopping it to rewind does not help. The
+    /// engine asks when a running replica receives nothing. The default:
+    /// never full.
+    async fn disk_full(&self) -> Option<PostgresError> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -1,52 +1,6 @@
-//! Passwords, and text that contains them, kept out of logs.
+//! Database roles and their passwords; a password is a [`Secret`], kept out of logs.
 
-use std::fmt;
-
-/// A password, or text that contains one (a rendered `primary_conninfo`).
-///
-/// `Debug` and `Display` print `***`, so a secret inside any struct that is
-/// logged with `{:?}` stays hidden; the value is only reachable through
-/// [`Secret::expose`], which makes every use that writes it somewhere visible
-/// in the code.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that must write it (a config
-    /// file, a libpq connection string). Never log the result.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret(value.to_owned())
-    }
-}
+pub use matriarch_model::Secret;
 
 /// A database role's name and password.
 #[derive(Clone, Debug, PartialEq, Eq)]

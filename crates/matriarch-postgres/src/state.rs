@@ -179,6 +179,18 @@ pub struct LocalState {
     /// (`pg_stat_wal_receiver.status = 'streaming'`). A replica that follows
     /// an upstream but never streams may have diverged from it.
     pub receiving: bool,
+    /// A replica's WAL replay is paused (`pg_is_wal_replay_paused()`);
+    /// always `false` on a primary or a server that is not running.
+    pub replay_paused: bool,
+    /// When the last transaction replayed on a replica was committed on the
+    /// primary (`pg_last_xact_replay_timestamp()`), in microseconds since
+    /// the Unix epoch; `None` on a primary or before any replay.
+    pub last_replay_unix_micros: Option<i64>,
+    /// When the running server's postmaster started
+    /// (`pg_postmaster_start_time()`), in microseconds since the Unix epoch.
+    pub postmaster_start_unix_micros: Option<i64>,
+    /// The running server's version (`server_version_num`: 150002 for 15.2).
+    pub server_version_num: Option<u32>,
 }
 
 impl LocalState {
@@ -193,6 +205,10 @@ impl LocalState {
             replication: Vec::new(),
             synchronous_standby_names: None,
             receiving: false,
+            replay_paused: false,
+            last_replay_unix_micros: None,
+            postmaster_start_unix_micros: None,
+            server_version_num: None,
         }
     }
 

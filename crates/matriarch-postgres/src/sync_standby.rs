@@ -37,6 +37,11 @@ pub enum SyncStandbyNames {
     },
 }
 
+/// The standby names as owned strings.
+fn owned(names: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    names.into_iter().map(Into::into).collect()
+}
+
 impl SyncStandbyNames {
     /// Priority-based synchronous replication: `FIRST count (names)`.
     pub fn first<I, S>(count: u32, names: I) -> Result<Self, PostgresError>
@@ -44,12 +49,8 @@ impl SyncStandbyNames {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let value = SyncStandbyNames::First {
-            count,
-            names: names.into_iter().map(Into::into).collect(),
-        };
-        value.validate()?;
-        Ok(value)
+        let names = owned(names);
+        Self::validated(Self::First { count, names })
     }
 
     /// Quorum-based synchronous replication: `ANY count (names)`.
@@ -58,12 +59,14 @@ impl SyncStandbyNames {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let value = SyncStandbyNames::Any {
-            count,
-            names: names.into_iter().map(Into::into).collect(),
-        };
-        value.validate()?;
-        Ok(value)
+        let names = owned(names);
+        Self::validated(Self::Any { count, names })
+    }
+
+    /// `self`, once [`SyncStandbyNames::validate`] accepts it.
+    fn validated(self) -> Result<Self, PostgresError> {
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks what PostgreSQL would check: a count of at least 1, at least

@@ -35,23 +35,11 @@ impl Upstream {
         replication: &Credentials,
         application_name: &MemberName,
     ) -> Secret {
-        let mut conninfo = String::new();
-        let mut pair = |key: &str, value: &str| {
-            if !conninfo.is_empty() {
-                conninfo.push(' ');
-            }
-            conninfo.push_str(key);
-            conninfo.push('=');
-            push_libpq_value(&mut conninfo, value);
-        };
-        pair("host", &self.host);
-        pair("port", &self.port.to_string());
-        pair("user", &replication.username);
-        if let Some(password) = &replication.password {
-            pair("password", password.expose());
-        }
-        pair("application_name", application_name.as_str());
-        Secret::new(conninfo)
+        let password = replication
+            .password
+            .as_ref()
+            .map(|password| ("password", password.expose()));
+        Secret::new(self.conninfo(&replication.username, password, application_name))
     }
 
     /// Renders `primary_conninfo` without the password: `host`, `port`,
@@ -66,6 +54,19 @@ impl Upstream {
         passfile: Option<&std::path::Path>,
         application_name: &MemberName,
     ) -> String {
+        let passfile = passfile.map(|passfile| passfile.to_string_lossy());
+        let passfile = passfile.as_deref().map(|passfile| ("passfile", passfile));
+        self.conninfo(user, passfile, application_name)
+    }
+
+    /// `host`, `port`, `user`, then the one credential pair (the password or
+    /// the passfile) when there is one, and `application_name`.
+    fn conninfo(
+        &self,
+        user: &str,
+        credential: Option<(&str, &str)>,
+        application_name: &MemberName,
+    ) -> String {
         let mut conninfo = String::new();
         let mut pair = |key: &str, value: &str| {
             if !conninfo.is_empty() {
@@ -78,8 +79,8 @@ impl Upstream {
         pair("host", &self.host);
         pair("port", &self.port.to_string());
         pair("user", user);
-        if let Some(passfile) = passfile {
-            pair("passfile", &passfile.to_string_lossy());
+        if let Some((key, value)) = credential {
+            pair(key, value);
         }
         pair("application_name", application_name.as_str());
         conninfo

@@ -113,6 +113,24 @@ mod synchronous_commit {
         }
     }
 
+    /// Sets `synchronous_standby_names` on member 0, the primary.
+    async fn set_on_primary(harness: &MemoryHarness, names: &SyncStandbyNames) {
+        harness
+            .member(0)
+            .set_synchronous_standby_names(names)
+            .await
+            .expect("set names");
+    }
+
+    /// Stops member `index` (fast).
+    async fn stop(harness: &MemoryHarness, index: usize) {
+        harness
+            .member(index)
+            .stop(StopMode::Fast)
+            .await
+            .expect("stop");
+    }
+
     fn names(names: &[&str]) -> SyncStandbyNames {
         SyncStandbyNames::first(1, names.iter().copied()).expect("valid names")
     }
@@ -120,22 +138,18 @@ mod synchronous_commit {
     #[tokio::test]
     async fn an_empty_setting_is_not_waited_for() {
         let harness = cluster().await;
-        harness.member(1).stop(StopMode::Fast).await.expect("stop");
-        harness.member(2).stop(StopMode::Fast).await.expect("stop");
+        stop(&harness, 1).await;
+        stop(&harness, 2).await;
         assert_eq!(commit(&harness), Some(Vec::new()));
     }
 
     #[tokio::test]
     async fn a_commit_waits_for_a_named_standby_and_no_other() {
         let harness = cluster().await;
-        harness
-            .member(0)
-            .set_synchronous_standby_names(&names(&["pg-1"]))
-            .await
-            .expect("set names");
+        set_on_primary(&harness, &names(&["pg-1"])).await;
         let standby = MemberName::new("pg-1").expect("name");
         assert_eq!(commit(&harness), Some(vec![standby]));
-        harness.member(1).stop(StopMode::Fast).await.expect("stop");
+        stop(&harness, 1).await;
         // pg-2 streams, but is not named.
         assert_eq!(commit(&harness), None);
         let state = harness.member(0).observe().await.expect("observe");
@@ -145,14 +159,10 @@ mod synchronous_commit {
     #[tokio::test]
     async fn a_star_is_any_standby_and_none_means_waiting() {
         let harness = cluster().await;
-        harness
-            .member(0)
-            .set_synchronous_standby_names(&names(&["*"]))
-            .await
-            .expect("set names");
-        harness.member(1).stop(StopMode::Fast).await.expect("stop");
+        set_on_primary(&harness, &names(&["*"])).await;
+        stop(&harness, 1).await;
         assert_eq!(commit(&harness).map(|standbys| standbys.len()), Some(1));
-        harness.member(2).stop(StopMode::Fast).await.expect("stop");
+        stop(&harness, 2).await;
         assert_eq!(commit(&harness), None);
     }
 
@@ -160,13 +170,9 @@ mod synchronous_commit {
     async fn any_two_needs_two_standbys() {
         let harness = cluster().await;
         let any_two = SyncStandbyNames::any(2, ["pg-1", "pg-2"]).expect("valid");
-        harness
-            .member(0)
-            .set_synchronous_standby_names(&any_two)
-            .await
-            .expect("set names");
+        set_on_primary(&harness, &any_two).await;
         assert_eq!(commit(&harness).map(|standbys| standbys.len()), Some(2));
-        harness.member(2).stop(StopMode::Fast).await.expect("stop");
+        stop(&harness, 2).await;
         assert_eq!(commit(&harness), None);
     }
 }

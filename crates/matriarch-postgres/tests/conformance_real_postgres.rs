@@ -2,23 +2,25 @@
 //! PostgreSQL: each check gets three members on free ports in throwaway
 //! directories.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use matriarch_model::{MemberName, ParameterValue};
 use matriarch_postgres::conformance::{Harness, MEMBERS};
-use matriarch_postgres::{
-    BootstrapSpec, Credentials, PgController, PgControllerConfig, PgTimeouts, Upstream,
-};
-use matriarch_testkit::{bin_dir, free_port, PgOsUser};
+use matriarch_postgres::{BootstrapSpec, PgController, PgControllerConfig, Upstream};
+use matriarch_testkit::{free_port, PgOsUser};
 use tempfile::TempDir;
-use tokio_postgres::NoTls;
 
-const SUPERUSER_PASSWORD: &str = "conformance-super";
-const REPLICATION_PASSWORD: &str = "conformance-repl";
-const REWIND_PASSWORD: &str = "conformance-rewind";
+use support::{kill_postmaster, Passwords};
+
+const PASSWORDS: Passwords = Passwords {
+    superuser: "conformance-super",
+    replication: "conformance-repl",
+    rewind: "conformance-rewind",
+};
 
 struct Member {
     name: MemberName,
@@ -35,22 +37,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        kill_postmaster(&self.data_dir());
-    }
-}
-
-/// SIGKILLs the postmaster named in `data_dir`'s pid file and its group.
-fn kill_postmaster(data_dir: &Path) {
-    let Some(pid) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    // SAFETY: kill(2) involves no memory; the pid is this test's own server.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-        libc::kill(pid, libc::SIGKILL);
+        kill_postmaster(&self.data_dir(), libc::SIGKILL);
     }
 }
 
@@ -59,43 +46,9 @@ struct RealHarness {
 }
 
 fn config(name: &MemberName, dir: &Path, port: u16) -> PgControllerConfig {
-    let mut config = PgControllerConfig::new(
-        name.clone(),
-        dir.join("data"),
-        port,
-        dir,
-        Credentials::new("postgres", SUPERUSER_PASSWORD),
-        Credentials::new("replicator", REPLICATION_PASSWORD),
-    );
-    config.bin_dir = bin_dir();
-    config.rewind = Some(Credentials::new("rewinder", REWIND_PASSWORD));
-    config.os_user = PgOsUser::detect().expect("OS user").name().to_owned();
-    config.initdb_args = ["--no-sync", "--locale=C", "-E", "UTF8"]
-        .map(str::to_owned)
-        .to_vec();
-    config.parameters = [
-        ("fsync", ParameterValue::Bool(false)),
-        ("shared_buffers", ParameterValue::Text("16MB".to_owned())),
-        ("max_connections", ParameterValue::Integer(30)),
-        ("wal_keep_size", ParameterValue::Text("64MB".to_owned())),
-        (
-            "wal_retrieve_retry_interval",
-            ParameterValue::Text("1s".to_owned()),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect::<BTreeMap<_, _>>();
-    config.timeouts = PgTimeouts {
-        start: Duration::from_secs(30),
-        stop: Duration::from_secs(30),
-        promote: Duration::from_secs(30),
-        command: Duration::from_secs(60),
-        clone: Duration::from_secs(120),
-        rewind: Duration::from_secs(120),
-        ..PgTimeouts::default()
-    };
-    config
+    // The slot checks create a logical slot.
+    let wal_level = ("wal_level", ParameterValue::Text("logical".to_owned()));
+    PASSWORDS.config(name, dir, port, &[wal_level])
 }
 
 async fn harness() -> RealHarness {
@@ -134,31 +87,14 @@ impl Harness for RealHarness {
     }
 
     fn bootstrap_spec(&self) -> BootstrapSpec {
-        BootstrapSpec {
-            superuser: Credentials::new("postgres", SUPERUSER_PASSWORD),
-            replication: Credentials::new("replicator", REPLICATION_PASSWORD),
-            rewind: Some(Credentials::new("rewinder", REWIND_PASSWORD)),
-            parameters: BTreeMap::new(),
-            pg_hba: Vec::new(),
-        }
+        PASSWORDS.spec()
     }
 
     async fn write(&self, index: usize) {
         let member = &self.members[index];
-        let (client, connection) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(member.port)
-            .user("postgres")
-            .password(SUPERUSER_PASSWORD)
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(5))
-            .connect(NoTls)
+        PASSWORDS
+            .client(&member.name, member.port)
             .await
-            .unwrap_or_else(|err| panic!("connecting to {}: {err:?}", member.name));
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS conformance (at timestamptz); \
                  INSERT INTO conformance VALUES (now())",
@@ -168,7 +104,7 @@ impl Harness for RealHarness {
     }
 
     async fn crash(&self, index: usize) {
-        kill_postmaster(&self.members[index].data_dir());
+        kill_postmaster(&self.members[index].data_dir(), libc::SIGKILL);
     }
 
     async fn pass_time(&self, duration: Duration) {

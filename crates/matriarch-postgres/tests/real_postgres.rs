@@ -1,23 +1,32 @@
 //! `PgController` against real PostgreSQL 15 servers: each test builds its
 //! own primary and replicas on free ports in throwaway directories.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use matriarch_model::{MemberName, ParameterValue, SystemId, Timeline};
 use matriarch_postgres::{
-    BootstrapSpec, Credentials, DataDirectoryState, PgController, PgControllerConfig, PgRole,
-    PgTimeouts, Postgres, PostgresError, RewindOutcome, ServerState, StandbySyncState, StartAs,
-    StopMode, SyncStandbyNames, Upstream,
+    BootstrapSpec, DataDirectoryState, PgController, PgControllerConfig, PgRole, Postgres,
+    PostgresError, RewindOutcome, ServerState, StandbySyncState, StartAs, StopMode,
+    SyncStandbyNames, Upstream,
 };
-use matriarch_testkit::{bin_dir, free_port, PgOsUser};
+use matriarch_testkit::{free_port, PgOsUser};
 use tempfile::TempDir;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-const SUPERUSER_PASSWORD: &str = "super-'secret\\";
-const REPLICATION_PASSWORD: &str = "repl secret";
-const REWIND_PASSWORD: &str = "rewind-secret";
+use support::{kill_postmaster, Passwords};
+
+/// Passwords with quotes, a backslash and a space, which every place that
+/// writes them must quote.
+const PASSWORDS: Passwords = Passwords {
+    superuser: "super-'secret\\",
+    replication: "repl secret",
+    rewind: "rewind-secret",
+};
+const SUPERUSER_PASSWORD: &str = PASSWORDS.superuser;
+const REPLICATION_PASSWORD: &str = PASSWORDS.replication;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// One member: a controller over a throwaway directory. On drop the
@@ -70,20 +79,18 @@ impl Node {
     }
 
     async fn client(&self) -> Client {
-        let (client, connection) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(SUPERUSER_PASSWORD)
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(5))
-            .connect(NoTls)
-            .await
-            .unwrap_or_else(|err| panic!("connecting to {}: {err:?}", self.name));
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
+        PASSWORDS.client(&self.name, self.port).await
+    }
+
+    /// Inserts `value` into the test table `t`.
+    async fn insert(&self, value: &str) {
+        self.execute(&format!("INSERT INTO t VALUES ('{value}')"))
+            .await;
+    }
+
+    /// Waits until the test table `t` holds exactly `values`, in order.
+    async fn wait_table(&self, values: &[&str]) {
+        self.wait_rows("SELECT v FROM t ORDER BY v", values).await;
     }
 
     async fn execute(&self, sql: &str) {
@@ -149,71 +156,13 @@ fn server_log(node: &Node) -> String {
 }
 
 fn base_config(name: &str, dir: &Path, port: u16) -> PgControllerConfig {
-    let mut config = PgControllerConfig::new(
-        MemberName::new(name).expect("member name"),
-        dir.join("data"),
-        port,
-        dir,
-        Credentials::new("postgres", SUPERUSER_PASSWORD),
-        Credentials::new("replicator", REPLICATION_PASSWORD),
-    );
-    config.bin_dir = bin_dir();
-    config.rewind = Some(Credentials::new("rewinder", REWIND_PASSWORD));
-    config.os_user = PgOsUser::detect().expect("OS user").name().to_owned();
-    config.initdb_args = vec![
-        "--no-sync".to_owned(),
-        "--locale=C".to_owned(),
-        "-E".to_owned(),
-        "UTF8".to_owned(),
-    ];
-    let parameters: BTreeMap<String, ParameterValue> = [
-        ("fsync", ParameterValue::Bool(false)),
-        ("full_page_writes", ParameterValue::Bool(true)),
-        ("shared_buffers", ParameterValue::Text("16MB".to_owned())),
-        ("max_connections", ParameterValue::Integer(30)),
-        ("wal_keep_size", ParameterValue::Text("64MB".to_owned())),
-        (
-            "wal_retrieve_retry_interval",
-            ParameterValue::Text("1s".to_owned()),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    config.parameters = parameters;
-    config.timeouts = PgTimeouts {
-        start: Duration::from_secs(30),
-        stop: Duration::from_secs(30),
-        promote: Duration::from_secs(30),
-        command: Duration::from_secs(60),
-        clone: Duration::from_secs(120),
-        rewind: Duration::from_secs(120),
-        ..PgTimeouts::default()
-    };
-    config
+    let name = MemberName::new(name).expect("member name");
+    let full_page_writes = ("full_page_writes", ParameterValue::Bool(true));
+    PASSWORDS.config(&name, dir, port, &[full_page_writes])
 }
 
 fn spec() -> BootstrapSpec {
-    BootstrapSpec {
-        superuser: Credentials::new("postgres", SUPERUSER_PASSWORD),
-        replication: Credentials::new("replicator", REPLICATION_PASSWORD),
-        rewind: Some(Credentials::new("rewinder", REWIND_PASSWORD)),
-        parameters: BTreeMap::new(),
-        pg_hba: Vec::new(),
-    }
-}
-
-fn kill_postmaster(data_dir: &Path, signal: libc::c_int) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    // SAFETY: kill(2) involves no memory; the pid is the test's own server.
-    unsafe {
-        if signal == libc::SIGKILL {
-            libc::kill(-pid, signal);
-        }
-        libc::kill(pid, signal);
-    }
-    Some(pid)
+    PASSWORDS.spec()
 }
 
 /// A primary with a table `t(v text)` holding `common`, and cloned replicas
@@ -243,9 +192,7 @@ async fn cluster_with(names: &[&str], spec: &BootstrapSpec) -> (Node, Vec<Node>,
             .start(StartAs::ReplicaOf(primary.upstream()))
             .await
             .expect("start replica");
-        replica
-            .wait_rows("SELECT v FROM t ORDER BY v", &["common"])
-            .await;
+        replica.wait_table(&["common"]).await;
         replicas.push(replica);
     }
     (primary, replicas, system_id)
@@ -262,11 +209,9 @@ async fn bootstrap_clone_two_replicas_and_replicate_writes() {
     assert_eq!(state.upstream, None);
     assert_eq!(state.synchronous_standby_names, Some(SyncStandbyNames::Off));
 
-    primary.execute("INSERT INTO t VALUES ('second')").await;
+    primary.insert("second").await;
     for replica in &replicas {
-        replica
-            .wait_rows("SELECT v FROM t ORDER BY v", &["common", "second"])
-            .await;
+        replica.wait_table(&["common", "second"]).await;
         let state = replica.ctl.observe().await.expect("observe replica");
         assert_eq!(state.server, ServerState::Running(PgRole::Replica));
         assert_eq!(state.system_id, Some(system_id));
@@ -397,12 +342,8 @@ async fn promote_replica_after_primary_stops_and_the_other_follows() {
         .follow(&new_primary.upstream())
         .await
         .expect("follow");
-    new_primary
-        .execute("INSERT INTO t VALUES ('after failover')")
-        .await;
-    other
-        .wait_rows("SELECT v FROM t ORDER BY v", &["after failover", "common"])
-        .await;
+    new_primary.insert("after failover").await;
+    other.wait_table(&["after failover", "common"]).await;
     let state = other
         .observe_until("follows timeline 2", |s| s.timeline == Some(Timeline(2)))
         .await;
@@ -420,9 +361,7 @@ async fn promote_replica_after_primary_stops_and_the_other_follows() {
         .demote(StopMode::Fast, Some(new_primary.upstream()))
         .await
         .expect("a stopped server is started as a replica");
-    old_primary
-        .wait_rows("SELECT v FROM t ORDER BY v", &["after failover", "common"])
-        .await;
+    old_primary.wait_table(&["after failover", "common"]).await;
     let state = old_primary.ctl.observe().await.expect("observe rejoined");
     assert_eq!(state.server, ServerState::Running(PgRole::Replica));
     assert_eq!(state.upstream, Some(new_primary.upstream()));
@@ -445,13 +384,10 @@ async fn promote_replica_after_primary_stops_and_the_other_follows() {
         .follow(&other.upstream())
         .await
         .expect("follow");
-    other.execute("INSERT INTO t VALUES ('timeline 3')").await;
+    other.insert("timeline 3").await;
     for node in [new_primary, &old_primary] {
-        node.wait_rows(
-            "SELECT v FROM t ORDER BY v",
-            &["after failover", "common", "timeline 3"],
-        )
-        .await;
+        node.wait_table(&["after failover", "common", "timeline 3"])
+            .await;
     }
 }
 
@@ -464,7 +400,7 @@ async fn diverge(primary: &Node, replica: &Node, crash: bool) {
         .stop(StopMode::Fast)
         .await
         .expect("cut replication");
-    primary.execute("INSERT INTO t VALUES ('diverged')").await;
+    primary.insert("diverged").await;
     if crash {
         kill_postmaster(&primary.data_dir(), libc::SIGKILL).expect("postmaster pid");
         primary.observe_until("crashed", |s| s.crashed()).await;
@@ -488,7 +424,7 @@ async fn diverge(primary: &Node, replica: &Node, crash: bool) {
         "a standby reports its position"
     );
     assert_eq!(replica.ctl.promote().await.expect("promote"), Timeline(2));
-    replica.execute("INSERT INTO t VALUES ('new')").await;
+    replica.insert("new").await;
 }
 
 #[tokio::test]
@@ -518,9 +454,7 @@ async fn crashed_diverged_old_primary_is_rewound_and_follows() {
         .start(StartAs::ReplicaOf(new_primary.upstream()))
         .await
         .expect("start rewound");
-    old_primary
-        .wait_rows("SELECT v FROM t ORDER BY v", &["common", "new"])
-        .await;
+    old_primary.wait_table(&["common", "new"]).await;
     old_primary
         .observe_until("runs as a replica on timeline 2", |s| {
             s.role() == Some(PgRole::Replica) && s.timeline == Some(Timeline(2))
@@ -684,7 +618,7 @@ async fn synchronous_standby_makes_commits_wait_for_it() {
         })
         .await;
     assert_eq!(state.synchronous_standby_names, Some(names.clone()));
-    primary.execute("INSERT INTO t VALUES ('sync 1')").await;
+    primary.insert("sync 1").await;
 
     replica
         .ctl
@@ -714,12 +648,7 @@ async fn synchronous_standby_makes_commits_wait_for_it() {
         .expect("the commit completes once the standby is back")
         .expect("task")
         .expect("insert");
-    replica
-        .wait_rows(
-            "SELECT v FROM t ORDER BY v",
-            &["common", "sync 1", "sync 2"],
-        )
-        .await;
+    replica.wait_table(&["common", "sync 1", "sync 2"]).await;
 
     primary
         .ctl
@@ -910,12 +839,8 @@ async fn a_crashed_standby_recovers_as_a_standby_and_can_later_lead() {
         .start(StartAs::ReplicaOf(primary.upstream()))
         .await
         .expect("start the repaired standby");
-    primary
-        .execute("INSERT INTO t VALUES ('after crash')")
-        .await;
-    standby
-        .wait_rows("SELECT v FROM t ORDER BY v", &["after crash", "common"])
-        .await;
+    primary.insert("after crash").await;
+    standby.wait_table(&["after crash", "common"]).await;
 
     // The standby becomes primary; the old primary comes back by rewind.
     primary
@@ -924,7 +849,7 @@ async fn a_crashed_standby_recovers_as_a_standby_and_can_later_lead() {
         .await
         .expect("stop primary");
     standby.ctl.promote().await.expect("promote");
-    standby.execute("INSERT INTO t VALUES ('new')").await;
+    standby.insert("new").await;
     let outcome = primary
         .ctl
         .rewind(&standby.upstream())
@@ -939,12 +864,7 @@ async fn a_crashed_standby_recovers_as_a_standby_and_can_later_lead() {
         .start(StartAs::ReplicaOf(standby.upstream()))
         .await
         .expect("start the old primary as a replica");
-    primary
-        .wait_rows(
-            "SELECT v FROM t ORDER BY v",
-            &["after crash", "common", "new"],
-        )
-        .await;
+    primary.wait_table(&["after crash", "common", "new"]).await;
 }
 
 /// A fresh clone that never started cannot have diverged from its source:
@@ -993,12 +913,8 @@ async fn replica_whose_upstream_stopped(
         .follow(&promoted.upstream())
         .await
         .expect("C follows B");
-    promoted
-        .execute("INSERT INTO t VALUES ('timeline 2')")
-        .await;
-    replica
-        .wait_rows("SELECT v FROM t ORDER BY v", &["common", "timeline 2"])
-        .await;
+    promoted.insert("timeline 2").await;
+    replica.wait_table(&["common", "timeline 2"]).await;
     replica
         .wait_rows(
             "SELECT received_tli::text FROM pg_stat_wal_receiver WHERE status = 'streaming'",
@@ -1146,12 +1062,8 @@ async fn following_a_new_upstream_keeps_the_replication_password_off_disk() {
         .follow(&new_primary.upstream())
         .await
         .expect("follow");
-    new_primary
-        .execute("INSERT INTO t VALUES ('followed')")
-        .await;
-    other
-        .wait_rows("SELECT v FROM t ORDER BY v", &["common", "followed"])
-        .await;
+    new_primary.insert("followed").await;
+    other.wait_table(&["common", "followed"]).await;
     let conninfo = other.rows("SHOW primary_conninfo").await.join("");
     assert!(
         !conninfo.contains(REPLICATION_PASSWORD),

@@ -90,32 +90,26 @@ pub trait Router: Send + Sync {
     async fn withdraw(&self, member: &Endpoint) -> Result<(), RouterError>;
 }
 
-#[async_trait]
-impl<R: Router + ?Sized> Router for Arc<R> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
+/// `Router` for a smart pointer to a router: every call goes to the router
+/// it points to.
+macro_rules! forward_router {
+    ($pointer:ident) => {
+        #[async_trait]
+        impl<R: Router + ?Sized> Router for $pointer<R> {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
 
-    async fn route(&self, routes: &Routes) -> Result<(), RouterError> {
-        (**self).route(routes).await
-    }
+            async fn route(&self, routes: &Routes) -> Result<(), RouterError> {
+                (**self).route(routes).await
+            }
 
-    async fn withdraw(&self, member: &Endpoint) -> Result<(), RouterError> {
-        (**self).withdraw(member).await
-    }
+            async fn withdraw(&self, member: &Endpoint) -> Result<(), RouterError> {
+                (**self).withdraw(member).await
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl<R: Router + ?Sized> Router for Box<R> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-
-    async fn route(&self, routes: &Routes) -> Result<(), RouterError> {
-        (**self).route(routes).await
-    }
-
-    async fn withdraw(&self, member: &Endpoint) -> Result<(), RouterError> {
-        (**self).withdraw(member).await
-    }
-}
+forward_router!(Arc);
+forward_router!(Box);

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -12,11 +12,10 @@ use tempfile::TempDir;
 use crate::error::{IoContext, Result, TestkitError};
 use crate::ports::free_tcp_udp_port;
 use crate::process::{
-    describe, find_program, is_port_clash, process_controls, ServiceProcess, Spec,
+    describe, find_program, process_controls, retry_on_port_clash, temp_dir, ServiceProcess, Spec,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const START_ATTEMPTS: usize = 3;
 /// The zone every [`BindServer`] serves (without the trailing dot).
 pub const BIND_ZONE: &str = "matriarch.test";
 /// The name of the TSIG key allowed to update the zone.
@@ -56,12 +55,8 @@ impl BindServer {
         let dig = find_program("dig")?;
         let nsupdate = find_program("nsupdate")?;
         let secret = random_tsig_secret()?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("matriarch-bind-")
-                .tempdir()
-                .ctx(|| "creating a temporary directory for BIND".to_string())?;
+        retry_on_port_clash("named start", Duration::ZERO, || {
+            let dir = temp_dir("matriarch-bind-", "BIND")?;
             let d = dir.path();
             let port = free_tcp_udp_port()?;
             let conf_file = BindConfig {
@@ -88,17 +83,9 @@ impl BindServer {
                 process: Mutex::new(process),
                 _dir: dir,
             };
-            match server.wait_ready() {
-                Ok(()) => return Ok(server),
-                Err(e) if is_port_clash(&e) => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| TestkitError::InvalidArgument("named start failed".into())))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
-        self.process.lock().unwrap_or_else(|p| p.into_inner())
+            server.wait_ready()?;
+            Ok(server)
+        })
     }
 
     process_controls!("named");

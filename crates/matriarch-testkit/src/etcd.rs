@@ -2,22 +2,22 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::error::{IoContext, Result, TestkitError};
+use crate::error::{Result, TestkitError};
 use crate::http::http_request_timeout;
 use crate::ports::free_port;
-use crate::process::{find_program, is_port_clash, process_controls, ServiceProcess, Spec};
+use crate::process::{
+    find_program, process_controls, retry_on_port_clash, temp_dir, ServiceProcess, Spec,
+};
 
 /// How long a single member or a whole cluster may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How many times a start is retried when a port turns out to be taken.
-const START_ATTEMPTS: usize = 3;
 
-fn etcd_binary() -> Result<PathBuf> {
+pub(crate) fn etcd_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("MATRIARCH_ETCD") {
         let p = PathBuf::from(p);
         crate::process::require_program("etcd", &p)?;
@@ -137,11 +137,6 @@ impl EtcdMember {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
-        // A panic while holding the lock leaves the process in a usable state.
-        self.process.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     process_controls!("the etcd member");
 
     /// The member name (`--name`), e.g. `e1`.
@@ -186,32 +181,21 @@ impl EtcdMember {
     /// It does not wait for health: a lone restarted member of a cluster whose other
     /// members are down cannot become healthy. Use [`EtcdMember::wait_healthy`] for that.
     pub fn restart(&self) -> Result<()> {
-        let mut p = self.lock();
-        p.kill();
         let port = self.client_port;
-        let mut last_err = None;
         // The port may linger for a moment after the old process died.
-        for _ in 0..START_ATTEMPTS {
+        retry_on_port_clash("restart", Duration::from_millis(500), || {
+            let mut p = self.lock();
+            p.kill();
             p.start()?;
-            let res = p.wait_until(READY_TIMEOUT, || {
+            p.wait_until(READY_TIMEOUT, || {
                 TcpStream::connect_timeout(
                     &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
                     Duration::from_millis(500),
                 )
                 .map(|_| true)
                 .map_err(|e| format!("connect to client port {port}: {e}"))
-            });
-            match res {
-                Ok(()) => return Ok(()),
-                Err(e) if is_port_clash(&e) => {
-                    p.kill();
-                    std::thread::sleep(Duration::from_millis(500));
-                    last_err = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| TestkitError::InvalidArgument("restart failed".into())))
+            })
+        })
     }
 
     /// Asks the member for its status (v3 gRPC gateway `maintenance/status`) and returns
@@ -249,12 +233,8 @@ impl EtcdServer {
     /// Starts one etcd member on free 127.0.0.1 ports and waits until it is healthy.
     pub fn start() -> Result<Self> {
         let binary = etcd_binary()?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("matriarch-etcd-")
-                .tempdir()
-                .ctx(|| "creating a temporary directory for etcd".to_string())?;
+        retry_on_port_clash("etcd start", Duration::ZERO, || {
+            let dir = temp_dir("matriarch-etcd-", "etcd")?;
             let (client_port, peer_port) = (free_port()?, free_port()?);
             let initial = format!("single=http://127.0.0.1:{peer_port}");
             let member = EtcdMember::spawn(
@@ -266,13 +246,9 @@ impl EtcdServer {
                 &initial,
                 "matriarch-single",
             )?;
-            match member.wait_healthy(READY_TIMEOUT) {
-                Ok(()) => return Ok(EtcdServer { member, _dir: dir }),
-                Err(e) if is_port_clash(&e) => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| TestkitError::InvalidArgument("etcd start failed".into())))
+            member.wait_healthy(READY_TIMEOUT)?;
+            Ok(EtcdServer { member, _dir: dir })
+        })
     }
 
     /// The client URL, e.g. `http://127.0.0.1:23791`.
@@ -325,12 +301,8 @@ impl EtcdCluster {
             ));
         }
         let binary = etcd_binary()?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("matriarch-etcd-cluster-")
-                .tempdir()
-                .ctx(|| "creating a temporary directory for an etcd cluster".to_string())?;
+        retry_on_port_clash("etcd cluster start", Duration::ZERO, || {
+            let dir = temp_dir("matriarch-etcd-cluster-", "an etcd cluster")?;
             let mut ports = Vec::with_capacity(size);
             for _ in 0..size {
                 ports.push((free_port()?, free_port()?));
@@ -358,14 +330,9 @@ impl EtcdCluster {
                     &token,
                 )?);
             }
-            match wait_all_healthy(&members, READY_TIMEOUT) {
-                Ok(()) => return Ok(EtcdCluster { members, _dir: dir }),
-                Err(e) if is_port_clash(&e) => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err
-            .unwrap_or_else(|| TestkitError::InvalidArgument("etcd cluster start failed".into())))
+            wait_all_healthy(&members, READY_TIMEOUT)?;
+            Ok(EtcdCluster { members, _dir: dir })
+        })
     }
 
     /// The client URLs of all members, in member order.

@@ -4,11 +4,13 @@
 //! throwaway directory, waits until it is ready, and on drop (also when a test panics)
 //! kills the process group, waits for it, and removes the directory:
 //!
-//! * [`EtcdServer`] / [`EtcdCluster`]: etcd 3.4 (`/usr/bin/etcd`).
+//! * [`EtcdServer`] / [`EtcdCluster`]: etcd 3.4 (`/usr/bin/etcd`); [`TlsEtcdServer`] over TLS
+//!   with client certificates.
 //! * [`ZooKeeperServer`]: standalone ZooKeeper 3.8 run with java.
 //! * [`PostgresServer`]: PostgreSQL 15 (as the `postgres` OS user when run as root).
 //! * [`BindServer`]: BIND 9 with a TSIG-protected dynamic zone.
 //! * [`MotoServer`]: moto's AWS emulator from the venv made by `cargo xtask deps`.
+//! * [`TestCa`]: a CA and the certificates it signs, for TLS tests.
 //!
 //! On top of them, [`cluster`] runs real `matriarch run` agents (the harness of
 //! the demo, the benchmarks and the chaos run) and [`dns`] asks BIND for `A` records.
@@ -20,10 +22,12 @@
 #![warn(missing_docs)]
 
 mod bind;
+mod certs;
 pub mod cluster;
 pub mod dns;
 mod error;
 mod etcd;
+mod etcd_tls;
 mod http;
 mod moto;
 mod ports;
@@ -35,8 +39,10 @@ pub use bind::{
     named_args, random_tsig_secret, BindConfig, BindServer, BIND_TSIG_ALGORITHM,
     BIND_TSIG_KEY_NAME, BIND_ZONE,
 };
+pub use certs::{TestCa, CLIENT_EXTENSIONS, SERVER_EXTENSIONS};
 pub use error::{Result, TestkitError};
 pub use etcd::{EtcdCluster, EtcdMember, EtcdServer};
+pub use etcd_tls::TlsEtcdServer;
 pub use http::{http_request, http_request_timeout, HttpResponse};
 pub use moto::{moto_venv, MotoServer};
 pub use ports::{free_port, free_tcp_udp_port};

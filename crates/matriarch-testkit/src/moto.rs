@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::error::{IoContext, Result, TestkitError};
+use crate::error::{Result, TestkitError};
 use crate::http::{http_request, http_request_timeout};
 use crate::ports::free_port;
-use crate::process::{is_port_clash, require_program, ServiceProcess, Spec};
+use crate::process::{
+    lock_process, require_program, retry_on_port_clash, temp_dir, ServiceProcess, Spec,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const START_ATTEMPTS: usize = 3;
 
 /// The moto venv: `$MATRIARCH_MOTO_VENV`, else `<workspace>/target/moto-venv`.
 pub fn moto_venv() -> PathBuf {
@@ -35,12 +36,8 @@ impl MotoServer {
     pub fn start() -> Result<Self> {
         let program = moto_venv().join("bin/moto_server");
         require_program("moto_server", &program)?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("matriarch-moto-")
-                .tempdir()
-                .ctx(|| "creating a temporary directory for moto".to_string())?;
+        retry_on_port_clash("moto start", Duration::ZERO, || {
+            let dir = temp_dir("matriarch-moto-", "moto")?;
             let port = free_port()?;
             let mut spec = Spec::new(&program)
                 .arg("-H")
@@ -56,22 +53,17 @@ impl MotoServer {
                 _dir: dir,
             };
             let url = format!("{}/moto-api/", server.endpoint_url());
-            let ready = server.lock().wait_until(READY_TIMEOUT, || {
+            server.lock().wait_until(READY_TIMEOUT, || {
                 http_request_timeout("GET", &url, &[], b"", Duration::from_secs(2))
                     .map(|_| true)
                     .map_err(|e| e.to_string())
-            });
-            match ready {
-                Ok(()) => return Ok(server),
-                Err(e) if is_port_clash(&e) => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| TestkitError::InvalidArgument("moto start failed".into())))
+            })?;
+            Ok(server)
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
-        self.process.lock().unwrap_or_else(|p| p.into_inner())
+        lock_process(&self.process)
     }
 
     /// The endpoint URL, e.g. `http://127.0.0.1:18080`.

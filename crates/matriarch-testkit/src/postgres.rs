@@ -1,23 +1,24 @@
 //! Real PostgreSQL 15 instances, and helpers to run PostgreSQL programs as the right
 //! OS user (PostgreSQL refuses to run as root).
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use matriarch_postgres::OsIdentity;
 use tempfile::TempDir;
 
 use crate::error::{IoContext, Result, TestkitError};
 use crate::ports::free_port;
 use crate::process::{
-    is_port_clash, process_controls, require_program, run_checked, ServiceProcess, Spec,
+    is_port_clash, process_controls, require_program, retry_on_port_clash, run_checked,
+    ServiceProcess, Spec,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const START_ATTEMPTS: usize = 3;
 /// The default PostgreSQL binary directory (Debian's postgresql-15).
 pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// The OS user PostgreSQL programs run as when the tests run as root.
@@ -49,51 +50,6 @@ pub struct PgOsUser {
     switch: bool,
 }
 
-fn lookup_user(name: &str) -> Result<Option<PgOsUser>> {
-    let cname = CString::new(name)
-        .map_err(|_| TestkitError::InvalidArgument(format!("bad user name `{name}`")))?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid value to be filled in by getpwnam_r.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the duration of the call; buf outlives pwd use.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(TestkitError::io(
-            format!("looking up OS user `{name}`"),
-            std::io::Error::from_raw_os_error(rc),
-        ));
-    }
-    if result.is_null() {
-        return Ok(None);
-    }
-    let home = if pwd.pw_dir.is_null() {
-        PathBuf::from("/")
-    } else {
-        // SAFETY: getpwnam_r succeeded, so pw_dir points into buf as a C string.
-        PathBuf::from(
-            unsafe { CStr::from_ptr(pwd.pw_dir) }
-                .to_string_lossy()
-                .into_owned(),
-        )
-    };
-    Ok(Some(PgOsUser {
-        name: name.to_string(),
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
-        home,
-        switch: true,
-    }))
-}
-
 impl PgOsUser {
     /// Finds the user to run PostgreSQL programs as (cached after the first call).
     pub fn detect() -> Result<PgOsUser> {
@@ -101,24 +57,27 @@ impl PgOsUser {
         if let Some(u) = USER.get() {
             return Ok(u.clone());
         }
-        // SAFETY: geteuid/getegid cannot fail.
-        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        let user = if euid == 0 {
-            lookup_user(PG_OS_USER)?.ok_or_else(|| TestkitError::MissingUser {
-                user: PG_OS_USER.to_string(),
-            })?
+        let user = if OsIdentity::running_as_root() {
+            let identity = OsIdentity::lookup(PG_OS_USER)
+                .map_err(|err| TestkitError::io(format!("looking up OS user `{PG_OS_USER}`"), err))?
+                .ok_or_else(|| TestkitError::MissingUser {
+                    user: PG_OS_USER.to_string(),
+                })?;
+            PgOsUser::from_identity(identity, true)
         } else {
-            PgOsUser {
-                name: std::env::var("USER").unwrap_or_else(|_| format!("uid {euid}")),
-                uid: euid,
-                gid: egid,
-                home: std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/")),
-                switch: false,
-            }
+            PgOsUser::from_identity(OsIdentity::current(), false)
         };
         Ok(USER.get_or_init(|| user).clone())
+    }
+
+    fn from_identity(identity: OsIdentity, switch: bool) -> PgOsUser {
+        PgOsUser {
+            name: identity.name,
+            uid: identity.uid,
+            gid: identity.gid,
+            home: identity.home,
+            switch,
+        }
     }
 
     /// The user name.
@@ -263,8 +222,7 @@ impl PostgresServer {
 
         let socket_dir = dir.path().to_path_buf();
         let log = dir.path().join("postgres.log");
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
+        let (port, process) = retry_on_port_clash("postgres start", Duration::ZERO, || {
             let port = free_port()?;
             let mut spec = Spec::new(&postgres)
                 .arg("-D")
@@ -287,33 +245,20 @@ impl PostgresServer {
                 ];
             }
             let mut process = ServiceProcess::spawn("postgres", spec, log.clone())?;
-            match wait_ready(&mut process, port) {
-                Ok(()) => {
-                    return Ok(PostgresServer {
-                        port,
-                        data_dir,
-                        socket_dir,
-                        user,
-                        process: Mutex::new(process),
-                        _dir: dir,
-                    })
-                }
-                Err(e) if is_port_clash(&e) => {
-                    shutdown(&mut process);
-                    last_err = Some(e);
-                }
-                Err(e) => {
-                    shutdown(&mut process);
-                    return Err(e);
-                }
+            if let Err(e) = wait_ready(&mut process, port) {
+                shutdown(&mut process);
+                return Err(e);
             }
-        }
-        Err(last_err
-            .unwrap_or_else(|| TestkitError::InvalidArgument("postgres start failed".into())))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
-        self.process.lock().unwrap_or_else(|p| p.into_inner())
+            Ok((port, process))
+        })?;
+        Ok(PostgresServer {
+            port,
+            data_dir,
+            socket_dir,
+            user,
+            process: Mutex::new(process),
+            _dir: dir,
+        })
     }
 
     process_controls!("the postmaster");
@@ -362,21 +307,14 @@ impl PostgresServer {
     pub fn restart(&self) -> Result<()> {
         let mut p = self.lock();
         shutdown(&mut p);
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
+        retry_on_port_clash("postgres restart", Duration::from_millis(500), || {
             p.start()?;
-            match wait_ready(&mut p, self.port) {
-                Ok(()) => return Ok(()),
-                Err(e) if is_port_clash(&e) => {
+            wait_ready(&mut p, self.port).inspect_err(|e| {
+                if is_port_clash(e) {
                     shutdown(&mut p);
-                    std::thread::sleep(Duration::from_millis(500));
-                    last_err = Some(e);
                 }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err
-            .unwrap_or_else(|| TestkitError::InvalidArgument("postgres restart failed".into())))
+            })
+        })
     }
 }
 

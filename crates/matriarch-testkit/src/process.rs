@@ -7,16 +7,21 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result, TestkitError};
 
-/// The process controls of a service handle whose `lock()` gives its
-/// [`ServiceProcess`]: `pid`, `log_tail`, `kill`, `pause` and `resume`. `$what`
-/// names the process in their docs.
+/// The process controls of a service handle whose `process` field is a
+/// `Mutex<ServiceProcess>`: `lock`, and the public `pid`, `log_tail`, `kill`,
+/// `pause` and `resume`. `$what` names the process in their docs.
 macro_rules! process_controls {
     ($what:literal) => {
+        fn lock(&self) -> std::sync::MutexGuard<'_, $crate::process::ServiceProcess> {
+            $crate::process::lock_process(&self.process)
+        }
+
         #[doc = concat!("The process id of ", $what, ", or `None` once it was stopped or killed.")]
         pub fn pid(&self) -> Option<u32> {
             self.lock().pid()
@@ -50,6 +55,46 @@ pub(crate) use process_controls;
 
 /// How many log lines go into error messages.
 const TAIL_LINES: usize = 40;
+/// How many times a start is tried when the port turns out to be taken.
+const START_ATTEMPTS: usize = 3;
+
+/// Runs `attempt` (a start or restart that waits until the service is ready) up
+/// to three times while it fails only because the service could not bind its
+/// port: a free port can be taken by another process between picking it and
+/// binding it. Sleeps `pause` after such a failure. Any other error is returned
+/// at once; `what` names the start when every attempt clashed.
+pub(crate) fn retry_on_port_clash<T>(
+    what: &str,
+    pause: Duration,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut last_err = None;
+    for _ in 0..START_ATTEMPTS {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if is_port_clash(&e) => {
+                sleep(pause);
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| TestkitError::InvalidArgument(format!("{what} failed"))))
+}
+
+/// A throwaway directory `/tmp/<prefix>XXXX` for one start of `service`.
+pub(crate) fn temp_dir(prefix: &str, service: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .ctx(|| format!("creating a temporary directory for {service}"))
+}
+
+/// Locks a handle's process; a panic while it was held leaves the process
+/// usable, so a poisoned lock is taken over.
+pub(crate) fn lock_process(process: &Mutex<ServiceProcess>) -> MutexGuard<'_, ServiceProcess> {
+    process.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Returns an error naming `program` when `path` does not exist.
 pub(crate) fn require_program(program: &str, path: &Path) -> Result<()> {

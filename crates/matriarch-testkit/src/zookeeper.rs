@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -11,11 +11,11 @@ use tempfile::TempDir;
 use crate::error::{IoContext, Result, TestkitError};
 use crate::ports::free_port;
 use crate::process::{
-    find_program, is_port_clash, process_controls, require_program, ServiceProcess, Spec,
+    find_program, process_controls, require_program, retry_on_port_clash, temp_dir, ServiceProcess,
+    Spec,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const START_ATTEMPTS: usize = 3;
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
 const LOG4J_EXAMPLE: &str = "/etc/zookeeper/conf_example/log4j.properties";
 
@@ -87,12 +87,8 @@ impl ZooKeeperServer {
         }
         let java = find_program("java")?;
         require_program("zookeeper (zookeeper.jar)", Path::new(ZK_JAR))?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("matriarch-zk-")
-                .tempdir()
-                .ctx(|| "creating a temporary directory for ZooKeeper".to_string())?;
+        retry_on_port_clash("ZooKeeper start", Duration::ZERO, || {
+            let dir = temp_dir("matriarch-zk-", "ZooKeeper")?;
             let port = free_port()?;
             let conf_dir = dir.path().join("conf");
             let data_dir = dir.path().join("data");
@@ -148,18 +144,9 @@ impl ZooKeeperServer {
                 process: Mutex::new(process),
                 _dir: dir,
             };
-            match server.wait_ready() {
-                Ok(()) => return Ok(server),
-                Err(e) if is_port_clash(&e) => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err
-            .unwrap_or_else(|| TestkitError::InvalidArgument("ZooKeeper start failed".into())))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ServiceProcess> {
-        self.process.lock().unwrap_or_else(|p| p.into_inner())
+            server.wait_ready()?;
+            Ok(server)
+        })
     }
 
     process_controls!("the ZooKeeper server");
@@ -194,23 +181,13 @@ impl ZooKeeperServer {
     /// Starts the server again with the same data directory and port (killing it first
     /// if it still runs) and waits for `imok`.
     pub fn restart(&self) -> Result<()> {
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
+        retry_on_port_clash("ZooKeeper restart", Duration::from_millis(500), || {
             {
                 let mut p = self.lock();
                 p.kill();
                 p.start()?;
             }
-            match self.wait_ready() {
-                Ok(()) => return Ok(()),
-                Err(e) if is_port_clash(&e) => {
-                    std::thread::sleep(Duration::from_millis(500));
-                    last_err = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err
-            .unwrap_or_else(|| TestkitError::InvalidArgument("ZooKeeper restart failed".into())))
+            self.wait_ready()
+        })
     }
 }

@@ -1,9 +1,8 @@
 //! How to reach ZooKeeper and where the cluster lives in it.
 
-use std::fmt;
 use std::time::Duration;
 
-use matriarch_model::{KeyLayout, DEFAULT_NAMESPACE};
+use matriarch_model::{HostPort, KeyLayout, Secret, DEFAULT_NAMESPACE};
 
 use crate::error::ConfigError;
 
@@ -14,28 +13,6 @@ pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// matriarch's default `retry_timeout`.
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A password that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    /// Wraps a password.
-    pub fn new(password: impl Into<String>) -> Self {
-        Password(password.into())
-    }
-
-    /// The password itself, for the authentication packet only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
 /// ZooKeeper `digest` authentication (`user:password`). Znodes created by a
 /// client with credentials are readable and writable only by sessions
 /// authenticated as the same user (ZooKeeper's `auth` ACL scheme).
@@ -44,7 +21,7 @@ pub struct DigestAuth {
     /// The user name (no `:`).
     pub user: String,
     /// The password (redacted in `Debug`).
-    pub password: Password,
+    pub password: Secret,
 }
 
 impl DigestAuth {
@@ -52,7 +29,7 @@ impl DigestAuth {
     pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
         DigestAuth {
             user: user.into(),
-            password: Password::new(password),
+            password: Secret::new(password),
         }
     }
 
@@ -166,15 +143,7 @@ impl ZooKeeperConfig {
             {
                 return Err(bad("expected host:port without ',', '/' or spaces"));
             }
-            let Some((host, port)) = server.rsplit_once(':') else {
-                return Err(bad("expected host:port"));
-            };
-            if host.is_empty() {
-                return Err(bad("the host is empty"));
-            }
-            if port.parse::<u16>().map_or(true, |p| p == 0) {
-                return Err(bad("the port is not a number from 1 to 65535"));
-            }
+            HostPort::parse(server).map_err(|e| bad(&e.problem.to_string()))?;
         }
         if let Some(chroot) = &self.chroot {
             let bad = |reason: &str| ConfigError::InvalidChroot {
@@ -243,6 +212,12 @@ mod tests {
     }
 
     #[test]
+    fn bracketed_ipv6_servers_are_accepted() {
+        let config = ZooKeeperConfig::new(["[::1]:2181", "zk2.example:2182"], "pg");
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn a_complete_config_validates_and_hides_the_password() {
         let config = base()
             .with_chroot("/matriarch/prod")
@@ -272,6 +247,9 @@ mod tests {
             base().with_session_timeout(Duration::ZERO),
             base().with_retry_timeout(Duration::ZERO),
             ZooKeeperConfig::new(["a:1"], "a/b"),
+            ZooKeeperConfig::new(["::1"], "pg"),
+            ZooKeeperConfig::new(["[::1]"], "pg"),
+            ZooKeeperConfig::new([":2181"], "pg"),
         ];
         for config in cases {
             let err = config.validate().expect_err("invalid");

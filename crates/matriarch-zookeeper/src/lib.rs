@@ -29,8 +29,6 @@ mod error;
 mod lease;
 mod session;
 
-pub use config::{
-    DigestAuth, Password, ZooKeeperConfig, DEFAULT_RETRY_TIMEOUT, DEFAULT_SESSION_TIMEOUT,
-};
+pub use config::{DigestAuth, ZooKeeperConfig, DEFAULT_RETRY_TIMEOUT, DEFAULT_SESSION_TIMEOUT};
 pub use dcs::ZooKeeperDcs;
 pub use error::{ConfigError, ZooKeeperError};

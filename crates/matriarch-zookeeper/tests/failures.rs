@@ -9,25 +9,50 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, RETRY_TIMEOUT, TTL};
+use common::{eventually, member, name, publish, RETRY_TIMEOUT, TTL};
 use matriarch_dcs::{Dcs, DcsError, WatchOutcome};
-use matriarch_model::{Member, MemberName, Role};
+use matriarch_model::MemberName;
 use matriarch_testkit::{free_port, zk_four_letter_word, ZooKeeperOptions, ZooKeeperServer};
-use matriarch_zookeeper::{DigestAuth, ZooKeeperDcs};
+use matriarch_zookeeper::{DigestAuth, ZooKeeperConfig, ZooKeeperDcs};
 use zookeeper_client as zk;
 
-fn name(text: &str) -> MemberName {
-    MemberName::new(text).expect("valid member name")
+/// Asserts that `holder` still has its session `session` and that a newcomer
+/// (connected with `config`) cannot take the lock; the newcomer.
+async fn the_session_and_the_lock_survived(
+    holder: &ZooKeeperDcs,
+    session: i64,
+    config: ZooKeeperConfig,
+    ttl: Duration,
+) -> ZooKeeperDcs {
+    assert_eq!(
+        holder.session_id().await,
+        Some(session),
+        "the session survived"
+    );
+    let other = ZooKeeperDcs::connect(config).await.expect("connect other");
+    assert!(!other
+        .acquire_leader(&name("other"), ttl)
+        .await
+        .expect("acquire"));
+    other
 }
 
-fn member(text: &str) -> Member {
-    let mut member = Member::new(
-        name(text),
-        format!("postgres://127.0.0.1:5432/postgres?member={text}"),
-        "http://127.0.0.1:8008/patroni",
-    );
-    member.role = Role::Replica;
-    member
+/// Renews `member`'s lock until it succeeds, within half the ttl; while the
+/// service is coming back only "unreachable" may come first, never a lost lock.
+async fn renew_within_half_a_ttl(
+    holder: &ZooKeeperDcs,
+    member: &MemberName,
+    ttl: Duration,
+    when: &str,
+) {
+    eventually(&format!("the renewal {when} succeeds"), ttl / 2, || async {
+        match holder.renew_leader(member, ttl).await {
+            Ok(()) => Some(()),
+            Err(e) if e.is_unreachable() => None,
+            Err(e) => panic!("renewal {when} gave {e}"),
+        }
+    })
+    .await;
 }
 
 /// The server is frozen (SIGSTOP) for longer than the session timeout, then
@@ -56,10 +81,7 @@ async fn a_frozen_server_expires_the_session_and_the_holder_learns_it_lost_the_l
     assert!(holder.acquire_leader(&a, long_ttl).await.expect("acquire"));
     // The server keeps the lock for its maximum session timeout, not the ttl.
     assert_eq!(holder.lock_lifetime(), Some(TTL));
-    holder
-        .publish_member(&member("holder"), long_ttl)
-        .await
-        .expect("publish");
+    publish(&holder, "holder", long_ttl).await;
     let first_session = holder.session_id().await.expect("a session");
 
     server.pause().expect("SIGSTOP ZooKeeper");
@@ -160,10 +182,7 @@ async fn a_quick_server_restart_keeps_the_session_and_the_lock() {
         .expect("connect");
     let a = name("holder");
     assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    holder
-        .publish_member(&member("holder"), ttl)
-        .await
-        .expect("publish");
+    publish(&holder, "holder", ttl).await;
     let session = holder.session_id().await.expect("a session");
 
     let started = Instant::now();
@@ -175,29 +194,8 @@ async fn a_quick_server_restart_keeps_the_session_and_the_lock() {
         "the restart took {restart:?}: too slow for this test"
     );
 
-    eventually(
-        "the renewal succeeds after the restart",
-        ttl / 2,
-        || async {
-            match holder.renew_leader(&a, ttl).await {
-                Ok(()) => Some(()),
-                Err(e) if e.is_unreachable() => None,
-                Err(e) => panic!("renewal after a quick restart gave {e}"),
-            }
-        },
-    )
-    .await;
-    assert_eq!(
-        holder.session_id().await,
-        Some(session),
-        "the session survived"
-    );
-
-    let other = ZooKeeperDcs::connect(config).await.expect("connect other");
-    assert!(!other
-        .acquire_leader(&name("other"), ttl)
-        .await
-        .expect("acquire"));
+    renew_within_half_a_ttl(&holder, &a, ttl, "after a quick restart").await;
+    let other = the_session_and_the_lock_survived(&holder, session, config, ttl).await;
     let view = other.read_view().await.expect("read");
     assert_eq!(view.leader_name(), Some(&a));
     assert!(view.members["holder"].is_ok());
@@ -375,10 +373,7 @@ async fn a_watch_sees_changes_across_a_reconnection() {
     let revision = watcher.read_view().await.expect("read").revision;
     server.restart().expect("restart ZooKeeper");
     let writer = ZooKeeperDcs::connect(config).await.expect("connect writer");
-    writer
-        .publish_member(&member("late"), ttl)
-        .await
-        .expect("publish");
+    publish(&writer, "late", ttl).await;
     let outcome = eventually("the watch reports the change", ttl, || async {
         match watcher.watch(revision, Duration::from_secs(5)).await {
             Ok(outcome) => Some(outcome),
@@ -546,10 +541,7 @@ async fn a_three_server_ensemble_survives_the_loss_of_its_leader() {
         .expect("connect");
     let a = name("holder");
     assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    holder
-        .publish_member(&member("holder"), ttl)
-        .await
-        .expect("publish");
+    publish(&holder, "holder", ttl).await;
     let session = holder.session_id().await.expect("session");
     let revision = watcher.read_view().await.expect("read").revision;
 
@@ -560,33 +552,12 @@ async fn a_three_server_ensemble_survives_the_loss_of_its_leader() {
         .expect("a leader");
     let killed = Instant::now();
     ensemble.kill(leader);
-    eventually(
-        "the lock is renewed through the survivors",
-        ttl / 2,
-        || async {
-            match holder.renew_leader(&a, ttl).await {
-                Ok(()) => Some(()),
-                Err(e) if e.is_unreachable() => None,
-                Err(e) => panic!("renewal after the loss of the ensemble leader gave {e}"),
-            }
-        },
-    )
-    .await;
+    renew_within_half_a_ttl(&holder, &a, ttl, "after the loss of the ensemble leader").await;
     eprintln!(
         "renewed {:?} after killing the ensemble leader",
         killed.elapsed()
     );
-    assert_eq!(
-        holder.session_id().await,
-        Some(session),
-        "the session survived"
-    );
-
-    let other = ZooKeeperDcs::connect(config).await.expect("connect other");
-    assert!(!other
-        .acquire_leader(&name("other"), ttl)
-        .await
-        .expect("acquire"));
+    let other = the_session_and_the_lock_survived(&holder, session, config, ttl).await;
     holder.release_leader(&a).await.expect("release");
     let outcome = eventually("the watch reports the release", ttl, || async {
         watcher.watch(revision, Duration::from_secs(5)).await.ok()

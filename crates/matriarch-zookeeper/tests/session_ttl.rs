@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::name;
 use matriarch_dcs::Dcs;
-use matriarch_model::{Member, MemberName};
+use matriarch_model::Member;
 use matriarch_testkit::{ZooKeeperOptions, ZooKeeperServer};
 use matriarch_zookeeper::ZooKeeperDcs;
 
@@ -17,10 +18,6 @@ use matriarch_zookeeper::ZooKeeperDcs;
 const MAX_SESSION: Duration = Duration::from_secs(4);
 /// The ttl asked for, above it.
 const TTL: Duration = Duration::from_secs(10);
-
-fn name(text: &str) -> MemberName {
-    MemberName::new(text).expect("valid member name")
-}
 
 fn clamping_server() -> ZooKeeperServer {
     ZooKeeperServer::start_with(ZooKeeperOptions {

@@ -11,6 +11,9 @@
 //!
 //! `on_role_change` is driven by the engine's status (see
 //! [`watch_role_changes`]); `on_start`/`on_stop` by the wrapper.
+//!
+//! Callbacks run with the agent's environment minus its secrets (passwords,
+//! tokens, secret keys: see [`is_secret_variable`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -67,7 +70,7 @@ impl Callbacks {
         let scope = self.scope.clone();
         tokio::spawn(async move {
             info!(callback = action, %role, command = %cmd.display(), "running callback");
-            let child = tokio::process::Command::new(&cmd)
+            let child = callback_command(&cmd)
                 .args([action, role, scope.as_str()])
                 .kill_on_drop(true)
                 .spawn();
@@ -94,7 +97,7 @@ impl Callbacks {
             return Ok(());
         };
         info!(command = %cmd.display(), "running pre_promote");
-        let child = tokio::process::Command::new(cmd)
+        let child = callback_command(cmd)
             .args(["pre_promote", "primary", self.scope.as_str()])
             .kill_on_drop(true)
             .status();
@@ -111,6 +114,36 @@ impl Callbacks {
             )),
         }
     }
+}
+
+/// A callback's command: matriarch's environment without its secrets (see
+/// [`is_secret_variable`]): a callback is a user's script, and needs no
+/// password of the agent's (the agent's environment may hold
+/// `MATRIARCH_SUPERUSER_PASSWORD`, `PGPASSWORD`, AWS keys ...).
+fn callback_command(program: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(name, _)| !is_secret_variable(name)));
+    command
+}
+
+/// Whether an environment variable holds a secret, by its name: passwords,
+/// secrets, tokens, private keys, credentials (`*_PASSWORD`, `PGPASSWORD`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `VAULT_TOKEN`, ...).
+fn is_secret_variable(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy().to_ascii_uppercase();
+    [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "PRIVATE_KEY",
+        "CREDENTIAL",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+        || name == "AWS_ACCESS_KEY_ID"
 }
 
 /// Calls `on_role_change` when the engine's settled role changes between
@@ -311,7 +344,19 @@ impl Postgres for HookedPostgres {
         self.inner.set_synchronous_standby_names(names).await
     }
 
+    async fn reconcile_slots(
+        &self,
+        desired: &matriarch_model::DesiredSlots,
+    ) -> Result<matriarch_model::SlotReport, PostgresError> {
+        let _ops = self.ops.lock().await;
+        self.inner.reconcile_slots(desired).await
+    }
+
     fn set_cluster_system_id(&self, system_id: SystemId) {
         self.inner.set_cluster_system_id(system_id);
     }
 }
+
+#[cfg(test)]
+#[path = "hooks_env_tests.rs"]
+mod env_tests;

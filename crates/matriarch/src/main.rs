@@ -22,7 +22,6 @@ mod node;
 mod params;
 mod probe;
 mod router;
-mod secret;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -56,6 +55,11 @@ enum Command {
     Version,
     /// Drives a cluster through its REST API (like patronictl).
     Ctl(ctl::CtlArgs),
+    /// Works on configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// The write-fence watchdog (spawned by `run`).
     #[command(hide = true)]
     Fence {
@@ -65,8 +69,57 @@ enum Command {
     },
 }
 
+/// `matriarch check`: every error on a line of its own, exit 2 if any.
+fn check(path: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(source) => {
+            let error = error::ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            };
+            eprintln!("matriarch: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = config::check_all::check_text(&text, |var| std::env::var(var).ok());
+    for error in &report.errors {
+        eprintln!("matriarch: {error}");
+    }
+    match (report.errors.len(), report.postgres_major) {
+        (0, Some(major)) => {
+            println!("{}: valid (PostgreSQL {major})", path.display());
+            ExitCode::SUCCESS
+        }
+        (count, _) => {
+            eprintln!("matriarch: {}: {count} error(s)", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `matriarch config ...`.
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Writes a matriarch node file from a Patroni node file (patroni.yml),
+    /// listing on stderr every key mapped or dropped.
+    FromPatroni {
+        /// The Patroni file.
+        patroni: PathBuf,
+        /// Where to write the node file (mode 0600); stdout if absent.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Config {
+        command: ConfigCommand::FromPatroni { patroni, output },
+    } = &cli.command
+    {
+        return config::from_patroni::run(patroni, output.as_deref());
+    }
     if let Command::Version = cli.command {
         println!("matriarch {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -89,22 +142,9 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => node::run(config).await,
-            Command::Check { config } => {
-                match config::NodeConfig::load(&config, |var| std::env::var(var).ok())
-                    .and_then(|(node, _)| node.check_postgres_version())
-                {
-                    Ok(major) => {
-                        println!("{}: valid (PostgreSQL {major})", config.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(error) => {
-                        eprintln!("matriarch: {error}");
-                        ExitCode::from(2)
-                    }
-                }
-            }
+            Command::Check { config } => check(&config),
             Command::Ctl(args) => ctl::run(args).await,
-            Command::Fence { .. } | Command::Version => ExitCode::FAILURE,
+            Command::Fence { .. } | Command::Version | Command::Config { .. } => ExitCode::FAILURE,
         }
     })
 }

@@ -40,9 +40,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// clone, rewind).
 const POSTGRES_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How long the REST API's view may take to read PostgreSQL and the DCS.
-const REST_VIEW_READ_TIMEOUT: Duration = Duration::from_secs(2);
-
 fn credentials(role: &crate::config::PgRoleConfig) -> Credentials {
     match &role.password {
         Some(password) => Credentials::new(role.username.clone(), password.expose()),
@@ -82,6 +79,8 @@ pub(crate) fn controller_config(
         pgc.os_user = user.clone();
     }
     pgc.initdb_args = config.bootstrap.initdb.clone();
+    pgc.pg_hba = pg.pg_hba.clone();
+    pgc.pg_ident = pg.pg_ident.clone();
     Ok(pgc)
 }
 
@@ -356,8 +355,16 @@ async fn run_node(
                 .map(|a| (a.username.as_str(), &a.password)),
         ),
     );
-    let engine = Engine::new(
+    // The engine's member records also carry what the daemon knows
+    // (pending restart, scheduled restart, replay position), as Patroni's.
+    let parameter_status = Arc::new(ParameterStatus::default());
+    let member_extras = Arc::new(api::MemberExtras::new(Arc::clone(&parameter_status)));
+    let engine_dcs: dcs::AnyDcs = Arc::new(api::MemberRecordDcs::new(
         dcs.clone(),
+        Arc::clone(&member_extras),
+    ));
+    let engine = Engine::new(
+        engine_dcs,
         postgres,
         Arc::clone(&router),
         settings,
@@ -375,7 +382,6 @@ async fn run_node(
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(4);
     let (local_parameters, local_parameters_rx) =
         tokio::sync::watch::channel(pgs.parameters.clone());
-    let parameter_status = Arc::new(ParameterStatus::default());
     let state = Arc::new(ApiState {
         name: validated.name.clone(),
         scope: scope.clone(),
@@ -401,15 +407,15 @@ async fn run_node(
         http: http.clone(),
         parameters: Arc::clone(&parameter_status),
         restart: Some(restart),
+        scheduled_restart: Arc::clone(&member_extras.schedule),
     });
+    member_extras.attach(&state);
     let current = tracing::Span::current();
     let server = tokio::spawn(
         api::serve(listener, Arc::clone(&state), tls, limits).instrument(current.clone()),
     );
-    // The REST view is read again on every engine status change.
-    let refresher = tokio::spawn(
-        api::refresh(Arc::clone(&state), REST_VIEW_READ_TIMEOUT).instrument(current.clone()),
-    );
+    // The REST API answers from the engine's status; this notes its changes.
+    let refresher = tokio::spawn(api::refresh(Arc::clone(&state)).instrument(current.clone()));
     let applier = tokio::spawn(
         params::apply_dynamic_parameters(
             status.clone(),
@@ -430,6 +436,7 @@ async fn run_node(
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let reloader = {
         let state = Arc::clone(&state);
+        let pg = Arc::clone(&pg);
         let path = config_path.clone();
         let mut running = config.clone();
         let settings = settings_handle.clone();
@@ -441,9 +448,15 @@ async fn run_node(
                         Some(()) = reload_rx.recv() => {}
                         else => break,
                     }
-                    if let Some(new) =
-                        reload(&path, &running, &state, &log, &local_parameters, &settings)
-                    {
+                    if let Some(new) = reload(
+                        &path,
+                        &running,
+                        &state,
+                        &log,
+                        &local_parameters,
+                        &settings,
+                        &pg,
+                    ) {
                         running = new;
                     }
                 }
@@ -533,8 +546,37 @@ fn watchdog(
     Ok(Some((device, policy)))
 }
 
+/// Sets new `pg_hba`/`pg_ident` lines and reloads PostgreSQL (under the
+/// PostgreSQL operations lock), in the background.
+fn apply_auth_lines(
+    pg: &Arc<PgController>,
+    state: &ApiState,
+    pg_hba: Vec<String>,
+    pg_ident: Vec<String>,
+) {
+    match pg.set_auth_lines(pg_hba, pg_ident) {
+        Ok(false) => {}
+        Ok(true) => {
+            let (pg, ops) = (Arc::clone(pg), Arc::clone(&state.ops));
+            tokio::spawn(
+                async move {
+                    let _guard = ops.lock().await;
+                    match pg.reload().await {
+                        Ok(()) => info!("postgresql.pg_hba/pg_ident changed: written and reloaded"),
+                        Err(error) => warn!(%error, "postgresql.pg_hba/pg_ident changed but the reload failed; they apply at the next start"),
+                    }
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
+        Err(error) => {
+            error!(%error, "postgresql.pg_hba/pg_ident refused: keeping the running ones")
+        }
+    }
+}
+
 /// Re-reads the configuration file and applies what can change live: the
-/// log level and `postgresql.parameters`. Returns the configuration read,
+/// log level, `postgresql.parameters` and `postgresql.pg_hba`/`pg_ident`. Returns the configuration read,
 /// or `None` (nothing changed) when it is invalid.
 fn reload(
     path: &Path,
@@ -543,6 +585,7 @@ fn reload(
     log: &LogHandle,
     local_parameters: &tokio::sync::watch::Sender<params::Parameters>,
     settings: &matriarch_ha::SettingsHandle,
+    pg: &Arc<PgController>,
 ) -> Option<NodeConfig> {
     let (new, _) = match NodeConfig::load(path, |var| std::env::var(var).ok()) {
         Ok(loaded) => loaded,
@@ -561,6 +604,14 @@ fn reload(
         }
         old.parameters.clear();
         fresh.parameters.clear();
+        // pg_hba.conf and pg_ident.conf are rewritten and reloaded.
+        if (&old.pg_hba, &old.pg_ident) != (&fresh.pg_hba, &fresh.pg_ident) {
+            apply_auth_lines(pg, state, fresh.pg_hba.clone(), fresh.pg_ident.clone());
+        }
+        for section in [old, fresh] {
+            section.pg_hba.clear();
+            section.pg_ident.clear();
+        }
     }
     if new.log.level != running.log.level {
         match log.set_level(&new.log.level) {
@@ -568,61 +619,25 @@ fn reload(
             Err(error) => warn!(%error, "cannot change the log level"),
         }
     }
+    // Everything else needs a restart; compared by its Debug text, as
+    // not every section's type implements PartialEq.
     let mut restart = Vec::new();
-    let sections: [(&str, String, String); 11] = [
-        ("scope", running.scope.clone(), new.scope.clone()),
-        (
-            "namespace",
-            running.namespace.clone(),
-            new.namespace.clone(),
-        ),
-        ("name", running.name.clone(), new.name.clone()),
-        (
-            "log.format",
-            format!("{:?}", running.log.format),
-            format!("{:?}", new.log.format),
-        ),
-        (
-            "restapi",
-            format!("{:?}", running.restapi),
-            format!("{:?}", new.restapi),
-        ),
-        (
-            "etcd3",
-            format!("{:?}", running.etcd3),
-            format!("{:?}", new.etcd3),
-        ),
-        (
-            "zookeeper",
-            format!("{:?}", running.zookeeper),
-            format!("{:?}", new.zookeeper),
-        ),
-        (
-            "postgresql",
-            format!("{running_pg:?}"),
-            format!("{new_pg:?}"),
-        ),
-        (
-            "router",
-            format!("{:?}", running.router),
-            format!("{:?}", new.router),
-        ),
-        (
-            "callbacks",
-            format!("{:?}", running.callbacks),
-            format!("{:?}", new.callbacks),
-        ),
-        (
-            "watchdog",
-            format!("{:?}", running.watchdog),
-            format!("{:?}", new.watchdog),
-        ),
-    ];
-    for (key, old, new) in sections {
-        if old != new {
+    let mut compare = |key: &'static str, old: &dyn std::fmt::Debug, new: &dyn std::fmt::Debug| {
+        if format!("{old:?}") != format!("{new:?}") {
             restart.push(key);
         }
-    }
+    };
+    compare("scope", &running.scope, &new.scope);
+    compare("namespace", &running.namespace, &new.namespace);
+    compare("name", &running.name, &new.name);
+    compare("log.format", &running.log.format, &new.log.format);
+    compare("restapi", &running.restapi, &new.restapi);
+    compare("etcd3", &running.etcd3, &new.etcd3);
+    compare("zookeeper", &running.zookeeper, &new.zookeeper);
+    compare("postgresql", &running_pg, &new_pg);
+    compare("router", &running.router, &new.router);
+    compare("callbacks", &running.callbacks, &new.callbacks);
+    compare("watchdog", &running.watchdog, &new.watchdog);
     if new.tags != running.tags {
         // Tags apply at the engine's next loop (and its member record).
         settings.set_node(NodeSettings {

@@ -8,6 +8,10 @@
 //! The node's own parameters win over the cluster's. A set PostgreSQL must
 //! not get (a parameter matriarch manages, a malformed name or value) is
 //! refused as a whole with an error in the log, and the running settings stay.
+//!
+//! The dynamic `postgresql.pg_hba`/`pg_ident` lines (Patroni's) are handed
+//! to the controller likewise, which writes them for each file the node's
+//! own lines leave empty, and reloads.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -67,7 +71,14 @@ pub(crate) async fn apply_dynamic_parameters(
     shared: Arc<ParameterStatus>,
 ) {
     let mut refused: Option<Parameters> = None;
+    // The cluster's pg_hba/pg_ident lines last seen (applied or refused).
+    let mut seen_auth: Option<AuthLines> = None;
     loop {
+        let auth = cluster_auth(&status);
+        if seen_auth.as_ref() != Some(&auth) {
+            apply_cluster_auth(&pg, &ops, &auth).await;
+            seen_auth = Some(auth);
+        }
         let wanted = effective(
             &status.get().config.postgresql.parameters,
             &local.borrow_and_update(),
@@ -120,6 +131,46 @@ pub(crate) async fn apply_dynamic_parameters(
             if now != pg.parameters() && refused.as_ref() != Some(&now) {
                 break;
             }
+            if seen_auth.as_ref() != Some(&cluster_auth(&status)) {
+                break;
+            }
+        }
+    }
+}
+
+/// The dynamic configuration's `postgresql.pg_hba`/`pg_ident`, or why it
+/// cannot be used.
+type AuthLines = Result<(Vec<String>, Vec<String>), String>;
+
+fn cluster_auth(status: &StatusHandle) -> AuthLines {
+    crate::config::cluster_auth_lines("config", &status.get().config).map_err(|e| e.to_string())
+}
+
+/// Hands the cluster's `pg_hba`/`pg_ident` lines to `pg` and reloads when
+/// that changes a file (the node's own lines win, file by file).
+async fn apply_cluster_auth(pg: &PgController, ops: &Mutex<()>, auth: &AuthLines) {
+    let (pg_hba, pg_ident) = match auth {
+        Ok(lines) => lines.clone(),
+        Err(error) => {
+            error!(%error, "the cluster's pg_hba/pg_ident refused: keeping the running ones");
+            return;
+        }
+    };
+    match pg.set_cluster_auth_lines(pg_hba, pg_ident) {
+        Ok(false) => {}
+        Ok(true) => {
+            let _guard = ops.lock().await;
+            match pg.reload().await {
+                Ok(()) => {
+                    info!("the cluster's postgresql.pg_hba/pg_ident changed: written and reloaded")
+                }
+                Err(error) => {
+                    warn!(%error, "the cluster's pg_hba/pg_ident changed but the reload failed; they apply at the next start")
+                }
+            }
+        }
+        Err(error) => {
+            error!(%error, "the cluster's pg_hba/pg_ident refused: keeping the running ones")
         }
     }
 }

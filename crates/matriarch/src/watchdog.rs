@@ -235,9 +235,9 @@ impl Fence for Watchdog {
     }
 }
 
-/// `ioctl` request numbers of `<linux/watchdog.h>` (the generic `_IOC`
-/// encoding: x86, arm, aarch64, riscv, s390).
-#[cfg(all(
+/// Whether [`ioctl`]'s request numbers are this platform's: Linux with the
+/// generic `_IOC` encoding (x86, arm, aarch64, riscv, s390).
+const GENERIC_LINUX_IOCTLS: bool = cfg!(all(
     target_os = "linux",
     not(any(
         target_arch = "powerpc",
@@ -246,7 +246,10 @@ impl Fence for Watchdog {
         target_arch = "mips64",
         target_arch = "sparc64"
     ))
-))]
+));
+
+/// `ioctl` request numbers of `<linux/watchdog.h>` in the generic `_IOC`
+/// encoding; used only where [`GENERIC_LINUX_IOCTLS`].
 mod ioctl {
     const fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
         (dir << 30) | (size << 16) | ((b'W' as u32) << 8) | nr
@@ -277,17 +280,15 @@ mod ioctl {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    not(any(
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "sparc64"
-    ))
-))]
 fn set_timeout(file: &File, device: &Path, wanted: Duration) {
+    if !GENERIC_LINUX_IOCTLS {
+        warn!(
+            device = %device.display(),
+            wanted_secs = wanted.as_secs(),
+            "setting a watchdog timeout is not supported on this platform: keepalives only"
+        );
+        return;
+    }
     let secs = libc::c_int::try_from(wanted.as_secs()).unwrap_or(libc::c_int::MAX);
     let mut value = secs;
     if let Err(error) = ioctl::call(file, ioctl::SET_TIMEOUT, &mut value) {
@@ -324,28 +325,19 @@ fn set_timeout(file: &File, device: &Path, wanted: Duration) {
     }
 }
 
-#[cfg(not(all(
-    target_os = "linux",
-    not(any(
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "sparc64"
-    ))
-)))]
-fn set_timeout(_file: &File, device: &Path, wanted: Duration) {
-    warn!(
-        device = %device.display(),
-        wanted_secs = wanted.as_secs(),
-        "setting a watchdog timeout is not supported on this platform: keepalives only"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// A FIFO `<dir>/watchdog`, a stand-in device whose writes a test reads.
+    fn make_fifo(dir: &Path) -> PathBuf {
+        let fifo = dir.join("watchdog");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        fifo
+    }
 
     fn watchdog(device: PathBuf, ttl_secs: u64) -> Watchdog {
         Watchdog::new(
@@ -358,22 +350,18 @@ mod tests {
     #[test]
     fn the_timeout_is_ttl_minus_the_safety_margin_and_at_least_one_second() {
         let margin = Duration::from_secs(5);
-        assert_eq!(
-            timeout_for(Duration::from_secs(30), margin),
-            Duration::from_secs(25)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_millis(9_900), margin),
-            Duration::from_secs(4)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_secs(5), margin),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_secs(3), margin),
-            Duration::from_secs(1)
-        );
+        for (ttl, timeout_secs) in [
+            (Duration::from_secs(30), 25),
+            (Duration::from_millis(9_900), 4),
+            (Duration::from_secs(5), 1),
+            (Duration::from_secs(3), 1),
+        ] {
+            assert_eq!(
+                timeout_for(ttl, margin),
+                Duration::from_secs(timeout_secs),
+                "ttl {ttl:?}"
+            );
+        }
     }
 
     #[test]
@@ -403,10 +391,7 @@ mod tests {
     #[test]
     fn the_device_is_closed_after_the_magic_character() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("watchdog");
-        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: mkfifo(3) with a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let fifo = make_fifo(dir.path());
         let reader_path = fifo.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -464,10 +449,7 @@ mod tests {
     #[test]
     fn a_fifo_without_reader_fails_at_once_instead_of_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("watchdog");
-        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: mkfifo(3) with a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let fifo = make_fifo(dir.path());
         let wd = watchdog(fifo, 30);
         wd.check_usable().unwrap();
         assert!(wd.keepalive().is_err());

@@ -42,16 +42,21 @@ fn run(config: &str) -> (i32, String) {
     (output.status.code().unwrap_or(-1), stderr)
 }
 
-#[test]
-fn a_good_config_passes_check() {
+/// `matriarch check` of `config`.
+fn check(config: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.yaml");
-    std::fs::write(&path, GOOD).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
+    std::fs::write(&path, config).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_matriarch"))
         .args(["check", "--config"])
         .arg(&path)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_good_config_passes_check() {
+    let output = check(GOOD);
     assert!(
         output.status.success(),
         "{}",
@@ -61,14 +66,7 @@ fn a_good_config_passes_check() {
 
 #[test]
 fn check_refuses_a_rest_api_on_port_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, GOOD.replace("127.0.0.1:8008", "127.0.0.1:0")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check(&GOOD.replace("127.0.0.1:8008", "127.0.0.1:0"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -195,14 +193,7 @@ fn an_unsupported_postgresql_version_is_refused_by_run_and_check() {
         stderr.contains("PostgreSQL 14.9") && stderr.contains("15 to 18"),
         "{stderr}"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, &config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check(&config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("PostgreSQL 14.9"), "{stderr}");

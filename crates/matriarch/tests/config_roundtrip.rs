@@ -5,44 +5,13 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options, API_PASSWORD, API_USER};
-use matriarch_testkit::{http_request, EtcdServer};
+use common::{etcd_get, etcd_put, wait_for, Cluster, Options};
 use serde_json::{json, Value};
 
 const CONFIG_KEY: &str = "/service/e2e/config";
-
-/// Writes `value` under `key` straight through etcd's JSON gateway, as an
-/// operator's `etcdctl put` (or a Patroni member) would.
-fn etcd_put(client_url: &str, key: &str, value: &str) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let body = json!({ "key": b64.encode(key), "value": b64.encode(value) });
-    let response = http_request(
-        "POST",
-        &format!("{client_url}/v3/kv/put"),
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .expect("etcd answers /v3/kv/put");
-    assert_eq!(response.status, 200, "{}", response.body_text());
-}
-
-/// `matriarch ctl ARGS --api URL` with the test credentials.
-fn ctl(api: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matriarch"))
-        .arg("ctl")
-        .args(args)
-        .args(["--api", api])
-        .env_remove("MATRIARCH_CTL_CONFIG")
-        .env("MATRIARCH_CTL_USERNAME", API_USER)
-        .env("MATRIARCH_CTL_PASSWORD", API_PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run matriarch ctl")
-}
 
 fn assert_ctl_ok(out: &Output, what: &str) {
     assert!(
@@ -92,13 +61,10 @@ fn assert_kept(etcd: &str, node: &common::Node, expected: &Value, step: &str) {
 
 #[test]
 fn unknown_config_keys_survive_patch_put_pause_resume_and_edit_config() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let url = etcd.client_url();
-    let cluster = Cluster::start(1, DcsSpec::Etcd(url.clone()), Options::default());
-    let primary = cluster.wait_healthy(0, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(60));
+    let url = cluster.etcd_url();
     let node = &cluster.nodes[primary];
-    let api = node.api();
 
     // Patroni's keys, which matriarch does not act on, next to the timing the
     // test cluster runs with.
@@ -140,25 +106,22 @@ fn unknown_config_keys_survive_patch_put_pause_resume_and_edit_config() {
     assert!(lost.is_empty(), "{}", lost.join("\n"));
     assert_kept(&url, node, &expected, "PATCH /config {\"ttl\": 6}");
 
-    assert_ctl_ok(&ctl(&api, &["pause"]), "ctl pause");
+    assert_ctl_ok(&node.ctl(&["pause"]), "ctl pause");
     expected["pause"] = true.into();
     assert_kept(&url, node, &expected, "ctl pause");
 
-    assert_ctl_ok(&ctl(&api, &["resume"]), "ctl resume");
+    assert_ctl_ok(&node.ctl(&["resume"]), "ctl resume");
     expected["pause"] = false.into();
     assert_kept(&url, node, &expected, "ctl resume");
 
-    let out = ctl(
-        &api,
-        &[
-            "edit-config",
-            "-s",
-            "check_timeline=false",
-            "-s",
-            "postgresql.recovery_conf.restore_command=/bin/true",
-            "--force",
-        ],
-    );
+    let out = node.ctl(&[
+        "edit-config",
+        "-s",
+        "check_timeline=false",
+        "-s",
+        "postgresql.recovery_conf.restore_command=/bin/true",
+        "--force",
+    ]);
     assert_ctl_ok(&out, "ctl edit-config");
     expected["check_timeline"] = false.into();
     expected["postgresql"]["recovery_conf"]["restore_command"] = "/bin/true".into();

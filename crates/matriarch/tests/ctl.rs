@@ -2,13 +2,16 @@
 //! asserts the exact method, path, body and Authorization header ctl sends, and what ctl
 //! prints and exits with for the server's answers.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use common::{ctl, ctl_env, API_PASSWORD, API_USER};
 use serde_json::{json, Value};
 
 /// One request as the stand-in server saw it.
@@ -26,6 +29,10 @@ impl Seen {
     }
     fn auth(&self) -> Option<&str> {
         self.headers.get("authorization").map(String::as_str)
+    }
+    /// (method, path)
+    fn request(&self) -> (&str, &str) {
+        (&self.method, &self.path)
     }
 }
 
@@ -111,27 +118,6 @@ fn serve(stream: TcpStream, record: &Mutex<Vec<Seen>>, handler: &Handler) {
     );
 }
 
-fn ctl(args: &[&str]) -> Output {
-    ctl_env(args, &[])
-}
-
-fn ctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_matriarch"));
-    command.arg("ctl").args(args).stdin(Stdio::null());
-    for var in [
-        "MATRIARCH_CTL_API",
-        "MATRIARCH_CTL_CONFIG",
-        "MATRIARCH_CTL_USERNAME",
-        "MATRIARCH_CTL_PASSWORD",
-    ] {
-        command.env_remove(var);
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().expect("run matriarch ctl")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -142,6 +128,20 @@ fn stderr(o: &Output) -> String {
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
+}
+
+/// Expects `text` in what ctl printed to stdout.
+#[track_caller]
+fn assert_stdout_contains(out: &Output, text: &str) {
+    assert!(stdout(out).contains(text), "{}", stdout(out));
+}
+
+/// Runs ctl with `args` and expects exit status 1 with `message` on stderr.
+fn assert_fails(args: &[&str], message: &str) -> Output {
+    let out = ctl(args);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains(message), "{}", stderr(&out));
+    out
 }
 
 /// A three-member cluster whose members' api_url all point at `member_api`.
@@ -230,7 +230,7 @@ fn list_and_topology_as_json() {
     );
     let out = ctl(&["topology", "--api", &stub.url()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains("| + pg2 "), "{}", stdout(&out));
+    assert_stdout_contains(&out, "| + pg2 ");
 }
 
 #[test]
@@ -281,17 +281,10 @@ fn switchover_posts_leader_candidate_and_time_with_basic_auth() {
         "--force",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("Switchover scheduled"),
-        "{}",
-        stdout(&out)
-    );
+    assert_stdout_contains(&out, "Switchover scheduled");
     let posts = stub.mutations();
     assert_eq!(posts.len(), 1);
-    assert_eq!(
-        (posts[0].method.as_str(), posts[0].path.as_str()),
-        ("POST", "/switchover")
-    );
+    assert_eq!(posts[0].request(), ("POST", "/switchover"));
     assert_eq!(
         posts[0].json(),
         json!({"leader": "pg1", "candidate": "pg2", "scheduled_at": "2030-01-01T12:00:00+00:00"})
@@ -307,57 +300,26 @@ fn switchover_posts_leader_candidate_and_time_with_basic_auth() {
 #[test]
 fn switchover_without_force_or_terminal_is_refused_and_sends_nothing() {
     let stub = member((200, "ok"));
-    let out = ctl(&["switchover", "--api", &stub.url(), "--candidate", "pg2"]);
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_fails(
+        &["switchover", "--api", &stub.url(), "--candidate", "pg2"],
+        "--force",
+    );
     assert!(stub.mutations().is_empty());
 }
 
 #[test]
 fn switchover_checks_members_before_sending() {
     let stub = member((200, "ok"));
-    let out = ctl(&[
-        "switchover",
-        "--api",
-        &stub.url(),
-        "--candidate",
-        "pg9",
-        "--force",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("member pg9 does not exist in demo"),
-        "{}",
-        stderr(&out)
-    );
-    let out = ctl(&[
-        "switchover",
-        "--api",
-        &stub.url(),
-        "--leader",
-        "pg2",
-        "--force",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("pg2 is not the leader"),
-        "{}",
-        stderr(&out)
-    );
-    let out = ctl(&[
-        "switchover",
-        "--api",
-        &stub.url(),
-        "--candidate",
-        "pg1",
-        "--force",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("already the leader"),
-        "{}",
-        stderr(&out)
-    );
+    let url = stub.url();
+    let refused = |option: &str, member: &str, message: &str| {
+        assert_fails(
+            &["switchover", "--api", &url, option, member, "--force"],
+            message,
+        );
+    };
+    refused("--candidate", "pg9", "member pg9 does not exist in demo");
+    refused("--leader", "pg2", "pg2 is not the leader");
+    refused("--candidate", "pg1", "already the leader");
     assert!(stub.mutations().is_empty());
 }
 
@@ -384,19 +346,16 @@ fn a_refused_switchover_exits_1_with_the_servers_message() {
 #[test]
 fn unauthenticated_mutation_reports_401() {
     let stub = member((401, "{\"message\": \"authentication required\"}"));
-    let out = ctl(&[
-        "failover",
-        "--api",
-        &stub.url(),
-        "--candidate",
-        "pg2",
-        "--force",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("HTTP 401: authentication required"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &[
+            "failover",
+            "--api",
+            &stub.url(),
+            "--candidate",
+            "pg2",
+            "--force",
+        ],
+        "HTTP 401: authentication required",
     );
     assert_eq!(stub.mutations()[0].auth(), None);
 }
@@ -420,10 +379,7 @@ fn failover_posts_the_candidate() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let posts = stub.mutations();
-    assert_eq!(
-        (posts[0].method.as_str(), posts[0].path.as_str()),
-        ("POST", "/failover")
-    );
+    assert_eq!(posts[0].request(), ("POST", "/failover"));
     assert_eq!(posts[0].json(), json!({"candidate": "pg3"}));
     assert_eq!(posts[0].auth(), Some(AUTH));
     assert!(stdout(&out).contains("Successfully failed over"));
@@ -469,16 +425,9 @@ fn edit_config_sends_the_merge_patch() {
         "pg_stat_statements.track=all",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("-ttl: 30\n+ttl: 20"),
-        "{}",
-        stdout(&out)
-    );
+    assert_stdout_contains(&out, "-ttl: 30\n+ttl: 20");
     let patch = &stub.mutations()[0];
-    assert_eq!(
-        (patch.method.as_str(), patch.path.as_str()),
-        ("PATCH", "/config")
-    );
+    assert_eq!(patch.request(), ("PATCH", "/config"));
     assert_eq!(
         patch.json(),
         json!({"ttl": 20, "name": "x y", "postgresql": {"use_pg_rewind": false,
@@ -518,18 +467,10 @@ fn restart_reload_and_reinit_go_to_the_members_own_api() {
     };
     run(&["restart", "pg2", "--force"]);
     let out = run(&["restart", "pg3", "--pending", "--force"]);
-    assert!(
-        stdout(&out).contains("Skipped: member pg3 has no pending restart"),
-        "{}",
-        stdout(&out)
-    );
+    assert_stdout_contains(&out, "Skipped: member pg3 has no pending restart");
     run(&["reload", "pg2", "--force"]);
     let out = run(&["reinit", "pg3", "--force"]);
-    assert!(
-        stdout(&out).contains("Success: reinitialize on member pg3: done"),
-        "{}",
-        stdout(&out)
-    );
+    assert_stdout_contains(&out, "Success: reinitialize on member pg3: done");
     let sent: Vec<(String, String, String)> = target
         .mutations()
         .iter()
@@ -549,24 +490,18 @@ fn restart_reload_and_reinit_go_to_the_members_own_api() {
     );
     assert!(target.mutations().iter().all(|s| s.auth() == Some(AUTH)));
     assert!(front.mutations().is_empty());
-    let out = ctl(&["restart", "pg7", "--force", "--api", &front.url()]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("member pg7 does not exist"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &["restart", "pg7", "--force", "--api", &front.url()],
+        "member pg7 does not exist",
     );
 }
 
 #[test]
 fn member_action_failure_exits_1() {
     let target = member((503, "restart failed"));
-    let out = ctl(&["reload", "pg1", "--force", "--api", &target.url()]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("HTTP 503: restart failed"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &["reload", "pg1", "--force", "--api", &target.url()],
+        "HTTP 503: restart failed",
     );
 }
 
@@ -575,18 +510,17 @@ fn history_and_show_config_in_text_and_json() {
     let stub = member((200, "{}"));
     let out = ctl(&["history", "--api", &stub.url()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains("|  1 | 25623960 | no recovery target specified | 2026-01-01T00:00:00+00:00 | pg1        |"), "{}", stdout(&out));
+    assert_stdout_contains(
+        &out,
+        "|  1 | 25623960 | no recovery target specified | 2026-01-01T00:00:00+00:00 | pg1        |",
+    );
     let out = ctl(&["history", "--format", "json", "--api", &stub.url()]);
     let rows: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(rows[0]["New Leader"], json!("pg1"));
     let out = ctl(&["show-config", "--api", &stub.url()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains("ttl: 30"), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("  parameters:\n    max_connections: 100"),
-        "{}",
-        stdout(&out)
-    );
+    assert_stdout_contains(&out, "ttl: 30");
+    assert_stdout_contains(&out, "  parameters:\n    max_connections: 100");
     let out = ctl(&["show-config", "--format", "json", "--api", &stub.url()]);
     let config: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(config["loop_wait"], json!(10));
@@ -698,9 +632,7 @@ fn the_password_option_warns_that_ps_shows_it_and_names_the_variable() {
 #[test]
 fn a_body_that_is_not_json_is_a_clear_error() {
     let stub = Stub::start(|_| (200, "<html>".into()));
-    let out = ctl(&["list", "--api", &stub.url()]);
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("is not JSON"), "{}", stderr(&out));
+    let out = assert_fails(&["list", "--api", &stub.url()], "is not JSON");
     assert!(stderr(&out).contains(&stub.url()), "{}", stderr(&out));
 }
 
@@ -710,89 +642,20 @@ fn a_body_that_is_not_json_is_a_clear_error() {
 
 mod real {
     use super::*;
-    use std::path::{Path, PathBuf};
-    use std::process::Child;
     use std::time::{Duration, Instant};
 
-    use matriarch_testkit::{bin_dir, free_port, run_pg_program, PgOsUser};
+    use crate::common::{Cluster, Node, Options};
 
-    /// One `matriarch run` member; on drop it gets SIGTERM (the daemon stops PostgreSQL),
-    /// then SIGKILL and an immediate `pg_ctl stop` if it lingers.
-    pub(crate) struct Node {
-        pub name: String,
-        pub api: String,
-        child: Child,
-        data_dir: PathBuf,
-        log: PathBuf,
-    }
-
-    impl Node {
-        pub(crate) fn start(dir: &Path, scope: &str, name: &str, etcd: &str) -> Node {
-            let home = dir.join(name);
-            std::fs::create_dir_all(&home).expect("mkdir");
-            let user = PgOsUser::detect().expect("postgres OS user");
-            std::os::unix::fs::chown(dir, Some(user.uid()), Some(user.gid())).expect("chown");
-            std::os::unix::fs::chown(&home, Some(user.uid()), Some(user.gid())).expect("chown");
-            let (api_port, pg_port) = (free_port().expect("port"), free_port().expect("port"));
-            let data_dir = home.join("pgdata");
-            let config = format!(
-                "scope: {scope}\nname: {name}\nrestapi:\n  listen: 127.0.0.1:{api_port}\n  authentication: {{username: admin, password: s3cret}}\n\
-                 etcd3:\n  hosts: {etcd}\nbootstrap:\n  dcs: {{ttl: 10, loop_wait: 1, retry_timeout: 3}}\n\
-                 postgresql:\n  listen: 127.0.0.1:{pg_port}\n  data_dir: {data}\n  bin_dir: {bin}\n  os_user: {os_user}\n\
-                 \x20 authentication:\n    superuser: {{username: postgres, password: pw}}\n    replication: {{username: replicator, password: rpw}}\n",
-                data = data_dir.display(),
-                bin = bin_dir().display(),
-                os_user = user.name(),
-            );
-            let file = home.join("node.yaml");
-            std::fs::write(&file, config).expect("write config");
-            let log = home.join("matriarch.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_matriarch"))
-                .arg("run")
-                .arg("--config")
-                .arg(&file)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log).expect("log"))
-                .stderr(std::fs::File::create(home.join("matriarch.err")).expect("log"))
-                .spawn()
-                .expect("start matriarch run");
-            Node {
-                name: name.into(),
-                api: format!("http://127.0.0.1:{api_port}"),
-                child,
-                data_dir,
-                log,
-            }
-        }
-
-        pub(crate) fn log_tail(&self) -> String {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        }
-    }
-
-    impl Drop for Node {
-        fn drop(&mut self) {
-            let pid = self.child.id() as i32;
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-            if self.data_dir.join("postmaster.pid").exists() {
-                let data = self.data_dir.to_string_lossy().into_owned();
-                let _ = run_pg_program("pg_ctl", ["stop", "-m", "immediate", "-D", data.as_str()]);
-            }
-        }
+    /// `n` members (pg1, pg2, ...) of scope `scope` on an etcd of their own,
+    /// configured but not started.
+    pub(crate) fn cluster(scope: &'static str, n: usize) -> Cluster {
+        let options = Options {
+            dcs: "    ttl: 10\n    loop_wait: 1\n    retry_timeout: 3\n".to_owned(),
+            scope,
+            member_prefix: "pg",
+            ..Options::default()
+        };
+        Cluster::configure_on_etcd(n, options)
     }
 
     /// Polls `ctl list --format json` until `check` accepts the rows.
@@ -804,7 +667,7 @@ mod real {
     ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let out = ctl(&["list", "--format", "json", "--api", &node.api]);
+            let out = ctl(&["list", "--format", "json", "--api", &node.api()]);
             if let Ok(Value::Array(rows)) = serde_json::from_slice::<Value>(&out.stdout) {
                 if check(&rows) {
                     return rows;
@@ -816,7 +679,7 @@ mod real {
                     stdout(&out),
                     stderr(&out),
                     node.name,
-                    node.log_tail()
+                    node.log_tail(30)
                 );
             }
             thread::sleep(Duration::from_millis(500));
@@ -834,26 +697,21 @@ mod real {
 #[test]
 fn real_daemon_single_member() {
     use std::time::Duration;
-    let etcd = matriarch_testkit::EtcdServer::start().expect("etcd");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = real::Node::start(
-        dir.path(),
-        "ctl-single",
-        "pg1",
-        &etcd.client_url().replace("http://", ""),
-    );
+    let mut cluster = real::cluster("ctl-single", 1);
+    cluster.nodes[0].start(&[]);
+    let node = &cluster.nodes[0];
     real::wait_for(
-        &node,
+        node,
         "a running leader",
         Duration::from_secs(90),
         real::leader_running,
     );
-    let api = node.api.clone();
+    let api = node.api();
     let auth = [
         "--username",
-        "admin",
+        API_USER,
         "--password",
-        "s3cret",
+        API_PASSWORD,
         "--api",
         api.as_str(),
     ];
@@ -876,9 +734,7 @@ fn real_daemon_single_member() {
     );
 
     // Without credentials the daemon refuses and nothing changes.
-    let out = ctl(&["pause", "--api", &api]);
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    assert_fails(&["pause", "--api", &api], "401");
     let out = ctl(&["show-config", "--format", "json", "--api", &api]);
     let config: Value = serde_json::from_slice(&out.stdout).expect("config json");
     assert_ne!(config["pause"], json!(true));
@@ -927,52 +783,50 @@ fn real_daemon_single_member() {
     let out = with_auth(&["restart", "pg1", "--force"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     real::wait_for(
-        &node,
+        node,
         "the leader back after restart",
         Duration::from_secs(60),
         real::leader_running,
     );
     let out = ctl(&["history", "--api", &api]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    drop(etcd);
 }
 
 /// Two real members: `ctl switchover` hands the leader role to the replica.
 #[test]
 fn real_daemon_switchover_by_ctl() {
     use std::time::Duration;
-    let etcd = matriarch_testkit::EtcdServer::start().expect("etcd");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hosts = etcd.client_url().replace("http://", "");
-    let pg1 = real::Node::start(dir.path(), "ctl-switch", "pg1", &hosts);
+    let mut cluster = real::cluster("ctl-switch", 2);
+    cluster.nodes[0].start(&[]);
     real::wait_for(
-        &pg1,
+        &cluster.nodes[0],
         "a running leader",
         Duration::from_secs(90),
         real::leader_running,
     );
-    let pg2 = real::Node::start(dir.path(), "ctl-switch", "pg2", &hosts);
-    real::wait_for(&pg1, "pg2 streaming", Duration::from_secs(120), |rows| {
+    cluster.nodes[1].start(&[]);
+    let (pg1, pg2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    real::wait_for(pg1, "pg2 streaming", Duration::from_secs(120), |rows| {
         rows.iter()
             .any(|r| r["Member"] == "pg2" && r["State"] == "streaming")
     });
-    let apis = format!("{},{}", pg1.api, pg2.api);
+    let apis = format!("{},{}", pg1.api(), pg2.api());
     let out = ctl(&[
         "switchover",
         "--api",
         &apis,
         "--username",
-        "admin",
+        API_USER,
         "--password",
-        "s3cret",
+        API_PASSWORD,
         "--leader",
         "pg1",
         "--candidate",
         "pg2",
         "--force",
     ]);
-    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), pg2.log_tail());
-    real::wait_for(&pg2, "pg2 leading", Duration::from_secs(60), |rows| {
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), pg2.log_tail(30));
+    real::wait_for(pg2, "pg2 leading", Duration::from_secs(60), |rows| {
         rows.iter()
             .any(|r| r["Member"] == "pg2" && r["Role"] == "Leader" && r["State"] == "running")
     });
@@ -988,6 +842,4 @@ fn real_daemon_switchover_by_ctl() {
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
-    drop((pg1, pg2));
-    drop(etcd);
 }

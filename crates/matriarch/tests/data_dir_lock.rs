@@ -9,17 +9,12 @@ use std::fs;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use common::{serial, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
+use common::{Cluster, Options};
 
 #[test]
 fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let mut cluster = Cluster::configure(2, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    cluster.nodes[0].start(&[]);
-    let primary = cluster.wait_healthy(0, Duration::from_secs(60));
-    assert_eq!(primary, 0, "node1 is not the primary\n{}", cluster.logs());
+    let mut cluster = Cluster::configure_on_etcd(2, Options::default());
+    cluster.start_node1_as_primary(Duration::from_secs(60));
     let postmaster = cluster.nodes[0].postmaster_pid();
     assert!(postmaster.is_some(), "node1's PostgreSQL is not running");
 

@@ -6,29 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{etcd_get, serial, Cluster, DcsSpec, Options};
-use matriarch_testkit::{http_request, EtcdServer};
-
-/// Writes `value` under `key` straight through etcd's JSON gateway, as
-/// `etcdctl put` would.
-fn etcd_put(client_url: &str, key: &str, value: &str) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let body = serde_json::json!({ "key": b64.encode(key), "value": b64.encode(value) });
-    let response = http_request(
-        "POST",
-        &format!("{client_url}/v3/kv/put"),
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .expect("etcd answers /v3/kv/put");
-    assert_eq!(response.status, 200, "{}", response.body_text());
-}
-
-fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
-    let r = node.call("GET", path, "", false);
-    serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null)
-}
+use common::{etcd_get, etcd_put, Cluster, Options};
 
 /// Per node: warnings about an out-of-range setting (" exceeds "), and how many of them
 /// say the config key was ignored.
@@ -56,11 +34,9 @@ fn out_of_range_warnings(cluster: &Cluster) -> Vec<(usize, usize)> {
 
 #[test]
 fn out_of_range_dynamic_settings_are_refused_and_ignored() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let url = etcd.client_url();
-    let mut cluster = Cluster::start(3, DcsSpec::Etcd(url.clone()), Options::default());
-    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (mut cluster, primary) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
+    let url = cluster.etcd_url();
     let (before, _) = etcd_get(&url, "/service/e2e/config").expect("the config key");
 
     // Through the API: 400 naming the setting, nothing written.
@@ -108,7 +84,7 @@ fn out_of_range_dynamic_settings_are_refused_and_ignored() {
         }
         assert_eq!(cluster.primary(), Some(primary), "{}", cluster.logs());
         for node in &cluster.nodes {
-            let in_force = get_json(node, "/patroni")["dynamic_config"].clone();
+            let in_force = node.get_json("/patroni")["dynamic_config"].clone();
             assert_eq!(in_force["ttl"], 4, "{}: {in_force}", node.name);
             assert_eq!(in_force["loop_wait"], 1, "{}: {in_force}", node.name);
             assert_eq!(in_force["retry_timeout"], 1.5, "{}: {in_force}", node.name);

@@ -5,8 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
+use common::{etcd_get, wait_for, Cluster, Options};
 
 /// ttl 4 s, loop_wait 1 s, retry_timeout 1.5 s (the harness's), failsafe on.
 fn failsafe_options() -> Options {
@@ -18,16 +17,15 @@ fn failsafe_options() -> Options {
 /// The ttl of [`failsafe_options`].
 const TTL: Duration = Duration::from_secs(4);
 
-fn start() -> (EtcdServer, Cluster, usize) {
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(3, DcsSpec::Etcd(etcd.client_url()), failsafe_options());
-    let primary = cluster.wait_healthy(2, Duration::from_secs(90));
+fn start() -> (Cluster, usize) {
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(3, failsafe_options(), Duration::from_secs(90));
     cluster.nodes[primary]
         .psql("CREATE TABLE herd (id serial primary key, at timestamptz default now())")
         .unwrap_or_else(|e| panic!("create table: {e}\n{}", cluster.logs()));
     // The leader lists every member in the failsafe key.
     let key = wait_for(Duration::from_secs(20), || {
-        let (value, _) = etcd_get(&etcd.client_url(), "/service/e2e/failsafe")?;
+        let (value, _) = etcd_get(&cluster.etcd_url(), "/service/e2e/failsafe")?;
         let members: serde_json::Value = serde_json::from_str(&value).ok()?;
         (members.as_object()?.len() == 3).then_some(members)
     })
@@ -49,17 +47,13 @@ fn start() -> (EtcdServer, Cluster, usize) {
             cluster.logs()
         );
         assert!(
-            wait_for(Duration::from_secs(20), || (cluster.nodes[i]
-                .status("/replica")
-                == 200)
-                .then_some(()))
-            .is_some(),
+            cluster.nodes[i].wait_status("/replica", 200, Duration::from_secs(20)),
             "{} is no healthy replica\n{}",
             cluster.nodes[i].name,
             cluster.logs()
         );
     }
-    (etcd, cluster, primary)
+    (cluster, primary)
 }
 
 fn insert(cluster: &Cluster, primary: usize) -> Result<String, String> {
@@ -68,8 +62,7 @@ fn insert(cluster: &Cluster, primary: usize) -> Result<String, String> {
 
 #[test]
 fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_member_answers() {
-    let _serial = serial();
-    let (etcd, cluster, primary) = start();
+    let (cluster, primary) = start();
     let replica = (primary + 1) % 3;
 
     // A replica acknowledges only heartbeats of the leader it follows, and
@@ -100,7 +93,7 @@ fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_mem
     );
 
     // etcd freezes for three ttls: no renewal, no read, no lease expiry seen.
-    etcd.pause().expect("SIGSTOP etcd");
+    cluster.etcd().pause().expect("SIGSTOP etcd");
     let paused = Instant::now();
     let mut writes = 0;
     let mut failures = Vec::new();
@@ -111,13 +104,12 @@ fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_mem
             Err(e) => failures.push(format!("{:?}: {e}", paused.elapsed())),
         }
         if !saw_failsafe {
-            let body = cluster.nodes[primary].call("GET", "/patroni", "", false);
-            let body: serde_json::Value = serde_json::from_slice(&body.body).unwrap_or_default();
-            saw_failsafe = body["failsafe_mode_is_active"] == true;
+            saw_failsafe =
+                cluster.nodes[primary].get_json("/patroni")["failsafe_mode_is_active"] == true;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    etcd.resume().expect("SIGCONT etcd");
+    cluster.etcd().resume().expect("SIGCONT etcd");
     assert!(
         failures.is_empty(),
         "writes failed during the outage ({writes} succeeded): {failures:?}\n{}",
@@ -132,7 +124,7 @@ fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_mem
 
     // etcd is back: the same primary holds the lock again, nobody was promoted.
     let holder = wait_for(Duration::from_secs(20), || {
-        let (holder, _) = etcd_get(&etcd.client_url(), "/service/e2e/leader")?;
+        let (holder, _) = etcd_get(&cluster.etcd_url(), "/service/e2e/leader")?;
         (holder == cluster.nodes[primary].name).then_some(holder)
     });
     assert!(
@@ -162,15 +154,14 @@ fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_mem
 
 #[test]
 fn failsafe_primary_stops_writes_by_its_deadline_when_a_member_does_not_answer() {
-    let _serial = serial();
-    let (etcd, mut cluster, primary) = start();
+    let (mut cluster, primary) = start();
     let silent = (primary + 1) % 3;
     insert(&cluster, primary).expect("write before the outage");
 
     // One replica's agent dies (its PostgreSQL dies with its fence), then etcd
     // freezes before the leader could drop it from the failsafe key.
     cluster.nodes[silent].kill_agent();
-    etcd.pause().expect("SIGSTOP etcd");
+    cluster.etcd().pause().expect("SIGSTOP etcd");
     let paused = Instant::now();
     let mut last_write: Option<Duration> = None;
     let mut first_failure: Option<Duration> = None;
@@ -184,7 +175,7 @@ fn failsafe_primary_stops_writes_by_its_deadline_when_a_member_does_not_answer()
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    etcd.resume().expect("SIGCONT etcd");
+    cluster.etcd().resume().expect("SIGCONT etcd");
     let first_failure = first_failure
         .unwrap_or_else(|| panic!("the primary kept taking writes\n{}", cluster.logs()));
     // The lock cannot expire before ttl after the last renewal, which came
@@ -230,10 +221,8 @@ fn failsafe_primary_stops_writes_by_its_deadline_when_a_member_does_not_answer()
 
 #[test]
 fn automatic_failover_reports_the_possible_loss_in_history_and_metrics() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let mut cluster = Cluster::start(3, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    let old = cluster.wait_healthy(2, Duration::from_secs(90));
+    let (mut cluster, old) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(90));
     cluster.nodes[old]
         .psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
         .unwrap_or_else(|e| panic!("write: {e}\n{}", cluster.logs()));
@@ -241,12 +230,8 @@ fn automatic_failover_reports_the_possible_loss_in_history_and_metrics() {
         assert!(cluster.wait_sql(i, "SELECT count(*) FROM t", "1", Duration::from_secs(30)));
     }
     // The whole node dies: its lock expires, a replica takes over.
-    cluster.nodes[old].kill_agent();
-    cluster.nodes[old].kill_postgres();
-    let new = wait_for(Duration::from_secs(40), || {
-        cluster.primary().filter(|p| *p != old)
-    })
-    .unwrap_or_else(|| panic!("no failover\n{}", cluster.logs()));
+    cluster.nodes[old].crash();
+    let new = cluster.new_primary(old, Duration::from_secs(40));
     // /primary answers the moment PostgreSQL is promoted; the history entry
     // is written right after.
     let history: serde_json::Value = wait_for(Duration::from_secs(10), || {

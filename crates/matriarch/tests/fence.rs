@@ -7,14 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
-
-fn etcd() -> (EtcdServer, DcsSpec) {
-    let etcd = EtcdServer::start().expect("etcd");
-    let spec = DcsSpec::Etcd(etcd.client_url());
-    (etcd, spec)
-}
+use common::{wait_for, Cluster, Options};
 
 /// The parent pid and state of `pid`, from `/proc/<pid>/stat`.
 fn parent_and_state(pid: i32) -> Option<(i32, char)> {
@@ -55,10 +48,8 @@ fn sigkill(pid: i32) {
 
 #[test]
 fn killing_the_primary_agent_with_its_fence_kills_its_postgres() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::start(2, dcs, Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (mut cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     let node = &cluster.nodes[primary];
     node.psql("CREATE TABLE fenced (v int)").unwrap();
     let agent = node.pid().expect("the agent runs") as i32;
@@ -96,11 +87,7 @@ fn killing_the_primary_agent_with_its_fence_kills_its_postgres() {
     // The agent comes back and its PostgreSQL rejoins, again guarded.
     cluster.nodes[primary].start(&[]);
     assert!(
-        wait_for(Duration::from_secs(60), || (cluster.nodes[primary]
-            .status("/replica")
-            == 200)
-            .then_some(()))
-        .is_some(),
+        cluster.nodes[primary].wait_status("/replica", 200, Duration::from_secs(60)),
         "the old primary did not rejoin\n{}",
         cluster.logs()
     );
@@ -114,10 +101,8 @@ fn killing_the_primary_agent_with_its_fence_kills_its_postgres() {
 
 #[test]
 fn a_primary_whose_fence_dies_stops_at_once_and_its_agent_recovers() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let cluster = Cluster::start(2, dcs, Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     let node = &cluster.nodes[primary];
     let agent = node.pid().expect("the agent runs") as i32;
     let fence = fence_of(agent).expect("the agent's fence");

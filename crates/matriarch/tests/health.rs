@@ -8,44 +8,66 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
+use common::{wait_for, Cluster, Options};
 
 /// `path`'s status on every node, for failure messages.
 fn statuses(cluster: &Cluster, path: &str) -> Vec<u16> {
     cluster.nodes.iter().map(|n| n.status(path)).collect()
 }
 
-/// Records a failed expectation (reported together at the end).
-fn check(failures: &mut Vec<String>, line: u32, ok: bool, what: &str) {
-    if !ok {
-        failures.push(format!("line {line}: {what}"));
+/// Failed expectations, each with its line, reported together at the end so
+/// that one run shows them all.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    /// Records `what` unless `ok`.
+    #[track_caller]
+    fn check(&mut self, ok: bool, what: &str) {
+        if !ok {
+            let line = std::panic::Location::caller().line();
+            self.0.push(format!("line {line}: {what}"));
+        }
+    }
+
+    /// Records `actual != expected`.
+    #[track_caller]
+    fn eq<T: PartialEq + std::fmt::Debug>(&mut self, actual: T, expected: T) {
+        if actual != expected {
+            let line = std::panic::Location::caller().line();
+            self.0.push(format!(
+                "line {line}: got {actual:?}, expected {expected:?}"
+            ));
+        }
     }
 }
 
-/// Records `actual != expected`.
-fn check_eq<T: PartialEq + std::fmt::Debug>(
-    failures: &mut Vec<String>,
-    line: u32,
-    actual: T,
-    expected: T,
+/// Polls `happened` every 10 ms on a thread of `scope` until it holds, then
+/// records the time in `at`; gives up when `stop` is set.
+fn record_when<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    stop: &Arc<AtomicBool>,
+    at: &Arc<Mutex<Option<Instant>>>,
+    happened: impl Fn() -> bool + Send + 'scope,
 ) {
-    if actual != expected {
-        failures.push(format!(
-            "line {line}: got {actual:?}, expected {expected:?}"
-        ));
-    }
+    let (stop, at) = (Arc::clone(stop), Arc::clone(at));
+    scope.spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if happened() {
+                *at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
 }
 
 #[test]
 fn patroni_health_endpoints_answer_like_patroni() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(3, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
     let replicas: Vec<usize> = (0..3).filter(|i| *i != primary).collect();
-    // Every mismatch is collected, so one run shows them all.
-    let mut failures: Vec<String> = Vec::new();
+    let mut failures = Failures::default();
 
     // A streaming replica passes `replication_state=streaming` (a tag before).
     let streaming = wait_for(Duration::from_secs(15), || {
@@ -54,9 +76,7 @@ fn patroni_health_endpoints_answer_like_patroni() {
             .all(|r| cluster.nodes[*r].status("/replica?replication_state=streaming") == 200)
             .then_some(())
     });
-    check(
-        &mut failures,
-        line!(),
+    failures.check(
         streaming.is_some(),
         &format!(
             "/replica?replication_state=streaming on replicas: {:?}",
@@ -64,33 +84,19 @@ fn patroni_health_endpoints_answer_like_patroni() {
         ),
     );
     for r in &replicas {
-        check_eq(
-            &mut failures,
-            line!(),
+        failures.eq(
             cluster.nodes[*r].status("/replica?replication_state=stopped"),
             503,
         );
     }
-    check_eq(
-        &mut failures,
-        line!(),
+    failures.eq(
         cluster.nodes[primary].status("/replica?replication_state=streaming"),
         503,
     );
 
     // No standby cluster here: 503 everywhere (404 before).
-    check_eq(
-        &mut failures,
-        line!(),
-        statuses(&cluster, "/standby-leader"),
-        vec![503; 3],
-    );
-    check_eq(
-        &mut failures,
-        line!(),
-        statuses(&cluster, "/standby_leader"),
-        vec![503; 3],
-    );
+    failures.eq(statuses(&cluster, "/standby-leader"), vec![503; 3]);
+    failures.eq(statuses(&cluster, "/standby_leader"), vec![503; 3]);
 
     // Asynchronous replicas within a lag bound (a freshly cloned replica
     // may still be catching up); never the primary.
@@ -101,82 +107,35 @@ fn patroni_health_endpoints_answer_like_patroni() {
                 .all(|r| cluster.nodes[*r].status(path) == 200)
                 .then_some(())
         });
-        check(
-            &mut failures,
-            line!(),
+        failures.check(
             within.is_some(),
             &format!("{path}: {:?}", statuses(&cluster, path)),
         );
     }
-    check_eq(
-        &mut failures,
-        line!(),
-        cluster.nodes[primary].status("/asynchronous?lag=1MB"),
-        503,
-    );
+    failures.eq(cluster.nodes[primary].status("/asynchronous?lag=1MB"), 503);
 
     // No synchronous mode: no quorum or sync standby; the primary is a
     // read-only-sync target.
-    check_eq(
-        &mut failures,
-        line!(),
-        statuses(&cluster, "/quorum"),
-        vec![503; 3],
-    );
+    failures.eq(statuses(&cluster, "/quorum"), vec![503; 3]);
     for r in &replicas {
-        check_eq(
-            &mut failures,
-            line!(),
-            cluster.nodes[*r].status("/read-only-sync"),
-            503,
-        );
-        check_eq(
-            &mut failures,
-            line!(),
-            cluster.nodes[*r].status("/read-only-quorum"),
-            503,
-        );
+        failures.eq(cluster.nodes[*r].status("/read-only-sync"), 503);
+        failures.eq(cluster.nodes[*r].status("/read-only-quorum"), 503);
     }
-    check_eq(
-        &mut failures,
-        line!(),
-        cluster.nodes[primary].status("/read-only-sync"),
-        200,
-    );
-    check_eq(
-        &mut failures,
-        line!(),
-        cluster.nodes[primary].status("/read-only-quorum"),
-        200,
-    );
+    failures.eq(cluster.nodes[primary].status("/read-only-sync"), 200);
+    failures.eq(cluster.nodes[primary].status("/read-only-quorum"), 200);
 
     // failsafe_mode is off: 503, as Patroni.
-    check_eq(
-        &mut failures,
-        line!(),
-        statuses(&cluster, "/failsafe"),
-        vec![503; 3],
-    );
+    failures.eq(statuses(&cluster, "/failsafe"), vec![503; 3]);
 
     // OPTIONS and HEAD: the health check's status, no body.
     let options = cluster.nodes[replicas[0]].call("OPTIONS", "/replica", "", false);
-    check_eq(&mut failures, line!(), options.status, 200);
-    check(
-        &mut failures,
-        line!(),
-        options.body.is_empty(),
-        "OPTIONS answered a body",
-    );
+    failures.eq(options.status, 200);
+    failures.check(options.body.is_empty(), "OPTIONS answered a body");
     let options = cluster.nodes[primary].call("OPTIONS", "/replica", "", false);
-    check_eq(&mut failures, line!(), options.status, 503);
+    failures.eq(options.status, 503);
     let head = cluster.nodes[primary].call("HEAD", "/primary", "", false);
-    check_eq(&mut failures, line!(), head.status, 200);
-    check(
-        &mut failures,
-        line!(),
-        head.body.is_empty(),
-        "HEAD answered a body",
-    );
+    failures.eq(head.status, 200);
+    failures.check(head.body.is_empty(), "HEAD answered a body");
 
     // Promotion latency: the candidate's /primary against PostgreSQL itself.
     let candidate = replicas[0];
@@ -185,36 +144,11 @@ fn patroni_health_endpoints_answer_like_patroni() {
     let api_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     std::thread::scope(|scope| {
         let node = &cluster.nodes[candidate];
-        {
-            let (stop, promoted_at) = (Arc::clone(&stop), Arc::clone(&promoted_at));
-            scope.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if node.psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f") {
-                        *promoted_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(Instant::now());
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-        }
-        {
-            let (stop, api_at) = (Arc::clone(&stop), Arc::clone(&api_at));
-            scope.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if node.status("/primary") == 200 {
-                        *api_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-        }
-        let body = format!(
-            "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
-            cluster.nodes[primary].name, cluster.nodes[candidate].name
-        );
-        let response = cluster.nodes[replicas[1]].call("POST", "/switchover", &body, true);
+        record_when(scope, &stop, &promoted_at, || {
+            node.psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
+        });
+        record_when(scope, &stop, &api_at, || node.status("/primary") == 200);
+        let response = cluster.switchover(replicas[1], primary, candidate);
         assert_eq!(response.status, 200, "switchover: {}", response.body_text());
         let done = wait_for(Duration::from_secs(30), || {
             let both = promoted_at.lock().map(|p| p.is_some()).unwrap_or(false)
@@ -231,22 +165,15 @@ fn patroni_health_endpoints_answer_like_patroni() {
     };
     let latency = answered.saturating_duration_since(promoted);
     println!("promotion to first /primary 200: {latency:?}");
-    check(
-        &mut failures,
-        line!(),
+    failures.check(
         latency < Duration::from_millis(500),
         &format!("/primary answered 200 {latency:?} after PostgreSQL promoted"),
     );
-    check_eq(
-        &mut failures,
-        line!(),
-        cluster.nodes[primary].status("/primary"),
-        503,
-    );
+    failures.eq(cluster.nodes[primary].status("/primary"), 503);
     assert!(
-        failures.is_empty(),
+        failures.0.is_empty(),
         "health checks differ from Patroni's:\n{}\n{}",
-        failures.join("\n"),
+        failures.0.join("\n"),
         cluster.logs()
     );
 }

@@ -9,56 +9,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::{http_request, EtcdServer};
+use common::{etcd_get, etcd_range, wait_for, Cluster, Options};
 
 /// The bound: Patroni's 0.15 revisions a second, with room for the
 /// WAL an idle PostgreSQL still writes now and then.
 const MAX_REVISIONS_PER_SECOND: f64 = 0.3;
 /// How long the idle cluster is watched.
 const WINDOW: Duration = Duration::from_secs(60);
-
-/// etcd's current revision and every key under `prefix` with its
-/// mod_revision, read through the JSON gateway.
-fn etcd_range(client_url: &str, prefix: &str) -> (i64, Vec<(String, i64)>) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    // The prefix's range end: its last byte plus one.
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    let body =
-        serde_json::json!({ "key": b64.encode(prefix), "range_end": b64.encode(end) }).to_string();
-    let response = http_request(
-        "POST",
-        &format!("{client_url}/v3/kv/range"),
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("etcd answers /v3/kv/range");
-    let reply: serde_json::Value =
-        serde_json::from_slice(&response.body).expect("etcd's range reply is JSON");
-    // The gateway writes int64 as JSON strings.
-    let int = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let revision = int(&reply["header"]["revision"]);
-    let keys = reply["kvs"]
-        .as_array()
-        .map(|kvs| {
-            kvs.iter()
-                .map(|kv| {
-                    let key = kv["key"]
-                        .as_str()
-                        .and_then(|k| b64.decode(k).ok())
-                        .map(|k| String::from_utf8_lossy(&k).into_owned())
-                        .unwrap_or_default();
-                    (key, int(&kv["mod_revision"]))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    (revision, keys)
-}
 
 fn xlog_location(client_url: &str, member: &str) -> Option<u64> {
     let (value, _) = etcd_get(client_url, &format!("/service/e2e/members/{member}"))?;
@@ -67,11 +24,9 @@ fn xlog_location(client_url: &str, member: &str) -> Option<u64> {
 
 #[test]
 fn an_idle_cluster_writes_no_more_etcd_revisions_than_patroni() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let url = etcd.client_url();
-    let cluster = Cluster::start(3, DcsSpec::Etcd(url.clone()), Options::default());
-    let primary = cluster.wait_healthy(2, Duration::from_secs(90));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(90));
+    let url = cluster.etcd_url();
     // Let the start settle (slots, the first records of every member).
     std::thread::sleep(Duration::from_secs(8));
     let leader_before = etcd_get(&url, "/service/e2e/leader").expect("a leader key");

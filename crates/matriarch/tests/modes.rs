@@ -17,13 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::{bin_dir, EtcdServer};
-
-fn etcd() -> (EtcdServer, DcsSpec) {
-    let etcd = EtcdServer::start().expect("etcd");
-    let spec = DcsSpec::Etcd(etcd.client_url());
-    (etcd, spec)
-}
+use matriarch_testkit::bin_dir;
 
 /// The default test timing with synchronous settings added.
 fn sync_options(extra_dcs: &str) -> Options {
@@ -113,11 +107,6 @@ impl Writer {
     }
 }
 
-fn new_primary(cluster: &Cluster, not: usize, timeout: Duration) -> usize {
-    wait_for(timeout, || cluster.primary().filter(|p| *p != not))
-        .unwrap_or_else(|| panic!("no new primary within {timeout:?}\n{}", cluster.logs()))
-}
-
 /// The ids in `table` on node `i`.
 fn ids_on(cluster: &Cluster, i: usize, table: &str) -> BTreeSet<i64> {
     let text = cluster.nodes[i]
@@ -149,8 +138,7 @@ fn crash_primary_while_writing(
     let (leader, standbys_before) = sync_key(etcd_url).expect("the sync key");
     assert_eq!(leader, cluster.nodes[primary].name);
     // The whole node dies while the client writes: agent and PostgreSQL.
-    cluster.nodes[primary].kill_agent();
-    cluster.nodes[primary].kill_postgres();
+    cluster.nodes[primary].crash();
     let acknowledged = writer.finish();
     assert!(
         acknowledged.len() > 10,
@@ -159,7 +147,7 @@ fn crash_primary_while_writing(
         cluster.logs()
     );
     let crashed = Instant::now();
-    let new = new_primary(cluster, primary, Duration::from_secs(40));
+    let new = cluster.new_primary(primary, Duration::from_secs(40));
     eprintln!(
         "{} promoted {:?} after the crash; {} writes acknowledged",
         cluster.nodes[new].name,
@@ -189,11 +177,12 @@ fn crash_primary_while_writing(
 
 #[test]
 fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged_writes() {
-    let _serial = serial();
-    let (etcd, dcs) = etcd();
-    let url = etcd.client_url();
-    let mut cluster = Cluster::start(3, dcs, sync_options("    synchronous_mode: true\n"));
-    let primary = cluster.wait_healthy(2, Duration::from_secs(90));
+    let (mut cluster, primary) = Cluster::healthy_on_etcd(
+        3,
+        sync_options("    synchronous_mode: true\n"),
+        Duration::from_secs(90),
+    );
+    let url = cluster.etcd_url();
     let (standbys, setting) = wait_sync_established(&cluster, &url, primary);
     assert_eq!(standbys.len(), 1, "synchronous_node_count 1: {standbys:?}");
     let standby = standbys.iter().next().cloned().unwrap_or_default();
@@ -230,12 +219,8 @@ fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged
     let other = (0..3)
         .find(|i| *i != primary && cluster.nodes[*i].name != standby)
         .expect("a non-synchronous replica");
-    let body = format!(
-        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
-        cluster.nodes[primary].name, cluster.nodes[other].name
-    );
     let asked = Instant::now();
-    let response = cluster.nodes[other].call("POST", "/switchover", &body, true);
+    let response = cluster.switchover(other, primary, other);
     assert_eq!(response.status, 412, "{}", response.body_text());
     assert!(
         response.body_text().contains("not a synchronous standby"),
@@ -265,15 +250,12 @@ fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged
 
 #[test]
 fn quorum_mode_promotes_a_node_holding_every_acknowledged_write() {
-    let _serial = serial();
-    let (etcd, dcs) = etcd();
-    let url = etcd.client_url();
-    let mut cluster = Cluster::start(
+    let (mut cluster, primary) = Cluster::healthy_on_etcd(
         3,
-        dcs,
         sync_options("    synchronous_mode: quorum\n    synchronous_node_count: 1\n"),
+        Duration::from_secs(90),
     );
-    let primary = cluster.wait_healthy(2, Duration::from_secs(90));
+    let url = cluster.etcd_url();
     wait_sync_established(&cluster, &url, primary);
     // A quorum names every streaming standby: any one of the two may
     // acknowledge a commit, and both are in the key.
@@ -339,15 +321,12 @@ fn spawn_psql(host: &str, port: u16, sql: &str) -> Child {
 
 #[test]
 fn strict_synchronous_mode_blocks_commits_without_a_standby_and_resumes_when_it_returns() {
-    let _serial = serial();
-    let (etcd, dcs) = etcd();
-    let url = etcd.client_url();
-    let mut cluster = Cluster::start(
+    let (mut cluster, primary) = Cluster::healthy_on_etcd(
         2,
-        dcs,
         sync_options("    synchronous_mode: true\n    synchronous_mode_strict: true\n"),
+        Duration::from_secs(90),
     );
-    let primary = cluster.wait_healthy(1, Duration::from_secs(90));
+    let url = cluster.etcd_url();
     let replica = 1 - primary;
     let (standbys, setting) = wait_sync_established(&cluster, &url, primary);
     let standby = cluster.nodes[replica].name.clone();
@@ -536,7 +515,6 @@ fn watchdog_yaml(device: &Path, mode: &str) -> String {
 #[test]
 fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched_by_a_replica() {
     let _serial = serial();
-    let (_etcd, dcs) = etcd();
     let dir = tempfile::tempdir().unwrap();
     // Each node gets its own stand-in device: <dir>/<name>.wd.
     let options = Options {
@@ -546,8 +524,7 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
     let devices: Vec<StandIn> = (1..=2)
         .map(|i| StandIn::create(dir.path().join(format!("node{i}.wd"))))
         .collect();
-    let mut cluster = Cluster::start(2, dcs, options);
-    let primary = cluster.wait_healthy(1, Duration::from_secs(90));
+    let (mut cluster, primary) = Cluster::healthy_on_etcd(2, options, Duration::from_secs(90));
     let replica = 1 - primary;
 
     // While primary: one open session, refreshed after each renewal
@@ -589,18 +566,8 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
     );
 
     // A switchover demotes the primary cleanly: V, then close.
-    let body = format!(
-        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
-        cluster.nodes[primary].name, cluster.nodes[replica].name
-    );
-    let response = cluster.nodes[primary].call("POST", "/switchover", &body, true);
-    assert_eq!(
-        response.status,
-        200,
-        "{}\n{}",
-        response.body_text(),
-        cluster.logs()
-    );
+    let response = cluster.switchover(primary, primary, replica);
+    cluster.assert_status(&response, 200);
     let closed = wait_for(Duration::from_secs(30), || {
         let s = devices[primary].sessions();
         (s.len() == 1 && s[0].closed).then(|| s[0].clone())
@@ -627,10 +594,7 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
         cluster.logs()
     );
     assert!(
-        wait_for(Duration::from_secs(60), || {
-            (cluster.nodes[primary].status("/replica") == 200).then_some(())
-        })
-        .is_some(),
+        cluster.nodes[primary].wait_status("/replica", 200, Duration::from_secs(60)),
         "the old primary did not rejoin as a replica\n{}",
         cluster.logs()
     );
@@ -685,15 +649,13 @@ fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_devic
 #[test]
 fn an_automatic_watchdog_that_cannot_be_opened_is_logged_and_the_node_still_leads() {
     let _serial = serial();
-    let (_etcd, dcs) = etcd();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-watchdog");
     let options = Options {
         extra: watchdog_yaml(&missing, "automatic"),
         ..Options::default()
     };
-    let cluster = Cluster::start(1, dcs, options);
-    let primary = cluster.wait_healthy(0, Duration::from_secs(90));
+    let (cluster, primary) = Cluster::healthy_on_etcd(1, options, Duration::from_secs(90));
     cluster.nodes[primary]
         .psql("CREATE TABLE unguarded (v int)")
         .unwrap_or_else(|e| panic!("write: {e}\n{}", cluster.logs()));

@@ -8,18 +8,14 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
+use common::{wait_for, Cluster, Options};
 
 /// Starts a healthy primary (node1), fills node2's data directory with
 /// `prepare`, starts node2's agent and asks it to reinitialize; returns the
 /// HTTP status and body.
-fn reinitialize_foreign_dir(prepare: impl FnOnce(&Path)) -> (EtcdServer, Cluster, u16, String) {
-    let etcd = EtcdServer::start().expect("etcd");
-    let mut cluster = Cluster::configure(2, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    cluster.nodes[0].start(&[]);
-    let primary = cluster.wait_healthy(0, Duration::from_secs(60));
-    assert_eq!(primary, 0, "node1 is not the primary\n{}", cluster.logs());
+fn reinitialize_foreign_dir(prepare: impl FnOnce(&Path)) -> (Cluster, u16, String) {
+    let mut cluster = Cluster::configure_on_etcd(2, Options::default());
+    cluster.start_node1_as_primary(Duration::from_secs(60));
     let data_dir = cluster.nodes[1].data_dir();
     fs::create_dir_all(&data_dir).expect("create node2's data directory");
     prepare(&data_dir);
@@ -33,7 +29,7 @@ fn reinitialize_foreign_dir(prepare: impl FnOnce(&Path)) -> (EtcdServer, Cluster
             .then(|| (response.status, response.body_text()))
     });
     let (status, body) = answered.unwrap_or((0, String::new()));
-    (etcd, cluster, status, body)
+    (cluster, status, body)
 }
 
 fn write(path: &Path, contents: &[u8]) {
@@ -43,30 +39,46 @@ fn write(path: &Path, contents: &[u8]) {
     fs::write(path, contents).expect("write file");
 }
 
-#[test]
-fn reinitialize_refuses_a_directory_without_a_cluster() {
-    let _serial = serial();
-    let (_etcd, cluster, status, body) = reinitialize_foreign_dir(|dir| {
-        write(&dir.join("thesis.tex"), b"four years of work");
-        write(&dir.join("notes/today.txt"), b"do not delete");
-    });
+/// The answer was a 503 naming `reason`, and node2's data directory still
+/// holds every one of `kept` (what would be lost: `lost`).
+fn assert_refused_and_kept(
+    cluster: &Cluster,
+    (status, body): (u16, &str),
+    kept: &[&str],
+    lost: &str,
+    reason: &str,
+) {
     let dir = cluster.nodes[1].data_dir();
     assert!(
-        dir.join("thesis.tex").exists() && dir.join("notes/today.txt").exists(),
-        "reinitialize deleted files from a directory with no PostgreSQL cluster (HTTP {status} {body})\n{}",
+        kept.iter().all(|file| dir.join(file).exists()),
+        "reinitialize deleted {lost} (HTTP {status} {body})\n{}",
         cluster.logs()
     );
     assert_eq!(status, 503, "the refusal is not reported: {body}");
     assert!(
-        body.contains("PG_VERSION"),
+        body.contains(reason),
         "the refusal does not say why: {body}"
     );
 }
 
 #[test]
+fn reinitialize_refuses_a_directory_without_a_cluster() {
+    let (cluster, status, body) = reinitialize_foreign_dir(|dir| {
+        write(&dir.join("thesis.tex"), b"four years of work");
+        write(&dir.join("notes/today.txt"), b"do not delete");
+    });
+    assert_refused_and_kept(
+        &cluster,
+        (status, &body),
+        &["thesis.tex", "notes/today.txt"],
+        "files from a directory with no PostgreSQL cluster",
+        "PG_VERSION",
+    );
+}
+
+#[test]
 fn reinitialize_refuses_another_clusters_data_directory() {
-    let _serial = serial();
-    let (_etcd, cluster, status, body) = reinitialize_foreign_dir(|dir| {
+    let (cluster, status, body) = reinitialize_foreign_dir(|dir| {
         write(&dir.join("PG_VERSION"), b"15\n");
         // pg_control starts with the 64-bit system identifier (native order).
         let mut control = 42u64.to_ne_bytes().to_vec();
@@ -74,16 +86,12 @@ fn reinitialize_refuses_another_clusters_data_directory() {
         write(&dir.join("global/pg_control"), &control);
         write(&dir.join("base/1/1259"), b"another cluster's catalog");
     });
-    let dir = cluster.nodes[1].data_dir();
-    assert!(
-        dir.join("PG_VERSION").exists() && dir.join("base/1/1259").exists(),
-        "reinitialize deleted another cluster's data directory (HTTP {status} {body})\n{}",
-        cluster.logs()
-    );
-    assert_eq!(status, 503, "the refusal is not reported: {body}");
-    assert!(
-        body.contains("system identifier"),
-        "the refusal does not say why: {body}"
+    assert_refused_and_kept(
+        &cluster,
+        (status, &body),
+        &["PG_VERSION", "base/1/1259"],
+        "another cluster's data directory",
+        "system identifier",
     );
 }
 
@@ -91,17 +99,15 @@ fn reinitialize_refuses_another_clusters_data_directory() {
 /// own cluster is emptied in place (no sibling directory) and cloned again.
 #[test]
 fn reinitialize_of_a_replica_clones_it_again_in_place() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(2, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(90));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(90));
     let replica = 1 - primary;
     cluster.nodes[primary]
         .psql("CREATE TABLE before_reinit (v int)")
         .expect("create a table on the primary");
     let before = cluster.nodes[replica].postmaster_pid();
     let r = cluster.nodes[replica].call("POST", "/reinitialize", "{}", true);
-    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), cluster.logs());
+    cluster.assert_status(&r, 200);
     assert_eq!(cluster.wait_healthy(1, Duration::from_secs(90)), primary);
     assert!(
         cluster.wait_sql(

@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{serial, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
+use common::{serial, Cluster, Options};
 
 /// Hostile connections held open during the measurement.
 const HOSTILE: usize = 2_000;
@@ -161,8 +160,7 @@ fn health_checks_and_writes_survive_two_thousand_hostile_connections() {
     // The agent starts as under a usual service manager: a soft limit of
     // 1,024 files and a higher hard limit (children inherit both).
     set_soft_nofile(1024);
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(1, DcsSpec::Etcd(etcd.client_url()), Options::default());
+    let cluster = Cluster::start_on_etcd(1, Options::default());
     // This process needs a file for each hostile connection.
     set_soft_nofile(hard);
     let primary = cluster.wait_healthy(0, Duration::from_secs(90));
@@ -279,10 +277,8 @@ fn health_checks_and_writes_survive_two_thousand_hostile_connections() {
 
 #[test]
 fn failsafe_needs_credentials_and_bodies_are_bounded_in_size_and_time() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(1, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    let primary = cluster.wait_healthy(0, Duration::from_secs(90));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(90));
     let node = &cluster.nodes[primary];
 
     // Nobody without credentials may hold a member back with a failsafe

@@ -5,46 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::{serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::{http_request, EtcdServer};
-
-/// Writes `value` under `key` straight through etcd's JSON gateway, as
-/// `etcdctl put` would (another member's lock, as far as the agent can tell).
-fn etcd_put(client_url: &str, key: &str, value: &str) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let body = serde_json::json!({ "key": b64.encode(key), "value": b64.encode(value) });
-    let response = http_request(
-        "POST",
-        &format!("{client_url}/v3/kv/put"),
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .expect("etcd answers /v3/kv/put");
-    assert_eq!(response.status, 200, "{}", response.body_text());
-}
-
-fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
-    serde_json::from_slice(&node.call("GET", path, "", false).body)
-        .unwrap_or(serde_json::Value::Null)
-}
+use common::{etcd_put, wait_for, Cluster, Options};
 
 /// In pause the engine changes nothing, so whatever runs after the restart
 /// is the restart's doing: a primary whose lock another member took must not
 /// come back as a writable primary.
 #[test]
 fn restart_of_a_primary_that_lost_its_lock_does_not_start_a_writable_primary() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let url = etcd.client_url();
-    let cluster = Cluster::start(1, DcsSpec::Etcd(url.clone()), Options::default());
-    let primary = cluster.wait_healthy(0, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(60));
+    let url = cluster.etcd_url();
     let node = &cluster.nodes[primary];
     let paused = node.call("PATCH", "/config", r#"{"pause": true}"#, true);
     assert_eq!(paused.status, 200, "{}", paused.body_text());
     assert!(
         wait_for(Duration::from_secs(20), || {
-            (get_json(node, "/patroni")["pause"] == true).then_some(())
+            (node.get_json("/patroni")["pause"] == true).then_some(())
         })
         .is_some(),
         "not paused\n{}",
@@ -53,7 +29,7 @@ fn restart_of_a_primary_that_lost_its_lock_does_not_start_a_writable_primary() {
     etcd_put(&url, "/service/e2e/leader", "ghost");
     assert!(
         wait_for(Duration::from_secs(20), || {
-            (get_json(node, "/patroni")["leader"] == "ghost").then_some(())
+            (node.get_json("/patroni")["leader"] == "ghost").then_some(())
         })
         .is_some(),
         "the agent did not see the other lock holder\n{}",
@@ -88,20 +64,12 @@ fn restart_of_a_primary_that_lost_its_lock_does_not_start_a_writable_primary() {
 /// A primary that holds its lock restarts as primary, through the engine.
 #[test]
 fn restart_of_the_leader_restarts_it_as_primary() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(1, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    let primary = cluster.wait_healthy(0, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(60));
     let node = &cluster.nodes[primary];
     let before = node.postmaster_pid();
     let response = node.call("POST", "/restart", "{}", true);
-    assert_eq!(
-        response.status,
-        200,
-        "{}\n{}",
-        response.body_text(),
-        cluster.logs()
-    );
+    cluster.assert_status(&response, 200);
     assert_ne!(node.postmaster_pid(), before, "not restarted");
     assert_eq!(
         node.psql("SELECT pg_is_in_recovery()").ok().as_deref(),

@@ -5,20 +5,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
-
-fn etcd() -> (EtcdServer, DcsSpec) {
-    let etcd = EtcdServer::start().expect("etcd");
-    let spec = DcsSpec::Etcd(etcd.client_url());
-    (etcd, spec)
-}
 
 #[test]
 fn bootstrap_and_replicate() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let cluster = Cluster::start(3, dcs, Options::default());
-    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
     let p = &cluster.nodes[primary];
     p.psql("CREATE TABLE herd (id int primary key, name text); INSERT INTO herd VALUES (1, 'matriarch')")
         .unwrap_or_else(|e| panic!("write on the primary: {e}\n{}", cluster.logs()));
@@ -99,17 +90,10 @@ fn bootstrap_and_replicate() {
     }
 }
 
-fn new_primary(cluster: &Cluster, not: usize, timeout: Duration) -> usize {
-    wait_for(timeout, || cluster.primary().filter(|p| *p != not))
-        .unwrap_or_else(|| panic!("no new primary within {timeout:?}\n{}", cluster.logs()))
-}
-
 #[test]
 fn node_crash_fails_over_and_the_old_primary_rejoins() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::start(3, dcs, Options::default());
-    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (mut cluster, old) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
     cluster.nodes[old]
         .psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
         .unwrap();
@@ -117,10 +101,9 @@ fn node_crash_fails_over_and_the_old_primary_rejoins() {
         assert!(cluster.wait_sql(i, "SELECT count(*) FROM t", "1", Duration::from_secs(20)));
     }
     // The whole node dies: agent and PostgreSQL, no clean shutdown.
-    cluster.nodes[old].kill_agent();
-    cluster.nodes[old].kill_postgres();
+    cluster.nodes[old].crash();
     let crashed = Instant::now();
-    let new = new_primary(&cluster, old, Duration::from_secs(30));
+    let new = cluster.new_primary(old, Duration::from_secs(30));
     let took = crashed.elapsed();
     // ttl 4 s: the lock expires, a replica wins the race and is promoted.
     assert!(took < Duration::from_secs(20), "failover took {took:?}");
@@ -130,11 +113,7 @@ fn node_crash_fails_over_and_the_old_primary_rejoins() {
     // The old primary comes back and rejoins as a replica of the new one.
     cluster.nodes[old].start(&[]);
     assert!(
-        wait_for(Duration::from_secs(60), || (cluster.nodes[old]
-            .status("/replica")
-            == 200)
-            .then_some(()))
-        .is_some(),
+        cluster.nodes[old].wait_status("/replica", 200, Duration::from_secs(60)),
         "the old primary did not rejoin\n{}",
         cluster.logs()
     );
@@ -149,16 +128,14 @@ fn node_crash_fails_over_and_the_old_primary_rejoins() {
 #[test]
 fn sigterm_on_the_primary_hands_over_without_waiting_for_the_ttl() {
     let _serial = serial();
-    let (_etcd, dcs) = etcd();
     let options = Options {
         dcs: "    ttl: 30\n    loop_wait: 1\n    retry_timeout: 2\n".to_owned(),
         ..Options::default()
     };
-    let mut cluster = Cluster::start(2, dcs, options);
-    let old = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (mut cluster, old) = Cluster::healthy_on_etcd(2, options, Duration::from_secs(60));
     cluster.nodes[old].signal(libc::SIGTERM);
     let stopped = Instant::now();
-    let new = new_primary(&cluster, old, Duration::from_secs(25));
+    let new = cluster.new_primary(old, Duration::from_secs(25));
     let took = stopped.elapsed();
     assert!(
         took < Duration::from_secs(15),
@@ -177,13 +154,19 @@ fn sigterm_on_the_primary_hands_over_without_waiting_for_the_ttl() {
 
 #[test]
 fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::start(2, dcs, Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (mut cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     cluster.nodes[primary]
         .psql("CREATE TABLE fenced (v int)")
         .unwrap();
+    // The replica has the table before the primary is cut off (under load it
+    // may lag, and a promoted replica without it would fail the last insert).
+    let has_table = "SELECT count(*) FROM pg_tables WHERE tablename = 'fenced'";
+    assert!(
+        cluster.wait_sql(1 - primary, has_table, "1", Duration::from_secs(30)),
+        "the replica does not have the table\n{}",
+        cluster.logs()
+    );
     // Only the agent dies (kill -9); its PostgreSQL keeps running unless fenced.
     cluster.nodes[primary].kill_agent();
     let killed = Instant::now();
@@ -203,7 +186,7 @@ fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
         "fenced after {:?}",
         killed.elapsed()
     );
-    let new = new_primary(&cluster, primary, Duration::from_secs(30));
+    let new = cluster.new_primary(primary, Duration::from_secs(30));
     cluster.nodes[new]
         .psql("INSERT INTO fenced VALUES (2)")
         .unwrap();
@@ -212,7 +195,6 @@ fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
 #[test]
 fn switchover_by_rest_api_with_callbacks() {
     let _serial = serial();
-    let (_etcd, dcs) = etcd();
     let script_dir = tempfile::tempdir().unwrap();
     let script = script_dir.path().join("callback.sh");
     std::fs::write(
@@ -231,25 +213,15 @@ fn switchover_by_rest_api_with_callbacks() {
         ),
         ..Options::default()
     };
-    let mut cluster = Cluster::configure(3, dcs, options);
+    let mut cluster = Cluster::configure_on_etcd(3, options);
     for node in &mut cluster.nodes {
         let name = node.name.clone();
         node.start(&[("MATRIARCH_TEST_NODE", &name)]);
     }
     let old = cluster.wait_healthy(2, Duration::from_secs(60));
     let candidate = (old + 1) % 3;
-    let body = format!(
-        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
-        cluster.nodes[old].name, cluster.nodes[candidate].name
-    );
-    let response = cluster.nodes[(old + 2) % 3].call("POST", "/switchover", &body, true);
-    assert_eq!(
-        response.status,
-        200,
-        "{}\n{}",
-        response.body_text(),
-        cluster.logs()
-    );
+    let response = cluster.switchover((old + 2) % 3, old, candidate);
+    cluster.assert_status(&response, 200);
     assert!(
         response.body_text().contains("Successfully switched over"),
         "{}",
@@ -258,11 +230,7 @@ fn switchover_by_rest_api_with_callbacks() {
     let new = wait_for(Duration::from_secs(30), || cluster.primary()).unwrap();
     assert_eq!(new, candidate, "{}", cluster.logs());
     assert!(
-        wait_for(Duration::from_secs(60), || (cluster.nodes[old]
-            .status("/replica")
-            == 200)
-            .then_some(()))
-        .is_some(),
+        cluster.nodes[old].wait_status("/replica", 200, Duration::from_secs(60)),
         "the old primary did not become a replica\n{}",
         cluster.logs()
     );
@@ -309,22 +277,15 @@ fn switchover_by_rest_api_with_callbacks() {
     );
 }
 
-fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
-    serde_json::from_slice(&node.call("GET", path, "", false).body)
-        .unwrap_or(serde_json::Value::Null)
-}
-
 #[test]
 fn rest_api_refuses_unauthenticated_and_bad_changes_and_applies_good_ones() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let cluster = Cluster::start(2, dcs, Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     let replica = 1 - primary;
     let p = &cluster.nodes[primary];
     let leader = &p.name;
     let candidate = &cluster.nodes[replica].name;
-    let config_before = get_json(p, "/config");
+    let config_before = p.get_json("/config");
     assert_eq!(config_before["ttl"], 4, "{config_before}");
     let good = format!("{{\"leader\": \"{leader}\", \"candidate\": \"{candidate}\"}}");
 
@@ -457,17 +418,15 @@ fn rest_api_refuses_unauthenticated_and_bad_changes_and_applies_good_ones() {
         "the leader changed\n{}",
         cluster.logs()
     );
-    assert_eq!(get_json(p, "/config"), config_before);
-    assert!(get_json(p, "/cluster")
-        .get("scheduled_switchover")
-        .is_none());
+    assert_eq!(p.get_json("/config"), config_before);
+    assert!(p.get_json("/cluster").get("scheduled_switchover").is_none());
 
     // A good change reaches every node's engine: pause.
     let r = p.call("PATCH", "/config", "{\"pause\": true}", true);
     assert_eq!(r.status, 200, "{}", r.body_text());
     for node in &cluster.nodes {
         let paused = wait_for(Duration::from_secs(10), || {
-            (get_json(node, "/patroni")["pause"] == true).then_some(())
+            (node.get_json("/patroni")["pause"] == true).then_some(())
         });
         assert!(
             paused.is_some(),
@@ -477,13 +436,13 @@ fn rest_api_refuses_unauthenticated_and_bad_changes_and_applies_good_ones() {
         );
     }
     assert_eq!(
-        get_json(p, "/config")["ttl"],
+        p.get_json("/config")["ttl"],
         4,
         "the merge patch kept the other keys"
     );
     let r = p.call("PATCH", "/config", "{\"pause\": null}", true);
     assert_eq!(r.status, 200, "{}", r.body_text());
-    assert_eq!(get_json(p, "/config")["pause"], false);
+    assert_eq!(p.get_json("/config")["pause"], false);
 
     // POST /restart restarts PostgreSQL in place; the node stays primary.
     let r = p.call("POST", "/restart", "{}", true);
@@ -510,9 +469,7 @@ fn rest_api_refuses_unauthenticated_and_bad_changes_and_applies_good_ones() {
 
 #[test]
 fn a_duplicate_member_name_is_refused() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let cluster = Cluster::start(1, dcs, Options::default());
+    let cluster = Cluster::start_on_etcd(1, Options::default());
     cluster.wait_healthy(0, Duration::from_secs(60));
     let original = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
     let api_port = matriarch_testkit::free_port().unwrap();
@@ -578,10 +535,8 @@ fn a_duplicate_member_name_is_refused() {
 
 #[test]
 fn a_postgres_crash_with_the_agent_alive_recovers() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let cluster = Cluster::start(2, dcs, Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     cluster.nodes[primary]
         .psql("CREATE TABLE crash (v int); INSERT INTO crash VALUES (1)")
         .unwrap();
@@ -613,7 +568,6 @@ fn a_postgres_crash_with_the_agent_alive_recovers() {
 #[test]
 fn the_dns_router_points_the_writer_name_at_the_new_primary_after_a_failover() {
     let _serial = serial();
-    let (_etcd, dcs) = etcd();
     let bind = matriarch_testkit::BindServer::start().expect("BIND");
     let writer = format!("primary.{}", bind.zone());
     let options = Options {
@@ -628,8 +582,7 @@ fn the_dns_router_points_the_writer_name_at_the_new_primary_after_a_failover() {
         ),
         ..Options::default()
     };
-    let mut cluster = Cluster::start(3, dcs, options);
-    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (mut cluster, old) = Cluster::healthy_on_etcd(3, options, Duration::from_secs(60));
     let hosts: Vec<std::net::Ipv4Addr> = cluster
         .nodes
         .iter()
@@ -648,9 +601,8 @@ fn the_dns_router_points_the_writer_name_at_the_new_primary_after_a_failover() {
         bind.query_a(&writer),
         cluster.logs()
     );
-    cluster.nodes[old].kill_agent();
-    cluster.nodes[old].kill_postgres();
-    let new = new_primary(&cluster, old, Duration::from_secs(30));
+    cluster.nodes[old].crash();
+    let new = cluster.new_primary(old, Duration::from_secs(30));
     assert!(
         points_at(new),
         "{writer} does not follow the failover: {:?}\n{}",
@@ -692,9 +644,8 @@ fn zookeeper_bootstrap_and_failover() {
         "1",
         Duration::from_secs(20)
     ));
-    cluster.nodes[old].kill_agent();
-    cluster.nodes[old].kill_postgres();
-    let new = new_primary(&cluster, old, Duration::from_secs(40));
+    cluster.nodes[old].crash();
+    let new = cluster.new_primary(old, Duration::from_secs(40));
     assert_eq!(new, other);
     cluster.nodes[new]
         .psql("INSERT INTO zk VALUES (2)")
@@ -703,14 +654,12 @@ fn zookeeper_bootstrap_and_failover() {
 
 #[test]
 fn an_etcd_outage_stops_writes_on_the_primary_before_its_lock_expires() {
-    let _serial = serial();
-    let (etcd, dcs) = etcd();
-    let cluster = Cluster::start(2, dcs, Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     cluster.nodes[primary]
         .psql("CREATE TABLE outage (v int)")
         .unwrap();
-    etcd.pause().expect("pause etcd");
+    cluster.etcd().pause().expect("pause etcd");
     let cut = Instant::now();
     // The lock was renewed at most `cut` ago and lives 4 s (ttl): the primary
     // must refuse writes by then. psql's own time is part of the measure.
@@ -720,7 +669,7 @@ fn an_etcd_outage_stops_writes_on_the_primary_before_its_lock_expires() {
             .err()
             .map(|_| cut.elapsed())
     });
-    etcd.resume().expect("resume etcd");
+    cluster.etcd().resume().expect("resume etcd");
     let refused =
         refused.unwrap_or_else(|| panic!("the primary kept taking writes\n{}", cluster.logs()));
     assert!(
@@ -734,12 +683,9 @@ fn an_etcd_outage_stops_writes_on_the_primary_before_its_lock_expires() {
 
 #[test]
 fn a_nofailover_replica_is_never_promoted() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::configure(2, dcs, Options::default());
+    let mut cluster = Cluster::configure_on_etcd(2, Options::default());
     // node1 starts alone and bootstraps; node2 joins tagged nofailover.
-    cluster.nodes[0].start(&[]);
-    cluster.wait_healthy(0, Duration::from_secs(60));
+    cluster.start_node1_as_primary(Duration::from_secs(60));
     let config = std::fs::read_to_string(&cluster.nodes[1].config).unwrap();
     std::fs::write(
         &cluster.nodes[1].config,
@@ -748,23 +694,11 @@ fn a_nofailover_replica_is_never_promoted() {
     .unwrap();
     cluster.nodes[1].start(&[]);
     assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
-    cluster.nodes[0].kill_agent();
-    cluster.nodes[0].kill_postgres();
-    // Three ttls later node2 is still a replica and refuses writes.
-    std::thread::sleep(Duration::from_secs(12));
-    assert_eq!(
-        cluster.nodes[1].status("/primary"),
-        503,
-        "{}",
-        cluster.logs()
-    );
-    assert!(cluster.nodes[1].psql("CREATE TABLE nope (v int)").is_err());
+    crash_node1_and_check_node2_stays_a_replica(&mut cluster);
     // The old primary comes back and leads again.
     cluster.nodes[0].start(&[]);
     assert!(
-        wait_for(Duration::from_secs(60), || (cluster.primary() == Some(0))
-            .then_some(()))
-        .is_some(),
+        cluster.wait_primary_is(0, Duration::from_secs(60)),
         "{}",
         cluster.logs()
     );
@@ -773,7 +707,6 @@ fn a_nofailover_replica_is_never_promoted() {
 #[test]
 fn a_failing_pre_promote_cancels_the_promotion() {
     let _serial = serial();
-    let (_etcd, dcs) = etcd();
     let dir = tempfile::tempdir().unwrap();
     let allow = dir.path().join("allow");
     let calls = dir.path().join("calls");
@@ -792,13 +725,9 @@ fn a_failing_pre_promote_cancels_the_promotion() {
         extra: format!("callbacks:\n  pre_promote: {}\n", script.display()),
         ..Options::default()
     };
-    let mut cluster = Cluster::configure(2, dcs, options);
-    cluster.nodes[0].start(&[]);
-    cluster.wait_healthy(0, Duration::from_secs(60));
-    cluster.nodes[1].start(&[]);
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
-    cluster.nodes[0].kill_agent();
-    cluster.nodes[0].kill_postgres();
+    let mut cluster = Cluster::configure_on_etcd(2, options);
+    cluster.start_node1_first(Duration::from_secs(60));
+    cluster.nodes[0].crash();
     // node2 wins the lock, but pre_promote refuses: no promotion.
     let called = wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string(&calls)
@@ -831,10 +760,8 @@ fn a_failing_pre_promote_cancels_the_promotion() {
 
 #[test]
 fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::start(3, dcs, Options::default());
-    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (mut cluster, old) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
     let haproxy = common::HaProxy::start(&cluster.nodes);
     let server_port = |expected: u16| {
         wait_for(Duration::from_secs(30), || {
@@ -850,9 +777,8 @@ fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
         "HAProxy does not reach the primary\n{}",
         cluster.logs()
     );
-    cluster.nodes[old].kill_agent();
-    cluster.nodes[old].kill_postgres();
-    let new = new_primary(&cluster, old, Duration::from_secs(30));
+    cluster.nodes[old].crash();
+    let new = cluster.new_primary(old, Duration::from_secs(30));
     let new_port = cluster.nodes[new].pg_port;
     assert!(
         server_port(new_port),
@@ -867,23 +793,6 @@ fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
     .unwrap_or_else(|e| panic!("write through HAProxy: {e}"));
 }
 
-/// Rewrites node `i`'s config file with `from` replaced by `to` (before the
-/// node starts, or before a restart).
-fn edit_config(cluster: &Cluster, i: usize, from: &str, to: &str) {
-    let path = &cluster.nodes[i].config;
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
-}
-
-/// Waits until node `i` answers 200 on `/replica`.
-fn wait_replica(cluster: &Cluster, i: usize, timeout: Duration) -> bool {
-    wait_for(timeout, || {
-        (cluster.nodes[i].status("/replica") == 200).then_some(())
-    })
-    .is_some()
-}
-
 /// The DCS key of the pending switchover (Patroni's `failover`).
 const FAILOVER_KEY: &str = "/service/e2e/failover";
 
@@ -893,10 +802,7 @@ const FAILOVER_KEY: &str = "/service/e2e/failover";
 /// the past is refused (422) and leaves nothing behind.
 #[test]
 fn scheduled_switchover_happens_at_its_time() {
-    let _serial = serial();
-    let (etcd, dcs) = etcd();
-    let cluster = Cluster::start(3, dcs, Options::default());
-    let old = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (cluster, old) = Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
     let candidate = (old + 1) % 3;
     let other = (old + 2) % 3;
     let leader_name = cluster.nodes[old].name.clone();
@@ -913,22 +819,22 @@ fn scheduled_switchover_happens_at_its_time() {
     let r = cluster.nodes[other].call("POST", "/switchover", &request(past), true);
     assert_eq!(r.status, 422, "{}", r.body_text());
     assert!(r.body_text().contains("past"), "{}", r.body_text());
-    assert_eq!(etcd_get(&etcd.client_url(), FAILOVER_KEY), None);
+    assert_eq!(etcd_get(&cluster.etcd_url(), FAILOVER_KEY), None);
 
     // Scheduled 8 s ahead, through a replica's API: accepted at once.
     let at = chrono::Utc::now() + chrono::Duration::seconds(8);
     let posted = Instant::now();
     let r = cluster.nodes[other].call("POST", "/switchover", &request(at), true);
-    assert_eq!(r.status, 202, "{}\n{}", r.body_text(), cluster.logs());
+    cluster.assert_status(&r, 202);
     assert!(r.body_text().contains("scheduled"), "{}", r.body_text());
     assert!(
         posted.elapsed() < Duration::from_secs(5),
         "a scheduled switchover must not wait for its outcome"
     );
-    assert!(etcd_get(&etcd.client_url(), FAILOVER_KEY).is_some());
+    assert!(etcd_get(&cluster.etcd_url(), FAILOVER_KEY).is_some());
     // Each node's /cluster shows it once its view refreshed.
     let scheduled = wait_for(Duration::from_secs(3), || {
-        let s = get_json(&cluster.nodes[old], "/cluster")["scheduled_switchover"].clone();
+        let s = cluster.nodes[old].get_json("/cluster")["scheduled_switchover"].clone();
         (!s.is_null()).then_some(s)
     })
     .unwrap_or_default();
@@ -972,18 +878,19 @@ fn scheduled_switchover_happens_at_its_time() {
     // The request is consumed: the key is gone and /cluster shows no schedule.
     assert!(
         wait_for(Duration::from_secs(10), || etcd_get(
-            &etcd.client_url(),
+            &cluster.etcd_url(),
             FAILOVER_KEY
         )
         .is_none()
         .then_some(()))
         .is_some(),
         "the failover key outlived the switchover: {:?}",
-        etcd_get(&etcd.client_url(), FAILOVER_KEY)
+        etcd_get(&cluster.etcd_url(), FAILOVER_KEY)
     );
     // /cluster answers from a view refreshed every loop_wait.
     assert!(wait_for(Duration::from_secs(10), || {
-        get_json(&cluster.nodes[candidate], "/cluster")
+        cluster.nodes[candidate]
+            .get_json("/cluster")
             .get("scheduled_switchover")
             .is_none()
             .then_some(())
@@ -992,7 +899,7 @@ fn scheduled_switchover_happens_at_its_time() {
 
     // The old primary follows the new one, and sees its writes.
     assert!(
-        wait_replica(&cluster, old, Duration::from_secs(60)),
+        cluster.nodes[old].wait_status("/replica", 200, Duration::from_secs(60)),
         "the old primary did not rejoin as a replica\n{}",
         cluster.logs()
     );
@@ -1014,7 +921,7 @@ fn scheduled_switchover_happens_at_its_time() {
 /// The WAL positions `/patroni` reports: the primary's location, or a
 /// replica's (received, replayed).
 fn positions(node: &common::Node) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let status = get_json(node, "/patroni");
+    let status = node.get_json("/patroni");
     let xlog = &status["xlog"];
     (
         xlog["location"].as_u64(),
@@ -1027,23 +934,12 @@ fn positions(node: &common::Node) -> (Option<u64>, Option<u64>, Option<u64>) {
 /// `failover_priority` tag is promoted when the primary crashes.
 #[test]
 fn failover_priority_decides_between_equally_fresh_replicas() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::configure(3, dcs, Options::default());
+    let mut cluster = Cluster::configure_on_etcd(3, Options::default());
     // node1 bootstraps alone; node2 keeps failover_priority 1, node3 gets 5.
     // On a tie of position and priority the lower name wins, so without the
     // priority node2 would be promoted.
-    edit_config(
-        &cluster,
-        2,
-        "  failover_priority: 1\n",
-        "  failover_priority: 5\n",
-    );
-    cluster.nodes[0].start(&[]);
-    cluster.wait_healthy(0, Duration::from_secs(60));
-    cluster.nodes[1].start(&[]);
-    cluster.nodes[2].start(&[]);
-    assert_eq!(cluster.wait_healthy(2, Duration::from_secs(60)), 0);
+    cluster.edit_config(2, "  failover_priority: 1\n", "  failover_priority: 5\n");
+    cluster.start_node1_first(Duration::from_secs(60));
     cluster.nodes[0]
         .psql("CREATE TABLE prio (v int); INSERT INTO prio VALUES (1)")
         .unwrap();
@@ -1074,9 +970,8 @@ fn failover_priority_decides_between_equally_fresh_replicas() {
         positions(&cluster.nodes[2]),
         cluster.logs()
     );
-    cluster.nodes[0].kill_agent();
-    cluster.nodes[0].kill_postgres();
-    let new = new_primary(&cluster, 0, Duration::from_secs(30));
+    cluster.nodes[0].crash();
+    let new = cluster.new_primary(0, Duration::from_secs(30));
     assert_eq!(
         new,
         2,
@@ -1100,28 +995,22 @@ fn failover_priority_decides_between_equally_fresh_replicas() {
 /// candidate.
 #[test]
 fn a_failover_priority_zero_replica_is_never_promoted() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::configure(2, dcs, Options::default());
-    edit_config(
-        &cluster,
-        1,
-        "  failover_priority: 1\n",
-        "  failover_priority: 0\n",
-    );
-    cluster.nodes[0].start(&[]);
-    cluster.wait_healthy(0, Duration::from_secs(60));
-    cluster.nodes[1].start(&[]);
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+    let mut cluster = Cluster::configure_on_etcd(2, Options::default());
+    cluster.edit_config(1, "  failover_priority: 1\n", "  failover_priority: 0\n");
+    cluster.start_node1_first(Duration::from_secs(60));
     // Nor by request: a switchover to it is refused.
-    let body = format!(
-        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
-        cluster.nodes[0].name, cluster.nodes[1].name
-    );
-    let r = cluster.nodes[0].call("POST", "/switchover", &body, true);
+    let r = cluster.switchover(0, 0, 1);
     assert_eq!(r.status, 412, "{}", r.body_text());
-    cluster.nodes[0].kill_agent();
-    cluster.nodes[0].kill_postgres();
+    crash_node1_and_check_node2_stays_a_replica(&mut cluster);
+    // The old primary comes back and leads again; node2 follows it.
+    cluster.nodes[0].start(&[]);
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+}
+
+/// Crashes node1 (the primary): three ttls later node2, which may not be
+/// promoted, is still a replica and refuses writes.
+fn crash_node1_and_check_node2_stays_a_replica(cluster: &mut Cluster) {
+    cluster.nodes[0].crash();
     // Three ttls later node2 is still a replica and refuses writes.
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(
@@ -1131,9 +1020,6 @@ fn a_failover_priority_zero_replica_is_never_promoted() {
         cluster.logs()
     );
     assert!(cluster.nodes[1].psql("CREATE TABLE nope (v int)").is_err());
-    // The old primary comes back and leads again; node2 follows it.
-    cluster.nodes[0].start(&[]);
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
 }
 
 /// The ttl the etcd lease behind `key` was granted with.
@@ -1145,7 +1031,7 @@ fn lease_ttl_of(etcd_url: &str, key: &str) -> Option<i64> {
 /// HA loops node `i` ran during `window`.
 fn loops_during(cluster: &Cluster, i: usize, window: Duration) -> u64 {
     let loops = || {
-        get_json(&cluster.nodes[i], "/patroni")["loops"]
+        cluster.nodes[i].get_json("/patroni")["loops"]
             .as_u64()
             .unwrap_or(0)
     };
@@ -1159,11 +1045,9 @@ fn loops_during(cluster: &Cluster, i: usize, window: Duration) -> u64 {
 /// (its etcd lease follows the new ttl, its loop the new loop_wait).
 #[test]
 fn a_dynamic_config_change_reaches_every_node() {
-    let _serial = serial();
-    let (etcd, dcs) = etcd();
-    let cluster = Cluster::start(3, dcs, Options::default());
-    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
-    let url = etcd.client_url();
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
+    let url = cluster.etcd_url();
     for node in &cluster.nodes {
         let key = format!("/service/e2e/members/{}", node.name);
         assert_eq!(lease_ttl_of(&url, &key), Some(4), "{key}");
@@ -1174,13 +1058,13 @@ fn a_dynamic_config_change_reaches_every_node() {
     let through = (primary + 1) % 3;
     let change = "{\"ttl\": 12, \"loop_wait\": 3, \"retry_timeout\": 2, \"maximum_lag_on_failover\": 1048576}";
     let r = cluster.nodes[through].call("PATCH", "/config", change, true);
-    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), cluster.logs());
+    cluster.assert_status(&r, 200);
     let answered: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(answered["loop_wait"], 3, "{answered}");
 
     for node in &cluster.nodes {
         // The cluster's configuration, as every node serves it...
-        let config = get_json(node, "/config");
+        let config = node.get_json("/config");
         assert_eq!(config["ttl"], 12, "{}: {config}", node.name);
         assert_eq!(config["loop_wait"], 3, "{}: {config}", node.name);
         assert_eq!(
@@ -1190,7 +1074,7 @@ fn a_dynamic_config_change_reaches_every_node() {
         );
         // ... is the one its engine adopted ...
         let adopted = wait_for(Duration::from_secs(10), || {
-            let in_force = get_json(node, "/patroni")["dynamic_config"].clone();
+            let in_force = node.get_json("/patroni")["dynamic_config"].clone();
             (in_force["ttl"] == 12
                 && in_force["loop_wait"] == 3
                 && in_force["retry_timeout"] == 2
@@ -1201,7 +1085,7 @@ fn a_dynamic_config_change_reaches_every_node() {
             adopted.is_some(),
             "{} did not adopt the change: {}\n{}",
             node.name,
-            get_json(node, "/patroni"),
+            node.get_json("/patroni"),
             cluster.logs()
         );
         // ... and uses: its DCS keys now live 12 s.
@@ -1232,14 +1116,12 @@ fn a_dynamic_config_change_reaches_every_node() {
 /// matriarch manages itself is refused and changes nothing.
 #[test]
 fn a_postgresql_parameter_change_reaches_every_running_server() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let cluster = Cluster::start(3, dcs, Options::default());
-    let primary = cluster.wait_healthy(2, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
     let through = (primary + 1) % 3;
     let change = r#"{"postgresql": {"parameters": {"work_mem": "7MB", "max_connections": 123}}}"#;
     let r = cluster.nodes[through].call("PATCH", "/config", change, true);
-    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), cluster.logs());
+    cluster.assert_status(&r, 200);
     for (i, node) in cluster.nodes.iter().enumerate() {
         assert!(
             cluster.wait_sql(i, "SHOW work_mem", "7MB", Duration::from_secs(15)),
@@ -1248,14 +1130,14 @@ fn a_postgresql_parameter_change_reaches_every_running_server() {
             cluster.logs()
         );
         let pending = wait_for(Duration::from_secs(15), || {
-            let body = get_json(node, "/patroni");
+            let body = node.get_json("/patroni");
             (body["pending_restart"] == true).then_some(body)
         });
         let body = pending.unwrap_or_else(|| {
             panic!(
                 "{}: no pending_restart\n{}",
                 node.name,
-                get_json(node, "/patroni")
+                node.get_json("/patroni")
             )
         });
         assert_eq!(
@@ -1272,14 +1154,14 @@ fn a_postgresql_parameter_change_reaches_every_running_server() {
     assert_eq!(r.status, 400, "{}", r.body_text());
     assert!(r.body_text().contains("port"), "{}", r.body_text());
     assert_eq!(
-        get_json(&cluster.nodes[through], "/config")["postgresql"]["parameters"]["work_mem"],
+        cluster.nodes[through].get_json("/config")["postgresql"]["parameters"]["work_mem"],
         "7MB"
     );
 
     // A restart applies what waited for it, and the flag goes.
     let replica = &cluster.nodes[through];
     let r = replica.call("POST", "/restart", "{}", true);
-    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), cluster.logs());
+    cluster.assert_status(&r, 200);
     assert!(
         cluster.wait_sql(
             through,
@@ -1291,12 +1173,13 @@ fn a_postgresql_parameter_change_reaches_every_running_server() {
         cluster.logs()
     );
     let cleared = wait_for(Duration::from_secs(15), || {
-        get_json(replica, "/patroni")
+        replica
+            .get_json("/patroni")
             .get("pending_restart")
             .is_none()
             .then_some(())
     });
-    assert!(cleared.is_some(), "{}", get_json(replica, "/patroni"));
+    assert!(cleared.is_some(), "{}", replica.get_json("/patroni"));
     assert_eq!(
         cluster.nodes[through].psql("SHOW work_mem").as_deref(),
         Ok("7MB")
@@ -1308,10 +1191,8 @@ fn a_postgresql_parameter_change_reaches_every_running_server() {
 /// without a restart of the agent or of PostgreSQL.
 #[test]
 fn sighup_applies_changed_tags_and_postgresql_parameters() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let cluster = Cluster::start(2, dcs, Options::default());
-    let primary = cluster.wait_healthy(1, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     let replica = 1 - primary;
     let node = &cluster.nodes[replica];
     let postmaster = node.postmaster_pid();
@@ -1337,7 +1218,7 @@ fn sighup_applies_changed_tags_and_postgresql_parameters() {
         cluster.logs()
     );
     let published = wait_for(Duration::from_secs(15), || {
-        let body = get_json(&cluster.nodes[primary], "/cluster");
+        let body = cluster.nodes[primary].get_json("/cluster");
         let member = body["members"]
             .as_array()?
             .iter()
@@ -1348,10 +1229,10 @@ fn sighup_applies_changed_tags_and_postgresql_parameters() {
     assert!(
         published.is_some(),
         "{}\n{}",
-        get_json(&cluster.nodes[primary], "/cluster"),
+        cluster.nodes[primary].get_json("/cluster"),
         cluster.logs()
     );
-    assert_eq!(get_json(node, "/patroni")["tags"]["nofailover"], true);
+    assert_eq!(node.get_json("/patroni")["tags"]["nofailover"], true);
     // Nothing restarted, and the primary's settings are its own.
     assert_eq!(node.postmaster_pid(), postmaster);
     assert_eq!(
@@ -1365,27 +1246,20 @@ fn sighup_applies_changed_tags_and_postgresql_parameters() {
 /// new clone: its diverged rows are gone and it follows the new timeline.
 #[test]
 fn the_former_primary_rejoins_by_pg_rewind() {
-    let _serial = serial();
-    let (_etcd, dcs) = etcd();
-    let mut cluster = Cluster::configure(2, dcs, Options::default());
-    cluster.nodes[0].start(&[]);
-    cluster.wait_healthy(0, Duration::from_secs(60));
-    cluster.nodes[1].start(&[]);
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), 0);
+    let mut cluster = Cluster::configure_on_etcd(2, Options::default());
+    cluster.start_node1_first(Duration::from_secs(60));
     cluster.nodes[0]
         .psql("CREATE TABLE rw (v int); INSERT INTO rw VALUES (1)")
         .unwrap();
     assert!(cluster.wait_sql(1, "SELECT count(*) FROM rw", "1", Duration::from_secs(20)));
 
     // node2 goes down entirely; node1 alone takes writes node2 never gets.
-    cluster.nodes[1].kill_agent();
-    cluster.nodes[1].kill_postgres();
+    cluster.nodes[1].crash();
     cluster.nodes[0]
         .psql("INSERT INTO rw SELECT 100 + g FROM generate_series(1, 10) g")
         .unwrap_or_else(|e| panic!("write on the lone primary: {e}\n{}", cluster.logs()));
     // Then node1 dies too, without a clean shutdown.
-    cluster.nodes[0].kill_agent();
-    cluster.nodes[0].kill_postgres();
+    cluster.nodes[0].crash();
 
     // node2 comes back alone: once node1's lock expires it is promoted, on a
     // new timeline that forks before node1's last writes.
@@ -1411,7 +1285,7 @@ fn the_former_primary_rejoins_by_pg_rewind() {
         .len();
     cluster.nodes[0].start(&[]);
     assert!(
-        wait_replica(&cluster, 0, Duration::from_secs(60)),
+        cluster.nodes[0].wait_status("/replica", 200, Duration::from_secs(60)),
         "node1 did not rejoin\n{}",
         cluster.logs()
     );
@@ -1437,15 +1311,15 @@ fn the_former_primary_rejoins_by_pg_rewind() {
         "node1 was re-cloned, not rewound:\n{since_restart}"
     );
     // It is on node2's timeline now.
-    let timeline = get_json(&cluster.nodes[1], "/patroni")["timeline"].clone();
+    let timeline = cluster.nodes[1].get_json("/patroni")["timeline"].clone();
     assert_eq!(timeline, 2, "node2 after one promotion");
     assert!(
         wait_for(Duration::from_secs(10), || {
-            (get_json(&cluster.nodes[0], "/patroni")["timeline"] == timeline).then_some(())
+            (cluster.nodes[0].get_json("/patroni")["timeline"] == timeline).then_some(())
         })
         .is_some(),
         "{}",
-        get_json(&cluster.nodes[0], "/patroni")
+        cluster.nodes[0].get_json("/patroni")
     );
     cluster.nodes[1].psql("INSERT INTO rw VALUES (3)").unwrap();
     assert!(cluster.wait_sql(0, "SELECT count(*) FROM rw", "3", Duration::from_secs(20)));

@@ -6,28 +6,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{basic_auth, serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::{http_request_timeout, EtcdServer};
-
-fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
-    serde_json::from_slice(&node.call("GET", path, "", false).body)
-        .unwrap_or(serde_json::Value::Null)
-}
+use common::{basic_auth, switchover_body, wait_for, Cluster, Options};
+use matriarch_testkit::http_request_timeout;
 
 #[test]
 fn switchover_to_a_candidate_that_never_races_ends_with_the_same_leader_and_a_reason() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(2, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    let leader = cluster.wait_healthy(1, Duration::from_secs(90));
+    let (cluster, leader) =
+        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(90));
     let candidate = 1 - leader;
-    let timeline = get_json(&cluster.nodes[leader], "/patroni")["timeline"].as_u64();
+    let timeline = cluster.nodes[leader].timeline();
     assert!(timeline.is_some(), "no timeline\n{}", cluster.logs());
 
     // The candidate's agent freezes: its record stays for a ttl, so the
     // leader steps down for it, but it never races.
     let streaming = wait_for(Duration::from_secs(60), || {
-        let view = get_json(&cluster.nodes[leader], "/cluster");
+        let view = cluster.nodes[leader].get_json("/cluster");
         view["members"].as_array()?.iter().find(|m| {
             m["name"] == cluster.nodes[candidate].name.as_str() && m["state"] == "streaming"
         })?;
@@ -39,10 +32,7 @@ fn switchover_to_a_candidate_that_never_races_ends_with_the_same_leader_and_a_re
         cluster.logs()
     );
     cluster.nodes[candidate].signal(libc::SIGSTOP);
-    let body = format!(
-        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
-        cluster.nodes[leader].name, cluster.nodes[candidate].name
-    );
+    let body = switchover_body(&cluster.nodes[leader].name, &cluster.nodes[candidate].name);
     let asked = Instant::now();
     let auth = basic_auth();
     let response = http_request_timeout(
@@ -81,11 +71,9 @@ fn switchover_to_a_candidate_that_never_races_ends_with_the_same_leader_and_a_re
         "the former leader does not run as primary\n{}",
         cluster.logs()
     );
-    let timeline_now = wait_for(Duration::from_secs(10), || {
-        get_json(node, "/patroni")["timeline"].as_u64()
-    });
+    let timeline_now = wait_for(Duration::from_secs(10), || node.timeline());
     assert_eq!(timeline_now, timeline, "a new timeline\n{}", cluster.logs());
-    let view = get_json(node, "/cluster");
+    let view = node.get_json("/cluster");
     assert!(
         view.get("scheduled_switchover")
             .is_none_or(serde_json::Value::is_null),
@@ -98,7 +86,7 @@ fn switchover_to_a_candidate_that_never_races_ends_with_the_same_leader_and_a_re
         cluster.logs()
     );
     assert!(
-        get_json(node, "/patroni")["last_switchover_failure"]
+        node.get_json("/patroni")["last_switchover_failure"]
             .as_str()
             .is_some(),
         "no reason in /patroni"

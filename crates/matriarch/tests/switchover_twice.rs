@@ -7,27 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
-
-fn get_json(node: &common::Node, path: &str) -> serde_json::Value {
-    serde_json::from_slice(&node.call("GET", path, "", false).body)
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn timeline(node: &common::Node) -> Option<u64> {
-    get_json(node, "/patroni")["timeline"].as_u64()
-}
+use common::{etcd_get, Cluster, Options};
 
 /// Asks `via` for a switchover from `leader` to `candidate`; returns how long it
 /// took until `candidate` alone answers as primary.
 fn switchover(cluster: &Cluster, via: usize, leader: usize, candidate: usize) -> Duration {
-    let body = format!(
-        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
-        cluster.nodes[leader].name, cluster.nodes[candidate].name
-    );
     let asked = Instant::now();
-    let response = cluster.nodes[via].call("POST", "/switchover", &body, true);
+    let response = cluster.switchover(via, leader, candidate);
     assert_eq!(
         response.status,
         200,
@@ -37,11 +23,8 @@ fn switchover(cluster: &Cluster, via: usize, leader: usize, candidate: usize) ->
         response.body_text(),
         cluster.logs()
     );
-    let new = wait_for(Duration::from_secs(30), || {
-        (cluster.primary() == Some(candidate)).then_some(())
-    });
     assert!(
-        new.is_some(),
+        cluster.wait_primary_is(candidate, Duration::from_secs(30)),
         "{} is not the only primary\n{}",
         cluster.nodes[candidate].name,
         cluster.logs()
@@ -51,11 +34,10 @@ fn switchover(cluster: &Cluster, via: usize, leader: usize, candidate: usize) ->
 
 #[test]
 fn a_second_switchover_right_after_a_promotion_completes_with_one_new_timeline_each() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let cluster = Cluster::start(3, DcsSpec::Etcd(etcd.client_url()), Options::default());
-    let first = cluster.wait_healthy(2, Duration::from_secs(60));
-    let start_timeline = timeline(&cluster.nodes[first]).expect("the leader's timeline");
+    let (cluster, first) = Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
+    let start_timeline = cluster.nodes[first]
+        .timeline()
+        .expect("the leader's timeline");
     let second = (first + 1) % 3;
     let third = (first + 2) % 3;
 
@@ -79,12 +61,12 @@ fn a_second_switchover_right_after_a_promotion_completes_with_one_new_timeline_e
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(cluster.primary(), Some(third), "{}", cluster.logs());
     assert_eq!(
-        timeline(&cluster.nodes[third]),
+        cluster.nodes[third].timeline(),
         Some(start_timeline + 2),
         "{}",
         cluster.logs()
     );
-    let history = get_json(&cluster.nodes[third], "/history");
+    let history = cluster.nodes[third].get_json("/history");
     assert_eq!(
         history.as_array().map(Vec::len),
         Some(2),
@@ -93,7 +75,7 @@ fn a_second_switchover_right_after_a_promotion_completes_with_one_new_timeline_e
     );
     // The request was carried out and cleared.
     assert_eq!(
-        etcd_get(&etcd.client_url(), "/service/e2e/failover"),
+        etcd_get(&cluster.etcd_url(), "/service/e2e/failover"),
         None,
         "{}",
         cluster.logs()

@@ -5,151 +5,12 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serial, wait_for, Cluster, DcsSpec, Options, API_PASSWORD, API_USER};
-use matriarch_testkit::free_port;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl (it is installed with the system)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A CA `<ca>.pem` and, signed by it, a certificate `<cn>.pem` /
-/// `<cn>-key.pem` with the given extensions.
-fn make_ca(dir: &Path, ca: &str) {
-    let (key, pem, subject) = (
-        format!("{ca}-key.pem"),
-        format!("{ca}.pem"),
-        format!("/CN={ca}"),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            &subject,
-        ],
-    );
-}
-
-fn sign(dir: &Path, ca: &str, cn: &str, ext: &str) {
-    fs::write(dir.join(format!("{cn}.ext")), ext).expect("write extensions");
-    let (key, csr, pem, subject, ext_file, ca_pem, ca_key) = (
-        format!("{cn}-key.pem"),
-        format!("{cn}.csr"),
-        format!("{cn}.pem"),
-        format!("/CN={cn}"),
-        format!("{cn}.ext"),
-        format!("{ca}.pem"),
-        format!("{ca}-key.pem"),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &subject,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext_file,
-        ],
-    );
-}
-
-/// An etcd serving clients over TLS only and requiring a client
-/// certificate; killed on drop.
-struct TlsEtcd {
-    child: std::process::Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl TlsEtcd {
-    fn start(certs: &Path, data: &Path) -> TlsEtcd {
-        let (client_port, peer_port) = (free_port().expect("port"), free_port().expect("port"));
-        let url = format!("https://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = data.join("etcd.log");
-        let file = fs::File::create(&log).expect("log file");
-        let binary = std::env::var_os("MATRIARCH_ETCD").unwrap_or_else(|| "etcd".into());
-        let p = |f: &str| certs.join(f).display().to_string();
-        let child = Command::new(binary)
-            .arg("--name=tls")
-            .arg(format!("--data-dir={}", data.join("etcd").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=tls={peer}"))
-            .arg(format!("--cert-file={}", p("server.pem")))
-            .arg(format!("--key-file={}", p("server-key.pem")))
-            .arg(format!("--trusted-ca-file={}", p("ca.pem")))
-            .arg("--client-cert-auth")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start etcd (cargo xtask deps installs it)");
-        TlsEtcd { child, url, log }
-    }
-}
+use common::{ctl, serial, wait_for, Cluster, DcsSpec, Options, API_PASSWORD, API_USER};
+use matriarch_testkit::{free_port, TestCa, TlsEtcdServer, CLIENT_EXTENSIONS};
 
 /// `curl` against the node's https API; returns the HTTP status (0 when no
 /// HTTP answer came, e.g. a refused handshake) and the body.
@@ -176,20 +37,6 @@ fn curl(certs: &Path, method: &str, url: &str, extra: &[&str]) -> (u16, String) 
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
     (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn ctl(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_matriarch"));
-    command.arg("ctl").args(args).stdin(Stdio::null());
-    for var in [
-        "MATRIARCH_CTL_API",
-        "MATRIARCH_CTL_CONFIG",
-        "MATRIARCH_CTL_USERNAME",
-        "MATRIARCH_CTL_PASSWORD",
-    ] {
-        command.env_remove(var);
-    }
-    command.output().expect("run matriarch ctl")
 }
 
 /// Starts `matriarch run` on a copy of `config` with another API port and
@@ -232,22 +79,15 @@ fn twin_is_refused(config: &Path, api_port: u16, data_dir: &Path) {
 #[test]
 fn etcd_over_tls_and_a_rest_api_that_takes_client_certificates() {
     let _serial = serial();
-    let certs = tempfile::tempdir().expect("temp dir");
-    let dir = certs.path();
-    make_ca(dir, "ca");
-    sign(
-        dir,
-        "ca",
-        "server",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-    );
-    sign(dir, "ca", "admin", "extendedKeyUsage=clientAuth\n");
+    let etcd = TlsEtcdServer::start(&["admin"]).expect("etcd over TLS");
+    let dir = etcd.dir();
     // A certificate from a CA the node does not trust.
-    make_ca(dir, "rogue-ca");
-    sign(dir, "rogue-ca", "intruder", "extendedKeyUsage=clientAuth\n");
+    TestCa::create(dir, "rogue-ca")
+        .and_then(|rogue| rogue.issue("intruder", CLIENT_EXTENSIONS))
+        .expect("the rogue CA's certificate");
 
-    let etcd = TlsEtcd::start(dir, dir);
-    let mut cluster = Cluster::configure(1, DcsSpec::Etcd(etcd.url.clone()), Options::default());
+    let mut cluster =
+        Cluster::configure(1, DcsSpec::Etcd(etcd.url().to_owned()), Options::default());
     let node = &cluster.nodes[0];
     let api_port = node.api_port;
     let p = |f: &str| dir.join(f).display().to_string();
@@ -264,10 +104,10 @@ fn etcd_over_tls_and_a_rest_api_that_takes_client_certificates() {
             1,
         )
         .replacen(
-            &format!("  hosts: {}\n", etcd.url),
+            &format!("  hosts: {}\n", etcd.url()),
             &format!(
                 "  hosts: {}\n  cacert: {}\n  cert: {}\n  key: {}\n",
-                etcd.url,
+                etcd.url(),
                 p("ca.pem"),
                 p("admin.pem"),
                 p("admin-key.pem")
@@ -290,7 +130,7 @@ fn etcd_over_tls_and_a_rest_api_that_takes_client_certificates() {
         primary.is_some(),
         "no primary over https\n{}\netcd:\n{}",
         cluster.logs(),
-        fs::read_to_string(&etcd.log).unwrap_or_default()
+        etcd.log()
     );
     // /primary answers the moment PostgreSQL is promoted; /patroni from a view
     // refreshed every loop_wait.

@@ -7,16 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{etcd_get, serial, Cluster, DcsSpec, Options};
-use matriarch_testkit::EtcdServer;
+use common::{etcd_get, Cluster, Options};
 
 #[test]
 fn parameters_that_break_the_next_restart_are_refused() {
-    let _serial = serial();
-    let etcd = EtcdServer::start().expect("etcd");
-    let url = etcd.client_url();
-    let cluster = Cluster::start(1, DcsSpec::Etcd(url.clone()), Options::default());
-    let primary = cluster.wait_healthy(0, Duration::from_secs(60));
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(60));
+    let url = cluster.etcd_url();
     let node = &cluster.nodes[primary];
     let (before, _) = etcd_get(&url, "/service/e2e/config").expect("the config key");
 
@@ -73,19 +70,7 @@ fn parameters_that_break_the_next_restart_are_refused() {
     }
 
     // `matriarch ctl edit-config` shows the refusal and exits 1.
-    let ctl = std::process::Command::new(env!("CARGO_BIN_EXE_matriarch"))
-        .args(["ctl", "edit-config", "--force", "-p", "wal_level=minimal"])
-        .args(["--api", &node.api()])
-        .args([
-            "--username",
-            common::API_USER,
-            "--password",
-            common::API_PASSWORD,
-        ])
-        .env_remove("MATRIARCH_CTL_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run matriarch ctl");
+    let ctl = node.ctl(&["edit-config", "--force", "-p", "wal_level=minimal"]);
     let stderr = String::from_utf8_lossy(&ctl.stderr);
     eprintln!("matriarch ctl edit-config -p wal_level=minimal: {stderr}");
     assert_eq!(ctl.status.code(), Some(1), "{stderr}");

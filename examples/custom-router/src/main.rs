@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_model::MemberName;
+use matriarch_model::{HostPort, MemberName};
 use matriarch_router::{
     Endpoint, FanOut, RecordingRouter, Retry, Router, RouterCall, RouterError, Routes,
 };
@@ -54,8 +54,13 @@ impl FileRouter {
     }
 }
 
+/// The file's line: `host:port`, an IPv6 host in brackets.
 fn address(endpoint: &Endpoint) -> String {
-    format!("{}:{}\n", endpoint.host, endpoint.port)
+    let address = HostPort {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+    };
+    format!("{address}\n")
 }
 
 #[async_trait]
@@ -219,10 +224,8 @@ mod tests {
 
         async fn served(&self) -> Served {
             let writers = match std::fs::read_to_string(&self.path) {
-                Ok(text) => text
-                    .trim_end()
-                    .rsplit_once(':')
-                    .map(|(host, _port)| host.to_owned())
+                Ok(text) => HostPort::parse(text.trim_end())
+                    .map(|address| address.host)
                     .into_iter()
                     .collect(),
                 Err(_) => BTreeSet::new(),

@@ -56,6 +56,11 @@ fn xml_value(xml: &str, tag: &str) -> String {
     xml[start..start + len].to_owned()
 }
 
+/// The static credentials moto accepts (never the environment's).
+pub(crate) fn test_credentials() -> sdk::config::Credentials {
+    sdk::config::Credentials::new("testing", "testing", None, None, "test")
+}
+
 /// An SDK client for the test's own setup and checks.
 pub(crate) fn client(moto: &MotoServer) -> sdk::Client {
     let config = sdk::Config::builder()
@@ -63,9 +68,7 @@ pub(crate) fn client(moto: &MotoServer) -> sdk::Client {
         .region(sdk::config::Region::new(REGION))
         .endpoint_url(moto.endpoint_url())
         .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .credentials_provider(sdk::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
+        .credentials_provider(test_credentials())
         .build();
     sdk::Client::from_conf(config)
 }
@@ -170,22 +173,40 @@ pub(crate) fn config(moto: &MotoServer, lab: &Lab) -> ElbRouterConfig {
     config
 }
 
-/// The `ip:port` targets registered in a group, sorted.
-pub(crate) async fn targets(elb: &sdk::Client, arn: &str) -> Vec<String> {
+/// The targets registered in a group, as moto describes them.
+pub(crate) async fn registered(elb: &sdk::Client, arn: &str) -> Vec<sdk::types::TargetDescription> {
     let health = elb
         .describe_target_health()
         .target_group_arn(arn)
         .send()
         .await
         .expect("describe target health");
-    let mut out: Vec<String> = health
+    health
         .target_health_descriptions()
         .iter()
-        .filter_map(|d| d.target())
+        .filter_map(|d| d.target().cloned())
+        .collect()
+}
+
+/// The `ip:port` targets registered in a group, sorted.
+pub(crate) async fn targets(elb: &sdk::Client, arn: &str) -> Vec<String> {
+    let mut out: Vec<String> = registered(elb, arn)
+        .await
+        .iter()
         .map(|t| format!("{}:{}", t.id().unwrap_or("?"), t.port().unwrap_or(0)))
         .collect();
     out.sort();
     out
+}
+
+/// Asserts that exactly the `ip:port` targets `expected` (in any order) are
+/// registered in the group `arn`.
+pub(crate) async fn assert_targets(elb: &sdk::Client, arn: &str, expected: &[&str]) {
+    assert_eq!(
+        targets(elb, arn).await,
+        strings(expected),
+        "targets of {arn}"
+    );
 }
 
 pub(crate) fn endpoint(member: &str, host: &str) -> Endpoint {

@@ -3,15 +3,17 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use matriarch_dcs::conformance::Harness;
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub(crate) use matriarch_dcs::test_support::{eventually, member, name, publish, unique_scope};
+use matriarch_dcs::Dcs;
 use matriarch_etcd::{EtcdConfig, EtcdDcs};
-use matriarch_model::{Member, MemberName, MemberState, Role};
 use matriarch_testkit::{EtcdCluster, EtcdServer};
 
 /// The TTL the conformance suite runs with. etcd's minimum lease TTL with the
@@ -26,20 +28,6 @@ pub(crate) const SUITE_TTL: Duration = Duration::from_secs(3);
 pub(crate) const SUITE_SLACK: Duration = Duration::from_millis(1500);
 /// The retry_timeout of the suite's clients.
 pub(crate) const SUITE_RETRY: Duration = Duration::from_secs(2);
-
-/// A scope no other test (of any test process) uses.
-pub(crate) fn unique_scope(tag: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{tag}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 /// Shows the backend's logs in a failing test's output (`RUST_LOG` filters,
 /// `info` by default).
@@ -72,91 +60,64 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-pub(crate) fn name(text: &str) -> MemberName {
-    MemberName::new(text).expect("valid member name")
+/// Two clients of `scope`: `holder`, which has just taken the free lock as
+/// member `holder`, and its rival.
+pub(crate) async fn holder_and_rival(
+    urls: &[String],
+    scope: &str,
+    retry_timeout: Duration,
+    ttl: Duration,
+) -> (EtcdDcs, EtcdDcs) {
+    let holder = dcs(urls, scope, retry_timeout);
+    let rival = dcs(urls, scope, retry_timeout);
+    assert!(holder
+        .acquire_leader(&name("holder"), ttl)
+        .await
+        .expect("acquire"));
+    (holder, rival)
 }
 
-pub(crate) fn member(text: &str) -> Member {
-    let mut member = Member::new(
-        name(text),
-        format!("postgres://127.0.0.1:5432/postgres?member={text}"),
-        "http://127.0.0.1:8008/patroni",
-    );
-    member.role = Role::Replica;
-    member.state = MemberState::Running;
-    member
+/// Where a conformance harness's etcd runs.
+enum Servers {
+    /// A single member of its own.
+    Single(Box<EtcdServer>),
+    /// A three-member cluster shared by the tests that run at the same time
+    /// (each in its own scope); the last harness dropped kills the cluster, so
+    /// nothing outlives the test process.
+    Cluster(Arc<EtcdCluster>),
 }
 
-/// Polls `attempt` until it returns `Some`, failing the test after `bound`.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
+impl Servers {
+    fn client_urls(&self) -> Vec<String> {
+        match self {
+            Servers::Single(server) => vec![server.client_url()],
+            Servers::Cluster(cluster) => cluster.client_urls(),
         }
-        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// The conformance harness on a single etcd member of its own.
-pub(crate) struct SingleMemberHarness {
-    pub server: EtcdServer,
+/// The conformance harness on real etcd, in a scope of its own.
+pub(crate) struct EtcdHarness {
+    servers: Servers,
     scope: String,
     raw: etcd_client::Client,
 }
 
-pub(crate) async fn single_member_harness() -> SingleMemberHarness {
+impl EtcdHarness {
+    async fn new(servers: Servers, tag: &str) -> Self {
+        let raw = raw_client(&servers.client_urls()).await;
+        EtcdHarness {
+            servers,
+            scope: unique_scope(tag),
+            raw,
+        }
+    }
+}
+
+/// The harness on a single etcd member of its own.
+pub(crate) async fn single_member_harness() -> EtcdHarness {
     let server = blocking(EtcdServer::start).expect("start etcd");
-    let raw = raw_client(&[server.client_url()]).await;
-    SingleMemberHarness {
-        server,
-        scope: unique_scope("single"),
-        raw,
-    }
-}
-
-#[async_trait]
-impl Harness for SingleMemberHarness {
-    type Client = EtcdDcs;
-
-    async fn client(&self) -> EtcdDcs {
-        dcs(&[self.server.client_url()], &self.scope, SUITE_RETRY)
-    }
-
-    async fn put_raw(&self, relative_key: &str, value: &[u8]) {
-        let key = format!("/service/{}/{relative_key}", self.scope);
-        self.raw
-            .clone()
-            .put(key, value, None)
-            .await
-            .expect("raw put");
-    }
-
-    async fn pass_time(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
-    }
-
-    fn ttl(&self) -> Duration {
-        SUITE_TTL
-    }
-
-    fn expiry_slack(&self) -> Duration {
-        SUITE_SLACK
-    }
-}
-
-/// The conformance harness on a three-member cluster shared by the tests that
-/// run at the same time (each in its own scope); the last harness dropped
-/// kills the cluster, so nothing outlives the test process.
-pub(crate) struct ClusterHarness {
-    pub cluster: Arc<EtcdCluster>,
-    scope: String,
-    raw: etcd_client::Client,
+    EtcdHarness::new(Servers::Single(Box::new(server)), "single").await
 }
 
 fn shared_cluster() -> Arc<EtcdCluster> {
@@ -171,24 +132,19 @@ fn shared_cluster() -> Arc<EtcdCluster> {
     cluster
 }
 
-pub(crate) async fn cluster_harness() -> ClusterHarness {
-    let cluster = shared_cluster();
-    let raw = raw_client(&cluster.client_urls()).await;
-    ClusterHarness {
-        cluster,
-        scope: unique_scope("cluster"),
-        raw,
-    }
+/// The harness on the shared three-member cluster.
+pub(crate) async fn cluster_harness() -> EtcdHarness {
+    EtcdHarness::new(Servers::Cluster(shared_cluster()), "cluster").await
 }
 
 #[async_trait]
-impl Harness for ClusterHarness {
+impl Harness for EtcdHarness {
     type Client = EtcdDcs;
 
     async fn client(&self) -> EtcdDcs {
         // Spread the clients over the members, as members of a real cluster are.
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let mut urls = self.cluster.client_urls();
+        let mut urls = self.servers.client_urls();
         let shift = (NEXT.fetch_add(1, Ordering::SeqCst) as usize) % urls.len();
         urls.rotate_left(shift);
         dcs(&urls, &self.scope, SUITE_RETRY)

@@ -3,6 +3,7 @@
 use matriarch_model::{ClusterView, MemberName, MemberState, Role};
 
 use super::observed::LocalRole;
+use super::slots::push_replica_slots;
 use super::{member, Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
 
 /// After this many loops following an upstream without streaming from it, a
@@ -26,6 +27,19 @@ pub(super) fn follower(
             )
         }
         LocalRole::Replica { upstream } => {
+            if let Some(cause) = inputs
+                .memory
+                .start_failure
+                .as_ref()
+                .filter(|_| !inputs.local.receiving)
+            {
+                // A full disk: stopping, rewinding and starting again would
+                // cycle without ever receiving WAL. Say why and wait.
+                return plan.wait(
+                    EngineRole::Replica,
+                    format!("{cause}: not receiving WAL from {holder}; not stopping to rewind"),
+                );
+            }
             if inputs.memory.ran_as_primary {
                 // Our timeline may have diverged: stop, rewind, then follow.
                 plan.push(Action::Demote(DemoteMode::Graceful));
@@ -98,6 +112,7 @@ pub(super) fn follower(
                     format!("following {holder} without receiving WAL"),
                 );
             }
+            push_replica_slots(inputs, view, holder, &mut plan);
             plan.done(EngineRole::Replica, format!("following {holder}"))
         }
         LocalRole::Stopped { .. } => {

@@ -9,6 +9,8 @@ use super::failsafe::desired_failsafe;
 use super::observed::LocalRole;
 use super::promotion::{push_promotion, push_route};
 use super::race::race_verdict;
+use super::slots::push_leader_slots;
+use super::start_timeout::primary_not_starting;
 use super::switchover::{planned_switchover, unknown_candidate, UnknownCandidate};
 use super::sync::maintain_sync;
 use super::{Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
@@ -49,15 +51,6 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
             return plan.done(EngineRole::Candidate, "holding the lock: promoting");
         }
         LocalRole::Stopped { .. } | LocalRole::Unknown => {
-            if inputs.memory.primary_start_failures >= 2 {
-                plan.actions.retain(|a| *a != Action::RenewLock);
-                plan.push(Action::ReleaseLock);
-                plan.push(Action::Withdraw);
-                return plan.done(
-                    EngineRole::Demoting,
-                    "PostgreSQL does not start as primary: handing the lock over",
-                );
-            }
             if inputs.local.role == LocalRole::Unknown {
                 let answered_at = inputs
                     .memory
@@ -90,6 +83,9 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
                     EngineRole::Replica,
                     "holding the lock with a stopped replica: releasing it for a proper race",
                 );
+            }
+            if let Some(decision) = primary_not_starting(inputs, view, &mut plan) {
+                return decision;
             }
             plan.push(Action::StartPrimary);
             return plan.done(
@@ -132,6 +128,7 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
             plan.push(Action::ClearFailoverRequest(request.version));
         }
     }
+    push_leader_slots(inputs, view, &mut plan);
     match unknown_candidate(inputs, view, &mut plan) {
         Some(UnknownCandidate::Waiting(why)) => {
             let mut decision = plan.done(EngineRole::Leader, "holding the lock as primary");

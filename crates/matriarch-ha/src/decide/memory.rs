@@ -24,6 +24,21 @@ pub struct Memory {
     pub timeline_checked_against: Option<MemberName>,
     /// Failed attempts to start PostgreSQL as primary while holding the lock.
     pub primary_start_failures: u32,
+    /// When (monotonic) the first of the current run of failed starts as
+    /// primary was sent: once `primary_start_timeout` has passed since, the
+    /// leader hands the lock to a healthy replica. Cleared when PostgreSQL
+    /// runs again or the lock is released.
+    pub primary_start_failed_since: Option<std::time::Duration>,
+    /// Why PostgreSQL last failed to start, when the engine could tell (a
+    /// full disk): shown in the decision's reason and `pending` until it
+    /// runs again.
+    pub start_failure: Option<String>,
+    /// When (monotonic) this node released the lock because its PostgreSQL
+    /// would not start as primary: for a while it neither races for the
+    /// lock nor starts to join a race, so a healthy replica takes over
+    /// instead of this node taking the lock straight back. Cleared once
+    /// another member holds the lock.
+    pub handed_over_at: Option<std::time::Duration>,
     /// The routes last applied successfully.
     pub routed: Option<Routes>,
     /// Consecutive loops this node ran as a replica with an upstream but
@@ -61,6 +76,14 @@ pub struct Memory {
     /// node first read it: a request naming a member that never appears is
     /// cleared a ttl after.
     pub failover_seen_at: Option<(Version, Duration)>,
+    /// Leader only: when (monotonic) the member of each member slot was
+    /// last seen; `None` until this node reconciles slots as leader.
+    pub slot_members_seen: Option<std::collections::BTreeMap<String, Duration>>,
+    /// The invalid slot settings last logged, so each is logged once.
+    pub slot_config_errors: Vec<String>,
+    /// Leader only: the slots' positions the last reconcile reported, for
+    /// the `status` key (the engine sets it from the reconcile's result).
+    pub slot_positions: Option<std::collections::BTreeMap<String, Lsn>>,
 }
 
 /// What happened to an action, as the loop reports it to [`Memory::record`].
@@ -91,6 +114,19 @@ impl Memory {
             // The data directory no longer is the one the switchover stopped.
             self.stepped_down_at = None;
         }
+        match action {
+            Action::ReconcileSlots(slots) => {
+                if slots.members_seen.is_some() {
+                    self.slot_members_seen = slots.members_seen.clone();
+                }
+                self.slot_config_errors = slots.config_errors.clone();
+            }
+            Action::ReleaseLock | Action::Demote(_) => {
+                self.slot_members_seen = None;
+                self.slot_positions = None;
+            }
+            _ => {}
+        }
         match (action, outcome) {
             (Action::AcquireLock | Action::RenewLock | Action::Bootstrap, Outcome::Done) => {
                 self.lock_renewed_at = Some(sent_at);
@@ -104,6 +140,9 @@ impl Memory {
             }
             (Action::RenewLock | Action::AcquireLock, Outcome::Failed) => {}
             (Action::ReleaseLock, Outcome::Done) => {
+                if self.primary_start_failed_since.take().is_some() {
+                    self.handed_over_at = Some(sent_at);
+                }
                 self.lock_renewed_at = None;
                 self.failsafe_acked_at = None;
                 self.routed = None;
@@ -117,8 +156,14 @@ impl Memory {
             (Action::StartPrimary, Outcome::Done) => {
                 self.ran_as_primary = true;
                 self.primary_start_failures = 0;
+                self.primary_start_failed_since = None;
+                self.start_failure = None;
             }
-            (Action::StartPrimary, Outcome::Failed) => self.primary_start_failures += 1,
+            (Action::StartPrimary, Outcome::Failed) => {
+                self.primary_start_failures += 1;
+                self.primary_start_failed_since.get_or_insert(sent_at);
+            }
+            (Action::StartReplica { .. }, Outcome::Done) => self.start_failure = None,
             (Action::Demote(mode), Outcome::Done) => {
                 self.routed = None;
                 self.failsafe_acked_at = None;
@@ -181,6 +226,7 @@ impl Memory {
             Some(holder) => {
                 // Somebody took over: a switchover this node stepped down for is done.
                 self.stepped_down_at = None;
+                self.handed_over_at = None;
                 let record = member(view, holder);
                 let from_record = record.and_then(Member::wal_position);
                 let mut optime = status.into_iter().chain(from_record).max();
@@ -237,6 +283,13 @@ impl Memory {
             _ => 0,
         };
         if matches!(local.role, LocalRole::Primary | LocalRole::Replica { .. }) {
+            // It starts after all: the failed starts are over (a replica
+            // that receives nothing keeps the cause until the engine
+            // finds its disk no longer full).
+            self.primary_start_failed_since = None;
+            if !matches!(local.role, LocalRole::Replica { .. }) || local.receiving {
+                self.start_failure = None;
+            }
             // Running again (started by hand, or by an earlier agent): no
             // longer the data directory the switchover stopped.
             self.stepped_down_at = None;

@@ -11,6 +11,8 @@ mod memory;
 mod observed;
 mod promotion;
 mod race;
+mod slots;
+mod start_timeout;
 mod switchover;
 mod sync;
 
@@ -31,6 +33,7 @@ pub use observed::{
     ReceivedHeartbeat,
 };
 pub use race::implausible_records;
+pub use slots::SlotPlan;
 
 use failsafe::dcs_unreachable;
 use follow::follower;
@@ -141,6 +144,11 @@ pub enum Action {
     /// A switchover this node stepped down for did not complete: report why
     /// (the REST API answers the request with it) before leading again.
     SwitchoverAbandoned(String),
+    /// Make the local server's replication slots match the plan (the
+    /// leader: its members' and the permanent slots; a replica: copies of
+    /// them). Never fails the plan: an error is logged and retried on the
+    /// next loop.
+    ReconcileSlots(Box<SlotPlan>),
 }
 
 /// The role the engine plays after this loop, for reporting.
@@ -255,6 +263,8 @@ impl Inputs<'_> {
         member.version = Some(env!("CARGO_PKG_VERSION").to_owned());
         member.timeline = self.local.timeline;
         member.xlog_location = self.local.wal_position;
+        // As Patroni's touch_member: `patronictl pause --wait` waits for it.
+        member.pause = self.config.pause;
         let (role, state) = match &self.local.role {
             LocalRole::NoData => (Role::Uninitialized, MemberState::Stopped),
             LocalRole::Stopped { crashed: true } => (Role::Replica, MemberState::Crashed),
@@ -267,7 +277,16 @@ impl Inputs<'_> {
         member.state = state;
         if matches!(self.local.role, LocalRole::Replica { .. }) {
             member.received_lsn = self.local.wal_position;
-            member.replication_state = Some("streaming".to_owned());
+            // Patroni's values: only a WAL receiver that streams is
+            // "streaming" (a replica on a full disk is not, whatever it runs).
+            member.replication_state = Some(
+                if self.local.receiving {
+                    "streaming"
+                } else {
+                    "in archive recovery"
+                }
+                .to_owned(),
+            );
         } else if self.local.role == LocalRole::Primary {
             member.flushed_lsn = self.local.wal_position;
         }
@@ -327,6 +346,21 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         return paused(inputs, view, plan);
     }
 
+    let mut decision = decide_with_view(inputs, view, plan);
+    if decision.pending.is_none()
+        && matches!(
+            inputs.local.role,
+            LocalRole::Stopped { .. } | LocalRole::NoData
+        )
+    {
+        // PostgreSQL does not run and the last start said why (a full
+        // disk): whatever this loop does, that is what holds it back.
+        decision.pending = inputs.memory.start_failure.clone();
+    }
+    decision
+}
+
+fn decide_with_view(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
     match &view.leader {
         Some(Err(_)) => {
             // An unreadable lock is neither ours nor free.

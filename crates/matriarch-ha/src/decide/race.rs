@@ -10,6 +10,7 @@ use super::failsafe::failsafe_verdict;
 use super::memory::Memory;
 use super::observed::{LocalRole, PeerReport};
 use super::promotion::push_promotion;
+use super::start_timeout::handed_over_bar;
 use super::switchover::after_switchover;
 use super::sync::sync_verdict;
 use super::{
@@ -77,6 +78,9 @@ pub(super) fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan)
             )
         }
         LocalRole::Stopped { .. } => {
+            if let Some(why) = handed_over_bar(inputs) {
+                return plan.wait(EngineRole::Replica, why);
+            }
             if let Some(decision) = after_switchover(inputs, view, &mut plan) {
                 return decision;
             }
@@ -133,6 +137,22 @@ pub(super) fn former_leader_verdict(inputs: &Inputs<'_>) -> Result<(), String> {
     }
 }
 
+/// The newest position the former leader is known to have held: the one
+/// remembered while it led (unless that was this node) or the `status` key's
+/// optime.
+fn former_leader_last_known(me: &MemberName, view: &ClusterView, memory: &Memory) -> Option<Lsn> {
+    let remembered = memory
+        .last_leader
+        .as_ref()
+        .filter(|last| &last.name != me)
+        .and_then(|last| last.optime);
+    let status = match &view.status {
+        Some(Ok(status)) => Some(status.value.optime),
+        _ => None,
+    };
+    remembered.into_iter().chain(status).max()
+}
+
 /// The member records a race ignores, with why: records of members that
 /// did not answer the REST probe and claim what no member of this cluster can
 /// hold (a position far beyond the former leader's last known one, or a
@@ -144,21 +164,9 @@ pub fn implausible_records(
     peers: &BTreeMap<MemberName, PeerReport>,
     memory: &Memory,
 ) -> BTreeMap<MemberName, String> {
-    let former_leader = memory
-        .last_leader
-        .as_ref()
-        .filter(|last| &last.name != me)
-        .and_then(|last| last.optime);
-    let status = match &view.status {
-        Some(Ok(status)) => Some(status.value.optime),
-        _ => None,
-    };
     // Records lag the leader by up to a loop of WAL: only a claim far beyond
     // what it was last known to hold is impossible.
-    let ceiling = former_leader
-        .into_iter()
-        .chain(status)
-        .max()
+    let ceiling = former_leader_last_known(me, view, memory)
         .map(|known| Lsn(known.0.saturating_add(IMPLAUSIBLE_LEAD_BYTES)));
     let next_timeline = history_next_timeline(view);
     view.healthy_records()
@@ -193,6 +201,9 @@ pub(super) const IMPLAUSIBLE_LEAD_BYTES: u64 = 1 << 30;
 pub(super) fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<(), String> {
     let me = &inputs.node.name;
     let local = inputs.local;
+    if let Some(why) = handed_over_bar(inputs) {
+        return Err(why);
+    }
     failsafe_verdict(inputs, view)?;
     former_leader_verdict(inputs)?;
     let forced_candidate = match &view.failover {
@@ -242,17 +253,7 @@ pub(super) fn race_verdict(inputs: &Inputs<'_>, view: &ClusterView) -> Result<()
     // as in Patroni: that bounds the loss of an asynchronous failover, at
     // the price of no automatic failover when every survivor is that far
     // behind; an operator's failover request naming this node overrides it.
-    let former_leader = inputs
-        .memory
-        .last_leader
-        .as_ref()
-        .filter(|last| &last.name != me)
-        .and_then(|last| last.optime);
-    let status = match &view.status {
-        Some(Ok(status)) => Some(status.value.optime),
-        _ => None,
-    };
-    let last_known = former_leader.into_iter().chain(status).max();
+    let last_known = former_leader_last_known(me, view, inputs.memory);
     if let Some(optime) = last_known.filter(|_| forced_candidate.as_ref() != Some(me)) {
         let lag = optime.bytes_ahead_of(own_position);
         if lag > inputs.config.maximum_lag_on_failover {

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use matriarch_dcs::{Clock, Dcs, DcsError, Expected};
-use matriarch_model::{
-    ClusterConfig, DcsKey, LeaderStatus, MemberName, Record, SyncState, SynchronousMode,
-};
+use matriarch_model::{ClusterConfig, DcsKey, MemberName, Record, SyncState, SynchronousMode};
 use matriarch_postgres::{
-    BootstrapSpec, Postgres, RewindOutcome, StartAs, StopMode, SyncStandbyNames,
+    BootstrapSpec, PgRole, Postgres, RewindOutcome, ServerState, StartAs, StopMode,
+    SyncStandbyNames,
 };
 use matriarch_router::Router;
 use tokio::task::JoinHandle;
@@ -85,7 +84,12 @@ where
         }
         if let Some(task) = self.long_task.take() {
             match task.await {
-                Ok((action, outcome, sent_at)) => {
+                Ok((action, outcome, sent_at, failure)) => {
+                    if let Some(failure) = failure {
+                        if !self.note_start_failure(&action, &failure) {
+                            warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), ?action, %failure, "long action failed");
+                        }
+                    }
                     info!(member = %self.name(), ?action, ?outcome, "long action finished");
                     if action == Action::Bootstrap && outcome == Outcome::Done {
                         // The bootstrap took the lock.
@@ -101,6 +105,7 @@ where
     }
 
     pub(super) async fn act(&mut self, decision: &Decision, local: &LocalPostgres) {
+        self.sync_fence_with_pause().await;
         let decided_at = self.clock.now();
         self.failing_over_from = None;
         // Published before acting: a demotion is announced before it starts.
@@ -182,6 +187,8 @@ where
         };
         info!(member = %me, ?action, "starting long action");
         self.long_task = Some(tokio::spawn(async move {
+            // Why a rewind failed, for the loop to report (a full disk once).
+            let mut failure = None;
             let (outcome, at) = match &action {
                 Action::Bootstrap => {
                     bootstrap(&*dcs, &*postgres, &me, &config, &spec, timeout, &*clock).await
@@ -208,7 +215,7 @@ where
                             (Outcome::RewindImpossible, sent_at)
                         }
                         Err(error) => {
-                            warn!(member = %me, %error, "rewind failed");
+                            failure = Some(ActionError::from(error));
                             (Outcome::Failed, sent_at)
                         }
                     },
@@ -216,7 +223,7 @@ where
                 },
                 _ => (Outcome::Failed, sent_at),
             };
-            (action, outcome, at)
+            (action, outcome, at, failure)
         }));
     }
 
@@ -260,10 +267,7 @@ where
                             .wal_position
                             .filter(|_| local.role == LocalRole::Primary)
                         {
-                            let value = LeaderStatus {
-                                optime,
-                                ..LeaderStatus::default()
-                            };
+                            let value = self.leader_status(optime);
                             // Written only when it changed (as Patroni does):
                             // an idle primary's loop makes no DCS write.
                             let stored = self
@@ -314,6 +318,15 @@ where
                         status.role = EngineRole::Leader;
                         status.writable = true;
                         status.timeline = Some(new_timeline);
+                        // Only the lock holder promotes.
+                        status.leader = Some(me.clone());
+                        if let Some(observed) = status.postgres.as_mut() {
+                            let observed = Arc::make_mut(observed);
+                            observed.server = ServerState::Running(PgRole::Primary);
+                            observed.timeline = Some(new_timeline);
+                            observed.upstream = None;
+                            observed.receiving = false;
+                        }
                     });
                     let reason = self.failover_report(local.wal_position);
                     self.record_history(*timeline, local.wal_position, reason)
@@ -450,6 +463,10 @@ where
                 self.withdraw_former_leader(former).await;
                 Ok(())
             }
+            Action::ReconcileSlots(slots) => {
+                self.reconcile_slots(slots).await;
+                Ok(())
+            }
             Action::Bootstrap | Action::CloneFrom(_) | Action::Rewind(_) => {
                 Err(ActionError::RunsInBackground)
             }
@@ -457,7 +474,9 @@ where
         match result {
             Ok(()) => Outcome::Done,
             Err(error) => {
-                warn!(cluster = %self.dcs.layout().scope(), member = %me, ?action, %error, "action failed");
+                if !self.note_start_failure(action, &error) {
+                    warn!(cluster = %self.dcs.layout().scope(), member = %me, ?action, %error, "action failed");
+                }
                 Outcome::Failed
             }
         }

@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use matriarch_dcs::Clock;
-use matriarch_model::{ClusterConfig, FailsafeHeartbeat, Lsn, Member, MemberName, Timeline};
-use matriarch_postgres::BootstrapSpec;
+use matriarch_model::{
+    ClusterConfig, ClusterView, FailsafeHeartbeat, Lsn, Member, MemberName, Timeline,
+};
+use matriarch_postgres::{BootstrapSpec, LocalState};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::errors::{FenceError, RestartError, RestartRefusal};
@@ -25,6 +28,13 @@ pub trait Fence: Send + Sync {
     async fn arm(&self, valid_for: Duration) -> Result<(), FenceError>;
     /// This node no longer leads: nothing to guard.
     async fn disarm(&self) -> Result<(), FenceError>;
+    /// The cluster is paused: the operator owns PostgreSQL. Nothing is
+    /// guarded, and PostgreSQL must outlive this agent (its stop or death
+    /// leaves it running), until the next [`Fence::arm`] or
+    /// [`Fence::disarm`]. By default, a disarm.
+    async fn suspend(&self) -> Result<(), FenceError> {
+        self.disarm().await
+    }
 }
 
 /// Asks peers directly for their WAL positions, fresher than their records.
@@ -237,6 +247,16 @@ pub struct EngineStatus {
     pub writable: bool,
     /// Why this node holds back, from the last decision ([`Decision::pending`]).
     pub pending: Option<String>,
+    /// The local PostgreSQL as the loop last observed it (after any action
+    /// of the loop that changed it; a promotion updates it at once), so that
+    /// readers need not ask PostgreSQL again; `None` until observed, or when
+    /// the last observation failed.
+    pub postgres: Option<Arc<LocalState>>,
+    /// The DCS view the last decision was made on (while the DCS does not
+    /// answer, the last one read); `None` until one was read.
+    pub view: Option<Arc<ClusterView>>,
+    /// When `view` was read (wall clock).
+    pub view_read_at: Option<DateTime<Utc>>,
 }
 
 /// A cheap read handle on [`EngineStatus`].

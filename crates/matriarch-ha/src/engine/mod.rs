@@ -9,6 +9,8 @@ mod lock;
 mod observe;
 mod renewal;
 mod restart;
+mod slots;
+mod start_failure;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -46,7 +48,9 @@ const MIN_RENEWAL_INTERVAL: Duration = Duration::from_millis(100);
 /// The shortest pause between two loops woken by changes.
 const MIN_LOOP_GAP: Duration = Duration::from_millis(20);
 
-type LongTask = JoinHandle<(Action, Outcome, Duration)>;
+/// A bootstrap, clone or rewind running beside the loop: what it did, how
+/// it ended, when it was sent, and why it failed when the loop reports it.
+type LongTask = JoinHandle<(Action, Outcome, Duration, Option<errors::ActionError>)>;
 
 /// The HA engine of one node.
 pub struct Engine<D, P, R> {
@@ -128,14 +132,8 @@ fn host_port(conn_url: &str) -> Option<(String, u16)> {
     let rest = conn_url.split_once("://")?.1;
     let authority = rest.split(['/', '?']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-            (host, port.parse().ok()?)
-        }
-        _ => (authority, 5432),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| (host.to_owned(), port))
+    let address = matriarch_model::HostPort::parse_with_default_port(authority, 5432).ok()?;
+    Some((address.host, address.port))
 }
 
 impl<D, P, R> Engine<D, P, R>
@@ -169,6 +167,9 @@ where
             last_switchover_failure: None,
             pending: None,
             writable: false,
+            postgres: None,
+            view: None,
+            view_read_at: None,
         });
         let (node_settings_tx, node_settings) = watch::channel(settings.node.clone());
         let (restart_requests, restarts) = mpsc::channel(1);
@@ -316,7 +317,8 @@ where
 
     /// Runs the loop until `shutdown` resolves, then steps down cleanly: a
     /// leader stops PostgreSQL and releases the lock at once, so a replica
-    /// takes over without waiting for the ttl.
+    /// takes over without waiting for the ttl. While the cluster is paused
+    /// it leaves PostgreSQL and the lock alone (see [`Engine::step_down`]).
     ///
     /// Beside the loop, a renewer keeps a held lock renewed (and the fence
     /// armed) while the loop observes or acts slowly; it ends with the loop.

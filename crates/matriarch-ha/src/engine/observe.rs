@@ -2,6 +2,7 @@
 //! it does not answer), the local PostgreSQL, the peers; what is reported once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use matriarch_dcs::{Dcs, DcsError};
@@ -81,6 +82,23 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
     }
 }
 
+/// Whether `decision`'s plan changes the local PostgreSQL, so that the state
+/// observed before it is stale.
+fn changes_postgres(decision: &Decision) -> bool {
+    decision.actions.iter().any(|action| {
+        matches!(
+            action,
+            Action::Promote
+                | Action::StartPrimary
+                | Action::StartReplica { .. }
+                | Action::Follow(_)
+                | Action::Demote(_)
+                | Action::Rewind(_)
+                | Action::SetSyncStandbys { .. }
+        )
+    })
+}
+
 /// The longest excerpt of a DCS value (or an error quoting it) that goes
 /// into a log line.
 pub(super) const EXCERPT_BYTES: usize = 200;
@@ -115,6 +133,7 @@ where
 {
     /// One loop: observe, decide, act. Returns the decision it acted on.
     pub async fn run_once(&mut self) -> Decision {
+        self.unpublish_writable_past_deadline();
         self.collect_long_task().await;
         self.apply_node_settings();
         let retry = self.config.retry_timeout;
@@ -135,6 +154,7 @@ where
             state
         };
         let ((view, round), state) = tokio::join!(self.read_view_or_failsafe(), observe);
+        let mut view_read = None;
         let dcs = match view {
             Ok(view) => {
                 self.adopt_config(&view);
@@ -158,6 +178,7 @@ where
                 // The config key's error is reported by adopt_config, once.
                 self.report_unreadable_keys(&view);
                 self.last_view = Some(view.clone());
+                view_read = Some(Arc::new(view.clone()));
                 DcsObservation::View(Box::new(view))
             }
             Err(error) => {
@@ -165,6 +186,7 @@ where
                 DcsObservation::Unreachable
             }
         };
+        let mut observed = state.as_ref().ok().cloned().map(Arc::new);
         let local = match state {
             Ok(state) => local_postgres(&state),
             Err(error) => {
@@ -176,6 +198,9 @@ where
             }
         };
         self.memory.observed(&local);
+        if matches!(local.role, LocalRole::Replica { .. }) && !local.receiving {
+            self.check_disk_full().await;
+        }
         let observed_at = self.clock.now();
         if local.role != LocalRole::Unknown {
             self.memory.postgres_answered_at = Some(observed_at);
@@ -233,7 +258,19 @@ where
             .set_acceptance(self.config.failsafe_mode, following);
         self.last_role = decision.role;
         self.act(&decision, &local).await;
-        self.serve_restart(&decision, &local).await;
+        let restarted = self.serve_restart(&decision, &local).await;
+        let (mut timeline, mut wal_position) = (local.timeline, local.wal_position);
+        if restarted || changes_postgres(&decision) {
+            // What PostgreSQL is now, not what it was before the plan: the
+            // REST API answers from this status and reads nothing itself.
+            observed = pg_bounded(retry, self.postgres.observe())
+                .await
+                .ok()
+                .map(Arc::new);
+            if let Some(now) = observed.as_deref().map(local_postgres) {
+                (timeline, wal_position) = (now.timeline, now.wal_position);
+            }
+        }
         if decision.role == EngineRole::Leader
             && local.role == LocalRole::Primary
             && self.history_incomplete(local.timeline)
@@ -244,18 +281,28 @@ where
         }
         self.loops += 1;
         let leader = match &dcs {
+            // It took or kept the lock in this plan (the view predates it).
+            _ if decision.role == EngineRole::Leader => Some(self.name().clone()),
             DcsObservation::View(view) => view.leader_name().cloned(),
             DcsObservation::Unreachable => None,
         };
         // As act() left it: a promotion in this loop set it. (Read before
         // sending: a borrow held across the send would deadlock.)
-        let writable = decision.role == EngineRole::Leader && self.status.borrow().writable;
+        let (writable, view, view_read_at) = {
+            let published = self.status.borrow();
+            let writable = decision.role == EngineRole::Leader && published.writable;
+            match view_read {
+                Some(view) => (writable, Some(view), Some(wall_clock)),
+                // The DCS did not answer: the last view read stays.
+                None => (writable, published.view.clone(), published.view_read_at),
+            }
+        };
         self.status.send_replace(EngineStatus {
             role: decision.role,
             reason: decision.reason.clone(),
             leader,
-            timeline: local.timeline,
-            wal_position: local.wal_position,
+            timeline,
+            wal_position,
             dcs_reachable: matches!(dcs, DcsObservation::View(_)),
             paused: self.config.pause,
             loops: self.loops,
@@ -269,6 +316,9 @@ where
             writable,
             pending: decision.pending.clone(),
             lock_ttl: self.lock_ttl(),
+            postgres: observed,
+            view,
+            view_read_at,
         });
         decision
     }

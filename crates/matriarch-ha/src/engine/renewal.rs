@@ -40,6 +40,10 @@ struct LeaseState {
     silence_limit: Duration,
     /// The silence was already reported.
     silence_reported: bool,
+    /// The cluster is paused: a renewal does not arm the fence.
+    paused: bool,
+    /// The fence was last told to suspend (the cluster is paused).
+    fence_suspended: bool,
 }
 
 impl LeaseState {
@@ -89,6 +93,7 @@ impl Lease {
         state.lock_ttl = lock_ttl;
         state.retry_timeout = config.retry_timeout;
         state.silence_limit = postgres_silence_limit(config);
+        state.paused = config.pause;
         if running_primary {
             state.primary_seen_at = Some(now);
             state.silence_reported = false;
@@ -112,6 +117,16 @@ impl Lease {
             };
         }
         self.changed.notify_one();
+    }
+
+    /// Whether the fence was last told to suspend.
+    pub(super) fn fence_suspended(&self) -> bool {
+        self.lock().fence_suspended
+    }
+
+    /// Notes what the fence was last told: suspend (`true`) or disarm.
+    pub(super) fn set_fence_suspended(&self, suspended: bool) {
+        self.lock().fence_suspended = suspended;
     }
 
     /// Waits for a renewal in flight, so that the fence can be disarmed
@@ -190,11 +205,16 @@ impl<D: Dcs> Renewer<D> {
                 return;
             }
         }
-        if !self.lease.lock().leading {
+        let (leading, paused) = {
+            let state = self.lease.lock();
+            (state.leading, state.paused)
+        };
+        if !leading {
             // The loop stepped down meanwhile: no fence for a demotion.
             return;
         }
-        if let Some(fence) = &self.fence {
+        // In pause the fence stays suspended: the operator owns PostgreSQL.
+        if let Some(fence) = self.fence.as_ref().filter(|_| !paused) {
             let lock_ttl = self
                 .dcs
                 .lock_lifetime()

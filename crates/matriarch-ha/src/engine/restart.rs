@@ -16,10 +16,14 @@ where
     R: Router,
 {
     /// Carries out a restart asked for through [`RestartHandle`], after this
-    /// loop's plan.
-    pub(super) async fn serve_restart(&mut self, decision: &Decision, local: &LocalPostgres) {
+    /// loop's plan; `true` if one was asked for (PostgreSQL may have changed).
+    pub(super) async fn serve_restart(
+        &mut self,
+        decision: &Decision,
+        local: &LocalPostgres,
+    ) -> bool {
         let Ok(reply) = self.restarts.try_recv() else {
-            return;
+            return false;
         };
         let result = self.restart_postgres(decision, local).await;
         match &result {
@@ -31,6 +35,7 @@ where
             }
         }
         let _ = reply.send(result);
+        true
     }
 
     /// Stops PostgreSQL cleanly and starts it again in the same role. A

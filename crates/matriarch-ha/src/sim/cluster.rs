@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use matriarch_dcs::MemoryDcs;
-use matriarch_model::{ClusterConfig, MemberName, Tags};
+use matriarch_model::{ClusterConfig, Lsn, Member, MemberName, MemberState, Role, Tags, Timeline};
 use matriarch_postgres::{BootstrapSpec, Credentials};
 use matriarch_router::RecordingRouter;
 
@@ -96,27 +96,46 @@ pub(super) fn member_name(index: usize) -> MemberName {
     MemberName::new(format!("node{}", index + 1)).unwrap_or_else(|_| unreachable!())
 }
 
+/// The settings of member `name` in the simulation and the engine's tests:
+/// its URLs made from its name, passwordless `postgres` and `replicator`
+/// users, no rewind user, and `bootstrap_config`.
+pub fn member_settings(name: &MemberName, bootstrap_config: ClusterConfig) -> EngineSettings {
+    EngineSettings {
+        node: NodeSettings {
+            name: name.clone(),
+            tags: Tags::default(),
+            conn_url: format!("postgres://{name}:5432/postgres"),
+            api_url: format!("http://{name}:8008/patroni"),
+        },
+        bootstrap_config,
+        bootstrap: BootstrapSpec {
+            superuser: Credentials::without_password("postgres"),
+            replication: Credentials::without_password("replicator"),
+            rewind: None,
+            parameters: Default::default(),
+            pg_hba: Vec::new(),
+        },
+        postgres_timeout: Duration::from_secs(10),
+    }
+}
+
+/// The record of member `name` running as `role` at `position` on
+/// `timeline`, with the URLs of [`member_settings`].
+pub fn running_member(name: &MemberName, role: Role, position: u64, timeline: u32) -> Member {
+    let settings = member_settings(name, ClusterConfig::default()).node;
+    let mut member = Member::new(name.clone(), settings.conn_url, settings.api_url);
+    member.role = role;
+    member.state = MemberState::Running;
+    member.xlog_location = Some(Lsn(position));
+    member.timeline = Some(Timeline(timeline));
+    member
+}
+
 impl Cluster {
     pub(super) fn spawn_agent(&mut self, index: usize) {
         let handle = &mut self.nodes[index];
         let name = member_name(index);
-        let settings = EngineSettings {
-            node: NodeSettings {
-                name: name.clone(),
-                tags: Tags::default(),
-                conn_url: format!("postgres://{name}:5432/postgres"),
-                api_url: format!("http://{name}:8008/patroni"),
-            },
-            bootstrap_config: self.config.clone(),
-            bootstrap: BootstrapSpec {
-                superuser: Credentials::without_password("postgres"),
-                replication: Credentials::without_password("replicator"),
-                rewind: None,
-                parameters: Default::default(),
-                pg_hba: Vec::new(),
-            },
-            postgres_timeout: Duration::from_secs(10),
-        };
+        let settings = member_settings(&name, self.config.clone());
         let wall = Utc
             .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
             .single()

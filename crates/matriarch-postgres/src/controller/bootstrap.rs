@@ -4,7 +4,6 @@ use std::ffi::OsString;
 
 use matriarch_model::SystemId;
 
-use super::files::DirContents;
 use super::process::arg;
 use super::PgController;
 use super::{config, files, sql};
@@ -38,15 +37,7 @@ impl PgController {
                 reason: format!("pg_hba line {line:?} holds a line break"),
             });
         }
-        match self.inspect(op)? {
-            DirContents::Absent | DirContents::Empty => {}
-            DirContents::Cluster | DirContents::Other => {
-                return Err(PostgresError::NotEmpty {
-                    operation: op,
-                    data_dir: self.data_dir().to_owned(),
-                })
-            }
-        }
+        self.require_empty_data_dir(op)?;
         files::create_data_dir(op, self.data_dir(), &self.runner.user)?;
         tracing::info!(member = self.member(), data_dir = %self.data_dir().display(), "bootstrapping a new cluster");
         match self.bootstrap_steps(spec).await {

@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 
 use super::files;
-use super::files::DirContents;
 use super::process::arg;
 use super::PgController;
 use crate::error::{Operation, PostgresError};
@@ -15,15 +14,7 @@ impl PgController {
         let op = Operation::CloneReplica;
         self.runner.program(op, "pg_basebackup")?;
         self.runner.program(op, "pg_controldata")?;
-        match self.inspect(op)? {
-            DirContents::Absent | DirContents::Empty => {}
-            DirContents::Cluster | DirContents::Other => {
-                return Err(PostgresError::NotEmpty {
-                    operation: op,
-                    data_dir: self.data_dir().to_owned(),
-                })
-            }
-        }
+        self.require_empty_data_dir(op)?;
         // Checked before anything is written, so a bad upstream leaves no trace.
         self.check_upstream(source)?;
         files::create_data_dir(op, self.data_dir(), &self.runner.user)?;

@@ -115,6 +115,12 @@ pub struct PgControllerConfig {
     pub expected_system_id: Option<SystemId>,
     /// Extra `initdb` arguments (e.g. `--no-sync` for tests, `--locale=C`).
     pub initdb_args: Vec<String>,
+    /// `pg_hba.conf` lines (first match wins), written before matriarch's own
+    /// whenever the managed configuration is (start, reload, clone, ...);
+    /// empty: the file is left as it is. See [`super::PgController::set_auth_lines`].
+    pub pg_hba: Vec<String>,
+    /// `pg_ident.conf` lines, written likewise; empty: the file is left as it is.
+    pub pg_ident: Vec<String>,
     /// Deadlines.
     pub timeouts: PgTimeouts,
 }
@@ -147,6 +153,8 @@ impl PgControllerConfig {
             os_user: DEFAULT_OS_USER.to_owned(),
             expected_system_id: None,
             initdb_args: Vec::new(),
+            pg_hba: Vec::new(),
+            pg_ident: Vec::new(),
             timeouts: PgTimeouts::default(),
         }
     }
@@ -209,6 +217,8 @@ impl PgControllerConfig {
         for (name, value) in &self.parameters {
             check_parameter(name, value)?;
         }
+        super::auth_files::check_lines("pg_hba", &self.pg_hba)?;
+        super::auth_files::check_lines("pg_ident", &self.pg_ident)?;
         Ok(())
     }
 }

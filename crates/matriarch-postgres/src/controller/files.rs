@@ -89,19 +89,22 @@ pub(crate) fn inspect_data_dir(
     }
 }
 
+/// Wraps an I/O error of `op` while it was doing `context`.
+fn io_error(op: Operation, context: String) -> impl FnOnce(std::io::Error) -> PostgresError {
+    move |source| PostgresError::Io {
+        operation: op,
+        context,
+        source,
+    }
+}
+
 /// Creates the data directory (mode 0700, owned by the OS user) if absent.
 pub(crate) fn create_data_dir(
     op: Operation,
     data_dir: &Path,
     user: &OsUser,
 ) -> Result<(), PostgresError> {
-    let io = |context: String| {
-        move |source| PostgresError::Io {
-            operation: op,
-            context,
-            source,
-        }
-    };
+    let io = |context: String| io_error(op, context);
     fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
         .map_err(io(format!("chmod 0700 {}", data_dir.display())))?;
@@ -112,13 +115,7 @@ pub(crate) fn create_data_dir(
 /// Only called on a directory this controller found empty and filled itself,
 /// or through [`empty_cluster_data_dir`] after its checks.
 pub(crate) fn empty_data_dir(op: Operation, data_dir: &Path) -> Result<(), PostgresError> {
-    let io = |context: String| {
-        move |source| PostgresError::Io {
-            operation: op,
-            context,
-            source,
-        }
-    };
+    let io = |context: String| io_error(op, context);
     let entries = match fs::read_dir(data_dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -241,13 +238,7 @@ pub(crate) fn write_file(
     mode: u32,
     user: &OsUser,
 ) -> Result<(), PostgresError> {
-    let io = |context: String| {
-        move |source| PostgresError::Io {
-            operation: op,
-            context,
-            source,
-        }
-    };
+    let io = |context: String| io_error(op, context);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".matriarch-tmp");
     let tmp = PathBuf::from(tmp);
@@ -333,7 +324,14 @@ pub(crate) struct ManagedSettings<'a> {
     pub(crate) port: u16,
     pub(crate) socket_dir: &'a Path,
     pub(crate) parameters: &'a BTreeMap<String, ParameterValue>,
+    /// The data directory's major version (`PG_VERSION`), when known.
+    pub(crate) major_version: Option<u32>,
 }
+
+/// The default bound on the WAL replication slots may retain
+/// (`max_slot_wal_keep_size`; `postgresql.parameters` overrides it, `-1`
+/// lifts it).
+pub(crate) const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
 
 /// Renders [`MANAGED_CONF_FILE`].
 pub(crate) fn render_managed(settings: &ManagedSettings<'_>) -> String {
@@ -364,6 +362,20 @@ pub(crate) fn render_managed(settings: &ManagedSettings<'_>) -> String {
     set("max_replication_slots", "10".to_owned());
     set("wal_log_hints", "on".to_owned());
     set("wal_keep_size", conf_quote("128MB"));
+    // A slot whose consumer is gone (a member that left, a stopped logical
+    // consumer) holds WAL only up to this; past it PostgreSQL invalidates
+    // the slot instead of filling the disk.
+    set(
+        "max_slot_wal_keep_size",
+        conf_quote(DEFAULT_MAX_SLOT_WAL_KEEP_SIZE),
+    );
+    if settings.major_version.is_some_and(|major| major >= 17) {
+        // Standbys keep copies of failover logical slots (created with
+        // `failover => true`), so a promoted standby has them; the slot
+        // sync worker needs hot_standby_feedback (ignored on a primary).
+        set("sync_replication_slots", "on".to_owned());
+        set("hot_standby_feedback", "on".to_owned());
+    }
     set("synchronous_commit", "on".to_owned());
     for (name, value) in settings.parameters {
         set(name, render_value(value));
@@ -420,6 +432,9 @@ pub(crate) fn render_upstream(
             let passfile = replication.password.as_ref().map(|_| passfile);
             let conninfo =
                 upstream.primary_conninfo_with_passfile(&replication.username, passfile, member);
+            // dbname: PostgreSQL 17's slot sync worker needs one (physical
+            // streaming ignores it).
+            let conninfo = format!("{conninfo} dbname=postgres");
             out.push_str(&format!("primary_conninfo = {}\n", conf_quote(&conninfo)));
             out.push_str(&format!(
                 "primary_slot_name = {}\n",

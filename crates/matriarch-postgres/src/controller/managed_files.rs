@@ -27,8 +27,13 @@ impl PgController {
             port: self.config.port,
             socket_dir: &self.config.socket_dir,
             parameters: &self.parameters(),
+            major_version: files::read_optional(op, &self.path("PG_VERSION"))
+                .ok()
+                .flatten()
+                .and_then(|text| text.trim().parse().ok()),
         });
-        files::write_file(op, &self.path(MANAGED_CONF_FILE), &managed, 0o600, user)
+        files::write_file(op, &self.path(MANAGED_CONF_FILE), &managed, 0o600, user)?;
+        self.write_auth_files(op)
     }
 
     pub(super) fn write_upstream(

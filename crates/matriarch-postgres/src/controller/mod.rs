@@ -49,9 +49,11 @@
 //!   pg_rewind (which reads a source's timeline from its control file) sees
 //!   the new timeline soon; `rewind` also checkpoints a primary source first.
 
+mod auth_files;
 mod bootstrap;
 mod clone;
 mod config;
+mod disk_space;
 mod files;
 mod managed_files;
 mod observe;
@@ -59,6 +61,7 @@ mod process;
 mod promote;
 mod replication;
 mod rewind;
+mod slots;
 mod sql;
 mod start_stop;
 
@@ -67,7 +70,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_model::{MemberName, ParameterValue, SystemId, Timeline};
+use matriarch_model::{DesiredSlots, MemberName, ParameterValue, SlotReport, SystemId, Timeline};
 use tokio_postgres::Client;
 
 pub use config::{
@@ -109,6 +112,12 @@ pub struct PgController {
     /// The user parameters in force: the configuration's at first, then
     /// whatever [`PgController::set_parameters`] last accepted.
     parameters: std::sync::RwLock<BTreeMap<String, ParameterValue>>,
+    /// The `pg_hba.conf`/`pg_ident.conf` lines in force: the configuration's
+    /// at first, then whatever [`PgController::set_auth_lines`] last accepted.
+    auth_lines: std::sync::RwLock<auth_files::AuthLines>,
+    /// The cluster's (dynamic configuration's) `pg_hba`/`pg_ident` lines,
+    /// used for a file whose node lines are empty.
+    cluster_auth_lines: std::sync::RwLock<auth_files::AuthLines>,
     /// The member the data directory was last cloned from, until it starts:
     /// such a copy cannot have diverged from its source.
     cloned_from: std::sync::Mutex<Option<MemberName>>,
@@ -150,6 +159,11 @@ impl PgController {
             server_log: config.server_log_path(),
             launcher: None,
             parameters: std::sync::RwLock::new(config.parameters.clone()),
+            auth_lines: std::sync::RwLock::new(auth_files::AuthLines {
+                pg_hba: config.pg_hba.clone(),
+                pg_ident: config.pg_ident.clone(),
+            }),
+            cluster_auth_lines: std::sync::RwLock::new(auth_files::AuthLines::default()),
             cloned_from: std::sync::Mutex::new(None),
             timeline_probe_failing: std::sync::atomic::AtomicBool::new(false),
             cluster_system_id: std::sync::RwLock::new(config.expected_system_id),
@@ -259,14 +273,7 @@ impl PgController {
         match self.live(op).await? {
             Live::Running(_, client) => {
                 self.write_managed(op)?;
-                sql::simple(
-                    &client,
-                    op,
-                    "reloading the configuration",
-                    "SELECT pg_reload_conf()",
-                    self.config.timeouts.connect,
-                )
-                .await?;
+                self.reload_conf(&client, op).await?;
                 tracing::info!(member = self.member(), "reloaded the configuration");
                 Ok(())
             }
@@ -321,6 +328,18 @@ impl PgController {
 
     fn inspect(&self, op: Operation) -> Result<DirContents, PostgresError> {
         files::inspect_data_dir(op, self.data_dir(), &self.runner.user)
+    }
+
+    /// [`PostgresError::NotEmpty`] unless the data directory is absent or
+    /// empty: bootstrap and clone never write over anything.
+    fn require_empty_data_dir(&self, op: Operation) -> Result<(), PostgresError> {
+        match self.inspect(op)? {
+            DirContents::Absent | DirContents::Empty => Ok(()),
+            DirContents::Cluster | DirContents::Other => Err(PostgresError::NotEmpty {
+                operation: op,
+                data_dir: self.data_dir().to_owned(),
+            }),
+        }
     }
 
     /// Requires a database cluster in the data directory.
@@ -399,6 +418,19 @@ impl PgController {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Asks the running server to reload its configuration files.
+    async fn reload_conf(&self, client: &Client, op: Operation) -> Result<(), PostgresError> {
+        sql::simple(
+            client,
+            op,
+            "reloading the configuration",
+            "SELECT pg_reload_conf()",
+            self.config.timeouts.connect,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn connect_local(&self, timeout: Duration) -> Result<Client, String> {
@@ -507,8 +539,16 @@ impl Postgres for PgController {
         self.follow_inner(upstream).await
     }
 
+    async fn disk_full(&self) -> Option<PostgresError> {
+        self.disk_full_now()
+    }
+
     async fn rewind(&self, source: &Upstream) -> Result<RewindOutcome, PostgresError> {
-        self.rewind_inner(source).await
+        // Crash recovery before pg_rewind, or pg_rewind itself, may fail
+        // for lack of space: said so, not as a failed program.
+        self.rewind_inner(source)
+            .await
+            .map_err(|error| self.no_space_cause(error))
     }
 
     async fn set_synchronous_standby_names(
@@ -520,6 +560,16 @@ impl Postgres for PgController {
             Operation::SetSynchronousStandbyNames,
             timeout,
             self.set_sync_inner(names),
+        )
+        .await
+    }
+
+    async fn reconcile_slots(&self, desired: &DesiredSlots) -> Result<SlotReport, PostgresError> {
+        let timeout = self.config.timeouts.connect * 4;
+        within(
+            Operation::ReconcileSlots,
+            timeout,
+            self.reconcile_slots_inner(desired),
         )
         .await
     }

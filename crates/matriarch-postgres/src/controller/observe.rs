@@ -74,6 +74,7 @@ impl PgController {
             replication: Vec::new(),
             synchronous_standby_names: None,
             receiving: false,
+            ..LocalState::empty()
         })
     }
 
@@ -119,6 +120,10 @@ impl PgController {
             .unwrap_or_default()
             .parse::<SyncStandbyNames>()?;
         let receiving = sql::text(row, 8) == Some("t");
+        let replay_paused = sql::text(row, 9) == Some("t");
+        let last_replay_unix_micros = sql::parsed::<i64>(row, 10, op, context)?;
+        let postmaster_start_unix_micros = sql::parsed::<i64>(row, 11, op, context)?;
+        let server_version_num = sql::parsed::<u32>(row, 12, op, context)?;
         let timeline = match role {
             PgRole::Primary => timeline,
             PgRole::Replica => self.replica_timeline(timeline).await,
@@ -145,6 +150,10 @@ impl PgController {
             replication,
             synchronous_standby_names: Some(sync_names),
             receiving,
+            replay_paused,
+            last_replay_unix_micros,
+            postmaster_start_unix_micros,
+            server_version_num,
         })
     }
 

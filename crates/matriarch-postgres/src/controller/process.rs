@@ -1,6 +1,6 @@
 //! Running the PostgreSQL server programs as the right OS user.
 
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::error::{Operation, PostgresError};
+use crate::os_user::OsIdentity;
 use crate::secret::Secret;
 
 /// The OS user the server programs run as.
@@ -24,80 +25,39 @@ pub(crate) struct OsUser {
 impl OsUser {
     /// `name` when running as root, else the current user.
     pub(crate) fn resolve(name: &str) -> Result<OsUser, PostgresError> {
-        // SAFETY: geteuid/getegid cannot fail and touch no memory.
-        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        if euid == 0 {
-            let user = lookup_user(name)?.ok_or_else(|| PostgresError::InvalidConfig {
+        if !OsIdentity::running_as_root() {
+            return Ok(OsUser::from_identity(OsIdentity::current(), false));
+        }
+        let identity = OsIdentity::lookup(name)
+            .map_err(|err| PostgresError::InvalidConfig {
+                reason: if err.kind() == std::io::ErrorKind::InvalidInput {
+                    err.to_string()
+                } else {
+                    format!("looking up OS user {name:?}: {err}")
+                },
+            })?
+            .ok_or_else(|| PostgresError::InvalidConfig {
                 reason: format!(
                     "OS user {name:?} does not exist (PostgreSQL refuses to run as root)"
                 ),
             })?;
-            if user.uid == 0 {
-                return Err(PostgresError::InvalidConfig {
-                    reason: format!("OS user {name:?} is root; PostgreSQL refuses to run as root"),
-                });
-            }
-            Ok(user)
-        } else {
-            Ok(OsUser {
-                name: std::env::var("USER").unwrap_or_else(|_| format!("uid {euid}")),
-                uid: euid,
-                gid: egid,
-                home: std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/")),
-                switch: false,
-            })
+        if identity.uid == 0 {
+            return Err(PostgresError::InvalidConfig {
+                reason: format!("OS user {name:?} is root; PostgreSQL refuses to run as root"),
+            });
+        }
+        Ok(OsUser::from_identity(identity, true))
+    }
+
+    fn from_identity(identity: OsIdentity, switch: bool) -> OsUser {
+        OsUser {
+            name: identity.name,
+            uid: identity.uid,
+            gid: identity.gid,
+            home: identity.home,
+            switch,
         }
     }
-}
-
-fn lookup_user(name: &str) -> Result<Option<OsUser>, PostgresError> {
-    let cname = CString::new(name).map_err(|_| PostgresError::InvalidConfig {
-        reason: format!("OS user name {name:?} holds a NUL byte"),
-    })?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill in.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf outlives every use of pwd.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(PostgresError::InvalidConfig {
-            reason: format!(
-                "looking up OS user {name:?}: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ),
-        });
-    }
-    if result.is_null() {
-        return Ok(None);
-    }
-    let home = if pwd.pw_dir.is_null() {
-        PathBuf::from("/")
-    } else {
-        // SAFETY: getpwnam_r succeeded, so pw_dir is a C string inside buf.
-        PathBuf::from(
-            unsafe { CStr::from_ptr(pwd.pw_dir) }
-                .to_string_lossy()
-                .into_owned(),
-        )
-    };
-    Ok(Some(OsUser {
-        name: name.to_owned(),
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
-        home,
-        switch: true,
-    }))
 }
 
 /// Runs server programs from one bin directory as one OS user.

@@ -139,14 +139,7 @@ impl PgController {
         }
         self.ensure_slot_best_effort(op, upstream).await;
         self.write_upstream(op, Some(upstream))?;
-        sql::simple(
-            client,
-            op,
-            "reloading the configuration",
-            "SELECT pg_reload_conf()",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        self.reload_conf(client, op).await?;
         tracing::info!(member = self.member(), upstream = %upstream.member, "following a new upstream");
         Ok(())
     }
@@ -212,14 +205,7 @@ impl PgController {
             return Ok(());
         }
         self.write_sync(op, names)?;
-        sql::simple(
-            &client,
-            op,
-            "reloading the configuration",
-            "SELECT pg_reload_conf()",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        self.reload_conf(&client, op).await?;
         tracing::info!(member = self.member(), synchronous_standby_names = %names, "set synchronous_standby_names");
         let deadline = Instant::now() + self.config.timeouts.reload;
         loop {

@@ -180,7 +180,11 @@ SELECT pg_is_in_recovery(), \
  pg_last_wal_receive_lsn(), \
  pg_last_wal_replay_lsn(), \
  current_setting('synchronous_standby_names'), \
- COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false); \
+ COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
+ CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+ (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000000)::bigint, \
+ (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint, \
+ current_setting('server_version_num'); \
 SELECT application_name, state, sync_state, sent_lsn, write_lsn, flush_lsn, replay_lsn \
  FROM pg_stat_replication \
  WHERE application_name IS DISTINCT FROM 'matriarch timeline probe' \

@@ -118,6 +118,10 @@ impl PgController {
             return Ok(());
         }
         let pg_ctl = String::from_utf8_lossy(&output.stderr).into_owned();
+        let server_log = self.server_log_since(offset);
+        if let Some(no_space) = self.no_space_error(op, &server_log) {
+            return Err(no_space);
+        }
         if pg_ctl.contains("did not start in time") {
             return Err(PostgresError::Timeout {
                 operation: op,
@@ -132,7 +136,7 @@ impl PgController {
                 "{}\nserver log {}:\n{}",
                 process::last_lines(&pg_ctl, 4),
                 self.server_log.display(),
-                self.server_log_since(offset)
+                server_log
             ),
         })
     }
@@ -175,13 +179,17 @@ impl PgController {
                 return Ok(());
             }
             if !process::process_running(pid) {
+                let server_log = self.server_log_since(offset);
+                if let Some(no_space) = self.no_space_error(op, &server_log) {
+                    return Err(no_space);
+                }
                 return Err(PostgresError::Unexpected {
                     operation: op,
                     context: "starting the postmaster".to_owned(),
                     message: format!(
                         "postmaster {pid} exited while starting; server log {}:\n{}",
                         self.server_log.display(),
-                        self.server_log_since(offset)
+                        server_log
                     ),
                 });
             }

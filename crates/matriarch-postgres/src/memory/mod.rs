@@ -21,15 +21,17 @@
 
 mod server;
 mod servers;
+mod slots;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_model::{MemberName, SystemId, Timeline};
+use matriarch_model::{DesiredSlots, MemberName, SlotReport, SystemId, Timeline};
 
 pub use server::{is_prefix, DataDirectory, Server, WalRecord};
 pub use servers::{Commit, Servers};
+pub use slots::MemorySlot;
 
 use crate::{
     BootstrapSpec, LocalState, Postgres, PostgresError, RewindOutcome, StartAs, StopMode,
@@ -279,5 +281,20 @@ impl Postgres for MemoryPostgres {
         self.cluster
             .servers()
             .set_synchronous_standby_names(self.index, names)
+    }
+
+    async fn reconcile_slots(&self, desired: &DesiredSlots) -> Result<SlotReport, PostgresError> {
+        self.cluster.servers().reconcile_slots(self.index, desired)
+    }
+
+    async fn disk_full(&self) -> Option<PostgresError> {
+        let servers = self.cluster.servers();
+        let server = servers.server(self.index);
+        server.disk_full.then(|| PostgresError::NoSpace {
+            operation: crate::error::Operation::Observe,
+            path: std::path::PathBuf::from(format!("/memory/{}/pg_wal", server.name)),
+            free_bytes: Some(0),
+            detail: "less than one WAL segment free".to_owned(),
+        })
     }
 }

@@ -101,6 +101,12 @@ pub struct Server {
     pub isolated: bool,
     /// WAL shipping to it is held up until then (on the cluster's clock).
     pub stalled_until: Option<std::time::Duration>,
+    /// Its replication slots (`pg_replslot`): kept across restarts, gone
+    /// with the data directory.
+    pub slots: std::collections::BTreeMap<String, super::slots::MemorySlot>,
+    /// Its disk is full: it cannot start ([`crate::PostgresError::NoSpace`])
+    /// until space is freed ([`super::Servers::fill_disk`]).
+    pub disk_full: bool,
 }
 
 impl Server {
@@ -115,6 +121,8 @@ impl Server {
             sync_names: SyncStandbyNames::Off,
             isolated: false,
             stalled_until: None,
+            slots: std::collections::BTreeMap::new(),
+            disk_full: false,
         }
     }
 

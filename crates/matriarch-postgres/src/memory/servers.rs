@@ -418,6 +418,7 @@ impl Servers {
             });
         }
         server.data = None;
+        server.slots.clear();
         server.crashed = false;
         server.in_recovery = false;
         server.upstream = None;
@@ -453,6 +454,16 @@ impl Servers {
                 }),
             };
         }
+        if self.servers[index].disk_full {
+            return Err(PostgresError::NoSpace {
+                operation,
+                path: data_dir(&self.servers[index].name).join("pg_wal"),
+                free_bytes: Some(0),
+                detail:
+                    "FATAL:  could not write to file \"pg_wal/xlogtemp\": No space left on device"
+                        .to_owned(),
+            });
+        }
         let server = &mut self.servers[index];
         match as_role {
             // Without standby.signal, crash recovery replays to the end of
@@ -481,6 +492,16 @@ impl Servers {
         if server.running {
             server.running = false;
             server.crashed = mode == StopMode::Immediate;
+        }
+    }
+
+    /// Fills the server's disk (`full`) or frees it. A running server that
+    /// can no longer write WAL stops as PostgreSQL does (a PANIC, then crash
+    /// recovery that cannot finish); it cannot start again until freed.
+    pub fn fill_disk(&mut self, index: usize, full: bool) {
+        self.servers[index].disk_full = full;
+        if full {
+            self.crash(index);
         }
     }
 

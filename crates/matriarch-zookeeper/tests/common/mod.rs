@@ -2,10 +2,12 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub(crate) use matriarch_dcs::test_support::{eventually, member, name, publish, unique_scope};
 use matriarch_testkit::ZooKeeperServer;
 use matriarch_zookeeper::ZooKeeperConfig;
 use zookeeper_client as zk;
@@ -29,17 +31,6 @@ pub(crate) fn shared_server() -> Arc<ZooKeeperServer> {
     let server = Arc::new(ZooKeeperServer::start().expect("start ZooKeeper"));
     *slot = Arc::downgrade(&server);
     server
-}
-
-/// A scope no other test (in this or another run) uses.
-pub(crate) fn unique_scope(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
 }
 
 /// The configuration of a test client of `scope` on `connect_string`.
@@ -80,21 +71,5 @@ pub(crate) async fn put_raw(client: &zk::Client, path: &str, value: &[u8]) {
                 .expect("overwrite raw value");
         }
         Err(e) => panic!("raw write of {path}: {e}"),
-    }
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, or panics after `bound`.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

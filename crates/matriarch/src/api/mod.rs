@@ -11,9 +11,10 @@
 //! Information ([`status`]): GET `/patroni`, `/cluster`, `/history`,
 //! `/config`, `/metrics` (Prometheus text), `/failsafe`.
 //!
-//! Changes ([`mutations`], [`switchover`]; authenticated by [`auth`]): PATCH
-//! and PUT `/config`, POST `/switchover`, `/failover`, `/restart`, `/reload`,
-//! `/reinitialize`.
+//! Changes ([`mutations`], [`switchover`], [`restart`]; authenticated by
+//! [`auth`]): PATCH and PUT `/config`, POST `/switchover`, `/failover`,
+//! `/restart`, `/reload`, `/reinitialize`; DELETE `/switchover` and
+//! `/restart` (cancel a scheduled one).
 //!
 //! Failsafe: POST `/failsafe`, a primary's heartbeat while the DCS is
 //! unreachable; authenticated like every change (the sender presents
@@ -31,24 +32,33 @@
 
 mod auth;
 mod body;
+mod cancel_switchover;
 mod config_checks;
 mod health;
 mod limits;
+mod member_record;
+mod metrics;
 mod mutations;
+mod patroni_status;
+mod restart;
 mod status;
 mod switchover;
 mod tls;
 mod view;
 
 #[cfg(test)]
+mod parity_tests;
+#[cfg(test)]
 mod router_tests;
+#[cfg(test)]
+mod status_follow_tests;
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -57,18 +67,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, MethodRouter};
 use axum::Router;
 use matriarch_ha::{EngineStatus, FailsafeHandle, RestartHandle, StatusHandle};
-use matriarch_model::{ClusterConfig, ClusterView, MemberName, Tags};
-use matriarch_postgres::{LocalState, PgController, Postgres, PostgresError};
+use matriarch_model::{ClusterConfig, MemberName, Tags};
+use matriarch_postgres::{PgController, Postgres, PostgresError};
 use serde_json::{json, Value};
 #[cfg(test)]
 use tokio::sync::watch;
 
 use crate::config::IpRange;
 use crate::dcs::AnyDcs;
-use crate::secret::Password;
+use matriarch_model::Secret;
 
 pub(crate) use config_checks::pkglibdir;
 pub(crate) use limits::{bind, raise_file_limit, serve, ConnectionLimits, FileLimitError};
+pub(crate) use member_record::{MemberExtras, MemberRecordDcs};
 pub(crate) use mutations::merge_patch;
 pub(crate) use tls::{tls_acceptor, Tls};
 
@@ -118,8 +129,9 @@ impl StatusSource {
     }
 }
 
-/// What the API serves from: the engine's status, a view of the DCS and of
-/// the local PostgreSQL refreshed on every status change ([`refresh`]).
+/// What the API serves from: the engine's status, which carries what its
+/// loop observed and decided (PostgreSQL, the DCS view), and the few facts
+/// [`refresh`] keeps beside it. Only changes read the DCS themselves.
 pub(crate) struct ApiState {
     /// This member.
     pub name: MemberName,
@@ -141,7 +153,7 @@ pub(crate) struct ApiState {
     /// The engine's status.
     pub status: StatusSource,
     /// Basic authentication for changes.
-    pub auth: Option<(String, Password)>,
+    pub auth: Option<(String, Secret)>,
     /// Whether a verified client certificate authenticates a change.
     pub client_certs: bool,
     /// Client ranges allowed to make changes (empty: all).
@@ -152,7 +164,7 @@ pub(crate) struct ApiState {
     pub bootstrap_config: ClusterConfig,
     /// Asks the daemon to reload its configuration file.
     pub reload: tokio::sync::mpsc::Sender<()>,
-    /// The view of the DCS and of PostgreSQL.
+    /// What [`refresh`] keeps beside the engine's status.
     pub cache: RwLock<Cache>,
     /// Where `POST /failsafe` hands heartbeats to the engine
     /// ([`matriarch_ha::Engine::failsafe_handle`]); `None` answers 503.
@@ -165,18 +177,15 @@ pub(crate) struct ApiState {
     /// The client for other members' REST APIs (the cluster's CA and client
     /// certificate, as the peer probe uses).
     pub http: crate::http_client::HttpClient,
+    /// A restart `POST /restart` scheduled for later (`DELETE /restart`
+    /// cancels it).
+    pub scheduled_restart: Arc<restart::RestartSchedule>,
 }
 
-/// What [`refresh`] last saw.
+/// What [`refresh`] keeps beside the engine's status.
 #[derive(Default)]
 pub(crate) struct Cache {
-    /// The local PostgreSQL.
-    pub local: Option<LocalState>,
-    /// The DCS view.
-    pub view: Option<ClusterView>,
-    /// When the view was read.
-    pub view_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// When the engine's status last changed (a loop finished).
+    /// When the engine's status last changed (the loop made progress).
     pub status_at: Option<Instant>,
     /// `PG_VERSION` × 10000.
     pub server_version: Option<u32>,
@@ -255,7 +264,9 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         )
         .route(
             "/switchover",
-            post(switchover::switchover).route_layer(authorized()),
+            post(switchover::switchover)
+                .delete(cancel_switchover::delete_switchover)
+                .route_layer(authorized()),
         )
         .route(
             "/failover",
@@ -263,7 +274,9 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         )
         .route(
             "/restart",
-            post(mutations::restart).route_layer(authorized()),
+            post(mutations::restart)
+                .delete(mutations::cancel_restart)
+                .route_layer(authorized()),
         )
         .route("/reload", post(mutations::reload).route_layer(authorized()))
         .route(
@@ -328,35 +341,23 @@ pub(crate) fn normalize_path<B>(req: &mut Request<B>) {
     }
 }
 
-/// Keeps [`Cache`] in step with the engine: on every change of its status
-/// (every HA loop), reads the local PostgreSQL and the DCS view again, so
-/// that `/patroni`, `/cluster` and `/history` agree with the role endpoints,
-/// which answer from the status itself. `timeout` bounds each read.
-pub(crate) async fn refresh(state: Arc<ApiState>, timeout: Duration) {
+/// Keeps [`Cache`] in step with the engine: notes when its status last
+/// changed (for `/liveness`) and the server version of the data directory.
+/// It reads neither PostgreSQL nor the DCS: every endpoint but the changes
+/// answers from the status, which carries what the engine's loop observed
+/// and decided, published the moment it promotes or before it demotes.
+pub(crate) async fn refresh(state: Arc<ApiState>) {
     let mut status = state.status.clone();
     let version_file = state.data_dir.join("PG_VERSION");
-    let timeout = timeout.max(Duration::from_secs(2));
     loop {
-        let (local, view) = tokio::join!(
-            tokio::time::timeout(timeout, state.pg.observe()),
-            tokio::time::timeout(timeout, state.dcs.read_view()),
-        );
+        // A bootstrap or a clone writes it: read again on every change.
         let version = std::fs::read_to_string(&version_file)
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok())
             .map(|major| major * 10000);
         if let Ok(mut cache) = state.cache.write() {
-            cache.local = match local {
-                Ok(Ok(local)) => Some(local),
-                _ => None,
-            };
-            if let Ok(Ok(view)) = view {
-                cache.view = Some(view);
-                cache.view_at = Some(chrono::Utc::now());
-            }
             cache.server_version = version;
         }
-        // Changes while reading are not lost: the watch keeps the newest.
         if !status.changed().await {
             break;
         }

@@ -1,9 +1,9 @@
-//! Changes: `PATCH`/`PUT /config`, `POST /restart`, `/reload`,
+//! Changes: `PATCH`/`PUT /config`, `POST`/`DELETE /restart` (in
+//! [`super::restart`]), `/reload`,
 //! `/reinitialize` and `/failsafe` (a primary's heartbeat). Every one has
 //! passed [`super::auth::authorize`] before its body is read.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,17 +20,20 @@ use super::switchover::dcs_error;
 use super::{config_checks, error, respond, ApiState, Resp};
 use crate::config::{check_requested_config_keys, dynamic_config_from_json};
 
-/// `POST /restart` and `/reinitialize` bodies (options accepted and ignored
-/// where matriarch has no equivalent).
+/// `POST /reinitialize` bodies, Patroni's keys (accepted; matriarch always
+/// clones from the leader, and nothing runs that `force` would cancel).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RestartBody {
+struct ReinitializeBody {
     #[serde(default)]
     #[allow(dead_code)]
     force: Option<bool>,
     #[serde(default)]
     #[allow(dead_code)]
     role: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    from_leader: Option<bool>,
 }
 
 /// `PATCH /config`: an RFC 7396 merge patch onto the `config` key.
@@ -51,7 +54,12 @@ pub(crate) async fn put_config(
 
 /// `POST /restart`.
 pub(crate) async fn restart(State(state): State<Arc<ApiState>>, JsonBody(body): JsonBody) -> Resp {
-    state.restart(body).await
+    super::restart::post_restart(state, body).await
+}
+
+/// `DELETE /restart`: cancels a scheduled restart.
+pub(crate) async fn cancel_restart(State(state): State<Arc<ApiState>>) -> Resp {
+    super::restart::delete_restart(&state)
 }
 
 /// `POST /reload`.
@@ -161,30 +169,6 @@ impl ApiState {
         }
     }
 
-    async fn restart(&self, value: Value) -> Resp {
-        if let Err(r) = parse_body::<RestartBody>(value) {
-            return r;
-        }
-        // Through the engine: only it knows whether this member may start a
-        // writable primary (lock held, fence armed), and nothing else it
-        // does (a demotion) can wait behind the restart.
-        let Some(handle) = &self.restart else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "restart failed: the HA engine is not wired to the REST API",
-            );
-        };
-        // A bound far above a normal restart (the engine bounds each step itself).
-        let timeout = Duration::from_secs(300);
-        match handle.restart(timeout).await {
-            Ok(done) => respond(
-                StatusCode::OK,
-                json!({"message": format!("restarted successfully ({done})")}),
-            ),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        }
-    }
-
     async fn reload_request(&self) -> Resp {
         let _ = self.reload.try_send(());
         let _ops = self.ops.lock().await;
@@ -198,7 +182,7 @@ impl ApiState {
     }
 
     async fn reinitialize(&self, value: Value) -> Resp {
-        if let Err(r) = parse_body::<RestartBody>(value) {
+        if let Err(r) = parse_body::<ReinitializeBody>(value) {
             return r;
         }
         if self.status.get().role == EngineRole::Leader {

@@ -111,7 +111,7 @@ impl ApiState {
             "role": role,
             "timeline": node.timeline,
             "cluster_unlocked": node.view.as_ref().is_some_and(|v| v.leader.is_none()),
-            "dcs_last_seen": cache.view_at.map(|t| t.timestamp()),
+            "dcs_last_seen": node.view_read_at.map(|t| t.timestamp()),
             "patroni": {
                 "version": env!("CARGO_PKG_VERSION"),
                 "scope": self.scope,
@@ -171,11 +171,7 @@ impl ApiState {
                     );
                 }
                 Some(PgRole::Replica) => {
-                    body["xlog"] = json!({
-                        "received_location": local.wal.received.or(local.wal.flush).map(|l| l.0),
-                        "replayed_location": local.wal.replayed.map(|l| l.0),
-                        "paused": false,
-                    });
+                    body["xlog"] = super::patroni_status::replica_xlog(local);
                 }
                 None => {
                     if let Some(position) = node.wal_position {
@@ -184,6 +180,8 @@ impl ApiState {
                 }
             }
         }
+        drop(cache);
+        super::patroni_status::extend(self, node, &mut body);
         body
     }
 
@@ -239,6 +237,9 @@ impl ApiState {
                     "timeline": member.timeline.map(|t| t.0),
                     "tags": member.tags,
                 });
+                if member.pending_restart {
+                    entry["pending_restart"] = json!(true);
+                }
                 if role != "leader" {
                     let lag = match (leader_optime, member.wal_position()) {
                         (Some(l), Some(p)) => json!(l.bytes_ahead_of(p)),
@@ -246,7 +247,11 @@ impl ApiState {
                     };
                     entry["lag"] = lag;
                     if member.state == MemberState::Running && member.role == Role::Replica {
-                        entry["state"] = json!("streaming");
+                        // What its record says (a replica on a full disk
+                        // runs but is "in archive recovery"); a record
+                        // without it, as before.
+                        entry["state"] =
+                            json!(member.replication_state.as_deref().unwrap_or("streaming"));
                     }
                 }
                 entry
@@ -269,12 +274,8 @@ impl ApiState {
     }
 
     fn metrics(&self, node: &Node) -> String {
-        let labels = format!(
-            "scope=\"{}\",name=\"{}\"",
-            self.scope.replace('"', ""),
-            self.name.as_str().replace('"', "")
-        );
-        let mut out = String::new();
+        let labels = super::metrics::labels(&self.scope, self.name.as_str());
+        let mut out = super::metrics::patroni_series(self, node, &self.patroni_body(node));
         let mut gauge = |name: &str, help: &str, value: String| {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}\n"
@@ -360,9 +361,9 @@ fn host_port(conn_url: &str) -> (Option<String>, Option<u16>) {
     let rest = conn_url.split_once("://").map_or(conn_url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    match crate::config::split_host_port(authority) {
-        Some((h, p)) => (Some(h), Some(p)),
-        None => (
+    match matriarch_model::HostPort::parse_with_default_port(authority, 5432) {
+        Ok(address) => (Some(address.host), Some(address.port)),
+        Err(_) => (
             Some(authority.to_owned()).filter(|a| !a.is_empty()),
             Some(5432),
         ),

@@ -69,6 +69,11 @@ fn member_name(text: &str, field: &str) -> Result<MemberName, Resp> {
     MemberName::new(text).map_err(|e| error(StatusCode::BAD_REQUEST, format!("{field}: {e}")))
 }
 
+/// An optional member name of the body's `field` (400 when it is not a valid name).
+fn optional_member(text: Option<String>, field: &str) -> Result<Option<MemberName>, Resp> {
+    text.as_deref().map(|t| member_name(t, field)).transpose()
+}
+
 impl ApiState {
     /// The DCS view, read now (503 when the DCS does not answer in time).
     pub(crate) async fn fresh_view(&self) -> Result<ClusterView, Resp> {
@@ -106,21 +111,12 @@ impl ApiState {
                 Err(r) => return r,
             }
         };
-        let leader = match leader
-            .as_deref()
-            .map(|l| member_name(l, "leader"))
-            .transpose()
-        {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
-        let candidate = match candidate
-            .as_deref()
-            .map(|c| member_name(c, "candidate"))
-            .transpose()
-        {
-            Ok(c) => c,
-            Err(r) => return r,
+        let (leader, candidate) = match (
+            optional_member(leader, "leader"),
+            optional_member(candidate, "candidate"),
+        ) {
+            (Ok(leader), Ok(candidate)) => (leader, candidate),
+            (Err(r), _) | (_, Err(r)) => return r,
         };
         let scheduled_at = match scheduled_at
             .as_deref()

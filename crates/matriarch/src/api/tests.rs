@@ -152,6 +152,7 @@ fn health_node(role: EngineRole, pg: Option<PgRole>) -> Node {
         leader: None,
         local: Some(local),
         view: Some(ClusterView::default()),
+        view_read_at: None,
         tags: Tags::default(),
         paused: false,
         dcs_reachable: true,

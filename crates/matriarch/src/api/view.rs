@@ -35,6 +35,8 @@ pub(crate) struct Node {
     pub(crate) leader: Option<MemberName>,
     pub(crate) local: Option<LocalState>,
     pub(crate) view: Option<ClusterView>,
+    /// When the engine read `view` (wall clock).
+    pub(crate) view_read_at: Option<chrono::DateTime<chrono::Utc>>,
     pub(crate) tags: Tags,
     pub(crate) paused: bool,
     pub(crate) dcs_reachable: bool,
@@ -64,9 +66,10 @@ impl Node {
         self.pg_role().is_some()
     }
 
-    /// Answered from the engine's latest word (not the cache refreshed on
-    /// a timer) and from whether PostgreSQL is alive now: a fence that just
-    /// killed the postmaster must not leave a moment of 200.
+    /// Answered from the engine's latest word (published the moment it
+    /// promotes, and before it demotes) and from whether PostgreSQL is alive
+    /// now: a fence that just killed the postmaster (say while the agent was
+    /// paused) must not leave a moment of 200.
     pub(crate) fn is_primary(&self) -> bool {
         self.role == EngineRole::Leader && self.writable && self.postmaster_alive
     }
@@ -99,8 +102,8 @@ impl Node {
         from_status.into_iter().chain(from_member).max()
     }
 
-    /// Bytes behind the leader, from the freshest of the engine's and the
-    /// cache's observations of this server.
+    /// Bytes behind the leader, from the freshest of the engine's
+    /// observations of this server.
     pub(crate) fn lag(&self) -> Option<u64> {
         let leader = self.leader_optime()?;
         let cached = self.local.as_ref().and_then(|l| {
@@ -236,16 +239,18 @@ pub(crate) fn postmaster_alive(data_dir: &std::path::Path) -> bool {
 }
 
 impl ApiState {
-    /// This node now: the engine's latest status, the cached view, and
-    /// whether the postmaster is alive this instant.
+    /// This node now: the engine's latest status (with what its loop
+    /// observed of PostgreSQL and of the DCS), and whether the postmaster is
+    /// alive this instant. Reads neither PostgreSQL nor the DCS.
     pub(crate) fn node(&self) -> Node {
         let status = self.status.get();
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
         Node {
             role: status.role,
             leader: status.leader.clone(),
-            local: cache.local.clone(),
-            view: cache.view.clone(),
+            local: status.postgres.as_deref().cloned(),
+            view: status.view.as_deref().cloned(),
+            view_read_at: status.view_read_at,
             tags: self.tags.read().map(|t| t.clone()).unwrap_or_default(),
             paused: status.paused,
             dcs_reachable: status.dcs_reachable,

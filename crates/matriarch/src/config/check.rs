@@ -2,12 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use matriarch_model::{ClusterConfig, KeyLayout, MemberName};
+use matriarch_model::{ClusterConfig, HostPort, KeyLayout, MemberName};
 
-use super::restapi::format_host_port;
-use super::{
-    cluster_config_from_json, split_host_port, IpRange, NodeConfig, Validated, WatchdogMode,
-};
+use super::{cluster_config_from_json, IpRange, NodeConfig, Validated, WatchdogMode};
 use crate::error::ConfigError;
 
 impl NodeConfig {
@@ -81,20 +78,14 @@ impl NodeConfig {
                 "client certificates need TLS: set restapi.certfile and restapi.keyfile",
             ));
         }
-        for (key, file) in [
-            ("restapi.certfile", &self.restapi.certfile),
-            ("restapi.keyfile", &self.restapi.keyfile),
-            ("restapi.cafile", &self.restapi.cafile),
-        ] {
-            if let Some(file) = file {
-                if !file.is_file() {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("{} is not a readable file", file.display()),
-                    ));
-                }
-            }
-        }
+        require_files(
+            &[
+                ("restapi.certfile", &self.restapi.certfile),
+                ("restapi.keyfile", &self.restapi.keyfile),
+                ("restapi.cafile", &self.restapi.cafile),
+            ],
+            "is not a readable file",
+        )?;
         for (key, value) in [
             ("restapi.max_connections", self.restapi.max_connections),
             (
@@ -107,34 +98,18 @@ impl NodeConfig {
             }
         }
         let connect = match &self.restapi.connect_address {
-            Some(addr) => split_host_port(addr)
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        "restapi.connect_address",
-                        format!("{addr:?} is not host:port"),
-                    )
-                })
-                .and_then(|(host, port)| match port {
-                    0 => Err(ConfigError::invalid(
-                        "restapi.connect_address",
-                        "the port must not be 0",
-                    )),
-                    port => Ok((host, port)),
-                })?,
-            None => {
-                let host = if restapi_listen.ip().is_unspecified() {
+            Some(addr) => host_port("restapi.connect_address", addr)?,
+            None => HostPort {
+                host: if restapi_listen.ip().is_unspecified() {
                     "127.0.0.1".to_owned()
                 } else {
                     restapi_listen.ip().to_string()
-                };
-                (host, restapi_listen.port())
-            }
+                },
+                port: restapi_listen.port(),
+            },
         };
-        let api_url = format!(
-            "{}://{}/patroni",
-            if tls { "https" } else { "http" },
-            format_host_port(&connect.0, connect.1)
-        );
+        let scheme = if tls { "https" } else { "http" };
+        let api_url = format!("{scheme}://{connect}/patroni");
         if let Some(auth) = &self.restapi.authentication {
             if auth.username.is_empty() || auth.username.contains(':') {
                 return Err(ConfigError::invalid(
@@ -206,37 +181,19 @@ impl NodeConfig {
             .postgresql
             .as_ref()
             .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))?;
-        let pg_listen = split_host_port(&pg.listen).ok_or_else(|| {
-            ConfigError::invalid(
-                "postgresql.listen",
-                format!("{:?} is not host:port", pg.listen),
-            )
-        })?;
-        if pg_listen.1 == 0 {
-            return Err(ConfigError::invalid(
-                "postgresql.listen",
-                "the port must not be 0",
-            ));
-        }
+        let pg_listen = host_port("postgresql.listen", &pg.listen)?;
         let connect = match &pg.connect_address {
-            Some(addr) => split_host_port(addr).ok_or_else(|| {
-                ConfigError::invalid(
-                    "postgresql.connect_address",
-                    format!("{addr:?} is not host:port"),
-                )
-            })?,
-            None => {
-                let host = match pg_listen.0.as_str() {
+            Some(addr) => host_port("postgresql.connect_address", addr)?,
+            None => HostPort {
+                host: match pg_listen.host.as_str() {
                     "0.0.0.0" | "*" | "::" => "127.0.0.1".to_owned(),
                     host => host.to_owned(),
-                };
-                (host, pg_listen.1)
-            }
+                },
+                port: pg_listen.port,
+            },
         };
-        let conn_url = format!(
-            "postgres://{}/postgres",
-            format_host_port(&connect.0, connect.1)
-        );
+        let conn_url = format!("postgres://{connect}/postgres");
+        let pg_listen = (pg_listen.host, pg_listen.port);
         if !pg.data_dir.is_absolute() {
             return Err(ConfigError::invalid(
                 "postgresql.data_dir",
@@ -318,21 +275,15 @@ impl NodeConfig {
         }
 
         // Callbacks.
-        for (key, cmd) in [
-            ("callbacks.on_start", &self.callbacks.on_start),
-            ("callbacks.on_stop", &self.callbacks.on_stop),
-            ("callbacks.on_role_change", &self.callbacks.on_role_change),
-            ("callbacks.pre_promote", &self.callbacks.pre_promote),
-        ] {
-            if let Some(cmd) = cmd {
-                if !cmd.is_file() {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("{} is not a file", cmd.display()),
-                    ));
-                }
-            }
-        }
+        require_files(
+            &[
+                ("callbacks.on_start", &self.callbacks.on_start),
+                ("callbacks.on_stop", &self.callbacks.on_stop),
+                ("callbacks.on_role_change", &self.callbacks.on_role_change),
+                ("callbacks.pre_promote", &self.callbacks.pre_promote),
+            ],
+            "is not a file",
+        )?;
 
         // Watchdog.
         if self.watchdog.mode != WatchdogMode::Off && !self.watchdog.device.is_absolute() {
@@ -357,4 +308,28 @@ impl NodeConfig {
             dns_server,
         })
     }
+}
+
+/// `host:port` (`[v6]:port`) from the setting `key`; port 0 is refused.
+fn host_port(key: &str, text: &str) -> Result<HostPort, ConfigError> {
+    HostPort::parse(text).map_err(|e| ConfigError::invalid(key, e.to_string()))
+}
+
+/// Refuses the first of the set `paths` (by config key) that is not a file,
+/// saying it `is_not`.
+fn require_files(
+    paths: &[(&str, &Option<std::path::PathBuf>)],
+    is_not: &str,
+) -> Result<(), ConfigError> {
+    for (key, path) in paths {
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    *key,
+                    format!("{} {is_not}", path.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

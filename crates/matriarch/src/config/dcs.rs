@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::secret::Password;
+use matriarch_model::Secret;
 
 /// `etcd3:`.
 #[derive(Clone, Debug, Deserialize)]
@@ -17,7 +17,7 @@ pub(crate) struct Etcd3Config {
     pub username: Option<String>,
     /// etcd password.
     #[serde(default)]
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
     /// CA certificate (PEM); setting it switches to HTTPS.
     #[serde(default)]
     pub cacert: Option<PathBuf>,
@@ -50,7 +50,7 @@ pub(crate) struct ZooKeeperAuth {
     /// The user.
     pub username: String,
     /// The password.
-    pub password: Password,
+    pub password: Secret,
 }
 
 /// A list of hosts, written as a YAML list or a comma-separated string.

@@ -6,7 +6,7 @@ use matriarch_model::ClusterConfig;
 use crate::error::ConfigError;
 
 /// The keys of the dynamic configuration, for refusing unknown ones.
-const CLUSTER_CONFIG_KEYS: &[&str] = &[
+pub(super) const CLUSTER_CONFIG_KEYS: &[&str] = &[
     "ttl",
     "loop_wait",
     "retry_timeout",
@@ -17,8 +17,18 @@ const CLUSTER_CONFIG_KEYS: &[&str] = &[
     "failsafe_mode",
     "pause",
     "postgresql",
+    "primary_start_timeout",
+    "slots",
+    "ignore_slots",
+    "member_slots_ttl",
 ];
-const CLUSTER_POSTGRESQL_KEYS: &[&str] = &["parameters", "use_pg_rewind", "use_slots"];
+pub(super) const CLUSTER_POSTGRESQL_KEYS: &[&str] = &[
+    "parameters",
+    "use_pg_rewind",
+    "use_slots",
+    "pg_hba",
+    "pg_ident",
+];
 
 /// Reads a dynamic configuration from JSON, refusing unknown keys and
 /// checking [`ClusterConfig::validate`]. `key` prefixes error messages.
@@ -26,48 +36,45 @@ pub(crate) fn cluster_config_from_json(
     key: &str,
     value: &serde_json::Value,
 ) -> Result<ClusterConfig, ConfigError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| ConfigError::invalid(key, "must be a mapping"))?;
-    for field in object.keys() {
-        if !CLUSTER_CONFIG_KEYS.contains(&field.as_str()) {
-            return Err(ConfigError::invalid(
-                format!("{key}.{field}"),
-                format!(
-                    "unknown key; expected one of {}",
-                    CLUSTER_CONFIG_KEYS.join(", ")
-                ),
-            ));
-        }
-    }
+    let object = mapping(key, value)?;
+    refuse_unknown_keys(key, object, CLUSTER_CONFIG_KEYS)?;
     if let Some(pg) = object.get("postgresql") {
-        let pg = pg.as_object().ok_or_else(|| {
-            ConfigError::invalid(format!("{key}.postgresql"), "must be a mapping")
-        })?;
-        for field in pg.keys() {
-            if !CLUSTER_POSTGRESQL_KEYS.contains(&field.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("{key}.postgresql.{field}"),
-                    format!(
-                        "unknown key; expected one of {}",
-                        CLUSTER_POSTGRESQL_KEYS.join(", ")
-                    ),
-                ));
-            }
-        }
+        let key = format!("{key}.postgresql");
+        refuse_unknown_keys(&key, mapping(&key, pg)?, CLUSTER_POSTGRESQL_KEYS)?;
     }
     dynamic_config_from_json(key, value)
+}
+
+/// `value` as a JSON object; `key` names it in the error.
+fn mapping<'a>(
+    key: &str,
+    value: &'a serde_json::Value,
+) -> Result<&'a serde_json::Map<String, serde_json::Value>, ConfigError> {
+    value
+        .as_object()
+        .ok_or_else(|| ConfigError::invalid(key, "must be a mapping"))
+}
+
+/// Refuses the first key of `object` (the mapping at `key`) not in `known`.
+fn refuse_unknown_keys(
+    key: &str,
+    object: &serde_json::Map<String, serde_json::Value>,
+    known: &[&str],
+) -> Result<(), ConfigError> {
+    match object.keys().find(|field| !known.contains(&field.as_str())) {
+        Some(field) => Err(ConfigError::invalid(
+            format!("{key}.{field}"),
+            format!("unknown key; expected one of {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Top-level keys of Patroni's dynamic configuration that matriarch keeps
 /// without acting on them, so a Patroni cluster's `config` key round-trips.
 const PATRONI_ONLY_CONFIG_KEYS: &[&str] = &[
-    "slots",
-    "ignore_slots",
-    "member_slots_ttl",
     "standby_cluster",
     "check_timeline",
-    "primary_start_timeout",
     "primary_stop_timeout",
     "master_start_timeout",
     "master_stop_timeout",
@@ -115,9 +122,7 @@ pub(crate) fn dynamic_config_from_json(
     key: &str,
     value: &serde_json::Value,
 ) -> Result<ClusterConfig, ConfigError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| ConfigError::invalid(key, "must be a mapping"))?;
+    let object = mapping(key, value)?;
     for field in CLUSTER_CONFIG_KEYS {
         if let Some(v) = object.get(*field) {
             // Each field on its own, so the error names it.
@@ -136,5 +141,20 @@ pub(crate) fn dynamic_config_from_json(
     config
         .validate()
         .map_err(|err| ConfigError::invalid(key, err.to_string()))?;
+    super::dynamic_auth::cluster_auth_lines(key, &config)?;
+    // A request with an invalid slot setting is refused; one already in the
+    // DCS is left out by the agents and logged (see matriarch_model::SlotsConfig).
+    let (_, slot_errors) = matriarch_model::SlotsConfig::from_config(&config);
+    if let Some(err) = slot_errors.first() {
+        let field = match err {
+            matriarch_model::SlotConfigError::InvalidIgnoreRule { .. } => "ignore_slots",
+            matriarch_model::SlotConfigError::InvalidMemberSlotsTtl { .. } => "member_slots_ttl",
+            _ => "slots",
+        };
+        return Err(ConfigError::invalid(
+            format!("{key}.{field}"),
+            err.to_string(),
+        ));
+    }
     Ok(config)
 }

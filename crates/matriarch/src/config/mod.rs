@@ -8,9 +8,12 @@
 //! the key and what is wrong, and nothing is started.
 
 mod check;
+pub(crate) mod check_all;
 mod dcs;
 mod duplicates;
 mod dynamic;
+mod dynamic_auth;
+pub(crate) mod from_patroni;
 mod postgresql;
 mod restapi;
 mod router;
@@ -35,8 +38,9 @@ use watchdog::WatchdogConfig;
 pub(crate) use dynamic::{
     check_requested_config_keys, cluster_config_from_json, dynamic_config_from_json,
 };
+pub(crate) use dynamic_auth::cluster_auth_lines;
 pub(crate) use postgresql::PgRoleConfig;
-pub(crate) use restapi::{split_host_port, IpRange};
+pub(crate) use restapi::IpRange;
 pub(crate) use watchdog::WatchdogMode;
 
 /// The whole node configuration.
@@ -295,6 +299,17 @@ impl NodeConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(NodeConfig, Validated), ConfigError> {
+        let config = Self::parse_unvalidated(text, env)?;
+        let validated = config.validate()?;
+        Ok((config, validated))
+    }
+
+    /// Parses YAML text and applies overrides, without validating (for
+    /// `matriarch check`, which reports every error: see [`check_all`]).
+    pub(crate) fn parse_unvalidated(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<NodeConfig, ConfigError> {
         let overrides: Vec<(&str, &str, String)> = ENV_OVERRIDES
             .iter()
             .filter_map(|(var, key)| env(var).map(|value| (*var, *key, value)))
@@ -328,8 +343,7 @@ impl NodeConfig {
                 }
             }
         };
-        let validated = config.validate()?;
-        Ok((config, validated))
+        Ok(config)
     }
 
     /// The PostgreSQL section; `validate` guarantees it is there.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::NodeConfig;
 use crate::error::ConfigError;
-use crate::secret::Password;
+use matriarch_model::Secret;
 
 /// `postgresql:`.
 #[derive(Clone, Debug, Deserialize)]
@@ -39,6 +39,9 @@ pub(crate) struct PostgresqlSection {
     /// `pg_hba.conf` lines for a new cluster.
     #[serde(default)]
     pub pg_hba: Vec<String>,
+    /// `pg_ident.conf` lines (user name maps).
+    #[serde(default)]
+    pub pg_ident: Vec<String>,
 }
 
 /// `postgresql.authentication:`.
@@ -62,7 +65,7 @@ pub(crate) struct PgRoleConfig {
     pub username: String,
     /// Its password.
     #[serde(default)]
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
 }
 impl NodeConfig {
     /// Refuses a PostgreSQL outside [`SUPPORTED_PG_MAJORS`]: runs

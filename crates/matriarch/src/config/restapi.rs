@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
-use crate::secret::Password;
+use matriarch_model::Secret;
 
 /// `restapi:`.
 #[derive(Clone, Debug, Deserialize)]
@@ -74,7 +74,7 @@ pub(crate) struct BasicAuthConfig {
     /// The user name.
     pub username: String,
     /// The password.
-    pub password: Password,
+    pub password: Secret,
 }
 /// An IP address range (`10.0.0.0/8`, `::1/128`, or a single address) of
 /// `restapi.allowlist`. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`), as a
@@ -127,25 +127,5 @@ fn unmap_net(net: IpNet) -> IpNet {
             None => net,
         },
         other => other,
-    }
-}
-
-/// Splits `host:port` (`[v6]:port` for IPv6).
-pub(crate) fn split_host_port(text: &str) -> Option<(String, u16)> {
-    let (host, port) = text.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
-    Some((host.to_owned(), port))
-}
-
-/// `host:port`, with the host in brackets when it is an IPv6 address.
-pub(super) fn format_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::secret::Password;
+use matriarch_model::Secret;
 
 /// `router:`.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -70,7 +70,7 @@ pub(crate) struct TsigSection {
     #[serde(default = "default_tsig_algorithm")]
     pub algorithm: String,
     /// The base64 secret.
-    pub secret: Password,
+    pub secret: Secret,
 }
 
 fn default_tsig_algorithm() -> String {

@@ -312,3 +312,33 @@ fn an_ipv4_mapped_allowlist_entry_matches_the_ipv4_client() {
         .unwrap()
         .contains("127.0.0.1".parse().unwrap()));
 }
+
+#[test]
+fn slot_settings_are_accepted_in_bootstrap_dcs_and_invalid_ones_refused_by_name() {
+    let ok = serde_json::json!({
+        "member_slots_ttl": "2s",
+        "slots": {"cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"}},
+        "ignore_slots": [{"name": "debezium"}]
+    });
+    let config = cluster_config_from_json("bootstrap.dcs", &ok).expect("valid slot settings");
+    assert!(config.other.contains_key("slots"), "kept for the agents");
+    for (bad, field) in [
+        (
+            serde_json::json!({"slots": {"cdc": {"type": "logical"}}}),
+            "bootstrap.dcs.slots",
+        ),
+        (
+            serde_json::json!({"ignore_slots": [{}]}),
+            "bootstrap.dcs.ignore_slots",
+        ),
+        (
+            serde_json::json!({"member_slots_ttl": "soon"}),
+            "bootstrap.dcs.member_slots_ttl",
+        ),
+    ] {
+        let err = cluster_config_from_json("bootstrap.dcs", &bad)
+            .expect_err("an invalid slot setting")
+            .to_string();
+        assert!(err.contains(field), "{err}");
+    }
+}

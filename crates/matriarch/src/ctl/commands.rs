@@ -18,15 +18,21 @@ fn print_json(value: &Value) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// `GET path` from the first API that answers, read with `parse`; the
+/// error names the URL that gave the unexpected answer.
+pub(super) async fn read_parsed<T, E: std::fmt::Display>(
+    client: &mut Client,
+    path: &str,
+    parse: impl FnOnce(&Value) -> Result<T, E>,
+) -> Result<(T, Endpoint), CtlError> {
+    let (value, endpoint) = client.get_json(path).await?;
+    let parsed = parse(&value)
+        .map_err(|e| CtlError::Failed(format!("{}: unexpected answer: {e}", endpoint.url(path))))?;
+    Ok((parsed, endpoint))
+}
+
 async fn read_cluster(client: &mut Client) -> Result<(Cluster, Endpoint), CtlError> {
-    let (value, endpoint) = client.get_json("/cluster").await?;
-    let cluster = Cluster::parse(&value).map_err(|e| {
-        CtlError::Failed(format!(
-            "{}: unexpected answer: {e}",
-            endpoint.url("/cluster")
-        ))
-    })?;
-    Ok((cluster, endpoint))
+    read_parsed(client, "/cluster", Cluster::parse).await
 }
 
 pub(super) async fn list(client: &mut Client, format: Format, tree: bool) -> Result<(), CtlError> {
@@ -58,13 +64,7 @@ pub(super) async fn list(client: &mut Client, format: Format, tree: bool) -> Res
 }
 
 pub(super) async fn history(client: &mut Client, format: Format) -> Result<(), CtlError> {
-    let (value, endpoint) = client.get_json("/history").await?;
-    let entries = view::parse_history(&value).map_err(|e| {
-        CtlError::Failed(format!(
-            "{}: unexpected answer: {e}",
-            endpoint.url("/history")
-        ))
-    })?;
+    let (entries, _) = read_parsed(client, "/history", view::parse_history).await?;
     match format {
         Format::Json => print_json(&render::history_json(&entries)),
         Format::Text => {
@@ -349,7 +349,18 @@ pub(super) async fn on_members(
     let (cluster, _) = read_cluster(client).await?;
     let scope = scope_of(&cluster);
     let mut targets = Vec::new();
-    for name in &args.members {
+    // patronictl's form: `restart CLUSTER [MEMBER]...`, all members when none named.
+    let named: Vec<String> = match args.members.split_first() {
+        Some((first, rest)) if super::patroni_cmds::is_cluster_name(first, &cluster) => {
+            if rest.is_empty() {
+                cluster.members.iter().map(|m| m.name.clone()).collect()
+            } else {
+                rest.to_vec()
+            }
+        }
+        _ => args.members.clone(),
+    };
+    for name in &named {
         let member = cluster.member(name).ok_or_else(|| {
             CtlError::Failed(format!(
                 "member {name} does not exist in {scope} (members: {})",

@@ -10,59 +10,24 @@ mod client;
 mod commands;
 mod nodeconf;
 mod patch;
+mod patroni_cmds;
+mod query;
 mod render;
 mod view;
 
-use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
+// The password of `--password` (a `Secret`: `Debug` and `Display` print `***`).
+pub(crate) use matriarch_model::Secret;
 use serde_json::json;
 
 use client::{Client, Endpoint, TlsFiles};
-use commands::{edit_config, failover, history, list, on_members, pause, show_config, switchover};
+use commands::{edit_config, failover, history, on_members, pause, show_config, switchover};
 
 /// The REST API tried when neither `--api` nor `--config` is given (Patroni's default port).
 const DEFAULT_API: &str = "http://127.0.0.1:8008";
-
-/// A password given on the command line or in the environment: `Debug` and `Display` print
-/// `***`, so it never shows in logs or error messages.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub(crate) fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the Authorization header only.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Secret, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
 
 /// `matriarch ctl`: operate a cluster through a member's REST API.
 #[derive(clap::Args, Debug)]
@@ -138,6 +103,9 @@ pub(crate) enum Format {
 /// Options of the reading commands.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ReadArgs {
+    /// The cluster's name, as patronictl's first argument (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -146,6 +114,9 @@ pub(crate) struct ReadArgs {
 /// Options of `switchover`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct SwitchoverArgs {
+    /// The cluster's name, as patronictl's first argument (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
     /// The current leader (checked against the cluster's; default: whoever leads).
     #[arg(long, alias = "primary")]
     pub leader: Option<String>,
@@ -163,6 +134,9 @@ pub(crate) struct SwitchoverArgs {
 /// Options of `failover`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct FailoverArgs {
+    /// The cluster's name, as patronictl's first argument (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
     /// The member to promote.
     #[arg(long, required = true)]
     pub candidate: String,
@@ -174,6 +148,9 @@ pub(crate) struct FailoverArgs {
 /// Options of `pause` and `resume`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct WaitArgs {
+    /// The cluster's name, as patronictl's first argument (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
     /// Wait until every member reports the change (at most --timeout seconds).
     #[arg(long)]
     pub wait: bool,
@@ -182,6 +159,9 @@ pub(crate) struct WaitArgs {
 /// Options of `edit-config`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct EditConfigArgs {
+    /// The cluster's name, as patronictl's first argument (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
     /// Set a key of the dynamic configuration: `ttl=30`, `postgresql.use_pg_rewind=false`;
     /// values are JSON when they parse, text otherwise; `null` removes the key.
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
@@ -221,14 +201,22 @@ pub(crate) struct RestartArgs {
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum CtlCommand {
     /// Members with role, state, timeline and lag.
-    List(ReadArgs),
+    List(ListArgs),
     /// Members as a tree by upstream.
-    Topology(ReadArgs),
+    Topology(ListArgs),
     /// Hand the leader role to a replica, now or at a scheduled time.
     Switchover(SwitchoverArgs),
     /// Promote a member, whether or not the cluster has a healthy leader.
     Failover(FailoverArgs),
     /// Maintenance mode: stop automatic failover.
+    ///
+    /// While paused, no agent starts, stops, promotes or demotes PostgreSQL,
+    /// and the write fence is suspended: stopping an agent (to upgrade it)
+    /// leaves its PostgreSQL running and the leader key in place (it expires
+    /// by its ttl, or the restarted agent adopts the running PostgreSQL and
+    /// renews it), as under Patroni. A primary whose agent is stopped or
+    /// hung then keeps taking writes, guarded by nothing: resume to get the
+    /// fence and automatic failover back.
     Pause(WaitArgs),
     /// Leave maintenance mode.
     Resume(WaitArgs),
@@ -244,6 +232,77 @@ pub(crate) enum CtlCommand {
     Reload(MemberArgs),
     /// Rebuild members' data directories from the leader.
     Reinit(MemberArgs),
+    /// This tool's version; with a cluster name, every member's (as patronictl).
+    Version(VersionArgs),
+    /// Discard scheduled events: `flush CLUSTER [MEMBER]... restart|switchover`.
+    Flush(FlushArgs),
+    /// `host=… port=…` of the leader, of a member with a role, or of a member.
+    Dsn(DsnArgs),
+    /// Run SQL on a member's PostgreSQL (the leader by default); rows as tsv.
+    Query(query::QueryArgs),
+}
+
+/// Options of `list` and `topology`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ListArgs {
+    /// The cluster and the output format.
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Print again every SECONDS until interrupted.
+    #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
+    pub watch: Option<f64>,
+    /// Print again every 2 seconds until interrupted.
+    #[arg(short = 'W')]
+    pub watch_default: bool,
+}
+
+impl ListArgs {
+    /// The interval of `--watch`/`-W`, if watching.
+    fn interval(&self) -> Result<Option<Duration>, CtlError> {
+        match (self.watch, self.watch_default) {
+            (Some(seconds), _) if seconds.is_finite() && seconds > 0.0 => {
+                Ok(Some(Duration::from_secs_f64(seconds)))
+            }
+            (Some(seconds), _) => Err(CtlError::Usage(format!(
+                "--watch {seconds}: a positive number of seconds"
+            ))),
+            (None, true) => Ok(Some(Duration::from_secs(2))),
+            (None, false) => Ok(None),
+        }
+    }
+}
+
+/// Options of `version`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct VersionArgs {
+    /// `CLUSTER [MEMBER]...`: the cluster whose members' versions to print.
+    #[arg(value_name = "CLUSTER [MEMBER]")]
+    pub names: Vec<String>,
+}
+
+/// Options of `flush`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct FlushArgs {
+    /// `CLUSTER [MEMBER]... restart|switchover`.
+    #[arg(value_name = "ARGS", required = true, num_args = 2..)]
+    pub args: Vec<String>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Options of `dsn`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct DsnArgs {
+    /// The cluster's name (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
+    /// leader (default), primary, replica or any.
+    #[arg(short = 'r', long)]
+    pub role: Option<String>,
+    /// The member.
+    #[arg(short = 'm', long)]
+    pub member: Option<String>,
 }
 
 /// Why a command did not succeed.
@@ -358,19 +417,67 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
     };
     let mut client = client_from(&args)?;
     match *args.command {
-        CtlCommand::List(read) => list(&mut client, read.format, false).await,
-        CtlCommand::Topology(read) => list(&mut client, read.format, true).await,
-        CtlCommand::History(read) => history(&mut client, read.format).await,
-        CtlCommand::ShowConfig(read) => show_config(&mut client, read.format).await,
-        CtlCommand::Switchover(s) => switchover(&mut client, &s, scheduled).await,
-        CtlCommand::Failover(f) => failover(&mut client, &f).await,
-        CtlCommand::Pause(w) => pause(&mut client, true, w.wait, args.timeout).await,
-        CtlCommand::Resume(w) => pause(&mut client, false, w.wait, args.timeout).await,
+        CtlCommand::List(l) => {
+            let (cluster, interval) = (l.read.cluster.as_deref(), l.interval()?);
+            patroni_cmds::list(&mut client, cluster, l.read.format, false, interval).await
+        }
+        CtlCommand::Topology(l) => {
+            let (cluster, interval) = (l.read.cluster.as_deref(), l.interval()?);
+            patroni_cmds::list(&mut client, cluster, l.read.format, true, interval).await
+        }
+        CtlCommand::History(read) => {
+            patroni_cmds::require_cluster(&mut client, read.cluster.as_deref()).await?;
+            history(&mut client, read.format).await
+        }
+        CtlCommand::ShowConfig(read) => {
+            patroni_cmds::require_cluster(&mut client, read.cluster.as_deref()).await?;
+            show_config(&mut client, read.format).await
+        }
+        CtlCommand::Switchover(s) => {
+            patroni_cmds::require_cluster(&mut client, s.cluster.as_deref()).await?;
+            switchover(&mut client, &s, scheduled).await
+        }
+        CtlCommand::Failover(f) => {
+            patroni_cmds::require_cluster(&mut client, f.cluster.as_deref()).await?;
+            failover(&mut client, &f).await
+        }
+        CtlCommand::Pause(w) => {
+            patroni_cmds::require_cluster(&mut client, w.cluster.as_deref()).await?;
+            pause(&mut client, true, w.wait, args.timeout).await
+        }
+        CtlCommand::Resume(w) => {
+            patroni_cmds::require_cluster(&mut client, w.cluster.as_deref()).await?;
+            pause(&mut client, false, w.wait, args.timeout).await
+        }
+        CtlCommand::Version(v) => {
+            let cluster = v.names.first().map(String::as_str);
+            let members = v.names.get(1..).unwrap_or_default();
+            patroni_cmds::version(&mut client, cluster, members).await
+        }
+        CtlCommand::Flush(f) => patroni_cmds::flush(&mut client, &f.args, f.force).await,
+        CtlCommand::Query(q) => {
+            query::query(&mut client, &q, Duration::from_secs(args.timeout)).await
+        }
+        CtlCommand::Dsn(d) => {
+            patroni_cmds::dsn(
+                &mut client,
+                d.cluster.as_deref(),
+                d.role.as_deref(),
+                d.member.as_deref(),
+            )
+            .await
+        }
         CtlCommand::EditConfig(edit) => {
+            patroni_cmds::require_cluster(&mut client, edit.cluster.as_deref()).await?;
             edit_config(&mut client, patch.unwrap_or_default(), edit.force).await
         }
         CtlCommand::Restart(r) => {
-            let body = json!({});
+            // As patronictl: the member itself checks the flag when asked.
+            let body = if r.pending {
+                json!({"restart_pending": true})
+            } else {
+                json!({})
+            };
             on_members(
                 &mut client,
                 &r.target,

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use matriarch_model::HostPort;
 use serde_norway::Value;
 
 use super::Secret;
@@ -44,16 +45,21 @@ fn scalar(root: &Value, path: &[&str]) -> Result<Option<String>, String> {
 /// an empty host become the loopback address.
 fn connectable(listen: &str) -> String {
     let first = listen.split(',').next().unwrap_or("").trim();
-    match first.rsplit_once(':') {
-        Some((host, port)) => {
-            let host = match host {
-                "" | "0.0.0.0" | "*" => "127.0.0.1",
-                "[::]" | "::" => "[::1]",
-                other => other,
-            };
-            format!("{host}:{port}")
+    // `:8008` listens on every address, like `0.0.0.0:8008`.
+    let address = match first.strip_prefix(':') {
+        Some(port) if !port.contains(':') => HostPort::parse(&format!("0.0.0.0:{port}")),
+        _ => HostPort::parse(first),
+    };
+    match address {
+        Ok(mut address) => {
+            match address.host.as_str() {
+                "0.0.0.0" | "*" => address.host = "127.0.0.1".to_owned(),
+                "::" => address.host = "::1".to_owned(),
+                _ => {}
+            }
+            address.to_string()
         }
-        None => first.to_string(),
+        Err(_) => first.to_string(),
     }
 }
 

@@ -38,8 +38,12 @@ fn global_options_go_before_or_after_the_command() {
     assert_eq!(args.api, vec!["http://a:1", "b:2", "c:3"]);
     assert!(matches!(
         *args.command,
-        CtlCommand::List(ReadArgs {
-            format: Format::Json
+        CtlCommand::List(ListArgs {
+            read: ReadArgs {
+                format: Format::Json,
+                ..
+            },
+            ..
         })
     ));
     let args = parse(&["--username", "u", "--password", "pw", "history"]).expect("ok");

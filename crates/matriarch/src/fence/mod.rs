@@ -11,6 +11,7 @@
 //! - `arm <milliseconds>`: writes are allowed for that long from now
 //!   ([`matriarch_ha::Fence::arm`], sent after each successful lock renewal);
 //! - `disarm`: this node no longer leads, nothing to guard;
+//! - `suspend`: the cluster is paused (see below);
 //! - `spawn <json>`: start the postmaster ([`ProcessFence`] is the
 //!   controller's [`PostmasterLauncher`]); the fence answers `spawned <pid>`
 //!   or `failed <reason>` on its output.
@@ -55,6 +56,29 @@
 //! A postmaster already running when the agent starts (started by hand or
 //! by an older version) is not the fence's child: it is guarded by the
 //! deadline and the pipe only, until it is next restarted.
+//!
+//! # In pause
+//!
+//! While the cluster is paused (`pause: true`, maintenance mode) the
+//! operator owns PostgreSQL, as under Patroni: the agent stops or restarts
+//! nothing, and stopping the agent (to upgrade it, say) must leave a running
+//! primary running. This is the one exception to "a primary never outlives
+//! matriarch's processes as a writable primary", and the operator asks for it
+//! by pausing. So while paused the engine sends `suspend` instead of `arm`:
+//! no deadline, and when the pipe closes (a clean stop, or the agent's death)
+//! the watchdog does not kill the postmaster and does not exit: it stays the
+//! postmaster's parent (so the death signal does not fire), reaping it, and
+//! exits once no postmaster of its own is left. The leader key is left too
+//! (it expires by its ttl, or the restarted agent renews it), and a restarted
+//! agent adopts the running postmaster like any it did not start. At resume
+//! the engine disarms, then arms again with its first renewal, before it
+//! acts on the resumed cluster. A postmaster adopted that way is guarded by
+//! the new fence's deadline and pipe only (a SIGKILL of the whole of
+//! matriarch, the old fence included, still kills it by its death signal),
+//! until it is next restarted. A SIGTERM of the lingering fence kills the
+//! postmaster; with systemd, stop the unit with `KillMode=process` (as
+//! Patroni's documentation recommends) so that a stop in pause reaches the
+//! agent alone.
 //!
 //! # With a watchdog
 //!
@@ -170,6 +194,9 @@ pub(crate) struct ProcessFence {
     pid_file: PathBuf,
     member: String,
     guard: Arc<Mutex<Guard>>,
+    /// The fence was last told `suspend` (the cluster is paused): a clean
+    /// close leaves the postmaster running.
+    suspended: AtomicBool,
 }
 
 impl ProcessFence {
@@ -181,6 +208,7 @@ impl ProcessFence {
             pid_file,
             member: member.to_owned(),
             guard: Arc::new(Mutex::new(guard)),
+            suspended: AtomicBool::new(false),
         })
     }
 
@@ -208,16 +236,28 @@ impl ProcessFence {
             source: Box::new(e),
         })?;
         info!(member = %self.member, fence_pid = guard.child.id(), "write fence watchdog restarted");
+        if self.suspended.load(Ordering::SeqCst) {
+            // The cluster is still paused: what the new one starts must
+            // outlive this agent too.
+            guard.send("suspend", "suspend\n")?;
+        }
         Ok((guard, true))
     }
 
     /// Disarms and closes the pipe, so the watchdog exits (a clean stop;
-    /// a postmaster still running dies with it).
+    /// a postmaster still running dies with it). While suspended (the
+    /// cluster is paused) it only closes the pipe: the watchdog stays the
+    /// postmaster's parent, and PostgreSQL keeps running.
     pub(crate) fn close(&self) {
         let Ok(mut guard) = self.guard.lock() else {
             return;
         };
         guard.closing.store(true, Ordering::SeqCst);
+        if self.suspended.load(Ordering::SeqCst) {
+            info!(member = %self.member, fence_pid = guard.child.id(), "the cluster is paused: PostgreSQL keeps running after this agent, its fence stays its parent");
+            guard.stdin.take();
+            return;
+        }
         let _ = guard.send("disarm", "disarm\n");
         guard.stdin.take();
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -273,13 +313,24 @@ impl Fence for ProcessFence {
             // Its postmaster died with it: this node has nothing to lead with.
             return Err(FenceError::Died);
         }
-        guard.send("arm", &format!("arm {}\n", valid_for.as_millis()))
+        guard.send("arm", &format!("arm {}\n", valid_for.as_millis()))?;
+        self.suspended.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn disarm(&self) -> Result<(), FenceError> {
         // A fence found dead is replaced; a new one starts disarmed anyway.
         let (mut guard, _) = self.live_guard()?;
-        guard.send("disarm", "disarm\n")
+        guard.send("disarm", "disarm\n")?;
+        self.suspended.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn suspend(&self) -> Result<(), FenceError> {
+        let (mut guard, _) = self.live_guard()?;
+        guard.send("suspend", "suspend\n")?;
+        self.suspended.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -392,6 +443,13 @@ impl Fence for CombinedFence {
 
     async fn disarm(&self) -> Result<(), FenceError> {
         let first = self.first.disarm().await;
+        let second = self.second.disarm().await;
+        self.combine("disarm", first, second)
+    }
+
+    async fn suspend(&self) -> Result<(), FenceError> {
+        // The watchdog is off in pause, as under Patroni.
+        let first = self.first.suspend().await;
         let second = self.second.disarm().await;
         self.combine("disarm", first, second)
     }

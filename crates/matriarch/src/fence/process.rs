@@ -1,7 +1,9 @@
 //! The fence process itself (`matriarch fence --pid-file ...`): it reads
-//! `arm`, `disarm` and `spawn` lines on its input, starts postmasters as its
-//! children, reaps them, and kills the postmaster when the deadline passes or
-//! the agent's pipe closes while armed. See the parent module for why.
+//! `arm`, `disarm`, `suspend` and `spawn` lines on its input, starts
+//! postmasters as its children, reaps them, and kills the postmaster when the
+//! deadline passes or the agent's pipe closes while armed. When the pipe
+//! closes while suspended (the cluster is paused), it stays the postmaster's
+//! parent until the postmaster exits. See the parent module for why.
 
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
@@ -21,6 +23,7 @@ pub(super) const REAP_EVERY: Duration = Duration::from_millis(100);
 pub(super) enum Message {
     Arm(Duration),
     Disarm,
+    Suspend,
     Spawn(Box<SpawnRequest>),
     Closed,
 }
@@ -29,6 +32,9 @@ pub(super) fn parse_line(line: &str) -> Option<Message> {
     let line = line.trim();
     if line == "disarm" {
         return Some(Message::Disarm);
+    }
+    if line == "suspend" {
+        return Some(Message::Suspend);
     }
     if let Some(json) = line.strip_prefix("spawn ") {
         return serde_json::from_str(json)
@@ -138,13 +144,18 @@ pub(super) fn start_postmaster(request: &SpawnRequest) -> Result<u32, String> {
 
 /// Reaps every exited child (the postmasters this fence started), so that
 /// none lingers as a zombie that PostgreSQL would take for a running server.
-pub(super) fn reap_children() {
+/// Returns whether a child still runs.
+pub(super) fn reap_children() -> bool {
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid with a valid pointer to a local.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return;
+        if pid == 0 {
+            return true;
+        }
+        if pid < 0 {
+            // ECHILD: none left (EINTR cannot happen with WNOHANG).
+            return false;
         }
         let how = if libc::WIFEXITED(status) {
             format!("exit status {}", libc::WEXITSTATUS(status))
@@ -190,6 +201,7 @@ pub(crate) fn run_watchdog(pid_file: PathBuf) -> ExitCode {
         let _ = tx.send(Message::Closed);
     });
     let mut deadline: Option<Instant> = None;
+    let mut suspended = false;
     loop {
         reap_children();
         let wait = deadline.map_or(REAP_EVERY, |at| {
@@ -208,8 +220,18 @@ pub(crate) fn run_watchdog(pid_file: PathBuf) -> ExitCode {
             Err(RecvTimeoutError::Disconnected) => Message::Closed,
         };
         match message {
-            Message::Arm(valid_for) => deadline = Some(Instant::now() + valid_for),
-            Message::Disarm => deadline = None,
+            Message::Arm(valid_for) => {
+                deadline = Some(Instant::now() + valid_for);
+                suspended = false;
+            }
+            Message::Disarm => {
+                deadline = None;
+                suspended = false;
+            }
+            Message::Suspend => {
+                deadline = None;
+                suspended = true;
+            }
             Message::Spawn(request) => match start_postmaster(&request) {
                 Ok(pid) => {
                     log(&format!("started postmaster {pid}"));
@@ -221,6 +243,11 @@ pub(crate) fn run_watchdog(pid_file: PathBuf) -> ExitCode {
                 }
             },
             Message::Closed => {
+                if suspended {
+                    log("the agent is gone while the cluster is paused: PostgreSQL keeps running; this fence stays its parent until it stops");
+                    linger_until_children_exit();
+                    return ExitCode::SUCCESS;
+                }
                 if deadline.is_some() {
                     log("the agent is gone while leading: killing the postmaster");
                     kill_postmaster(&pid_file);
@@ -230,6 +257,15 @@ pub(crate) fn run_watchdog(pid_file: PathBuf) -> ExitCode {
             }
         }
     }
+}
+
+/// Stays the parent of the postmasters this fence started (their death
+/// signal follows this process) and reaps them, until none is left.
+fn linger_until_children_exit() {
+    while reap_children() {
+        std::thread::sleep(REAP_EVERY);
+    }
+    log("no postmaster left: exiting");
 }
 
 /// The postmaster's pid from line 1 of `postmaster.pid`, if that process

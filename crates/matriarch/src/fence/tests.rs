@@ -13,6 +13,7 @@ fn messages_parse() {
         Some(Message::Arm(Duration::from_millis(1500)))
     );
     assert_eq!(parse_line("disarm\n"), Some(Message::Disarm));
+    assert_eq!(parse_line("suspend\n"), Some(Message::Suspend));
     assert_eq!(parse_line("arm soon"), None);
     assert_eq!(parse_line("kill"), None);
 }
@@ -53,6 +54,11 @@ impl Fence for FakeFence {
             Ok(())
         }
     }
+
+    async fn suspend(&self) -> Result<(), FenceError> {
+        self.calls.lock().unwrap().push("suspend".to_owned());
+        Ok(())
+    }
 }
 
 fn combined(policy: SecondFence) -> (Arc<FakeFence>, Arc<FakeFence>, CombinedFence) {
@@ -70,6 +76,14 @@ async fn both_fences_are_armed_and_disarmed() {
     for f in [&first, &second] {
         assert_eq!(*f.calls.lock().unwrap(), ["arm 1500", "disarm"]);
     }
+}
+
+#[tokio::test]
+async fn in_pause_the_process_fence_is_suspended_and_the_watchdog_disarmed() {
+    let (first, second, fence) = combined(SecondFence::Required);
+    fence.suspend().await.unwrap();
+    assert_eq!(*first.calls.lock().unwrap(), ["suspend"]);
+    assert_eq!(*second.calls.lock().unwrap(), ["disarm"]);
 }
 
 #[tokio::test]

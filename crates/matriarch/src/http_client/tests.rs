@@ -35,73 +35,20 @@ pub(crate) struct Seen {
 /// A test server's answer to a request.
 pub(crate) type Handler = dyn Fn(&Seen) -> (u16, String) + Send + Sync;
 
-fn openssl(dir: &Path, args: &[&str]) -> bool {
-    std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
-/// (`server.pem`, `server-key.pem`), made with openssl; `None` where openssl
-/// is missing.
-pub(crate) fn certificates(dir: &Path) -> Option<()> {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca = [
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-        ],
-    ]
-    .concat();
-    let csr = [
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server-key.pem",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat();
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").ok()?;
-    let sign = [
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ];
-    (openssl(dir, &ca) && openssl(dir, &csr) && openssl(dir, &sign)).then_some(())
+/// A temporary directory with the test kit's CA (`ca.pem`) and a server
+/// certificate for 127.0.0.1 signed by it (`server.pem`, `server-key.pem`);
+/// `None` (the test is skipped, and says so) where openssl is missing.
+pub(crate) fn certificates() -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir().ok()?;
+    let made = matriarch_testkit::TestCa::create(dir.path(), "ca")
+        .and_then(|ca| ca.issue("server", matriarch_testkit::SERVER_EXTENSIONS));
+    match made {
+        Ok(()) => Some(dir),
+        Err(error) => {
+            eprintln!("no test certificates ({error}): skipped");
+            None
+        }
+    }
 }
 
 /// The TLS side of a test server: `server.pem` and `server-key.pem` of `dir`.
@@ -278,11 +225,9 @@ async fn plain_http_requests_carry_method_body_and_credentials() {
 
 #[tokio::test]
 async fn https_servers_are_verified_against_the_given_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    if certificates(dir.path()).is_none() {
-        eprintln!("openssl is not available: skipped");
+    let Some(dir) = certificates() else {
         return;
-    }
+    };
     let port = serve(Some(dir.path()), |seen| (200, format!("\"{}\"", seen.path))).await;
     let url = format!("https://127.0.0.1:{port}/patroni");
     let client = HttpClient::with_tls_files(Some(&dir.path().join("ca.pem")), None);

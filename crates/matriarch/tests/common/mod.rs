@@ -5,10 +5,16 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use matriarch_testkit::{bin_dir, free_port, http_request, HttpResponse, PgOsUser};
+use matriarch_testkit::{bin_dir, free_port, http_request, EtcdServer, HttpResponse, PgOsUser};
+use serde_json::Value;
+
+mod etcd;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub(crate) use etcd::{etcd_get, etcd_lease_granted_ttl, etcd_put, etcd_range};
 
 /// REST API credentials of every test node.
 pub(crate) const API_USER: &str = "admin";
@@ -131,6 +137,13 @@ impl Node {
         }
     }
 
+    /// The whole node dies: SIGKILL to the agent and to PostgreSQL, no clean
+    /// shutdown.
+    pub(crate) fn crash(&mut self) {
+        self.kill_agent();
+        self.kill_postgres();
+    }
+
     /// SIGKILLs the postmaster and its children.
     pub(crate) fn kill_postgres(&self) {
         if let Some(pid) = self.postmaster_pid() {
@@ -171,27 +184,37 @@ impl Node {
 
     /// Runs SQL with psql over TCP as the superuser; `Err` with psql's output.
     pub(crate) fn psql(&self, sql: &str) -> Result<String, String> {
-        let output = Command::new(bin_dir().join("psql"))
-            .args([
-                "-h",
-                &self.pg_host,
-                "-p",
-                &self.pg_port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGPASSWORD", PG_PASSWORD)
-            .env("PGCONNECT_TIMEOUT", "3")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
+        psql_at(&self.pg_host, self.pg_port, sql)
+    }
+
+    /// `GET path` as JSON (`Null` when the API does not answer with JSON).
+    pub(crate) fn get_json(&self, path: &str) -> Value {
+        serde_json::from_slice(&self.call("GET", path, "", false).body).unwrap_or(Value::Null)
+    }
+
+    /// The timeline `/patroni` reports.
+    pub(crate) fn timeline(&self) -> Option<u64> {
+        self.get_json("/patroni")["timeline"].as_u64()
+    }
+
+    /// Waits until `GET path` answers `status`; returns whether it did.
+    pub(crate) fn wait_status(&self, path: &str, status: u16, timeout: Duration) -> bool {
+        wait_for(timeout, || (self.status(path) == status).then_some(())).is_some()
+    }
+
+    /// `matriarch ctl ARGS --api <this node>` with the test credentials
+    /// (from the environment, so ctl prints no password warning).
+    pub(crate) fn ctl(&self, args: &[&str]) -> Output {
+        let api = self.api();
+        let mut args = args.to_vec();
+        args.extend(["--api", &api]);
+        ctl_env(
+            &args,
+            &[
+                ("MATRIARCH_CTL_USERNAME", API_USER),
+                ("MATRIARCH_CTL_PASSWORD", API_PASSWORD),
+            ],
+        )
     }
 
     /// The last lines of the agent's log.
@@ -200,6 +223,28 @@ impl Node {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// `matriarch ctl ARGS`, with none of ctl's variables from the test's
+/// environment.
+pub(crate) fn ctl(args: &[&str]) -> Output {
+    ctl_env(args, &[])
+}
+
+/// `matriarch ctl ARGS` with `env` as ctl's only variables.
+pub(crate) fn ctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_matriarch"));
+    command.arg("ctl").args(args).stdin(Stdio::null());
+    for var in [
+        "MATRIARCH_CTL_API",
+        "MATRIARCH_CTL_CONFIG",
+        "MATRIARCH_CTL_USERNAME",
+        "MATRIARCH_CTL_PASSWORD",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run matriarch ctl")
 }
 
 /// Options for the test cluster.
@@ -216,6 +261,10 @@ pub(crate) struct Options {
     pub distinct_ips: bool,
     /// `log.format`.
     pub log_format: &'static str,
+    /// The cluster's `scope`.
+    pub scope: &'static str,
+    /// Node i is named `<member_prefix><i+1>`.
+    pub member_prefix: &'static str,
 }
 
 impl Default for Options {
@@ -226,6 +275,8 @@ impl Default for Options {
             tags: Vec::new(),
             distinct_ips: false,
             log_format: "text",
+            scope: "e2e",
+            member_prefix: "node",
         }
     }
 }
@@ -237,6 +288,15 @@ pub(crate) struct Cluster {
     /// The DCS.
     pub dcs: DcsSpec,
     _dir: tempfile::TempDir,
+    /// The etcd the cluster started for itself; it stops after the agents.
+    etcd: Option<EtcdServer>,
+    /// Released last, once everything above has stopped.
+    _serial: Serial,
+}
+
+/// The `POST /switchover` body from `leader` to `candidate`.
+pub(crate) fn switchover_body(leader: &str, candidate: &str) -> String {
+    format!("{{\"leader\": \"{leader}\", \"candidate\": \"{candidate}\"}}")
 }
 
 /// Polls `check` every 200 ms until it returns `Some` or `timeout` passes.
@@ -256,21 +316,94 @@ pub(crate) fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T
 impl Cluster {
     /// Writes configs for `n` nodes and starts them.
     pub(crate) fn start(n: usize, dcs: DcsSpec, options: Options) -> Cluster {
-        let cluster = Cluster::configure(n, dcs, options);
-        let mut cluster = cluster;
+        let mut cluster = Cluster::configure(n, dcs, options);
         for node in &mut cluster.nodes {
             node.start(&[]);
         }
         cluster
     }
 
+    /// Starts an etcd of its own and `n` nodes on it.
+    pub(crate) fn start_on_etcd(n: usize, options: Options) -> Cluster {
+        let mut cluster = Cluster::configure_on_etcd(n, options);
+        for node in &mut cluster.nodes {
+            node.start(&[]);
+        }
+        cluster
+    }
+
+    /// Starts an etcd of its own and `n` nodes on it, and waits up to
+    /// `timeout` for a primary with `n - 1` healthy replicas; returns the
+    /// cluster and the primary's index.
+    pub(crate) fn healthy_on_etcd(
+        n: usize,
+        options: Options,
+        timeout: Duration,
+    ) -> (Cluster, usize) {
+        let cluster = Cluster::start_on_etcd(n, options);
+        let primary = cluster.wait_healthy(n - 1, timeout);
+        (cluster, primary)
+    }
+
+    /// Starts an etcd of its own and writes configs for `n` nodes on it,
+    /// without starting them.
+    pub(crate) fn configure_on_etcd(n: usize, options: Options) -> Cluster {
+        // Before etcd starts.
+        let serial = serial();
+        let etcd = EtcdServer::start().expect("etcd");
+        let mut cluster = Cluster::configure(n, DcsSpec::Etcd(etcd.client_url()), options);
+        cluster.etcd = Some(etcd);
+        // The hold taken before etcd started, not configure's reentrant one.
+        cluster._serial = serial;
+        cluster
+    }
+
+    /// Starts node1 alone and waits until it bootstrapped and leads.
+    pub(crate) fn start_node1_as_primary(&mut self, timeout: Duration) {
+        self.nodes[0].start(&[]);
+        let primary = self.wait_healthy(0, timeout);
+        assert_eq!(primary, 0, "node1 is not the primary\n{}", self.logs());
+    }
+
+    /// Starts node1 alone until it leads, then the others, and waits until
+    /// they all replicate from it.
+    pub(crate) fn start_node1_first(&mut self, timeout: Duration) {
+        self.start_node1_as_primary(timeout);
+        for node in &mut self.nodes[1..] {
+            node.start(&[]);
+        }
+        let primary = self.wait_healthy(self.nodes.len() - 1, timeout);
+        assert_eq!(
+            primary,
+            0,
+            "node1 is no longer the primary\n{}",
+            self.logs()
+        );
+    }
+
+    /// The etcd the cluster started for itself ([`Cluster::start_on_etcd`]).
+    pub(crate) fn etcd(&self) -> &EtcdServer {
+        self.etcd
+            .as_ref()
+            .expect("the cluster started its own etcd")
+    }
+
+    /// The client URL of the cluster's etcd.
+    pub(crate) fn etcd_url(&self) -> String {
+        match &self.dcs {
+            DcsSpec::Etcd(url) => url.clone(),
+            DcsSpec::ZooKeeper(_) => panic!("the cluster runs on ZooKeeper, not etcd"),
+        }
+    }
+
     /// Writes configs for `n` nodes without starting them.
     pub(crate) fn configure(n: usize, dcs: DcsSpec, options: Options) -> Cluster {
+        let serial = serial();
         let user = PgOsUser::detect().expect("the PostgreSQL OS user");
         let dir = user.tempdir("matriarch-e2e-").expect("temp dir");
         let mut nodes = Vec::new();
         for i in 0..n {
-            let name = format!("node{}", i + 1);
+            let name = format!("{}{}", options.member_prefix, i + 1);
             let node_dir = dir.path().join(&name);
             fs::create_dir_all(&node_dir).expect("node dir");
             user.chown(&node_dir).expect("chown node dir");
@@ -287,12 +420,13 @@ impl Cluster {
                 "127.0.0.1".to_owned()
             };
             let config = format!(
-                "scope: e2e\nname: {name}\nlog:\n  format: {log_format}\n  level: info,matriarch=debug\nrestapi:\n  listen: 127.0.0.1:{api_port}\n  authentication:\n    username: {API_USER}\n    password: {API_PASSWORD}\n{dcs_yaml}bootstrap:\n  initdb: [--no-sync]\n  dcs:\n{}postgresql:\n  listen: {pg_host}:{pg_port}\n  data_dir: {}\n  bin_dir: {}\n  authentication:\n    superuser: {{username: postgres, password: {PG_PASSWORD}}}\n    replication: {{username: replicator, password: repl-secret}}\n  parameters:\n    fsync: 'off'\n    wal_keep_size: 128MB\ntags:\n  failover_priority: 1\n{tags}{}",
+                "scope: {scope}\nname: {name}\nlog:\n  format: {log_format}\n  level: info,matriarch=debug\nrestapi:\n  listen: 127.0.0.1:{api_port}\n  authentication:\n    username: {API_USER}\n    password: {API_PASSWORD}\n{dcs_yaml}bootstrap:\n  initdb: [--no-sync]\n  dcs:\n{}postgresql:\n  listen: {pg_host}:{pg_port}\n  data_dir: {}\n  bin_dir: {}\n  authentication:\n    superuser: {{username: postgres, password: {PG_PASSWORD}}}\n    replication: {{username: replicator, password: repl-secret}}\n  parameters:\n    fsync: 'off'\n    wal_keep_size: 128MB\ntags:\n  failover_priority: 1\n{tags}{}",
                 options.dcs,
                 node_dir.join("data").display(),
                 bin_dir().display(),
                 options.extra.replace("{name}", &name),
                 log_format = options.log_format,
+                scope = options.scope,
             );
             let config_path = node_dir.join("node.yaml");
             fs::write(&config_path, config).expect("write config");
@@ -311,6 +445,8 @@ impl Cluster {
             nodes,
             dcs,
             _dir: dir,
+            etcd: None,
+            _serial: serial,
         }
     }
 
@@ -352,6 +488,45 @@ impl Cluster {
             .join("\n")
     }
 
+    /// Waits for a primary other than node `not`; panics with the logs after `timeout`.
+    pub(crate) fn new_primary(&self, not: usize, timeout: Duration) -> usize {
+        wait_for(timeout, || self.primary().filter(|p| *p != not))
+            .unwrap_or_else(|| panic!("no new primary within {timeout:?}\n{}", self.logs()))
+    }
+
+    /// Waits until node `i` alone answers as primary; returns whether it did.
+    pub(crate) fn wait_primary_is(&self, i: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || (self.primary() == Some(i)).then_some(())).is_some()
+    }
+
+    /// Asks node `via` for a switchover from node `leader` to node `candidate`.
+    pub(crate) fn switchover(&self, via: usize, leader: usize, candidate: usize) -> HttpResponse {
+        let body = switchover_body(&self.nodes[leader].name, &self.nodes[candidate].name);
+        self.nodes[via].call("POST", "/switchover", &body, true)
+    }
+
+    /// Rewrites node `i`'s config file with `from` replaced by `to` (before the
+    /// node starts, or before a restart).
+    pub(crate) fn edit_config(&self, i: usize, from: &str, to: &str) {
+        let path = &self.nodes[i].config;
+        let text = fs::read_to_string(path).expect("read the node config");
+        assert!(text.contains(from), "{from:?} not in {}", path.display());
+        fs::write(path, text.replacen(from, to, 1)).expect("write the node config");
+    }
+
+    /// Asserts that `response` has `status`, else panics with its body and
+    /// every node's log.
+    #[track_caller]
+    pub(crate) fn assert_status(&self, response: &HttpResponse, status: u16) {
+        assert_eq!(
+            response.status,
+            status,
+            "{}\n{}",
+            response.body_text(),
+            self.logs()
+        );
+    }
+
     /// Waits until `sql` on node `i` returns `expected`.
     pub(crate) fn wait_sql(&self, i: usize, sql: &str, expected: &str, timeout: Duration) -> bool {
         wait_for(timeout, || {
@@ -385,30 +560,54 @@ impl Drop for Cluster {
     }
 }
 
-/// Serializes the scenarios of one test binary: each runs three PostgreSQL
-/// servers, and two cores do not run two such clusters at once reliably.
-pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+/// Serializes the scenarios of one test binary: each runs up to three
+/// PostgreSQL servers, and two cores do not run two such clusters at once
+/// reliably. Every [`Cluster`] holds it; a test takes it first when it sets up
+/// more than the cluster. Reentrant on one thread.
+pub(crate) fn serial() -> Serial {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    if SERIAL_HELD.get() {
+        return Serial(None);
+    }
+    let guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    SERIAL_HELD.set(true);
+    Serial(Some(guard))
 }
 
-/// Runs SQL with psql over TCP at `host:port` as the superuser.
-pub(crate) fn psql_at(host: &str, port: u16, sql: &str) -> Result<String, String> {
-    let output = Command::new(bin_dir().join("psql"))
-        .args([
-            "-h",
-            host,
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
+thread_local! {
+    /// Whether this thread holds [`serial`]'s lock.
+    static SERIAL_HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The hold on [`serial`]'s lock (none when the thread held it already).
+pub(crate) struct Serial(Option<std::sync::MutexGuard<'static, ()>>);
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            SERIAL_HELD.set(false);
+        }
+    }
+}
+
+/// A `psql` command running `sql` at `host:port` as the superuser, over TCP.
+pub(crate) fn psql_command(host: &str, port: u16, sql: &str) -> Command {
+    let mut command = Command::new(bin_dir().join("psql"));
+    command
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres"])
         .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", PG_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "3")
+        .env("PGCONNECT_TIMEOUT", "3");
+    command
+}
+
+/// Runs SQL with psql over TCP at `host:port` as the superuser; `Err` with
+/// psql's output.
+pub(crate) fn psql_at(host: &str, port: u16, sql: &str) -> Result<String, String> {
+    let output = psql_command(host, port, sql)
         .output()
         .map_err(|e| e.to_string())?;
     if output.status.success() {
@@ -464,53 +663,4 @@ impl Drop for HaProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One key read straight from etcd's JSON gateway (`/v3/kv/range`), so a
-/// scenario can check what the agents left in the DCS without going
-/// through them: `None` when the key is absent, else its value and lease id
-/// (0 without a lease). Panics if etcd does not answer.
-pub(crate) fn etcd_get(client_url: &str, key: &str) -> Option<(String, i64)> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
-    let response = http_request(
-        "POST",
-        &format!("{client_url}/v3/kv/range"),
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("etcd answers /v3/kv/range");
-    let reply: serde_json::Value =
-        serde_json::from_slice(&response.body).expect("etcd's range reply is JSON");
-    let kv = reply["kvs"].as_array()?.first()?;
-    let value = kv["value"]
-        .as_str()
-        .and_then(|v| b64.decode(v).ok())
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default();
-    // The gateway writes int64 as a JSON string; absent means 0.
-    let lease = kv["lease"]
-        .as_str()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    Some((value, lease))
-}
-
-/// The TTL an etcd lease was granted with (`/v3/lease/timetolive`), if it
-/// is still alive.
-pub(crate) fn etcd_lease_granted_ttl(client_url: &str, lease: i64) -> Option<i64> {
-    let body = serde_json::json!({ "ID": lease }).to_string();
-    let response = http_request(
-        "POST",
-        &format!("{client_url}/v3/lease/timetolive"),
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .ok()?;
-    let reply: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
-    // An expired lease reports ttl -1.
-    let ttl: i64 = reply["TTL"].as_str()?.parse().ok()?;
-    (ttl >= 0).then_some(())?;
-    reply["grantedTTL"].as_str()?.parse().ok()
 }

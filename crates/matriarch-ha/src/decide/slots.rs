@@ -1,0 +1,144 @@
+//! Replication slots (Patroni's semantics): the leader keeps a physical
+//! slot per member, for `member_slots_ttl` after the member was last seen,
+//! and the permanent slots of `slots`; it drops every other slot that
+//! `ignore_slots` does not cover. A replica keeps copies of the leader's
+//! physical slots, advanced to the positions of the `status` key, so that
+//! it has them if it is promoted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use matriarch_model::{ClusterView, DesiredSlots, MemberName, SlotKind, SlotsConfig};
+
+use super::{Action, Inputs, Plan};
+
+/// What [`Action::ReconcileSlots`] asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotPlan {
+    /// The slots the local server should have.
+    pub desired: DesiredSlots,
+    /// Leader only: when (monotonic) each member slot's member was last
+    /// seen, for [`crate::Memory::slot_members_seen`]; the slots kept are
+    /// the ones named here, and they go into the `status` key's
+    /// `retain_slots`.
+    pub members_seen: Option<BTreeMap<String, Duration>>,
+    /// Invalid entries of `slots`, `ignore_slots` and `member_slots_ttl`,
+    /// left out (the engine logs them once).
+    pub config_errors: Vec<String>,
+}
+
+/// The leader with a running primary: keep its members' slots and the
+/// permanent ones, drop the rest.
+pub(super) fn push_leader_slots(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut Plan) {
+    if !inputs.config.postgresql.use_slots {
+        return;
+    }
+    let (config, errors) = SlotsConfig::from_config(inputs.config);
+    let me = &inputs.node.name;
+    let now = inputs.now;
+    // A new leader has not seen anyone yet: the members its predecessor
+    // kept slots for count as seen now, so they get a full ttl.
+    let mut seen = inputs.memory.slot_members_seen.clone().unwrap_or_else(|| {
+        status_retained(view)
+            .into_iter()
+            .map(|slot| (slot, now))
+            .collect()
+    });
+    let mut present = Vec::new();
+    for name in view.members.keys() {
+        let Ok(name) = MemberName::new(name.clone()) else {
+            continue;
+        };
+        if &name == me {
+            continue;
+        }
+        let slot = name.slot_name();
+        seen.insert(slot.clone(), now);
+        present.push(slot);
+    }
+    seen.retain(|slot, at| {
+        present.contains(slot) || now.saturating_sub(*at) < config.member_slots_ttl
+    });
+    seen.remove(&me.slot_name());
+    let mut slots: BTreeMap<String, SlotKind> = config.permanent.clone();
+    for slot in seen.keys() {
+        slots.insert(slot.clone(), SlotKind::Physical);
+    }
+    plan.push(Action::ReconcileSlots(Box::new(SlotPlan {
+        desired: DesiredSlots {
+            slots,
+            advance_to: BTreeMap::new(),
+            drop_others: true,
+            ignore: config.ignore,
+        },
+        members_seen: Some(seen),
+        config_errors: errors.iter().map(ToString::to_string).collect(),
+    })));
+}
+
+/// A running replica of `holder`: copies of the leader's physical slots
+/// (its members' and the permanent ones), advanced to where the `status`
+/// key says they are on the leader, and a slot for the leader itself,
+/// advanced to its `optime`. Copies without a known position are not made
+/// (they would hold WAL for ever).
+pub(super) fn push_replica_slots(
+    inputs: &Inputs<'_>,
+    view: &ClusterView,
+    holder: &MemberName,
+    plan: &mut Plan,
+) {
+    if !inputs.config.postgresql.use_slots {
+        return;
+    }
+    let Some(Ok(status)) = &view.status else {
+        return;
+    };
+    let status = &status.value;
+    let (config, errors) = SlotsConfig::from_config(inputs.config);
+    let own = inputs.node.name.slot_name();
+    let mut desired = DesiredSlots {
+        drop_others: true,
+        ignore: config.ignore,
+        ..DesiredSlots::default()
+    };
+    for (name, kind) in &config.permanent {
+        // Logical copies are PostgreSQL 17's slot synchronization's job (a
+        // synced slot is never dropped); a logical slot left from when this
+        // node was primary is dropped: it cannot follow the leader's, and
+        // on 17+ it would keep the synchronized copy from being made.
+        if *kind != SlotKind::Physical {
+            continue;
+        }
+        desired.slots.insert(name.clone(), kind.clone());
+        if let Some(at) = status.slots.get(name) {
+            desired.advance_to.insert(name.clone(), *at);
+        }
+    }
+    for (name, at) in &status.slots {
+        if *name == own || config.permanent.contains_key(name) {
+            continue;
+        }
+        desired.slots.insert(name.clone(), SlotKind::Physical);
+        desired.advance_to.insert(name.clone(), *at);
+    }
+    let leader_slot = holder.slot_name();
+    if leader_slot != own && status.optime.0 > 0 {
+        desired
+            .slots
+            .insert(leader_slot.clone(), SlotKind::Physical);
+        desired.advance_to.insert(leader_slot, status.optime);
+    }
+    plan.push(Action::ReconcileSlots(Box::new(SlotPlan {
+        desired,
+        members_seen: None,
+        config_errors: errors.iter().map(ToString::to_string).collect(),
+    })));
+}
+
+/// The slots the `status` key says the previous leader retained.
+fn status_retained(view: &ClusterView) -> Vec<String> {
+    match &view.status {
+        Some(Ok(status)) => status.value.retain_slots.clone(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,314 @@
+//! What the engine publishes in its status for the REST API (issue 20): what
+//! its loop observed and decided, so the API reads nothing itself; a
+//! demotion announced before PostgreSQL is told; and a primary whose lock
+//! renewal fails no longer writable by the time its fence fires, even while
+//! the loop still waits on an unresponsive DCS.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use matriarch_dcs::{Clock, Dcs, DcsError, Expected, ManualClock, MemoryDcs, WatchOutcome};
+use matriarch_ha::sim::member_settings;
+use matriarch_ha::{Engine, EngineRole, Fence, FenceError, StatusHandle};
+use matriarch_model::{
+    encode_initialize, ClusterConfig, ClusterView, DcsKey, Initialize, KeyLayout, Lsn, Member,
+    MemberName, Record, SystemId, Timeline, Version,
+};
+use matriarch_postgres::{
+    BootstrapSpec, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError, RewindOutcome,
+    ServerState, StartAs, StopMode, SyncStandbyNames, Upstream, WalPositions,
+};
+use matriarch_router::RecordingRouter;
+
+const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
+
+fn name(n: &str) -> MemberName {
+    MemberName::new(n).expect("a valid name")
+}
+
+/// A primary that does what it is told, and notes whether the engine's
+/// status still said writable when it was told to demote.
+#[derive(Clone, Default)]
+struct Primary {
+    stopped: Arc<AtomicBool>,
+    status: Arc<Mutex<Option<StatusHandle>>>,
+    writable_when_demoted: Arc<Mutex<Option<bool>>>,
+}
+
+#[async_trait]
+impl Postgres for Primary {
+    async fn observe(&self) -> Result<LocalState, PostgresError> {
+        let mut local = LocalState {
+            timeline: Some(Timeline(1)),
+            system_id: Some(SYSID),
+            ..LocalState::empty()
+        };
+        if self.stopped.load(Ordering::SeqCst) {
+            local.server = ServerState::NotRunning(DataDirectoryState::CleanShutdown);
+        } else {
+            local.server = ServerState::Running(PgRole::Primary);
+            local.wal = WalPositions {
+                write: Some(Lsn(800)),
+                flush: Some(Lsn(800)),
+                ..WalPositions::default()
+            };
+        }
+        Ok(local)
+    }
+    async fn bootstrap(&self, _: &BootstrapSpec) -> Result<SystemId, PostgresError> {
+        Ok(SYSID)
+    }
+    async fn clone_replica(&self, _: &Upstream) -> Result<(), PostgresError> {
+        Ok(())
+    }
+    async fn start(&self, _: StartAs) -> Result<(), PostgresError> {
+        Ok(())
+    }
+    async fn stop(&self, _: StopMode) -> Result<(), PostgresError> {
+        self.stopped.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn promote(&self) -> Result<Timeline, PostgresError> {
+        Ok(Timeline(1))
+    }
+    async fn demote(&self, _: StopMode, _: Option<Upstream>) -> Result<(), PostgresError> {
+        let writable = self
+            .status
+            .lock()
+            .expect("the status slot")
+            .as_ref()
+            .map(|s| s.get().writable);
+        *self.writable_when_demoted.lock().expect("the slot") = writable;
+        self.stopped.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn follow(&self, _: &Upstream) -> Result<(), PostgresError> {
+        Ok(())
+    }
+    async fn rewind(&self, _: &Upstream) -> Result<RewindOutcome, PostgresError> {
+        Ok(RewindOutcome::NotNeeded)
+    }
+    async fn set_synchronous_standby_names(
+        &self,
+        _: &SyncStandbyNames,
+    ) -> Result<(), PostgresError> {
+        Ok(())
+    }
+}
+
+/// A connection to the store that, once told, never answers (each call
+/// waits until the engine's own timeout gives up on it).
+#[derive(Clone)]
+struct Stalling {
+    inner: MemoryDcs,
+    stalled: Arc<AtomicBool>,
+}
+
+impl Stalling {
+    async fn gate(&self) -> &MemoryDcs {
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl Dcs for Stalling {
+    fn layout(&self) -> &KeyLayout {
+        self.inner.layout()
+    }
+    async fn read_view(&self) -> Result<ClusterView, DcsError> {
+        self.gate().await.read_view().await
+    }
+    async fn try_initialize(&self) -> Result<bool, DcsError> {
+        self.gate().await.try_initialize().await
+    }
+    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
+        self.gate().await.complete_initialize(system_id).await
+    }
+    async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        self.gate().await.cancel_initialize().await
+    }
+    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
+        self.gate().await.acquire_leader(me, ttl).await
+    }
+    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
+        self.gate().await.renew_leader(me, ttl).await
+    }
+    fn lock_lifetime(&self) -> Option<Duration> {
+        self.inner.lock_lifetime()
+    }
+    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
+        self.gate().await.release_leader(me).await
+    }
+    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
+        self.gate().await.publish_member(member, ttl).await
+    }
+    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
+        self.gate().await.remove_member(name).await
+    }
+    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
+        self.gate().await.write(record, expected).await
+    }
+    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
+        self.gate().await.delete(key, expected).await
+    }
+    async fn watch(
+        &self,
+        after_revision: u64,
+        timeout: Duration,
+    ) -> Result<WatchOutcome, DcsError> {
+        self.gate().await.watch(after_revision, timeout).await
+    }
+}
+
+#[derive(Default)]
+struct RecordingFence {
+    armed: Mutex<Vec<Duration>>,
+}
+
+#[async_trait]
+impl Fence for RecordingFence {
+    async fn arm(&self, valid_for: Duration) -> Result<(), FenceError> {
+        self.armed.lock().expect("the fence log").push(valid_for);
+        Ok(())
+    }
+    async fn disarm(&self) -> Result<(), FenceError> {
+        Ok(())
+    }
+}
+
+fn config() -> ClusterConfig {
+    ClusterConfig {
+        ttl: Duration::from_secs(10),
+        loop_wait: Duration::from_secs(1),
+        retry_timeout: Duration::from_secs(2),
+        ..ClusterConfig::default()
+    }
+}
+
+struct Leader {
+    clock: Arc<ManualClock>,
+    engine: Engine<Stalling, Primary, RecordingRouter>,
+    pg: Primary,
+    stalled: Arc<AtomicBool>,
+    connection: MemoryDcs,
+    fence: Arc<RecordingFence>,
+}
+
+/// Member `a`'s engine over a running primary, `a` holding the lock.
+async fn leader() -> Leader {
+    let clock = Arc::new(ManualClock::new());
+    let store = MemoryDcs::with_clock(
+        KeyLayout::new("service", "test").expect("a layout"),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    store.put_raw("initialize", &encode_initialize(&Initialize::Done(SYSID)));
+    let connection = store.connect();
+    assert!(connection
+        .acquire_leader(&name("a"), config().ttl)
+        .await
+        .expect("the lock"));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let pg = Primary::default();
+    let fence = Arc::new(RecordingFence::default());
+    let engine = Engine::new(
+        Stalling {
+            inner: connection.clone(),
+            stalled: Arc::clone(&stalled),
+        },
+        pg.clone(),
+        RecordingRouter::new("recording"),
+        member_settings(&name("a"), config()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
+    *pg.status.lock().expect("the status slot") = Some(engine.status());
+    Leader {
+        clock,
+        engine,
+        pg,
+        stalled,
+        connection,
+        fence,
+    }
+}
+
+#[tokio::test]
+async fn the_status_carries_what_the_loop_observed_and_decided() {
+    let mut a = leader().await;
+    let decision = a.engine.run_once().await;
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    let status = a.engine.status().get();
+    assert!(status.writable);
+    let observed = status.postgres.expect("the observed PostgreSQL");
+    assert_eq!(observed.role(), Some(PgRole::Primary));
+    assert_eq!(observed.timeline, Some(Timeline(1)));
+    let view = status.view.expect("the view decided on");
+    assert_eq!(view.leader_name(), Some(&name("a")));
+    assert!(status.view_read_at.is_some());
+}
+
+#[tokio::test]
+async fn a_demotion_is_published_before_postgres_is_told_and_the_status_shows_it_stopped() {
+    let mut a = leader().await;
+    a.engine.run_once().await;
+    assert!(a.engine.status().get().writable);
+    // Cut off from the store past the deadline: the loop demotes.
+    a.connection.set_reachable(false);
+    a.clock.advance(Duration::from_secs(9));
+    let decision = a.engine.run_once().await;
+    assert_eq!(decision.role, EngineRole::Demoting, "{decision:?}");
+    assert_eq!(
+        *a.pg.writable_when_demoted.lock().expect("the slot"),
+        Some(false),
+        "PostgreSQL was told to demote while the status still said writable"
+    );
+    // The status shows PostgreSQL as it is after the plan, not before.
+    let status = a.engine.status().get();
+    assert!(!status.writable);
+    assert_eq!(
+        status.postgres.expect("the observed PostgreSQL").role(),
+        None,
+        "the published observation predates the demotion"
+    );
+    // Unreachable: the last view read stays, with its time.
+    assert!(status.view.is_some() && status.view_read_at.is_some());
+}
+
+#[tokio::test]
+async fn a_primary_whose_renewal_fails_is_not_writable_once_its_fence_fires() {
+    let mut a = leader().await;
+    a.engine.run_once().await;
+    assert!(a.engine.status().get().writable);
+    let fence_window = a
+        .fence
+        .armed
+        .lock()
+        .expect("the fence log")
+        .last()
+        .copied()
+        .expect("the fence armed at the renewal");
+    // The DCS stops answering; the clock reaches the moment the fence fires.
+    a.stalled.store(true, Ordering::SeqCst);
+    a.clock.advance(fence_window);
+    let status = a.engine.status();
+    let mut engine = a.engine;
+    let looping = tokio::spawn(async move { engine.run_once().await });
+    // The loop now waits on the DCS for up to retry_timeout.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !looping.is_finished(),
+        "the loop did not wait on the DCS: the test proves nothing"
+    );
+    assert!(
+        !status.get().writable,
+        "still published as writable {fence_window:?} after the last renewal, when the fence \
+         fired, while the loop waits on the DCS"
+    );
+    let decision = looping.await.expect("the loop");
+    assert_ne!(decision.role, EngineRole::Leader, "{decision:?}");
+}

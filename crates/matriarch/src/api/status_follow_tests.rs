@@ -1,0 +1,414 @@
+//! The REST view follows the engine's status and reads nothing itself: the
+//! role answers change on the status the engine publishes at a promotion or
+//! before a demotion, with no read of PostgreSQL or of the DCS in between
+//! (issue 20). Counting doubles stand for PostgreSQL and the DCS; the figures
+//! (status publish to answer) are printed, not asserted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use matriarch_dcs::{Dcs, DcsError, Expected, MemoryDcs, WatchOutcome};
+use matriarch_ha::{EngineRole, EngineStatus};
+use matriarch_model::{
+    ClusterConfig, ClusterView, DcsKey, KeyLayout, LeaderLock, Member, MemberName, Record,
+    SystemId, Timeline, Version, Versioned,
+};
+use matriarch_postgres::{
+    BootstrapSpec, LocalState, Operation, PgRole, Postgres, PostgresError, RewindOutcome,
+    ServerState, StartAs, StopMode, SyncStandbyNames, Upstream,
+};
+use serde_json::Value;
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+
+use super::StatusSource;
+use super::{normalize_path, refresh, router, ApiState, Cache, Client, ReloadPostgres};
+
+/// How often the API asked PostgreSQL or the DCS for anything.
+#[derive(Default)]
+struct Reads {
+    postgres: AtomicUsize,
+    dcs: AtomicUsize,
+}
+
+impl Reads {
+    fn total(&self) -> (usize, usize) {
+        (
+            self.postgres.load(Ordering::SeqCst),
+            self.dcs.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// A PostgreSQL that still answers as a replica (as a stale read would see
+/// it) and counts every call.
+struct CountingPostgres(Arc<Reads>);
+
+impl CountingPostgres {
+    fn call(&self, operation: Operation) -> PostgresError {
+        self.0.postgres.fetch_add(1, Ordering::SeqCst);
+        PostgresError::NotRunning { operation }
+    }
+}
+
+#[async_trait]
+impl Postgres for CountingPostgres {
+    async fn observe(&self) -> Result<LocalState, PostgresError> {
+        self.0.postgres.fetch_add(1, Ordering::SeqCst);
+        Ok(running(PgRole::Replica, 1))
+    }
+    async fn bootstrap(&self, _: &BootstrapSpec) -> Result<SystemId, PostgresError> {
+        Err(self.call(Operation::Bootstrap))
+    }
+    async fn clone_replica(&self, _: &Upstream) -> Result<(), PostgresError> {
+        Err(self.call(Operation::CloneReplica))
+    }
+    async fn start(&self, _: StartAs) -> Result<(), PostgresError> {
+        Err(self.call(Operation::Start))
+    }
+    async fn stop(&self, _: StopMode) -> Result<(), PostgresError> {
+        Err(self.call(Operation::Stop))
+    }
+    async fn promote(&self) -> Result<Timeline, PostgresError> {
+        Err(self.call(Operation::Promote))
+    }
+    async fn demote(&self, _: StopMode, _: Option<Upstream>) -> Result<(), PostgresError> {
+        Err(self.call(Operation::Demote))
+    }
+    async fn follow(&self, _: &Upstream) -> Result<(), PostgresError> {
+        Err(self.call(Operation::Follow))
+    }
+    async fn rewind(&self, _: &Upstream) -> Result<RewindOutcome, PostgresError> {
+        Err(self.call(Operation::Rewind))
+    }
+    async fn set_synchronous_standby_names(
+        &self,
+        _: &SyncStandbyNames,
+    ) -> Result<(), PostgresError> {
+        Err(self.call(Operation::SetSynchronousStandbyNames))
+    }
+}
+
+#[async_trait]
+impl ReloadPostgres for CountingPostgres {
+    async fn reload(&self) -> Result<(), PostgresError> {
+        Err(self.call(Operation::Reload))
+    }
+}
+
+/// An empty in-memory DCS (no leader, as a stale read would see it) that
+/// counts every call.
+struct CountingDcs {
+    inner: MemoryDcs,
+    reads: Arc<Reads>,
+}
+
+impl CountingDcs {
+    fn count(&self) -> &MemoryDcs {
+        self.reads.dcs.fetch_add(1, Ordering::SeqCst);
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl Dcs for CountingDcs {
+    fn layout(&self) -> &KeyLayout {
+        self.inner.layout()
+    }
+    async fn read_view(&self) -> Result<ClusterView, DcsError> {
+        self.count().read_view().await
+    }
+    async fn try_initialize(&self) -> Result<bool, DcsError> {
+        self.count().try_initialize().await
+    }
+    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
+        self.count().complete_initialize(system_id).await
+    }
+    async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        self.count().cancel_initialize().await
+    }
+    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
+        self.count().acquire_leader(me, ttl).await
+    }
+    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
+        self.count().renew_leader(me, ttl).await
+    }
+    fn lock_lifetime(&self) -> Option<Duration> {
+        self.inner.lock_lifetime()
+    }
+    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
+        self.count().release_leader(me).await
+    }
+    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
+        self.count().publish_member(member, ttl).await
+    }
+    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
+        self.count().remove_member(name).await
+    }
+    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
+        self.count().write(record, expected).await
+    }
+    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
+        self.count().delete(key, expected).await
+    }
+    async fn watch(
+        &self,
+        after_revision: u64,
+        timeout: Duration,
+    ) -> Result<WatchOutcome, DcsError> {
+        self.count().watch(after_revision, timeout).await
+    }
+}
+
+fn me() -> MemberName {
+    MemberName::new("me").expect("a valid name")
+}
+
+fn running(role: PgRole, timeline: u32) -> LocalState {
+    let mut local = LocalState::empty();
+    local.server = ServerState::Running(role);
+    local.timeline = Some(Timeline(timeline));
+    local
+}
+
+/// The DCS as the engine's loop read it: `leader` holds the lock.
+fn view_led_by(leader: &MemberName) -> ClusterView {
+    ClusterView {
+        leader: Some(Ok(Versioned {
+            value: LeaderLock {
+                holder: leader.clone(),
+            },
+            version: Version(7),
+        })),
+        ..ClusterView::default()
+    }
+}
+
+/// What the engine publishes while this node is a replica of `other`.
+fn replica_status() -> EngineStatus {
+    let other = MemberName::new("other").expect("a valid name");
+    EngineStatus {
+        role: EngineRole::Replica,
+        reason: "following other".to_owned(),
+        leader: Some(other.clone()),
+        timeline: Some(Timeline(1)),
+        wal_position: None,
+        dcs_reachable: true,
+        paused: false,
+        loops: 1,
+        config: ClusterConfig::default(),
+        failsafe_active: false,
+        lock_ttl: Duration::from_secs(30),
+        last_failover_possible_loss_bytes: None,
+        last_switchover_failure: None,
+        writable: false,
+        pending: None,
+        postgres: Some(Arc::new(running(PgRole::Replica, 1))),
+        view: Some(Arc::new(view_led_by(&other))),
+        view_read_at: Some(chrono::Utc::now()),
+    }
+}
+
+/// The engine's publish the moment its promotion completed.
+fn promoted(status: &mut EngineStatus) {
+    status.role = EngineRole::Leader;
+    status.writable = true;
+    status.timeline = Some(Timeline(2));
+    status.leader = Some(me());
+    status.postgres = Some(Arc::new(running(PgRole::Primary, 2)));
+    status.view = Some(Arc::new(view_led_by(&me())));
+}
+
+struct Node {
+    state: Arc<ApiState>,
+    status: watch::Sender<EngineStatus>,
+    reads: Arc<Reads>,
+    data_dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        let data_dir = tempfile::tempdir().expect("a temporary directory");
+        // A live postmaster: this process.
+        std::fs::write(
+            data_dir.path().join("postmaster.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .expect("write postmaster.pid");
+        let reads = Arc::new(Reads::default());
+        let pg = Arc::new(CountingPostgres(Arc::clone(&reads)));
+        let dcs = CountingDcs {
+            inner: MemoryDcs::new(KeyLayout::new("/service/", "test").expect("a layout")),
+            reads: Arc::clone(&reads),
+        };
+        let (status, status_rx) = watch::channel(replica_status());
+        let (reload, _) = tokio::sync::mpsc::channel(1);
+        let state = ApiState {
+            name: me(),
+            scope: "test".to_owned(),
+            dcs: Arc::new(dcs) as Arc<dyn Dcs>,
+            pg: Arc::clone(&pg) as Arc<dyn Postgres>,
+            pg_reload: pg as Arc<dyn ReloadPostgres>,
+            data_dir: data_dir.path().to_owned(),
+            pkglibdir: None,
+            ops: Arc::default(),
+            status: StatusSource::Channel(status_rx),
+            auth: None,
+            client_certs: false,
+            allowlist: Vec::new(),
+            tags: RwLock::default(),
+            bootstrap_config: ClusterConfig::default(),
+            reload,
+            cache: RwLock::new(Cache::default()),
+            failsafe: None,
+            http: crate::http_client::HttpClient::with_tls_files(None, None),
+            parameters: Arc::default(),
+            restart: None,
+            scheduled_restart: Default::default(),
+        };
+        Node {
+            state: Arc::new(state),
+            status,
+            reads,
+            data_dir,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .body(Body::empty())
+            .expect("a request");
+        req.extensions_mut().insert(Client {
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            verified_cert: false,
+        });
+        normalize_path(&mut req);
+        let response = router(Arc::clone(&self.state))
+            .oneshot(req)
+            .await
+            .expect("an answer");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Waits until the API's task that follows the status has taken the
+    /// latest change in (it stamps the time of every change).
+    async fn settle(&self, changes_before: Option<Instant>) {
+        for _ in 0..200 {
+            let at = self.state.cache.read().map(|c| c.status_at).ok().flatten();
+            if at.is_some() && at != changes_before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the API did not take the status change in within a second");
+    }
+
+    fn status_at(&self) -> Option<Instant> {
+        self.state.cache.read().map(|c| c.status_at).ok().flatten()
+    }
+}
+
+#[tokio::test]
+async fn primary_answers_200_on_the_promotion_status_without_reading_postgres_or_the_dcs() {
+    let node = Node::new();
+    let follower = tokio::spawn(refresh(Arc::clone(&node.state)));
+    node.status.send_modify(|s| s.loops += 1);
+    node.settle(None).await;
+    assert_eq!(
+        node.get("/primary").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(node.get("/replica").await.0, StatusCode::OK);
+
+    let before = node.status_at();
+    let published = Instant::now();
+    node.status.send_modify(promoted);
+    let (code, body) = node.get("/primary").await;
+    let answered = published.elapsed();
+    assert_eq!(code, StatusCode::OK, "{body}");
+    eprintln!("status publish to the first 200 on /primary: {answered:?} (in process)");
+    // The body agrees with the role answer at once: it is the status's.
+    assert_eq!(body["role"], "primary", "{body}");
+    assert_eq!(body["timeline"], 2, "{body}");
+    assert_eq!(body["cluster_unlocked"], false, "{body}");
+    assert_eq!(
+        node.get("/replica").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Once the API's follower took the change in, still nothing was read.
+    node.settle(before).await;
+    let (_, patroni) = node.get("/patroni").await;
+    assert_eq!(patroni["role"], "primary", "{patroni}");
+    follower.abort();
+    assert_eq!(
+        node.reads.total(),
+        (0, 0),
+        "(PostgreSQL, DCS) calls the API made: it must answer from the engine's status alone"
+    );
+}
+
+#[tokio::test]
+async fn primary_answers_503_from_the_demoting_status_before_postgres_stops() {
+    let node = Node::new();
+    let follower = tokio::spawn(refresh(Arc::clone(&node.state)));
+    node.status.send_modify(promoted);
+    node.settle(None).await;
+    assert_eq!(node.get("/primary").await.0, StatusCode::OK);
+    // The engine's publish before it stops PostgreSQL: the last observation
+    // still says primary, the postmaster still runs.
+    node.status.send_modify(|s| s.writable = false);
+    let (code, body) = node.get("/primary").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    follower.abort();
+    assert_eq!(
+        node.reads.total(),
+        (0, 0),
+        "(PostgreSQL, DCS) calls the API made"
+    );
+}
+
+/// Issue 21: an agent resumed after a long pause, whose fence killed
+/// PostgreSQL meanwhile, still holds a status that says primary; what
+/// PostgreSQL is now decides.
+#[tokio::test]
+async fn a_status_that_says_primary_does_not_outlive_the_postmaster() {
+    let node = Node::new();
+    node.status.send_modify(promoted);
+    assert_eq!(node.get("/primary").await.0, StatusCode::OK);
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let gone = child.id();
+    child.wait().expect("reap true");
+    std::fs::write(
+        node.data_dir.path().join("postmaster.pid"),
+        format!("{gone}\n"),
+    )
+    .expect("write postmaster.pid");
+    assert_eq!(
+        node.get("/primary").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        node.reads.total(),
+        (0, 0),
+        "(PostgreSQL, DCS) calls the API made"
+    );
+}
