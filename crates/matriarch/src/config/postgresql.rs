@@ -124,7 +124,9 @@ impl NodeConfig {
                 return Err(ConfigError::invalid(
                     "postgresql.data_dir",
                     format!(
-                        "{} is a PostgreSQL {data_major} data directory but {} is PostgreSQL                          {full}; point postgresql.bin_dir at PostgreSQL {data_major} (supported:                          {} to {})",
+                        "{} is a PostgreSQL {data_major} data directory but {} is PostgreSQL \
+                         {full}; point postgresql.bin_dir at PostgreSQL {data_major} (supported: \
+                         {} to {})",
                         pg.data_dir.display(),
                         postgres.display(),
                         SUPPORTED_PG_MAJORS.start(),

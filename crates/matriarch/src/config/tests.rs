@@ -221,6 +221,12 @@ fn a_data_directory_of_another_version_is_refused() {
     let err = config.check_postgres_version().unwrap_err().to_string();
     assert!(err.contains("PostgreSQL 14 data directory"), "{err}");
     assert!(err.contains("postgresql.data_dir"), "{err}");
+    assert!(
+        err.contains(
+            "is PostgreSQL 16.4; point postgresql.bin_dir at PostgreSQL 14 (supported: 15 to 18)"
+        ),
+        "{err}"
+    );
     std::fs::write(data.path().join("PG_VERSION"), "16\n").unwrap();
     assert_eq!(config.check_postgres_version().unwrap(), 16);
 }
