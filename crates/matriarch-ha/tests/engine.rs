@@ -1195,6 +1195,69 @@ async fn garbage_in_leader_sync_and_failover_is_logged_once_per_key_with_a_bound
     }
 }
 
+/// Every key a replica reads, filled with a 1 MB value, then changed to
+/// another one: no promotion, and at most one warning per key and change,
+/// each bounded in size (not the value: 1 MB a loop on every node before).
+#[tokio::test]
+async fn garbage_in_every_key_is_logged_at_most_once_per_change_with_a_bounded_excerpt() {
+    const KEYS: [&str; 9] = [
+        "leader",
+        "sync",
+        "failover",
+        "config",
+        "status",
+        "history",
+        "initialize",
+        "failsafe",
+        "members/ghost",
+    ];
+    let logs = LogCapture::default();
+    let _logging = logs.capture_this_thread();
+    let mut f = failover_setup().await;
+    f.engine.run_once().await;
+    let warnings = |logs: &LogCapture| -> Vec<String> {
+        logs.all()
+            .into_iter()
+            .filter(|line| line.starts_with("WARN") || line.starts_with("ERROR"))
+            .collect()
+    };
+    let before = warnings(&logs).len();
+    for (change, filler) in ["x", "y"].into_iter().enumerate() {
+        let garbage = filler.repeat(1 << 20);
+        for key in KEYS {
+            f.store.put_raw(key, garbage.as_bytes());
+        }
+        for _ in 0..20 {
+            let decision = f.engine.run_once().await;
+            assert!(!decision.actions.contains(&Action::Promote), "{decision:?}");
+            assert!(
+                !decision.actions.contains(&Action::AcquireLock),
+                "{decision:?}"
+            );
+            f.clock.advance(Duration::from_millis(250));
+        }
+        let lines = warnings(&logs);
+        let logged = lines.len() - before;
+        assert_eq!(
+            logged,
+            KEYS.len() * (change + 1),
+            "after change {change}: {lines:#?}"
+        );
+        for key in KEYS {
+            // The config warning names the key in its error text.
+            let tag = match key {
+                "config" => "under `config`".to_owned(),
+                _ => format!(" key={key} "),
+            };
+            let named = lines.iter().filter(|line| line.contains(&tag)).count();
+            assert_eq!(named, change + 1, "{key} after change {change}");
+        }
+        for line in &lines {
+            assert!(line.len() < 1000, "{} bytes: {}", line.len(), &line[..200]);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_repeated_reason_not_to_race_is_logged_once_and_shown_in_the_status() {
     let logs = LogCapture::default();

@@ -23,6 +23,9 @@ pub struct DecodeError {
     pub key: String,
     /// What is wrong with it.
     pub reason: String,
+    /// The version of the value that failed, when it came from a read
+    /// (so a new bad value is told apart from the same one read again).
+    pub version: Option<Version>,
 }
 
 impl DecodeError {
@@ -30,6 +33,7 @@ impl DecodeError {
         DecodeError {
             key: key.relative_path(),
             reason: reason.to_string(),
+            version: None,
         }
     }
 }
@@ -231,7 +235,12 @@ pub struct ClusterView {
 }
 
 fn versioned<T>(version: crate::codec::Version, decoded: Result<T, DecodeError>) -> Entry<T> {
-    decoded.map(|value| Versioned { value, version })
+    decoded
+        .map(|value| Versioned { value, version })
+        .map_err(|error| DecodeError {
+            version: Some(version),
+            ..error
+        })
 }
 
 impl ClusterView {
@@ -261,6 +270,7 @@ impl ClusterView {
                         Err(DecodeError {
                             key: path.clone(),
                             reason: e.to_string(),
+                            version: Some(version),
                         }),
                     );
                     continue;

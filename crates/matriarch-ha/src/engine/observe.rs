@@ -431,13 +431,14 @@ where
     }
 
     /// Logs each unreadable key (the `config` key aside: `adopt_config`
-    /// reports it) once per change of its error, with a bounded excerpt: a
-    /// huge or garbage value must not flood the log every loop.
+    /// reports it) once per bad value written (its error or its version
+    /// changed), with a bounded excerpt: a huge or garbage value must not
+    /// flood the log every loop.
     pub(super) fn report_unreadable_keys(&mut self, view: &ClusterView) {
         let config_key = DcsKey::Config.relative_path();
         let mut seen = BTreeMap::new();
         for error in view.errors().into_iter().filter(|e| e.key != config_key) {
-            let hash = text_hash(&error.reason);
+            let hash = text_hash(&format!("{:?} {}", error.version, error.reason));
             if self.reported_bad_keys.get(&error.key) != Some(&hash) {
                 let excerpt = excerpt(&error.reason);
                 warn!(cluster = %self.dcs.layout().scope(), member = %self.name(), key = %error.key, error = %excerpt,
