@@ -121,18 +121,7 @@ impl Watchdog {
     /// Checks, without opening it (opening starts the timer), that the
     /// device exists and this process may write to it.
     pub(crate) fn check_usable(&self) -> Result<(), WatchdogError> {
-        let unusable = |source| WatchdogError::Unusable {
-            device: self.device.clone(),
-            source,
-        };
-        std::fs::metadata(&self.device).map_err(unusable)?;
-        let path = std::ffi::CString::new(self.device.as_os_str().as_encoded_bytes())
-            .map_err(|_| unusable(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
-        // SAFETY: access(2) with a NUL-terminated path.
-        if unsafe { libc::access(path.as_ptr(), libc::W_OK) } != 0 {
-            return Err(unusable(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        check_device_usable(&self.device)
     }
 
     /// Whether the device is open (armed).
@@ -323,6 +312,24 @@ fn set_timeout(file: &File, device: &Path, wanted: Duration) {
             "the watchdog timeout was set but cannot be read back"
         ),
     }
+}
+
+/// Whether `device` exists and this process may write to it, without
+/// opening it (opening a watchdog starts its timer): what `run` requires
+/// of a `required` watchdog, and `check` reports.
+pub(crate) fn check_device_usable(device: &std::path::Path) -> Result<(), WatchdogError> {
+    let unusable = |source| WatchdogError::Unusable {
+        device: device.to_path_buf(),
+        source,
+    };
+    std::fs::metadata(device).map_err(unusable)?;
+    let path = std::ffi::CString::new(device.as_os_str().as_encoded_bytes())
+        .map_err(|_| unusable(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+    // SAFETY: access(2) with a NUL-terminated path.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } != 0 {
+        return Err(unusable(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

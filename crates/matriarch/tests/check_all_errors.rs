@@ -172,3 +172,26 @@ fn pg_hba_in_bootstrap_dcs_must_be_a_list_of_lines() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_refuses_a_required_watchdog_whose_device_is_missing_as_run_does() {
+    let config = format!(
+        "{GOOD}watchdog:\n  mode: required\n  device: /nonexistent/matriarch-check-watchdog\n"
+    );
+    let (code, stderr) = check(&config);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines = error_lines(&stderr);
+    assert!(
+        lines.iter().any(|line| line.contains("watchdog.device")
+            && line.contains("/nonexistent/matriarch-check-watchdog")),
+        "{stderr}"
+    );
+    // automatic runs without the device, so check lets it pass.
+    let config = config.replace("mode: required", "mode: automatic");
+    let (code, stderr) = check(&config);
+    assert!(
+        !stderr.contains("watchdog.device"),
+        "automatic needs no device: {stderr}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -112,6 +112,16 @@ pub(crate) fn check_text(text: &str, env: impl Fn(&str) -> Option<String>) -> Ch
         }
     }
 
+    // What run refuses next: a required watchdog it cannot use.
+    if config.watchdog.mode == super::WatchdogMode::Required {
+        if let Err(error) = crate::watchdog::check_device_usable(&config.watchdog.device) {
+            errors.push(ConfigError::invalid(
+                "watchdog.device",
+                format!("watchdog.mode is required and {error}; run refuses to start without it"),
+            ));
+        }
+    }
+
     let postgres_major = match config.check_postgres_version() {
         Ok(major) => Some(major),
         Err(error) => {
