@@ -189,19 +189,6 @@ impl SlotsConfig {
         }
         (out, errors)
     }
-
-    /// Whether `ignore_slots` covers this slot.
-    pub fn ignored(
-        &self,
-        name: &str,
-        slot_type: &str,
-        database: Option<&str>,
-        plugin: Option<&str>,
-    ) -> bool {
-        self.ignore
-            .iter()
-            .any(|rule| rule.matches(name, slot_type, database, plugin))
-    }
 }
 
 /// Whether PostgreSQL accepts `name` as a slot name.
@@ -427,10 +414,16 @@ mod tests {
             Some("logical")
         );
         assert_eq!(slots.member_slots_ttl, Duration::from_secs(2));
-        assert!(slots.ignored("debezium", "logical", Some("db"), Some("pgoutput")));
-        assert!(!slots.ignored("debezium", "physical", None, None));
-        assert!(slots.ignored("x", "logical", Some("db"), Some("wal2json")));
-        assert!(!slots.ignored("x", "physical", None, None));
+        let ignored = |name, slot_type, database, plugin| {
+            slots
+                .ignore
+                .iter()
+                .any(|rule| rule.matches(name, slot_type, database, plugin))
+        };
+        assert!(ignored("debezium", "logical", Some("db"), Some("pgoutput")));
+        assert!(!ignored("debezium", "physical", None, None));
+        assert!(ignored("x", "logical", Some("db"), Some("wal2json")));
+        assert!(!ignored("x", "physical", None, None));
     }
 
     #[test]

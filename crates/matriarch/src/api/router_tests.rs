@@ -137,6 +137,49 @@ pub(super) fn status(role: EngineRole) -> EngineStatus {
     }
 }
 
+/// The REST API's state for an in-process test, as member `me` of scope
+/// `test` without authentication, over `dcs` and `pg`, serving the engine
+/// status `status`; with a data directory whose `postmaster.pid` names this
+/// process (a live postmaster), kept alive by the returned guard.
+pub(super) fn test_api_state(
+    dcs: Arc<dyn Dcs>,
+    pg: Arc<dyn Postgres>,
+    pg_reload: Arc<dyn ReloadPostgres>,
+    status: watch::Receiver<EngineStatus>,
+) -> (ApiState, tempfile::TempDir) {
+    let data_dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(
+        data_dir.path().join("postmaster.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .expect("write postmaster.pid");
+    let (reload, _) = tokio::sync::mpsc::channel(1);
+    let state = ApiState {
+        name: MemberName::new("me").expect("a member name"),
+        scope: "test".to_owned(),
+        dcs,
+        pg,
+        pg_reload,
+        data_dir: data_dir.path().to_owned(),
+        pkglibdir: None,
+        ops: Arc::default(),
+        status: StatusSource::Channel(status),
+        auth: None,
+        client_certs: false,
+        allowlist: Vec::new(),
+        tags: RwLock::default(),
+        bootstrap_config: ClusterConfig::default(),
+        reload,
+        cache: RwLock::new(Cache::default()),
+        failsafe: None,
+        http: crate::http_client::HttpClient::with_tls_files(None, None),
+        parameters: Arc::default(),
+        restart: None,
+        scheduled_restart: Default::default(),
+    };
+    (state, data_dir)
+}
+
 impl Harness {
     pub(super) fn new(role: EngineRole, pg: PgRole) -> Self {
         Harness::with(role, FakePostgres::running(pg), |_| {})
@@ -147,43 +190,19 @@ impl Harness {
         pg: FakePostgres,
         adjust: impl FnOnce(&mut ApiState),
     ) -> Self {
-        let data_dir = tempfile::tempdir().unwrap();
-        // A live postmaster: this process.
-        std::fs::write(
-            data_dir.path().join("postmaster.pid"),
-            format!("{}\n", std::process::id()),
-        )
-        .unwrap();
         let dcs = MemoryDcs::new(KeyLayout::new("/service/", "test").unwrap());
         let (status_tx, status_rx) = watch::channel(status(role));
         let pg = Arc::new(pg);
-        let (reload, _) = tokio::sync::mpsc::channel(1);
-        let mut state = ApiState {
-            name: MemberName::new("me").unwrap(),
-            scope: "test".to_owned(),
-            dcs: Arc::new(dcs.clone()) as Arc<dyn Dcs>,
-            pg: Arc::clone(&pg) as Arc<dyn Postgres>,
-            pg_reload: Arc::clone(&pg) as Arc<dyn ReloadPostgres>,
-            data_dir: data_dir.path().to_owned(),
-            pkglibdir: None,
-            ops: Arc::default(),
-            status: StatusSource::Channel(status_rx),
-            auth: Some((
-                USER.to_owned(),
-                serde_json::from_value(json!(PASSWORD)).unwrap(),
-            )),
-            client_certs: false,
-            allowlist: Vec::new(),
-            tags: RwLock::default(),
-            bootstrap_config: ClusterConfig::default(),
-            reload,
-            cache: RwLock::new(Cache::default()),
-            failsafe: None,
-            http: crate::http_client::HttpClient::with_tls_files(None, None),
-            parameters: Arc::default(),
-            restart: None,
-            scheduled_restart: Default::default(),
-        };
+        let (mut state, data_dir) = test_api_state(
+            Arc::new(dcs.clone()),
+            Arc::clone(&pg) as Arc<dyn Postgres>,
+            Arc::clone(&pg) as Arc<dyn ReloadPostgres>,
+            status_rx,
+        );
+        state.auth = Some((
+            USER.to_owned(),
+            serde_json::from_value(json!(PASSWORD)).unwrap(),
+        ));
         adjust(&mut state);
         Harness {
             state: Arc::new(state),

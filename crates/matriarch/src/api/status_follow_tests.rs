@@ -5,7 +5,7 @@
 //! (status publish to answer) are printed, not asserted.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,8 +26,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
-use super::StatusSource;
-use super::{normalize_path, refresh, router, ApiState, Cache, Client, ReloadPostgres};
+use super::router_tests::test_api_state;
+use super::{normalize_path, refresh, router, ApiState, Client, ReloadPostgres};
 
 /// How often the API asked PostgreSQL or the DCS for anything.
 #[derive(Default)]
@@ -233,13 +233,6 @@ struct Node {
 
 impl Node {
     fn new() -> Self {
-        let data_dir = tempfile::tempdir().expect("a temporary directory");
-        // A live postmaster: this process.
-        std::fs::write(
-            data_dir.path().join("postmaster.pid"),
-            format!("{}\n", std::process::id()),
-        )
-        .expect("write postmaster.pid");
         let reads = Arc::new(Reads::default());
         let pg = Arc::new(CountingPostgres(Arc::clone(&reads)));
         let dcs = CountingDcs {
@@ -247,30 +240,12 @@ impl Node {
             reads: Arc::clone(&reads),
         };
         let (status, status_rx) = watch::channel(replica_status());
-        let (reload, _) = tokio::sync::mpsc::channel(1);
-        let state = ApiState {
-            name: me(),
-            scope: "test".to_owned(),
-            dcs: Arc::new(dcs) as Arc<dyn Dcs>,
-            pg: Arc::clone(&pg) as Arc<dyn Postgres>,
-            pg_reload: pg as Arc<dyn ReloadPostgres>,
-            data_dir: data_dir.path().to_owned(),
-            pkglibdir: None,
-            ops: Arc::default(),
-            status: StatusSource::Channel(status_rx),
-            auth: None,
-            client_certs: false,
-            allowlist: Vec::new(),
-            tags: RwLock::default(),
-            bootstrap_config: ClusterConfig::default(),
-            reload,
-            cache: RwLock::new(Cache::default()),
-            failsafe: None,
-            http: crate::http_client::HttpClient::with_tls_files(None, None),
-            parameters: Arc::default(),
-            restart: None,
-            scheduled_restart: Default::default(),
-        };
+        let (state, data_dir) = test_api_state(
+            Arc::new(dcs),
+            Arc::clone(&pg) as Arc<dyn Postgres>,
+            pg as Arc<dyn ReloadPostgres>,
+            status_rx,
+        );
         Node {
             state: Arc::new(state),
             status,
