@@ -43,6 +43,11 @@ commands:
   bench stability [--minutes M]
                 pgbench for M minutes (default 10) against the primary, counting
                 failovers nothing caused; target/bench/stability.json
+  bench fleet [--clusters N[,N...]] [--runs R] [--idle-seconds S]
+                N clusters of three in-process agents (the engine with the in-memory
+                PostgreSQL) on a three-member etcd, for each N (default 1,10,50,100,200):
+                etcd writes/s, watch events, CPU and memory, R failovers of one cluster
+                (default 5); target/bench/fleet.json, fleet.svg, a table
   chaos [--faults N] [--seed N] [--mode synchronous|strict|quorum|asynchronous] [--keep]
                 as root: deps, build, then a three-node cluster (etcd x3, BIND,
                 PostgreSQL) in network namespaces under N seeded faults (default 12):
@@ -259,19 +264,19 @@ fn demo(args: &[String]) -> Result {
 
 // ---------------------------------------------------------------------------- bench
 
-/// `cargo xtask bench failover|stability [args]`: deps, a release build of
+/// `cargo xtask bench failover|stability|fleet [args]`: deps, a release build of
 /// `matriarch` and `matriarch-bench` (these are figures), then the benchmark
 /// (`crates/matriarch-demo/src/bin/bench.rs`) with the built daemon; results in target/bench.
 fn bench(args: &[String]) -> Result {
     match args.first().map(String::as_str) {
-        Some("failover" | "stability") => {}
+        Some("failover" | "stability" | "fleet") => {}
         Some("-h" | "--help") => {
             print!("{USAGE}");
             return Ok(());
         }
         other => {
             return Err(Failure(format!(
-                "`bench` needs `failover` or `stability`, got {other:?} (see `cargo xtask help`)"
+                "`bench` needs `failover`, `stability` or `fleet`, got {other:?} (see `cargo xtask help`)"
             )))
         }
     }

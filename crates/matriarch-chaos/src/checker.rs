@@ -264,10 +264,11 @@ pub fn log_promotions(text: &str) -> Vec<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ack(id: i64, node: usize, sent_ms: u64, acked_ms: u64) -> Ack {
+    /// An acknowledgement with its times in milliseconds.
+    pub(crate) fn ack(id: i64, node: usize, sent_ms: u64, acked_ms: u64) -> Ack {
         Ack {
             id,
             node,
@@ -296,60 +297,55 @@ mod tests {
         }
     }
 
+    /// Acknowledgements from (id, node, sent ms, acked ms).
+    fn acks(list: &[(i64, usize, u64, u64)]) -> Vec<Ack> {
+        list.iter()
+            .map(|&(id, node, sent_ms, acked_ms)| ack(id, node, sent_ms, acked_ms))
+            .collect()
+    }
+
     #[test]
-    fn acks_of_the_newest_primary_pass() {
-        let promotions = node0_then_node1_at_1s();
-        let acks = [
-            ack(1, 0, 100, 110),
-            ack(2, 0, 990, 999),
-            ack(3, 1, 1500, 1510),
+    fn deposed_acks_are_those_arriving_after_another_node_s_promotion() {
+        // (what, promotions, acks, flagged as (id, by, promoted at ms))
+        let cases = [
+            (
+                "acks of the newest primary pass",
+                node0_then_node1_at_1s(),
+                acks(&[(1, 0, 100, 110), (2, 0, 990, 999), (3, 1, 1500, 1510)]),
+                vec![],
+            ),
+            (
+                "an ack from the old primary after a promotion is flagged, even one sent before it",
+                node0_then_node1_at_1s(),
+                acks(&[(1, 0, 900, 1001), (2, 0, 1200, 1210), (3, 1, 1300, 1310)]),
+                vec![(1, 1, 1000), (2, 1, 1000)],
+            ),
+            (
+                "node 0 between its deposition and re-promotion, node 1 after",
+                vec![promo(0, 10), promo(1, 1000), promo(0, 2000)],
+                acks(&[(1, 0, 1500, 1600), (2, 0, 2100, 2200), (3, 1, 2300, 2400)]),
+                vec![(1, 1, 1000), (3, 0, 2000)],
+            ),
+            (
+                "a promotion at the same instant counts",
+                vec![promo(0, 0), promo(2, 1000)],
+                acks(&[(1, 0, 999, 1000)]),
+                vec![(1, 2, 1000)],
+            ),
+            (
+                "without any promotion nothing is flagged",
+                vec![],
+                acks(&[(1, 2, 1, 2)]),
+                vec![],
+            ),
         ];
-        assert!(deposed_acks(&acks, &promotions).is_empty());
-    }
-
-    #[test]
-    fn an_ack_from_the_old_primary_after_a_promotion_is_flagged() {
-        let promotions = node0_then_node1_at_1s();
-        // Sent before the promotion, acknowledged after it: still flagged.
-        let acks = [
-            ack(1, 0, 900, 1001),
-            ack(2, 0, 1200, 1210),
-            ack(3, 1, 1300, 1310),
-        ];
-        let flagged = deposed_acks(&acks, &promotions);
-        assert_eq!(flagged.len(), 2);
-        assert_eq!(flagged[0].ack.id, 1);
-        assert_eq!(flagged[0].by, 1);
-        assert_eq!(flagged[0].promoted_at_us, 1_000_000);
-        assert_eq!(flagged[1].ack.id, 2);
-    }
-
-    #[test]
-    fn a_newer_own_promotion_clears_the_node_again() {
-        let promotions = vec![promo(0, 10), promo(1, 1000), promo(0, 2000)];
-        let acks = [
-            ack(1, 0, 1500, 1600),
-            ack(2, 0, 2100, 2200),
-            ack(3, 1, 2300, 2400),
-        ];
-        let flagged = deposed_acks(&acks, &promotions);
-        let ids: Vec<i64> = flagged.iter().map(|d| d.ack.id).collect();
-        assert_eq!(
-            ids,
-            vec![1, 3],
-            "node 0 between its deposition and re-promotion, node 1 after"
-        );
-    }
-
-    #[test]
-    fn a_promotion_at_the_same_instant_counts() {
-        let acks = [ack(1, 0, 999, 1000)];
-        assert_eq!(deposed_acks(&acks, &[promo(0, 0), promo(2, 1000)]).len(), 1);
-    }
-
-    #[test]
-    fn without_any_promotion_nothing_is_flagged() {
-        assert!(deposed_acks(&[ack(1, 2, 1, 2)], &[]).is_empty());
+        for (what, promotions, acks, expected) in cases {
+            let flagged: Vec<(i64, usize, u64)> = deposed_acks(&acks, &promotions)
+                .iter()
+                .map(|d| (d.ack.id, d.by, d.promoted_at_us / 1000))
+                .collect();
+            assert_eq!(flagged, expected, "{what}");
+        }
     }
 
     #[test]

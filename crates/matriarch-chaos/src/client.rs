@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, ToStatement};
 
 use crate::checker::{Ack, PollPromotion};
-use crate::cluster::{self, node_at, NODES, PG_PASSWORD, PG_PORT, PG_USER, WRITER};
+use crate::cluster::{self, node_at, NODES, PG_PORT, WRITER};
 use crate::error::{ChaosError, Result};
 use crate::sys::now_us;
 
@@ -102,14 +102,51 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// What one timed `INSERT … RETURNING host(inet_server_addr())` came to.
+enum Outcome {
+    /// A node acknowledged it.
+    Acked(Ack),
+    /// An address that is no node's acknowledged it.
+    Foreign,
+    /// It failed; why.
+    Failed(String),
+    /// No answer within the timeout: its outcome is unknown.
+    TimedOut,
+}
+
+/// Inserts row `id` with `statement` (the writer's or the poller's `INSERT`),
+/// waiting at most `timeout` for the acknowledgement.
+async fn insert<T>(client: &Client, statement: &T, id: i64, timeout: Duration) -> Outcome
+where
+    T: ?Sized + ToStatement,
+{
+    let sent_us = now_us();
+    let result = tokio::time::timeout(timeout, client.query_one(statement, &[&id])).await;
+    let acked_us = now_us();
+    match result {
+        Ok(Ok(row)) => match acked_by(&row) {
+            Some(node) => Outcome::Acked(Ack {
+                id,
+                node,
+                sent_us,
+                acked_us,
+            }),
+            None => Outcome::Foreign,
+        },
+        Ok(Err(e)) => Outcome::Failed(describe(&e)),
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
 /// Connects to `ip`, giving up after `timeout`.
 pub async fn connect(ip: Ipv4Addr, timeout: Duration, app: &str) -> Result<Client, String> {
+    let credentials = cluster::credentials();
     let mut config = tokio_postgres::Config::new();
     config
         .host(ip.to_string())
         .port(PG_PORT)
-        .user(PG_USER)
-        .password(PG_PASSWORD)
+        .user(&credentials.pg_user)
+        .password(&credentials.pg_password)
         .dbname("postgres")
         .application_name(app)
         .connect_timeout(timeout);
@@ -288,34 +325,20 @@ async fn write_loop(log: Arc<Mutex<WriterLog>>, stop: Arc<AtomicBool>) {
             }
             continue;
         }
-        let Some((client, insert, ip)) = &connection else {
+        let Some((client, statement, ip)) = &connection else {
             continue;
         };
         let id = next_id;
         next_id += 1;
         lock(&log).last_id = id;
-        let sent_us = now_us();
-        let result = tokio::time::timeout(WRITE_TIMEOUT, client.query_one(insert, &[&id])).await;
-        let acked_us = now_us();
-        match result {
-            Ok(Ok(row)) => {
-                let server = acked_by(&row);
-                let mut log = lock(&log);
-                match server {
-                    Some(node) => log.acks.push(Ack {
-                        id,
-                        node,
-                        sent_us,
-                        acked_us,
-                    }),
-                    None => log.foreign_acks += 1,
-                }
-            }
-            Ok(Err(e)) => {
-                fail(format!("{ip}: id {id}: {}", describe(&e)));
+        match insert(client, statement, id, WRITE_TIMEOUT).await {
+            Outcome::Acked(ack) => lock(&log).acks.push(ack),
+            Outcome::Foreign => lock(&log).foreign_acks += 1,
+            Outcome::Failed(why) => {
+                fail(format!("{ip}: id {id}: {why}"));
                 connection = None;
             }
-            Err(_) => {
+            Outcome::TimedOut => {
                 fail(format!("{ip}: id {id}: no answer within {WRITE_TIMEOUT:?}"));
                 connection = None;
             }
@@ -355,27 +378,10 @@ async fn poll_loop(
                         // Every other round, a probe write on a node out of recovery.
                         if !in_recovery && round.is_multiple_of(2) {
                             let id = probe_ids.fetch_add(1, Ordering::SeqCst);
-                            let sent_us = now_us();
-                            let result = tokio::time::timeout(
-                                Duration::from_secs(1),
-                                c.query_one(sql.as_str(), &[&id]),
-                            )
-                            .await;
-                            let acked_us = now_us();
-                            match result {
-                                Ok(Ok(row)) => {
-                                    let server = acked_by(&row);
-                                    if let Some(server) = server {
-                                        lock(&log).probe_acks.push(Ack {
-                                            id,
-                                            node: server,
-                                            sent_us,
-                                            acked_us,
-                                        });
-                                    }
-                                }
-                                Ok(Err(_)) => {}
-                                Err(_) => client = None,
+                            match insert(c, sql.as_str(), id, Duration::from_secs(1)).await {
+                                Outcome::Acked(ack) => lock(&log).probe_acks.push(ack),
+                                Outcome::Foreign | Outcome::Failed(_) => {}
+                                Outcome::TimedOut => client = None,
                             }
                         }
                     }

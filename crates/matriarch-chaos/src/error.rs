@@ -73,6 +73,14 @@ pub enum ChaosError {
 }
 
 impl ChaosError {
+    /// `command` could not be started.
+    pub fn spawn(command: &str, source: std::io::Error) -> ChaosError {
+        ChaosError::Spawn {
+            command: command.to_owned(),
+            source,
+        }
+    }
+
     /// An I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> ChaosError {
         ChaosError::Io {

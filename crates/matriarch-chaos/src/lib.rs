@@ -105,7 +105,7 @@ pub use faults::FaultKind;
 pub use report::Report;
 
 use crate::cluster::{Cluster, ClusterSpec, NODES};
-use crate::report::{FaultRecord, WriteTotals};
+use crate::report::{FaultRecord, Findings, WindowFigures, WriteTotals};
 
 /// How commits wait for replicas (`bootstrap.dcs.synchronous_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -189,11 +189,11 @@ impl FromStr for Dcs {
     }
 }
 
-/// What a run does.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// How many faults.
-    pub faults: usize,
+/// What decides a run's cluster and fault sequence: the same settings replay
+/// the same run ([`RunSettings::replay_command`]). The report carries them under
+/// the names of its JSON fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunSettings {
     /// The seed of the fault sequence.
     pub seed: u64,
     /// The replication mode.
@@ -201,15 +201,46 @@ pub struct Options {
     /// The DCS.
     pub dcs: Dcs,
     /// The fault kinds to draw from (`--kinds`); empty: all of them.
+    #[serde(rename = "kinds_requested")]
     pub kinds: Vec<FaultKind>,
+    /// ttl, loop_wait, retry_timeout in seconds.
+    pub timing: (u64, u64, u64),
+    /// How many faults.
+    #[serde(rename = "faults_requested")]
+    pub faults: usize,
+}
+
+impl RunSettings {
+    /// The `cargo xtask chaos` command that replays this fault sequence.
+    pub fn replay_command(&self) -> String {
+        let mut cmd = format!(
+            "cargo xtask chaos --seed {} --faults {} --mode {}",
+            self.seed,
+            self.faults,
+            self.mode.name()
+        );
+        if self.dcs != Dcs::Etcd {
+            cmd.push_str(&format!(" --dcs {}", self.dcs.name()));
+        }
+        if !self.kinds.is_empty() {
+            let kinds: Vec<&str> = self.kinds.iter().map(|k| k.name()).collect();
+            cmd.push_str(&format!(" --kinds {}", kinds.join(",")));
+        }
+        cmd
+    }
+}
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The settings that decide the run (and replay it).
+    pub settings: RunSettings,
     /// Keep the cluster up after the run until Ctrl-C.
     pub keep: bool,
     /// The `matriarch` binary.
     pub matriarch: PathBuf,
     /// Where the JSON reports and log directories go (`target/chaos`).
     pub out_dir: PathBuf,
-    /// ttl, loop_wait, retry_timeout in seconds.
-    pub timing: (u64, u64, u64),
     /// How long the cluster may take to become healthy after a fault is healed.
     pub recovery_timeout: Duration,
     /// Print progress lines.
@@ -229,15 +260,17 @@ impl Options {
     pub fn new(seed: u64) -> Options {
         let target = target_dir();
         Options {
-            faults: 12,
-            seed,
-            mode: Mode::Synchronous,
-            dcs: Dcs::Etcd,
-            kinds: Vec::new(),
+            settings: RunSettings {
+                seed,
+                mode: Mode::Synchronous,
+                dcs: Dcs::Etcd,
+                kinds: Vec::new(),
+                timing: (5, 1, 2),
+                faults: 12,
+            },
             keep: false,
             matriarch: target.join("debug").join("matriarch"),
             out_dir: target.join("chaos"),
-            timing: (5, 1, 2),
             recovery_timeout: Duration::from_secs(90),
             verbose: true,
         }
@@ -267,12 +300,12 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     let run_name = format!(
         "{}{}-seed{}-{}",
-        opts.mode.name(),
-        match opts.dcs {
+        opts.settings.mode.name(),
+        match opts.settings.dcs {
             Dcs::Etcd => "",
             Dcs::ZooKeeper => "-zookeeper",
         },
-        opts.seed,
+        opts.settings.seed,
         sys::now_us() / 1_000_000
     );
     let logs = opts.out_dir.join(&run_name);
@@ -336,15 +369,15 @@ fn scenario(
     let spec = ClusterSpec {
         matriarch: &opts.matriarch,
         logs,
-        mode: opts.mode,
-        timing: opts.timing,
-        dcs: opts.dcs,
+        mode: opts.settings.mode,
+        timing: opts.settings.timing,
+        dcs: opts.settings.dcs,
     };
     say(
         opts,
         format!(
             "starting {}, BIND and three agents in namespaces {}*",
-            opts.dcs.name(),
+            opts.settings.dcs.name(),
             lab.prefix()
         ),
     );
@@ -361,7 +394,12 @@ fn scenario(
     );
     let mut load = client::Load::start()?;
     sys::sleep(Duration::from_secs(1))?;
-    let plan = faults::plan(opts.seed, opts.faults, opts.timing.0 * 1000, &opts.kinds);
+    let plan = faults::plan(
+        opts.settings.seed,
+        opts.settings.faults,
+        opts.settings.timing.0 * 1000,
+        &opts.settings.kinds,
+    );
     let mut records: Vec<FaultRecord> = Vec::new();
     let mut primary = initial;
     let mut log_tails = None;
@@ -375,7 +413,7 @@ fn scenario(
             ),
         );
         let started_us = sys::now_us();
-        let outcome = faults::run_fault(&mut cluster, planned, primary, opts.timing);
+        let outcome = faults::run_fault(&mut cluster, planned, primary, opts.settings.timing);
         let healed_us = sys::now_us();
         let (injected, error) = match outcome {
             Ok(i) => (i, None),
@@ -436,11 +474,7 @@ fn scenario(
             healed_us,
             recovered_us,
             switchover_ms: injected.switchover_ms,
-            unavailability_ms: None,
-            worst_gap_ms: None,
-            acks: 0,
-            lost: 0,
-            deposed: 0,
+            window: WindowFigures::default(),
             error,
         });
         match primary_after {
@@ -502,12 +536,7 @@ fn scenario(
     let promotions = checker::promotions(Some(initial), &log_promotions, &polls);
     let mut report = Report {
         run: run_name.to_owned(),
-        seed: opts.seed,
-        mode: opts.mode,
-        dcs: opts.dcs,
-        kinds_requested: opts.kinds.clone(),
-        timing: opts.timing,
-        faults_requested: opts.faults,
+        settings: opts.settings.clone(),
         wall_time_s: 0.0,
         json: json.to_path_buf(),
         logs: logs.to_path_buf(),
@@ -515,15 +544,7 @@ fn scenario(
         kinds: Vec::new(),
         writes: totals,
         final_primary: final_primary.map(member),
-        lost_count: None,
-        lost_ids: Vec::new(),
-        deposed_count: 0,
-        deposed_acks: Vec::new(),
-        promotions: Vec::new(),
-        margins: Vec::new(),
-        closest_margin_ms: None,
-        unavailability: None,
-        worst_gap: None,
+        findings: Findings::default(),
         problems: Vec::new(),
         log_tails,
     };
@@ -537,11 +558,11 @@ fn scenario(
             end_us,
         },
     );
-    if report.faults.len() < opts.faults {
+    if report.faults.len() < opts.settings.faults {
         report.problems.push(format!(
             "only {} of {} faults ran",
             report.faults.len(),
-            opts.faults
+            opts.settings.faults
         ));
     }
     if opts.keep {

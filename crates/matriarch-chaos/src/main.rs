@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use matriarch_chaos::report::replay_command;
 use matriarch_chaos::{run, sys, ChaosError, Dcs, FaultKind, Mode, Options};
 
 const USAGE: &str = "\
@@ -31,29 +30,29 @@ fn parse(args: &[String]) -> Result<Options, ChaosError> {
     };
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--faults" => opts.faults = number(flag, it.next())? as usize,
-            "--seed" => opts.seed = number(flag, it.next())?,
+            "--faults" => opts.settings.faults = number(flag, it.next())? as usize,
+            "--seed" => opts.settings.seed = number(flag, it.next())?,
             "--mode" => {
-                opts.mode = it
+                opts.settings.mode = it
                     .next()
                     .ok_or_else(|| ChaosError::Usage("--mode needs a value".into()))?
                     .parse::<Mode>()?
             }
             "--dcs" => {
-                opts.dcs = it
+                opts.settings.dcs = it
                     .next()
                     .ok_or_else(|| ChaosError::Usage("--dcs needs a value".into()))?
                     .parse::<Dcs>()?
             }
             "--kinds" => {
-                opts.kinds = it
+                opts.settings.kinds = it
                     .next()
                     .ok_or_else(|| ChaosError::Usage("--kinds needs a list of kinds".into()))?
                     .split(',')
                     .filter(|k| !k.trim().is_empty())
                     .map(|k| FaultKind::parse(k.trim()))
                     .collect::<Result<Vec<_>, _>>()?;
-                if opts.kinds.is_empty() {
+                if opts.settings.kinds.is_empty() {
                     return Err(ChaosError::Usage("--kinds needs at least one kind".into()));
                 }
             }
@@ -70,9 +69,9 @@ fn parse(args: &[String]) -> Result<Options, ChaosError> {
                         .ok_or_else(|| ChaosError::Usage("--out needs a directory".into()))?,
                 )
             }
-            "--ttl" => opts.timing.0 = number(flag, it.next())?,
-            "--loop-wait" => opts.timing.1 = number(flag, it.next())?,
-            "--retry-timeout" => opts.timing.2 = number(flag, it.next())?,
+            "--ttl" => opts.settings.timing.0 = number(flag, it.next())?,
+            "--loop-wait" => opts.settings.timing.1 = number(flag, it.next())?,
+            "--retry-timeout" => opts.settings.timing.2 = number(flag, it.next())?,
             "--recovery-timeout" => {
                 opts.recovery_timeout = Duration::from_secs(number(flag, it.next())?)
             }
@@ -80,21 +79,16 @@ fn parse(args: &[String]) -> Result<Options, ChaosError> {
             other => return Err(ChaosError::Usage(format!("unknown argument `{other}`"))),
         }
     }
-    let (ttl, loop_wait, retry) = opts.timing;
+    let (ttl, loop_wait, retry) = opts.settings.timing;
     if loop_wait == 0 || retry == 0 || loop_wait + 2 * retry > ttl {
         return Err(ChaosError::Usage(format!(
             "the timing must satisfy loop_wait + 2 x retry_timeout <= ttl, all > 0 (got {ttl}/{loop_wait}/{retry})"
         )));
     }
-    if opts.faults == 0 {
+    if opts.settings.faults == 0 {
         return Err(ChaosError::Usage("--faults must be at least 1".into()));
     }
     Ok(opts)
-}
-
-/// The command that replays the run `opts` describes.
-fn replay(opts: &Options) -> String {
-    replay_command(opts.seed, opts.faults, opts.mode, opts.dcs, &opts.kinds)
 }
 
 fn main() -> ExitCode {
@@ -116,11 +110,11 @@ fn main() -> ExitCode {
     sys::install_interrupt_handler();
     println!(
         "matriarch-chaos: {} faults, seed {}, mode {}, dcs {} (replay: {})",
-        opts.faults,
-        opts.seed,
-        opts.mode.name(),
-        opts.dcs.name(),
-        replay(&opts)
+        opts.settings.faults,
+        opts.settings.seed,
+        opts.settings.mode.name(),
+        opts.settings.dcs.name(),
+        opts.settings.replay_command()
     );
     match run(&opts) {
         Ok(report) => {
@@ -143,8 +137,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!(
                 "matriarch-chaos: {e}\n(seed {}: replay with {})",
-                opts.seed,
-                replay(&opts)
+                opts.settings.seed,
+                opts.settings.replay_command()
             );
             ExitCode::from(3)
         }

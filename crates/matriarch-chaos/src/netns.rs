@@ -305,10 +305,14 @@ mod tests {
 
     #[test]
     fn owner_pid_reads_only_chaos_names() {
-        assert_eq!(owner_pid("mch123-n1"), Some(123));
-        assert_eq!(owner_pid("mch9-sw"), Some(9));
-        assert_eq!(owner_pid("bench-n1"), None);
-        assert_eq!(owner_pid("mchx-n1"), None);
-        assert_eq!(owner_pid("mch12"), None);
+        for (namespace, owner) in [
+            ("mch123-n1", Some(123)),
+            ("mch9-sw", Some(9)),
+            ("bench-n1", None),
+            ("mchx-n1", None),
+            ("mch12", None),
+        ] {
+            assert_eq!(owner_pid(namespace), owner, "{namespace}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::checker::{self, Ack, DeposedAck, Promotion, Stats};
 use crate::faults::{FaultKind, PlannedFault};
-use crate::{Dcs, Mode};
+use crate::RunSettings;
 
 /// One fault as it happened.
 #[derive(Clone, Debug, Serialize)]
@@ -36,17 +36,9 @@ pub struct FaultRecord {
     /// to the candidate answering `/primary` (ms).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub switchover_ms: Vec<f64>,
-    /// From the injection to the first acknowledgement of a write sent after it.
-    pub unavailability_ms: Option<f64>,
-    /// The longest stretch without any acknowledgement from the injection to the
-    /// next fault (or the end of the writes).
-    pub worst_gap_ms: Option<f64>,
-    /// Acknowledged writes in this fault's window (until the next fault).
-    pub acks: usize,
-    /// Acknowledged writes of this window missing from the final primary.
-    pub lost: usize,
-    /// Acknowledgements in this window from a deposed primary.
-    pub deposed: usize,
+    /// What the checker found in this fault's window.
+    #[serde(flatten)]
+    pub window: WindowFigures,
     /// Why the fault could not be injected or healed, if it could not.
     pub error: Option<String>,
 }
@@ -60,10 +52,9 @@ pub struct KindSummary {
     pub count: usize,
     /// How often the cluster recovered from it in time.
     pub recovered: usize,
-    /// Write unavailability after it.
-    pub unavailability: Option<Stats>,
-    /// The longest stretches without acknowledgements after it.
-    pub worst_gap: Option<Stats>,
+    /// (c) over its windows.
+    #[serde(flatten)]
+    pub outage: OutageStats,
     /// Acknowledged writes lost in its windows.
     pub lost: usize,
     /// Acknowledgements from a deposed primary in its windows.
@@ -95,18 +86,9 @@ pub struct WriteTotals {
 pub struct Report {
     /// The run's name (also the JSON file's and the log directory's).
     pub run: String,
-    /// The seed (`--seed` replays the fault sequence).
-    pub seed: u64,
-    /// The replication mode.
-    pub mode: Mode,
-    /// The DCS.
-    pub dcs: Dcs,
-    /// The kinds the faults were drawn from (`--kinds`; empty: all).
-    pub kinds_requested: Vec<FaultKind>,
-    /// ttl, loop_wait, retry_timeout (seconds).
-    pub timing: (u64, u64, u64),
-    /// How many faults were asked for.
-    pub faults_requested: usize,
+    /// What the run was asked to do (the seed, `--kinds`, … replay it).
+    #[serde(flatten)]
+    pub settings: RunSettings,
     /// Wall time of the whole run, in seconds.
     pub wall_time_s: f64,
     /// The JSON report.
@@ -121,6 +103,35 @@ pub struct Report {
     pub writes: WriteTotals,
     /// The primary the final rows were read from.
     pub final_primary: Option<String>,
+    /// What the checker found over the whole run.
+    #[serde(flatten)]
+    pub findings: Findings,
+    /// Why the run failed (empty: it passed).
+    pub problems: Vec<String>,
+    /// Log tails, when a fault was not recovered from.
+    pub log_tails: Option<String>,
+}
+
+/// The checker's figures of one fault's window, from its injection to the next
+/// fault (filled in by [`evaluate`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WindowFigures {
+    /// From the injection to the first acknowledgement of a write sent after it.
+    pub unavailability_ms: Option<f64>,
+    /// The longest stretch without any acknowledgement from the injection to the
+    /// next fault (or the end of the writes).
+    pub worst_gap_ms: Option<f64>,
+    /// Acknowledged writes in this fault's window (until the next fault).
+    pub acks: usize,
+    /// Acknowledged writes of this window missing from the final primary.
+    pub lost: usize,
+    /// Acknowledgements in this window from a deposed primary.
+    pub deposed: usize,
+}
+
+/// The checker's findings over the whole run (filled in by [`evaluate`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Findings {
     /// (a) Acknowledged writes missing from the final primary (`None`: it could not be read).
     pub lost_count: Option<usize>,
     /// The first 1000 lost ids.
@@ -133,16 +144,50 @@ pub struct Report {
     pub promotions: Vec<Promotion>,
     /// Per promotion, the time since the last acknowledgement from another node.
     pub margins: Vec<checker::Margin>,
-    /// The smallest of [`Report::margins`], in milliseconds.
+    /// The smallest of [`Findings::margins`], in milliseconds.
     pub closest_margin_ms: Option<f64>,
-    /// (c) Write unavailability over all faults.
+    /// (c) over all faults.
+    #[serde(flatten)]
+    pub outage: OutageStats,
+}
+
+/// (c) over a set of fault windows: the median and worst of their figures.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OutageStats {
+    /// Write unavailability after each fault.
     pub unavailability: Option<Stats>,
-    /// The longest stretches without acknowledgements, over all faults.
+    /// The longest stretch without acknowledgements in each window.
     pub worst_gap: Option<Stats>,
-    /// Why the run failed (empty: it passed).
-    pub problems: Vec<String>,
-    /// Log tails, when a fault was not recovered from.
-    pub log_tails: Option<String>,
+}
+
+impl OutageStats {
+    /// The statistics of `faults`' windows.
+    fn over(faults: &[&FaultRecord]) -> OutageStats {
+        let stats_of = |figure: fn(&WindowFigures) -> Option<f64>| {
+            let values: Vec<u64> = faults
+                .iter()
+                .filter_map(|f| figure(&f.window).map(|ms| (ms * 1000.0) as u64))
+                .collect();
+            checker::stats(&values)
+        };
+        OutageStats {
+            unavailability: stats_of(|w| w.unavailability_ms),
+            worst_gap: stats_of(|w| w.worst_gap_ms),
+        }
+    }
+
+    /// Unavailability median and worst, gap median and worst, in whole
+    /// milliseconds (`-` where no fault gave a figure).
+    fn columns(&self) -> [String; 4] {
+        let median = |s: Option<Stats>| ms(s.map(|s| s.median_ms));
+        let worst = |s: Option<Stats>| ms(s.map(|s| s.worst_ms));
+        [
+            median(self.unavailability),
+            worst(self.unavailability),
+            median(self.worst_gap),
+            worst(self.worst_gap),
+        ]
+    }
 }
 
 /// What [`evaluate`] needs.
@@ -173,22 +218,35 @@ pub fn evaluate(report: &mut Report, evidence: Evidence<'_>) {
         every_ack.iter().map(|a| (a.id, a)).collect();
     for (i, fault) in report.faults.iter_mut().enumerate() {
         let in_window = |t: u64| checker::window(&starts, t) == Some(i);
-        fault.unavailability_ms =
-            checker::unavailability(acks, fault.started_us).map(|us| us as f64 / 1000.0);
         let until = starts.get(i + 1).copied().unwrap_or(evidence.end_us);
-        fault.worst_gap_ms =
-            Some(checker::worst_gap(acks, fault.started_us, until) as f64 / 1000.0);
-        fault.acks = acks.iter().filter(|a| in_window(a.acked_us)).count();
-        fault.lost = lost
-            .iter()
-            .flatten()
-            .filter(|id| ack_of.get(id).is_some_and(|a| in_window(a.acked_us)))
-            .count();
-        fault.deposed = deposed.iter().filter(|d| in_window(d.ack.acked_us)).count();
+        fault.window = WindowFigures {
+            unavailability_ms: checker::unavailability(acks, fault.started_us)
+                .map(|us| us as f64 / 1000.0),
+            worst_gap_ms: Some(checker::worst_gap(acks, fault.started_us, until) as f64 / 1000.0),
+            acks: acks.iter().filter(|a| in_window(a.acked_us)).count(),
+            lost: lost
+                .iter()
+                .flatten()
+                .filter(|id| ack_of.get(id).is_some_and(|a| in_window(a.acked_us)))
+                .count(),
+            deposed: deposed.iter().filter(|d| in_window(d.ack.acked_us)).count(),
+        };
     }
     let all: Vec<&FaultRecord> = report.faults.iter().collect();
-    report.unavailability = stats_of(&all, |f| f.unavailability_ms);
-    report.worst_gap = stats_of(&all, |f| f.worst_gap_ms);
+    let margins = checker::margins(acks, &evidence.promotions);
+    report.findings = Findings {
+        lost_count: lost.as_ref().map(Vec::len),
+        lost_ids: lost.iter().flatten().take(1000).copied().collect(),
+        deposed_count: deposed.len(),
+        deposed_acks: deposed.iter().take(200).copied().collect(),
+        closest_margin_ms: margins
+            .iter()
+            .map(|m| m.margin_us as f64 / 1000.0)
+            .reduce(f64::min),
+        margins,
+        promotions: evidence.promotions,
+        outage: OutageStats::over(&all),
+    };
     report.kinds = FaultKind::ALL
         .iter()
         .filter_map(|kind| {
@@ -204,33 +262,22 @@ pub fn evaluate(report: &mut Report, evidence: Evidence<'_>) {
                 kind: *kind,
                 count: of_kind.len(),
                 recovered: of_kind.iter().filter(|f| f.recovered_us.is_some()).count(),
-                unavailability: stats_of(&of_kind, |f| f.unavailability_ms),
-                worst_gap: stats_of(&of_kind, |f| f.worst_gap_ms),
-                lost: of_kind.iter().map(|f| f.lost).sum(),
-                deposed: of_kind.iter().map(|f| f.deposed).sum(),
+                outage: OutageStats::over(&of_kind),
+                lost: of_kind.iter().map(|f| f.window.lost).sum(),
+                deposed: of_kind.iter().map(|f| f.window.deposed).sum(),
             })
         })
         .collect();
-    report.lost_count = lost.as_ref().map(Vec::len);
-    report.lost_ids = lost.iter().flatten().take(1000).copied().collect();
-    report.deposed_count = deposed.len();
-    report.deposed_acks = deposed.iter().take(200).copied().collect();
-    report.margins = checker::margins(acks, &evidence.promotions);
-    report.closest_margin_ms = report
-        .margins
-        .iter()
-        .map(|m| m.margin_us as f64 / 1000.0)
-        .reduce(f64::min);
-    report.promotions = evidence.promotions;
     report.writes.acknowledged = acks.len();
     report.writes.probe_acks = evidence.probe_acks.len();
-    match report.lost_count {
+    let mode = report.settings.mode;
+    match report.findings.lost_count {
         None => report
             .problems
             .push("the final primary's rows could not be read: lost writes unknown".into()),
-        Some(n) if n > 0 && report.mode.is_synchronous() => report.problems.push(format!(
+        Some(n) if n > 0 && mode.is_synchronous() => report.problems.push(format!(
             "{n} acknowledged writes are missing from the final primary in {} mode",
-            report.mode.name()
+            mode.name()
         )),
         _ => {}
     }
@@ -267,41 +314,6 @@ pub fn evaluate(report: &mut Report, evidence: Evidence<'_>) {
     }
 }
 
-/// The statistics of one per-fault figure (milliseconds) over `faults`.
-fn stats_of(
-    faults: &[&FaultRecord],
-    figure: impl Fn(&FaultRecord) -> Option<f64>,
-) -> Option<Stats> {
-    let values: Vec<u64> = faults
-        .iter()
-        .filter_map(|f| figure(f).map(|ms| (ms * 1000.0) as u64))
-        .collect();
-    checker::stats(&values)
-}
-
-/// The `cargo xtask chaos` command that replays a run's fault sequence
-/// (`kinds` empty: all kinds).
-pub fn replay_command(
-    seed: u64,
-    faults: usize,
-    mode: Mode,
-    dcs: Dcs,
-    kinds: &[FaultKind],
-) -> String {
-    let mut cmd = format!(
-        "cargo xtask chaos --seed {seed} --faults {faults} --mode {}",
-        mode.name()
-    );
-    if dcs != Dcs::Etcd {
-        cmd.push_str(&format!(" --dcs {}", dcs.name()));
-    }
-    if !kinds.is_empty() {
-        let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-        cmd.push_str(&format!(" --kinds {}", kinds.join(",")));
-    }
-    cmd
-}
-
 fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
 }
@@ -314,13 +326,7 @@ impl Report {
 
     /// The command that replays this run's fault sequence.
     pub fn replay(&self) -> String {
-        replay_command(
-            self.seed,
-            self.faults_requested,
-            self.mode,
-            self.dcs,
-            &self.kinds_requested,
-        )
+        self.settings.replay_command()
     }
 
     /// Which kinds ran at least once.
@@ -335,13 +341,13 @@ impl Report {
             s,
             "chaos run {} — mode {}, dcs {}, seed {}, {} faults, ttl/loop_wait/retry_timeout {}/{}/{} s, {:.0} s",
             self.run,
-            self.mode.name(),
-            self.dcs.name(),
-            self.seed,
+            self.settings.mode.name(),
+            self.settings.dcs.name(),
+            self.settings.seed,
             self.faults.len(),
-            self.timing.0,
-            self.timing.1,
-            self.timing.2,
+            self.settings.timing.0,
+            self.settings.timing.1,
+            self.settings.timing.2,
             self.wall_time_s
         );
         let _ = writeln!(
@@ -363,11 +369,11 @@ impl Report {
                 recovery
                     .map(|r| format!("{r:.0}"))
                     .unwrap_or_else(|| "NO".into()),
-                ms(f.unavailability_ms),
-                ms(f.worst_gap_ms),
-                f.acks,
-                f.lost,
-                f.deposed,
+                ms(f.window.unavailability_ms),
+                ms(f.window.worst_gap_ms),
+                f.window.acks,
+                f.window.lost,
+                f.window.deposed,
                 f.detail,
                 if f.primary_after.as_deref() != Some(f.primary_before.as_str()) {
                     format!(
@@ -394,16 +400,18 @@ impl Report {
             "deposed"
         );
         for k in &self.kinds {
+            let [unavailability_median, unavailability_worst, gap_median, gap_worst] =
+                k.outage.columns();
             let _ = writeln!(
                 s,
                 "  {:<26} {:>5} {:>9} {:>12} {:>11} {:>10} {:>9} {:>5} {:>7}",
                 k.kind.name(),
                 k.count,
                 k.recovered,
-                ms(k.unavailability.map(|u| u.median_ms)),
-                ms(k.unavailability.map(|u| u.worst_ms)),
-                ms(k.worst_gap.map(|u| u.median_ms)),
-                ms(k.worst_gap.map(|u| u.worst_ms)),
+                unavailability_median,
+                unavailability_worst,
+                gap_median,
+                gap_worst,
                 k.lost,
                 k.deposed
             );
@@ -421,20 +429,22 @@ impl Report {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "?".into())
         );
+        let [unavailability_median, unavailability_worst, gap_median, gap_worst] =
+            self.findings.outage.columns();
         let _ = writeln!(
             s,
             "  (a) lost acknowledged writes: {}   (b) acknowledged by a deposed primary: {} (closest call: {})\n  (c) unavailability median {} ms, worst {} ms; longest gap without acks median {} ms, worst {} ms",
-            self.lost_count
+            self.findings.lost_count
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "unknown".into()),
-            self.deposed_count,
-            self.closest_margin_ms
+            self.findings.deposed_count,
+            self.findings.closest_margin_ms
                 .map(|m| format!("a promotion {m:.0} ms after another node's last ack"))
                 .unwrap_or_else(|| "no promotion".into()),
-            ms(self.unavailability.map(|u| u.median_ms)),
-            ms(self.unavailability.map(|u| u.worst_ms)),
-            ms(self.worst_gap.map(|u| u.median_ms)),
-            ms(self.worst_gap.map(|u| u.worst_ms)),
+            unavailability_median,
+            unavailability_worst,
+            gap_median,
+            gap_worst,
         );
         let _ = writeln!(
             s,
@@ -452,5 +462,185 @@ impl Report {
             let _ = writeln!(s, "  replay: {}", self.replay());
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::tests::ack;
+    use crate::faults::{BadKey, Target};
+    use crate::{Dcs, Mode};
+
+    fn planned(kind: FaultKind) -> PlannedFault {
+        PlannedFault {
+            kind,
+            target: Target::Primary,
+            hold_ms: 1000,
+            bad_key: BadKey::Leader,
+            variant: 0,
+        }
+    }
+
+    fn fault(index: usize, kind: FaultKind, started_ms: u64) -> FaultRecord {
+        FaultRecord {
+            index,
+            planned: planned(kind),
+            node: Some("node1".into()),
+            primary_before: "node1".into(),
+            primary_after: Some("node2".into()),
+            detail: "done".into(),
+            started_us: started_ms * 1000,
+            healed_us: started_ms * 1000 + 1_000_000,
+            recovered_us: Some(started_ms * 1000 + 2_000_000),
+            switchover_ms: Vec::new(),
+            window: WindowFigures::default(),
+            error: None,
+        }
+    }
+
+    /// A synchronous run of two node kills, as `scenario` hands it to [`evaluate`].
+    fn sample_report() -> Report {
+        Report {
+            run: "synchronous-seed7-1".into(),
+            settings: RunSettings {
+                seed: 7,
+                mode: Mode::Synchronous,
+                dcs: Dcs::Etcd,
+                kinds: vec![FaultKind::NodeKill],
+                timing: (5, 1, 2),
+                faults: 2,
+            },
+            wall_time_s: 0.0,
+            json: "target/chaos/run.json".into(),
+            logs: "target/chaos/run".into(),
+            faults: vec![
+                fault(0, FaultKind::NodeKill, 1000),
+                fault(1, FaultKind::NodeKill, 5000),
+            ],
+            kinds: Vec::new(),
+            writes: WriteTotals::default(),
+            final_primary: Some("node2".into()),
+            findings: Findings::default(),
+            problems: Vec::new(),
+            log_tails: None,
+        }
+    }
+
+    fn evaluated() -> Report {
+        let mut report = sample_report();
+        let acks = [
+            ack(1, 0, 900, 950),
+            ack(2, 0, 1100, 1400),
+            ack(3, 1, 5200, 5300),
+        ];
+        let final_ids: BTreeSet<i64> = [1, 3].into_iter().collect();
+        let promotions = checker::promotions(Some(0), &[(1, 4_000_000)], &[]);
+        evaluate(
+            &mut report,
+            Evidence {
+                acks: &acks,
+                probe_acks: &[],
+                final_ids: Some(&final_ids),
+                promotions,
+                end_us: 9_000_000,
+            },
+        );
+        report
+    }
+
+    #[test]
+    fn evaluate_fills_in_each_fault_window_each_kind_and_the_verdict() {
+        let report = evaluated();
+        let first = &report.faults[0];
+        assert_eq!(first.window.unavailability_ms, Some(400.0));
+        assert_eq!((first.window.acks, first.window.lost), (1, 1));
+        assert_eq!(report.faults[1].window.acks, 1);
+        assert_eq!(report.kinds.len(), 1);
+        assert_eq!(report.kinds[0].count, 2);
+        assert_eq!(report.findings.lost_count, Some(1));
+        assert_eq!(report.findings.lost_ids, vec![2]);
+        assert!(!report.passed(), "a lost write fails a synchronous run");
+        assert!(report.problems[0].contains("1 acknowledged writes are missing"));
+        assert_eq!(
+            report.replay(),
+            "cargo xtask chaos --seed 7 --faults 2 --mode synchronous --kinds node-kill"
+        );
+    }
+
+    #[test]
+    fn the_json_report_keeps_its_field_names() {
+        let text = serde_json::to_string(&evaluated()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        assert_eq!(
+            keys(&json),
+            [
+                "closest_margin_ms",
+                "dcs",
+                "deposed_acks",
+                "deposed_count",
+                "faults",
+                "faults_requested",
+                "final_primary",
+                "json",
+                "kinds",
+                "kinds_requested",
+                "log_tails",
+                "logs",
+                "lost_count",
+                "lost_ids",
+                "margins",
+                "mode",
+                "problems",
+                "promotions",
+                "run",
+                "seed",
+                "timing",
+                "unavailability",
+                "wall_time_s",
+                "worst_gap",
+                "writes",
+            ]
+        );
+        assert_eq!(
+            keys(&json["faults"][0]),
+            [
+                "acks",
+                "deposed",
+                "detail",
+                "error",
+                "healed_us",
+                "index",
+                "lost",
+                "node",
+                "planned",
+                "primary_after",
+                "primary_before",
+                "recovered_us",
+                "started_us",
+                "unavailability_ms",
+                "worst_gap_ms",
+            ]
+        );
+        assert_eq!(
+            keys(&json["kinds"][0]),
+            [
+                "count",
+                "deposed",
+                "kind",
+                "lost",
+                "recovered",
+                "unavailability",
+                "worst_gap"
+            ]
+        );
+        assert_eq!(json["kinds_requested"], serde_json::json!(["node-kill"]));
+        assert_eq!(json["faults_requested"], 2);
+        assert_eq!(json["timing"], serde_json::json!([5, 1, 2]));
+        assert_eq!(json["lost_count"], 1);
+        assert_eq!(json["faults"][0]["unavailability_ms"], 400.0);
     }
 }

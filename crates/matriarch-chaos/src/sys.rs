@@ -1,9 +1,12 @@
 //! Small system helpers: running commands, signals, the wall clock, Ctrl-C, and
 //! the seeded random number generator.
 
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use matriarch_testkit::command_line;
+use matriarch_testkit::wait::Interruptible;
 
 use crate::error::{ChaosError, Result};
 
@@ -32,17 +35,15 @@ pub fn check_interrupt() -> Result<()> {
     }
 }
 
+/// The run's waits: they look at the Ctrl-C flag every 50 ms.
+const WAITS: Interruptible<ChaosError> = Interruptible {
+    check: check_interrupt,
+    step: Duration::from_millis(50),
+};
+
 /// Sleeps `d` in short steps, stopping early on Ctrl-C.
 pub fn sleep(d: Duration) -> Result<()> {
-    let end = Instant::now() + d;
-    loop {
-        check_interrupt()?;
-        let now = Instant::now();
-        if now >= end {
-            return Ok(());
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
+    WAITS.sleep(d)
 }
 
 /// Polls `f` every `every` until it returns `Some`, for at most `timeout`.
@@ -50,22 +51,14 @@ pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
     every: Duration,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        check_interrupt()?;
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            return Err(ChaosError::Timeout {
-                what: what.to_owned(),
-                waited: timeout,
-            });
-        }
-        sleep(every)?;
-    }
+    WAITS
+        .poll(timeout, every, f)?
+        .ok_or_else(|| ChaosError::Timeout {
+            what: what.to_owned(),
+            waited: timeout,
+        })
 }
 
 /// Microseconds since the Unix epoch (the wall clock every record uses).
@@ -76,50 +69,26 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// A command line for messages.
-pub fn render(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
 /// Runs `cmd` to completion (stdin closed); its stdout, or an error with its stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let what = render(cmd);
+    let what = command_line(cmd);
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| ChaosError::Spawn {
-            command: what.clone(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(ChaosError::Command {
-            command: what,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
+        .map_err(|source| ChaosError::spawn(&what, source))?;
+    stdout_of(what, out)
 }
 
 /// Runs `cmd` with `input` on its stdin; its stdout, or an error with its stderr.
 pub fn run_with_input(cmd: &mut Command, input: &str) -> Result<String> {
     use std::io::Write;
-    let what = render(cmd);
+    let what = command_line(cmd);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| ChaosError::Spawn {
-            command: what.clone(),
-            source,
-        })?;
+        .map_err(|source| ChaosError::spawn(&what, source))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(input.as_bytes())
@@ -128,11 +97,16 @@ pub fn run_with_input(cmd: &mut Command, input: &str) -> Result<String> {
     let out = child
         .wait_with_output()
         .map_err(|e| ChaosError::io(format!("waiting for `{what}`"), e))?;
+    stdout_of(format!("{what} <<< {input:?}"), out)
+}
+
+/// The stdout of `command`, which ended with `out`, or an error with its stderr.
+fn stdout_of(command: String, out: Output) -> Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(ChaosError::Command {
-            command: format!("{what} <<< {input:?}"),
+            command,
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })

@@ -14,8 +14,8 @@ use crate::error::{ChaosError, Result};
 
 /// The client port on every server.
 pub const CLIENT_PORT: u16 = 2181;
-/// ZooKeeper's jar (Debian's `zookeeper` package); its manifest pulls in the rest.
-pub const JAR: &str = "/usr/share/java/zookeeper.jar";
+/// ZooKeeper's jar (the test kit's).
+pub const JAR: &str = matriarch_testkit::ZOOKEEPER_JAR;
 /// The Java runtime.
 pub const JAVA: &str = "/usr/bin/java";
 /// How long one key operation may take: a stopped ensemble must not hang a fault.

@@ -17,8 +17,8 @@ fn matriarch_binary() -> PathBuf {
 #[test]
 fn short_chaos_run_loses_no_acknowledged_write_and_recovers_from_every_fault_kind() {
     let mut opts = Options::new(20_261_128);
-    opts.faults = FaultKind::ALL.len();
-    opts.mode = Mode::Synchronous;
+    opts.settings.faults = FaultKind::ALL.len();
+    opts.settings.mode = Mode::Synchronous;
     opts.matriarch = matriarch_binary();
     opts.recovery_timeout = Duration::from_secs(60);
     let report = match run(&opts) {
@@ -50,15 +50,15 @@ fn short_chaos_run_loses_no_acknowledged_write_and_recovers_from_every_fault_kin
         );
     }
     assert_eq!(
-        report.lost_count,
+        report.findings.lost_count,
         Some(0),
         "lost acknowledged writes: {:?}",
-        report.lost_ids
+        report.findings.lost_ids
     );
     assert_eq!(
-        report.deposed_count, 0,
+        report.findings.deposed_count, 0,
         "writes acknowledged by a deposed primary: {:?}",
-        report.deposed_acks
+        report.findings.deposed_acks
     );
     assert!(report.writes.acknowledged > 100, "the client barely wrote");
     assert!(report.passed(), "{:?}", report.problems);

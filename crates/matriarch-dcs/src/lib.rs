@@ -108,6 +108,26 @@ pub trait Dcs: Send + Sync {
     /// Deletes this member's record (on a clean shutdown).
     async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError>;
 
+    /// Wipes the whole cluster from the DCS, as `patronictl remove` does:
+    /// deletes every key under [`KeyLayout::prefix`] (`/<namespace>/<scope>/`),
+    /// whoever wrote it: the leader lock whoever holds it, every member's
+    /// record, `initialize`, every record, and keys matriarch does not know.
+    ///
+    /// Rules every backend keeps:
+    /// * Nothing outside the scope is touched, in particular no key of a
+    ///   scope whose name begins with this one's (removing scope `a` leaves
+    ///   `ab` alone): only paths under the prefix with its trailing `/`.
+    /// * An empty or absent scope is not an error (removing twice succeeds).
+    /// * Afterwards the cluster can be bootstrapped again
+    ///   ([`Dcs::try_initialize`] wins); a member that held the lock no
+    ///   longer does ([`Dcs::renew_leader`] fails with
+    ///   [`DcsError::LockNotHeld`]), and a member that publishes its record
+    ///   again writes it anew.
+    /// * It is not a barrier against running members: one that writes at the
+    ///   same time may leave a key behind (or write it again at once), so stop
+    ///   the cluster's agents first.
+    async fn remove_cluster(&self) -> Result<(), DcsError>;
+
     /// Writes a record if its key's version is as `expected`; returns the new
     /// version. A mismatch is [`DcsError::Conflict`] and writes nothing.
     async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError>;
@@ -179,6 +199,9 @@ impl<D: Dcs + ?Sized> Dcs for std::sync::Arc<D> {
     async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
         (**self).delete(key, expected).await
     }
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        (**self).remove_cluster().await
+    }
     async fn watch(
         &self,
         after_revision: u64,
@@ -218,11 +241,7 @@ mod tests {
         assert_eq!(shared.layout(), memory.layout());
         let view = shared.read_view().await.expect("read through the Arc");
         assert!(view.members["m1"].is_ok(), "{:?}", view.members);
-        assert!(memory
-            .read_view()
-            .await
-            .expect("read")
-            .members
-            .contains_key("m1"));
+        let direct = memory.read_view().await.expect("read the store itself");
+        assert_eq!(direct, view);
     }
 }

@@ -56,6 +56,13 @@ impl Store {
         version
     }
 
+    /// The entries under `prefix`, in path order.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Stored)> {
+        self.entries
+            .range(prefix.to_owned()..)
+            .take_while(move |(path, _)| path.starts_with(prefix))
+    }
+
     fn remove(&mut self, path: &str) {
         if self.entries.remove(path).is_some() {
             self.bump();
@@ -130,6 +137,15 @@ impl MemoryDcs {
             layout: self.layout.clone(),
             reachable: Arc::new(AtomicBool::new(true)),
             lock_lifetime: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A client of the same store for another scope (or namespace), as a
+    /// member of another cluster sharing the DCS would have.
+    pub fn connect_to(&self, layout: KeyLayout) -> Self {
+        MemoryDcs {
+            layout,
+            ..self.connect()
         }
     }
 
@@ -254,9 +270,7 @@ impl crate::Dcs for MemoryDcs {
         let store = self.store()?;
         let prefix = self.layout.prefix();
         let entries: Vec<RawEntry> = store
-            .entries
-            .range(prefix.clone()..)
-            .take_while(|(path, _)| path.starts_with(&prefix))
+            .under(&prefix)
             .map(|(path, stored)| RawEntry {
                 key: path[prefix.len()..].to_owned(),
                 value: stored.value.clone(),
@@ -409,6 +423,19 @@ impl crate::Dcs for MemoryDcs {
     async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
         let mut store = self.store()?;
         store.remove(&self.path(&DcsKey::Member(name.clone())));
+        drop(store);
+        self.changed();
+        Ok(())
+    }
+
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        let mut store = self.store()?;
+        // With its trailing `/`: scope `a` must not match `ab`'s keys.
+        let prefix = self.layout.prefix();
+        let doomed: Vec<String> = store.under(&prefix).map(|(path, _)| path.clone()).collect();
+        for path in &doomed {
+            store.remove(path);
+        }
         drop(store);
         self.changed();
         Ok(())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use matriarch_model::{Lsn, Member, MemberName, MemberState, Role, Timeline};
 
-use crate::Dcs;
+use crate::{Dcs, WatchOutcome};
 
 /// The member name `text`; panics when it is not a valid name (tests pass
 /// literals).
@@ -18,16 +18,15 @@ pub fn name(text: &str) -> MemberName {
 /// A running replica called `text` with a timeline and WAL positions, as a
 /// member publishes it.
 pub fn member(text: &str) -> Member {
-    let mut member = Member::new(
-        name(text),
-        format!("postgres://127.0.0.1:5432/postgres?member={text}"),
-        "http://127.0.0.1:8008/patroni",
-    );
-    member.role = Role::Replica;
-    member.state = MemberState::Running;
-    member.timeline = Some(Timeline(2));
-    member.received_lsn = Some(Lsn(0x300_0060));
-    member.replayed_lsn = Some(Lsn(0x300_0000));
+    let conn_url = format!("postgres://127.0.0.1:5432/postgres?member={text}");
+    let mut member = Member {
+        role: Role::Replica,
+        state: MemberState::Running,
+        timeline: Some(Timeline(2)),
+        received_lsn: Some(Lsn(0x300_0060)),
+        replayed_lsn: Some(Lsn(0x300_0000)),
+        ..Member::new(name(text), conn_url, "http://127.0.0.1:8008/patroni")
+    };
     member.tags.failover_priority = 2;
     member
 }
@@ -39,6 +38,17 @@ pub async fn publish<D: Dcs + ?Sized>(client: &D, who: &str, ttl: Duration) {
         .publish_member(&member(who), ttl)
         .await
         .unwrap_or_else(|e| panic!("publish {who}: {e}"));
+}
+
+/// Takes the free leader lock as `who` through `client` and publishes
+/// [`member`]`(who)`, as a new leader does; panics when either fails.
+pub async fn lead<D: Dcs + ?Sized>(client: &D, who: &str, ttl: Duration) {
+    let taken = client
+        .acquire_leader(&name(who), ttl)
+        .await
+        .unwrap_or_else(|e| panic!("acquire as {who}: {e}"));
+    assert!(taken, "the lock was not free for {who}");
+    publish(client, who, ttl).await;
 }
 
 /// A scope no other test (of this or another test process) uses: `tag`, the
@@ -54,6 +64,22 @@ pub fn unique_scope(tag: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// Watches through `client` for a change after `revision`, for at most
+/// `timeout`: the outcome and how long the call took; panics when the watch
+/// fails.
+pub async fn timed_watch<D: Dcs + ?Sized>(
+    client: &D,
+    revision: u64,
+    timeout: Duration,
+) -> (WatchOutcome, Duration) {
+    let started = Instant::now();
+    let outcome = client
+        .watch(revision, timeout)
+        .await
+        .unwrap_or_else(|e| panic!("watch: {e}"));
+    (outcome, started.elapsed())
 }
 
 /// Polls `attempt` every 100 ms until it returns `Some`; panics naming `what`

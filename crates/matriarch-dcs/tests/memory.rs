@@ -7,12 +7,18 @@ use std::time::Duration;
 use matriarch_dcs::{Dcs, DcsError, ManualClock, MemoryDcs, WatchOutcome};
 use matriarch_model::{KeyLayout, Member, MemberName};
 
+/// A store of its own on a clock the test drives, and two clients of `scope`.
+fn two_clients(scope: &str) -> (ManualClock, MemoryDcs, MemoryDcs) {
+    let clock = ManualClock::new();
+    let layout = KeyLayout::new("service", scope).expect("layout");
+    let first = MemoryDcs::with_clock(layout, Arc::new(clock.clone()));
+    let second = first.connect();
+    (clock, first, second)
+}
+
 #[tokio::test]
 async fn a_cut_off_client_sees_unreachable_not_a_lost_lock() {
-    let clock = ManualClock::new();
-    let layout = KeyLayout::new("service", "partition").unwrap();
-    let holder = MemoryDcs::with_clock(layout, Arc::new(clock.clone()));
-    let other = holder.connect();
+    let (_clock, holder, other) = two_clients("partition");
     let ttl = Duration::from_secs(10);
     let me = MemberName::new("holder").unwrap();
     assert!(holder.acquire_leader(&me, ttl).await.unwrap());
@@ -54,10 +60,7 @@ fn errors_read_clearly() {
 /// published; a changed record is written.
 #[tokio::test]
 async fn unchanged_member_records_are_not_rewritten_and_stay_alive() {
-    let clock = ManualClock::new();
-    let layout = KeyLayout::new("service", "idle").unwrap();
-    let client = MemoryDcs::with_clock(layout, Arc::new(clock.clone()));
-    let watcher = client.connect();
+    let (clock, client, watcher) = two_clients("idle");
     let ttl = Duration::from_secs(10);
     let mut member = Member::new(
         MemberName::new("idle").unwrap(),
@@ -113,10 +116,7 @@ async fn unchanged_member_records_are_not_rewritten_and_stay_alive() {
 /// key that moved to a newer lease.
 #[tokio::test]
 async fn a_late_renewal_with_a_shorter_ttl_does_not_shorten_the_lock() {
-    let clock = ManualClock::new();
-    let layout = KeyLayout::new("service", "late").unwrap();
-    let holder = MemoryDcs::with_clock(layout, Arc::new(clock.clone()));
-    let other = holder.connect();
+    let (clock, holder, other) = two_clients("late");
     let me = MemberName::new("holder").unwrap();
     assert!(holder
         .acquire_leader(&me, Duration::from_secs(5))

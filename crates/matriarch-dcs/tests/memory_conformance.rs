@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use matriarch_dcs::conformance::Harness;
-use matriarch_dcs::{ManualClock, MemoryDcs};
+use matriarch_dcs::{Dcs, ManualClock, MemoryDcs};
 use matriarch_model::KeyLayout;
 
 struct MemoryHarness {
@@ -23,6 +23,13 @@ impl Harness for MemoryHarness {
 
     async fn client(&self) -> MemoryDcs {
         self.store.connect()
+    }
+
+    async fn sibling_client(&self) -> MemoryDcs {
+        let layout = self.store.layout();
+        let sibling = format!("{}-sibling", layout.scope());
+        let layout = KeyLayout::new(layout.namespace(), &sibling).expect("sibling layout");
+        self.store.connect_to(layout)
     }
 
     async fn put_raw(&self, relative_key: &str, value: &[u8]) {

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{client, config, endpoint, lab_named, registered, test_credentials, Lab};
+use common::{client, config, endpoints, lab_named, registered, test_credentials, Lab};
 use matriarch_elb::sdk;
 use matriarch_elb::{ElbRouter, ElbRouterConfig};
 use matriarch_router::conformance::{Harness, Served};
 use matriarch_router::Endpoint;
-use matriarch_testkit::MotoServer;
+use matriarch_testkit::{free_port, MotoServer};
 
 struct MotoHarness {
     moto: Arc<MotoServer>,
@@ -53,11 +53,7 @@ impl Harness for MotoHarness {
     }
 
     fn endpoints(&self) -> [Endpoint; 3] {
-        [
-            endpoint("a", "10.0.1.10"),
-            endpoint("b", "10.0.1.11"),
-            endpoint("c", "10.0.2.12"),
-        ]
+        endpoints(["10.0.1.10", "10.0.1.11", "10.0.2.12"])
     }
 
     async fn served(&self) -> Served {
@@ -74,13 +70,10 @@ impl Harness for MotoHarness {
     }
 
     async fn unreachable_router(&self) -> Option<ElbRouter> {
-        // Nothing listens on this port.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = closed.local_addr().expect("addr").port();
-        drop(closed);
+        let closed_port = free_port().expect("a port nothing listens on");
         let mut config = config(&self.moto, &self.lab);
-        config.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
-        config.max_attempts = 2;
+        config.aws.endpoint_url = Some(format!("http://127.0.0.1:{closed_port}"));
+        config.aws.max_attempts = 2;
         Some(make_router(config).await)
     }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, config, endpoint, lab, routes, strings, targets};
+use common::{client, config, lab, only_a, strings, targets};
 use matriarch_elb::ElbRouter;
 use matriarch_router::Router;
 use matriarch_testkit::MotoServer;
@@ -20,7 +20,7 @@ async fn credentials_come_from_the_environment() {
     let debug = format!("{router:?}");
     assert!(!debug.contains("testing"), "{debug}");
     router
-        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
+        .route(&only_a())
         .await
         .expect("route with environment credentials");
     assert_eq!(

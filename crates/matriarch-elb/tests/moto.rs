@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_targets, client, config, endpoint, lab, routes, strings, targets, test_credentials, Lab,
+    assert_targets, client, config, endpoints, lab, only_a, routes, strings, targets,
+    test_credentials, Lab,
 };
 use matriarch_elb::sdk;
 use matriarch_elb::{ElbRouter, ElbRouterConfig};
+use matriarch_router::conformance::assert_rejected;
 use matriarch_router::{Router, RouterError};
-use matriarch_testkit::MotoServer;
+use matriarch_testkit::{free_port, MotoServer};
 use sdk::config::interceptors::BeforeSerializationInterceptorContextRef;
 use sdk::config::{ConfigBag, Intercept};
 use sdk::error::BoxError;
@@ -92,10 +94,7 @@ async fn make_router(config: ElbRouterConfig) -> (ElbRouter, CallCounter) {
 async fn failed_route(config: ElbRouterConfig, why: &str) -> (RouterError, Duration) {
     let (router, _) = make_router(config).await;
     let started = Instant::now();
-    let error = router
-        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
-        .await
-        .expect_err(why);
+    let error = router.route(&only_a()).await.expect_err(why);
     let elapsed = started.elapsed();
     eprintln!("{error}");
     (error, elapsed)
@@ -115,7 +114,7 @@ async fn fixture() -> (MotoServer, Lab, sdk::Client, ElbRouter, CallCounter) {
 async fn route_moves_the_writer_group_from_a_to_b() {
     let (_moto, lab, elb, router, _counter) = fixture().await;
     assert_eq!(router.name(), "elb:pg-writer");
-    let (a, b) = (endpoint("a", "10.0.1.10"), endpoint("b", "10.0.1.11"));
+    let [a, b] = endpoints(["10.0.1.10", "10.0.1.11"]);
 
     router.route(&routes(&a, &[])).await.expect("route to A");
     assert_targets(&elb, &lab.writer_arn, &["10.0.1.10:5432"]).await;
@@ -152,12 +151,7 @@ async fn route_moves_the_writer_group_from_a_to_b() {
 #[tokio::test]
 async fn reader_group_follows_the_replicas() {
     let (_moto, lab, elb, router, _counter) = fixture().await;
-    let (a, b, c, d) = (
-        endpoint("a", "10.0.1.10"),
-        endpoint("b", "10.0.1.11"),
-        endpoint("c", "10.0.2.12"),
-        endpoint("d", "10.0.2.13"),
-    );
+    let [a, b, c, d] = endpoints(["10.0.1.10", "10.0.1.11", "10.0.2.12", "10.0.2.13"]);
     router.route(&routes(&a, &[&b, &c])).await.expect("route");
     assert_targets(&elb, &lab.reader_arn, &["10.0.1.11:5432", "10.0.2.12:5432"]).await;
     router
@@ -178,7 +172,7 @@ async fn reader_group_follows_the_replicas() {
 #[tokio::test]
 async fn routing_again_makes_no_register_or_deregister_call() {
     let (moto, lab, elb, router, counter) = fixture().await;
-    let (a, b) = (endpoint("a", "10.0.1.10"), endpoint("b", "10.0.1.11"));
+    let [a, b] = endpoints(["10.0.1.10", "10.0.1.11"]);
     router.route(&routes(&a, &[&b])).await.expect("route");
     let first = counter.take();
     assert_eq!(first.get("RegisterTargets"), Some(&2), "{first:?}");
@@ -207,7 +201,7 @@ async fn routing_again_makes_no_register_or_deregister_call() {
 #[tokio::test]
 async fn withdraw_deregisters_only_that_member_from_the_writer_group() {
     let (_moto, lab, elb, router, counter) = fixture().await;
-    let (a, b) = (endpoint("a", "10.0.1.10"), endpoint("b", "10.0.1.11"));
+    let [a, b] = endpoints(["10.0.1.10", "10.0.1.11"]);
     router.route(&routes(&a, &[&b])).await.expect("route");
     counter.take();
 
@@ -261,34 +255,21 @@ async fn setup_makes_deregistered_targets_lose_traffic_fast() {
 async fn a_nonexistent_target_group_is_rejected() {
     let moto = MotoServer::start().expect("start moto");
     let _lab = lab(&moto).await;
-    let mut config = ElbRouterConfig::new(
-        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/missing/0123456789abcdef",
-    );
-    config.region = Some(common::REGION.to_owned());
-    config.endpoint_url = Some(moto.endpoint_url());
+    let mut config = fake_config(moto.endpoint_url());
+    config.writer_target_group_arn =
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/missing/0123456789abcdef"
+            .to_owned();
     let (router, _) = make_router(config).await;
-    let error = router
-        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
-        .await
-        .expect_err("a missing target group");
-    eprintln!("{error}");
-    assert!(
-        matches!(&error, RouterError::Rejected { message, .. } if message.contains("TargetGroupNotFound")),
-        "{error:?}"
-    );
-    assert!(!error.is_retryable());
-    let error = router.setup().await.expect_err("setup of a missing group");
-    assert!(matches!(error, RouterError::Rejected { .. }), "{error:?}");
+    assert_rejected(router.route(&only_a()).await, "TargetGroupNotFound");
+    assert_rejected(router.setup().await, "TargetGroupNotFound");
 }
 
 #[tokio::test]
 async fn a_host_name_endpoint_is_a_configuration_error_before_any_call() {
     let (_moto, lab, elb, router, counter) = fixture().await;
+    let [a, b] = endpoints(["10.0.1.10", "db-b.example.internal"]);
     let error = router
-        .route(&routes(
-            &endpoint("a", "10.0.1.10"),
-            &[&endpoint("b", "db-b.example.internal")],
-        ))
+        .route(&routes(&a, &[&b]))
         .await
         .expect_err("a host name cannot be an ip target");
     assert!(matches!(error, RouterError::Config { .. }), "{error:?}");
@@ -298,16 +279,9 @@ async fn a_host_name_endpoint_is_a_configuration_error_before_any_call() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_reported_in_time() {
-    // Nothing listens on this port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
-    let mut config = ElbRouterConfig::new(
-        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/pg-writer/0123456789abcdef",
-    );
-    config.region = Some(common::REGION.to_owned());
-    config.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
-    config.max_attempts = 2;
+    let closed_port = free_port().expect("a port nothing listens on");
+    let mut config = fake_config(format!("http://127.0.0.1:{closed_port}"));
+    config.aws.max_attempts = 2;
     let (error, elapsed) = failed_route(config, "nothing listens").await;
     assert!(
         matches!(error, RouterError::Unreachable { .. }),
@@ -383,8 +357,8 @@ fn fake_config(url: String) -> ElbRouterConfig {
     let mut config = ElbRouterConfig::new(
         "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/pg-writer/0123456789abcdef",
     );
-    config.region = Some(common::REGION.to_owned());
-    config.endpoint_url = Some(url);
+    config.aws.region = Some(common::REGION.to_owned());
+    config.aws.endpoint_url = Some(url);
     config
 }
 
@@ -392,12 +366,9 @@ fn fake_config(url: String) -> ElbRouterConfig {
 async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
     let (url, requests) = fake_aws(400, "Throttling", false).await;
     let mut config = fake_config(url);
-    config.max_attempts = 3;
+    config.aws.max_attempts = 3;
     let (router, _) = make_router(config).await;
-    let error = router
-        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
-        .await
-        .expect_err("always throttled");
+    let error = router.route(&only_a()).await.expect_err("always throttled");
     assert!(matches!(error, RouterError::Throttled { .. }), "{error:?}");
     assert!(error.is_retryable());
     assert_eq!(
@@ -409,14 +380,7 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
     // An API error that is not throttling is not retried and is Rejected.
     let (url, requests) = fake_aws(400, "AccessDenied", false).await;
     let (router, _) = make_router(fake_config(url)).await;
-    let error = router
-        .route(&routes(&endpoint("a", "10.0.1.10"), &[]))
-        .await
-        .expect_err("denied");
-    assert!(
-        matches!(&error, RouterError::Rejected { message, .. } if message.contains("AccessDenied")),
-        "{error:?}"
-    );
+    assert_rejected(router.route(&only_a()).await, "AccessDenied");
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
 
@@ -424,9 +388,9 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
 async fn a_silent_endpoint_is_cut_off_by_the_timeouts() {
     let (url, requests) = fake_aws(200, "", true).await;
     let mut config = fake_config(url);
-    config.attempt_timeout = Duration::from_millis(500);
-    config.call_timeout = Duration::from_millis(1500);
-    config.max_attempts = 2;
+    config.aws.attempt_timeout = Duration::from_millis(500);
+    config.aws.call_timeout = Duration::from_millis(1500);
+    config.aws.max_attempts = 2;
     let (error, elapsed) = failed_route(config, "silent endpoint").await;
     assert!(
         matches!(error, RouterError::Unreachable { .. }),

@@ -3,12 +3,13 @@
 mod lease;
 mod watch;
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-    TxnResponse,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 use matriarch_dcs::{is_record_key, Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_model::{
@@ -170,6 +171,26 @@ impl EtcdDcs {
         self.layout.path(key)
     }
 
+    /// Runs `call` on `path` (a key, or the scope's prefix) within this
+    /// call's time bound, its failure as a [`DcsError`].
+    async fn on_path<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        path: String,
+        call: F,
+    ) -> Result<T, DcsError>
+    where
+        F: Fn(Client, String) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.endpoints
+            .run(operation, self.endpoints.deadline(), |client| {
+                call(client, path.clone())
+            })
+            .await
+            .map_err(|e| e.into_dcs(operation))
+    }
+
     async fn txn(
         &self,
         operation: &'static str,
@@ -241,21 +262,12 @@ impl Dcs for EtcdDcs {
     async fn read_view(&self) -> Result<ClusterView, DcsError> {
         let prefix = self.prefix.clone();
         let mut response = self
-            .endpoints
-            .run(
-                "read_view",
-                self.endpoints.deadline(),
-                move |mut client: Client| {
-                    let prefix = prefix.clone();
-                    async move {
-                        client
-                            .get(prefix, Some(GetOptions::new().with_prefix()))
-                            .await
-                    }
-                },
-            )
-            .await
-            .map_err(|e| e.into_dcs("read_view"))?;
+            .on_path("read_view", prefix, |mut client, prefix| async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
         let revision = response
             .header()
             .map(|header| header.revision())
@@ -517,18 +529,30 @@ impl Dcs for EtcdDcs {
 
     async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
         let path = self.path(&DcsKey::Member(name.clone()));
-        self.endpoints
-            .run(
-                "remove_member",
-                self.endpoints.deadline(),
-                move |mut client: Client| {
-                    let path = path.clone();
-                    async move { client.delete(path, None).await }
-                },
-            )
-            .await
-            .map_err(|e| e.into_dcs("remove_member"))?;
+        self.on_path("remove_member", path, |mut client, path| async move {
+            client.delete(path, None).await
+        })
+        .await?;
         tracing::info!(cluster = %self.scope(), member = %name, "removed the member record");
+        Ok(())
+    }
+
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        // One range delete over the prefix with its trailing `/`, so that
+        // scope `a` never reaches `ab`'s keys.
+        let prefix = self.prefix.clone();
+        let response = self
+            .on_path("remove_cluster", prefix, |mut client, prefix| async move {
+                client
+                    .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
+        tracing::warn!(
+            cluster = %self.scope(),
+            keys = response.deleted(),
+            "removed the cluster from etcd"
+        );
         Ok(())
     }
 

@@ -6,10 +6,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    blocking, dcs, eventually, holder_and_rival, member, name, publish, raw_client, unique_scope,
+    blocking, dcs, eventually, holder_and_rival, member, name, own_server, publish, raw_client,
+    unique_scope,
 };
 use matriarch_dcs::{Dcs, DcsError, Expected};
-use matriarch_model::{ClusterConfig, Record};
+use matriarch_etcd::EtcdDcs;
+use matriarch_model::{ClusterConfig, Member, Record};
 use matriarch_testkit::{free_port, EtcdServer};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -17,9 +19,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_garbage_is_an_error_for_its_key_only() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("garbage");
+    let (_server, urls, scope) = own_server("garbage");
     let client = dcs(&urls, &scope, RETRY);
     publish(&client, "good", TTL).await;
     client
@@ -84,9 +84,7 @@ async fn third_party_garbage_is_an_error_for_its_key_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_the_member_record_does_not_extend_an_unrenewed_lock() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("no-extend");
+    let (_server, urls, scope) = own_server("no-extend");
     let (holder, other) = holder_and_rival(&urls, &scope, RETRY, TTL).await;
     let acquired = Instant::now();
     // The holder keeps publishing (its loop runs) but stops renewing.
@@ -118,9 +116,7 @@ async fn publishing_the_member_record_does_not_extend_an_unrenewed_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_member_takes_back_its_own_lock_and_keeps_it() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("restarted");
+    let (_server, urls, scope) = own_server("restarted");
     let me = name("node1");
     let before = dcs(&urls, &scope, RETRY);
     assert!(before.acquire_leader(&me, TTL).await.expect("acquire"));
@@ -153,9 +149,7 @@ async fn a_restarted_member_takes_back_its_own_lock_and_keeps_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_with_a_longer_ttl_extends_the_lock_to_it() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("ttl-change");
+    let (_server, urls, scope) = own_server("ttl-change");
     let (holder, other) = holder_and_rival(&urls, &scope, RETRY, TTL).await;
     let longer = Duration::from_secs(6);
     holder
@@ -255,9 +249,7 @@ async fn revision(raw: &mut etcd_client::Client) -> i64 {
 /// 3-member cluster at loop_wait 1 s, against 0.15 for Patroni.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_loops_write_no_revisions_and_keep_every_key_alive() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("idle");
+    let (_server, urls, scope) = own_server("idle");
     let leader = dcs(&urls, &scope, RETRY);
     let replica = dcs(&urls, &scope, RETRY);
     let observer = dcs(&urls, &scope, RETRY);
@@ -304,29 +296,15 @@ async fn idle_loops_write_no_revisions_and_keep_every_key_alive() {
     // A change is written, at once.
     let mut changed = member("replica");
     changed.received_lsn = Some(matriarch_model::Lsn(0x300_0000));
-    replica
-        .publish_member(&changed, TTL)
-        .await
-        .expect("publish a change");
-    let view = observer.read_view().await.expect("read");
-    assert_eq!(
-        view.members["replica"].as_ref().expect("decodes").value,
-        changed
-    );
+    let read_back = publish_and_read(&replica, &changed, &observer).await;
+    assert_eq!(read_back.as_ref(), Some(&changed));
     // A record deleted behind the member's back comes back with its next
     // publication, though unchanged.
     raw.delete(format!("/service/{scope}/members/replica"), None)
         .await
         .expect("raw delete");
-    replica
-        .publish_member(&changed, TTL)
-        .await
-        .expect("publish again");
-    let view = observer.read_view().await.expect("read");
-    assert!(
-        view.members.contains_key("replica"),
-        "the record stayed gone"
-    );
+    let read_back = publish_and_read(&replica, &changed, &observer).await;
+    assert_eq!(read_back.as_ref(), Some(&changed), "the record stayed gone");
 
     // Without renewals the lock goes TTL after the last one, though the
     // holder keeps publishing its (unchanged) record.
@@ -344,4 +322,13 @@ async fn idle_loops_write_no_revisions_and_keep_every_key_alive() {
         taken >= TTL - Duration::from_millis(100),
         "the lock expired early: {taken:?}"
     );
+}
+
+/// Publishes `record` through `client`, and the record of its name as
+/// `observer` then reads it.
+async fn publish_and_read(client: &EtcdDcs, record: &Member, observer: &EtcdDcs) -> Option<Member> {
+    client.publish_member(record, TTL).await.expect("publish");
+    let view = observer.read_view().await.expect("read");
+    let entry = view.members.get(record.name.as_str())?;
+    Some(entry.as_ref().expect("decodes").value.clone())
 }

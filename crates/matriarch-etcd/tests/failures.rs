@@ -7,12 +7,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    blocking, dcs, eventually, holder_and_rival, member, name, publish, raw_client, unique_scope,
+    blocking, dcs, eventually, holder_and_rival, lead, member, name, own_server, publish,
+    raw_client, timed_watch, unique_scope,
 };
 use matriarch_dcs::{Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_etcd::EtcdDcs;
 use matriarch_model::{LeaderStatus, Lsn, Record};
-use matriarch_testkit::{EtcdCluster, EtcdServer};
+use matriarch_testkit::EtcdCluster;
 
 const TTL: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_secs(1);
@@ -78,8 +79,7 @@ async fn the_lock_survives_a_sigkill_of_the_etcd_leader() {
     let watcher = dcs(&urls, &scope, retry);
     let (a, b) = (name("holder"), name("other"));
 
-    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    publish(&holder, "holder", ttl).await;
+    lead(&holder, "holder", ttl).await;
     let revision = watcher.read_view().await.expect("read").revision;
     let watch = tokio::spawn(async move {
         let outcome = watcher.watch(revision, Duration::from_secs(30)).await;
@@ -234,9 +234,7 @@ async fn a_frozen_cluster_is_unreachable_and_the_lock_is_free_when_it_returns() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_single_member_is_unreachable_and_the_lock_is_free_after_its_restart() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("restart");
+    let (server, urls, scope) = own_server("restart");
     let (holder, other) = holder_and_rival(&urls, &scope, RETRY, TTL).await;
     let revision = holder.read_view().await.expect("read").revision;
 
@@ -249,11 +247,11 @@ async fn a_stopped_single_member_is_unreachable_and_the_lock_is_free_after_its_r
     after_the_outage(&holder, &other).await;
 }
 
+/// A watch rides out a restart of the etcd member it watches through and
+/// reports the change written meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_lives_through_a_restart_of_its_etcd_member() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("watch-restart");
+    let (server, urls, scope) = own_server("watch-restart");
     // A retry_timeout longer than the restart: the watch call rides it out.
     let watcher = dcs(&urls, &scope, Duration::from_secs(10));
     let writer = dcs(&urls, &scope, Duration::from_secs(10));
@@ -326,13 +324,13 @@ async fn a_watch_misses_no_change_made_while_its_member_was_down() {
     assert!(view.revision >= written && view.status.is_some());
 }
 
+/// A watch from a revision etcd has compacted away reports a change at once
+/// (the caller re-reads the view), not an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compaction_past_the_watched_revision_is_reported_as_a_change() {
-    let server = blocking(EtcdServer::start).expect("start etcd");
-    let urls = [server.client_url()];
-    let scope = unique_scope("compaction");
-    let watcher = dcs(&urls, &scope, Duration::from_secs(2));
-    let writer = dcs(&urls, &scope, Duration::from_secs(2));
+    let (_server, urls, scope) = own_server("compaction");
+    let retry = Duration::from_secs(2);
+    let (watcher, writer) = (dcs(&urls, &scope, retry), dcs(&urls, &scope, retry));
     let before = watcher.read_view().await.expect("read").revision;
     for optime in 1..=3 {
         writer
@@ -348,17 +346,9 @@ async fn a_compaction_past_the_watched_revision_is_reported_as_a_change() {
         .await
         .expect("compact");
 
-    let started = Instant::now();
-    let outcome = watcher
-        .watch(before, Duration::from_secs(30))
-        .await
-        .expect("watch");
+    let (outcome, took) = timed_watch(&watcher, before, Duration::from_secs(30)).await;
     assert_eq!(outcome, WatchOutcome::Changed);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
     let view = watcher.read_view().await.expect("re-read");
     assert!(view.revision >= latest);
     let stored = view.status.expect("status present").expect("decodes");

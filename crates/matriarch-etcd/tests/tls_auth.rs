@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{blocking, member, name, unique_scope};
+use common::{blocking, lead, name, unique_scope};
 use etcd_client::{Certificate, ConnectOptions, Identity, Permission, TlsOptions};
 use matriarch_dcs::{Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_etcd::{EtcdConfig, EtcdConfigError, EtcdDcs, EtcdTls};
@@ -80,19 +80,24 @@ impl TlsEtcd {
     }
 }
 
+/// Adds the etcd user `user` with `password` and grants it `role`.
+async fn add_user(admin: &mut etcd_client::Client, user: &str, password: &str, role: &str) {
+    admin
+        .user_add(user, password, None)
+        .await
+        .unwrap_or_else(|e| panic!("add user {user}: {e}"));
+    admin
+        .user_grant_role(user, role)
+        .await
+        .unwrap_or_else(|e| panic!("grant {role} to {user}: {e}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates_and_a_password() {
     let etcd = blocking(TlsEtcd::start);
     let scope = unique_scope("tls");
     let mut admin = etcd.admin().await;
-    admin
-        .user_add("root", "root-password", None)
-        .await
-        .expect("add root");
-    admin
-        .user_grant_role("root", "root")
-        .await
-        .expect("grant root");
+    add_user(&mut admin, "root", "root-password", "root").await;
     admin.role_add("matriarch").await.expect("add role");
     let prefix = format!("/service/{scope}/");
     admin
@@ -102,14 +107,7 @@ async fn tls_with_client_certificates_and_a_password() {
         )
         .await
         .expect("grant the scope");
-    admin
-        .user_add("matriarch", PASSWORD, None)
-        .await
-        .expect("add user");
-    admin
-        .user_grant_role("matriarch", "matriarch")
-        .await
-        .expect("grant role");
+    add_user(&mut admin, "matriarch", PASSWORD, "matriarch").await;
     admin.auth_enable().await.expect("enable auth");
 
     let config = |scope: &str, password: &str, cn: Option<&str>| {
@@ -127,13 +125,7 @@ async fn tls_with_client_certificates_and_a_password() {
 
     // Everything works over TLS as the authenticated user.
     assert!(node.try_initialize().await.expect("initialize"));
-    assert!(node
-        .acquire_leader(&name("n1"), TTL)
-        .await
-        .expect("acquire"));
-    node.publish_member(&member("n1"), TTL)
-        .await
-        .expect("publish");
+    lead(&node, "n1", TTL).await;
     node.renew_leader(&name("n1"), TTL).await.expect("renew");
     let view = peer.read_view().await.expect("read");
     assert_eq!(view.leader_name(), Some(&name("n1")));

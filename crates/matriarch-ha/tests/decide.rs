@@ -3,54 +3,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use matriarch_ha::sim::running_member;
 use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
+use support::scene::{Scene, SYSID};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
 }
 
-const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
-
 /// A cluster as one node sees it; tests change what they need and call `decide`.
-struct World {
-    node: NodeSettings,
-    config: ClusterConfig,
-    entries: Vec<RawEntry>,
-    reachable: bool,
-    local: LocalPostgres,
-    peers: BTreeMap<MemberName, PeerReport>,
-    memory: Memory,
-    now: Duration,
-    wall: DateTime<Utc>,
-    failsafe: FailsafeInputs,
-}
+type World = Scene;
 
 impl World {
     fn new(me: &str) -> World {
-        let mut world = World {
-            node: NodeSettings {
-                name: name(me),
-                tags: Tags::default(),
-                conn_url: format!("postgres://{me}:5432/postgres"),
-                api_url: format!("http://{me}:8008/patroni"),
-            },
-            config: ClusterConfig::default(),
-            entries: Vec::new(),
-            reachable: true,
-            local: LocalPostgres::no_data(),
-            peers: BTreeMap::new(),
-            memory: Memory::default(),
-            now: Duration::from_secs(100),
-            wall: Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap(),
-            failsafe: FailsafeInputs::default(),
-        };
-        world.put("initialize", encode_initialize(&Initialize::Done(SYSID)));
-        world
+        Scene::at(me, Duration::from_secs(100))
     }
 
     /// Member `me` leads: it holds the lock (renewed a second ago) over a
@@ -69,14 +39,6 @@ impl World {
         let mut world = World::new(me);
         world.config.failsafe_mode = true;
         world
-    }
-
-    fn put(&mut self, key: &str, value: Vec<u8>) {
-        support::put_entry(&mut self.entries, key, value);
-    }
-
-    fn remove(&mut self, key: &str) {
-        self.entries.retain(|e| e.key != key);
     }
 
     fn leader(&mut self, holder: &str) -> &mut Self {
@@ -168,12 +130,8 @@ impl World {
             system_id: Some(SYSID),
             timeline: Some(Timeline(timeline)),
             wal_position: Some(Lsn(position)),
-            streaming_standbys: BTreeSet::new(),
-            sync_standbys: BTreeSet::new(),
-            sync_count: 0,
-            sync_any_standby: false,
             receiving: true,
-            standby_flush: BTreeMap::new(),
+            ..LocalPostgres::no_data()
         };
         self
     }
@@ -195,25 +153,6 @@ impl World {
     fn renewed(&mut self, ago: Duration) -> &mut Self {
         self.memory.lock_renewed_at = Some(self.now - ago);
         self
-    }
-
-    fn decide(&self) -> Decision {
-        let dcs = if self.reachable {
-            DcsObservation::View(Box::new(ClusterView::decode(1, self.entries.clone())))
-        } else {
-            DcsObservation::Unreachable
-        };
-        decide(&Inputs {
-            node: &self.node,
-            config: &self.config,
-            dcs: &dcs,
-            local: &self.local,
-            peers: &self.peers,
-            memory: &self.memory,
-            now: self.now,
-            wall_clock: self.wall,
-            failsafe: &self.failsafe,
-        })
     }
 }
 
@@ -2384,19 +2323,10 @@ impl Bytes {
 }
 
 /// Every key the cluster reads, by its path below the scope.
-const EVERY_KEY: &[&str] = &[
-    "leader",
-    "sync",
-    "failover",
-    "config",
-    "status",
-    "history",
-    "initialize",
-    "failsafe",
-    "members/a",
-    "members/b",
-    "members/c",
-];
+fn every_key() -> Vec<&'static str> {
+    let members = ["members/a", "members/b", "members/c"];
+    support::CLUSTER_KEYS.into_iter().chain(members).collect()
+}
 
 fn promotes_or_takes_the_lock(decision: &Decision) -> bool {
     acts(decision)
@@ -2409,6 +2339,7 @@ fn promotes_or_takes_the_lock(decision: &Decision) -> bool {
 /// promote or take the lock, and never panic.
 #[test]
 fn arbitrary_bytes_in_any_key_never_lead_to_a_promotion() {
+    let every_key = every_key();
     let mut bytes = Bytes(0x9e37_79b9_7f4a_7c15);
     for case in 0..3000 {
         let mut world = World::new("b");
@@ -2420,7 +2351,7 @@ fn arbitrary_bytes_in_any_key_never_lead_to_a_promotion() {
         let garbled = 1 + bytes.below(3);
         let mut keys = Vec::new();
         for _ in 0..garbled {
-            let key = EVERY_KEY[bytes.below(EVERY_KEY.len() as u64) as usize];
+            let key = every_key[bytes.below(every_key.len() as u64) as usize];
             world.put(key, bytes.value());
             keys.push(key);
         }

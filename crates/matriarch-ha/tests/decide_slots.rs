@@ -3,56 +3,35 @@
 //! permanent slots, never touches ignored ones; a replica keeps copies of
 //! the leader's physical slots at the `status` key's positions.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use matriarch_ha::sim::running_member;
 use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-
-const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
+use support::scene::{Scene, SYSID};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
 }
 
-struct World {
-    me: MemberName,
-    config: ClusterConfig,
-    entries: Vec<RawEntry>,
-    local: LocalPostgres,
-    memory: Memory,
-    now: Duration,
-}
+type World = Scene;
 
 impl World {
     /// `me` runs the primary and holds the lock; `members` are its peers.
     fn leader(me: &str, members: &[&str]) -> World {
-        let mut world = World {
-            me: name(me),
-            config: ClusterConfig::default(),
-            entries: Vec::new(),
-            local: LocalPostgres {
-                role: LocalRole::Primary,
-                system_id: Some(SYSID),
-                timeline: Some(Timeline(1)),
-                wal_position: Some(Lsn(5000)),
-                streaming_standbys: BTreeSet::new(),
-                sync_standbys: BTreeSet::new(),
-                sync_count: 0,
-                sync_any_standby: false,
-                receiving: false,
-                standby_flush: BTreeMap::new(),
-            },
-            memory: Memory::default(),
-            now: Duration::from_secs(1000),
+        let mut world = Scene::at(me, Duration::from_secs(1000));
+        world.local = LocalPostgres {
+            role: LocalRole::Primary,
+            system_id: Some(SYSID),
+            timeline: Some(Timeline(1)),
+            wal_position: Some(Lsn(5000)),
+            ..LocalPostgres::no_data()
         };
         world.memory.ran_as_primary = true;
         world.memory.lock_renewed_at = Some(world.now);
-        world.put("initialize", encode_initialize(&Initialize::Done(SYSID)));
         world.put("leader", me.as_bytes().to_vec());
         world.member(me, Role::Primary);
         for m in members {
@@ -61,8 +40,16 @@ impl World {
         world
     }
 
-    fn put(&mut self, key: &str, value: Vec<u8>) {
-        support::put_entry(&mut self.entries, key, value);
+    /// Leader `a` with peers `b` and `c` (under the kept keys `config`, if
+    /// any) reconciled its slots once; then `c`'s record went away.
+    fn after_c_left(config: Option<&str>) -> World {
+        let mut world = World::leader("a", &["b", "c"]);
+        if let Some(config) = config {
+            world.other(config);
+        }
+        world.step();
+        world.gone("c");
+        world
     }
 
     fn member(&mut self, n: &str, role: Role) {
@@ -71,8 +58,7 @@ impl World {
     }
 
     fn gone(&mut self, n: &str) {
-        let key = format!("members/{n}");
-        self.entries.retain(|e| e.key != key);
+        self.remove(&format!("members/{n}"));
     }
 
     /// Sets the kept keys (`slots`, `ignore_slots`, ...) from JSON text.
@@ -80,27 +66,6 @@ impl World {
         self.config.other = decode_config(config.as_bytes())
             .expect("a valid config")
             .other;
-    }
-
-    fn decide(&self) -> Decision {
-        let dcs = DcsObservation::View(Box::new(ClusterView::decode(1, self.entries.clone())));
-        let node = NodeSettings {
-            name: self.me.clone(),
-            tags: Tags::default(),
-            conn_url: format!("postgres://{}:5432/postgres", self.me),
-            api_url: format!("http://{}:8008/patroni", self.me),
-        };
-        decide(&Inputs {
-            node: &node,
-            config: &self.config,
-            dcs: &dcs,
-            local: &self.local,
-            peers: &BTreeMap::new(),
-            memory: &self.memory,
-            now: self.now,
-            wall_clock: Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap(),
-            failsafe: &FailsafeInputs::default(),
-        })
     }
 
     /// Decides, records every action as done (as the loop would), and
@@ -111,6 +76,13 @@ impl World {
             self.memory.record(action, &Outcome::Done, self.now);
         }
         slot_plan(&decision)
+    }
+
+    /// The slots the plan wants once `duration` passed.
+    fn wanted_after(&mut self, duration: Duration) -> Vec<String> {
+        self.pass(duration);
+        let plan = self.step().expect("the leader reconciles slots");
+        wanted(&plan).into_iter().map(str::to_owned).collect()
     }
 
     fn pass(&mut self, duration: Duration) {
@@ -149,13 +121,12 @@ fn leader_keeps_a_slot_per_member_and_drops_the_rest() {
 
 #[test]
 fn a_gone_members_slot_outlives_it_by_member_slots_ttl() {
-    let mut world = World::leader("a", &["b", "c"]);
-    world.other(r#"{"member_slots_ttl": "10s"}"#);
-    world.step();
-    world.gone("c");
-    world.pass(Duration::from_secs(9));
-    let plan = world.step().unwrap();
-    assert_eq!(wanted(&plan), vec!["b", "c"], "kept within the ttl");
+    let mut world = World::after_c_left(Some(r#"{"member_slots_ttl": "10s"}"#));
+    assert_eq!(
+        world.wanted_after(Duration::from_secs(9)),
+        vec!["b", "c"],
+        "kept within the ttl"
+    );
     world.pass(Duration::from_secs(2));
     let plan = world.step().unwrap();
     assert_eq!(wanted(&plan), vec!["b"], "dropped after the ttl");
@@ -169,19 +140,15 @@ fn a_gone_members_slot_outlives_it_by_member_slots_ttl() {
 
 #[test]
 fn member_slots_ttl_zero_drops_at_once_and_the_default_is_30_minutes() {
-    let mut world = World::leader("a", &["b", "c"]);
-    world.other(r#"{"member_slots_ttl": 0}"#);
-    world.step();
-    world.gone("c");
+    let mut world = World::after_c_left(Some(r#"{"member_slots_ttl": 0}"#));
     assert_eq!(wanted(&world.step().unwrap()), vec!["b"]);
 
-    let mut world = World::leader("a", &["b", "c"]);
-    world.step();
-    world.gone("c");
-    world.pass(Duration::from_secs(29 * 60));
-    assert_eq!(wanted(&world.step().unwrap()), vec!["b", "c"]);
-    world.pass(Duration::from_secs(61));
-    assert_eq!(wanted(&world.step().unwrap()), vec!["b"]);
+    let mut world = World::after_c_left(None);
+    assert_eq!(
+        world.wanted_after(Duration::from_secs(29 * 60)),
+        vec!["b", "c"]
+    );
+    assert_eq!(world.wanted_after(Duration::from_secs(61)), vec!["b"]);
 }
 
 #[test]
@@ -198,8 +165,7 @@ fn a_new_leader_keeps_the_slots_its_predecessor_retained() {
         .encode(),
     );
     assert_eq!(wanted(&world.step().unwrap()), vec!["b", "old"]);
-    world.pass(Duration::from_secs(11));
-    assert_eq!(wanted(&world.step().unwrap()), vec!["b"]);
+    assert_eq!(world.wanted_after(Duration::from_secs(11)), vec!["b"]);
 }
 
 #[test]
@@ -224,13 +190,13 @@ fn permanent_slots_are_created_and_ignored_ones_never_touched() {
             plugin: "pgoutput".into()
         }
     );
-    assert!(plan
-        .desired
-        .ignored("debezium", "logical", Some("app"), Some("x")));
-    assert!(plan
-        .desired
-        .ignored("w", "logical", Some("app"), Some("wal2json")));
-    assert!(!plan.desired.ignored("w", "physical", None, None));
+    let logical = |plugin: &str| SlotKind::Logical {
+        database: "app".into(),
+        plugin: plugin.into(),
+    };
+    assert!(plan.desired.ignored("debezium", &logical("x")));
+    assert!(plan.desired.ignored("w", &logical("wal2json")));
+    assert!(!plan.desired.ignored("w", &SlotKind::Physical));
     assert_eq!(plan.config_errors.len(), 1, "{:?}", plan.config_errors);
     assert!(plan.config_errors[0].contains("Bad-Name"));
 }
@@ -245,7 +211,7 @@ fn use_slots_off_manages_no_slots() {
 #[test]
 fn a_replica_keeps_copies_of_the_leaders_physical_slots_at_their_positions() {
     let mut world = World::leader("a", &["b", "c"]);
-    world.me = name("b");
+    world.seen_by("b");
     world.local.role = LocalRole::Replica {
         upstream: Some(name("a")),
     };

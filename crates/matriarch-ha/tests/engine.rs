@@ -12,163 +12,18 @@ use matriarch_ha::sim::{member_settings, running_member};
 use matriarch_ha::*;
 use matriarch_model::*;
 use matriarch_postgres::{
-    BootstrapSpec, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError, RewindOutcome,
-    ServerState, StartAs, StopMode, SyncStandbyNames, Upstream, WalPositions,
+    BootstrapSpec, LocalState, Postgres, PostgresError, RewindOutcome, StartAs, StopMode,
+    SyncStandbyNames, Upstream,
 };
 use matriarch_router::{Endpoint, RecordingRouter, Router, RouterCall, RouterError, Routes};
 
 mod support;
+use support::fake_pg::{Events, FakePg, RecordingFence};
+use support::scene::SYSID;
 use support::LogCapture;
-
-const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
-}
-
-type Events = Arc<Mutex<Vec<String>>>;
-
-#[derive(Debug)]
-struct PgState {
-    running: bool,
-    primary: bool,
-    timeline: u32,
-    position: u64,
-    upstream: Option<MemberName>,
-    /// `synchronous_standby_names` as last set.
-    sync: Option<SyncStandbyNames>,
-    /// The cluster system ids the engine passed on, in order.
-    told_system_ids: Vec<SystemId>,
-}
-
-/// A PostgreSQL that does what it is told and logs promotions and demotions.
-#[derive(Clone)]
-struct FakePg {
-    state: Arc<Mutex<PgState>>,
-    events: Events,
-}
-
-impl FakePg {
-    fn replica_of(upstream: &str, position: u64, events: &Events) -> Self {
-        FakePg {
-            state: Arc::new(Mutex::new(PgState {
-                running: true,
-                primary: false,
-                timeline: 1,
-                position,
-                upstream: Some(name(upstream)),
-                sync: None,
-                told_system_ids: Vec::new(),
-            })),
-            events: Arc::clone(events),
-        }
-    }
-
-    fn primary(position: u64, events: &Events) -> Self {
-        let pg = FakePg::replica_of("x", position, events);
-        {
-            let mut state = pg.state.lock().unwrap();
-            state.primary = true;
-            state.upstream = None;
-        }
-        pg
-    }
-
-    fn is_writable_primary(&self) -> bool {
-        let state = self.state.lock().unwrap();
-        state.running && state.primary
-    }
-}
-
-#[async_trait]
-impl Postgres for FakePg {
-    async fn observe(&self) -> Result<LocalState, PostgresError> {
-        let state = self.state.lock().unwrap();
-        let position = Some(Lsn(state.position));
-        let mut local = LocalState {
-            timeline: Some(Timeline(state.timeline)),
-            system_id: Some(SYSID),
-            ..LocalState::empty()
-        };
-        if !state.running {
-            local.server = ServerState::NotRunning(DataDirectoryState::CleanShutdown);
-            return Ok(local);
-        }
-        if state.primary {
-            local.server = ServerState::Running(PgRole::Primary);
-            local.wal = WalPositions {
-                write: position,
-                flush: position,
-                ..WalPositions::default()
-            };
-            local.synchronous_standby_names = state.sync.clone();
-        } else {
-            local.server = ServerState::Running(PgRole::Replica);
-            local.wal.received = position;
-            local.wal.replayed = position;
-            local.receiving = true;
-            local.upstream = state.upstream.clone().map(|member| Upstream {
-                host: member.to_string(),
-                member,
-                port: 5432,
-            });
-        }
-        Ok(local)
-    }
-    async fn bootstrap(&self, _spec: &BootstrapSpec) -> Result<SystemId, PostgresError> {
-        Ok(SYSID)
-    }
-    async fn clone_replica(&self, _source: &Upstream) -> Result<(), PostgresError> {
-        Ok(())
-    }
-    async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
-        let mut state = self.state.lock().unwrap();
-        if !state.running {
-            state.running = true;
-            state.primary = as_role == StartAs::Primary;
-        }
-        Ok(())
-    }
-    async fn stop(&self, _mode: StopMode) -> Result<(), PostgresError> {
-        self.state.lock().unwrap().running = false;
-        Ok(())
-    }
-    async fn promote(&self) -> Result<Timeline, PostgresError> {
-        self.events.lock().unwrap().push("promote".to_owned());
-        let mut state = self.state.lock().unwrap();
-        state.primary = true;
-        state.upstream = None;
-        state.timeline += 1;
-        Ok(Timeline(state.timeline))
-    }
-    async fn demote(
-        &self,
-        _mode: StopMode,
-        _follow: Option<Upstream>,
-    ) -> Result<(), PostgresError> {
-        self.events.lock().unwrap().push("demote".to_owned());
-        let mut state = self.state.lock().unwrap();
-        state.primary = false;
-        state.running = false;
-        Ok(())
-    }
-    async fn follow(&self, upstream: &Upstream) -> Result<(), PostgresError> {
-        self.state.lock().unwrap().upstream = Some(upstream.member.clone());
-        Ok(())
-    }
-    async fn rewind(&self, _source: &Upstream) -> Result<RewindOutcome, PostgresError> {
-        Ok(RewindOutcome::NotNeeded)
-    }
-    async fn set_synchronous_standby_names(
-        &self,
-        names: &SyncStandbyNames,
-    ) -> Result<(), PostgresError> {
-        self.state.lock().unwrap().sync = Some(names.clone());
-        Ok(())
-    }
-    fn set_cluster_system_id(&self, system_id: SystemId) {
-        self.state.lock().unwrap().told_system_ids.push(system_id);
-    }
 }
 
 /// A [`RecordingRouter`] that also logs into the shared event list, so the
@@ -496,22 +351,6 @@ impl FailsafeSender for Peers {
     }
 }
 
-#[derive(Default)]
-struct RecordingFence {
-    armed: Mutex<Vec<Duration>>,
-}
-
-#[async_trait]
-impl Fence for RecordingFence {
-    async fn arm(&self, valid_for: Duration) -> Result<(), FenceError> {
-        self.armed.lock().unwrap().push(valid_for);
-        Ok(())
-    }
-    async fn disarm(&self) -> Result<(), FenceError> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_silent() {
     let rig = Rig::new();
@@ -525,18 +364,7 @@ async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_sile
         .with_fence(Arc::clone(&fence) as Arc<dyn Fence>)
         .with_failsafe_sender(Arc::clone(&peers) as Arc<dyn FailsafeSender>);
     // Replica b's record, with its REST API.
-    let mut b = Member::new(
-        name("b"),
-        "postgres://b:5432/postgres",
-        "http://b:8008/patroni",
-    );
-    b.role = Role::Replica;
-    b.state = MemberState::Running;
-    store
-        .connect()
-        .publish_member(&b, Duration::from_secs(3600))
-        .await
-        .unwrap();
+    publish_replica(store, "b", 800, 1).await;
     engine.run_once().await;
     let view = store.read_view().await.unwrap();
     let key = view.failsafe.unwrap().unwrap().value;
@@ -871,6 +699,21 @@ async fn publish_replica(store: &MemoryDcs, n: &str, position: u64, timeline: u3
         .unwrap();
 }
 
+/// Writes the `failover` key (none there yet): a switchover from `a` to `candidate`.
+async fn request_switchover(connection: &MemoryDcs, candidate: &str) {
+    connection
+        .write(
+            &Record::Failover(FailoverRequest {
+                leader: Some(name("a")),
+                candidate: Some(name(candidate)),
+                scheduled_at: None,
+            }),
+            Expected::Absent,
+        )
+        .await
+        .unwrap();
+}
+
 /// Peers that answer their REST API with what their records say.
 struct RecordProbe;
 
@@ -926,17 +769,7 @@ async fn switchover_whose_candidate_never_races_ends_with_the_same_leader_and_ti
     publish_replica(store, "b", 800, 2).await;
     engine.run_once().await;
     assert!(pg.is_writable_primary());
-    connection
-        .write(
-            &Record::Failover(FailoverRequest {
-                leader: Some(name("a")),
-                candidate: Some(name("b")),
-                scheduled_at: None,
-            }),
-            Expected::Any,
-        )
-        .await
-        .unwrap();
+    request_switchover(&connection, "b").await;
 
     let mut stepped_down = false;
     for _ in 0..40 {
@@ -1200,17 +1033,10 @@ async fn garbage_in_leader_sync_and_failover_is_logged_once_per_key_with_a_bound
 /// each bounded in size (not the value: 1 MB a loop on every node before).
 #[tokio::test]
 async fn garbage_in_every_key_is_logged_at_most_once_per_change_with_a_bounded_excerpt() {
-    const KEYS: [&str; 9] = [
-        "leader",
-        "sync",
-        "failover",
-        "config",
-        "status",
-        "history",
-        "initialize",
-        "failsafe",
-        "members/ghost",
-    ];
+    let keys: Vec<&str> = support::CLUSTER_KEYS
+        .into_iter()
+        .chain(["members/ghost"])
+        .collect();
     let logs = LogCapture::default();
     let _logging = logs.capture_this_thread();
     let mut f = failover_setup().await;
@@ -1224,7 +1050,7 @@ async fn garbage_in_every_key_is_logged_at_most_once_per_change_with_a_bounded_e
     let before = warnings(&logs).len();
     for (change, filler) in ["x", "y"].into_iter().enumerate() {
         let garbage = filler.repeat(1 << 20);
-        for key in KEYS {
+        for &key in &keys {
             f.store.put_raw(key, garbage.as_bytes());
         }
         for _ in 0..20 {
@@ -1240,10 +1066,10 @@ async fn garbage_in_every_key_is_logged_at_most_once_per_change_with_a_bounded_e
         let logged = lines.len() - before;
         assert_eq!(
             logged,
-            KEYS.len() * (change + 1),
+            keys.len() * (change + 1),
             "after change {change}: {lines:#?}"
         );
-        for key in KEYS {
+        for &key in &keys {
             // The config warning names the key in its error text.
             let tag = match key {
                 "config" => "under `config`".to_owned(),
@@ -1514,17 +1340,7 @@ async fn a_failover_request_naming_a_nonexistent_member_is_shown_then_cleared() 
     let (clock, store, events) = (&rig.clock, &rig.store, &rig.events);
     let (mut engine, pg, connection) = rig.leader_a(&ClusterConfig::default()).await;
     engine.run_once().await;
-    connection
-        .write(
-            &Record::Failover(FailoverRequest {
-                leader: Some(name("a")),
-                candidate: Some(name("ghost")),
-                scheduled_at: None,
-            }),
-            Expected::Absent,
-        )
-        .await
-        .unwrap();
+    request_switchover(&connection, "ghost").await;
     let decision = engine.run_once().await;
     assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
     let pending = engine.status().get().pending.unwrap_or_default();

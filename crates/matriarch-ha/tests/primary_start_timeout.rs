@@ -3,103 +3,72 @@
 //! the lock to a healthy replica, never to nobody; it says why once; and it
 //! does not take the lock straight back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use matriarch_dcs::{Clock, Dcs, ManualClock, MemoryDcs};
-use matriarch_ha::sim::member_settings;
+use matriarch_ha::sim::{member_settings, running_member};
 use matriarch_ha::*;
 use matriarch_model::*;
 use matriarch_postgres::memory::MemoryPostgresCluster;
 use matriarch_router::RecordingRouter;
 
 mod support;
+use support::scene::{Scene, SYSID};
 use support::LogCapture;
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
 }
 
-const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
 const CAUSE: &str =
     "PostgreSQL cannot start: no space left on device (/data/a/pg_wal: 0 bytes free)";
 
-/// Leader `a` holds the lock; its PostgreSQL (that ran as primary) is
-/// stopped and its starts have failed since `failing_for` ago.
-struct World {
-    node: NodeSettings,
-    config: ClusterConfig,
-    entries: Vec<RawEntry>,
-    local: LocalPostgres,
-    memory: Memory,
-    now: Duration,
-}
+type World = Scene;
 
 impl World {
+    /// Leader `a` holds the lock; its PostgreSQL (that ran as primary) is
+    /// stopped and its starts have failed since `failing_for` ago.
     fn leader_failing_for(failing_for: Duration) -> World {
         let now = Duration::from_secs(1000);
-        let mut world = World {
-            node: NodeSettings {
-                name: name("a"),
-                tags: Tags::default(),
-                conn_url: "postgres://a:5432/postgres".to_owned(),
-                api_url: "http://a:8008/patroni".to_owned(),
-            },
-            config: ClusterConfig::default(),
-            entries: Vec::new(),
-            local: LocalPostgres {
-                role: LocalRole::Stopped { crashed: true },
-                system_id: Some(SYSID),
-                timeline: Some(Timeline(1)),
-                wal_position: Some(Lsn(1000)),
-                ..LocalPostgres::no_data()
-            },
-            memory: Memory {
-                lock_renewed_at: Some(now - Duration::from_secs(1)),
-                ran_as_primary: true,
-                primary_start_failed_since: Some(now - failing_for),
-                primary_start_failures: 3,
-                start_failure: Some(CAUSE.to_owned()),
-                ..Memory::default()
-            },
-            now,
+        let mut world = Scene::at("a", now);
+        world.local = LocalPostgres {
+            role: LocalRole::Stopped { crashed: true },
+            system_id: Some(SYSID),
+            timeline: Some(Timeline(1)),
+            wal_position: Some(Lsn(1000)),
+            ..LocalPostgres::no_data()
         };
-        world.put("initialize", encode_initialize(&Initialize::Done(SYSID)));
+        world.memory = Memory {
+            lock_renewed_at: Some(now - Duration::from_secs(1)),
+            ran_as_primary: true,
+            primary_start_failed_since: Some(now - failing_for),
+            primary_start_failures: 3,
+            start_failure: Some(CAUSE.to_owned()),
+            ..Memory::default()
+        };
         world.put("leader", b"a".to_vec());
         world
     }
 
-    fn put(&mut self, key: &str, value: Vec<u8>) {
-        support::put_entry(&mut self.entries, key, value);
-    }
-
     /// A peer's record: a replica at `position` on timeline 1.
     fn replica(&mut self, n: &str, position: u64, tags: Tags) -> &mut Self {
-        let mut member = Member::new(name(n), format!("postgres://{n}:5432/postgres"), "");
-        member.role = Role::Replica;
-        member.state = MemberState::Running;
-        member.xlog_location = Some(Lsn(position));
-        member.timeline = Some(Timeline(1));
-        member.tags = tags;
+        let member = Member {
+            tags,
+            ..record(n, Role::Replica, position, 1)
+        };
         self.put(&format!("members/{n}"), encode_member(&member));
         self
     }
+}
 
-    fn decide(&self) -> Decision {
-        let dcs = DcsObservation::View(Box::new(ClusterView::decode(1, self.entries.clone())));
-        decide(&Inputs {
-            node: &self.node,
-            config: &self.config,
-            dcs: &dcs,
-            local: &self.local,
-            peers: &BTreeMap::new(),
-            memory: &self.memory,
-            now: self.now,
-            wall_clock: Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap(),
-            failsafe: &FailsafeInputs::default(),
-        })
+/// Member `n`'s record, running as `role` at `position` on `timeline`,
+/// without a REST API.
+fn record(n: &str, role: Role, position: u64, timeline: u32) -> Member {
+    Member {
+        api_url: String::new(),
+        ..running_member(&name(n), role, position, timeline)
     }
 }
 
@@ -176,11 +145,10 @@ fn without_a_healthy_replica_the_primary_keeps_restarting_in_place() {
 
     // A replica that is not running.
     let mut stopped = World::leader_failing_for(long);
-    let mut member = Member::new(name("b"), "postgres://b:5432/postgres", "");
-    member.role = Role::Replica;
-    member.state = MemberState::Stopped;
-    member.xlog_location = Some(Lsn(1000));
-    member.timeline = Some(Timeline(1));
+    let member = Member {
+        state: MemberState::Stopped,
+        ..record("b", Role::Replica, 1000, 1)
+    };
     stopped.put("members/b", encode_member(&member));
     assert!(restarts_in_place(&stopped.decide()));
 
@@ -407,15 +375,9 @@ fn a_primary_on_a_full_disk_hands_over_after_the_bound_and_says_why_once() {
 /// nothing and has not for many loops.
 fn replica_receiving_nothing(cause: Option<&str>) -> Decision {
     let mut world = World::leader_failing_for(Duration::ZERO);
-    world.node.name = name("b");
-    world.node.conn_url = "postgres://b:5432/postgres".to_owned();
-    world.node.api_url = "http://b:8008/patroni".to_owned();
+    world.seen_by("b");
     world.put("leader", b"a".to_vec());
-    let mut leader = Member::new(name("a"), "postgres://a:5432/postgres", "");
-    leader.role = Role::Primary;
-    leader.state = MemberState::Running;
-    leader.xlog_location = Some(Lsn(5000));
-    leader.timeline = Some(Timeline(2));
+    let leader = record("a", Role::Primary, 5000, 2);
     world.put("members/a", encode_member(&leader));
     world.local = LocalPostgres {
         role: LocalRole::Replica {

@@ -11,91 +11,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use matriarch_dcs::{Clock, Dcs, DcsError, Expected, ManualClock, MemoryDcs, WatchOutcome};
 use matriarch_ha::sim::member_settings;
-use matriarch_ha::{Engine, EngineRole, Fence, FenceError, StatusHandle};
+use matriarch_ha::{Engine, EngineRole, Fence};
 use matriarch_model::{
-    encode_initialize, ClusterConfig, ClusterView, DcsKey, Initialize, KeyLayout, Lsn, Member,
+    encode_initialize, ClusterConfig, ClusterView, DcsKey, Initialize, KeyLayout, Member,
     MemberName, Record, SystemId, Timeline, Version,
 };
-use matriarch_postgres::{
-    BootstrapSpec, DataDirectoryState, LocalState, PgRole, Postgres, PostgresError, RewindOutcome,
-    ServerState, StartAs, StopMode, SyncStandbyNames, Upstream, WalPositions,
-};
+use matriarch_postgres::PgRole;
 use matriarch_router::RecordingRouter;
 
-const SYSID: SystemId = SystemId(7_000_000_000_000_000_001);
+mod support;
+use support::fake_pg::{Events, FakePg, RecordingFence};
+use support::scene::SYSID;
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).expect("a valid name")
-}
-
-/// A primary that does what it is told, and notes whether the engine's
-/// status still said writable when it was told to demote.
-#[derive(Clone, Default)]
-struct Primary {
-    stopped: Arc<AtomicBool>,
-    status: Arc<Mutex<Option<StatusHandle>>>,
-    writable_when_demoted: Arc<Mutex<Option<bool>>>,
-}
-
-#[async_trait]
-impl Postgres for Primary {
-    async fn observe(&self) -> Result<LocalState, PostgresError> {
-        let mut local = LocalState {
-            timeline: Some(Timeline(1)),
-            system_id: Some(SYSID),
-            ..LocalState::empty()
-        };
-        if self.stopped.load(Ordering::SeqCst) {
-            local.server = ServerState::NotRunning(DataDirectoryState::CleanShutdown);
-        } else {
-            local.server = ServerState::Running(PgRole::Primary);
-            local.wal = WalPositions {
-                write: Some(Lsn(800)),
-                flush: Some(Lsn(800)),
-                ..WalPositions::default()
-            };
-        }
-        Ok(local)
-    }
-    async fn bootstrap(&self, _: &BootstrapSpec) -> Result<SystemId, PostgresError> {
-        Ok(SYSID)
-    }
-    async fn clone_replica(&self, _: &Upstream) -> Result<(), PostgresError> {
-        Ok(())
-    }
-    async fn start(&self, _: StartAs) -> Result<(), PostgresError> {
-        Ok(())
-    }
-    async fn stop(&self, _: StopMode) -> Result<(), PostgresError> {
-        self.stopped.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-    async fn promote(&self) -> Result<Timeline, PostgresError> {
-        Ok(Timeline(1))
-    }
-    async fn demote(&self, _: StopMode, _: Option<Upstream>) -> Result<(), PostgresError> {
-        let writable = self
-            .status
-            .lock()
-            .expect("the status slot")
-            .as_ref()
-            .map(|s| s.get().writable);
-        *self.writable_when_demoted.lock().expect("the slot") = writable;
-        self.stopped.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-    async fn follow(&self, _: &Upstream) -> Result<(), PostgresError> {
-        Ok(())
-    }
-    async fn rewind(&self, _: &Upstream) -> Result<RewindOutcome, PostgresError> {
-        Ok(RewindOutcome::NotNeeded)
-    }
-    async fn set_synchronous_standby_names(
-        &self,
-        _: &SyncStandbyNames,
-    ) -> Result<(), PostgresError> {
-        Ok(())
-    }
 }
 
 /// A connection to the store that, once told, never answers (each call
@@ -150,6 +79,9 @@ impl Dcs for Stalling {
     async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
         self.gate().await.remove_member(name).await
     }
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        self.gate().await.remove_cluster().await
+    }
     async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
         self.gate().await.write(record, expected).await
     }
@@ -165,22 +97,6 @@ impl Dcs for Stalling {
     }
 }
 
-#[derive(Default)]
-struct RecordingFence {
-    armed: Mutex<Vec<Duration>>,
-}
-
-#[async_trait]
-impl Fence for RecordingFence {
-    async fn arm(&self, valid_for: Duration) -> Result<(), FenceError> {
-        self.armed.lock().expect("the fence log").push(valid_for);
-        Ok(())
-    }
-    async fn disarm(&self) -> Result<(), FenceError> {
-        Ok(())
-    }
-}
-
 fn config() -> ClusterConfig {
     ClusterConfig {
         ttl: Duration::from_secs(10),
@@ -192,8 +108,10 @@ fn config() -> ClusterConfig {
 
 struct Leader {
     clock: Arc<ManualClock>,
-    engine: Engine<Stalling, Primary, RecordingRouter>,
-    pg: Primary,
+    engine: Engine<Stalling, FakePg, RecordingRouter>,
+    /// Whether the engine's status said writable when PostgreSQL was told
+    /// to demote.
+    writable_when_demoted: Arc<Mutex<Option<bool>>>,
     stalled: Arc<AtomicBool>,
     connection: MemoryDcs,
     fence: Arc<RecordingFence>,
@@ -213,7 +131,7 @@ async fn leader() -> Leader {
         .await
         .expect("the lock"));
     let stalled = Arc::new(AtomicBool::new(false));
-    let pg = Primary::default();
+    let pg = FakePg::primary(800, &Events::default());
     let fence = Arc::new(RecordingFence::default());
     let engine = Engine::new(
         Stalling {
@@ -226,11 +144,13 @@ async fn leader() -> Leader {
         Arc::clone(&clock) as Arc<dyn Clock>,
     )
     .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
-    *pg.status.lock().expect("the status slot") = Some(engine.status());
+    let writable_when_demoted = Arc::new(Mutex::new(None));
+    let (status, seen) = (engine.status(), Arc::clone(&writable_when_demoted));
+    pg.on_demote(move || *seen.lock().expect("the slot") = Some(status.get().writable));
     Leader {
         clock,
         engine,
-        pg,
+        writable_when_demoted,
         stalled,
         connection,
         fence,
@@ -263,7 +183,7 @@ async fn a_demotion_is_published_before_postgres_is_told_and_the_status_shows_it
     let decision = a.engine.run_once().await;
     assert_eq!(decision.role, EngineRole::Demoting, "{decision:?}");
     assert_eq!(
-        *a.pg.writable_when_demoted.lock().expect("the slot"),
+        *a.writable_when_demoted.lock().expect("the slot"),
         Some(false),
         "PostgreSQL was told to demote while the status still said writable"
     );

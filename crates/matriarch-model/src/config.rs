@@ -81,23 +81,14 @@ impl Serialize for SynchronousMode {
 
 impl<'de> Deserialize<'de> for SynchronousMode {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bool(bool),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Bool(false) => Ok(SynchronousMode::Off),
-            Raw::Bool(true) => Ok(SynchronousMode::On),
-            Raw::Text(text) => match text.to_ascii_lowercase().as_str() {
-                "off" | "false" => Ok(SynchronousMode::Off),
-                "on" | "true" => Ok(SynchronousMode::On),
-                "quorum" => Ok(SynchronousMode::Quorum),
-                _ => Err(serde::de::Error::custom(format!(
-                    "synchronous_mode must be true, false, \"on\", \"off\" or \"quorum\", not {text:?}"
-                ))),
-            },
+        let word = crate::deserialize_switch(deserializer)?;
+        match word.as_str() {
+            "off" | "false" => Ok(SynchronousMode::Off),
+            "on" | "true" => Ok(SynchronousMode::On),
+            "quorum" => Ok(SynchronousMode::Quorum),
+            _ => Err(serde::de::Error::custom(format!(
+                "synchronous_mode must be true, false, \"on\", \"off\" or \"quorum\", not {word:?}"
+            ))),
         }
     }
 }
@@ -194,27 +185,31 @@ mod seconds {
         })
     }
 
-    pub(super) fn ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        deserialize("ttl", deserializer)
+    /// A `with` module for each duration key, naming it in its errors.
+    macro_rules! keys {
+        ($($key:ident),+) => {$(
+            pub(super) mod $key {
+                use std::time::Duration;
+
+                use serde::{Deserializer, Serializer};
+
+                pub(in super::super) fn serialize<S: Serializer>(
+                    value: &Duration,
+                    serializer: S,
+                ) -> Result<S::Ok, S::Error> {
+                    super::serialize(value, serializer)
+                }
+
+                pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+                    deserializer: D,
+                ) -> Result<Duration, D::Error> {
+                    super::deserialize(stringify!($key), deserializer)
+                }
+            }
+        )+};
     }
 
-    pub(super) fn loop_wait<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
-        deserialize("loop_wait", deserializer)
-    }
-
-    pub(super) fn retry_timeout<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
-        deserialize("retry_timeout", deserializer)
-    }
-
-    pub(super) fn primary_start_timeout<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
-        deserialize("primary_start_timeout", deserializer)
-    }
+    keys!(ttl, loop_wait, retry_timeout, primary_start_timeout);
 }
 
 /// Deserializers whose errors name the key: serde's own do not say which
@@ -230,17 +225,16 @@ mod named {
         T::deserialize(deserializer).map_err(|e| serde::de::Error::custom(format!("{field}: {e}")))
     }
 
-    pub(super) fn maximum_lag_on_failover<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<u64, D::Error> {
-        deserialize("maximum_lag_on_failover", deserializer)
+    /// A deserializer for each numeric key, naming it in its errors.
+    macro_rules! keys {
+        ($($key:ident: $type:ty),+) => {$(
+            pub(super) fn $key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<$type, D::Error> {
+                deserialize(stringify!($key), deserializer)
+            }
+        )+};
     }
 
-    pub(super) fn synchronous_node_count<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<u32, D::Error> {
-        deserialize("synchronous_node_count", deserializer)
-    }
+    keys!(maximum_lag_on_failover: u64, synchronous_node_count: u32);
 }
 
 /// The dynamic configuration every member reads from the `config` key.
@@ -249,66 +243,41 @@ mod named {
 /// habits carry over. matriarch's defaults are tighter than Patroni's
 /// (ttl 30 s, loop_wait 10 s) because failover time is bounded by ttl.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// A missing key takes its value from `ClusterConfig::default()`.
+#[serde(default)]
 pub struct ClusterConfig {
     /// How long the leader lock lives without renewal.
-    #[serde(
-        default = "defaults::ttl",
-        serialize_with = "seconds::serialize",
-        deserialize_with = "seconds::ttl"
-    )]
+    #[serde(with = "seconds::ttl")]
     pub ttl: Duration,
     /// The pause between two HA loops.
-    #[serde(
-        default = "defaults::loop_wait",
-        serialize_with = "seconds::serialize",
-        deserialize_with = "seconds::loop_wait"
-    )]
+    #[serde(with = "seconds::loop_wait")]
     pub loop_wait: Duration,
     /// How long a DCS or PostgreSQL call is retried before it counts as failed.
-    #[serde(
-        default = "defaults::retry_timeout",
-        serialize_with = "seconds::serialize",
-        deserialize_with = "seconds::retry_timeout"
-    )]
+    #[serde(with = "seconds::retry_timeout")]
     pub retry_timeout: Duration,
     /// A replica more than this many bytes behind may not be promoted automatically.
-    #[serde(
-        default = "defaults::maximum_lag_on_failover",
-        deserialize_with = "named::maximum_lag_on_failover"
-    )]
+    #[serde(deserialize_with = "named::maximum_lag_on_failover")]
     pub maximum_lag_on_failover: u64,
     /// Synchronous replication mode.
-    #[serde(default)]
     pub synchronous_mode: SynchronousMode,
     /// Block writes rather than fall back to asynchronous when no synchronous
     /// standby is available.
-    #[serde(default)]
     pub synchronous_mode_strict: bool,
     /// How many synchronous standbys the primary waits for.
-    #[serde(
-        default = "defaults::synchronous_node_count",
-        deserialize_with = "named::synchronous_node_count"
-    )]
+    #[serde(deserialize_with = "named::synchronous_node_count")]
     pub synchronous_node_count: u32,
     /// How long a leader whose PostgreSQL stopped keeps trying to start it
     /// again in place, counted from the first start that failed, before it
     /// hands the lock to a healthy replica (Patroni's key; 0: at once).
     /// matriarch's default is 30 s, not Patroni's 300 s: a primary that
     /// cannot start (a full disk) costs that long without writes.
-    #[serde(
-        default = "defaults::primary_start_timeout",
-        serialize_with = "seconds::serialize",
-        deserialize_with = "seconds::primary_start_timeout"
-    )]
+    #[serde(with = "seconds::primary_start_timeout")]
     pub primary_start_timeout: Duration,
     /// Keep a primary running through a DCS outage while every member confirms it.
-    #[serde(default)]
     pub failsafe_mode: bool,
     /// Maintenance mode: agents observe and publish but change nothing.
-    #[serde(default)]
     pub pause: bool,
     /// PostgreSQL settings shared by all members.
-    #[serde(default)]
     pub postgresql: PostgresqlConfig,
     /// Every other key (Patroni's `slots`, `standby_cluster`,
     /// `check_timeline`, ...): not acted on, but
@@ -383,6 +352,23 @@ impl ClusterConfig {
     /// |sync key| − count + 1 saturates (see `matriarch_ha::decide`).
     pub const MAX_SYNCHRONOUS_NODE_COUNT: u32 = 262_143;
 
+    /// [`ConfigError::OutOfRange`] when `value` exceeds [`Self::MAX_TTL`].
+    fn at_most_max_ttl(
+        field: &'static str,
+        value: Duration,
+        why: &'static str,
+    ) -> Result<(), ConfigError> {
+        if value <= Self::MAX_TTL {
+            return Ok(());
+        }
+        Err(ConfigError::OutOfRange {
+            field,
+            value: seconds_text(value),
+            max: format!("the maximum ({})", seconds_text(Self::MAX_TTL)),
+            why,
+        })
+    }
+
     /// Checks the rules that keep a primary safe and the bounds every DCS
     /// can hold; a config that breaks one is rejected as it is, never
     /// adjusted. Never panics, whatever the values.
@@ -402,14 +388,11 @@ impl ClusterConfig {
                 return Err(ConfigError::ZeroDuration { field });
             }
         }
-        if self.ttl > Self::MAX_TTL {
-            return Err(ConfigError::OutOfRange {
-                field: "ttl",
-                value: seconds_text(self.ttl),
-                max: format!("the maximum ({})", seconds_text(Self::MAX_TTL)),
-                why: "the lock must fit in every DCS (etcd leases, ZooKeeper sessions)",
-            });
-        }
+        Self::at_most_max_ttl(
+            "ttl",
+            self.ttl,
+            "the lock must fit in every DCS (etcd leases, ZooKeeper sessions)",
+        )?;
         // Named before the timing rule, so the error points at the culprit.
         for (field, value) in [
             ("loop_wait", self.loop_wait),
@@ -437,14 +420,11 @@ impl ClusterConfig {
                 needed: needed.unwrap_or(Duration::MAX),
             });
         }
-        if self.primary_start_timeout > Self::MAX_TTL {
-            return Err(ConfigError::OutOfRange {
-                field: "primary_start_timeout",
-                value: seconds_text(self.primary_start_timeout),
-                max: format!("the maximum ({})", seconds_text(Self::MAX_TTL)),
-                why: "a primary that cannot start would hold the lock that long without taking writes",
-            });
-        }
+        Self::at_most_max_ttl(
+            "primary_start_timeout",
+            self.primary_start_timeout,
+            "a primary that cannot start would hold the lock that long without taking writes",
+        )?;
         if self.synchronous_node_count == 0 {
             return Err(ConfigError::ZeroSynchronousNodeCount);
         }
@@ -464,6 +444,16 @@ impl ClusterConfig {
 mod tests {
     use super::*;
 
+    /// The default configuration with this timing, in seconds.
+    fn timing(ttl: u64, loop_wait: u64, retry_timeout: u64) -> ClusterConfig {
+        ClusterConfig {
+            ttl: Duration::from_secs(ttl),
+            loop_wait: Duration::from_secs(loop_wait),
+            retry_timeout: Duration::from_secs(retry_timeout),
+            ..ClusterConfig::default()
+        }
+    }
+
     #[test]
     fn defaults_are_safe() {
         ClusterConfig::default().validate().unwrap();
@@ -471,12 +461,7 @@ mod tests {
 
     #[test]
     fn timing_that_lets_a_lock_expire_before_demotion_is_rejected_unchanged() {
-        let config = ClusterConfig {
-            ttl: Duration::from_secs(10),
-            loop_wait: Duration::from_secs(4),
-            retry_timeout: Duration::from_secs(4),
-            ..ClusterConfig::default()
-        };
+        let config = timing(10, 4, 4);
         let before = config.clone();
         let err = config.validate().unwrap_err();
         assert_eq!(
@@ -494,12 +479,7 @@ mod tests {
 
     #[test]
     fn the_boundary_is_allowed() {
-        let config = ClusterConfig {
-            ttl: Duration::from_secs(30),
-            loop_wait: Duration::from_secs(10),
-            retry_timeout: Duration::from_secs(10),
-            ..ClusterConfig::default()
-        };
+        let config = timing(30, 10, 10);
         config.validate().unwrap();
     }
 
@@ -581,12 +561,7 @@ mod tests {
 
     #[test]
     fn loop_wait_and_retry_timeout_longer_than_ttl_are_rejected_by_name() {
-        let config = ClusterConfig {
-            ttl: Duration::from_secs(30),
-            loop_wait: Duration::from_secs(31),
-            retry_timeout: Duration::from_secs(1),
-            ..ClusterConfig::default()
-        };
+        let config = timing(30, 31, 1);
         let err = config.validate().unwrap_err();
         assert!(
             matches!(
@@ -600,10 +575,8 @@ mod tests {
         );
         assert!(err.to_string().contains("exceeds ttl (30s)"), "{err}");
         let config = ClusterConfig {
-            ttl: Duration::from_secs(30),
-            loop_wait: Duration::from_secs(1),
             retry_timeout: Duration::MAX,
-            ..ClusterConfig::default()
+            ..timing(30, 1, 1)
         };
         assert!(matches!(
             config.validate(),
@@ -618,7 +591,7 @@ mod tests {
     fn unparsable_durations_are_errors_not_panics() {
         use serde::de::value::{Error, F64Deserializer};
         for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 1e30] {
-            let result = seconds::ttl(F64Deserializer::<Error>::new(bad));
+            let result = seconds::ttl::deserialize(F64Deserializer::<Error>::new(bad));
             assert!(result.is_err(), "{bad} gave {result:?}");
         }
         for (json, field) in [

@@ -203,22 +203,25 @@ mod tests {
 
     #[test]
     fn empty_hosts_and_bad_or_zero_ports_are_refused() {
-        assert_eq!(problem(":5432"), HostPortProblem::EmptyHost);
-        assert_eq!(problem(""), HostPortProblem::EmptyHost);
-        assert_eq!(problem("[]:5432"), HostPortProblem::BadIpv6);
-        assert_eq!(problem("db1:0"), HostPortProblem::ZeroPort);
-        assert_eq!(problem("[::1]:0"), HostPortProblem::ZeroPort);
-        for port in ["x", "65536", "+80", "-1", "54 32"] {
-            assert_eq!(
-                problem(&format!("db1:{port}")),
-                HostPortProblem::BadPort,
-                "{port}"
-            );
+        use HostPortProblem::*;
+        for (text, expected) in [
+            (":5432", EmptyHost),
+            ("", EmptyHost),
+            ("[]:5432", BadIpv6),
+            ("db1:0", ZeroPort),
+            ("[::1]:0", ZeroPort),
+            ("db1:x", BadPort),
+            ("db1:65536", BadPort),
+            ("db1:+80", BadPort),
+            ("db1:-1", BadPort),
+            ("db1:54 32", BadPort),
+            ("db 1:5432", BadHostCharacters),
+            ("[::1:5432", BadIpv6),
+            ("[db1]:5432", BadIpv6),
+            ("[::1]5432", TextAfterBracket),
+        ] {
+            assert_eq!(problem(text), expected, "{text:?}");
         }
-        assert_eq!(problem("db 1:5432"), HostPortProblem::BadHostCharacters);
-        assert_eq!(problem("[::1:5432"), HostPortProblem::BadIpv6);
-        assert_eq!(problem("[db1]:5432"), HostPortProblem::BadIpv6);
-        assert_eq!(problem("[::1]5432"), HostPortProblem::TextAfterBracket);
     }
 
     #[test]

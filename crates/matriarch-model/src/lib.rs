@@ -15,6 +15,8 @@ mod member;
 mod records;
 mod secret;
 mod slots;
+mod switch;
+mod units;
 
 pub use codec::{
     decode_config, decode_initialize, decode_leader, decode_member, encode_initialize,
@@ -35,6 +37,8 @@ pub use slots::{
     valid_slot_name, DesiredSlots, IgnoreSlotRule, SlotConfigError, SlotKind, SlotReport,
     SlotState, SlotsConfig, DEFAULT_MEMBER_SLOTS_TTL, MAX_SLOT_NAME_LEN,
 };
+pub use switch::deserialize_switch;
+pub use units::number_with_unit;
 
 /// Errors from parsing model values.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

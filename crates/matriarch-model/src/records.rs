@@ -175,7 +175,12 @@ impl Serialize for TimelineHistory {
                 row.push(
                     entry
                         .timestamp
-                        .map(|t| serde_json::Value::from(t.to_rfc3339()))
+                        .map(|t| {
+                            // Patroni's `isoformat()`: older Pythons read no more.
+                            serde_json::Value::from(
+                                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+                            )
+                        })
                         .unwrap_or(serde_json::Value::Null),
                 );
             }

@@ -44,6 +44,22 @@ impl SlotKind {
             SlotKind::Logical { .. } => "logical",
         }
     }
+
+    /// A logical slot's database (a physical slot has none).
+    pub fn database(&self) -> Option<&str> {
+        match self {
+            SlotKind::Physical => None,
+            SlotKind::Logical { database, .. } => Some(database),
+        }
+    }
+
+    /// A logical slot's output plugin (a physical slot has none).
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            SlotKind::Physical => None,
+            SlotKind::Logical { plugin, .. } => Some(plugin),
+        }
+    }
 }
 
 /// One `ignore_slots` entry: a slot matching every field given is never
@@ -61,20 +77,23 @@ pub struct IgnoreSlotRule {
 }
 
 impl IgnoreSlotRule {
-    /// Whether a slot with these attributes matches the rule: every field
-    /// the rule gives is equal (a physical slot has no database or plugin,
-    /// so a rule naming one never matches it).
-    pub fn matches(
-        &self,
-        name: &str,
-        slot_type: &str,
-        database: Option<&str>,
-        plugin: Option<&str>,
-    ) -> bool {
+    /// Whether the slot `name` of `kind` matches the rule: every field the
+    /// rule gives is equal (a physical slot has no database or plugin, so a
+    /// rule naming one never matches it).
+    pub fn matches(&self, name: &str, kind: &SlotKind) -> bool {
         self.name.as_deref().is_none_or(|n| n == name)
-            && self.slot_type.as_deref().is_none_or(|t| t == slot_type)
-            && self.database.as_deref().is_none_or(|d| Some(d) == database)
-            && self.plugin.as_deref().is_none_or(|p| Some(p) == plugin)
+            && self
+                .slot_type
+                .as_deref()
+                .is_none_or(|t| t == kind.type_name())
+            && self
+                .database
+                .as_deref()
+                .is_none_or(|d| Some(d) == kind.database())
+            && self
+                .plugin
+                .as_deref()
+                .is_none_or(|p| Some(p) == kind.plugin())
     }
 }
 
@@ -280,14 +299,9 @@ fn parse_duration(value: &Value) -> Option<Duration> {
             .map(Duration::from_secs)
             .or_else(|| n.as_f64().and_then(|f| Duration::try_from_secs_f64(f).ok())),
         Value::String(text) => {
-            let text = text.trim();
-            let split = text
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(text.len());
-            let (number, unit) = text.split_at(split);
-            let number: u64 = number.parse().ok()?;
+            let (number, unit) = crate::number_with_unit(text)?;
             let unit_secs = |secs: u64| number.checked_mul(secs).map(Duration::from_secs);
-            match unit.trim() {
+            match unit {
                 "" | "s" => unit_secs(1),
                 "ms" => Some(Duration::from_millis(number)),
                 "min" => unit_secs(60),
@@ -320,17 +334,9 @@ pub struct DesiredSlots {
 }
 
 impl DesiredSlots {
-    /// Whether `ignore` covers this slot.
-    pub fn ignored(
-        &self,
-        name: &str,
-        slot_type: &str,
-        database: Option<&str>,
-        plugin: Option<&str>,
-    ) -> bool {
-        self.ignore
-            .iter()
-            .any(|rule| rule.matches(name, slot_type, database, plugin))
+    /// Whether `ignore` covers the slot `name` of `kind`.
+    pub fn ignored(&self, name: &str, kind: &SlotKind) -> bool {
+        self.ignore.iter().any(|rule| rule.matches(name, kind))
     }
 }
 
@@ -414,16 +420,16 @@ mod tests {
             Some("logical")
         );
         assert_eq!(slots.member_slots_ttl, Duration::from_secs(2));
-        let ignored = |name, slot_type, database, plugin| {
-            slots
-                .ignore
-                .iter()
-                .any(|rule| rule.matches(name, slot_type, database, plugin))
+        let ignored =
+            |name, kind: SlotKind| slots.ignore.iter().any(|rule| rule.matches(name, &kind));
+        let logical = |plugin: &str| SlotKind::Logical {
+            database: "db".into(),
+            plugin: plugin.into(),
         };
-        assert!(ignored("debezium", "logical", Some("db"), Some("pgoutput")));
-        assert!(!ignored("debezium", "physical", None, None));
-        assert!(ignored("x", "logical", Some("db"), Some("wal2json")));
-        assert!(!ignored("x", "physical", None, None));
+        assert!(ignored("debezium", logical("pgoutput")));
+        assert!(!ignored("debezium", SlotKind::Physical));
+        assert!(ignored("x", logical("wal2json")));
+        assert!(!ignored("x", SlotKind::Physical));
     }
 
     #[test]

@@ -344,6 +344,23 @@ fn history_rows_with_more_fields_than_patronis_are_read() {
 }
 
 #[test]
+fn history_timestamps_are_written_as_patroni_writes_them() {
+    // Patroni writes `datetime.isoformat()`: microseconds at most, `+00:00`;
+    // Python before 3.11 cannot read nanoseconds or `Z`.
+    let written =
+        chrono::DateTime::parse_from_rfc3339("2026-12-06T11:23:45.123456789+00:00").unwrap();
+    let entry = HistoryEntry {
+        timeline: Timeline(1),
+        switch_lsn: Lsn(100),
+        reason: "r".to_owned(),
+        timestamp: Some(written),
+        new_leader: None,
+    };
+    let json = serde_json::to_value(TimelineHistory(vec![entry])).unwrap();
+    assert_eq!(json[0][3], "2026-12-06T11:23:45.123456+00:00");
+}
+
+#[test]
 fn failsafe_heartbeat_reads_patronis_body() {
     let heartbeat: FailsafeHeartbeat = serde_json::from_str(
         r#"{"name": "db1", "conn_url": "postgres://db1:5432/postgres", "api_url": "http://db1:8008/patroni", "slots": {}, "timeline": 3, "xlog_location": 50331744}"#,

@@ -172,12 +172,16 @@ mod tests {
 
     #[test]
     fn libpq_values_are_quoted_when_libpq_would_misread_them() {
-        assert_eq!(libpq_value(""), "''");
-        assert_eq!(libpq_value("plain_1.2"), "plain_1.2");
-        assert_eq!(libpq_value("a=b"), "'a=b'");
-        assert_eq!(libpq_value("/var/run/postgresql"), "'/var/run/postgresql'");
-        assert_eq!(libpq_value("::1"), "'::1'");
-        assert_eq!(libpq_value(r"\'"), r"'\\\''");
+        for (value, written) in [
+            ("", "''"),
+            ("plain_1.2", "plain_1.2"),
+            ("a=b", "'a=b'"),
+            ("/var/run/postgresql", "'/var/run/postgresql'"),
+            ("::1", "'::1'"),
+            (r"\'", r"'\\\''"),
+        ] {
+            assert_eq!(libpq_value(value), written, "{value:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod support;
 
 use matriarch_model::MemberName;
-use matriarch_postgres::{PgController, Postgres, StartAs};
+use matriarch_postgres::{PgController, PgControllerConfig, Postgres, StartAs};
 use matriarch_testkit::{free_port, PgOsUser};
 
 use support::{kill_postmaster, Passwords};
@@ -16,35 +16,36 @@ const PASSWORDS: Passwords = Passwords {
     rewind: "auth-files-rewind",
 };
 
-/// The server's `pg_hba_file_rules`, one `type database user address method` line each.
-async fn hba_rules(client: &tokio_postgres::Client) -> Vec<String> {
+/// The first column of each row `sql` returns, as text.
+async fn first_column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
     client
-        .query(
-            "SELECT concat_ws(' ', type, array_to_string(database, ','), \
-             array_to_string(user_name, ','), address, netmask, auth_method) \
-             FROM pg_hba_file_rules ORDER BY line_number",
-            &[],
-        )
+        .query(sql, &[])
         .await
-        .expect("pg_hba_file_rules")
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
         .iter()
         .map(|row| row.get::<_, String>(0))
         .collect()
 }
 
+/// The server's `pg_hba_file_rules`, one `type database user address method` line each.
+async fn hba_rules(client: &tokio_postgres::Client) -> Vec<String> {
+    first_column(
+        client,
+        "SELECT concat_ws(' ', type, array_to_string(database, ','), \
+         array_to_string(user_name, ','), address, netmask, auth_method) \
+         FROM pg_hba_file_rules ORDER BY line_number",
+    )
+    .await
+}
+
 /// The server's `pg_ident_file_mappings`, `map sys pg` each.
 async fn ident_maps(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT concat_ws(' ', map_name, sys_name, pg_username) \
-             FROM pg_ident_file_mappings ORDER BY line_number",
-            &[],
-        )
-        .await
-        .expect("pg_ident_file_mappings")
-        .iter()
-        .map(|row| row.get::<_, String>(0))
-        .collect()
+    first_column(
+        client,
+        "SELECT concat_ws(' ', map_name, sys_name, pg_username) \
+         FROM pg_ident_file_mappings ORDER BY line_number",
+    )
+    .await
 }
 
 /// The postmaster's pid (unchanged: no restart).
@@ -57,23 +58,53 @@ fn postmaster_pid(data_dir: &std::path::Path) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn changed_pg_hba_and_pg_ident_apply_with_a_reload() {
+/// A bootstrapped server of the test's own, killed and removed when
+/// dropped (fields drop in order: the server before its directory).
+struct Server {
+    ctl: PgController,
+    client: tokio_postgres::Client,
+    name: MemberName,
+    port: u16,
+    data_dir: std::path::PathBuf,
+    _kill: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+/// Bootstraps member `name` with the configuration `adjust` leaves.
+async fn bootstrapped(name: &str, adjust: impl FnOnce(&mut PgControllerConfig)) -> Server {
     let user = PgOsUser::detect().expect("PostgreSQL OS user");
     let dir = user.tempdir("matriarch-auth-files-").expect("tempdir");
-    let name = MemberName::new("auth1").expect("member name");
+    let name = MemberName::new(name).expect("member name");
     let port = free_port().expect("free port");
     let mut config = PASSWORDS.config(&name, dir.path(), port, &[]);
-    config.pg_hba = vec!["host all rolea 10.1.0.0/16 scram-sha-256".to_owned()];
-    config.pg_ident = vec!["office alice rolea".to_owned()];
+    adjust(&mut config);
     let data_dir = config.data_dir.clone();
     let ctl = PgController::new(config).expect("controller");
-    let guard = KillOnDrop(data_dir.clone());
+    let kill = KillOnDrop(data_dir.clone());
     ctl.bootstrap(&PASSWORDS.spec()).await.expect("bootstrap");
     let client = PASSWORDS.client(&name, port).await;
+    Server {
+        ctl,
+        client,
+        name,
+        port,
+        data_dir,
+        _kill: kill,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn changed_pg_hba_and_pg_ident_apply_with_a_reload() {
+    let server = bootstrapped("auth1", |config| {
+        config.pg_hba = vec!["host all rolea 10.1.0.0/16 scram-sha-256".to_owned()];
+        config.pg_ident = vec!["office alice rolea".to_owned()];
+    })
+    .await;
+    let (ctl, client, data_dir) = (&server.ctl, &server.client, &server.data_dir);
 
     // At bootstrap: the configured lines first, then matriarch's own.
-    let rules = hba_rules(&client).await;
+    let rules = hba_rules(client).await;
     assert_eq!(
         rules.first().map(String::as_str),
         Some("host all rolea 10.1.0.0 255.255.0.0 scram-sha-256"),
@@ -83,8 +114,8 @@ async fn changed_pg_hba_and_pg_ident_apply_with_a_reload() {
         rules.iter().any(|r| r.starts_with("local all all")),
         "{rules:?}"
     );
-    assert_eq!(ident_maps(&client).await, ["office alice rolea"]);
-    let pid = postmaster_pid(&data_dir);
+    assert_eq!(ident_maps(client).await, ["office alice rolea"]);
+    let pid = postmaster_pid(data_dir);
 
     // A change: written and in force after a reload, without a restart.
     let changed = ctl
@@ -98,7 +129,7 @@ async fn changed_pg_hba_and_pg_ident_apply_with_a_reload() {
         .expect("valid lines");
     assert!(changed);
     ctl.reload().await.expect("reload");
-    let rules = hba_rules(&client).await;
+    let rules = hba_rules(client).await;
     assert_eq!(
         &rules[..2],
         [
@@ -108,8 +139,8 @@ async fn changed_pg_hba_and_pg_ident_apply_with_a_reload() {
         "{rules:?}"
     );
     assert!(!rules.iter().any(|r| r.contains("rolea")), "{rules:?}");
-    assert_eq!(ident_maps(&client).await, ["lab bob roleb"]);
-    assert_eq!(postmaster_pid(&data_dir), pid, "the server restarted");
+    assert_eq!(ident_maps(client).await, ["lab bob roleb"]);
+    assert_eq!(postmaster_pid(data_dir), pid, "the server restarted");
 
     // The same lines again: nothing to do. A line break: refused, nothing changes.
     assert!(!ctl
@@ -133,9 +164,8 @@ async fn changed_pg_hba_and_pg_ident_apply_with_a_reload() {
         .await
         .expect("stop");
     ctl.start(StartAs::Primary).await.expect("start");
-    let client = PASSWORDS.client(&name, port).await;
+    let client = PASSWORDS.client(&server.name, server.port).await;
     assert!(hba_rules(&client).await[0].contains("roleb"));
-    drop(guard);
 }
 
 /// Kills the test's server when the test ends, however it ends.
@@ -149,17 +179,11 @@ impl Drop for KillOnDrop {
 
 #[tokio::test]
 async fn the_nodes_lines_win_over_the_clusters_file_by_file() {
-    let user = PgOsUser::detect().expect("PostgreSQL OS user");
-    let dir = user.tempdir("matriarch-auth-files-").expect("tempdir");
-    let name = MemberName::new("auth2").expect("member name");
-    let port = free_port().expect("free port");
-    let mut config = PASSWORDS.config(&name, dir.path(), port, &[]);
-    config.pg_hba = vec!["host all nodeuser 10.5.0.0/16 scram-sha-256".to_owned()];
-    let data_dir = config.data_dir.clone();
-    let ctl = PgController::new(config).expect("controller");
-    let _guard = KillOnDrop(data_dir);
-    ctl.bootstrap(&PASSWORDS.spec()).await.expect("bootstrap");
-    let client = PASSWORDS.client(&name, port).await;
+    let server = bootstrapped("auth2", |config| {
+        config.pg_hba = vec!["host all nodeuser 10.5.0.0/16 scram-sha-256".to_owned()];
+    })
+    .await;
+    let (ctl, client) = (&server.ctl, &server.client);
 
     assert!(ctl
         .set_cluster_auth_lines(
@@ -168,18 +192,18 @@ async fn the_nodes_lines_win_over_the_clusters_file_by_file() {
         )
         .expect("valid lines"));
     ctl.reload().await.expect("reload");
-    let rules = hba_rules(&client).await;
+    let rules = hba_rules(client).await;
     // pg_hba: the node's; pg_ident: the cluster's (the node has none).
     assert!(rules[0].contains("nodeuser"), "{rules:?}");
     assert!(
         !rules.iter().any(|r| r.contains("clusteruser")),
         "{rules:?}"
     );
-    assert_eq!(ident_maps(&client).await, ["cluster carol clusteruser"]);
+    assert_eq!(ident_maps(client).await, ["cluster carol clusteruser"]);
 
     // Without node lines, the cluster's apply.
     assert!(ctl.set_auth_lines(Vec::new(), Vec::new()).expect("valid"));
     ctl.reload().await.expect("reload");
-    let rules = hba_rules(&client).await;
+    let rules = hba_rules(client).await;
     assert!(rules[0].contains("clusteruser"), "{rules:?}");
 }

@@ -66,6 +66,46 @@ impl Node {
         }
     }
 
+    /// `result`'s value, or a panic naming this node and `what` it did.
+    fn ok<T>(&self, what: &str, result: Result<T, PostgresError>) -> T {
+        result.unwrap_or_else(|err| panic!("{}: {what}: {err}", self.name))
+    }
+
+    async fn start(&self, as_role: StartAs) {
+        let result = self.ctl.start(as_role).await;
+        self.ok("start", result)
+    }
+
+    async fn stop(&self, mode: StopMode) {
+        let result = self.ctl.stop(mode).await;
+        self.ok("stop", result)
+    }
+
+    async fn demote(&self, mode: StopMode, follow: Option<Upstream>) {
+        let result = self.ctl.demote(mode, follow).await;
+        self.ok("demote", result)
+    }
+
+    async fn follow(&self, upstream: &Upstream) {
+        let result = self.ctl.follow(upstream).await;
+        self.ok("follow", result)
+    }
+
+    async fn rewind(&self, source: &Upstream) -> RewindOutcome {
+        let result = self.ctl.rewind(source).await;
+        self.ok("rewind", result)
+    }
+
+    async fn clone_replica(&self, source: &Upstream) {
+        let result = self.ctl.clone_replica(source).await;
+        self.ok("clone", result)
+    }
+
+    async fn set_synchronous_standby_names(&self, names: &SyncStandbyNames) {
+        let result = self.ctl.set_synchronous_standby_names(names).await;
+        self.ok("set synchronous_standby_names", result)
+    }
+
     fn data_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
     }
@@ -181,17 +221,9 @@ async fn cluster_with(names: &[&str], spec: &BootstrapSpec) -> (Node, Vec<Node>,
     let mut replicas = Vec::new();
     for name in &names[1..] {
         let replica = Node::new(name);
-        replica
-            .ctl
-            .clone_replica(&primary.upstream())
-            .await
-            .expect("clone");
+        replica.clone_replica(&primary.upstream()).await;
 
-        replica
-            .ctl
-            .start(StartAs::ReplicaOf(primary.upstream()))
-            .await
-            .expect("start replica");
+        replica.start(StartAs::ReplicaOf(primary.upstream())).await;
         replica.wait_table(&["common"]).await;
         replicas.push(replica);
     }
@@ -242,26 +274,16 @@ async fn bootstrap_clone_two_replicas_and_replicate_writes() {
     assert_eq!(slots, vec!["pg_b", "pg_c"]);
 
     // Idempotence and role conflicts.
-    primary
-        .ctl
-        .start(StartAs::Primary)
-        .await
-        .expect("start primary again");
+    // Start primary again.
+    primary.start(StartAs::Primary).await;
+    // Start replica again.
     replicas[0]
-        .ctl
         .start(StartAs::ReplicaOf(primary.upstream()))
-        .await
-        .expect("start replica again");
-    replicas[0]
-        .ctl
-        .start(StartAs::Standby)
-        .await
-        .expect("standby on a replica");
-    replicas[0]
-        .ctl
-        .follow(&primary.upstream())
-        .await
-        .expect("follow again");
+        .await;
+    // Standby on a replica.
+    replicas[0].start(StartAs::Standby).await;
+    // Follow again.
+    replicas[0].follow(&primary.upstream()).await;
     assert!(matches!(
         replicas[0].ctl.start(StartAs::Primary).await,
         Err(PostgresError::RoleConflict {
@@ -295,21 +317,11 @@ async fn bootstrap_clone_two_replicas_and_replicate_writes() {
 async fn promote_replica_after_primary_stops_and_the_other_follows() {
     let (old_primary, replicas, _) = cluster(&["pg-d", "pg-e", "pg-f"]).await;
     let (new_primary, other) = (&replicas[0], &replicas[1]);
-    old_primary
-        .ctl
-        .demote(StopMode::Fast, None)
-        .await
-        .expect("demote the primary");
-    old_primary
-        .ctl
-        .demote(StopMode::Fast, None)
-        .await
-        .expect("demote is idempotent");
-    old_primary
-        .ctl
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop is idempotent");
+    old_primary.demote(StopMode::Fast, None).await;
+    // Demote is idempotent.
+    old_primary.demote(StopMode::Fast, None).await;
+    // Stop is idempotent.
+    old_primary.stop(StopMode::Fast).await;
     assert!(old_primary.data_dir().join("standby.signal").exists());
     let state = old_primary.ctl.observe().await.expect("observe stopped");
     assert_eq!(
@@ -337,11 +349,7 @@ async fn promote_replica_after_primary_stops_and_the_other_follows() {
     assert_eq!(state.timeline, Some(Timeline(2)));
     assert_eq!(state.upstream, None);
 
-    other
-        .ctl
-        .follow(&new_primary.upstream())
-        .await
-        .expect("follow");
+    other.follow(&new_primary.upstream()).await;
     new_primary.insert("after failover").await;
     other.wait_table(&["after failover", "common"]).await;
     let state = other
@@ -350,17 +358,12 @@ async fn promote_replica_after_primary_stops_and_the_other_follows() {
     assert_eq!(state.upstream, Some(new_primary.upstream()));
 
     // The old primary stopped cleanly before the promotion: nothing to undo.
-    let outcome = old_primary
-        .ctl
-        .rewind(&new_primary.upstream())
-        .await
-        .expect("rewind");
+    let outcome = old_primary.rewind(&new_primary.upstream()).await;
     assert_eq!(outcome, RewindOutcome::NotNeeded);
+    // A stopped server is started as a replica.
     old_primary
-        .ctl
         .demote(StopMode::Fast, Some(new_primary.upstream()))
-        .await
-        .expect("a stopped server is started as a replica");
+        .await;
     old_primary.wait_table(&["after failover", "common"]).await;
     let state = old_primary.ctl.observe().await.expect("observe rejoined");
     assert_eq!(state.server, ServerState::Running(PgRole::Replica));
@@ -368,22 +371,13 @@ async fn promote_replica_after_primary_stops_and_the_other_follows() {
 
     // A switchover back: demote the running primary straight into a replica
     // of the other member, which is promoted after it stopped.
-    new_primary
-        .ctl
-        .demote(StopMode::Fast, None)
-        .await
-        .expect("demote");
+    new_primary.demote(StopMode::Fast, None).await;
     assert_eq!(other.ctl.promote().await.expect("promote"), Timeline(3));
+    // Start the demoted primary as a replica.
     new_primary
-        .ctl
         .demote(StopMode::Fast, Some(other.upstream()))
-        .await
-        .expect("start the demoted primary as a replica");
-    old_primary
-        .ctl
-        .follow(&other.upstream())
-        .await
-        .expect("follow");
+        .await;
+    old_primary.follow(&other.upstream()).await;
     other.insert("timeline 3").await;
     for node in [new_primary, &old_primary] {
         node.wait_table(&["after failover", "common", "timeline 3"])
@@ -395,27 +389,16 @@ async fn promote_replica_after_primary_stops_and_the_other_follows() {
 /// it with `crash`), then
 /// promotes the replica (started with no upstream) and writes `new` there.
 async fn diverge(primary: &Node, replica: &Node, crash: bool) {
-    replica
-        .ctl
-        .stop(StopMode::Fast)
-        .await
-        .expect("cut replication");
+    // Cut replication.
+    replica.stop(StopMode::Fast).await;
     primary.insert("diverged").await;
     if crash {
         kill_postmaster(&primary.data_dir(), libc::SIGKILL).expect("postmaster pid");
         primary.observe_until("crashed", |s| s.crashed()).await;
     } else {
-        primary
-            .ctl
-            .stop(StopMode::Fast)
-            .await
-            .expect("stop old primary");
+        primary.stop(StopMode::Fast).await;
     }
-    replica
-        .ctl
-        .start(StartAs::Standby)
-        .await
-        .expect("start as standby");
+    replica.start(StartAs::Standby).await;
     let state = replica.ctl.observe().await.expect("observe standby");
     assert_eq!(state.server, ServerState::Running(PgRole::Replica));
     assert_eq!(state.upstream, None);
@@ -437,11 +420,7 @@ async fn crashed_diverged_old_primary_is_rewound_and_follows() {
         Err(PostgresError::NotRunning { .. })
     ));
 
-    let outcome = old_primary
-        .ctl
-        .rewind(&new_primary.upstream())
-        .await
-        .expect("rewind");
+    let outcome = old_primary.rewind(&new_primary.upstream()).await;
     assert_eq!(outcome, RewindOutcome::Rewound);
     let state = old_primary.ctl.observe().await.expect("observe rewound");
     assert_eq!(
@@ -450,10 +429,8 @@ async fn crashed_diverged_old_primary_is_rewound_and_follows() {
     );
     assert_eq!(state.upstream, Some(new_primary.upstream()));
     old_primary
-        .ctl
         .start(StartAs::ReplicaOf(new_primary.upstream()))
-        .await
-        .expect("start rewound");
+        .await;
     old_primary.wait_table(&["common", "new"]).await;
     old_primary
         .observe_until("runs as a replica on timeline 2", |s| {
@@ -478,11 +455,7 @@ async fn rewind_without_the_wal_it_needs_is_impossible() {
             std::fs::remove_file(&path).expect("remove WAL segment");
         }
     }
-    let outcome = old_primary
-        .ctl
-        .rewind(&new_primary.upstream())
-        .await
-        .expect("rewind");
+    let outcome = old_primary.rewind(&new_primary.upstream()).await;
     let RewindOutcome::Impossible { reason } = outcome else {
         panic!("expected Impossible, got {outcome:?}");
     };
@@ -503,17 +476,11 @@ async fn sigkill_of_the_postmaster_is_observed_as_a_crash() {
     assert!(state.crashed());
     assert_eq!(state.system_id, Some(system_id));
     assert_eq!(state.timeline, Some(Timeline(1)));
-    primary
-        .ctl
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop of a dead server");
+    // Stop of a dead server.
+    primary.stop(StopMode::Fast).await;
 
-    primary
-        .ctl
-        .start(StartAs::Primary)
-        .await
-        .expect("restart after crash");
+    // Restart after crash.
+    primary.start(StartAs::Primary).await;
     assert_eq!(primary.rows("SELECT v FROM t").await, vec!["common"]);
 
     // Parameters change on the running controller: by reload, or by
@@ -554,11 +521,7 @@ async fn sigkill_of_the_postmaster_is_observed_as_a_crash() {
         .is_empty());
     let state = primary.ctl.observe().await.expect("observe");
     assert_eq!(state.server, ServerState::Running(PgRole::Primary));
-    primary
-        .ctl
-        .stop(StopMode::Immediate)
-        .await
-        .expect("immediate stop");
+    primary.stop(StopMode::Immediate).await;
     let state = primary.ctl.observe().await.expect("observe");
     assert!(state.crashed(), "an immediate stop is a crash: {state:?}");
 }
@@ -573,11 +536,8 @@ async fn demote_kills_a_primary_that_does_not_stop() {
     // A frozen postmaster ignores shutdown requests.
     let pid = kill_postmaster(&primary.data_dir(), libc::SIGSTOP).expect("postmaster pid");
     let started = Instant::now();
-    primary
-        .ctl
-        .demote(StopMode::Fast, None)
-        .await
-        .expect("demote escalates to SIGKILL");
+    // Demote escalates to SIGKILL.
+    primary.demote(StopMode::Fast, None).await;
     assert!(started.elapsed() < Duration::from_secs(20));
     // SAFETY: kill(2) with signal 0 only probes the (dead) postmaster's pid.
     let gone = unsafe { libc::kill(pid, 0) } != 0
@@ -600,16 +560,9 @@ async fn synchronous_standby_makes_commits_wait_for_it() {
     let (primary, replicas, _) = cluster(&["pg-l", "pg-m"]).await;
     let replica = &replicas[0];
     let names = SyncStandbyNames::first(1, ["pg-m"]).expect("names");
-    primary
-        .ctl
-        .set_synchronous_standby_names(&names)
-        .await
-        .expect("set sync");
-    primary
-        .ctl
-        .set_synchronous_standby_names(&names)
-        .await
-        .expect("set sync again");
+    primary.set_synchronous_standby_names(&names).await;
+    // Set sync again.
+    primary.set_synchronous_standby_names(&names).await;
     let state = primary
         .observe_until("reports pg-m as sync", |s| {
             s.replication
@@ -620,11 +573,7 @@ async fn synchronous_standby_makes_commits_wait_for_it() {
     assert_eq!(state.synchronous_standby_names, Some(names.clone()));
     primary.insert("sync 1").await;
 
-    replica
-        .ctl
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop replica");
+    replica.stop(StopMode::Fast).await;
     let client = primary.client().await;
     let insert = tokio::spawn(async move {
         client
@@ -638,11 +587,7 @@ async fn synchronous_standby_makes_commits_wait_for_it() {
         "the commit did not wait for the stopped standby"
     );
 
-    replica
-        .ctl
-        .start(StartAs::ReplicaOf(primary.upstream()))
-        .await
-        .expect("restart replica");
+    replica.start(StartAs::ReplicaOf(primary.upstream())).await;
     tokio::time::timeout(WAIT, insert)
         .await
         .expect("the commit completes once the standby is back")
@@ -651,10 +596,8 @@ async fn synchronous_standby_makes_commits_wait_for_it() {
     replica.wait_table(&["common", "sync 1", "sync 2"]).await;
 
     primary
-        .ctl
         .set_synchronous_standby_names(&SyncStandbyNames::Off)
-        .await
-        .expect("sync off");
+        .await;
     assert_eq!(
         primary
             .ctl
@@ -784,24 +727,16 @@ async fn wrong_system_id_and_bad_parameters_are_refused_without_deleting_data() 
     // Another cluster is neither a rewind source nor a clone source.
     let stranger = Node::new("pg-q");
     let stranger_id = stranger.ctl.bootstrap(&spec()).await.expect("bootstrap");
-    let err = primary
-        .ctl
-        .rewind(&stranger.upstream())
-        .await
-        .expect_err("rewind from another cluster");
+    let rewound = primary.ctl.rewind(&stranger.upstream()).await;
     assert!(
-        matches!(err, PostgresError::SystemIdMismatch { .. }),
-        "{err:?}"
+        matches!(rewound, Err(PostgresError::SystemIdMismatch { .. })),
+        "rewind from another cluster: {rewound:?}"
     );
     let clone = Node::with("pg-r", |config| config.expected_system_id = Some(system_id));
-    let err = clone
-        .ctl
-        .clone_replica(&stranger.upstream())
-        .await
-        .expect_err("clone from another cluster");
+    let cloned = clone.ctl.clone_replica(&stranger.upstream()).await;
     assert!(
-        matches!(err, PostgresError::SystemIdMismatch { found, .. } if found == stranger_id),
-        "{err:?}"
+        matches!(cloned, Err(PostgresError::SystemIdMismatch { found, .. }) if found == stranger_id),
+        "clone from another cluster: {cloned:?}"
     );
     let leftovers = std::fs::read_dir(clone.data_dir())
         .expect("data dir")
@@ -828,42 +763,26 @@ async fn a_crashed_standby_recovers_as_a_standby_and_can_later_lead() {
             s.server == ServerState::NotRunning(DataDirectoryState::Crashed)
         })
         .await;
-    let outcome = standby
-        .ctl
-        .rewind(&primary.upstream())
-        .await
-        .expect("rewind of a crashed standby");
+    // Rewind of a crashed standby.
+    let outcome = standby.rewind(&primary.upstream()).await;
     assert_eq!(outcome, RewindOutcome::NotNeeded);
-    standby
-        .ctl
-        .start(StartAs::ReplicaOf(primary.upstream()))
-        .await
-        .expect("start the repaired standby");
+    // Start the repaired standby.
+    standby.start(StartAs::ReplicaOf(primary.upstream())).await;
     primary.insert("after crash").await;
     standby.wait_table(&["after crash", "common"]).await;
 
     // The standby becomes primary; the old primary comes back by rewind.
-    primary
-        .ctl
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop primary");
+    primary.stop(StopMode::Fast).await;
     standby.ctl.promote().await.expect("promote");
     standby.insert("new").await;
-    let outcome = primary
-        .ctl
-        .rewind(&standby.upstream())
-        .await
-        .expect("rewind the old primary");
+    // Rewind the old primary.
+    let outcome = primary.rewind(&standby.upstream()).await;
     assert!(
         matches!(outcome, RewindOutcome::Rewound | RewindOutcome::NotNeeded),
         "{outcome:?}"
     );
-    primary
-        .ctl
-        .start(StartAs::ReplicaOf(standby.upstream()))
-        .await
-        .expect("start the old primary as a replica");
+    // Start the old primary as a replica.
+    primary.start(StartAs::ReplicaOf(standby.upstream())).await;
     primary.wait_table(&["after crash", "common", "new"]).await;
 }
 
@@ -874,11 +793,7 @@ async fn a_crashed_standby_recovers_as_a_standby_and_can_later_lead() {
 async fn an_unstarted_clone_needs_no_rewind_onto_its_source() {
     let (primary, _, _) = cluster(&["pg-o"]).await;
     let clone = Node::new("pg-p");
-    clone
-        .ctl
-        .clone_replica(&primary.upstream())
-        .await
-        .expect("clone");
+    clone.clone_replica(&primary.upstream()).await;
     let outcome = clone.ctl.rewind(&primary.upstream()).await.expect("rewind");
     assert_eq!(outcome, RewindOutcome::NotNeeded);
     let stranger = Upstream {
@@ -908,11 +823,8 @@ async fn replica_whose_upstream_stopped(
         promoted.ctl.promote().await.expect("promote B"),
         Timeline(2)
     );
-    replica
-        .ctl
-        .follow(&promoted.upstream())
-        .await
-        .expect("C follows B");
+    // C follows B.
+    replica.follow(&promoted.upstream()).await;
     promoted.insert("timeline 2").await;
     replica.wait_table(&["common", "timeline 2"]).await;
     replica
@@ -1051,17 +963,9 @@ fn mode(path: &Path) -> u32 {
 async fn following_a_new_upstream_keeps_the_replication_password_off_disk() {
     let (old_primary, replicas, _) = cluster(&["pg-p1", "pg-p2", "pg-p3"]).await;
     let (new_primary, other) = (&replicas[0], &replicas[1]);
-    old_primary
-        .ctl
-        .demote(StopMode::Fast, None)
-        .await
-        .expect("demote");
+    old_primary.demote(StopMode::Fast, None).await;
     new_primary.ctl.promote().await.expect("promote");
-    other
-        .ctl
-        .follow(&new_primary.upstream())
-        .await
-        .expect("follow");
+    other.follow(&new_primary.upstream()).await;
     new_primary.insert("followed").await;
     other.wait_table(&["common", "followed"]).await;
     let conninfo = other.rows("SHOW primary_conninfo").await.join("");

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use matriarch_model::MemberName;
+
 use crate::{Endpoint, Router, RouterError, Routes};
 
 /// What a backend serves at one moment, read from the backend itself.
@@ -45,7 +47,8 @@ pub trait Harness: Send + Sync + 'static {
     /// Each harness uses a backend no other test uses.
     async fn router(&self) -> Self::Router;
 
-    /// Three endpoints of distinct members that the backend accepts.
+    /// Three endpoints of distinct members that the backend accepts
+    /// ([`endpoints`] names them `a`, `b` and `c`, as the checks' messages do).
     fn endpoints(&self) -> [Endpoint; 3];
 
     /// What the backend serves now, read without the router.
@@ -69,11 +72,41 @@ fn hosts(endpoints: &[&Endpoint]) -> BTreeSet<String> {
     endpoints.iter().map(|e| e.host.clone()).collect()
 }
 
-fn routes(primary: &Endpoint, replicas: &[&Endpoint]) -> Routes {
+/// Endpoints of members `a`, `b`, `c`, ... (the names the checks' messages
+/// use) at `hosts`, in that order, port 5432; at most 26.
+pub fn endpoints<const N: usize>(hosts: [&str; N]) -> [Endpoint; N] {
+    let mut names = (b'a'..=b'z').map(char::from);
+    hosts.map(|host| {
+        let name = names.next().expect("at most 26 endpoints");
+        Endpoint {
+            member: MemberName::new(name.to_string()).expect("a letter is a member name"),
+            host: host.to_owned(),
+            port: 5432,
+        }
+    })
+}
+
+/// Writers to `primary`, readers to `replicas`.
+pub fn routes(primary: &Endpoint, replicas: &[&Endpoint]) -> Routes {
     Routes {
         primary: primary.clone(),
         replicas: replicas.iter().map(|r| (*r).clone()).collect(),
     }
+}
+
+/// Checks that a call was refused for good: a [`RouterError::Rejected`]
+/// (not retryable) whose message contains `containing`.
+pub fn assert_rejected(result: Result<(), RouterError>, containing: &str) {
+    let error = match result {
+        Ok(()) => panic!("expected a refusal saying `{containing}`, got Ok"),
+        Err(error) => error,
+    };
+    eprintln!("{error}");
+    let RouterError::Rejected { message, .. } = &error else {
+        panic!("expected Rejected, got {error:?}");
+    };
+    assert!(message.contains(containing), "{message}");
+    assert!(!error.is_retryable(), "{error} is retryable");
 }
 
 async fn route<R: Router>(router: &R, routes: &Routes) {
@@ -105,6 +138,15 @@ async fn assert_serves<H: Harness>(
     }
 }
 
+/// A router that has routed writers to `a` and readers to `b` and `c`, the
+/// harness' three endpoints, and those endpoints.
+async fn routed_to_a<H: Harness>(harness: &H) -> (H::Router, [Endpoint; 3]) {
+    let router = harness.router().await;
+    let [a, b, c] = harness.endpoints();
+    route(&router, &routes(&a, &[&b, &c])).await;
+    (router, [a, b, c])
+}
+
 /// A router has a name for logs and errors.
 pub async fn name_is_not_empty<H: Harness>(harness: &H) {
     let router = harness.router().await;
@@ -114,18 +156,14 @@ pub async fn name_is_not_empty<H: Harness>(harness: &H) {
 /// `route` makes the primary the only writer (whatever was there before) and
 /// sends readers to the replicas.
 pub async fn route_makes_the_primary_the_only_writer<H: Harness>(harness: &H) {
-    let router = harness.router().await;
-    let [a, b, c] = harness.endpoints();
-    route(&router, &routes(&a, &[&b, &c])).await;
+    let (_, [a, b, c]) = routed_to_a(harness).await;
     assert_serves(harness, &[&a], &[&b, &c], "routing to a").await;
 }
 
 /// Routing to another primary moves the writer: the old one is no longer
 /// served as a writer, and readers follow the new replicas.
 pub async fn route_moves_the_writer<H: Harness>(harness: &H) {
-    let router = harness.router().await;
-    let [a, b, c] = harness.endpoints();
-    route(&router, &routes(&a, &[&b, &c])).await;
+    let (router, [a, b, c]) = routed_to_a(harness).await;
     route(&router, &routes(&b, &[&a, &c])).await;
     assert_serves(harness, &[&b], &[&a, &c], "moving the writer from a to b").await;
 }
@@ -133,9 +171,7 @@ pub async fn route_moves_the_writer<H: Harness>(harness: &H) {
 /// Readers are exactly the replicas given: a replica left out stops being
 /// served, and with no replicas no reader is served.
 pub async fn readers_are_exactly_the_replicas<H: Harness>(harness: &H) {
-    let router = harness.router().await;
-    let [a, b, c] = harness.endpoints();
-    route(&router, &routes(&a, &[&b, &c])).await;
+    let (router, [a, _, c]) = routed_to_a(harness).await;
     route(&router, &routes(&a, &[&c])).await;
     assert_serves(harness, &[&a], &[&c], "dropping replica b").await;
     route(&router, &routes(&a, &[])).await;
@@ -171,9 +207,7 @@ pub async fn route_is_idempotent<H: Harness>(harness: &H) {
 /// `withdraw` removes only that member, only from the writers: readers are
 /// left alone.
 pub async fn withdraw_removes_only_that_writer<H: Harness>(harness: &H) {
-    let router = harness.router().await;
-    let [a, b, c] = harness.endpoints();
-    route(&router, &routes(&a, &[&b, &c])).await;
+    let (router, [a, b, c]) = routed_to_a(harness).await;
     withdraw(&router, &a).await;
     assert_serves(harness, &[], &[&b, &c], "withdrawing the writer a").await;
 }
@@ -181,12 +215,15 @@ pub async fn withdraw_removes_only_that_writer<H: Harness>(harness: &H) {
 /// Withdrawing a member that is not a writer is `Ok` and changes nothing,
 /// also when it is a reader and also when it is repeated.
 pub async fn withdraw_of_a_non_writer_changes_nothing<H: Harness>(harness: &H) {
-    let router = harness.router().await;
-    let [a, b, c] = harness.endpoints();
-    route(&router, &routes(&a, &[&b, &c])).await;
+    let (router, [a, b, c]) = routed_to_a(harness).await;
     let changes = harness.change_count().await;
     withdraw(&router, &b).await;
     assert_serves(harness, &[&a], &[&b, &c], "withdrawing the reader b").await;
+    assert_eq!(
+        harness.change_count().await,
+        changes,
+        "withdrawing the reader b changed the backend"
+    );
     withdraw(&router, &a).await;
     let changes_after_withdrawal = harness.change_count().await;
     withdraw(&router, &a).await;
@@ -206,9 +243,7 @@ pub async fn withdraw_of_a_non_writer_changes_nothing<H: Harness>(harness: &H) {
 
 /// After a withdrawal, routing again brings a writer back.
 pub async fn route_after_withdraw_restores_a_writer<H: Harness>(harness: &H) {
-    let router = harness.router().await;
-    let [a, b, c] = harness.endpoints();
-    route(&router, &routes(&a, &[&b, &c])).await;
+    let (router, [a, b, c]) = routed_to_a(harness).await;
     withdraw(&router, &a).await;
     route(&router, &routes(&b, &[&c])).await;
     assert_serves(harness, &[&b], &[&c], "routing to b after a withdrew").await;

@@ -83,6 +83,16 @@ mod tests {
         }
     }
 
+    /// A fan-out's failure where one router refused and another was throttled.
+    fn elb_rejected_and_dns_throttled() -> RouterError {
+        RouterError::Partial {
+            failures: vec![
+                ("elb".to_owned(), rejected()),
+                ("dns".to_owned(), throttled()),
+            ],
+        }
+    }
+
     #[test]
     fn transient_failures_are_retryable_and_refusals_are_not() {
         assert!(throttled().is_retryable());
@@ -100,13 +110,7 @@ mod tests {
 
     #[test]
     fn partial_failure_is_retryable_while_any_failure_is() {
-        let mixed = RouterError::Partial {
-            failures: vec![
-                ("elb".to_owned(), rejected()),
-                ("dns".to_owned(), throttled()),
-            ],
-        };
-        assert!(mixed.is_retryable());
+        assert!(elb_rejected_and_dns_throttled().is_retryable());
         let refused = RouterError::Partial {
             failures: vec![("elb".to_owned(), rejected())],
         };
@@ -115,14 +119,8 @@ mod tests {
 
     #[test]
     fn partial_failure_message_names_every_failed_router() {
-        let error = RouterError::Partial {
-            failures: vec![
-                ("elb".to_owned(), rejected()),
-                ("dns".to_owned(), throttled()),
-            ],
-        };
         assert_eq!(
-            error.to_string(),
+            elb_rejected_and_dns_throttled().to_string(),
             "2 router(s) failed: router elb: change rejected: AccessDenied; router dns: throttled by the backend"
         );
     }

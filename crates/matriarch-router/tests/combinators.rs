@@ -59,11 +59,7 @@ fn fan_out(routers: &[&RecordingRouter]) -> FanOut {
 
 #[tokio::test]
 async fn fan_out_calls_every_router_even_when_the_first_fails_and_names_it() {
-    let (elb, dns, proxy) = (
-        RecordingRouter::new("elb"),
-        RecordingRouter::new("dns"),
-        RecordingRouter::new("proxy"),
-    );
+    let [elb, dns, proxy] = ["elb", "dns", "proxy"].map(RecordingRouter::new);
     elb.fail_next(1, unreachable("elb"));
     let router = fan_out(&[&elb, &dns, &proxy]);
 
@@ -87,11 +83,7 @@ async fn fan_out_calls_every_router_even_when_the_first_fails_and_names_it() {
 
 #[tokio::test]
 async fn fan_out_names_every_failed_router_and_succeeds_only_when_all_do() {
-    let (elb, dns, proxy) = (
-        RecordingRouter::new("elb"),
-        RecordingRouter::new("dns"),
-        RecordingRouter::new("proxy"),
-    );
+    let [elb, dns, proxy] = ["elb", "dns", "proxy"].map(RecordingRouter::new);
     dns.fail_next(1, rejected("dns"));
     proxy.fail_next(1, throttled("proxy"));
     let router = fan_out(&[&elb, &dns, &proxy]);

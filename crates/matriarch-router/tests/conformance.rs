@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_model::MemberName;
 use matriarch_router::conformance::{self, Harness, Served};
 use matriarch_router::{Endpoint, FanOut, Retry, Router, RouterError, Routes};
 
@@ -151,11 +150,7 @@ impl Harness for MemoryHarness {
     }
 
     fn endpoints(&self) -> [Endpoint; 3] {
-        ["a", "b", "c"].map(|name| Endpoint {
-            member: MemberName::new(name).expect("member name"),
-            host: format!("{name}.db.internal"),
-            port: 5432,
-        })
+        conformance::endpoints(["a.db.internal", "b.db.internal", "c.db.internal"])
     }
 
     async fn served(&self) -> Served {
@@ -195,28 +190,33 @@ mod retried {
     });
 }
 
+/// A router over a fresh in-memory backend that breaks the contract.
+fn broken(fault: Fault) -> MemoryHarness {
+    MemoryHarness::new(fault, Layer::Bare)
+}
+
 #[tokio::test]
 #[should_panic(expected = "writers after moving the writer from a to b")]
 async fn a_router_that_keeps_old_writers_fails() {
-    conformance::route_moves_the_writer(&MemoryHarness::new(Fault::KeepsOldWriters, Layer::Bare))
-        .await;
+    conformance::route_moves_the_writer(&broken(Fault::KeepsOldWriters)).await;
 }
 
 #[tokio::test]
 #[should_panic(expected = "readers after withdrawing the reader b")]
 async fn a_router_that_withdraws_readers_fails() {
-    conformance::withdraw_of_a_non_writer_changes_nothing(&MemoryHarness::new(
-        Fault::WithdrawsReaders,
-        Layer::Bare,
-    ))
-    .await;
+    conformance::withdraw_of_a_non_writer_changes_nothing(&broken(Fault::WithdrawsReaders)).await;
 }
 
 #[tokio::test]
 #[should_panic(expected = "routing again to the same routes changed the backend")]
 async fn a_router_that_rewrites_unchanged_routes_fails() {
-    conformance::route_is_idempotent(&MemoryHarness::new(Fault::RewritesEverything, Layer::Bare))
-        .await;
+    conformance::route_is_idempotent(&broken(Fault::RewritesEverything)).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "withdrawing the reader b changed the backend")]
+async fn a_router_that_rewrites_when_withdrawing_a_reader_fails() {
+    conformance::withdraw_of_a_non_writer_changes_nothing(&broken(Fault::RewritesEverything)).await;
 }
 
 /// A fan-out of one conforming router conforms, except for its error kind: it

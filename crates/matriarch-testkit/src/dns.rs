@@ -148,19 +148,36 @@ fn query_id() -> u16 {
 /// reaches the bridge, which a socket bound to 127.0.0.1 could not.
 const ANY: &str = "0.0.0.0:0";
 
-/// The answer to query `id` in `packet`, or `None` for a late answer to an
-/// earlier query on a reused port (the caller reads on).
-fn answer_to(id: u16, packet: &[u8]) -> Option<Result<Vec<Ipv4Addr>, DnsError>> {
-    match parse_a_answer(id, packet) {
-        Err(DnsError::Malformed(m)) if m.contains("id does not match") => None,
-        other => Some(other),
-    }
+/// One `A` question to one server, with a fresh id.
+struct Query {
+    server: SocketAddr,
+    id: u16,
+    packet: Vec<u8>,
 }
 
-fn io_error(server: SocketAddr) -> impl Fn(std::io::Error) -> DnsError {
-    move |e| DnsError::Io {
-        server,
-        detail: e.to_string(),
+impl Query {
+    fn new(server: SocketAddr, name: &str) -> Result<Query, DnsError> {
+        let id = query_id();
+        let packet = encode_query(id, name)?;
+        Ok(Query { server, id, packet })
+    }
+
+    /// A socket error, naming the server.
+    fn io_error(&self) -> impl Fn(std::io::Error) -> DnsError {
+        let server = self.server;
+        move |e| DnsError::Io {
+            server,
+            detail: e.to_string(),
+        }
+    }
+
+    /// The answer to this query in `packet`, or `None` for a late answer to an
+    /// earlier query on a reused port (the caller reads on).
+    fn answer(&self, packet: &[u8]) -> Option<Result<Vec<Ipv4Addr>, DnsError>> {
+        match parse_a_answer(self.id, packet) {
+            Err(DnsError::Malformed(m)) if m.contains("id does not match") => None,
+            other => Some(other),
+        }
     }
 }
 
@@ -170,17 +187,16 @@ pub fn resolve_a(
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<Ipv4Addr>, DnsError> {
-    let io = io_error(server);
-    let id = query_id();
-    let query = encode_query(id, name)?;
+    let query = Query::new(server, name)?;
+    let io = query.io_error();
     let socket = UdpSocket::bind(ANY).map_err(&io)?;
     socket.set_read_timeout(Some(timeout)).map_err(&io)?;
     socket.connect(server).map_err(&io)?;
-    socket.send(&query).map_err(&io)?;
+    socket.send(&query.packet).map_err(&io)?;
     let mut buf = [0u8; 1500];
     loop {
         let n = socket.recv(&mut buf).map_err(&io)?;
-        if let Some(answer) = answer_to(id, &buf[..n]) {
+        if let Some(answer) = query.answer(&buf[..n]) {
             return answer;
         }
     }
@@ -192,17 +208,16 @@ pub async fn resolve_a_async(
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<Ipv4Addr>, DnsError> {
-    let io = io_error(server);
-    let id = query_id();
-    let query = encode_query(id, name)?;
+    let query = Query::new(server, name)?;
     let answer = async {
+        let io = query.io_error();
         let socket = tokio::net::UdpSocket::bind(ANY).await.map_err(&io)?;
         socket.connect(server).await.map_err(&io)?;
-        socket.send(&query).await.map_err(&io)?;
+        socket.send(&query.packet).await.map_err(&io)?;
         let mut buf = [0u8; 1500];
         loop {
             let n = socket.recv(&mut buf).await.map_err(&io)?;
-            if let Some(answer) = answer_to(id, &buf[..n]) {
+            if let Some(answer) = query.answer(&buf[..n]) {
                 return answer;
             }
         }

@@ -1,5 +1,6 @@
 //! Real etcd servers (Debian's `etcd-server`, `/usr/bin/etcd`) for tests.
 
+use std::ffi::{OsStr, OsString};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,6 +17,47 @@ use crate::process::{
 
 /// How long a single member or a whole cluster may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One member of a new etcd cluster, as its command line names it: the test
+/// kit's members on loopback ports and the chaos run's in their namespaces.
+#[derive(Debug, Clone, Copy)]
+pub struct EtcdMemberArgs<'a> {
+    /// The member name (`--name`).
+    pub name: &'a str,
+    /// Its data directory.
+    pub data_dir: &'a Path,
+    /// Where it serves clients (`http://host:port`).
+    pub client_url: &'a str,
+    /// Where it serves its peers.
+    pub peer_url: &'a str,
+    /// Every member, `name=peer_url` comma-separated.
+    pub initial_cluster: &'a str,
+    /// The cluster token all members share.
+    pub token: &'a str,
+}
+
+impl EtcdMemberArgs<'_> {
+    /// The arguments after the program (logs go to stderr).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: &OsStr| {
+            args.push(name.into());
+            args.push(value.into());
+        };
+        flag("--name", self.name.as_ref());
+        flag("--data-dir", self.data_dir.as_os_str());
+        flag("--listen-client-urls", self.client_url.as_ref());
+        flag("--advertise-client-urls", self.client_url.as_ref());
+        flag("--listen-peer-urls", self.peer_url.as_ref());
+        flag("--initial-advertise-peer-urls", self.peer_url.as_ref());
+        flag("--initial-cluster", self.initial_cluster.as_ref());
+        flag("--initial-cluster-state", "new".as_ref());
+        flag("--initial-cluster-token", self.token.as_ref());
+        flag("--logger", "zap".as_ref());
+        flag("--log-outputs", "stderr".as_ref());
+        args
+    }
+}
 
 pub(crate) fn etcd_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("MATRIARCH_ETCD") {
@@ -103,29 +145,16 @@ impl EtcdMember {
         let data_dir = base.join(format!("{name}.data"));
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let spec = Spec::new(binary)
-            .arg("--name")
-            .arg(name)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(initial_cluster)
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--initial-cluster-token")
-            .arg(token)
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-outputs")
-            .arg("stderr");
+        let mut spec = Spec::new(binary);
+        spec.args = EtcdMemberArgs {
+            name,
+            data_dir: &data_dir,
+            client_url: &client,
+            peer_url: &peer,
+            initial_cluster,
+            token,
+        }
+        .to_args();
         let log = base.join(format!("{name}.log"));
         let process = ServiceProcess::spawn(format!("etcd {name}"), spec, log)?;
         Ok(EtcdMember {

@@ -48,18 +48,13 @@ fn split_url(url: &str) -> Result<(String, u16, String)> {
         return Err(invalid("only http:// URLs are supported"));
     }
     let authority = uri.authority().ok_or_else(|| invalid("no host in URL"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let host = authority.host().trim_matches(['[', ']']);
     if host.is_empty() {
         return Err(invalid("no host in URL"));
     }
-    let port = match authority.port() {
-        Some(port) => port
-            .as_str()
-            .parse::<u16>()
-            .map_err(|_| invalid("bad port in URL"))?,
+    // `port_u16` is `None` for a port that is not a u16 too: text after the host.
+    let port = match authority.port_u16() {
+        Some(port) => port,
         None if authority.as_str() != authority.host() => return Err(invalid("bad port in URL")),
         None => 80,
     };
@@ -255,5 +250,10 @@ mod tests {
         );
         assert!(split_url("https://localhost/").is_err());
         assert!(split_url("http://h:port/").is_err());
+        assert!(split_url("http://h:65536/").is_err());
+        assert_eq!(
+            split_url("http://[::1]:8008/p").unwrap(),
+            ("::1".into(), 8008, "/p".into())
+        );
     }
 }

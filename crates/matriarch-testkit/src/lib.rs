@@ -13,7 +13,8 @@
 //! * [`TestCa`]: a CA and the certificates it signs, for TLS tests.
 //!
 //! On top of them, [`cluster`] runs real `matriarch run` agents (the harness of
-//! the demo, the benchmarks and the chaos run) and [`dns`] asks BIND for `A` records.
+//! the demo, the benchmarks and the chaos run), [`dns`] asks BIND for `A` records, and
+//! [`wait`] sleeps and polls until Ctrl-C.
 //!
 //! Missing programs make `start()` fail with a message that names the program and says
 //! to run `cargo xtask deps`. The library is blocking (std::process) and works from
@@ -33,6 +34,7 @@ mod moto;
 mod ports;
 mod postgres;
 mod process;
+pub mod wait;
 mod zookeeper;
 
 pub use bind::{
@@ -41,7 +43,7 @@ pub use bind::{
 };
 pub use certs::{TestCa, CLIENT_EXTENSIONS, SERVER_EXTENSIONS};
 pub use error::{Result, TestkitError};
-pub use etcd::{EtcdCluster, EtcdMember, EtcdServer};
+pub use etcd::{EtcdCluster, EtcdMember, EtcdMemberArgs, EtcdServer};
 pub use etcd_tls::TlsEtcdServer;
 pub use http::{http_request, http_request_timeout, HttpResponse};
 pub use moto::{moto_venv, MotoServer};
@@ -50,4 +52,8 @@ pub use postgres::{
     bin_dir, pg_command, pg_program, run_as_pg_user, run_pg_program, PgOsUser, PostgresServer,
     DEFAULT_PG_BIN, PG_OS_USER,
 };
-pub use zookeeper::{zk_four_letter_word, ZooKeeperOptions, ZooKeeperServer};
+pub use process::describe as command_line;
+pub use zookeeper::{
+    zk_four_letter_word, zookeeper_args, ZooKeeperOptions, ZooKeeperServer, ZOOKEEPER_JAR,
+    ZOOKEEPER_LOG4J,
+};

@@ -154,7 +154,7 @@ pub(crate) fn log_tail(path: &Path) -> String {
 }
 
 /// Renders a command line for error messages.
-pub(crate) fn describe(cmd: &Command) -> String {
+pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');

@@ -1,5 +1,6 @@
 //! A real standalone ZooKeeper 3.8 (Debian's `zookeeper` package, run with java directly).
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,8 +17,35 @@ use crate::process::{
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
+/// ZooKeeper's jar (Debian's `zookeeper` package); its manifest pulls in the rest.
+pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 const LOG4J_EXAMPLE: &str = "/etc/zookeeper/conf_example/log4j.properties";
+
+/// A `log4j.properties` that sends a server's log, INFO and up, to the console
+/// (the server's log file).
+pub const ZOOKEEPER_LOG4J: &str = "log4j.rootLogger=INFO, CONSOLE\n\
+     log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
+     log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
+     log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} - %-5p [%t] - %m%n\n";
+
+/// The java arguments (after the program) of a ZooKeeper server configured by
+/// `cfg`: a small heap and a quick start, no admin server, its log to the
+/// console by the `log4j.properties` first found on `classpath`, `log_dir` for
+/// what it writes besides.
+pub fn zookeeper_args(log_dir: &Path, classpath: &str, cfg: &Path) -> Vec<OsString> {
+    vec![
+        "-Xmx256m".into(),
+        "-XX:+UseSerialGC".into(),
+        "-XX:TieredStopAtLevel=1".into(),
+        format!("-Dzookeeper.log.dir={}", log_dir.display()).into(),
+        "-Dzookeeper.root.logger=INFO,CONSOLE".into(),
+        "-Dzookeeper.admin.enableServer=false".into(),
+        "-cp".into(),
+        classpath.into(),
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+        cfg.into(),
+    ]
+}
 
 /// Sends a four-letter word (e.g. `ruok`, `srvr`, `mntr`) to a ZooKeeper server and
 /// returns its answer.
@@ -86,7 +114,7 @@ impl ZooKeeperServer {
             )));
         }
         let java = find_program("java")?;
-        require_program("zookeeper (zookeeper.jar)", Path::new(ZK_JAR))?;
+        require_program("zookeeper (zookeeper.jar)", Path::new(ZOOKEEPER_JAR))?;
         retry_on_port_clash("ZooKeeper start", Duration::ZERO, || {
             let dir = temp_dir("matriarch-zk-", "ZooKeeper")?;
             let port = free_port()?;
@@ -116,26 +144,15 @@ impl ZooKeeperServer {
                 std::fs::copy(LOG4J_EXAMPLE, &log4j)
                     .ctx(|| format!("copying {LOG4J_EXAMPLE} to {}", log4j.display()))?;
             } else {
-                std::fs::write(
-                    &log4j,
-                    "log4j.rootLogger=INFO, CONSOLE\n\
-                     log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
-                     log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
-                     log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} - %-5p [%t] - %m%n\n",
-                )
-                .ctx(|| format!("writing {}", log4j.display()))?;
+                std::fs::write(&log4j, ZOOKEEPER_LOG4J)
+                    .ctx(|| format!("writing {}", log4j.display()))?;
             }
-            let spec = Spec::new(&java)
-                .arg("-Xmx256m")
-                .arg("-XX:+UseSerialGC")
-                .arg("-XX:TieredStopAtLevel=1")
-                .arg(format!("-Dzookeeper.log.dir={}", dir.path().display()))
-                .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
-                .arg("-Dzookeeper.admin.enableServer=false")
-                .arg("-cp")
-                .arg(format!("{}:{ZK_JAR}", conf_dir.display()))
-                .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-                .arg(&cfg_path);
+            let mut spec = Spec::new(&java);
+            spec.args = zookeeper_args(
+                dir.path(),
+                &format!("{}:{ZOOKEEPER_JAR}", conf_dir.display()),
+                &cfg_path,
+            );
             let process =
                 ServiceProcess::spawn("zookeeper", spec, dir.path().join("zookeeper.log"))?;
             let server = ZooKeeperServer {

@@ -160,14 +160,14 @@ fn bind_answers_and_accepts_only_signed_updates() {
     );
 }
 
-/// One AWS query-protocol call over plain HTTP with a fake SigV4 header; moto routes
-/// on the service name in the credential scope.
-fn aws_call(endpoint: &str, service: &str, body: &str) -> matriarch_testkit::HttpResponse {
+/// One AWS query-protocol call over plain HTTP with a fake SigV4 header (moto
+/// routes on the service name in the credential scope); the body of its 200 answer.
+fn aws_call(endpoint: &str, service: &str, body: &str) -> String {
     let auth = format!(
         "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, \
          SignedHeaders=host;x-amz-date, Signature=0000"
     );
-    http_request(
+    let response = http_request(
         "POST",
         &format!("{endpoint}/"),
         &[
@@ -177,7 +177,10 @@ fn aws_call(endpoint: &str, service: &str, body: &str) -> matriarch_testkit::Htt
         ],
         body.as_bytes(),
     )
-    .unwrap_or_else(|e| panic!("{service} call `{body}`: {e}"))
+    .unwrap_or_else(|e| panic!("{service} call `{body}`: {e}"));
+    let answer = response.body_text();
+    assert_eq!(response.status, 200, "{service} call `{body}`: {answer}");
+    answer
 }
 
 fn xml_value<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
@@ -192,25 +195,21 @@ fn moto_elbv2_over_plain_http() {
     let moto = MotoServer::start().expect("start moto");
     let url = moto.endpoint_url();
 
-    let resp = aws_call(
+    let body = aws_call(
         &url,
         "elasticloadbalancing",
         "Action=DescribeLoadBalancers&Version=2015-12-01",
     );
-    let body = resp.body_text();
-    assert_eq!(resp.status, 200, "{body}");
     assert!(body.contains("DescribeLoadBalancersResponse"), "{body}");
 
-    let resp = aws_call(
+    let body = aws_call(
         &url,
         "ec2",
         "Action=CreateVpc&CidrBlock=10.0.0.0/16&Version=2016-11-15",
     );
-    let body = resp.body_text();
-    assert_eq!(resp.status, 200, "{body}");
     let vpc = xml_value(&body, "vpcId").expect("vpcId in CreateVpc response");
 
-    let resp = aws_call(
+    let body = aws_call(
         &url,
         "elasticloadbalancing",
         &format!(
@@ -218,19 +217,15 @@ fn moto_elbv2_over_plain_http() {
              &VpcId={vpc}&Version=2015-12-01"
         ),
     );
-    let body = resp.body_text();
-    assert_eq!(resp.status, 200, "{body}");
     assert!(body.contains("CreateTargetGroupResponse"), "{body}");
     assert!(xml_value(&body, "TargetGroupArn").is_some(), "{body}");
 
     moto.reset().expect("reset moto");
-    let resp = aws_call(
+    let body = aws_call(
         &url,
         "elasticloadbalancing",
         "Action=DescribeTargetGroups&Version=2015-12-01",
     );
-    let body = resp.body_text();
-    assert_eq!(resp.status, 200, "{body}");
     assert!(
         !body.contains("pg-primary"),
         "reset kept the target group: {body}"

@@ -3,6 +3,7 @@
 mod lock;
 mod members;
 mod records;
+mod remove;
 mod view;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -422,13 +423,51 @@ impl Inner {
             .map(Arc::clone)
     }
 
-    /// Creates a persistent directory and its parents.
-    async fn make_dir(&self, session: &Session, dir: &str) -> Result<(), DcsError> {
-        session
-            .client
-            .mkdir(dir, &persistent(&self.config))
-            .await
-            .map_err(|e| map_zk(&format!("creating {dir}"), e))
+    /// Starts the lease of an ephemeral znode about to be created, so that
+    /// the reaper ends it in time even when the create lands after an error.
+    fn lease_tentatively(&self, key: &LeaseKey, session: i64, deadline: Instant, start: Instant) {
+        self.leases()
+            .tentative(key.clone(), session, deadline, start);
+        self.reaper_wake.notify_one();
+    }
+
+    /// Confirms the lease of an ephemeral znode `session` holds, to `deadline`.
+    fn lease_confirmed(&self, key: LeaseKey, session: i64, deadline: Instant) {
+        self.leases().confirm(key, session, deadline);
+        self.reaper_wake.notify_one();
+    }
+
+    /// Creates the ephemeral znode `path` of `session` in the folder `dir`.
+    async fn create_ephemeral(
+        &self,
+        session: &Session,
+        dir: &str,
+        (path, value): (&str, &[u8]),
+    ) -> Result<zk::Stat, zk::Error> {
+        let options = ephemeral(&self.config);
+        self.create_in(session, dir, (path, value), &options).await
+    }
+
+    /// Creates the znode `path` holding `value`, first making its folder
+    /// `dir` (and the folders above it) when it is missing, as before the
+    /// first write or after a `remove_cluster`; otherwise the create's own
+    /// outcome (`NodeExists` included).
+    async fn create_in(
+        &self,
+        session: &Session,
+        dir: &str,
+        (path, value): (&str, &[u8]),
+        options: &zk::CreateOptions<'_>,
+    ) -> Result<zk::Stat, zk::Error> {
+        for _ in 0..ATTEMPTS {
+            match session.client.create(path, value, options).await {
+                Err(zk::Error::NoNode) => {
+                    session.client.mkdir(dir, &persistent(&self.config)).await?;
+                }
+                other => return other.map(|(stat, _)| stat),
+            }
+        }
+        Err(zk::Error::NoNode)
     }
 
     /// Deletes `key`'s znode if `session` owns it.
@@ -606,6 +645,12 @@ impl Dcs for ZooKeeperDcs {
     async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
         self.inner
             .bounded("remove_member", self.inner.remove_member(name))
+            .await
+    }
+
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        self.inner
+            .bounded("remove_cluster", self.inner.remove_cluster())
             .await
     }
 

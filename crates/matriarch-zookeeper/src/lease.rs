@@ -214,13 +214,20 @@ mod tests {
         assert!(!leases.renew(&key, 1, now + ttl * 3, now + ttl * 2));
     }
 
+    /// Confirmed leases of session 7: the lock's for `leader_secs` from
+    /// `now`, member `n1`'s for `member_secs`; and the member's key.
+    fn lock_and_member(now: Instant, leader_secs: u64, member_secs: u64) -> (Leases, LeaseKey) {
+        let mut leases = Leases::default();
+        let member = LeaseKey::Member("n1".into());
+        leases.confirm(LeaseKey::Leader, 7, now + Duration::from_secs(leader_secs));
+        leases.confirm(member.clone(), 7, now + Duration::from_secs(member_secs));
+        (leases, member)
+    }
+
     #[test]
     fn live_leases_of_a_session_are_listed_for_a_session_change() {
         let now = Instant::now();
-        let mut leases = Leases::default();
-        let member = LeaseKey::Member("n1".into());
-        leases.confirm(LeaseKey::Leader, 7, now + Duration::from_secs(5));
-        leases.confirm(member.clone(), 7, now + Duration::from_secs(1));
+        let (mut leases, member) = lock_and_member(now, 5, 1);
         leases.confirm(
             LeaseKey::Member("n2".into()),
             8,
@@ -243,10 +250,7 @@ mod tests {
     #[test]
     fn expired_leases_are_reported_until_forgotten() {
         let now = Instant::now();
-        let mut leases = Leases::default();
-        let member = LeaseKey::Member("n1".into());
-        leases.confirm(LeaseKey::Leader, 7, now + Duration::from_secs(1));
-        leases.confirm(member.clone(), 7, now + Duration::from_secs(3));
+        let (mut leases, _) = lock_and_member(now, 1, 3);
         assert_eq!(leases.next_wake(now), Some(now + Duration::from_secs(1)));
         let due = leases.expire_due(now + Duration::from_secs(2));
         assert_eq!(due.len(), 1);

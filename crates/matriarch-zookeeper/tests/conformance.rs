@@ -32,6 +32,14 @@ impl Harness for ZooKeeperHarness {
             .expect("connect a ZooKeeperDcs")
     }
 
+    async fn sibling_client(&self) -> ZooKeeperDcs {
+        let mut config = self.config.clone();
+        config.scope = format!("{}-sibling", config.scope);
+        ZooKeeperDcs::connect(config)
+            .await
+            .expect("connect a ZooKeeperDcs of the sibling scope")
+    }
+
     async fn put_raw(&self, relative_key: &str, value: &[u8]) {
         let path = format!("{}{}{relative_key}", common::CHROOT, self.layout.prefix());
         common::put_raw(&self.raw, &path, value).await;

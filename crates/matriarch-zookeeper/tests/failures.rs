@@ -9,12 +9,21 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, member, name, publish, RETRY_TIMEOUT, TTL};
+use common::{eventually, lead, member, name, publish, RETRY_TIMEOUT, TTL};
 use matriarch_dcs::{Dcs, DcsError, WatchOutcome};
 use matriarch_model::MemberName;
 use matriarch_testkit::{free_port, zk_four_letter_word, ZooKeeperOptions, ZooKeeperServer};
 use matriarch_zookeeper::{DigestAuth, ZooKeeperConfig, ZooKeeperDcs};
 use zookeeper_client as zk;
+
+/// A ZooKeeper server of the test's own, and the configuration of a fresh
+/// scope tagged `tag` on it with the session timeout `ttl`.
+fn own_server(tag: &str, ttl: Duration) -> (ZooKeeperServer, ZooKeeperConfig) {
+    let server = ZooKeeperServer::start().expect("start ZooKeeper");
+    let config = common::config(&server.connect_string(), &common::unique_scope(tag))
+        .with_session_timeout(ttl);
+    (server, config)
+}
 
 /// Asserts that `holder` still has its session `session` and that a newcomer
 /// (connected with `config`) cannot take the lock; the newcomer.
@@ -29,12 +38,7 @@ async fn the_session_and_the_lock_survived(
         Some(session),
         "the session survived"
     );
-    let other = ZooKeeperDcs::connect(config).await.expect("connect other");
-    assert!(!other
-        .acquire_leader(&name("other"), ttl)
-        .await
-        .expect("acquire"));
-    other
+    common::locked_out_newcomer(&config, ttl).await
 }
 
 /// Renews `member`'s lock until it succeeds, within half the ttl; while the
@@ -73,9 +77,7 @@ async fn a_frozen_server_expires_the_session_and_the_holder_learns_it_lost_the_l
     })
     .expect("start ZooKeeper");
     let config = common::config(&server.connect_string(), &common::unique_scope("frozen"));
-    let holder = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
+    let holder = common::connect(&config).await;
     let (a, b) = (name("holder"), name("other"));
     let long_ttl = Duration::from_secs(300);
     assert!(holder.acquire_leader(&a, long_ttl).await.expect("acquire"));
@@ -173,16 +175,11 @@ async fn a_frozen_server_expires_the_session_and_the_holder_learns_it_lost_the_l
 /// faster than the session timeout: the session and the lock survive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quick_server_restart_keeps_the_session_and_the_lock() {
-    let server = ZooKeeperServer::start().expect("start ZooKeeper");
     let ttl = Duration::from_secs(12);
-    let config = common::config(&server.connect_string(), &common::unique_scope("restart"))
-        .with_session_timeout(ttl);
-    let holder = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
+    let (server, config) = own_server("restart", ttl);
+    let holder = common::connect(&config).await;
     let a = name("holder");
-    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    publish(&holder, "holder", ttl).await;
+    lead(&holder, "holder", ttl).await;
     let session = holder.session_id().await.expect("a session");
 
     let started = Instant::now();
@@ -205,10 +202,8 @@ async fn a_quick_server_restart_keeps_the_session_and_the_lock() {
 /// unreachable (never hangs, and a renewal within the TTL is not a lost lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_a_dead_server_fail_in_time_as_unreachable() {
-    let server = ZooKeeperServer::start().expect("start ZooKeeper");
     let ttl = Duration::from_secs(30);
-    let config = common::config(&server.connect_string(), &common::unique_scope("dead"))
-        .with_session_timeout(ttl);
+    let (server, config) = own_server("dead", ttl);
     let dcs = ZooKeeperDcs::connect(config).await.expect("connect");
     let a = name("holder");
     assert!(dcs.acquire_leader(&a, ttl).await.expect("acquire"));
@@ -261,16 +256,8 @@ async fn keys_live_under_the_chroot_as_ephemeral_znodes() {
     let config = common::config(&format!("{dead},{}", server.connect_string()), &scope)
         .with_chroot("/tenants/blue")
         .with_namespace("pg-clusters");
-    let dcs = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
-    assert!(dcs
-        .acquire_leader(&name("node1"), TTL)
-        .await
-        .expect("acquire"));
-    dcs.publish_member(&member("node1"), TTL)
-        .await
-        .expect("publish");
+    let dcs = common::connect(&config).await;
+    lead(&dcs, "node1", TTL).await;
     let session = dcs.session_id().await.expect("session");
 
     let raw = common::raw_client(&server.connect_string()).await;
@@ -318,9 +305,7 @@ async fn digest_auth_protects_the_cluster() {
         .with_chroot("/secured")
         .with_auth(DigestAuth::new("matriarch", "correct horse"));
     assert!(!format!("{config:?}").contains("correct horse"));
-    let dcs = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
+    let dcs = common::connect(&config).await;
     assert!(!format!("{dcs:?}").contains("correct horse"));
     assert!(dcs
         .acquire_leader(&name("node1"), TTL)
@@ -348,13 +333,12 @@ async fn digest_auth_protects_the_cluster() {
         zk::Error::NoAuth
     );
 
-    let intruder = ZooKeeperDcs::connect(config.with_auth(DigestAuth::new("matriarch", "wrong")))
-        .await
-        .expect("the session opens; the ACLs refuse");
+    // The session opens; the ACLs refuse.
+    let intruder = common::connect(&config.with_auth(DigestAuth::new("matriarch", "wrong"))).await;
     let err = intruder
         .read_view()
         .await
-        .expect_err("read with a wrong password");
+        .expect_err("read, wrong password");
     assert!(matches!(err, DcsError::Backend { .. }), "{err}");
     assert!(!err.to_string().contains("wrong"), "{err}");
 }
@@ -363,13 +347,9 @@ async fn digest_auth_protects_the_cluster() {
 /// restarted (the persistent watch is re-read after the reconnection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_changes_across_a_reconnection() {
-    let server = ZooKeeperServer::start().expect("start ZooKeeper");
     let ttl = Duration::from_secs(12);
-    let config = common::config(&server.connect_string(), &common::unique_scope("rewatch"))
-        .with_session_timeout(ttl);
-    let watcher = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
+    let (server, config) = own_server("rewatch", ttl);
+    let watcher = common::connect(&config).await;
     let revision = watcher.read_view().await.expect("read").revision;
     server.restart().expect("restart ZooKeeper");
     let writer = ZooKeeperDcs::connect(config).await.expect("connect writer");
@@ -383,12 +363,8 @@ async fn a_watch_sees_changes_across_a_reconnection() {
     })
     .await;
     assert_eq!(outcome, WatchOutcome::Changed);
-    assert!(watcher
-        .read_view()
-        .await
-        .expect("read")
-        .members
-        .contains_key("late"));
+    let view = watcher.read_view().await.expect("read");
+    assert!(view.members.contains_key("late"), "{:?}", view.members);
 }
 
 // ------------------------------------------------------------ the ensemble
@@ -533,15 +509,10 @@ async fn a_three_server_ensemble_survives_the_loss_of_its_leader() {
     )
     .with_session_timeout(ttl)
     .with_retry_timeout(Duration::from_secs(4));
-    let holder = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
-    let watcher = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
+    let holder = common::connect(&config).await;
+    let watcher = common::connect(&config).await;
     let a = name("holder");
-    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    publish(&holder, "holder", ttl).await;
+    lead(&holder, "holder", ttl).await;
     let session = holder.session_id().await.expect("session");
     let revision = watcher.read_view().await.expect("read").revision;
 

@@ -30,9 +30,7 @@ async fn unchanged_member_records_are_not_rewritten_and_stay_alive() {
     let server = common::shared_server();
     let scope = common::unique_scope("idle");
     let config = common::config(&server.connect_string(), &scope);
-    let client = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
+    let client = common::connect(&config).await;
     let observer = ZooKeeperDcs::connect(config).await.expect("connect");
     let mut record = member("idle");
     client

@@ -36,12 +36,8 @@ async fn the_session_follows_the_ttl_and_reports_the_negotiated_timeout() {
     let scope = common::unique_scope("follow-ttl");
     let config = common::config(&server.connect_string(), &scope)
         .with_session_timeout(Duration::from_secs(2));
-    let holder = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
-    let observer = ZooKeeperDcs::connect(config.clone())
-        .await
-        .expect("connect");
+    let holder = common::connect(&config).await;
+    let observer = common::connect(&config).await;
     let me = name("holder");
     let member = Member::new(me.clone(), "postgres://h:5432/postgres", "http://h:8008");
 
@@ -120,11 +116,7 @@ async fn the_session_follows_the_ttl_and_reports_the_negotiated_timeout() {
         "the lock or the member record was missing during a session change"
     );
     // The old sessions are closed: nothing of theirs is left.
-    let other = ZooKeeperDcs::connect(config).await.expect("connect");
-    assert!(!other
-        .acquire_leader(&name("other"), three)
-        .await
-        .expect("acquire"));
+    common::locked_out_newcomer(&config, three).await;
     holder.renew_leader(&me, three).await.expect("still held");
 }
 

@@ -1,9 +1,10 @@
 //! Callbacks like Patroni's, and the [`Postgres`] wrapper that runs them
 //! around the engine's PostgreSQL operations.
 //!
-//! - `on_start`, `on_stop`, `on_role_change` are asynchronous: spawned, not
-//!   waited for; each is called as `<cmd> <action> <role> <scope>` (Patroni's
-//!   arguments), e.g. `on_role_change on_role_change primary pg-main`.
+//! - `on_start`, `on_stop`, `on_role_change`, `on_restart`, `on_reload` are
+//!   asynchronous: spawned, not waited for; each is called as
+//!   `<cmd> <action> <role> <scope>` (Patroni's arguments), e.g.
+//!   `on_role_change on_role_change primary pg-main`.
 //! - `pre_promote` is synchronous: it runs (with the same arguments, action
 //!   `pre_promote`, role `primary`) before a promotion, and a non-zero exit
 //!   (or no exit within [`PRE_PROMOTE_TIMEOUT`]) cancels it: the wrapped
@@ -11,11 +12,17 @@
 //!
 //! `on_role_change` is driven by the engine's status (see
 //! [`watch_role_changes`]); `on_start`/`on_stop` by the wrapper.
+//! `on_restart` replaces both around a restart the agent performs (as
+//! Patroni's): the REST API marks the restart with
+//! [`Callbacks::restart_in_progress`], and the wrapper calls `on_restart`
+//! once PostgreSQL has started again. `on_reload` follows every reload of
+//! PostgreSQL's configuration the agent makes ([`Callbacks::reloaded`]).
 //!
 //! Callbacks run with the agent's environment minus its secrets (passwords,
 //! tokens, secret keys: see [`is_secret_variable`]).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,11 +43,42 @@ pub(crate) const PRE_PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an asynchronous callback may run before it is killed.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The configured callback commands.
+/// The configured callback commands, and what their clones (the engine's
+/// wrapper, the REST API, the parameter applier) share.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Callbacks {
     config: CallbacksConfig,
     scope: String,
+    shared: Arc<SharedState>,
+}
+
+/// The state the callbacks' arguments and choice depend on.
+#[derive(Debug)]
+struct SharedState {
+    /// The role PostgreSQL last started or was promoted in.
+    role: Mutex<&'static str>,
+    /// A restart the agent performs is under way: its stop and start call
+    /// `on_restart` in place of `on_stop` and `on_start`.
+    restarting: AtomicBool,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        SharedState {
+            role: Mutex::new("replica"),
+            restarting: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Marks a restart the agent performs while it lives (see
+/// [`Callbacks::restart_in_progress`]).
+pub(crate) struct RestartInProgress(Arc<SharedState>);
+
+impl Drop for RestartInProgress {
+    fn drop(&mut self) {
+        self.0.restarting.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Callbacks {
@@ -49,6 +87,7 @@ impl Callbacks {
         Callbacks {
             config,
             scope: scope.into(),
+            shared: Arc::default(),
         }
     }
 
@@ -57,9 +96,39 @@ impl Callbacks {
             "on_start" => self.config.on_start.as_ref(),
             "on_stop" => self.config.on_stop.as_ref(),
             "on_role_change" => self.config.on_role_change.as_ref(),
+            "on_restart" => self.config.on_restart.as_ref(),
+            "on_reload" => self.config.on_reload.as_ref(),
             "pre_promote" => self.config.pre_promote.as_ref(),
             _ => None,
         }
+    }
+
+    fn set_role(&self, role: &'static str) {
+        if let Ok(mut guard) = self.shared.role.lock() {
+            *guard = role;
+        }
+    }
+
+    fn role(&self) -> &'static str {
+        self.shared.role.lock().map_or("replica", |g| *g)
+    }
+
+    /// Marks the restart the caller is about to have the engine perform,
+    /// until the returned guard drops: its stop calls no `on_stop`, its
+    /// start calls `on_restart` in place of `on_start` (Patroni's order).
+    pub(crate) fn restart_in_progress(&self) -> RestartInProgress {
+        self.shared.restarting.store(true, Ordering::SeqCst);
+        RestartInProgress(Arc::clone(&self.shared))
+    }
+
+    fn restarting(&self) -> bool {
+        self.shared.restarting.load(Ordering::SeqCst)
+    }
+
+    /// The agent has just reloaded PostgreSQL's configuration: calls
+    /// `on_reload` with the role PostgreSQL runs in.
+    pub(crate) fn reloaded(&self) {
+        self.fire("on_reload", self.role());
     }
 
     /// Spawns the `action` callback (if configured) without waiting for it.
@@ -173,7 +242,6 @@ pub(crate) struct HookedPostgres {
     inner: Arc<PgController>,
     callbacks: Callbacks,
     ops: Arc<tokio::sync::Mutex<()>>,
-    role: Mutex<&'static str>,
 }
 
 impl HookedPostgres {
@@ -187,18 +255,15 @@ impl HookedPostgres {
             inner,
             callbacks,
             ops,
-            role: Mutex::new("replica"),
         }
     }
 
     fn set_role(&self, role: &'static str) {
-        if let Ok(mut guard) = self.role.lock() {
-            *guard = role;
-        }
+        self.callbacks.set_role(role);
     }
 
     fn role(&self) -> &'static str {
-        self.role.lock().map_or("replica", |g| *g)
+        self.callbacks.role()
     }
 
     async fn run_pre_promote(&self) -> Result<(), PostgresError> {
@@ -283,7 +348,12 @@ impl Postgres for HookedPostgres {
         };
         self.set_role(role);
         if !was_running {
-            self.callbacks.fire("on_start", role);
+            let action = if self.callbacks.restarting() {
+                "on_restart"
+            } else {
+                "on_start"
+            };
+            self.callbacks.fire(action, role);
         }
         Ok(())
     }
@@ -297,7 +367,7 @@ impl Postgres for HookedPostgres {
             .ok()
             .is_some_and(|s| s.role().is_some());
         self.inner.stop(mode).await?;
-        if was_running {
+        if was_running && !self.callbacks.restarting() {
             self.callbacks.fire("on_stop", self.role());
         }
         Ok(())

@@ -408,6 +408,7 @@ async fn run_node(
         parameters: Arc::clone(&parameter_status),
         restart: Some(restart),
         scheduled_restart: Arc::clone(&member_extras.schedule),
+        callbacks: callbacks.clone(),
     });
     member_extras.attach(&state);
     let current = tracing::Span::current();
@@ -423,6 +424,7 @@ async fn run_node(
             Arc::clone(&pg),
             Arc::clone(&state.ops),
             parameter_status,
+            callbacks.clone(),
         )
         .instrument(current.clone()),
     );
@@ -558,11 +560,15 @@ fn apply_auth_lines(
         Ok(false) => {}
         Ok(true) => {
             let (pg, ops) = (Arc::clone(pg), Arc::clone(&state.ops));
+            let callbacks = state.callbacks.clone();
             tokio::spawn(
                 async move {
                     let _guard = ops.lock().await;
                     match pg.reload().await {
-                        Ok(()) => info!("postgresql.pg_hba/pg_ident changed: written and reloaded"),
+                        Ok(()) => {
+                            info!("postgresql.pg_hba/pg_ident changed: written and reloaded");
+                            callbacks.reloaded();
+                        }
                         Err(error) => warn!(%error, "postgresql.pg_hba/pg_ident changed but the reload failed; they apply at the next start"),
                     }
                 }

@@ -23,6 +23,8 @@ use matriarch_postgres::{PgController, PostgresError};
 use tokio::sync::{watch, Mutex};
 use tracing::{error, info, warn};
 
+use crate::hooks::Callbacks;
+
 /// PostgreSQL parameters by name.
 pub(crate) type Parameters = BTreeMap<String, ParameterValue>;
 
@@ -69,6 +71,7 @@ pub(crate) async fn apply_dynamic_parameters(
     pg: Arc<PgController>,
     ops: Arc<Mutex<()>>,
     shared: Arc<ParameterStatus>,
+    callbacks: Callbacks,
 ) {
     let mut refused: Option<Parameters> = None;
     // The cluster's pg_hba/pg_ident lines last seen (applied or refused).
@@ -76,7 +79,7 @@ pub(crate) async fn apply_dynamic_parameters(
     loop {
         let auth = cluster_auth(&status);
         if seen_auth.as_ref() != Some(&auth) {
-            apply_cluster_auth(&pg, &ops, &auth).await;
+            apply_cluster_auth(&pg, &ops, &auth, &callbacks).await;
             seen_auth = Some(auth);
         }
         let wanted = effective(
@@ -91,7 +94,8 @@ pub(crate) async fn apply_dynamic_parameters(
                     let _guard = ops.lock().await;
                     match pg.reload().await {
                         Ok(()) => {
-                            info!(parameters = %names.join(","), "PostgreSQL parameters changed: reloaded")
+                            info!(parameters = %names.join(","), "PostgreSQL parameters changed: reloaded");
+                            callbacks.reloaded();
                         }
                         // Written to the managed file all the same: the
                         // next start picks them up.
@@ -148,7 +152,12 @@ fn cluster_auth(status: &StatusHandle) -> AuthLines {
 
 /// Hands the cluster's `pg_hba`/`pg_ident` lines to `pg` and reloads when
 /// that changes a file (the node's own lines win, file by file).
-async fn apply_cluster_auth(pg: &PgController, ops: &Mutex<()>, auth: &AuthLines) {
+async fn apply_cluster_auth(
+    pg: &PgController,
+    ops: &Mutex<()>,
+    auth: &AuthLines,
+    callbacks: &Callbacks,
+) {
     let (pg_hba, pg_ident) = match auth {
         Ok(lines) => lines.clone(),
         Err(error) => {
@@ -162,7 +171,8 @@ async fn apply_cluster_auth(pg: &PgController, ops: &Mutex<()>, auth: &AuthLines
             let _guard = ops.lock().await;
             match pg.reload().await {
                 Ok(()) => {
-                    info!("the cluster's postgresql.pg_hba/pg_ident changed: written and reloaded")
+                    info!("the cluster's postgresql.pg_hba/pg_ident changed: written and reloaded");
+                    callbacks.reloaded();
                 }
                 Err(error) => {
                     warn!(%error, "the cluster's pg_hba/pg_ident changed but the reload failed; they apply at the next start")

@@ -53,8 +53,8 @@ pub(crate) async fn build(
     if let Some(elb) = &config.router.elb {
         let mut cfg = matriarch_elb::ElbRouterConfig::new(elb.writer_target_group_arn.clone());
         cfg.reader_target_group_arn = elb.reader_target_group_arn.clone();
-        cfg.region = elb.region.clone();
-        cfg.endpoint_url = elb.endpoint_url.clone();
+        cfg.aws.region = elb.region.clone();
+        cfg.aws.endpoint_url = elb.endpoint_url.clone();
         cfg.availability_zone = elb.availability_zone.clone();
         let router = matriarch_elb::ElbRouter::new(cfg)
             .await

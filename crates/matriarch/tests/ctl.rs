@@ -843,3 +843,105 @@ fn real_daemon_switchover_by_ctl() {
     };
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
 }
+
+/// A member record as Patroni writes it under `/service/demo/members/NAME`.
+fn member_record(role: &str, state: &str, pg_port: u16, api_port: u16, lsn: u64) -> String {
+    json!({
+        "conn_url": format!("postgres://127.0.0.1:{pg_port}/postgres"),
+        "api_url": format!("http://127.0.0.1:{api_port}/patroni"),
+        "state": state, "role": role, "version": "4.1.0",
+        "xlog_location": lsn, "timeline": 3,
+    })
+    .to_string()
+}
+
+/// With no member's REST API answering, `list` and `topology` show the
+/// cluster from the DCS the node's configuration names (members from their
+/// records, the leader from the leader key) and say that no API answered.
+#[test]
+fn list_and_topology_read_the_dcs_when_no_api_answers() {
+    let etcd = matriarch_testkit::EtcdServer::start().expect("etcd");
+    let url = etcd.client_url();
+    // Nothing listens on these ports.
+    let dead = |_| matriarch_testkit::free_port().expect("port");
+    let (api1, api2, api3) = (dead(1), dead(2), dead(3));
+    let put =
+        |key: &str, value: &str| common::etcd_put(&url, &format!("/service/demo/{key}"), value);
+    put(
+        "members/pg1",
+        &member_record("primary", "running", 5432, api1, 50_331_648),
+    );
+    put(
+        "members/pg2",
+        &member_record("replica", "running", 5433, api2, 48_234_496),
+    );
+    put(
+        "members/pg3",
+        &member_record("replica", "stopped", 5434, api3, 0),
+    );
+    put("leader", "pg1");
+    put("config", r#"{"ttl": 30, "loop_wait": 10, "pause": true}"#);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("node.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "scope: demo\nname: pg1\nrestapi:\n  listen: 127.0.0.1:{api1}\n  authentication:\n    username: admin\n    password: s3cret\netcd3:\n  hosts: {hosts}\npostgresql:\n  listen: 127.0.0.1:5432\n  data_dir: {data}\n  authentication:\n    superuser: {{username: postgres, password: pg}}\n    replication: {{username: replicator, password: repl}}\n",
+            hosts = url.trim_start_matches("http://"),
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .expect("write node.yaml");
+    let config = file.to_string_lossy().into_owned();
+
+    let out = ctl(&["list", "demo", "--config", &config]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let table = stdout(&out);
+    for row in ["| pg1 ", "| pg2 ", "| pg3 "] {
+        assert!(table.contains(row), "{row} in\n{table}");
+    }
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!("| {name} ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(row("pg1").contains("Leader"), "{table}");
+    assert!(row("pg1").contains("127.0.0.1:5432"), "{table}");
+    assert!(row("pg2").contains("Replica"), "{table}");
+    // 2 MiB behind the leader's position.
+    assert!(row("pg2").contains(" 2 |"), "{table}");
+    assert!(row("pg3").contains("stopped"), "{table}");
+    assert!(table.contains("Cluster: demo"), "{table}");
+    assert!(table.contains("Maintenance mode: on"), "{table}");
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("no member's REST API answered") && said.contains("from the DCS"),
+        "{said}"
+    );
+
+    let out = ctl(&["topology", "demo", "--config", &config]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("| + pg2 "), "{}", stdout(&out));
+
+    let out = ctl(&["list", "--format", "json", "--config", &config]);
+    let rows: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
+    assert!(stderr(&out).contains("no member's REST API answered"));
+
+    // Another cluster's name is still refused.
+    let out = ctl(&["list", "other", "--config", &config]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(stderr(&out).contains("not other"), "{}", stderr(&out));
+
+    // Without a DCS to read, the APIs' failure is the answer.
+    let out = ctl(&["list", "--api", &format!("http://127.0.0.1:{api1}")]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("no REST API answered"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -108,6 +108,7 @@ postgresql:
     on_stop: {script}
     on_role_change: {script}
     on_restart: {script}
+    on_reload: {script}
   pre_promote: {script}
   before_stop: {script}
   create_replica_methods:
@@ -187,7 +188,9 @@ fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
     );
     assert_eq!(yaml["log"]["format"].as_str(), Some("json"));
     assert_eq!(yaml["log"]["level"].as_str(), Some("warn"));
-    assert!(yaml["callbacks"]["pre_promote"].as_str().is_some());
+    for callback in ["pre_promote", "on_restart", "on_reload"] {
+        assert!(yaml["callbacks"][callback].as_str().is_some(), "{callback}");
+    }
     let initdb: Vec<&str> = yaml["bootstrap"]["initdb"]
         .as_sequence()
         .unwrap()
@@ -240,7 +243,8 @@ fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
         "postgresql.parameters.unix_socket_directories -> postgresql.socket_dir",
         "postgresql.parameters.port: dropped",
         "postgresql.callbacks.on_start -> callbacks.on_start",
-        "postgresql.callbacks.on_restart: dropped",
+        "postgresql.callbacks.on_restart -> callbacks.on_restart",
+        "postgresql.callbacks.on_reload -> callbacks.on_reload",
         "postgresql.pre_promote -> callbacks.pre_promote",
         "postgresql.before_stop: dropped",
         "postgresql.create_replica_methods: dropped",

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
+use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options, RecordedCallbacks};
 
 #[test]
 fn bootstrap_and_replicate() {
@@ -195,29 +195,13 @@ fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
 #[test]
 fn switchover_by_rest_api_with_callbacks() {
     let _serial = serial();
-    let script_dir = tempfile::tempdir().unwrap();
-    let script = script_dir.path().join("callback.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {}/calls-$MATRIARCH_TEST_NODE\n",
-            script_dir.path().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let recorded = RecordedCallbacks::new();
     let options = Options {
-        extra: format!(
-            "callbacks:\n  on_start: {0}\n  on_stop: {0}\n  on_role_change: {0}\n",
-            script.display()
-        ),
+        extra: recorded.yaml(&["on_start", "on_stop", "on_role_change"]),
         ..Options::default()
     };
     let mut cluster = Cluster::configure_on_etcd(3, options);
-    for node in &mut cluster.nodes {
-        let name = node.name.clone();
-        node.start(&[("MATRIARCH_TEST_NODE", &name)]);
-    }
+    cluster.start_each_named();
     let old = cluster.wait_healthy(2, Duration::from_secs(60));
     let candidate = (old + 1) % 3;
     let response = cluster.switchover((old + 2) % 3, old, candidate);
@@ -246,14 +230,7 @@ fn switchover_by_rest_api_with_callbacks() {
     .unwrap();
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
     // Callbacks: asynchronous, with `<action> <role> <scope>`.
-    let calls = |i: usize| {
-        std::fs::read_to_string(
-            script_dir
-                .path()
-                .join(format!("calls-{}", cluster.nodes[i].name)),
-        )
-        .unwrap_or_default()
-    };
+    let calls = |i: usize| recorded.calls(&cluster.nodes[i].name).join("\n");
     let got = wait_for(Duration::from_secs(10), || {
         (calls(candidate).contains("on_role_change primary e2e")
             && calls(old).contains("on_role_change replica e2e"))

@@ -176,7 +176,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use matriarch_router::conformance::{Harness, Served};
+    use matriarch_router::conformance::{self, Harness, Served};
 
     use super::*;
 
@@ -215,11 +215,7 @@ mod tests {
         }
 
         fn endpoints(&self) -> [Endpoint; 3] {
-            ["db1", "db2", "db3"].map(|name| Endpoint {
-                member: MemberName::new(name).expect("member name"),
-                host: format!("10.0.0.1{}", &name[2..]),
-                port: 5432,
-            })
+            conformance::endpoints(["10.0.0.11", "10.0.0.12", "10.0.0.13"])
         }
 
         async fn served(&self) -> Served {

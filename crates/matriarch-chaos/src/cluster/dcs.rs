@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use matriarch_testkit::cluster::DcsHosts;
+use matriarch_testkit::{zookeeper_args, EtcdMemberArgs, ZOOKEEPER_LOG4J};
 use serde_json::Value;
 
 use super::{etcd_ip, Cluster, ClusterSpec, EtcdMember, Proc, NODES};
@@ -72,28 +73,18 @@ fn start_etcd(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<Etcd
     for i in 0..NODES {
         let name = format!("e{}", i + 1);
         let ip = etcd_ip(i);
-        let dir = data.join(format!("etcd-{name}"));
-        let argv: Vec<OsString> = vec![
-            ETCD.into(),
-            "--name".into(),
-            name.clone().into(),
-            "--data-dir".into(),
-            dir.into(),
-            "--listen-client-urls".into(),
-            format!("http://{ip}:2379").into(),
-            "--advertise-client-urls".into(),
-            format!("http://{ip}:2379").into(),
-            "--listen-peer-urls".into(),
-            format!("http://{ip}:2380").into(),
-            "--initial-advertise-peer-urls".into(),
-            format!("http://{ip}:2380").into(),
-            "--initial-cluster".into(),
-            initial.clone().into(),
-            "--initial-cluster-state".into(),
-            "new".into(),
-            "--initial-cluster-token".into(),
-            lab.prefix().trim_end_matches('-').into(),
-        ];
+        let mut argv: Vec<OsString> = vec![ETCD.into()];
+        argv.extend(
+            EtcdMemberArgs {
+                name: &name,
+                data_dir: &data.join(format!("etcd-{name}")),
+                client_url: &format!("http://{ip}:2379"),
+                peer_url: &format!("http://{ip}:2380"),
+                initial_cluster: &initial,
+                token: lab.prefix().trim_end_matches('-'),
+            }
+            .to_args(),
+        );
         let mut proc = Proc::in_namespace(
             &lab.ns(&name),
             argv,
@@ -119,33 +110,16 @@ fn start_zookeeper(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec
         write(&data_dir.join("myid"), &format!("{}\n", i + 1))?;
         let cfg = dir.join("zoo.cfg");
         write(&cfg, &zk::config(i + 1, &ips, &data_dir))?;
-        write(
-            &dir.join("log4j.properties"),
-            "log4j.rootLogger=INFO, CONSOLE\n\
-             log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
-             log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
-             log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} - %-5p [%t] - %m%n\n",
-        )?;
-        let argv: Vec<OsString> = vec![
-            zk::JAVA.into(),
-            "-Xmx256m".into(),
-            "-XX:+UseSerialGC".into(),
-            "-XX:TieredStopAtLevel=1".into(),
-            format!("-Dzookeeper.log.dir={}", dir.display()).into(),
-            "-Dzookeeper.root.logger=INFO,CONSOLE".into(),
-            "-Dzookeeper.admin.enableServer=false".into(),
-            "-cp".into(),
-            // log4j and its SLF4J binding, so that the servers' own logs say
-            // what the ensemble did (without them SLF4J falls back to no-op).
-            format!(
-                "{}:{}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
-                dir.display(),
-                zk::JAR
-            )
-            .into(),
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-            cfg.into(),
-        ];
+        write(&dir.join("log4j.properties"), ZOOKEEPER_LOG4J)?;
+        // log4j and its SLF4J binding, so that the servers' own logs say what
+        // the ensemble did (without them SLF4J falls back to no-op).
+        let classpath = format!(
+            "{}:{}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
+            dir.display(),
+            zk::JAR
+        );
+        let mut argv: Vec<OsString> = vec![zk::JAVA.into()];
+        argv.extend(zookeeper_args(&dir, &classpath, &cfg));
         let mut proc = Proc::in_namespace(
             &lab.ns(&name),
             argv,
@@ -245,10 +219,7 @@ impl Cluster<'_> {
                     .etcdctl_command("2s")
                     .args(["get", key, "-w", "json"])
                     .output()
-                    .map_err(|source| ChaosError::Spawn {
-                        command: format!("etcdctl get {key}"),
-                        source,
-                    })?;
+                    .map_err(|source| ChaosError::spawn(&format!("etcdctl get {key}"), source))?;
                 if !out.status.success() {
                     return Err(ChaosError::Client(format!(
                         "etcdctl get {key}: {}",

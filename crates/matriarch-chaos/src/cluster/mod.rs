@@ -4,6 +4,12 @@
 //! Every method here runs from the client namespace (see [`crate::run`]): the REST
 //! APIs, PostgreSQL, etcd and BIND are reached over the bridge, as the client
 //! reaches them. Programs are started with `ip netns exec <namespace>`.
+//!
+//! The nodes come from the test kit's cluster harness, as the demo's and the
+//! benchmarks' do: [`AgentConfig`] writes each node's YAML, [`Supervised::agent`]
+//! makes its agent, [`RestApi`] and [`only_primary`] ask its REST API, and etcd's
+//! and ZooKeeper's command lines are the test kit's too. What is this run's own
+//! is the namespace layout with its fixed addresses and the health check.
 
 mod dcs;
 
@@ -14,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use matriarch_testkit::cluster::{
-    keep_server_log, node_dirs, node_log_tails, preflight, tail, AgentConfig, Credentials,
-    DnsRoute, NodeDir, RestApi, Supervised, Timing,
+    keep_server_log, node_dirs, node_log_tails, only_primary, preflight, tail, AgentConfig,
+    Credentials, DnsRoute, NodeDir, RestApi, Supervised, Timing,
 };
 use matriarch_testkit::dns::resolve_a;
 use matriarch_testkit::{bin_dir, named_args, random_tsig_secret, BindConfig, BIND_TSIG_ALGORITHM};
@@ -34,14 +40,6 @@ pub const SCOPE: &str = "chaos";
 pub const ZONE: &str = "chaos.test";
 /// The name that points at the primary.
 pub const WRITER: &str = "primary.chaos.test";
-/// The REST API user.
-pub const API_USER: &str = "admin";
-/// The REST API password.
-pub const API_PASSWORD: &str = "chaos-api";
-/// The PostgreSQL superuser.
-pub const PG_USER: &str = "postgres";
-/// Its password.
-pub const PG_PASSWORD: &str = "chaos-pg";
 /// PostgreSQL's port (on every node's own address).
 pub const PG_PORT: u16 = 5432;
 /// The REST API's port.
@@ -146,15 +144,43 @@ impl Node {
         self.dir.postmaster_pid()
     }
 
-    /// `GET path` on its REST API: status (0 when it does not answer) and body.
-    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        self.rest.get(path)
-    }
-
     /// `GET path` as JSON when it answers 200.
     pub fn get_json(&self, path: &str) -> Option<Value> {
         self.rest.get_json(path)
     }
+
+    /// The standbys its `/patroni` lists under `replication` (as a primary;
+    /// `None` when it does not answer).
+    pub fn standbys(&self) -> Option<Vec<Standby>> {
+        standbys_of(&self.get_json("/patroni")?)
+    }
+}
+
+/// One standby as a primary's `/patroni` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standby {
+    /// Its `application_name` (the member name).
+    pub name: String,
+    /// Its `state` is `streaming`.
+    pub streaming: bool,
+    /// Its `sync_state` is `sync` or `quorum`: commits wait for it.
+    pub synchronous: bool,
+}
+
+/// The `replication` list of a `/patroni` answer.
+fn standbys_of(patroni: &Value) -> Option<Vec<Standby>> {
+    let text = |r: &Value, key: &str| r.get(key).and_then(Value::as_str).map(str::to_owned);
+    let standbys = patroni
+        .get("replication")?
+        .as_array()?
+        .iter()
+        .map(|r| Standby {
+            name: text(r, "application_name").unwrap_or_default(),
+            streaming: text(r, "state").as_deref() == Some("streaming"),
+            synchronous: matches!(text(r, "sync_state").as_deref(), Some("sync" | "quorum")),
+        })
+        .collect();
+    Some(standbys)
 }
 
 /// One etcd member.
@@ -182,8 +208,6 @@ pub struct Cluster<'lab> {
     pub logs: PathBuf,
     /// The synchronous mode of the run.
     pub mode: Mode,
-    /// The lock's ttl in seconds.
-    pub ttl: u64,
     /// The DCS the agents use: [`Cluster::etcd`] holds its three servers
     /// (etcd members or ZooKeeper servers, same namespaces and addresses).
     pub dcs: Dcs,
@@ -271,7 +295,6 @@ impl<'lab> Cluster<'lab> {
             named,
             logs: spec.logs.to_path_buf(),
             mode: spec.mode,
-            ttl: spec.timing.0,
             dcs: spec.dcs,
             zk,
             data: None,
@@ -279,24 +302,15 @@ impl<'lab> Cluster<'lab> {
         for (i, (name, dir)) in names.into_iter().zip(dirs).enumerate() {
             let short = format!("n{}", i + 1);
             let ip = node_ip(i);
-            let config = spec.logs.join(format!("{name}.yaml"));
-            agent_config(&name, ip, &dir, spec, &secret).write(&config)?;
-            let agent = Proc::in_namespace(
-                &lab.ns(&short),
-                vec![
-                    spec.matriarch.as_os_str().to_owned(),
-                    "run".into(),
-                    "--config".into(),
-                    config.into_os_string(),
-                ],
-                spec.logs.join(format!("{name}.log")),
+            let config = agent_config(&name, ip, &dir, spec, &secret);
+            let rest = RestApi::new(
+                config.api_listen,
+                &config.credentials,
+                Duration::from_millis(700),
             );
-            let rest = RestApi {
-                base: format!("http://{ip}:{API_PORT}"),
-                user: API_USER.into(),
-                password: API_PASSWORD.into(),
-                get_timeout: Duration::from_millis(700),
-            };
+            let namespace = lab.ns(&short);
+            let (_, agent) =
+                Supervised::agent(spec.matriarch, &config, spec.logs, Some(&namespace))?;
             cluster.nodes.push(Node {
                 name,
                 short,
@@ -345,34 +359,17 @@ impl<'lab> Cluster<'lab> {
     /// synchronous modes, one as synchronous), the writer's name points at the
     /// primary, and etcd has a leader all three members agree on. The primary.
     pub fn healthy(&mut self) -> Option<usize> {
-        let primaries: Vec<usize> = (0..NODES)
-            .filter(|i| self.nodes[*i].get("/primary").0 == 200)
-            .collect();
-        let [primary] = primaries[..] else {
-            return None;
-        };
+        let primary = self.primary()?;
         for (i, node) in self.nodes.iter().enumerate() {
-            if i != primary && node.get("/replica").0 != 200 {
+            if i != primary && !node.rest.is_replica() {
                 return None;
             }
         }
-        let patroni = self.nodes[primary].get_json("/patroni")?;
-        let replication = patroni.get("replication")?.as_array()?;
-        let streaming = replication
-            .iter()
-            .filter(|r| r.get("state").and_then(Value::as_str) == Some("streaming"))
-            .count();
-        if streaming < NODES - 1 {
+        let standbys = self.nodes[primary].standbys()?;
+        if standbys.iter().filter(|s| s.streaming).count() < NODES - 1 {
             return None;
         }
-        if self.mode != Mode::Asynchronous
-            && !replication.iter().any(|r| {
-                matches!(
-                    r.get("sync_state").and_then(Value::as_str),
-                    Some("sync" | "quorum")
-                )
-            })
-        {
+        if self.mode.is_synchronous() && !standbys.iter().any(|s| s.synchronous) {
             return None;
         }
         if self.writer_addrs()? != vec![self.nodes[primary].ip] {
@@ -411,13 +408,7 @@ impl<'lab> Cluster<'lab> {
 
     /// The primary as the REST APIs report it (exactly one `/primary`).
     pub fn primary(&self) -> Option<usize> {
-        let primaries: Vec<usize> = (0..NODES)
-            .filter(|i| self.nodes[*i].get("/primary").0 == 200)
-            .collect();
-        match primaries[..] {
-            [one] => Some(one),
-            _ => None,
-        }
+        only_primary(self.nodes.iter().map(|n| &n.rest))
     }
 
     /// The last `lines` lines of every agent's, PostgreSQL's, etcd's and BIND's log.
@@ -522,15 +513,10 @@ fn agent_config(
     }
 }
 
-/// The REST API's and PostgreSQL's users and passwords.
-fn credentials() -> Credentials {
-    Credentials {
-        api_user: API_USER.into(),
-        api_password: API_PASSWORD.into(),
-        pg_user: PG_USER.into(),
-        pg_password: PG_PASSWORD.into(),
-        replication_password: "chaos-replication".into(),
-    }
+/// The REST API's and PostgreSQL's users and passwords: `admin` /
+/// `chaos-api`, `postgres` / `chaos-pg`, `replicator` / `chaos-replication`.
+pub fn credentials() -> Credentials {
+    Credentials::with_prefix(SCOPE)
 }
 
 #[cfg(test)]
@@ -538,13 +524,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_and_hosts() {
-        assert_eq!(node_ip(0), Ipv4Addr::new(127, 1, 0, 11));
-        assert_eq!(etcd_ip(2), Ipv4Addr::new(127, 1, 0, 23));
+    fn every_host_has_its_address_on_the_bridge() {
+        let addresses: Vec<(String, Ipv4Addr)> =
+            hosts().into_iter().map(|h| (h.short, h.ip)).collect();
+        let expected: Vec<(String, Ipv4Addr)> = [
+            ("n1", 11),
+            ("n2", 12),
+            ("n3", 13),
+            ("e1", 21),
+            ("e2", 22),
+            ("e3", 23),
+            ("dns", 30),
+            (CLIENT, 40),
+        ]
+        .map(|(short, last)| (short.to_owned(), Ipv4Addr::new(127, 1, 0, last)))
+        .to_vec();
+        assert_eq!(addresses, expected);
         assert_eq!(node_at(node_ip(1)), Some(1));
         assert_eq!(node_at(DNS_IP), None);
-        let hosts = hosts();
-        assert_eq!(hosts.len(), 8);
-        assert!(hosts.iter().any(|h| h.short == CLIENT && h.ip == CLIENT_IP));
+    }
+
+    #[test]
+    fn standbys_are_read_from_the_patroni_replication_list() {
+        let patroni = serde_json::json!({"replication": [
+            {"application_name": "node2", "state": "streaming", "sync_state": "sync"},
+            {"application_name": "node3", "state": "streaming", "sync_state": "async"},
+            {"application_name": "node1", "state": "startup", "sync_state": "quorum"},
+        ]});
+        let standby = |name: &str, streaming, synchronous| Standby {
+            name: name.into(),
+            streaming,
+            synchronous,
+        };
+        assert_eq!(
+            standbys_of(&patroni),
+            Some(vec![
+                standby("node2", true, true),
+                standby("node3", true, false),
+                standby("node1", false, true),
+            ])
+        );
+        assert_eq!(standbys_of(&serde_json::json!({"state": "running"})), None);
     }
 }

@@ -53,7 +53,6 @@ pub(super) fn malformed_keys(
     fault: &PlannedFault,
     primary: usize,
 ) -> Result<Injected> {
-    let hold = Duration::from_millis(fault.hold_ms);
     let mut rng = Rng::new(fault.variant);
     let member = (fault.variant % NODES as u64) as usize;
     let other = resolve_target(Target::Replica(0), primary);
@@ -91,12 +90,12 @@ pub(super) fn malformed_keys(
         values.push(value);
     }
     // The primary must stay the primary all along.
-    let until = std::time::Instant::now() + hold;
+    let until = std::time::Instant::now() + fault.hold();
     let mut lost_primary = None;
     while std::time::Instant::now() < until {
         sys::sleep(Duration::from_millis(250))?;
         let others: Vec<usize> = (0..NODES)
-            .filter(|i| *i != primary && cluster.nodes[*i].get("/primary").0 == 200)
+            .filter(|i| *i != primary && cluster.nodes[*i].rest.is_primary())
             .collect();
         if lost_primary.is_none() && !others.is_empty() {
             lost_primary = Some(format!(
@@ -148,8 +147,9 @@ pub(super) fn malformed_keys(
         return Err(ChaosError::Client(problems.join("; ")));
     }
     Ok(Injected::new(Some(member), at_us, format!(
-            "garbage in {} for {hold:?} (still in place at the end: {}); config written back, the rest deleted; {} kept the primary, every agent alive",
+            "garbage in {} for {:?} (still in place at the end: {}); config written back, the rest deleted; {} kept the primary, every agent alive",
             written.join(", "),
+            fault.hold(),
             if kept.is_empty() { "none".to_owned() } else { kept.join(", ") },
             leader_name
         )))

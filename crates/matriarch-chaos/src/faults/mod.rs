@@ -164,6 +164,13 @@ pub struct PlannedFault {
     pub variant: u64,
 }
 
+impl PlannedFault {
+    /// How long the fault lasts before it is healed.
+    pub fn hold(&self) -> Duration {
+        Duration::from_millis(self.hold_ms)
+    }
+}
+
 /// The faults of a run: a seeded shuffle of every kind of `only` (all kinds
 /// when empty) first (cut to `count`), then kinds drawn at random from it. Hold
 /// times are drawn around the ttl (`ttl_ms`).
@@ -310,7 +317,7 @@ pub fn run_fault(
     primary: usize,
     timing: (u64, u64, u64),
 ) -> Result<Injected> {
-    let hold = Duration::from_millis(fault.hold_ms);
+    let hold = fault.hold();
     let lab = cluster.lab;
     match fault.kind {
         FaultKind::NodeKill => {

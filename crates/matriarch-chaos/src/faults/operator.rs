@@ -43,25 +43,12 @@ fn post_switchover(
 
 /// The nodes the primary's `/patroni` lists as synchronous (or quorum) standbys.
 fn synchronous_standbys(cluster: &Cluster<'_>, primary: usize) -> Vec<usize> {
-    let Some(patroni) = cluster.nodes[primary].get_json("/patroni") else {
-        return Vec::new();
-    };
-    let Some(replication) = patroni.get("replication").and_then(|r| r.as_array()) else {
-        return Vec::new();
-    };
-    replication
+    cluster.nodes[primary]
+        .standbys()
+        .unwrap_or_default()
         .iter()
-        .filter(|r| {
-            matches!(
-                r.get("sync_state").and_then(serde_json::Value::as_str),
-                Some("sync" | "quorum")
-            )
-        })
-        .filter_map(|r| {
-            r.get("application_name")
-                .and_then(serde_json::Value::as_str)
-        })
-        .filter_map(|name| cluster.nodes.iter().position(|n| n.name == name))
+        .filter(|s| s.synchronous)
+        .filter_map(|s| cluster.nodes.iter().position(|n| n.name == s.name))
         .collect()
 }
 
@@ -82,6 +69,22 @@ fn wait_synchronous_standbys(cluster: &Cluster<'_>, primary: usize) -> Vec<usize
     }
 }
 
+/// The switchover candidate from `primary`: `preferred`, unless a synchronous
+/// mode rules it out. There only a synchronous standby may take over (the
+/// leader waits for one; Patroni refuses any other candidate with 412): an
+/// operator picks one from `/patroni`, and so does this fault.
+fn candidate(cluster: &Cluster<'_>, primary: usize, preferred: usize) -> usize {
+    if !cluster.mode.is_synchronous() {
+        return preferred;
+    }
+    let sync = wait_synchronous_standbys(cluster, primary);
+    if sync.contains(&preferred) {
+        preferred
+    } else {
+        sync.first().copied().unwrap_or(preferred)
+    }
+}
+
 /// Waits until `node` answers `/primary` with 200, or `posted` reports that
 /// the switchover request was answered with a failure. The time it took.
 fn wait_promoted(
@@ -92,7 +95,7 @@ fn wait_promoted(
     let started = std::time::Instant::now();
     loop {
         sys::check_interrupt()?;
-        if cluster.nodes[node].get("/primary").0 == 200 {
+        if cluster.nodes[node].rest.is_primary() {
             return Ok(started.elapsed());
         }
         if let Some((status, body)) = posted.lock().ok().and_then(|g| g.clone()) {
@@ -125,20 +128,7 @@ pub(super) fn second_switchover(
     primary: usize,
 ) -> Result<Injected> {
     let drawn = resolve_target(Target::Replica((fault.variant % 2) as usize), primary);
-    // In the synchronous modes only a synchronous standby may take over (the
-    // leader waits for one; Patroni refuses any other candidate): an operator
-    // picks one from `/patroni`, and so does this fault.
-    let synchronous = cluster.mode.is_synchronous();
-    let a = if synchronous {
-        let sync = wait_synchronous_standbys(cluster, primary);
-        if sync.contains(&drawn) {
-            drawn
-        } else {
-            sync.first().copied().unwrap_or(drawn)
-        }
-    } else {
-        drawn
-    };
+    let a = candidate(cluster, primary, drawn);
     let cluster: &Cluster<'_> = cluster;
     let first_answer = std::sync::Mutex::new(None);
     let second_answer = std::sync::Mutex::new(None);
@@ -152,23 +142,12 @@ pub(super) fn second_switchover(
         });
         let first = wait_promoted(cluster, a, &first_answer)?;
         let promoted = std::time::Instant::now();
-        // The second target: in the synchronous modes one of the standbys the
-        // new primary names as synchronous (the operator reads them off its
-        // `/patroni`; any other is refused with 412, correctly); otherwise the
-        // replica that was not part of the first switchover.
+        // The second target: the replica that was not part of the first
+        // switchover, or one the new primary names as synchronous.
         let other = (0..NODES)
             .find(|i| *i != primary && *i != a)
             .unwrap_or(primary);
-        let b = if synchronous {
-            let sync = wait_synchronous_standbys(cluster, a);
-            if sync.contains(&other) {
-                other
-            } else {
-                sync.first().copied().unwrap_or(other)
-            }
-        } else {
-            other
-        };
+        let b = candidate(cluster, a, other);
         let second_slot = &second_answer;
         scope.spawn(move || {
             let answer = post_switchover(cluster, a, b, SECOND_SWITCHOVER_WINDOW);
@@ -274,11 +253,10 @@ pub(super) fn edit_timing(
     primary: usize,
     timing: (u64, u64, u64),
 ) -> Result<Injected> {
-    let hold = Duration::from_millis(fault.hold_ms);
     let new = other_timing(fault.variant, timing);
     patch_config(cluster, primary, &timing_json(new))?;
     let at_us = sys::now_us();
-    let result = sys::sleep(hold);
+    let result = sys::sleep(fault.hold());
     let restored = patch_config(cluster, primary, &timing_json(timing));
     result?;
     restored?;
@@ -286,8 +264,14 @@ pub(super) fn edit_timing(
         None,
         at_us,
         format!(
-            "PATCH /config ttl/loop_wait/retry_timeout {}/{}/{} -> {}/{}/{} for {hold:?}, then back",
-            timing.0, timing.1, timing.2, new.0, new.1, new.2
+            "PATCH /config ttl/loop_wait/retry_timeout {}/{}/{} -> {}/{}/{} for {:?}, then back",
+            timing.0,
+            timing.1,
+            timing.2,
+            new.0,
+            new.1,
+            new.2,
+            fault.hold()
         ),
     ))
 }
@@ -299,7 +283,6 @@ pub(super) fn edit_sync_count(
     fault: &PlannedFault,
     primary: usize,
 ) -> Result<Injected> {
-    let hold = Duration::from_millis(fault.hold_ms);
     let config = cluster.nodes[primary]
         .get_json("/config")
         .or_else(|| (0..NODES).find_map(|i| cluster.nodes[i].get_json("/config")))
@@ -321,7 +304,7 @@ pub(super) fn edit_sync_count(
     let at_us = sys::now_us();
     // The most synchronous standbys the primary reported during the hold:
     // evidence that the agents applied the new count.
-    let until = std::time::Instant::now() + hold;
+    let until = std::time::Instant::now() + fault.hold();
     let mut most_sync = 0;
     let mut result = Ok(());
     while std::time::Instant::now() < until {
@@ -330,19 +313,8 @@ pub(super) fn edit_sync_count(
             break;
         }
         let sync = cluster.nodes[primary]
-            .get_json("/patroni")
-            .and_then(|p| p.get("replication").and_then(|r| r.as_array().cloned()))
-            .map(|r| {
-                r.iter()
-                    .filter(|x| {
-                        matches!(
-                            x.get("sync_state").and_then(serde_json::Value::as_str),
-                            Some("sync" | "quorum")
-                        )
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
+            .standbys()
+            .map_or(0, |s| s.iter().filter(|s| s.synchronous).count());
         most_sync = most_sync.max(sync);
     }
     let restored = patch_config(
@@ -353,7 +325,8 @@ pub(super) fn edit_sync_count(
     result?;
     restored?;
     Ok(Injected::new(None, at_us, format!(
-            "PATCH /config synchronous_node_count {count} -> {new_count}, synchronous_mode_strict {strict} -> {} for {hold:?} (up to {most_sync} synchronous standbys seen), then back",
-            !strict
+            "PATCH /config synchronous_node_count {count} -> {new_count}, synchronous_mode_strict {strict} -> {} for {:?} (up to {most_sync} synchronous standbys seen), then back",
+            !strict,
+            fault.hold()
         )))
 }

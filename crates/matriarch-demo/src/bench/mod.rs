@@ -1,9 +1,11 @@
 //! The failover and stability benchmarks of `matriarch-bench` (`cargo xtask
 //! bench`), on the demo's three-node loopback cluster: [`failover`] times each
 //! [`Fault`] run after run, [`idle`] reads the agents' memory and CPU at rest,
-//! [`stability`] runs pgbench and counts failovers nothing caused.
+//! [`stability`] runs pgbench and counts failovers nothing caused. [`fleet`]
+//! runs many clusters of in-process agents on one etcd.
 
 pub mod failover;
+pub mod fleet;
 pub mod idle;
 pub mod stability;
 

@@ -5,6 +5,7 @@
 //! matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
 //!                          [--bound SECS] [--matriarch PATH] [--out DIR]
 //! matriarch-bench stability [--minutes M] [--matriarch PATH] [--out DIR]
+//! matriarch-bench fleet [--clusters N[,N...]] [--runs N] [--idle-seconds S] [--bound SECS] [--out DIR]
 //! ```
 //!
 //! `failover`: for each scenario (node-crash, postgres-crash, agent-kill, switchover,
@@ -21,6 +22,10 @@
 //! settings against the primary, while the leader key is watched; every change of
 //! leadership is a failover that nothing caused. Results: `<out>/stability.json`.
 //!
+//! `fleet`: for each N, N clusters of three agents (the engine, in this process, with
+//! the in-memory PostgreSQL) on a fresh three-member etcd; see
+//! `matriarch_demo::bench::fleet`. Results: `<out>/fleet.json`, `<out>/fleet.svg`, a table.
+//!
 //! Exit status: 0 when every run completed (and, for stability, no leadership
 //! changed); 1 otherwise; 2 for a usage error; 130 when interrupted.
 
@@ -30,6 +35,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use matriarch_demo::bench::failover::failover_bench;
+use matriarch_demo::bench::fleet::{fleet_bench, FleetOptions, DEFAULT_CLUSTERS};
 use matriarch_demo::bench::stability::stability_bench;
 use matriarch_demo::bench::Paths;
 use matriarch_demo::cli::{beside_target, matriarch_or_default, run_main};
@@ -40,11 +46,15 @@ const USAGE: &str = "\
 usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S] [--bound SECS]
                                [--matriarch PATH] [--out DIR]
        matriarch-bench stability [--minutes M] [--matriarch PATH] [--out DIR]
+       matriarch-bench fleet [--clusters N[,N...]] [--runs N] [--idle-seconds S] [--bound SECS]
+                             [--out DIR]
 
-  --runs N           runs per scenario (default 5)
+  --runs N           runs per scenario (default 5); fleet: failovers per size (default 5)
   --scenario NAME    node-crash, postgres-crash, agent-kill, switchover or sigterm;
                      repeat for several (default: all)
-  --idle-seconds S   how long the agents' idle CPU and memory are measured (default 60)
+  --idle-seconds S   how long the agents' idle CPU and memory are measured (default 60;
+                     fleet: 30)
+  --clusters N,...   fleet: the fleet sizes, in clusters of three agents (default 1,10,50,100,200)
   --bound SECS       a run fails when the failover is not complete within this (default 60)
   --minutes M        stability: how long pgbench runs (default 10; fractions allowed)
   --matriarch PATH   the matriarch binary (default: `matriarch` next to this program)
@@ -62,6 +72,7 @@ enum Mode {
     Stability {
         duration: Duration,
     },
+    Fleet(FleetOptions),
 }
 
 #[derive(Debug)]
@@ -74,16 +85,31 @@ fn usage(message: impl std::fmt::Display) -> DemoError {
     DemoError::Usage(format!("{message}\n\n{USAGE}"))
 }
 
+/// `10,50` or `200`: fleet sizes, each a positive whole number.
+fn parse_clusters(value: &str) -> Result<Vec<usize>> {
+    value
+        .split(',')
+        .map(|n| {
+            n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                usage(format!(
+                    "--clusters needs positive whole numbers separated by commas, got `{value}`"
+                ))
+            })
+        })
+        .collect()
+}
+
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
     let mut args = args.into_iter();
     let command = match args.next() {
-        None => return Err(usage("a command is needed: failover or stability")),
+        None => return Err(usage("a command is needed: failover, stability or fleet")),
         Some(c) if c == "-h" || c == "--help" => return Ok(None),
         Some(c) => c,
     };
     let mut runs = 5usize;
     let mut scenarios = Vec::new();
-    let mut idle = 60.0f64;
+    let mut idle = None;
+    let mut clusters = Vec::new();
     let mut bound = 60.0f64;
     let mut minutes = 10.0f64;
     let mut matriarch = None;
@@ -104,7 +130,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
         match (command.as_str(), flag.as_str()) {
             (_, "--matriarch") => matriarch = Some(PathBuf::from(value)),
             (_, "--out") => out = Some(PathBuf::from(value)),
-            ("failover", "--runs") => {
+            ("failover" | "fleet", "--runs") => {
                 runs = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                     usage(format!(
                         "--runs needs a positive whole number, got `{value}`"
@@ -118,8 +144,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
                     scenarios.push(fault);
                 }
             }
-            ("failover", "--idle-seconds") => idle = number(&value)?,
-            ("failover", "--bound") => bound = number(&value)?,
+            ("failover" | "fleet", "--idle-seconds") => idle = Some(number(&value)?),
+            ("failover" | "fleet", "--bound") => bound = number(&value)?,
+            ("fleet", "--clusters") => clusters.extend(parse_clusters(&value)?),
             ("stability", "--minutes") => minutes = number(&value)?,
             _ => return Err(usage(format!("unknown argument `{flag}` for `{command}`"))),
         }
@@ -132,9 +159,19 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
             } else {
                 scenarios
             },
-            idle: Duration::from_secs_f64(idle),
+            idle: Duration::from_secs_f64(idle.unwrap_or(60.0)),
             bound: Duration::from_secs_f64(bound),
         },
+        "fleet" => Mode::Fleet(FleetOptions {
+            clusters: if clusters.is_empty() {
+                DEFAULT_CLUSTERS.to_vec()
+            } else {
+                clusters
+            },
+            idle: Duration::from_secs_f64(idle.unwrap_or(30.0)),
+            runs,
+            bound: Duration::from_secs_f64(bound),
+        }),
         "stability" => Mode::Stability {
             duration: Duration::from_secs_f64(minutes * 60.0),
         },
@@ -162,6 +199,7 @@ fn main() -> ExitCode {
                 bound,
             } => failover_bench(&args.paths, *runs, scenarios, *idle, *bound, runtime),
             Mode::Stability { duration } => stability_bench(&args.paths, *duration, runtime),
+            Mode::Fleet(options) => fleet_bench(&args.paths.out, options, runtime),
         }
     })
 }
@@ -169,6 +207,15 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Args {
+        fn mode_fleet(&self) -> Option<&FleetOptions> {
+            match &self.mode {
+                Mode::Fleet(options) => Some(options),
+                _ => None,
+            }
+        }
+    }
 
     fn parse(list: &[&str]) -> Result<Option<Args>> {
         parse_args(list.iter().map(|s| (*s).to_owned()))
@@ -208,11 +255,39 @@ mod tests {
             matches!(args.mode, Mode::Stability { duration } if duration == Duration::from_secs(30))
         );
         assert!(parse(&["--help"]).unwrap().is_none());
+        let args = parse(&[
+            "fleet",
+            "--clusters",
+            "10,50",
+            "--clusters",
+            "200",
+            "--runs",
+            "3",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            args.mode_fleet(),
+            Some(&FleetOptions {
+                clusters: vec![10, 50, 200],
+                idle: Duration::from_secs(30),
+                runs: 3,
+                bound: Duration::from_secs(60),
+            })
+        );
+        let args = parse(&["fleet"]).unwrap().unwrap();
+        assert_eq!(
+            args.mode_fleet().map(|o| o.clusters.clone()),
+            Some(DEFAULT_CLUSTERS.to_vec())
+        );
         for bad in [
             &["failover", "--runs", "0"][..],
             &["failover", "--scenario", "meteor"],
             &["stability", "--runs", "3"],
             &["failover", "--idle-seconds"],
+            &["fleet", "--clusters", "0"],
+            &["fleet", "--clusters", "10,x"],
+            &["fleet", "--scenario", "switchover"],
             &["dance"],
             &[],
         ] {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use matriarch_elb::sdk;
 use matriarch_elb::ElbRouterConfig;
-use matriarch_model::MemberName;
-use matriarch_router::{Endpoint, Routes};
+pub(crate) use matriarch_router::conformance::{endpoints, routes};
+use matriarch_router::Routes;
 use matriarch_testkit::{http_request_timeout, MotoServer};
 use sdk::types::{
     Action, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, ProtocolEnum,
@@ -168,20 +168,18 @@ pub(crate) async fn lab_named(moto: &MotoServer, prefix: &str) -> Lab {
 pub(crate) fn config(moto: &MotoServer, lab: &Lab) -> ElbRouterConfig {
     let mut config = ElbRouterConfig::new(&lab.writer_arn);
     config.reader_target_group_arn = Some(lab.reader_arn.clone());
-    config.region = Some(REGION.to_owned());
-    config.endpoint_url = Some(moto.endpoint_url());
+    config.aws.region = Some(REGION.to_owned());
+    config.aws.endpoint_url = Some(moto.endpoint_url());
     config
 }
 
 /// The targets registered in a group, as moto describes them.
 pub(crate) async fn registered(elb: &sdk::Client, arn: &str) -> Vec<sdk::types::TargetDescription> {
-    let health = elb
-        .describe_target_health()
+    elb.describe_target_health()
         .target_group_arn(arn)
         .send()
         .await
-        .expect("describe target health");
-    health
+        .expect("describe target health")
         .target_health_descriptions()
         .iter()
         .filter_map(|d| d.target().cloned())
@@ -209,19 +207,10 @@ pub(crate) async fn assert_targets(elb: &sdk::Client, arn: &str, expected: &[&st
     );
 }
 
-pub(crate) fn endpoint(member: &str, host: &str) -> Endpoint {
-    Endpoint {
-        member: MemberName::new(member).expect("member name"),
-        host: host.to_owned(),
-        port: 5432,
-    }
-}
-
-pub(crate) fn routes(primary: &Endpoint, replicas: &[&Endpoint]) -> Routes {
-    Routes {
-        primary: primary.clone(),
-        replicas: replicas.iter().map(|r| (*r).clone()).collect(),
-    }
+/// Writers to member `a` at 10.0.1.10, no readers.
+pub(crate) fn only_a() -> Routes {
+    let [a] = endpoints(["10.0.1.10"]);
+    routes(&a, &[])
 }
 
 pub(crate) fn strings(list: &[&str]) -> Vec<String> {

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use matriarch_dcs::conformance::Harness;
 // Not every test file uses every helper.
 #[allow(unused_imports)]
-pub(crate) use matriarch_dcs::test_support::{eventually, member, name, publish, unique_scope};
+pub(crate) use matriarch_dcs::test_support::{
+    eventually, lead, member, name, publish, timed_watch, unique_scope,
+};
 use matriarch_dcs::Dcs;
 use matriarch_etcd::{EtcdConfig, EtcdDcs};
 use matriarch_testkit::{EtcdCluster, EtcdServer};
@@ -58,6 +60,14 @@ pub(crate) async fn raw_client(endpoints: &[String]) -> etcd_client::Client {
 /// Runs blocking test-kit calls (process start, kill, restart) off the async workers.
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
+}
+
+/// A single etcd member of the test's own: the server, its client URL, and a
+/// scope tagged `tag` that no other test uses.
+pub(crate) fn own_server(tag: &str) -> (EtcdServer, [String; 1], String) {
+    let server = blocking(EtcdServer::start).expect("start etcd");
+    let urls = [server.client_url()];
+    (server, urls, unique_scope(tag))
 }
 
 /// Two clients of `scope`: `holder`, which has just taken the free lock as
@@ -148,6 +158,11 @@ impl Harness for EtcdHarness {
         let shift = (NEXT.fetch_add(1, Ordering::SeqCst) as usize) % urls.len();
         urls.rotate_left(shift);
         dcs(&urls, &self.scope, SUITE_RETRY)
+    }
+
+    async fn sibling_client(&self) -> EtcdDcs {
+        let sibling = format!("{}-sibling", self.scope);
+        dcs(&self.servers.client_urls(), &sibling, SUITE_RETRY)
     }
 
     async fn put_raw(&self, relative_key: &str, value: &[u8]) {

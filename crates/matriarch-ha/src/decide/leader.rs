@@ -38,9 +38,7 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
             // The lock may have been taken on a decision that went stale
             // (a pause between deciding and acquiring): check again.
             if let Err(why) = race_verdict(inputs, view) {
-                plan.actions.retain(|a| *a != Action::RenewLock);
-                plan.push(Action::ReleaseLock);
-                return plan.done(
+                return plan.release_lock(
                     EngineRole::Replica,
                     format!(
                         "holding the lock but no longer the right candidate ({why}): releasing it"
@@ -77,9 +75,7 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
             if !inputs.memory.ran_as_primary {
                 // A replica's data directory started as primary would skip
                 // promotion and every check of the race.
-                plan.actions.retain(|a| *a != Action::RenewLock);
-                plan.push(Action::ReleaseLock);
-                return plan.done(
+                return plan.release_lock(
                     EngineRole::Replica,
                     "holding the lock with a stopped replica: releasing it for a proper race",
                 );
@@ -94,9 +90,7 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
             );
         }
         LocalRole::NoData => {
-            plan.actions.retain(|a| *a != Action::RenewLock);
-            plan.push(Action::ReleaseLock);
-            return plan.done(
+            return plan.release_lock(
                 EngineRole::Uninitialized,
                 "holding the lock without data: releasing it",
             );

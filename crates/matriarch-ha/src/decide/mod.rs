@@ -321,6 +321,14 @@ impl Plan {
         self.actions.push(action);
     }
 
+    /// Gives the lock up instead of renewing it: the plan so far, then
+    /// `ReleaseLock`.
+    fn release_lock(mut self, role: EngineRole, reason: impl Into<String>) -> Decision {
+        self.actions.retain(|a| *a != Action::RenewLock);
+        self.push(Action::ReleaseLock);
+        self.done(role, reason)
+    }
+
     /// A decision to hold back: the reason is also what is pending.
     fn wait(self, role: EngineRole, reason: impl Into<String>) -> Decision {
         let mut decision = self.done(role, reason);

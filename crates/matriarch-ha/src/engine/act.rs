@@ -83,6 +83,7 @@ where
             return;
         }
         if let Some(task) = self.long_task.take() {
+            self.status.send_modify(|s| s.creating_replica = false);
             match task.await {
                 Ok((action, outcome, sent_at, failure)) => {
                     if let Some(failure) = failure {
@@ -186,6 +187,9 @@ where
             _ => None,
         };
         info!(member = %me, ?action, "starting long action");
+        if matches!(action, Action::CloneFrom(_)) {
+            self.status.send_modify(|s| s.creating_replica = true);
+        }
         self.long_task = Some(tokio::spawn(async move {
             // Why a rewind failed, for the loop to report (a full disk once).
             let mut failure = None;

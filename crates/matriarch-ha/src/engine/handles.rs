@@ -247,6 +247,10 @@ pub struct EngineStatus {
     pub writable: bool,
     /// Why this node holds back, from the last decision ([`Decision::pending`]).
     pub pending: Option<String>,
+    /// A replica is being cloned into the data directory (pg_basebackup
+    /// runs): Patroni's `creating replica` state, which `patronictl reinit
+    /// --wait` waits out. Set when the clone starts, cleared when it ends.
+    pub creating_replica: bool,
     /// The local PostgreSQL as the loop last observed it (after any action
     /// of the loop that changed it; a promotion updates it at once), so that
     /// readers need not ask PostgreSQL again; `None` until observed, or when

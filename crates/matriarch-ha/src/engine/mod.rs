@@ -166,6 +166,7 @@ where
             last_failover_possible_loss_bytes: None,
             last_switchover_failure: None,
             pending: None,
+            creating_replica: false,
             writable: false,
             postgres: None,
             view: None,

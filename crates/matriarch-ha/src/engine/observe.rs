@@ -288,13 +288,20 @@ where
         };
         // As act() left it: a promotion in this loop set it. (Read before
         // sending: a borrow held across the send would deadlock.)
-        let (writable, view, view_read_at) = {
+        let (writable, creating_replica, view, view_read_at) = {
             let published = self.status.borrow();
             let writable = decision.role == EngineRole::Leader && published.writable;
+            // As the long action's start and end set it.
+            let creating = published.creating_replica;
             match view_read {
-                Some(view) => (writable, Some(view), Some(wall_clock)),
+                Some(view) => (writable, creating, Some(view), Some(wall_clock)),
                 // The DCS did not answer: the last view read stays.
-                None => (writable, published.view.clone(), published.view_read_at),
+                None => (
+                    writable,
+                    creating,
+                    published.view.clone(),
+                    published.view_read_at,
+                ),
             }
         };
         self.status.send_replace(EngineStatus {
@@ -315,6 +322,7 @@ where
             last_switchover_failure: self.last_switchover_failure.clone(),
             writable,
             pending: decision.pending.clone(),
+            creating_replica,
             lock_ttl: self.lock_ttl(),
             postgres: observed,
             view,

@@ -11,40 +11,36 @@ use super::errors::{ActionError, PostgresCallError};
 use super::Engine;
 use crate::decide::Action;
 
+/// `PostgreSQL cannot <what>: no space left on device (<path>: <free>)`
+/// when `error` says the disk is full.
+fn no_space_cause(what: &str, error: &PostgresError) -> Option<String> {
+    let PostgresError::NoSpace {
+        path, free_bytes, ..
+    } = error
+    else {
+        return None;
+    };
+    let free = free_bytes.map_or_else(
+        || "free space unknown".to_owned(),
+        |free| format!("{free} bytes free"),
+    );
+    Some(format!(
+        "PostgreSQL cannot {what}: no space left on device ({}: {free})",
+        path.display()
+    ))
+}
+
 /// The cause a running replica that receives nothing reports when its
 /// disk is full.
 fn disk_full_cause(error: &PostgresError) -> Option<String> {
-    match error {
-        PostgresError::NoSpace {
-            path, free_bytes, ..
-        } => Some(format!(
-            "PostgreSQL cannot write WAL: no space left on device ({}: {})",
-            path.display(),
-            free_bytes.map_or_else(
-                || "free space unknown".to_owned(),
-                |free| format!("{free} bytes free")
-            )
-        )),
-        _ => None,
-    }
+    no_space_cause("write WAL", error)
 }
 
 /// The cause of a failed start worth reporting as such: PostgreSQL cannot
 /// write for lack of space. Other failures are logged as they come.
 pub(super) fn start_failure_cause(error: &ActionError) -> Option<String> {
     match error {
-        ActionError::Postgres(PostgresCallError::Failed(PostgresError::NoSpace {
-            path,
-            free_bytes,
-            ..
-        })) => Some(format!(
-            "PostgreSQL cannot start: no space left on device ({}: {})",
-            path.display(),
-            free_bytes.map_or_else(
-                || "free space unknown".to_owned(),
-                |free| format!("{free} bytes free")
-            )
-        )),
+        ActionError::Postgres(PostgresCallError::Failed(error)) => no_space_cause("start", error),
         _ => None,
     }
 }

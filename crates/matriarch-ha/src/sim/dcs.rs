@@ -71,6 +71,26 @@ impl SimDcs {
             }
         }
     }
+
+    /// [`SimDcs::send`], adding the line `note` makes of the result (if
+    /// any) to the trace when the request lands.
+    async fn send_noted<T, F, Fut, N>(&self, request: F, note: N) -> Result<T, DcsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(MemoryDcs) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DcsError>> + Send + 'static,
+        N: FnOnce(&Result<T, DcsError>) -> Option<String> + Send + 'static,
+    {
+        let world = self.world.clone();
+        self.send(move |dcs| async move {
+            let result = request(dcs).await;
+            if let (Some(world), Some(line)) = (&world, note(&result)) {
+                lock(world).log(line);
+            }
+            result
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -107,15 +127,12 @@ impl Dcs for SimDcs {
             .await
     }
     async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        let world = self.world.clone();
         let name = me.clone();
-        self.send(move |dcs| async move {
-            let result = dcs.acquire_leader(&name, ttl).await;
-            if let (Ok(true), Some(world)) = (&result, &world) {
-                lock(world).log(format!("{name}: holds the lock"));
-            }
-            result
-        })
+        let line = format!("{me}: holds the lock");
+        self.send_noted(
+            move |dcs| async move { dcs.acquire_leader(&name, ttl).await },
+            move |result| matches!(result, Ok(true)).then_some(line),
+        )
         .await
     }
     async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
@@ -146,20 +163,17 @@ impl Dcs for SimDcs {
         self.send(move |dcs| async move { dcs.remove_member(&name).await })
             .await
     }
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        self.send(|dcs| async move { dcs.remove_cluster().await })
+            .await
+    }
     async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        let world = self.world.clone();
+        let line = sync_key_line(record);
         let record = record.clone();
-        self.send(move |dcs| async move {
-            let result = dcs.write(&record, expected).await;
-            if let (Record::Sync(sync), Ok(_), Some(world)) = (&record, &result, &world) {
-                let names: Vec<&str> = sync.sync_standbys.iter().map(MemberName::as_str).collect();
-                lock(world).log(format!(
-                    "sync key = {names:?} quorum {:?} (leader {:?})",
-                    sync.quorum, sync.leader
-                ));
-            }
-            result
-        })
+        self.send_noted(
+            move |dcs| async move { dcs.write(&record, expected).await },
+            move |result| result.is_ok().then_some(line).flatten(),
+        )
         .await
     }
     async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
@@ -174,4 +188,16 @@ impl Dcs for SimDcs {
     ) -> Result<WatchOutcome, DcsError> {
         self.inner.watch(after_revision, timeout).await
     }
+}
+
+/// The trace line for a write of the `sync` key; `None` for other records.
+fn sync_key_line(record: &Record) -> Option<String> {
+    let Record::Sync(sync) = record else {
+        return None;
+    };
+    let names: Vec<&str> = sync.sync_standbys.iter().map(MemberName::as_str).collect();
+    Some(format!(
+        "sync key = {names:?} quorum {:?} (leader {:?})",
+        sync.quorum, sync.leader
+    ))
 }

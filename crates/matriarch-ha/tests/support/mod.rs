@@ -6,6 +6,22 @@ use std::sync::{Arc, Mutex};
 
 use matriarch_model::{RawEntry, Version};
 
+pub(crate) mod fake_pg;
+pub(crate) mod scene;
+
+/// Every key under the scope except the member records, in the order the
+/// garbage tests fill them.
+pub(crate) const CLUSTER_KEYS: [&str; 8] = [
+    "leader",
+    "sync",
+    "failover",
+    "config",
+    "status",
+    "history",
+    "initialize",
+    "failsafe",
+];
+
 /// Puts `key` into a DCS snapshot's entries, replacing any entry of that
 /// key, with a version that grows with the snapshot.
 pub(crate) fn put_entry(entries: &mut Vec<RawEntry>, key: &str, value: Vec<u8>) {

@@ -22,6 +22,20 @@ fn physical(names: &[&str]) -> BTreeMap<String, SlotKind> {
         .collect()
 }
 
+/// The physical slot `keeper` and the logical slot `cdc` (`test_decoding`
+/// on `postgres`).
+fn keeper_and_cdc() -> BTreeMap<String, SlotKind> {
+    let mut slots = physical(&["keeper"]);
+    slots.insert(
+        "cdc".to_owned(),
+        SlotKind::Logical {
+            database: "postgres".to_owned(),
+            plugin: "test_decoding".to_owned(),
+        },
+    );
+    slots
+}
+
 fn names(set: &std::collections::BTreeSet<String>) -> Vec<&str> {
     set.iter().map(String::as_str).collect()
 }
@@ -46,14 +60,7 @@ pub async fn reconcile_slots_creates_drops_and_spares_ignored_and_active<H: Harn
         assert!(first.slots.contains_key(name), "{name} missing: {first:#?}");
     }
 
-    let mut wanted = physical(&["keeper"]);
-    wanted.insert(
-        "cdc".to_owned(),
-        SlotKind::Logical {
-            database: "postgres".to_owned(),
-            plugin: "test_decoding".to_owned(),
-        },
-    );
+    let wanted = keeper_and_cdc();
     let desired = DesiredSlots {
         slots: wanted,
         advance_to: BTreeMap::new(),
@@ -104,14 +111,7 @@ pub async fn reconcile_slots_creates_drops_and_spares_ignored_and_active<H: Harn
 /// [`PostgresError::NotRunning`].
 pub async fn replica_slot_copies_advance_never_backwards<H: Harness>(harness: &H) {
     cluster(harness, 1).await;
-    let mut wanted = physical(&["keeper"]);
-    wanted.insert(
-        "cdc".to_owned(),
-        SlotKind::Logical {
-            database: "postgres".to_owned(),
-            plugin: "test_decoding".to_owned(),
-        },
-    );
+    let wanted = keeper_and_cdc();
     let created = reconcile(
         harness,
         1,
@@ -154,13 +154,9 @@ pub async fn replica_slot_copies_advance_never_backwards<H: Harness>(harness: &H
     assert!(not_back.advanced.is_empty(), "{not_back:#?}");
     assert_eq!(not_back.slots["keeper"].position, Some(target));
 
-    harness
-        .member(1)
-        .stop(StopMode::Fast)
-        .await
-        .expect("stop member 1");
-    let err = harness
-        .member(1)
+    let replica = harness.member(1);
+    replica.stop(StopMode::Fast).await.expect("stop member 1");
+    let err = replica
         .reconcile_slots(&DesiredSlots::default())
         .await
         .expect_err("reconcile on a stopped server");

@@ -19,8 +19,7 @@ impl PgController {
         spec: &BootstrapSpec,
     ) -> Result<SystemId, PostgresError> {
         let op = Operation::Bootstrap;
-        self.runner.program(op, "initdb")?;
-        self.runner.program(op, "pg_ctl")?;
+        self.runner.require(op, &["initdb", "pg_ctl"])?;
         if spec.superuser.username != self.config.superuser.username {
             return Err(PostgresError::InvalidConfig {
                 reason: format!(
@@ -99,14 +98,7 @@ impl PgController {
         self.remove_signals(op)?;
         self.pg_ctl_start(op).await?;
 
-        let client = self
-            .connect_local(self.config.timeouts.connect)
-            .await
-            .map_err(|message| PostgresError::Query {
-                operation: op,
-                context: "connecting to the new cluster".to_owned(),
-                message,
-            })?;
+        let client = self.session(op, "connecting to the new cluster").await?;
         let mut script = String::from(
             "SET log_statement = 'none'; SET log_min_duration_statement = -1; \
              SET log_min_error_statement = 'panic';\n",
@@ -160,14 +152,14 @@ impl PgController {
             },
             other => other,
         })?;
-        let row = sql::one_row(
-            &client,
-            op,
-            "reading the system identifier",
-            "SELECT system_identifier FROM pg_control_system()",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let row = self
+            .query_row(
+                &client,
+                op,
+                "reading the system identifier",
+                "SELECT system_identifier FROM pg_control_system()",
+            )
+            .await?;
         let system_id = sql::parsed::<SystemId>(&row, 0, op, "reading the system identifier")?
             .ok_or_else(|| PostgresError::Unexpected {
                 operation: op,

@@ -12,8 +12,8 @@ use crate::upstream::Upstream;
 impl PgController {
     pub(super) async fn clone_inner(&self, source: &Upstream) -> Result<(), PostgresError> {
         let op = Operation::CloneReplica;
-        self.runner.program(op, "pg_basebackup")?;
-        self.runner.program(op, "pg_controldata")?;
+        self.runner
+            .require(op, &["pg_basebackup", "pg_controldata"])?;
         self.require_empty_data_dir(op)?;
         // Checked before anything is written, so a bad upstream leaves no trace.
         self.check_upstream(source)?;

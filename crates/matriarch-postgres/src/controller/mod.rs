@@ -59,6 +59,7 @@ mod managed_files;
 mod observe;
 mod process;
 mod promote;
+mod query;
 mod replication;
 mod rewind;
 mod slots;
@@ -227,14 +228,14 @@ impl PgController {
         let op = Operation::Reload;
         match self.live(op).await? {
             Live::Running(_, client) => {
-                let rows = sql::simple(
-                    &client,
-                    op,
-                    "reading pg_settings.pending_restart",
-                    "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
-                    self.config.timeouts.connect,
-                )
-                .await?;
+                let rows = self
+                    .query(
+                        &client,
+                        op,
+                        "reading pg_settings.pending_restart",
+                        "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+                    )
+                    .await?;
                 Ok(rows
                     .into_iter()
                     .flatten()
@@ -422,12 +423,11 @@ impl PgController {
 
     /// Asks the running server to reload its configuration files.
     async fn reload_conf(&self, client: &Client, op: Operation) -> Result<(), PostgresError> {
-        sql::simple(
+        self.query(
             client,
             op,
             "reloading the configuration",
             "SELECT pg_reload_conf()",
-            self.config.timeouts.connect,
         )
         .await?;
         Ok(())
@@ -458,14 +458,14 @@ impl PgController {
                 return Ok(Live::Unavailable);
             }
         };
-        let row = sql::one_row(
-            &client,
-            op,
-            "reading pg_is_in_recovery()",
-            "SELECT pg_is_in_recovery()",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let row = self
+            .query_row(
+                &client,
+                op,
+                "reading pg_is_in_recovery()",
+                "SELECT pg_is_in_recovery()",
+            )
+            .await?;
         let role = if sql::text(&row, 0) == Some("t") {
             PgRole::Replica
         } else {

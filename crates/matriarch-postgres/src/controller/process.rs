@@ -89,6 +89,15 @@ impl Runner {
         }
     }
 
+    /// Checks that every program `op` runs is installed, before it
+    /// changes anything: the first missing one is
+    /// [`PostgresError::MissingProgram`].
+    pub(crate) fn require(&self, op: Operation, names: &[&str]) -> Result<(), PostgresError> {
+        names
+            .iter()
+            .try_for_each(|name| self.program(op, name).map(drop))
+    }
+
     /// A command for `name` with a clean environment (no inherited `PG*`
     /// variables), the C locale, and the OS user's identity.
     pub(crate) fn command(&self, op: Operation, name: &str) -> Result<Command, PostgresError> {

@@ -32,14 +32,9 @@ impl PgController {
         // pg_promote(wait => true) looks every 100 ms; asking without waiting
         // and watching recovery end ourselves tells the caller (and so the
         // REST health checks and the router) within a few milliseconds.
-        let row = sql::one_row(
-            &client,
-            op,
-            "pg_promote()",
-            "SELECT pg_promote(false)",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let row = self
+            .query_row(&client, op, "pg_promote()", "SELECT pg_promote(false)")
+            .await?;
         if sql::text(&row, 0) != Some("t") {
             return Err(PostgresError::Unexpected {
                 operation: op,
@@ -49,14 +44,14 @@ impl PgController {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let row = sql::one_row(
-                &client,
-                op,
-                "waiting for the end of recovery",
-                "SELECT pg_is_in_recovery()",
-                self.config.timeouts.connect,
-            )
-            .await?;
+            let row = self
+                .query_row(
+                    &client,
+                    op,
+                    "waiting for the end of recovery",
+                    "SELECT pg_is_in_recovery()",
+                )
+                .await?;
             if sql::text(&row, 0) == Some("f") {
                 break;
             }
@@ -98,14 +93,9 @@ impl PgController {
         client: &Client,
     ) -> Result<Timeline, PostgresError> {
         let context = "reading the timeline";
-        let row = sql::one_row(
-            client,
-            op,
-            context,
-            sql::PRIMARY_TIMELINE_SQL,
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let row = self
+            .query_row(client, op, context, sql::PRIMARY_TIMELINE_SQL)
+            .await?;
         sql::parsed::<u32>(&row, 0, op, context)?
             .map(Timeline)
             .ok_or_else(|| PostgresError::Unexpected {

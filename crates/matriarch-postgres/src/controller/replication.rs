@@ -77,14 +77,14 @@ impl PgController {
              SELECT pg_create_physical_replication_slot({literal}, true) \
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {literal})"
         );
-        match sql::simple(
-            &client,
-            op,
-            &format!("creating replication slot {slot} on {}", upstream.member),
-            &query,
-            self.config.timeouts.connect,
-        )
-        .await
+        match self
+            .query(
+                &client,
+                op,
+                &format!("creating replication slot {slot} on {}", upstream.member),
+                &query,
+            )
+            .await
         {
             Ok(statements) => {
                 if statements.get(1).is_some_and(|rows| !rows.is_empty()) {
@@ -120,14 +120,14 @@ impl PgController {
         client: &Client,
     ) -> Result<(), PostgresError> {
         if self.current_upstream(op)?.as_ref() == Some(upstream) {
-            let rows = sql::simple(
-                client,
-                op,
-                "reading pg_stat_wal_receiver",
-                "SELECT status FROM pg_stat_wal_receiver",
-                self.config.timeouts.connect,
-            )
-            .await?;
+            let rows = self
+                .query(
+                    client,
+                    op,
+                    "reading pg_stat_wal_receiver",
+                    "SELECT status FROM pg_stat_wal_receiver",
+                )
+                .await?;
             let streaming = rows
                 .first()
                 .and_then(|rows| rows.first())
@@ -168,14 +168,14 @@ impl PgController {
         &self,
         client: &Client,
     ) -> Result<SyncStandbyNames, PostgresError> {
-        let row = sql::one_row(
-            client,
-            Operation::SetSynchronousStandbyNames,
-            "reading synchronous_standby_names",
-            "SELECT current_setting('synchronous_standby_names')",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let row = self
+            .query_row(
+                client,
+                Operation::SetSynchronousStandbyNames,
+                "reading synchronous_standby_names",
+                "SELECT current_setting('synchronous_standby_names')",
+            )
+            .await?;
         sql::text(&row, 0)
             .unwrap_or_default()
             .parse::<SyncStandbyNames>()
@@ -211,14 +211,7 @@ impl PgController {
         loop {
             // A new session sees the postmaster's configuration once it has
             // processed the reload.
-            let probe = self
-                .connect_local(self.config.timeouts.connect)
-                .await
-                .map_err(|message| PostgresError::Query {
-                    operation: op,
-                    context: "connecting to check the reload".to_owned(),
-                    message,
-                })?;
+            let probe = self.session(op, "connecting to check the reload").await?;
             if self.current_sync(&probe).await? == *names {
                 return Ok(());
             }

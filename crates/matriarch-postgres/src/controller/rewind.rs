@@ -74,14 +74,14 @@ impl PgController {
             }
         };
         let context = "reading the source's role and system identifier";
-        let row = sql::one_row(
-            &client,
-            op,
-            context,
-            "SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let row = self
+            .query_row(
+                &client,
+                op,
+                context,
+                "SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())",
+            )
+            .await?;
         if let Some(found) = sql::parsed::<SystemId>(&row, 1, op, context)? {
             if found != local_system_id {
                 return Err(PostgresError::SystemIdMismatch {
@@ -116,9 +116,8 @@ impl PgController {
         source: &Upstream,
     ) -> Result<RewindOutcome, PostgresError> {
         let op = Operation::Rewind;
-        self.runner.program(op, "pg_rewind")?;
-        self.runner.program(op, "pg_controldata")?;
-        self.runner.program(op, "postgres")?;
+        self.runner
+            .require(op, &["pg_rewind", "pg_controldata", "postgres"])?;
         self.require_cluster(op)?;
         self.check_upstream(source)?;
         if self.postmaster_pid().is_some() {

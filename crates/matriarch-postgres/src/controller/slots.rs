@@ -44,10 +44,7 @@ impl PgController {
         let mut report = SlotReport::default();
         let listed = self.list_slots(&client).await?;
         for slot in &listed {
-            let (database, plugin) = kind_parts(&slot.state.kind);
-            if slot.temporary
-                || desired.ignored(&slot.name, slot.state.kind.type_name(), database, plugin)
-            {
+            if slot.temporary || desired.ignored(&slot.name, &slot.state.kind) {
                 continue;
             }
             let wanted = desired.slots.get(&slot.name);
@@ -89,8 +86,7 @@ impl PgController {
             if listed.iter().any(|slot| &slot.name == name) {
                 continue;
             }
-            let (database, plugin) = kind_parts(kind);
-            if desired.ignored(name, kind.type_name(), database, plugin) {
+            if desired.ignored(name, kind) {
                 continue;
             }
             let created = match kind {
@@ -180,14 +176,14 @@ impl PgController {
             name = sql_literal(name),
             target = sql_literal(&target.to_string()),
         );
-        match sql::simple(
-            client,
-            OP,
-            &format!("advancing replication slot {name}"),
-            &query,
-            self.config.timeouts.connect,
-        )
-        .await
+        match self
+            .query(
+                client,
+                OP,
+                &format!("advancing replication slot {name}"),
+                &query,
+            )
+            .await
         {
             Ok(rows) => {
                 if rows.first().is_some_and(|rows| !rows.is_empty()) {
@@ -208,14 +204,9 @@ impl PgController {
     }
 
     async fn list_slots(&self, client: &Client) -> Result<Vec<Listed>, PostgresError> {
-        let statements = sql::simple(
-            client,
-            OP,
-            "reading pg_replication_slots",
-            LIST_SLOTS,
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let statements = self
+            .query(client, OP, "reading pg_replication_slots", LIST_SLOTS)
+            .await?;
         let mut out = Vec::new();
         for row in statements.first().into_iter().flatten() {
             let Some(name) = sql::text(row, 0) else {
@@ -248,15 +239,8 @@ impl PgController {
         context: &str,
         query: &str,
     ) -> Result<(), PostgresError> {
-        sql::simple(client, OP, context, query, self.config.timeouts.connect).await?;
+        self.query(client, OP, context, query).await?;
         Ok(())
-    }
-}
-
-fn kind_parts(kind: &SlotKind) -> (Option<&str>, Option<&str>) {
-    match kind {
-        SlotKind::Physical => (None, None),
-        SlotKind::Logical { database, plugin } => (Some(database), Some(plugin)),
     }
 }
 
@@ -278,14 +262,14 @@ impl PgController {
         plugin: &str,
     ) -> Result<(), PostgresError> {
         let client = self.connect_database(database).await?;
-        let row = sql::one_row(
-            &client,
-            OP,
-            "reading server_version_num",
-            "SELECT current_setting('server_version_num')",
-            self.config.timeouts.connect,
-        )
-        .await?;
+        let row = self
+            .query_row(
+                &client,
+                OP,
+                "reading server_version_num",
+                "SELECT current_setting('server_version_num')",
+            )
+            .await?;
         let version: u32 = sql::text(&row, 0)
             .and_then(|text| text.parse().ok())
             .unwrap_or(0);

@@ -584,40 +584,52 @@ mod tests {
         result
     }
 
+    /// The error of a [`converse_trusted`] that `server` makes fail.
+    async fn refused<F>(server: impl FnOnce(Server) -> F) -> String
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        converse_trusted(server)
+            .await
+            .expect_err("the conversation should fail")
+    }
+
+    /// [`converse`] as `postgres` without a password (a trusted local
+    /// connection).
+    async fn converse_trusted<F>(server: impl FnOnce(Server) -> F) -> Result<Timeline, String>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        converse(Credentials::without_password("postgres"), server).await
+    }
+
     #[tokio::test]
     async fn a_standby_reports_the_timeline_identify_system_names() {
-        let timeline = converse(
-            Credentials::without_password("postgres"),
-            |mut s| async move {
-                let startup = s.startup().await;
-                assert!(startup.contains(&("replication".into(), "true".into())));
-                assert!(startup.contains(&("user".into(), "postgres".into())));
-                assert!(startup.contains(&("application_name".into(), TIMELINE_PROBE_NAME.into())));
-                s.ready().await;
-                s.identify("2").await;
-                // The client says goodbye rather than dropping the connection.
-                s.expect(b'X').await;
-            },
-        )
+        let timeline = converse_trusted(|mut s| async move {
+            let startup = s.startup().await;
+            assert!(startup.contains(&("replication".into(), "true".into())));
+            assert!(startup.contains(&("user".into(), "postgres".into())));
+            assert!(startup.contains(&("application_name".into(), TIMELINE_PROBE_NAME.into())));
+            s.ready().await;
+            s.identify("2").await;
+            // The client says goodbye rather than dropping the connection.
+            s.expect(b'X').await;
+        })
         .await;
         assert_eq!(timeline, Ok(Timeline(2)));
     }
 
     #[tokio::test]
     async fn a_refused_replication_connection_is_an_error_with_the_servers_words() {
-        let err = converse(
-            Credentials::without_password("postgres"),
-            |mut s| async move {
-                s.startup().await;
-                s.send(
-                    b'E',
-                    b"SFATAL\0C28000\0Mno pg_hba.conf entry for replication connection\0\0",
-                )
-                .await;
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = refused(|mut s| async move {
+            s.startup().await;
+            s.send(
+                b'E',
+                b"SFATAL\0C28000\0Mno pg_hba.conf entry for replication connection\0\0",
+            )
+            .await;
+        })
+        .await;
         assert_eq!(
             err,
             "FATAL: no pg_hba.conf entry for replication connection"
@@ -645,43 +657,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_password_request_without_a_password_fails_without_answering() {
-        let err = converse(
-            Credentials::without_password("postgres"),
-            |mut s| async move {
-                s.startup().await;
-                s.send(b'R', &3_i32.to_be_bytes()).await;
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = refused(|mut s| async move {
+            s.startup().await;
+            s.send(b'R', &3_i32.to_be_bytes()).await;
+        })
+        .await;
         assert!(err.contains("none is configured"), "{err}");
     }
 
     #[tokio::test]
     async fn junk_or_a_bad_timeline_is_an_error_not_a_panic() {
-        let err = converse(
-            Credentials::without_password("postgres"),
-            |mut s| async move {
-                s.startup().await;
-                s.0.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-                    .await
-                    .unwrap();
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = refused(|mut s| async move {
+            s.startup().await;
+            s.0.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                .await
+                .unwrap();
+        })
+        .await;
         assert!(err.contains("not the PostgreSQL protocol"), "{err}");
 
-        let err = converse(
-            Credentials::without_password("postgres"),
-            |mut s| async move {
-                s.startup().await;
-                s.ready().await;
-                s.identify("0").await;
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = refused(|mut s| async move {
+            s.startup().await;
+            s.ready().await;
+            s.identify("0").await;
+        })
+        .await;
         assert_eq!(err, "IDENTIFY_SYSTEM reported timeline \"0\"");
         assert!(data_row_value(&[0, 1, 0, 0, 0, 9, b'x'], 0).is_err());
         assert!(column_index(&[0, 3, b'a'], "timeline").is_err());

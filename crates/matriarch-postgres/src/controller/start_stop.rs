@@ -305,8 +305,7 @@ impl PgController {
 
     pub(super) async fn start_inner(&self, as_role: &StartAs) -> Result<(), PostgresError> {
         let op = Operation::Start;
-        self.runner.program(op, "pg_ctl")?;
-        self.runner.program(op, "pg_controldata")?;
+        self.runner.require(op, &["pg_ctl", "pg_controldata"])?;
         self.require_cluster(op)?;
         let deadline = Instant::now() + self.config.timeouts.start;
         loop {

@@ -29,9 +29,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use matriarch_model::{DesiredSlots, MemberName, SlotReport, SystemId, Timeline};
 
-pub use server::{is_prefix, DataDirectory, Server, WalRecord};
+pub use server::{is_prefix, DataDirectory, MemorySlot, Server, WalRecord};
 pub use servers::{Commit, Servers};
-pub use slots::MemorySlot;
 
 use crate::{
     BootstrapSpec, LocalState, Postgres, PostgresError, RewindOutcome, StartAs, StopMode,

@@ -1,7 +1,7 @@
 //! One in-memory PostgreSQL server: its data directory (timeline and WAL)
 //! and what runs on it.
 
-use matriarch_model::{Lsn, MemberName, SystemId, Timeline};
+use matriarch_model::{Lsn, MemberName, SlotKind, SystemId, Timeline};
 
 use crate::{SyncStandbyNames, Upstream};
 
@@ -10,6 +10,15 @@ const WAL_START: u64 = 0x100_0000;
 
 /// The size of one record, so that positions look like PostgreSQL's.
 const RECORD_BYTES: u64 = 64;
+
+/// One slot of an in-memory server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemorySlot {
+    /// Physical or logical.
+    pub kind: SlotKind,
+    /// Its restart (physical) or confirmed flush (logical) position.
+    pub position: Lsn,
+}
 
 /// One committed transaction in a WAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,7 +112,7 @@ pub struct Server {
     pub stalled_until: Option<std::time::Duration>,
     /// Its replication slots (`pg_replslot`): kept across restarts, gone
     /// with the data directory.
-    pub slots: std::collections::BTreeMap<String, super::slots::MemorySlot>,
+    pub slots: std::collections::BTreeMap<String, MemorySlot>,
     /// Its disk is full: it cannot start ([`crate::PostgresError::NoSpace`])
     /// until space is freed ([`super::Servers::fill_disk`]).
     pub disk_full: bool,

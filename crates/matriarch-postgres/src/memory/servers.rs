@@ -357,16 +357,36 @@ impl Servers {
         }
     }
 
+    /// [`PostgresError::NotInitialized`] unless server `index` has a data
+    /// directory.
+    fn require_data(&self, index: usize, operation: Operation) -> Result<(), PostgresError> {
+        let server = &self.servers[index];
+        match server.data {
+            Some(_) => Ok(()),
+            None => Err(PostgresError::NotInitialized {
+                operation,
+                data_dir: data_dir(&server.name),
+            }),
+        }
+    }
+
+    /// [`PostgresError::NotEmpty`] when server `index` has a data directory.
+    fn require_no_data(&self, index: usize, operation: Operation) -> Result<(), PostgresError> {
+        let server = &self.servers[index];
+        match server.data {
+            Some(_) => Err(PostgresError::NotEmpty {
+                operation,
+                data_dir: data_dir(&server.name),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// `initdb` and a start as primary on timeline 1.
     pub fn bootstrap(&mut self, index: usize) -> Result<SystemId, PostgresError> {
+        self.require_no_data(index, Operation::Bootstrap)?;
         let system_id = self.system_id;
         let server = &mut self.servers[index];
-        if server.data.is_some() {
-            return Err(PostgresError::NotEmpty {
-                operation: Operation::Bootstrap,
-                data_dir: data_dir(&server.name),
-            });
-        }
         server.data = Some(DataDirectory {
             system_id,
             timeline: Timeline(1),
@@ -383,12 +403,7 @@ impl Servers {
     /// `pg_basebackup` from `source`: left stopped, configured to follow it.
     pub fn clone_replica(&mut self, index: usize, source: &Upstream) -> Result<(), PostgresError> {
         let operation = Operation::CloneReplica;
-        if self.servers[index].data.is_some() {
-            return Err(PostgresError::NotEmpty {
-                operation,
-                data_dir: data_dir(&self.servers[index].name),
-            });
-        }
+        self.require_no_data(index, operation)?;
         let from = self
             .resolve(source)
             .filter(|&from| self.servers[from].running && self.reachable(index, from))
@@ -438,12 +453,7 @@ impl Servers {
     /// See [`crate::Postgres::start`].
     pub fn start(&mut self, index: usize, as_role: &StartAs) -> Result<(), PostgresError> {
         let operation = Operation::Start;
-        if self.servers[index].data.is_none() {
-            return Err(PostgresError::NotInitialized {
-                operation,
-                data_dir: data_dir(&self.servers[index].name),
-            });
-        }
+        self.require_data(index, operation)?;
         if let Some(running_as) = self.running_role(index) {
             return match (running_as, as_role) {
                 (PgRole::Primary, StartAs::Primary) | (PgRole::Replica, StartAs::Standby) => Ok(()),
@@ -565,13 +575,8 @@ impl Servers {
 
     /// See [`crate::Postgres::follow`].
     pub fn follow(&mut self, index: usize, upstream: &Upstream) -> Result<(), PostgresError> {
+        self.require_data(index, Operation::Follow)?;
         let server = &mut self.servers[index];
-        if server.data.is_none() {
-            return Err(PostgresError::NotInitialized {
-                operation: Operation::Follow,
-                data_dir: data_dir(&server.name),
-            });
-        }
         if server.running && !server.in_recovery {
             return Err(PostgresError::RoleConflict {
                 operation: Operation::Follow,
@@ -590,16 +595,10 @@ impl Servers {
         source: &Upstream,
     ) -> Result<RewindOutcome, PostgresError> {
         let operation = Operation::Rewind;
-        let server = &self.servers[index];
-        if server.running {
+        if self.servers[index].running {
             return Err(PostgresError::StillRunning { operation });
         }
-        if server.data.is_none() {
-            return Err(PostgresError::NotInitialized {
-                operation,
-                data_dir: data_dir(&server.name),
-            });
-        }
+        self.require_data(index, operation)?;
         let from = self
             .resolve(source)
             .filter(|&from| from != index)

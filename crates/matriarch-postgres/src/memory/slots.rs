@@ -3,17 +3,9 @@
 
 use matriarch_model::{DesiredSlots, Lsn, SlotKind, SlotReport, SlotState};
 
+use super::server::MemorySlot;
 use super::servers::Servers;
 use crate::error::{Operation, PostgresError};
-
-/// One slot of an in-memory server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemorySlot {
-    /// Physical or logical.
-    pub kind: SlotKind,
-    /// Its restart (physical) or confirmed flush (logical) position.
-    pub position: Lsn,
-}
 
 impl Servers {
     /// [`crate::Postgres::reconcile_slots`] on server `index`.
@@ -51,8 +43,7 @@ impl Servers {
             let Some(slot) = slots.get(&name) else {
                 continue;
             };
-            let (database, plugin) = parts(&slot.kind);
-            if desired.ignored(&name, slot.kind.type_name(), database, plugin) {
+            if desired.ignored(&name, &slot.kind) {
                 continue;
             }
             let wanted = desired.slots.get(&name);
@@ -78,9 +69,7 @@ impl Servers {
             }
         }
         for (name, kind) in &desired.slots {
-            let (database, plugin) = parts(kind);
-            if slots.contains_key(name) || desired.ignored(name, kind.type_name(), database, plugin)
-            {
+            if slots.contains_key(name) || desired.ignored(name, kind) {
                 continue;
             }
             if in_recovery && *kind != SlotKind::Physical {
@@ -117,8 +106,7 @@ impl Servers {
             }
         }
         for (name, slot) in slots.iter() {
-            let (database, plugin) = parts(&slot.kind);
-            if desired.ignored(name, slot.kind.type_name(), database, plugin) {
+            if desired.ignored(name, &slot.kind) {
                 continue;
             }
             report.slots.insert(
@@ -131,12 +119,5 @@ impl Servers {
             );
         }
         Ok(report)
-    }
-}
-
-fn parts(kind: &SlotKind) -> (Option<&str>, Option<&str>) {
-    match kind {
-        SlotKind::Physical => (None, None),
-        SlotKind::Logical { database, plugin } => (Some(database), Some(plugin)),
     }
 }

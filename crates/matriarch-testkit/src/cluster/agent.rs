@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::config::{AgentConfig, Credentials};
 use crate::error::{IoContext, Result, TestkitError};
 use crate::http::http_request_timeout;
 use crate::process::describe;
@@ -121,6 +123,33 @@ impl Supervised {
     pub fn log(&self) -> &Path {
         &self.log
     }
+
+    /// Node `config.name`'s agent, not started: writes the configuration to
+    /// `<logs>/<name>.yaml` and runs `matriarch run --config` on it, logging to
+    /// `<logs>/<name>.log` (emptied first), in network namespace `namespace`
+    /// when one is given. Returns the configuration file too.
+    pub fn agent(
+        matriarch: &Path,
+        config: &AgentConfig,
+        logs: &Path,
+        namespace: Option<&str>,
+    ) -> Result<(PathBuf, Supervised)> {
+        let path = logs.join(format!("{}.yaml", config.name));
+        config.write(&path)?;
+        let log = logs.join(format!("{}.log", config.name));
+        let _ = fs::remove_file(&log);
+        let argv: Vec<OsString> = vec![
+            matriarch.into(),
+            "run".into(),
+            "--config".into(),
+            path.clone().into(),
+        ];
+        let agent = match namespace {
+            Some(ns) => Supervised::in_namespace(ns, argv, log),
+            None => Supervised::new(argv, log),
+        };
+        Ok((path, agent))
+    }
 }
 
 impl Drop for Supervised {
@@ -180,6 +209,16 @@ pub struct RestApi {
 }
 
 impl RestApi {
+    /// The API listening on `listen`, called with `credentials`' API user.
+    pub fn new(listen: SocketAddr, credentials: &Credentials, get_timeout: Duration) -> RestApi {
+        RestApi {
+            base: format!("http://{listen}"),
+            user: credentials.api_user.clone(),
+            password: credentials.api_password.clone(),
+            get_timeout,
+        }
+    }
+
     /// `GET path`: status and body (status 0 when it does not answer).
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
         let url = format!("{}{path}", self.base);
@@ -235,6 +274,21 @@ impl RestApi {
     /// Whether `/replica` answers 200: a running, streaming replica.
     pub fn is_replica(&self) -> bool {
         self.get("/replica").0 == 200
+    }
+}
+
+/// The index of the only one of `apis` answering 200 on `/primary` (`None` when
+/// none or several do).
+pub fn only_primary<'a>(apis: impl IntoIterator<Item = &'a RestApi>) -> Option<usize> {
+    let primaries: Vec<usize> = apis
+        .into_iter()
+        .enumerate()
+        .filter(|(_, api)| api.is_primary())
+        .map(|(i, _)| i)
+        .collect();
+    match primaries[..] {
+        [one] => Some(one),
+        _ => None,
     }
 }
 
@@ -340,6 +394,55 @@ mod tests {
         assert!(p.is_running());
         assert!(p.signal(libc::SIGSTOP));
         drop(p); // SIGCONT, SIGKILL, reaped: the test would hang on a leak otherwise.
+    }
+
+    #[test]
+    fn an_agent_runs_matriarch_run_on_its_written_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = super::super::config::sample_config();
+        let log = dir.path().join("node2.log");
+        fs::write(&log, "an older run\n").unwrap();
+        // `echo` in place of matriarch prints the arguments it was given.
+        let (path, mut agent) =
+            Supervised::agent(Path::new("/bin/echo"), &config, dir.path(), None).unwrap();
+        assert_eq!(path, dir.path().join("node2.yaml"));
+        assert_eq!(fs::read_to_string(&path).unwrap(), config.to_yaml());
+        agent.start().unwrap();
+        (0..200)
+            .find_map(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                agent.exited()
+            })
+            .expect("echo exits");
+        assert_eq!(tail(&log, 5), format!("run --config {}", path.display()));
+    }
+
+    /// A REST API on a free port that answers every request with `status`.
+    fn api_answering(status: u16) -> RestApi {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        let credentials = super::super::config::Credentials::with_prefix("t");
+        RestApi::new(listen, &credentials, Duration::from_secs(2))
+    }
+
+    #[test]
+    fn only_primary_is_the_single_api_answering_primary() {
+        let (replica, primary, other_primary) =
+            (api_answering(503), api_answering(200), api_answering(200));
+        assert_eq!(only_primary([&replica, &primary]), Some(1));
+        assert_eq!(only_primary([&primary, &replica, &other_primary]), None);
+        assert_eq!(only_primary([&replica]), None);
     }
 
     #[test]

@@ -220,11 +220,17 @@ bootstrap:
     }
 }
 
+/// A complete node configuration for the harness's own tests.
+#[cfg(test)]
+pub(crate) fn sample_config() -> AgentConfig {
+    tests::config()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config() -> AgentConfig {
+    pub(super) fn config() -> AgentConfig {
         AgentConfig {
             written_by: "a test".into(),
             scope: "demo".into(),

@@ -17,7 +17,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::agent::{
-    keep_server_log, kill_processes_under, node_log_tails, NodeDir, RestApi, Supervised,
+    keep_server_log, kill_processes_under, node_log_tails, only_primary, NodeDir, RestApi,
+    Supervised,
 };
 use super::config::{AgentConfig, Credentials, DcsHosts, DnsRoute, Timing};
 use super::{node_dirs, preflight};
@@ -251,32 +252,21 @@ impl LoopbackCluster {
         for (i, (name, dir)) in names.into_iter().zip(dirs).enumerate() {
             let api_port = free_port()?;
             let ip = node_ip(i);
-            let config = logs.join(format!("{name}.yaml"));
-            let log = logs.join(format!("{name}.log"));
-            let _ = fs::remove_file(&log);
-            cluster
-                .agent_config(opts, &name, ip, pg_port, api_port, &dir)
-                .write(&config)?;
-            let argv = vec![
-                opts.matriarch.clone().into_os_string(),
-                "run".into(),
-                "--config".into(),
-                config.clone().into_os_string(),
-            ];
+            let agent_config = cluster.agent_config(opts, &name, ip, pg_port, api_port, &dir);
+            let (config, agent) = Supervised::agent(&opts.matriarch, &agent_config, logs, None)?;
             cluster.nodes.push(LoopbackNode {
-                rest: RestApi {
-                    base: format!("http://127.0.0.1:{api_port}"),
-                    user: opts.credentials.api_user.clone(),
-                    password: opts.credentials.api_password.clone(),
-                    get_timeout: Duration::from_secs(1),
-                },
+                rest: RestApi::new(
+                    agent_config.api_listen,
+                    &opts.credentials,
+                    Duration::from_secs(1),
+                ),
                 name,
                 ip,
                 pg_port,
                 api_port,
                 dir,
                 config,
-                agent: Supervised::new(argv, log),
+                agent,
             });
         }
         for node in &mut cluster.nodes {
@@ -349,13 +339,7 @@ impl LoopbackCluster {
 
     /// The index of the only node answering 200 on `/primary`.
     pub fn primary(&self) -> Option<usize> {
-        let primaries: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_primary())
-            .collect();
-        match primaries.as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        }
+        only_primary(self.nodes.iter().map(|n| &n.rest))
     }
 
     /// One primary and every other node a streaming replica: the primary's index.

@@ -7,8 +7,9 @@
 //! * The pieces it is built from, for a cluster laid out elsewhere (the chaos
 //!   run's network namespaces): [`preflight`], [`node_dirs`], [`AgentConfig`]
 //!   (the node YAML), [`Supervised`] (a restartable agent or service, optionally
-//!   in a namespace), [`NodeDir`], [`RestApi`], [`crate::BindConfig`] and the DNS
-//!   client in [`crate::dns`].
+//!   in a namespace; [`Supervised::agent`] writes a node's configuration and
+//!   makes its agent), [`NodeDir`], [`RestApi`], [`only_primary`],
+//!   [`crate::BindConfig`] and the DNS client in [`crate::dns`].
 
 mod agent;
 mod config;
@@ -20,8 +21,8 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 pub use agent::{
-    is_postgres, keep_server_log, kill_processes_under, node_log_tails, tail, NodeDir, RestApi,
-    Supervised,
+    is_postgres, keep_server_log, kill_processes_under, node_log_tails, only_primary, tail,
+    NodeDir, RestApi, Supervised,
 };
 pub use config::{AgentConfig, Credentials, DcsHosts, DnsRoute, Timing};
 pub use loopback::{LoopbackCluster, LoopbackNode, LoopbackOptions};

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::{ephemeral, holder_of, lost, session_ended, Inner, ATTEMPTS};
+use super::{holder_of, lost, session_ended, Inner, ATTEMPTS};
 use crate::error::{map_zk, BACKEND};
 use crate::lease::LeaseKey;
 
@@ -31,24 +31,19 @@ impl Inner {
             self.delete_own(&session, &key).await?;
             self.leases().forget(&key);
         }
-        self.leases()
-            .tentative(key.clone(), session.id, start + ttl, start);
-        self.reaper_wake.notify_one();
+        self.lease_tentatively(&key, session.id, start + ttl, start);
         for _ in 0..ATTEMPTS {
-            match session
-                .client
-                .create(&path, &value, &ephemeral(&self.config))
-                .await
-            {
+            let created = self
+                .create_ephemeral(&session, &self.scope_dir, (&path, &value))
+                .await;
+            match created {
                 Ok(_) => {
-                    self.leases().confirm(key, session.id, start + ttl);
-                    self.reaper_wake.notify_one();
+                    self.lease_confirmed(key, session.id, start + ttl);
                     self.note_lock_lifetime(&session, ttl);
                     self.warn_ttl(&session, ttl);
                     info!(cluster = %self.scope(), member = %me, "took the leader lock");
                     return Ok(true);
                 }
-                Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
                 Err(zk::Error::NodeExists) => {
                     let Some((data, stat)) = self.get(&session, &path).await? else {
                         continue; // released meanwhile: race again
@@ -56,8 +51,7 @@ impl Inner {
                     let holder = holder_of(&data);
                     if stat.ephemeral_owner == session.id {
                         if holder.as_ref() == Some(me) {
-                            self.leases().confirm(key, session.id, start + ttl);
-                            self.reaper_wake.notify_one();
+                            self.lease_confirmed(key, session.id, start + ttl);
                             self.note_lock_lifetime(&session, ttl);
                             return Ok(true);
                         }

@@ -39,9 +39,8 @@ impl Inner {
         let start = Instant::now();
         let deadline = start + ttl;
         let confirm = |version: i32| {
-            self.leases().confirm(key.clone(), session.id, deadline);
+            self.lease_confirmed(key.clone(), session.id, deadline);
             self.note_member_written(&name, session.id, version, &value);
-            self.reaper_wake.notify_one();
         };
         if self.leases().is_live(&key, session.id, start) {
             if let Some(version) = self.unchanged_member_version(&name, session.id, &value) {
@@ -65,21 +64,17 @@ impl Inner {
                 Err(e) => return Err(map_zk(&format!("writing {path}"), e)),
             }
         }
-        self.leases()
-            .tentative(key.clone(), session.id, deadline, start);
-        self.reaper_wake.notify_one();
+        self.lease_tentatively(&key, session.id, deadline, start);
         for _ in 0..ATTEMPTS {
-            match session
-                .client
-                .create(&path, &value, &ephemeral(&self.config))
-                .await
-            {
-                Ok((stat, _)) => {
+            let created = self
+                .create_ephemeral(&session, &self.members_dir, (&path, &value))
+                .await;
+            match created {
+                Ok(stat) => {
                     confirm(stat.version);
                     info!(cluster = %self.scope(), member = %name, "published the member record");
                     return Ok(());
                 }
-                Err(zk::Error::NoNode) => self.make_dir(&session, &self.members_dir).await?,
                 Err(zk::Error::NodeExists) => {
                     let Some(stat) = self.stat(&session, &path).await? else {
                         continue;

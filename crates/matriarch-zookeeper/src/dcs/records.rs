@@ -10,6 +10,7 @@ use zookeeper_client as zk;
 
 use super::{persistent, version_of, Inner, ATTEMPTS};
 use crate::error::{map_zk, BACKEND};
+use crate::session::Session;
 
 impl Inner {
     pub(super) fn conflict(key: &DcsKey, expected: Expected, found: Option<&zk::Stat>) -> DcsError {
@@ -18,6 +19,18 @@ impl Inner {
             expected,
             found: found.map(version_of),
         }
+    }
+
+    /// Creates the persistent znode of a key of the scope.
+    async fn create_persistent(
+        &self,
+        session: &Session,
+        path: &str,
+        value: &[u8],
+    ) -> Result<zk::Stat, zk::Error> {
+        let options = persistent(&self.config);
+        self.create_in(session, &self.scope_dir, (path, value), &options)
+            .await
     }
 
     pub(super) async fn write(
@@ -30,20 +43,13 @@ impl Inner {
         let path = self.path(&key);
         let value = record.encode();
         match expected {
-            Expected::Absent => loop {
-                match session
-                    .client
-                    .create(&path, &value, &persistent(&self.config))
-                    .await
-                {
-                    Ok((stat, _)) => return Ok(version_of(&stat)),
-                    Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
-                    Err(zk::Error::NodeExists) => {
-                        let found = self.stat(&session, &path).await?;
-                        return Err(Self::conflict(&key, expected, found.as_ref()));
-                    }
-                    Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
+            Expected::Absent => match self.create_persistent(&session, &path, &value).await {
+                Ok(stat) => Ok(version_of(&stat)),
+                Err(zk::Error::NodeExists) => {
+                    let found = self.stat(&session, &path).await?;
+                    Err(Self::conflict(&key, expected, found.as_ref()))
                 }
+                Err(e) => Err(map_zk(&format!("creating {path}"), e)),
             },
             Expected::Version(version) => {
                 let Some(stat) = self.stat(&session, &path).await? else {
@@ -72,13 +78,8 @@ impl Inner {
                         Err(zk::Error::NoNode) => {}
                         Err(e) => return Err(map_zk(&format!("writing {path}"), e)),
                     }
-                    match session
-                        .client
-                        .create(&path, &value, &persistent(&self.config))
-                        .await
-                    {
-                        Ok((stat, _)) => return Ok(version_of(&stat)),
-                        Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
+                    match self.create_persistent(&session, &path, &value).await {
+                        Ok(stat) => return Ok(version_of(&stat)),
                         Err(zk::Error::NodeExists) => {}
                         Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
                     }
@@ -127,20 +128,13 @@ impl Inner {
         let session = self.session().await?;
         let path = self.path(&DcsKey::Initialize);
         let value = encode_initialize(&Initialize::InProgress);
-        loop {
-            match session
-                .client
-                .create(&path, &value, &persistent(&self.config))
-                .await
-            {
-                Ok(_) => {
-                    info!(cluster = %self.scope(), "won the initialize race");
-                    return Ok(true);
-                }
-                Err(zk::Error::NoNode) => self.make_dir(&session, &self.scope_dir).await?,
-                Err(zk::Error::NodeExists) => return Ok(false),
-                Err(e) => return Err(map_zk(&format!("creating {path}"), e)),
+        match self.create_persistent(&session, &path, &value).await {
+            Ok(_) => {
+                info!(cluster = %self.scope(), "won the initialize race");
+                Ok(true)
             }
+            Err(zk::Error::NodeExists) => Ok(false),
+            Err(e) => Err(map_zk(&format!("creating {path}"), e)),
         }
     }
 

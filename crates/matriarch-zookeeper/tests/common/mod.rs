@@ -7,9 +7,12 @@ use std::time::Duration;
 
 // Not every test file uses every helper.
 #[allow(unused_imports)]
-pub(crate) use matriarch_dcs::test_support::{eventually, member, name, publish, unique_scope};
+pub(crate) use matriarch_dcs::test_support::{
+    eventually, lead, member, name, publish, unique_scope,
+};
+use matriarch_dcs::Dcs;
 use matriarch_testkit::ZooKeeperServer;
-use matriarch_zookeeper::ZooKeeperConfig;
+use matriarch_zookeeper::{ZooKeeperConfig, ZooKeeperDcs};
 use zookeeper_client as zk;
 
 /// The TTL (= session timeout) the tests use unless they say otherwise.
@@ -39,6 +42,25 @@ pub(crate) fn config(connect_string: &str, scope: &str) -> ZooKeeperConfig {
         .with_chroot(CHROOT)
         .with_session_timeout(TTL)
         .with_retry_timeout(RETRY_TIMEOUT)
+}
+
+/// A `ZooKeeperDcs` with its session open; panics when it cannot connect.
+pub(crate) async fn connect(config: &ZooKeeperConfig) -> ZooKeeperDcs {
+    ZooKeeperDcs::connect(config.clone())
+        .await
+        .unwrap_or_else(|e| panic!("connect a ZooKeeperDcs: {e}"))
+}
+
+/// A new client connected with `config`, once it has found that it cannot
+/// take the lock (someone holds it).
+pub(crate) async fn locked_out_newcomer(config: &ZooKeeperConfig, ttl: Duration) -> ZooKeeperDcs {
+    let newcomer = connect(config).await;
+    let taken = newcomer
+        .acquire_leader(&name("newcomer"), ttl)
+        .await
+        .expect("acquire by a newcomer");
+    assert!(!taken, "a newcomer took a lock that is held");
+    newcomer
 }
 
 /// A plain ZooKeeper client (no matriarch logic), as a third party would use.

@@ -81,6 +81,7 @@ pub(crate) use config_checks::pkglibdir;
 pub(crate) use limits::{bind, raise_file_limit, serve, ConnectionLimits, FileLimitError};
 pub(crate) use member_record::{MemberExtras, MemberRecordDcs};
 pub(crate) use mutations::merge_patch;
+pub(crate) use status::host_port as conn_url_host_port;
 pub(crate) use tls::{tls_acceptor, Tls};
 
 /// Reloads PostgreSQL's configuration (`POST /reload`): the one operation
@@ -180,6 +181,9 @@ pub(crate) struct ApiState {
     /// A restart `POST /restart` scheduled for later (`DELETE /restart`
     /// cancels it).
     pub scheduled_restart: Arc<restart::RestartSchedule>,
+    /// The callbacks: `on_restart` for the restarts it asks for, `on_reload`
+    /// for its reloads.
+    pub callbacks: crate::hooks::Callbacks,
 }
 
 /// What [`refresh`] keeps beside the engine's status.

@@ -173,7 +173,10 @@ impl ApiState {
         let _ = self.reload.try_send(());
         let _ops = self.ops.lock().await;
         match self.pg_reload.reload().await {
-            Ok(()) => respond(StatusCode::ACCEPTED, json!({"message": "reload scheduled"})),
+            Ok(()) => {
+                self.callbacks.reloaded();
+                respond(StatusCode::ACCEPTED, json!({"message": "reload scheduled"}))
+            }
             Err(e) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("reload failed: {e}"),

@@ -331,6 +331,7 @@ async fn restart_now(state: &ApiState, request: &RestartRequest) -> Resp {
         );
     };
     let timeout = request.timeout.unwrap_or(DEFAULT_RESTART_TIMEOUT);
+    let _on_restart = state.callbacks.restart_in_progress();
     match handle.restart(timeout).await {
         Ok(done) => respond(
             StatusCode::OK,

@@ -131,6 +131,7 @@ pub(super) fn status(role: EngineRole) -> EngineStatus {
         last_switchover_failure: None,
         writable: role == EngineRole::Leader,
         pending: None,
+        creating_replica: false,
         postgres: None,
         view: None,
         view_read_at: None,
@@ -176,6 +177,7 @@ pub(super) fn test_api_state(
         parameters: Arc::default(),
         restart: None,
         scheduled_restart: Default::default(),
+        callbacks: Default::default(),
     };
     (state, data_dir)
 }

@@ -357,7 +357,9 @@ impl ApiState {
     }
 }
 
-fn host_port(conn_url: &str) -> (Option<String>, Option<u16>) {
+/// PostgreSQL's host and port in a member's `conn_url` (port 5432 when it
+/// names none), as `GET /cluster` shows them.
+pub(crate) fn host_port(conn_url: &str) -> (Option<String>, Option<u16>) {
     let rest = conn_url.split_once("://").map_or(conn_url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);

@@ -150,6 +150,9 @@ impl Dcs for CountingDcs {
     async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
         self.count().remove_member(name).await
     }
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        self.count().remove_cluster().await
+    }
     async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
         self.count().write(record, expected).await
     }
@@ -208,6 +211,7 @@ fn replica_status() -> EngineStatus {
         last_switchover_failure: None,
         writable: false,
         pending: None,
+        creating_replica: false,
         postgres: Some(Arc::new(running(PgRole::Replica, 1))),
         view: Some(Arc::new(view_led_by(&other))),
         view_read_at: Some(chrono::Utc::now()),

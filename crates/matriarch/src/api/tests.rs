@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use matriarch_ha::EngineRole;
 use matriarch_model::{ClusterConfig, ClusterView, Lsn, MemberName, SynchronousMode, Tags};
-use matriarch_postgres::{LocalState, PgRole, ServerState};
+use matriarch_postgres::{DataDirectoryState, LocalState, PgRole, ServerState};
 use serde_json::json;
 
 use super::auth::constant_time_eq;
@@ -165,7 +165,37 @@ fn health_node(role: EngineRole, pg: Option<PgRole>) -> Node {
         failsafe_active: false,
         writable: role == EngineRole::Leader && pg == Some(PgRole::Primary),
         postmaster_alive: pg.is_some(),
+        creating_replica: false,
     }
+}
+
+/// patronictl's `reinit --wait` waits while the state is `creating
+/// replica`: from the emptied data directory until the clone is done.
+#[test]
+fn state_is_creating_replica_while_the_data_directory_is_cloned() {
+    let mut node = health_node(EngineRole::Replica, None);
+    node.local = Some(LocalState {
+        server: ServerState::NotRunning(DataDirectoryState::Empty),
+        ..LocalState::empty()
+    });
+    // No cluster to clone from: nothing is being created.
+    assert_eq!(node.state(), "uninitialized");
+    node.view = Some(ClusterView::decode(
+        1,
+        [("initialize", "7300000000000000001"), ("leader", "other")].map(|(key, value)| {
+            matriarch_model::RawEntry {
+                key: key.to_owned(),
+                value: value.as_bytes().to_vec(),
+                version: matriarch_model::Version(1),
+            }
+        }),
+    ));
+    assert_eq!(node.state(), "creating replica");
+    // pg_basebackup runs: whatever the half-written directory looks like.
+    node.local = None;
+    assert_eq!(node.state(), "unknown");
+    node.creating_replica = true;
+    assert_eq!(node.state(), "creating replica");
 }
 
 fn me() -> MemberName {

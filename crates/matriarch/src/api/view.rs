@@ -12,13 +12,8 @@ use super::ApiState;
 
 /// Parses `?lag=`: bytes, or a size with a unit (`1MB`, `16 kB`, `1GB`).
 pub(crate) fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = matriarch_model::number_with_unit(text)?;
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1 << 10,
         "mb" | "m" => 1 << 20,
@@ -55,6 +50,8 @@ pub(crate) struct Node {
     pub(crate) writable: bool,
     /// The postmaster named in `postmaster.pid` is alive now.
     pub(crate) postmaster_alive: bool,
+    /// The engine clones a replica into the data directory.
+    pub(crate) creating_replica: bool,
 }
 
 impl Node {
@@ -117,6 +114,9 @@ impl Node {
     }
 
     pub(crate) fn state(&self) -> &'static str {
+        if self.creating_replica || self.awaits_clone() {
+            return "creating replica";
+        }
         match self.local.as_ref().map(|l| &l.server) {
             Some(ServerState::Running(_)) => "running",
             Some(ServerState::Unavailable) => "starting",
@@ -125,6 +125,27 @@ impl Node {
             Some(ServerState::NotRunning(DataDirectoryState::CleanShutdown)) => "stopped",
             None => "unknown",
         }
+    }
+}
+
+impl Node {
+    /// An empty data directory on a member of an initialized cluster that
+    /// has a leader: the engine clones it at its next loop (after `POST
+    /// /reinitialize` emptied it, or on a new member), so it is a replica
+    /// being created, as Patroni reports it from the moment it starts.
+    fn awaits_clone(&self) -> bool {
+        let empty = matches!(
+            self.local.as_ref().map(|l| &l.server),
+            Some(ServerState::NotRunning(DataDirectoryState::Empty))
+        );
+        let initialized = self.view.as_ref().is_some_and(|v| {
+            v.leader_name().is_some()
+                && matches!(
+                    &v.initialize,
+                    Some(Ok(entry)) if matches!(entry.value, matriarch_model::Initialize::Done(_))
+                )
+        });
+        empty && initialized && self.role != EngineRole::Leader
     }
 }
 
@@ -263,6 +284,7 @@ impl ApiState {
             failsafe_active: status.failsafe_active,
             writable: status.writable,
             postmaster_alive: postmaster_alive(&self.data_dir),
+            creating_replica: status.creating_replica,
         }
     }
 

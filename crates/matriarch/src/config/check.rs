@@ -280,6 +280,8 @@ impl NodeConfig {
                 ("callbacks.on_start", &self.callbacks.on_start),
                 ("callbacks.on_stop", &self.callbacks.on_stop),
                 ("callbacks.on_role_change", &self.callbacks.on_role_change),
+                ("callbacks.on_restart", &self.callbacks.on_restart),
+                ("callbacks.on_reload", &self.callbacks.on_reload),
                 ("callbacks.pre_promote", &self.callbacks.pre_promote),
             ],
             "is not a file",

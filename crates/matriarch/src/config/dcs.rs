@@ -13,19 +13,14 @@ pub(crate) struct Etcd3Config {
     /// Endpoints: a list, or one comma-separated string (`host:port` or URLs).
     pub hosts: HostList,
     /// etcd user.
-    #[serde(default)]
     pub username: Option<String>,
     /// etcd password.
-    #[serde(default)]
     pub password: Option<Secret>,
     /// CA certificate (PEM); setting it switches to HTTPS.
-    #[serde(default)]
     pub cacert: Option<PathBuf>,
     /// Client certificate (PEM).
-    #[serde(default)]
     pub cert: Option<PathBuf>,
     /// Client key (PEM).
-    #[serde(default)]
     pub key: Option<PathBuf>,
 }
 
@@ -36,10 +31,8 @@ pub(crate) struct ZooKeeperSection {
     /// Servers (`host:port`): a list or a comma-separated string.
     pub hosts: HostList,
     /// A chroot path under which the layout lives.
-    #[serde(default)]
     pub chroot: Option<String>,
     /// Digest authentication.
-    #[serde(default)]
     pub auth: Option<ZooKeeperAuth>,
 }
 

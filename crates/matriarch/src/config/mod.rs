@@ -178,6 +178,14 @@ pub(crate) struct CallbacksConfig {
     /// After this member changed role (asynchronous).
     #[serde(default)]
     pub on_role_change: Option<PathBuf>,
+    /// After a restart the agent performed (REST API, `ctl restart`, a
+    /// scheduled restart) started PostgreSQL again, in place of `on_stop`
+    /// and `on_start` (asynchronous).
+    #[serde(default)]
+    pub on_restart: Option<PathBuf>,
+    /// After the agent reloaded PostgreSQL's configuration (asynchronous).
+    #[serde(default)]
+    pub on_reload: Option<PathBuf>,
     /// Before a promotion (synchronous): a non-zero exit cancels it.
     #[serde(default)]
     pub pre_promote: Option<PathBuf>,

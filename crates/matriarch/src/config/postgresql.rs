@@ -17,19 +17,15 @@ pub(crate) struct PostgresqlSection {
     /// `host:port` PostgreSQL listens on (`listen_addresses` and `port`).
     pub listen: String,
     /// `host:port` other members and clients connect to; defaults to `listen`.
-    #[serde(default)]
     pub connect_address: Option<String>,
     /// The data directory (absolute).
     pub data_dir: PathBuf,
     /// The server programs' directory.
-    #[serde(default)]
     pub bin_dir: Option<PathBuf>,
     /// The Unix socket directory (absolute); defaults to the data
     /// directory's parent.
-    #[serde(default)]
     pub socket_dir: Option<PathBuf>,
     /// The OS user the server programs run as when matriarch runs as root.
-    #[serde(default)]
     pub os_user: Option<String>,
     /// The roles.
     pub authentication: PgAuthentication,
@@ -53,7 +49,6 @@ pub(crate) struct PgAuthentication {
     /// The replication role.
     pub replication: PgRoleConfig,
     /// The pg_rewind role (the superuser if absent).
-    #[serde(default)]
     pub rewind: Option<PgRoleConfig>,
 }
 
@@ -64,7 +59,6 @@ pub(crate) struct PgRoleConfig {
     /// The role name.
     pub username: String,
     /// Its password.
-    #[serde(default)]
     pub password: Option<Secret>,
 }
 impl NodeConfig {

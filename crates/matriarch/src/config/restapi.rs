@@ -17,33 +17,26 @@ pub(crate) struct RestApiConfig {
     pub listen: String,
     /// The `host:port` peers and tools use; defaults to `listen` (with
     /// `127.0.0.1` for an unspecified address).
-    #[serde(default)]
     pub connect_address: Option<String>,
     /// Basic authentication required by every mutating call.
-    #[serde(default)]
     pub authentication: Option<BasicAuthConfig>,
     /// Client addresses (IPs or CIDR ranges) allowed to make mutating calls;
     /// empty allows every address.
     #[serde(default)]
     pub allowlist: Vec<String>,
     /// TLS certificate chain (PEM); with `keyfile`, the API speaks HTTPS.
-    #[serde(default)]
     pub certfile: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[serde(default)]
     pub keyfile: Option<PathBuf>,
     /// CA (PEM) that client certificates are verified against; a verified
     /// client certificate authenticates a mutating call.
-    #[serde(default)]
     pub cafile: Option<PathBuf>,
     /// Concurrent connections the API serves in total; more are closed at
     /// once. Never more than a quarter of the file limit, so that the HA
     /// loop and PostgreSQL keep theirs (default: that quarter, at most
     /// 10,000).
-    #[serde(default)]
     pub max_connections: Option<usize>,
     /// Concurrent connections the API serves per client address (default 100).
-    #[serde(default)]
     pub max_connections_per_ip: Option<usize>,
 }
 

@@ -9,10 +9,8 @@ use matriarch_model::Secret;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouterSection {
     /// AWS ELB target groups.
-    #[serde(default)]
     pub elb: Option<ElbSection>,
     /// DNS names updated with RFC 2136.
-    #[serde(default)]
     pub dns: Option<DnsSection>,
 }
 
@@ -23,16 +21,12 @@ pub(crate) struct ElbSection {
     /// The target group that holds exactly the primary.
     pub writer_target_group_arn: String,
     /// The target group that holds the replicas.
-    #[serde(default)]
     pub reader_target_group_arn: Option<String>,
     /// The AWS region.
-    #[serde(default)]
     pub region: Option<String>,
     /// An endpoint override (e.g. a local emulator).
-    #[serde(default)]
     pub endpoint_url: Option<String>,
     /// `all` for addresses outside the target group's VPC.
-    #[serde(default)]
     pub availability_zone: Option<String>,
 }
 
@@ -47,7 +41,6 @@ pub(crate) struct DnsSection {
     /// The name that points at the primary.
     pub writer: String,
     /// The name that holds the replicas.
-    #[serde(default)]
     pub reader: Option<String>,
     /// Record TTL in seconds.
     #[serde(default = "default_dns_ttl")]

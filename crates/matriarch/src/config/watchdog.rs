@@ -54,24 +54,15 @@ pub(crate) enum WatchdogMode {
 
 impl<'de> Deserialize<'de> for WatchdogMode {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bool(bool),
-            Text(String),
-        }
         // YAML 1.1 readers (Patroni's) take a bare `off` as false.
-        match Raw::deserialize(deserializer)? {
-            Raw::Bool(false) => Ok(WatchdogMode::Off),
-            Raw::Bool(true) => Ok(WatchdogMode::Automatic),
-            Raw::Text(text) => match text.to_ascii_lowercase().as_str() {
-                "off" | "false" => Ok(WatchdogMode::Off),
-                "automatic" | "on" | "true" => Ok(WatchdogMode::Automatic),
-                "required" => Ok(WatchdogMode::Required),
-                _ => Err(serde::de::Error::custom(format!(
-                    "watchdog.mode must be off, automatic or required, not {text:?}"
-                ))),
-            },
+        let text = matriarch_model::deserialize_switch(deserializer)?;
+        match text.as_str() {
+            "off" | "false" => Ok(WatchdogMode::Off),
+            "automatic" | "on" | "true" => Ok(WatchdogMode::Automatic),
+            "required" => Ok(WatchdogMode::Required),
+            _ => Err(serde::de::Error::custom(format!(
+                "watchdog.mode must be off, automatic or required, not {text:?}"
+            ))),
         }
     }
 }

@@ -165,6 +165,16 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// What a read from the APIs gave.
+#[derive(Debug)]
+pub(crate) enum ReadOutcome {
+    /// An API answered with JSON.
+    Answered(Value, Endpoint),
+    /// No API could serve the read (none reachable, or each answered a server error): the
+    /// error naming each one's failure.
+    Unanswered(CtlError),
+}
+
 /// TLS files for `https://` APIs.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TlsFiles {
@@ -263,6 +273,15 @@ impl Client {
     /// `GET path` from the first API that answers with a non-5xx status; the API that answered
     /// moves to the front for later calls. A 4xx answer is an error with the server's message.
     pub(super) async fn get_json(&mut self, path: &str) -> Result<(Value, Endpoint), CtlError> {
+        match self.try_get_json(path).await? {
+            ReadOutcome::Answered(value, endpoint) => Ok((value, endpoint)),
+            ReadOutcome::Unanswered(error) => Err(error),
+        }
+    }
+
+    /// [`Client::get_json`], telling apart the APIs' failure to serve the read at all (which a
+    /// caller may work around, by reading the DCS) from a refusal or a bad answer (errors).
+    pub(super) async fn try_get_json(&mut self, path: &str) -> Result<ReadOutcome, CtlError> {
         let mut failures = Vec::new();
         let mut answered = false;
         for i in 0..self.endpoints.len() {
@@ -274,7 +293,7 @@ impl Client {
                 Ok(reply) if reply.ok() => {
                     let value = reply.json()?;
                     self.endpoints.swap(0, i);
-                    return Ok((value, endpoint));
+                    return Ok(ReadOutcome::Answered(value, endpoint));
                 }
                 Ok(reply) if reply.status >= 500 => {
                     answered = true;
@@ -296,11 +315,11 @@ impl Client {
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        Err(if answered {
+        Ok(ReadOutcome::Unanswered(if answered {
             no_usable_answer(failures)
         } else {
             no_answer(failures)
-        })
+        }))
     }
 
     /// `GET path` from one API (a member's own).

@@ -35,10 +35,20 @@ async fn read_cluster(client: &mut Client) -> Result<(Cluster, Endpoint), CtlErr
     read_parsed(client, "/cluster", Cluster::parse).await
 }
 
-pub(super) async fn list(client: &mut Client, format: Format, tree: bool) -> Result<(), CtlError> {
-    let (mut cluster, endpoint) = read_cluster(client).await?;
+/// `list`/`topology` of `cluster`, read from the API `answered` (which also gives the system
+/// id), or, when `None`, from the DCS (said in a note).
+pub(super) async fn print_members(
+    client: &mut Client,
+    mut cluster: Cluster,
+    answered: Option<&Endpoint>,
+    format: Format,
+    tree: bool,
+) -> Result<(), CtlError> {
     // The system id (and the name, if /cluster lacks it) come from the answering member.
-    let status = client.get_json_from(&endpoint, "/patroni").await.ok();
+    let status = match answered {
+        Some(endpoint) => client.get_json_from(endpoint, "/patroni").await.ok(),
+        None => None,
+    };
     if cluster.scope.is_none() {
         cluster.scope = status.as_ref().and_then(view::status_scope);
     }
@@ -49,7 +59,12 @@ pub(super) async fn list(client: &mut Client, format: Format, tree: bool) -> Res
         render::list_order(&cluster)
     };
     match format {
-        Format::Json => print_json(&render::members_json(&cluster, &rows)),
+        Format::Json => {
+            if answered.is_none() {
+                eprintln!("{}", super::from_dcs::NOTE);
+            }
+            print_json(&render::members_json(&cluster, &rows))
+        }
         Format::Text => {
             print!(
                 "{}",
@@ -57,6 +72,9 @@ pub(super) async fn list(client: &mut Client, format: Format, tree: bool) -> Res
             );
             if let Some(note) = status.as_ref().and_then(render::pending_note) {
                 print!("{note}");
+            }
+            if answered.is_none() {
+                println!("{}", super::from_dcs::NOTE);
             }
             Ok(())
         }
@@ -351,7 +369,7 @@ pub(super) async fn on_members(
     let mut targets = Vec::new();
     // patronictl's form: `restart CLUSTER [MEMBER]...`, all members when none named.
     let named: Vec<String> = match args.members.split_first() {
-        Some((first, rest)) if super::patroni_cmds::is_cluster_name(first, &cluster) => {
+        Some((first, rest)) if cluster.is_cluster_name(first) => {
             if rest.is_empty() {
                 cluster.members.iter().map(|m| m.name.clone()).collect()
             } else {

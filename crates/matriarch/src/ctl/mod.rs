@@ -3,15 +3,18 @@
 //!
 //! Every command reads the cluster through `GET /cluster` (and `/config`, `/history`,
 //! `/patroni`) of the first API that answers, and changes it through the Patroni-compatible
-//! mutating endpoints with basic auth. Exit codes: 0 done, 1 refused or failed (the server's
+//! mutating endpoints with basic auth; `remove` alone works on the DCS itself (`remove.rs`).
+//! Exit codes: 0 done, 1 refused or failed (the server's
 //! message is printed), 2 usage error.
 
 mod client;
 mod commands;
+mod from_dcs;
 mod nodeconf;
 mod patch;
 mod patroni_cmds;
 mod query;
+mod remove;
 mod render;
 mod view;
 
@@ -240,6 +243,9 @@ pub(crate) enum CtlCommand {
     Dsn(DsnArgs),
     /// Run SQL on a member's PostgreSQL (the leader by default); rows as tsv.
     Query(query::QueryArgs),
+    /// Delete every key of a cluster from the DCS (needs --config; asks for confirmation,
+    /// answers may be piped on stdin).
+    Remove(remove::RemoveArgs),
 }
 
 /// Options of `list` and `topology`.
@@ -399,6 +405,10 @@ fn client_from(args: &CtlArgs) -> Result<Client, CtlError> {
 }
 
 async fn execute(args: CtlArgs) -> Result<(), CtlError> {
+    // The one command that talks to the DCS, not to a REST API.
+    if let CtlCommand::Remove(remove) = &*args.command {
+        return remove::remove(args.config.as_deref(), remove).await;
+    }
     // Validate arguments that need no server before contacting one.
     let patch = match &*args.command {
         CtlCommand::EditConfig(edit) => {
@@ -417,14 +427,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
     };
     let mut client = client_from(&args)?;
     match *args.command {
-        CtlCommand::List(l) => {
-            let (cluster, interval) = (l.read.cluster.as_deref(), l.interval()?);
-            patroni_cmds::list(&mut client, cluster, l.read.format, false, interval).await
-        }
-        CtlCommand::Topology(l) => {
-            let (cluster, interval) = (l.read.cluster.as_deref(), l.interval()?);
-            patroni_cmds::list(&mut client, cluster, l.read.format, true, interval).await
-        }
+        CtlCommand::List(l) => list(&mut client, &l, args.config.as_deref(), false).await,
+        CtlCommand::Topology(l) => list(&mut client, &l, args.config.as_deref(), true).await,
         CtlCommand::History(read) => {
             patroni_cmds::require_cluster(&mut client, read.cluster.as_deref()).await?;
             history(&mut client, read.format).await
@@ -455,6 +459,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             patroni_cmds::version(&mut client, cluster, members).await
         }
         CtlCommand::Flush(f) => patroni_cmds::flush(&mut client, &f.args, f.force).await,
+        CtlCommand::Remove(r) => remove::remove(args.config.as_deref(), &r).await,
         CtlCommand::Query(q) => {
             query::query(&mut client, &q, Duration::from_secs(args.timeout)).await
         }
@@ -504,6 +509,21 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             .await
         }
     }
+}
+
+/// `list`, or `topology` (`tree`); from the DCS `node_config` names when no API answers.
+async fn list(
+    client: &mut Client,
+    args: &ListArgs,
+    node_config: Option<&std::path::Path>,
+    tree: bool,
+) -> Result<(), CtlError> {
+    let (cluster, format, interval) = (
+        args.read.cluster.as_deref(),
+        args.read.format,
+        args.interval()?,
+    );
+    patroni_cmds::list(client, cluster, node_config, format, tree, interval).await
 }
 
 /// Checks `--scheduled`: `now` (or absent) means at once; otherwise an RFC 3339 time with

@@ -2,13 +2,15 @@
 //! `flush <cluster> [members] restart|switchover`, `dsn`, `list --watch`,
 //! and the check of the cluster name patronictl takes as first argument.
 
+use std::path::Path;
 use std::time::Duration;
 
 use hyper::Method;
 use serde_json::Value;
 
-use super::client::{Client, Endpoint};
+use super::client::{Client, Endpoint, ReadOutcome};
 use super::commands::{self, confirm};
+use super::from_dcs;
 use super::view::{Cluster, Member};
 use super::{CtlError, Format};
 
@@ -65,17 +67,53 @@ fn api_of(member: &Member) -> Result<Endpoint, CtlError> {
         })
 }
 
-/// `list`/`topology`, once or every `watch` seconds until interrupted.
+/// The cluster from the APIs (and the one that answered), else, when none can serve it and
+/// a node configuration names the DCS, from the DCS (`None`).
+async fn read_cluster_or_dcs(
+    client: &mut Client,
+    node_config: Option<&Path>,
+) -> Result<(Cluster, Option<Endpoint>), CtlError> {
+    let unanswered = match client.try_get_json("/cluster").await? {
+        ReadOutcome::Answered(value, endpoint) => {
+            let cluster = Cluster::parse(&value).map_err(|e| {
+                CtlError::Failed(format!(
+                    "{}: unexpected answer: {e}",
+                    endpoint.url("/cluster")
+                ))
+            })?;
+            return Ok((cluster, Some(endpoint)));
+        }
+        ReadOutcome::Unanswered(error) => error,
+    };
+    let Some(file) = node_config else {
+        return Err(unanswered);
+    };
+    match from_dcs::read_cluster(file).await {
+        Ok(cluster) => Ok((cluster, None)),
+        Err(dcs) => Err(match unanswered {
+            CtlError::Failed(apis) => CtlError::Failed(format!(
+                "{apis}
+and the DCS could not be read: {dcs}"
+            )),
+            usage => usage,
+        }),
+    }
+}
+
+/// `list`/`topology`, once or every `watch` seconds until interrupted; from the DCS of
+/// `node_config` when no API answers.
 pub(super) async fn list(
     client: &mut Client,
     expected: Option<&str>,
+    node_config: Option<&Path>,
     format: Format,
     tree: bool,
     watch: Option<Duration>,
 ) -> Result<(), CtlError> {
     loop {
-        require_cluster(client, expected).await?;
-        commands::list(client, format, tree).await?;
+        let (cluster, answered) = read_cluster_or_dcs(client, node_config).await?;
+        check_cluster_name(expected, &cluster)?;
+        commands::print_members(client, cluster, answered.as_ref(), format, tree).await?;
         let Some(interval) = watch else {
             return Ok(());
         };
@@ -303,12 +341,6 @@ pub(super) async fn member_address(
     Ok((found.host.clone(), port))
 }
 
-/// Whether `name` (the first member argument) is the cluster's name given
-/// patronictl-style before the members rather than a member.
-pub(super) fn is_cluster_name(name: &str, cluster: &Cluster) -> bool {
-    cluster.scope.as_deref() == Some(name) && cluster.member(name).is_none()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,8 +427,8 @@ mod tests {
             "members": [{"name": "pg1"}, {"name": "demo2"}],
         }))
         .unwrap();
-        assert!(is_cluster_name("demo", &cluster));
-        assert!(!is_cluster_name("pg1", &cluster));
+        assert!(cluster.is_cluster_name("demo"));
+        assert!(!cluster.is_cluster_name("pg1"));
         assert!(check_cluster_name(Some("other"), &cluster).is_err());
         assert!(check_cluster_name(Some("demo"), &cluster).is_ok());
         assert!(check_cluster_name(None, &cluster).is_ok());

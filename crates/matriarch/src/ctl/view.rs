@@ -128,6 +128,12 @@ pub(crate) fn is_leader_role(role: &str) -> bool {
 }
 
 impl Cluster {
+    /// Whether `name` (the first member argument) is the cluster's name given
+    /// patronictl-style before the members rather than a member.
+    pub(super) fn is_cluster_name(&self, name: &str) -> bool {
+        self.scope.as_deref() == Some(name) && self.member(name).is_none()
+    }
+
     /// Parses `GET /cluster`; fails only when the body is not an object with a `members` list.
     pub(super) fn parse(value: &Value) -> Result<Cluster, String> {
         let members = value

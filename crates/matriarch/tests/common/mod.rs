@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 use matriarch_testkit::{bin_dir, free_port, http_request, EtcdServer, HttpResponse, PgOsUser};
 use serde_json::Value;
 
+mod callbacks;
 mod etcd;
 
+#[allow(unused_imports)] // each test binary uses some of them
+pub(crate) use callbacks::RecordedCallbacks;
 #[allow(unused_imports)] // each test binary uses some of them
 pub(crate) use etcd::{etcd_get, etcd_lease_granted_ttl, etcd_put, etcd_range};
 

@@ -319,7 +319,7 @@ fn callbacks(out: &mut Builder, section: &Value) {
     for (event, value) in entries(section) {
         let key = format!("postgresql.callbacks.{event}");
         match event.as_str() {
-            "on_start" | "on_stop" | "on_role_change" => {
+            "on_start" | "on_stop" | "on_role_change" | "on_restart" | "on_reload" => {
                 let command = scalar_text(&value).unwrap_or_default();
                 let how = command.contains(char::is_whitespace).then(|| {
                     "matriarch runs a program file, without shell words: wrap the command in a script"
@@ -327,10 +327,6 @@ fn callbacks(out: &mut Builder, section: &Value) {
                 });
                 out.map(&key, &format!("callbacks.{event}"), value, how)
             }
-            "on_restart" | "on_reload" => out.drop_key(
-                &key,
-                "matriarch has no such event (it has on_start, on_stop, on_role_change and pre_promote)",
-            ),
             _ => out.drop_key(&key, "not a callback event matriarch has"),
         }
     }
