@@ -26,3 +26,18 @@ pub struct BootstrapSpec {
     /// `pg_hba.conf` lines, in order (the first match wins in PostgreSQL).
     pub pg_hba: Vec<String>,
 }
+
+impl BootstrapSpec {
+    /// PostgreSQL's usual role names without passwords (`postgres`, `replicator`),
+    /// no rewind role, parameters or `pg_hba` lines: what the in-memory
+    /// PostgreSQL, the simulation and the examples need, where nothing checks passwords.
+    pub fn passwordless() -> Self {
+        BootstrapSpec {
+            superuser: Credentials::without_password("postgres"),
+            replication: Credentials::without_password("replicator"),
+            rewind: None,
+            parameters: BTreeMap::new(),
+            pg_hba: Vec::new(),
+        }
+    }
+}

@@ -2,16 +2,13 @@
 //! `Postgres` conformance suite as `PgController` against real PostgreSQL:
 //! the stand-in the simulation and the examples run may not drift from it.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use matriarch_model::{MemberName, SystemId};
 use matriarch_postgres::conformance::{Harness, MEMBERS};
 use matriarch_postgres::memory::Commit;
-use matriarch_postgres::{
-    BootstrapSpec, Credentials, MemoryPostgres, MemoryPostgresCluster, Upstream,
-};
+use matriarch_postgres::{BootstrapSpec, MemoryPostgres, MemoryPostgresCluster, Upstream};
 
 struct MemoryHarness {
     cluster: MemoryPostgresCluster,
@@ -43,13 +40,7 @@ impl Harness for MemoryHarness {
     }
 
     fn bootstrap_spec(&self) -> BootstrapSpec {
-        BootstrapSpec {
-            superuser: Credentials::without_password("postgres"),
-            replication: Credentials::without_password("replicator"),
-            rewind: None,
-            parameters: BTreeMap::new(),
-            pg_hba: Vec::new(),
-        }
+        BootstrapSpec::passwordless()
     }
 
     async fn write(&self, index: usize) {

@@ -9,7 +9,8 @@
 //! * [`ZooKeeperServer`]: standalone ZooKeeper 3.8 run with java.
 //! * [`PostgresServer`]: PostgreSQL 15 (as the `postgres` OS user when run as root).
 //! * [`BindServer`]: BIND 9 with a TSIG-protected dynamic zone.
-//! * [`MotoServer`]: moto's AWS emulator from the venv made by `cargo xtask deps`.
+//! * [`MotoServer`]: moto's AWS emulator from the venv made by `cargo xtask deps`;
+//!   [`MotoS3`]: a bucket on it over HTTPS, for [`PgBackRest`] (Debian's pgBackRest).
 //! * [`TestCa`]: a CA and the certificates it signs, for TLS tests.
 //!
 //! On top of them, [`cluster`] runs real `matriarch run` agents (the harness of
@@ -31,6 +32,8 @@ mod etcd;
 mod etcd_tls;
 mod http;
 mod moto;
+mod moto_s3;
+mod pgbackrest;
 mod ports;
 mod postgres;
 mod process;
@@ -47,6 +50,8 @@ pub use etcd::{EtcdCluster, EtcdMember, EtcdMemberArgs, EtcdServer};
 pub use etcd_tls::TlsEtcdServer;
 pub use http::{http_request, http_request_timeout, HttpResponse};
 pub use moto::{moto_venv, MotoServer};
+pub use moto_s3::{MotoS3, MOTO_S3_REGION};
+pub use pgbackrest::{PgBackRest, PgBackRestRepo, PGBACKREST};
 pub use ports::{free_port, free_tcp_udp_port};
 pub use postgres::{
     bin_dir, pg_command, pg_program, run_as_pg_user, run_pg_program, PgOsUser, PostgresServer,

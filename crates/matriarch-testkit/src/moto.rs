@@ -1,6 +1,7 @@
 //! moto's AWS emulator server (`moto_server`) from the venv made by `cargo xtask deps`.
 
-use std::path::PathBuf;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub fn moto_venv() -> PathBuf {
 #[derive(Debug)]
 pub struct MotoServer {
     port: u16,
+    scheme: &'static str,
     process: Mutex<ServiceProcess>,
     _dir: TempDir,
 }
@@ -34,6 +36,16 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts `moto_server` and waits until it answers HTTP.
     pub fn start() -> Result<Self> {
+        Self::launch(None)
+    }
+
+    /// Starts `moto_server` serving HTTPS with the PEM certificate `cert` and its
+    /// key `key`, and waits until it accepts connections.
+    pub fn start_tls(cert: &Path, key: &Path) -> Result<Self> {
+        Self::launch(Some((cert, key)))
+    }
+
+    fn launch(tls: Option<(&Path, &Path)>) -> Result<Self> {
         let program = moto_venv().join("bin/moto_server");
         require_program("moto_server", &program)?;
         retry_on_port_clash("moto start", Duration::ZERO, || {
@@ -44,16 +56,25 @@ impl MotoServer {
                 .arg("127.0.0.1")
                 .arg("-p")
                 .arg(port.to_string());
+            if let Some((cert, key)) = tls {
+                spec = spec.arg("-c").arg(cert).arg("-k").arg(key);
+            }
             spec.cwd = Some(dir.path().to_path_buf());
             spec.envs = vec![("PYTHONUNBUFFERED".into(), "1".into())];
             let process = ServiceProcess::spawn("moto_server", spec, dir.path().join("moto.log"))?;
             let server = MotoServer {
                 port,
+                scheme: if tls.is_some() { "https" } else { "http" },
                 process: Mutex::new(process),
                 _dir: dir,
             };
             let url = format!("{}/moto-api/", server.endpoint_url());
             server.lock().wait_until(READY_TIMEOUT, || {
+                if tls.is_some() {
+                    // The testkit's HTTP client has no TLS: a listening socket is
+                    // enough, the caller's first HTTPS request proves the rest.
+                    return Ok(TcpStream::connect(("127.0.0.1", port)).is_ok());
+                }
                 http_request_timeout("GET", &url, &[], b"", Duration::from_secs(2))
                     .map(|_| true)
                     .map_err(|e| e.to_string())
@@ -66,9 +87,9 @@ impl MotoServer {
         lock_process(&self.process)
     }
 
-    /// The endpoint URL, e.g. `http://127.0.0.1:18080`.
+    /// The endpoint URL, e.g. `http://127.0.0.1:18080` (`https://` with TLS).
     pub fn endpoint_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// The port on 127.0.0.1.
@@ -81,7 +102,7 @@ impl MotoServer {
         self.lock().log_tail()
     }
 
-    /// Drops all emulated state (`POST /moto-api/reset`).
+    /// Drops all emulated state (`POST /moto-api/reset`; plain HTTP only).
     pub fn reset(&self) -> Result<()> {
         let url = format!("{}/moto-api/reset", self.endpoint_url());
         let resp = http_request("POST", &url, &[], b"")?;

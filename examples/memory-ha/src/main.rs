@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use matriarch_dcs::{MemoryDcs, SystemClock};
 use matriarch_ha::{Engine, EngineRole, EngineSettings, NodeSettings, StatusHandle};
 use matriarch_model::{ClusterConfig, KeyLayout, MemberName, SystemId, Tags};
-use matriarch_postgres::{BootstrapSpec, Credentials, MemoryPostgresCluster};
+use matriarch_postgres::{BootstrapSpec, MemoryPostgresCluster};
 use matriarch_router::{Endpoint, Router, RouterError, Routes};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -121,13 +121,7 @@ fn start_node(
         },
         // Written to the DCS by the member that bootstraps the cluster.
         bootstrap_config: config.clone(),
-        bootstrap: BootstrapSpec {
-            superuser: Credentials::without_password("postgres"),
-            replication: Credentials::without_password("replicator"),
-            rewind: None,
-            parameters: BTreeMap::new(),
-            pg_hba: Vec::new(),
-        },
+        bootstrap: BootstrapSpec::passwordless(),
         postgres_timeout: Duration::from_secs(5),
     };
     let engine = Engine::new(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use matriarch_dcs::MemoryDcs;
 use matriarch_model::{ClusterConfig, Lsn, Member, MemberName, MemberState, Role, Tags, Timeline};
-use matriarch_postgres::{BootstrapSpec, Credentials};
+use matriarch_postgres::BootstrapSpec;
 use matriarch_router::RecordingRouter;
 
 use super::dcs::SimDcs;
@@ -108,13 +108,7 @@ pub fn member_settings(name: &MemberName, bootstrap_config: ClusterConfig) -> En
             api_url: format!("http://{name}:8008/patroni"),
         },
         bootstrap_config,
-        bootstrap: BootstrapSpec {
-            superuser: Credentials::without_password("postgres"),
-            replication: Credentials::without_password("replicator"),
-            rewind: None,
-            parameters: Default::default(),
-            pg_hba: Vec::new(),
-        },
+        bootstrap: BootstrapSpec::passwordless(),
         postgres_timeout: Duration::from_secs(10),
     }
 }

@@ -2,7 +2,6 @@
 //! [`EtcdDcs`] client, with the in-memory PostgreSQL twin and a router that
 //! routes nothing; many of them in this one process.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use matriarch_model::{
     ClusterConfig, ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Tags,
     Version,
 };
-use matriarch_postgres::{BootstrapSpec, Credentials, MemoryPostgres, MemoryPostgresCluster};
+use matriarch_postgres::{BootstrapSpec, MemoryPostgres, MemoryPostgresCluster};
 use matriarch_router::{Endpoint, Router, RouterError, Routes};
 use tokio::task::JoinHandle;
 
@@ -217,13 +216,7 @@ impl FleetCluster {
                 api_url: format!("http://{host}:8008/patroni"),
             },
             bootstrap_config: setup.config.clone(),
-            bootstrap: BootstrapSpec {
-                superuser: Credentials::without_password("postgres"),
-                replication: Credentials::without_password("replicator"),
-                rewind: None,
-                parameters: BTreeMap::new(),
-                pg_hba: Vec::new(),
-            },
+            bootstrap: BootstrapSpec::passwordless(),
             postgres_timeout: Duration::from_secs(5),
         };
         let postgres = self.postgres.member(name.clone());
