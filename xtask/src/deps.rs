@@ -25,6 +25,8 @@ const DEBIAN_REQUIREMENTS: &[Requirement] = &[
         ],
     ),
     ("postgresql-client-15", &["/usr/lib/postgresql/15/bin/psql"]),
+    // Its tests give it its own config, log, lock and spool paths: nothing else.
+    ("pgbackrest", &["/usr/bin/pgbackrest"]),
     ("etcd-server", &["/usr/bin/etcd"]),
     ("etcd-client", &["/usr/bin/etcdctl"]),
     ("zookeeper", &["/usr/share/java/zookeeper.jar"]),

@@ -16,6 +16,31 @@ use crate::process::{
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `moto_server` over TLS, ending each connection with a TLS close_notify.
+/// Werkzeug closes every connection after one response (`Connection: close`)
+/// without one; pgBackRest 2.45 then reads a zero-length answer (any PUT) to
+/// the end of the stream and fails: "TLS error [1:167772454] unexpected eof
+/// while reading".
+const TLS_LAUNCHER: &str = r#"
+import ssl, sys
+from werkzeug import serving
+from moto.server import main
+
+plain_shutdown = serving.BaseWSGIServer.shutdown_request
+
+def shutdown_request(self, request):
+    if isinstance(request, ssl.SSLSocket):
+        try:
+            request.settimeout(2)
+            request.unwrap()
+        except (OSError, ValueError):
+            pass
+    plain_shutdown(self, request)
+
+serving.BaseWSGIServer.shutdown_request = shutdown_request
+main(sys.argv[1:])
+"#;
+
 /// The moto venv: `$MATRIARCH_MOTO_VENV`, else `<workspace>/target/moto-venv`.
 pub fn moto_venv() -> PathBuf {
     std::env::var_os("MATRIARCH_MOTO_VENV")
@@ -51,11 +76,16 @@ impl MotoServer {
         retry_on_port_clash("moto start", Duration::ZERO, || {
             let dir = temp_dir("matriarch-moto-", "moto")?;
             let port = free_port()?;
-            let mut spec = Spec::new(&program)
-                .arg("-H")
-                .arg("127.0.0.1")
-                .arg("-p")
-                .arg(port.to_string());
+            let mut spec = match tls {
+                None => Spec::new(&program),
+                Some(_) => Spec::new(moto_venv().join("bin/python"))
+                    .arg("-c")
+                    .arg(TLS_LAUNCHER),
+            }
+            .arg("-H")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(port.to_string());
             if let Some((cert, key)) = tls {
                 spec = spec.arg("-c").arg(cert).arg("-k").arg(key);
             }

@@ -48,6 +48,12 @@ impl PgBackRest {
         require_program("pgbackrest", Path::new(PGBACKREST))?;
         let user = server.os_user().clone();
         let dir = user.tempdir("matriarch-pgbackrest-")?;
+        // pgBackRest does not make its log and spool paths.
+        for sub in ["log", "lock", "spool"] {
+            let path = dir.path().join(sub);
+            fs::create_dir(&path).ctx(|| format!("creating {}", path.display()))?;
+            user.chown(&path)?;
+        }
         let config = dir.path().join("pgbackrest.conf");
         let text = render_config(stanza, server, repo, dir.path());
         fs::write(&config, text).ctx(|| format!("writing {}", config.display()))?;
@@ -114,6 +120,9 @@ fn render_config(
     line("log-level-file", "detail");
     line("start-fast", "y");
     line("repo1-retention-full", "2");
+    // Small files in a few objects: one HTTPS request per file is slow.
+    line("repo1-bundle", "y");
+    line("compress-type", "lz4");
     match repo {
         PgBackRestRepo::S3(s3) => {
             line("repo1-type", "s3");
