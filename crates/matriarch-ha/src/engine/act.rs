@@ -1,11 +1,14 @@
 //! Carrying out a decision's plan, one action at a time, long ones (bootstrap,
 //! clone, rewind) in the background.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use matriarch_dcs::{Clock, Dcs, DcsError, Expected};
-use matriarch_model::{ClusterConfig, DcsKey, MemberName, Record, SyncState, SynchronousMode};
+use matriarch_model::{
+    ClusterConfig, DcsKey, Member, MemberName, MemberState, Record, SyncState, SynchronousMode,
+};
 use matriarch_postgres::{
     BootstrapSpec, PgRole, Postgres, RewindOutcome, ServerState, StartAs, StopMode,
     SyncStandbyNames,
@@ -153,6 +156,16 @@ where
                 Action::Bootstrap | Action::CloneFrom(_) | Action::Rewind(_)
             ) {
                 self.start_long_task(action.clone(), sent_at);
+                if matches!(action, Action::CloneFrom(_)) {
+                    // Said at once: a small clone may end before the next loop.
+                    if let Some(publish) = decision
+                        .actions
+                        .iter()
+                        .find(|a| matches!(a, Action::PublishMember(_)))
+                    {
+                        self.execute(publish, local).await;
+                    }
+                }
                 break;
             }
             let outcome = self.execute(action, local).await;
@@ -171,6 +184,18 @@ where
             // from there; a renewal that failed stops it.
             self.lease
                 .set_leading(self.memory.lock_renewed_at.filter(|_| renewed));
+        }
+    }
+
+    /// `member` as published while a replica is cloned: Patroni's `creating
+    /// replica` state, which `patronictl list` shows and `reinit --wait` waits on.
+    fn while_cloning<'m>(&self, member: &'m Member) -> Cow<'m, Member> {
+        if self.status.borrow().creating_replica {
+            let mut member = member.clone();
+            member.state = MemberState::CreatingReplica;
+            Cow::Owned(member)
+        } else {
+            Cow::Borrowed(member)
         }
     }
 
@@ -237,13 +262,16 @@ where
         let retry = self.config.retry_timeout;
         let pg_timeout = self.settings.postgres_timeout;
         let result: Result<(), ActionError> = match action {
-            Action::PublishMember(member) => bounded(
-                "publish_member",
-                retry,
-                self.dcs.publish_member(member, ttl),
-            )
-            .await
-            .map_err(ActionError::from),
+            Action::PublishMember(member) => {
+                let member = self.while_cloning(member);
+                bounded(
+                    "publish_member",
+                    retry,
+                    self.dcs.publish_member(&member, ttl),
+                )
+                .await
+                .map_err(ActionError::from)
+            }
             Action::AcquireLock => {
                 let sent_at = self.clock.now();
                 match bounded("acquire_leader", retry, self.dcs.acquire_leader(&me, ttl)).await {

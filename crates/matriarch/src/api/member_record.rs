@@ -55,24 +55,12 @@ impl MemberExtras {
         if member.role == Role::Replica && member.state == MemberState::Running {
             member.replayed_lsn = self.replayed(&member);
         }
-        if self.creating_replica() {
-            // Patroni's state while the replica is cloned (patronictl lists it).
-            member.state = MemberState::CreatingReplica;
-        }
         member
     }
 
     /// The replay position the API last observed on this replica, never
     /// beyond the position the engine observed now: the record's freshest
     /// position (which failover compares) stays the engine's.
-    /// Whether the engine clones a replica into the data directory now.
-    fn creating_replica(&self) -> bool {
-        self.api
-            .get()
-            .and_then(Weak::upgrade)
-            .is_some_and(|api| api.status.get().creating_replica)
-    }
-
     fn replayed(&self, member: &Member) -> Option<matriarch_model::Lsn> {
         let fresh = member.wal_position()?;
         let api = self.api.get()?.upgrade()?;
