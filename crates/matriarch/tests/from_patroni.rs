@@ -270,13 +270,18 @@ fn etcd3_over_https_with_a_ca_keeps_the_hosts_and_without_one_is_reported() {
         &format!("  protocol: https\n  cacert: {}\n", ca.display()),
     );
     let patroni = dir.path().join("patroni.yml");
-    std::fs::write(&patroni, &with_ca).unwrap();
-    let output = matriarch()
-        .args(["config", "from-patroni"])
-        .arg(&patroni)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // Converts `text` as a Patroni file: the command's output and its stderr.
+    let convert = |text: &str| {
+        std::fs::write(&patroni, text).unwrap();
+        let output = matriarch()
+            .args(["config", "from-patroni"])
+            .arg(&patroni)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output, stderr)
+    };
+    let (output, stderr) = convert(&with_ca);
     assert!(output.status.success(), "{stderr}");
     let node: serde_norway::Value = serde_norway::from_slice(&output.stdout).unwrap();
     assert_eq!(
@@ -286,13 +291,7 @@ fn etcd3_over_https_with_a_ca_keeps_the_hosts_and_without_one_is_reported() {
     assert!(stderr.contains("etcd3.protocol -> etcd3.hosts"), "{stderr}");
 
     let without_ca = patroni_file(dir.path()).replace("  protocol: http\n", "  protocol: https\n");
-    std::fs::write(&patroni, &without_ca).unwrap();
-    let output = matriarch()
-        .args(["config", "from-patroni"])
-        .arg(&patroni)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let (_, stderr) = convert(&without_ca);
     assert!(
         stderr.contains("etcd3.protocol") && stderr.contains("etcd3.cacert"),
         "{stderr}"

@@ -15,8 +15,8 @@ use http_body_util::BodyExt;
 use matriarch_dcs::{Dcs, DcsError, Expected, MemoryDcs, WatchOutcome};
 use matriarch_ha::{EngineRole, EngineStatus};
 use matriarch_model::{
-    ClusterConfig, ClusterView, DcsKey, KeyLayout, LeaderLock, Member, MemberName, Record,
-    SystemId, Timeline, Version, Versioned,
+    ClusterView, DcsKey, KeyLayout, LeaderLock, Member, MemberName, Record, SystemId, Timeline,
+    Version, Versioned,
 };
 use matriarch_postgres::{
     BootstrapSpec, LocalState, Operation, PgRole, Postgres, PostgresError, RewindOutcome,
@@ -196,25 +196,13 @@ fn view_led_by(leader: &MemberName) -> ClusterView {
 fn replica_status() -> EngineStatus {
     let other = MemberName::new("other").expect("a valid name");
     EngineStatus {
-        role: EngineRole::Replica,
         reason: "following other".to_owned(),
         leader: Some(other.clone()),
         timeline: Some(Timeline(1)),
-        wal_position: None,
-        dcs_reachable: true,
-        paused: false,
-        loops: 1,
-        config: ClusterConfig::default(),
-        failsafe_active: false,
-        lock_ttl: Duration::from_secs(30),
-        last_failover_possible_loss_bytes: None,
-        last_switchover_failure: None,
-        writable: false,
-        pending: None,
-        creating_replica: false,
         postgres: Some(Arc::new(running(PgRole::Replica, 1))),
         view: Some(Arc::new(view_led_by(&other))),
         view_read_at: Some(chrono::Utc::now()),
+        ..super::router_tests::status(EngineRole::Replica)
     }
 }
 
