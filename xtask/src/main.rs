@@ -5,6 +5,7 @@
 mod deps;
 mod image;
 mod package;
+mod test_pool;
 
 use deps::{deps, pg18};
 pub(crate) use deps::{install_missing, package_installed, Requirement};
@@ -26,8 +27,10 @@ usage: cargo xtask <command> [args]
 commands:
   deps          install missing test dependencies (Debian packages, the `postgres`
                 OS user, the moto venv in target/moto-venv); skips what is present
-  test [args]   deps, then cargo fmt --check, cargo clippy -D warnings and
-                cargo test --workspace [args]
+  test [args]   deps, then cargo fmt --check, cargo clippy -D warnings, and every
+                test binary of the workspace, 3 at a time (MATRIARCH_TEST_JOBS=N to
+                change; logs in target/xtask-test/), with three suites again on
+                PostgreSQL 18; with [args], cargo test --workspace [args] instead
   demo [--keep] deps, build matriarch and the demo, then run it: three nodes on
                 loopback behind a DNS name, a node crash, the failover timeline
                 (logs in target/demo); --keep leaves the cluster up until Ctrl-C
@@ -471,38 +474,49 @@ fn test(extra: &[String]) -> Result {
         ],
         &[],
     )?;
-    cargo_step("test", &["test", "--workspace"], extra)?;
-    // The same controller suite and a failover, switchover and rewind on
-    // PostgreSQL 18 (the rest ran on Debian's 15 above).
+    if !extra.is_empty() {
+        // A filter or a package choice: cargo's own sequential run, as asked.
+        return cargo_step("test", &["test", "--workspace"], extra);
+    }
+    println!("==> cargo xtask test: build the tests");
+    let jobs = step(
+        "build the tests",
+        test_pool::build_test_binaries(cargo_command()?, &root),
+    )?;
+    cargo_step("doc tests", &["test", "--workspace", "--doc"], &[])?;
+    // The same controller suite, a failover, switchover and rewind, and the
+    // replication slots with a logical consumer through a failover on
+    // PostgreSQL 18 (the rest runs on Debian's 15; failover slots need 17+,
+    // so on 15 that test skips itself).
     let pg18_bin = pg18()?;
+    let mut pg18_jobs = Vec::new();
+    for job in &jobs {
+        let pg18_env = ("MATRIARCH_PG_BIN", pg18_bin.as_path());
+        match job.name.as_str() {
+            "matriarch-postgres::real_postgres" | "matriarch::slots" => {
+                pg18_jobs.push(job.again("postgresql 18", &[], pg18_env));
+            }
+            "matriarch::scenarios" => {
+                pg18_jobs.push(job.again("postgresql 18", PG18_SCENARIOS, pg18_env));
+            }
+            _ => {}
+        }
+    }
+    if pg18_jobs.len() != 3 {
+        return Err(Failure(format!(
+            "expected the three PostgreSQL 18 suites, found {}",
+            pg18_jobs.len()
+        )));
+    }
     println!(
-        "==> cargo xtask test: postgresql 18 ({})",
+        "==> cargo xtask test: test (PostgreSQL 18 ({}) for three suites)",
         pg18_bin.display()
     );
-    let mut cmd = cargo_command()?;
-    cmd.args([
+    let logs = target_dir(&root).join("xtask-test");
+    step(
         "test",
-        "-p",
-        "matriarch-postgres",
-        "--test",
-        "real_postgres",
-    ])
-    .env("MATRIARCH_PG_BIN", &pg18_bin)
-    .current_dir(&root);
-    step("postgresql 18 controller suite", run(&mut cmd))?;
-    let mut cmd = cargo_command()?;
-    cmd.args(["test", "-p", "matriarch", "--test", "scenarios", "--"])
-        .args(PG18_SCENARIOS)
-        .env("MATRIARCH_PG_BIN", &pg18_bin)
-        .current_dir(&root);
-    step("postgresql 18 scenarios", run(&mut cmd))?;
-    // Replication slots, with a logical consumer through a failover
-    // (failover slots need PostgreSQL 17+; on 15 that test skips itself).
-    let mut cmd = cargo_command()?;
-    cmd.args(["test", "-p", "matriarch", "--test", "slots"])
-        .env("MATRIARCH_PG_BIN", &pg18_bin)
-        .current_dir(&root);
-    step("postgresql 18 slots", run(&mut cmd))?;
+        test_pool::run_all(jobs.into_iter().chain(pg18_jobs).collect(), &logs),
+    )?;
     println!("==> cargo xtask test: all steps passed");
     Ok(())
 }
@@ -528,6 +542,6 @@ fn target_dir(root: &Path) -> PathBuf {
     root.join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
 }
 
-fn step(name: &str, r: Result) -> Result {
+fn step<T>(name: &str, r: Result<T>) -> Result<T> {
     r.map_err(|Failure(msg)| Failure(format!("step `{name}` failed: {msg}")))
 }
