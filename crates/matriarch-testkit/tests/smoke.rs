@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use matriarch_testkit::{
-    http_request, run_pg_program, BindServer, EtcdCluster, EtcdServer, MotoServer, PostgresServer,
-    ZooKeeperServer,
+    http_request_timeout, run_pg_program, BindServer, EtcdCluster, EtcdServer, MotoServer,
+    PostgresServer, ZooKeeperServer,
 };
 
 #[tokio::test]
@@ -167,7 +167,10 @@ fn aws_call(endpoint: &str, service: &str, body: &str) -> String {
         "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, \
          SignedHeaders=host;x-amz-date, Signature=0000"
     );
-    let response = http_request(
+    // moto imports a service's backend at its first call: on a loaded 2-core
+    // machine that took over 5 s (CI failed `no answer within 5s`). This test
+    // checks what moto answers, not how fast.
+    let response = http_request_timeout(
         "POST",
         &format!("{endpoint}/"),
         &[
@@ -176,6 +179,7 @@ fn aws_call(endpoint: &str, service: &str, body: &str) -> String {
             ("Authorization", &auth),
         ],
         body.as_bytes(),
+        Duration::from_secs(60),
     )
     .unwrap_or_else(|e| panic!("{service} call `{body}`: {e}"));
     let answer = response.body_text();
