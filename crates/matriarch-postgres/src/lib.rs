@@ -25,7 +25,9 @@ mod upstream;
 use async_trait::async_trait;
 use matriarch_model::{DesiredSlots, SlotReport, SystemId, Timeline};
 
-pub use bootstrap::BootstrapSpec;
+pub use bootstrap::{
+    check_recovery_conf, BootstrapMethod, BootstrapSpec, CustomBootstrap, RECOVERY_PARAMETERS,
+};
 pub use controller::{
     check_cluster_data_dir, check_parameter, empty_cluster_data_dir, read_system_id, PgController,
     PgControllerConfig, PgTimeouts, PostmasterLauncher, PostmasterSpec, DEFAULT_BIN_DIR,
