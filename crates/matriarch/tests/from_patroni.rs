@@ -297,3 +297,45 @@ fn etcd3_over_https_with_a_ca_keeps_the_hosts_and_without_one_is_reported() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_custom_bootstrap_method_is_carried_over_and_another_methods_section_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = patroni_file(dir.path()).replace(
+        "  post_init: /usr/local/bin/setup_cluster.sh\n",
+        "  method: pitr\n  pitr:\n    command: pgbackrest --stanza=batman restore\n    no_params: true\n    \
+         recovery_conf:\n      recovery_target_time: '2026-12-06 12:00:00+00'\n  \
+         barman:\n    command: patroni_barman recover\n",
+    );
+    let patroni = dir.path().join("patroni.yml");
+    std::fs::write(&patroni, text).unwrap();
+    let out = dir.path().join("node.yaml");
+    let output = matriarch()
+        .args(["config", "from-patroni"])
+        .arg(&patroni)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("bootstrap.barman: dropped"), "{stderr}");
+    let check = matriarch()
+        .args(["check", "--config"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let node = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        check.status.success(),
+        "check refused the converted file:\n{}\n{node}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let yaml: serde_norway::Value = serde_norway::from_str(&node).unwrap();
+    assert_eq!(yaml["bootstrap"]["method"].as_str(), Some("pitr"));
+    assert_eq!(
+        yaml["bootstrap"]["pitr"]["command"].as_str(),
+        Some("pgbackrest --stanza=batman restore")
+    );
+    assert!(yaml["bootstrap"].get("barman").is_none(), "{node}");
+}

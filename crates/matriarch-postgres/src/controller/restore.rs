@@ -118,7 +118,8 @@ impl PgController {
         if user.switch {
             cmd.uid(user.uid).gid(user.gid);
         }
-        tracing::info!(member = self.member(), method = %custom.name, command = ?custom.argv, "running the custom bootstrap command");
+        // Only the program: an argument may hold a backup tool's secret.
+        tracing::info!(member = self.member(), method = %custom.name, %program, "running the custom bootstrap command");
         let child = cmd.spawn().map_err(|source| PostgresError::Io {
             operation: op,
             context: format!(

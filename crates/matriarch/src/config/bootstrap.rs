@@ -93,9 +93,17 @@ impl BootstrapConfig {
             Some(name) => Some(name),
         };
         if let Some(key) = self.sections.keys().find(|key| Some(key.as_str()) != name) {
+            let hint = ["dcs", "initdb", "method"]
+                .iter()
+                .find(|known| strsim::levenshtein(known, key) <= 2)
+                .map(|known| format!("did you mean `{known}`? "))
+                .unwrap_or_default();
             return Err(ConfigError::invalid(
                 format!("bootstrap.{key}"),
-                "unknown key: a custom bootstrap method's section is named by bootstrap.method",
+                format!(
+                    "unknown key; {hint}besides dcs, initdb and method, bootstrap holds only \
+                     the section of the custom method bootstrap.method names"
+                ),
             ));
         }
         let Some(name) = name else {
@@ -222,8 +230,9 @@ mod tests {
             (
                 "  pitr: {command: x}\n",
                 "bootstrap.pitr",
-                "named by bootstrap.method",
+                "the custom method bootstrap.method names",
             ),
+            ("  intdb: [--no-sync]\n", "bootstrap.intdb", "did you mean `initdb`"),
             (
                 "  method: pitr\n  pitr: {command: x}\n  other: {command: y}\n",
                 "bootstrap.other",
