@@ -10,6 +10,7 @@ use matriarch_model::ParameterValue;
 use matriarch_postgres::{check_recovery_conf, BootstrapMethod, CustomBootstrap};
 use serde::Deserialize;
 
+use super::check_all::unknown_key;
 use crate::error::ConfigError;
 
 /// `bootstrap:`. Unknown keys are refused by [`BootstrapConfig::method`]:
@@ -93,17 +94,15 @@ impl BootstrapConfig {
             Some(name) => Some(name),
         };
         if let Some(key) = self.sections.keys().find(|key| Some(key.as_str()) != name) {
-            let hint = ["dcs", "initdb", "method"]
-                .iter()
-                .find(|known| strsim::levenshtein(known, key) <= 2)
-                .map(|known| format!("did you mean `{known}`? "))
-                .unwrap_or_default();
-            return Err(ConfigError::invalid(
-                format!("bootstrap.{key}"),
-                format!(
-                    "unknown key; {hint}besides dcs, initdb and method, bootstrap holds only \
-                     the section of the custom method bootstrap.method names"
-                ),
+            return Err(unknown_key(
+                &format!("bootstrap.{key}"),
+                key,
+                &[
+                    "dcs",
+                    "initdb",
+                    "method",
+                    "the section bootstrap.method names",
+                ],
             ));
         }
         let Some(name) = name else {
@@ -230,7 +229,7 @@ mod tests {
             (
                 "  pitr: {command: x}\n",
                 "bootstrap.pitr",
-                "the custom method bootstrap.method names",
+                "the section bootstrap.method names",
             ),
             ("  intdb: [--no-sync]\n", "bootstrap.intdb", "did you mean `initdb`"),
             (
