@@ -25,7 +25,9 @@ mod upstream;
 use async_trait::async_trait;
 use matriarch_model::{DesiredSlots, SlotReport, SystemId, Timeline};
 
-pub use bootstrap::BootstrapSpec;
+pub use bootstrap::{
+    check_recovery_conf, BootstrapMethod, BootstrapSpec, CustomBootstrap, RECOVERY_PARAMETERS,
+};
 pub use controller::{
     check_cluster_data_dir, check_parameter, empty_cluster_data_dir, read_system_id, PgController,
     PgControllerConfig, PgTimeouts, PostmasterLauncher, PostmasterSpec, DEFAULT_BIN_DIR,
@@ -132,12 +134,17 @@ pub trait Postgres: Send + Sync {
     /// replication and rewind roles. Returns the new system identifier, for
     /// the `initialize` key.
     ///
+    /// With [`BootstrapMethod::Custom`] a command restores a backup instead
+    /// of initdb, and recovery replays the archive to its target and
+    /// promotes before the roles are made: the cluster keeps its source's
+    /// system identifier and runs on a later timeline.
+    ///
     /// Precondition: the data directory is absent or empty, otherwise
     /// [`PostgresError::NotEmpty`] and nothing is touched; so a second call
     /// never overwrites a cluster. The engine calls it only after winning the
     /// DCS's initialize race.
     ///
-    /// On `Ok` the server runs as primary on timeline 1. On any error the
+    /// On `Ok` the server runs as primary (on timeline 1 after initdb). On any error the
     /// implementation stops what it started and empties the data directory,
     /// so that bootstrapping can be tried again.
     async fn bootstrap(&self, spec: &BootstrapSpec) -> Result<SystemId, PostgresError>;

@@ -343,6 +343,7 @@ async fn run_node(
             rewind: pg_config.rewind.clone(),
             parameters: pg_config.parameters.clone(),
             pg_hba: pgs.pg_hba.clone(),
+            method: validated.bootstrap_method.clone(),
         },
         postgres_timeout: POSTGRES_TIMEOUT,
     };

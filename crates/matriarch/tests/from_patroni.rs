@@ -135,12 +135,13 @@ fn matriarch() -> Command {
     Command::new(env!("CARGO_BIN_EXE_matriarch"))
 }
 
-#[test]
-fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let patroni = dir.path().join("patroni.yml");
-    std::fs::write(&patroni, patroni_file(dir.path())).unwrap();
-    let out = dir.path().join("node.yaml");
+/// Converts the Patroni file `text` (written in `dir`) to `dir/node.yaml`
+/// and checks it with `matriarch check`: the conversion's stderr, the node
+/// file's path and its text. Panics if either command fails.
+fn converted_and_checked(dir: &Path, text: &str) -> (String, std::path::PathBuf, String) {
+    let patroni = dir.join("patroni.yml");
+    std::fs::write(&patroni, text).unwrap();
+    let out = dir.join("node.yaml");
     let output = matriarch()
         .args(["config", "from-patroni"])
         .arg(&patroni)
@@ -150,6 +151,24 @@ fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
+    let check = matriarch()
+        .args(["check", "--config"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let node = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        check.status.success(),
+        "check refused the converted file:\n{}\n{node}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    (stderr, out, node)
+}
+
+#[test]
+fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stderr, out, node) = converted_and_checked(dir.path(), &patroni_file(dir.path()));
     for secret in [
         "api-secret",
         "etcd-secret",
@@ -167,18 +186,6 @@ fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "node file mode {mode:o}");
-
-    let check = matriarch()
-        .args(["check", "--config"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let node = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        check.status.success(),
-        "check refused the converted file:\n{}\n{node}",
-        String::from_utf8_lossy(&check.stderr)
-    );
 
     // What was carried over.
     let yaml: serde_norway::Value = serde_norway::from_str(&node).unwrap();
@@ -296,4 +303,24 @@ fn etcd3_over_https_with_a_ca_keeps_the_hosts_and_without_one_is_reported() {
         stderr.contains("etcd3.protocol") && stderr.contains("etcd3.cacert"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_custom_bootstrap_method_is_carried_over_and_another_methods_section_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = patroni_file(dir.path()).replace(
+        "  post_init: /usr/local/bin/setup_cluster.sh\n",
+        "  method: pitr\n  pitr:\n    command: pgbackrest --stanza=batman restore\n    no_params: true\n    \
+         recovery_conf:\n      recovery_target_time: '2026-12-06 12:00:00+00'\n  \
+         barman:\n    command: patroni_barman recover\n",
+    );
+    let (stderr, _, node) = converted_and_checked(dir.path(), &text);
+    assert!(stderr.contains("bootstrap.barman: dropped"), "{stderr}");
+    let yaml: serde_norway::Value = serde_norway::from_str(&node).unwrap();
+    assert_eq!(yaml["bootstrap"]["method"].as_str(), Some("pitr"));
+    assert_eq!(
+        yaml["bootstrap"]["pitr"]["command"].as_str(),
+        Some("pgbackrest --stanza=batman restore")
+    );
+    assert!(yaml["bootstrap"].get("barman").is_none(), "{node}");
 }

@@ -43,6 +43,8 @@ pub(super) async fn bootstrap<D: Dcs + ?Sized, P: Postgres + ?Sized>(
         }
     }
     info!(member = %me, "won the initialize race: bootstrapping");
+    // A custom method (a restore and its recovery) bounds its own steps.
+    let timeout = timeout + spec.extra_time().map_or(Duration::ZERO, |extra| extra * 2);
     let system_id = match pg_bounded(timeout, postgres.bootstrap(spec)).await {
         Ok(id) => id,
         Err(error) => {

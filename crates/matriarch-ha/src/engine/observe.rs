@@ -190,7 +190,12 @@ where
         let local = match state {
             Ok(state) => local_postgres(&state),
             Err(error) => {
-                warn!(member = %self.name(), %error, "could not observe PostgreSQL");
+                if self.long_task.is_some() {
+                    // A bootstrap or clone fills the data directory meanwhile.
+                    debug!(member = %self.name(), %error, "could not observe PostgreSQL while a long action runs");
+                } else {
+                    warn!(member = %self.name(), %error, "could not observe PostgreSQL");
+                }
                 LocalPostgres {
                     role: LocalRole::Unknown,
                     ..LocalPostgres::no_data()

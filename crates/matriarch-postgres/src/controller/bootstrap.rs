@@ -1,13 +1,15 @@
-//! Bootstrapping a new cluster with initdb.
+//! Bootstrapping a new cluster: initdb, or a custom method (`restore.rs`),
+//! and the steps both end with (roles, the system identifier).
 
 use std::ffi::OsString;
 
 use matriarch_model::SystemId;
+use tokio_postgres::Client;
 
 use super::process::arg;
 use super::PgController;
 use super::{config, files, sql};
-use crate::bootstrap::BootstrapSpec;
+use crate::bootstrap::{check_recovery_conf, BootstrapMethod, BootstrapSpec};
 use crate::error::{Operation, PostgresError};
 use crate::secret::Credentials;
 use crate::sync_standby::SyncStandbyNames;
@@ -19,7 +21,22 @@ impl PgController {
         spec: &BootstrapSpec,
     ) -> Result<SystemId, PostgresError> {
         let op = Operation::Bootstrap;
-        self.runner.require(op, &["initdb", "pg_ctl"])?;
+        match &spec.method {
+            BootstrapMethod::Initdb => self.runner.require(op, &["initdb", "pg_ctl"])?,
+            BootstrapMethod::Custom(custom) => {
+                self.runner.require(op, &["pg_ctl", "pg_controldata"])?;
+                if custom.argv.is_empty() {
+                    return Err(PostgresError::InvalidConfig {
+                        reason: format!("bootstrap method {:?} has no command", custom.name),
+                    });
+                }
+                if let Some(conf) = &custom.recovery_conf {
+                    check_recovery_conf(conf).map_err(|reason| PostgresError::InvalidConfig {
+                        reason: format!("bootstrap.{}.recovery_conf: {reason}", custom.name),
+                    })?;
+                }
+            }
+        }
         if spec.superuser.username != self.config.superuser.username {
             return Err(PostgresError::InvalidConfig {
                 reason: format!(
@@ -39,10 +56,18 @@ impl PgController {
         self.require_empty_data_dir(op)?;
         files::create_data_dir(op, self.data_dir(), &self.runner.user)?;
         tracing::info!(member = self.member(), data_dir = %self.data_dir().display(), "bootstrapping a new cluster");
-        match self.bootstrap_steps(spec).await {
+        let result = match &spec.method {
+            BootstrapMethod::Initdb => self.bootstrap_steps(spec).await,
+            BootstrapMethod::Custom(custom) => self.custom_bootstrap_steps(spec, custom).await,
+        };
+        match result {
             Ok(system_id) => Ok(system_id),
             Err(err) => {
-                tracing::warn!(member = self.member(), error = %err, "bootstrap failed, removing the new cluster");
+                // The caller logs `err`; this says only what is undone.
+                tracing::info!(
+                    member = self.member(),
+                    "bootstrap failed: removing the new cluster"
+                );
                 if self.postmaster_pid().is_some() {
                     if let Err(stop) = self.stop_escalating(op, StopMode::Immediate).await {
                         tracing::error!(member = self.member(), error = %stop, "could not stop the failed bootstrap's server; leaving its data directory");
@@ -75,6 +100,27 @@ impl PgController {
             .run(op, "initdb", &args, None, self.config.timeouts.command)
             .await?;
 
+        self.write_bootstrap_hba(spec)?;
+        let conf_path = self.path("postgresql.conf");
+        let mut conf = files::read_optional(op, &conf_path)?.unwrap_or_default();
+        conf.push_str(&files::render_parameters(&spec.parameters));
+        conf.push_str(&files::include_block());
+        files::write_file(op, &conf_path, &conf, 0o600, &self.runner.user)?;
+        self.write_managed(op)?;
+        self.write_upstream(op, None)?;
+        self.write_sync(op, &SyncStandbyNames::Off)?;
+        self.remove_signals(op)?;
+        self.pg_ctl_start(op).await?;
+
+        let client = self.session(op, "connecting to the new cluster").await?;
+        self.create_bootstrap_roles(&client, spec).await?;
+        let system_id = self.bootstrapped_system_id(&client).await?;
+        tracing::info!(member = self.member(), %system_id, "bootstrapped a new cluster");
+        Ok(system_id)
+    }
+
+    /// Writes `pg_hba.conf`: the spec's lines, then matriarch's defaults.
+    pub(super) fn write_bootstrap_hba(&self, spec: &BootstrapSpec) -> Result<(), PostgresError> {
         let mut hba = String::from("# Written by matriarch at bootstrap.\n");
         for line in spec
             .pg_hba
@@ -85,20 +131,30 @@ impl PgController {
             hba.push_str(&line);
             hba.push('\n');
         }
-        let user = &self.runner.user;
-        files::write_file(op, &self.path("pg_hba.conf"), &hba, 0o600, user)?;
-        let conf_path = self.path("postgresql.conf");
-        let mut conf = files::read_optional(op, &conf_path)?.unwrap_or_default();
-        conf.push_str(&files::render_parameters(&spec.parameters));
-        conf.push_str(&files::include_block());
-        files::write_file(op, &conf_path, &conf, 0o600, user)?;
-        self.write_managed(op)?;
-        self.write_upstream(op, None)?;
-        self.write_sync(op, &SyncStandbyNames::Off)?;
-        self.remove_signals(op)?;
-        self.pg_ctl_start(op).await?;
+        let path = self.path("pg_hba.conf");
+        files::write_file(Operation::Bootstrap, &path, &hba, 0o600, &self.runner.user)
+    }
 
-        let client = self.session(op, "connecting to the new cluster").await?;
+    /// Sets the superuser's password and creates (or, in a restored
+    /// cluster that has them, updates) the replication and rewind roles.
+    pub(super) async fn create_bootstrap_roles(
+        &self,
+        client: &Client,
+        spec: &BootstrapSpec,
+    ) -> Result<(), PostgresError> {
+        let op = Operation::Bootstrap;
+        let existing: Vec<String> = self
+            .query(
+                client,
+                op,
+                "listing the roles",
+                "SELECT rolname FROM pg_roles",
+            )
+            .await?
+            .into_iter()
+            .flatten()
+            .filter_map(|row| sql::text(&row, 0).map(str::to_owned))
+            .collect();
         let mut script = String::from(
             "SET log_statement = 'none'; SET log_min_duration_statement = -1; \
              SET log_min_error_statement = 'panic';\n",
@@ -107,6 +163,19 @@ impl PgController {
             Some(secret) => format!("PASSWORD {}", files::sql_literal(secret.expose())),
             None => "PASSWORD NULL".to_owned(),
         };
+        // CREATE, or ALTER for a role a restored backup brought along.
+        let role = |credentials: &Credentials, options: &str| {
+            let verb = if existing.contains(&credentials.username) {
+                "ALTER"
+            } else {
+                "CREATE"
+            };
+            format!(
+                "{verb} ROLE {} WITH {options} {};\n",
+                files::sql_ident(&credentials.username),
+                password(credentials)
+            )
+        };
         if spec.superuser.password.is_some() {
             script.push_str(&format!(
                 "ALTER ROLE {} WITH {};\n",
@@ -114,26 +183,21 @@ impl PgController {
                 password(&spec.superuser)
             ));
         }
-        script.push_str(&format!(
-            "CREATE ROLE {} WITH REPLICATION LOGIN {};\n",
-            files::sql_ident(&spec.replication.username),
-            password(&spec.replication)
-        ));
+        script.push_str(&role(&spec.replication, "REPLICATION LOGIN"));
         if let Some(rewind) = &spec.rewind {
             let name = files::sql_ident(&rewind.username);
+            script.push_str(&role(rewind, "LOGIN"));
             script.push_str(&format!(
-                "CREATE ROLE {name} WITH LOGIN {};\n\
-                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {name};\n\
+                "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {name};\n\
                  GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {name};\n\
                  GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {name};\n\
                  GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {name};\n\
                  GRANT pg_checkpoint TO {name};\n",
-                password(rewind)
             ));
         }
         // The script holds passwords: its errors must not echo it.
         sql::simple(
-            &client,
+            client,
             op,
             "creating the superuser password, the replication and the rewind roles",
             &script,
@@ -152,21 +216,28 @@ impl PgController {
             },
             other => other,
         })?;
+        Ok(())
+    }
+
+    /// The new cluster's system identifier, for the `initialize` key.
+    pub(super) async fn bootstrapped_system_id(
+        &self,
+        client: &Client,
+    ) -> Result<SystemId, PostgresError> {
+        let op = Operation::Bootstrap;
+        let context = "reading the system identifier";
         let row = self
             .query_row(
-                &client,
+                client,
                 op,
-                "reading the system identifier",
+                context,
                 "SELECT system_identifier FROM pg_control_system()",
             )
             .await?;
-        let system_id = sql::parsed::<SystemId>(&row, 0, op, "reading the system identifier")?
-            .ok_or_else(|| PostgresError::Unexpected {
-                operation: op,
-                context: "reading the system identifier".to_owned(),
-                message: "NULL".to_owned(),
-            })?;
-        tracing::info!(member = self.member(), %system_id, "bootstrapped a new cluster");
-        Ok(system_id)
+        sql::parsed::<SystemId>(&row, 0, op, context)?.ok_or_else(|| PostgresError::Unexpected {
+            operation: op,
+            context: context.to_owned(),
+            message: "NULL".to_owned(),
+        })
     }
 }

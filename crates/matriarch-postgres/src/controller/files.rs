@@ -308,7 +308,7 @@ pub(crate) fn sql_ident(value: &str) -> String {
     format!("\"{}\"", value.replace('"', "\"\""))
 }
 
-fn render_value(value: &ParameterValue) -> String {
+pub(crate) fn render_value(value: &ParameterValue) -> String {
     match value {
         ParameterValue::Bool(_) | ParameterValue::Integer(_) | ParameterValue::Real(_) => {
             value.to_string()

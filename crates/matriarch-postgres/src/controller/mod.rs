@@ -61,6 +61,7 @@ mod process;
 mod promote;
 mod query;
 mod replication;
+mod restore;
 mod rewind;
 mod slots;
 mod sql;

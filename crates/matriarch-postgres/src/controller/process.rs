@@ -17,7 +17,7 @@ pub(crate) struct OsUser {
     pub(crate) name: String,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
-    home: PathBuf,
+    pub(crate) home: PathBuf,
     /// Whether commands switch to this user (this process runs as root).
     pub(crate) switch: bool,
 }

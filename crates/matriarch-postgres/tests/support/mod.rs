@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use matriarch_model::{MemberName, ParameterValue};
-use matriarch_postgres::{BootstrapSpec, Credentials, PgControllerConfig, PgTimeouts};
+use matriarch_postgres::{
+    BootstrapMethod, BootstrapSpec, Credentials, PgControllerConfig, PgTimeouts,
+};
 use matriarch_testkit::{bin_dir, PgOsUser};
 use tokio_postgres::{Client, NoTls};
 
@@ -31,6 +33,7 @@ impl Passwords {
             rewind: Some(Credentials::new("rewinder", self.rewind)),
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
+            method: BootstrapMethod::Initdb,
         }
     }
 

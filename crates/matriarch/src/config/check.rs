@@ -240,6 +240,12 @@ impl NodeConfig {
             }
         }
 
+        let bootstrap_method = self.bootstrap.method(
+            &self.scope,
+            &pg.data_dir,
+            matriarch_postgres::PgTimeouts::default().clone,
+        )?;
+
         // Routers.
         let mut dns_server = None;
         if let Some(dns) = &self.router.dns {
@@ -302,6 +308,7 @@ impl NodeConfig {
             name,
             layout,
             bootstrap_dcs,
+            bootstrap_method,
             restapi_listen,
             api_url,
             allowlist,

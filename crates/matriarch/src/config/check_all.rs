@@ -270,7 +270,7 @@ fn dcs_postgresql_errors(key: &str, value: &serde_json::Value) -> Vec<ConfigErro
 }
 
 /// "unknown key" for `field` at `key`, with the closest known one.
-fn unknown_key(key: &str, field: &str, known: &[&str]) -> ConfigError {
+pub(crate) fn unknown_key(key: &str, field: &str, known: &[&str]) -> ConfigError {
     let hint = known
         .iter()
         .find(|k| strsim::levenshtein(k, field) <= 2)

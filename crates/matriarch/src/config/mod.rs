@@ -7,6 +7,7 @@
 //! environment, then [`NodeConfig::validate`]s every setting; an error names
 //! the key and what is wrong, and nothing is started.
 
+mod bootstrap;
 mod check;
 pub(crate) mod check_all;
 mod dcs;
@@ -29,6 +30,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 
+pub(crate) use bootstrap::BootstrapConfig;
 use dcs::{Etcd3Config, ZooKeeperSection};
 use postgresql::PostgresqlSection;
 use restapi::RestApiConfig;
@@ -152,19 +154,6 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// `bootstrap:`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BootstrapConfig {
-    /// The dynamic configuration a new cluster starts with (Patroni's
-    /// `bootstrap.dcs`); checked with `ClusterConfig::validate`.
-    #[serde(default)]
-    pub dcs: Option<serde_json::Value>,
-    /// Extra `initdb` arguments (e.g. `--locale=C`, `--no-sync`).
-    #[serde(default)]
-    pub initdb: Vec<String>,
-}
-
 /// `callbacks:`: commands run with `<action> <role> <scope>`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +190,8 @@ pub(crate) struct Validated {
     pub layout: KeyLayout,
     /// The dynamic configuration for a bootstrap.
     pub bootstrap_dcs: ClusterConfig,
+    /// How a bootstrap makes the data directory (`bootstrap.method`).
+    pub bootstrap_method: matriarch_postgres::BootstrapMethod,
     /// Where the REST API listens.
     pub restapi_listen: SocketAddr,
     /// `http(s)://host:port` of this member's API.

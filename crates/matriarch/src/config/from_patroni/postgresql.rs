@@ -7,7 +7,18 @@ use crate::config::check_all::managed_parameter_replacement;
 use crate::config::dynamic::{CLUSTER_CONFIG_KEYS, CLUSTER_POSTGRESQL_KEYS};
 
 /// `bootstrap:` (the whole file is `patroni`, for the node's own `pg_hba`).
+/// A custom method (`method` and the section it names) is carried over as
+/// it is; another method's section is dropped.
 pub(super) fn bootstrap(out: &mut Builder, patroni: &Value, section: &Value) {
+    let has_command = |name: &str| {
+        section
+            .get(name)
+            .is_some_and(|v| v.get("command").is_some())
+    };
+    let chosen = section
+        .get("method")
+        .and_then(Value::as_str)
+        .filter(|name| *name == "initdb" || has_command(name));
     for (field, value) in entries(section) {
         let key = format!("bootstrap.{field}");
         match field.as_str() {
@@ -19,19 +30,16 @@ pub(super) fn bootstrap(out: &mut Builder, patroni: &Value, section: &Value) {
             ),
             "post_bootstrap" | "post_init" => out.drop_key(
                 &key,
-                "matriarch runs no script after initdb: run it once against the new leader",
+                "matriarch runs no script after the bootstrap: run it once against the new leader",
             ),
-            "method" => out.drop_key(&key, "matriarch bootstraps a new cluster with initdb only"),
+            "method" if chosen.is_some() => out.set(&key, value),
+            "method" => out.drop_key(&key, "it names no section with a command"),
             "pg_hba" => move_lines(out, patroni, &key, "pg_hba", &value),
-            _ if section
-                .get(&field)
-                .is_some_and(|v| v.get("command").is_some()) =>
-            {
-                out.drop_key(
-                    &key,
-                    "a custom bootstrap method: matriarch bootstraps with initdb only",
-                )
-            }
+            _ if chosen == Some(field.as_str()) => out.set(&key, value),
+            _ if has_command(&field) => out.drop_key(
+                &key,
+                "a custom bootstrap method that bootstrap.method does not choose",
+            ),
             _ => out.drop_key(&key, "not a bootstrap setting matriarch has"),
         }
     }
