@@ -41,7 +41,13 @@ fn replica_world(me: &str, upstream: Option<&str>, my_tags: Tags) -> Scene {
     };
     world.memory.timeline_checked_against = Some(name("a"));
     world.put("leader", b"a".to_vec());
-    peer(&mut world, "a", Role::Primary, Tags::default(), Some("streaming"));
+    peer(
+        &mut world,
+        "a",
+        Role::Primary,
+        Tags::default(),
+        Some("streaming"),
+    );
     world
 }
 
@@ -101,7 +107,12 @@ fn replicatefrom_is_followed_only_while_that_member_streams() {
             "b",
             "a",
         ),
-        ("b's record says nothing", Some((Role::Replica, None)), "b", "a"),
+        (
+            "b's record says nothing",
+            Some((Role::Replica, None)),
+            "b",
+            "a",
+        ),
         (
             "b runs as a primary without the lock",
             Some((Role::Primary, None)),
@@ -134,18 +145,20 @@ fn a_stopped_or_crashed_upstream_sends_the_replica_to_the_leader() {
         b.state = state.clone();
         b.replication_state = Some("streaming".to_owned());
         world.put("members/b", encode_member(&b));
-        assert_eq!(
-            chosen(&world.decide()),
-            Some(Some(name("a"))),
-            "b {state}"
-        );
+        assert_eq!(chosen(&world.decide()), Some(Some(name("a"))), "b {state}");
     }
 }
 
 #[test]
 fn the_replica_moves_to_the_leader_and_back_as_its_upstream_comes_and_goes() {
     let mut world = replica_world("c", Some("b"), tags(Some("b"), false));
-    peer(&mut world, "b", Role::Replica, Tags::default(), Some("streaming"));
+    peer(
+        &mut world,
+        "b",
+        Role::Replica,
+        Tags::default(),
+        Some("streaming"),
+    );
     let decision = world.decide();
     assert_eq!(chosen(&decision), None, "already there: {decision:?}");
     assert!(decision.reason.contains("streaming from b"), "{decision:?}");
@@ -165,7 +178,13 @@ fn the_replica_moves_to_the_leader_and_back_as_its_upstream_comes_and_goes() {
         "the record says what it follows, not the tag"
     );
 
-    peer(&mut world, "b", Role::Replica, Tags::default(), Some("streaming"));
+    peer(
+        &mut world,
+        "b",
+        Role::Replica,
+        Tags::default(),
+        Some("streaming"),
+    );
     assert_eq!(chosen(&world.decide()), Some(Some(name("b"))), "back to b");
 }
 
@@ -173,15 +192,39 @@ fn the_replica_moves_to_the_leader_and_back_as_its_upstream_comes_and_goes() {
 fn a_replicatefrom_chain_that_loops_falls_back_to_the_leader() {
     // c → b → c: a cycle through c.
     let mut world = replica_world("c", Some("old"), tags(Some("b"), false));
-    peer(&mut world, "b", Role::Replica, tags(Some("c"), false), Some("streaming"));
+    peer(
+        &mut world,
+        "b",
+        Role::Replica,
+        tags(Some("c"), false),
+        Some("streaming"),
+    );
     assert_eq!(chosen(&world.decide()), Some(Some(name("a"))));
     // c → b → d → c: a longer one.
-    peer(&mut world, "b", Role::Replica, tags(Some("d"), false), Some("streaming"));
-    peer(&mut world, "d", Role::Replica, tags(Some("c"), false), Some("streaming"));
+    peer(
+        &mut world,
+        "b",
+        Role::Replica,
+        tags(Some("d"), false),
+        Some("streaming"),
+    );
+    peer(
+        &mut world,
+        "d",
+        Role::Replica,
+        tags(Some("c"), false),
+        Some("streaming"),
+    );
     assert_eq!(chosen(&world.decide()), Some(Some(name("a"))));
     // c → b → d → b: a loop c is not part of; b streams (it will fall
     // back itself), so c may stream from it.
-    peer(&mut world, "d", Role::Replica, tags(Some("b"), false), Some("streaming"));
+    peer(
+        &mut world,
+        "d",
+        Role::Replica,
+        tags(Some("b"), false),
+        Some("streaming"),
+    );
     assert_eq!(chosen(&world.decide()), Some(Some(name("b"))));
 }
 
@@ -189,7 +232,13 @@ fn a_replicatefrom_chain_that_loops_falls_back_to_the_leader() {
 fn a_stopped_replica_starts_streaming_from_its_chosen_upstream() {
     let mut world = replica_world("c", None, tags(Some("b"), false));
     world.local.role = LocalRole::Stopped { crashed: false };
-    peer(&mut world, "b", Role::Replica, Tags::default(), Some("streaming"));
+    peer(
+        &mut world,
+        "b",
+        Role::Replica,
+        Tags::default(),
+        Some("streaming"),
+    );
     assert_eq!(chosen(&world.decide()), Some(Some(name("b"))));
     world.remove("members/b");
     assert_eq!(chosen(&world.decide()), Some(Some(name("a"))));
@@ -198,7 +247,13 @@ fn a_stopped_replica_starts_streaming_from_its_chosen_upstream() {
 #[test]
 fn nostream_never_streams_whatever_replicatefrom_says() {
     let mut world = replica_world("c", None, tags(Some("b"), true));
-    peer(&mut world, "b", Role::Replica, Tags::default(), Some("streaming"));
+    peer(
+        &mut world,
+        "b",
+        Role::Replica,
+        Tags::default(),
+        Some("streaming"),
+    );
     // Running from the archive: nothing to change, and no waiting for WAL.
     world.memory.loops_not_streaming = 10;
     let decision = world.decide();
@@ -237,8 +292,20 @@ fn leader_world(config: &str) -> Scene {
     world.config.other = decode_config(config.as_bytes()).unwrap().other;
     world.put("leader", b"a".to_vec());
     peer(&mut world, "a", Role::Primary, Tags::default(), None);
-    peer(&mut world, "b", Role::Replica, Tags::default(), Some("streaming"));
-    peer(&mut world, "c", Role::Replica, tags(Some("b"), false), Some("streaming"));
+    peer(
+        &mut world,
+        "b",
+        Role::Replica,
+        Tags::default(),
+        Some("streaming"),
+    );
+    peer(
+        &mut world,
+        "c",
+        Role::Replica,
+        tags(Some("b"), false),
+        Some("streaming"),
+    );
     peer(&mut world, "n", Role::Replica, tags(None, true), None);
     world
 }
@@ -269,16 +336,19 @@ fn with_member_slots_ttl_zero_the_leader_keeps_slots_only_for_who_streams_from_i
 /// leader's `status` naming slots b, c and x.
 fn upstream_world(my_tags: Tags) -> Scene {
     let mut world = replica_world("b", Some("a"), my_tags);
-    peer(&mut world, "c", Role::Replica, tags(Some("b"), false), Some("streaming"));
+    peer(
+        &mut world,
+        "c",
+        Role::Replica,
+        tags(Some("b"), false),
+        Some("streaming"),
+    );
     peer(&mut world, "n", Role::Replica, tags(Some("b"), true), None);
     world.put(
         "status",
         Record::Status(LeaderStatus {
             optime: Lsn(5000),
-            slots: BTreeMap::from([
-                ("b".to_owned(), Lsn(4900)),
-                ("x".to_owned(), Lsn(4800)),
-            ]),
+            slots: BTreeMap::from([("b".to_owned(), Lsn(4900)), ("x".to_owned(), Lsn(4800))]),
             retain_slots: vec![],
         })
         .encode(),

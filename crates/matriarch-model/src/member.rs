@@ -452,7 +452,10 @@ mod tests {
         assert_eq!(tags.other.len(), 1, "{:?}", tags.other);
         let own = MemberName::new("node3").unwrap();
         assert_eq!(tags.replicate_from(&own), Some("node2"));
-        assert_eq!(tags.replicate_from(&MemberName::new("node2").unwrap()), None);
+        assert_eq!(
+            tags.replicate_from(&MemberName::new("node2").unwrap()),
+            None
+        );
         // Defaults are left out of the record, as Patroni leaves them out.
         let text = serde_json::to_string(&Tags::default()).unwrap();
         assert_eq!(text, "{}");

@@ -53,7 +53,11 @@ fn topology(cluster: &Cluster, i: usize) -> Vec<(usize, String)> {
 #[test]
 fn a_replicatefrom_replica_streams_from_its_member_and_falls_back_to_the_leader_without_loss() {
     let options = Options {
-        tags: vec![String::new(), String::new(), "  replicatefrom: node2\n".to_owned()],
+        tags: vec![
+            String::new(),
+            String::new(),
+            "  replicatefrom: node2\n".to_owned(),
+        ],
         ..Options::default()
     };
     let mut cluster = Cluster::configure_on_etcd(3, options);
@@ -72,7 +76,11 @@ fn a_replicatefrom_replica_streams_from_its_member_and_falls_back_to_the_leader_
         downstream(&cluster, 0),
         cluster.logs()
     );
-    assert_eq!(downstream(&cluster, 0), "node2", "the leader sends to node2 only");
+    assert_eq!(
+        downstream(&cluster, 0),
+        "node2",
+        "the leader sends to node2 only"
+    );
     assert_eq!(
         cluster.nodes[1]
             .psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'node3'")
@@ -92,7 +100,9 @@ fn a_replicatefrom_replica_streams_from_its_member_and_falls_back_to_the_leader_
     assert!(drawn.is_some(), "topology: {:?}", topology(&cluster, 0));
 
     cluster.nodes[0]
-        .psql("CREATE TABLE t (id integer primary key); INSERT INTO t SELECT generate_series(1, 100)")
+        .psql(
+            "CREATE TABLE t (id integer primary key); INSERT INTO t SELECT generate_series(1, 100)",
+        )
         .expect("write on the leader");
     assert!(
         cluster.wait_sql(2, "SELECT count(*) FROM t", "100", Duration::from_secs(20)),
@@ -149,12 +159,22 @@ fn a_nostream_replica_replays_from_the_archive_only() {
     cluster.start_node1_first(Duration::from_secs(60));
 
     cluster.nodes[0]
-        .psql("CREATE TABLE t (id integer primary key); INSERT INTO t SELECT generate_series(1, 100); SELECT pg_switch_wal()")
+        .psql(
+            "CREATE TABLE t (id integer primary key); INSERT INTO t SELECT generate_series(1, 100)",
+        )
         .expect("write on the leader");
+    // After the commit (one psql call is one transaction): the segment
+    // holding it goes to the archive.
+    cluster.nodes[0]
+        .psql("SELECT pg_switch_wal()")
+        .expect("switch WAL on the leader");
     assert!(
         cluster.wait_sql(1, "SELECT count(*) FROM t", "100", Duration::from_secs(30)),
-        "the archived WAL did not reach the nostream replica: {:?}\n{}",
+        "the archived WAL did not reach the nostream replica: {:?}, restore_command {:?}, archive {:?}, replay at {:?}\n{}",
         cluster.nodes[1].psql("SELECT count(*) FROM t"),
+        cluster.nodes[1].psql("SHOW restore_command"),
+        std::fs::read_dir(archive.path()).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect::<Vec<_>>()),
+        cluster.nodes[1].psql("SELECT pg_last_wal_replay_lsn()"),
         cluster.logs()
     );
     assert_eq!(
@@ -164,7 +184,11 @@ fn a_nostream_replica_replays_from_the_archive_only() {
         Ok("0"),
         "no WAL receiver on a nostream replica"
     );
-    assert_eq!(downstream(&cluster, 0), "", "nothing streams from the leader");
+    assert_eq!(
+        downstream(&cluster, 0),
+        "",
+        "nothing streams from the leader"
+    );
     assert_eq!(
         cluster.nodes[0]
             .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'node2'")

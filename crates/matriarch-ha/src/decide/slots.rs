@@ -67,9 +67,8 @@ pub(super) fn push_leader_slots(inputs: &Inputs<'_>, view: &ClusterView, plan: &
         let record = member(view, &name);
         let tags = record.map(|m| &m.tags);
         let cascades = tags.and_then(|t| t.replicate_from(&name));
-        let streams_from_me = cascades.is_none_or(|upstream| {
-            upstream == me.as_str() || !view.members.contains_key(upstream)
-        });
+        let streams_from_me = cascades
+            .is_none_or(|upstream| upstream == me.as_str() || !view.members.contains_key(upstream));
         if tags.is_some_and(|t| t.nostream)
             || (config.member_slots_ttl.is_zero() && !streams_from_me)
         {
@@ -152,8 +151,7 @@ pub(super) fn push_replica_slots(
         }
     }
     for (name, at) in &status.slots {
-        if *name == own || config.permanent.contains_key(name) || desired.slots.contains_key(name)
-        {
+        if *name == own || config.permanent.contains_key(name) || desired.slots.contains_key(name) {
             continue;
         }
         desired.slots.insert(name.clone(), SlotKind::Physical);
