@@ -59,6 +59,17 @@ fn peer(world: &mut Scene, n: &str, role: Role, tags: Tags, state: Option<&str>)
     world.put(&format!("members/{n}"), encode_member(&member));
 }
 
+/// A running replica that streams, tagged `replicatefrom`.
+fn streaming_peer(world: &mut Scene, n: &str, replicatefrom: Option<&str>) {
+    peer(
+        world,
+        n,
+        Role::Replica,
+        tags(replicatefrom, false),
+        Some("streaming"),
+    );
+}
+
 /// The upstream named by the decision's `Follow` or `StartReplica`.
 fn chosen(decision: &Decision) -> Option<Option<MemberName>> {
     decision.actions.iter().find_map(|a| match a {
@@ -94,11 +105,14 @@ fn wanted(plan: &SlotPlan) -> Vec<&str> {
     plan.desired.slots.keys().map(String::as_str).collect()
 }
 
+/// A peer's role and `replication_state`; `None`: no record at all.
+type PeerShape = Option<(Role, Option<&'static str>)>;
+
 #[test]
 fn replicatefrom_is_followed_only_while_that_member_streams() {
     // (what b is, c's replicatefrom, the upstream c must take)
     let streaming = Some((Role::Replica, Some("streaming")));
-    let cases: [(&str, Option<(Role, Option<&str>)>, &str, &str); 8] = [
+    let cases: [(&str, PeerShape, &str, &str); 8] = [
         ("b streams", streaming, "b", "b"),
         ("b has no record", None, "b", "a"),
         (
@@ -152,13 +166,7 @@ fn a_stopped_or_crashed_upstream_sends_the_replica_to_the_leader() {
 #[test]
 fn the_replica_moves_to_the_leader_and_back_as_its_upstream_comes_and_goes() {
     let mut world = replica_world("c", Some("b"), tags(Some("b"), false));
-    peer(
-        &mut world,
-        "b",
-        Role::Replica,
-        Tags::default(),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "b", None);
     let decision = world.decide();
     assert_eq!(chosen(&decision), None, "already there: {decision:?}");
     assert!(decision.reason.contains("streaming from b"), "{decision:?}");
@@ -178,13 +186,7 @@ fn the_replica_moves_to_the_leader_and_back_as_its_upstream_comes_and_goes() {
         "the record says what it follows, not the tag"
     );
 
-    peer(
-        &mut world,
-        "b",
-        Role::Replica,
-        Tags::default(),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "b", None);
     assert_eq!(chosen(&world.decide()), Some(Some(name("b"))), "back to b");
 }
 
@@ -192,39 +194,15 @@ fn the_replica_moves_to_the_leader_and_back_as_its_upstream_comes_and_goes() {
 fn a_replicatefrom_chain_that_loops_falls_back_to_the_leader() {
     // c → b → c: a cycle through c.
     let mut world = replica_world("c", Some("old"), tags(Some("b"), false));
-    peer(
-        &mut world,
-        "b",
-        Role::Replica,
-        tags(Some("c"), false),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "b", Some("c"));
     assert_eq!(chosen(&world.decide()), Some(Some(name("a"))));
     // c → b → d → c: a longer one.
-    peer(
-        &mut world,
-        "b",
-        Role::Replica,
-        tags(Some("d"), false),
-        Some("streaming"),
-    );
-    peer(
-        &mut world,
-        "d",
-        Role::Replica,
-        tags(Some("c"), false),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "b", Some("d"));
+    streaming_peer(&mut world, "d", Some("c"));
     assert_eq!(chosen(&world.decide()), Some(Some(name("a"))));
     // c → b → d → b: a loop c is not part of; b streams (it will fall
     // back itself), so c may stream from it.
-    peer(
-        &mut world,
-        "d",
-        Role::Replica,
-        tags(Some("b"), false),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "d", Some("b"));
     assert_eq!(chosen(&world.decide()), Some(Some(name("b"))));
 }
 
@@ -232,13 +210,7 @@ fn a_replicatefrom_chain_that_loops_falls_back_to_the_leader() {
 fn a_stopped_replica_starts_streaming_from_its_chosen_upstream() {
     let mut world = replica_world("c", None, tags(Some("b"), false));
     world.local.role = LocalRole::Stopped { crashed: false };
-    peer(
-        &mut world,
-        "b",
-        Role::Replica,
-        Tags::default(),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "b", None);
     assert_eq!(chosen(&world.decide()), Some(Some(name("b"))));
     world.remove("members/b");
     assert_eq!(chosen(&world.decide()), Some(Some(name("a"))));
@@ -247,13 +219,7 @@ fn a_stopped_replica_starts_streaming_from_its_chosen_upstream() {
 #[test]
 fn nostream_never_streams_whatever_replicatefrom_says() {
     let mut world = replica_world("c", None, tags(Some("b"), true));
-    peer(
-        &mut world,
-        "b",
-        Role::Replica,
-        Tags::default(),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "b", None);
     // Running from the archive: nothing to change, and no waiting for WAL.
     world.memory.loops_not_streaming = 10;
     let decision = world.decide();
@@ -280,32 +246,12 @@ fn nostream_never_streams_whatever_replicatefrom_says() {
 /// and `n` (nostream), under the kept keys `config`.
 fn leader_world(config: &str) -> Scene {
     let mut world = Scene::at("a", Duration::from_secs(1000));
-    world.local = LocalPostgres {
-        role: LocalRole::Primary,
-        system_id: Some(SYSID),
-        timeline: Some(Timeline(1)),
-        wal_position: Some(Lsn(5000)),
-        ..LocalPostgres::no_data()
-    };
-    world.memory.ran_as_primary = true;
-    world.memory.lock_renewed_at = Some(world.now);
+    world.running_primary_holding_the_lock(5000);
     world.config.other = decode_config(config.as_bytes()).unwrap().other;
     world.put("leader", b"a".to_vec());
     peer(&mut world, "a", Role::Primary, Tags::default(), None);
-    peer(
-        &mut world,
-        "b",
-        Role::Replica,
-        Tags::default(),
-        Some("streaming"),
-    );
-    peer(
-        &mut world,
-        "c",
-        Role::Replica,
-        tags(Some("b"), false),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "b", None);
+    streaming_peer(&mut world, "c", Some("b"));
     peer(&mut world, "n", Role::Replica, tags(None, true), None);
     world
 }
@@ -330,19 +276,16 @@ fn with_member_slots_ttl_zero_the_leader_keeps_slots_only_for_who_streams_from_i
     // b is gone: c streams from the leader, so its slot is kept.
     world.remove("members/b");
     assert_eq!(wanted(&slot_plan(&world.decide())), vec!["c"]);
+    // Not waiting for the leader's positions: it copies nothing.
+    world.remove("status");
+    assert_eq!(wanted(&slot_plan(&world.decide())), vec!["c"]);
 }
 
 /// Replica `b` of leader `a`, with `c` tagged replicatefrom b and the
 /// leader's `status` naming slots b, c and x.
 fn upstream_world(my_tags: Tags) -> Scene {
     let mut world = replica_world("b", Some("a"), my_tags);
-    peer(
-        &mut world,
-        "c",
-        Role::Replica,
-        tags(Some("b"), false),
-        Some("streaming"),
-    );
+    streaming_peer(&mut world, "c", Some("b"));
     peer(&mut world, "n", Role::Replica, tags(Some("b"), true), None);
     world.put(
         "status",
@@ -367,9 +310,12 @@ fn a_cascading_upstream_keeps_a_slot_for_each_member_that_streams_from_it() {
 
 #[test]
 fn a_nofailover_upstream_keeps_only_its_downstream_slots() {
-    let world = upstream_world(Tags {
+    let mut world = upstream_world(Tags {
         nofailover: true,
         ..Tags::default()
     });
+    assert_eq!(wanted(&slot_plan(&world.decide())), vec!["c"]);
+    // Not waiting for the leader's positions: it copies nothing.
+    world.remove("status");
     assert_eq!(wanted(&slot_plan(&world.decide())), vec!["c"]);
 }

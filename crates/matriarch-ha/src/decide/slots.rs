@@ -106,7 +106,8 @@ pub(super) fn push_leader_slots(inputs: &Inputs<'_>, view: &ClusterView, plan: &
 /// (its members' and the permanent ones), advanced to where the `status`
 /// key says they are on the leader, and a slot for the leader itself,
 /// advanced to its `optime`. Copies without a known position are not made
-/// (they would hold WAL for ever).
+/// (they would hold WAL for ever). Plus a slot for each member that
+/// streams from it (`replicatefrom`).
 pub(super) fn push_replica_slots(
     inputs: &Inputs<'_>,
     view: &ClusterView,
@@ -116,10 +117,16 @@ pub(super) fn push_replica_slots(
     if !inputs.config.postgresql.use_slots {
         return;
     }
-    let Some(Ok(status)) = &view.status else {
-        return;
+    // A replica that can never lead keeps no copies (Patroni: with
+    // `nofailover`, only the slots of members that stream from it).
+    let keeps_copies = inputs.node.tags.allows_failover();
+    let status = match &view.status {
+        Some(Ok(status)) => Some(&status.value),
+        // Without positions nothing can be copied, and dropping copies
+        // made earlier would lose them.
+        _ if keeps_copies => return,
+        _ => None,
     };
-    let status = &status.value;
     let (config, errors) = SlotsConfig::from_config(inputs.config);
     let own = inputs.node.name.slot_name();
     let mut desired = DesiredSlots {
@@ -128,41 +135,37 @@ pub(super) fn push_replica_slots(
         ..DesiredSlots::default()
     };
     push_downstream_slots(inputs, view, holder, &mut desired);
-    if !inputs.node.tags.allows_failover() {
-        // Never the leader: only the slots of members that stream from it.
-        plan.push(Action::ReconcileSlots(Box::new(SlotPlan {
-            desired,
-            members_seen: None,
-            config_errors: errors.iter().map(ToString::to_string).collect(),
-        })));
-        return;
-    }
-    for (name, kind) in &config.permanent {
-        // Logical copies are PostgreSQL 17's slot synchronization's job (a
-        // synced slot is never dropped); a logical slot left from when this
-        // node was primary is dropped: it cannot follow the leader's, and
-        // on 17+ it would keep the synchronized copy from being made.
-        if *kind != SlotKind::Physical {
-            continue;
+    if let Some(status) = status.filter(|_| keeps_copies) {
+        for (name, kind) in &config.permanent {
+            // Logical copies are PostgreSQL 17's slot synchronization's job (a
+            // synced slot is never dropped); a logical slot left from when this
+            // node was primary is dropped: it cannot follow the leader's, and
+            // on 17+ it would keep the synchronized copy from being made.
+            if *kind != SlotKind::Physical {
+                continue;
+            }
+            desired.slots.insert(name.clone(), kind.clone());
+            if let Some(at) = status.slots.get(name) {
+                desired.advance_to.insert(name.clone(), *at);
+            }
         }
-        desired.slots.insert(name.clone(), kind.clone());
-        if let Some(at) = status.slots.get(name) {
+        for (name, at) in &status.slots {
+            if *name == own
+                || config.permanent.contains_key(name)
+                || desired.slots.contains_key(name)
+            {
+                continue;
+            }
+            desired.slots.insert(name.clone(), SlotKind::Physical);
             desired.advance_to.insert(name.clone(), *at);
         }
-    }
-    for (name, at) in &status.slots {
-        if *name == own || config.permanent.contains_key(name) || desired.slots.contains_key(name) {
-            continue;
+        let leader_slot = holder.slot_name();
+        if leader_slot != own && status.optime.0 > 0 {
+            desired
+                .slots
+                .insert(leader_slot.clone(), SlotKind::Physical);
+            desired.advance_to.insert(leader_slot, status.optime);
         }
-        desired.slots.insert(name.clone(), SlotKind::Physical);
-        desired.advance_to.insert(name.clone(), *at);
-    }
-    let leader_slot = holder.slot_name();
-    if leader_slot != own && status.optime.0 > 0 {
-        desired
-            .slots
-            .insert(leader_slot.clone(), SlotKind::Physical);
-        desired.advance_to.insert(leader_slot, status.optime);
     }
     plan.push(Action::ReconcileSlots(Box::new(SlotPlan {
         desired,
