@@ -2369,3 +2369,40 @@ fn arbitrary_bytes_in_any_key_never_lead_to_a_promotion() {
         );
     }
 }
+
+#[test]
+fn sync_priority_zero_is_never_synchronous_and_higher_goes_first() {
+    // b alone, sync_priority 0: nothing to make synchronous.
+    let mut world = sync_leader();
+    let never = Tags {
+        sync_priority: 0,
+        ..Tags::default()
+    };
+    sync_key(&mut world, "a", &[]);
+    assert!(
+        sync_action(&world.decide()).is_some(),
+        "b is made synchronous by default"
+    );
+    world.peer_with("b", Role::Replica, 500, 1, never);
+    assert_eq!(sync_action(&world.decide()), None);
+
+    // b synchronous now, c streams with a higher sync_priority: c takes
+    // the one place (Patroni sorts by sync_priority first).
+    let mut world = sync_leader();
+    let high = Tags {
+        sync_priority: 5,
+        ..Tags::default()
+    };
+    world.peer_with("c", Role::Replica, 500, 1, high);
+    world.local.streaming_standbys = BTreeSet::from([name("b"), name("c")]);
+    sync_key(&mut world, "a", &["b"]);
+    set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
+    let step = sync_action(&world.decide());
+    assert!(
+        matches!(&step, Some(Action::WriteSyncState { standbys, .. } | Action::SetSyncStandbys { standbys, .. }) if standbys.contains(&name("c"))),
+        "{step:?}"
+    );
+    // With equal priorities the current one stays.
+    world.peer("c", Role::Replica, 500, 1);
+    assert_eq!(sync_action(&world.decide()), None);
+}

@@ -11,7 +11,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::{Scene, SYSID};
+use support::scene::Scene;
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -23,15 +23,7 @@ impl World {
     /// `me` runs the primary and holds the lock; `members` are its peers.
     fn leader(me: &str, members: &[&str]) -> World {
         let mut world = Scene::at(me, Duration::from_secs(1000));
-        world.local = LocalPostgres {
-            role: LocalRole::Primary,
-            system_id: Some(SYSID),
-            timeline: Some(Timeline(1)),
-            wal_position: Some(Lsn(5000)),
-            ..LocalPostgres::no_data()
-        };
-        world.memory.ran_as_primary = true;
-        world.memory.lock_renewed_at = Some(world.now);
+        world.running_primary_holding_the_lock(5000);
         world.put("leader", me.as_bytes().to_vec());
         world.member(me, Role::Primary);
         for m in members {

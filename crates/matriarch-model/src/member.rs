@@ -241,6 +241,23 @@ pub struct Tags {
     /// New replicas may take their base backup from this member.
     #[serde(default, skip_serializing_if = "is_false")]
     pub clonefrom: bool,
+    /// Preference among synchronous standby candidates: higher first; 0
+    /// means never synchronous (like `nosync`). Defaults to 1.
+    #[serde(
+        default = "default_failover_priority",
+        skip_serializing_if = "is_default_priority"
+    )]
+    pub sync_priority: u32,
+    /// Stream from this member instead of the leader (cascading
+    /// replication) while it is a usable upstream; see
+    /// `matriarch_ha`'s upstream choice. Kept as text: a bad name in
+    /// another agent's record must not make the whole record unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicatefrom: Option<String>,
+    /// Never stream WAL: replay only what `restore_command` fetches from
+    /// the archive (no `primary_conninfo`, no replication slot for it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub nostream: bool,
     /// Any other tag, kept for `?tag_key=value` queries and round trips.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -254,6 +271,9 @@ impl Default for Tags {
             noloadbalance: false,
             nosync: false,
             clonefrom: false,
+            sync_priority: 1,
+            replicatefrom: None,
+            nostream: false,
             other: BTreeMap::new(),
         }
     }
@@ -263,6 +283,20 @@ impl Tags {
     /// Whether these tags allow an automatic promotion of the member.
     pub fn allows_failover(&self) -> bool {
         !self.nofailover && self.failover_priority > 0
+    }
+
+    /// Whether these tags allow choosing the member as a synchronous
+    /// standby (Patroni: neither `nosync` nor `sync_priority` <= 0).
+    pub fn allows_sync(&self) -> bool {
+        !self.nosync && self.sync_priority > 0
+    }
+
+    /// The member `replicatefrom` names, unless it names `own` (Patroni
+    /// ignores a member that names itself).
+    pub fn replicate_from(&self, own: &MemberName) -> Option<&str> {
+        self.replicatefrom
+            .as_deref()
+            .filter(|name| !name.is_empty() && *name != own.as_str())
     }
 }
 
@@ -315,6 +349,14 @@ pub struct Member {
     /// `streaming`, `in archive recovery`, ... as Patroni reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_state: Option<String>,
+    /// The member a replica streams from, as its own configuration says
+    /// (the leader, or the member its `replicatefrom` tag names while that
+    /// one is usable); absent on a primary and on a replica that does not
+    /// stream. matriarch's own key: `ctl topology` draws the tree from it,
+    /// Patroni's tools ignore it. Text, so that a bad value written by
+    /// another tool does not make the record unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// The member's tags.
     #[serde(default)]
     pub tags: Tags,
@@ -351,6 +393,7 @@ impl Member {
             replayed_lsn: None,
             flushed_lsn: None,
             replication_state: None,
+            upstream: None,
             tags: Tags::default(),
             pause: false,
             pending_restart: false,
@@ -395,6 +438,33 @@ mod tests {
     #[test]
     fn slot_names_are_postgres_safe() {
         assert_eq!(MemberName::new("Node-1.a").unwrap().slot_name(), "node_1_a");
+    }
+
+    #[test]
+    fn cascade_and_sync_tags_read_as_patroni_writes_them() {
+        let tags: Tags = serde_json::from_value(serde_json::json!({
+            "replicatefrom": "node2", "nostream": true, "sync_priority": 0, "custom": 1
+        }))
+        .unwrap();
+        assert_eq!(tags.replicatefrom.as_deref(), Some("node2"));
+        assert!(tags.nostream);
+        assert!(!tags.allows_sync());
+        assert_eq!(tags.other.len(), 1, "{:?}", tags.other);
+        let own = MemberName::new("node3").unwrap();
+        assert_eq!(tags.replicate_from(&own), Some("node2"));
+        assert_eq!(
+            tags.replicate_from(&MemberName::new("node2").unwrap()),
+            None
+        );
+        // Defaults are left out of the record, as Patroni leaves them out.
+        let text = serde_json::to_string(&Tags::default()).unwrap();
+        assert_eq!(text, "{}");
+        assert!(Tags::default().allows_sync());
+        let nosync = Tags {
+            nosync: true,
+            ..Tags::default()
+        };
+        assert!(!nosync.allows_sync());
     }
 
     #[test]

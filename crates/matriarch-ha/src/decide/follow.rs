@@ -4,6 +4,7 @@ use matriarch_model::{ClusterView, MemberName, MemberState, Role};
 
 use super::observed::LocalRole;
 use super::slots::push_replica_slots;
+use super::upstream::node_to_follow;
 use super::{member, Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
 
 /// After this many loops following an upstream without streaming from it, a
@@ -98,22 +99,51 @@ pub(super) fn follower(
                     "received WAL past the point where the cluster's timeline forked: stopping to rewind",
                 );
             }
-            if upstream.as_ref() != Some(holder) {
-                plan.push(Action::Follow(holder.clone()));
+            let target = node_to_follow(inputs, view, holder);
+            match (&target, upstream) {
+                (Some(target), _) if upstream.as_ref() != Some(target) => {
+                    plan.push(Action::Follow(target.clone()));
+                    let reason = if target == holder {
+                        format!("following the new leader {holder}")
+                    } else {
+                        format!("streaming from {target} (replicatefrom), leader {holder}")
+                    };
+                    return plan.done(EngineRole::Replica, reason);
+                }
+                (None, Some(streaming_from)) => {
+                    // A running replica cannot drop primary_conninfo without
+                    // a restart on every version: stop, then start without it.
+                    plan.push(Action::Demote(DemoteMode::Graceful));
+                    return plan.done(
+                        EngineRole::Replica,
+                        format!("tagged nostream but streaming from {streaming_from}: restarting without streaming"),
+                    );
+                }
+                _ => {}
+            }
+            let Some(target) = target else {
+                push_replica_slots(inputs, view, holder, &mut plan);
                 return plan.done(
                     EngineRole::Replica,
-                    format!("following the new leader {holder}"),
+                    format!("replaying WAL from the archive only (nostream), leader {holder}"),
                 );
-            }
+            };
             if !inputs.local.receiving && inputs.memory.loops_not_streaming >= LOOPS_BEFORE_REWIND {
                 // No loop count in the reason: it is logged when it changes.
                 return plan.wait(
                     EngineRole::Replica,
-                    format!("following {holder} without receiving WAL"),
+                    format!("following {target} without receiving WAL"),
                 );
             }
             push_replica_slots(inputs, view, holder, &mut plan);
-            plan.done(EngineRole::Replica, format!("following {holder}"))
+            if &target == holder {
+                plan.done(EngineRole::Replica, format!("following {holder}"))
+            } else {
+                plan.done(
+                    EngineRole::Replica,
+                    format!("streaming from {target} (replicatefrom), leader {holder}"),
+                )
+            }
         }
         LocalRole::Stopped { .. } => {
             if inputs.memory.rewind_impossible {
@@ -131,13 +161,16 @@ pub(super) fn follower(
                     format!("checking the timeline against {holder} before rejoining"),
                 );
             }
-            plan.push(Action::StartReplica {
-                upstream: Some(holder.clone()),
-            });
-            plan.done(
-                EngineRole::Replica,
-                format!("rejoining as a replica of {holder}"),
-            )
+            let target = node_to_follow(inputs, view, holder);
+            let reason = match &target {
+                Some(target) if target == holder => format!("rejoining as a replica of {holder}"),
+                Some(target) => {
+                    format!("rejoining as a replica of {holder}, streaming from {target}")
+                }
+                None => format!("rejoining as a replica of {holder}, without streaming (nostream)"),
+            };
+            plan.push(Action::StartReplica { upstream: target });
+            plan.done(EngineRole::Replica, reason)
         }
         LocalRole::NoData => {
             let leader_running =

@@ -15,6 +15,7 @@ mod slots;
 mod start_timeout;
 mod switchover;
 mod sync;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -275,7 +276,8 @@ impl Inputs<'_> {
         };
         member.role = role;
         member.state = state;
-        if matches!(self.local.role, LocalRole::Replica { .. }) {
+        if let LocalRole::Replica { upstream } = &self.local.role {
+            member.upstream = upstream.as_ref().map(|name| name.as_str().to_owned());
             member.received_lsn = self.local.wal_position;
             // Patroni's values: only a WAL receiver that streams is
             // "streaming" (a replica on a full disk is not, whatever it runs).

@@ -212,18 +212,25 @@ pub(super) fn maintain_sync(inputs: &Inputs<'_>, view: &ClusterView, plan: &mut 
             .healthy_records()
             .filter(|m| {
                 &m.name != me
-                    && !m.tags.nosync
+                    && m.tags.allows_sync()
                     && m.role == Role::Replica
                     && m.state == MemberState::Running
                     && local.streaming_standbys.contains(&m.name)
             })
             .collect();
-        // Prefer the current ones, so that the set does not flap.
+        // Higher `sync_priority` first (Patroni sorts by it before
+        // anything else); then the current ones, so that the set does not
+        // flap.
         ranked.sort_by(|a, b| {
-            local
-                .sync_standbys
-                .contains(&b.name)
-                .cmp(&local.sync_standbys.contains(&a.name))
+            b.tags
+                .sync_priority
+                .cmp(&a.tags.sync_priority)
+                .then(
+                    local
+                        .sync_standbys
+                        .contains(&b.name)
+                        .cmp(&local.sync_standbys.contains(&a.name)),
+                )
                 .then(b.tags.failover_priority.cmp(&a.tags.failover_priority))
                 .then(a.name.cmp(&b.name))
         });

@@ -8,11 +8,12 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{
-    decide, DcsObservation, Decision, FailsafeInputs, Inputs, LocalPostgres, Memory, NodeSettings,
-    PeerReport,
+    decide, DcsObservation, Decision, FailsafeInputs, Inputs, LocalPostgres, LocalRole, Memory,
+    NodeSettings, PeerReport,
 };
 use matriarch_model::{
-    encode_initialize, ClusterConfig, ClusterView, Initialize, MemberName, RawEntry, SystemId,
+    encode_initialize, ClusterConfig, ClusterView, Initialize, Lsn, MemberName, RawEntry, SystemId,
+    Timeline,
 };
 
 /// The system identifier of every test cluster.
@@ -53,6 +54,20 @@ impl Scene {
         };
         scene.put("initialize", encode_initialize(&Initialize::Done(SYSID)));
         scene
+    }
+
+    /// This node runs the primary (timeline 1, at `position`) and renewed
+    /// the lock just now; the caller writes the `leader` key.
+    pub(crate) fn running_primary_holding_the_lock(&mut self, position: u64) {
+        self.local = LocalPostgres {
+            role: LocalRole::Primary,
+            system_id: Some(SYSID),
+            timeline: Some(Timeline(1)),
+            wal_position: Some(Lsn(position)),
+            ..LocalPostgres::no_data()
+        };
+        self.memory.ran_as_primary = true;
+        self.memory.lock_renewed_at = Some(self.now);
     }
 
     /// The same cluster seen by member `me` (its name and URLs).

@@ -240,6 +240,9 @@ impl ApiState {
                 if member.pending_restart {
                     entry["pending_restart"] = json!(true);
                 }
+                if let Some(upstream) = &member.upstream {
+                    entry["upstream"] = json!(upstream);
+                }
                 if role != "leader" {
                     let lag = match (leader_optime, member.wal_position()) {
                         (Some(l), Some(p)) => json!(l.bytes_ahead_of(p)),

@@ -217,8 +217,14 @@ fn replica_filters(query: &[(String, String)], node: &Node, tags: bool) -> bool 
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Null) | None => {
                         // Known boolean tags default to false.
-                        if ["nofailover", "noloadbalance", "nosync", "clonefrom"]
-                            .contains(&key.as_str())
+                        if [
+                            "nofailover",
+                            "noloadbalance",
+                            "nosync",
+                            "clonefrom",
+                            "nostream",
+                        ]
+                        .contains(&key.as_str())
                         {
                             "false".to_owned()
                         } else {

@@ -85,6 +85,7 @@ pub(super) fn cluster_from_view(scope: &str, view: &ClusterView) -> Cluster {
                 },
                 api_url: Some(record.api_url.clone()).filter(|u| !u.is_empty()),
                 pending_restart: record.pending_restart,
+                upstream: record.upstream.clone(),
             }
         })
         .collect();

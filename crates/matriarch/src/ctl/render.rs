@@ -287,9 +287,11 @@ pub(crate) fn list_order(cluster: &Cluster) -> Vec<(usize, &Member)> {
 }
 
 /// Members as a tree by upstream (`topology`): the leader first, under each member the
-/// replicas that stream from it (the `replicatefrom` tag when it names a member, the leader
-/// otherwise), siblings by name. Members outside the tree (no leader, a cycle) follow at
-/// depth 0.
+/// replicas that stream from it, siblings by name. A replica's upstream is the one its
+/// agent reports following (`upstream`, so the tree shows a fallback to the leader while
+/// the `replicatefrom` member is down); for a member without it (Patroni's) the
+/// `replicatefrom` tag when it names a member, as patronictl draws it; the leader
+/// otherwise. Members outside the tree (no leader, a cycle) follow at depth 0.
 pub(crate) fn topology_order(cluster: &Cluster) -> Vec<(usize, &Member)> {
     let names: BTreeSet<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
     let leader = cluster.leader().map(|m| m.name.as_str());
@@ -299,9 +301,9 @@ pub(crate) fn topology_order(cluster: &Cluster) -> Vec<(usize, &Member)> {
             continue;
         }
         let upstream = m
-            .tags
-            .get("replicatefrom")
-            .and_then(Value::as_str)
+            .upstream
+            .as_deref()
+            .or_else(|| m.tags.get("replicatefrom").and_then(Value::as_str))
             .filter(|u| names.contains(u) && *u != m.name)
             .or(leader);
         if let Some(upstream) = upstream {
@@ -529,6 +531,29 @@ mod tests {
         assert!(out.contains("| pg1     |"), "{out}");
         assert!(out.contains("| + pg2   |"), "{out}");
         assert!(out.contains("|   + pg3 |"), "{out}");
+    }
+
+    #[test]
+    fn topology_follows_the_reported_upstream_over_the_tag() {
+        // pg3 is tagged replicatefrom pg2 but reports streaming from the
+        // leader (pg2 was down); pg4 reports pg3; pg5 (Patroni's, no
+        // `upstream`) is drawn from its tag.
+        let cluster = Cluster::parse(&json!({"members": [
+            {"name": "pg1", "role": "leader"},
+            {"name": "pg2", "role": "replica", "upstream": "pg1"},
+            {"name": "pg3", "role": "replica", "upstream": "pg1", "tags": {"replicatefrom": "pg2"}},
+            {"name": "pg4", "role": "replica", "upstream": "pg3"},
+            {"name": "pg5", "role": "replica", "tags": {"replicatefrom": "pg2"}}
+        ]}))
+        .expect("parses");
+        let order: Vec<(usize, &str)> = topology_order(&cluster)
+            .iter()
+            .map(|(d, m)| (*d, m.name.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![(0, "pg1"), (1, "pg2"), (2, "pg5"), (1, "pg3"), (2, "pg4")]
+        );
     }
 
     #[test]

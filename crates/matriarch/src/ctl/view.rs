@@ -37,6 +37,9 @@ pub(crate) struct Member {
     pub api_url: Option<String>,
     /// `pending_restart`.
     pub pending_restart: bool,
+    /// `upstream`: the member it streams from, as its agent reports it
+    /// (matriarch's; Patroni's members have none).
+    pub upstream: Option<String>,
 }
 
 /// A scheduled switchover as `GET /cluster` reports it.
@@ -109,6 +112,7 @@ impl Member {
             },
             api_url: Some(text(get("api_url"))).filter(|u| !u.is_empty()),
             pending_restart: matches!(get("pending_restart"), Some(Value::Bool(true))),
+            upstream: Some(text(get("upstream"))).filter(|u| !u.is_empty()),
         }
     }
 

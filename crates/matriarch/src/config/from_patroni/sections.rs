@@ -292,7 +292,8 @@ fn tags(out: &mut Builder, section: &Value) {
     for (field, value) in entries(section) {
         let key = format!("tags.{field}");
         match field.as_str() {
-            "nofailover" | "failover_priority" | "noloadbalance" | "nosync" | "clonefrom" => {}
+            "nofailover" | "failover_priority" | "noloadbalance" | "nosync" | "sync_priority"
+            | "clonefrom" | "replicatefrom" | "nostream" => {}
             _ => out.kept(
                 &key,
                 "a custom tag for `GET /replica?tag=value`; matriarch does not act on it",
