@@ -115,6 +115,7 @@ impl Node {
             member: self.name.clone(),
             host: "127.0.0.1".to_owned(),
             port: self.port,
+            standby_source: None,
         }
     }
 
@@ -799,6 +800,7 @@ async fn an_unstarted_clone_needs_no_rewind_onto_its_source() {
     let stranger = Upstream {
         member: MemberName::new("pg-q").expect("name"),
         ..primary.upstream()
+        standby_source: None,
     };
     let outcome = clone.ctl.rewind(&stranger).await.expect("rewind");
     assert!(

@@ -64,6 +64,7 @@ mod replication;
 mod rewind;
 mod slots;
 mod sql;
+mod standby_source;
 mod start_stop;
 
 use std::collections::BTreeMap;
