@@ -30,7 +30,7 @@ fn source() -> StandbyCluster {
 /// with `None`, the source itself.
 fn standby_member(me: &str, upstream: Option<&str>) -> Scene {
     let mut scene = Scene::at(me, Duration::from_secs(100));
-    scene.config.standby_cluster = Some(source());
+    scene.config.standby_cluster = Some(Box::new(source()));
     scene.local = LocalPostgres {
         role: LocalRole::Replica {
             upstream: upstream.map(name),
@@ -122,10 +122,13 @@ fn a_changed_source_is_followed_again() {
     let mut scene = standby_leader("a");
     let mut moved = source();
     moved.host = Some("10.0.0.2".to_owned());
-    scene.config.standby_cluster = Some(moved.clone());
+    scene.config.standby_cluster = Some(Box::new(moved.clone()));
     assert_eq!(
         acts(&scene.decide()),
-        [Action::RenewLock, Action::FollowStandbySource(Box::new(moved))]
+        [
+            Action::RenewLock,
+            Action::FollowStandbySource(Box::new(moved))
+        ]
     );
 }
 
@@ -221,7 +224,8 @@ fn the_same_race_in_a_normal_cluster_promotes() {
 fn an_unreadable_config_key_promotes_nothing() {
     // Written behind matriarch's back with a bad standby_cluster: the engine
     // keeps its last valid configuration, which may not have the section.
-    let bad = br#"{"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "standby_cluster": {"port": "x"}}"#;
+    let bad =
+        br#"{"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "standby_cluster": {"port": "x"}}"#;
     let mut holder = standby_leader("a");
     holder.config.standby_cluster = None;
     holder.put("config", bad.to_vec());
@@ -259,7 +263,7 @@ fn has_release(decision: &Decision) -> bool {
 fn a_new_standby_cluster_races_to_bootstrap_like_any_other() {
     // The engine's bootstrap clones the source instead of running initdb.
     let mut scene = Scene::at("a", Duration::from_secs(100));
-    scene.config.standby_cluster = Some(source());
+    scene.config.standby_cluster = Some(Box::new(source()));
     scene.remove("initialize");
     assert_eq!(acts(&scene.decide()), [Action::Bootstrap]);
 }

@@ -287,7 +287,7 @@ pub struct ClusterConfig {
         deserialize_with = "crate::standby::deserialize",
         skip_serializing_if = "Option::is_none"
     )]
-    pub standby_cluster: Option<StandbyCluster>,
+    pub standby_cluster: Option<Box<StandbyCluster>>,
     /// Every other key (Patroni's `slots`, `check_timeline`, ...): not acted on, but
     /// kept, so that `PATCH /config`, `pause` or `edit-config` rewrite the key
     /// without dropping them and `GET /config` shows them.

@@ -108,7 +108,10 @@ impl StandbyCluster {
                         .as_u64()
                         .filter(|port| (1..=65535).contains(port))
                         .ok_or_else(|| {
-                            refuse(key, format!("expected a port number (1-65535), got {value}"))
+                            refuse(
+                                key,
+                                format!("expected a port number (1-65535), got {value}"),
+                            )
                         })?;
                     // Bounded just above.
                     section.port = u16::try_from(port).ok();
@@ -167,12 +170,12 @@ impl StandbyCluster {
 /// anything else must be a valid section.
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<Option<StandbyCluster>, D::Error> {
+) -> Result<Option<Box<StandbyCluster>>, D::Error> {
     let value = Option::<Value>::deserialize(deserializer)?;
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(value) => StandbyCluster::from_value(&value)
-            .map(Some)
+            .map(|section| Some(Box::new(section)))
             .map_err(serde::de::Error::custom),
     }
 }
@@ -216,9 +219,18 @@ mod tests {
             (r#"{"port": 70000}"#, "port"),
             (r#"{"port": "5432"}"#, "port"),
             (r#"{"port": 0}"#, "port"),
-            (r#"{"host": "h", "primary_slot_name": "Bad-Slot"}"#, "primary_slot_name"),
-            (r#"{"host": "h", "recovery_min_apply_delay": "soon"}"#, "recovery_min_apply_delay"),
-            (r#"{"host": "h", "create_replica_methods": "basebackup"}"#, "create_replica_methods"),
+            (
+                r#"{"host": "h", "primary_slot_name": "Bad-Slot"}"#,
+                "primary_slot_name",
+            ),
+            (
+                r#"{"host": "h", "recovery_min_apply_delay": "soon"}"#,
+                "recovery_min_apply_delay",
+            ),
+            (
+                r#"{"host": "h", "create_replica_methods": "basebackup"}"#,
+                "create_replica_methods",
+            ),
             (r#"{"host": "h", "hots": "x"}"#, "hots"),
             (r#"{"primary_slot_name": "a"}"#, "*"),
             (r#"{}"#, "*"),
@@ -226,7 +238,11 @@ mod tests {
         ] {
             let err = parse(json).unwrap_err();
             assert_eq!(err.field, field, "{json}: {err}");
-            assert!(err.to_string().starts_with(&format!("standby_cluster.{field}")), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("standby_cluster.{field}")),
+                "{err}"
+            );
         }
     }
 

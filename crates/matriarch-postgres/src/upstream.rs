@@ -18,7 +18,7 @@ pub struct Upstream {
     /// standby leader's upstream, another cluster): no slot is created
     /// there, `primary_slot_name` and the archive settings come from the
     /// section, and without `host`/`port` only the archive is read.
-    pub standby_source: Option<StandbyCluster>,
+    pub standby_source: Option<Box<StandbyCluster>>,
 }
 
 impl Upstream {
@@ -31,7 +31,7 @@ impl Upstream {
                 .unwrap_or_else(|_| unreachable!("a valid member name")),
             host: section.host.clone().unwrap_or_default(),
             port: section.port_or_default(),
-            standby_source: Some(section.clone()),
+            standby_source: Some(Box::new(section.clone())),
         }
     }
 

@@ -800,7 +800,6 @@ async fn an_unstarted_clone_needs_no_rewind_onto_its_source() {
     let stranger = Upstream {
         member: MemberName::new("pg-q").expect("name"),
         ..primary.upstream()
-        standby_source: None,
     };
     let outcome = clone.ctl.rewind(&stranger).await.expect("rewind");
     assert!(

@@ -113,13 +113,23 @@ fn a_standby_cluster_follows_its_source_across_a_failover_and_is_promoted() {
     }
     assert_eq!(standby_leader(&standby), Some(leader));
 
-    // Removing the section promotes the standby leader: a normal cluster.
-    let response = standby.nodes[other].call(
+    // An invalid section is refused by name and changes nothing.
+    let refused = standby.nodes[leader].call(
         "PATCH",
         "/config",
-        r#"{"standby_cluster": null}"#,
+        r#"{"standby_cluster": {"port": "x"}}"#,
         true,
     );
+    standby.assert_status(&refused, 400);
+    assert!(
+        refused.body_text().contains("standby_cluster.port"),
+        "{}",
+        refused.body_text()
+    );
+
+    // Removing the section promotes the standby leader: a normal cluster.
+    let response =
+        standby.nodes[other].call("PATCH", "/config", r#"{"standby_cluster": null}"#, true);
     standby.assert_status(&response, 200);
     assert!(
         standby.wait_primary_is(leader, WAIT),

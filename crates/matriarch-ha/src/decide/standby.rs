@@ -11,7 +11,7 @@ use super::{Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
 
 /// The section in force, if this is a standby cluster.
 pub(super) fn standby_section<'a>(inputs: &Inputs<'a>) -> Option<&'a StandbyCluster> {
-    inputs.config.standby_cluster.as_ref()
+    inputs.config.standby_cluster.as_deref()
 }
 
 /// The `config` key exists but could not be read: it may declare a

@@ -11,8 +11,8 @@ use matriarch_model::{
     SynchronousMode, SystemId,
 };
 use matriarch_postgres::{
-    BootstrapSpec, Operation, PgRole, Postgres, PostgresError, RewindOutcome, ServerState,
-    StartAs, StopMode, SyncStandbyNames, Upstream,
+    BootstrapSpec, Operation, PgRole, Postgres, PostgresError, RewindOutcome, ServerState, StartAs,
+    StopMode, SyncStandbyNames, Upstream,
 };
 use matriarch_router::Router;
 use tokio::task::JoinHandle;
@@ -44,7 +44,7 @@ pub(super) async fn bootstrap<D: Dcs + ?Sized, P: Postgres + ?Sized>(
         }
     }
     info!(member = %me, "won the initialize race: bootstrapping");
-    let created = match &config.standby_cluster {
+    let created = match config.standby_cluster.as_deref() {
         // A new standby cluster: a copy of its source, not a new database.
         Some(section) => clone_standby_source(postgres, me, section, timeout).await,
         None => pg_bounded(timeout, postgres.bootstrap(spec)).await,
@@ -89,7 +89,11 @@ async fn clone_standby_source<P: Postgres + ?Sized>(
     timeout: Duration,
 ) -> Result<SystemId, PostgresCallError> {
     info!(member = %me, host = ?section.host, port = section.port_or_default(), "new standby cluster: cloning its source");
-    pg_bounded(timeout, postgres.clone_replica(&Upstream::standby_source(section))).await?;
+    pg_bounded(
+        timeout,
+        postgres.clone_replica(&Upstream::standby_source(section)),
+    )
+    .await?;
     let state = pg_bounded(timeout, postgres.observe()).await?;
     state.system_id.ok_or_else(|| {
         PostgresError::Unexpected {

@@ -87,7 +87,7 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
         standby_source: state
             .upstream
             .as_ref()
-            .and_then(|u| u.standby_source.clone()),
+            .and_then(|u| u.standby_source.as_deref().cloned()),
     }
 }
 

@@ -424,11 +424,9 @@ pub(crate) fn render_upstream(
             // A standby source may be read from its archive only.
             let streams = upstream
                 .standby_source
-                .as_ref()
+                .as_deref()
                 .is_none_or(StandbyCluster::streams);
-            if streams
-                && (upstream.host.is_empty() || upstream.host.contains(['\n', '\r', '\0']))
-            {
+            if streams && (upstream.host.is_empty() || upstream.host.contains(['\n', '\r', '\0'])) {
                 return Err(format!(
                     "upstream {} has an unusable host {:?}",
                     upstream.member, upstream.host
@@ -500,7 +498,7 @@ pub(crate) fn parse_upstream(text: &str) -> Option<Upstream> {
         member: MemberName::new(field(UPSTREAM_MEMBER)?).ok()?,
         host: field(UPSTREAM_HOST)?,
         port: field(UPSTREAM_PORT)?.trim().parse().ok()?,
-        standby_source: parse_standby_source(text),
+        standby_source: parse_standby_source(text).map(Box::new),
     })
 }
 

@@ -23,7 +23,10 @@ pub(crate) fn render_standby_source(section: &StandbyCluster) -> String {
     for (key, value) in [
         ("restore_command", &section.restore_command),
         ("archive_cleanup_command", &section.archive_cleanup_command),
-        ("recovery_min_apply_delay", &section.recovery_min_apply_delay),
+        (
+            "recovery_min_apply_delay",
+            &section.recovery_min_apply_delay,
+        ),
     ] {
         if let Some(value) = value {
             out.push_str(&format!("{key} = {}\n", conf_quote(value)));
@@ -59,7 +62,10 @@ mod tests {
         let text = render_standby_source(&section);
         assert_eq!(parse_standby_source(&text), Some(section));
         assert!(text.contains("primary_slot_name = 'standby_a'"), "{text}");
-        assert!(text.contains(r"restore_command = 'cp ''/arch/%f'' %p'"), "{text}");
+        assert!(
+            text.contains(r"restore_command = 'cp ''/arch/%f'' %p'"),
+            "{text}"
+        );
         assert!(!text.contains("archive_cleanup_command"), "{text}");
     }
 }
