@@ -10,7 +10,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::{Scene, SYSID};
+use support::scene::{acts, Scene, SYSID};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -59,16 +59,6 @@ fn peer(scene: &mut Scene, n: &str, role: Role, position: u64) {
         ..running_member(&name(n), role, position, 1)
     };
     scene.put(&format!("members/{n}"), encode_member(&member));
-}
-
-/// The actions besides publishing the record and reconciling slots.
-fn acts(decision: &Decision) -> Vec<Action> {
-    decision
-        .actions
-        .iter()
-        .filter(|a| !matches!(a, Action::PublishMember(_) | Action::ReconcileSlots(_)))
-        .cloned()
-        .collect()
 }
 
 fn published_role(decision: &Decision) -> Role {
