@@ -15,8 +15,18 @@ use common::{wait_for, Cluster, DcsSpec, Options};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn count(node: &common::Node) -> Option<String> {
-    node.psql("SELECT count(*) FROM t").ok()
+/// Waits until every member of `cluster` has `rows` rows in `t`; `when`
+/// says which write, for the failure message.
+fn assert_rows_everywhere(cluster: &Cluster, rows: &str, when: &str) {
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert!(
+            cluster.wait_sql(i, "SELECT count(*) FROM t", rows, WAIT),
+            "{when}: {} has {:?} rows, not {rows}\n{}",
+            node.name,
+            node.psql("SELECT count(*) FROM t").ok(),
+            cluster.logs()
+        );
+    }
 }
 
 /// The index of the node answering 200 on `/standby-leader`, if one does.
@@ -75,15 +85,7 @@ fn a_standby_cluster_follows_its_source_across_a_failover_and_is_promoted() {
     primary
         .psql("INSERT INTO t VALUES (2)")
         .expect("write on the source");
-    for i in 0..2 {
-        assert!(
-            standby.wait_sql(i, "SELECT count(*) FROM t", "2", WAIT),
-            "row 2 did not reach {} ({:?})\n{}",
-            standby.nodes[i].name,
-            count(&standby.nodes[i]),
-            standby.logs()
-        );
-    }
+    assert_rows_everywhere(&standby, "2", "a row written on the source");
     // Writes are refused: the standby leader is read-only.
     assert!(standby.nodes[leader]
         .psql("INSERT INTO t VALUES (99)")
@@ -102,15 +104,7 @@ fn a_standby_cluster_follows_its_source_across_a_failover_and_is_promoted() {
     moved
         .psql("INSERT INTO t VALUES (3)")
         .expect("write on the source's new primary");
-    for i in 0..2 {
-        assert!(
-            standby.wait_sql(i, "SELECT count(*) FROM t", "3", WAIT),
-            "row 3 (after the source's failover) did not reach {} ({:?})\n{}",
-            standby.nodes[i].name,
-            count(&standby.nodes[i]),
-            standby.logs()
-        );
-    }
+    assert_rows_everywhere(&standby, "3", "a row written after the source's failover");
     assert_eq!(standby_leader(&standby), Some(leader));
 
     // An invalid section is refused by name and changes nothing.
