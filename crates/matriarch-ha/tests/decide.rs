@@ -9,7 +9,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::{Scene, SYSID};
+use support::scene::{acts, Scene, SYSID};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -154,17 +154,6 @@ impl World {
         self.memory.lock_renewed_at = Some(self.now - ago);
         self
     }
-}
-
-/// The actions other than publishing the member record and reconciling
-/// slots (housekeeping every loop; tests/decide_slots.rs covers it).
-fn acts(decision: &Decision) -> Vec<Action> {
-    decision
-        .actions
-        .iter()
-        .filter(|a| !matches!(a, Action::PublishMember(_) | Action::ReconcileSlots(_)))
-        .cloned()
-        .collect()
 }
 
 /// Asserts that the node's only step is a graceful stop (to rewind).

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::standby::StandbyCluster;
+
 /// Why a cluster configuration was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -279,8 +281,14 @@ pub struct ClusterConfig {
     pub pause: bool,
     /// PostgreSQL settings shared by all members.
     pub postgresql: PostgresqlConfig,
-    /// Every other key (Patroni's `slots`, `standby_cluster`,
-    /// `check_timeline`, ...): not acted on, but
+    /// This cluster is a standby cluster of another one: its leader is a
+    /// standby leader that replicates from the source and never promotes.
+    #[serde(
+        deserialize_with = "crate::standby::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub standby_cluster: Option<Box<StandbyCluster>>,
+    /// Every other key (Patroni's `slots`, `check_timeline`, ...): not acted on, but
     /// kept, so that `PATCH /config`, `pause` or `edit-config` rewrite the key
     /// without dropping them and `GET /config` shows them.
     #[serde(flatten)]
@@ -324,6 +332,7 @@ impl Default for ClusterConfig {
             failsafe_mode: false,
             pause: false,
             postgresql: PostgresqlConfig::default(),
+            standby_cluster: None,
             other: serde_json::Map::new(),
         }
     }

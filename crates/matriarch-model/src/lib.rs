@@ -15,6 +15,7 @@ mod member;
 mod records;
 mod secret;
 mod slots;
+mod standby;
 mod switch;
 mod units;
 
@@ -37,6 +38,7 @@ pub use slots::{
     valid_slot_name, DesiredSlots, IgnoreSlotRule, SlotConfigError, SlotKind, SlotReport,
     SlotState, SlotsConfig, DEFAULT_MEMBER_SLOTS_TTL, MAX_SLOT_NAME_LEN,
 };
+pub use standby::{StandbyCluster, StandbyClusterError};
 pub use switch::deserialize_switch;
 pub use units::number_with_unit;
 

@@ -1,6 +1,6 @@
 //! The member a replica streams from, and the libpq connection string for it.
 
-use matriarch_model::MemberName;
+use matriarch_model::{MemberName, StandbyCluster};
 
 use crate::secret::{Credentials, Secret};
 
@@ -14,9 +14,27 @@ pub struct Upstream {
     pub host: String,
     /// Its PostgreSQL port.
     pub port: u16,
+    /// Set when this is no member but a standby cluster's source (the
+    /// standby leader's upstream, another cluster): no slot is created
+    /// there, `primary_slot_name` and the archive settings come from the
+    /// section, and without `host`/`port` only the archive is read.
+    pub standby_source: Option<Box<StandbyCluster>>,
 }
 
 impl Upstream {
+    /// The upstream of a standby leader: the source `section` names
+    /// (`member` only names it in logs).
+    pub fn standby_source(section: &StandbyCluster) -> Self {
+        Upstream {
+            // A valid name: letters and '-'.
+            member: MemberName::new("standby-cluster-source")
+                .unwrap_or_else(|_| unreachable!("a valid member name")),
+            host: section.host.clone().unwrap_or_default(),
+            port: section.port_or_default(),
+            standby_source: Some(Box::new(section.clone())),
+        }
+    }
+
     /// Renders the libpq connection string for `primary_conninfo`:
     /// `host`, `port`, `user`, `password` (when there is one) and
     /// `application_name` as `key=value` pairs.
@@ -143,6 +161,7 @@ mod tests {
             member: MemberName::new("pg-1").unwrap(),
             host: host.to_owned(),
             port: 5432,
+            standby_source: None,
         }
     }
 

@@ -36,6 +36,7 @@ impl Harness for MemoryHarness {
             member: MemberName::new(format!("pg-{index}")).expect("member name"),
             host: "127.0.0.1".to_owned(),
             port: 5432 + index as u16,
+            standby_source: None,
         }
     }
 

@@ -83,6 +83,7 @@ impl Harness for RealHarness {
             member: self.members[index].name.clone(),
             host: "127.0.0.1".to_owned(),
             port: self.members[index].port,
+            standby_source: None,
         }
     }
 

@@ -115,6 +115,7 @@ impl Node {
             member: self.name.clone(),
             host: "127.0.0.1".to_owned(),
             port: self.port,
+            standby_source: None,
         }
     }
 

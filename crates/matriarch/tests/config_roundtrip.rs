@@ -1,5 +1,5 @@
 //! The DCS `config` key round-trips: keys matriarch does not act on (Patroni's
-//! `slots`, `standby_cluster`, `check_timeline`, `postgresql.recovery_conf`,
+//! `slots`, `check_timeline`, `postgresql.recovery_conf`,
 //! ...) survive every rewrite — `PATCH`/`PUT /config`, `ctl pause`, `resume`,
 //! `edit-config` — and `GET /config` shows them.
 
@@ -76,7 +76,6 @@ fn unknown_config_keys_survive_patch_put_pause_resume_and_edit_config() {
         "member_slots_ttl": "30min",
         "ignore_slots": [{"name": "ignored", "type": "logical"}],
         "slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "pgoutput"}},
-        "standby_cluster": {"host": "127.0.0.1", "port": 1, "create_replica_methods": ["basebackup"]},
         "postgresql": {
             "use_pg_rewind": true,
             "use_slots": true,

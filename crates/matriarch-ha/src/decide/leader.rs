@@ -10,6 +10,7 @@ use super::observed::LocalRole;
 use super::promotion::{push_promotion, push_route};
 use super::race::race_verdict;
 use super::slots::push_leader_slots;
+use super::standby::{config_unreadable, standby_leader};
 use super::start_timeout::primary_not_starting;
 use super::switchover::{planned_switchover, unknown_candidate, UnknownCandidate};
 use super::sync::maintain_sync;
@@ -31,10 +32,19 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
         }
     }
     plan.push(Action::RenewLock);
+    if let Some(decision) = standby_leader(inputs, &mut plan) {
+        return decision;
+    }
 
     match &inputs.local.role {
         LocalRole::Primary => {}
         LocalRole::Replica { .. } => {
+            if config_unreadable(view) {
+                return plan.wait(
+                    EngineRole::Replica,
+                    "holding the lock, but the config key is unreadable (it may declare a standby cluster): not promoting",
+                );
+            }
             // The lock may have been taken on a decision that went stale
             // (a pause between deciding and acquiring): check again.
             if let Err(why) = race_verdict(inputs, view) {

@@ -12,6 +12,7 @@ mod observed;
 mod promotion;
 mod race;
 mod slots;
+mod standby;
 mod start_timeout;
 mod switchover;
 mod sync;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use matriarch_model::{
     ClusterConfig, ClusterView, Failsafe, Initialize, Lsn, Member, MemberName, MemberState, Role,
-    SynchronousMode, Timeline, Version,
+    StandbyCluster, SynchronousMode, Timeline, Version,
 };
 
 pub use follow::LOOPS_BEFORE_REWIND;
@@ -91,6 +92,10 @@ pub enum Action {
     },
     /// Point the running replica at another upstream.
     Follow(MemberName),
+    /// The standby leader of a standby cluster: replicate from the source
+    /// the section names (start PostgreSQL as its replica if stopped,
+    /// point it there if running).
+    FollowStandbySource(Box<StandbyCluster>),
     /// Stop taking writes and stay stopped.
     Demote(DemoteMode),
     /// Repair a diverged timeline from this member with pg_rewind.
@@ -350,7 +355,9 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         DcsObservation::View(view) => view,
         DcsObservation::Unreachable => return dcs_unreachable(inputs, plan),
     };
-    plan.push(Action::PublishMember(Box::new(inputs.member_record())));
+    let mut record = inputs.member_record();
+    standby::mark_standby_leader(inputs, view, &mut record);
+    plan.push(Action::PublishMember(Box::new(record)));
 
     if inputs.config.pause {
         return paused(inputs, view, plan);

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use matriarch_model::{Lsn, MemberName, SystemId, Tags, Timeline};
+use matriarch_model::{Lsn, MemberName, StandbyCluster, SystemId, Tags, Timeline};
 
 /// Who this node is.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +67,9 @@ pub struct LocalPostgres {
     pub receiving: bool,
     /// How far each streaming standby has flushed WAL (primary only).
     pub standby_flush: BTreeMap<MemberName, Lsn>,
+    /// The standby cluster source this replica was last pointed at (a
+    /// standby leader's), `None` when it follows a member or nothing.
+    pub standby_source: Option<StandbyCluster>,
 }
 
 impl LocalPostgres {
@@ -83,6 +86,7 @@ impl LocalPostgres {
             sync_any_standby: false,
             receiving: false,
             standby_flush: BTreeMap::new(),
+            standby_source: None,
         }
     }
 }

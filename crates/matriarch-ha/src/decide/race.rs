@@ -10,6 +10,7 @@ use super::failsafe::failsafe_verdict;
 use super::memory::Memory;
 use super::observed::{LocalRole, PeerReport};
 use super::promotion::push_promotion;
+use super::standby::{config_unreadable, push_standby_race_win};
 use super::start_timeout::handed_over_bar;
 use super::switchover::after_switchover;
 use super::sync::sync_verdict;
@@ -94,7 +95,15 @@ pub(super) fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan)
         LocalRole::Unknown => {
             plan.wait(EngineRole::Uncertain, "no leader; PostgreSQL state unknown")
         }
+        LocalRole::Replica { .. } if config_unreadable(view) => plan.wait(
+            EngineRole::Replica,
+            "leader gone; not racing: the config key is unreadable (it may declare a standby cluster)",
+        ),
         LocalRole::Replica { .. } => match race_verdict(inputs, view) {
+            Ok(()) if push_standby_race_win(inputs, &mut plan) => plan.done(
+                EngineRole::Leader,
+                "standby leader gone: this node is the best candidate to follow the source",
+            ),
             Ok(()) => {
                 plan.push(Action::AcquireLock);
                 push_promotion(inputs, view, &mut plan);

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use matriarch_dcs::{Clock, Dcs, DcsError, Expected};
 use matriarch_model::{
-    ClusterConfig, DcsKey, Member, MemberName, MemberState, Record, SyncState, SynchronousMode,
+    ClusterConfig, DcsKey, Member, MemberName, MemberState, Record, StandbyCluster, SyncState,
+    SynchronousMode, SystemId,
 };
 use matriarch_postgres::{
-    BootstrapSpec, PgRole, Postgres, RewindOutcome, ServerState, StartAs, StopMode,
-    SyncStandbyNames,
+    BootstrapSpec, Operation, PgRole, Postgres, PostgresError, RewindOutcome, ServerState, StartAs,
+    StopMode, SyncStandbyNames, Upstream,
 };
 use matriarch_router::Router;
 use tokio::task::JoinHandle;
@@ -45,7 +46,12 @@ pub(super) async fn bootstrap<D: Dcs + ?Sized, P: Postgres + ?Sized>(
     info!(member = %me, "won the initialize race: bootstrapping");
     // A custom method (a restore and its recovery) bounds its own steps.
     let timeout = timeout + spec.extra_time().map_or(Duration::ZERO, |extra| extra * 2);
-    let system_id = match pg_bounded(timeout, postgres.bootstrap(spec)).await {
+    let created = match config.standby_cluster.as_deref() {
+        // A new standby cluster: a copy of its source, not a new database.
+        Some(section) => clone_standby_source(postgres, me, section, timeout).await,
+        None => pg_bounded(timeout, postgres.bootstrap(spec)).await,
+    };
+    let system_id = match created {
         Ok(id) => id,
         Err(error) => {
             warn!(member = %me, %error, "bootstrap failed: giving the race up");
@@ -74,6 +80,31 @@ pub(super) async fn bootstrap<D: Dcs + ?Sized, P: Postgres + ?Sized>(
         Ok(true) => (Outcome::Done, sent_at),
         _ => (Outcome::Failed, started),
     }
+}
+
+/// The first member of a new standby cluster clones its source
+/// (pg_basebackup from `host:port`) and reports the copy's system id.
+async fn clone_standby_source<P: Postgres + ?Sized>(
+    postgres: &P,
+    me: &MemberName,
+    section: &StandbyCluster,
+    timeout: Duration,
+) -> Result<SystemId, PostgresCallError> {
+    info!(member = %me, host = ?section.host, port = section.port_or_default(), "new standby cluster: cloning its source");
+    pg_bounded(
+        timeout,
+        postgres.clone_replica(&Upstream::standby_source(section)),
+    )
+    .await?;
+    let state = pg_bounded(timeout, postgres.observe()).await?;
+    state.system_id.ok_or_else(|| {
+        PostgresError::Unexpected {
+            operation: Operation::CloneReplica,
+            context: "reading the system id of the standby cluster's copy".to_owned(),
+            message: "pg_controldata gave none".to_owned(),
+        }
+        .into()
+    })
 }
 
 impl<D, P, R> Engine<D, P, R>
@@ -382,6 +413,15 @@ where
                 pg_bounded(pg_timeout, self.postgres.start(start_as))
                     .await
                     .map_err(ActionError::from)
+            }
+            Action::FollowStandbySource(section) => {
+                let source = Upstream::standby_source(section);
+                let result = if matches!(local.role, LocalRole::Stopped { .. }) {
+                    pg_bounded(pg_timeout, self.postgres.start(StartAs::ReplicaOf(source))).await
+                } else {
+                    pg_bounded(pg_timeout, self.postgres.follow(&source)).await
+                };
+                result.map_err(ActionError::from)
             }
             Action::Follow(name) => match self.upstream(name) {
                 Some(upstream) => pg_bounded(pg_timeout, self.postgres.follow(&upstream))

@@ -292,6 +292,7 @@ where
             member: name.clone(),
             host,
             port,
+            standby_source: None,
         })
     }
 

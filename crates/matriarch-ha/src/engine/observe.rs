@@ -25,7 +25,12 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
     let role = match state.server {
         ServerState::Running(PgRole::Primary) => LocalRole::Primary,
         ServerState::Running(PgRole::Replica) => LocalRole::Replica {
-            upstream: state.upstream.as_ref().map(|u| u.member.clone()),
+            // A standby source is no member.
+            upstream: state
+                .upstream
+                .as_ref()
+                .filter(|u| u.standby_source.is_none())
+                .map(|u| u.member.clone()),
         },
         ServerState::Unavailable => LocalRole::Unknown,
         ServerState::NotRunning(DataDirectoryState::Empty) => LocalRole::NoData,
@@ -79,6 +84,10 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
             .iter()
             .filter_map(|c| Some((c.member()?, c.flush?)))
             .collect(),
+        standby_source: state
+            .upstream
+            .as_ref()
+            .and_then(|u| u.standby_source.as_deref().cloned()),
     }
 }
 
@@ -92,6 +101,7 @@ fn changes_postgres(decision: &Decision) -> bool {
                 | Action::StartPrimary
                 | Action::StartReplica { .. }
                 | Action::Follow(_)
+                | Action::FollowStandbySource(_)
                 | Action::Demote(_)
                 | Action::Rewind(_)
                 | Action::SetSyncStandbys { .. }

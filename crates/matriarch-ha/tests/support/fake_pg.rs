@@ -114,6 +114,7 @@ impl Postgres for FakePg {
                 host: member.to_string(),
                 member,
                 port: 5432,
+                standby_source: None,
             });
         }
         Ok(local)

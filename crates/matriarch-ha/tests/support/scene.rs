@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{
-    decide, DcsObservation, Decision, FailsafeInputs, Inputs, LocalPostgres, LocalRole, Memory,
+    decide, Action, DcsObservation, Decision, FailsafeInputs, Inputs, LocalPostgres, LocalRole,
+    Memory,
     NodeSettings, PeerReport,
 };
 use matriarch_model::{
@@ -107,4 +108,15 @@ impl Scene {
 /// Member `me`'s settings: `postgres://me:5432/postgres`, `http://me:8008/patroni`.
 fn node(me: &str) -> NodeSettings {
     member_settings(&MemberName::new(me).unwrap(), ClusterConfig::default()).node
+}
+
+/// The actions other than publishing the member record and reconciling
+/// slots (housekeeping every loop; tests/decide_slots.rs covers it).
+pub(crate) fn acts(decision: &Decision) -> Vec<Action> {
+    decision
+        .actions
+        .iter()
+        .filter(|a| !matches!(a, Action::PublishMember(_) | Action::ReconcileSlots(_)))
+        .cloned()
+        .collect()
 }

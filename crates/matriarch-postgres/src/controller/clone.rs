@@ -42,7 +42,12 @@ impl PgController {
                 )
             })?;
         }
-        let args: Vec<OsString> = vec![
+        // A standby source's slot is the one its section names, if any.
+        let slot = match &source.standby_source {
+            Some(section) => section.primary_slot_name.clone(),
+            None => Some(self.config.member.slot_name()),
+        };
+        let mut args: Vec<OsString> = vec![
             "-D".into(),
             arg(self.data_dir()),
             "-d".into(),
@@ -52,10 +57,11 @@ impl PgController {
             "stream".into(),
             "-c".into(),
             "fast".into(),
-            "-S".into(),
-            self.config.member.slot_name().into(),
             "--no-password".into(),
         ];
+        if let Some(slot) = slot {
+            args.extend(["-S".into(), slot.into()]);
+        }
         self.runner
             .run(
                 op,

@@ -6,9 +6,10 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use matriarch_model::{Lsn, MemberName, ParameterValue, SystemId, Timeline};
+use matriarch_model::{Lsn, MemberName, ParameterValue, StandbyCluster, SystemId, Timeline};
 
 use super::process::OsUser;
+use super::standby_source::{parse_standby_source, render_standby_source};
 use crate::error::{Operation, PostgresError};
 use crate::secret::{Credentials, Secret};
 use crate::sync_standby::SyncStandbyNames;
@@ -420,7 +421,12 @@ pub(crate) fn render_upstream(
     match upstream {
         None => out.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n"),
         Some(upstream) => {
-            if upstream.host.is_empty() || upstream.host.contains(['\n', '\r', '\0']) {
+            // A standby source may be read from its archive only.
+            let streams = upstream
+                .standby_source
+                .as_deref()
+                .is_none_or(StandbyCluster::streams);
+            if streams && (upstream.host.is_empty() || upstream.host.contains(['\n', '\r', '\0'])) {
                 return Err(format!(
                     "upstream {} has an unusable host {:?}",
                     upstream.member, upstream.host
@@ -429,17 +435,27 @@ pub(crate) fn render_upstream(
             out.push_str(&format!("{UPSTREAM_MEMBER}{}\n", upstream.member));
             out.push_str(&format!("{UPSTREAM_HOST}{}\n", upstream.host));
             out.push_str(&format!("{UPSTREAM_PORT}{}\n", upstream.port));
-            let passfile = replication.password.as_ref().map(|_| passfile);
-            let conninfo =
-                upstream.primary_conninfo_with_passfile(&replication.username, passfile, member);
-            // dbname: PostgreSQL 17's slot sync worker needs one (physical
-            // streaming ignores it).
-            let conninfo = format!("{conninfo} dbname=postgres");
-            out.push_str(&format!("primary_conninfo = {}\n", conf_quote(&conninfo)));
-            out.push_str(&format!(
-                "primary_slot_name = {}\n",
-                conf_quote(&member.slot_name())
-            ));
+            if streams {
+                let passfile = replication.password.as_ref().map(|_| passfile);
+                let conninfo = upstream.primary_conninfo_with_passfile(
+                    &replication.username,
+                    passfile,
+                    member,
+                );
+                // dbname: PostgreSQL 17's slot sync worker needs one (physical
+                // streaming ignores it).
+                let conninfo = format!("{conninfo} dbname=postgres");
+                out.push_str(&format!("primary_conninfo = {}\n", conf_quote(&conninfo)));
+            } else {
+                out.push_str("primary_conninfo = ''\n");
+            }
+            match &upstream.standby_source {
+                Some(section) => out.push_str(&render_standby_source(section)),
+                None => out.push_str(&format!(
+                    "primary_slot_name = {}\n",
+                    conf_quote(&member.slot_name())
+                )),
+            }
         }
     }
     Ok(out)
@@ -482,6 +498,7 @@ pub(crate) fn parse_upstream(text: &str) -> Option<Upstream> {
         member: MemberName::new(field(UPSTREAM_MEMBER)?).ok()?,
         host: field(UPSTREAM_HOST)?,
         port: field(UPSTREAM_PORT)?.trim().parse().ok()?,
+        standby_source: parse_standby_source(text).map(Box::new),
     })
 }
 
@@ -607,6 +624,7 @@ Min recovery ending loc's timeline:   2
             member: MemberName::new("pg-1").unwrap(),
             host: "10.0.0.1".to_owned(),
             port: 5433,
+            standby_source: None,
         };
         let text = render_upstream(
             Some(&upstream),

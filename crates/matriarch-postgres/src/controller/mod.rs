@@ -65,6 +65,7 @@ mod restore;
 mod rewind;
 mod slots;
 mod sql;
+mod standby_source;
 mod start_stop;
 
 use std::collections::BTreeMap;

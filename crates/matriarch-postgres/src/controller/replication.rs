@@ -54,6 +54,10 @@ impl PgController {
         op: Operation,
         upstream: &Upstream,
     ) -> Result<Option<SystemId>, PostgresError> {
+        if upstream.standby_source.is_some() {
+            // Another cluster: its slot (primary_slot_name) is its own business.
+            return Ok(None);
+        }
         let slot = self.config.member.slot_name();
         let client = sql::connect(
             Target::Host(&upstream.host),

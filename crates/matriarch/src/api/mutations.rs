@@ -132,7 +132,7 @@ impl ApiState {
             merge_patch(&mut value, &patch);
             value
         };
-        // Unknown keys (Patroni's `slots`, `standby_cluster`, ...) are kept:
+        // Unknown keys (Patroni's `slots`, `check_timeline`, ...) are kept:
         // the key is rewritten whole, and dropping them would lose them.
         let config = match dynamic_config_from_json("config", &new) {
             Ok(c) => c,

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
-use matriarch_postgres::PgRole;
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 
@@ -287,10 +286,9 @@ pub(crate) fn delete_restart(state: &ApiState) -> Resp {
 fn unmet_condition(state: &ApiState, request: &RestartRequest) -> Option<&'static str> {
     let node = state.node();
     if let Some(role) = &request.role {
-        let actual = match node.pg_role() {
-            Some(PgRole::Primary) => "primary",
-            Some(PgRole::Replica) => "replica",
-            None => "",
+        let actual = match node.patroni_role() {
+            "uninitialized" => "",
+            role => role,
         };
         if role != actual {
             return Some("host role mismatch");

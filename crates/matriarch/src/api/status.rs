@@ -101,11 +101,7 @@ impl ApiState {
     /// The `/patroni` body.
     pub(crate) fn patroni_body(&self, node: &Node) -> Value {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        let role = match node.pg_role() {
-            Some(PgRole::Primary) => "primary",
-            Some(PgRole::Replica) => "replica",
-            None => "uninitialized",
-        };
+        let role = node.patroni_role();
         let mut body = json!({
             "state": node.state(),
             "role": role,
@@ -220,7 +216,12 @@ impl ApiState {
             .map(|m| {
                 let member = &m.value;
                 let role = if Some(&member.name) == leader.as_ref() {
-                    "leader"
+                    // As Patroni's cluster_as_json.
+                    if node.config.standby_cluster.is_some() {
+                        "standby_leader"
+                    } else {
+                        "leader"
+                    }
                 } else if node.in_sync(&member.name) {
                     "sync_standby"
                 } else {

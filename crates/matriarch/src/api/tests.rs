@@ -334,6 +334,45 @@ fn primary_answers_from_the_engine_and_a_live_postmaster() {
     }
 }
 
+/// Patroni's answers in a standby cluster: its lock holder, a running
+/// replica of the source, is the standby leader, never a primary.
+#[test]
+fn the_standby_leader_answers_standby_leader_not_primary() {
+    let standby = matriarch_model::StandbyCluster {
+        host: Some("10.0.0.1".to_owned()),
+        ..Default::default()
+    };
+    let mut leader = health_node(EngineRole::Leader, Some(PgRole::Replica));
+    leader.config.standby_cluster = Some(Box::new(standby.clone()));
+    let mut replica = health_node(EngineRole::Replica, Some(PgRole::Replica));
+    replica.config.standby_cluster = Some(Box::new(standby));
+    for (path, on_leader, on_replica) in [
+        ("/standby-leader", true, false),
+        ("/standby_leader", true, false),
+        ("/primary", false, false),
+        ("/leader", true, false),
+        ("/replica", false, true),
+        ("/read-only", true, true),
+    ] {
+        assert_eq!(
+            check(path, &leader),
+            Some(on_leader),
+            "{path} on the standby leader"
+        );
+        assert_eq!(
+            check(path, &replica),
+            Some(on_replica),
+            "{path} on its replica"
+        );
+    }
+    assert_eq!(leader.patroni_role(), "standby_leader");
+    assert_eq!(replica.patroni_role(), "replica");
+    // Once the section is removed (and before the promotion) it is neither.
+    leader.config.standby_cluster = None;
+    assert_eq!(check("/standby-leader", &leader), Some(false));
+    assert_eq!(leader.patroni_role(), "replica");
+}
+
 #[test]
 fn postmaster_liveness_reads_the_pid_file() {
     let dir = tempfile::tempdir().unwrap();

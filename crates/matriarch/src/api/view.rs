@@ -71,6 +71,26 @@ impl Node {
         self.role == EngineRole::Leader && self.writable && self.postmaster_alive
     }
 
+    /// Holds the lock of a standby cluster with a running replica: the
+    /// standby leader (Patroni's role `standby_leader`).
+    pub(crate) fn is_standby_leader(&self) -> bool {
+        self.role == EngineRole::Leader
+            && self.config.standby_cluster.is_some()
+            && self.pg_role() == Some(PgRole::Replica)
+            && self.postmaster_alive
+    }
+
+    /// Patroni's `role` of this node: `primary`, `standby_leader`,
+    /// `replica` or `uninitialized`.
+    pub(crate) fn patroni_role(&self) -> &'static str {
+        match self.pg_role() {
+            Some(PgRole::Primary) => "primary",
+            Some(PgRole::Replica) if self.is_standby_leader() => "standby_leader",
+            Some(PgRole::Replica) => "replica",
+            None => "uninitialized",
+        }
+    }
+
     pub(crate) fn is_replica(&self) -> bool {
         self.pg_role() == Some(PgRole::Replica) && self.role != EngineRole::Leader
     }
@@ -164,17 +184,16 @@ pub(crate) fn health_check(
         node.is_replica() && node.config.synchronous_mode == SynchronousMode::Quorum && in_sync;
     let ok = match path {
         "/" | "/primary" | "/master" | "/read-write" => node.is_primary(),
-        // No standby cluster support: never a standby leader.
-        "/standby-leader" | "/standby_leader" => false,
+        "/standby-leader" | "/standby_leader" => node.is_standby_leader(),
         "/leader" => node.role == EngineRole::Leader && node.running(),
         "/replica" => {
             node.is_replica() && !node.tags.noloadbalance && replica_filters(query, node, true)
         }
-        "/read-only" => node.is_primary() || node.is_replica(),
+        "/read-only" => node.is_primary() || node.is_standby_leader() || node.is_replica(),
         "/synchronous" | "/sync" => sync_standby,
-        "/read-only-sync" => node.is_primary() || sync_standby,
+        "/read-only-sync" => node.is_primary() || node.is_standby_leader() || sync_standby,
         "/quorum" => quorum_standby,
-        "/read-only-quorum" => node.is_primary() || quorum_standby,
+        "/read-only-quorum" => node.is_primary() || node.is_standby_leader() || quorum_standby,
         "/asynchronous" | "/async" => {
             node.is_replica() && !in_sync && replica_filters(query, node, false)
         }

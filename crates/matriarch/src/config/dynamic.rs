@@ -21,6 +21,7 @@ pub(super) const CLUSTER_CONFIG_KEYS: &[&str] = &[
     "slots",
     "ignore_slots",
     "member_slots_ttl",
+    "standby_cluster",
 ];
 pub(super) const CLUSTER_POSTGRESQL_KEYS: &[&str] = &[
     "parameters",
@@ -73,7 +74,6 @@ fn refuse_unknown_keys(
 /// Top-level keys of Patroni's dynamic configuration that matriarch keeps
 /// without acting on them, so a Patroni cluster's `config` key round-trips.
 const PATRONI_ONLY_CONFIG_KEYS: &[&str] = &[
-    "standby_cluster",
     "check_timeline",
     "primary_stop_timeout",
     "master_start_timeout",
@@ -115,7 +115,7 @@ pub(crate) fn check_requested_config_keys(
 
 /// Reads a dynamic configuration from JSON as the DCS holds it: every known
 /// key is type-checked (the error names it) and [`ClusterConfig::validate`]
-/// applies, while unknown keys (Patroni's `slots`, `standby_cluster`,
+/// applies, while unknown keys (Patroni's `check_timeline`,
 /// `postgresql.recovery_conf`, ...) are kept in `other`, so that rewriting
 /// the `config` key never drops them. `key` prefixes error messages.
 pub(crate) fn dynamic_config_from_json(

@@ -348,3 +348,35 @@ fn slot_settings_are_accepted_in_bootstrap_dcs_and_invalid_ones_refused_by_name(
         assert!(err.contains(field), "{err}");
     }
 }
+
+#[test]
+fn standby_cluster_is_read_from_bootstrap_dcs_and_invalid_values_refused_by_name() {
+    let section = serde_json::json!({"standby_cluster": {"host": "10.0.0.1", "port": 5433}});
+    let config = cluster_config_from_json("bootstrap.dcs", &section).unwrap();
+    let standby = config.standby_cluster.expect("a standby cluster");
+    assert_eq!(standby.host.as_deref(), Some("10.0.0.1"));
+    assert_eq!(standby.port, Some(5433));
+    for (bad, field) in [
+        (serde_json::json!({"port": "x"}), "standby_cluster.port"),
+        (
+            serde_json::json!({"host": "h", "primary_slot_name": "No"}),
+            "standby_cluster.primary_slot_name",
+        ),
+        (
+            serde_json::json!({"create_replica_methods": ["basebackup"]}),
+            "standby_cluster.*",
+        ),
+    ] {
+        let err = cluster_config_from_json(
+            "bootstrap.dcs",
+            &serde_json::json!({"standby_cluster": bad}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    // null: no standby cluster (how PATCH /config removes it).
+    let none =
+        cluster_config_from_json("config", &serde_json::json!({"standby_cluster": null})).unwrap();
+    assert_eq!(none.standby_cluster, None);
+}

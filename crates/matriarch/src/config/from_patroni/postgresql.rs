@@ -55,8 +55,6 @@ fn dcs(out: &mut Builder, section: &Value) {
             dcs_postgresql(out, &value);
         } else if CLUSTER_CONFIG_KEYS.contains(&field.as_str()) {
             out.set(&key, value);
-        } else if field == "standby_cluster" {
-            out.drop_key(&key, "matriarch does not run standby clusters");
         } else {
             out.drop_key(
                 &key,
