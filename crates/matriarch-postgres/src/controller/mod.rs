@@ -50,6 +50,7 @@
 //!   the new timeline soon; `rewind` also checkpoints a primary source first.
 
 mod auth_files;
+mod backup;
 mod bootstrap;
 mod clone;
 mod config;
@@ -65,6 +66,7 @@ mod rewind;
 mod slots;
 mod sql;
 mod start_stop;
+mod watched;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -79,7 +79,7 @@ impl Passwords {
             stop: Duration::from_secs(30),
             promote: Duration::from_secs(30),
             command: Duration::from_secs(60),
-            clone: Duration::from_secs(120),
+            clone_stall: Duration::from_secs(120),
             rewind: Duration::from_secs(120),
             ..PgTimeouts::default()
         };

@@ -297,6 +297,7 @@ impl NodeConfig {
                 ),
             ));
         }
+        self.check_backup()?;
 
         Ok(Validated {
             name,
@@ -334,4 +335,41 @@ fn require_files(
         }
     }
     Ok(())
+}
+
+impl NodeConfig {
+    /// `pgbackrest:` and the replica methods: the `pgbackrest` method needs
+    /// the repository, and its archiving owns `archive_mode`/`archive_command`.
+    fn check_backup(&self) -> Result<(), ConfigError> {
+        let pg = self.pg()?;
+        let methods = super::replica_methods::replica_methods(pg)?;
+        if pg.clone_stall_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "postgresql.clone_stall_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        let restores = methods
+            .iter()
+            .any(|m| matches!(m, matriarch_postgres::ReplicaMethod::PgBackRest { .. }));
+        match &self.pgbackrest {
+            None if restores => Err(ConfigError::invalid(
+                "postgresql.create_replica_methods",
+                "the pgbackrest method needs the pgbackrest section (the repository)",
+            )),
+            None => Ok(()),
+            Some(backrest) => {
+                backrest.check()?;
+                for name in ["archive_mode", "archive_command"] {
+                    if backrest.archive && pg.parameters.contains_key(name) {
+                        return Err(ConfigError::invalid(
+                            format!("postgresql.parameters.{name}"),
+                            "pgbackrest.archive sets it; set pgbackrest.archive: false to archive otherwise",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
