@@ -95,6 +95,42 @@ impl PgBackRestConfig {
     /// Debian's pgBackRest.
     pub const DEFAULT_PROGRAM: &'static str = "/usr/bin/pgbackrest";
 
+    /// Checks what can be checked without pgBackRest: an absolute
+    /// directory, a stanza of letters, digits, `_`, `-` or `.`, and options
+    /// with a name and a one-line value. The reason when it is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.directory.is_absolute() {
+            return Err(format!(
+                "the pgBackRest directory {} must be an absolute path",
+                self.directory.display()
+            ));
+        }
+        let stanza_ok = !self.stanza.is_empty()
+            && self
+                .stanza
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !stanza_ok {
+            return Err(format!(
+                "the pgBackRest stanza {:?} must be letters, digits, '_', '-' or '.'",
+                self.stanza
+            ));
+        }
+        let options = self.options.iter().map(|(k, v)| (k, v.as_str()));
+        let secrets = self.secrets.iter().map(|(k, v)| (k, v.expose()));
+        for (key, value) in options.chain(secrets) {
+            if key.is_empty()
+                || value.is_empty()
+                || format!("{key}{value}").contains(['\n', '\r', '\0'])
+            {
+                return Err(format!(
+                    "pgBackRest option {key:?} is empty or holds a line break"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `<directory>/pgbackrest.conf`.
     pub fn config_file(&self) -> PathBuf {
         self.directory.join("pgbackrest.conf")
@@ -215,7 +251,12 @@ mod tests {
 
     #[test]
     fn render_has_paths_options_secrets_and_the_local_server() {
-        let text = config().render(Path::new("/srv/pg/data"), 5432, Path::new("/run/pg"), "postgres");
+        let text = config().render(
+            Path::new("/srv/pg/data"),
+            5432,
+            Path::new("/run/pg"),
+            "postgres",
+        );
         assert!(text.starts_with("[global]\nlog-path=/srv/pg/data.pgbackrest/log\n"));
         assert!(text.contains("lock-path=/srv/pg/data.pgbackrest/lock\n"));
         assert!(text.contains("repo1-type=s3\nrepo1-s3-key-secret=s3cr3t\n"));

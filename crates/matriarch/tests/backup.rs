@@ -39,8 +39,7 @@ fn configure(n: usize) -> (MotoS3, tempfile::TempDir, Cluster) {
     let secrets = tempfile::tempdir().expect("temp dir");
     let secret_file = secrets.path().join("s3-secret");
     std::fs::write(&secret_file, format!("{}\n", s3.secret_access_key())).expect("secret file");
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
-        .expect("chmod");
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let options = Options {
         extra: pgbackrest_yaml(&s3, &secret_file),
         ..Options::default()
@@ -55,7 +54,10 @@ fn start(cluster: &mut Cluster, i: usize, s3: &MotoS3) {
 
 /// The pgBackRest configuration file the agent of node `i` wrote.
 fn config_file(cluster: &Cluster, i: usize) -> PathBuf {
-    PathBuf::from(format!("{}.pgbackrest/pgbackrest.conf", cluster.nodes[i].data_dir().display()))
+    PathBuf::from(format!(
+        "{}.pgbackrest/pgbackrest.conf",
+        cluster.nodes[i].data_dir().display()
+    ))
 }
 
 /// `pgbackrest <args>` with node `i`'s configuration, as the PostgreSQL OS user.
@@ -63,7 +65,11 @@ fn pgbackrest(cluster: &Cluster, i: usize, args: &[&str]) -> Vec<u8> {
     let user = PgOsUser::detect().expect("PostgreSQL OS user");
     match run_pgbackrest(&user, &config_file(cluster, i), STANZA, args) {
         Ok(out) => out.stdout,
-        Err(e) => panic!("pgbackrest {args:?} on node{}: {e}\n{}", i + 1, cluster.logs()),
+        Err(e) => panic!(
+            "pgbackrest {args:?} on node{}: {e}\n{}",
+            i + 1,
+            cluster.logs()
+        ),
     }
 }
 
@@ -76,7 +82,12 @@ fn wait_stanza(cluster: &Cluster, i: usize) {
             .contains("stanza-create done")
             .then_some(())
     });
-    assert!(created.is_some(), "no stanza-create on node{}\n{}", i + 1, cluster.logs());
+    assert!(
+        created.is_some(),
+        "no stanza-create on node{}\n{}",
+        i + 1,
+        cluster.logs()
+    );
 }
 
 fn ctl_backup(cluster: &Cluster, i: usize, kind: &str) {
@@ -94,8 +105,16 @@ fn ctl_backup(cluster: &Cluster, i: usize, kind: &str) {
 fn assert_secrets_kept(cluster: &Cluster, s3: &MotoS3) {
     for (i, node) in cluster.nodes.iter().enumerate() {
         let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-        assert!(!log.contains(s3.secret_access_key()), "secret in node{}'s log", i + 1);
-        assert!(!log.contains(s3.access_key_id()), "key id in node{}'s log", i + 1);
+        assert!(
+            !log.contains(s3.secret_access_key()),
+            "secret in node{}'s log",
+            i + 1
+        );
+        assert!(
+            !log.contains(s3.access_key_id()),
+            "key id in node{}'s log",
+            i + 1
+        );
         if let Ok(meta) = std::fs::metadata(config_file(cluster, i)) {
             assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         }
@@ -119,21 +138,28 @@ fn ctl_backup_full_then_incremental_and_archiving_survives_a_failover() {
         .psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
         .expect("insert");
     ctl_backup(&cluster, 1, "incr");
-    let (types, _) = backup_summary(&pgbackrest(&cluster, 0, &["--output=json", "info"]))
-        .expect("info");
+    let (types, _) =
+        backup_summary(&pgbackrest(&cluster, 0, &["--output=json", "info"])).expect("info");
     assert_eq!(types, ["full", "incr"]);
 
     // Failover: the primary's agent stops (it steps down), node2 is promoted.
     cluster.nodes[0].signal(libc::SIGTERM);
     assert!(cluster.nodes[0].wait_exit(WAIT), "node1 did not stop");
-    assert!(cluster.wait_primary_is(1, WAIT), "node2 not promoted\n{}", cluster.logs());
+    assert!(
+        cluster.wait_primary_is(1, WAIT),
+        "node2 not promoted\n{}",
+        cluster.logs()
+    );
     assert_eq!(cluster.nodes[1].timeline(), Some(2));
     // `check` switches WAL on the new primary and waits for it in the repository.
     pgbackrest(&cluster, 1, &["check"]);
-    let (_, newest) = backup_summary(&pgbackrest(&cluster, 1, &["--output=json", "info"]))
-        .expect("info");
+    let (_, newest) =
+        backup_summary(&pgbackrest(&cluster, 1, &["--output=json", "info"])).expect("info");
     let newest = newest.expect("WAL in the archive");
-    assert!(newest.starts_with("00000002"), "newest archived WAL {newest} is not on timeline 2");
+    assert!(
+        newest.starts_with("00000002"),
+        "newest archived WAL {newest} is not on timeline 2"
+    );
     assert_secrets_kept(&cluster, &s3);
 }
 
@@ -163,25 +189,37 @@ fn a_replica_is_restored_from_s3_when_the_primary_refuses_base_backups() {
 
     start(&mut cluster, 1, &s3);
     let restored = cluster.wait_sql(1, "SELECT count(*) FROM after_backup", "500", WAIT);
-    assert!(restored, "node2 has not the archived rows\n{}", cluster.logs());
-    let log = std::fs::read_to_string(&cluster.nodes[1].log).unwrap_or_default();
-    let fell_back = log.lines().any(|l| {
-        l.contains("replica creation method failed") && l.contains("basebackup")
-    });
-    assert!(fell_back, "basebackup did not fail first\n{}", cluster.logs());
     assert!(
-        log.lines().any(|l| l.contains("created a replica") && l.contains("pgbackrest")),
+        restored,
+        "node2 has not the archived rows\n{}",
+        cluster.logs()
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[1].log).unwrap_or_default();
+    let fell_back = log
+        .lines()
+        .any(|l| l.contains("replica creation method failed") && l.contains("basebackup"));
+    assert!(
+        fell_back,
+        "basebackup did not fail first\n{}",
+        cluster.logs()
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("created a replica") && l.contains("pgbackrest")),
         "not created by pgbackrest\n{}",
         cluster.logs()
     );
     assert_eq!(
-        cluster.nodes[0].psql("SELECT count(*) FROM pg_stat_replication").as_deref(),
+        cluster.nodes[0]
+            .psql("SELECT count(*) FROM pg_stat_replication")
+            .as_deref(),
         Ok("0"),
         "node2 streams although the primary refuses replication"
     );
 
     // Replication allowed: node2 streams from the leader.
-    let allow = "  pg_hba:\n  - host replication replicator 127.0.0.1/32 scram-sha-256\n  parameters:\n";
+    let allow =
+        "  pg_hba:\n  - host replication replicator 127.0.0.1/32 scram-sha-256\n  parameters:\n";
     cluster.edit_config(0, reject, allow);
     cluster.nodes[0].signal(libc::SIGHUP);
     let streaming = cluster.wait_sql(

@@ -61,11 +61,7 @@ impl PgController {
     }
 
     /// `pgbackrest --config --stanza <args>` as the OS user, within `limit`.
-    async fn pgbackrest(
-        &self,
-        args: &[&str],
-        limit: Duration,
-    ) -> Result<Finished, PostgresError> {
+    async fn pgbackrest(&self, args: &[&str], limit: Duration) -> Result<Finished, PostgresError> {
         let op = Operation::Backup;
         self.write_pgbackrest_config(op)?;
         let backrest = self.backrest(op)?;

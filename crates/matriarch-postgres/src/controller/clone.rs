@@ -102,13 +102,7 @@ impl PgController {
         args.extend(options.iter().map(OsString::from));
         let mut cmd = self.runner.command(OP, "pg_basebackup")?;
         cmd.args(&args);
-        if let Some(password) = &self.config.replication.password {
-            cmd.env("PGPASSWORD", password.expose());
-        }
-        self.runner
-            .run_watched(cmd, self.watched("pg_basebackup"))
-            .await?;
-        Ok(())
+        self.run_replicating(cmd, "pg_basebackup").await
     }
 
     async fn pgbackrest_restore(
@@ -152,18 +146,26 @@ impl PgController {
         cmd.args(own_args);
         if !custom.no_params {
             let connstring = self.program_conninfo(source, &self.config.replication, "");
-                        cmd.arg(format!("--scope={}", self.config.scope))
+            cmd.arg(format!("--scope={}", self.config.scope))
                 .arg("--role=replica")
                 .arg(format!("--datadir={}", self.data_dir().display()))
                 .arg(format!("--connstring={connstring}"));
             cmd.args(custom.params.iter().map(|(k, v)| format!("--{k}={v}")));
         }
+        self.run_replicating(cmd, &custom.name).await
+    }
+
+    /// Runs a method's program, watched for progress, with the replication
+    /// password in `PGPASSWORD`.
+    async fn run_replicating(
+        &self,
+        mut cmd: tokio::process::Command,
+        name: &str,
+    ) -> Result<(), PostgresError> {
         if let Some(password) = &self.config.replication.password {
             cmd.env("PGPASSWORD", password.expose());
         }
-        self.runner
-            .run_watched(cmd, self.watched(&custom.name))
-            .await?;
+        self.runner.run_watched(cmd, self.watched(name)).await?;
         Ok(())
     }
 

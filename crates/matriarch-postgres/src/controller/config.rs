@@ -250,32 +250,7 @@ impl PgControllerConfig {
             );
         }
         if let Some(backrest) = &self.pgbackrest {
-            if !backrest.directory.is_absolute() {
-                return invalid(format!(
-                    "the pgBackRest directory {} must be an absolute path",
-                    backrest.directory.display()
-                ));
-            }
-            let stanza_ok = !backrest.stanza.is_empty()
-                && backrest
-                    .stanza
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-            if !stanza_ok {
-                return invalid(format!(
-                    "the pgBackRest stanza {:?} must be letters, digits, '_', '-' or '.'",
-                    backrest.stanza
-                ));
-            }
-            let options = backrest.options.iter().map(|(k, v)| (k, v.as_str()));
-            let secrets = backrest.secrets.iter().map(|(k, v)| (k, v.expose()));
-            for (key, value) in options.chain(secrets) {
-                if key.is_empty() || value.is_empty() || format!("{key}{value}").contains(['\n', '\r', '\0']) {
-                    return invalid(format!(
-                        "pgBackRest option {key:?} is empty or holds a line break"
-                    ));
-                }
-            }
+            backrest.validate().or_else(invalid)?;
         }
         Ok(())
     }

@@ -300,7 +300,11 @@ pub(crate) fn postmaster_status(pid_file_text: &str, pid: i32) -> Option<&str> {
 
 /// `output` as [`Finished`]; a non-zero exit is
 /// [`PostgresError::CommandFailed`] with the tail of its output.
-pub(crate) fn finish(op: Operation, name: &str, output: &Output) -> Result<Finished, PostgresError> {
+pub(crate) fn finish(
+    op: Operation,
+    name: &str,
+    output: &Output,
+) -> Result<Finished, PostgresError> {
     let finished = Finished {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -132,8 +132,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_program_that_fills_nothing_is_stopped_after_the_stall_limit() {
-        let user = super::super::process::OsUser::resolve(super::super::DEFAULT_OS_USER)
-            .expect("OS user");
+        let user =
+            super::super::process::OsUser::resolve(super::super::DEFAULT_OS_USER).expect("OS user");
         let runner = Runner {
             bin_dir: PathBuf::from("/bin"),
             user,

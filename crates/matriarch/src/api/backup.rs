@@ -54,7 +54,10 @@ pub(crate) async fn backup(State(state): State<Arc<ApiState>>, JsonBody(body): J
     if state.status.get().role != EngineRole::Leader {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} is not the leader: backups are taken on the primary", state.name),
+            format!(
+                "{} is not the leader: backups are taken on the primary",
+                state.name
+            ),
         );
     }
     info!(member = %state.name, kind = kind.as_str(), "backup requested");
@@ -68,7 +71,75 @@ pub(crate) async fn backup(State(state): State<Arc<ApiState>>, JsonBody(body): J
         }
         Err(reason) => {
             warn!(member = %state.name, kind = kind.as_str(), %reason, "backup failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("backup failed: {reason}"))
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("backup failed: {reason}"),
+            )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::http::Method;
+    use matriarch_postgres::PgRole;
+
+    use super::*;
+    use crate::api::router_tests::{FakePostgres, Harness};
+
+    /// Records the backups asked for.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<BackupType>>);
+
+    #[async_trait]
+    impl BackupRunner for Recorder {
+        async fn backup(&self, kind: BackupType) -> Result<String, String> {
+            self.0.lock().expect("lock").push(kind);
+            Ok("done".into())
+        }
+    }
+
+    fn harness(role: EngineRole, pg: PgRole, runner: &Arc<Recorder>) -> Harness {
+        let runner = Arc::clone(runner) as Arc<dyn BackupRunner>;
+        Harness::with(role, FakePostgres::running(pg), |state| {
+            state.backup = Some(runner);
+        })
+    }
+
+    #[tokio::test]
+    async fn the_leader_takes_the_backup_type_asked_for() {
+        let runner = Arc::new(Recorder::default());
+        let leader = harness(EngineRole::Leader, PgRole::Primary, &runner);
+        let (status, _, _) = leader
+            .call(Method::POST, "/backup", r#"{"type": "full"}"#, true)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = leader.call(Method::POST, "/backup", "", true).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            *runner.0.lock().expect("lock"),
+            [BackupType::Full, BackupType::Incr]
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_without_credentials_on_a_replica_or_for_an_unknown_type() {
+        let runner = Arc::new(Recorder::default());
+        let leader = harness(EngineRole::Leader, PgRole::Primary, &runner);
+        let (status, _, _) = leader.call(Method::POST, "/backup", "{}", false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, _) = leader
+            .call(Method::POST, "/backup", r#"{"type": "weekly"}"#, true)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let replica = harness(EngineRole::Replica, PgRole::Replica, &runner);
+        let (status, _, _) = replica.call(Method::POST, "/backup", "{}", true).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(runner.0.lock().expect("lock").is_empty());
+        let none = Harness::new(EngineRole::Leader, PgRole::Primary);
+        let (status, _, _) = none.call(Method::POST, "/backup", "{}", true).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -114,8 +114,9 @@ impl SecretSource {
 
     fn read(&self, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, ConfigError> {
         let value = match (&self.env, &self.file) {
-            (Some(var), _) => env(var)
-                .ok_or_else(|| ConfigError::invalid(key, format!("environment variable {var} is not set")))?,
+            (Some(var), _) => env(var).ok_or_else(|| {
+                ConfigError::invalid(key, format!("environment variable {var} is not set"))
+            })?,
             (None, Some(file)) => std::fs::read_to_string(file)
                 .map_err(|e| ConfigError::invalid(key, format!("reading {}: {e}", file.display())))?
                 .trim_end_matches(['\n', '\r'])
@@ -130,24 +131,22 @@ impl SecretSource {
 }
 
 impl PgBackRestSection {
-    /// Checks the section without reading any credential.
-    pub(crate) fn check(&self) -> Result<(), ConfigError> {
-        let stanza_ok = !self.stanza.is_empty()
-            && self
-                .stanza
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-        if !stanza_ok {
+    /// Checks the section without reading any credential, for a member
+    /// whose data directory is `data_dir`.
+    pub(crate) fn check(&self, data_dir: &Path) -> Result<(), ConfigError> {
+        if self
+            .directory
+            .as_ref()
+            .is_some_and(|dir| !dir.is_absolute())
+        {
             return Err(ConfigError::invalid(
-                "pgbackrest.stanza",
-                "must be letters, digits, '_', '-' or '.'",
+                "pgbackrest.directory",
+                "must be an absolute path",
             ));
         }
-        if let Some(dir) = &self.directory {
-            if !dir.is_absolute() {
-                return Err(ConfigError::invalid("pgbackrest.directory", "must be an absolute path"));
-            }
-        }
+        self.without_secrets(data_dir)
+            .validate()
+            .map_err(|reason| ConfigError::invalid("pgbackrest", reason))?;
         let repo = &self.repo;
         if repo.kind == RepoType::S3 {
             for (key, value) in [
@@ -158,7 +157,10 @@ impl PgBackRestSection {
                 ("pgbackrest.repo.key_secret", repo.key_secret.is_some()),
             ] {
                 if !value {
-                    return Err(ConfigError::invalid(key, "missing: an s3 repository needs it"));
+                    return Err(ConfigError::invalid(
+                        key,
+                        "missing: an s3 repository needs it",
+                    ));
                 }
             }
         }
@@ -175,8 +177,12 @@ impl PgBackRestSection {
                     "matriarch sets it for the local server",
                 ));
             }
-            option_text(value)
-                .ok_or_else(|| ConfigError::invalid(format!("pgbackrest.options.{key}"), "must be a string, number or boolean"))?;
+            option_text(value).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("pgbackrest.options.{key}"),
+                    "must be a string, number or boolean",
+                )
+            })?;
         }
         Ok(())
     }
@@ -188,13 +194,14 @@ impl PgBackRestSection {
         data_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<PgBackRestConfig, ConfigError> {
-        self.check()?;
+        self.check(data_dir)?;
         let mut config = self.without_secrets(data_dir);
         let repo = &self.repo;
         if let Some(key) = &repo.key {
-            config
-                .secrets
-                .push(("repo1-s3-key".to_owned(), key.read("pgbackrest.repo.key", env)?));
+            config.secrets.push((
+                "repo1-s3-key".to_owned(),
+                key.read("pgbackrest.repo.key", env)?,
+            ));
         }
         if let Some(secret) = &repo.key_secret {
             config.secrets.push((
@@ -226,7 +233,10 @@ impl PgBackRestSection {
             ("repo1-storage-port", repo.port.map(|p| p.to_string())),
             ("repo1-s3-region", repo.region.clone()),
             ("repo1-s3-uri-style", repo.uri_style.clone()),
-            ("repo1-storage-ca-file", repo.ca_file.as_ref().map(|p| p.display().to_string())),
+            (
+                "repo1-storage-ca-file",
+                repo.ca_file.as_ref().map(|p| p.display().to_string()),
+            ),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
@@ -264,7 +274,10 @@ impl PgBackRestSection {
         }
         let command = self.without_secrets(data_dir).archive_command();
         Some(BTreeMap::from([
-            ("archive_mode".to_owned(), ParameterValue::Text("on".to_owned())),
+            (
+                "archive_mode".to_owned(),
+                ParameterValue::Text("on".to_owned()),
+            ),
             ("archive_command".to_owned(), ParameterValue::Text(command)),
         ]))
     }
@@ -277,5 +290,99 @@ fn option_text(value: &serde_norway::Value) -> Option<String> {
         serde_norway::Value::Number(n) => Some(n.to_string()),
         serde_norway::Value::Bool(b) => Some(if *b { "y" } else { "n" }.to_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::NodeConfig;
+    use matriarch_model::ParameterValue;
+
+    const NODE: &str = "scope: pg\nname: node1\netcd3:\n  hosts: 127.0.0.1:2379\npostgresql:\n  listen: 127.0.0.1:5432\n  data_dir: /srv/pg/data\n  authentication:\n    superuser: {username: postgres}\n    replication: {username: replicator}\n";
+
+    fn repo(extra: &str) -> String {
+        format!(
+            "{NODE}pgbackrest:\n  stanza: main\n  repo:\n    type: s3\n    path: /main\n    bucket: b\n    endpoint: s3.example\n    region: r\n{extra}"
+        )
+    }
+
+    fn env(var: &str) -> Option<String> {
+        (var == "KEY").then(|| "AKIA-TEST".to_owned())
+    }
+
+    #[test]
+    fn s3_credentials_come_from_the_environment_and_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "very-secret\n").expect("write");
+        let text = repo(&format!(
+            "    key: {{env: KEY}}\n    key_secret: {{file: {}}}\n",
+            file.display()
+        ));
+        let (config, _) = NodeConfig::parse(&text, env).expect("valid");
+        let section = config.pgbackrest.as_ref().expect("section");
+        let controller = section
+            .to_controller(std::path::Path::new("/srv/pg/data"), &env)
+            .expect("credentials read");
+        let secrets: Vec<(&str, &str)> = controller
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                ("repo1-s3-key", "AKIA-TEST"),
+                ("repo1-s3-key-secret", "very-secret")
+            ]
+        );
+        assert!(controller
+            .options
+            .contains(&("repo1-bundle".into(), "y".into())));
+        assert_eq!(
+            controller.directory,
+            std::path::Path::new("/srv/pg/data.pgbackrest")
+        );
+        // Archiving names the file, not the credentials.
+        let parameters = config.local_parameters().expect("parameters");
+        assert_eq!(
+            parameters["archive_mode"],
+            ParameterValue::Text("on".into())
+        );
+        assert_eq!(
+            parameters["archive_command"],
+            ParameterValue::Text(
+                "/usr/bin/pgbackrest --config=/srv/pg/data.pgbackrest/pgbackrest.conf --stanza=main archive-push %p".into()
+            )
+        );
+        assert!(!format!("{config:?}{controller:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn bad_sections_are_refused_naming_the_key() {
+        let missing_key = repo("    key_secret: {env: KEY}\n");
+        let err = NodeConfig::parse(&missing_key, env)
+            .expect_err("no key")
+            .to_string();
+        assert!(err.contains("pgbackrest.repo.key"), "{err}");
+        let both = repo("    key: {env: KEY, file: /x}\n    key_secret: {env: KEY}\n");
+        let err = NodeConfig::parse(&both, env).expect_err("both").to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let own_archive = repo("    key: {env: KEY}\n    key_secret: {env: KEY}\n").replace(
+            "    replication: {username: replicator}\n",
+            "    replication: {username: replicator}\n  parameters: {archive_command: /bin/true}\n",
+        );
+        let err = NodeConfig::parse(&own_archive, env)
+            .expect_err("conflict")
+            .to_string();
+        assert!(err.contains("archive_command"), "{err}");
+        let restore_without_repo = NODE.replace(
+            "  data_dir: /srv/pg/data\n",
+            "  data_dir: /srv/pg/data\n  create_replica_methods: [pgbackrest, basebackup]\n",
+        );
+        let err = NodeConfig::parse(&restore_without_repo, env)
+            .expect_err("no repo")
+            .to_string();
+        assert!(err.contains("create_replica_methods"), "{err}");
     }
 }

@@ -359,7 +359,7 @@ impl NodeConfig {
             )),
             None => Ok(()),
             Some(backrest) => {
-                backrest.check()?;
+                backrest.check(&pg.data_dir)?;
                 for name in ["archive_mode", "archive_command"] {
                     if backrest.archive && pg.parameters.contains_key(name) {
                         return Err(ConfigError::invalid(

@@ -41,7 +41,11 @@ pub(super) fn deserialize_section<'de, D: Deserializer<'de>>(
         let names: Vec<String> = map
             .get("create_replica_methods")
             .and_then(Value::as_sequence)
-            .map(|seq| seq.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            .map(|seq| {
+                seq.iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         for name in names {
             if let Some(section) = map.remove(name.as_str()) {
@@ -78,7 +82,10 @@ fn method(name: &str, section: Option<&Value>) -> Result<ReplicaMethod, ConfigEr
                 let bare = option.trim_start_matches('-');
                 let bare = bare.split('=').next().unwrap_or_default();
                 if BASEBACKUP_RESERVED.contains(&bare) {
-                    return Err(ConfigError::invalid(&key, format!("{option}: matriarch sets it itself")));
+                    return Err(ConfigError::invalid(
+                        &key,
+                        format!("{option}: matriarch sets it itself"),
+                    ));
                 }
                 if bare == "compress" && !option.contains("=server-") {
                     return Err(ConfigError::invalid(
@@ -99,9 +106,16 @@ fn method(name: &str, section: Option<&Value>) -> Result<ReplicaMethod, ConfigEr
 /// Patroni's `process_user_options`: a list of `flag` or `{name: value}`
 /// items, or a map of `name: value`, as `--flag` / `--name=value`.
 fn user_options(key: &str, section: Option<&Value>) -> Result<Vec<String>, ConfigError> {
-    let bad = |what: &str| ConfigError::invalid(key, format!("{what}: give a list of `flag` or `name: value` items, or a map"));
+    let bad = |what: &str| {
+        ConfigError::invalid(
+            key,
+            format!("{what}: give a list of `flag` or `name: value` items, or a map"),
+        )
+    };
     let pair = |name: &Value, value: &Value| -> Result<String, ConfigError> {
-        let name = name.as_str().ok_or_else(|| bad("an option name is not a string"))?;
+        let name = name
+            .as_str()
+            .ok_or_else(|| bad("an option name is not a string"))?;
         Ok(match value {
             // pgBackRest's and pg_basebackup's switches take no value.
             Value::Bool(true) => format!("--{name}"),
@@ -145,7 +159,10 @@ fn custom(name: &str, key: &str, section: Option<&Value>) -> Result<ReplicaMetho
                     .as_str()
                     .ok_or_else(|| ConfigError::invalid(key, "an option name is not a string"))?;
                 let text = scalar(value).ok_or_else(|| {
-                    ConfigError::invalid(format!("{key}.{option}"), "must be a string, number or boolean")
+                    ConfigError::invalid(
+                        format!("{key}.{option}"),
+                        "must be a string, number or boolean",
+                    )
                 })?;
                 let flag = || ["true", "on", "yes", "y", "1"].contains(&text.as_str());
                 match option {
@@ -161,7 +178,9 @@ fn custom(name: &str, key: &str, section: Option<&Value>) -> Result<ReplicaMetho
     }
     method.command = shlex::split(&command)
         .filter(|words| !words.is_empty())
-        .ok_or_else(|| ConfigError::invalid(format!("{key}.command"), "empty or unbalanced quotes"))?;
+        .ok_or_else(|| {
+            ConfigError::invalid(format!("{key}.command"), "empty or unbalanced quotes")
+        })?;
     Ok(ReplicaMethod::Command(method))
 }
 
@@ -232,10 +251,13 @@ mod tests {
     #[test]
     fn basebackup_options_matriarch_sets_are_refused() {
         for bad in ["[{pgdata: /x}]", "{wal-method: fetch}", "{compress: gzip}"] {
-            let pg = section(&format!("create_replica_methods: [basebackup]\nbasebackup: {bad}\n"));
+            let pg = section(&format!(
+                "create_replica_methods: [basebackup]\nbasebackup: {bad}\n"
+            ));
             assert!(replica_methods(&pg).is_err(), "{bad}");
         }
-        let pg = section("create_replica_methods: [basebackup]\nbasebackup: {compress: server-lz4}\n");
+        let pg =
+            section("create_replica_methods: [basebackup]\nbasebackup: {compress: server-lz4}\n");
         assert!(replica_methods(&pg).is_ok());
     }
 

@@ -49,8 +49,9 @@ pub(super) async fn backup(client: &mut Client, args: &BackupArgs) -> Result<(),
         .as_deref()
         .ok_or_else(|| CtlError::Failed(format!("leader {} reports no api_url", leader.name)))
         .and_then(|u| {
-            Endpoint::parse(u)
-                .map_err(|e| CtlError::Failed(format!("leader {} has a bad api_url: {e}", leader.name)))
+            Endpoint::parse(u).map_err(|e| {
+                CtlError::Failed(format!("leader {} has a bad api_url: {e}", leader.name))
+            })
         })?;
     let kind = match args.kind {
         BackupKind::Full => "full",
@@ -59,10 +60,19 @@ pub(super) async fn backup(client: &mut Client, args: &BackupArgs) -> Result<(),
     };
     client.write_timeout = BACKUP_WAIT;
     let reply = client
-        .mutate_at(&api, Method::POST, "/backup", Some(&json!({ "type": kind })))
+        .mutate_at(
+            &api,
+            Method::POST,
+            "/backup",
+            Some(&json!({ "type": kind })),
+        )
         .await?;
     if reply.ok() {
-        println!("Success: {kind} backup on leader {}: {}", leader.name, reply.message());
+        println!(
+            "Success: {kind} backup on leader {}: {}",
+            leader.name,
+            reply.message()
+        );
         Ok(())
     } else {
         Err(CtlError::Failed(format!(
