@@ -227,7 +227,10 @@ fn replica_build_time_from_s3_and_from_pg_basebackup() {
     let load = started.elapsed();
     let size = psql(socket, port, "SELECT pg_database_size('postgres')");
     // The load's WAL may still be on its way to the archive.
-    let backup = timed_run(&backrest, &["--archive-timeout=900", "--type=full", "backup"]);
+    let backup = timed_run(
+        &backrest,
+        &["--archive-timeout=900", "--type=full", "backup"],
+    );
 
     let user = PgOsUser::detect().expect("PostgreSQL OS user");
     let target = user.tempdir("matriarch-bench-").expect("target dir");
