@@ -39,6 +39,9 @@ pub enum Operation {
     Restart,
     /// [`crate::Postgres::reconcile_slots`].
     ReconcileSlots,
+    /// A pgBackRest command of [`crate::PgController`] (`stanza-create`,
+    /// `backup`, `check`).
+    Backup,
 }
 
 impl fmt::Display for Operation {
@@ -57,6 +60,7 @@ impl fmt::Display for Operation {
             Operation::Reload => "reload",
             Operation::Restart => "restart",
             Operation::ReconcileSlots => "reconcile replication slots",
+            Operation::Backup => "pgbackrest",
         })
     }
 }
@@ -115,6 +119,17 @@ pub enum PostgresError {
         /// What was attempted.
         operation: Operation,
         /// How long it was given.
+        after: Duration,
+    },
+    /// A long program (a replica creation method) made no progress (its
+    /// data directory stopped growing) for too long and was killed.
+    #[error("{operation}: {program} made no progress for {after:?} and was stopped")]
+    Stalled {
+        /// What was attempted.
+        operation: Operation,
+        /// The program.
+        program: String,
+        /// How long it made no progress.
         after: Duration,
     },
     /// A PostgreSQL program (initdb, pg_ctl, pg_basebackup, pg_rewind, ...) failed.

@@ -17,6 +17,7 @@ mod controller;
 mod error;
 pub mod memory;
 mod os_user;
+mod replica_method;
 mod secret;
 mod state;
 mod sync_standby;
@@ -36,6 +37,7 @@ pub use controller::{
 pub use error::{Operation, PostgresError};
 pub use memory::{MemoryPostgres, MemoryPostgresCluster};
 pub use os_user::OsIdentity;
+pub use replica_method::{BackupType, CustomMethod, PgBackRestConfig, ReplicaMethod};
 pub use secret::{Credentials, Secret};
 pub use state::{
     DataDirectoryState, LocalState, PgRole, ReplicationConnection, ServerState, StandbySyncState,

@@ -12,11 +12,10 @@ use matriarch_postgres::{
     PostgresError, RewindOutcome, ServerState, StandbySyncState, StartAs, StopMode,
     SyncStandbyNames, Upstream,
 };
-use matriarch_testkit::{free_port, PgOsUser};
-use tempfile::TempDir;
+use matriarch_testkit::PgOsUser;
 use tokio_postgres::Client;
 
-use support::{kill_postmaster, Passwords};
+use support::{kill_postmaster, Node, Passwords};
 
 /// Passwords with quotes, a backslash and a space, which every place that
 /// writes them must quote.
@@ -29,41 +28,17 @@ const SUPERUSER_PASSWORD: &str = PASSWORDS.superuser;
 const REPLICATION_PASSWORD: &str = PASSWORDS.replication;
 const WAIT: Duration = Duration::from_secs(30);
 
-/// One member: a controller over a throwaway directory. On drop the
-/// server (if any) is killed before the directory is removed.
-struct Node {
-    name: MemberName,
-    port: u16,
-    ctl: PgController,
-    dir: TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        kill_postmaster(&self.data_dir(), libc::SIGKILL);
-    }
-}
-
 impl Node {
     fn new(name: &str) -> Node {
         Self::with(name, |_| {})
     }
 
     fn with(name: &str, adjust: impl FnOnce(&mut PgControllerConfig)) -> Node {
-        let user = PgOsUser::detect().expect("PostgreSQL OS user");
-        let dir = user
-            .tempdir(&format!("matriarch-{name}-"))
-            .expect("tempdir");
-        let mut config = base_config(name, dir.path(), free_port().expect("free port"));
-        adjust(&mut config);
-        let port = config.port;
-        let ctl = PgController::new(config).expect("controller");
-        Node {
-            name: MemberName::new(name).expect("member name"),
-            port,
-            ctl,
-            dir,
-        }
+        Node::build(name, |_, dir, port| {
+            let mut config = base_config(name, dir, port);
+            adjust(&mut config);
+            config
+        })
     }
 
     /// `result`'s value, or a panic naming this node and `what` it did.
@@ -104,19 +79,6 @@ impl Node {
     async fn set_synchronous_standby_names(&self, names: &SyncStandbyNames) {
         let result = self.ctl.set_synchronous_standby_names(names).await;
         self.ok("set synchronous_standby_names", result)
-    }
-
-    fn data_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn upstream(&self) -> Upstream {
-        Upstream {
-            member: self.name.clone(),
-            host: "127.0.0.1".to_owned(),
-            port: self.port,
-            standby_source: None,
-        }
     }
 
     async fn client(&self) -> Client {

@@ -51,7 +51,7 @@ pub use etcd_tls::TlsEtcdServer;
 pub use http::{http_request, http_request_timeout, HttpResponse};
 pub use moto::{moto_venv, MotoServer};
 pub use moto_s3::{MotoS3, MOTO_S3_REGION};
-pub use pgbackrest::{PgBackRest, PgBackRestRepo, PGBACKREST};
+pub use pgbackrest::{backup_summary, run_pgbackrest, PgBackRest, PgBackRestRepo, PGBACKREST};
 pub use ports::{free_port, free_tcp_udp_port};
 pub use postgres::{
     bin_dir, pg_command, pg_program, run_as_pg_user, run_pg_program, PgOsUser, PostgresServer,

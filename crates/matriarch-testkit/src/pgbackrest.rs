@@ -90,13 +90,50 @@ impl PgBackRest {
     /// Runs `pgbackrest --config=... --stanza=... <args>` as the PostgreSQL OS
     /// user; fails with its output when it exits non-zero.
     pub fn run(&self, args: &[&str]) -> Result<Output> {
-        let mut cmd = Command::new(PGBACKREST);
-        cmd.arg(format!("--config={}", self.config.display()))
-            .arg(format!("--stanza={}", self.stanza))
-            .args(args);
-        self.user.apply(&mut cmd);
-        run_checked(&mut cmd)
+        run_pgbackrest(&self.user, &self.config, &self.stanza, args)
     }
+}
+
+/// Runs `pgbackrest --config=<config> --stanza=<stanza> <args>` as `user` (a
+/// configuration written by someone else, such as a matriarch agent); fails
+/// with its output when it exits non-zero.
+pub fn run_pgbackrest(
+    user: &PgOsUser,
+    config: &Path,
+    stanza: &str,
+    args: &[&str],
+) -> Result<Output> {
+    let mut cmd = Command::new(PGBACKREST);
+    cmd.arg(format!("--config={}", config.display()))
+        .arg(format!("--stanza={stanza}"))
+        .args(args);
+    user.apply(&mut cmd);
+    run_checked(&mut cmd)
+}
+
+/// The types (`full`, `incr`, `diff`) of the backups in `pgbackrest info
+/// --output=json`'s answer, oldest first, and the newest WAL segment in the
+/// archive (`None` when it has none).
+pub fn backup_summary(info_json: &[u8]) -> Result<(Vec<String>, Option<String>)> {
+    let info: serde_json::Value =
+        serde_json::from_slice(info_json).map_err(|e| crate::error::TestkitError::Parse {
+            context: "pgbackrest info --output=json".to_owned(),
+            detail: e.to_string(),
+        })?;
+    let stanza = &info[0];
+    let types = stanza["backup"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|b| b["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let newest_wal = stanza["archive"]
+        .as_array()
+        .and_then(|list| list.iter().filter_map(|a| a["max"].as_str()).max())
+        .map(str::to_owned);
+    Ok((types, newest_wal))
 }
 
 /// The configuration file's text; `dir` holds the log, lock and spool paths (and

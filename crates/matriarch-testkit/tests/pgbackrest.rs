@@ -179,3 +179,88 @@ fn archive_backup_and_restore_through_moto_s3_over_tls() {
 fn archive_backup_and_restore_through_a_posix_repository() {
     backup_and_restore(PgBackRestRepo::Posix, "posix");
 }
+
+/// Not in CI (`--ignored`): the time to build a replica of a database of
+/// `MATRIARCH_BENCH_SCALE` pgbench scale (default 140, about 2 GB on disk)
+/// from a full backup in moto's S3 (`pgbackrest restore --type=standby`) and
+/// with `pg_basebackup` from the primary; prints both.
+#[test]
+#[ignore = "a benchmark: minutes and gigabytes"]
+fn replica_build_time_from_s3_and_from_pg_basebackup() {
+    let scale: u32 = std::env::var("MATRIARCH_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(140);
+    let s3 = MotoS3::start("matriarch-bench").expect("start moto S3 over HTTPS");
+    let pg = PostgresServer::start().expect("start PostgreSQL");
+    let backrest = PgBackRest::configure("bench", &pg, PgBackRestRepo::S3(&s3)).expect("config");
+    let (socket, port) = (pg.socket_dir(), pg.port());
+    psql(socket, port, "ALTER SYSTEM SET archive_mode = on");
+    let set_command = format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        backrest.archive_command()
+    );
+    psql(socket, port, &set_command);
+    pg.restart().expect("restart with archiving on");
+    // Before the load: archive-push fails until the stanza exists.
+    timed_run(&backrest, &["stanza-create"]);
+    let port_text = port.to_string();
+    let socket_text = socket.display().to_string();
+    let started = Instant::now();
+    run_pg_program(
+        "pgbench",
+        [
+            "-i",
+            "-q",
+            "-s",
+            &scale.to_string(),
+            "-h",
+            &socket_text,
+            "-p",
+            &port_text,
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+    )
+    .expect("pgbench -i");
+    let load = started.elapsed();
+    let size = psql(socket, port, "SELECT pg_database_size('postgres')");
+    // The load's WAL may still be on its way to the archive.
+    let backup = timed_run(
+        &backrest,
+        &["--archive-timeout=900", "--type=full", "backup"],
+    );
+
+    let user = PgOsUser::detect().expect("PostgreSQL OS user");
+    let target = user.tempdir("matriarch-bench-").expect("target dir");
+    let restored = target.path().join("restored");
+    let pg1_path = format!("--pg1-path={}", restored.display());
+    let restore = timed_run(&backrest, &[&pg1_path, "--type=standby", "restore"]);
+    let copied = target.path().join("copied");
+    let started = Instant::now();
+    run_pg_program(
+        "pg_basebackup",
+        [
+            "-D",
+            &copied.display().to_string(),
+            "-h",
+            &socket_text,
+            "-p",
+            &port_text,
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ],
+    )
+    .expect("pg_basebackup");
+    let basebackup = started.elapsed();
+    println!(
+        "replica build, pgbench scale {scale} ({size} bytes): load {load:.1?}; pgBackRest full backup \
+         to S3 (moto, https, lz4, bundle) {backup:.1?}; replica by pgbackrest restore from S3 \
+         {restore:.1?}; replica by pg_basebackup (local socket) {basebackup:.1?}"
+    );
+}

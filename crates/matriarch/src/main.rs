@@ -10,6 +10,7 @@
 //!   spawns (hidden; see [`fence`]).
 
 mod api;
+mod backup;
 mod config;
 mod ctl;
 mod dcs;

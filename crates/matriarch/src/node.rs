@@ -37,7 +37,7 @@ use crate::{dcs, router};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The bound on slow PostgreSQL operations the engine runs (start, promote,
-/// clone, rewind).
+/// rewind); a clone has none (the controller stops one that stalls).
 const POSTGRES_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn credentials(role: &crate::config::PgRoleConfig) -> Credentials {
@@ -73,8 +73,16 @@ pub(crate) fn controller_config(
     pgc.listen_addresses = validated.pg_listen.0.clone();
     pgc.rewind = auth.rewind.as_ref().map(credentials);
     let mut parameters = validated.bootstrap_dcs.postgresql.parameters.clone();
-    parameters.extend(pg.parameters.clone());
+    parameters.extend(config.local_parameters()?);
     pgc.parameters = parameters;
+    pgc.scope = config.scope.clone();
+    pgc.replica_methods = crate::config::replica_methods::replica_methods(pg)?;
+    pgc.timeouts.clone_stall = Duration::from_secs(pg.clone_stall_timeout);
+    pgc.pgbackrest = config
+        .pgbackrest
+        .as_ref()
+        .map(|b| b.to_controller(&pg.data_dir, &|var| std::env::var(var).ok()))
+        .transpose()?;
     if let Some(user) = &pg.os_user {
         pgc.os_user = user.clone();
     }
@@ -271,6 +279,11 @@ async fn run_node(
             .map_err(|e| DaemonError::Postgres(e.to_string()))?
             .with_launcher(Arc::clone(&fence) as Arc<dyn matriarch_postgres::PostmasterLauncher>),
     );
+    if pg_config.pgbackrest.is_some() {
+        // archive_command names this file: it must exist before PostgreSQL archives.
+        pg.write_pgbackrest_config(matriarch_postgres::Operation::Backup)
+            .map_err(|e| DaemonError::Postgres(e.to_string()))?;
+    }
     let router = router::build(&config, &validated).await?;
     info!(router = router.name(), "router");
 
@@ -382,7 +395,7 @@ async fn run_node(
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(4);
     let (local_parameters, local_parameters_rx) =
-        tokio::sync::watch::channel(pgs.parameters.clone());
+        tokio::sync::watch::channel(config.local_parameters()?);
     let state = Arc::new(ApiState {
         name: validated.name.clone(),
         scope: scope.clone(),
@@ -410,8 +423,18 @@ async fn run_node(
         restart: Some(restart),
         scheduled_restart: Arc::clone(&member_extras.schedule),
         callbacks: callbacks.clone(),
+        backup: pg_config
+            .pgbackrest
+            .is_some()
+            .then(|| Arc::clone(&pg) as Arc<dyn api::BackupRunner>),
     });
     member_extras.attach(&state);
+    let stanza = pg_config.pgbackrest.is_some().then(|| {
+        tokio::spawn(
+            crate::backup::stanza_on_leadership(status.clone(), Arc::clone(&pg))
+                .instrument(tracing::Span::current()),
+        )
+    });
     let current = tracing::Span::current();
     let server = tokio::spawn(
         api::serve(listener, Arc::clone(&state), tls, limits).instrument(current.clone()),
@@ -483,6 +506,9 @@ async fn run_node(
         }
     }
     reloader.abort();
+    if let Some(stanza) = stanza {
+        stanza.abort();
+    }
     applier.abort();
     role_watch.abort();
     refresher.abort();
@@ -606,7 +632,7 @@ fn reload(
     let (mut running_pg, mut new_pg) = (running.postgresql.clone(), new.postgresql.clone());
     if let (Some(old), Some(fresh)) = (running_pg.as_mut(), new_pg.as_mut()) {
         if old.parameters != fresh.parameters {
-            local_parameters.send_replace(fresh.parameters.clone());
+            local_parameters.send_replace(new.local_parameters().unwrap_or_default());
             info!("postgresql.parameters changed: applying");
         }
         old.parameters.clear();
@@ -645,6 +671,7 @@ fn reload(
     compare("router", &running.router, &new.router);
     compare("callbacks", &running.callbacks, &new.callbacks);
     compare("watchdog", &running.watchdog, &new.watchdog);
+    compare("pgbackrest", &running.pgbackrest, &new.pgbackrest);
     if new.tags != running.tags {
         // Tags apply at the engine's next loop (and its member record).
         settings.set_node(NodeSettings {

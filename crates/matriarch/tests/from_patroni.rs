@@ -228,6 +228,15 @@ fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
     );
     assert_eq!(yaml["etcd3"]["hosts"].as_sequence().unwrap().len(), 2);
     assert_eq!(yaml["watchdog"]["mode"].as_str(), Some("automatic"));
+    // Replica creation methods keep Patroni's shape (`matriarch check` accepted them above).
+    assert_eq!(
+        yaml["postgresql"]["create_replica_methods"][0].as_str(),
+        Some("basebackup")
+    );
+    assert_eq!(
+        yaml["postgresql"]["basebackup"]["checkpoint"].as_str(),
+        Some("fast")
+    );
 
     // Every key dropped or mapped is listed, with the reason or the new key.
     for line in [
@@ -254,8 +263,6 @@ fn a_patroni_file_converts_to_a_node_file_that_passes_check() {
         "postgresql.callbacks.on_reload -> callbacks.on_reload",
         "postgresql.pre_promote -> callbacks.pre_promote",
         "postgresql.before_stop: dropped",
-        "postgresql.create_replica_methods: dropped",
-        "postgresql.basebackup: dropped",
         "postgresql.pg_ctl_timeout: dropped",
         "postgresql.use_unix_socket: dropped",
     ] {

@@ -257,7 +257,9 @@ where
                 }
                 Action::CloneFrom(_) => match upstream {
                     Some(upstream) => {
-                        match pg_bounded(timeout, postgres.clone_replica(&upstream)).await {
+                        // No time limit: the controller stops a clone that
+                        // makes no progress, a large one takes its time.
+                        match postgres.clone_replica(&upstream).await {
                             Ok(()) => (Outcome::Done, sent_at),
                             Err(error) => {
                                 warn!(member = %me, %error, "clone failed");

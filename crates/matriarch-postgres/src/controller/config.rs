@@ -48,8 +48,11 @@ pub struct PgTimeouts {
     pub promote: Duration,
     /// Short programs: initdb, pg_controldata, single-user crash recovery.
     pub command: Duration,
-    /// pg_basebackup.
-    pub clone: Duration,
+    /// How long a replica creation method (pg_basebackup, pgBackRest's
+    /// restore, a custom command) may go without its data directory growing
+    /// before it is killed and the next method tried. The whole copy has no
+    /// time limit: a large database takes as long as it takes.
+    pub clone_stall: Duration,
     /// pg_rewind (both its dry run and the rewind itself).
     pub rewind: Duration,
     /// Waiting for a reloaded setting to be in force.
@@ -65,7 +68,7 @@ impl Default for PgTimeouts {
             stop: Duration::from_secs(60),
             promote: Duration::from_secs(60),
             command: Duration::from_secs(120),
-            clone: Duration::from_secs(3600),
+            clone_stall: Duration::from_secs(300),
             rewind: Duration::from_secs(1800),
             reload: Duration::from_secs(10),
         }
@@ -76,6 +79,9 @@ impl Default for PgTimeouts {
 /// its PostgreSQL server. `Debug` is safe to log: passwords print as `***`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PgControllerConfig {
+    /// The cluster's name (`scope`), passed to custom replica methods as
+    /// `--scope`.
+    pub scope: String,
     /// This member's name: its `application_name` when it streams from an
     /// upstream, and (through [`MemberName::slot_name`]) its replication
     /// slot's name there.
@@ -123,6 +129,12 @@ pub struct PgControllerConfig {
     pub pg_ident: Vec<String>,
     /// Deadlines.
     pub timeouts: PgTimeouts,
+    /// How a replica is created, in order (Patroni's
+    /// `create_replica_methods`); `[basebackup]` by default.
+    pub replica_methods: Vec<crate::ReplicaMethod>,
+    /// The pgBackRest repository, if the cluster has one: needed by
+    /// [`crate::ReplicaMethod::PgBackRest`] and the backup commands.
+    pub pgbackrest: Option<crate::PgBackRestConfig>,
 }
 
 impl PgControllerConfig {
@@ -139,6 +151,7 @@ impl PgControllerConfig {
         replication: Credentials,
     ) -> Self {
         PgControllerConfig {
+            scope: String::new(),
             member,
             data_dir: data_dir.into(),
             bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
@@ -156,6 +169,10 @@ impl PgControllerConfig {
             pg_hba: Vec::new(),
             pg_ident: Vec::new(),
             timeouts: PgTimeouts::default(),
+            replica_methods: vec![crate::ReplicaMethod::Basebackup {
+                options: Vec::new(),
+            }],
+            pgbackrest: None,
         }
     }
 
@@ -219,6 +236,22 @@ impl PgControllerConfig {
         }
         super::auth_files::check_lines("pg_hba", &self.pg_hba)?;
         super::auth_files::check_lines("pg_ident", &self.pg_ident)?;
+        if self.replica_methods.is_empty() {
+            return invalid("create_replica_methods is empty".to_owned());
+        }
+        let restores = self
+            .replica_methods
+            .iter()
+            .any(|m| matches!(m, crate::ReplicaMethod::PgBackRest { .. }));
+        if restores && self.pgbackrest.is_none() {
+            return invalid(
+                "the pgbackrest replica method needs a pgBackRest repository (the pgbackrest section)"
+                    .to_owned(),
+            );
+        }
+        if let Some(backrest) = &self.pgbackrest {
+            backrest.validate().or_else(invalid)?;
+        }
         Ok(())
     }
 }

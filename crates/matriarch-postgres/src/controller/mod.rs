@@ -50,6 +50,7 @@
 //!   the new timeline soon; `rewind` also checkpoints a primary source first.
 
 mod auth_files;
+mod backup;
 mod bootstrap;
 mod clone;
 mod config;
@@ -67,6 +68,7 @@ mod slots;
 mod sql;
 mod standby_source;
 mod start_stop;
+mod watched;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

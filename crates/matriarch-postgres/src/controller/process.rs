@@ -101,7 +101,13 @@ impl Runner {
     /// A command for `name` with a clean environment (no inherited `PG*`
     /// variables), the C locale, and the OS user's identity.
     pub(crate) fn command(&self, op: Operation, name: &str) -> Result<Command, PostgresError> {
-        let mut cmd = Command::new(self.program(op, name)?);
+        Ok(self.command_at(&self.program(op, name)?))
+    }
+
+    /// Like [`Runner::command`] for a program outside the bin directory
+    /// (pgBackRest, a custom replica method).
+    pub(crate) fn command_at(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LC_ALL", "C")
@@ -117,7 +123,7 @@ impl Runner {
         if self.user.switch {
             cmd.uid(self.user.uid).gid(self.user.gid);
         }
-        Ok(cmd)
+        cmd
     }
 
     /// Runs `name args` to completion within `timeout`. `password` goes to
@@ -133,20 +139,19 @@ impl Runner {
         timeout: Duration,
     ) -> Result<Finished, PostgresError> {
         let output = self.output(op, name, args, password, timeout).await?;
-        let finished = Finished {
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
-        if output.status.success() {
-            Ok(finished)
-        } else {
-            Err(PostgresError::CommandFailed {
-                operation: op,
-                program: name.to_owned(),
-                status: output.status,
-                stderr_tail: tail_of(&finished),
-            })
-        }
+        finish(op, name, &output)
+    }
+
+    /// Runs `cmd` (made by [`Runner::command_at`]) like [`Runner::run`].
+    pub(crate) async fn run_command(
+        &self,
+        op: Operation,
+        name: &str,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<Finished, PostgresError> {
+        let output = self.output_of(op, name, cmd, timeout).await?;
+        finish(op, name, &output)
     }
 
     /// Like [`Runner::run`] but returns the output whatever the exit status.
@@ -165,6 +170,16 @@ impl Runner {
         }
         // Arguments never hold passwords (they go through PGPASSWORD).
         tracing::debug!(member = %self.member, program = name, ?args, "running PostgreSQL program");
+        self.output_of(op, name, cmd, timeout).await
+    }
+
+    async fn output_of(
+        &self,
+        op: Operation,
+        name: &str,
+        mut cmd: Command,
+        timeout: Duration,
+    ) -> Result<Output, PostgresError> {
         let child = cmd.spawn().map_err(|source| PostgresError::Io {
             operation: op,
             context: format!("starting {name} as OS user {}", self.user.name),
@@ -281,6 +296,29 @@ pub(crate) fn postmaster_status(pid_file_text: &str, pid: i32) -> Option<&str> {
     let owner: i32 = lines.next()?.trim().parse().ok()?;
     // Line 8 (LOCK_FILE_LINE_PM_STATUS) once the postmaster wrote it.
     (owner == pid).then(|| lines.nth(6).map(str::trim))?
+}
+
+/// `output` as [`Finished`]; a non-zero exit is
+/// [`PostgresError::CommandFailed`] with the tail of its output.
+pub(crate) fn finish(
+    op: Operation,
+    name: &str,
+    output: &Output,
+) -> Result<Finished, PostgresError> {
+    let finished = Finished {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    if output.status.success() {
+        Ok(finished)
+    } else {
+        Err(PostgresError::CommandFailed {
+            operation: op,
+            program: name.to_owned(),
+            status: output.status,
+            stderr_tail: tail_of(&finished),
+        })
+    }
 }
 
 /// The last lines a program wrote to stderr (or stdout when stderr is empty).

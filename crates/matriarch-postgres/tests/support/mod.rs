@@ -6,15 +6,71 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use matriarch_model::{MemberName, ParameterValue};
 use matriarch_postgres::{
-    BootstrapMethod, BootstrapSpec, Credentials, PgControllerConfig, PgTimeouts,
+    BootstrapMethod, BootstrapSpec, Credentials, PgController, PgControllerConfig, PgTimeouts,
+    Upstream,
 };
-use matriarch_testkit::{bin_dir, PgOsUser};
+use matriarch_testkit::{bin_dir, free_port, PgOsUser};
+use tempfile::TempDir;
 use tokio_postgres::{Client, NoTls};
+
+/// One member: a controller over a throwaway directory. On drop the
+/// server (if any) is killed before the directory is removed.
+pub(crate) struct Node {
+    pub(crate) name: MemberName,
+    pub(crate) port: u16,
+    pub(crate) ctl: PgController,
+    pub(crate) dir: TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        kill_postmaster(&self.data_dir(), libc::SIGKILL);
+    }
+}
+
+impl Node {
+    /// Member `name` with the configuration `config` makes for its
+    /// directory (owned by the PostgreSQL OS user) and a free port.
+    pub(crate) fn build(
+        name: &str,
+        config: impl FnOnce(&MemberName, &Path, u16) -> PgControllerConfig,
+    ) -> Node {
+        let user = PgOsUser::detect().expect("PostgreSQL OS user");
+        let dir = user
+            .tempdir(&format!("matriarch-{name}-"))
+            .expect("tempdir");
+        let member = MemberName::new(name).expect("member name");
+        let config = config(&member, dir.path(), free_port().expect("free port"));
+        let port = config.port;
+        let ctl = PgController::new(config).expect("controller");
+        Node {
+            name: member,
+            port,
+            ctl,
+            dir,
+        }
+    }
+
+    /// Its data directory.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Where replicas find it.
+    pub(crate) fn upstream(&self) -> Upstream {
+        Upstream {
+            member: self.name.clone(),
+            host: "127.0.0.1".to_owned(),
+            port: self.port,
+            standby_source: None,
+        }
+    }
+}
 
 /// The passwords of a test cluster's `postgres`, `replicator` and
 /// `rewinder` users.
@@ -82,7 +138,7 @@ impl Passwords {
             stop: Duration::from_secs(30),
             promote: Duration::from_secs(30),
             command: Duration::from_secs(60),
-            clone: Duration::from_secs(120),
+            clone_stall: Duration::from_secs(120),
             rewind: Duration::from_secs(120),
             ..PgTimeouts::default()
         };

@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 mod auth;
+mod backup;
 mod body;
 mod cancel_switchover;
 mod config_checks;
@@ -45,6 +46,8 @@ mod status;
 mod switchover;
 mod tls;
 mod view;
+
+pub(crate) use backup::BackupRunner;
 
 #[cfg(test)]
 mod parity_tests;
@@ -184,6 +187,8 @@ pub(crate) struct ApiState {
     /// The callbacks: `on_restart` for the restarts it asks for, `on_reload`
     /// for its reloads.
     pub callbacks: crate::hooks::Callbacks,
+    /// Takes `POST /backup`'s backups; `None` (no pgBackRest repository) answers 503.
+    pub backup: Option<Arc<dyn backup::BackupRunner>>,
 }
 
 /// What [`refresh`] keeps beside the engine's status.
@@ -283,6 +288,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
                 .route_layer(authorized()),
         )
         .route("/reload", post(mutations::reload).route_layer(authorized()))
+        .route("/backup", post(backup::backup).route_layer(authorized()))
         .route(
             "/reinitialize",
             post(mutations::reinitialize).route_layer(authorized()),

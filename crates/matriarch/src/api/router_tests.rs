@@ -178,6 +178,7 @@ pub(super) fn test_api_state(
         restart: None,
         scheduled_restart: Default::default(),
         callbacks: Default::default(),
+        backup: None,
     };
     (state, data_dir)
 }

@@ -7,6 +7,11 @@ use matriarch_model::{ClusterConfig, HostPort, KeyLayout, MemberName};
 use super::{cluster_config_from_json, IpRange, NodeConfig, Validated, WatchdogMode};
 use crate::error::ConfigError;
 
+/// How long a custom bootstrap method's command, and then its recovery, may
+/// run: a restore of a large backup takes long, but one that never ends must
+/// give the initialize race up.
+const CUSTOM_BOOTSTRAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl NodeConfig {
     /// Checks every setting; the error names the key.
     pub(crate) fn validate(&self) -> Result<Validated, ConfigError> {
@@ -243,7 +248,7 @@ impl NodeConfig {
         let bootstrap_method = self.bootstrap.method(
             &self.scope,
             &pg.data_dir,
-            matriarch_postgres::PgTimeouts::default().clone,
+            CUSTOM_BOOTSTRAP_TIMEOUT,
         )?;
 
         // Routers.
@@ -303,6 +308,7 @@ impl NodeConfig {
                 ),
             ));
         }
+        self.check_backup()?;
 
         Ok(Validated {
             name,
@@ -341,4 +347,41 @@ fn require_files(
         }
     }
     Ok(())
+}
+
+impl NodeConfig {
+    /// `pgbackrest:` and the replica methods: the `pgbackrest` method needs
+    /// the repository, and its archiving owns `archive_mode`/`archive_command`.
+    fn check_backup(&self) -> Result<(), ConfigError> {
+        let pg = self.pg()?;
+        let methods = super::replica_methods::replica_methods(pg)?;
+        if pg.clone_stall_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "postgresql.clone_stall_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        let restores = methods
+            .iter()
+            .any(|m| matches!(m, matriarch_postgres::ReplicaMethod::PgBackRest { .. }));
+        match &self.pgbackrest {
+            None if restores => Err(ConfigError::invalid(
+                "postgresql.create_replica_methods",
+                "the pgbackrest method needs the pgbackrest section (the repository)",
+            )),
+            None => Ok(()),
+            Some(backrest) => {
+                backrest.check(&pg.data_dir)?;
+                for name in ["archive_mode", "archive_command"] {
+                    if backrest.archive && pg.parameters.contains_key(name) {
+                        return Err(ConfigError::invalid(
+                            format!("postgresql.parameters.{name}"),
+                            "pgbackrest.archive sets it; set pgbackrest.archive: false to archive otherwise",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! environment, then [`NodeConfig::validate`]s every setting; an error names
 //! the key and what is wrong, and nothing is started.
 
+mod backup;
 mod bootstrap;
 mod check;
 pub(crate) mod check_all;
@@ -16,6 +17,7 @@ mod dynamic;
 mod dynamic_auth;
 pub(crate) mod from_patroni;
 mod postgresql;
+pub(crate) mod replica_methods;
 mod restapi;
 mod router;
 #[cfg(test)]
@@ -30,6 +32,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 
+pub(crate) use backup::PgBackRestSection;
 pub(crate) use bootstrap::BootstrapConfig;
 use dcs::{Etcd3Config, ZooKeeperSection};
 use postgresql::PostgresqlSection;
@@ -74,6 +77,7 @@ pub(crate) struct NodeConfig {
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
     /// The local PostgreSQL.
+    #[serde(default, deserialize_with = "replica_methods::deserialize_section")]
     pub postgresql: Option<PostgresqlSection>,
     /// This member's tags.
     #[serde(default)]
@@ -87,6 +91,9 @@ pub(crate) struct NodeConfig {
     /// The Linux watchdog armed while this node leads (off by default).
     #[serde(default)]
     pub watchdog: WatchdogConfig,
+    /// The pgBackRest repository: archiving, backups, replicas restored from it.
+    #[serde(default)]
+    pub pgbackrest: Option<PgBackRestSection>,
 }
 
 fn default_namespace() -> String {
@@ -350,5 +357,23 @@ impl NodeConfig {
         self.postgresql
             .as_ref()
             .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))
+    }
+
+    /// This node's PostgreSQL parameters: `postgresql.parameters` and, with
+    /// `pgbackrest.archive`, `archive_mode` and `archive_command`.
+    pub(crate) fn local_parameters(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, matriarch_model::ParameterValue>, ConfigError>
+    {
+        let pg = self.pg()?;
+        let mut parameters = pg.parameters.clone();
+        if let Some(archive) = self
+            .pgbackrest
+            .as_ref()
+            .and_then(|b| b.archive_parameters(&pg.data_dir))
+        {
+            parameters.extend(archive);
+        }
+        Ok(parameters)
     }
 }

@@ -38,6 +38,23 @@ pub(crate) struct PostgresqlSection {
     /// `pg_ident.conf` lines (user name maps).
     #[serde(default)]
     pub pg_ident: Vec<String>,
+    /// How a replica is created, in order (Patroni's
+    /// `create_replica_methods`): `basebackup`, `pgbackrest` or a custom
+    /// method with its own section; `[basebackup]` when empty.
+    #[serde(default)]
+    pub create_replica_methods: Vec<String>,
+    /// Seconds a replica creation method may go without its data directory
+    /// growing before it is stopped and the next one tried (300).
+    #[serde(default = "default_clone_stall_timeout")]
+    pub clone_stall_timeout: u64,
+    /// Each listed method's own section (`postgresql.<method>`), taken out
+    /// of the section before the rest is read.
+    #[serde(skip)]
+    pub replica_method_sections: BTreeMap<String, serde_norway::Value>,
+}
+
+fn default_clone_stall_timeout() -> u64 {
+    300
 }
 
 /// `postgresql.authentication:`.

@@ -7,6 +7,7 @@
 //! Exit codes: 0 done, 1 refused or failed (the server's
 //! message is printed), 2 usage error.
 
+mod backup;
 mod client;
 mod commands;
 mod from_dcs;
@@ -235,6 +236,8 @@ pub(crate) enum CtlCommand {
     Reload(MemberArgs),
     /// Rebuild members' data directories from the leader.
     Reinit(MemberArgs),
+    /// Take a pgBackRest backup on the leader (`--type full|incr|diff`).
+    Backup(backup::BackupArgs),
     /// This tool's version; with a cluster name, every member's (as patronictl).
     Version(VersionArgs),
     /// Discard scheduled events: `flush CLUSTER [MEMBER]... restart|switchover`.
@@ -493,6 +496,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             )
             .await
         }
+        CtlCommand::Backup(b) => backup::backup(&mut client, &b).await,
         CtlCommand::Reload(m) => {
             on_members(&mut client, &m, "reload", "/reload", None, false).await
         }

@@ -142,6 +142,11 @@ fn initdb(out: &mut Builder, value: &Value) {
 
 /// `postgresql:`.
 pub(super) fn postgresql(out: &mut Builder, section: &Value) {
+    let methods: Vec<String> = section
+        .get("create_replica_methods")
+        .and_then(Value::as_sequence)
+        .map(|seq| seq.iter().filter_map(scalar_text).collect())
+        .unwrap_or_default();
     for (field, value) in entries(section) {
         let key = format!("postgresql.{field}");
         match field.as_str() {
@@ -178,13 +183,12 @@ pub(super) fn postgresql(out: &mut Builder, section: &Value) {
                 &key,
                 "matriarch always connects through the socket in `postgresql.socket_dir`; replicas stream over TCP",
             ),
-            "create_replica_methods" | "basebackup" => out.drop_key(
-                &key,
-                "matriarch clones replicas with pg_basebackup from the leader (or a `clonefrom` member)",
-            ),
+            // The methods and their sections, in Patroni's shape.
+            "create_replica_methods" => out.set(&key, value),
+            _ if methods.contains(&field) => out.set(&key, value),
             "pg_ctl_timeout" => out.drop_key(
                 &key,
-                "matriarch waits up to 300 s for start, stop, promote, clone and rewind",
+                "matriarch waits up to 300 s for start, stop, promote and rewind; a clone has only a stall limit (`postgresql.clone_stall_timeout`)",
             ),
             "recovery_conf" => out.drop_key(
                 &key,

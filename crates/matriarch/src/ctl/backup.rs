@@ -1,0 +1,86 @@
+//! `ctl backup`: a pgBackRest backup taken by the leader (`POST /backup` on
+//! its REST API, which runs pgBackRest on the primary's host).
+
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::json;
+
+use super::client::{Client, Endpoint};
+use super::commands::read_parsed;
+use super::view::Cluster;
+use super::CtlError;
+
+/// How long `ctl backup` waits for the leader's answer: a backup of a large
+/// database takes its time (pgBackRest's own timeouts catch a hung one).
+const BACKUP_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// `--type` of `ctl backup`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BackupKind {
+    /// Every file.
+    Full,
+    /// Changes since the last backup (a full one when there is none).
+    Incr,
+    /// Changes since the last full backup.
+    Diff,
+}
+
+/// Options of `backup`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct BackupArgs {
+    /// The cluster's name, as patronictl's first argument (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
+    /// The backup type.
+    #[arg(long = "type", value_enum, default_value_t = BackupKind::Incr)]
+    pub kind: BackupKind,
+}
+
+/// Asks the leader for a backup and prints pgBackRest's answer.
+pub(super) async fn backup(client: &mut Client, args: &BackupArgs) -> Result<(), CtlError> {
+    super::patroni_cmds::require_cluster(client, args.cluster.as_deref()).await?;
+    let (cluster, _) = read_parsed(client, "/cluster", Cluster::parse).await?;
+    let leader = cluster
+        .leader()
+        .ok_or_else(|| CtlError::Failed("the cluster has no leader to take a backup".into()))?;
+    let api = leader
+        .api_url
+        .as_deref()
+        .ok_or_else(|| CtlError::Failed(format!("leader {} reports no api_url", leader.name)))
+        .and_then(|u| {
+            Endpoint::parse(u).map_err(|e| {
+                CtlError::Failed(format!("leader {} has a bad api_url: {e}", leader.name))
+            })
+        })?;
+    let kind = match args.kind {
+        BackupKind::Full => "full",
+        BackupKind::Incr => "incr",
+        BackupKind::Diff => "diff",
+    };
+    client.write_timeout = BACKUP_WAIT;
+    let reply = client
+        .mutate_at(
+            &api,
+            Method::POST,
+            "/backup",
+            Some(&json!({ "type": kind })),
+        )
+        .await?;
+    if reply.ok() {
+        println!(
+            "Success: {kind} backup on leader {}: {}",
+            leader.name,
+            reply.message()
+        );
+        Ok(())
+    } else {
+        Err(CtlError::Failed(format!(
+            "{kind} backup on leader {}: {} answered HTTP {}: {}",
+            leader.name,
+            reply.url,
+            reply.status,
+            reply.message()
+        )))
+    }
+}
