@@ -188,6 +188,20 @@ impl ScopeCache {
         });
     }
 
+    /// The revision the cache holds the scope at, once synchronised.
+    pub(super) fn revision(&self) -> Option<i64> {
+        Some(self.state.borrow().revision).filter(|revision| *revision > 0)
+    }
+
+    /// A stream follows again from the cache's revision: the events since
+    /// arrive first (until then reads are checked against etcd as always).
+    pub(super) fn resumed(&self) {
+        self.state.send_modify(|state| {
+            state.health = Health::Live;
+            state.heard_at = Instant::now();
+        });
+    }
+
     /// The stream said something: `events` (possibly none: a progress answer).
     pub(super) fn heard(&self, events: &[Event]) {
         self.state.send_modify(|state| {

@@ -348,6 +348,18 @@ fn resources(
             .counters
             .watch_calls
             .saturating_sub(before.counters.watch_calls),
+        watch_streams: after
+            .counters
+            .watch_streams
+            .saturating_sub(before.counters.watch_streams),
+        full_reads: after
+            .counters
+            .full_reads
+            .saturating_sub(before.counters.full_reads),
+        cached_reads: after
+            .counters
+            .cached_reads
+            .saturating_sub(before.counters.cached_reads),
         etcd_cpu_seconds: before
             .etcd
             .iter()
