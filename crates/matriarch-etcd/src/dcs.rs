@@ -92,9 +92,12 @@ struct LeaseState {
 /// * **A silent or broken stream is never trusted.** The stream is asked for
 ///   progress after `retry_timeout / 2` of quiet and given up after one
 ///   attempt's time without an answer (a hung member keeps connections open);
-///   a stream that breaks, is cancelled or compacted, or goes silent is
-///   synchronised again (range read, new watch) on the next endpoint.
-///   Meanwhile reads come from etcd, and a watch reports
+///   a stream that breaks, is cancelled, or goes silent is opened again on
+///   the next endpoint from the cache's revision (etcd replays the events
+///   since; no read and no etcd leader needed, so the stream comes back
+///   during an etcd election), or after a new range read when etcd has
+///   compacted that revision away. Meanwhile reads come from etcd, and a
+///   watch reports
 ///   [`DcsError::Unreachable`] once no stream has worked for `retry_timeout`
 ///   within the call (or `Changed` at its timeout before that, since it
 ///   cannot tell).

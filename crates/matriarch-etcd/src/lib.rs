@@ -13,8 +13,9 @@
 //! * One watch stream on the scope's prefix stays open across calls and
 //!   feeds a cache of the scope (Patroni's etcd3 `KVCache`): views come from
 //!   it after a light linearizable check, watches wait on it; a stream that
-//!   breaks, is compacted or goes silent is synchronised again on another
-//!   endpoint, and meanwhile views are range reads ([`EtcdDcs`] has the rules).
+//!   breaks or goes silent resumes on another endpoint from the cache's
+//!   revision (a range read again after a compaction), and meanwhile views
+//!   are range reads ([`EtcdDcs`] has the rules).
 //! * Every call is bounded by [`EtcdConfig::retry_timeout`]; an unreachable
 //!   etcd is [`matriarch_dcs::DcsError::Unreachable`] or
 //!   [`matriarch_dcs::DcsError::Timeout`], never a lost lock. A lost lock
