@@ -439,17 +439,26 @@ pub async fn reads_see_every_completed_write<H: Harness>(harness: &H) {
                 Some((Lsn(n), version)),
                 "the {who}'s read after write {n}"
             );
-            assert!(view.revision >= version.0, "the {who}'s view is older than write {n}");
+            assert!(
+                view.revision >= version.0,
+                "the {who}'s view is older than write {n}"
+            );
         }
         publish(&writer, &format!("m{n}"), harness.ttl()).await;
         let view = reader.read_view().await.expect("read");
-        assert!(view.members.contains_key(format!("m{n}").as_str()), "member m{n}");
+        assert!(
+            view.members.contains_key(format!("m{n}").as_str()),
+            "member m{n}"
+        );
         writer
             .delete(&DcsKey::Status, Expected::Any)
             .await
             .expect("delete");
         let view = reader.read_view().await.expect("read");
-        assert!(view.status.is_none(), "the status deleted by write {n} is still read");
+        assert!(
+            view.status.is_none(),
+            "the status deleted by write {n} is still read"
+        );
     }
 }
 

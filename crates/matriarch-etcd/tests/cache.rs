@@ -53,16 +53,26 @@ async fn a_read_after_the_clients_own_write_sees_it() {
     cached_read(&client, Duration::from_secs(10)).await;
     let before = client.read_counters();
     for n in 1..=30 {
-        client.write(&status(n), Expected::Any).await.expect("write");
+        client
+            .write(&status(n), Expected::Any)
+            .await
+            .expect("write");
         let view = client.read_view().await.expect("read");
-        assert_eq!(optime(&view), Some(Lsn(n)), "write {n} not in the next read");
+        assert_eq!(
+            optime(&view),
+            Some(Lsn(n)),
+            "write {n} not in the next read"
+        );
         publish(&client, &format!("m{n}"), TTL).await;
         let view = client.read_view().await.expect("read");
         assert!(view.members.contains_key(format!("m{n}").as_str()));
     }
     let after = client.read_counters();
     eprintln!("{before:?} -> {after:?}");
-    assert_eq!(after.watch_streams, before.watch_streams, "a new watch stream");
+    assert_eq!(
+        after.watch_streams, before.watch_streams,
+        "a new watch stream"
+    );
     assert!(
         after.cached_reads - before.cached_reads >= 50,
         "only {} of 60 reads from the cache",
@@ -87,14 +97,20 @@ async fn another_clients_change_wakes_the_watch_and_is_in_the_next_read() {
         let revision = view.revision;
         let write = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            writer.write(&status(n), Expected::Any).await.expect("write");
+            writer
+                .write(&status(n), Expected::Any)
+                .await
+                .expect("write");
         };
         let ((outcome, took), ()) = tokio::join!(
             timed_watch(&watcher, revision, Duration::from_secs(10)),
             write
         );
         assert_eq!(outcome, WatchOutcome::Changed, "loop {n}");
-        assert!(took < Duration::from_secs(2), "loop {n}: woke after {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "loop {n}: woke after {took:?}"
+        );
         view = watcher.read_view().await.expect("read");
         assert_eq!(optime(&view), Some(Lsn(n)), "loop {n}");
         assert!(view.revision > revision);
@@ -103,9 +119,16 @@ async fn another_clients_change_wakes_the_watch_and_is_in_the_next_read() {
         assert_eq!(outcome, WatchOutcome::TimedOut, "loop {n}");
     }
     for n in 11..=30 {
-        writer.write(&status(n), Expected::Any).await.expect("write");
+        writer
+            .write(&status(n), Expected::Any)
+            .await
+            .expect("write");
         let view = watcher.read_view().await.expect("read");
-        assert_eq!(optime(&view), Some(Lsn(n)), "a completed write missing from a read");
+        assert_eq!(
+            optime(&view),
+            Some(Lsn(n)),
+            "a completed write missing from a read"
+        );
     }
     assert_eq!(watcher.read_counters().watch_streams, streams);
 }
@@ -124,7 +147,10 @@ async fn a_killed_member_under_the_stream_falls_back_and_recovers() {
     let streams = client.read_counters().watch_streams;
 
     blocking(|| cluster.member(0).kill());
-    writer.write(&status(1), Expected::Any).await.expect("write");
+    writer
+        .write(&status(1), Expected::Any)
+        .await
+        .expect("write");
     let started = Instant::now();
     let view = eventually("a read after the kill", Duration::from_secs(10), || async {
         client.read_view().await.ok()
@@ -139,18 +165,27 @@ async fn a_killed_member_under_the_stream_falls_back_and_recovers() {
     );
     let view = cached_read(&client, Duration::from_secs(10)).await;
     assert_eq!(optime(&view), Some(Lsn(1)));
-    assert!(client.read_counters().watch_streams > streams, "no new stream");
+    assert!(
+        client.read_counters().watch_streams > streams,
+        "no new stream"
+    );
     // The new stream carries changes again.
     let write = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        writer.write(&status(2), Expected::Any).await.expect("write");
+        writer
+            .write(&status(2), Expected::Any)
+            .await
+            .expect("write");
     };
     let ((outcome, _), ()) = tokio::join!(
         timed_watch(&client, view.revision, Duration::from_secs(10)),
         write
     );
     assert_eq!(outcome, WatchOutcome::Changed);
-    assert_eq!(optime(&client.read_view().await.expect("read")), Some(Lsn(2)));
+    assert_eq!(
+        optime(&client.read_view().await.expect("read")),
+        Some(Lsn(2))
+    );
 }
 
 /// A hung (SIGSTOPped) member keeps the stream's connection open but answers
@@ -174,15 +209,20 @@ async fn a_hung_member_under_the_stream_is_given_up_and_the_change_seen() {
     }
     let _resume = Resume(&cluster);
     let paused = Instant::now();
-    eventually("a write without member 0", Duration::from_secs(15), || async {
-        writer.write(&status(3), Expected::Any).await.ok()
-    })
+    eventually(
+        "a write without member 0",
+        Duration::from_secs(15),
+        || async { writer.write(&status(3), Expected::Any).await.ok() },
+    )
     .await;
     let (outcome, took) = timed_watch(&client, revision, Duration::from_secs(20)).await;
     assert_eq!(outcome, WatchOutcome::Changed);
     let woke = paused.elapsed();
     eprintln!("the watch woke {woke:?} after the pause (waited {took:?})");
-    assert!(woke < RETRY * 3 + Duration::from_secs(3), "woke after {woke:?}");
+    assert!(
+        woke < RETRY * 3 + Duration::from_secs(3),
+        "woke after {woke:?}"
+    );
     let view = client.read_view().await.expect("read");
     assert_eq!(optime(&view), Some(Lsn(3)));
     let view = cached_read(&client, Duration::from_secs(10)).await;
@@ -204,9 +244,11 @@ async fn a_compaction_while_the_stream_was_down_is_a_resynchronisation() {
 
     blocking(|| cluster.member(0).kill());
     for optime in 1..=3 {
-        eventually("a write without member 0", Duration::from_secs(15), || async {
-            writer.write(&status(optime), Expected::Any).await.ok()
-        })
+        eventually(
+            "a write without member 0",
+            Duration::from_secs(15),
+            || async { writer.write(&status(optime), Expected::Any).await.ok() },
+        )
         .await;
     }
     let latest = writer.read_view().await.expect("read").revision;
@@ -256,8 +298,15 @@ async fn another_members_expired_lock_reaches_the_cache_as_a_delete() {
     let view = watcher.read_view().await.expect("read");
     assert!(view.leader.is_none(), "{:?}", view.leader);
     let after = watcher.read_counters();
-    assert_eq!(after.cached_reads, before.cached_reads + 1, "not from the cache");
-    assert_eq!(after.watch_streams, streams, "the delete came by a new stream");
+    assert_eq!(
+        after.cached_reads,
+        before.cached_reads + 1,
+        "not from the cache"
+    );
+    assert_eq!(
+        after.watch_streams, streams,
+        "the delete came by a new stream"
+    );
     assert!(watcher
         .acquire_leader(&name("watcher"), TTL)
         .await

@@ -178,9 +178,7 @@ impl EtcdDcs {
             let lost = {
                 let state = states.borrow_and_update();
                 match &state.health {
-                    Health::Live if state.last_change > after => {
-                        return Ok(WatchOutcome::Changed)
-                    }
+                    Health::Live if state.last_change > after => return Ok(WatchOutcome::Changed),
                     Health::Live if now.duration_since(state.heard_at) > silence => Some((
                         state.heard_at,
                         format!("the watch stream has been silent for {silence:?}"),

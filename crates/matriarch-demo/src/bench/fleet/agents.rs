@@ -83,9 +83,17 @@ impl CountingDcs {
         let add = |counter: &AtomicU64, now: u64, before: u64| {
             counter.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
         };
-        add(&self.counters.watch_streams, now.watch_streams, added.watch_streams);
+        add(
+            &self.counters.watch_streams,
+            now.watch_streams,
+            added.watch_streams,
+        );
         add(&self.counters.full_reads, now.full_reads, added.full_reads);
-        add(&self.counters.cached_reads, now.cached_reads, added.cached_reads);
+        add(
+            &self.counters.cached_reads,
+            now.cached_reads,
+            added.cached_reads,
+        );
         *added = now;
     }
 }
@@ -100,6 +108,57 @@ impl Dcs for CountingDcs {
         self.add_reads();
         view
     }
+    async fn try_initialize(&self) -> Result<bool, DcsError> {
+        self.inner.try_initialize().await
+    }
+    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
+        self.inner.complete_initialize(system_id).await
+    }
+    async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        self.inner.cancel_initialize().await
+    }
+    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
+        self.inner.acquire_leader(me, ttl).await
+    }
+    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
+        self.inner.renew_leader(me, ttl).await
+    }
+    fn lock_lifetime(&self) -> Option<Duration> {
+        self.inner.lock_lifetime()
+    }
+    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
+        self.inner.release_leader(me).await
+    }
+    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
+        self.inner.publish_member(member, ttl).await
+    }
+    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
+        self.inner.remove_member(name).await
+    }
+    async fn remove_cluster(&self) -> Result<(), DcsError> {
+        self.inner.remove_cluster().await
+    }
+    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
+        self.inner.write(record, expected).await
+    }
+    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn watch(
+        &self,
+        after_revision: u64,
+        timeout: Duration,
+    ) -> Result<WatchOutcome, DcsError> {
+        self.counters.watch_calls.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.inner.watch(after_revision, timeout).await;
+        if matches!(outcome, Ok(WatchOutcome::Changed)) {
+            self.counters.watch_events.fetch_add(1, Ordering::Relaxed);
+        }
+        self.add_reads();
+        outcome
+    }
+}
+
 /// Clients find no primary through this fleet: the router has nothing to do.
 struct NoRouter;
 
