@@ -416,6 +416,52 @@ fn pick<T: Clone>(
     (wrap(versioned.value.clone()), versioned.version)
 }
 
+/// A read sees every write that completed before it began, this client's
+/// or another's (a backend that answers reads from a cache must check it is
+/// current first): puts, member records and deletes.
+pub async fn reads_see_every_completed_write<H: Harness>(harness: &H) {
+    let writer = harness.client().await;
+    let reader = harness.client().await;
+    // Both clients have read (and so warmed any cache) before the writes.
+    writer.read_view().await.expect("read");
+    reader.read_view().await.expect("read");
+    for n in 1..=10u64 {
+        let record = Record::Status(LeaderStatus {
+            optime: Lsn(n),
+            ..LeaderStatus::default()
+        });
+        let version = writer.write(&record, Expected::Any).await.expect("write");
+        for (who, client) in [("writer", &writer), ("reader", &reader)] {
+            let view = client.read_view().await.expect("read");
+            let status = view.status.as_ref().and_then(|entry| entry.as_ref().ok());
+            assert_eq!(
+                status.map(|status| (status.value.optime, status.version)),
+                Some((Lsn(n), version)),
+                "the {who}'s read after write {n}"
+            );
+            assert!(
+                view.revision >= version.0,
+                "the {who}'s view is older than write {n}"
+            );
+        }
+        publish(&writer, &format!("m{n}"), harness.ttl()).await;
+        let view = reader.read_view().await.expect("read");
+        assert!(
+            view.members.contains_key(format!("m{n}").as_str()),
+            "member m{n}"
+        );
+        writer
+            .delete(&DcsKey::Status, Expected::Any)
+            .await
+            .expect("delete");
+        let view = reader.read_view().await.expect("read");
+        assert!(
+            view.status.is_none(),
+            "the status deleted by write {n} is still read"
+        );
+    }
+}
+
 /// A compare-and-swap on a stale or wrong version fails as a conflict and
 /// writes nothing.
 pub async fn compare_and_swap_conflicts_are_reported<H: Harness>(harness: &H) {
@@ -660,6 +706,7 @@ macro_rules! dcs_conformance_tests {
             release_frees_the_lock_at_once,
             members_are_published_refreshed_and_expire,
             every_record_round_trips,
+            reads_see_every_completed_write,
             compare_and_swap_conflicts_are_reported,
             watch_wakes_on_a_change,
             watch_returns_on_timeout,

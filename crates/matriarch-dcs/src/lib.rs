@@ -53,6 +53,9 @@ pub trait Dcs: Send + Sync {
 
     /// Reads every key under the scope in one consistent call. A malformed
     /// value is an error in its own slot of the view, not a failed read.
+    /// The view has every write that completed before the call began, this
+    /// client's or another's (a backend answering from a cache checks that
+    /// it is current, else reads the store).
     async fn read_view(&self) -> Result<ClusterView, DcsError>;
 
     /// Races to bootstrap the cluster: creates `initialize` (empty, meaning

@@ -1,42 +1,31 @@
 //! [`EtcdDcs`]: the [`Dcs`] trait on etcd's v3 API.
 
+mod cache;
+mod follow;
 mod lease;
 mod watch;
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, DeleteOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use matriarch_dcs::{is_record_key, Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_model::{
     decode_leader, encode_initialize, encode_leader, encode_member, ClusterView, DcsKey,
-    Initialize, KeyLayout, LeaderLock, Member, MemberName, RawEntry, Record, SystemId, Version,
+    Initialize, KeyLayout, LeaderLock, Member, MemberName, Record, SystemId, Version,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use self::cache::{version, ScopeCache};
 use crate::config::{EtcdConfig, EtcdConfigError};
 use crate::transport::{CallError, Endpoints, BACKEND};
-
-/// Why a watch session ended without an answer.
-struct WatchFailure {
-    reason: String,
-    /// Whether etcd had confirmed the watch before it failed.
-    established: bool,
-}
-
-impl WatchFailure {
-    fn setup(reason: String) -> Self {
-        WatchFailure {
-            reason,
-            established: false,
-        }
-    }
-}
 
 /// The lease this client attaches its TTL-bound keys to.
 #[derive(Debug, Clone, Copy)]
@@ -72,13 +61,77 @@ struct LeaseState {
 ///
 /// Nothing is sent to etcd until the first call: a client can be made while
 /// etcd is down.
+///
+/// # The scope cache
+///
+/// Like Patroni's etcd3 backend, the client keeps one watch stream on the
+/// scope's prefix open across calls (from the first [`Dcs::read_view`] or
+/// [`Dcs::watch`] until the client is dropped), and a cache of the scope's
+/// keys fed by it: a range read, then a watch from the next revision, then
+/// every event. [`Dcs::watch`] waits on the cache and opens nothing;
+/// [`Dcs::read_view`] answers from the cache after one light linearizable
+/// read (a keys-only read of the key changed last, with the count of keys),
+/// instead of a full range read and a new watch per engine loop. The rules:
+///
+/// * **Reads are as current as a range read.** A view comes from the cache
+///   only if the stream is live and the cache holds what etcd held at the
+///   light read's revision: it reached that revision, or it has the same
+///   number of keys and the same highest mod revision (any change since the
+///   cache's revision would put a key, raising it, or only delete keys,
+///   lowering the count). Events already on their way are waited for
+///   briefly; otherwise the view is read in full. So a read after this
+///   client's own successful write sees that write, and a read after another
+///   client's write completed sees it too. (etcd 3.4's progress answers are
+///   not ordered with the events, etcd issue 15220, so they prove the stream
+///   alive but not the cache current.)
+/// * **No lost wake-ups.** The cache is exactly the scope at its revision,
+///   and every change after it arrives as an event, so a change after
+///   `after_revision` makes [`Dcs::watch`] return `Changed` as soon as its
+///   event is in. A resynchronisation that finds other keys than the cache
+///   held counts as a change.
+/// * **A silent or broken stream is never trusted.** The stream is asked for
+///   progress after `retry_timeout / 2` of quiet and given up after one
+///   attempt's time without an answer (a hung member keeps connections open);
+///   a stream that breaks, is cancelled, or goes silent is opened again on
+///   the next endpoint from the cache's revision (etcd replays the events
+///   since; no read and no etcd leader needed, so the stream comes back
+///   during an etcd election), or after a new range read when etcd has
+///   compacted that revision away. Meanwhile reads come from etcd, and a
+///   watch reports
+///   [`DcsError::Unreachable`] once no stream has worked for `retry_timeout`
+///   within the call (or `Changed` at its timeout before that, since it
+///   cannot tell).
+/// * **Lease expiry is an event.** etcd deletes the keys of an expired lease
+///   with delete events: the stream carries another member's lost lock to
+///   the cache, and wakes watchers, like any change.
 pub struct EtcdDcs {
     layout: KeyLayout,
     prefix: String,
-    endpoints: Endpoints,
+    endpoints: Arc<Endpoints>,
     lease: Mutex<LeaseState>,
     /// The granted TTL of the lease the lock was last taken or renewed on.
     lock_lifetime: std::sync::Mutex<Option<Duration>>,
+    cache: Arc<ScopeCache>,
+}
+
+/// How an [`EtcdDcs`] read its scope so far (for benchmarks and
+/// diagnostics): what [`Dcs::read_view`] and [`Dcs::watch`] cost etcd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadCounters {
+    /// Watch streams opened: one per synchronisation of the scope cache, not
+    /// one per [`Dcs::watch`].
+    pub watch_streams: u64,
+    /// Full range reads of the scope: the cache's synchronisations and the
+    /// reads that could not be answered from the cache.
+    pub full_reads: u64,
+    /// Views answered from the cache (after a keys-only read of one key).
+    pub cached_reads: u64,
+}
+
+impl Drop for EtcdDcs {
+    fn drop(&mut self) {
+        self.cache.stop();
+    }
 }
 
 impl std::fmt::Debug for EtcdDcs {
@@ -96,10 +149,6 @@ impl std::fmt::Debug for EtcdDcs {
 pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
-}
-
-fn version(revision: i64) -> Version {
-    Version(u64::try_from(revision).unwrap_or(0))
 }
 
 /// The key-values of the first range (get) response of a transaction branch.
@@ -132,17 +181,28 @@ impl EtcdDcs {
         let validated = config.validate()?;
         let prefix = validated.layout.prefix();
         Ok(EtcdDcs {
-            endpoints: Endpoints::new(
+            endpoints: Arc::new(Endpoints::new(
                 validated.endpoints,
                 validated.options,
                 config.retry_timeout,
                 validated.layout.scope().to_owned(),
-            ),
+            )),
             layout: validated.layout,
             prefix,
             lease: Mutex::new(LeaseState::default()),
             lock_lifetime: std::sync::Mutex::new(None),
+            cache: Arc::new(ScopeCache::new()),
         })
+    }
+
+    /// How this client has read its scope so far.
+    pub fn read_counters(&self) -> ReadCounters {
+        let counts = &self.cache.counts;
+        ReadCounters {
+            watch_streams: counts.watch_streams.load(Ordering::Relaxed),
+            full_reads: counts.full_reads.load(Ordering::Relaxed),
+            cached_reads: counts.cached_reads.load(Ordering::Relaxed),
+        }
     }
 
     /// The id of the lease this client's TTL-bound keys are attached to, if it
@@ -260,47 +320,7 @@ impl Dcs for EtcdDcs {
     }
 
     async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        let prefix = self.prefix.clone();
-        let mut response = self
-            .on_path("read_view", prefix, |mut client, prefix| async move {
-                client
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
-            })
-            .await?;
-        let revision = response
-            .header()
-            .map(|header| header.revision())
-            .ok_or_else(|| DcsError::Backend {
-                backend: BACKEND,
-                message: "read_view: etcd answered without a response header".to_owned(),
-            })?;
-        let mut entries = Vec::new();
-        for kv in response.take_kvs() {
-            let relative = std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|key| self.layout.strip(key));
-            let Some(relative) = relative else {
-                tracing::warn!(
-                    cluster = %self.scope(),
-                    key = %String::from_utf8_lossy(kv.key()),
-                    "ignoring a key under the scope that is not UTF-8"
-                );
-                continue;
-            };
-            entries.push(RawEntry {
-                key: relative.to_owned(),
-                value: kv.value().to_vec(),
-                version: version(kv.mod_revision()),
-            });
-        }
-        let view = ClusterView::decode(version(revision).0, entries);
-        // Debug only: every read would repeat it; the engine reports what it
-        // ignores (the config key once per change).
-        for error in view.errors() {
-            tracing::debug!(cluster = %self.scope(), key = %error.key, reason = %error.reason, "malformed value in etcd");
-        }
-        Ok(view)
+        self.view().await
     }
 
     async fn try_initialize(&self) -> Result<bool, DcsError> {
@@ -600,59 +620,7 @@ impl Dcs for EtcdDcs {
         after_revision: u64,
         timeout: Duration,
     ) -> Result<WatchOutcome, DcsError> {
-        let deadline = Instant::now() + timeout;
-        let retry_timeout = self.endpoints.retry_timeout();
-        // Since when no watch has worked, and why.
-        let mut failing: Option<(Instant, String)> = None;
-        let mut ever_established = false;
-        let mut attempts = 0u32;
-        loop {
-            let (index, url) = self.endpoints.current();
-            let url = url.to_owned();
-            match self.watch_once(index, after_revision, deadline).await {
-                Ok(Some(outcome)) => return Ok(outcome),
-                Ok(None) => return Ok(WatchOutcome::TimedOut),
-                Err(failure) => {
-                    attempts += 1;
-                    tracing::debug!(
-                        cluster = %self.scope(),
-                        endpoint = %url,
-                        reason = %failure.reason,
-                        "etcd watch failed; watching again from the same revision"
-                    );
-                    let since = match &failing {
-                        Some((since, _)) if !failure.established => *since,
-                        _ => Instant::now(),
-                    };
-                    ever_established |= failure.established;
-                    failing = Some((since, format!("{url}: {}", failure.reason)));
-                    self.endpoints.fail_over(index);
-                }
-            }
-            let now = Instant::now();
-            if let Some((since, reason)) = &failing {
-                let too_long = now.duration_since(*since) >= retry_timeout;
-                if too_long || (now >= deadline && !ever_established) {
-                    tracing::warn!(
-                        cluster = %self.scope(),
-                        attempts,
-                        reason = %reason,
-                        "etcd watch could not be established"
-                    );
-                    return Err(DcsError::Unreachable {
-                        backend: BACKEND,
-                        message: format!("watch: {reason}"),
-                    });
-                }
-            }
-            if now >= deadline {
-                return Ok(WatchOutcome::TimedOut);
-            }
-            let pause = (Duration::from_millis(50) * attempts)
-                .min(Duration::from_millis(400))
-                .min(deadline.saturating_duration_since(now));
-            tokio::time::sleep(pause).await;
-        }
+        self.wait_for_change(after_revision, timeout).await
     }
 }
 

@@ -10,10 +10,12 @@
 //! * Acquire, release, initialize and record writes are transactions that
 //!   compare `create_revision`, the value, or `mod_revision` (the
 //!   [`matriarch_model::Version`] reported); nobody's lock is ever taken over.
-//! * A view is one range request over the scope's prefix, at the response's
-//!   revision; watches start after a view's revision, resume on another
-//!   endpoint after a failure, and report a compacted revision as a change so
-//!   that the caller reads the view again.
+//! * One watch stream on the scope's prefix stays open across calls and
+//!   feeds a cache of the scope (Patroni's etcd3 `KVCache`): views come from
+//!   it after a light linearizable check, watches wait on it; a stream that
+//!   breaks or goes silent resumes on another endpoint from the cache's
+//!   revision (a range read again after a compaction), and meanwhile views
+//!   are range reads ([`EtcdDcs`] has the rules).
 //! * Every call is bounded by [`EtcdConfig::retry_timeout`]; an unreachable
 //!   etcd is [`matriarch_dcs::DcsError::Unreachable`] or
 //!   [`matriarch_dcs::DcsError::Timeout`], never a lost lock. A lost lock
@@ -47,4 +49,4 @@ mod transport;
 pub use config::{
     ClientIdentity, EtcdConfig, EtcdConfigError, EtcdCredentials, EtcdTls, DEFAULT_RETRY_TIMEOUT,
 };
-pub use dcs::EtcdDcs;
+pub use dcs::{EtcdDcs, ReadCounters};

@@ -3,12 +3,12 @@
 //! routes nothing; many of them in this one process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use matriarch_dcs::{Dcs, DcsError, Expected, SystemClock, WatchOutcome};
-use matriarch_etcd::{EtcdConfig, EtcdDcs};
+use matriarch_etcd::{EtcdConfig, EtcdDcs, ReadCounters};
 use matriarch_ha::{Engine, EngineRole, EngineSettings, NodeSettings, StatusHandle};
 use matriarch_model::{
     ClusterConfig, ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Tags,
@@ -23,10 +23,20 @@ use crate::error::{DemoError, Result};
 /// What the agents' DCS clients saw, summed over the fleet.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Calls of [`Dcs::watch`].
+    /// Calls of [`Dcs::watch`]: the waits of the agents' loops. Since the
+    /// etcd client keeps one watch stream open per client (its scope cache),
+    /// a wait opens no etcd watch; see `watch_streams`.
     pub(crate) watch_calls: AtomicU64,
     /// Watches that returned [`WatchOutcome::Changed`]: the events delivered.
     pub(crate) watch_events: AtomicU64,
+    /// etcd watch streams the agents' clients opened (one per
+    /// synchronisation of a client's scope cache).
+    pub(crate) watch_streams: AtomicU64,
+    /// Full range reads of a scope (synchronisations and reads the cache
+    /// could not answer).
+    pub(crate) full_reads: AtomicU64,
+    /// Views answered from a client's cache.
+    pub(crate) cached_reads: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -36,6 +46,12 @@ pub(crate) struct CounterValues {
     pub(crate) watch_calls: u64,
     /// Watch events delivered.
     pub(crate) watch_events: u64,
+    /// etcd watch streams opened.
+    pub(crate) watch_streams: u64,
+    /// Full range reads.
+    pub(crate) full_reads: u64,
+    /// Views from the cache.
+    pub(crate) cached_reads: u64,
 }
 
 impl Counters {
@@ -43,14 +59,43 @@ impl Counters {
         CounterValues {
             watch_calls: self.watch_calls.load(Ordering::Relaxed),
             watch_events: self.watch_events.load(Ordering::Relaxed),
+            watch_streams: self.watch_streams.load(Ordering::Relaxed),
+            full_reads: self.full_reads.load(Ordering::Relaxed),
+            cached_reads: self.cached_reads.load(Ordering::Relaxed),
         }
     }
 }
 
-/// A [`Dcs`] that counts the watch events it hands to its engine.
+/// A [`Dcs`] that counts the watch events it hands to its engine, and adds
+/// its client's read counters to the fleet's.
 struct CountingDcs {
     inner: EtcdDcs,
     counters: Arc<Counters>,
+    /// The client's read counters as last added.
+    added: Mutex<ReadCounters>,
+}
+
+impl CountingDcs {
+    /// Adds what the client read since the last call to the fleet's counters.
+    fn add_reads(&self) {
+        let now = self.inner.read_counters();
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        let add = |counter: &AtomicU64, now: u64, before: u64| {
+            counter.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+        };
+        add(
+            &self.counters.watch_streams,
+            now.watch_streams,
+            added.watch_streams,
+        );
+        add(&self.counters.full_reads, now.full_reads, added.full_reads);
+        add(
+            &self.counters.cached_reads,
+            now.cached_reads,
+            added.cached_reads,
+        );
+        *added = now;
+    }
 }
 
 #[async_trait]
@@ -59,7 +104,9 @@ impl Dcs for CountingDcs {
         self.inner.layout()
     }
     async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        self.inner.read_view().await
+        let view = self.inner.read_view().await;
+        self.add_reads();
+        view
     }
     async fn try_initialize(&self) -> Result<bool, DcsError> {
         self.inner.try_initialize().await
@@ -107,6 +154,7 @@ impl Dcs for CountingDcs {
         if matches!(outcome, Ok(WatchOutcome::Changed)) {
             self.counters.watch_events.fetch_add(1, Ordering::Relaxed);
         }
+        self.add_reads();
         outcome
     }
 }
@@ -224,6 +272,7 @@ impl FleetCluster {
             CountingDcs {
                 inner: dcs,
                 counters: Arc::clone(&setup.counters),
+                added: Mutex::new(ReadCounters::default()),
             },
             postgres.clone(),
             NoRouter,

@@ -337,17 +337,17 @@ fn resources(
         (Some(b), Some(a)) => a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / ticks,
         _ => 0.0,
     };
+    let delta = |count: fn(&CounterValues) -> u64| {
+        count(&after.counters).saturating_sub(count(&before.counters))
+    };
     Resources {
         seconds: after.at.duration_since(before.at).as_secs_f64(),
         revisions: after.revision.saturating_sub(before.revision),
-        watch_events: after
-            .counters
-            .watch_events
-            .saturating_sub(before.counters.watch_events),
-        watch_calls: after
-            .counters
-            .watch_calls
-            .saturating_sub(before.counters.watch_calls),
+        watch_events: delta(|c| c.watch_events),
+        watch_calls: delta(|c| c.watch_calls),
+        watch_streams: delta(|c| c.watch_streams),
+        full_reads: delta(|c| c.full_reads),
+        cached_reads: delta(|c| c.cached_reads),
         etcd_cpu_seconds: before
             .etcd
             .iter()

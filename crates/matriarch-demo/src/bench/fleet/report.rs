@@ -43,8 +43,16 @@ pub struct Resources {
     pub revisions: u64,
     /// Watch events the agents received.
     pub watch_events: u64,
-    /// Watches the agents started (one per wait of their loop).
+    /// `Dcs::watch` calls of the agents (one per wait of their loop; none
+    /// opens an etcd watch: each client keeps one stream open).
     pub watch_calls: u64,
+    /// etcd watch streams the agents' clients opened (one per
+    /// synchronisation of a client's scope cache).
+    pub watch_streams: u64,
+    /// Full range reads of a scope by the agents' clients.
+    pub full_reads: u64,
+    /// Views the agents' clients answered from their caches.
+    pub cached_reads: u64,
     /// CPU time of the three etcd members together, in seconds.
     pub etcd_cpu_seconds: f64,
     /// The largest sampled sum of the etcd members' VmRSS, KiB.
@@ -77,9 +85,13 @@ impl Resources {
     /// The window in one line.
     pub fn summary(&self) -> String {
         format!(
-            "{:.2} etcd writes/s, {:.2} watch events/s, etcd CPU {:.1} %, agents CPU {:.1} %",
+            "{:.2} etcd writes/s, {:.2} watch events/s, {:.2} watch waits/s, {:.2} watch streams opened/s, {:.2} full reads/s, {:.2} cached reads/s, etcd CPU {:.1} %, agents CPU {:.1} %",
             self.writes_per_second(),
             self.watch_events_per_second(),
+            self.per_second(self.watch_calls as f64),
+            self.per_second(self.watch_streams as f64),
+            self.per_second(self.full_reads as f64),
+            self.per_second(self.cached_reads as f64),
             self.etcd_cpu_percent(),
             self.process_cpu_percent(),
         )
@@ -94,6 +106,9 @@ impl Resources {
             "watch_events": self.watch_events,
             "watch_events_per_second": self.watch_events_per_second(),
             "watch_calls": self.watch_calls,
+            "watch_streams_opened": self.watch_streams,
+            "full_range_reads": self.full_reads,
+            "cached_reads": self.cached_reads,
             "etcd_cpu_seconds": self.etcd_cpu_seconds,
             "etcd_cpu_percent": self.etcd_cpu_percent(),
             "etcd_rss_max_kb": self.etcd_rss_max_kb,
