@@ -59,6 +59,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// What an agent logs when its primary stopped taking writes because the
 /// lock was not renewed in time (an etcd election it did not ride out).
 const DEADLINE_MISSED: &str = "not renewed by its deadline";
+/// What the write fence (`matriarch fence`, logging into the agent's log)
+/// says when it kills PostgreSQL for want of a renewal.
+const FENCE_KILL: &str = "did not renew in time: killing the postmaster";
 
 /// What one client path (REST `/primary`, the DNS name) showed over time: each
 /// change of the member it leads to, and how long it led nowhere.
@@ -379,7 +382,8 @@ fn agent_log_sizes(cluster: &Cluster) -> Vec<u64> {
 
 /// Per agent, the WARN and ERROR lines its log got after `sizes`: how many,
 /// how many say its primary stopped taking writes for want of a renewal
-/// ([`DEADLINE_MISSED`]), and the first ten.
+/// ([`DEADLINE_MISSED`]), and the first ten; and how often its write fence
+/// killed PostgreSQL ([`FENCE_KILL`]).
 fn agent_warnings(cluster: &Cluster, sizes: &[u64]) -> Value {
     let mut out = serde_json::Map::new();
     for (node, size) in cluster.nodes.iter().zip(sizes) {
@@ -392,9 +396,15 @@ fn agent_warnings(cluster: &Cluster, sizes: &[u64]) -> Value {
             .collect();
         let first: Vec<&str> = lines.iter().take(10).copied().collect();
         let missed = lines.iter().filter(|l| l.contains(DEADLINE_MISSED)).count();
+        let fence_kills = text.lines().filter(|l| l.contains(FENCE_KILL)).count();
         out.insert(
             node.name.clone(),
-            json!({"count": lines.len(), "renewal_deadline_missed": missed, "first": first}),
+            json!({
+                "count": lines.len(),
+                "renewal_deadline_missed": missed,
+                "fence_kills": fence_kills,
+                "first": first,
+            }),
         );
     }
     Value::Object(out)
