@@ -39,13 +39,14 @@ commands:
                 mixed faults from F (default 20000 from 1), or replay seed S with its trace;
                 --pre-fix: every issue-14 regression planted back at once (default 400
                 seeds), which of them an invariant finds and on which seed
-  bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
+  bench failover [--runs N] [--scenario NAME]... [--idle-seconds S] [--ttl S --loop-wait S --retry-timeout S]
                 deps, release build, then the failover benchmark: N runs (default 5)
                 of node-crash, postgres-crash, agent-kill, switchover, sigterm;
                 target/bench/failover.json, failover-<scenario>.svg, a table
-  bench stability [--minutes M]
-                pgbench for M minutes (default 10) against the primary, counting
-                failovers nothing caused; target/bench/stability.json
+  bench stability [--minutes M] [--kill-etcd-leader-every S] [--ttl S --loop-wait S --retry-timeout S]
+                pgbench -c 4 -j 2 for M minutes (default 10) against the primary of a cluster
+                on a three-member etcd, optionally SIGKILLing the etcd leader every S seconds,
+                counting failovers nothing caused; target/bench/stability.json
   bench fleet [--clusters N[,N...]] [--runs R] [--idle-seconds S]
                 N clusters of three in-process agents (the engine with the in-memory
                 PostgreSQL) on a three-member etcd, for each N (default 1,10,50,100,200):

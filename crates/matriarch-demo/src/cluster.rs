@@ -11,7 +11,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use matriarch_testkit::cluster::{LoopbackCluster, LoopbackOptions};
+use matriarch_testkit::cluster::{LoopbackCluster, LoopbackOptions, Timing};
 
 use crate::error::{DemoError, Result};
 use crate::writer::Target;
@@ -50,11 +50,23 @@ impl DerefMut for Cluster {
 }
 
 impl Cluster {
-    /// Starts etcd and BIND, writes the nodes' configurations (under `logs_dir`) and
-    /// starts the three agents.
+    /// Starts etcd (one member) and BIND, writes the nodes' configurations (under
+    /// `logs_dir`) and starts the three agents, with the default timing.
     pub fn start(matriarch: &Path, logs_dir: &Path) -> Result<Cluster> {
+        Cluster::start_with(matriarch, logs_dir, Timing::default(), 1)
+    }
+
+    /// [`Cluster::start`] with the lock's `timing` and `etcd_members` etcd members.
+    pub fn start_with(
+        matriarch: &Path,
+        logs_dir: &Path,
+        timing: Timing,
+        etcd_members: usize,
+    ) -> Result<Cluster> {
         let mut opts = LoopbackOptions::new(SCOPE, matriarch, logs_dir);
         opts.nodes = NODES;
+        opts.timing = timing;
+        opts.etcd_members = etcd_members;
         let cluster = LoopbackCluster::start(&opts).map_err(|source| DemoError::Service {
             what: "the cluster",
             source,

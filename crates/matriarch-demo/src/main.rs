@@ -206,7 +206,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
     let name = cluster.writer_name();
     println!(
         "    etcd      {}   (the leader lock: key {})",
-        cluster.etcd.client_url(),
+        cluster.etcd_endpoints(),
         cluster.leader_key()
     );
     println!(
@@ -281,7 +281,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
         "    INSERT INTO {TABLE} (id) VALUES ($1), id 1, 2, 3, ... Before each connection attempt\n    \
          the client asks the DNS server for {name}; on any error it reconnects."
     );
-    let watch = LeaderWatch::start(&cluster.etcd.client_url(), &cluster.leader_key())?;
+    let watch = LeaderWatch::start(&cluster.etcd_endpoints(), &cluster.leader_key())?;
     let writer = Writer::start(runtime, target.clone(), WRITE_INTERVAL);
     interrupt::sleep(Duration::from_secs(3))?;
     let (acked, last_failure) = {

@@ -27,11 +27,13 @@ pub struct LeaderWatch {
 }
 
 impl LeaderWatch {
-    /// Starts watching `key` on the etcd at `endpoint` (`http://127.0.0.1:2379`).
-    pub fn start(endpoint: &str, key: &str) -> Result<LeaderWatch> {
+    /// Starts watching `key` on the etcd at `endpoints` (`http://127.0.0.1:2379`, or
+    /// several comma-separated: etcdctl's client moves the watch to another member,
+    /// from the last revision it saw, when its member dies).
+    pub fn start(endpoints: &str, key: &str) -> Result<LeaderWatch> {
         let mut child = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoint, "watch", key])
+            .args(["--endpoints", endpoints, "watch", key])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -81,6 +83,11 @@ impl LeaderWatch {
             )));
         }
         Ok(watch)
+    }
+
+    /// Whether `etcdctl watch` still runs (a watch that exited sees no more events).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The events seen after `since`, in order.

@@ -491,11 +491,7 @@ fn agent_config(
         api_listen: SocketAddr::from((ip, API_PORT)),
         credentials: credentials(),
         dcs: dcs::hosts(spec.dcs),
-        timing: Timing {
-            ttl,
-            loop_wait,
-            retry_timeout,
-        },
+        timing: Timing::from_secs_f64(ttl as f64, loop_wait as f64, retry_timeout as f64),
         bootstrap_dcs: sync.iter().map(|l| (*l).to_owned()).collect(),
         pg_listen: SocketAddr::from((ip, PG_PORT)),
         data_dir: dir.data_dir(),

@@ -7,12 +7,13 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use matriarch_testkit::cluster::Timing;
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
 
 use super::idle::measure_idle;
 use super::{
-    machine, median, settings, unix_time, write_json, Bench, Paths, AFTER, BEFORE, TARGETS_MS,
+    machine, median, settings_with, unix_time, write_json, Bench, Paths, AFTER, BEFORE, TARGETS_MS,
     WRITE_INTERVAL,
 };
 use crate::error::{DemoError, Result};
@@ -170,8 +171,10 @@ struct Row {
 /// Runs `runs` runs of each of `scenarios` (a fault must be over within `bound`),
 /// after reading the agents at rest for `idle`; writes `failover.json` and a plot
 /// per scenario into `args.out` and prints a table. Whether every run completed.
+/// The clusters use the lock's `timing`.
 pub fn failover_bench(
     args: &Paths,
+    timing: Timing,
     runs: usize,
     scenarios: &[Fault],
     idle: Duration,
@@ -194,7 +197,7 @@ pub fn failover_bench(
         "took_s": started.elapsed().as_secs(),
         "machine": machine(),
         "matriarch": args.matriarch.display().to_string(),
-        "settings": settings(),
+        "settings": settings_with(&timing),
         "method": "one fresh three-node cluster per scenario; between runs the faulted node's agent is restarted and the cluster healed (a primary, two streaming replicas, the DNS name on the primary); a failed run gets a fresh cluster. Unavailability: the longest time without an acknowledged write that ends after the fault and starts before the failover is complete (for a crash: last write acknowledged before the fault -> first after it). Old-primary acks after promotion: writes the old primary acknowledged after another member took the lock or left recovery.",
         "runs_per_scenario": runs,
         "idle": idle_json,
@@ -215,7 +218,13 @@ pub fn failover_bench(
                 logs_root.join(format!("{}-{generation}", fault.name()))
             }
         };
-        let mut bench = Some(Bench::start(&args.matriarch, &logs(0), runtime)?);
+        let mut bench = Some(Bench::start_with(
+            &args.matriarch,
+            &logs(0),
+            timing,
+            1,
+            runtime,
+        )?);
         if idle_json.is_null() {
             if let Some(b) = bench.as_mut() {
                 println!(
@@ -247,7 +256,7 @@ pub fn failover_bench(
             let fresh = primary.is_none();
             if bench.is_none() {
                 generation += 1;
-                let b = Bench::start(&args.matriarch, &logs(generation), runtime)?;
+                let b = Bench::start_with(&args.matriarch, &logs(generation), timing, 1, runtime)?;
                 bench = Some(b);
             }
             let Some(b) = bench.as_mut() else { continue };

@@ -1,12 +1,15 @@
 //! The failover and stability benchmarks of `matriarch-bench` (`cargo xtask
 //! bench`), on the demo's three-node loopback cluster: [`failover`] times each
 //! [`Fault`] run after run, [`idle`] reads the agents' memory and CPU at rest,
-//! [`stability`] runs pgbench and counts failovers nothing caused. [`fleet`]
+//! [`stability`] runs pgbench and counts failovers nothing caused (killing the
+//! etcd leader with [`etcd_leader`] if asked). [`fleet`]
 //! runs many clusters of in-process agents on one etcd.
 
+pub mod etcd_leader;
 pub mod failover;
 pub mod fleet;
 pub mod idle;
+pub mod pgbench;
 pub mod stability;
 
 use std::fs;
@@ -16,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
+
+use matriarch_testkit::cluster::Timing;
 
 use crate::cluster::Cluster;
 use crate::error::{DemoError, Result};
@@ -61,7 +66,18 @@ pub struct Bench {
 impl Bench {
     /// A fresh cluster, healthy, with the DNS name on the primary and an empty table.
     pub fn start(matriarch: &Path, logs: &Path, runtime: &Handle) -> Result<Bench> {
-        let mut cluster = Cluster::start(matriarch, logs)?;
+        Bench::start_with(matriarch, logs, Timing::default(), 1, runtime)
+    }
+
+    /// [`Bench::start`] with the lock's `timing` and `etcd_members` etcd members.
+    pub fn start_with(
+        matriarch: &Path,
+        logs: &Path,
+        timing: Timing,
+        etcd_members: usize,
+        runtime: &Handle,
+    ) -> Result<Bench> {
+        let mut cluster = Cluster::start_with(matriarch, logs, timing, etcd_members)?;
         let ready = Bench::ready(&mut cluster, runtime);
         let (primary, target) = match ready {
             Ok(ready) => ready,
@@ -72,7 +88,7 @@ impl Bench {
                 return Err(e);
             }
         };
-        let watch = LeaderWatch::start(&cluster.etcd.client_url(), &cluster.leader_key())?;
+        let watch = LeaderWatch::start(&cluster.etcd_endpoints(), &cluster.leader_key())?;
         let _ = primary;
         Ok(Bench {
             watch,
@@ -110,6 +126,24 @@ impl Bench {
             .wait_dns(self.cluster.nodes[primary].ip, Duration::from_secs(30))?;
         Ok(primary)
     }
+}
+
+/// The daemon's own check of a timing (`loop_wait + 2 × retry_timeout ≤ ttl`,
+/// …) as a usage error: the agents would refuse to start with it.
+pub fn check_timing(timing: &Timing) -> Result<()> {
+    let Timing {
+        ttl,
+        loop_wait,
+        retry_timeout,
+    } = *timing;
+    matriarch_model::ClusterConfig {
+        ttl,
+        loop_wait,
+        retry_timeout,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| DemoError::Usage(e.to_string()))
 }
 
 /// Median of sorted-or-not values (the mean of the middle two for an even count).
@@ -170,10 +204,17 @@ pub fn write_json(path: &Path, value: &Value) -> Result<()> {
         .map_err(|e| DemoError::io(format!("writing {}", path.display()), e))
 }
 
-/// The cluster's and the client's settings, for the results.
+/// The cluster's and the client's settings, for the results (the default timing).
 pub fn settings() -> Value {
+    settings_with(&Timing::default())
+}
+
+/// [`settings`] with the lock's `timing`.
+pub fn settings_with(timing: &Timing) -> Value {
     json!({
-        "ttl_s": 5, "loop_wait_s": 1, "retry_timeout_s": 2,
+        "ttl_s": timing.ttl.as_secs_f64(),
+        "loop_wait_s": timing.loop_wait.as_secs_f64(),
+        "retry_timeout_s": timing.retry_timeout.as_secs_f64(),
         "replication": "asynchronous",
         "dns_record_ttl_s": 1,
         "write_interval_ms": WRITE_INTERVAL.as_millis() as u64,
@@ -183,6 +224,14 @@ pub fn settings() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timing_the_daemon_refuses_is_a_usage_error() {
+        assert!(check_timing(&Timing::default()).is_ok());
+        assert!(check_timing(&Timing::from_secs_f64(4.0, 1.0, 1.5)).is_ok());
+        let unsafe_timing = check_timing(&Timing::from_secs_f64(4.0, 1.0, 2.0));
+        assert!(matches!(unsafe_timing, Err(DemoError::Usage(m)) if m.contains("exceeds ttl")));
+    }
 
     #[test]
     fn medians() {

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
-//!                          [--bound SECS] [--matriarch PATH] [--out DIR]
-//! matriarch-bench stability [--minutes M] [--matriarch PATH] [--out DIR]
+//!                          [--bound SECS] [--ttl S] [--loop-wait S] [--retry-timeout S]
+//!                          [--matriarch PATH] [--out DIR]
+//! matriarch-bench stability [--minutes M] [--ttl S] [--loop-wait S] [--retry-timeout S]
+//!                           [--kill-etcd-leader-every S] [--etcd-members N]
+//!                           [--clients N] [--threads N] [--matriarch PATH] [--out DIR]
 //! matriarch-bench fleet [--clusters N[,N...]] [--runs N] [--idle-seconds S] [--bound SECS] [--out DIR]
 //! ```
 //!
@@ -18,9 +21,12 @@
 //! are read over `--idle-seconds`. Results: `<out>/failover.json`, a plot per
 //! scenario `<out>/failover-<scenario>.svg` (its median run), and a table on stdout.
 //!
-//! `stability`: a fresh cluster, `pgbench -i` and `pgbench -T <minutes>` at default
-//! settings against the primary, while the leader key is watched; every change of
-//! leadership is a failover that nothing caused. Results: `<out>/stability.json`.
+//! `stability`: a fresh cluster on a three-member etcd, `pgbench -i -s 4` and
+//! `pgbench -c 4 -j 2 -T <minutes>` against the primary, while the leader key, the
+//! etcd leader and the client paths (REST `/primary`, DNS) are watched; with
+//! `--kill-etcd-leader-every`, the etcd leader is SIGKILLed that often and restarted
+//! on its data 3 s later. Every change of leadership is a failover that nothing
+//! caused. Results: `<out>/stability.json`.
 //!
 //! `fleet`: for each N, N clusters of three agents (the engine, in this process, with
 //! the in-memory PostgreSQL) on a fresh three-member etcd; see
@@ -36,16 +42,20 @@ use std::time::Duration;
 
 use matriarch_demo::bench::failover::failover_bench;
 use matriarch_demo::bench::fleet::{fleet_bench, FleetOptions, DEFAULT_CLUSTERS};
-use matriarch_demo::bench::stability::stability_bench;
-use matriarch_demo::bench::Paths;
+use matriarch_demo::bench::stability::{stability_bench, StabilityOptions};
+use matriarch_demo::bench::{check_timing, Paths};
 use matriarch_demo::cli::{beside_target, matriarch_or_default, run_main};
 use matriarch_demo::error::{DemoError, Result};
 use matriarch_demo::failover::Fault;
+use matriarch_testkit::cluster::Timing;
 
 const USAGE: &str = "\
 usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S] [--bound SECS]
+                               [--ttl S] [--loop-wait S] [--retry-timeout S]
                                [--matriarch PATH] [--out DIR]
-       matriarch-bench stability [--minutes M] [--matriarch PATH] [--out DIR]
+       matriarch-bench stability [--minutes M] [--ttl S] [--loop-wait S] [--retry-timeout S]
+                                [--kill-etcd-leader-every S] [--etcd-members N]
+                                [--clients N] [--threads N] [--matriarch PATH] [--out DIR]
        matriarch-bench fleet [--clusters N[,N...]] [--runs N] [--idle-seconds S] [--bound SECS]
                              [--out DIR]
 
@@ -57,6 +67,15 @@ usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds 
   --clusters N,...   fleet: the fleet sizes, in clusters of three agents (default 1,10,50,100,200)
   --bound SECS       a run fails when the failover is not complete within this (default 60)
   --minutes M        stability: how long pgbench runs (default 10; fractions allowed)
+  --ttl S, --loop-wait S, --retry-timeout S
+                     failover, stability: the leader lock's timing in seconds (default: the
+                     daemon's, 5, 1, 2); refused unless loop_wait + 2 × retry_timeout ≤ ttl
+  --kill-etcd-leader-every S
+                     stability: SIGKILL the etcd leader this often, restart it 3 s later
+                     (default: never)
+  --etcd-members N   stability: etcd members (default 3)
+  --clients N        stability: pgbench clients, also the scale (default 4)
+  --threads N        stability: pgbench threads (default 2)
   --matriarch PATH   the matriarch binary (default: `matriarch` next to this program)
   --out DIR          results (default: target/bench, next to the binary's target/<profile>)
 ";
@@ -64,14 +83,13 @@ usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds 
 #[derive(Debug)]
 enum Mode {
     Failover {
+        timing: Timing,
         runs: usize,
         scenarios: Vec<Fault>,
         idle: Duration,
         bound: Duration,
     },
-    Stability {
-        duration: Duration,
-    },
+    Stability(StabilityOptions),
     Fleet(FleetOptions),
 }
 
@@ -112,6 +130,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
     let mut clusters = Vec::new();
     let mut bound = 60.0f64;
     let mut minutes = 10.0f64;
+    let mut stability = StabilityOptions::default();
+    let mut timing = [None; 3];
     let mut matriarch = None;
     let mut out = None;
     while let Some(flag) = args.next() {
@@ -126,6 +146,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
                 .ok()
                 .filter(|n| n.is_finite() && *n > 0.0)
                 .ok_or_else(|| usage(format!("{flag} needs a positive number, got `{v}`")))
+        };
+        let whole = |v: &str| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| usage(format!("{flag} needs a positive whole number, got `{v}`")))
         };
         match (command.as_str(), flag.as_str()) {
             (_, "--matriarch") => matriarch = Some(PathBuf::from(value)),
@@ -148,11 +174,35 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
             ("failover" | "fleet", "--bound") => bound = number(&value)?,
             ("fleet", "--clusters") => clusters.extend(parse_clusters(&value)?),
             ("stability", "--minutes") => minutes = number(&value)?,
+            ("failover" | "stability", "--ttl") => timing[0] = Some(number(&value)?),
+            ("failover" | "stability", "--loop-wait") => timing[1] = Some(number(&value)?),
+            ("failover" | "stability", "--retry-timeout") => timing[2] = Some(number(&value)?),
+            ("stability", "--kill-etcd-leader-every") => {
+                stability.kill_etcd_leader_every = Some(Duration::from_secs_f64(number(&value)?));
+            }
+            ("stability", "--etcd-members") => stability.etcd_members = whole(&value)? as usize,
+            ("stability", "--clients") => stability.clients = whole(&value)?,
+            ("stability", "--threads") => stability.threads = whole(&value)?,
             _ => return Err(usage(format!("unknown argument `{flag}` for `{command}`"))),
         }
     }
+    let mut chosen = Timing::default();
+    for (field, value) in [
+        &mut chosen.ttl,
+        &mut chosen.loop_wait,
+        &mut chosen.retry_timeout,
+    ]
+    .into_iter()
+    .zip(timing)
+    {
+        if let Some(secs) = value {
+            *field = Duration::from_secs_f64(secs);
+        }
+    }
+    check_timing(&chosen)?;
     let mode = match command.as_str() {
         "failover" => Mode::Failover {
+            timing: chosen,
             runs,
             scenarios: if scenarios.is_empty() {
                 Fault::ALL.to_vec()
@@ -172,9 +222,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
             runs,
             bound: Duration::from_secs_f64(bound),
         }),
-        "stability" => Mode::Stability {
+        "stability" => Mode::Stability(StabilityOptions {
             duration: Duration::from_secs_f64(minutes * 60.0),
-        },
+            timing: chosen,
+            ..stability
+        }),
         other => return Err(usage(format!("unknown command `{other}`"))),
     };
     let matriarch = matriarch_or_default(matriarch);
@@ -193,12 +245,21 @@ fn main() -> ExitCode {
             .map_err(|e| DemoError::io(format!("creating {}", args.paths.out.display()), e))?;
         match &args.mode {
             Mode::Failover {
+                timing,
                 runs,
                 scenarios,
                 idle,
                 bound,
-            } => failover_bench(&args.paths, *runs, scenarios, *idle, *bound, runtime),
-            Mode::Stability { duration } => stability_bench(&args.paths, *duration, runtime),
+            } => failover_bench(
+                &args.paths,
+                *timing,
+                *runs,
+                scenarios,
+                *idle,
+                *bound,
+                runtime,
+            ),
+            Mode::Stability(options) => stability_bench(&args.paths, options, runtime),
             Mode::Fleet(options) => fleet_bench(&args.paths.out, options, runtime),
         }
     })
@@ -239,11 +300,13 @@ mod tests {
         assert_eq!(args.paths.out, PathBuf::from("/x/target/bench"));
         match args.mode {
             Mode::Failover {
+                timing,
                 runs,
                 scenarios,
                 idle,
                 ..
             } => {
+                assert_eq!(timing, Timing::default());
                 assert_eq!(runs, 2);
                 assert_eq!(scenarios, vec![Fault::Switchover]);
                 assert_eq!(idle, Duration::from_secs(2));
@@ -252,8 +315,32 @@ mod tests {
         }
         let args = parse(&["stability", "--minutes", "0.5"]).unwrap().unwrap();
         assert!(
-            matches!(args.mode, Mode::Stability { duration } if duration == Duration::from_secs(30))
+            matches!(args.mode, Mode::Stability(o) if o == StabilityOptions {
+                duration: Duration::from_secs(30),
+                ..StabilityOptions::default()
+            })
         );
+        let args = parse(&[
+            "stability",
+            "--ttl",
+            "4",
+            "--retry-timeout",
+            "1.5",
+            "--kill-etcd-leader-every",
+            "300",
+            "--clients",
+            "8",
+        ])
+        .unwrap()
+        .unwrap();
+        match args.mode {
+            Mode::Stability(o) => {
+                assert_eq!(o.timing, Timing::from_secs_f64(4.0, 1.0, 1.5));
+                assert_eq!(o.kill_etcd_leader_every, Some(Duration::from_secs(300)));
+                assert_eq!((o.clients, o.threads, o.etcd_members), (8, 2, 3));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(parse(&["--help"]).unwrap().is_none());
         let args = parse(&[
             "fleet",
@@ -284,6 +371,8 @@ mod tests {
             &["failover", "--runs", "0"][..],
             &["failover", "--scenario", "meteor"],
             &["stability", "--runs", "3"],
+            &["stability", "--ttl", "4"],
+            &["stability", "--clients", "1.5"],
             &["failover", "--idle-seconds"],
             &["fleet", "--clusters", "0"],
             &["fleet", "--clusters", "10,x"],

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::{IoContext, Result};
 
@@ -15,25 +16,33 @@ pub enum DcsHosts {
     ZooKeeper(Vec<String>),
 }
 
-/// The leader lock's timing (`bootstrap.dcs`), in seconds.
+/// The leader lock's timing (`bootstrap.dcs`); written in seconds, fractions
+/// allowed (`retry_timeout: 1.5`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     /// How long the leader lock lives.
-    pub ttl: u64,
+    pub ttl: Duration,
     /// How long an agent sleeps between HA loops.
-    pub loop_wait: u64,
+    pub loop_wait: Duration,
     /// How long DCS and PostgreSQL operations are retried.
-    pub retry_timeout: u64,
+    pub retry_timeout: Duration,
+}
+
+impl Timing {
+    /// A timing from seconds (fractions allowed).
+    pub fn from_secs_f64(ttl: f64, loop_wait: f64, retry_timeout: f64) -> Timing {
+        Timing {
+            ttl: Duration::from_secs_f64(ttl),
+            loop_wait: Duration::from_secs_f64(loop_wait),
+            retry_timeout: Duration::from_secs_f64(retry_timeout),
+        }
+    }
 }
 
 impl Default for Timing {
     /// Patroni's defaults scaled to a test: ttl 5, loop_wait 1, retry_timeout 2.
     fn default() -> Self {
-        Timing {
-            ttl: 5,
-            loop_wait: 1,
-            retry_timeout: 2,
-        }
+        Timing::from_secs_f64(5.0, 1.0, 2.0)
     }
 }
 
@@ -127,11 +136,13 @@ impl AgentConfig {
             .map(|h| format!("'{h}'"))
             .collect::<Vec<_>>()
             .join(", ");
-        let Timing {
-            ttl,
-            loop_wait,
-            retry_timeout,
-        } = self.timing;
+        // Whole seconds print without a fraction (`5`), others with it (`1.5`).
+        let [ttl, loop_wait, retry_timeout] = [
+            self.timing.ttl,
+            self.timing.loop_wait,
+            self.timing.retry_timeout,
+        ]
+        .map(|d| d.as_secs_f64());
         let AgentConfig {
             written_by,
             scope,
@@ -272,6 +283,17 @@ mod tests {
         ] {
             assert!(yaml.contains(expected), "{expected:?} missing from\n{yaml}");
         }
+    }
+
+    #[test]
+    fn a_fractional_retry_timeout_is_written_as_such() {
+        let mut c = config();
+        c.timing = Timing::from_secs_f64(4.0, 1.0, 1.5);
+        let yaml = c.to_yaml();
+        assert!(
+            yaml.contains("    ttl: 4\n    loop_wait: 1\n    retry_timeout: 1.5\n"),
+            "{yaml}"
+        );
     }
 
     #[test]

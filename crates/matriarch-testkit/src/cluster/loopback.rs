@@ -1,4 +1,4 @@
-//! A cluster on loopback: etcd, BIND, and N `matriarch run` agents with their own
+//! A cluster on loopback: etcd (one member or several), BIND, and N `matriarch run` agents with their own
 //! PostgreSQL on 127.0.0.1, .2, .3, … (the same PostgreSQL port on each, so that
 //! the DNS name alone says where to connect).
 //!
@@ -24,7 +24,7 @@ use super::config::{AgentConfig, Credentials, DcsHosts, DnsRoute, Timing};
 use super::{node_dirs, preflight};
 use crate::bind::BindServer;
 use crate::error::{IoContext, Result, TestkitError};
-use crate::etcd::EtcdServer;
+use crate::etcd::EtcdCluster;
 use crate::ports::free_port;
 use crate::postgres::bin_dir;
 
@@ -43,6 +43,8 @@ pub struct LoopbackOptions {
     pub credentials: Credentials,
     /// The lock's timing.
     pub timing: Timing,
+    /// How many etcd members (1 by default; 3 to survive the loss of one).
+    pub etcd_members: usize,
 }
 
 impl LoopbackOptions {
@@ -56,6 +58,7 @@ impl LoopbackOptions {
             nodes: 3,
             credentials: Credentials::with_prefix(scope),
             timing: Timing::default(),
+            etcd_members: 1,
         }
     }
 }
@@ -185,8 +188,8 @@ impl LoopbackNode {
 pub struct LoopbackCluster {
     /// The nodes.
     pub nodes: Vec<LoopbackNode>,
-    /// etcd.
-    pub etcd: EtcdServer,
+    /// etcd: [`LoopbackOptions::etcd_members`] members; every agent knows them all.
+    pub etcd: EtcdCluster,
     /// BIND with the `primary.<zone>` name.
     pub bind: BindServer,
     /// Where the agents' logs and configurations are.
@@ -227,7 +230,7 @@ impl LoopbackCluster {
         }
         let logs = &opts.logs_dir;
         fs::create_dir_all(logs).ctx(|| format!("creating {}", logs.display()))?;
-        let etcd = EtcdServer::start()?;
+        let etcd = EtcdCluster::start(opts.etcd_members)?;
         let bind = BindServer::start()?;
         let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let (root, dirs) = node_dirs(&user, &format!("matriarch-{}-", opts.scope), &names)?;
@@ -290,7 +293,7 @@ impl LoopbackCluster {
             name: name.to_owned(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], api_port)),
             credentials: opts.credentials.clone(),
-            dcs: DcsHosts::Etcd(vec![self.etcd.client_url()]),
+            dcs: DcsHosts::Etcd(self.etcd.client_urls()),
             timing: opts.timing,
             bootstrap_dcs: Vec::new(),
             pg_listen: SocketAddr::from((ip, pg_port)),
@@ -306,6 +309,11 @@ impl LoopbackCluster {
                 secret: self.bind.tsig_secret_base64().to_owned(),
             }),
         }
+    }
+
+    /// Every etcd member's client URL, comma-separated (for `etcdctl --endpoints`).
+    pub fn etcd_endpoints(&self) -> String {
+        self.etcd.client_urls().join(",")
     }
 
     /// The zone's DNS server.
@@ -406,11 +414,14 @@ impl LoopbackCluster {
                 lines,
             ));
         }
-        out.push_str(&format!(
-            "----- etcd -----\n{}\n----- named -----\n{}\n",
-            self.etcd.member().log_tail(),
-            self.bind.log_tail()
-        ));
+        for member in self.etcd.members() {
+            out.push_str(&format!(
+                "----- etcd {} -----\n{}\n",
+                member.name(),
+                member.log_tail()
+            ));
+        }
+        out.push_str(&format!("----- named -----\n{}\n", self.bind.log_tail()));
         out
     }
 
