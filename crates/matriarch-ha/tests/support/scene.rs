@@ -9,8 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{
     decide, Action, DcsObservation, Decision, FailsafeInputs, Inputs, LocalPostgres, LocalRole,
-    Memory,
-    NodeSettings, PeerReport,
+    Memory, NodeSettings, PeerReport,
 };
 use matriarch_model::{
     encode_initialize, ClusterConfig, ClusterView, Initialize, Lsn, MemberName, RawEntry, SystemId,

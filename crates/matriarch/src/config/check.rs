@@ -245,11 +245,9 @@ impl NodeConfig {
             }
         }
 
-        let bootstrap_method = self.bootstrap.method(
-            &self.scope,
-            &pg.data_dir,
-            CUSTOM_BOOTSTRAP_TIMEOUT,
-        )?;
+        let bootstrap_method =
+            self.bootstrap
+                .method(&self.scope, &pg.data_dir, CUSTOM_BOOTSTRAP_TIMEOUT)?;
 
         // Routers.
         let mut dns_server = None;
