@@ -1,8 +1,8 @@
 //! A new matriarch cluster bootstraps from a pgBackRest backup (Patroni's
 //! custom bootstrap method): to a point in time between two commits, and to
 //! the end of the archive; a replica of the restored cluster then joins by
-//! basebackup. The source is a plain PostgreSQL 15 archiving to a posix
-//! repository.
+//! basebackup. The source is a plain PostgreSQL 15 archiving to moto's S3 (https), as
+//! Spilo does with a real bucket.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::{etcd_get, psql_at, Cluster, DcsSpec, Options};
-use matriarch_testkit::{PgBackRest, PgBackRestRepo, PgOsUser, PostgresServer, PGBACKREST};
+use matriarch_testkit::{MotoS3, PgBackRest, PgBackRestRepo, PgOsUser, PostgresServer, PGBACKREST};
 
 /// Rows committed on the source, one transaction each.
 const ROWS: u32 = 6;
@@ -39,11 +39,12 @@ fn a_new_cluster_bootstraps_from_a_backup_to_a_point_in_time_or_the_archives_end
     let started = Instant::now();
     let _serial = common::serial();
 
-    // The source: archiving to a posix repository, a full backup, then rows
+    // The source: archiving to an S3 repository (moto's, over https), a full backup, then rows
     // whose commit times are recorded.
     let source = PostgresServer::start().expect("start the source");
+    let s3 = MotoS3::start("pitr").expect("moto's S3 over https");
     let backrest =
-        PgBackRest::configure("main", &source, PgBackRestRepo::Posix).expect("pgbackrest.conf");
+        PgBackRest::configure("main", &source, PgBackRestRepo::S3(&s3)).expect("pgbackrest.conf");
     source_sql(&source, "ALTER SYSTEM SET archive_mode = on");
     source_sql(
         &source,
