@@ -37,9 +37,13 @@ commands:
                 --pre-fix: every issue-14 regression planted back at once (default 400
                 seeds), which of them an invariant finds and on which seed
   bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
+                 [--against patroni [--patroni-timing minimum|defaults]]
                 deps, release build, then the failover benchmark: N runs (default 5)
-                of node-crash, postgres-crash, agent-kill, switchover, sigterm;
-                target/bench/failover.json, failover-<scenario>.svg, a table
+                of node-crash, postgres-crash, agent-kill, switchover, sigterm (and,
+                when named, node-crash-under-load: pgbench with 1 GB of dirty
+                shared_buffers); with --against patroni each scenario also runs on
+                Patroni 4.1 (target/patroni-venv) in the same run, side by side;
+                target/bench/failover.json, failover-<scenario>[-patroni].svg, a table
   bench stability [--minutes M]
                 pgbench for M minutes (default 10) against the primary, counting
                 failovers nothing caused; target/bench/stability.json
