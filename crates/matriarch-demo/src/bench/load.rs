@@ -289,8 +289,7 @@ async fn switchpoint(target: &Target, ip: Ipv4Addr) -> std::result::Result<Strin
     .await?;
     history
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .last()
+        .rfind(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .and_then(|l| l.split_whitespace().nth(1))
         .map(str::to_owned)
         .ok_or_else(|| format!("no switch point in the history file: {history:?}"))

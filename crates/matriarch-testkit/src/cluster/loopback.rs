@@ -287,7 +287,10 @@ impl LoopbackCluster {
                     Supervised::agent(&opts.matriarch, &agent_config, logs, None)?
                 }
                 AgentKind::Patroni { venv } => {
-                    let yaml = logs.join(format!("{name}.patroni.yml"));
+                    // Absolute: Patroni runs as PostgreSQL's OS user from `/`.
+                    let yaml = fs::canonicalize(logs)
+                        .ctx(|| format!("resolving {}", logs.display()))?
+                        .join(format!("{name}.patroni.yml"));
                     cluster
                         .patroni_config(&agent_config, &dir)
                         .write(&yaml, &user)?;
