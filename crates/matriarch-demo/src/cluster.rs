@@ -6,15 +6,15 @@
 //! Everything it starts is stopped by [`LoopbackCluster::shutdown`] (also run on
 //! drop, so on an error or Ctrl-C too).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use matriarch_testkit::cluster::{LoopbackCluster, LoopbackOptions, Timing};
+use matriarch_testkit::cluster::{LoopbackCluster, LoopbackOptions};
 
 use crate::error::{DemoError, Result};
-use crate::writer::Target;
+use crate::writer::{FindPrimary, Target};
 
 pub use matriarch_testkit::cluster::LoopbackNode as Node;
 
@@ -50,24 +50,23 @@ impl DerefMut for Cluster {
 }
 
 impl Cluster {
-    /// Starts etcd (one member) and BIND, writes the nodes' configurations (under
-    /// `logs_dir`) and starts the three agents, with the default timing.
+    /// Starts etcd and BIND, writes the nodes' configurations (under `logs_dir`) and
+    /// starts the three agents.
     pub fn start(matriarch: &Path, logs_dir: &Path) -> Result<Cluster> {
-        Cluster::start_with(matriarch, logs_dir, Timing::default(), 1)
+        Cluster::start_with(&Cluster::options(matriarch, logs_dir))
     }
 
-    /// [`Cluster::start`] with the lock's `timing` and `etcd_members` etcd members.
-    pub fn start_with(
-        matriarch: &Path,
-        logs_dir: &Path,
-        timing: Timing,
-        etcd_members: usize,
-    ) -> Result<Cluster> {
+    /// The demo's cluster options (scope, names, passwords, three nodes), to be
+    /// changed before [`Cluster::start_with`].
+    pub fn options(matriarch: &Path, logs_dir: &Path) -> LoopbackOptions {
         let mut opts = LoopbackOptions::new(SCOPE, matriarch, logs_dir);
         opts.nodes = NODES;
-        opts.timing = timing;
-        opts.etcd_members = etcd_members;
-        let cluster = LoopbackCluster::start(&opts).map_err(|source| DemoError::Service {
+        opts
+    }
+
+    /// Starts the cluster `opts` describes.
+    pub fn start_with(opts: &LoopbackOptions) -> Result<Cluster> {
+        let cluster = LoopbackCluster::start(opts).map_err(|source| DemoError::Service {
             what: "the cluster",
             source,
         })?;
@@ -119,8 +118,25 @@ impl Cluster {
     /// every node), the superuser.
     pub fn writer_target(&self) -> Target {
         Target {
-            dns_server: self.dns_server(),
+            find: FindPrimary::Dns(self.dns_server()),
             name: self.writer_name(),
+            port: self.nodes[0].pg_port,
+            user: PG_USER.to_owned(),
+            password: PG_PASSWORD.to_owned(),
+        }
+    }
+
+    /// Where the benchmark's client writes: the node answering 200 on REST
+    /// `GET /primary` (found the same way for matriarch and Patroni).
+    pub fn rest_target(&self) -> Target {
+        Target {
+            find: FindPrimary::Rest(
+                self.nodes
+                    .iter()
+                    .map(|n| (n.ip, SocketAddr::from(([127, 0, 0, 1], n.api_port))))
+                    .collect(),
+            ),
+            name: "GET /primary".to_owned(),
             port: self.nodes[0].pg_port,
             user: PG_USER.to_owned(),
             password: PG_PASSWORD.to_owned(),

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
+use matriarch_testkit::cluster::AgentKind;
+
 use crate::cluster::Cluster;
 use crate::error::{DemoError, Result};
 use crate::plot::shorten;
@@ -20,6 +22,9 @@ use crate::writer::{Ack, Target, Writer};
 
 /// How often the monitor polls the REST APIs, PostgreSQL and DNS.
 pub const POLL: Duration = Duration::from_millis(25);
+/// After an agent kill, how long the old primary may go on taking the writes
+/// after another member promoted before the run ends (a split brain).
+pub const SPLIT_BRAIN_WATCH: Duration = Duration::from_secs(5);
 
 /// What is done to the primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +36,8 @@ pub enum Fault {
     /// SIGKILL for the agent alone; PostgreSQL is left running (the write fence
     /// must stop it).
     AgentKill,
-    /// A planned switchover: `matriarch ctl switchover --force`.
+    /// A planned switchover: `matriarch ctl switchover --force` (Patroni:
+    /// `patronictl switchover --force`).
     Switchover,
     /// SIGTERM for the agent: it steps down and exits.
     Sigterm,
@@ -165,20 +171,40 @@ async fn in_recovery(client: &tokio_postgres::Client) -> Option<bool> {
     }
 }
 
-/// Runs `matriarch ctl switchover --force` with node `config`'s REST credentials,
-/// in a thread: when it returned, and its first line of output.
-fn request_switchover(
-    matriarch: std::path::PathBuf,
-    config: std::path::PathBuf,
-) -> JoinHandle<(Instant, String)> {
+/// The switchover request of the cluster's agent for node `old` (the leader):
+/// `matriarch ctl switchover --force` with the node's REST credentials, or
+/// `patronictl switchover --force` on the member's file.
+fn switchover_command(cluster: &Cluster, old: usize) -> Command {
+    let node = &cluster.nodes[old];
+    match &cluster.agent {
+        AgentKind::Matriarch => {
+            let mut command = Command::new(&cluster.matriarch);
+            command.arg("ctl").arg("--config").arg(&node.config).args([
+                "--timeout",
+                "60",
+                "switchover",
+                "--force",
+            ]);
+            command
+        }
+        AgentKind::Patroni { venv } => {
+            let mut command = Command::new(venv.join("bin").join("patronictl"));
+            command.arg("-c").arg(&node.config).args([
+                "switchover",
+                "--leader",
+                &node.name,
+                "--force",
+            ]);
+            command
+        }
+    }
+}
+
+/// Runs the switchover request `command` in a thread: when it returned, and
+/// its first line of output.
+fn request_switchover(mut command: Command) -> JoinHandle<(Instant, String)> {
     std::thread::spawn(move || {
-        let output = Command::new(&matriarch)
-            .arg("ctl")
-            .arg("--config")
-            .arg(&config)
-            .args(["--timeout", "60", "switchover", "--force"])
-            .stdin(Stdio::null())
-            .output();
+        let output = command.stdin(Stdio::null()).output();
         let text = match output {
             Ok(out) => {
                 let text = format!(
@@ -193,7 +219,7 @@ fn request_switchover(
                     format!("failed ({}): {}", out.status, line.trim())
                 }
             }
-            Err(e) => format!("cannot run matriarch ctl: {e}"),
+            Err(e) => format!("cannot run the switchover request: {e}"),
         };
         (Instant::now(), text)
     })
@@ -219,7 +245,8 @@ pub fn inject_and_measure(
 ) -> Result<Measured> {
     let old_name = cluster.nodes[old].name.clone();
     let primary_ip = cluster.nodes[old].ip;
-    let name = &target.name;
+    let routes_dns = cluster.routes_dns();
+    let dns_name = cluster.writer_name();
     let survivors: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != old).collect();
     // Open before the fault: these connections to the replicas see the promotion.
     let mut probes: Vec<(usize, Option<tokio_postgres::Client>)> = survivors
@@ -246,10 +273,7 @@ pub fn inject_and_measure(
         Fault::AgentKill => cluster.nodes[old].kill_agent(),
         Fault::Sigterm => cluster.nodes[old].terminate(),
         Fault::Switchover => {
-            switchover = Some(request_switchover(
-                cluster.matriarch.clone(),
-                cluster.nodes[old].config.clone(),
-            ));
+            switchover = Some(request_switchover(switchover_command(cluster, old)));
         }
     }
     let mut rec = Recorder {
@@ -338,13 +362,14 @@ pub fn inject_and_measure(
                 );
             }
         }
-        if marks.routed.is_none() {
-            let dns = crate::dns::resolve_a(cluster.dns_server(), name, Duration::from_millis(500));
+        if routes_dns && marks.routed.is_none() {
+            let dns =
+                crate::dns::resolve_a(cluster.dns_server(), &dns_name, Duration::from_millis(500));
             if let Ok([ip]) = dns.as_deref() {
                 if *ip != primary_ip && cluster.node_at(*ip).is_some() {
                     rec.mark(
                         &mut marks.routed,
-                        format!("DNS moved: {name} -> {ip}"),
+                        format!("DNS moved: {dns_name} -> {ip}"),
                         &format!("DNS, {poll}"),
                     );
                 }
@@ -401,11 +426,31 @@ pub fn inject_and_measure(
         }
         let failed_over = promoted.is_some()
             && marks.rest_primary.is_some()
-            && marks.routed.is_some()
+            && (marks.routed.is_some() || !routes_dns)
             && marks.first_write.is_some()
             && new_write;
         let restarted = in_place && marks.restarted.is_some() && marks.first_write.is_some();
-        if failed_over || restarted {
+        // An agent without a write fence (Patroni without a watchdog) leaves the
+        // old primary taking writes after another member promoted: the run ends
+        // once that has gone on for SPLIT_BRAIN_WATCH, the writes counted.
+        let split_brain = kind == Fault::AgentKill
+            && marks.first_write.is_none()
+            && marks.rest_primary.is_some()
+            && marks
+                .promoted
+                .is_some_and(|at| at.elapsed() > SPLIT_BRAIN_WATCH);
+        if split_brain {
+            rec.record(
+                Instant::now(),
+                format!(
+                    "{old_name} still acknowledges writes {:.0} s after the promotion",
+                    SPLIT_BRAIN_WATCH.as_secs_f64()
+                ),
+                "client",
+            );
+            new_write = true;
+        }
+        if failed_over || restarted || split_brain {
             break;
         }
         if fault.elapsed() > bound {
@@ -419,7 +464,7 @@ pub fn inject_and_measure(
             if marks.rest_primary.is_none() {
                 missing.push("no survivor answered 200 on /primary");
             }
-            if marks.routed.is_none() {
+            if routes_dns && marks.routed.is_none() {
                 missing.push("the DNS name did not move");
             }
             if in_place && marks.restarted.is_none() {

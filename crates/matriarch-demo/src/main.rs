@@ -260,7 +260,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
     let target = cluster.writer_target();
     runtime.block_on(async {
         let (client, ip) = target
-            .connect_by_name()
+            .connect_primary()
             .await
             .map_err(|detail| DemoError::Sql {
                 target: name.clone(),

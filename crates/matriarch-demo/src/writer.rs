@@ -1,6 +1,8 @@
-//! The demo's client: one `INSERT` with an increasing id every 10 ms through the
-//! DNS name of the primary, reconnecting on any failure, recording every
-//! acknowledged id with the time of its acknowledgement.
+//! The demo's client: one `INSERT` with an increasing id every 10 ms to the
+//! primary, found through its DNS name or by asking every node's REST API
+//! `GET /primary` (the benchmark's way, which works for Patroni too),
+//! reconnecting on any failure, recording every acknowledged id with the time
+//! of its acknowledgement.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +18,26 @@ use crate::dns::resolve_a_async;
 /// The table the writer fills.
 pub const TABLE: &str = "demo_writes";
 
+/// How the writer finds the primary before each connection.
+#[derive(Clone, Debug)]
+pub enum FindPrimary {
+    /// The A record of [`Target::name`] on this DNS server.
+    Dns(SocketAddr),
+    /// The node answering 200 on `GET /primary`, asking every node's REST API at
+    /// once: (PostgreSQL's address, the REST API's address) per node.
+    Rest(Vec<(Ipv4Addr, SocketAddr)>),
+}
+
+/// How long one `GET /primary` may take.
+const REST_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Where and how the writer connects.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// The DNS server that holds the name.
-    pub dns_server: SocketAddr,
-    /// The name that points at the primary, e.g. `primary.matriarch.test`.
+    /// How it finds the primary.
+    pub find: FindPrimary,
+    /// What it connects to, for messages: the DNS name that points at the
+    /// primary (e.g. `primary.matriarch.test`), or `GET /primary`.
     pub name: String,
     /// PostgreSQL's port (the same on every node).
     pub port: u16,
@@ -32,15 +48,31 @@ pub struct Target {
 }
 
 impl Target {
-    /// Resolves the name once; `Err` with a message when it has no address.
+    /// Finds the primary once; `Err` with a message when there is none.
     pub async fn resolve(&self) -> Result<Ipv4Addr, String> {
-        let addrs = resolve_a_async(self.dns_server, &self.name, Duration::from_millis(500))
-            .await
-            .map_err(|e| e.to_string())?;
-        addrs
-            .first()
-            .copied()
-            .ok_or_else(|| format!("{} has no A record", self.name))
+        match &self.find {
+            FindPrimary::Dns(server) => {
+                let addrs = resolve_a_async(*server, &self.name, Duration::from_millis(500))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                addrs
+                    .first()
+                    .copied()
+                    .ok_or_else(|| format!("{} has no A record", self.name))
+            }
+            FindPrimary::Rest(nodes) => {
+                let asks = nodes.iter().map(|&(ip, api)| async move {
+                    answers_200(api, "/primary", REST_TIMEOUT)
+                        .await
+                        .then_some(ip)
+                });
+                let primaries: Vec<Ipv4Addr> = gather_addresses(asks).await;
+                primaries
+                    .first()
+                    .copied()
+                    .ok_or_else(|| "no node answers 200 on GET /primary".to_owned())
+            }
+        }
     }
 
     /// Connects to `ip` (a connection attempt gives up after 1 s).
@@ -66,11 +98,42 @@ impl Target {
         Ok(client)
     }
 
-    /// Resolves the name and connects to the address it gives.
-    pub async fn connect_by_name(&self) -> Result<(Client, Ipv4Addr), String> {
+    /// Finds the primary and connects to it.
+    pub async fn connect_primary(&self) -> Result<(Client, Ipv4Addr), String> {
         let ip = self.resolve().await?;
         Ok((self.connect(ip).await?, ip))
     }
+}
+
+/// The addresses the futures of `asks` give, all run at once (in their order).
+async fn gather_addresses<F>(asks: impl Iterator<Item = F>) -> Vec<Ipv4Addr>
+where
+    F: std::future::Future<Output = Option<Ipv4Addr>> + Send + 'static,
+{
+    let tasks: Vec<_> = asks.map(tokio::spawn).collect();
+    let mut found = Vec::new();
+    for task in tasks {
+        if let Ok(Some(ip)) = task.await {
+            found.push(ip);
+        }
+    }
+    found
+}
+
+/// Whether the HTTP server at `api` answers `GET path` with status 200 within
+/// `timeout` (only the status line is read).
+pub async fn answers_200(api: SocketAddr, path: &str, timeout: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(api).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        // "HTTP/1.1 200 ..."
+        let mut status_line = [0u8; 12];
+        stream.read_exact(&mut status_line).await.ok()?;
+        Some(status_line.starts_with(b"HTTP/1.") && &status_line[9..12] == b"200")
+    };
+    matches!(tokio::time::timeout(timeout, ask).await, Ok(Some(true)))
 }
 
 /// A PostgreSQL error with the server's message when there is one.
@@ -94,7 +157,7 @@ pub struct Ack {
     pub id: i64,
     /// When the commit was acknowledged.
     pub at: Instant,
-    /// The server (the address the DNS name gave) that acknowledged it.
+    /// The server (the primary's address the writer found) that acknowledged it.
     pub server: Ipv4Addr,
 }
 
@@ -185,8 +248,8 @@ async fn write_loop(
     while !stop.load(Ordering::SeqCst) {
         ticks.tick().await;
         if connection.is_none() {
-            // Resolve the name for every attempt: it moves at a failover.
-            match target.connect_by_name().await {
+            // Find the primary for every attempt: it moves at a failover.
+            match target.connect_primary().await {
                 Ok((client, ip)) => {
                     let sql = format!("INSERT INTO {TABLE} (id) VALUES ($1)");
                     match client.prepare(&sql).await {
@@ -243,7 +306,7 @@ pub async fn table_ids(
 /// Creates the writer's table on the primary behind the name if it is missing, and
 /// empties it (the ids start at 1 again with each [`Writer`]).
 pub async fn fresh_table(target: &Target) -> Result<(), String> {
-    let (client, ip) = target.connect_by_name().await?;
+    let (client, ip) = target.connect_primary().await?;
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, \

@@ -13,14 +13,18 @@
 mod common;
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
     etcd_get, etcd_lease_granted_ttl, wait_for, Node, API_PASSWORD, API_USER, PG_PASSWORD,
+};
+use matriarch_testkit::cluster::{
+    patroni_venv, patronictl, tail, Credentials, PatroniConfig, Supervised, PATRONI_MIN_TIMING,
 };
 use matriarch_testkit::{bin_dir, free_port, EtcdServer, PgOsUser};
 
@@ -32,20 +36,6 @@ const SCOPE: &str = "migrate";
 const STEP: Duration = Duration::from_secs(60);
 /// The cluster's leader key.
 const LEADER_KEY: &str = "/service/migrate/leader";
-
-/// `cargo xtask deps`'s Patroni venv (`$MATRIARCH_PATRONI_VENV` or
-/// `<workspace>/target/patroni-venv`).
-fn patroni_venv() -> PathBuf {
-    let venv = std::env::var_os("MATRIARCH_PATRONI_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/patroni-venv"));
-    assert!(
-        venv.join("bin/patroni").is_file(),
-        "{} has no bin/patroni: `cargo xtask deps` installs Patroni",
-        venv.display()
-    );
-    venv
-}
 
 fn output_text(out: &Output) -> String {
     format!(
@@ -60,13 +50,12 @@ fn output_text(out: &Output) -> String {
 struct Host {
     node: Node,
     patroni_yaml: PathBuf,
-    patroni_log: PathBuf,
-    patroni: Option<Child>,
+    patroni: Supervised,
 }
 
 impl Host {
-    /// Writes the Patroni file of member `i`.
-    fn write(dir: &Path, i: usize, etcd_hosts: &str, user: &PgOsUser) -> Host {
+    /// Writes the Patroni file of member `i` (testkit's [`PatroniConfig`]).
+    fn write(dir: &Path, i: usize, etcd_hosts: &str, user: &PgOsUser, venv: &Path) -> Host {
         let name = format!("pg{}", i + 1);
         let node_dir = dir.join(&name);
         fs::create_dir_all(&node_dir).expect("host dir");
@@ -74,66 +63,31 @@ impl Host {
         let api_port = free_port().expect("port");
         let pg_port = free_port().expect("port");
         let pg_host = format!("127.0.0.{}", i + 1);
-        let yaml = format!(
-            "scope: {SCOPE}
-namespace: /service/
-name: {name}
-log:
-  level: INFO
-restapi:
-  listen: 127.0.0.1:{api_port}
-  connect_address: 127.0.0.1:{api_port}
-  authentication:
-    username: {API_USER}
-    password: {API_PASSWORD}
-ctl:
-  authentication:
-    username: {API_USER}
-    password: {API_PASSWORD}
-etcd3:
-  hosts: {etcd_hosts}
-bootstrap:
-  dcs:
-    ttl: 20
-    loop_wait: 1
-    retry_timeout: 3
-    maximum_lag_on_failover: 104857600
-    postgresql:
-      use_pg_rewind: true
-      parameters:
-        wal_keep_size: 128MB
-  initdb:
-    - encoding: UTF8
-    - no-sync
-postgresql:
-  listen: {pg_host}:{pg_port}
-  connect_address: {pg_host}:{pg_port}
-  data_dir: {data_dir}
-  bin_dir: {bin_dir}
-  pgpass: {pgpass}
-  authentication:
-    superuser:
-      username: postgres
-      password: {PG_PASSWORD}
-    replication:
-      username: replicator
-      password: repl-secret
-  parameters:
-    fsync: 'off'
-    unix_socket_directories: {socket_dir}
-  pg_hba:
-    - local all all trust
-    - host all all 127.0.0.0/8 scram-sha-256
-    - host replication replicator 127.0.0.0/8 scram-sha-256
-",
-            data_dir = node_dir.join("data").display(),
-            bin_dir = bin_dir().display(),
-            pgpass = node_dir.join("patroni.pgpass").display(),
-            socket_dir = node_dir.display(),
-        );
+        let config = PatroniConfig {
+            scope: SCOPE.into(),
+            name: name.clone(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], api_port)),
+            credentials: Credentials {
+                api_user: API_USER.into(),
+                api_password: API_PASSWORD.into(),
+                pg_user: "postgres".into(),
+                pg_password: PG_PASSWORD.into(),
+                replication_password: "repl-secret".into(),
+            },
+            etcd_hosts: vec![etcd_hosts.to_owned()],
+            timing: PATRONI_MIN_TIMING,
+            bootstrap_dcs: vec!["maximum_lag_on_failover: 104857600".into()],
+            pg_listen: format!("{pg_host}:{pg_port}").parse().expect("address"),
+            data_dir: node_dir.join("data"),
+            bin_dir: bin_dir(),
+            node_dir: node_dir.clone(),
+            pg_parameters: Vec::new(),
+        };
         let patroni_yaml = node_dir.join("patroni.yml");
-        fs::write(&patroni_yaml, yaml).expect("write patroni.yml");
-        user.chown(&patroni_yaml).expect("chown patroni.yml");
+        config
+            .write(&patroni_yaml, user)
+            .expect("write patroni.yml");
+        let patroni = Supervised::patroni(venv, &patroni_yaml, node_dir.join("patroni.log"), user);
         Host {
             node: Node {
                 name,
@@ -145,46 +99,24 @@ postgresql:
                 dir: node_dir.clone(),
                 child: None,
             },
-            patroni_log: node_dir.join("patroni.log"),
             patroni_yaml,
-            patroni: None,
+            patroni,
         }
     }
 
     /// `systemctl start patroni`: the agent as the PostgreSQL OS user.
-    fn start_patroni(&mut self, venv: &Path) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.patroni_log)
-            .expect("open the Patroni log");
-        let mut command = Command::new(venv.join("bin/patroni"));
-        command
-            .arg(&self.patroni_yaml)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log);
-        PgOsUser::detect()
-            .expect("the PostgreSQL OS user")
-            .apply(&mut command);
-        self.patroni = Some(command.spawn().expect("spawn patroni"));
+    fn start_patroni(&mut self) {
+        self.patroni.start().expect("spawn patroni");
     }
 
     /// `systemctl stop patroni`: SIGTERM, and the agent's exit.
     fn stop_patroni(&mut self) {
-        let Some(mut child) = self.patroni.take() else {
+        if !self.patroni.signal(libc::SIGTERM) {
             return;
-        };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let stopped = wait_for(Duration::from_secs(30), || {
-            child.try_wait().ok().flatten().map(|_| ())
-        });
+        let stopped = wait_for(Duration::from_secs(30), || self.patroni.exited());
         if stopped.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
+            self.patroni.kill();
             panic!(
                 "Patroni on {} did not stop\n{}",
                 self.node.name,
@@ -206,12 +138,10 @@ postgresql:
 
     /// Both agents' log tails.
     fn logs(&self) -> String {
-        let patroni = fs::read_to_string(&self.patroni_log).unwrap_or_default();
-        let lines: Vec<&str> = patroni.lines().collect();
         format!(
             "===== {} patroni =====\n{}\n===== {} matriarch =====\n{}",
             self.node.name,
-            lines[lines.len().saturating_sub(40)..].join("\n"),
+            tail(self.patroni.log(), 40),
             self.node.name,
             self.node.log_tail(60)
         )
@@ -238,13 +168,7 @@ impl Hosts {
 
     /// `patronictl -c <first host's file> ARGS` (it has `ctl.authentication`).
     fn patronictl(&self, args: &[&str]) -> Output {
-        Command::new(self.venv.join("bin/patronictl"))
-            .arg("-c")
-            .arg(&self.hosts[0].patroni_yaml)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run patronictl")
+        patronictl(&self.venv, &self.hosts[0].patroni_yaml, args).expect("run patronictl")
     }
 
     #[track_caller]
@@ -375,11 +299,10 @@ impl Hosts {
 
     /// A Patroni cluster: the first member bootstraps, the others clone.
     fn start_patroni_cluster(&mut self) -> usize {
-        let venv = self.venv.clone();
-        self.hosts[0].start_patroni(&venv);
+        self.hosts[0].start_patroni();
         self.wait_replicas(Some(0), 0, "Patroni bootstrap");
         for host in &mut self.hosts[1..] {
-            host.start_patroni(&venv);
+            host.start_patroni();
         }
         let leader = self.wait_healthy(Some(0), "Patroni replicas");
         self.wait_streaming(leader, "Patroni");
@@ -479,10 +402,9 @@ impl Hosts {
         let leader = order[0];
         let out = self.hosts[leader].node.ctl(&["pause", "--wait"]);
         self.assert_ok(&out, "matriarch ctl pause --wait");
-        let venv = self.venv.clone();
         for &i in order {
             self.hosts[i].stop_matriarch();
-            self.hosts[i].start_patroni(&venv);
+            self.hosts[i].start_patroni();
         }
         self.wait_healthy(Some(leader), "Patroni in pause");
         let out = self.patronictl(&["list"]);
@@ -541,17 +463,14 @@ impl Hosts {
 impl Drop for Hosts {
     fn drop(&mut self) {
         for host in &mut self.hosts {
-            if let Some(mut child) = host.patroni.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            host.patroni.kill();
             host.node.kill_agent();
             host.node.kill_postgres();
             let keep = Path::new("/tmp/matriarch-e2e-logs");
             let _ = fs::create_dir_all(keep);
             for (log, kind) in [
-                (&host.patroni_log, "patroni"),
-                (&host.node.log, "matriarch"),
+                (host.patroni.log(), "patroni"),
+                (host.node.log.as_path(), "matriarch"),
             ] {
                 let _ = fs::copy(
                     log,
@@ -666,13 +585,13 @@ fn matriarch(args: &[&std::ffi::OsStr]) -> Output {
 #[test]
 fn patroni_cluster_moves_to_matriarch_and_back_without_a_write_gap() {
     let serial = common::serial();
-    let venv = patroni_venv();
+    let venv = patroni_venv().expect("`cargo xtask deps` installs Patroni");
     let user = PgOsUser::detect().expect("the PostgreSQL OS user");
     let dir = user.tempdir("matriarch-migration-").expect("temp dir");
     let etcd = EtcdServer::start().expect("etcd");
     let etcd_hosts = etcd.client_url().trim_start_matches("http://").to_owned();
     let hosts = (0..MEMBERS)
-        .map(|i| Host::write(dir.path(), i, &etcd_hosts, &user))
+        .map(|i| Host::write(dir.path(), i, &etcd_hosts, &user, &venv))
         .collect();
     let mut cluster = Hosts {
         hosts,

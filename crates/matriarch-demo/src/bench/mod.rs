@@ -7,10 +7,13 @@
 
 pub mod etcd_leader;
 pub mod failover;
+mod failover_table;
 pub mod fleet;
 pub mod idle;
+pub mod load;
 pub mod pgbench;
 pub mod stability;
+pub mod system;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
 
-use matriarch_testkit::cluster::Timing;
+use matriarch_testkit::cluster::{LoopbackOptions, Timing};
 
 use crate::cluster::Cluster;
 use crate::error::{DemoError, Result};
@@ -64,21 +67,23 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// A fresh cluster, healthy, with the DNS name on the primary and an empty table.
+    /// A fresh cluster, healthy, with the DNS name on the primary and an empty
+    /// table; the client writes through the DNS name.
     pub fn start(matriarch: &Path, logs: &Path, runtime: &Handle) -> Result<Bench> {
-        Bench::start_with(matriarch, logs, Timing::default(), 1, runtime)
+        Bench::start_with(&Cluster::options(matriarch, logs), false, runtime)
     }
 
-    /// [`Bench::start`] with the lock's `timing` and `etcd_members` etcd members.
+    /// A fresh cluster as `opts` describes, healthy (the DNS name on the
+    /// primary, for matriarch), with an empty table; the client finds the
+    /// primary through REST `GET /primary` when `rest_writer`, else through the
+    /// DNS name.
     pub fn start_with(
-        matriarch: &Path,
-        logs: &Path,
-        timing: Timing,
-        etcd_members: usize,
+        opts: &LoopbackOptions,
+        rest_writer: bool,
         runtime: &Handle,
     ) -> Result<Bench> {
-        let mut cluster = Cluster::start_with(matriarch, logs, timing, etcd_members)?;
-        let ready = Bench::ready(&mut cluster, runtime);
+        let mut cluster = Cluster::start_with(opts)?;
+        let ready = Bench::ready(&mut cluster, rest_writer, runtime);
         let (primary, target) = match ready {
             Ok(ready) => ready,
             Err(e) => {
@@ -97,12 +102,23 @@ impl Bench {
         })
     }
 
-    /// Waits for a healthy cluster whose primary DNS names, and gives the
-    /// writer a fresh table; returns the primary's index and the target.
-    pub fn ready(cluster: &mut Cluster, runtime: &Handle) -> Result<(usize, Target)> {
+    /// Waits for a healthy cluster (whose primary the DNS name names, for
+    /// matriarch), and gives the writer a fresh table; returns the primary's
+    /// index and the target (REST `GET /primary` when `rest_writer`).
+    pub fn ready(
+        cluster: &mut Cluster,
+        rest_writer: bool,
+        runtime: &Handle,
+    ) -> Result<(usize, Target)> {
         let primary = cluster.wait_healthy(Duration::from_secs(180))?;
-        cluster.wait_dns(cluster.nodes[primary].ip, Duration::from_secs(30))?;
-        let target = cluster.writer_target();
+        if cluster.routes_dns() {
+            cluster.wait_dns(cluster.nodes[primary].ip, Duration::from_secs(30))?;
+        }
+        let target = if rest_writer {
+            cluster.rest_target()
+        } else {
+            cluster.writer_target()
+        };
         runtime
             .block_on(writer::fresh_table(&target))
             .map_err(|detail| DemoError::Sql {
@@ -122,8 +138,10 @@ impl Bench {
         }
         let primary = self.cluster.wait_healthy(Duration::from_secs(180))?;
         self.cluster.settle()?;
-        self.cluster
-            .wait_dns(self.cluster.nodes[primary].ip, Duration::from_secs(30))?;
+        if self.cluster.routes_dns() {
+            self.cluster
+                .wait_dns(self.cluster.nodes[primary].ip, Duration::from_secs(30))?;
+        }
         Ok(primary)
     }
 }

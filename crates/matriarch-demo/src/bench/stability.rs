@@ -132,13 +132,10 @@ pub fn stability_bench(args: &Paths, opts: &StabilityOptions, runtime: &Handle) 
             .map_or_else(|| "never".to_owned(), |e| format!("every {e:?}")),
     );
     let logs = args.out.join("logs").join("stability");
-    let mut bench = Bench::start_with(
-        &args.matriarch,
-        &logs,
-        opts.timing,
-        opts.etcd_members,
-        runtime,
-    )?;
+    let mut cluster_opts = Cluster::options(&args.matriarch, &logs);
+    cluster_opts.timing = opts.timing;
+    cluster_opts.etcd_members = opts.etcd_members;
+    let mut bench = Bench::start_with(&cluster_opts, false, runtime)?;
     let primary = bench.cluster.wait_healthy(Duration::from_secs(60))?;
     let first = bench.cluster.nodes[primary].name.clone();
     println!(

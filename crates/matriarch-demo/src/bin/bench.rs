@@ -4,6 +4,7 @@
 //! ```text
 //! matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S]
 //!                          [--bound SECS] [--ttl S] [--loop-wait S] [--retry-timeout S]
+//!                          [--against patroni] [--patroni-timing minimum|defaults]
 //!                          [--matriarch PATH] [--out DIR]
 //! matriarch-bench stability [--minutes M] [--ttl S] [--loop-wait S] [--retry-timeout S]
 //!                           [--kill-etcd-leader-every S] [--etcd-members N]
@@ -13,13 +14,18 @@
 //!
 //! `failover`: for each scenario (node-crash, postgres-crash, agent-kill, switchover,
 //! sigterm; all by default) a fresh cluster, then N runs: a client writes a row every
-//! 10 ms through the DNS name, the fault is injected into the primary and the
+//! 10 ms to the node answering 200 on REST `GET /primary`, the fault is injected into the primary and the
 //! failover timed (see `matriarch_demo::failover`); after each run the faulted node
 //! is restarted and the cluster healed (a primary, two streaming replicas, the DNS
 //! name on the primary) for the next run; a failed run gets a fresh cluster. Before
 //! the first scenario, each agent's idle memory (VmRSS) and CPU time (utime + stime)
 //! are read over `--idle-seconds`. Results: `<out>/failover.json`, a plot per
 //! scenario `<out>/failover-<scenario>.svg` (its median run), and a table on stdout.
+//! With `--against patroni`, each scenario runs on a Patroni 4.1 cluster too
+//! (`target/patroni-venv`, same etcd, addresses and PostgreSQL settings; timing
+//! `--patroni-timing`: its minimum ttl 20 / loop_wait 1 / retry_timeout 3 by
+//! default, or its defaults 30 / 10 / 10), right after matriarch's runs, and
+//! the results carry both and the ratio of the medians.
 //!
 //! `stability`: a fresh cluster on a three-member etcd, `pgbench -i -s 4` and
 //! `pgbench -c 4 -j 2 -T <minutes>` against the primary, while the leader key, the
@@ -40,18 +46,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use matriarch_demo::bench::failover::failover_bench;
+use matriarch_demo::bench::failover::{failover_bench, FailoverPlan, Scenario};
 use matriarch_demo::bench::fleet::{fleet_bench, FleetOptions, DEFAULT_CLUSTERS};
 use matriarch_demo::bench::stability::{stability_bench, StabilityOptions};
+use matriarch_demo::bench::system::{PatroniTiming, System};
 use matriarch_demo::bench::{check_timing, Paths};
 use matriarch_demo::cli::{beside_target, matriarch_or_default, run_main};
 use matriarch_demo::error::{DemoError, Result};
 use matriarch_demo::failover::Fault;
-use matriarch_testkit::cluster::Timing;
+use matriarch_testkit::cluster::{patroni_venv, Timing};
 
 const USAGE: &str = "\
 usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds S] [--bound SECS]
                                [--ttl S] [--loop-wait S] [--retry-timeout S]
+                               [--against patroni] [--patroni-timing minimum|defaults]
                                [--matriarch PATH] [--out DIR]
        matriarch-bench stability [--minutes M] [--ttl S] [--loop-wait S] [--retry-timeout S]
                                 [--kill-etcd-leader-every S] [--etcd-members N]
@@ -61,11 +69,16 @@ usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds 
 
   --runs N           runs per scenario (default 5); fleet: failovers per size (default 5)
   --scenario NAME    node-crash, postgres-crash, agent-kill, switchover or sigterm;
-                     repeat for several (default: all)
+                     repeat for several (default: these five); node-crash-under-load
+                     (pgbench, 1 GB of dirty shared_buffers; run only when named)
   --idle-seconds S   how long the agents' idle CPU and memory are measured (default 60;
                      fleet: 30)
   --clusters N,...   fleet: the fleet sizes, in clusters of three agents (default 1,10,50,100,200)
   --bound SECS       a run fails when the failover is not complete within this (default 60)
+  --against patroni  failover: run every scenario on Patroni 4.1 too (target/patroni-venv
+                     from `cargo xtask deps`), side by side
+  --patroni-timing T minimum (ttl 20, loop_wait 1, retry_timeout 3; default) or defaults
+                     (ttl 30, loop_wait 10, retry_timeout 10)
   --minutes M        stability: how long pgbench runs (default 10; fractions allowed)
   --ttl S, --loop-wait S, --retry-timeout S
                      failover, stability: the leader lock's timing in seconds (default: the
@@ -85,9 +98,10 @@ enum Mode {
     Failover {
         timing: Timing,
         runs: usize,
-        scenarios: Vec<Fault>,
+        scenarios: Vec<Scenario>,
         idle: Duration,
         bound: Duration,
+        against: Option<PatroniTiming>,
     },
     Stability(StabilityOptions),
     Fleet(FleetOptions),
@@ -134,6 +148,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
     let mut timing = [None; 3];
     let mut matriarch = None;
     let mut out = None;
+    let mut against = false;
+    let mut patroni_timing = PatroniTiming::Minimum;
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(None);
@@ -164,15 +180,32 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
                 })?;
             }
             ("failover", "--scenario") => {
-                let fault = Fault::parse(&value)
+                let scenario = Scenario::parse(&value)
                     .ok_or_else(|| usage(format!("unknown scenario `{value}`")))?;
-                if !scenarios.contains(&fault) {
-                    scenarios.push(fault);
+                if !scenarios.contains(&scenario) {
+                    scenarios.push(scenario);
                 }
             }
             ("failover" | "fleet", "--idle-seconds") => idle = Some(number(&value)?),
             ("failover" | "fleet", "--bound") => bound = number(&value)?,
             ("fleet", "--clusters") => clusters.extend(parse_clusters(&value)?),
+            ("failover", "--against") if value == "patroni" => against = true,
+            ("failover", "--against") => {
+                return Err(usage(format!(
+                    "--against knows `patroni` only, got `{value}`"
+                )))
+            }
+            ("failover", "--patroni-timing") => {
+                patroni_timing = match value.as_str() {
+                    "minimum" => PatroniTiming::Minimum,
+                    "defaults" => PatroniTiming::Defaults,
+                    _ => {
+                        return Err(usage(format!(
+                            "--patroni-timing is `minimum` or `defaults`, got `{value}`"
+                        )))
+                    }
+                }
+            }
             ("stability", "--minutes") => minutes = number(&value)?,
             ("failover" | "stability", "--ttl") => timing[0] = Some(number(&value)?),
             ("failover" | "stability", "--loop-wait") => timing[1] = Some(number(&value)?),
@@ -205,12 +238,19 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
             timing: chosen,
             runs,
             scenarios: if scenarios.is_empty() {
-                Fault::ALL.to_vec()
+                Fault::ALL
+                    .iter()
+                    .map(|&fault| Scenario {
+                        fault,
+                        under_load: false,
+                    })
+                    .collect()
             } else {
                 scenarios
             },
             idle: Duration::from_secs_f64(idle.unwrap_or(60.0)),
             bound: Duration::from_secs_f64(bound),
+            against: against.then_some(patroni_timing),
         },
         "fleet" => Mode::Fleet(FleetOptions {
             clusters: if clusters.is_empty() {
@@ -250,15 +290,28 @@ fn main() -> ExitCode {
                 scenarios,
                 idle,
                 bound,
-            } => failover_bench(
-                &args.paths,
-                *timing,
-                *runs,
-                scenarios,
-                *idle,
-                *bound,
-                runtime,
-            ),
+                against,
+            } => {
+                let against = match against {
+                    Some(timing) => Some(System::Patroni {
+                        venv: patroni_venv().map_err(|source| DemoError::Service {
+                            what: "Patroni",
+                            source,
+                        })?,
+                        timing: timing.timing(),
+                    }),
+                    None => None,
+                };
+                let plan = FailoverPlan {
+                    timing: *timing,
+                    runs: *runs,
+                    scenarios: scenarios.clone(),
+                    idle: *idle,
+                    bound: *bound,
+                    against,
+                };
+                failover_bench(&args.paths, &plan, runtime)
+            }
             Mode::Stability(options) => stability_bench(&args.paths, options, runtime),
             Mode::Fleet(options) => fleet_bench(&args.paths.out, options, runtime),
         }
@@ -308,7 +361,13 @@ mod tests {
             } => {
                 assert_eq!(timing, Timing::default());
                 assert_eq!(runs, 2);
-                assert_eq!(scenarios, vec![Fault::Switchover]);
+                assert_eq!(
+                    scenarios,
+                    vec![Scenario {
+                        fault: Fault::Switchover,
+                        under_load: false
+                    }]
+                );
                 assert_eq!(idle, Duration::from_secs(2));
             }
             other => panic!("{other:?}"),

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::config::{AgentConfig, Credentials};
 use crate::error::{IoContext, Result, TestkitError};
 use crate::http::http_request_timeout;
+use crate::postgres::PgOsUser;
 use crate::process::describe;
 
 /// A long-running program started with the same command line each time (an
@@ -25,6 +26,7 @@ pub struct Supervised {
     argv: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
+    user: Option<PgOsUser>,
 }
 
 impl Supervised {
@@ -34,7 +36,14 @@ impl Supervised {
             argv,
             log,
             child: None,
+            user: None,
         }
+    }
+
+    /// Runs it as `user` (Patroni runs as PostgreSQL's OS user).
+    pub fn run_as(mut self, user: PgOsUser) -> Supervised {
+        self.user = Some(user);
+        self
     }
 
     /// `argv` run in network namespace `ns` with `ip netns exec` (which execs
@@ -65,6 +74,9 @@ impl Supervised {
             .stdout(open()?)
             .stderr(open()?)
             .process_group(0);
+        if let Some(user) = &self.user {
+            user.apply(&mut cmd);
+        }
         let what = describe(&cmd);
         self.child = Some(cmd.spawn().ctx(|| format!("starting `{what}`"))?);
         Ok(())

@@ -21,6 +21,7 @@ use super::agent::{
     Supervised,
 };
 use super::config::{AgentConfig, Credentials, DcsHosts, DnsRoute, Timing};
+use super::patroni::PatroniConfig;
 use super::{node_dirs, preflight};
 use crate::bind::BindServer;
 use crate::error::{IoContext, Result, TestkitError};
@@ -45,6 +46,23 @@ pub struct LoopbackOptions {
     pub timing: Timing,
     /// How many etcd members (1 by default; 3 to survive the loss of one).
     pub etcd_members: usize,
+    /// Which agent runs on each node.
+    pub agent: AgentKind,
+    /// More PostgreSQL parameters (name, YAML value) for every node.
+    pub pg_parameters: Vec<(String, String)>,
+}
+
+/// The agent of each node of a [`LoopbackCluster`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentKind {
+    /// `matriarch run`, keeping the DNS name on the primary.
+    Matriarch,
+    /// Patroni from the venv `venv` (no router: clients find the primary through
+    /// the REST API's `/primary`); the same etcd, addresses and PostgreSQL settings.
+    Patroni {
+        /// The venv with `bin/patroni` ([`super::patroni_venv`]).
+        venv: PathBuf,
+    },
 }
 
 impl LoopbackOptions {
@@ -59,6 +77,8 @@ impl LoopbackOptions {
             credentials: Credentials::with_prefix(scope),
             timing: Timing::default(),
             etcd_members: 1,
+            agent: AgentKind::Matriarch,
+            pg_parameters: Vec::new(),
         }
     }
 }
@@ -116,14 +136,20 @@ impl LoopbackNode {
     }
 
     /// A node crash: SIGKILL for the agent and for PostgreSQL (the postmaster's whole
-    /// process group: pg_ctl makes it a group leader). Returns when both are sent.
+    /// process group: pg_ctl makes the postmaster a group leader; Patroni starts it
+    /// in the group of a short-lived helper that called setsid). Returns when both
+    /// are sent.
     pub fn crash(&mut self) {
         let postmaster = self.postmaster_pid();
         self.agent.signal(libc::SIGKILL);
         if let Some(pid) = postmaster {
-            // SAFETY: kill(2) on the postmaster of this node's data directory.
+            // SAFETY: getpgid(2)/getpgrp(2) read ids; kill(2) on the postmaster of
+            // this node's data directory and its process group, never ours or init's.
             unsafe {
-                libc::kill(-pid, libc::SIGKILL);
+                let group = libc::getpgid(pid);
+                if group > 1 && group != libc::getpgrp() {
+                    libc::kill(-group, libc::SIGKILL);
+                }
                 libc::kill(pid, libc::SIGKILL);
             }
         }
@@ -198,6 +224,8 @@ pub struct LoopbackCluster {
     pub matriarch: PathBuf,
     /// The DCS scope.
     pub scope: String,
+    /// The nodes' agent.
+    pub agent: AgentKind,
     dir: Option<TempDir>,
 }
 
@@ -250,13 +278,30 @@ impl LoopbackCluster {
             logs_dir: logs.clone(),
             matriarch: opts.matriarch.clone(),
             scope: opts.scope.clone(),
+            agent: opts.agent.clone(),
             dir: Some(root),
         };
         for (i, (name, dir)) in names.into_iter().zip(dirs).enumerate() {
             let api_port = free_port()?;
             let ip = node_ip(i);
             let agent_config = cluster.agent_config(opts, &name, ip, pg_port, api_port, &dir);
-            let (config, agent) = Supervised::agent(&opts.matriarch, &agent_config, logs, None)?;
+            let (config, agent) = match &opts.agent {
+                AgentKind::Matriarch => {
+                    Supervised::agent(&opts.matriarch, &agent_config, logs, None)?
+                }
+                AgentKind::Patroni { venv } => {
+                    // Absolute: Patroni runs as PostgreSQL's OS user from `/`.
+                    let yaml = fs::canonicalize(logs)
+                        .ctx(|| format!("resolving {}", logs.display()))?
+                        .join(format!("{name}.patroni.yml"));
+                    cluster
+                        .patroni_config(&agent_config, &dir)
+                        .write(&yaml, &user)?;
+                    let log = logs.join(format!("{name}.log"));
+                    let _ = fs::remove_file(&log);
+                    (yaml.clone(), Supervised::patroni(venv, &yaml, log, &user))
+                }
+            };
             cluster.nodes.push(LoopbackNode {
                 rest: RestApi::new(
                     agent_config.api_listen,
@@ -299,7 +344,7 @@ impl LoopbackCluster {
             pg_listen: SocketAddr::from((ip, pg_port)),
             data_dir: dir.data_dir(),
             bin_dir: bin_dir(),
-            pg_parameters: Vec::new(),
+            pg_parameters: opts.pg_parameters.clone(),
             dns: Some(DnsRoute {
                 server: self.dns_server(),
                 zone: self.bind.zone().to_owned(),
@@ -314,6 +359,36 @@ impl LoopbackCluster {
     /// Every etcd member's client URL, comma-separated (for `etcdctl --endpoints`).
     pub fn etcd_endpoints(&self) -> String {
         self.etcd.client_urls().join(",")
+    }
+
+    /// The Patroni member file with the same addresses, timing and PostgreSQL
+    /// settings as the matriarch node `agent`.
+    fn patroni_config(&self, agent: &AgentConfig, dir: &NodeDir) -> PatroniConfig {
+        PatroniConfig {
+            scope: agent.scope.clone(),
+            name: agent.name.clone(),
+            api_listen: agent.api_listen,
+            credentials: agent.credentials.clone(),
+            etcd_hosts: self
+                .etcd
+                .client_urls()
+                .iter()
+                .map(|url| url.trim_start_matches("http://").to_owned())
+                .collect(),
+            timing: agent.timing,
+            bootstrap_dcs: agent.bootstrap_dcs.clone(),
+            pg_listen: agent.pg_listen,
+            data_dir: agent.data_dir.clone(),
+            bin_dir: agent.bin_dir.clone(),
+            node_dir: dir.path().to_path_buf(),
+            pg_parameters: agent.pg_parameters.clone(),
+        }
+    }
+
+    /// Whether the leader keeps the DNS name on itself (matriarch's router;
+    /// Patroni has none).
+    pub fn routes_dns(&self) -> bool {
+        self.agent == AgentKind::Matriarch
     }
 
     /// The zone's DNS server.

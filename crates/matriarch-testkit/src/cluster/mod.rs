@@ -10,10 +10,14 @@
 //!   in a namespace; [`Supervised::agent`] writes a node's configuration and
 //!   makes its agent), [`NodeDir`], [`RestApi`], [`only_primary`],
 //!   [`crate::BindConfig`] and the DNS client in [`crate::dns`].
+//! * Patroni 4.1 in place of matriarch: [`PatroniConfig`] (a member's YAML),
+//!   [`Supervised::patroni`], [`patronictl`]; [`LoopbackCluster`] runs it with
+//!   [`AgentKind::Patroni`] (the failover benchmark's comparison).
 
 mod agent;
 mod config;
 mod loopback;
+mod patroni;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,10 @@ pub use agent::{
     NodeDir, RestApi, Supervised,
 };
 pub use config::{AgentConfig, Credentials, DcsHosts, DnsRoute, Timing};
-pub use loopback::{LoopbackCluster, LoopbackNode, LoopbackOptions};
+pub use loopback::{AgentKind, LoopbackCluster, LoopbackNode, LoopbackOptions};
+pub use patroni::{
+    patroni_venv, patronictl, PatroniConfig, PATRONI_DEFAULT_TIMING, PATRONI_MIN_TIMING,
+};
 
 use crate::error::{IoContext, Result, TestkitError};
 use crate::postgres::{bin_dir, PgOsUser};
