@@ -154,7 +154,7 @@ fn a_failover_slower_than_the_bound_fails_with_the_logs_and_cleans_up() {
         "no survivor took the leader lock",
         "The end of the logs",
         "----- node1 agent",
-        "----- etcd -----",
+        "----- etcd e1 -----",
     ] {
         assert!(stderr.contains(expected), "no `{expected}` in\n{context}");
     }
