@@ -147,10 +147,14 @@ async fn a_killed_member_under_the_stream_falls_back_and_recovers() {
     let streams = client.read_counters().watch_streams;
 
     blocking(|| cluster.member(0).kill());
-    writer
-        .write(&status(1), Expected::Any)
-        .await
-        .expect("write");
+    // The killed member may have been etcd's leader: the write waits out the
+    // election, which on a loaded machine can take longer than one retry_timeout.
+    eventually(
+        "a write after the kill",
+        Duration::from_secs(15),
+        || async { writer.write(&status(1), Expected::Any).await.ok() },
+    )
+    .await;
     let started = Instant::now();
     let view = eventually("a read after the kill", Duration::from_secs(10), || async {
         client.read_view().await.ok()
