@@ -207,21 +207,13 @@ fn replica_build_time_from_s3_and_from_pg_basebackup() {
     let port_text = port.to_string();
     let socket_text = socket.display().to_string();
     let started = Instant::now();
+    // Both programs reach the primary the same way.
+    let connect = ["-h", &socket_text, "-p", &port_text, "-U", "postgres"];
+    let scale_text = scale.to_string();
+    let pgbench_args = ["-i", "-q", "-s", &scale_text];
     run_pg_program(
         "pgbench",
-        [
-            "-i",
-            "-q",
-            "-s",
-            &scale.to_string(),
-            "-h",
-            &socket_text,
-            "-p",
-            &port_text,
-            "-U",
-            "postgres",
-            "postgres",
-        ],
+        pgbench_args.iter().chain(&connect).chain(&["postgres"]),
     )
     .expect("pgbench -i");
     let load = started.elapsed();
@@ -239,24 +231,9 @@ fn replica_build_time_from_s3_and_from_pg_basebackup() {
     let restore = timed_run(&backrest, &[&pg1_path, "--type=standby", "restore"]);
     let copied = target.path().join("copied");
     let started = Instant::now();
-    run_pg_program(
-        "pg_basebackup",
-        [
-            "-D",
-            &copied.display().to_string(),
-            "-h",
-            &socket_text,
-            "-p",
-            &port_text,
-            "-U",
-            "postgres",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-        ],
-    )
-    .expect("pg_basebackup");
+    let copied_text = copied.display().to_string();
+    let basebackup_args = ["-D", &copied_text, "-X", "stream", "-c", "fast"];
+    run_pg_program("pg_basebackup", basebackup_args.iter().chain(&connect)).expect("pg_basebackup");
     let basebackup = started.elapsed();
     println!(
         "replica build, pgbench scale {scale} ({size} bytes): load {load:.1?}; pgBackRest full backup \
