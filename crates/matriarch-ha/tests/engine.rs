@@ -11,15 +11,13 @@ use matriarch_dcs::{Clock, Dcs, Expected, ManualClock, MemoryDcs};
 use matriarch_ha::sim::{member_settings, running_member};
 use matriarch_ha::*;
 use matriarch_model::*;
-use matriarch_postgres::{
-    BootstrapSpec, LocalState, Postgres, PostgresError, RewindOutcome, StartAs, StopMode,
-    SyncStandbyNames, Upstream,
-};
+use matriarch_postgres::{Postgres, SyncStandbyNames};
 use matriarch_router::{Endpoint, RecordingRouter, Router, RouterCall, RouterError, Routes};
 
 mod support;
 use support::fake_pg::{Events, FakePg, RecordingFence};
 use support::scene::SYSID;
+use support::timed::{timed_leader, SlowPg};
 use support::LogCapture;
 
 fn name(n: &str) -> MemberName {
@@ -1100,167 +1098,6 @@ async fn a_repeated_reason_not_to_race_is_logged_once_and_shown_in_the_status() 
     assert_eq!(lines.len(), 1, "{lines:#?}");
     let pending = f.engine.status().get().pending.unwrap_or_default();
     assert!(pending.contains("c is a better candidate"), "{pending}");
-}
-
-/// Monotonic time on tokio's clock (paused in the tests that use it, so the
-/// engine's timeouts, waits and sleeps all run on virtual time).
-#[derive(Debug)]
-struct TokioClock(tokio::time::Instant);
-
-impl Clock for TokioClock {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
-
-/// A [`FakePg`] whose `observe` is slow every other call (it answers after
-/// `slow`), or that hangs for ever once `hung` is set (`observe`, `demote`
-/// and `stop` never answer, as a PostgreSQL stuck on its disk).
-#[derive(Clone)]
-struct SlowPg {
-    inner: FakePg,
-    slow: Option<Duration>,
-    calls: Arc<std::sync::atomic::AtomicUsize>,
-    hung: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl SlowPg {
-    fn new(inner: FakePg, slow: Option<Duration>) -> Self {
-        SlowPg {
-            inner,
-            slow,
-            calls: Arc::default(),
-            hung: Arc::default(),
-        }
-    }
-
-    async fn hang_if_hung(&self) {
-        if self.hung.load(std::sync::atomic::Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-#[async_trait]
-impl Postgres for SlowPg {
-    async fn observe(&self) -> Result<LocalState, PostgresError> {
-        self.hang_if_hung().await;
-        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Some(slow) = self.slow.filter(|_| call % 2 == 1) {
-            tokio::time::sleep(slow).await;
-        }
-        self.inner.observe().await
-    }
-    async fn bootstrap(&self, spec: &BootstrapSpec) -> Result<SystemId, PostgresError> {
-        self.inner.bootstrap(spec).await
-    }
-    async fn clone_replica(&self, source: &Upstream) -> Result<(), PostgresError> {
-        self.inner.clone_replica(source).await
-    }
-    async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
-        self.inner.start(as_role).await
-    }
-    async fn stop(&self, mode: StopMode) -> Result<(), PostgresError> {
-        self.hang_if_hung().await;
-        self.inner.stop(mode).await
-    }
-    async fn promote(&self) -> Result<Timeline, PostgresError> {
-        self.inner.promote().await
-    }
-    async fn demote(&self, mode: StopMode, follow: Option<Upstream>) -> Result<(), PostgresError> {
-        self.hang_if_hung().await;
-        self.inner.demote(mode, follow).await
-    }
-    async fn follow(&self, upstream: &Upstream) -> Result<(), PostgresError> {
-        self.inner.follow(upstream).await
-    }
-    async fn rewind(&self, source: &Upstream) -> Result<RewindOutcome, PostgresError> {
-        self.inner.rewind(source).await
-    }
-    async fn set_synchronous_standby_names(
-        &self,
-        names: &SyncStandbyNames,
-    ) -> Result<(), PostgresError> {
-        self.inner.set_synchronous_standby_names(names).await
-    }
-}
-
-/// A fence that keeps its deadline on the test's clock, as the real one
-/// does: an `arm` that comes at or after the deadline comes too late (the
-/// real fence has killed the postmaster by then).
-struct TimedFence {
-    clock: Arc<dyn Clock>,
-    /// The deadline armed last, if armed.
-    deadline: Mutex<Option<Duration>>,
-    /// The first deadline that passed while armed.
-    fired_at: Mutex<Option<Duration>>,
-}
-
-impl TimedFence {
-    fn new(clock: &Arc<dyn Clock>) -> Self {
-        TimedFence {
-            clock: Arc::clone(clock),
-            deadline: Mutex::new(None),
-            fired_at: Mutex::new(None),
-        }
-    }
-
-    /// When the fence fired (stopped the postmaster), if it did.
-    fn fired(&self) -> Option<Duration> {
-        let now = self.clock.now();
-        let mut fired = self.fired_at.lock().unwrap();
-        if fired.is_none() {
-            *fired = self.deadline.lock().unwrap().filter(|d| now >= *d);
-        }
-        *fired
-    }
-}
-
-#[async_trait]
-impl Fence for TimedFence {
-    async fn arm(&self, valid_for: Duration) -> Result<(), FenceError> {
-        self.fired();
-        *self.deadline.lock().unwrap() = Some(self.clock.now() + valid_for);
-        Ok(())
-    }
-    async fn disarm(&self) -> Result<(), FenceError> {
-        self.fired();
-        *self.deadline.lock().unwrap() = None;
-        Ok(())
-    }
-}
-
-/// A leader `a` over `pg`, on tokio's (paused) clock, with a [`TimedFence`].
-async fn timed_leader(
-    pg: SlowPg,
-) -> (
-    Engine<MemoryDcs, SlowPg, RecordingRouter>,
-    MemoryDcs,
-    Arc<TimedFence>,
-    Arc<dyn Clock>,
-) {
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock(tokio::time::Instant::now()));
-    let store = MemoryDcs::with_clock(
-        KeyLayout::new("service", "test").unwrap(),
-        Arc::clone(&clock),
-    );
-    store.put_raw("initialize", &encode_initialize(&Initialize::Done(SYSID)));
-    let config = ClusterConfig::default();
-    assert!(store
-        .connect()
-        .acquire_leader(&name("a"), config.ttl)
-        .await
-        .unwrap());
-    let fence = Arc::new(TimedFence::new(&clock));
-    let engine = Engine::new(
-        store.connect(),
-        pg,
-        RecordingRouter::new("recording"),
-        settings("a", config),
-        Arc::clone(&clock),
-    )
-    .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
-    (engine, store, fence, clock)
 }
 
 /// Issue 21, item 4: with ttl 5 s and retry_timeout 2 s the fence fires 3 s

@@ -8,6 +8,7 @@ use matriarch_model::{RawEntry, Version};
 
 pub(crate) mod fake_pg;
 pub(crate) mod scene;
+pub(crate) mod timed;
 
 /// Every key under the scope except the member records, in the order the
 /// garbage tests fill them.
