@@ -153,14 +153,21 @@ where
             changed
         });
         // The renewer keeps only a plan that keeps this node leading a
-        // running primary; any other stops it before the plan starts.
-        let keeps_leading = writable
+        // running primary, or restarting its stopped primary in place; any
+        // other stops it before the plan starts.
+        let restarting_in_place = decision.role == EngineRole::Leader
+            && matches!(local.role, LocalRole::Stopped { .. })
+            && decision.actions.contains(&Action::StartPrimary);
+        let keeps_leading = (writable || restarting_in_place)
             && !decision
                 .actions
                 .iter()
                 .any(|a| matches!(a, Action::Demote(_) | Action::ReleaseLock));
         if !keeps_leading {
             self.lease.set_leading(None);
+        } else if restarting_in_place {
+            let since = self.memory.primary_start_failed_since.unwrap_or(decided_at);
+            self.lease.restarting_in_place(since);
         }
         let mut renewed = false;
         for action in &decision.actions {
@@ -207,7 +214,15 @@ where
                 debug!(member = %self.name(), ?action, ?outcome, "plan stopped");
                 break;
             }
-            renewed |= matches!(action, Action::RenewLock | Action::AcquireLock);
+            if matches!(action, Action::RenewLock | Action::AcquireLock) {
+                renewed = true;
+                if keeps_leading {
+                    // From this renewal on, the renewer covers the rest of
+                    // the plan (a start in place may outlast the fence's
+                    // window).
+                    self.lease.set_leading(self.memory.lock_renewed_at);
+                }
+            }
             if matches!(action, Action::ClearFailoverRequest(_)) {
                 info!(cluster = %self.dcs.layout().scope(), member = %self.name(), reason = %decision.reason, "cleared the failover key");
             }

@@ -5,7 +5,11 @@
 //! The renewer only keeps what the loop decided: it renews while the loop's
 //! last plan kept this node leading a running primary, and stops once
 //! PostgreSQL has not answered as one for [`postgres_silence_limit`], so a
-//! hung primary still loses the lock (after its fence stopped it).
+//! hung primary still loses the lock (after its fence stopped it). While the
+//! loop restarts a crashed primary in place it renews too, for at most
+//! `primary_start_timeout` from the first start: a crash recovery may take
+//! longer than the fence's window after one renewal, and a fence that kills
+//! the recovering postmaster turns a restart into a failover.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -40,6 +44,12 @@ struct LeaseState {
     silence_limit: Duration,
     /// The silence was already reported.
     silence_reported: bool,
+    /// When (monotonic) the loop began restarting its stopped primary in
+    /// place (the first start of the current run); cleared once PostgreSQL
+    /// answers as a running primary or the loop stops leading.
+    restarting_since: Option<Duration>,
+    /// `primary_start_timeout`: how long a restart in place may take.
+    start_timeout: Duration,
     /// The cluster is paused: a renewal does not arm the fence.
     paused: bool,
     /// The fence was last told to suspend (the cluster is paused).
@@ -94,10 +104,20 @@ impl Lease {
         state.retry_timeout = config.retry_timeout;
         state.silence_limit = postgres_silence_limit(config);
         state.paused = config.pause;
+        state.start_timeout = config.primary_start_timeout;
         if running_primary {
             state.primary_seen_at = Some(now);
             state.silence_reported = false;
+            state.restarting_since = None;
         }
+    }
+
+    /// The loop restarts its stopped primary in place, a run of starts that
+    /// began at `since`: renewals go on while a start runs, up to
+    /// `primary_start_timeout` from `since`.
+    pub(super) fn restarting_in_place(&self, since: Duration) {
+        let mut state = self.lock();
+        state.restarting_since = Some(state.restarting_since.map_or(since, |at| at.min(since)));
     }
 
     /// The last renewal that succeeded (the renewer's may be newer than the loop's).
@@ -111,6 +131,9 @@ impl Lease {
         {
             let mut state = self.lock();
             state.leading = renewed_at.is_some();
+            if !state.leading {
+                state.restarting_since = None;
+            }
             state.renewed_at = match (state.renewed_at, renewed_at) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (_, at) => at,
@@ -181,7 +204,11 @@ impl<D: Dcs> Renewer<D> {
             let silent_for = state
                 .primary_seen_at
                 .map(|seen| sent_at.saturating_sub(seen));
-            if silent_for.is_none_or(|silent| silent >= state.silence_limit) {
+            let restart_in_time = state
+                .restarting_since
+                .is_some_and(|since| sent_at < since.saturating_add(state.start_timeout));
+            let silent_too_long = silent_for.is_none_or(|silent| silent >= state.silence_limit);
+            if silent_too_long && !restart_in_time {
                 // A renewal on the strength of an answer this old could keep
                 // a hung primary leading for ever: the loop decides alone.
                 if !state.silence_reported {
