@@ -105,8 +105,9 @@ pub struct SimConfig {
 }
 
 /// The largest clock drift a seed chooses, in parts per million: 2 %. The
-/// write fence keeps `retry_timeout` of margin below the lock's lifetime,
-/// at least 1 s of at most 40 s, so the drift must stay below 2.5 %.
+/// write fence keeps a margin below the lock's lifetime of an eighth of the
+/// ttl, at most `retry_timeout` (at least 1 s of at most 40 s here: at least
+/// 2.5 % of the ttl), so the drift must stay below 2.5 %.
 pub const MAX_DRIFT_PPM: i64 = 20_000;
 
 /// Defects planted in the simulated world rather than in the decision.

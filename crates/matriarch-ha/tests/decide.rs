@@ -236,6 +236,12 @@ fn new_node_waits_when_there_is_no_leader_to_clone_from() {
 
 // ---- leader ----
 
+/// How long after a renewal was sent a leader that could not renew must stop
+/// taking writes: ttl minus the write-stop margin (4.375 s at 5/1/2).
+fn deadline_after(world: &World) -> Duration {
+    world.config.ttl - world.config.write_stop_margin(world.config.ttl)
+}
+
 #[test]
 fn leader_renews_its_lock_every_loop() {
     let mut world = World::leading("a");
@@ -245,7 +251,7 @@ fn leader_renews_its_lock_every_loop() {
     assert_eq!(decision.role, EngineRole::Leader);
     assert_eq!(
         decision.demotion_deadline,
-        Some(world.now - Duration::from_secs(1) + world.config.ttl - world.config.retry_timeout)
+        Some(world.now - Duration::from_secs(1) + deadline_after(&world))
     );
 }
 
@@ -284,8 +290,9 @@ fn leader_that_cannot_reach_the_dcs_keeps_trying_before_the_deadline() {
 #[test]
 fn leader_that_cannot_reach_the_dcs_demotes_by_the_deadline() {
     let mut world = World::new("a");
-    // ttl 5 s, retry_timeout 2 s: the deadline is 3 s after the last renewal was sent.
-    world.primary(500, 1).renewed(Duration::from_secs(3));
+    // ttl 5 s: the deadline is 4.375 s after the last renewal was sent.
+    let deadline = deadline_after(&world);
+    world.primary(500, 1).renewed(deadline);
     world.reachable = false;
     let decision = world.decide();
     assert_demotes_at_once(&decision);
@@ -299,16 +306,16 @@ fn demotion_deadline_leaves_time_to_demote_before_the_lock_expires() {
     world.reachable = false;
     let deadline = world.decide().demotion_deadline.unwrap();
     let lock_expiry = world.now + world.config.ttl;
-    assert!(deadline + world.config.retry_timeout <= lock_expiry);
+    let margin = world.config.write_stop_margin(world.config.ttl);
+    assert!(margin > Duration::ZERO);
+    assert!(deadline + margin <= lock_expiry);
 }
 
 #[test]
 fn leader_whose_renewals_fail_while_reads_work_demotes_by_the_deadline() {
     let mut world = World::new("a");
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(4));
+    let deadline = deadline_after(&world);
+    world.leader("a").primary(500, 1).renewed(deadline);
     assert_eq!(
         acts(&world.decide()),
         [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
@@ -1191,15 +1198,16 @@ fn failsafe_primary_cut_off_from_the_dcs_keeps_leading_when_every_member_acknowl
     // Extended like a renewal sent when the round was.
     assert_eq!(
         decision.demotion_deadline,
-        Some(sent_at + world.config.ttl - world.config.retry_timeout)
+        Some(sent_at + deadline_after(&world))
     );
 }
 
 #[test]
 fn failsafe_primary_whose_deadline_passed_on_the_renewal_keeps_leading_on_the_failsafe_round() {
     let mut world = World::in_failsafe_mode("a");
-    // The renewal alone would have demoted (3 s ago), the last acknowledged round did not.
-    world.primary(500, 1).renewed(secs(3.5));
+    // The renewal alone would have demoted (0.5 s ago), the last acknowledged round did not.
+    let deadline = deadline_after(&world);
+    world.primary(500, 1).renewed(deadline + secs(0.5));
     world.memory.failsafe_acked_at = Some(world.now - secs(2.0));
     world.cut_off_after_round(0.3, &["b"], &[]);
     let decision = world.decide();
@@ -1212,7 +1220,8 @@ fn failsafe_primary_whose_deadline_passed_on_the_renewal_keeps_leading_on_the_fa
 #[test]
 fn failsafe_primary_demotes_by_its_deadline_when_a_member_did_not_acknowledge() {
     let mut world = World::in_failsafe_mode("a");
-    world.primary(500, 1).renewed(secs(3.0));
+    let deadline = deadline_after(&world);
+    world.primary(500, 1).renewed(deadline);
     world.cut_off_after_round(0.5, &["b"], &["c"]);
     let decision = world.decide();
     assert_demotes_at_once(&decision);
@@ -1232,15 +1241,16 @@ fn failsafe_primary_missing_an_acknowledgement_retries_the_renewal_before_its_de
     assert_eq!(decision.actions, [Action::RenewLock]);
     assert_eq!(
         decision.demotion_deadline,
-        Some(world.now - secs(1.0) + world.config.ttl - world.config.retry_timeout)
+        Some(world.now - secs(1.0) + deadline_after(&world))
     );
 }
 
 #[test]
 fn failsafe_round_sent_after_the_deadline_does_not_revive_a_primary() {
     let mut world = World::in_failsafe_mode("a");
-    // Deadline 3 s after the renewal sent 4 s ago: passed 1 s ago; the round went 0.5 s ago.
-    world.primary(500, 1).renewed(secs(4.0));
+    // The deadline after the last renewal passed 1 s ago; the round went 0.5 s ago.
+    let deadline = deadline_after(&world);
+    world.primary(500, 1).renewed(deadline + secs(1.0));
     world.cut_off_after_round(0.5, &["b", "c"], &[]);
     let decision = world.decide();
     assert_demotes_at_once(&decision);
@@ -1249,7 +1259,8 @@ fn failsafe_round_sent_after_the_deadline_does_not_revive_a_primary() {
 #[test]
 fn failsafe_mode_off_ignores_an_acknowledged_round() {
     let mut world = World::new("a");
-    world.primary(500, 1).renewed(secs(3.0));
+    let deadline = deadline_after(&world);
+    world.primary(500, 1).renewed(deadline);
     world.cut_off_after_round(0.5, &["b", "c"], &[]);
     let decision = world.decide();
     assert_demotes_at_once(&decision);
@@ -1511,7 +1522,7 @@ fn failsafe_primary_told_the_lock_expired_keeps_its_failsafe_deadline_to_retake_
     let decision = world.decide();
     assert_eq!(acts(&decision), [Action::AcquireLock]);
     // Past that deadline it demotes.
-    world.memory.failsafe_acked_at = Some(world.now - secs(3.0));
+    world.memory.failsafe_acked_at = Some(world.now - deadline_after(&world));
     assert_eq!(
         acts(&world.decide()),
         [Action::Demote(DemoteMode::Immediate), Action::Withdraw]

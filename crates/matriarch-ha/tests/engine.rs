@@ -371,18 +371,17 @@ async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_sile
         [name("a"), name("b")]
     );
 
-    // The DCS goes away for this node; the renewal 1 s ago allowed writes for 3 s.
+    // The DCS goes away for this node; a renewal or an acknowledged round
+    // allows writes for ttl minus the write-stop margin: 4.375 s.
+    let window = config.ttl - config.write_stop_margin(config.ttl);
     connection.set_reachable(false);
     for _ in 0..4 {
         clock.advance(Duration::from_secs(2));
         let decision = engine.run_once().await;
         assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
         assert!(engine.status().get().failsafe_active);
-        // Re-armed until ttl − retry_timeout after the round: 3 s.
-        assert_eq!(
-            fence.armed.lock().unwrap().last(),
-            Some(&Duration::from_secs(3))
-        );
+        // Re-armed for that window after the round.
+        assert_eq!(fence.armed.lock().unwrap().last(), Some(&window));
         assert!(pg.is_writable_primary());
     }
     let rounds = peers.rounds.lock().unwrap().clone();
@@ -391,13 +390,14 @@ async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_sile
     assert_eq!(rounds[0].1.name, name("a"));
     assert_eq!(rounds[0].1.xlog_location, Some(Lsn(800)));
 
-    // b stops answering: the last acknowledged round (2 s ago) allows 1 s more.
+    // b stops answering: the last acknowledged round allows writes until
+    // `window` after it.
     peers.silent.lock().unwrap().insert(name("b"));
     clock.advance(Duration::from_secs(2));
     let decision = engine.run_once().await;
     assert_eq!(decision.actions, [Action::RenewLock]);
     assert!(pg.is_writable_primary());
-    clock.advance(Duration::from_secs(1));
+    clock.advance(window - Duration::from_secs(2));
     let decision = engine.run_once().await;
     assert_eq!(decision.role, EngineRole::Demoting, "{decision:?}");
     assert!(!pg.is_writable_primary());
@@ -552,30 +552,32 @@ async fn a_primary_whose_lock_lives_shorter_than_the_ttl_stops_writes_before_it_
     // The watchdog's timeout follows the lock's real lifetime, not the ttl.
     assert_eq!(engine.status().get().lock_ttl, lifetime);
 
-    // Cut off from the store. At 4.5 s the lock has 1.5 s left, less than
-    // the retry_timeout a demotion may take: writes must stop now.
+    // Cut off from the store. At 5.5 s the lock has 0.5 s left, less than
+    // the write-stop margin (an eighth of its 6 s): writes must stop now.
+    let margin = config.write_stop_margin(lifetime);
+    assert_eq!(margin, Duration::from_millis(750));
     connection.set_reachable(false);
-    clock.advance(Duration::from_millis(4500));
+    clock.advance(Duration::from_millis(5500));
     let decision = engine.run_once().await;
-    let writable_at_4_5 = pg.is_writable_primary();
+    let writable_at_5_5 = pg.is_writable_primary();
 
     // At 6.5 s the lock is gone from the store: another member takes it.
-    clock.advance(Duration::from_secs(2));
+    clock.advance(Duration::from_secs(1));
     let other = store.connect();
     assert!(
         other.acquire_leader(&name("b"), config.ttl).await.unwrap(),
         "the store kept the lock longer than its limit"
     );
     assert!(
-        !writable_at_4_5,
-        "the primary still took writes 4.5 s after its last renewal, with its lock \
+        !writable_at_5_5,
+        "the primary still took writes 5.5 s after its last renewal, with its lock \
          expiring at 6 s and another member free to take it then: {decision:?}"
     );
     assert_eq!(decision.role, EngineRole::Demoting, "{decision:?}");
     // The fence armed at the renewal ran out before the lock did.
     assert_eq!(
         first_arm,
-        Some(lifetime - config.retry_timeout),
+        Some(lifetime - margin),
         "fence window after a renewal"
     );
 }

@@ -338,6 +338,12 @@ impl Default for ClusterConfig {
     }
 }
 
+/// [`ClusterConfig::write_stop_margin`] for a lock that lives `lock_ttl`
+/// and DCS calls bounded by `retry_timeout`.
+pub fn write_stop_margin(lock_ttl: Duration, retry_timeout: Duration) -> Duration {
+    (lock_ttl / 8).min(retry_timeout)
+}
+
 impl ClusterConfig {
     /// The longest `ttl`: one day.
     ///
@@ -361,6 +367,22 @@ impl ClusterConfig {
     /// |sync key| − count + 1 saturates (see `matriarch_ha::decide`).
     pub const MAX_SYNCHRONOUS_NODE_COUNT: u32 = 262_143;
 
+    /// How long before its lock can expire a primary that could not renew
+    /// it must have stopped taking writes: an eighth of `lock_ttl` (the
+    /// ttl, or less when the DCS keeps the lock for less), at most
+    /// `retry_timeout`.
+    ///
+    /// The write fence stops writes at this margin by SIGKILLing the
+    /// postmaster and its backends, which takes milliseconds: the margin only
+    /// has to cover how far the agent's clock may run slower than the DCS
+    /// server's over one lock life (the simulation drifts clocks by up to
+    /// 2 %, a sixth of it) and the fence's wake-up on a loaded host. The
+    /// rest of the lock's life is how long a primary rides out a DCS that
+    /// does not answer (an etcd leader election).
+    pub fn write_stop_margin(&self, lock_ttl: Duration) -> Duration {
+        write_stop_margin(lock_ttl, self.retry_timeout)
+    }
+
     /// [`ConfigError::OutOfRange`] when `value` exceeds [`Self::MAX_TTL`].
     fn at_most_max_ttl(
         field: &'static str,
@@ -382,11 +404,14 @@ impl ClusterConfig {
     /// can hold; a config that breaks one is rejected as it is, never
     /// adjusted. Never panics, whatever the values.
     ///
-    /// The timing rule: a primary that stops reaching the DCS notices within
-    /// one `loop_wait` and then spends at most `retry_timeout` on the failing
-    /// renewal and `retry_timeout` on demoting, so
+    /// The timing rule (Patroni's): a primary that stops reaching the DCS
+    /// notices within one `loop_wait` and then spends at most `retry_timeout`
+    /// on the failing renewal and `retry_timeout` on demoting, so
     /// `loop_wait + 2 × retry_timeout ≤ ttl` lets it stop taking writes before
-    /// its lock can expire and another member can be promoted.
+    /// its lock can expire and another member can be promoted. (The write
+    /// fence makes the stop certain: it kills the postmaster
+    /// [`Self::write_stop_margin`] before the lock can expire, whatever the
+    /// loop is doing.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("ttl", self.ttl),
@@ -466,6 +491,27 @@ mod tests {
     #[test]
     fn defaults_are_safe() {
         ClusterConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn writes_stop_an_eighth_of_the_lock_life_early_at_most_retry_timeout() {
+        let ms = Duration::from_millis;
+        let defaults = ClusterConfig::default();
+        assert_eq!(defaults.write_stop_margin(defaults.ttl), ms(625));
+        let four = ClusterConfig {
+            ttl: ms(4000),
+            retry_timeout: ms(1500),
+            ..defaults.clone()
+        };
+        assert_eq!(four.write_stop_margin(four.ttl), ms(500));
+        // Patroni's defaults: 30/10/10.
+        let patroni = timing(30, 10, 10);
+        assert_eq!(patroni.write_stop_margin(patroni.ttl), ms(3750));
+        // A short retry_timeout caps it.
+        let long = timing(40, 1, 1);
+        assert_eq!(long.write_stop_margin(long.ttl), ms(1000));
+        // A store that keeps the lock for less than the ttl: from that life.
+        assert_eq!(patroni.write_stop_margin(ms(6000)), ms(750));
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub use codec::{
     encode_leader, encode_member, ClusterView, DecodeError, Entry, RawEntry, Record, Version,
     Versioned,
 };
-pub use config::{ClusterConfig, ConfigError, ParameterValue, PostgresqlConfig, SynchronousMode};
+pub use config::{
+    write_stop_margin, ClusterConfig, ConfigError, ParameterValue, PostgresqlConfig,
+    SynchronousMode,
+};
 pub use host_port::{HostPort, HostPortError, HostPortProblem};
 pub use layout::{DcsKey, KeyLayout, DEFAULT_NAMESPACE, MEMBERS_DIR};
 pub use lsn::{Lsn, SystemId, Timeline};

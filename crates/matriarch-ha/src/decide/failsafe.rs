@@ -74,7 +74,10 @@ pub(super) fn failsafe_leading(
         // Too late: the promise not to race came after writes had to stop.
         return None;
     }
-    let extended = (round.sent_at + inputs.config.ttl).saturating_sub(inputs.config.retry_timeout);
+    let margin = inputs
+        .config
+        .write_stop_margin(inputs.memory.lock_ttl(inputs.config.ttl));
+    let extended = (round.sent_at + inputs.config.ttl).saturating_sub(margin);
     if inputs.now >= extended {
         return None;
     }

@@ -50,7 +50,7 @@ pub struct Memory {
     pub sync_standbys_since: Option<Lsn>,
     /// When (monotonic) the last failsafe round that every member
     /// acknowledged was sent, while this node held the lock: like a renewal,
-    /// it extends the demotion deadline to this plus ttl minus retry_timeout.
+    /// it extends the demotion deadline to this plus ttl minus the write-stop margin.
     pub failsafe_acked_at: Option<Duration>,
     /// The leader this node last saw (not itself), for failover reports.
     pub last_leader: Option<LastLeader>,
@@ -61,7 +61,7 @@ pub struct Memory {
     pub lock_lifetime: Option<Duration>,
     /// When (monotonic) this node first read the leader lock as free since
     /// it last saw it held: the former leader's last renewal came before,
-    /// so its fence stopped writes before this plus ttl minus retry_timeout.
+    /// so its fence stopped writes before this plus ttl minus the write-stop margin.
     pub lock_free_since: Option<Duration>,
     /// When (monotonic) this node stopped its primary cleanly for a
     /// switchover; cleared once another member takes the lock or the data

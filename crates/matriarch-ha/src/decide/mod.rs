@@ -228,7 +228,8 @@ pub struct Inputs<'a> {
 impl Inputs<'_> {
     /// When this node must have stopped taking writes: the lock, renewed by a
     /// request sent at `lock_renewed_at`, lives at least until then plus ttl;
-    /// demoting takes up to `retry_timeout`, so demotion starts that much earlier.
+    /// writes stop [`ClusterConfig::write_stop_margin`] earlier (the write
+    /// fence kills the postmaster then, whatever the loop is doing).
     ///
     /// A failsafe round every member acknowledged extends it the same way:
     /// none of them races for the lock until ttl after it received the round.
@@ -248,7 +249,10 @@ impl Inputs<'_> {
             .failsafe_acked_at
             .map(|at| at.saturating_add(self.config.ttl));
         let until = lock.into_iter().chain(failsafe).max()?;
-        Some(until.saturating_sub(self.config.retry_timeout))
+        let margin = self
+            .config
+            .write_stop_margin(self.memory.lock_ttl(self.config.ttl));
+        Some(until.saturating_sub(margin))
     }
 
     /// A failsafe heartbeat acknowledged less than ttl ago.

@@ -123,7 +123,7 @@ pub(super) fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan)
 /// Patroni's last check before a race: a former leader that still answers
 /// as a running primary may still take writes, until its write fence stops
 /// them. Its last renewal came before this node first read the lock free,
-/// so the fence (armed until that renewal plus ttl minus retry_timeout)
+/// so the fence (armed until that renewal plus ttl minus the write-stop margin)
 /// has provably expired a ttl after that read: then the answer no longer
 /// matters (a primary whose agent hangs must not block failover forever).
 pub(super) fn former_leader_verdict(inputs: &Inputs<'_>) -> Result<(), String> {

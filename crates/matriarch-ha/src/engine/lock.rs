@@ -25,7 +25,7 @@ where
         };
         let deadline = renewed_at
             .saturating_add(self.config.ttl)
-            .saturating_sub(self.config.retry_timeout);
+            .saturating_sub(self.write_stop_margin());
         let valid_for = deadline.saturating_sub(self.clock.now());
         if let Err(error) = fence.arm(valid_for).await {
             warn!(member = %self.name(), %error, "could not arm the write fence");
@@ -47,7 +47,7 @@ where
         };
         let deadline = renewed_at
             .saturating_add(self.lock_ttl())
-            .saturating_sub(self.config.retry_timeout);
+            .saturating_sub(self.write_stop_margin());
         let valid_for = deadline.saturating_sub(self.clock.now());
         let Err(error) = fence.arm(valid_for).await else {
             return Ok(());
@@ -78,6 +78,11 @@ where
         self.memory.lock_ttl(self.config.ttl)
     }
 
+    /// How long before the lock can expire writes stop (the fence's margin).
+    pub(super) fn write_stop_margin(&self) -> Duration {
+        self.config.write_stop_margin(self.lock_ttl())
+    }
+
     /// A primary whose lock was not renewed in time stops answering as one
     /// (REST `/primary`) at its demotion deadline, when its fence fires: not
     /// after this loop's observation, which an unreachable DCS may hold up
@@ -102,7 +107,7 @@ where
             .into_iter()
             .chain(failsafe)
             .max()
-            .map(|until| until.saturating_sub(self.config.retry_timeout));
+            .map(|until| until.saturating_sub(self.write_stop_margin()));
         if deadline.is_some_and(|deadline| self.clock.now() >= deadline) {
             warn!(cluster = %self.dcs.layout().scope(), member = %self.name(),
                 "the leader lock was not renewed by its deadline: no longer answering as the primary");

@@ -247,6 +247,12 @@ where
     }
 
     /// Guards writes with a fence that outlives this agent.
+    ///
+    /// A primary's writes stop [`ClusterConfig::write_stop_margin`] before
+    /// its lock can expire: a margin that counts on the fence stopping them
+    /// at once. Without a fence only the loop's demotion stops them, and it
+    /// may take up to `retry_timeout`: give every engine that runs a real
+    /// primary a fence.
     pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Self {
         self.fence = Some(fence);
         self

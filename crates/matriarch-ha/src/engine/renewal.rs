@@ -246,7 +246,8 @@ impl<D: Dcs> Renewer<D> {
                 .dcs
                 .lock_lifetime()
                 .map_or(lock_ttl, |lifetime| lifetime.min(lock_ttl));
-            let deadline = (sent_at + lock_ttl).saturating_sub(retry);
+            let margin = matriarch_model::write_stop_margin(lock_ttl, retry);
+            let deadline = (sent_at + lock_ttl).saturating_sub(margin);
             let valid_for = deadline.saturating_sub(self.clock.now());
             if let Err(error) = fence.arm(valid_for).await {
                 error!(cluster = %self.scope, member = %self.me, %error, "could not arm the write fence: giving up the leader lock");

@@ -171,6 +171,21 @@ pub(crate) async fn timed_leader(
     Arc<TimedFence>,
     Arc<dyn Clock>,
 ) {
+    let (engine, store, _connection, fence, clock) = timed_leader_with_connection(pg).await;
+    (engine, store, fence, clock)
+}
+
+/// [`timed_leader`], and the engine's own DCS client, to cut it off
+/// ([`MemoryDcs::set_reachable`]) while the store stays up for the others.
+pub(crate) async fn timed_leader_with_connection(
+    pg: SlowPg,
+) -> (
+    Engine<MemoryDcs, SlowPg, RecordingRouter>,
+    MemoryDcs,
+    MemoryDcs,
+    Arc<TimedFence>,
+    Arc<dyn Clock>,
+) {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock(tokio::time::Instant::now()));
     let store = MemoryDcs::with_clock(
         KeyLayout::new("service", "test").unwrap(),
@@ -184,13 +199,14 @@ pub(crate) async fn timed_leader(
         .await
         .unwrap());
     let fence = Arc::new(TimedFence::new(&clock));
+    let connection = store.connect();
     let engine = Engine::new(
-        store.connect(),
+        connection.clone(),
         pg,
         RecordingRouter::new("recording"),
         member_settings(&MemberName::new("a").unwrap(), config),
         Arc::clone(&clock),
     )
     .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
-    (engine, store, fence, clock)
+    (engine, store, connection, fence, clock)
 }
