@@ -176,7 +176,7 @@ pub(crate) enum ReadOutcome {
 }
 
 /// TLS files for `https://` APIs.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct TlsFiles {
     /// CA bundle (PEM); default: the system's.
     pub cacert: Option<PathBuf>,
@@ -184,6 +184,17 @@ pub(crate) struct TlsFiles {
     pub certfile: Option<PathBuf>,
     /// Its key (PEM).
     pub keyfile: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Each file from `self`, else from `fallback` (the options over a node file).
+    pub(super) fn or(self, fallback: TlsFiles) -> TlsFiles {
+        TlsFiles {
+            cacert: self.cacert.or(fallback.cacert),
+            certfile: self.certfile.or(fallback.certfile),
+            keyfile: self.keyfile.or(fallback.keyfile),
+        }
+    }
 }
 
 /// The client: the APIs to try, the credentials for mutating calls, and timeouts.
@@ -401,6 +412,28 @@ fn no_answer(failures: Vec<String>) -> CtlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_tls_option_wins_over_the_node_file_and_the_file_fills_the_rest() {
+        let path = |p: &str| Some(PathBuf::from(p));
+        let options = TlsFiles {
+            cacert: path("opt-ca.pem"),
+            ..TlsFiles::default()
+        };
+        let node_file = TlsFiles {
+            cacert: path("node-ca.pem"),
+            certfile: path("node-cert.pem"),
+            keyfile: path("node-key.pem"),
+        };
+        assert_eq!(
+            options.or(node_file),
+            TlsFiles {
+                cacert: path("opt-ca.pem"),
+                certfile: path("node-cert.pem"),
+                keyfile: path("node-key.pem"),
+            }
+        );
+    }
 
     #[test]
     fn endpoints_accept_bare_addresses_and_member_api_urls() {

@@ -378,22 +378,12 @@ fn client_from(args: &CtlArgs) -> Result<Client, CtlError> {
         (None, Some(_)) => return Err(CtlError::Usage("--password needs --username".into())),
         (None, None) => None,
     };
-    let from_node =
-        |pick: fn(&nodeconf::NodeRestApi) -> Option<PathBuf>| node.as_ref().and_then(pick);
     let tls = TlsFiles {
-        cacert: args
-            .cacert
-            .clone()
-            .or_else(|| from_node(|n| n.cacert.clone())),
-        certfile: args
-            .certfile
-            .clone()
-            .or_else(|| from_node(|n| n.certfile.clone())),
-        keyfile: args
-            .keyfile
-            .clone()
-            .or_else(|| from_node(|n| n.keyfile.clone())),
-    };
+        cacert: args.cacert.clone(),
+        certfile: args.certfile.clone(),
+        keyfile: args.keyfile.clone(),
+    }
+    .or(node.map(|n| n.tls).unwrap_or_default());
     if args.timeout == 0 {
         return Err(CtlError::Usage(
             "--timeout must be at least 1 second".into(),
