@@ -110,6 +110,16 @@ impl Reply {
         (200..300).contains(&self.status)
     }
 
+    /// `<url> answered HTTP <status>: <message>`, what an error says of a reply.
+    pub(super) fn answered(&self) -> String {
+        format!(
+            "{} answered HTTP {}: {}",
+            self.url,
+            self.status,
+            self.message()
+        )
+    }
+
     /// The server's message: the `message`/`error` field of a JSON body, a JSON string, or the
     /// text itself, sanitized and capped.
     pub(super) fn message(&self) -> String {
@@ -308,12 +318,7 @@ impl Client {
                 }
                 Ok(reply) if reply.status >= 500 => {
                     answered = true;
-                    failures.push(format!(
-                        "{} answered HTTP {}: {}",
-                        reply.url,
-                        reply.status,
-                        reply.message()
-                    ));
+                    failures.push(reply.answered());
                 }
                 Ok(reply) => {
                     return Err(CtlError::Failed(format!(
