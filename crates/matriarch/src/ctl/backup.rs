@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::client::Client;
 use super::commands::{member_api, read_parsed};
+use super::error::CtlError;
 use super::view::Cluster;
-use super::CtlError;
 
 /// How long `ctl backup` waits for the leader's answer: a backup of a large
 /// database takes its time (pgBackRest's own timeouts catch a hung one).

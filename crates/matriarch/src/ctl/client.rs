@@ -10,8 +10,9 @@ use hyper::body::Bytes;
 use hyper::{Method, Uri};
 use serde_json::Value;
 
-use super::{CtlError, Secret};
+use super::error::CtlError;
 use crate::http_client::{tls_client_config, HttpClient, HttpRequest, TlsSetupError};
+use matriarch_model::Secret;
 
 /// How long a connection attempt may take before the next API is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde_json::{json, Map, Value};
 
+use super::args::{FailoverArgs, Format, MemberArgs, SwitchoverArgs};
 use super::client::{self, Client, Endpoint};
+use super::error::CtlError;
 use super::view::{self, Cluster, Member};
-use super::{patch, render, CtlError, FailoverArgs, Format, MemberArgs, SwitchoverArgs};
+use super::{patch, render};
 
 fn print_json(value: &Value) -> Result<(), CtlError> {
     let text = serde_json::to_string_pretty(value)

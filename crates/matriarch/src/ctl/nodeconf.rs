@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use matriarch_model::HostPort;
+use matriarch_model::{HostPort, Secret};
 use serde_norway::Value;
 
 use super::client::TlsFiles;
-use super::Secret;
 
 /// What a node's YAML tells `ctl` about reaching its REST API.
 #[derive(Debug, Default, PartialEq)]

@@ -8,11 +8,12 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::Value;
 
+use super::args::Format;
 use super::client::{Client, Endpoint, ReadOutcome};
 use super::commands::{self, confirm};
+use super::error::CtlError;
 use super::from_dcs;
 use super::view::Cluster;
-use super::{CtlError, Format};
 
 /// Fails unless `expected` (the cluster name given on the command line,
 /// as patronictl's first argument) is the cluster the API serves.
