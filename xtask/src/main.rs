@@ -241,6 +241,20 @@ fn build_and_run(
     Ok((status, out))
 }
 
+/// What the exit status of a program that owns Ctrl-C means: 0 success, 130
+/// an interrupt after which `what` cleaned up, any other code `failed(code)`.
+fn judge_run(
+    what: &str,
+    status: std::process::ExitStatus,
+    failed: impl FnOnce(Option<i32>) -> String,
+) -> Result {
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(130) => Err(Failure(format!("interrupted; {what} stopped everything"))),
+        code => Err(Failure(failed(code))),
+    }
+}
+
 /// `cargo xtask demo [--keep]`: deps, then builds `matriarch` and `matriarch-demo`
 /// and runs the demo (crate `crates/matriarch-demo`) with the built daemon.
 fn demo(args: &[String]) -> Result {
@@ -260,14 +274,12 @@ fn demo(args: &[String]) -> Result {
         "--logs",
         "demo",
     )?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(130) => Err(Failure("interrupted; the demo stopped everything".into())),
-        _ => Err(Failure(format!(
+    judge_run("the demo", status, |_| {
+        format!(
             "the demo failed ({status}); node logs are in {}",
             logs.display()
-        ))),
-    }
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------- bench
@@ -298,16 +310,12 @@ fn bench(args: &[String]) -> Result {
         "--out",
         "bench",
     )?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(130) => Err(Failure(
-            "interrupted; the benchmark stopped everything".into(),
-        )),
-        _ => Err(Failure(format!(
+    judge_run("the benchmark", status, |_| {
+        format!(
             "the benchmark failed or missed a check ({status}); results and logs are in {}",
             out.display()
-        ))),
-    }
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------- chaos
@@ -379,21 +387,17 @@ fn chaos(args: &[String]) -> Result {
         "--out",
         "chaos",
     )?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(130) => Err(Failure(
-            "interrupted; the chaos run stopped everything".into(),
-        )),
-        Some(1) => Err(Failure(format!(
+    judge_run("the chaos run", status, |code| match code {
+        Some(1) => format!(
             "a check failed or the cluster did not recover (see above); reports and logs \
              are in {}",
             out.display()
-        ))),
-        _ => Err(Failure(format!(
+        ),
+        _ => format!(
             "the chaos run could not be carried out ({status}); logs are in {}",
             out.display()
-        ))),
-    }
+        ),
+    })
 }
 
 // ---------------------------------------------------------------------------- test
@@ -549,4 +553,24 @@ fn target_dir(root: &Path) -> PathBuf {
 
 fn step<T>(name: &str, r: Result<T>) -> Result<T> {
     r.map_err(|Failure(msg)| Failure(format!("step `{name}` failed: {msg}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    #[test]
+    fn a_run_status_is_success_an_interrupt_or_the_callers_failure() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        assert!(judge_run("the demo", exited(0), |_| unreachable!()).is_ok());
+        let Failure(interrupted) = judge_run("the demo", exited(130), |_| unreachable!())
+            .expect_err("130 is an interrupt");
+        assert_eq!(interrupted, "interrupted; the demo stopped everything");
+        let Failure(failed) =
+            judge_run("the demo", exited(1), |code| format!("code {code:?}")).expect_err("1");
+        assert_eq!(failed, "code Some(1)");
+    }
 }

@@ -8,7 +8,7 @@
 //! the `serial()` locks its clusters take, the services it shares between its
 //! tests. Each binary's output goes to its own log, printed whole if it fails.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -25,7 +25,9 @@ use crate::{render, Failure, Result};
 const DEFAULT_JOBS: usize = 3;
 
 /// Binaries known to take minutes, started first so that the run does not end
-/// with one of them alone (matched against the job's name).
+/// with one of them alone (matched against the job's name). Used when no
+/// earlier run left its durations (see [`DURATIONS_FILE`]), and to order the
+/// binaries that earlier run did not have.
 const SLOW_FIRST: &[&str] = &[
     "matriarch::scenarios",
     "matriarch-ha::simulation",
@@ -35,6 +37,10 @@ const SLOW_FIRST: &[&str] = &[
     "matriarch::patroni_parity",
     "matriarch-postgres::real_postgres",
 ];
+
+/// The file in the log directory where a run leaves each binary's duration in
+/// seconds (a JSON object keyed by job name), for the next run's order.
+const DURATIONS_FILE: &str = "durations.json";
 
 /// One test binary to run, with its arguments and environment.
 #[derive(Clone, Debug)]
@@ -150,12 +156,7 @@ pub(crate) fn run_all(mut jobs: Vec<Job>, logs: &Path) -> Result {
         .unwrap_or(DEFAULT_JOBS);
     fs::create_dir_all(logs)
         .map_err(|e| Failure(format!("cannot create {}: {e}", logs.display())))?;
-    jobs.sort_by_key(|job| {
-        SLOW_FIRST
-            .iter()
-            .position(|slow| job.name.starts_with(slow))
-            .unwrap_or(SLOW_FIRST.len())
-    });
+    slowest_first(&mut jobs, &previous_durations(logs));
     println!(
         "==> {} test binaries, {parallel} at a time (logs in {})",
         jobs.len(),
@@ -198,7 +199,59 @@ pub(crate) fn run_all(mut jobs: Vec<Job>, logs: &Path) -> Result {
             .lock()
             .map_err(|_| Failure("test outcomes poisoned".into()))?,
     );
+    save_durations(&outcomes, logs);
     report(&mut outcomes, started.elapsed())
+}
+
+/// Orders `jobs` so that the slowest start first: by the previous run's
+/// duration, longest first. A binary the previous run did not have (or every
+/// binary, when there was no previous run) has no known duration and goes
+/// first, since starting an unknown, possibly long binary late risks a run
+/// that ends with it alone; among those, the hand-written [`SLOW_FIRST`]
+/// decides.
+fn slowest_first(jobs: &mut [Job], previous: &HashMap<String, f64>) {
+    let known = |job: &Job| previous.get(&job.name).copied();
+    let hand_rank = |job: &Job| {
+        SLOW_FIRST
+            .iter()
+            .position(|slow| job.name.starts_with(slow))
+            .unwrap_or(SLOW_FIRST.len())
+    };
+    jobs.sort_by(|a, b| match (known(a), known(b)) {
+        (Some(a_took), Some(b_took)) => b_took.total_cmp(&a_took),
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (None, None) => hand_rank(a).cmp(&hand_rank(b)),
+    });
+}
+
+/// The durations the previous run left in `logs` (empty when there was none
+/// or its file cannot be read: the order is then the hand-written one).
+fn previous_durations(logs: &Path) -> HashMap<String, f64> {
+    let Ok(text) = fs::read_to_string(logs.join(DURATIONS_FILE)) else {
+        return HashMap::new();
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) else {
+        println!("    (ignoring an unreadable {DURATIONS_FILE}: the hand-written order applies)");
+        return HashMap::new();
+    };
+    map.into_iter()
+        .filter_map(|(name, seconds)| Some((name, seconds.as_f64()?)))
+        .collect()
+}
+
+/// Leaves this run's durations for the next run's order; a failure to write
+/// them only costs the next run its order, so it is reported, not fatal.
+fn save_durations(outcomes: &[Outcome], logs: &Path) {
+    let map: serde_json::Map<String, serde_json::Value> = outcomes
+        .iter()
+        .map(|o| (o.name.clone(), o.took.as_secs_f64().into()))
+        .collect();
+    let path = logs.join(DURATIONS_FILE);
+    let text = serde_json::Value::Object(map).to_string();
+    if let Err(e) = fs::write(&path, text) {
+        println!("    (cannot save the durations to {}: {e})", path.display());
+    }
 }
 
 fn run_one(job: &Job, logs: &Path) -> Outcome {
@@ -326,6 +379,92 @@ mod tests {
         assert!(job_from_artifact(lib).is_none());
         assert!(job_from_artifact(r#"{"reason":"build-finished","success":true}"#).is_none());
         assert!(job_from_artifact("not json").is_none());
+    }
+
+    fn job(name: &str) -> Job {
+        Job {
+            name: name.to_owned(),
+            exe: PathBuf::from("/bin/true"),
+            package_dir: PathBuf::from("/"),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    fn names(jobs: &[Job]) -> Vec<&str> {
+        jobs.iter().map(|j| j.name.as_str()).collect()
+    }
+
+    #[test]
+    fn without_a_previous_run_the_hand_written_list_orders_the_binaries() {
+        let mut jobs = vec![
+            job("matriarch::lib"),
+            job("matriarch-postgres::real_postgres"),
+            job("matriarch::scenarios"),
+        ];
+        slowest_first(&mut jobs, &HashMap::new());
+        assert_eq!(
+            names(&jobs),
+            [
+                "matriarch::scenarios",
+                "matriarch-postgres::real_postgres",
+                "matriarch::lib"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_previous_run_orders_slowest_first_and_new_binaries_go_first() {
+        let mut jobs = vec![
+            job("matriarch::scenarios"),
+            job("a::quick"),
+            job("b::new"),
+            job("c::slow"),
+            job("matriarch-ha::simulation"),
+        ];
+        let previous = HashMap::from([
+            ("matriarch::scenarios".to_owned(), 30.0),
+            ("a::quick".to_owned(), 0.5),
+            ("c::slow".to_owned(), 300.0),
+        ]);
+        slowest_first(&mut jobs, &previous);
+        // The unknown binaries first (the hand-written list among them), then
+        // the previous run's durations, longest first, whatever the hand list says.
+        assert_eq!(
+            names(&jobs),
+            [
+                "matriarch-ha::simulation",
+                "b::new",
+                "c::slow",
+                "matriarch::scenarios",
+                "a::quick"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_leaves_its_durations_for_the_next_and_bad_files_are_ignored() {
+        let dir = std::env::temp_dir().join(format!("xtask-durations-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        assert!(previous_durations(&dir).is_empty(), "no file yet");
+        let outcome = |name: &str, millis| Outcome {
+            name: name.to_owned(),
+            took: Duration::from_millis(millis),
+            passed: 1,
+            failed: 0,
+            ignored: 0,
+            ok: true,
+            log: dir.join("x.log"),
+        };
+        save_durations(&[outcome("a::x", 1500), outcome("b::y", 250)], &dir);
+        let read = previous_durations(&dir);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read["a::x"], 1.5);
+        assert_eq!(read["b::y"], 0.25);
+        fs::write(dir.join(DURATIONS_FILE), "not json").expect("write");
+        assert!(previous_durations(&dir).is_empty(), "unreadable file");
+        fs::remove_file(dir.join(DURATIONS_FILE)).expect("remove");
+        fs::remove_dir(&dir).expect("remove dir");
     }
 
     #[test]

@@ -149,6 +149,19 @@ impl Recorder {
         self.record(at, what, seen_by);
     }
 
+    /// Records the switchover request's answer (when `handle` has one), in
+    /// [`Marks::answered`].
+    fn switchover_answered(&mut self, handle: JoinHandle<(Instant, String)>, marks: &mut Marks) {
+        if let Ok((at, answer)) = handle.join() {
+            marks.answered = Some(at);
+            self.record(
+                at,
+                format!("switchover answered: {}", shorten(&answer, 60)),
+                "matriarch ctl",
+            );
+        }
+    }
+
     fn record(&mut self, at: Instant, what: String, seen_by: &str) {
         if self.verbose {
             println!("    {}  {what}", offset(self.fault, at));
@@ -376,14 +389,7 @@ pub fn inject_and_measure(
             }
         }
         if let Some(handle) = switchover.take_if(|h| h.is_finished()) {
-            if let Ok((at, answer)) = handle.join() {
-                marks.answered = Some(at);
-                rec.record(
-                    at,
-                    format!("switchover answered: {}", shorten(&answer, 60)),
-                    "matriarch ctl",
-                );
-            }
+            rec.switchover_answered(handle, &mut marks);
         }
         {
             let log = writer.log();
@@ -488,14 +494,7 @@ pub fn inject_and_measure(
             std::thread::sleep(POLL);
         }
         if handle.is_finished() {
-            if let Ok((at, answer)) = handle.join() {
-                marks.answered = Some(at);
-                rec.record(
-                    at,
-                    format!("switchover answered: {}", shorten(&answer, 60)),
-                    "matriarch ctl",
-                );
-            }
+            rec.switchover_answered(handle, &mut marks);
         }
     }
     let new = if new_write {

@@ -16,7 +16,6 @@ pub mod conformance;
 mod controller;
 mod error;
 pub mod memory;
-mod os_user;
 mod replica_method;
 mod secret;
 mod state;
@@ -35,8 +34,9 @@ pub use controller::{
     DEFAULT_OS_USER, MANAGED_CONF_FILE, SYNC_CONF_FILE, UPSTREAM_CONF_FILE,
 };
 pub use error::{Operation, PostgresError};
+/// Re-exported from the crate it moved to, for callers that named it here.
+pub use matriarch_os_user::OsIdentity;
 pub use memory::{MemoryPostgres, MemoryPostgresCluster};
-pub use os_user::OsIdentity;
 pub use replica_method::{BackupType, CustomMethod, PgBackRestConfig, ReplicaMethod};
 pub use secret::{Credentials, Secret};
 pub use state::{

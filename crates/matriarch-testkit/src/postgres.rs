@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use matriarch_postgres::OsIdentity;
+use matriarch_os_user::OsIdentity;
 use tempfile::TempDir;
 
 use crate::error::{IoContext, Result, TestkitError};

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use matriarch_os_user::OsIdentity;
 use tokio::process::Command;
 
 use crate::error::{Operation, PostgresError};
-use crate::os_user::OsIdentity;
 use crate::secret::Secret;
 
 /// The OS user the server programs run as.

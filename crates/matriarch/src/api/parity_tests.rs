@@ -3,21 +3,15 @@
 //! the conditions and schedule of `POST /restart`, and `POST /reinitialize`
 //! with `from_leader` (Patroni 4's `api.py` answers and status codes).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use matriarch_dcs::{Dcs, Expected};
 use matriarch_ha::EngineRole;
 use matriarch_model::{ClusterConfig, FailoverRequest, Lsn, MemberName, Record};
 use matriarch_postgres::PgRole;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 
-use super::router_tests::{FakePostgres, Harness};
-use super::{normalize_path, router, Client};
+use super::router_tests::{answer, basic_token, FakePostgres, Harness};
 
 /// 2024-05-01T10:00:00.25Z in microseconds since the epoch.
 const REPLAYED_AT: i64 = 1_714_557_600_250_000;
@@ -26,22 +20,13 @@ const STARTED_AT: i64 = 1_714_554_000_000_000;
 
 /// `method path` with `body`, authenticated; the status and the raw body.
 async fn raw(h: &Harness, method: Method, path: &str, body: &str) -> (StatusCode, String) {
-    use base64::Engine as _;
-    let token = base64::engine::general_purpose::STANDARD.encode("admin:s3cret");
-    let mut req = Request::builder()
+    let req = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::AUTHORIZATION, format!("Basic {token}"))
+        .header(header::AUTHORIZATION, format!("Basic {}", basic_token()))
         .body(Body::from(body.to_owned()))
         .unwrap();
-    req.extensions_mut().insert(Client {
-        peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
-        verified_cert: false,
-    });
-    normalize_path(&mut req);
-    let response = router(Arc::clone(&h.state)).oneshot(req).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, _, bytes) = answer(&h.state, req).await;
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -192,22 +177,8 @@ async fn delete_switchover_cancels_only_a_scheduled_one() {
     assert!(view.failover.is_none(), "{:?}", view.failover);
 
     // Without credentials: refused like every change.
-    let response = router(Arc::clone(&h.state))
-        .oneshot({
-            let mut req = Request::builder()
-                .method(Method::DELETE)
-                .uri("/switchover")
-                .body(Body::empty())
-                .unwrap();
-            req.extensions_mut().insert(Client {
-                peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
-                verified_cert: false,
-            });
-            req
-        })
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let (status, _, _) = h.call(Method::DELETE, "/switchover", "", false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

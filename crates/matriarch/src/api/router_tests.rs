@@ -114,6 +114,30 @@ pub(super) struct Harness {
 const USER: &str = "admin";
 const PASSWORD: &str = "s3cret";
 
+/// Answers `req` with the API of `state` as [`super::serve`] would one from
+/// 127.0.0.1: the status, the headers and the body.
+pub(super) async fn answer(
+    state: &Arc<ApiState>,
+    mut req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, bytes::Bytes) {
+    req.extensions_mut().insert(Client {
+        peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+        verified_cert: false,
+    });
+    normalize_path(&mut req);
+    let response = router(Arc::clone(state)).oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes)
+}
+
+/// The Basic credentials of the harness's REST user, encoded.
+pub(super) fn basic_token() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+}
+
 pub(super) fn status(role: EngineRole) -> EngineStatus {
     EngineStatus {
         role,
@@ -237,21 +261,10 @@ impl Harness {
     ) -> (StatusCode, Value, axum::http::HeaderMap) {
         let mut builder = Request::builder().method(method).uri(path);
         if auth {
-            use base64::Engine as _;
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-            builder = builder.header(header::AUTHORIZATION, format!("Basic {token}"));
+            builder = builder.header(header::AUTHORIZATION, format!("Basic {}", basic_token()));
         }
-        let mut req = builder.body(Body::from(body.to_owned())).unwrap();
-        req.extensions_mut().insert(Client {
-            peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
-            verified_cert: false,
-        });
-        normalize_path(&mut req);
-        let response = router(Arc::clone(&self.state)).oneshot(req).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let req = builder.body(Body::from(body.to_owned())).unwrap();
+        let (status, headers, bytes) = answer(&self.state, req).await;
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (status, value, headers)
     }
@@ -579,22 +592,17 @@ async fn the_view_follows_every_status_change() {
 /// authenticated like one sending `Basic`.
 #[tokio::test]
 async fn the_basic_scheme_is_case_insensitive() {
-    use base64::Engine as _;
     let node = Harness::new(EngineRole::Leader, PgRole::Primary);
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let token = basic_token();
     for scheme in ["basic", "BASIC", "Basic"] {
-        let mut req = Request::builder()
+        let req = Request::builder()
             .method(Method::POST)
             .uri("/reload")
             .header(header::AUTHORIZATION, format!("{scheme}  {token}"))
             .body(Body::empty())
             .unwrap();
-        req.extensions_mut().insert(Client {
-            peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
-            verified_cert: false,
-        });
-        let response = router(Arc::clone(&node.state)).oneshot(req).await.unwrap();
-        assert_eq!(response.status(), StatusCode::ACCEPTED, "scheme `{scheme}`");
+        let (status, _, _) = answer(&node.state, req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "scheme `{scheme}`");
     }
     assert_eq!(node.pg.reloads.load(Ordering::SeqCst), 3);
 }
@@ -605,10 +613,9 @@ async fn the_basic_scheme_is_case_insensitive() {
 /// taken) unless a request was accepted.
 #[tokio::test]
 async fn arbitrary_bytes_to_every_endpoint_are_answered_without_harm() {
-    use base64::Engine as _;
     let node = Harness::new(EngineRole::Replica, PgRole::Replica);
     node.refresh().await;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let token = basic_token();
     let reads = [
         (Method::GET, "/"),
         (Method::GET, "/primary"),
@@ -661,14 +668,7 @@ async fn arbitrary_bytes_to_every_endpoint_are_answered_without_harm() {
         if next() % 2 == 0 {
             builder = builder.header(header::AUTHORIZATION, format!("Basic {token}"));
         }
-        let mut req = builder.body(Body::from(body)).unwrap();
-        req.extensions_mut().insert(Client {
-            peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
-            verified_cert: false,
-        });
-        normalize_path(&mut req);
-        let response = router(Arc::clone(&node.state)).oneshot(req).await.unwrap();
-        let status = response.status();
+        let (status, _, _) = answer(&node.state, builder.body(Body::from(body)).unwrap()).await;
         assert_ne!(
             status,
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use matriarch_dcs::{Dcs, DcsError, Expected, MemoryDcs, WatchOutcome};
 use matriarch_ha::{EngineRole, EngineStatus};
 use matriarch_model::{
@@ -24,10 +23,9 @@ use matriarch_postgres::{
 };
 use serde_json::Value;
 use tokio::sync::watch;
-use tower::ServiceExt as _;
 
-use super::router_tests::test_api_state;
-use super::{normalize_path, refresh, router, ApiState, Client, ReloadPostgres};
+use super::router_tests::{answer, test_api_state};
+use super::{refresh, ApiState, ReloadPostgres};
 
 /// How often the API asked PostgreSQL or the DCS for anything.
 #[derive(Default)]
@@ -247,27 +245,12 @@ impl Node {
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let mut req = Request::builder()
+        let req = Request::builder()
             .method(Method::GET)
             .uri(path)
             .body(Body::empty())
             .expect("a request");
-        req.extensions_mut().insert(Client {
-            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 40_000)),
-            verified_cert: false,
-        });
-        normalize_path(&mut req);
-        let response = router(Arc::clone(&self.state))
-            .oneshot(req)
-            .await
-            .expect("an answer");
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
+        let (status, _, bytes) = answer(&self.state, req).await;
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),

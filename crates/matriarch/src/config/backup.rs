@@ -295,6 +295,7 @@ fn option_text(value: &serde_norway::Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::assert_error;
     use super::super::NodeConfig;
     use matriarch_model::ParameterValue;
 
@@ -361,28 +362,22 @@ mod tests {
     #[test]
     fn bad_sections_are_refused_naming_the_key() {
         let missing_key = repo("    key_secret: {env: KEY}\n");
-        let err = NodeConfig::parse(&missing_key, env)
-            .expect_err("no key")
-            .to_string();
-        assert!(err.contains("pgbackrest.repo.key"), "{err}");
         let both = repo("    key: {env: KEY, file: /x}\n    key_secret: {env: KEY}\n");
-        let err = NodeConfig::parse(&both, env).expect_err("both").to_string();
-        assert!(err.contains("exactly one"), "{err}");
         let own_archive = repo("    key: {env: KEY}\n    key_secret: {env: KEY}\n").replace(
             "    replication: {username: replicator}\n",
             "    replication: {username: replicator}\n  parameters: {archive_command: /bin/true}\n",
         );
-        let err = NodeConfig::parse(&own_archive, env)
-            .expect_err("conflict")
-            .to_string();
-        assert!(err.contains("archive_command"), "{err}");
         let restore_without_repo = NODE.replace(
             "  data_dir: /srv/pg/data\n",
             "  data_dir: /srv/pg/data\n  create_replica_methods: [pgbackrest, basebackup]\n",
         );
-        let err = NodeConfig::parse(&restore_without_repo, env)
-            .expect_err("no repo")
-            .to_string();
-        assert!(err.contains("create_replica_methods"), "{err}");
+        for (text, expected) in [
+            (missing_key, "pgbackrest.repo.key"),
+            (both, "exactly one"),
+            (own_archive, "archive_command"),
+            (restore_without_repo, "create_replica_methods"),
+        ] {
+            assert_error(NodeConfig::parse(&text, env), &[expected]);
+        }
     }
 }

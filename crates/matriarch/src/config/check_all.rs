@@ -203,27 +203,12 @@ fn remove_path(root: &mut serde_norway::Value, path: &str) -> bool {
 /// across keys (`ttl` against `loop_wait` ...).
 fn bootstrap_dcs_errors(dcs: &serde_json::Value) -> Vec<ConfigError> {
     const KEY: &str = "bootstrap.dcs";
-    let Some(object) = dcs.as_object() else {
-        return vec![ConfigError::invalid(KEY, "must be a mapping")];
-    };
-    let mut errors = Vec::new();
-    for (field, value) in object {
-        let key = format!("{KEY}.{field}");
-        if !CLUSTER_CONFIG_KEYS.contains(&field.as_str()) {
-            errors.push(unknown_key(&key, field, CLUSTER_CONFIG_KEYS));
-            continue;
-        }
+    let mut errors = mapping_errors(KEY, dcs, CLUSTER_CONFIG_KEYS, |key, field, value| {
         if field == "postgresql" {
-            errors.extend(dcs_postgresql_errors(&key, value));
-            continue;
+            return dcs_postgresql_errors(&key, value);
         }
-        let mut single = serde_json::Map::new();
-        single.insert(field.clone(), value.clone());
-        if let Err(error) = serde_json::from_value::<matriarch_model::ClusterConfig>(single.into())
-        {
-            errors.push(ConfigError::invalid(key, error.to_string()));
-        }
-    }
+        cluster_config_error(key, serde_json::json!({ field: value }))
+    });
     if errors.is_empty() {
         if let Err(error) = cluster_config_from_json(KEY, dcs) {
             errors.push(error);
@@ -234,39 +219,53 @@ fn bootstrap_dcs_errors(dcs: &serde_json::Value) -> Vec<ConfigError> {
 
 /// The errors of `bootstrap.dcs.postgresql` (at `key`).
 fn dcs_postgresql_errors(key: &str, value: &serde_json::Value) -> Vec<ConfigError> {
-    let Some(object) = value.as_object() else {
+    mapping_errors(key, value, CLUSTER_POSTGRESQL_KEYS, |key, field, value| {
+        if field != "parameters" {
+            return cluster_config_error(
+                key,
+                serde_json::json!({ "postgresql": { field: value } }),
+            );
+        }
+        match serde_json::from_value::<BTreeMap<String, ParameterValue>>(value.clone()) {
+            Ok(parameters) => parameter_errors(&key, &parameters)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect(),
+            Err(error) => vec![ConfigError::invalid(key, error.to_string())],
+        }
+    })
+}
+
+/// The errors of the mapping at `key`: "must be a mapping", else per field an
+/// unknown key (against `known`) or what `field_errors(<key>.<field>, field,
+/// value)` finds.
+fn mapping_errors(
+    key: &str,
+    mapping: &serde_json::Value,
+    known: &[&str],
+    mut field_errors: impl FnMut(String, &str, &serde_json::Value) -> Vec<ConfigError>,
+) -> Vec<ConfigError> {
+    let Some(object) = mapping.as_object() else {
         return vec![ConfigError::invalid(key, "must be a mapping")];
     };
     let mut errors = Vec::new();
     for (field, value) in object {
         let key = format!("{key}.{field}");
-        if !CLUSTER_POSTGRESQL_KEYS.contains(&field.as_str()) {
-            let error = unknown_key(&key, field, CLUSTER_POSTGRESQL_KEYS);
-            errors.push(error);
-            continue;
-        }
-        if field == "parameters" {
-            match serde_json::from_value::<BTreeMap<String, ParameterValue>>(value.clone()) {
-                Ok(parameters) => {
-                    errors.extend(
-                        parameter_errors(&key, &parameters)
-                            .into_iter()
-                            .map(|(_, e)| e),
-                    );
-                }
-                Err(error) => errors.push(ConfigError::invalid(key, error.to_string())),
-            }
-            continue;
-        }
-        let mut single = serde_json::Map::new();
-        single.insert(field.clone(), value.clone());
-        let mut outer = serde_json::Map::new();
-        outer.insert("postgresql".to_owned(), single.into());
-        if let Err(error) = serde_json::from_value::<matriarch_model::ClusterConfig>(outer.into()) {
-            errors.push(ConfigError::invalid(key, error.to_string()));
+        if known.contains(&field.as_str()) {
+            errors.extend(field_errors(key, field, value));
+        } else {
+            errors.push(unknown_key(&key, field, known));
         }
     }
     errors
+}
+
+/// The error, at `key`, of a cluster configuration of one key alone.
+fn cluster_config_error(key: String, alone: serde_json::Value) -> Vec<ConfigError> {
+    match serde_json::from_value::<matriarch_model::ClusterConfig>(alone) {
+        Ok(_) => Vec::new(),
+        Err(error) => vec![ConfigError::invalid(key, error.to_string())],
+    }
 }
 
 /// "unknown key" for `field` at `key`, with the closest known one.

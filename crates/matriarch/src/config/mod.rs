@@ -359,6 +359,14 @@ impl NodeConfig {
             .ok_or_else(|| ConfigError::invalid("postgresql", "missing section"))
     }
 
+    /// Refuses a PostgreSQL outside the supported majors or one that does not
+    /// match the data directory (see
+    /// [`PostgresqlSection::check_postgres_version`]); returns the major
+    /// version. `run` and `check` call it; a reload does not.
+    pub(crate) fn check_postgres_version(&self) -> Result<u32, ConfigError> {
+        self.pg()?.check_postgres_version()
+    }
+
     /// This node's PostgreSQL parameters: `postgresql.parameters` and, with
     /// `pgbackrest.archive`, `archive_mode` and `archive_command`.
     pub(crate) fn local_parameters(

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use matriarch_model::ParameterValue;
 use serde::Deserialize;
 
-use super::NodeConfig;
 use crate::error::ConfigError;
 use matriarch_model::Secret;
 
@@ -78,14 +77,14 @@ pub(crate) struct PgRoleConfig {
     /// Its password.
     pub password: Option<Secret>,
 }
-impl NodeConfig {
+
+impl PostgresqlSection {
     /// Refuses a PostgreSQL outside [`SUPPORTED_PG_MAJORS`]: runs
     /// `<bin_dir>/postgres --version`, and reads `PG_VERSION` of an existing
     /// data directory (which must match the binaries). Returns the major
-    /// version. `run` and `check` call it; a reload does not.
-    pub(crate) fn check_postgres_version(&self) -> Result<u32, ConfigError> {
-        let pg = self.pg()?;
-        let bin_dir = pg
+    /// version.
+    pub(super) fn check_postgres_version(&self) -> Result<u32, ConfigError> {
+        let bin_dir = self
             .bin_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(matriarch_postgres::DEFAULT_BIN_DIR));
@@ -117,7 +116,7 @@ impl NodeConfig {
                 ),
             ));
         }
-        let pg_version = pg.data_dir.join("PG_VERSION");
+        let pg_version = self.data_dir.join("PG_VERSION");
         // A missing (not yet created) or unreadable data directory is the
         // controller's business; only a version we can read is checked.
         if let Ok(text) = std::fs::read_to_string(&pg_version) {
@@ -138,7 +137,7 @@ impl NodeConfig {
                         "{} is a PostgreSQL {data_major} data directory but {} is PostgreSQL \
                          {full}; point postgresql.bin_dir at PostgreSQL {data_major} (supported: \
                          {} to {})",
-                        pg.data_dir.display(),
+                        self.data_dir.display(),
                         postgres.display(),
                         SUPPORTED_PG_MAJORS.start(),
                         SUPPORTED_PG_MAJORS.end()

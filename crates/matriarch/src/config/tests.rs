@@ -19,6 +19,22 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
+/// Asserts that `result` is an error naming each of `expected`.
+pub(super) fn assert_error<T>(result: Result<T, ConfigError>, expected: &[&str]) {
+    let err = match result {
+        Ok(_) => panic!("accepted, expected an error naming {expected:?}"),
+        Err(err) => err.to_string(),
+    };
+    for part in expected {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+}
+
+/// Asserts that `text` is refused with an error naming each of `expected`.
+fn assert_refused(text: &str, expected: &[&str]) {
+    assert_error(NodeConfig::parse(text, no_env), expected);
+}
+
 #[test]
 fn a_minimal_config_gets_defaults() {
     let (config, v) = NodeConfig::parse(MINIMAL, no_env).unwrap();
@@ -83,45 +99,55 @@ fn environment_overrides_win() {
 #[test]
 fn unknown_keys_are_named_with_their_line() {
     let text = MINIMAL.replace("name: node1", "name: node1\nrestapi:\n  lisen: 1");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("lisen"), "{err}");
-    assert!(err.contains("line"), "{err}");
+    assert_refused(&text, &["lisen", "line"]);
 }
 
 #[test]
 fn wrong_types_name_the_key() {
-    let text = format!("{MINIMAL}tags:\n  nofailover: maybe\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("nofailover"), "{err}");
+    assert_refused(
+        &format!("{MINIMAL}tags:\n  nofailover: maybe\n"),
+        &["nofailover"],
+    );
 }
 
 #[test]
 fn impossible_timing_is_refused() {
-    let text = format!(
-        "{MINIMAL}bootstrap:\n  dcs:\n    ttl: 5\n    loop_wait: 4\n    retry_timeout: 4\n"
-    );
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("bootstrap.dcs"), "{err}");
-    assert!(err.contains("exceeds ttl"), "{err}");
-    let text = format!("{MINIMAL}bootstrap:\n  dcs:\n    ttl: soon\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("bootstrap.dcs.ttl"), "{err}");
-    let text = format!("{MINIMAL}bootstrap:\n  dcs:\n    tll: 5\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("bootstrap.dcs.tll"), "{err}");
+    for (dcs, expected) in [
+        (
+            "ttl: 5\n    loop_wait: 4\n    retry_timeout: 4",
+            &["bootstrap.dcs", "exceeds ttl"][..],
+        ),
+        ("ttl: soon", &["bootstrap.dcs.ttl"]),
+        ("tll: 5", &["bootstrap.dcs.tll"]),
+    ] {
+        assert_refused(
+            &format!("{MINIMAL}bootstrap:\n  dcs:\n    {dcs}\n"),
+            expected,
+        );
+    }
+}
+
+/// Asserts, for each `(range, address, inside)`, whether the allowlist entry
+/// `range` holds `address`.
+fn assert_ranges(cases: &[(&str, &str, bool)]) {
+    for (range, address, inside) in cases {
+        let parsed = IpRange::parse(range).unwrap();
+        assert_eq!(
+            parsed.contains(address.parse().unwrap()),
+            *inside,
+            "{address} in {range}"
+        );
+    }
 }
 
 #[test]
 fn ip_ranges() {
-    let range = IpRange::parse("10.0.0.0/8").unwrap();
-    assert!(range.contains("10.1.2.3".parse().unwrap()));
-    assert!(!range.contains("11.1.2.3".parse().unwrap()));
-    assert!(IpRange::parse("127.0.0.1")
-        .unwrap()
-        .contains("::ffff:127.0.0.1".parse().unwrap()));
-    assert!(IpRange::parse("0.0.0.0/0")
-        .unwrap()
-        .contains("1.2.3.4".parse().unwrap()));
+    assert_ranges(&[
+        ("10.0.0.0/8", "10.1.2.3", true),
+        ("10.0.0.0/8", "11.1.2.3", false),
+        ("127.0.0.1", "::ffff:127.0.0.1", true),
+        ("0.0.0.0/0", "1.2.3.4", true),
+    ]);
     assert!(IpRange::parse("10.0.0.0/33").is_err());
     assert!(IpRange::parse("nope").is_err());
 }
@@ -146,15 +172,13 @@ fn the_watchdog_is_off_by_default_and_reads_patroni_forms() {
         assert_eq!(config.watchdog.device, PathBuf::from("/dev/watchdog1"));
         assert_eq!(config.watchdog.safety_margin, 3);
     }
-    let text = format!("{MINIMAL}watchdog:\n  mode: sometimes\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("off, automatic or required"), "{err}");
-    let text = format!("{MINIMAL}watchdog:\n  mode: required\n  device: watchdog\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("watchdog.device"), "{err}");
-    let text = format!("{MINIMAL}watchdog:\n  mode: automatic\n  timeout: 3\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("timeout"), "{err}");
+    for (watchdog, expected) in [
+        ("mode: sometimes", "off, automatic or required"),
+        ("mode: required\n  device: watchdog", "watchdog.device"),
+        ("mode: automatic\n  timeout: 3", "timeout"),
+    ] {
+        assert_refused(&format!("{MINIMAL}watchdog:\n  {watchdog}\n"), &[expected]);
+    }
 }
 
 #[test]
@@ -189,14 +213,17 @@ fn with_bin_dir(bin: &Path, data_dir: &Path) -> NodeConfig {
 fn postgresql_14_is_refused_naming_the_version_and_the_range() {
     let bin = fake_bin_dir("postgres (PostgreSQL) 14.9");
     let config = with_bin_dir(bin.path(), Path::new("/nonexistent/data"));
-    let err = config.check_postgres_version().unwrap_err().to_string();
-    assert!(err.contains("PostgreSQL 14.9"), "{err}");
-    assert!(err.contains("supports PostgreSQL 15 to 18"), "{err}");
-    assert!(err.contains("postgresql.bin_dir"), "{err}");
+    assert_error(
+        config.check_postgres_version(),
+        &[
+            "PostgreSQL 14.9",
+            "supports PostgreSQL 15 to 18",
+            "postgresql.bin_dir",
+        ],
+    );
     let bin = fake_bin_dir("postgres (PostgreSQL) 19devel");
     let config = with_bin_dir(bin.path(), Path::new("/nonexistent/data"));
-    let err = config.check_postgres_version().unwrap_err().to_string();
-    assert!(err.contains("PostgreSQL 19devel"), "{err}");
+    assert_error(config.check_postgres_version(), &["PostgreSQL 19devel"]);
 }
 
 #[test]
@@ -218,14 +245,13 @@ fn a_data_directory_of_another_version_is_refused() {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("PG_VERSION"), "14\n").unwrap();
     let config = with_bin_dir(bin.path(), data.path());
-    let err = config.check_postgres_version().unwrap_err().to_string();
-    assert!(err.contains("PostgreSQL 14 data directory"), "{err}");
-    assert!(err.contains("postgresql.data_dir"), "{err}");
-    assert!(
-        err.contains(
-            "is PostgreSQL 16.4; point postgresql.bin_dir at PostgreSQL 14 (supported: 15 to 18)"
-        ),
-        "{err}"
+    assert_error(
+        config.check_postgres_version(),
+        &[
+            "PostgreSQL 14 data directory",
+            "postgresql.data_dir",
+            "is PostgreSQL 16.4; point postgresql.bin_dir at PostgreSQL 14 (supported: 15 to 18)",
+        ],
     );
     std::fs::write(data.path().join("PG_VERSION"), "16\n").unwrap();
     assert_eq!(config.check_postgres_version().unwrap(), 16);
@@ -235,14 +261,12 @@ fn a_data_directory_of_another_version_is_refused() {
 fn a_missing_or_unparsable_postgres_is_a_clear_error() {
     let bin = fake_bin_dir("something else");
     let config = with_bin_dir(bin.path(), Path::new("/nonexistent/data"));
-    let err = config.check_postgres_version().unwrap_err().to_string();
-    assert!(
-        err.contains("not `postgres (PostgreSQL) <version>`"),
-        "{err}"
+    assert_error(
+        config.check_postgres_version(),
+        &["not `postgres (PostgreSQL) <version>`"],
     );
     std::fs::remove_file(bin.path().join("postgres")).unwrap();
-    let err = config.check_postgres_version().unwrap_err().to_string();
-    assert!(err.contains("cannot run"), "{err}");
+    assert_error(config.check_postgres_version(), &["cannot run"]);
 }
 
 #[test]
@@ -250,9 +274,7 @@ fn log_dir_must_be_absolute_and_file_settings_default_to_patronis() {
     let (config, _) = NodeConfig::parse(MINIMAL, no_env).unwrap();
     assert_eq!((config.log.file_num, config.log.file_size), (4, 25_000_000));
     assert!(config.log.dir.is_none());
-    let text = format!("{MINIMAL}log:\n  dir: var/log\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("log.dir"), "{err}");
+    assert_refused(&format!("{MINIMAL}log:\n  dir: var/log\n"), &["log.dir"]);
     let text =
         format!("{MINIMAL}log:\n  dir: /var/log/matriarch\n  file_num: 2\n  file_size: 1000\n");
     let (config, _) = NodeConfig::parse(&text, no_env).unwrap();
@@ -262,61 +284,48 @@ fn log_dir_must_be_absolute_and_file_settings_default_to_patronis() {
 
 #[test]
 fn a_rest_api_on_port_0_is_refused() {
-    let text = MINIMAL.replace(
-        "name: node1",
-        "name: node1\nrestapi:\n  listen: 127.0.0.1:0",
-    );
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(
-        err.contains("restapi.listen") && err.contains("port must not be 0"),
-        "{err}"
-    );
-    let text = MINIMAL.replace(
-        "name: node1",
-        "name: node1\nrestapi:\n  listen: 127.0.0.1:8008\n  connect_address: db1:0",
-    );
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(
-        err.contains("restapi.connect_address") && err.contains("port must not be 0"),
-        "{err}"
-    );
+    for (restapi, key) in [
+        ("listen: 127.0.0.1:0", "restapi.listen"),
+        (
+            "listen: 127.0.0.1:8008\n  connect_address: db1:0",
+            "restapi.connect_address",
+        ),
+    ] {
+        let text = MINIMAL.replace(
+            "name: node1",
+            &format!("name: node1\nrestapi:\n  {restapi}"),
+        );
+        assert_refused(&text, &[key, "port must not be 0"]);
+    }
 }
 
 #[test]
 fn a_duplicate_key_is_reported_with_its_line() {
     // `scope` again on line 12 of the file (MINIMAL starts with an empty line).
     let text = format!("{MINIMAL}scope: other\n");
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("scope"), "{err}");
-    assert!(err.contains("line 12"), "{err}");
+    assert_refused(&text, &["scope", "line 12"]);
     // The same with environment overrides in play.
     let env = |var: &str| (var == "MATRIARCH_NAME").then(|| "node9".to_owned());
-    let err = NodeConfig::parse(&text, env).unwrap_err().to_string();
-    assert!(err.contains("line 12"), "{err}");
+    assert_error(NodeConfig::parse(&text, env), &["line 12"]);
     // And in a section.
     let text = MINIMAL.replace(
         "  data_dir: /tmp/x/data",
         "  data_dir: /tmp/x/data\n  data_dir: /tmp/y",
     );
-    let err = NodeConfig::parse(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("data_dir") && err.contains("line 9"), "{err}");
+    assert_refused(&text, &["data_dir", "line 9"]);
 }
 
 #[test]
 fn an_ipv4_mapped_allowlist_entry_matches_the_ipv4_client() {
-    let mapped = IpRange::parse("::ffff:127.0.0.1").unwrap();
-    assert!(mapped.contains("127.0.0.1".parse().unwrap()));
-    assert!(mapped.contains("::ffff:127.0.0.1".parse().unwrap()));
-    assert!(!mapped.contains("127.0.0.2".parse().unwrap()));
-    let mapped_range = IpRange::parse("::ffff:10.0.0.0/104").unwrap();
-    assert!(mapped_range.contains("10.9.8.7".parse().unwrap()));
-    assert!(!mapped_range.contains("11.0.0.1".parse().unwrap()));
-    assert!(IpRange::parse("::1")
-        .unwrap()
-        .contains("::1".parse().unwrap()));
-    assert!(!IpRange::parse("::1")
-        .unwrap()
-        .contains("127.0.0.1".parse().unwrap()));
+    assert_ranges(&[
+        ("::ffff:127.0.0.1", "127.0.0.1", true),
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1", true),
+        ("::ffff:127.0.0.1", "127.0.0.2", false),
+        ("::ffff:10.0.0.0/104", "10.9.8.7", true),
+        ("::ffff:10.0.0.0/104", "11.0.0.1", false),
+        ("::1", "::1", true),
+        ("::1", "127.0.0.1", false),
+    ]);
 }
 
 #[test]

@@ -6,10 +6,10 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::json;
 
-use super::client::{Client, Endpoint};
-use super::commands::read_parsed;
+use super::client::Client;
+use super::commands::{member_api, read_parsed};
+use super::error::CtlError;
 use super::view::Cluster;
-use super::CtlError;
 
 /// How long `ctl backup` waits for the leader's answer: a backup of a large
 /// database takes its time (pgBackRest's own timeouts catch a hung one).
@@ -44,15 +44,7 @@ pub(super) async fn backup(client: &mut Client, args: &BackupArgs) -> Result<(),
     let leader = cluster
         .leader()
         .ok_or_else(|| CtlError::Failed("the cluster has no leader to take a backup".into()))?;
-    let api = leader
-        .api_url
-        .as_deref()
-        .ok_or_else(|| CtlError::Failed(format!("leader {} reports no api_url", leader.name)))
-        .and_then(|u| {
-            Endpoint::parse(u).map_err(|e| {
-                CtlError::Failed(format!("leader {} has a bad api_url: {e}", leader.name))
-            })
-        })?;
+    let api = member_api(leader)?;
     let kind = match args.kind {
         BackupKind::Full => "full",
         BackupKind::Incr => "incr",
@@ -76,11 +68,9 @@ pub(super) async fn backup(client: &mut Client, args: &BackupArgs) -> Result<(),
         Ok(())
     } else {
         Err(CtlError::Failed(format!(
-            "{kind} backup on leader {}: {} answered HTTP {}: {}",
+            "{kind} backup on leader {}: {}",
             leader.name,
-            reply.url,
-            reply.status,
-            reply.message()
+            reply.answered()
         )))
     }
 }

@@ -10,8 +10,9 @@ use hyper::body::Bytes;
 use hyper::{Method, Uri};
 use serde_json::Value;
 
-use super::{CtlError, Secret};
+use super::error::CtlError;
 use crate::http_client::{tls_client_config, HttpClient, HttpRequest, TlsSetupError};
+use matriarch_model::Secret;
 
 /// How long a connection attempt may take before the next API is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -110,6 +111,16 @@ impl Reply {
         (200..300).contains(&self.status)
     }
 
+    /// `<url> answered HTTP <status>: <message>`, what an error says of a reply.
+    pub(super) fn answered(&self) -> String {
+        format!(
+            "{} answered HTTP {}: {}",
+            self.url,
+            self.status,
+            self.message()
+        )
+    }
+
     /// The server's message: the `message`/`error` field of a JSON body, a JSON string, or the
     /// text itself, sanitized and capped.
     pub(super) fn message(&self) -> String {
@@ -176,7 +187,7 @@ pub(crate) enum ReadOutcome {
 }
 
 /// TLS files for `https://` APIs.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct TlsFiles {
     /// CA bundle (PEM); default: the system's.
     pub cacert: Option<PathBuf>,
@@ -184,6 +195,17 @@ pub(crate) struct TlsFiles {
     pub certfile: Option<PathBuf>,
     /// Its key (PEM).
     pub keyfile: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Each file from `self`, else from `fallback` (the options over a node file).
+    pub(super) fn or(self, fallback: TlsFiles) -> TlsFiles {
+        TlsFiles {
+            cacert: self.cacert.or(fallback.cacert),
+            certfile: self.certfile.or(fallback.certfile),
+            keyfile: self.keyfile.or(fallback.keyfile),
+        }
+    }
 }
 
 /// The client: the APIs to try, the credentials for mutating calls, and timeouts.
@@ -297,12 +319,7 @@ impl Client {
                 }
                 Ok(reply) if reply.status >= 500 => {
                     answered = true;
-                    failures.push(format!(
-                        "{} answered HTTP {}: {}",
-                        reply.url,
-                        reply.status,
-                        reply.message()
-                    ));
+                    failures.push(reply.answered());
                 }
                 Ok(reply) => {
                     return Err(CtlError::Failed(format!(
@@ -401,6 +418,28 @@ fn no_answer(failures: Vec<String>) -> CtlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_tls_option_wins_over_the_node_file_and_the_file_fills_the_rest() {
+        let path = |p: &str| Some(PathBuf::from(p));
+        let options = TlsFiles {
+            cacert: path("opt-ca.pem"),
+            ..TlsFiles::default()
+        };
+        let node_file = TlsFiles {
+            cacert: path("node-ca.pem"),
+            certfile: path("node-cert.pem"),
+            keyfile: path("node-key.pem"),
+        };
+        assert_eq!(
+            options.or(node_file),
+            TlsFiles {
+                cacert: path("opt-ca.pem"),
+                certfile: path("node-cert.pem"),
+                keyfile: path("node-key.pem"),
+            }
+        );
+    }
 
     #[test]
     fn endpoints_accept_bare_addresses_and_member_api_urls() {

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde_json::{json, Map, Value};
 
+use super::args::{FailoverArgs, Format, MemberArgs, SwitchoverArgs};
 use super::client::{self, Client, Endpoint};
-use super::view::{self, Cluster};
-use super::{patch, render, CtlError, FailoverArgs, Format, MemberArgs, SwitchoverArgs};
+use super::error::CtlError;
+use super::view::{self, Cluster, Member};
+use super::{patch, render};
 
 fn print_json(value: &Value) -> Result<(), CtlError> {
     let text = serde_json::to_string_pretty(value)
@@ -139,10 +141,8 @@ fn outcome(reply: &client::Reply, what: &str) -> Result<(), CtlError> {
         Ok(())
     } else {
         Err(CtlError::Failed(format!(
-            "{what} failed: {} answered HTTP {}: {}",
-            reply.url,
-            reply.status,
-            reply.message()
+            "{what} failed: {}",
+            reply.answered()
         )))
     }
 }
@@ -385,14 +385,7 @@ pub(super) async fn on_members(
                 cluster.names()
             ))
         })?;
-        let api = member
-            .api_url
-            .as_deref()
-            .ok_or_else(|| CtlError::Failed(format!("member {name} reports no api_url")))
-            .and_then(|u| {
-                Endpoint::parse(u)
-                    .map_err(|e| CtlError::Failed(format!("member {name} has a bad api_url: {e}")))
-            })?;
+        let api = member_api(member)?;
         if only_pending && !member.pending_restart {
             println!("Skipped: member {name} has no pending restart");
             continue;
@@ -420,12 +413,7 @@ pub(super) async fn on_members(
                 println!("Success: {action} on member {name}: {}", reply.message())
             }
             Ok(reply) => {
-                eprintln!(
-                    "Failed: {action} on member {name}: {} answered HTTP {}: {}",
-                    reply.url,
-                    reply.status,
-                    reply.message()
-                );
+                eprintln!("Failed: {action} on member {name}: {}", reply.answered());
                 failed.push(name);
             }
             Err(CtlError::Failed(e) | CtlError::Usage(e)) => {
@@ -434,6 +422,12 @@ pub(super) async fn on_members(
             }
         }
     }
+    failed_on(action, &failed)
+}
+
+/// The end of a command sent to each of several members: an error naming
+/// the members it `failed` on, if any (each printed its own reason).
+pub(super) fn failed_on(action: &str, failed: &[String]) -> Result<(), CtlError> {
     if failed.is_empty() {
         Ok(())
     } else {
@@ -442,4 +436,16 @@ pub(super) async fn on_members(
             failed.join(", ")
         )))
     }
+}
+
+/// The REST API a member reports (its `api_url`), for a request to that
+/// member alone.
+pub(super) fn member_api(member: &Member) -> Result<Endpoint, CtlError> {
+    let name = &member.name;
+    let url = member
+        .api_url
+        .as_deref()
+        .ok_or_else(|| CtlError::Failed(format!("member {name} reports no api_url")))?;
+    Endpoint::parse(url)
+        .map_err(|e| CtlError::Failed(format!("member {name} has a bad api_url: {e}")))
 }

@@ -7,9 +7,11 @@
 //! Exit codes: 0 done, 1 refused or failed (the server's
 //! message is printed), 2 usage error.
 
+mod args;
 mod backup;
 mod client;
 mod commands;
+mod error;
 mod from_dcs;
 mod nodeconf;
 mod patch;
@@ -24,11 +26,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 // The password of `--password` (a `Secret`: `Debug` and `Display` print `***`).
-pub(crate) use matriarch_model::Secret;
+use matriarch_model::Secret;
 use serde_json::json;
 
+use args::{
+    DsnArgs, EditConfigArgs, FailoverArgs, FlushArgs, ListArgs, MemberArgs, ReadArgs, RestartArgs,
+    SwitchoverArgs, VersionArgs, WaitArgs,
+};
 use client::{Client, Endpoint, TlsFiles};
 use commands::{edit_config, failover, history, on_members, pause, show_config, switchover};
+pub(crate) use error::CtlError;
 
 /// The REST API tried when neither `--api` nor `--config` is given (Patroni's default port).
 const DEFAULT_API: &str = "http://127.0.0.1:8008";
@@ -94,113 +101,6 @@ pub(crate) struct CtlArgs {
     pub command: Box<CtlCommand>,
 }
 
-/// Output format of the reading commands.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Format {
-    /// Tables (YAML for show-config).
-    #[default]
-    Text,
-    /// JSON.
-    Json,
-}
-
-/// Options of the reading commands.
-#[derive(clap::Args, Debug)]
-pub(crate) struct ReadArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-}
-
-/// Options of `switchover`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct SwitchoverArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
-    /// The current leader (checked against the cluster's; default: whoever leads).
-    #[arg(long, alias = "primary")]
-    pub leader: Option<String>,
-    /// The member to promote (default: the healthiest replica the leader picks).
-    #[arg(long)]
-    pub candidate: Option<String>,
-    /// When: `now`, or an RFC 3339 time with offset such as 2030-01-01T12:00:00+00:00.
-    #[arg(long, value_name = "TIME")]
-    pub scheduled: Option<String>,
-    /// Do not ask for confirmation.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Options of `failover`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct FailoverArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
-    /// The member to promote.
-    #[arg(long, required = true)]
-    pub candidate: String,
-    /// Do not ask for confirmation.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Options of `pause` and `resume`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct WaitArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
-    /// Wait until every member reports the change (at most --timeout seconds).
-    #[arg(long)]
-    pub wait: bool,
-}
-
-/// Options of `edit-config`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct EditConfigArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
-    /// Set a key of the dynamic configuration: `ttl=30`, `postgresql.use_pg_rewind=false`;
-    /// values are JSON when they parse, text otherwise; `null` removes the key.
-    #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Set a PostgreSQL parameter (under postgresql.parameters): `max_connections=200`.
-    #[arg(short = 'p', long = "pg", value_name = "NAME=VALUE")]
-    pub pg: Vec<String>,
-    /// Do not ask for confirmation.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Options of the commands aimed at members.
-#[derive(clap::Args, Debug)]
-pub(crate) struct MemberArgs {
-    /// Members to act on.
-    #[arg(value_name = "MEMBER", required = true)]
-    pub members: Vec<String>,
-    /// Do not ask for confirmation.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Options of `restart`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct RestartArgs {
-    /// Members to restart.
-    #[command(flatten)]
-    pub target: MemberArgs,
-    /// Restart only those of the members whose PostgreSQL reports a pending restart
-    /// (`pending_restart` in GET /cluster); the others are skipped.
-    #[arg(long)]
-    pub pending: bool,
-}
-
 /// The `ctl` commands.
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum CtlCommand {
@@ -249,78 +149,6 @@ pub(crate) enum CtlCommand {
     /// Delete every key of a cluster from the DCS (needs --config; asks for confirmation,
     /// answers may be piped on stdin).
     Remove(remove::RemoveArgs),
-}
-
-/// Options of `list` and `topology`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct ListArgs {
-    /// The cluster and the output format.
-    #[command(flatten)]
-    pub read: ReadArgs,
-    /// Print again every SECONDS until interrupted.
-    #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
-    pub watch: Option<f64>,
-    /// Print again every 2 seconds until interrupted.
-    #[arg(short = 'W')]
-    pub watch_default: bool,
-}
-
-impl ListArgs {
-    /// The interval of `--watch`/`-W`, if watching.
-    fn interval(&self) -> Result<Option<Duration>, CtlError> {
-        match (self.watch, self.watch_default) {
-            (Some(seconds), _) if seconds.is_finite() && seconds > 0.0 => {
-                Ok(Some(Duration::from_secs_f64(seconds)))
-            }
-            (Some(seconds), _) => Err(CtlError::Usage(format!(
-                "--watch {seconds}: a positive number of seconds"
-            ))),
-            (None, true) => Ok(Some(Duration::from_secs(2))),
-            (None, false) => Ok(None),
-        }
-    }
-}
-
-/// Options of `version`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct VersionArgs {
-    /// `CLUSTER [MEMBER]...`: the cluster whose members' versions to print.
-    #[arg(value_name = "CLUSTER [MEMBER]")]
-    pub names: Vec<String>,
-}
-
-/// Options of `flush`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct FlushArgs {
-    /// `CLUSTER [MEMBER]... restart|switchover`.
-    #[arg(value_name = "ARGS", required = true, num_args = 2..)]
-    pub args: Vec<String>,
-    /// Do not ask for confirmation.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Options of `dsn`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct DsnArgs {
-    /// The cluster's name (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
-    /// leader (default), primary, replica or any.
-    #[arg(short = 'r', long)]
-    pub role: Option<String>,
-    /// The member.
-    #[arg(short = 'm', long)]
-    pub member: Option<String>,
-}
-
-/// Why a command did not succeed.
-#[derive(Debug, PartialEq)]
-pub(crate) enum CtlError {
-    /// Bad arguments: exit code 2.
-    Usage(String),
-    /// Refused or failed: exit code 1.
-    Failed(String),
 }
 
 /// Runs a `ctl` command and returns its exit code; messages go to stdout (results) and
@@ -378,22 +206,12 @@ fn client_from(args: &CtlArgs) -> Result<Client, CtlError> {
         (None, Some(_)) => return Err(CtlError::Usage("--password needs --username".into())),
         (None, None) => None,
     };
-    let from_node =
-        |pick: fn(&nodeconf::NodeRestApi) -> Option<PathBuf>| node.as_ref().and_then(pick);
     let tls = TlsFiles {
-        cacert: args
-            .cacert
-            .clone()
-            .or_else(|| from_node(|n| n.cacert.clone())),
-        certfile: args
-            .certfile
-            .clone()
-            .or_else(|| from_node(|n| n.certfile.clone())),
-        keyfile: args
-            .keyfile
-            .clone()
-            .or_else(|| from_node(|n| n.keyfile.clone())),
-    };
+        cacert: args.cacert.clone(),
+        certfile: args.certfile.clone(),
+        keyfile: args.keyfile.clone(),
+    }
+    .or(node.map(|n| n.tls).unwrap_or_default());
     if args.timeout == 0 {
         return Err(CtlError::Usage(
             "--timeout must be at least 1 second".into(),

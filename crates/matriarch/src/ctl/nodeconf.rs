@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use matriarch_model::HostPort;
+use matriarch_model::{HostPort, Secret};
 use serde_norway::Value;
 
-use super::Secret;
+use super::client::TlsFiles;
 
 /// What a node's YAML tells `ctl` about reaching its REST API.
 #[derive(Debug, Default, PartialEq)]
@@ -18,12 +18,8 @@ pub(crate) struct NodeRestApi {
     pub username: Option<String>,
     /// `restapi.authentication.password`.
     pub password: Option<Secret>,
-    /// `ctl.cacert`, else `restapi.cafile`.
-    pub cacert: Option<PathBuf>,
-    /// `ctl.certfile`.
-    pub certfile: Option<PathBuf>,
-    /// `ctl.keyfile`.
-    pub keyfile: Option<PathBuf>,
+    /// `ctl.cacert` (else `restapi.cafile`), `ctl.certfile`, `ctl.keyfile`.
+    pub tls: TlsFiles,
 }
 
 fn lookup<'a>(root: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -89,12 +85,14 @@ pub(crate) fn parse(text: &str) -> Result<NodeRestApi, String> {
         url,
         username: scalar(&root, &["restapi", "authentication", "username"])?,
         password: scalar(&root, &["restapi", "authentication", "password"])?.map(Secret::new),
-        cacert: match path(&["ctl", "cacert"])? {
-            Some(p) => Some(p),
-            None => path(&["restapi", "cafile"])?,
+        tls: TlsFiles {
+            cacert: match path(&["ctl", "cacert"])? {
+                Some(p) => Some(p),
+                None => path(&["restapi", "cafile"])?,
+            },
+            certfile: path(&["ctl", "certfile"])?,
+            keyfile: path(&["ctl", "keyfile"])?,
         },
-        certfile: path(&["ctl", "certfile"])?,
-        keyfile: path(&["ctl", "keyfile"])?,
     })
 }
 
@@ -150,9 +148,9 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(node.url, "https://db1:8008");
-        assert_eq!(node.cacert, Some(PathBuf::from("/etc/ssl/ca.pem")));
-        assert_eq!(node.certfile, Some(PathBuf::from("c.pem")));
-        assert_eq!(node.keyfile, Some(PathBuf::from("k.pem")));
+        assert_eq!(node.tls.cacert, Some(PathBuf::from("/etc/ssl/ca.pem")));
+        assert_eq!(node.tls.certfile, Some(PathBuf::from("c.pem")));
+        assert_eq!(node.tls.keyfile, Some(PathBuf::from("k.pem")));
     }
 
     #[test]

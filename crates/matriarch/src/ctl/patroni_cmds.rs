@@ -8,11 +8,12 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::Value;
 
+use super::args::Format;
 use super::client::{Client, Endpoint, ReadOutcome};
 use super::commands::{self, confirm};
+use super::error::CtlError;
 use super::from_dcs;
-use super::view::{Cluster, Member};
-use super::{CtlError, Format};
+use super::view::Cluster;
 
 /// Fails unless `expected` (the cluster name given on the command line,
 /// as patronictl's first argument) is the cluster the API serves.
@@ -53,18 +54,6 @@ pub(super) async fn require_cluster(
         read_named_cluster(client, expected).await?;
     }
     Ok(())
-}
-
-fn api_of(member: &Member) -> Result<Endpoint, CtlError> {
-    member
-        .api_url
-        .as_deref()
-        .ok_or_else(|| CtlError::Failed(format!("member {} reports no api_url", member.name)))
-        .and_then(|u| {
-            Endpoint::parse(u).map_err(|e| {
-                CtlError::Failed(format!("member {} has a bad api_url: {e}", member.name))
-            })
-        })
 }
 
 /// The cluster from the APIs (and the one that answered), else, when none can serve it and
@@ -153,7 +142,9 @@ pub(super) async fn version(
         if !members.is_empty() && !members.contains(&member.name) {
             continue;
         }
-        let Ok(api) = api_of(member) else { continue };
+        let Ok(api) = commands::member_api(member) else {
+            continue;
+        };
         match client.get_json_from(&api, "/patroni").await {
             Ok(status) => {
                 let version = status
@@ -224,12 +215,7 @@ pub(super) async fn flush(
                     println!("No pending scheduled switchover");
                     Ok(())
                 }
-                _ => Err(CtlError::Failed(format!(
-                    "Failed: {} answered HTTP {}: {}",
-                    reply.url,
-                    reply.status,
-                    reply.message()
-                ))),
+                _ => Err(CtlError::Failed(format!("Failed: {}", reply.answered()))),
             }
         }
         FlushTarget::Restart => {
@@ -259,7 +245,7 @@ pub(super) async fn flush(
             }
             let mut failed = Vec::new();
             for member in targets {
-                let api = api_of(member)?;
+                let api = commands::member_api(member)?;
                 let reply = client
                     .mutate_at(&api, Method::DELETE, "/restart", None)
                     .await?;
@@ -279,14 +265,7 @@ pub(super) async fn flush(
                     }
                 }
             }
-            if failed.is_empty() {
-                Ok(())
-            } else {
-                Err(CtlError::Failed(format!(
-                    "flush failed on {}",
-                    failed.join(", ")
-                )))
-            }
+            commands::failed_on("flush", &failed)
         }
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
 
 use super::client::Client;
-use super::{patroni_cmds, CtlError};
+use super::error::CtlError;
+use super::patroni_cmds;
 
 /// Options of `query`.
 #[derive(clap::Args, Debug)]

@@ -13,7 +13,7 @@ use std::path::Path;
 use matriarch_dcs::Dcs;
 use matriarch_model::ClusterView;
 
-use super::CtlError;
+use super::error::CtlError;
 
 /// The phrase the operator types to confirm, as patronictl's.
 const AWARE: &str = "Yes I am aware";

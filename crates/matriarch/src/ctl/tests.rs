@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 
+use super::args::Format;
 use super::commands::confirm;
 use super::*;
 

@@ -86,9 +86,7 @@
 //! both the process fence and the [`crate::watchdog::Watchdog`]: the first
 //! guards against a dead or hung agent, the second against a hung host.
 
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,7 +97,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use matriarch_ha::{Fence, FenceError};
 use matriarch_postgres::{PostmasterLauncher, PostmasterSpec};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
 use crate::error::DaemonError;
@@ -455,44 +452,6 @@ impl Fence for CombinedFence {
     }
 }
 
-/// A `spawn` request: a [`PostmasterSpec`] on the pipe (paths as bytes, so
-/// that any path goes through JSON).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct SpawnRequest {
-    program: Vec<u8>,
-    args: Vec<Vec<u8>>,
-    env: Vec<(Vec<u8>, Vec<u8>)>,
-    cwd: Vec<u8>,
-    log: Vec<u8>,
-    identity: Option<(u32, u32)>,
-}
-
-impl SpawnRequest {
-    fn from_spec(spec: &PostmasterSpec) -> Result<SpawnRequest, String> {
-        let bytes = |s: &std::ffi::OsStr| s.as_bytes().to_vec();
-        let request = SpawnRequest {
-            program: bytes(spec.program.as_os_str()),
-            args: spec.args.iter().map(|a| bytes(a.as_os_str())).collect(),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (bytes(k.as_os_str()), bytes(v.as_os_str())))
-                .collect(),
-            cwd: bytes(spec.cwd.as_os_str()),
-            log: bytes(spec.log.as_os_str()),
-            identity: spec.identity,
-        };
-        // Checked here so that the fence never gets one it cannot exec.
-        request.log_path()?;
-        Ok(request)
-    }
-
-    fn log_path(&self) -> Result<CString, String> {
-        CString::new(self.log.clone())
-            .map_err(|_| "the server log path holds a NUL byte".to_owned())
-    }
-}
-
 /// The fence's answer to a `spawn`: the pid, or why it failed.
 fn parse_reply(line: &str) -> Option<Result<u32, String>> {
     if let Some(pid) = line.strip_prefix("spawned ") {
@@ -502,6 +461,9 @@ fn parse_reply(line: &str) -> Option<Result<u32, String>> {
 }
 
 mod process;
+mod spawn_request;
+
+use spawn_request::SpawnRequest;
 
 pub(crate) use process::run_watchdog;
 

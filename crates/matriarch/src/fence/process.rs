@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use super::SpawnRequest;
+use super::spawn_request::SpawnRequest;
 
 /// How often the fence reaps its exited children.
 pub(super) const REAP_EVERY: Duration = Duration::from_millis(100);

@@ -32,27 +32,26 @@ struct FakeFence {
     fail: AtomicBool,
 }
 
-#[async_trait]
-impl Fence for FakeFence {
-    async fn arm(&self, valid_for: Duration) -> Result<(), FenceError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("arm {}", valid_for.as_millis()));
+impl FakeFence {
+    /// Records `call`; fails when told to.
+    fn answer(&self, call: String) -> Result<(), FenceError> {
+        self.calls.lock().unwrap().push(call);
         if self.fail.load(Ordering::Relaxed) {
             Err(device_gone())
         } else {
             Ok(())
         }
     }
+}
+
+#[async_trait]
+impl Fence for FakeFence {
+    async fn arm(&self, valid_for: Duration) -> Result<(), FenceError> {
+        self.answer(format!("arm {}", valid_for.as_millis()))
+    }
 
     async fn disarm(&self) -> Result<(), FenceError> {
-        self.calls.lock().unwrap().push("disarm".to_owned());
-        if self.fail.load(Ordering::Relaxed) {
-            Err(device_gone())
-        } else {
-            Ok(())
-        }
+        self.answer("disarm".to_owned())
     }
 
     async fn suspend(&self) -> Result<(), FenceError> {

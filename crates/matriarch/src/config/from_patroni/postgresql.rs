@@ -2,7 +2,7 @@
 
 use serde_norway::Value;
 
-use super::{entries, scalar_text, Builder};
+use super::builder::{entries, scalar_text, Builder};
 use crate::config::check_all::managed_parameter_replacement;
 use crate::config::dynamic::{CLUSTER_CONFIG_KEYS, CLUSTER_POSTGRESQL_KEYS};
 

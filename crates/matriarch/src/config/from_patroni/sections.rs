@@ -3,7 +3,8 @@
 
 use serde_norway::Value;
 
-use super::{entries, postgresql, scalar_text, Builder};
+use super::builder::{entries, scalar_text, Builder};
+use super::postgresql;
 
 /// Converts the top-level Patroni `key` (the whole file is `patroni`).
 pub(super) fn top_level(out: &mut Builder, patroni: &Value, key: &str, value: Value) {
@@ -169,21 +170,17 @@ fn etcd(out: &mut Builder, section_name: &str, section: &Value) {
         match field.as_str() {
             "host" | "url" | "proxy" => {
                 hosts.extend(scalar_text(&value));
-                out.notes.push(super::Note::Mapped {
-                    from: key,
-                    to: "etcd3.hosts".to_owned(),
-                    how: (field == "proxy")
+                out.mapped(
+                    &key,
+                    "etcd3.hosts",
+                    (field == "proxy")
                         .then(|| "matriarch talks to the proxy as to an etcd member".to_owned()),
-                });
+                );
             }
             "hosts" => {
                 hosts.extend(host_list(&value));
                 if section_name != "etcd3" {
-                    out.notes.push(super::Note::Mapped {
-                        from: key,
-                        to: "etcd3.hosts".to_owned(),
-                        how: None,
-                    });
+                    out.mapped(&key, "etcd3.hosts", None);
                 }
             }
             "protocol" => match scalar_text(&value).as_deref() {
@@ -196,11 +193,7 @@ fn etcd(out: &mut Builder, section_name: &str, section: &Value) {
                          system CA store): add it, `matriarch check` refuses the file until then"
                             .to_owned()
                     };
-                    out.notes.push(super::Note::Mapped {
-                        from: key,
-                        to: "etcd3.hosts".to_owned(),
-                        how: Some(how),
-                    });
+                    out.mapped(&key, "etcd3.hosts", Some(how));
                 }
                 _ => out.drop_key(&key, "http is the default"),
             },

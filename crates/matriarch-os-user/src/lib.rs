@@ -1,5 +1,7 @@
 //! OS users as the user database knows them: whom PostgreSQL's server
-//! programs run as (the controller, and matriarch-testkit's servers).
+//! programs run as (matriarch-postgres's controller, and matriarch-testkit's
+//! servers). A crate of its own, below both, so that the testkit, which
+//! matriarch-postgres's tests use, does not depend on matriarch-postgres.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -86,5 +88,34 @@ impl OsIdentity {
     pub fn running_as_root() -> bool {
         // SAFETY: geteuid cannot fail and touches no memory.
         unsafe { libc::geteuid() == 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_found_with_uid_zero() {
+        let root = OsIdentity::lookup("root")
+            .expect("lookup")
+            .expect("every Linux user database has root");
+        assert_eq!((root.name.as_str(), root.uid, root.gid), ("root", 0, 0));
+    }
+
+    #[test]
+    fn an_unknown_user_is_none_and_a_nul_byte_is_invalid_input() {
+        let unknown = OsIdentity::lookup("matriarch-no-such-user").expect("lookup");
+        assert_eq!(unknown, None);
+        let err = OsIdentity::lookup("post\0gres").expect_err("a NUL byte");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_current_user_has_this_process_effective_uid() {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(OsIdentity::current().uid, euid);
+        assert_eq!(OsIdentity::running_as_root(), euid == 0);
     }
 }
