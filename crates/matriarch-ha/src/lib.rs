@@ -18,6 +18,7 @@ pub use decide::{
 };
 pub use engine::{
     local_postgres, BoxedError, Decider, Engine, EngineSettings, EngineStatus, FailsafeHandle,
-    FailsafeRefusal, FailsafeSender, Fence, FenceError, PeerProbe, PostgresCallError, RestartError,
+    FailsafeRefusal, FailsafeSender, Fence, FenceError, MemberExtras, PeerProbe, PostgresCallError,
+    RestartError,
     RestartFailure, RestartHandle, RestartRefusal, SettingsHandle, StatusHandle,
 };

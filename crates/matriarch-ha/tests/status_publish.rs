@@ -9,12 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_dcs::{Clock, Dcs, DcsError, Expected, ManualClock, MemoryDcs, WatchOutcome};
+use matriarch_dcs::{Clock, Dcs, ForwardingDcs, ManualClock, MemoryDcs};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{Engine, EngineRole, Fence};
 use matriarch_model::{
-    encode_initialize, ClusterConfig, ClusterView, DcsKey, Initialize, KeyLayout, Member,
-    MemberName, Record, SystemId, Timeline, Version,
+    encode_initialize, ClusterConfig, Initialize, KeyLayout, MemberName, Timeline,
 };
 use matriarch_postgres::PgRole;
 use matriarch_router::RecordingRouter;
@@ -35,65 +34,18 @@ struct Stalling {
     stalled: Arc<AtomicBool>,
 }
 
-impl Stalling {
-    async fn gate(&self) -> &MemoryDcs {
+#[async_trait]
+impl ForwardingDcs for Stalling {
+    type Inner = MemoryDcs;
+
+    fn inner(&self) -> &MemoryDcs {
+        &self.inner
+    }
+    async fn target(&self) -> &MemoryDcs {
         if self.stalled.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
         &self.inner
-    }
-}
-
-#[async_trait]
-impl Dcs for Stalling {
-    fn layout(&self) -> &KeyLayout {
-        self.inner.layout()
-    }
-    async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        self.gate().await.read_view().await
-    }
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        self.gate().await.try_initialize().await
-    }
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        self.gate().await.complete_initialize(system_id).await
-    }
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        self.gate().await.cancel_initialize().await
-    }
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        self.gate().await.acquire_leader(me, ttl).await
-    }
-    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        self.gate().await.renew_leader(me, ttl).await
-    }
-    fn lock_lifetime(&self) -> Option<Duration> {
-        self.inner.lock_lifetime()
-    }
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        self.gate().await.release_leader(me).await
-    }
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        self.gate().await.publish_member(member, ttl).await
-    }
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        self.gate().await.remove_member(name).await
-    }
-    async fn remove_cluster(&self) -> Result<(), DcsError> {
-        self.gate().await.remove_cluster().await
-    }
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        self.gate().await.write(record, expected).await
-    }
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        self.gate().await.delete(key, expected).await
-    }
-    async fn watch(
-        &self,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<WatchOutcome, DcsError> {
-        self.gate().await.watch(after_revision, timeout).await
     }
 }
 

@@ -12,11 +12,10 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use matriarch_dcs::{Dcs, DcsError, Expected, MemoryDcs, WatchOutcome};
+use matriarch_dcs::{ForwardingDcs, MemoryDcs};
 use matriarch_ha::{EngineRole, EngineStatus};
 use matriarch_model::{
-    ClusterView, DcsKey, KeyLayout, LeaderLock, Member, MemberName, Record, SystemId, Timeline,
-    Version, Versioned,
+    ClusterView, KeyLayout, LeaderLock, MemberName, SystemId, Timeline, Version, Versioned,
 };
 use matriarch_postgres::{
     BootstrapSpec, LocalState, Operation, PgRole, Postgres, PostgresError, RewindOutcome,
@@ -108,63 +107,16 @@ struct CountingDcs {
     reads: Arc<Reads>,
 }
 
-impl CountingDcs {
-    fn count(&self) -> &MemoryDcs {
-        self.reads.dcs.fetch_add(1, Ordering::SeqCst);
+#[async_trait]
+impl ForwardingDcs for CountingDcs {
+    type Inner = MemoryDcs;
+
+    fn inner(&self) -> &MemoryDcs {
         &self.inner
     }
-}
-
-#[async_trait]
-impl Dcs for CountingDcs {
-    fn layout(&self) -> &KeyLayout {
-        self.inner.layout()
-    }
-    async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        self.count().read_view().await
-    }
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        self.count().try_initialize().await
-    }
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        self.count().complete_initialize(system_id).await
-    }
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        self.count().cancel_initialize().await
-    }
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        self.count().acquire_leader(me, ttl).await
-    }
-    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        self.count().renew_leader(me, ttl).await
-    }
-    fn lock_lifetime(&self) -> Option<Duration> {
-        self.inner.lock_lifetime()
-    }
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        self.count().release_leader(me).await
-    }
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        self.count().publish_member(member, ttl).await
-    }
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        self.count().remove_member(name).await
-    }
-    async fn remove_cluster(&self) -> Result<(), DcsError> {
-        self.count().remove_cluster().await
-    }
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        self.count().write(record, expected).await
-    }
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        self.count().delete(key, expected).await
-    }
-    async fn watch(
-        &self,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<WatchOutcome, DcsError> {
-        self.count().watch(after_revision, timeout).await
+    async fn target(&self) -> &MemoryDcs {
+        self.reads.dcs.fetch_add(1, Ordering::SeqCst);
+        &self.inner
     }
 }
 
