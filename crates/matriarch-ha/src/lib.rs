@@ -19,6 +19,5 @@ pub use decide::{
 pub use engine::{
     local_postgres, BoxedError, Decider, Engine, EngineSettings, EngineStatus, FailsafeHandle,
     FailsafeRefusal, FailsafeSender, Fence, FenceError, MemberExtras, PeerProbe, PostgresCallError,
-    RestartError,
-    RestartFailure, RestartHandle, RestartRefusal, SettingsHandle, StatusHandle,
+    RestartError, RestartFailure, RestartHandle, RestartRefusal, SettingsHandle, StatusHandle,
 };

@@ -110,7 +110,10 @@ async fn a_replica_record_carries_its_replay_position_and_the_nodes_restarts() {
     // Without extras: the replay position, no restart.
     engine_b(&store, pg.clone(), &clock).run_once().await;
     let plain = record_of_b(&store).await;
-    assert_eq!((plain.role, plain.state), (Role::Replica, MemberState::Running));
+    assert_eq!(
+        (plain.role, plain.state),
+        (Role::Replica, MemberState::Running)
+    );
     assert_eq!(plain.received_lsn, Some(Lsn(800)));
     assert_eq!(plain.replayed_lsn, Some(Lsn(500)));
     assert!(!plain.pending_restart && plain.scheduled_restart.is_none());

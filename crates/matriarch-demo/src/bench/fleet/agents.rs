@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use matriarch_dcs::{Dcs, DcsError, ForwardingDcs, SystemClock, WatchOutcome};
 use matriarch_etcd::{EtcdConfig, EtcdDcs, ReadCounters};
 use matriarch_ha::{Engine, EngineRole, EngineSettings, NodeSettings, StatusHandle};
-use matriarch_model::{ClusterConfig, ClusterView, KeyLayout, MemberName, Tags};
+use matriarch_model::{ClusterConfig, ClusterView, MemberName, SystemId, Tags};
 use matriarch_postgres::{BootstrapSpec, MemoryPostgres, MemoryPostgresCluster};
 use matriarch_router::{Endpoint, Router, RouterError, Routes};
 use tokio::task::JoinHandle;
