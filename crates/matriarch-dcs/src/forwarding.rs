@@ -176,7 +176,6 @@ impl<D: Dcs + ?Sized> ForwardingDcs for Arc<D> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -184,6 +183,7 @@ mod tests {
     use matriarch_model::{KeyLayout, Member, MemberName, Role};
 
     use super::ForwardingDcs;
+    use crate::test_support::GatedDcs;
     use crate::{Dcs, DcsError, MemoryDcs};
 
     fn member(name: &str) -> Member {
@@ -214,11 +214,9 @@ mod tests {
         assert_eq!(direct, view);
     }
 
-    /// Marks every record it publishes as a primary's, and counts the calls
-    /// that reach the store.
+    /// Marks every record it publishes as a primary's.
     struct Marking {
         inner: MemoryDcs,
-        calls: AtomicUsize,
     }
 
     #[async_trait]
@@ -228,16 +226,10 @@ mod tests {
         fn inner(&self) -> &MemoryDcs {
             &self.inner
         }
-
-        async fn target(&self) -> &MemoryDcs {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            &self.inner
-        }
-
         async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
             let mut member = member.clone();
             member.role = Role::Primary;
-            self.target().await.publish_member(&member, ttl).await
+            self.inner.publish_member(&member, ttl).await
         }
     }
 
@@ -246,7 +238,6 @@ mod tests {
         let memory = MemoryDcs::new(KeyLayout::new("service", "wrapped").expect("layout"));
         let wrapper = Marking {
             inner: memory.clone(),
-            calls: AtomicUsize::new(0),
         };
         publish_through(&wrapper, &member("m1")).await;
         let view = Dcs::read_view(&wrapper).await.expect("read through");
@@ -254,7 +245,25 @@ mod tests {
         assert_eq!(record.role, Role::Primary);
         assert_eq!(view, memory.read_view().await.expect("read the store"));
         assert_eq!(Dcs::layout(&wrapper), memory.layout());
-        // The publish and the read passed the hook; the layout did not.
-        assert_eq!(wrapper.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn every_call_that_reaches_the_store_passes_the_target_hook() {
+        let memory = MemoryDcs::new(KeyLayout::new("service", "gated").expect("layout"));
+        let gated = GatedDcs::new(memory.clone());
+        publish_through(&gated, &member("m1")).await;
+        let view = Dcs::read_view(&gated).await.expect("read through");
+        assert_eq!(Dcs::layout(&gated), memory.layout());
+        assert_eq!(Dcs::lock_lifetime(&gated), None);
+        assert_eq!(gated.calls(), 2, "the publish and the read, not the rest");
+
+        gated.stall();
+        let stalled = tokio::time::timeout(
+            Duration::from_millis(50),
+            Dcs::watch(&gated, view.revision, Duration::ZERO),
+        )
+        .await;
+        assert!(stalled.is_err(), "a stalled call answered: {stalled:?}");
+        assert_eq!(gated.calls(), 3);
     }
 }

@@ -4,12 +4,11 @@
 //! renewal fails no longer writable by the time its fence fires, even while
 //! the loop still waits on an unresponsive DCS.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use matriarch_dcs::{Clock, Dcs, ForwardingDcs, ManualClock, MemoryDcs};
+use matriarch_dcs::test_support::GatedDcs;
+use matriarch_dcs::{Clock, Dcs, ManualClock, MemoryDcs};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{Engine, EngineRole, Fence};
 use matriarch_model::{
@@ -26,29 +25,6 @@ fn name(n: &str) -> MemberName {
     MemberName::new(n).expect("a valid name")
 }
 
-/// A connection to the store that, once told, never answers (each call
-/// waits until the engine's own timeout gives up on it).
-#[derive(Clone)]
-struct Stalling {
-    inner: MemoryDcs,
-    stalled: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl ForwardingDcs for Stalling {
-    type Inner = MemoryDcs;
-
-    fn inner(&self) -> &MemoryDcs {
-        &self.inner
-    }
-    async fn target(&self) -> &MemoryDcs {
-        if self.stalled.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        &self.inner
-    }
-}
-
 fn config() -> ClusterConfig {
     ClusterConfig {
         ttl: Duration::from_secs(10),
@@ -60,11 +36,12 @@ fn config() -> ClusterConfig {
 
 struct Leader {
     clock: Arc<ManualClock>,
-    engine: Engine<Stalling, FakePg, RecordingRouter>,
+    engine: Engine<GatedDcs, FakePg, RecordingRouter>,
     /// Whether the engine's status said writable when PostgreSQL was told
     /// to demote.
     writable_when_demoted: Arc<Mutex<Option<bool>>>,
-    stalled: Arc<AtomicBool>,
+    /// The engine's connection, to stall.
+    gate: GatedDcs,
     connection: MemoryDcs,
     fence: Arc<RecordingFence>,
 }
@@ -82,14 +59,11 @@ async fn leader() -> Leader {
         .acquire_leader(&name("a"), config().ttl)
         .await
         .expect("the lock"));
-    let stalled = Arc::new(AtomicBool::new(false));
+    let gate = GatedDcs::new(connection.clone());
     let pg = FakePg::primary(800, &Events::default());
     let fence = Arc::new(RecordingFence::default());
     let engine = Engine::new(
-        Stalling {
-            inner: connection.clone(),
-            stalled: Arc::clone(&stalled),
-        },
+        gate.clone(),
         pg.clone(),
         RecordingRouter::new("recording"),
         member_settings(&name("a"), config()),
@@ -103,7 +77,7 @@ async fn leader() -> Leader {
         clock,
         engine,
         writable_when_demoted,
-        stalled,
+        gate,
         connection,
         fence,
     }
@@ -165,7 +139,7 @@ async fn a_primary_whose_renewal_fails_is_not_writable_once_its_fence_fires() {
         .copied()
         .expect("the fence armed at the renewal");
     // The DCS stops answering; the clock reaches the moment the fence fires.
-    a.stalled.store(true, Ordering::SeqCst);
+    a.gate.stall();
     a.clock.advance(fence_window);
     let status = a.engine.status();
     let mut engine = a.engine;

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use matriarch_dcs::{ForwardingDcs, MemoryDcs};
+use matriarch_dcs::test_support::GatedDcs;
+use matriarch_dcs::MemoryDcs;
 use matriarch_ha::{EngineRole, EngineStatus};
 use matriarch_model::{
     ClusterView, KeyLayout, LeaderLock, MemberName, SystemId, Timeline, Version, Versioned,
@@ -28,20 +29,10 @@ use tower::ServiceExt as _;
 use super::router_tests::test_api_state;
 use super::{normalize_path, refresh, router, ApiState, Client, ReloadPostgres};
 
-/// How often the API asked PostgreSQL or the DCS for anything.
+/// How often the API asked PostgreSQL for anything.
 #[derive(Default)]
 struct Reads {
     postgres: AtomicUsize,
-    dcs: AtomicUsize,
-}
-
-impl Reads {
-    fn total(&self) -> (usize, usize) {
-        (
-            self.postgres.load(Ordering::SeqCst),
-            self.dcs.load(Ordering::SeqCst),
-        )
-    }
 }
 
 /// A PostgreSQL that still answers as a replica (as a stale read would see
@@ -100,26 +91,6 @@ impl ReloadPostgres for CountingPostgres {
     }
 }
 
-/// An empty in-memory DCS (no leader, as a stale read would see it) that
-/// counts every call.
-struct CountingDcs {
-    inner: MemoryDcs,
-    reads: Arc<Reads>,
-}
-
-#[async_trait]
-impl ForwardingDcs for CountingDcs {
-    type Inner = MemoryDcs;
-
-    fn inner(&self) -> &MemoryDcs {
-        &self.inner
-    }
-    async fn target(&self) -> &MemoryDcs {
-        self.reads.dcs.fetch_add(1, Ordering::SeqCst);
-        &self.inner
-    }
-}
-
 fn me() -> MemberName {
     MemberName::new("me").expect("a valid name")
 }
@@ -172,6 +143,7 @@ struct Node {
     state: Arc<ApiState>,
     status: watch::Sender<EngineStatus>,
     reads: Arc<Reads>,
+    dcs: GatedDcs,
     data_dir: tempfile::TempDir,
 }
 
@@ -179,13 +151,13 @@ impl Node {
     fn new() -> Self {
         let reads = Arc::new(Reads::default());
         let pg = Arc::new(CountingPostgres(Arc::clone(&reads)));
-        let dcs = CountingDcs {
-            inner: MemoryDcs::new(KeyLayout::new("/service/", "test").expect("a layout")),
-            reads: Arc::clone(&reads),
-        };
+        // Empty: no leader, as a stale read would see it.
+        let dcs = GatedDcs::new(MemoryDcs::new(
+            KeyLayout::new("/service/", "test").expect("a layout"),
+        ));
         let (status, status_rx) = watch::channel(replica_status());
         let (state, data_dir) = test_api_state(
-            Arc::new(dcs),
+            Arc::new(dcs.clone()),
             Arc::clone(&pg) as Arc<dyn Postgres>,
             pg as Arc<dyn ReloadPostgres>,
             status_rx,
@@ -194,8 +166,14 @@ impl Node {
             state: Arc::new(state),
             status,
             reads,
+            dcs,
             data_dir,
         }
+    }
+
+    /// The calls the API made to (PostgreSQL, the DCS).
+    fn calls(&self) -> (usize, usize) {
+        (self.reads.postgres.load(Ordering::SeqCst), self.dcs.calls())
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -277,7 +255,7 @@ async fn primary_answers_200_on_the_promotion_status_without_reading_postgres_or
     assert_eq!(patroni["role"], "primary", "{patroni}");
     follower.abort();
     assert_eq!(
-        node.reads.total(),
+        node.calls(),
         (0, 0),
         "(PostgreSQL, DCS) calls the API made: it must answer from the engine's status alone"
     );
@@ -296,11 +274,7 @@ async fn primary_answers_503_from_the_demoting_status_before_postgres_stops() {
     let (code, body) = node.get("/primary").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     follower.abort();
-    assert_eq!(
-        node.reads.total(),
-        (0, 0),
-        "(PostgreSQL, DCS) calls the API made"
-    );
+    assert_eq!(node.calls(), (0, 0), "(PostgreSQL, DCS) calls the API made");
 }
 
 /// Issue 21: an agent resumed after a long pause, whose fence killed
@@ -325,9 +299,5 @@ async fn a_status_that_says_primary_does_not_outlive_the_postmaster() {
         node.get("/primary").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(
-        node.reads.total(),
-        (0, 0),
-        "(PostgreSQL, DCS) calls the API made"
-    );
+    assert_eq!(node.calls(), (0, 0), "(PostgreSQL, DCS) calls the API made");
 }
