@@ -10,6 +10,7 @@ mod clock;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod error;
+mod forwarding;
 mod memory;
 #[cfg(feature = "testing")]
 pub mod test_support;
@@ -23,6 +24,7 @@ use matriarch_model::{
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DcsError, Expected};
+pub use forwarding::ForwardingDcs;
 pub use memory::MemoryDcs;
 
 /// What [`Dcs::watch`] saw.
@@ -45,7 +47,11 @@ pub enum WatchOutcome {
 ///
 /// TTL-bound state (the leader lock and this member's record) belongs to the
 /// client: one etcd lease or one ZooKeeper session per client. Two members
-/// must use two clients.
+/// must use two clients; `Arc<D>` is a client that shares one.
+///
+/// A client that wraps another (counting, delaying, completing what passes
+/// through) implements [`ForwardingDcs`] instead, overriding only the calls
+/// it changes: it is then a `Dcs` that forwards the rest.
 #[async_trait]
 pub trait Dcs: Send + Sync {
     /// The namespace and scope this client works under.
@@ -156,95 +162,4 @@ pub fn is_record_key(key: &DcsKey) -> bool {
             | DcsKey::Status
             | DcsKey::Failsafe
     )
-}
-
-/// Forwards every call to the shared client, so that one client (one etcd
-/// lease or ZooKeeper session) can serve several users, e.g. the engine and
-/// the REST API through an `Arc<dyn Dcs>`.
-#[async_trait]
-impl<D: Dcs + ?Sized> Dcs for std::sync::Arc<D> {
-    fn layout(&self) -> &KeyLayout {
-        (**self).layout()
-    }
-    async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        (**self).read_view().await
-    }
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        (**self).try_initialize().await
-    }
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        (**self).complete_initialize(system_id).await
-    }
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        (**self).cancel_initialize().await
-    }
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        (**self).acquire_leader(me, ttl).await
-    }
-    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        (**self).renew_leader(me, ttl).await
-    }
-    fn lock_lifetime(&self) -> Option<Duration> {
-        (**self).lock_lifetime()
-    }
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        (**self).release_leader(me).await
-    }
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        (**self).publish_member(member, ttl).await
-    }
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        (**self).remove_member(name).await
-    }
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        (**self).write(record, expected).await
-    }
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        (**self).delete(key, expected).await
-    }
-    async fn remove_cluster(&self) -> Result<(), DcsError> {
-        (**self).remove_cluster().await
-    }
-    async fn watch(
-        &self,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<WatchOutcome, DcsError> {
-        (**self).watch(after_revision, timeout).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use matriarch_model::{KeyLayout, Member, MemberName};
-
-    use crate::{Dcs, MemoryDcs};
-
-    async fn publish_through<D: Dcs>(dcs: D, member: &Member) {
-        dcs.publish_member(member, Duration::from_secs(30))
-            .await
-            .expect("publish");
-    }
-
-    #[tokio::test]
-    async fn shared_clients_forward_to_the_same_store() {
-        let layout = KeyLayout::new("service", "forwarding").expect("layout");
-        let memory = MemoryDcs::new(layout);
-        let shared: Arc<dyn Dcs> = Arc::new(memory.clone());
-        let name = MemberName::new("m1").expect("name");
-        let member = Member::new(
-            name,
-            "postgres://127.0.0.1:5432/postgres",
-            "http://127.0.0.1:8008/patroni",
-        );
-        publish_through(Arc::clone(&shared), &member).await;
-        assert_eq!(shared.layout(), memory.layout());
-        let view = shared.read_view().await.expect("read through the Arc");
-        assert!(view.members["m1"].is_ok(), "{:?}", view.members);
-        let direct = memory.read_view().await.expect("read the store itself");
-        assert_eq!(direct, view);
-    }
 }

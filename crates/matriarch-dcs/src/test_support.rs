@@ -1,13 +1,16 @@
 //! Helpers the backends' tests share with the conformance suite (`testing`
-//! feature): member values, scopes no other test uses, and polling.
+//! feature): member values, scopes no other test uses, polling, and a client
+//! that counts its calls or stops answering.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use matriarch_model::{Lsn, Member, MemberName, MemberState, Role, Timeline};
 
-use crate::{Dcs, WatchOutcome};
+use crate::{Dcs, ForwardingDcs, MemoryDcs, WatchOutcome};
 
 /// The member name `text`; panics when it is not a valid name (tests pass
 /// literals).
@@ -96,5 +99,54 @@ where
         }
         assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client of a [`MemoryDcs`] that counts the calls reaching the store
+/// and, once stalled, answers none of them: each waits until its caller
+/// gives up. Clones share the count and the stall.
+#[derive(Clone)]
+pub struct GatedDcs {
+    inner: MemoryDcs,
+    calls: Arc<AtomicUsize>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl GatedDcs {
+    /// Passes every call to `inner`, until stalled.
+    pub fn new(inner: MemoryDcs) -> Self {
+        GatedDcs {
+            inner,
+            calls: Arc::default(),
+            stalled: Arc::default(),
+        }
+    }
+
+    /// The calls that reached the gate so far (all but `layout` and
+    /// `lock_lifetime`), answered or not.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// From now on, no call is answered.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ForwardingDcs for GatedDcs {
+    type Inner = MemoryDcs;
+
+    fn inner(&self) -> &MemoryDcs {
+        &self.inner
+    }
+
+    async fn target(&self) -> &MemoryDcs {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        &self.inner
     }
 }

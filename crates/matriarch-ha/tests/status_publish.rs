@@ -4,17 +4,15 @@
 //! renewal fails no longer writable by the time its fence fires, even while
 //! the loop still waits on an unresponsive DCS.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use matriarch_dcs::{Clock, Dcs, DcsError, Expected, ManualClock, MemoryDcs, WatchOutcome};
+use matriarch_dcs::test_support::GatedDcs;
+use matriarch_dcs::{Clock, Dcs, ManualClock, MemoryDcs};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{Engine, EngineRole, Fence};
 use matriarch_model::{
-    encode_initialize, ClusterConfig, ClusterView, DcsKey, Initialize, KeyLayout, Member,
-    MemberName, Record, SystemId, Timeline, Version,
+    encode_initialize, ClusterConfig, Initialize, KeyLayout, MemberName, Timeline,
 };
 use matriarch_postgres::PgRole;
 use matriarch_router::RecordingRouter;
@@ -25,76 +23,6 @@ use support::scene::SYSID;
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).expect("a valid name")
-}
-
-/// A connection to the store that, once told, never answers (each call
-/// waits until the engine's own timeout gives up on it).
-#[derive(Clone)]
-struct Stalling {
-    inner: MemoryDcs,
-    stalled: Arc<AtomicBool>,
-}
-
-impl Stalling {
-    async fn gate(&self) -> &MemoryDcs {
-        if self.stalled.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        &self.inner
-    }
-}
-
-#[async_trait]
-impl Dcs for Stalling {
-    fn layout(&self) -> &KeyLayout {
-        self.inner.layout()
-    }
-    async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        self.gate().await.read_view().await
-    }
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        self.gate().await.try_initialize().await
-    }
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        self.gate().await.complete_initialize(system_id).await
-    }
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        self.gate().await.cancel_initialize().await
-    }
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        self.gate().await.acquire_leader(me, ttl).await
-    }
-    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        self.gate().await.renew_leader(me, ttl).await
-    }
-    fn lock_lifetime(&self) -> Option<Duration> {
-        self.inner.lock_lifetime()
-    }
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        self.gate().await.release_leader(me).await
-    }
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        self.gate().await.publish_member(member, ttl).await
-    }
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        self.gate().await.remove_member(name).await
-    }
-    async fn remove_cluster(&self) -> Result<(), DcsError> {
-        self.gate().await.remove_cluster().await
-    }
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        self.gate().await.write(record, expected).await
-    }
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        self.gate().await.delete(key, expected).await
-    }
-    async fn watch(
-        &self,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<WatchOutcome, DcsError> {
-        self.gate().await.watch(after_revision, timeout).await
-    }
 }
 
 fn config() -> ClusterConfig {
@@ -108,11 +36,12 @@ fn config() -> ClusterConfig {
 
 struct Leader {
     clock: Arc<ManualClock>,
-    engine: Engine<Stalling, FakePg, RecordingRouter>,
+    engine: Engine<GatedDcs, FakePg, RecordingRouter>,
     /// Whether the engine's status said writable when PostgreSQL was told
     /// to demote.
     writable_when_demoted: Arc<Mutex<Option<bool>>>,
-    stalled: Arc<AtomicBool>,
+    /// The engine's connection, to stall.
+    gate: GatedDcs,
     connection: MemoryDcs,
     fence: Arc<RecordingFence>,
 }
@@ -130,14 +59,11 @@ async fn leader() -> Leader {
         .acquire_leader(&name("a"), config().ttl)
         .await
         .expect("the lock"));
-    let stalled = Arc::new(AtomicBool::new(false));
+    let gate = GatedDcs::new(connection.clone());
     let pg = FakePg::primary(800, &Events::default());
     let fence = Arc::new(RecordingFence::default());
     let engine = Engine::new(
-        Stalling {
-            inner: connection.clone(),
-            stalled: Arc::clone(&stalled),
-        },
+        gate.clone(),
         pg.clone(),
         RecordingRouter::new("recording"),
         member_settings(&name("a"), config()),
@@ -151,7 +77,7 @@ async fn leader() -> Leader {
         clock,
         engine,
         writable_when_demoted,
-        stalled,
+        gate,
         connection,
         fence,
     }
@@ -213,7 +139,7 @@ async fn a_primary_whose_renewal_fails_is_not_writable_once_its_fence_fires() {
         .copied()
         .expect("the fence armed at the renewal");
     // The DCS stops answering; the clock reaches the moment the fence fires.
-    a.stalled.store(true, Ordering::SeqCst);
+    a.gate.stall();
     a.clock.advance(fence_window);
     let status = a.engine.status();
     let mut engine = a.engine;

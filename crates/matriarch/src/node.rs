@@ -370,21 +370,18 @@ async fn run_node(
         ),
     );
     // The engine's member records also carry what the daemon knows
-    // (pending restart, scheduled restart, replay position), as Patroni's.
+    // (pending and scheduled restarts), as Patroni's.
     let parameter_status = Arc::new(ParameterStatus::default());
-    let member_extras = Arc::new(api::MemberExtras::new(Arc::clone(&parameter_status)));
-    let engine_dcs: dcs::AnyDcs = Arc::new(api::MemberRecordDcs::new(
-        dcs.clone(),
-        Arc::clone(&member_extras),
-    ));
+    let member_extras = Arc::new(api::DaemonExtras::new(Arc::clone(&parameter_status)));
     let engine = Engine::new(
-        engine_dcs,
+        dcs.clone(),
         postgres,
         Arc::clone(&router),
         settings,
         Arc::new(SystemClock::new()),
     )
     .with_fence(engine_fence)
+    .with_member_extras(Arc::clone(&member_extras) as Arc<dyn matriarch_ha::MemberExtras>)
     .with_peer_probe(Arc::clone(&peer_client) as Arc<dyn matriarch_ha::PeerProbe>)
     .with_failsafe_sender(peer_client as Arc<dyn matriarch_ha::FailsafeSender>);
     let status = engine.status();
@@ -428,7 +425,6 @@ async fn run_node(
             .is_some()
             .then(|| Arc::clone(&pg) as Arc<dyn api::BackupRunner>),
     });
-    member_extras.attach(&state);
     let stanza = pg_config.pgbackrest.is_some().then(|| {
         tokio::spawn(
             crate::backup::stanza_on_leadership(status.clone(), Arc::clone(&pg))

@@ -53,6 +53,9 @@ pub struct LocalPostgres {
     /// The freshest WAL position it holds durably (write position on a
     /// primary, received/replayed on a replica).
     pub wal_position: Option<Lsn>,
+    /// The WAL position a replica replayed up to (its member record's
+    /// `replay_lsn`).
+    pub replayed: Option<Lsn>,
     /// Standbys streaming from it right now (primary only).
     pub streaming_standbys: BTreeSet<MemberName>,
     /// The standbys `synchronous_standby_names` currently names (primary only).
@@ -80,6 +83,7 @@ impl LocalPostgres {
             system_id: None,
             timeline: None,
             wal_position: None,
+            replayed: None,
             streaming_standbys: BTreeSet::new(),
             sync_standbys: BTreeSet::new(),
             sync_count: 0,

@@ -237,7 +237,7 @@ where
 
     /// `member` as published while a replica is cloned: Patroni's `creating
     /// replica` state, which `patronictl list` shows and `reinit --wait` waits on.
-    fn while_cloning<'m>(&self, member: &'m Member) -> Cow<'m, Member> {
+    pub(super) fn while_cloning<'m>(&self, member: &'m Member) -> Cow<'m, Member> {
         if self.status.borrow().creating_replica {
             let mut member = member.clone();
             member.state = MemberState::CreatingReplica;
@@ -313,7 +313,7 @@ where
         let pg_timeout = self.settings.postgres_timeout;
         let result: Result<(), ActionError> = match action {
             Action::PublishMember(member) => {
-                let member = self.while_cloning(member);
+                let member = self.published_member(member, local);
                 bounded(
                     "publish_member",
                     retry,

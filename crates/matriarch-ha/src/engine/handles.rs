@@ -1,5 +1,5 @@
 //! What the engine is given and gives out: the traits of its helpers (fence,
-//! peer probe, failsafe sender), its settings, and the handles the REST API
+//! peer probe, failsafe sender, member record extras), its settings, and the handles the REST API
 //! and the daemon use while it runs (status, failsafe, settings, restart).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +42,19 @@ pub trait Fence: Send + Sync {
 pub trait PeerProbe: Send + Sync {
     /// Reports of the members that answered in time.
     async fn probe(&self, members: &[Member]) -> BTreeMap<MemberName, PeerReport>;
+}
+
+/// What the node knows besides the engine's observation, written into every
+/// member record the engine publishes, as Patroni's `touch_member` writes it:
+/// `patronictl list` shows both, `patronictl flush … restart` needs the
+/// scheduled restart to act. Read once per record, so it must answer at once.
+pub trait MemberExtras: Send + Sync {
+    /// PostgreSQL runs with parameters that wait for a restart
+    /// (`pending_restart`).
+    fn pending_restart(&self) -> bool;
+    /// The restart scheduled through the REST API, as Patroni writes it
+    /// (`scheduled_restart`: `schedule` and its conditions).
+    fn scheduled_restart(&self) -> Option<serde_json::Value>;
 }
 
 /// Sends failsafe heartbeats (`POST /failsafe`) to the members of the

@@ -7,6 +7,7 @@ mod errors;
 mod handles;
 mod lock;
 mod observe;
+mod record;
 mod renewal;
 mod restart;
 mod slots;
@@ -33,7 +34,7 @@ pub use errors::{
 };
 pub use handles::{
     EngineSettings, EngineStatus, FailsafeHandle, FailsafeRefusal, FailsafeSender, Fence,
-    PeerProbe, RestartHandle, SettingsHandle, StatusHandle,
+    MemberExtras, PeerProbe, RestartHandle, SettingsHandle, StatusHandle,
 };
 pub use observe::local_postgres;
 
@@ -62,6 +63,7 @@ pub struct Engine<D, P, R> {
     wall_start: DateTime<Utc>,
     fence: Option<Arc<dyn Fence>>,
     probe: Option<Arc<dyn PeerProbe>>,
+    member_extras: Option<Arc<dyn MemberExtras>>,
     memory: Memory,
     config: ClusterConfig,
     /// Why the `config` key was last refused, so that a bad value is
@@ -186,6 +188,7 @@ where
             wall_start: Utc::now(),
             fence: None,
             probe: None,
+            member_extras: None,
             memory: Memory::default(),
             rejected_config: None,
             last_view: None,
@@ -261,6 +264,13 @@ where
     /// Asks peers directly for their positions when the leader is gone.
     pub fn with_peer_probe(mut self, probe: Arc<dyn PeerProbe>) -> Self {
         self.probe = Some(probe);
+        self
+    }
+
+    /// Writes what the node knows besides the engine (a pending or a
+    /// scheduled restart) into every member record it publishes.
+    pub fn with_member_extras(mut self, extras: Arc<dyn MemberExtras>) -> Self {
+        self.member_extras = Some(extras);
         self
     }
 

@@ -68,6 +68,7 @@ pub fn local_postgres(state: &LocalState) -> LocalPostgres {
         system_id: state.system_id,
         timeline: state.timeline,
         wal_position,
+        replayed: wal.replayed,
         streaming_standbys,
         sync_standbys,
         sync_count: state

@@ -6,10 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_dcs::{Dcs, DcsError, Expected, MemoryDcs, WatchOutcome};
-use matriarch_model::{
-    ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Version,
-};
+use matriarch_dcs::{Dcs, DcsError, Expected, ForwardingDcs, MemoryDcs};
+use matriarch_model::{ClusterView, DcsKey, Member, MemberName, Record, SystemId, Version};
 
 use super::world::{lock, World};
 
@@ -93,10 +91,13 @@ impl SimDcs {
     }
 }
 
+/// The store's layout and its watches are the store's own.
 #[async_trait]
-impl Dcs for SimDcs {
-    fn layout(&self) -> &KeyLayout {
-        self.inner.layout()
+impl ForwardingDcs for SimDcs {
+    type Inner = MemoryDcs;
+
+    fn inner(&self) -> &MemoryDcs {
+        &self.inner
     }
     async fn read_view(&self) -> Result<ClusterView, DcsError> {
         self.lag().await;
@@ -180,13 +181,6 @@ impl Dcs for SimDcs {
         let key = key.clone();
         self.send(move |dcs| async move { dcs.delete(&key, expected).await })
             .await
-    }
-    async fn watch(
-        &self,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<WatchOutcome, DcsError> {
-        self.inner.watch(after_revision, timeout).await
     }
 }
 

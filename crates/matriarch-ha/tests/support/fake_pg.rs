@@ -28,6 +28,8 @@ pub(crate) struct PgState {
     pub(crate) timeline: u32,
     pub(crate) position: u64,
     pub(crate) upstream: Option<MemberName>,
+    /// How far a replica's replay trails the WAL it received.
+    pub(crate) replay_lag: u64,
     /// `synchronous_standby_names` as last set.
     pub(crate) sync: Option<SyncStandbyNames>,
     /// The cluster system ids the engine passed on, in order.
@@ -54,6 +56,7 @@ impl FakePg {
                 timeline: 1,
                 position,
                 upstream: Some(name(upstream)),
+                replay_lag: 0,
                 sync: None,
                 told_system_ids: Vec::new(),
             })),
@@ -108,7 +111,7 @@ impl Postgres for FakePg {
         } else {
             local.server = ServerState::Running(PgRole::Replica);
             local.wal.received = position;
-            local.wal.replayed = position;
+            local.wal.replayed = Some(Lsn(state.position.saturating_sub(state.replay_lag)));
             local.receiving = true;
             local.upstream = state.upstream.clone().map(|member| Upstream {
                 host: member.to_string(),

@@ -82,7 +82,7 @@ use matriarch_model::Secret;
 
 pub(crate) use config_checks::pkglibdir;
 pub(crate) use limits::{bind, raise_file_limit, serve, ConnectionLimits, FileLimitError};
-pub(crate) use member_record::{MemberExtras, MemberRecordDcs};
+pub(crate) use member_record::DaemonExtras;
 pub(crate) use mutations::merge_patch;
 pub(crate) use status::host_port as conn_url_host_port;
 pub(crate) use tls::{tls_acceptor, Tls};

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use matriarch_dcs::{Dcs, DcsError, Expected, MemoryDcs, WatchOutcome};
+use matriarch_dcs::test_support::GatedDcs;
+use matriarch_dcs::MemoryDcs;
 use matriarch_ha::{EngineRole, EngineStatus};
 use matriarch_model::{
-    ClusterView, DcsKey, KeyLayout, LeaderLock, Member, MemberName, Record, SystemId, Timeline,
-    Version, Versioned,
+    ClusterView, KeyLayout, LeaderLock, MemberName, SystemId, Timeline, Version, Versioned,
 };
 use matriarch_postgres::{
     BootstrapSpec, LocalState, Operation, PgRole, Postgres, PostgresError, RewindOutcome,
@@ -27,20 +27,10 @@ use tokio::sync::watch;
 use super::router_tests::{answer, test_api_state};
 use super::{refresh, ApiState, ReloadPostgres};
 
-/// How often the API asked PostgreSQL or the DCS for anything.
+/// How often the API asked PostgreSQL for anything.
 #[derive(Default)]
 struct Reads {
     postgres: AtomicUsize,
-    dcs: AtomicUsize,
-}
-
-impl Reads {
-    fn total(&self) -> (usize, usize) {
-        (
-            self.postgres.load(Ordering::SeqCst),
-            self.dcs.load(Ordering::SeqCst),
-        )
-    }
 }
 
 /// A PostgreSQL that still answers as a replica (as a stale read would see
@@ -99,73 +89,6 @@ impl ReloadPostgres for CountingPostgres {
     }
 }
 
-/// An empty in-memory DCS (no leader, as a stale read would see it) that
-/// counts every call.
-struct CountingDcs {
-    inner: MemoryDcs,
-    reads: Arc<Reads>,
-}
-
-impl CountingDcs {
-    fn count(&self) -> &MemoryDcs {
-        self.reads.dcs.fetch_add(1, Ordering::SeqCst);
-        &self.inner
-    }
-}
-
-#[async_trait]
-impl Dcs for CountingDcs {
-    fn layout(&self) -> &KeyLayout {
-        self.inner.layout()
-    }
-    async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        self.count().read_view().await
-    }
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        self.count().try_initialize().await
-    }
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        self.count().complete_initialize(system_id).await
-    }
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        self.count().cancel_initialize().await
-    }
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        self.count().acquire_leader(me, ttl).await
-    }
-    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        self.count().renew_leader(me, ttl).await
-    }
-    fn lock_lifetime(&self) -> Option<Duration> {
-        self.inner.lock_lifetime()
-    }
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        self.count().release_leader(me).await
-    }
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        self.count().publish_member(member, ttl).await
-    }
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        self.count().remove_member(name).await
-    }
-    async fn remove_cluster(&self) -> Result<(), DcsError> {
-        self.count().remove_cluster().await
-    }
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        self.count().write(record, expected).await
-    }
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        self.count().delete(key, expected).await
-    }
-    async fn watch(
-        &self,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<WatchOutcome, DcsError> {
-        self.count().watch(after_revision, timeout).await
-    }
-}
-
 fn me() -> MemberName {
     MemberName::new("me").expect("a valid name")
 }
@@ -218,6 +141,7 @@ struct Node {
     state: Arc<ApiState>,
     status: watch::Sender<EngineStatus>,
     reads: Arc<Reads>,
+    dcs: GatedDcs,
     data_dir: tempfile::TempDir,
 }
 
@@ -225,13 +149,13 @@ impl Node {
     fn new() -> Self {
         let reads = Arc::new(Reads::default());
         let pg = Arc::new(CountingPostgres(Arc::clone(&reads)));
-        let dcs = CountingDcs {
-            inner: MemoryDcs::new(KeyLayout::new("/service/", "test").expect("a layout")),
-            reads: Arc::clone(&reads),
-        };
+        // Empty: no leader, as a stale read would see it.
+        let dcs = GatedDcs::new(MemoryDcs::new(
+            KeyLayout::new("/service/", "test").expect("a layout"),
+        ));
         let (status, status_rx) = watch::channel(replica_status());
         let (state, data_dir) = test_api_state(
-            Arc::new(dcs),
+            Arc::new(dcs.clone()),
             Arc::clone(&pg) as Arc<dyn Postgres>,
             pg as Arc<dyn ReloadPostgres>,
             status_rx,
@@ -240,8 +164,14 @@ impl Node {
             state: Arc::new(state),
             status,
             reads,
+            dcs,
             data_dir,
         }
+    }
+
+    /// The calls the API made to (PostgreSQL, the DCS).
+    fn calls(&self) -> (usize, usize) {
+        (self.reads.postgres.load(Ordering::SeqCst), self.dcs.calls())
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -308,7 +238,7 @@ async fn primary_answers_200_on_the_promotion_status_without_reading_postgres_or
     assert_eq!(patroni["role"], "primary", "{patroni}");
     follower.abort();
     assert_eq!(
-        node.reads.total(),
+        node.calls(),
         (0, 0),
         "(PostgreSQL, DCS) calls the API made: it must answer from the engine's status alone"
     );
@@ -327,11 +257,7 @@ async fn primary_answers_503_from_the_demoting_status_before_postgres_stops() {
     let (code, body) = node.get("/primary").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     follower.abort();
-    assert_eq!(
-        node.reads.total(),
-        (0, 0),
-        "(PostgreSQL, DCS) calls the API made"
-    );
+    assert_eq!(node.calls(), (0, 0), "(PostgreSQL, DCS) calls the API made");
 }
 
 /// Issue 21: an agent resumed after a long pause, whose fence killed
@@ -356,9 +282,5 @@ async fn a_status_that_says_primary_does_not_outlive_the_postmaster() {
         node.get("/primary").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(
-        node.reads.total(),
-        (0, 0),
-        "(PostgreSQL, DCS) calls the API made"
-    );
+    assert_eq!(node.calls(), (0, 0), "(PostgreSQL, DCS) calls the API made");
 }

@@ -7,13 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_dcs::{Dcs, DcsError, Expected, SystemClock, WatchOutcome};
+use matriarch_dcs::{Dcs, DcsError, ForwardingDcs, SystemClock, WatchOutcome};
 use matriarch_etcd::{EtcdConfig, EtcdDcs, ReadCounters};
 use matriarch_ha::{Engine, EngineRole, EngineSettings, NodeSettings, StatusHandle};
-use matriarch_model::{
-    ClusterConfig, ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Tags,
-    Version,
-};
+use matriarch_model::{ClusterConfig, ClusterView, MemberName, SystemId, Tags};
 use matriarch_postgres::{BootstrapSpec, MemoryPostgres, MemoryPostgresCluster};
 use matriarch_router::{Endpoint, Router, RouterError, Routes};
 use tokio::task::JoinHandle;
@@ -98,51 +95,18 @@ impl CountingDcs {
     }
 }
 
+/// Counts after the views read and the waits; forwards the rest.
 #[async_trait]
-impl Dcs for CountingDcs {
-    fn layout(&self) -> &KeyLayout {
-        self.inner.layout()
+impl ForwardingDcs for CountingDcs {
+    type Inner = EtcdDcs;
+
+    fn inner(&self) -> &EtcdDcs {
+        &self.inner
     }
     async fn read_view(&self) -> Result<ClusterView, DcsError> {
         let view = self.inner.read_view().await;
         self.add_reads();
         view
-    }
-    async fn try_initialize(&self) -> Result<bool, DcsError> {
-        self.inner.try_initialize().await
-    }
-    async fn complete_initialize(&self, system_id: SystemId) -> Result<(), DcsError> {
-        self.inner.complete_initialize(system_id).await
-    }
-    async fn cancel_initialize(&self) -> Result<(), DcsError> {
-        self.inner.cancel_initialize().await
-    }
-    async fn acquire_leader(&self, me: &MemberName, ttl: Duration) -> Result<bool, DcsError> {
-        self.inner.acquire_leader(me, ttl).await
-    }
-    async fn renew_leader(&self, me: &MemberName, ttl: Duration) -> Result<(), DcsError> {
-        self.inner.renew_leader(me, ttl).await
-    }
-    fn lock_lifetime(&self) -> Option<Duration> {
-        self.inner.lock_lifetime()
-    }
-    async fn release_leader(&self, me: &MemberName) -> Result<(), DcsError> {
-        self.inner.release_leader(me).await
-    }
-    async fn publish_member(&self, member: &Member, ttl: Duration) -> Result<(), DcsError> {
-        self.inner.publish_member(member, ttl).await
-    }
-    async fn remove_member(&self, name: &MemberName) -> Result<(), DcsError> {
-        self.inner.remove_member(name).await
-    }
-    async fn remove_cluster(&self) -> Result<(), DcsError> {
-        self.inner.remove_cluster().await
-    }
-    async fn write(&self, record: &Record, expected: Expected) -> Result<Version, DcsError> {
-        self.inner.write(record, expected).await
-    }
-    async fn delete(&self, key: &DcsKey, expected: Expected) -> Result<(), DcsError> {
-        self.inner.delete(key, expected).await
     }
     async fn watch(
         &self,
