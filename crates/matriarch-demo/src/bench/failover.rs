@@ -13,7 +13,7 @@ use matriarch_testkit::cluster::Timing;
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
 
-use super::failover_table::print_table;
+use super::failover_table::{print_table, Row};
 use super::idle::measure_idle;
 use super::load::Load;
 use super::system::System;
@@ -188,17 +188,6 @@ struct SystemResult {
     json: Value,
     /// The row of the printed table.
     row: Row,
-}
-
-/// A system's row of the printed table.
-pub(super) struct Row {
-    pub(super) ok: usize,
-    pub(super) runs: usize,
-    pub(super) median_ms: Option<f64>,
-    pub(super) worst_ms: Option<u64>,
-    pub(super) missing: usize,
-    pub(super) old_acks: usize,
-    pub(super) target: String,
 }
 
 /// A fault, with or without pgbench loading the primary.

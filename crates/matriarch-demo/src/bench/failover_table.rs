@@ -4,7 +4,16 @@
 
 use serde_json::Value;
 
-use super::failover::Row;
+/// A system's row of the printed table.
+pub(super) struct Row {
+    pub(super) ok: usize,
+    pub(super) runs: usize,
+    pub(super) median_ms: Option<f64>,
+    pub(super) worst_ms: Option<u64>,
+    pub(super) missing: usize,
+    pub(super) old_acks: usize,
+    pub(super) target: String,
+}
 
 /// Seconds with milliseconds, or `-`.
 fn secs(ms: Option<f64>) -> String {
