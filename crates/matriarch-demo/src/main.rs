@@ -224,7 +224,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
             node.log().display()
         );
     }
-    println!("    Settings: ttl 5 s, loop_wait 1 s, retry_timeout 2 s (the defaults), asynchronous replication.");
+    println!("    Settings: ttl 4 s, loop_wait 1 s, retry_timeout 1.5 s (the defaults), asynchronous replication.");
     let boot = Instant::now();
     println!(
         "    Waiting for one node to initdb and take the lock, and the others to clone it ..."
@@ -313,7 +313,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
         &format!("Crash the primary: SIGKILL {old_name}'s agent and its PostgreSQL"),
     );
     println!(
-        "    Nothing tells the others: they notice when {old_name}'s leader lock expires (ttl 5 s)."
+        "    Nothing tells the others: they notice when {old_name}'s leader lock expires (ttl 4 s)."
     );
     let measured = inject_and_measure(
         cluster,
@@ -358,7 +358,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
         );
         println!(
             "    Most of it is the lock's ttl: a crashed node cannot release its lock, so the others\n    \
-             wait for it to expire (ttl 5 s) before one of them takes it."
+             wait for it to expire (ttl 4 s) before one of them takes it."
         );
     }
     // Every write acknowledged so far must be on the new primary.
@@ -470,7 +470,7 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
     let plot = matriarch_demo::failover::plot(
         format!("matriarch demo: {old_name} crashed (agent and PostgreSQL SIGKILLed)"),
         format!(
-            "a write every 10 ms through {name}; ttl 5 s, loop_wait 1 s; write unavailability {}; {missing} acknowledged writes missing",
+            "a write every 10 ms through {name}; ttl 4 s, loop_wait 1 s; write unavailability {}; {missing} acknowledged writes missing",
             unavailable.map_or_else(|| "?".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()))
         ),
         &servers,

@@ -237,7 +237,7 @@ fn new_node_waits_when_there_is_no_leader_to_clone_from() {
 // ---- leader ----
 
 /// How long after a renewal was sent a leader that could not renew must stop
-/// taking writes: ttl minus the write-stop margin (4.375 s at 5/1/2).
+/// taking writes: ttl minus the write-stop margin (3.5 s at the defaults, 4/1/1.5).
 fn deadline_after(world: &World) -> Duration {
     world.config.ttl - world.config.write_stop_margin(world.config.ttl)
 }
@@ -290,7 +290,7 @@ fn leader_that_cannot_reach_the_dcs_keeps_trying_before_the_deadline() {
 #[test]
 fn leader_that_cannot_reach_the_dcs_demotes_by_the_deadline() {
     let mut world = World::new("a");
-    // ttl 5 s: the deadline is 4.375 s after the last renewal was sent.
+    // ttl 4 s: the deadline is 3.5 s after the last renewal was sent.
     let deadline = deadline_after(&world);
     world.primary(500, 1).renewed(deadline);
     world.reachable = false;
@@ -1036,7 +1036,7 @@ fn replica_that_never_streams_from_its_leader_stops_to_rewind() {
     let mut world = World::new("b");
     world.leader("a").replica(Some("a"), 500, 1);
     world.local.receiving = false;
-    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND + 5;
+    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND + 3;
     // A leader on the same timeline that does not stream is down, not ahead:
     // its replicas keep running to race when its lock expires.
     world.peer("a", Role::Primary, 500, 1);
@@ -1271,7 +1271,8 @@ fn failsafe_replica_with_a_fresh_heartbeat_does_not_race_for_the_expired_lock() 
     let mut world = World::in_failsafe_mode("b");
     world.replica(Some("a"), 500, 1);
     world.record(failsafe_key(&["a", "b"]));
-    world.heartbeat_from("a", 4.0);
+    // Acknowledged a second less than a ttl ago.
+    world.heartbeat_from("a", world.config.ttl.as_secs_f64() - 1.0);
     let decision = world.decide();
     assert!(!promotes(&decision), "{decision:?}");
     assert!(
@@ -2201,7 +2202,7 @@ fn following_without_receiving_wal_is_pending_with_a_stable_reason() {
         "{first:?}"
     );
     // The reason is logged when it changes: it must not change every loop.
-    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND + 5;
+    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND + 3;
     assert_eq!(world.decide().pending, first);
 }
 
@@ -2217,7 +2218,7 @@ fn a_leader_whose_postgres_stays_silent_for_a_ttl_stops_renewing() {
         .leader("a")
         .renewed(Duration::from_secs(1));
     world.local.role = LocalRole::Unknown;
-    world.memory.postgres_answered_at = Some(world.now - Duration::from_secs(4));
+    world.memory.postgres_answered_at = Some(world.now - world.config.ttl + Duration::from_secs(1));
     let decision = world.decide();
     assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
     assert!(has(&decision, &Action::RenewLock), "{decision:?}");

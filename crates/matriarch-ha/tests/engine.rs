@@ -372,7 +372,7 @@ async fn failsafe_rounds_keep_the_primary_and_its_fence_until_a_member_goes_sile
     );
 
     // The DCS goes away for this node; a renewal or an acknowledged round
-    // allows writes for ttl minus the write-stop margin: 4.375 s.
+    // allows writes for ttl minus the write-stop margin: 3.5 s.
     let window = config.ttl - config.write_stop_margin(config.ttl);
     connection.set_reachable(false);
     for _ in 0..4 {
@@ -1102,10 +1102,10 @@ async fn a_repeated_reason_not_to_race_is_logged_once_and_shown_in_the_status() 
     assert!(pending.contains("c is a better candidate"), "{pending}");
 }
 
-/// Issue 21, item 4: with ttl 5 s and retry_timeout 2 s the fence fires 3 s
-/// after a renewal. One loop waits loop_wait (1 s), the next one's observe
-/// takes retry_timeout (2 s): a renewal that waits behind observing comes
-/// 3 s late, and the fence kills a healthy primary on a healthy DCS.
+/// Issue 21, item 4 (found at 5/1/2, where the fence then fired 3 s after a
+/// renewal): one loop waits loop_wait, the next one's observe takes
+/// retry_timeout, every other loop: a renewal that waits behind observing
+/// comes late, and the fence kills a healthy primary on a healthy DCS.
 #[tokio::test(start_paused = true)]
 async fn a_slow_postgres_answer_does_not_delay_the_lock_renewal_past_the_fence() {
     let config = ClusterConfig::default();

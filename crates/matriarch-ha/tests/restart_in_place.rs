@@ -25,7 +25,7 @@ fn leader_name() -> MemberName {
 const CRASH_AT: Duration = Duration::from_secs(5);
 
 /// The soak's case: PostgreSQL is killed, and its crash recovery takes 8 s,
-/// well past the fence's window of 4.375 s after a renewal (within the
+/// well past the fence's window of 3.5 s after a renewal (within the
 /// engine's bound on a start, 10 s in these settings). Found by the one-hour soak with etcd leader kills: the fence killed
 /// the recovering postmaster about twelve times, until primary_start_timeout
 /// handed the lock to a replica.

@@ -235,7 +235,7 @@ planted_bugs! {
         ..SimConfig::failsafe_outage(seed, false)
     }) => ["still writable", "two writable"];
 
-    planted_bug_shrinking_the_sync_key_early_is_caught(1200, |seed| SimConfig {
+    planted_bug_shrinking_the_sync_key_early_is_caught(2000, |seed| SimConfig {
         synchronous: true,
         dynamic: true,
         ..alone(seed, Decide(DecidePlant::ShrinkSyncKeyEarly))

@@ -299,13 +299,13 @@ mod defaults {
     use std::time::Duration;
 
     pub(super) fn ttl() -> Duration {
-        Duration::from_secs(5)
+        Duration::from_secs(4)
     }
     pub(super) fn loop_wait() -> Duration {
         Duration::from_secs(1)
     }
     pub(super) fn retry_timeout() -> Duration {
-        Duration::from_secs(2)
+        Duration::from_millis(1500)
     }
     pub(super) fn primary_start_timeout() -> Duration {
         Duration::from_secs(30)
@@ -496,14 +496,11 @@ mod tests {
     #[test]
     fn writes_stop_an_eighth_of_the_lock_life_early_at_most_retry_timeout() {
         let ms = Duration::from_millis;
+        // The defaults, 4/1/1.5.
         let defaults = ClusterConfig::default();
-        assert_eq!(defaults.write_stop_margin(defaults.ttl), ms(625));
-        let four = ClusterConfig {
-            ttl: ms(4000),
-            retry_timeout: ms(1500),
-            ..defaults.clone()
-        };
-        assert_eq!(four.write_stop_margin(four.ttl), ms(500));
+        assert_eq!(defaults.write_stop_margin(defaults.ttl), ms(500));
+        let five = timing(5, 1, 2);
+        assert_eq!(five.write_stop_margin(five.ttl), ms(625));
         // Patroni's defaults: 30/10/10.
         let patroni = timing(30, 10, 10);
         assert_eq!(patroni.write_stop_margin(patroni.ttl), ms(3750));

@@ -82,7 +82,7 @@ usage: matriarch-bench failover [--runs N] [--scenario NAME]... [--idle-seconds 
   --minutes M        stability: how long pgbench runs (default 10; fractions allowed)
   --ttl S, --loop-wait S, --retry-timeout S
                      failover, stability: the leader lock's timing in seconds (default: the
-                     daemon's, 5, 1, 2); refused unless loop_wait + 2 × retry_timeout ≤ ttl
+                     daemon's, 4, 1, 1.5); refused unless loop_wait + 2 × retry_timeout ≤ ttl
   --kill-etcd-leader-every S
                      stability: SIGKILL the etcd leader this often, restart it 3 s later
                      (default: never)
@@ -430,7 +430,7 @@ mod tests {
             &["failover", "--runs", "0"][..],
             &["failover", "--scenario", "meteor"],
             &["stability", "--runs", "3"],
-            &["stability", "--ttl", "4"],
+            &["stability", "--ttl", "3"],
             &["stability", "--clients", "1.5"],
             &["failover", "--idle-seconds"],
             &["fleet", "--clusters", "0"],

@@ -40,9 +40,9 @@ impl Timing {
 }
 
 impl Default for Timing {
-    /// Patroni's defaults scaled to a test: ttl 5, loop_wait 1, retry_timeout 2.
+    /// The daemon's defaults: ttl 4, loop_wait 1, retry_timeout 1.5.
     fn default() -> Self {
-        Timing::from_secs_f64(5.0, 1.0, 2.0)
+        Timing::from_secs_f64(4.0, 1.0, 1.5)
     }
 }
 

@@ -187,7 +187,10 @@ fn the_example_configuration_is_valid() {
     let (config, v) = NodeConfig::parse(text, no_env).unwrap();
     assert_eq!(v.api_url, "http://10.0.0.11:8008/patroni");
     assert_eq!(v.conn_url, "postgres://10.0.0.11:5432/postgres");
-    assert_eq!(v.bootstrap_dcs.ttl, std::time::Duration::from_secs(5));
+    // The example spells out the defaults.
+    let defaults = matriarch_model::ClusterConfig::default();
+    assert_eq!(v.bootstrap_dcs.ttl, defaults.ttl);
+    assert_eq!(v.bootstrap_dcs.retry_timeout, defaults.retry_timeout);
     assert_eq!(v.allowlist.len(), 2);
     assert!(config.router.elb.is_none() && config.router.dns.is_none());
     assert_eq!(config.watchdog, WatchdogConfig::default());
