@@ -70,6 +70,27 @@ impl Scene {
         self.memory.lock_renewed_at = Some(self.now);
     }
 
+    /// This node runs a replica at `position` on `timeline`, receiving WAL
+    /// from `upstream` (a member; `None`: no member).
+    pub(crate) fn running_replica(
+        &mut self,
+        upstream: Option<&str>,
+        position: u64,
+        timeline: u32,
+    ) -> &mut Self {
+        self.local = LocalPostgres {
+            role: LocalRole::Replica {
+                upstream: upstream.map(|n| MemberName::new(n).unwrap()),
+            },
+            system_id: Some(SYSID),
+            timeline: Some(Timeline(timeline)),
+            wal_position: Some(Lsn(position)),
+            receiving: true,
+            ..LocalPostgres::no_data()
+        };
+        self
+    }
+
     /// The same cluster seen by member `me` (its name and URLs).
     pub(crate) fn seen_by(&mut self, me: &str) {
         self.node = node(me);
@@ -118,4 +139,9 @@ pub(crate) fn acts(decision: &Decision) -> Vec<Action> {
         .filter(|a| !matches!(a, Action::PublishMember(_) | Action::ReconcileSlots(_)))
         .cloned()
         .collect()
+}
+
+/// Whether the decision takes an action that `matching` accepts.
+pub(crate) fn takes(decision: &Decision, matching: impl Fn(&Action) -> bool) -> bool {
+    decision.actions.iter().any(matching)
 }
