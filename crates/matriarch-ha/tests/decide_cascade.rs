@@ -10,7 +10,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::Scene;
+use support::scene::{housekeeping, Scene};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -72,25 +72,13 @@ fn chosen(decision: &Decision) -> Option<Option<MemberName>> {
 }
 
 fn published(decision: &Decision) -> Member {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::PublishMember(m) => Some((**m).clone()),
-            _ => None,
-        })
-        .expect("the record is published every loop")
+    let member = housekeeping(decision).member.cloned();
+    member.expect("the record is published every loop")
 }
 
 fn slot_plan(decision: &Decision) -> SlotPlan {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::ReconcileSlots(plan) => Some((**plan).clone()),
-            _ => None,
-        })
-        .expect("slots are reconciled")
+    let plan = housekeeping(decision).slots.cloned();
+    plan.expect("slots are reconciled")
 }
 
 fn wanted(plan: &SlotPlan) -> Vec<&str> {

@@ -10,7 +10,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::{acts, takes, Scene};
+use support::scene::{acts, housekeeping, takes, Scene};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -53,14 +53,8 @@ fn peer(scene: &mut Scene, n: &str, role: Role, position: u64) {
 }
 
 fn published_role(decision: &Decision) -> Role {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::PublishMember(member) => Some(member.role),
-            _ => None,
-        })
-        .expect("a member record")
+    let member = housekeeping(decision).member;
+    member.expect("a member record").role
 }
 
 fn promotes(decision: &Decision) -> bool {

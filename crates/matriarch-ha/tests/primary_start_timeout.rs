@@ -15,7 +15,7 @@ use matriarch_postgres::memory::MemoryPostgresCluster;
 use matriarch_router::RecordingRouter;
 
 mod support;
-use support::scene::{takes, Scene, SYSID};
+use support::scene::{housekeeping, takes, Scene, SYSID};
 use support::LogCapture;
 
 fn name(n: &str) -> MemberName {
@@ -419,14 +419,7 @@ fn a_replica_on_a_full_disk_says_so_instead_of_cycling_through_rewinds() {
         full.pending
     );
     // Its record does not claim to stream.
-    let record = full
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::PublishMember(member) => Some(member.clone()),
-            _ => None,
-        })
-        .expect("the record is published");
+    let record = housekeeping(&full).member.expect("the record is published");
     assert_eq!(
         record.replication_state.as_deref(),
         Some("in archive recovery")

@@ -9,11 +9,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{
     decide, Action, DcsObservation, Decision, FailsafeInputs, Inputs, LocalPostgres, LocalRole,
-    Memory, NodeSettings, PeerReport,
+    Memory, NodeSettings, PeerReport, SlotPlan,
 };
 use matriarch_model::{
-    encode_initialize, ClusterConfig, ClusterView, Initialize, Lsn, MemberName, RawEntry, SystemId,
-    Timeline,
+    encode_initialize, ClusterConfig, ClusterView, Initialize, Lsn, Member, MemberName, RawEntry,
+    SystemId, Timeline,
 };
 
 /// The system identifier of every test cluster.
@@ -144,4 +144,27 @@ pub(crate) fn acts(decision: &Decision) -> Vec<Action> {
 /// Whether the decision takes an action that `matching` accepts.
 pub(crate) fn takes(decision: &Decision, matching: impl Fn(&Action) -> bool) -> bool {
     decision.actions.iter().any(matching)
+}
+
+/// What a decision's housekeeping carries: the member record it publishes
+/// (every loop does) and the slot plan it reconciles (when it does).
+pub(crate) struct Housekeeping<'a> {
+    pub(crate) member: Option<&'a Member>,
+    pub(crate) slots: Option<&'a SlotPlan>,
+}
+
+/// The decision's housekeeping actions (those [`acts`] leaves out).
+pub(crate) fn housekeeping(decision: &Decision) -> Housekeeping<'_> {
+    let mut found = Housekeeping {
+        member: None,
+        slots: None,
+    };
+    for action in &decision.actions {
+        match action {
+            Action::PublishMember(member) => found.member = Some(member),
+            Action::ReconcileSlots(plan) => found.slots = Some(plan),
+            _ => {}
+        }
+    }
+    found
 }
