@@ -235,7 +235,7 @@ fn has(decision: &Decision, wanted: &Action) -> bool {
 }
 
 fn promotes(decision: &Decision) -> bool {
-    takes(&decision, |a| {
+    takes(decision, |a| {
         matches!(
             a,
             Action::Promote | Action::AcquireLock | Action::StartPrimary
@@ -631,6 +631,9 @@ fn leader_gone_best_replica_races_promotes_and_routes() {
     assert_eq!(decision.role, EngineRole::Candidate);
 }
 
+/// Sets up a situation on a world.
+type Situation = fn(&mut World);
+
 /// Whether b, replicating at 500 on timeline 1 from a whose lock expired,
 /// races: one case a situation, set up on that world.
 #[test]
@@ -641,7 +644,7 @@ fn leader_gone_replica_races_unless_another_member_should_lead() {
             ..Tags::default()
         }
     }
-    let cases: [(&str, fn(&mut World), Race); 10] = [
+    let cases: [(&str, Situation, Race); 10] = [
         (
             "replica behind a peer does not race",
             |w| {
@@ -1807,7 +1810,7 @@ fn sync_mode_strict_leader_without_standbys_makes_commits_wait_for_any_standby()
 fn leader_gone_replica_too_far_behind_the_former_leaders_last_position_does_not_race() {
     // Asynchronous loss is bounded by maximum_lag_on_failover, measured from
     // what the former leader was last known to hold, as in Patroni.
-    let from_memory: fn(&mut World) = |world| {
+    let from_memory: Situation = |world| {
         world.memory.last_leader = Some(LastLeader {
             name: name("a"),
             conn_url: None,

@@ -58,7 +58,7 @@ fn published_role(decision: &Decision) -> Role {
 }
 
 fn promotes(decision: &Decision) -> bool {
-    takes(&decision, |a| {
+    takes(decision, |a| {
         matches!(a, Action::Promote | Action::StartPrimary)
     })
 }
