@@ -10,27 +10,31 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    blocking, dcs, eventually, lead, name, own_server, publish, raw_client, timed_watch,
-    unique_scope,
+    blocking, dcs, eventually, lead, name, own_server, publish, raw_client, status, timed_watch,
+    unique_scope, write_status,
 };
 use matriarch_dcs::{Dcs, Expected, WatchOutcome};
 use matriarch_etcd::EtcdDcs;
-use matriarch_model::{ClusterView, LeaderStatus, Lsn, Record};
+use matriarch_model::{ClusterView, Lsn};
 use matriarch_testkit::EtcdCluster;
 
 const TTL: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_secs(2);
 
-fn status(optime: u64) -> Record {
-    Record::Status(LeaderStatus {
-        optime: Lsn(optime),
-        ..LeaderStatus::default()
-    })
-}
-
 fn optime(view: &ClusterView) -> Option<Lsn> {
     let status = view.status.as_ref()?.as_ref().ok()?;
     Some(status.value.optime)
+}
+
+/// Asserts that the next read from `client` has the leader status at `n`,
+/// which `writer` wrote.
+async fn assert_next_read_has(client: &EtcdDcs, n: u64, writer: &str) {
+    let view = client.read_view().await.expect("read");
+    assert_eq!(
+        optime(&view),
+        Some(Lsn(n)),
+        "{writer}'s completed write {n} not in the next read"
+    );
 }
 
 /// Reads until the view comes from the cache again (a stream is live), and
@@ -44,6 +48,24 @@ async fn cached_read(client: &EtcdDcs, bound: Duration) -> ClusterView {
     .await
 }
 
+/// A 3-member cluster for scope `tag`, a client on its first
+/// `client_members` members (its stream on member 0) with `client_retry`, a
+/// writer on members 1 and 2 (as another host would be), and the client's
+/// first read from its cache.
+async fn three_members(
+    tag: &str,
+    client_members: usize,
+    client_retry: Duration,
+) -> (EtcdCluster, EtcdDcs, EtcdDcs, ClusterView) {
+    let cluster = blocking(|| EtcdCluster::start(3)).expect("start etcd cluster");
+    let urls = cluster.client_urls();
+    let scope = unique_scope(tag);
+    let client = dcs(&urls[..client_members], &scope, client_retry);
+    let writer = dcs(&urls[1..], &scope, RETRY);
+    let view = cached_read(&client, Duration::from_secs(10)).await;
+    (cluster, client, writer, view)
+}
+
 /// A read right after this client's own write sees it, every time, and comes
 /// from the cache (one watch stream for all of them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,16 +75,8 @@ async fn a_read_after_the_clients_own_write_sees_it() {
     cached_read(&client, Duration::from_secs(10)).await;
     let before = client.read_counters();
     for n in 1..=30 {
-        client
-            .write(&status(n), Expected::Any)
-            .await
-            .expect("write");
-        let view = client.read_view().await.expect("read");
-        assert_eq!(
-            optime(&view),
-            Some(Lsn(n)),
-            "write {n} not in the next read"
-        );
+        write_status(&client, n).await;
+        assert_next_read_has(&client, n, "this client").await;
         publish(&client, &format!("m{n}"), TTL).await;
         let view = client.read_view().await.expect("read");
         assert!(view.members.contains_key(format!("m{n}").as_str()));
@@ -85,22 +99,14 @@ async fn a_read_after_the_clients_own_write_sees_it() {
 /// watch in between. No loop opens a watch stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_clients_change_wakes_the_watch_and_is_in_the_next_read() {
-    let cluster = blocking(|| EtcdCluster::start(3)).expect("start etcd cluster");
-    let urls = cluster.client_urls();
-    let scope = unique_scope("cache-other");
     // Writer and watcher on different members, as two hosts would be.
-    let watcher = dcs(&urls, &scope, RETRY);
-    let writer = dcs(&urls[1..], &scope, RETRY);
-    let mut view = cached_read(&watcher, Duration::from_secs(10)).await;
+    let (_cluster, watcher, writer, mut view) = three_members("cache-other", 3, RETRY).await;
     let streams = watcher.read_counters().watch_streams;
     for n in 1..=10 {
         let revision = view.revision;
         let write = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            writer
-                .write(&status(n), Expected::Any)
-                .await
-                .expect("write");
+            write_status(&writer, n).await;
         };
         let ((outcome, took), ()) = tokio::join!(
             timed_watch(&watcher, revision, Duration::from_secs(10)),
@@ -119,16 +125,8 @@ async fn another_clients_change_wakes_the_watch_and_is_in_the_next_read() {
         assert_eq!(outcome, WatchOutcome::TimedOut, "loop {n}");
     }
     for n in 11..=30 {
-        writer
-            .write(&status(n), Expected::Any)
-            .await
-            .expect("write");
-        let view = watcher.read_view().await.expect("read");
-        assert_eq!(
-            optime(&view),
-            Some(Lsn(n)),
-            "a completed write missing from a read"
-        );
+        write_status(&writer, n).await;
+        assert_next_read_has(&watcher, n, "another client").await;
     }
     assert_eq!(watcher.read_counters().watch_streams, streams);
 }
@@ -138,12 +136,8 @@ async fn another_clients_change_wakes_the_watch_and_is_in_the_next_read() {
 /// cache comes back on another member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_under_the_stream_falls_back_and_recovers() {
-    let cluster = blocking(|| EtcdCluster::start(3)).expect("start etcd cluster");
-    let urls = cluster.client_urls();
-    let scope = unique_scope("cache-kill");
-    let client = dcs(&urls, &scope, RETRY);
-    let writer = dcs(&urls[1..], &scope, RETRY);
-    let revision = cached_read(&client, Duration::from_secs(10)).await.revision;
+    let (cluster, client, writer, view) = three_members("cache-kill", 3, RETRY).await;
+    let revision = view.revision;
     let streams = client.read_counters().watch_streams;
 
     blocking(|| cluster.member(0).kill());
@@ -176,10 +170,7 @@ async fn a_killed_member_under_the_stream_falls_back_and_recovers() {
     // The new stream carries changes again.
     let write = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        writer
-            .write(&status(2), Expected::Any)
-            .await
-            .expect("write");
+        write_status(&writer, 2).await;
     };
     let ((outcome, _), ()) = tokio::join!(
         timed_watch(&client, view.revision, Duration::from_secs(10)),
@@ -197,12 +188,8 @@ async fn a_killed_member_under_the_stream_falls_back_and_recovers() {
 /// another member; the change made meanwhile wakes the watch and is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_member_under_the_stream_is_given_up_and_the_change_seen() {
-    let cluster = blocking(|| EtcdCluster::start(3)).expect("start etcd cluster");
-    let urls = cluster.client_urls();
-    let scope = unique_scope("cache-hung");
-    let client = dcs(&urls, &scope, RETRY);
-    let writer = dcs(&urls[1..], &scope, RETRY);
-    let revision = cached_read(&client, Duration::from_secs(10)).await.revision;
+    let (cluster, client, writer, view) = three_members("cache-hung", 3, RETRY).await;
+    let revision = view.revision;
 
     cluster.member(0).pause().expect("SIGSTOP member 0");
     struct Resume<'a>(&'a EtcdCluster);
@@ -238,13 +225,10 @@ async fn a_hung_member_under_the_stream_is_given_up_and_the_change_seen() {
 /// and a watch from the new view is an ordinary watch again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compaction_while_the_stream_was_down_is_a_resynchronisation() {
-    let cluster = blocking(|| EtcdCluster::start(3)).expect("start etcd cluster");
-    let urls = cluster.client_urls();
-    let scope = unique_scope("cache-compact");
     // The client knows member 0 only, so its stream waits for it.
-    let client = dcs(&urls[..1], &scope, Duration::from_secs(10));
-    let writer = dcs(&urls[1..], &scope, RETRY);
-    let before = cached_read(&client, Duration::from_secs(10)).await.revision;
+    let (cluster, client, writer, view) =
+        three_members("cache-compact", 1, Duration::from_secs(10)).await;
+    let before = view.revision;
 
     blocking(|| cluster.member(0).kill());
     for optime in 1..=3 {
@@ -256,7 +240,7 @@ async fn a_compaction_while_the_stream_was_down_is_a_resynchronisation() {
         .await;
     }
     let latest = writer.read_view().await.expect("read").revision;
-    let mut admin = raw_client(&urls[1..]).await;
+    let mut admin = raw_client(&cluster.client_urls()[1..]).await;
     admin
         .compact(
             i64::try_from(latest).expect("revision"),

@@ -8,24 +8,17 @@ use std::time::{Duration, Instant};
 
 use common::{
     blocking, dcs, eventually, holder_and_rival, lead, member, name, own_server, publish,
-    raw_client, timed_watch, unique_scope,
+    raw_client, status, timed_watch, unique_scope, write_status,
 };
 use matriarch_dcs::{Dcs, DcsError, Expected, WatchOutcome};
 use matriarch_etcd::EtcdDcs;
-use matriarch_model::{LeaderStatus, Lsn, Record};
+use matriarch_model::{Lsn, Record};
 use matriarch_testkit::EtcdCluster;
 
 const TTL: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_secs(1);
 /// What a bounded call may take beyond retry_timeout (scheduling on a busy machine).
 const CALL_MARGIN: Duration = Duration::from_millis(1500);
-
-fn status(optime: u64) -> Record {
-    Record::Status(LeaderStatus {
-        optime: Lsn(optime),
-        ..LeaderStatus::default()
-    })
-}
 
 /// Writes `record`, retrying while etcd is unreachable (never on other errors).
 async fn write_eventually(client: &EtcdDcs, record: &Record, bound: Duration) {
@@ -333,10 +326,7 @@ async fn a_compaction_past_the_watched_revision_is_reported_as_a_change() {
     let (watcher, writer) = (dcs(&urls, &scope, retry), dcs(&urls, &scope, retry));
     let before = watcher.read_view().await.expect("read").revision;
     for optime in 1..=3 {
-        writer
-            .write(&status(optime), Expected::Any)
-            .await
-            .expect("write");
+        write_status(&writer, optime).await;
     }
     let latest = writer.read_view().await.expect("read").revision;
     let mut admin = raw_client(&urls).await;

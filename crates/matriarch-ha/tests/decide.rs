@@ -9,7 +9,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::{acts, Scene, SYSID};
+use support::scene::{acts, takes, Scene};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -31,6 +31,15 @@ impl World {
             .leader(me)
             .primary(500, 1)
             .renewed(Duration::from_secs(1));
+        world
+    }
+
+    /// Member `me` holds the lock (renewed a second ago) over a PostgreSQL
+    /// that ran as primary and has stopped.
+    fn crashed_leader(me: &str) -> World {
+        let mut world = World::new(me);
+        world.leader(me).stopped().renewed(Duration::from_secs(1));
+        world.memory.ran_as_primary = true;
         world
     }
 
@@ -123,17 +132,7 @@ impl World {
     }
 
     fn replica(&mut self, upstream: Option<&str>, position: u64, timeline: u32) -> &mut Self {
-        self.local = LocalPostgres {
-            role: LocalRole::Replica {
-                upstream: upstream.map(name),
-            },
-            system_id: Some(SYSID),
-            timeline: Some(Timeline(timeline)),
-            wal_position: Some(Lsn(position)),
-            receiving: true,
-            ..LocalPostgres::no_data()
-        };
-        self
+        self.running_replica(upstream, position, timeline)
     }
 
     fn primary(&mut self, position: u64, timeline: u32) -> &mut Self {
@@ -154,6 +153,62 @@ impl World {
         self.memory.lock_renewed_at = Some(self.now - ago);
         self
     }
+
+    /// Nobody holds the lock: `me` replicates at `position` from `upstream`,
+    /// `other` at `other_position` (all on timeline 1).
+    fn leaderless(
+        me: &str,
+        upstream: &str,
+        position: u64,
+        other: &str,
+        other_position: u64,
+    ) -> World {
+        let mut world = World::new(me);
+        world
+            .replica(Some(upstream), position, 1)
+            .peer(other, Role::Replica, other_position, 1);
+        world
+    }
+
+    /// Member `me` replicates at 500 from a, whose lock expired; c
+    /// replicates behind it at 400.
+    fn leader_gone(me: &str) -> World {
+        World::leaderless(me, "a", 500, "c", 400)
+    }
+
+    /// Member `n`'s answer to a direct REST probe.
+    fn probed(
+        &mut self,
+        n: &str,
+        position: u64,
+        timeline: u32,
+        running_primary: bool,
+    ) -> &mut Self {
+        self.peers.insert(
+            name(n),
+            PeerReport {
+                wal_position: Some(Lsn(position)),
+                timeline: Some(Timeline(timeline)),
+                running_primary,
+            },
+        );
+        self
+    }
+}
+
+/// Asserts that the node demotes at once and withdraws from the router.
+#[track_caller]
+fn assert_demotes_at_once(world: &World) {
+    assert_eq!(
+        acts(&world.decide()),
+        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
+    );
+}
+
+/// A leader's hand-over: demote in `mode`, withdraw from the router,
+/// release the lock.
+fn steps_down(mode: DemoteMode) -> [Action; 3] {
+    [Action::Demote(mode), Action::Withdraw, Action::ReleaseLock]
 }
 
 /// Asserts that the node's only step is a graceful stop (to rewind).
@@ -165,13 +220,14 @@ fn assert_stops_to_rewind(world: &World) {
     );
 }
 
-/// Asserts that the node demotes at once and withdraws from the router.
+/// Asserts that a replica not streaming for one loop fewer than `loops`
+/// waits (`why`), and for `loops` stops to rewind.
 #[track_caller]
-fn assert_demotes_at_once(decision: &Decision) {
-    assert_eq!(
-        decision.actions,
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+fn assert_stops_to_rewind_after(world: &mut World, loops: u32, why: &str) {
+    world.memory.loops_not_streaming = loops - 1;
+    assert!(acts(&world.decide()).is_empty(), "{why}");
+    world.memory.loops_not_streaming = loops;
+    assert_stops_to_rewind(world);
 }
 
 fn has(decision: &Decision, wanted: &Action) -> bool {
@@ -179,12 +235,34 @@ fn has(decision: &Decision, wanted: &Action) -> bool {
 }
 
 fn promotes(decision: &Decision) -> bool {
-    decision.actions.iter().any(|a| {
+    takes(decision, |a| {
         matches!(
             a,
             Action::Promote | Action::AcquireLock | Action::StartPrimary
         )
     })
+}
+
+/// Whether a replica whose leader is gone races for the lock.
+#[derive(Clone, Copy, Debug)]
+enum Race {
+    /// It races (takes the lock, or starts to).
+    Runs,
+    /// It holds back, saying why (`""`: any reason).
+    Waits(&'static str),
+}
+
+/// Asserts that `world`'s node does what `race` says, naming `case`.
+#[track_caller]
+fn assert_race(case: &str, world: &World, race: Race) {
+    let decision = world.decide();
+    match race {
+        Race::Runs => assert!(promotes(&decision), "{case}: {decision:?}"),
+        Race::Waits(why) => {
+            assert!(!promotes(&decision), "{case}: {decision:?}");
+            assert!(decision.reason.contains(why), "{case}: {}", decision.reason);
+        }
+    }
 }
 
 // ---- bootstrap ----
@@ -238,7 +316,7 @@ fn new_node_waits_when_there_is_no_leader_to_clone_from() {
 
 /// How long after a renewal was sent a leader that could not renew must stop
 /// taking writes: ttl minus the write-stop margin (3.5 s at the defaults, 4/1/1.5).
-fn deadline_after(world: &World) -> Duration {
+fn fence_window(world: &World) -> Duration {
     world.config.ttl - world.config.write_stop_margin(world.config.ttl)
 }
 
@@ -251,7 +329,7 @@ fn leader_renews_its_lock_every_loop() {
     assert_eq!(decision.role, EngineRole::Leader);
     assert_eq!(
         decision.demotion_deadline,
-        Some(world.now - Duration::from_secs(1) + deadline_after(&world))
+        Some(world.now - Duration::from_secs(1) + fence_window(&world))
     );
 }
 
@@ -270,33 +348,174 @@ fn leader_routes_when_routes_changed() {
     };
     assert!(has(&world.decide(), &Action::Route(expected.clone())));
     world.memory.routed = Some(expected);
-    assert!(!world
-        .decide()
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::Route(_))));
+    assert!(!takes(&world.decide(), |a| matches!(a, Action::Route(_))));
+}
+
+/// How a primary cut off from the DCS ends its loop.
+enum CutOff {
+    /// Retries the renewal, to demote by the renewal's deadline.
+    Renews,
+    /// Keeps leading on the failsafe round, as if it had renewed when the
+    /// round was sent.
+    Extends,
+    /// Demotes at once and withdraws from the router, saying why (`""`: any
+    /// reason).
+    Demotes(&'static str),
+}
+
+/// When the last renewal was sent.
+#[derive(Clone, Copy)]
+enum Renewed {
+    /// This many seconds ago.
+    Ago(f64),
+    /// This many seconds longer ago than the fence window ([`fence_window`]):
+    /// its deadline passed that long ago (0: it passes now).
+    PastDeadline(f64),
+}
+
+/// A primary cut off from the DCS (its deadline: [`fence_window`] after the
+/// last renewal or acknowledged failsafe round was sent).
+struct CutOffCase {
+    name: &'static str,
+    failsafe_mode: bool,
+    renewed: Renewed,
+    /// Seconds since the last round every member acknowledged was sent.
+    acked_ago: Option<f64>,
+    /// The last failsafe round: sent this many seconds ago, acknowledged by
+    /// the first members and not by the second.
+    round: Option<(f64, &'static [&'static str], &'static [&'static str])>,
+    outcome: CutOff,
 }
 
 #[test]
-fn leader_that_cannot_reach_the_dcs_keeps_trying_before_the_deadline() {
-    let mut world = World::new("a");
-    world.primary(500, 1).renewed(Duration::from_secs(1));
-    world.reachable = false;
-    let decision = world.decide();
-    assert_eq!(decision.actions, [Action::RenewLock]);
-    assert_eq!(decision.role, EngineRole::Leader);
-}
-
-#[test]
-fn leader_that_cannot_reach_the_dcs_demotes_by_the_deadline() {
-    let mut world = World::new("a");
-    // ttl 4 s: the deadline is 3.5 s after the last renewal was sent.
-    let deadline = deadline_after(&world);
-    world.primary(500, 1).renewed(deadline);
-    world.reachable = false;
-    let decision = world.decide();
-    assert_demotes_at_once(&decision);
-    assert_eq!(decision.role, EngineRole::Demoting);
+fn primary_cut_off_from_the_dcs_leads_until_its_deadline() {
+    let cases = [
+        CutOffCase {
+            name: "leader that cannot reach the DCS keeps trying before the deadline",
+            failsafe_mode: false,
+            renewed: Renewed::Ago(1.0),
+            acked_ago: None,
+            round: None,
+            outcome: CutOff::Renews,
+        },
+        CutOffCase {
+            name: "leader that cannot reach the DCS demotes by the deadline",
+            failsafe_mode: false,
+            renewed: Renewed::PastDeadline(0.0),
+            acked_ago: None,
+            round: None,
+            outcome: CutOff::Demotes(""),
+        },
+        CutOffCase {
+            name: "failsafe mode off ignores an acknowledged round",
+            failsafe_mode: false,
+            renewed: Renewed::PastDeadline(0.0),
+            acked_ago: None,
+            round: Some((0.5, &["b", "c"], &[])),
+            outcome: CutOff::Demotes(""),
+        },
+        CutOffCase {
+            name: "failsafe primary keeps leading when every member acknowledged",
+            failsafe_mode: true,
+            renewed: Renewed::Ago(2.5),
+            acked_ago: None,
+            round: Some((0.5, &["b", "c"], &[])),
+            outcome: CutOff::Extends,
+        },
+        CutOffCase {
+            // The renewal alone would have demoted (0.5 s ago), the last
+            // acknowledged round did not.
+            name: "failsafe primary whose deadline passed on the renewal keeps leading on the round",
+            failsafe_mode: true,
+            renewed: Renewed::PastDeadline(0.5),
+            acked_ago: Some(2.0),
+            round: Some((0.3, &["b"], &[])),
+            outcome: CutOff::Extends,
+        },
+        CutOffCase {
+            name: "failsafe primary missing an acknowledgement retries the renewal before its deadline",
+            failsafe_mode: true,
+            renewed: Renewed::Ago(1.0),
+            acked_ago: None,
+            round: Some((0.5, &["b"], &["c"])),
+            outcome: CutOff::Renews,
+        },
+        CutOffCase {
+            name: "failsafe primary demotes by its deadline when a member did not acknowledge",
+            failsafe_mode: true,
+            renewed: Renewed::PastDeadline(0.0),
+            acked_ago: None,
+            round: Some((0.5, &["b"], &["c"])),
+            outcome: CutOff::Demotes("no acknowledgement from c"),
+        },
+        CutOffCase {
+            // The deadline passed 1 s ago; the round went 0.5 s ago.
+            name: "failsafe round sent after the deadline does not revive a primary",
+            failsafe_mode: true,
+            renewed: Renewed::PastDeadline(1.0),
+            acked_ago: None,
+            round: Some((0.5, &["b", "c"], &[])),
+            outcome: CutOff::Demotes(""),
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let mut world = if case.failsafe_mode {
+            World::in_failsafe_mode("a")
+        } else {
+            World::new("a")
+        };
+        let window = fence_window(&world);
+        let renewed_ago = match case.renewed {
+            Renewed::Ago(ago) => secs(ago),
+            Renewed::PastDeadline(by) => window + secs(by),
+        };
+        world.primary(500, 1).renewed(renewed_ago);
+        world.memory.failsafe_acked_at = case.acked_ago.map(|ago| world.now - secs(ago));
+        match case.round {
+            Some((sent_ago, acknowledged, missing)) => {
+                world.cut_off_after_round(sent_ago, acknowledged, missing);
+            }
+            None => world.reachable = false,
+        }
+        let decision = world.decide();
+        let deadline_after = |sent_ago: Duration| Some(world.now - sent_ago + window);
+        match case.outcome {
+            CutOff::Renews => {
+                assert_eq!(decision.actions, [Action::RenewLock], "{name}");
+                assert_eq!(decision.role, EngineRole::Leader, "{name}");
+                assert_eq!(
+                    decision.demotion_deadline,
+                    deadline_after(renewed_ago),
+                    "{name}"
+                );
+            }
+            CutOff::Extends => {
+                let (sent_ago, ..) = case.round.expect("a round to extend on");
+                let round_sent_at = world.now - secs(sent_ago);
+                assert_eq!(
+                    decision.actions,
+                    [Action::FailsafeExtend { round_sent_at }],
+                    "{name}"
+                );
+                assert_eq!(decision.role, EngineRole::Leader, "{name}");
+                assert_eq!(
+                    decision.demotion_deadline,
+                    deadline_after(secs(sent_ago)),
+                    "{name}"
+                );
+            }
+            CutOff::Demotes(why) => {
+                assert_eq!(
+                    decision.actions,
+                    [Action::Demote(DemoteMode::Immediate), Action::Withdraw],
+                    "{name}"
+                );
+                assert_eq!(decision.role, EngineRole::Demoting, "{name}");
+                assert!(decision.reason.contains(why), "{name}: {}", decision.reason);
+            }
+        }
+    }
 }
 
 #[test]
@@ -313,31 +532,20 @@ fn demotion_deadline_leaves_time_to_demote_before_the_lock_expires() {
 
 #[test]
 fn leader_whose_renewals_fail_while_reads_work_demotes_by_the_deadline() {
-    let mut world = World::new("a");
-    let deadline = deadline_after(&world);
-    world.leader("a").primary(500, 1).renewed(deadline);
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    let mut world = World::leading("a");
+    let deadline = fence_window(&world);
+    world.renewed(deadline);
+    assert_demotes_at_once(&world);
 }
 
 #[test]
-fn leader_whose_postgres_crashed_restarts_it_as_primary() {
-    let mut world = World::new("a");
-    world.leader("a").stopped().renewed(Duration::from_secs(1));
-    world.memory.ran_as_primary = true;
+fn leader_whose_postgres_crashed_restarts_it_then_hands_the_lock_over_when_it_will_not_start() {
+    let mut world = World::crashed_leader("a");
     assert_eq!(
         acts(&world.decide()),
-        [Action::RenewLock, Action::StartPrimary]
+        [Action::RenewLock, Action::StartPrimary],
+        "a crashed primary restarts as primary"
     );
-}
-
-#[test]
-fn leader_whose_postgres_will_not_start_hands_the_lock_over() {
-    let mut world = World::new("a");
-    world.leader("a").stopped().renewed(Duration::from_secs(1));
-    world.memory.ran_as_primary = true;
     world.memory.primary_start_failures = 2;
     // Failing for primary_start_timeout, with a healthy replica to take
     // over (tests/primary_start_timeout.rs covers the rest).
@@ -346,17 +554,15 @@ fn leader_whose_postgres_will_not_start_hands_the_lock_over() {
     world.peer("b", Role::Replica, 100, 1);
     assert_eq!(
         acts(&world.decide()),
-        [Action::ReleaseLock, Action::Withdraw]
+        [Action::ReleaseLock, Action::Withdraw],
+        "one that will not start hands the lock over"
     );
 }
 
 #[test]
 fn lock_holder_running_as_replica_promotes_then_routes() {
-    let mut world = World::new("b");
-    world
-        .leader("b")
-        .replica(None, 500, 1)
-        .renewed(Duration::from_secs(1));
+    let mut world = World::leading("b");
+    world.replica(None, 500, 1);
     let decision = world.decide();
     let acts = acts(&decision);
     assert_eq!(acts[0], Action::RenewLock);
@@ -415,10 +621,7 @@ fn primary_without_the_lock_demotes_at_once_when_another_holds_it() {
 fn primary_without_the_lock_demotes_at_once_when_the_lock_is_free() {
     let mut world = World::new("a");
     world.primary(500, 1);
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    assert_demotes_at_once(&world);
 }
 
 #[test]
@@ -441,10 +644,7 @@ fn diverged_former_primary_reclones_when_rewind_is_impossible() {
 
 #[test]
 fn leader_gone_best_replica_races_promotes_and_routes() {
-    let mut world = World::new("b");
-    world
-        .replica(Some("a"), 500, 1)
-        .peer("c", Role::Replica, 400, 1);
+    let world = World::leader_gone("b");
     let decision = world.decide();
     let acts = acts(&decision);
     assert_eq!(acts[..2], [Action::AcquireLock, Action::Promote]);
@@ -452,36 +652,106 @@ fn leader_gone_best_replica_races_promotes_and_routes() {
     assert_eq!(decision.role, EngineRole::Candidate);
 }
 
-#[test]
-fn leader_gone_replica_behind_a_peer_does_not_race() {
-    let mut world = World::new("b");
-    world
-        .replica(Some("a"), 400, 1)
-        .peer("c", Role::Replica, 500, 1);
-    let decision = world.decide();
-    assert!(!promotes(&decision), "{decision:?}");
-    assert!(
-        decision.reason.contains("c is a better candidate"),
-        "{}",
-        decision.reason
-    );
-}
+/// Sets up a situation on a world.
+type Situation = fn(&mut World);
 
+/// Whether b, replicating at 500 on timeline 1 from a whose lock expired,
+/// races: one case a situation, set up on that world.
 #[test]
-fn leader_gone_peer_position_from_a_direct_probe_counts() {
-    let mut world = World::new("b");
-    world
-        .replica(Some("a"), 500, 1)
-        .peer("c", Role::Replica, 400, 1);
-    world.peers.insert(
-        name("c"),
-        PeerReport {
-            wal_position: Some(Lsn(600)),
-            timeline: Some(Timeline(1)),
-            running_primary: false,
-        },
-    );
-    assert!(!promotes(&world.decide()));
+fn leader_gone_replica_races_unless_another_member_should_lead() {
+    fn nofailover() -> Tags {
+        Tags {
+            nofailover: true,
+            ..Tags::default()
+        }
+    }
+    let cases: [(&str, Situation, Race); 10] = [
+        (
+            "replica behind a peer does not race",
+            |w| {
+                w.replica(Some("a"), 400, 1)
+                    .peer("c", Role::Replica, 500, 1);
+            },
+            Race::Waits("c is a better candidate"),
+        ),
+        (
+            "peer position from a direct probe counts",
+            |w| {
+                w.peer("c", Role::Replica, 400, 1)
+                    .probed("c", 600, 1, false);
+            },
+            Race::Waits(""),
+        ),
+        (
+            "a nofailover peer ahead does not block the race",
+            |w| {
+                w.peer_with("c", Role::Replica, 510, 1, nofailover());
+            },
+            Race::Runs,
+        ),
+        (
+            "replica lagging more than maximum_lag_on_failover does not race",
+            |w| {
+                w.config.maximum_lag_on_failover = 100;
+                w.peer_with("c", Role::Replica, 700, 1, nofailover());
+            },
+            Race::Waits("maximum_lag_on_failover"),
+        ),
+        (
+            "replica on an older timeline does not race",
+            |w| {
+                w.peer("c", Role::Replica, 100, 2);
+            },
+            Race::Waits("timeline"),
+        ),
+        (
+            "failsafe replica with a fresh heartbeat does not race for the expired lock",
+            |w| {
+                w.config.failsafe_mode = true;
+                // Acknowledged a second less than a ttl ago.
+                let ago = w.config.ttl.as_secs_f64() - 1.0;
+                w.record(failsafe_key(&["a", "b"])).heartbeat_from("a", ago);
+            },
+            Race::Waits("failsafe heartbeat from a"),
+        ),
+        (
+            "failsafe replica whose heartbeat is older than ttl races again",
+            |w| {
+                w.config.failsafe_mode = true;
+                w.record(failsafe_key(&["a", "b"])).heartbeat_from("a", 5.0);
+            },
+            Race::Runs,
+        ),
+        (
+            "failsafe heartbeat is honoured even after failsafe mode was switched off",
+            |w| {
+                w.heartbeat_from("a", 1.0);
+            },
+            Race::Waits(""),
+        ),
+        (
+            "failsafe mode member missing from the failsafe key does not race",
+            |w| {
+                w.config.failsafe_mode = true;
+                w.record(failsafe_key(&["a", "c"]));
+            },
+            Race::Waits("not a member of the failsafe key"),
+        ),
+        (
+            "failsafe mode member of the failsafe key races as usual",
+            |w| {
+                w.config.failsafe_mode = true;
+                w.record(failsafe_key(&["a", "b"]));
+            },
+            Race::Runs,
+        ),
+    ];
+    for (case, situation, race) in cases {
+        let mut world = World::new("b");
+        world.replica(Some("a"), 500, 1);
+        situation(&mut world);
+        assert_race(case, &world, race);
+    }
 }
 
 #[test]
@@ -501,15 +771,9 @@ fn leader_gone_tie_goes_to_higher_failover_priority() {
 
 #[test]
 fn leader_gone_tie_of_priority_goes_to_the_smaller_name() {
-    let mut world = World::new("b");
-    world
-        .replica(Some("x"), 500, 1)
-        .peer("c", Role::Replica, 500, 1);
+    let world = World::leaderless("b", "x", 500, "c", 500);
     assert!(promotes(&world.decide()));
-    let mut world = World::new("d");
-    world
-        .replica(Some("x"), 500, 1)
-        .peer("c", Role::Replica, 500, 1);
+    let world = World::leaderless("d", "x", 500, "c", 500);
     assert!(!promotes(&world.decide()));
 }
 
@@ -524,50 +788,6 @@ fn leader_gone_nofailover_replica_never_races() {
         ..Tags::default()
     };
     assert!(!promotes(&world.decide()));
-}
-
-#[test]
-fn leader_gone_a_nofailover_peer_ahead_does_not_block_the_race() {
-    let mut world = World::new("b");
-    let never = Tags {
-        nofailover: true,
-        ..Tags::default()
-    };
-    world
-        .replica(Some("a"), 500, 1)
-        .peer_with("c", Role::Replica, 510, 1, never);
-    assert!(promotes(&world.decide()));
-}
-
-#[test]
-fn leader_gone_replica_lagging_more_than_maximum_lag_does_not_race() {
-    let mut world = World::new("b");
-    world.config.maximum_lag_on_failover = 100;
-    let never = Tags {
-        nofailover: true,
-        ..Tags::default()
-    };
-    world
-        .replica(Some("a"), 500, 1)
-        .peer_with("c", Role::Replica, 700, 1, never);
-    let decision = world.decide();
-    assert!(!promotes(&decision));
-    assert!(
-        decision.reason.contains("maximum_lag_on_failover"),
-        "{}",
-        decision.reason
-    );
-}
-
-#[test]
-fn leader_gone_replica_on_an_older_timeline_does_not_race() {
-    let mut world = World::new("b");
-    world
-        .replica(Some("a"), 500, 1)
-        .peer("c", Role::Replica, 100, 2);
-    let decision = world.decide();
-    assert!(!promotes(&decision));
-    assert!(decision.reason.contains("timeline"), "{}", decision.reason);
 }
 
 #[test]
@@ -611,10 +831,7 @@ fn unreadable_leader_key_demotes_a_running_primary() {
     let mut world = World::new("a");
     world.put("leader", b"bad name!".to_vec());
     world.primary(500, 1).renewed(Duration::from_secs(1));
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    assert_demotes_at_once(&world);
 }
 
 #[test]
@@ -640,14 +857,7 @@ fn switchover_leader_steps_down_when_the_candidate_is_ready() {
     let mut world = World::leading("a");
     world.peer("b", Role::Replica, 500, 1);
     switchover(&mut world, Some("a"), Some("b"), None);
-    assert_eq!(
-        acts(&world.decide()),
-        [
-            Action::Demote(DemoteMode::Switchover),
-            Action::Withdraw,
-            Action::ReleaseLock
-        ]
-    );
+    assert_eq!(acts(&world.decide()), steps_down(DemoteMode::Switchover));
 }
 
 #[test]
@@ -683,16 +893,10 @@ fn scheduled_switchover_waits_for_its_time() {
 
 #[test]
 fn switchover_only_the_named_candidate_races() {
-    let mut world = World::new("c");
-    world
-        .replica(Some("a"), 500, 1)
-        .peer("b", Role::Replica, 400, 1);
+    let mut world = World::leaderless("c", "a", 500, "b", 400);
     switchover(&mut world, Some("a"), Some("b"), None);
     assert!(!promotes(&world.decide()));
-    let mut world = World::new("b");
-    world
-        .replica(Some("a"), 400, 1)
-        .peer("c", Role::Replica, 500, 1);
+    let mut world = World::leaderless("b", "a", 400, "c", 500);
     switchover(&mut world, Some("a"), Some("b"), None);
     assert!(
         promotes(&world.decide()),
@@ -710,17 +914,13 @@ fn failover_request_for_a_departed_candidate_falls_back_to_the_normal_race() {
 
 #[test]
 fn new_leader_clears_the_request_it_carried_out() {
-    let mut world = World::new("b");
-    world
-        .leader("b")
-        .primary(500, 2)
-        .renewed(Duration::from_secs(1));
+    let mut world = World::leading("b");
+    world.primary(500, 2);
     switchover(&mut world, Some("a"), Some("b"), None);
-    assert!(world
-        .decide()
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::ClearFailoverRequest(_))));
+    assert!(takes(&world.decide(), |a| matches!(
+        a,
+        Action::ClearFailoverRequest(_)
+    )));
 }
 
 // ---- pause ----
@@ -754,33 +954,38 @@ fn paused_primary_does_not_demote_when_another_holds_the_lock() {
 // ---- synchronous mode ----
 
 fn sync_key(world: &mut World, leader: &str, standbys: &[&str]) {
-    world.record(Record::Sync(SyncState {
-        leader: Some(name(leader)),
-        sync_standbys: standbys.iter().map(|s| name(s)).collect(),
-        quorum: Some(1),
-    }));
+    sync_key_quorum(world, leader, standbys, Some(1));
 }
 
 #[test]
 fn sync_mode_only_a_synchronous_standby_promotes() {
-    let mut world = World::new("c");
-    world.config.synchronous_mode = SynchronousMode::On;
-    world
-        .replica(Some("a"), 600, 1)
-        .peer("b", Role::Replica, 500, 1);
-    sync_key(&mut world, "a", &["b"]);
-    let decision = world.decide();
-    assert!(!promotes(&decision), "{decision:?}");
-    let mut world = World::new("b");
-    world.config.synchronous_mode = SynchronousMode::On;
-    world
-        .replica(Some("a"), 500, 1)
-        .peer("c", Role::Replica, 600, 1);
-    sync_key(&mut world, "a", &["b"]);
-    assert!(
-        promotes(&world.decide()),
-        "the sync standby wins over a fresher async one"
-    );
+    // b is the sync standby at 500, c an asynchronous one at 600.
+    for (case, me, position, other, other_position, race) in [
+        (
+            "the async one does not race",
+            "c",
+            600,
+            "b",
+            500,
+            Race::Waits(""),
+        ),
+        (
+            "the sync standby wins over a fresher async one",
+            "b",
+            500,
+            "c",
+            600,
+            Race::Runs,
+        ),
+    ] {
+        let mut world = World::new(me);
+        world.config.synchronous_mode = SynchronousMode::On;
+        world
+            .replica(Some("a"), position, 1)
+            .peer(other, Role::Replica, other_position, 1);
+        sync_key(&mut world, "a", &["b"]);
+        assert_race(case, &world, race);
+    }
 }
 
 #[test]
@@ -836,15 +1041,39 @@ fn sync_mode_race_winner_empties_the_key_before_promoting() {
 }
 
 fn sync_leader() -> World {
-    let mut world = World::new("a");
+    let mut world = World::leading("a");
     world.config.synchronous_mode = SynchronousMode::On;
-    world
-        .leader("a")
-        .primary(500, 1)
-        .renewed(Duration::from_secs(1))
-        .peer("b", Role::Replica, 500, 1);
-    world.routed("a", &["b"]);
+    world.peer("b", Role::Replica, 500, 1).routed("a", &["b"]);
     world.local.streaming_standbys = BTreeSet::from([name("b")]);
+    world
+}
+
+/// The next change to the synchronous standbys: to PostgreSQL's
+/// `synchronous_standby_names`, or to the sync key.
+#[derive(Debug, PartialEq)]
+enum SyncStep {
+    Postgres(BTreeSet<MemberName>),
+    Key(BTreeSet<MemberName>),
+}
+
+/// The sync change `world`'s leader takes next, if any.
+fn sync_step(world: &World) -> Option<SyncStep> {
+    match sync_action(&world.decide())? {
+        Action::SetSyncStandbys { standbys, .. } => Some(SyncStep::Postgres(standbys)),
+        Action::WriteSyncState { standbys, .. } => Some(SyncStep::Key(standbys)),
+        other => unreachable!("not a sync action: {other:?}"),
+    }
+}
+
+fn names(members: &[&str]) -> BTreeSet<MemberName> {
+    members.iter().map(|n| name(n)).collect()
+}
+
+/// [`sync_leader`] in strict mode, with no standby streaming.
+fn strict_leader_alone() -> World {
+    let mut world = sync_leader();
+    world.config.synchronous_mode_strict = true;
+    world.local.streaming_standbys.clear();
     world
 }
 
@@ -865,20 +1094,14 @@ fn sync_action(decision: &Decision) -> Option<Action> {
 fn sync_mode_adding_a_first_standby_sets_postgres_before_the_key() {
     let mut world = sync_leader();
     sync_key(&mut world, "a", &[]);
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
-    );
+    assert_eq!(sync_step(&world), Some(SyncStep::Postgres(names(&["b"]))));
     set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
     world.memory.sync_standbys_since = Some(Lsn(500));
     // b streams but has not flushed what was acknowledged before it was named.
     world.local.standby_flush.insert(name("b"), Lsn(450));
     assert_eq!(sync_action(&world.decide()), None);
     world.local.standby_flush.insert(name("b"), Lsn(500));
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
-    );
+    assert_eq!(sync_step(&world), Some(SyncStep::Key(names(&["b"]))));
     sync_key(&mut world, "a", &["b"]);
     assert_eq!(sync_action(&world.decide()), None);
 }
@@ -889,24 +1112,14 @@ fn sync_mode_replacing_a_standby_grows_the_key_first() {
     sync_key(&mut world, "a", &["c"]);
     set_postgres_sync(&mut world, &BTreeSet::from([name("c")]), 1);
     // c is gone; b streams.
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b"), name("c")]))
-    );
+    assert_eq!(sync_step(&world), Some(SyncStep::Key(names(&["b", "c"]))));
     sync_key(&mut world, "a", &["b", "c"]);
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
-    );
+    assert_eq!(sync_step(&world), Some(SyncStep::Postgres(names(&["b"]))));
     set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
     // The key drops c once b holds what c acknowledged before PostgreSQL
     // switched (see the test after `drive_sync`).
-    world.memory.sync_standbys_since = Some(Lsn(500));
-    world.local.standby_flush.insert(name("b"), Lsn(500));
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys == BTreeSet::from([name("b")]))
-    );
+    b_caught_up(&mut world);
+    assert_eq!(sync_step(&world), Some(SyncStep::Key(names(&["b"]))));
 }
 
 #[test]
@@ -915,11 +1128,9 @@ fn sync_mode_going_asynchronous_empties_the_key_before_postgres() {
     world.local.streaming_standbys.clear();
     sync_key(&mut world, "a", &["b"]);
     set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
-    let step = sync_action(&world.decide());
-    assert!(matches!(step, Some(Action::WriteSyncState { standbys, .. }) if standbys.is_empty()));
+    assert_eq!(sync_step(&world), Some(SyncStep::Key(names(&[]))));
     sync_key(&mut world, "a", &[]);
-    let step = sync_action(&world.decide());
-    assert!(matches!(step, Some(Action::SetSyncStandbys { standbys, .. }) if standbys.is_empty()));
+    assert_eq!(sync_step(&world), Some(SyncStep::Postgres(names(&[]))));
 }
 
 #[test]
@@ -956,9 +1167,7 @@ fn quorum_mode_names_every_eligible_standby_for_any_n() {
 
 #[test]
 fn sync_mode_strict_keeps_waiting_for_its_standby() {
-    let mut world = sync_leader();
-    world.config.synchronous_mode_strict = true;
-    world.local.streaming_standbys.clear();
+    let mut world = strict_leader_alone();
     sync_key(&mut world, "a", &["b"]);
     set_postgres_sync(&mut world, &BTreeSet::from([name("b")]), 1);
     assert_eq!(sync_action(&world.decide()), None);
@@ -1043,13 +1252,11 @@ fn replica_that_never_streams_from_its_leader_stops_to_rewind() {
     assert!(acts(&world.decide()).is_empty());
     world.peer("a", Role::Primary, 600, 2);
     world.local.receiving = false;
-    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND - 1;
-    assert!(
-        acts(&world.decide()).is_empty(),
-        "slow to connect is not yet diverged"
+    assert_stops_to_rewind_after(
+        &mut world,
+        LOOPS_BEFORE_REWIND,
+        "slow to connect is not yet diverged",
     );
-    world.memory.loops_not_streaming = LOOPS_BEFORE_REWIND;
-    assert_stops_to_rewind(&world);
 }
 
 #[test]
@@ -1106,13 +1313,11 @@ fn replica_never_streaming_from_a_live_leader_on_its_timeline_stops_to_rewind() 
     let loops_for_two_ttls =
         u32::try_from((world.config.ttl * 2).as_millis() / world.config.loop_wait.as_millis())
             .unwrap();
-    world.memory.loops_not_streaming = loops_for_two_ttls - 1;
-    assert!(
-        acts(&world.decide()).is_empty(),
-        "a leader silent for less than two ttls may be dead and about to lose its lock"
+    assert_stops_to_rewind_after(
+        &mut world,
+        loops_for_two_ttls,
+        "a leader silent for less than two ttls may be dead and about to lose its lock",
     );
-    world.memory.loops_not_streaming = loops_for_two_ttls;
-    assert_stops_to_rewind(&world);
 }
 
 #[test]
@@ -1141,12 +1346,8 @@ fn lock_holder_with_a_stopped_replica_releases_the_lock_instead_of_starting_it_a
 
 #[test]
 fn lock_taken_on_a_stale_decision_is_released_when_no_longer_the_best_candidate() {
-    let mut world = World::new("b");
-    world
-        .leader("b")
-        .replica(None, 400, 1)
-        .renewed(Duration::from_secs(1))
-        .peer("c", Role::Replica, 500, 1);
+    let mut world = World::leading("b");
+    world.replica(None, 400, 1).peer("c", Role::Replica, 500, 1);
     let decision = world.decide();
     assert!(!decision.actions.contains(&Action::Promote), "{decision:?}");
     assert!(decision.actions.contains(&Action::ReleaseLock));
@@ -1162,6 +1363,15 @@ fn secs(s: f64) -> Duration {
 fn api_peer(world: &mut World, n: &str, position: u64) {
     let member = running_member(&name(n), Role::Replica, position, 1);
     world.put(&format!("members/{n}"), encode_member(&member));
+}
+
+/// [`World::leading`] a, with `failsafe_mode` as given and b's record
+/// (REST API included).
+fn leader_beside_b(failsafe_mode: bool) -> World {
+    let mut world = World::leading("a");
+    world.config.failsafe_mode = failsafe_mode;
+    api_peer(&mut world, "b", 500);
+    world
 }
 
 fn failsafe_key(members: &[&str]) -> Record {
@@ -1182,146 +1392,8 @@ fn round(world: &World, sent_ago: f64, acknowledged: &[&str], missing: &[&str]) 
 }
 
 #[test]
-fn failsafe_primary_cut_off_from_the_dcs_keeps_leading_when_every_member_acknowledged() {
-    let mut world = World::in_failsafe_mode("a");
-    world.primary(500, 1).renewed(secs(2.5));
-    world.cut_off_after_round(0.5, &["b", "c"], &[]);
-    let decision = world.decide();
-    let sent_at = world.now - secs(0.5);
-    assert_eq!(
-        decision.actions,
-        [Action::FailsafeExtend {
-            round_sent_at: sent_at
-        }]
-    );
-    assert_eq!(decision.role, EngineRole::Leader);
-    // Extended like a renewal sent when the round was.
-    assert_eq!(
-        decision.demotion_deadline,
-        Some(sent_at + deadline_after(&world))
-    );
-}
-
-#[test]
-fn failsafe_primary_whose_deadline_passed_on_the_renewal_keeps_leading_on_the_failsafe_round() {
-    let mut world = World::in_failsafe_mode("a");
-    // The renewal alone would have demoted (0.5 s ago), the last acknowledged round did not.
-    let deadline = deadline_after(&world);
-    world.primary(500, 1).renewed(deadline + secs(0.5));
-    world.memory.failsafe_acked_at = Some(world.now - secs(2.0));
-    world.cut_off_after_round(0.3, &["b"], &[]);
-    let decision = world.decide();
-    assert!(matches!(
-        decision.actions[..],
-        [Action::FailsafeExtend { .. }]
-    ));
-}
-
-#[test]
-fn failsafe_primary_demotes_by_its_deadline_when_a_member_did_not_acknowledge() {
-    let mut world = World::in_failsafe_mode("a");
-    let deadline = deadline_after(&world);
-    world.primary(500, 1).renewed(deadline);
-    world.cut_off_after_round(0.5, &["b"], &["c"]);
-    let decision = world.decide();
-    assert_demotes_at_once(&decision);
-    assert!(
-        decision.reason.contains("no acknowledgement from c"),
-        "{}",
-        decision.reason
-    );
-}
-
-#[test]
-fn failsafe_primary_missing_an_acknowledgement_retries_the_renewal_before_its_deadline() {
-    let mut world = World::in_failsafe_mode("a");
-    world.primary(500, 1).renewed(secs(1.0));
-    world.cut_off_after_round(0.5, &["b"], &["c"]);
-    let decision = world.decide();
-    assert_eq!(decision.actions, [Action::RenewLock]);
-    assert_eq!(
-        decision.demotion_deadline,
-        Some(world.now - secs(1.0) + deadline_after(&world))
-    );
-}
-
-#[test]
-fn failsafe_round_sent_after_the_deadline_does_not_revive_a_primary() {
-    let mut world = World::in_failsafe_mode("a");
-    // The deadline after the last renewal passed 1 s ago; the round went 0.5 s ago.
-    let deadline = deadline_after(&world);
-    world.primary(500, 1).renewed(deadline + secs(1.0));
-    world.cut_off_after_round(0.5, &["b", "c"], &[]);
-    let decision = world.decide();
-    assert_demotes_at_once(&decision);
-}
-
-#[test]
-fn failsafe_mode_off_ignores_an_acknowledged_round() {
-    let mut world = World::new("a");
-    let deadline = deadline_after(&world);
-    world.primary(500, 1).renewed(deadline);
-    world.cut_off_after_round(0.5, &["b", "c"], &[]);
-    let decision = world.decide();
-    assert_demotes_at_once(&decision);
-}
-
-#[test]
-fn failsafe_replica_with_a_fresh_heartbeat_does_not_race_for_the_expired_lock() {
-    let mut world = World::in_failsafe_mode("b");
-    world.replica(Some("a"), 500, 1);
-    world.record(failsafe_key(&["a", "b"]));
-    // Acknowledged a second less than a ttl ago.
-    world.heartbeat_from("a", world.config.ttl.as_secs_f64() - 1.0);
-    let decision = world.decide();
-    assert!(!promotes(&decision), "{decision:?}");
-    assert!(
-        decision.reason.contains("failsafe heartbeat from a"),
-        "{}",
-        decision.reason
-    );
-}
-
-#[test]
-fn failsafe_replica_whose_heartbeat_is_older_than_ttl_races_again() {
-    let mut world = World::in_failsafe_mode("b");
-    world.replica(Some("a"), 500, 1);
-    world.record(failsafe_key(&["a", "b"]));
-    world.heartbeat_from("a", 5.0);
-    assert!(promotes(&world.decide()));
-}
-
-#[test]
-fn failsafe_heartbeat_is_honoured_even_after_failsafe_mode_was_switched_off() {
-    let mut world = World::new("b");
-    world.replica(Some("a"), 500, 1);
-    world.heartbeat_from("a", 1.0);
-    assert!(!promotes(&world.decide()));
-}
-
-#[test]
-fn failsafe_mode_member_missing_from_the_failsafe_key_does_not_race() {
-    let mut world = World::in_failsafe_mode("b");
-    world.replica(Some("a"), 500, 1);
-    world.record(failsafe_key(&["a", "c"]));
-    let decision = world.decide();
-    assert!(!promotes(&decision), "{decision:?}");
-    assert!(decision.reason.contains("not a member of the failsafe key"));
-}
-
-#[test]
-fn failsafe_mode_member_of_the_failsafe_key_races_as_usual() {
-    let mut world = World::in_failsafe_mode("b");
-    world.replica(Some("a"), 500, 1);
-    world.record(failsafe_key(&["a", "b"]));
-    assert!(promotes(&world.decide()));
-}
-
-#[test]
 fn failsafe_leader_writes_the_failsafe_key_with_every_member_api() {
-    let mut world = World::in_failsafe_mode("a");
-    world.leader("a").primary(500, 1).renewed(secs(1.0));
-    api_peer(&mut world, "b", 500);
+    let mut world = leader_beside_b(true);
     api_peer(&mut world, "c", 400);
     let decision = world.decide();
     let Some(Record::Failsafe(expected)) = Some(failsafe_key(&["a", "b", "c"])) else {
@@ -1335,30 +1407,22 @@ fn failsafe_leader_writes_the_failsafe_key_with_every_member_api() {
 
 #[test]
 fn failsafe_leader_leaves_an_unchanged_failsafe_key_alone() {
-    let mut world = World::in_failsafe_mode("a");
-    world.leader("a").primary(500, 1).renewed(secs(1.0));
-    api_peer(&mut world, "b", 500);
+    let mut world = leader_beside_b(true);
     world.record(failsafe_key(&["a", "b"]));
     let decision = world.decide();
     assert!(
-        !decision
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::WriteFailsafe(_))),
+        !takes(&decision, |a| matches!(a, Action::WriteFailsafe(_))),
         "{decision:?}"
     );
 }
 
 #[test]
 fn failsafe_mode_off_leader_writes_no_failsafe_key() {
-    let mut world = World::new("a");
-    world.leader("a").primary(500, 1).renewed(secs(1.0));
-    api_peer(&mut world, "b", 500);
-    assert!(!world
-        .decide()
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::WriteFailsafe(_))));
+    let world = leader_beside_b(false);
+    assert!(!takes(&world.decide(), |a| matches!(
+        a,
+        Action::WriteFailsafe(_)
+    )));
 }
 
 #[test]
@@ -1375,10 +1439,7 @@ fn failsafe_primary_retakes_the_lock_that_expired_during_the_outage() {
 fn primary_without_failsafe_acknowledgements_still_demotes_when_the_lock_expired() {
     let mut world = World::in_failsafe_mode("a");
     world.primary(500, 1).renewed(secs(8.0));
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    assert_demotes_at_once(&world);
 }
 
 #[test]
@@ -1421,10 +1482,7 @@ fn former_leader(world: &mut World, n: &str, optime: u64) {
 
 #[test]
 fn failover_withdraws_the_former_leader_after_taking_the_lock_and_before_promoting() {
-    let mut world = World::new("b");
-    world
-        .replica(Some("a"), 500, 1)
-        .peer("c", Role::Replica, 400, 1);
+    let mut world = World::leader_gone("b");
     former_leader(&mut world, "a", 600);
     let acts = acts(&world.decide());
     assert_eq!(
@@ -1463,10 +1521,10 @@ fn switchover_candidate_does_not_withdraw_the_leader_that_stepped_down() {
     switchover(&mut world, Some("a"), Some("b"), None);
     let decision = world.decide();
     assert!(promotes(&decision), "{decision:?}");
-    assert!(!decision
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::WithdrawFormerLeader(_))));
+    assert!(!takes(&decision, |a| matches!(
+        a,
+        Action::WithdrawFormerLeader(_)
+    )));
 }
 
 #[test]
@@ -1475,10 +1533,10 @@ fn first_promotion_without_a_former_leader_withdraws_nobody() {
     world.replica(Some("a"), 500, 1);
     let decision = world.decide();
     assert!(promotes(&decision));
-    assert!(!decision
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::WithdrawFormerLeader(_))));
+    assert!(!takes(&decision, |a| matches!(
+        a,
+        Action::WithdrawFormerLeader(_)
+    )));
 }
 
 #[test]
@@ -1523,11 +1581,8 @@ fn failsafe_primary_told_the_lock_expired_keeps_its_failsafe_deadline_to_retake_
     let decision = world.decide();
     assert_eq!(acts(&decision), [Action::AcquireLock]);
     // Past that deadline it demotes.
-    world.memory.failsafe_acked_at = Some(world.now - deadline_after(&world));
-    assert_eq!(
-        acts(&world.decide()),
-        [Action::Demote(DemoteMode::Immediate), Action::Withdraw]
-    );
+    world.memory.failsafe_acked_at = Some(world.now - fence_window(&world));
+    assert_demotes_at_once(&world);
 }
 
 #[test]
@@ -1537,10 +1592,10 @@ fn failsafe_round_does_not_extend_a_lock_this_node_was_told_it_lost() {
     world.memory.failsafe_acked_at = Some(world.now - secs(2.5));
     world.cut_off_after_round(0.1, &["b"], &[]);
     let decision = world.decide();
-    assert!(!decision
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::FailsafeExtend { .. })));
+    assert!(!takes(&decision, |a| matches!(
+        a,
+        Action::FailsafeExtend { .. }
+    )));
 }
 
 // ---- synchronous replication: ordering of the sync key and PostgreSQL ----
@@ -1614,6 +1669,33 @@ fn drive_sync(world: &mut World, mut state: SyncDrive) -> SyncDrive {
     panic!("no stable state after 12 steps: {state:?}");
 }
 
+/// b has flushed up to 500, where the leader was when PostgreSQL named it.
+fn b_caught_up(world: &mut World) {
+    world.memory.sync_standbys_since = Some(Lsn(500));
+    world.local.standby_flush.insert(name("b"), Lsn(500));
+}
+
+/// The key and PostgreSQL both on `standbys`, `count` of them per commit.
+fn settled(standbys: &[&str], count: u32) -> SyncDrive {
+    let standbys = names(standbys);
+    SyncDrive {
+        key: standbys.clone(),
+        key_quorum: count,
+        postgres: standbys,
+        postgres_count: count,
+    }
+}
+
+/// [`drive_sync`] on a `mode` leader with standbys b and c, from `start`
+/// after `synchronous_node_count` changed to `count`.
+fn drive_node_count(mode: SynchronousMode, count: u32, start: SyncDrive) -> SyncDrive {
+    let mut world = sync_leader();
+    world.config.synchronous_mode = mode;
+    two_standbys(&mut world);
+    world.config.synchronous_node_count = count;
+    drive_sync(&mut world, start)
+}
+
 fn two_standbys(world: &mut World) {
     world.peer("c", Role::Replica, 500, 1);
     world.local.streaming_standbys = BTreeSet::from([name("b"), name("c")]);
@@ -1640,18 +1722,9 @@ fn sync_mode_replacing_a_standby_shrinks_the_key_only_once_the_new_one_holds_eve
     // The position was forgotten (agent restart): PostgreSQL is set again
     // to take a new one, the key stays.
     world.memory.sync_standbys_since = None;
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(&step, Some(Action::SetSyncStandbys { standbys, .. }) if *standbys == BTreeSet::from([name("b")])),
-        "{step:?}"
-    );
-    world.memory.sync_standbys_since = Some(Lsn(500));
-    world.local.standby_flush.insert(name("b"), Lsn(500));
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(&step, Some(Action::WriteSyncState { standbys, .. }) if *standbys == BTreeSet::from([name("b")])),
-        "{step:?}"
-    );
+    assert_eq!(sync_step(&world), Some(SyncStep::Postgres(names(&["b"]))));
+    b_caught_up(&mut world);
+    assert_eq!(sync_step(&world), Some(SyncStep::Key(names(&["b"]))));
 }
 
 #[test]
@@ -1675,29 +1748,14 @@ fn sync_mode_a_standby_counts_as_caught_up_only_past_a_position_taken_once_postg
         world.memory.record(&step, &Outcome::Done, world.now);
     }
     world.local.standby_flush.insert(name("b"), Lsn(600));
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(&step, Some(Action::WriteSyncState { standbys, .. }) if *standbys == BTreeSet::from([name("b")])),
-        "{step:?}"
-    );
+    assert_eq!(sync_step(&world), Some(SyncStep::Key(names(&["b"]))));
 }
 
 #[test]
 fn sync_mode_raising_synchronous_node_count_changes_postgres_before_the_key() {
     // FIRST 1 (b) → FIRST 2 (b, c): until PostgreSQL waits for both, a
     // commit may be on b only, and c must not count as synchronous.
-    let mut world = sync_leader();
-    two_standbys(&mut world);
-    world.config.synchronous_node_count = 2;
-    let end = drive_sync(
-        &mut world,
-        SyncDrive {
-            key: BTreeSet::from([name("b")]),
-            key_quorum: 1,
-            postgres: BTreeSet::from([name("b")]),
-            postgres_count: 1,
-        },
-    );
+    let end = drive_node_count(SynchronousMode::On, 2, settled(&["b"], 1));
     assert_eq!(end.postgres, BTreeSet::from([name("b"), name("c")]));
     assert_eq!((end.postgres_count, end.key_quorum), (2, 2), "{end:?}");
     assert_eq!(end.key, end.postgres);
@@ -1705,18 +1763,7 @@ fn sync_mode_raising_synchronous_node_count_changes_postgres_before_the_key() {
 
 #[test]
 fn sync_mode_lowering_synchronous_node_count_changes_the_key_before_postgres() {
-    let mut world = sync_leader();
-    two_standbys(&mut world);
-    world.config.synchronous_node_count = 1;
-    let end = drive_sync(
-        &mut world,
-        SyncDrive {
-            key: BTreeSet::from([name("b"), name("c")]),
-            key_quorum: 2,
-            postgres: BTreeSet::from([name("b"), name("c")]),
-            postgres_count: 2,
-        },
-    );
+    let end = drive_node_count(SynchronousMode::On, 1, settled(&["b", "c"], 2));
     assert_eq!((end.postgres_count, end.key_quorum), (1, 1), "{end:?}");
     assert_eq!(end.postgres.len(), 1);
 }
@@ -1724,20 +1771,8 @@ fn sync_mode_lowering_synchronous_node_count_changes_the_key_before_postgres() {
 #[test]
 fn quorum_mode_a_new_synchronous_node_count_reaches_postgres_and_the_key() {
     for (from, to) in [(1, 2), (2, 1)] {
-        let mut world = sync_leader();
-        world.config.synchronous_mode = SynchronousMode::Quorum;
-        two_standbys(&mut world);
-        world.config.synchronous_node_count = to;
+        let end = drive_node_count(SynchronousMode::Quorum, to, settled(&["b", "c"], from));
         let both = BTreeSet::from([name("b"), name("c")]);
-        let end = drive_sync(
-            &mut world,
-            SyncDrive {
-                key: both.clone(),
-                key_quorum: from,
-                postgres: both.clone(),
-                postgres_count: from,
-            },
-        );
         assert_eq!((end.postgres_count, end.key_quorum), (to, to), "{end:?}");
         assert_eq!((&end.key, &end.postgres), (&both, &both));
     }
@@ -1747,12 +1782,9 @@ fn quorum_mode_a_new_synchronous_node_count_reaches_postgres_and_the_key() {
 fn sync_mode_a_count_above_the_number_of_standbys_waits_for_all_of_them_and_no_more() {
     // ANY 3 of two standbys would stall every commit; the key then claims
     // as many acknowledgements as PostgreSQL waits for.
-    let mut world = sync_leader();
-    world.config.synchronous_mode = SynchronousMode::Quorum;
-    two_standbys(&mut world);
-    world.config.synchronous_node_count = 3;
-    let end = drive_sync(
-        &mut world,
+    let end = drive_node_count(
+        SynchronousMode::Quorum,
+        3,
         SyncDrive {
             key: BTreeSet::new(),
             key_quorum: 3,
@@ -1780,38 +1812,28 @@ fn sync_mode_a_key_without_a_quorum_claims_one_acknowledgement_per_commit() {
 
 #[test]
 fn sync_mode_strict_leader_without_standbys_makes_commits_wait_for_any_standby() {
-    // Just promoted: the key is ours and empty, PostgreSQL names nobody, no
-    // standby streams yet. Strict mode must not acknowledge commits alone.
-    let mut world = sync_leader();
-    world.config.synchronous_mode_strict = true;
-    world.local.streaming_standbys.clear();
-    sync_key(&mut world, "a", &[]);
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(&step, Some(Action::SetSyncStandbys { standbys, any_standby: true, .. }) if standbys.is_empty()),
-        "strict mode acknowledges commits without a standby: {step:?}"
-    );
-}
-
-#[test]
-fn sync_mode_strict_leader_just_bootstrapped_makes_commits_wait_for_any_standby_first() {
-    // No sync key at all yet: nobody may promote on it, so PostgreSQL can
-    // start waiting before the key is claimed.
-    let mut world = sync_leader();
-    world.config.synchronous_mode_strict = true;
-    world.local.streaming_standbys.clear();
-    let step = sync_action(&world.decide());
-    assert!(
-        matches!(&step, Some(Action::SetSyncStandbys { standbys, any_standby: true, .. }) if standbys.is_empty()),
-        "strict mode acknowledges commits without a standby: {step:?}"
-    );
+    // Strict mode must not acknowledge commits alone. Just promoted: the
+    // key is ours and empty, PostgreSQL names nobody, no standby streams
+    // yet. Just bootstrapped: no sync key at all yet, nobody may promote on
+    // it, so PostgreSQL can start waiting before the key is claimed.
+    for (case, empty_key) in [("just promoted", true), ("just bootstrapped", false)] {
+        let mut world = strict_leader_alone();
+        if empty_key {
+            sync_key(&mut world, "a", &[]);
+        }
+        let step = sync_action(&world.decide());
+        assert!(
+            matches!(&step, Some(Action::SetSyncStandbys { standbys, any_standby: true, .. }) if standbys.is_empty()),
+            "{case}: strict mode acknowledges commits without a standby: {step:?}"
+        );
+    }
 }
 
 #[test]
 fn leader_gone_replica_too_far_behind_the_former_leaders_last_position_does_not_race() {
     // Asynchronous loss is bounded by maximum_lag_on_failover, measured from
     // what the former leader was last known to hold, as in Patroni.
-    let from_memory = |world: &mut World| {
+    let from_memory: Situation = |world| {
         world.memory.last_leader = Some(LastLeader {
             name: name("a"),
             conn_url: None,
@@ -1824,19 +1846,17 @@ fn leader_gone_replica_too_far_behind_the_former_leaders_last_position_does_not_
             ..LeaderStatus::default()
         }));
     };
-    for known in [from_memory, from_status] {
+    for (source, known) in [("memory", from_memory), ("the leader status", from_status)] {
         let mut world = World::new("b");
         world.config.maximum_lag_on_failover = 100;
         world
             .replica(Some("a"), 500, 1)
             .peer("c", Role::Replica, 450, 1);
         known(&mut world);
-        let decision = world.decide();
-        assert!(!promotes(&decision), "{decision:?}");
-        assert!(
-            decision.reason.contains("maximum_lag_on_failover"),
-            "{}",
-            decision.reason
+        assert_race(
+            &format!("last position from {source}"),
+            &world,
+            Race::Waits("maximum_lag_on_failover"),
         );
         // An operator's failover request naming it overrides the bound.
         world.record(Record::Failover(FailoverRequest {
@@ -1854,17 +1874,6 @@ fn leader_gone_replica_too_far_behind_the_former_leaders_last_position_does_not_
 
 // ---- the former leader still answering as a running primary ----
 
-fn answers_as_running_primary(world: &mut World, n: &str, position: u64) {
-    world.peers.insert(
-        name(n),
-        PeerReport {
-            wal_position: Some(Lsn(position)),
-            timeline: Some(Timeline(1)),
-            running_primary: true,
-        },
-    );
-}
-
 #[test]
 fn former_leader_still_answering_as_a_running_primary_is_not_raced_until_its_fence_expired() {
     let mut world = World::new("b");
@@ -1872,13 +1881,15 @@ fn former_leader_still_answering_as_a_running_primary_is_not_raced_until_its_fen
         .replica(Some("a"), 500, 1)
         .peer("a", Role::Primary, 500, 1);
     former_leader(&mut world, "a", 500);
-    answers_as_running_primary(&mut world, "a", 500);
+    world.probed("a", 500, 1, true);
     let ttl = world.config.ttl;
     // The lock was read free 1 s ago: a's fence may allow writes for up to a ttl more.
     world.memory.lock_free_since = Some(world.now - Duration::from_secs(1));
-    let decision = world.decide();
-    assert!(!promotes(&decision), "{decision:?}");
-    assert!(decision.reason.contains("running primary"), "{decision:?}");
+    assert_race(
+        "lock read free 1 s ago",
+        &world,
+        Race::Waits("running primary"),
+    );
     // Never seen free before this loop: the same.
     world.memory.lock_free_since = None;
     assert!(!promotes(&world.decide()));
@@ -1892,7 +1903,7 @@ fn former_leader_answering_as_a_replica_does_not_hold_the_race_up() {
     let mut world = World::new("b");
     world.replica(Some("a"), 500, 1);
     former_leader(&mut world, "a", 500);
-    answers_as_running_primary(&mut world, "a", 400);
+    world.probed("a", 400, 1, true);
     if let Some(report) = world.peers.get_mut(&name("a")) {
         report.running_primary = false;
     }
@@ -1910,14 +1921,7 @@ fn stepped_down(world: &mut World, ago: Duration) {
     world.memory.stepped_down_at = Some(world.now - ago);
     world.peer("b", Role::Replica, 800, 2);
     // b answers its REST API: on the former leader's timeline.
-    world.peers.insert(
-        name("b"),
-        PeerReport {
-            wal_position: Some(Lsn(800)),
-            timeline: Some(Timeline(2)),
-            running_primary: false,
-        },
-    );
+    world.probed("b", 800, 2, false);
     switchover(world, Some("a"), Some("b"), None);
 }
 
@@ -1996,14 +2000,7 @@ fn switchover_former_leader_never_starts_as_primary_once_the_cluster_moved_on() 
     for (timeline, running_primary) in [(3, false), (2, true)] {
         let mut world = World::new("a");
         stepped_down(&mut world, late);
-        world.peers.insert(
-            name("b"),
-            PeerReport {
-                wal_position: Some(Lsn(900)),
-                timeline: Some(Timeline(timeline)),
-                running_primary,
-            },
-        );
+        world.probed("b", 900, timeline, running_primary);
         let decision = world.decide();
         assert!(!promotes(&decision), "{decision:?}");
     }
@@ -2083,10 +2080,8 @@ fn sync_mode_strict_race_winner_makes_postgres_wait_for_any_standby_before_promo
 const GHOST_POSITION: u64 = 1 << 50;
 
 fn ghost_world() -> World {
-    let mut world = World::new("b");
+    let mut world = World::leader_gone("b");
     world
-        .replica(Some("a"), 500, 1)
-        .peer("c", Role::Replica, 400, 1)
         .peer("ghost", Role::Replica, GHOST_POSITION, 1)
         .record(Record::Status(LeaderStatus {
             optime: Lsn(600),
@@ -2109,14 +2104,7 @@ fn leader_gone_unprobed_record_far_ahead_of_the_former_leader_does_not_block_the
 fn leader_gone_probed_peer_far_ahead_still_blocks_the_race() {
     // A peer that answers for itself is alive: its claim is not ignored.
     let mut world = ghost_world();
-    world.peers.insert(
-        name("ghost"),
-        PeerReport {
-            wal_position: Some(Lsn(GHOST_POSITION)),
-            timeline: Some(Timeline(1)),
-            running_primary: false,
-        },
-    );
+    world.probed("ghost", GHOST_POSITION, 1, false);
     let decision = world.decide();
     assert!(!promotes(&decision), "{decision:?}");
 }
@@ -2153,10 +2141,7 @@ fn leader_gone_unprobed_record_slightly_ahead_still_blocks_the_race() {
 
 #[test]
 fn not_racing_and_waiting_decisions_say_what_is_pending() {
-    let mut world = World::new("b");
-    world
-        .replica(Some("a"), 400, 1)
-        .peer("c", Role::Replica, 500, 1);
+    let world = World::leaderless("b", "a", 400, "c", 500);
     let decision = world.decide();
     assert!(!promotes(&decision));
     let pending = decision.pending.as_deref().unwrap_or_default();
@@ -2212,11 +2197,7 @@ fn following_without_receiving_wal_is_pending_with_a_stable_reason() {
 /// stopped, its fence stops writes before the lock expires.
 #[test]
 fn a_leader_whose_postgres_stays_silent_for_a_ttl_stops_renewing() {
-    let mut world = World::new("a");
-    world
-        .primary(500, 1)
-        .leader("a")
-        .renewed(Duration::from_secs(1));
+    let mut world = World::leading("a");
     world.local.role = LocalRole::Unknown;
     world.memory.postgres_answered_at = Some(world.now - world.config.ttl + Duration::from_secs(1));
     let decision = world.decide();
@@ -2226,25 +2207,14 @@ fn a_leader_whose_postgres_stays_silent_for_a_ttl_stops_renewing() {
     world.memory.postgres_answered_at = Some(world.now - world.config.ttl);
     let decision = world.decide();
     assert_eq!(decision.role, EngineRole::Demoting, "{decision:?}");
-    assert_eq!(
-        acts(&decision),
-        [
-            Action::Demote(DemoteMode::Immediate),
-            Action::Withdraw,
-            Action::ReleaseLock
-        ]
-    );
+    assert_eq!(acts(&decision), steps_down(DemoteMode::Immediate));
 }
 
 /// A due request naming a member without a record is pending on the leader
 /// for a ttl after it was first seen, then cleared; the leader keeps leading.
 #[test]
 fn a_failover_request_for_a_member_without_a_record_is_pending_then_cleared() {
-    let mut world = World::new("a");
-    world
-        .primary(500, 1)
-        .leader("a")
-        .renewed(Duration::from_secs(1));
+    let mut world = World::leading("a");
     world.record(Record::Failover(FailoverRequest {
         leader: Some(name("a")),
         candidate: Some(name("ghost")),

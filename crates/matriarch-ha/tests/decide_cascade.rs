@@ -10,7 +10,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::{Scene, SYSID};
+use support::scene::{housekeeping, Scene};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -29,16 +29,8 @@ fn tags(replicatefrom: Option<&str>, nostream: bool) -> Tags {
 fn replica_world(me: &str, upstream: Option<&str>, my_tags: Tags) -> Scene {
     let mut world = Scene::at(me, Duration::from_secs(1000));
     world.node.tags = my_tags;
-    world.local = LocalPostgres {
-        role: LocalRole::Replica {
-            upstream: upstream.map(name),
-        },
-        system_id: Some(SYSID),
-        timeline: Some(Timeline(1)),
-        wal_position: Some(Lsn(4000)),
-        receiving: upstream.is_some(),
-        ..LocalPostgres::no_data()
-    };
+    world.running_replica(upstream, 4000, 1);
+    world.local.receiving = upstream.is_some();
     world.memory.timeline_checked_against = Some(name("a"));
     world.put("leader", b"a".to_vec());
     peer(
@@ -80,25 +72,13 @@ fn chosen(decision: &Decision) -> Option<Option<MemberName>> {
 }
 
 fn published(decision: &Decision) -> Member {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::PublishMember(m) => Some((**m).clone()),
-            _ => None,
-        })
-        .expect("the record is published every loop")
+    let member = housekeeping(decision).member.cloned();
+    member.expect("the record is published every loop")
 }
 
 fn slot_plan(decision: &Decision) -> SlotPlan {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::ReconcileSlots(plan) => Some((**plan).clone()),
-            _ => None,
-        })
-        .expect("slots are reconciled")
+    let plan = housekeeping(decision).slots.cloned();
+    plan.expect("slots are reconciled")
 }
 
 fn wanted(plan: &SlotPlan) -> Vec<&str> {

@@ -11,7 +11,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::Scene;
+use support::scene::{housekeeping, Scene};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -67,7 +67,7 @@ impl World {
         for action in &decision.actions {
             self.memory.record(action, &Outcome::Done, self.now);
         }
-        slot_plan(&decision)
+        housekeeping(&decision).slots.cloned()
     }
 
     /// The slots the plan wants once `duration` passed.
@@ -81,13 +81,6 @@ impl World {
         self.now += duration;
         self.memory.lock_renewed_at = Some(self.now);
     }
-}
-
-fn slot_plan(decision: &Decision) -> Option<SlotPlan> {
-    decision.actions.iter().find_map(|action| match action {
-        Action::ReconcileSlots(plan) => Some((**plan).clone()),
-        _ => None,
-    })
 }
 
 fn wanted(plan: &SlotPlan) -> Vec<&str> {

@@ -10,7 +10,7 @@ use matriarch_ha::*;
 use matriarch_model::*;
 
 mod support;
-use support::scene::{acts, Scene, SYSID};
+use support::scene::{acts, housekeeping, takes, Scene};
 
 fn name(n: &str) -> MemberName {
     MemberName::new(n).unwrap()
@@ -31,17 +31,8 @@ fn source() -> StandbyCluster {
 fn standby_member(me: &str, upstream: Option<&str>) -> Scene {
     let mut scene = Scene::at(me, Duration::from_secs(100));
     scene.config.standby_cluster = Some(Box::new(source()));
-    scene.local = LocalPostgres {
-        role: LocalRole::Replica {
-            upstream: upstream.map(name),
-        },
-        system_id: Some(SYSID),
-        timeline: Some(Timeline(1)),
-        wal_position: Some(Lsn(500)),
-        receiving: true,
-        standby_source: upstream.is_none().then(source),
-        ..LocalPostgres::no_data()
-    };
+    scene.running_replica(upstream, 500, 1);
+    scene.local.standby_source = upstream.is_none().then(source);
     scene
 }
 
@@ -62,21 +53,23 @@ fn peer(scene: &mut Scene, n: &str, role: Role, position: u64) {
 }
 
 fn published_role(decision: &Decision) -> Role {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::PublishMember(member) => Some(member.role),
-            _ => None,
-        })
-        .expect("a member record")
+    let member = housekeeping(decision).member;
+    member.expect("a member record").role
 }
 
 fn promotes(decision: &Decision) -> bool {
-    decision
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::Promote | Action::StartPrimary))
+    takes(decision, |a| {
+        matches!(a, Action::Promote | Action::StartPrimary)
+    })
+}
+
+/// What a standby leader does when not on `source`: renews the lock and
+/// turns to it.
+fn renews_and_follows(source: StandbyCluster) -> [Action; 2] {
+    [
+        Action::RenewLock,
+        Action::FollowStandbySource(Box::new(source)),
+    ]
 }
 
 #[test]
@@ -96,13 +89,7 @@ fn a_lock_holder_following_something_else_is_pointed_at_the_source() {
     };
     scene.local.standby_source = None;
     let decision = scene.decide();
-    assert_eq!(
-        acts(&decision),
-        [
-            Action::RenewLock,
-            Action::FollowStandbySource(Box::new(source()))
-        ]
-    );
+    assert_eq!(acts(&decision), renews_and_follows(source()));
     assert!(!promotes(&decision));
 }
 
@@ -113,13 +100,7 @@ fn a_changed_source_is_followed_again() {
     let mut moved = source();
     moved.host = Some("10.0.0.2".to_owned());
     scene.config.standby_cluster = Some(Box::new(moved.clone()));
-    assert_eq!(
-        acts(&scene.decide()),
-        [
-            Action::RenewLock,
-            Action::FollowStandbySource(Box::new(moved))
-        ]
-    );
+    assert_eq!(acts(&scene.decide()), renews_and_follows(moved));
 }
 
 #[test]
@@ -129,13 +110,7 @@ fn a_stopped_standby_leader_starts_as_a_replica_of_the_source() {
     // Even a data directory that once ran as primary: never started as one.
     scene.memory.ran_as_primary = true;
     let decision = scene.decide();
-    assert_eq!(
-        acts(&decision),
-        [
-            Action::RenewLock,
-            Action::FollowStandbySource(Box::new(source()))
-        ]
-    );
+    assert_eq!(acts(&decision), renews_and_follows(source()));
 }
 
 #[test]
@@ -170,10 +145,10 @@ fn the_other_members_follow_the_standby_leader() {
     let decision = scene.decide();
     assert!(!promotes(&decision), "{decision:?}");
     assert!(
-        !decision
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::FollowStandbySource(_) | Action::Follow(_))),
+        !takes(&decision, |a| matches!(
+            a,
+            Action::FollowStandbySource(_) | Action::Follow(_)
+        )),
         "{decision:?}"
     );
     assert_eq!(decision.role, EngineRole::Replica);
@@ -229,10 +204,10 @@ fn an_unreadable_config_key_promotes_nothing() {
     peer(&mut racer, "b", Role::Replica, 500);
     let decision = racer.decide();
     assert!(
-        !decision
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::AcquireLock | Action::Promote)),
+        !takes(&decision, |a| matches!(
+            a,
+            Action::AcquireLock | Action::Promote
+        )),
         "{decision:?}"
     );
 }

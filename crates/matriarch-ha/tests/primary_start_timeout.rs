@@ -15,7 +15,7 @@ use matriarch_postgres::memory::MemoryPostgresCluster;
 use matriarch_router::RecordingRouter;
 
 mod support;
-use support::scene::{Scene, SYSID};
+use support::scene::{housekeeping, takes, Scene, SYSID};
 use support::LogCapture;
 
 fn name(n: &str) -> MemberName {
@@ -189,7 +189,7 @@ fn after_handing_over_it_neither_races_nor_starts_to_join_the_race() {
     world.replica("b", 900, Tags::default());
     let decision = world.decide();
     assert!(
-        !decision.actions.iter().any(|a| matches!(
+        !takes(&decision, |a| matches!(
             a,
             Action::AcquireLock | Action::StartReplica { .. } | Action::StartPrimary
         )),
@@ -399,20 +399,17 @@ fn a_replica_on_a_full_disk_says_so_instead_of_cycling_through_rewinds() {
     // Without a known cause, a silent replica stops to be rewound.
     let unknown = replica_receiving_nothing(None);
     assert!(
-        unknown
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Demote(_))),
+        takes(&unknown, |a| matches!(a, Action::Demote(_))),
         "{unknown:?}"
     );
     let cause =
         "PostgreSQL cannot write WAL: no space left on device (/data/b/pg_wal: 0 bytes free)";
     let full = replica_receiving_nothing(Some(cause));
     assert!(
-        !full
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Demote(_) | Action::Rewind(_))),
+        !takes(&full, |a| matches!(
+            a,
+            Action::Demote(_) | Action::Rewind(_)
+        )),
         "{full:?}"
     );
     assert_eq!(full.role, EngineRole::Replica);
@@ -422,14 +419,7 @@ fn a_replica_on_a_full_disk_says_so_instead_of_cycling_through_rewinds() {
         full.pending
     );
     // Its record does not claim to stream.
-    let record = full
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::PublishMember(member) => Some(member.clone()),
-            _ => None,
-        })
-        .expect("the record is published");
+    let record = housekeeping(&full).member.expect("the record is published");
     assert_eq!(
         record.replication_state.as_deref(),
         Some("in archive recovery")

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use matriarch_postgres::{CustomMethod, PgControllerConfig, Postgres, ReplicaMethod, StartAs};
 use matriarch_testkit::PgOsUser;
+use tempfile::TempDir;
 
 use support::{Node, Passwords};
 
@@ -30,15 +31,18 @@ fn node(name: &str, adjust: impl FnOnce(&mut PgControllerConfig)) -> Node {
     })
 }
 
-/// A running primary to clone from.
-async fn primary() -> Node {
+/// A running primary to clone from, and a directory for the test's scripts
+/// (owned by the PostgreSQL OS user).
+async fn primary_and_scripts() -> (Node, TempDir) {
     let primary = node("primary", |_| {});
     primary
         .ctl
         .bootstrap(&PASSWORDS.spec())
         .await
         .expect("bootstrap");
-    primary
+    let user = PgOsUser::detect().expect("OS user");
+    let scripts = user.tempdir("matriarch-scripts-").expect("tempdir");
+    (primary, scripts)
 }
 
 /// A shell script (run as the PostgreSQL OS user) in `dir`.
@@ -69,9 +73,7 @@ fn custom(name: &str, command: String, keep_data: bool) -> ReplicaMethod {
 /// is removed, and `basebackup` then makes a replica that streams.
 #[tokio::test]
 async fn a_failed_custom_method_is_cleaned_up_and_basebackup_follows() {
-    let primary = primary().await;
-    let user = PgOsUser::detect().expect("OS user");
-    let scripts = user.tempdir("matriarch-scripts-").expect("tempdir");
+    let (primary, scripts) = primary_and_scripts().await;
     let record = scripts.path().join("args");
     let failing = script(
         scripts.path(),
@@ -131,9 +133,7 @@ async fn a_failed_custom_method_is_cleaned_up_and_basebackup_follows() {
 /// (the next method needs an empty directory).
 #[tokio::test]
 async fn keep_data_keeps_a_failed_methods_files() {
-    let primary = primary().await;
-    let user = PgOsUser::detect().expect("OS user");
-    let scripts = user.tempdir("matriarch-scripts-").expect("tempdir");
+    let (primary, scripts) = primary_and_scripts().await;
     let failing = script(
         scripts.path(),
         "failing-clone",
@@ -159,9 +159,7 @@ async fn keep_data_keeps_a_failed_methods_files() {
 /// limit (not after a fixed time), and the next method runs.
 #[tokio::test]
 async fn a_stalled_method_is_stopped_and_the_next_one_runs() {
-    let primary = primary().await;
-    let user = PgOsUser::detect().expect("OS user");
-    let scripts = user.tempdir("matriarch-scripts-").expect("tempdir");
+    let (primary, scripts) = primary_and_scripts().await;
     let pid_file = scripts.path().join("pid");
     let stuck = script(
         scripts.path(),

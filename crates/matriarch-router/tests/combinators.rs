@@ -173,47 +173,82 @@ async fn recording_router_records_calls_in_order_including_failed_ones() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn retry_retries_throttled_errors_with_backoff_until_success() {
-    let backend = RecordingRouter::new("dns");
-    backend.fail_next(2, throttled("dns"));
-    let router = Retry::new(backend.clone(), 5, Duration::from_secs(1)).unwrap();
-    let started = Instant::now();
-
-    assert_eq!(router.route(&routes()).await, Ok(()));
-
-    assert_eq!(backend.calls().len(), 3);
-    assert_eq!(started.elapsed(), Duration::from_secs(2));
-    assert_eq!(router.name(), "dns");
+/// How [`Retry`] treats a backend that fails its first calls.
+struct RetryCase {
+    name: &'static str,
+    /// The backend router's name.
+    backend: &'static str,
+    /// Its first `fails` calls fail with `error`.
+    fails: usize,
+    error: RouterError,
+    max_attempts: u32,
+    backoff: Duration,
+    /// Withdraw an endpoint rather than route.
+    withdraw: bool,
+    result: Result<(), RouterError>,
+    calls: usize,
+    /// Time spent backing off (the clock is paused).
+    elapsed: Duration,
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_gives_up_at_once_on_rejected() {
-    let backend = RecordingRouter::new("elb");
-    backend.fail_next(1, rejected("elb"));
-    let router = Retry::new(backend.clone(), 5, Duration::from_secs(1)).unwrap();
-    let started = Instant::now();
+async fn retry_backs_off_on_retryable_errors_and_gives_up_on_the_others() {
+    let cases = [
+        RetryCase {
+            name: "retries throttled errors with backoff until success",
+            backend: "dns",
+            fails: 2,
+            error: throttled("dns"),
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            withdraw: false,
+            result: Ok(()),
+            calls: 3,
+            elapsed: Duration::from_secs(2),
+        },
+        RetryCase {
+            name: "gives up at once on rejected",
+            backend: "elb",
+            fails: 1,
+            error: rejected("elb"),
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            withdraw: true,
+            result: Err(rejected("elb")),
+            calls: 1,
+            elapsed: Duration::ZERO,
+        },
+        RetryCase {
+            name: "returns the last error after max attempts",
+            backend: "elb",
+            fails: 10,
+            error: unreachable("elb"),
+            max_attempts: 3,
+            backoff: Duration::from_millis(500),
+            withdraw: false,
+            result: Err(unreachable("elb")),
+            calls: 3,
+            elapsed: Duration::from_secs(1),
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let backend = RecordingRouter::new(case.backend);
+        backend.fail_next(case.fails, case.error.clone());
+        let router = Retry::new(backend.clone(), case.max_attempts, case.backoff).unwrap();
+        let started = Instant::now();
 
-    assert_eq!(
-        router.withdraw(&endpoint("pg-1", "10.0.0.1")).await,
-        Err(rejected("elb"))
-    );
+        let result = if case.withdraw {
+            router.withdraw(&endpoint("pg-1", "10.0.0.1")).await
+        } else {
+            router.route(&routes()).await
+        };
 
-    assert_eq!(backend.calls().len(), 1);
-    assert_eq!(started.elapsed(), Duration::ZERO);
-}
-
-#[tokio::test(start_paused = true)]
-async fn retry_returns_the_last_error_after_max_attempts() {
-    let backend = RecordingRouter::new("elb");
-    backend.fail_next(10, unreachable("elb"));
-    let router = Retry::new(backend.clone(), 3, Duration::from_millis(500)).unwrap();
-    let started = Instant::now();
-
-    assert_eq!(router.route(&routes()).await, Err(unreachable("elb")));
-
-    assert_eq!(backend.calls().len(), 3);
-    assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(result, case.result, "{name}");
+        assert_eq!(backend.calls().len(), case.calls, "{name}");
+        assert_eq!(started.elapsed(), case.elapsed, "{name}");
+        assert_eq!(router.name(), case.backend, "{name}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

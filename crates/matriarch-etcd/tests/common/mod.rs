@@ -14,8 +14,9 @@ use matriarch_dcs::conformance::Harness;
 pub(crate) use matriarch_dcs::test_support::{
     eventually, lead, member, name, publish, timed_watch, unique_scope,
 };
-use matriarch_dcs::Dcs;
+use matriarch_dcs::{Dcs, Expected};
 use matriarch_etcd::{EtcdConfig, EtcdDcs};
+use matriarch_model::{LeaderStatus, Lsn, Record};
 use matriarch_testkit::{EtcdCluster, EtcdServer};
 
 /// The TTL the conformance suite runs with. etcd's minimum lease TTL with the
@@ -30,6 +31,22 @@ pub(crate) const SUITE_TTL: Duration = Duration::from_secs(3);
 pub(crate) const SUITE_SLACK: Duration = Duration::from_millis(1500);
 /// The retry_timeout of the suite's clients.
 pub(crate) const SUITE_RETRY: Duration = Duration::from_secs(2);
+
+/// The leader status record at `optime`.
+pub(crate) fn status(optime: u64) -> Record {
+    Record::Status(LeaderStatus {
+        optime: Lsn(optime),
+        ..LeaderStatus::default()
+    })
+}
+
+/// Writes the leader status at `optime` (whatever version it had).
+pub(crate) async fn write_status(client: &EtcdDcs, optime: u64) {
+    client
+        .write(&status(optime), Expected::Any)
+        .await
+        .expect("write");
+}
 
 /// Shows the backend's logs in a failing test's output (`RUST_LOG` filters,
 /// `info` by default).

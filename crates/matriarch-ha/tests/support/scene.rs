@@ -9,11 +9,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{
     decide, Action, DcsObservation, Decision, FailsafeInputs, Inputs, LocalPostgres, LocalRole,
-    Memory, NodeSettings, PeerReport,
+    Memory, NodeSettings, PeerReport, SlotPlan,
 };
 use matriarch_model::{
-    encode_initialize, ClusterConfig, ClusterView, Initialize, Lsn, MemberName, RawEntry, SystemId,
-    Timeline,
+    encode_initialize, ClusterConfig, ClusterView, Initialize, Lsn, Member, MemberName, RawEntry,
+    SystemId, Timeline,
 };
 
 /// The system identifier of every test cluster.
@@ -70,6 +70,27 @@ impl Scene {
         self.memory.lock_renewed_at = Some(self.now);
     }
 
+    /// This node runs a replica at `position` on `timeline`, receiving WAL
+    /// from `upstream` (a member; `None`: no member).
+    pub(crate) fn running_replica(
+        &mut self,
+        upstream: Option<&str>,
+        position: u64,
+        timeline: u32,
+    ) -> &mut Self {
+        self.local = LocalPostgres {
+            role: LocalRole::Replica {
+                upstream: upstream.map(|n| MemberName::new(n).unwrap()),
+            },
+            system_id: Some(SYSID),
+            timeline: Some(Timeline(timeline)),
+            wal_position: Some(Lsn(position)),
+            receiving: true,
+            ..LocalPostgres::no_data()
+        };
+        self
+    }
+
     /// The same cluster seen by member `me` (its name and URLs).
     pub(crate) fn seen_by(&mut self, me: &str) {
         self.node = node(me);
@@ -118,4 +139,32 @@ pub(crate) fn acts(decision: &Decision) -> Vec<Action> {
         .filter(|a| !matches!(a, Action::PublishMember(_) | Action::ReconcileSlots(_)))
         .cloned()
         .collect()
+}
+
+/// Whether the decision takes an action that `matching` accepts.
+pub(crate) fn takes(decision: &Decision, matching: impl Fn(&Action) -> bool) -> bool {
+    decision.actions.iter().any(matching)
+}
+
+/// What a decision's housekeeping carries: the member record it publishes
+/// (every loop does) and the slot plan it reconciles (when it does).
+pub(crate) struct Housekeeping<'a> {
+    pub(crate) member: Option<&'a Member>,
+    pub(crate) slots: Option<&'a SlotPlan>,
+}
+
+/// The decision's housekeeping actions (those [`acts`] leaves out).
+pub(crate) fn housekeeping(decision: &Decision) -> Housekeeping<'_> {
+    let mut found = Housekeeping {
+        member: None,
+        slots: None,
+    };
+    for action in &decision.actions {
+        match action {
+            Action::PublishMember(member) => found.member = Some(member),
+            Action::ReconcileSlots(plan) => found.slots = Some(plan),
+            _ => {}
+        }
+    }
+    found
 }

@@ -138,11 +138,12 @@ impl Runner {
         password: Option<&Secret>,
         timeout: Duration,
     ) -> Result<Finished, PostgresError> {
-        let output = self.output(op, name, args, password, timeout).await?;
-        finish(op, name, &output)
+        let cmd = self.prepared(op, name, args, password)?;
+        self.run_command(op, name, cmd, timeout).await
     }
 
-    /// Runs `cmd` (made by [`Runner::command_at`]) like [`Runner::run`].
+    /// Runs `cmd` (made by [`Runner::prepared`] or [`Runner::command_at`]) like
+    /// [`Runner::run`].
     pub(crate) async fn run_command(
         &self,
         op: Operation,
@@ -150,19 +151,19 @@ impl Runner {
         cmd: Command,
         timeout: Duration,
     ) -> Result<Finished, PostgresError> {
-        let output = self.output_of(op, name, cmd, timeout).await?;
+        let output = self.output(op, name, cmd, timeout).await?;
         finish(op, name, &output)
     }
 
-    /// Like [`Runner::run`] but returns the output whatever the exit status.
-    pub(crate) async fn output(
+    /// The command [`Runner::run`] runs for `name args`: `password` in its
+    /// environment as `PGPASSWORD`, never on its command line.
+    pub(crate) fn prepared(
         &self,
         op: Operation,
         name: &str,
         args: &[OsString],
         password: Option<&Secret>,
-        timeout: Duration,
-    ) -> Result<Output, PostgresError> {
+    ) -> Result<Command, PostgresError> {
         let mut cmd = self.command(op, name)?;
         cmd.args(args);
         if let Some(password) = password {
@@ -170,10 +171,12 @@ impl Runner {
         }
         // Arguments never hold passwords (they go through PGPASSWORD).
         tracing::debug!(member = %self.member, program = name, ?args, "running PostgreSQL program");
-        self.output_of(op, name, cmd, timeout).await
+        Ok(cmd)
     }
 
-    async fn output_of(
+    /// Runs `cmd` like [`Runner::run_command`] but returns the output
+    /// whatever the exit status.
+    pub(crate) async fn output(
         &self,
         op: Operation,
         name: &str,

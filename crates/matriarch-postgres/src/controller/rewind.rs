@@ -183,15 +183,12 @@ impl PgController {
         let mut dry_run = base.clone();
         dry_run.push("--dry-run".into());
         let timeout = self.config.timeouts.rewind;
+        let pg_rewind =
+            self.runner
+                .prepared(op, "pg_rewind", &dry_run, credentials.password.as_ref())?;
         let output = self
             .runner
-            .output(
-                op,
-                "pg_rewind",
-                &dry_run,
-                credentials.password.as_ref(),
-                timeout,
-            )
+            .output(op, "pg_rewind", pg_rewind, timeout)
             .await?;
         let text = format!(
             "{}\n{}",

@@ -110,9 +110,10 @@ impl PgController {
             timeout.as_secs().max(1).to_string().into(),
         ];
         tracing::info!(member = self.member(), data_dir = %self.data_dir().display(), "starting PostgreSQL");
+        let command = self.runner.prepared(op, "pg_ctl", &args, None)?;
         let output = self
             .runner
-            .output(op, "pg_ctl", &args, None, timeout + Duration::from_secs(5))
+            .output(op, "pg_ctl", command, timeout + Duration::from_secs(5))
             .await?;
         if output.status.success() {
             return Ok(());
