@@ -625,11 +625,10 @@ fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_devic
     // No DCS is needed: the check comes before any connection.
     let mut cluster = Cluster::configure(1, DcsSpec::Etcd("127.0.0.1:9".to_owned()), options);
     cluster.nodes[0].start(&[]);
-    let mut child = cluster.nodes[0].child.take().expect("the agent");
-    let status = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    let node = &mut cluster.nodes[0];
+    let status = wait_for(Duration::from_secs(20), || node.exit_status());
     let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
+        node.kill_agent();
         panic!("the agent started without its required watchdog");
     };
     assert_eq!(status.code(), Some(1), "{status}");

@@ -739,7 +739,7 @@ fn a_failing_pre_promote_cancels_the_promotion() {
 fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
     let (mut cluster, old) =
         Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
-    let haproxy = common::HaProxy::start(&cluster.nodes);
+    let haproxy = cluster.start_haproxy();
     let server_port = |expected: u16| {
         wait_for(Duration::from_secs(30), || {
             let port = common::psql_at("127.0.0.1", haproxy.port, "SELECT current_setting('port')")

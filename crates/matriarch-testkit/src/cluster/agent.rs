@@ -6,7 +6,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -56,6 +56,11 @@ impl Supervised {
 
     /// Starts it (appending to its log).
     pub fn start(&mut self) -> Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// Starts it with `env` added to its environment (appending to its log).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let open = || {
             fs::OpenOptions::new()
                 .create(true)
@@ -73,6 +78,7 @@ impl Supervised {
             .stdin(Stdio::null())
             .stdout(open()?)
             .stderr(open()?)
+            .envs(env.iter().copied())
             .process_group(0);
         if let Some(user) = &self.user {
             user.apply(&mut cmd);
@@ -102,14 +108,27 @@ impl Supervised {
     /// How it ended, once it was started and has exited (reaping it); `None`
     /// while it runs or when it was never started.
     pub fn exited(&mut self) -> Option<String> {
-        let status = self.child.as_mut()?.try_wait();
-        match status {
+        match self.try_exit()? {
+            Ok(status) => Some(status.to_string()),
+            Err(e) => Some(format!("cannot wait for it: {e}")),
+        }
+    }
+
+    /// Its exit status, once it was started and has exited (reaping it).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.try_exit()?.ok()
+    }
+
+    /// `None` while it runs or when it was never started; its status (or why
+    /// it cannot be waited for) once it exited, reaping it.
+    fn try_exit(&mut self) -> Option<std::io::Result<ExitStatus>> {
+        match self.child.as_mut()?.try_wait() {
             Ok(None) => None,
             Ok(Some(status)) => {
                 self.child = None;
-                Some(status.to_string())
+                Some(Ok(status))
             }
-            Err(e) => Some(format!("cannot wait for it: {e}")),
+            Err(e) => Some(Err(e)),
         }
     }
 
