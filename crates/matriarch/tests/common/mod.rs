@@ -2,7 +2,8 @@
 //! [`matriarch_testkit::cluster::ScenarioCluster`] (real etcd or ZooKeeper,
 //! real PostgreSQL, and `matriarch run` processes of the built binary on free
 //! loopback ports) under the names the tests use, `matriarch ctl` of this
-//! build, and the checks only these tests make (etcd's keys, callback records).
+//! build, and the checks only these tests make (etcd's keys, callback records,
+//! node files `matriarch check` and `run` refuse).
 
 #![allow(dead_code)]
 // Each test binary uses some of the names.
@@ -13,6 +14,7 @@ use std::process::Output;
 
 mod callbacks;
 mod etcd;
+mod offline_config;
 
 pub(crate) use callbacks::RecordedCallbacks;
 pub(crate) use etcd::{etcd_get, etcd_lease_granted_ttl, etcd_put, etcd_range};
@@ -22,6 +24,7 @@ pub(crate) use matriarch_testkit::cluster::{
     API_PASSWORD, API_USER, PG_PASSWORD,
 };
 pub(crate) use matriarch_testkit::wait::wait_for;
+pub(crate) use offline_config::{on_config, OFFLINE_CONFIG, OFFLINE_DATA_ROOT};
 
 /// `matriarch ctl ARGS` of this build, with none of ctl's variables from the
 /// test's environment.
