@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{etcd_get, wait_for, Cluster, Options, API_PASSWORD, API_USER};
+use common::{etcd_get, wait_for, Cluster, Node, Options, API_PASSWORD, API_USER};
 use serde_json::Value;
 
 fn text(out: &Output) -> String {
@@ -132,6 +132,17 @@ impl Patronictl {
     }
 }
 
+/// `node`'s `/metrics` has each series with Patroni's labels (scope and
+/// member name) and the value given.
+fn assert_metrics(node: &Node, series: &[(&str, u8)]) {
+    let metrics = node.call("GET", "/metrics", "", false).body_text();
+    let labels = format!("{{scope=\"e2e\",name=\"{}\"}}", node.name);
+    for (name, value) in series {
+        let line = format!("{name}{labels} {value}");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+}
+
 #[test]
 fn patroni_tools_work_against_matriarch() {
     let cluster = Cluster::start_on_etcd(2, Options::default());
@@ -161,25 +172,17 @@ fn patroni_tools_work_against_matriarch() {
     assert_eq!(status["replication_state"], "streaming", "{status}");
 
     // /metrics: Patroni's series with Patroni's labels.
-    let metrics = p.call("GET", "/metrics", "", false).body_text();
-    let labels = format!("{{scope=\"e2e\",name=\"{}\"}}", p.name);
-    for line in [
-        format!("patroni_primary{labels} 1"),
-        format!("patroni_replica{labels} 0"),
-        format!("patroni_postgres_running{labels} 1"),
-        format!("patroni_cluster_unlocked{labels} 0"),
-        format!("patroni_is_paused{labels} 0"),
-    ] {
-        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
-    }
-    let metrics = r.call("GET", "/metrics", "", false).body_text();
-    assert!(
-        metrics.contains(&format!(
-            "patroni_postgres_streaming{{scope=\"e2e\",name=\"{}\"}} 1",
-            r.name
-        )),
-        "{metrics}"
+    assert_metrics(
+        p,
+        &[
+            ("patroni_primary", 1),
+            ("patroni_replica", 0),
+            ("patroni_postgres_running", 1),
+            ("patroni_cluster_unlocked", 0),
+            ("patroni_is_paused", 0),
+        ],
     );
+    assert_metrics(r, &[("patroni_postgres_streaming", 1)]);
 
     // matriarch ctl with patronictl's arguments.
     let out = p.ctl(&["list", "e2e", "--format", "json"]);
@@ -394,14 +397,7 @@ fn patroni_tools_work_against_matriarch() {
             cluster.logs()
         )
     });
-    let metrics = r.call("GET", "/metrics", "", false).body_text();
-    assert!(
-        metrics.contains(&format!(
-            "patroni_pending_restart{{scope=\"e2e\",name=\"{}\"}} 1",
-            r.name
-        )),
-        "{metrics}"
-    );
+    assert_metrics(r, &[("patroni_pending_restart", 1)]);
     let before = r.postmaster_pid();
     let out = patronictl.run(&["restart", "e2e", &r.name, "--pending", "--force"]);
     assert!(

@@ -68,13 +68,9 @@ fn a_changed_pg_hba_applies_on_sighup_without_a_restart() {
 /// them when its node file has none, and a change applies with a reload.
 #[test]
 fn the_clusters_pg_hba_applies_when_the_node_has_none() {
-    let options = Options {
-        dcs: format!(
-            "{}    postgresql:\n      pg_hba:\n      - host all rolec 10.3.0.0/16 scram-sha-256\n",
-            Options::default().dcs
-        ),
-        ..Options::default()
-    };
+    let options = Options::with_dcs(
+        "    postgresql:\n      pg_hba:\n      - host all rolec 10.3.0.0/16 scram-sha-256\n",
+    );
     let (cluster, primary) = Cluster::healthy_on_etcd(1, options, Duration::from_secs(60));
     let node = &cluster.nodes[primary];
     let count = |role: &str| {

@@ -72,6 +72,16 @@ impl Default for ScenarioOptions {
     }
 }
 
+impl ScenarioOptions {
+    /// The default options with `extra` (YAML indented by 4) added to
+    /// `bootstrap.dcs`.
+    pub fn with_dcs(extra: &str) -> ScenarioOptions {
+        let mut options = ScenarioOptions::default();
+        options.dcs.push_str(extra);
+        options
+    }
+}
+
 /// Cargo's `matriarch` binary for the running test: integration tests run from
 /// `target/<profile>/deps`, the binary is `target/<profile>/matriarch` (what
 /// `CARGO_BIN_EXE_matriarch` names); the workspace's debug build otherwise.
