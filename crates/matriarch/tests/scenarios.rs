@@ -1173,20 +1173,14 @@ fn sighup_applies_changed_tags_and_postgresql_parameters() {
     let replica = 1 - primary;
     let node = &cluster.nodes[replica];
     let postmaster = node.postmaster_pid();
-    let config = std::fs::read_to_string(&node.config).unwrap();
-    let changed = config
-        .replacen(
-            "tags:\n  failover_priority: 1\n",
-            "tags:\n  failover_priority: 1\n  nofailover: true\n",
-            1,
-        )
-        .replacen(
-            "    wal_keep_size: 128MB\n",
-            "    wal_keep_size: 128MB\n    work_mem: 9MB\n",
-            1,
-        );
-    assert_ne!(changed, config);
-    std::fs::write(&node.config, changed).unwrap();
+    node.edit_config(
+        "tags:\n  failover_priority: 1\n",
+        "tags:\n  failover_priority: 1\n  nofailover: true\n",
+    );
+    node.edit_config(
+        "    wal_keep_size: 128MB\n",
+        "    wal_keep_size: 128MB\n    work_mem: 9MB\n",
+    );
     node.signal(libc::SIGHUP);
 
     assert!(

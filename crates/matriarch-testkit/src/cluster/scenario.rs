@@ -329,10 +329,7 @@ impl ScenarioCluster {
     /// Rewrites node `i`'s config file with `from` replaced by `to` (before the
     /// node starts, or before a restart).
     pub fn edit_config(&self, i: usize, from: &str, to: &str) {
-        let path = &self.nodes[i].config;
-        let text = fs::read_to_string(path).expect("read the node config");
-        assert!(text.contains(from), "{from:?} not in {}", path.display());
-        fs::write(path, text.replacen(from, to, 1)).expect("write the node config");
+        self.nodes[i].edit_config(from, to);
     }
 
     /// Asserts that `response` has `status`, else panics with its body and

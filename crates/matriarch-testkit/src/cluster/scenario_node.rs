@@ -239,6 +239,16 @@ impl ScenarioNode {
         )
     }
 
+    /// Rewrites the config file with the first `from` replaced by `to`
+    /// (panics when `from` is not in it). The agent sees it at its next
+    /// start, or on SIGHUP.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let path = &self.config;
+        let text = std::fs::read_to_string(path).expect("read the node config");
+        assert!(text.contains(from), "{from:?} not in {}", path.display());
+        std::fs::write(path, text.replacen(from, to, 1)).expect("write the node config");
+    }
+
     /// The last lines of the agent's log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
