@@ -132,6 +132,18 @@ impl Patronictl {
     }
 }
 
+/// After patronictl's `out`, node `leader` alone leads, with the other node
+/// streaming from it.
+fn assert_leads_after(cluster: &Cluster, leader: usize, out: &Output) {
+    assert!(
+        cluster.wait_primary_is(leader, Duration::from_secs(60)),
+        "{}\n{}",
+        text(out),
+        cluster.logs()
+    );
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), leader);
+}
+
 /// `node`'s `/metrics` has each series with Patroni's labels (scope and
 /// member name) and the value given.
 fn assert_metrics(node: &Node, series: &[(&str, u8)]) {
@@ -577,13 +589,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
     // leader follows it.
     patronictl.wait_streaming(&second_name, &cluster);
     let out = patronictl.run(&["switchover", "e2e", "--force"]);
-    assert!(
-        cluster.wait_primary_is(second, Duration::from_secs(60)),
-        "{}\n{}",
-        text(&out),
-        cluster.logs()
-    );
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), second);
+    assert_leads_after(&cluster, second, &out);
 
     // history: the timeline that ended, and who leads the next one.
     let entry = wait_for(Duration::from_secs(20), || {
@@ -643,13 +649,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
 
     // failover to a named candidate: it leads.
     let out = patronictl.run(&["failover", "e2e", "--candidate", &first_name, "--force"]);
-    assert!(
-        cluster.wait_primary_is(first, Duration::from_secs(60)),
-        "{}\n{}",
-        text(&out),
-        cluster.logs()
-    );
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), first);
+    assert_leads_after(&cluster, first, &out);
 
     // reinit --wait: the replica's data directory is rebuilt from the
     // leader (a file left in it is gone, PostgreSQL started anew, the same

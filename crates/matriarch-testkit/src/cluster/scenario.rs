@@ -326,6 +326,15 @@ impl ScenarioCluster {
         self.nodes[via].call("POST", "/switchover", &body, true)
     }
 
+    /// [`ScenarioCluster::switchover`], asserting that it answers 200 (else
+    /// panics with its body and every node's log); the answer.
+    #[track_caller]
+    pub fn switchover_ok(&self, via: usize, leader: usize, candidate: usize) -> HttpResponse {
+        let response = self.switchover(via, leader, candidate);
+        self.assert_status(&response, 200);
+        response
+    }
+
     /// Rewrites node `i`'s config file with `from` replaced by `to` (before the
     /// node starts, or before a restart).
     pub fn edit_config(&self, i: usize, from: &str, to: &str) {
