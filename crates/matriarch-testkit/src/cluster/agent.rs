@@ -20,13 +20,15 @@ use crate::process::describe;
 /// A long-running program started with the same command line each time (an
 /// agent, or a service of the chaos run in a network namespace), its output
 /// appended to a log, in its own process group so that a terminal's Ctrl-C
-/// reaches the harness alone, which then stops it in order. Killed on drop.
+/// reaches the harness alone, which then stops it in order (unless
+/// [`Supervised::in_callers_group`]). Killed on drop.
 #[derive(Debug)]
 pub struct Supervised {
     argv: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
     user: Option<PgOsUser>,
+    own_group: bool,
 }
 
 impl Supervised {
@@ -37,7 +39,16 @@ impl Supervised {
             log,
             child: None,
             user: None,
+            own_group: true,
         }
+    }
+
+    /// Keeps it in the caller's process group, so that a terminal's Ctrl-C
+    /// stops it with the caller (a test binary, which has no handler to stop
+    /// its programs in order).
+    pub fn in_callers_group(mut self) -> Supervised {
+        self.own_group = false;
+        self
     }
 
     /// Runs it as `user` (Patroni runs as PostgreSQL's OS user).
@@ -78,8 +89,10 @@ impl Supervised {
             .stdin(Stdio::null())
             .stdout(open()?)
             .stderr(open()?)
-            .envs(env.iter().copied())
-            .process_group(0);
+            .envs(env.iter().copied());
+        if self.own_group {
+            cmd.process_group(0);
+        }
         if let Some(user) = &self.user {
             user.apply(&mut cmd);
         }

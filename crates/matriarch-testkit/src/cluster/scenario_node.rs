@@ -97,7 +97,7 @@ impl ScenarioNode {
             api_port,
             pg_port,
             pg_host: pg_host.to_owned(),
-            agent: Supervised::new(argv, log.clone()),
+            agent: Supervised::new(argv, log.clone()).in_callers_group(),
             dir,
             config,
             log,
