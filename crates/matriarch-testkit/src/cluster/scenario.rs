@@ -160,6 +160,14 @@ impl ScenarioCluster {
         (cluster, primary)
     }
 
+    /// Starts an etcd of its own and node1 alone on it, and waits up to
+    /// `timeout` until it leads.
+    pub fn lone_primary_on_etcd(timeout: Duration) -> ScenarioCluster {
+        let mut cluster = ScenarioCluster::configure_on_etcd(1, ScenarioOptions::default());
+        cluster.start_node1_as_primary(timeout);
+        cluster
+    }
+
     /// Starts an etcd of its own and writes configs for `n` nodes on it,
     /// without starting them.
     pub fn configure_on_etcd(n: usize, options: ScenarioOptions) -> ScenarioCluster {
