@@ -414,3 +414,42 @@ impl Drop for ScenarioCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_file_has_the_harness_settings_then_the_options_pieces() {
+        let options = ScenarioOptions {
+            extra: "callbacks:\n  on_start: /x/{name}.sh\n".into(),
+            ..ScenarioOptions::with_dcs("    synchronous_mode: true\n")
+        };
+        let node = ScenarioNode::new(
+            Path::new("/m"),
+            "node2",
+            8009,
+            "127.0.0.2",
+            5433,
+            PathBuf::from("/tmp/n2"),
+        );
+        let yaml = node_yaml(
+            &options,
+            &node,
+            &DcsSpec::ZooKeeper("127.0.0.1:2181".into()),
+            "  nofailover: true\n",
+        );
+        for expected in [
+            "scope: e2e\nname: node2\nlog:\n  format: text\n",
+            "  listen: 127.0.0.1:8009\n  authentication:\n    username: admin\n    password: api-secret\n",
+            "zookeeper:\n  hosts: 127.0.0.1:2181\n",
+            "    retry_timeout: 1.5\n    maximum_lag_on_failover: 104857600\n    synchronous_mode: true\npostgresql:\n",
+            "  listen: 127.0.0.2:5433\n  data_dir: /tmp/n2/data\n",
+            "tags:\n  failover_priority: 1\n  nofailover: true\ncallbacks:\n  on_start: /x/node2.sh\n",
+        ] {
+            assert!(yaml.contains(expected), "{expected:?} missing from\n{yaml}");
+        }
+        assert_eq!(node.config, Path::new("/tmp/n2/node.yaml"));
+        assert_eq!(node.log, Path::new("/tmp/n2/agent.log"));
+    }
+}
