@@ -6,37 +6,31 @@ mod common;
 
 use std::fs;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{matriarch_binary, processes_mentioning};
+use common::{matriarch_binary, processes_mentioning, run_ok_within, Finished};
 
 #[test]
 fn one_switchover_run_writes_results_and_a_plot() {
     let matriarch = matriarch_binary();
     let out = tempfile::tempdir().expect("temp dir");
-    let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_matriarch-bench"))
-        .args([
-            "failover",
-            "--runs",
-            "1",
-            "--scenario",
-            "switchover",
-            "--idle-seconds",
-            "2",
-            "--matriarch",
-        ])
-        .arg(&matriarch)
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("run matriarch-bench");
-    let took = started.elapsed();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    assert!(output.status.success(), "{}\n{context}", output.status);
-    assert!(took < Duration::from_secs(90), "took {took:?}\n{context}");
+    let Finished { stdout, context } = run_ok_within(
+        Command::new(env!("CARGO_BIN_EXE_matriarch-bench"))
+            .args([
+                "failover",
+                "--runs",
+                "1",
+                "--scenario",
+                "switchover",
+                "--idle-seconds",
+                "2",
+                "--matriarch",
+            ])
+            .arg(&matriarch)
+            .arg("--out")
+            .arg(out.path()),
+        Duration::from_secs(90),
+    );
     for expected in ["switchover", "median", "Agents at idle", "failover.json"] {
         assert!(stdout.contains(expected), "no `{expected}` in\n{context}");
     }

@@ -7,42 +7,27 @@ mod common;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{matriarch_binary, processes_mentioning};
-
-/// Serializes the tests that run a cluster: two clusters of three PostgreSQL
-/// servers at once are too much for a two-core machine.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use common::{matriarch_binary, processes_mentioning, run_ok_within, Finished};
+// Two clusters of three PostgreSQL servers at once are too much for a
+// two-core machine.
+use matriarch_testkit::cluster::serial;
 
 #[test]
 fn the_demo_fails_over_reports_the_timeline_and_cleans_up() {
     let _serial = serial();
     let matriarch = matriarch_binary();
     let logs = tempfile::tempdir().expect("temp dir");
-    let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_matriarch-demo"))
-        .arg("--matriarch")
-        .arg(&matriarch)
-        .arg("--logs")
-        .arg(logs.path())
-        .output()
-        .expect("run matriarch-demo");
-    let took = started.elapsed();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the demo failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
     // Under two minutes, as the README promises (on a loaded two-core machine).
-    assert!(took < Duration::from_secs(120), "took {took:?}\n{context}");
+    let Finished { stdout, context } = run_ok_within(
+        Command::new(env!("CARGO_BIN_EXE_matriarch-demo"))
+            .arg("--matriarch")
+            .arg(&matriarch)
+            .arg("--logs")
+            .arg(logs.path()),
+        Duration::from_secs(120),
+    );
     for expected in [
         "`matriarch ctl list`",
         "| Leader ",

@@ -12,9 +12,10 @@
 //! * [`MotoServer`]: moto's AWS emulator from the venv made by `cargo xtask deps`;
 //!   [`MotoS3`]: a bucket on it over HTTPS, for [`PgBackRest`] (Debian's pgBackRest).
 //! * [`TestCa`]: a CA and the certificates it signs, for TLS tests.
+//! * [`HaProxy`]: Debian's HAProxy routing to whichever node's REST API says primary.
 //!
 //! On top of them, [`cluster`] runs real `matriarch run` agents (the harness of
-//! the demo, the benchmarks and the chaos run), [`dns`] asks BIND for `A` records, and
+//! the demo, the benchmarks, the chaos run and the daemon's end-to-end tests), [`dns`] asks BIND for `A` records, and
 //! [`wait`] sleeps and polls until Ctrl-C.
 //!
 //! Missing programs make `start()` fail with a message that names the program and says
@@ -30,6 +31,7 @@ pub mod dns;
 mod error;
 mod etcd;
 mod etcd_tls;
+mod haproxy;
 mod http;
 mod moto;
 mod moto_s3;
@@ -48,6 +50,7 @@ pub use certs::{TestCa, CLIENT_EXTENSIONS, SERVER_EXTENSIONS};
 pub use error::{Result, TestkitError};
 pub use etcd::{EtcdCluster, EtcdMember, EtcdMemberArgs, EtcdServer};
 pub use etcd_tls::TlsEtcdServer;
+pub use haproxy::{HaProxy, HaProxyBackend};
 pub use http::{http_request, http_request_timeout, HttpResponse};
 pub use moto::{moto_venv, MotoServer};
 pub use moto_s3::{MotoS3, MOTO_S3_REGION};

@@ -1,6 +1,7 @@
 //! Waits a harness can cut short: sleeping and polling that call a check (a
 //! Ctrl-C flag) at every step and stop with its error, so that an interrupted
-//! run gets to clean up at once. The demo's and the chaos run's waits.
+//! run gets to clean up at once. The demo's and the chaos run's waits; and
+//! [`wait_for`], the plain poll of the end-to-end tests.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,20 @@ impl<E> Interruptible<E> {
             }
             self.sleep(every)?;
         }
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

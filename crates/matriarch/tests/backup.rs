@@ -52,6 +52,12 @@ fn start(cluster: &mut Cluster, i: usize, s3: &MotoS3) {
     cluster.nodes[i].start(&[(KEY_VAR, s3.access_key_id())]);
 }
 
+/// Starts node `i` and waits until node1 leads `i` streaming replicas.
+fn start_under_node1(cluster: &mut Cluster, i: usize, s3: &MotoS3) {
+    start(cluster, i, s3);
+    assert_eq!(cluster.wait_healthy(i, WAIT), 0, "{}", cluster.logs());
+}
+
 /// The pgBackRest configuration file the agent of node `i` wrote.
 fn config_file(cluster: &Cluster, i: usize) -> PathBuf {
     PathBuf::from(format!(
@@ -127,10 +133,8 @@ fn assert_secrets_kept(cluster: &Cluster, s3: &MotoS3) {
 #[test]
 fn ctl_backup_full_then_incremental_and_archiving_survives_a_failover() {
     let (s3, _secrets, mut cluster) = configure(2);
-    start(&mut cluster, 0, &s3);
-    assert_eq!(cluster.wait_healthy(0, WAIT), 0, "{}", cluster.logs());
-    start(&mut cluster, 1, &s3);
-    assert_eq!(cluster.wait_healthy(1, WAIT), 0, "{}", cluster.logs());
+    start_under_node1(&mut cluster, 0, &s3);
+    start_under_node1(&mut cluster, 1, &s3);
     wait_stanza(&cluster, 0);
 
     ctl_backup(&cluster, 1, "full");
@@ -177,8 +181,7 @@ fn a_replica_is_restored_from_s3_when_the_primary_refuses_base_backups() {
         "  parameters:\n",
         "  create_replica_methods: [basebackup, pgbackrest]\n  clone_stall_timeout: 20\n  parameters:\n",
     );
-    start(&mut cluster, 0, &s3);
-    assert_eq!(cluster.wait_healthy(0, WAIT), 0, "{}", cluster.logs());
+    start_under_node1(&mut cluster, 0, &s3);
     wait_stanza(&cluster, 0);
     ctl_backup(&cluster, 0, "full");
     // Written after the backup: only the archive has them.

@@ -1,74 +1,36 @@
 //! A configuration that cannot be used stops `matriarch run` at once, with a
 //! message naming the key, before anything starts.
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const GOOD: &str = r#"scope: e2e
-name: node1
-restapi:
-  listen: 127.0.0.1:8008
-etcd3:
-  hosts: 127.0.0.1:1
-bootstrap:
-  dcs:
-    ttl: 4
-    loop_wait: 1
-    retry_timeout: 1.5
-postgresql:
-  listen: 127.0.0.1:5999
-  data_dir: /tmp/matriarch-bad-config-never-created/data
-  authentication:
-    superuser: {username: postgres, password: pg-secret}
-    replication: {username: replicator, password: repl-secret}
-"#;
+use common::{on_config, OFFLINE_CONFIG as GOOD, OFFLINE_DATA_ROOT};
 
+/// `matriarch run` of `config`: it must stop within 10 s.
 fn run(config: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, config).unwrap();
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (code, stderr) = on_config("run", config, &[]);
     assert!(started.elapsed() < Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !stderr.contains("pg-secret") && !stderr.contains("repl-secret"),
-        "a secret leaked: {stderr}"
-    );
-    (output.status.code().unwrap_or(-1), stderr)
+    (code.unwrap_or(-1), stderr)
 }
 
 /// `matriarch check` of `config`.
-fn check(config: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, config).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_matriarch"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap()
+fn check(config: &str) -> (Option<i32>, String) {
+    on_config("check", config, &[])
 }
 
 #[test]
 fn a_good_config_passes_check() {
-    let output = check(GOOD);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, stderr) = check(GOOD);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]
 fn check_refuses_a_rest_api_on_port_0() {
-    let output = check(&GOOD.replace("127.0.0.1:8008", "127.0.0.1:0"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = check(&GOOD.replace("127.0.0.1:8008", "127.0.0.1:0"));
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("`restapi.listen`: the port must not be 0"),
         "{stderr}"
@@ -105,7 +67,7 @@ fn bad_configs_exit_non_zero_naming_the_key() {
             &["postgresql.listen"],
         ),
         (
-            GOOD.replace("/tmp/matriarch-bad", "relative/matriarch-bad"),
+            GOOD.replace("/tmp/matriarch-offline", "relative/matriarch-offline"),
             &["postgresql.data_dir"],
         ),
         (
@@ -153,9 +115,6 @@ fn a_missing_file_is_reported() {
 /// nothing is created.
 #[test]
 fn bad_environment_overrides_exit_non_zero_naming_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, GOOD).unwrap();
     for (var, value, needle) in [
         ("MATRIARCH_LOG_FORMAT", "xml", "MATRIARCH_LOG_FORMAT"),
         (
@@ -165,17 +124,11 @@ fn bad_environment_overrides_exit_non_zero_naming_them() {
         ),
         ("MATRIARCH_RESTAPI_LISTEN", "nowhere", "restapi.listen"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env(var, value)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        let (code, stderr) = on_config("run", GOOD, &[(var, value)]);
+        assert_eq!(code, Some(2), "{var}={value}: {stderr}");
         assert!(stderr.contains(needle), "{var}={value}: {stderr}");
     }
-    assert!(!std::path::Path::new("/tmp/matriarch-bad-config-never-created").exists());
+    assert!(!std::path::Path::new(OFFLINE_DATA_ROOT).exists());
 }
 
 #[test]
@@ -193,8 +146,7 @@ fn an_unsupported_postgresql_version_is_refused_by_run_and_check() {
         stderr.contains("PostgreSQL 14.9") && stderr.contains("15 to 18"),
         "{stderr}"
     );
-    let output = check(&config);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = check(&config);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("PostgreSQL 14.9"), "{stderr}");
 }

@@ -148,12 +148,10 @@ fn a_nostream_replica_replays_from_the_archive_only() {
     let archive = user.tempdir("matriarch-archive-").expect("archive dir");
     let dir = archive.path().display();
     let options = Options {
-        dcs: format!(
-            "{}    postgresql:\n      parameters:\n        archive_mode: 'on'\n        archive_command: 'test ! -f {dir}/%f && cp %p {dir}/%f'\n        restore_command: 'cp {dir}/%f %p'\n        wal_retrieve_retry_interval: 200ms\n",
-            Options::default().dcs
-        ),
         tags: vec![String::new(), "  nostream: true\n".to_owned()],
-        ..Options::default()
+        ..Options::with_dcs(&format!(
+            "    postgresql:\n      parameters:\n        archive_mode: 'on'\n        archive_command: 'test ! -f {dir}/%f && cp %p {dir}/%f'\n        restore_command: 'cp {dir}/%f %p'\n        wal_retrieve_retry_interval: 200ms\n",
+        ))
     };
     let mut cluster = Cluster::configure_on_etcd(2, options);
     cluster.start_node1_first(Duration::from_secs(60));

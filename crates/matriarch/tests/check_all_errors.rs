@@ -2,43 +2,22 @@
 //! and reports every error in one run, a line each, naming the key and what
 //! to use instead.
 
-use std::process::Command;
+mod common;
 
-const GOOD: &str = r#"scope: e2e
-name: node1
-restapi:
-  listen: 127.0.0.1:8008
-etcd3:
-  hosts: 127.0.0.1:1
-bootstrap:
-  dcs:
-    ttl: 30
-    loop_wait: 10
-    retry_timeout: 10
-postgresql:
-  listen: 127.0.0.1:5999
-  data_dir: /tmp/matriarch-check-all-never-created/data
-  authentication:
-    superuser: {username: postgres, password: pg-secret}
-    replication: {username: replicator, password: repl-secret}
-"#;
+use common::{on_config, OFFLINE_CONFIG};
+
+/// The offline node file with Patroni's default timing (ttl 30, loop_wait 10,
+/// retry_timeout 10).
+fn good() -> String {
+    OFFLINE_CONFIG.replace(
+        "    ttl: 4\n    loop_wait: 1\n    retry_timeout: 1.5\n",
+        "    ttl: 30\n    loop_wait: 10\n    retry_timeout: 10\n",
+    )
+}
 
 /// `matriarch check` of `config`: exit code and stderr.
 fn check(config: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_matriarch"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !stderr.contains("pg-secret") && !stderr.contains("repl-secret"),
-        "a secret leaked: {stderr}"
-    );
-    (output.status.code(), stderr)
+    on_config("check", config, &[])
 }
 
 /// The lines of `stderr` that report an error.
@@ -49,39 +28,46 @@ fn error_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// One error each: `check` exits 2 naming the key and what to use instead.
 #[test]
-fn check_refuses_a_parameter_matriarch_manages_and_names_the_replacement() {
-    let config = GOOD.replace(
-        "  listen: 127.0.0.1:5999\n",
-        "  listen: 127.0.0.1:5999\n  parameters:\n    unix_socket_directories: /var/run/postgresql\n",
-    );
-    let (code, stderr) = check(&config);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("`postgresql.parameters.unix_socket_directories`")
-            && stderr.contains("postgresql.socket_dir"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn check_refuses_a_managed_parameter_in_bootstrap_dcs() {
-    let config = GOOD.replace(
-        "    retry_timeout: 10\n",
-        "    retry_timeout: 10\n    postgresql:\n      parameters:\n        port: 5433\n",
-    );
-    let (code, stderr) = check(&config);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("`bootstrap.dcs.postgresql.parameters.port`")
-            && stderr.contains("postgresql.listen"),
-        "{stderr}"
-    );
+fn check_refuses_a_setting_naming_the_key_and_the_replacement() {
+    for (from, to, key, instead) in [
+        // A parameter matriarch manages.
+        (
+            "  listen: 127.0.0.1:5999\n",
+            "  listen: 127.0.0.1:5999\n  parameters:\n    unix_socket_directories: /var/run/postgresql\n",
+            "`postgresql.parameters.unix_socket_directories`",
+            "postgresql.socket_dir",
+        ),
+        // A managed parameter in bootstrap.dcs.
+        (
+            "    retry_timeout: 10\n",
+            "    retry_timeout: 10\n    postgresql:\n      parameters:\n        port: 5433\n",
+            "`bootstrap.dcs.postgresql.parameters.port`",
+            "postgresql.listen",
+        ),
+        // etcd endpoints run cannot use.
+        (
+            "  hosts: 127.0.0.1:1\n",
+            "  hosts: https://127.0.0.1:2379\n",
+            "`etcd3`",
+            "https:// needs a TLS configuration",
+        ),
+    ] {
+        let config = good().replace(from, to);
+        assert_ne!(config, good(), "{from:?} is not in the file");
+        let (code, stderr) = check(&config);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains(instead),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
 fn three_distinct_errors_get_three_lines_in_one_run() {
-    let config = GOOD
+    let config = good()
         .replace("127.0.0.1:8008", "not-an-address")
         .replace("    ttl: 30\n", "    ttl: 30\n    tll: 20\n")
         .replace(
@@ -108,7 +94,7 @@ fn three_distinct_errors_get_three_lines_in_one_run() {
 
 #[test]
 fn every_bootstrap_dcs_error_is_reported() {
-    let config = GOOD.replace(
+    let config = good().replace(
         "    ttl: 30\n",
         "    ttl: thirty\n    synchronous_mode: maybe\n",
     );
@@ -126,7 +112,7 @@ fn every_bootstrap_dcs_error_is_reported() {
 
 #[test]
 fn errors_in_several_sections_are_all_reported() {
-    let config = GOOD
+    let config = good()
         .replace("127.0.0.1:8008", "127.0.0.1:0")
         .replace("name: node1\n", "name: node1\nlog:\n  level: \"not a [filter\"\ncallbacks:\n  on_start: /nonexistent/on_start.sh\n");
     let (code, stderr) = check(&config);
@@ -142,23 +128,9 @@ fn errors_in_several_sections_are_all_reported() {
 }
 
 #[test]
-fn check_refuses_etcd_endpoints_run_cannot_use() {
-    let config = GOOD.replace(
-        "  hosts: 127.0.0.1:1\n",
-        "  hosts: https://127.0.0.1:2379\n",
-    );
-    let (code, stderr) = check(&config);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("`etcd3`") && stderr.contains("https:// needs a TLS configuration"),
-        "{stderr}"
-    );
-}
-
-#[test]
 fn pg_hba_in_bootstrap_dcs_must_be_a_list_of_lines() {
     let with_lines = |lines: &str| {
-        GOOD.replace(
+        good().replace(
             "    retry_timeout: 10\n",
             &format!("    retry_timeout: 10\n    postgresql:\n      pg_hba: {lines}\n"),
         )
@@ -176,7 +148,8 @@ fn pg_hba_in_bootstrap_dcs_must_be_a_list_of_lines() {
 #[test]
 fn check_refuses_a_required_watchdog_whose_device_is_missing_as_run_does() {
     let config = format!(
-        "{GOOD}watchdog:\n  mode: required\n  device: /nonexistent/matriarch-check-watchdog\n"
+        "{}watchdog:\n  mode: required\n  device: /nonexistent/matriarch-check-watchdog\n",
+        good()
     );
     let (code, stderr) = check(&config);
     assert_eq!(code, Some(2), "{stderr}");

@@ -8,7 +8,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{etcd_get, etcd_put, wait_for, Cluster, Options};
+use common::{etcd_get, etcd_put, wait_for, Cluster};
 use serde_json::{json, Value};
 
 const CONFIG_KEY: &str = "/service/e2e/config";
@@ -61,10 +61,8 @@ fn assert_kept(etcd: &str, node: &common::Node, expected: &Value, step: &str) {
 
 #[test]
 fn unknown_config_keys_survive_patch_put_pause_resume_and_edit_config() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(60));
-    let url = cluster.etcd_url();
-    let node = &cluster.nodes[primary];
+    let cluster = Cluster::lone_primary_on_etcd(Duration::from_secs(60));
+    let (url, node) = (cluster.etcd_url(), &cluster.nodes[0]);
 
     // Patroni's keys, which matriarch does not act on, next to the timing the
     // test cluster runs with.

@@ -323,41 +323,35 @@ fn switchover_checks_members_before_sending() {
     assert!(stub.mutations().is_empty());
 }
 
+/// A member that refuses a request: ctl exits 1 with the server's status and
+/// message, naming the endpoint; without credentials it sent none.
 #[test]
-fn a_refused_switchover_exits_1_with_the_servers_message() {
-    let stub = member((412, "candidate name does not match with sync_standby"));
-    let out = ctl(&[
-        "switchover",
-        "--api",
-        &stub.url(),
-        "--candidate",
-        "pg2",
-        "--force",
-    ]);
-    assert_eq!(code(&out), 1);
-    let err = stderr(&out);
-    assert!(
-        err.contains("HTTP 412") && err.contains("candidate name does not match"),
-        "{err}"
-    );
-    assert!(err.contains(&format!("{}/switchover", stub.url())), "{err}");
-}
-
-#[test]
-fn unauthenticated_mutation_reports_401() {
-    let stub = member((401, "{\"message\": \"authentication required\"}"));
-    assert_fails(
-        &[
-            "failover",
-            "--api",
-            &stub.url(),
-            "--candidate",
-            "pg2",
-            "--force",
-        ],
-        "HTTP 401: authentication required",
-    );
-    assert_eq!(stub.mutations()[0].auth(), None);
+fn a_refused_request_exits_1_with_the_servers_answer() {
+    for (reply, args, answer) in [
+        (
+            (412, "candidate name does not match with sync_standby"),
+            &["switchover", "--candidate", "pg2", "--force"][..],
+            "HTTP 412: candidate name does not match",
+        ),
+        (
+            (401, "{\"message\": \"authentication required\"}"),
+            &["failover", "--candidate", "pg2", "--force"][..],
+            "HTTP 401: authentication required",
+        ),
+        (
+            (503, "restart failed"),
+            &["reload", "pg1", "--force"][..],
+            "HTTP 503: restart failed",
+        ),
+    ] {
+        let stub = member(reply);
+        let url = stub.url();
+        let out = assert_fails(&[args, &["--api", &url]].concat(), answer);
+        // It names the endpoint that refused.
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{url}/{}", args[0])), "{err}");
+        assert_eq!(stub.mutations()[0].auth(), None);
+    }
 }
 
 #[test]
@@ -493,15 +487,6 @@ fn restart_reload_and_reinit_go_to_the_members_own_api() {
     assert_fails(
         &["restart", "pg7", "--force", "--api", &front.url()],
         "member pg7 does not exist",
-    );
-}
-
-#[test]
-fn member_action_failure_exits_1() {
-    let target = member((503, "restart failed"));
-    assert_fails(
-        &["reload", "pg1", "--force", "--api", &target.url()],
-        "HTTP 503: restart failed",
     );
 }
 

@@ -6,10 +6,9 @@
 mod common;
 
 use std::fs;
-use std::process::{Child, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, Options};
+use common::{wait_for, Cluster, Options};
 
 #[test]
 fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
@@ -26,21 +25,14 @@ fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
         &format!("127.0.0.1:{}", cluster.nodes[1].api_port),
     );
     fs::write(&cluster.nodes[1].config, copied).expect("write node2's config");
-    cluster.nodes[1].start(&[]);
-    let mut second = cluster.nodes[1]
-        .child
-        .take()
-        .expect("the second agent runs");
-    let status = wait_child(&mut second, Duration::from_secs(15));
+    let second = &mut cluster.nodes[1];
+    second.start(&[]);
+    let status = wait_for(Duration::from_secs(15), || second.exit_status());
     if status.is_none() {
         // Today's behaviour: it runs; stopping it shows what it does.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(second.id() as i32, libc::SIGTERM);
-        }
-        if wait_child(&mut second, Duration::from_secs(30)).is_none() {
-            let _ = second.kill();
-            let _ = second.wait();
+        second.signal(libc::SIGTERM);
+        if !second.wait_exit(Duration::from_secs(30)) {
+            second.kill_agent();
         }
     }
     let second_log = fs::read_to_string(&cluster.nodes[1].log).unwrap_or_default();
@@ -62,18 +54,4 @@ fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
         200,
         "node1 is no longer the primary"
     );
-}
-
-/// Waits up to `timeout` for `child` to exit.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

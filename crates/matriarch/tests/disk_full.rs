@@ -114,13 +114,12 @@ fn a_primary_on_a_full_disk_hands_over_to_a_synchronous_replica_and_names_the_ca
         Ok(mount) => mount,
         Err(error) => panic!("cannot mount a tmpfs for the test (root is needed): {error}"),
     };
-    let config = std::fs::read_to_string(&cluster.nodes[0].config).expect("read node1's config");
     let wal = wal_dir.join("pg_wal");
-    let config = config.replace(
+    cluster.edit_config(
+        0,
         "initdb: [--no-sync]",
         &format!("initdb: [--no-sync, \"--waldir={}\"]", wal.display()),
     );
-    std::fs::write(&cluster.nodes[0].config, config).expect("write node1's config");
     cluster.nodes[0].start(&[]);
     assert!(
         wait_for(Duration::from_secs(60), || {

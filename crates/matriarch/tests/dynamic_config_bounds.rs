@@ -74,9 +74,9 @@ fn out_of_range_dynamic_settings_are_refused_and_ignored() {
         // Longer than a ttl: a dead or demoted leader would show.
         std::thread::sleep(Duration::from_secs(8));
         for node in &mut cluster.nodes {
-            let exited = node.child.as_mut().map(|c| c.try_wait());
+            let exited = node.agent.exited();
             assert!(
-                matches!(exited, Some(Ok(None))),
+                exited.is_none() && node.pid().is_some(),
                 "{} exited after {bad}: {exited:?}\n{}",
                 node.name,
                 node.log_tail(40)

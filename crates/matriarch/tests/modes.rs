@@ -19,13 +19,6 @@ use std::time::{Duration, Instant};
 use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
 use matriarch_testkit::bin_dir;
 
-/// The default test timing with synchronous settings added.
-fn sync_options(extra_dcs: &str) -> Options {
-    let mut options = Options::default();
-    options.dcs.push_str(extra_dcs);
-    options
-}
-
 /// The `sync` key as etcd holds it: (leader, standbys).
 fn sync_key(etcd_url: &str) -> Option<(String, BTreeSet<String>)> {
     let (value, _) = etcd_get(etcd_url, "/service/e2e/sync")?;
@@ -179,7 +172,7 @@ fn crash_primary_while_writing(
 fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged_writes() {
     let (mut cluster, primary) = Cluster::healthy_on_etcd(
         3,
-        sync_options("    synchronous_mode: true\n"),
+        Options::with_dcs("    synchronous_mode: true\n"),
         Duration::from_secs(90),
     );
     let url = cluster.etcd_url();
@@ -252,7 +245,7 @@ fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged
 fn quorum_mode_promotes_a_node_holding_every_acknowledged_write() {
     let (mut cluster, primary) = Cluster::healthy_on_etcd(
         3,
-        sync_options("    synchronous_mode: quorum\n    synchronous_node_count: 1\n"),
+        Options::with_dcs("    synchronous_mode: quorum\n    synchronous_node_count: 1\n"),
         Duration::from_secs(90),
     );
     let url = cluster.etcd_url();
@@ -323,7 +316,7 @@ fn spawn_psql(host: &str, port: u16, sql: &str) -> Child {
 fn strict_synchronous_mode_blocks_commits_without_a_standby_and_resumes_when_it_returns() {
     let (mut cluster, primary) = Cluster::healthy_on_etcd(
         2,
-        sync_options("    synchronous_mode: true\n    synchronous_mode_strict: true\n"),
+        Options::with_dcs("    synchronous_mode: true\n    synchronous_mode_strict: true\n"),
         Duration::from_secs(90),
     );
     let url = cluster.etcd_url();
@@ -566,8 +559,7 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
     );
 
     // A switchover demotes the primary cleanly: V, then close.
-    let response = cluster.switchover(primary, primary, replica);
-    cluster.assert_status(&response, 200);
+    cluster.switchover_ok(primary, primary, replica);
     let closed = wait_for(Duration::from_secs(30), || {
         let s = devices[primary].sessions();
         (s.len() == 1 && s[0].closed).then(|| s[0].clone())
@@ -625,11 +617,10 @@ fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_devic
     // No DCS is needed: the check comes before any connection.
     let mut cluster = Cluster::configure(1, DcsSpec::Etcd("127.0.0.1:9".to_owned()), options);
     cluster.nodes[0].start(&[]);
-    let mut child = cluster.nodes[0].child.take().expect("the agent");
-    let status = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    let node = &mut cluster.nodes[0];
+    let status = wait_for(Duration::from_secs(20), || node.exit_status());
     let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
+        node.kill_agent();
         panic!("the agent started without its required watchdog");
     };
     assert_eq!(status.code(), Some(1), "{status}");

@@ -20,11 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
-    etcd_get, etcd_lease_granted_ttl, wait_for, Node, API_PASSWORD, API_USER, PG_PASSWORD,
-};
+use common::{etcd_get, etcd_lease_granted_ttl, wait_for, Node, PG_PASSWORD};
 use matriarch_testkit::cluster::{
-    patroni_venv, patronictl, tail, Credentials, PatroniConfig, Supervised, PATRONI_MIN_TIMING,
+    patroni_venv, patronictl, scenario_credentials, tail, PatroniConfig, Supervised,
+    PATRONI_MIN_TIMING,
 };
 use matriarch_testkit::{bin_dir, free_port, EtcdServer, PgOsUser};
 
@@ -67,13 +66,7 @@ impl Host {
             scope: SCOPE.into(),
             name: name.clone(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], api_port)),
-            credentials: Credentials {
-                api_user: API_USER.into(),
-                api_password: API_PASSWORD.into(),
-                pg_user: "postgres".into(),
-                pg_password: PG_PASSWORD.into(),
-                replication_password: "repl-secret".into(),
-            },
+            credentials: scenario_credentials(),
             etcd_hosts: vec![etcd_hosts.to_owned()],
             timing: PATRONI_MIN_TIMING,
             bootstrap_dcs: vec!["maximum_lag_on_failover: 104857600".into()],
@@ -89,16 +82,14 @@ impl Host {
             .expect("write patroni.yml");
         let patroni = Supervised::patroni(venv, &patroni_yaml, node_dir.join("patroni.log"), user);
         Host {
-            node: Node {
-                name,
+            node: Node::new(
+                Path::new(env!("CARGO_BIN_EXE_matriarch")),
+                &name,
                 api_port,
+                &pg_host,
                 pg_port,
-                pg_host,
-                config: node_dir.join("node.yaml"),
-                log: node_dir.join("agent.log"),
-                dir: node_dir.clone(),
-                child: None,
-            },
+                node_dir.clone(),
+            ),
             patroni_yaml,
             patroni,
         }

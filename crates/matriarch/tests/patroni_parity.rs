@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{etcd_get, wait_for, Cluster, Options, API_PASSWORD, API_USER};
+use common::{etcd_get, wait_for, Cluster, Node, Options, API_PASSWORD, API_USER};
 use serde_json::Value;
 
 fn text(out: &Output) -> String {
@@ -132,6 +132,29 @@ impl Patronictl {
     }
 }
 
+/// After patronictl's `out`, node `leader` alone leads, with the other node
+/// streaming from it.
+fn assert_leads_after(cluster: &Cluster, leader: usize, out: &Output) {
+    assert!(
+        cluster.wait_primary_is(leader, Duration::from_secs(60)),
+        "{}\n{}",
+        text(out),
+        cluster.logs()
+    );
+    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), leader);
+}
+
+/// `node`'s `/metrics` has each series with Patroni's labels (scope and
+/// member name) and the value given.
+fn assert_metrics(node: &Node, series: &[(&str, u8)]) {
+    let metrics = node.call("GET", "/metrics", "", false).body_text();
+    let labels = format!("{{scope=\"e2e\",name=\"{}\"}}", node.name);
+    for (name, value) in series {
+        let line = format!("{name}{labels} {value}");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+}
+
 #[test]
 fn patroni_tools_work_against_matriarch() {
     let cluster = Cluster::start_on_etcd(2, Options::default());
@@ -161,25 +184,17 @@ fn patroni_tools_work_against_matriarch() {
     assert_eq!(status["replication_state"], "streaming", "{status}");
 
     // /metrics: Patroni's series with Patroni's labels.
-    let metrics = p.call("GET", "/metrics", "", false).body_text();
-    let labels = format!("{{scope=\"e2e\",name=\"{}\"}}", p.name);
-    for line in [
-        format!("patroni_primary{labels} 1"),
-        format!("patroni_replica{labels} 0"),
-        format!("patroni_postgres_running{labels} 1"),
-        format!("patroni_cluster_unlocked{labels} 0"),
-        format!("patroni_is_paused{labels} 0"),
-    ] {
-        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
-    }
-    let metrics = r.call("GET", "/metrics", "", false).body_text();
-    assert!(
-        metrics.contains(&format!(
-            "patroni_postgres_streaming{{scope=\"e2e\",name=\"{}\"}} 1",
-            r.name
-        )),
-        "{metrics}"
+    assert_metrics(
+        p,
+        &[
+            ("patroni_primary", 1),
+            ("patroni_replica", 0),
+            ("patroni_postgres_running", 1),
+            ("patroni_cluster_unlocked", 0),
+            ("patroni_is_paused", 0),
+        ],
     );
+    assert_metrics(r, &[("patroni_postgres_streaming", 1)]);
 
     // matriarch ctl with patronictl's arguments.
     let out = p.ctl(&["list", "e2e", "--format", "json"]);
@@ -394,14 +409,7 @@ fn patroni_tools_work_against_matriarch() {
             cluster.logs()
         )
     });
-    let metrics = r.call("GET", "/metrics", "", false).body_text();
-    assert!(
-        metrics.contains(&format!(
-            "patroni_pending_restart{{scope=\"e2e\",name=\"{}\"}} 1",
-            r.name
-        )),
-        "{metrics}"
-    );
+    assert_metrics(r, &[("patroni_pending_restart", 1)]);
     let before = r.postmaster_pid();
     let out = patronictl.run(&["restart", "e2e", &r.name, "--pending", "--force"]);
     assert!(
@@ -581,13 +589,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
     // leader follows it.
     patronictl.wait_streaming(&second_name, &cluster);
     let out = patronictl.run(&["switchover", "e2e", "--force"]);
-    assert!(
-        cluster.wait_primary_is(second, Duration::from_secs(60)),
-        "{}\n{}",
-        text(&out),
-        cluster.logs()
-    );
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), second);
+    assert_leads_after(&cluster, second, &out);
 
     // history: the timeline that ended, and who leads the next one.
     let entry = wait_for(Duration::from_secs(20), || {
@@ -647,13 +649,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
 
     // failover to a named candidate: it leads.
     let out = patronictl.run(&["failover", "e2e", "--candidate", &first_name, "--force"]);
-    assert!(
-        cluster.wait_primary_is(first, Duration::from_secs(60)),
-        "{}\n{}",
-        text(&out),
-        cluster.logs()
-    );
-    assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), first);
+    assert_leads_after(&cluster, first, &out);
 
     // reinit --wait: the replica's data directory is rebuilt from the
     // leader (a file left in it is gone, PostgreSQL started anew, the same

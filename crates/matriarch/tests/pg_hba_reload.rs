@@ -31,15 +31,11 @@ fn a_changed_pg_hba_applies_on_sighup_without_a_restart() {
     assert_eq!(count(rolea).as_deref(), Some("1"), "{}", cluster.logs());
     let pid = node.postmaster_pid();
 
-    let config = std::fs::read_to_string(&node.config).unwrap();
-    let changed = config
-        .replace(
-            "  - host all rolea 10.1.0.0/16 scram-sha-256\n",
-            "  - host all roleb 10.2.0.0/16 scram-sha-256\n",
-        )
-        .replace("  - office alice rolea\n", "  - lab bob roleb\n");
-    assert_ne!(changed, config);
-    std::fs::write(&node.config, changed).unwrap();
+    node.edit_config(
+        "  - host all rolea 10.1.0.0/16 scram-sha-256\n",
+        "  - host all roleb 10.2.0.0/16 scram-sha-256\n",
+    );
+    node.edit_config("  - office alice rolea\n", "  - lab bob roleb\n");
     node.signal(libc::SIGHUP);
 
     let applied = wait_for(Duration::from_secs(15), || {
@@ -68,13 +64,9 @@ fn a_changed_pg_hba_applies_on_sighup_without_a_restart() {
 /// them when its node file has none, and a change applies with a reload.
 #[test]
 fn the_clusters_pg_hba_applies_when_the_node_has_none() {
-    let options = Options {
-        dcs: format!(
-            "{}    postgresql:\n      pg_hba:\n      - host all rolec 10.3.0.0/16 scram-sha-256\n",
-            Options::default().dcs
-        ),
-        ..Options::default()
-    };
+    let options = Options::with_dcs(
+        "    postgresql:\n      pg_hba:\n      - host all rolec 10.3.0.0/16 scram-sha-256\n",
+    );
     let (cluster, primary) = Cluster::healthy_on_etcd(1, options, Duration::from_secs(60));
     let node = &cluster.nodes[primary];
     let count = |role: &str| {

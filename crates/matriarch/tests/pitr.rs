@@ -34,6 +34,15 @@ fn rows_up_to(last: u32) -> String {
         .join(",")
 }
 
+/// Starts node1 of `cluster` alone with `method` (the YAML under `bootstrap:`,
+/// indented by 2) added to its file; how long it took until it led.
+fn bootstrap_node1_with(cluster: &mut Cluster, method: &str) -> Duration {
+    cluster.edit_config(0, "bootstrap:\n", &format!("bootstrap:\n{method}"));
+    let started = Instant::now();
+    cluster.start_node1_as_primary(Duration::from_secs(60));
+    started.elapsed()
+}
+
 #[test]
 fn a_new_cluster_bootstraps_from_a_backup_to_a_point_in_time_or_the_archives_end() {
     let started = Instant::now();
@@ -101,19 +110,15 @@ fn a_new_cluster_bootstraps_from_a_backup_to_a_point_in_time_or_the_archives_end
     let restore_command = format!(
         "{PGBACKREST} --config={config} --stanza=main --pg1-path={data_dir} archive-get %f \"%p\""
     );
-    pitr.edit_config(
-        0,
-        "bootstrap:\n",
+    let pitr_bootstrap = bootstrap_node1_with(
+        &mut pitr,
         &format!(
-            "bootstrap:\n  method: pitr\n  pitr:\n    command: {PGBACKREST} restore\n    no_params: true\n    \
+            "  method: pitr\n  pitr:\n    command: {PGBACKREST} restore\n    no_params: true\n    \
              config: {config}\n    stanza: main\n    pg1-path: {data_dir}\n    archive-mode: 'off'\n    \
              recovery_conf:\n      restore_command: '{restore_command}'\n      \
              recovery_target_time: '{target}'\n      recovery_target_action: promote\n",
         ),
     );
-    let bootstrap_started = Instant::now();
-    pitr.start_node1_as_primary(Duration::from_secs(60));
-    let pitr_bootstrap = bootstrap_started.elapsed();
     let primary = &pitr.nodes[0];
     assert_eq!(
         primary.psql(ROWS_SQL).as_deref(),
@@ -186,17 +191,13 @@ fn a_new_cluster_bootstraps_from_a_backup_to_a_point_in_time_or_the_archives_end
         .expect("PostgreSQL OS user")
         .chown(&script)
         .expect("chown the script");
-    end.edit_config(
-        0,
-        "bootstrap:\n",
+    let end_bootstrap = bootstrap_node1_with(
+        &mut end,
         &format!(
-            "bootstrap:\n  method: backup\n  backup:\n    command: {}\n    keep_existing_recovery_conf: true\n",
+            "  method: backup\n  backup:\n    command: {}\n    keep_existing_recovery_conf: true\n",
             script.display()
         ),
     );
-    let end_started = Instant::now();
-    end.start_node1_as_primary(Duration::from_secs(60));
-    let end_bootstrap = end_started.elapsed();
     let node = &end.nodes[0];
     assert_eq!(
         node.psql(ROWS_SQL).as_deref(),

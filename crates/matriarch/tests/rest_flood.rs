@@ -277,9 +277,8 @@ fn health_checks_and_writes_survive_two_thousand_hostile_connections() {
 
 #[test]
 fn failsafe_needs_credentials_and_bodies_are_bounded_in_size_and_time() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(90));
-    let node = &cluster.nodes[primary];
+    let cluster = Cluster::lone_primary_on_etcd(Duration::from_secs(90));
+    let node = &cluster.nodes[0];
 
     // Nobody without credentials may hold a member back with a failsafe
     // heartbeat, nor hold a connection open with one.

@@ -5,17 +5,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{etcd_put, wait_for, Cluster, Options};
+use common::{etcd_put, wait_for, Cluster};
 
 /// In pause the engine changes nothing, so whatever runs after the restart
 /// is the restart's doing: a primary whose lock another member took must not
 /// come back as a writable primary.
 #[test]
 fn restart_of_a_primary_that_lost_its_lock_does_not_start_a_writable_primary() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(60));
-    let url = cluster.etcd_url();
-    let node = &cluster.nodes[primary];
+    let cluster = Cluster::lone_primary_on_etcd(Duration::from_secs(60));
+    let (url, node) = (cluster.etcd_url(), &cluster.nodes[0]);
     let paused = node.call("PATCH", "/config", r#"{"pause": true}"#, true);
     assert_eq!(paused.status, 200, "{}", paused.body_text());
     assert!(
@@ -64,9 +62,8 @@ fn restart_of_a_primary_that_lost_its_lock_does_not_start_a_writable_primary() {
 /// A primary that holds its lock restarts as primary, through the engine.
 #[test]
 fn restart_of_the_leader_restarts_it_as_primary() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(1, Options::default(), Duration::from_secs(60));
-    let node = &cluster.nodes[primary];
+    let cluster = Cluster::lone_primary_on_etcd(Duration::from_secs(60));
+    let node = &cluster.nodes[0];
     let before = node.postmaster_pid();
     let response = node.call("POST", "/restart", "{}", true);
     cluster.assert_status(&response, 200);

@@ -204,8 +204,7 @@ fn switchover_by_rest_api_with_callbacks() {
     cluster.start_each_named();
     let old = cluster.wait_healthy(2, Duration::from_secs(60));
     let candidate = (old + 1) % 3;
-    let response = cluster.switchover((old + 2) % 3, old, candidate);
-    cluster.assert_status(&response, 200);
+    let response = cluster.switchover_ok((old + 2) % 3, old, candidate);
     assert!(
         response.body_text().contains("Successfully switched over"),
         "{}",
@@ -739,7 +738,7 @@ fn a_failing_pre_promote_cancels_the_promotion() {
 fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
     let (mut cluster, old) =
         Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
-    let haproxy = common::HaProxy::start(&cluster.nodes);
+    let haproxy = cluster.start_haproxy();
     let server_port = |expected: u16| {
         wait_for(Duration::from_secs(30), || {
             let port = common::psql_at("127.0.0.1", haproxy.port, "SELECT current_setting('port')")
@@ -1173,20 +1172,14 @@ fn sighup_applies_changed_tags_and_postgresql_parameters() {
     let replica = 1 - primary;
     let node = &cluster.nodes[replica];
     let postmaster = node.postmaster_pid();
-    let config = std::fs::read_to_string(&node.config).unwrap();
-    let changed = config
-        .replacen(
-            "tags:\n  failover_priority: 1\n",
-            "tags:\n  failover_priority: 1\n  nofailover: true\n",
-            1,
-        )
-        .replacen(
-            "    wal_keep_size: 128MB\n",
-            "    wal_keep_size: 128MB\n    work_mem: 9MB\n",
-            1,
-        );
-    assert_ne!(changed, config);
-    std::fs::write(&node.config, changed).unwrap();
+    node.edit_config(
+        "tags:\n  failover_priority: 1\n",
+        "tags:\n  failover_priority: 1\n  nofailover: true\n",
+    );
+    node.edit_config(
+        "    wal_keep_size: 128MB\n",
+        "    wal_keep_size: 128MB\n    work_mem: 9MB\n",
+    );
     node.signal(libc::SIGHUP);
 
     assert!(

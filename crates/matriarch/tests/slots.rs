@@ -27,13 +27,9 @@ fn wait_slots(cluster: &Cluster, i: usize, expected: &str, timeout: Duration) ->
 #[test]
 fn the_leader_drops_a_gone_members_slot_after_member_slots_ttl_and_keeps_permanent_and_ignored_ones(
 ) {
-    let options = Options {
-        dcs: format!(
-            "{}    member_slots_ttl: 2s\n    slots:\n      keeper:\n        type: physical\n      cdc:\n        type: logical\n        database: postgres\n        plugin: test_decoding\n    ignore_slots:\n      - name: foreign\n    postgresql:\n      parameters:\n        wal_level: logical\n",
-            Options::default().dcs
-        ),
-        ..Options::default()
-    };
+    let options = Options::with_dcs(
+        "    member_slots_ttl: 2s\n    slots:\n      keeper:\n        type: physical\n      cdc:\n        type: logical\n        database: postgres\n        plugin: test_decoding\n    ignore_slots:\n      - name: foreign\n    postgresql:\n      parameters:\n        wal_level: logical\n",
+    );
     let mut cluster = Cluster::start_on_etcd(3, options);
     let primary = cluster.wait_healthy(2, Duration::from_secs(120));
     let replicas: Vec<usize> = (0..3).filter(|i| *i != primary).collect();
@@ -176,13 +172,9 @@ fn a_logical_consumer_resumes_on_the_promoted_replica_without_losing_or_repeatin
         );
         return;
     }
-    let options = Options {
-        dcs: format!(
-            "{}    slots:\n      cdc:\n        type: logical\n        database: postgres\n        plugin: test_decoding\n    postgresql:\n      parameters:\n        wal_level: logical\n",
-            Options::default().dcs
-        ),
-        ..Options::default()
-    };
+    let options = Options::with_dcs(
+        "    slots:\n      cdc:\n        type: logical\n        database: postgres\n        plugin: test_decoding\n    postgresql:\n      parameters:\n        wal_level: logical\n",
+    );
     let mut cluster = Cluster::start_on_etcd(2, options);
     let primary = cluster.wait_healthy(1, Duration::from_secs(120));
     let replica = 1 - primary;

@@ -48,17 +48,13 @@ fn a_standby_cluster_follows_its_source_across_a_failover_and_is_promoted() {
         .psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
         .expect("write on the source");
 
-    let dcs = format!(
-        "{}    standby_cluster:\n      host: {}\n      port: {}\n",
-        Options::default().dcs,
-        primary.pg_host,
-        primary.pg_port
-    );
     let standby_options = Options {
-        dcs,
         scope: "standby",
         member_prefix: "sb",
-        ..Options::default()
+        ..Options::with_dcs(&format!(
+            "    standby_cluster:\n      host: {}\n      port: {}\n",
+            primary.pg_host, primary.pg_port
+        ))
     };
     let standby = Cluster::start(2, DcsSpec::Etcd(source.etcd_url()), standby_options);
 

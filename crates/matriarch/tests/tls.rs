@@ -91,34 +91,25 @@ fn etcd_over_tls_and_a_rest_api_that_takes_client_certificates() {
     let node = &cluster.nodes[0];
     let api_port = node.api_port;
     let p = |f: &str| dir.join(f).display().to_string();
-    let config = fs::read_to_string(&node.config).expect("config");
-    let config = config
-        .replacen(
-            &format!("  listen: 127.0.0.1:{api_port}\n"),
-            &format!(
-                "  listen: 127.0.0.1:{api_port}\n  certfile: {}\n  keyfile: {}\n  cafile: {}\n",
-                p("server.pem"),
-                p("server-key.pem"),
-                p("ca.pem")
-            ),
-            1,
-        )
-        .replacen(
-            &format!("  hosts: {}\n", etcd.url()),
-            &format!(
-                "  hosts: {}\n  cacert: {}\n  cert: {}\n  key: {}\n",
-                etcd.url(),
-                p("ca.pem"),
-                p("admin.pem"),
-                p("admin-key.pem")
-            ),
-            1,
-        );
-    assert!(
-        config.contains("certfile") && config.contains("cacert"),
-        "{config}"
+    node.edit_config(
+        &format!("  listen: 127.0.0.1:{api_port}\n"),
+        &format!(
+            "  listen: 127.0.0.1:{api_port}\n  certfile: {}\n  keyfile: {}\n  cafile: {}\n",
+            p("server.pem"),
+            p("server-key.pem"),
+            p("ca.pem")
+        ),
     );
-    fs::write(&node.config, config).expect("write config");
+    node.edit_config(
+        &format!("  hosts: {}\n", etcd.url()),
+        &format!(
+            "  hosts: {}\n  cacert: {}\n  cert: {}\n  key: {}\n",
+            etcd.url(),
+            p("ca.pem"),
+            p("admin.pem"),
+            p("admin-key.pem")
+        ),
+    );
     cluster.nodes[0].start(&[]);
     let base = format!("https://127.0.0.1:{api_port}");
 

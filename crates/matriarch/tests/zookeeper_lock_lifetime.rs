@@ -136,11 +136,10 @@ fn start_behind_relays(zk: &ZooKeeperServer, dcs: &str) -> (Vec<Relay>, Cluster,
     let relays: Vec<Relay> = (0..3).map(|_| Relay::start(zk.connect_string())).collect();
     let mut cluster = Cluster::configure(3, DcsSpec::ZooKeeper(zk.connect_string()), options);
     for (node, relay) in cluster.nodes.iter_mut().zip(&relays) {
-        let config = std::fs::read_to_string(&node.config).expect("read config");
-        let hosts = format!("hosts: {}", zk.connect_string());
-        assert!(config.contains(&hosts), "{config}");
-        let config = config.replace(&hosts, &format!("hosts: 127.0.0.1:{}", relay.port));
-        std::fs::write(&node.config, config).expect("write config");
+        node.edit_config(
+            &format!("hosts: {}", zk.connect_string()),
+            &format!("hosts: 127.0.0.1:{}", relay.port),
+        );
         node.start(&[]);
     }
     let primary = cluster.wait_healthy(2, Duration::from_secs(120));

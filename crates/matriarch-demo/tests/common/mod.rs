@@ -2,6 +2,8 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The workspace's `target/debug/matriarch`, built when it is missing (the test
 /// kit's [`matriarch_testkit::cluster::matriarch_binary`]).
@@ -33,4 +35,26 @@ pub(crate) fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// What a program that succeeded printed.
+pub(crate) struct Finished {
+    /// Its standard output.
+    pub(crate) stdout: String,
+    /// Its standard output and error under headings, for failure messages.
+    pub(crate) context: String,
+}
+
+/// Runs `command` to its end; panics (with what it printed) unless it
+/// succeeded within `limit`.
+pub(crate) fn run_ok_within(command: &mut Command, limit: Duration) -> Finished {
+    let started = Instant::now();
+    let output = command.output().expect("run the program");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(output.status.success(), "{}\n{context}", output.status);
+    assert!(took < limit, "took {took:?}\n{context}");
+    Finished { stdout, context }
 }

@@ -6,7 +6,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,13 +20,15 @@ use crate::process::describe;
 /// A long-running program started with the same command line each time (an
 /// agent, or a service of the chaos run in a network namespace), its output
 /// appended to a log, in its own process group so that a terminal's Ctrl-C
-/// reaches the harness alone, which then stops it in order. Killed on drop.
+/// reaches the harness alone, which then stops it in order (unless
+/// [`Supervised::in_callers_group`]). Killed on drop.
 #[derive(Debug)]
 pub struct Supervised {
     argv: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
     user: Option<PgOsUser>,
+    own_group: bool,
 }
 
 impl Supervised {
@@ -37,7 +39,16 @@ impl Supervised {
             log,
             child: None,
             user: None,
+            own_group: true,
         }
+    }
+
+    /// Keeps it in the caller's process group, so that a terminal's Ctrl-C
+    /// stops it with the caller (a test binary, which has no handler to stop
+    /// its programs in order).
+    pub fn in_callers_group(mut self) -> Supervised {
+        self.own_group = false;
+        self
     }
 
     /// Runs it as `user` (Patroni runs as PostgreSQL's OS user).
@@ -56,6 +67,11 @@ impl Supervised {
 
     /// Starts it (appending to its log).
     pub fn start(&mut self) -> Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// Starts it with `env` added to its environment (appending to its log).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let open = || {
             fs::OpenOptions::new()
                 .create(true)
@@ -73,7 +89,10 @@ impl Supervised {
             .stdin(Stdio::null())
             .stdout(open()?)
             .stderr(open()?)
-            .process_group(0);
+            .envs(env.iter().copied());
+        if self.own_group {
+            cmd.process_group(0);
+        }
         if let Some(user) = &self.user {
             user.apply(&mut cmd);
         }
@@ -102,14 +121,27 @@ impl Supervised {
     /// How it ended, once it was started and has exited (reaping it); `None`
     /// while it runs or when it was never started.
     pub fn exited(&mut self) -> Option<String> {
-        let status = self.child.as_mut()?.try_wait();
-        match status {
+        match self.try_exit()? {
+            Ok(status) => Some(status.to_string()),
+            Err(e) => Some(format!("cannot wait for it: {e}")),
+        }
+    }
+
+    /// Its exit status, once it was started and has exited (reaping it).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.try_exit()?.ok()
+    }
+
+    /// `None` while it runs or when it was never started; its status (or why
+    /// it cannot be waited for) once it exited, reaping it.
+    fn try_exit(&mut self) -> Option<std::io::Result<ExitStatus>> {
+        match self.child.as_mut()?.try_wait() {
             Ok(None) => None,
             Ok(Some(status)) => {
                 self.child = None;
-                Some(status.to_string())
+                Some(Ok(status))
             }
-            Err(e) => Some(format!("cannot wait for it: {e}")),
+            Err(e) => Some(Err(e)),
         }
     }
 

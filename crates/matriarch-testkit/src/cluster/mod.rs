@@ -10,6 +10,11 @@
 //!   in a namespace; [`Supervised::agent`] writes a node's configuration and
 //!   makes its agent), [`NodeDir`], [`RestApi`], [`only_primary`],
 //!   [`crate::BindConfig`] and the DNS client in [`crate::dns`].
+//! * [`ScenarioCluster`]: the end-to-end tests' cluster: N agents on free
+//!   ports of 127.0.0.1 sharing one DCS (etcd of its own, or any etcd or
+//!   ZooKeeper), node files from YAML pieces a test adds to or edits, nodes
+//!   started one by one if need be ([`ScenarioNode`]: REST, psql, `matriarch
+//!   ctl`, crash and kill), one cluster at a time per test binary ([`serial`]).
 //! * Patroni 4.1 in place of matriarch: [`PatroniConfig`] (a member's YAML),
 //!   [`Supervised::patroni`], [`patronictl`]; [`LoopbackCluster`] runs it with
 //!   [`AgentKind::Patroni`] (the failover benchmark's comparison).
@@ -18,6 +23,9 @@ mod agent;
 mod config;
 mod loopback;
 mod patroni;
+mod scenario;
+mod scenario_node;
+mod serial;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +41,12 @@ pub use loopback::{AgentKind, LoopbackCluster, LoopbackNode, LoopbackOptions};
 pub use patroni::{
     patroni_venv, patronictl, PatroniConfig, PATRONI_DEFAULT_TIMING, PATRONI_MIN_TIMING,
 };
+pub use scenario::{DcsSpec, ScenarioCluster, ScenarioOptions, SCENARIO_LOGS};
+pub use scenario_node::{
+    basic_auth, psql_at, psql_command, run_ctl, scenario_credentials, switchover_body,
+    ScenarioNode, API_PASSWORD, API_USER, PG_PASSWORD, REPLICATION_PASSWORD,
+};
+pub use serial::{serial, Serial};
 
 use crate::error::{IoContext, Result, TestkitError};
 use crate::postgres::{bin_dir, PgOsUser};

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use super::Cluster;
-
 /// The script and the directory its records go to (removed on drop).
 pub(crate) struct RecordedCallbacks {
     dir: tempfile::TempDir,
@@ -12,7 +10,7 @@ pub(crate) struct RecordedCallbacks {
 
 impl RecordedCallbacks {
     /// A script that appends its arguments to `calls-$MATRIARCH_TEST_NODE`
-    /// (see [`Cluster::start_each_named`]).
+    /// (see `Cluster::start_each_named`).
     pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("callback.sh");
@@ -45,15 +43,5 @@ impl RecordedCallbacks {
             .lines()
             .map(str::to_owned)
             .collect()
-    }
-}
-
-impl Cluster {
-    /// Starts every node with `MATRIARCH_TEST_NODE` set to its name.
-    pub(crate) fn start_each_named(&mut self) {
-        for node in &mut self.nodes {
-            let name = node.name.clone();
-            node.start(&[("MATRIARCH_TEST_NODE", &name)]);
-        }
     }
 }
