@@ -23,7 +23,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use self::members::WrittenMember;
 use crate::config::ZooKeeperConfig;
 use crate::error::{map_zk, timeout, ConfigError, ZooKeeperError};
 use crate::lease::{LeaseKey, Leases};
@@ -93,6 +92,16 @@ impl Drop for ZooKeeperDcs {
     fn drop(&mut self) {
         self.reaper.abort();
     }
+}
+
+/// A member record as this client last wrote it (kept by [`Inner`], used
+/// by `members`).
+struct WrittenMember {
+    /// The session whose ephemeral znode holds it.
+    session: i64,
+    /// The znode's data version after the write.
+    version: i32,
+    value: Vec<u8>,
 }
 
 struct Inner {

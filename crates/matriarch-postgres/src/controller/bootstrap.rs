@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use super::process::arg;
 use super::PgController;
-use super::{config, files, sql};
+use super::{config, files, quoting, sql};
 use crate::bootstrap::{check_recovery_conf, BootstrapMethod, BootstrapSpec};
 use crate::error::{Operation, PostgresError};
 use crate::secret::Credentials;
@@ -160,7 +160,7 @@ impl PgController {
              SET log_min_error_statement = 'panic';\n",
         );
         let password = |credentials: &Credentials| match &credentials.password {
-            Some(secret) => format!("PASSWORD {}", files::sql_literal(secret.expose())),
+            Some(secret) => format!("PASSWORD {}", quoting::sql_literal(secret.expose())),
             None => "PASSWORD NULL".to_owned(),
         };
         // CREATE, or ALTER for a role a restored backup brought along.
@@ -172,20 +172,20 @@ impl PgController {
             };
             format!(
                 "{verb} ROLE {} WITH {options} {};\n",
-                files::sql_ident(&credentials.username),
+                quoting::sql_ident(&credentials.username),
                 password(credentials)
             )
         };
         if spec.superuser.password.is_some() {
             script.push_str(&format!(
                 "ALTER ROLE {} WITH {};\n",
-                files::sql_ident(&spec.superuser.username),
+                quoting::sql_ident(&spec.superuser.username),
                 password(&spec.superuser)
             ));
         }
         script.push_str(&role(&spec.replication, "REPLICATION LOGIN"));
         if let Some(rewind) = &spec.rewind {
-            let name = files::sql_ident(&rewind.username);
+            let name = quoting::sql_ident(&rewind.username);
             script.push_str(&role(rewind, "LOGIN"));
             script.push_str(&format!(
                 "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {name};\n\

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use matriarch_model::{Lsn, MemberName, ParameterValue, StandbyCluster, SystemId, Timeline};
 
 use super::process::OsUser;
+use super::quoting::{conf_quote, sql_ident};
 use super::standby_source::{parse_standby_source, render_standby_source};
 use crate::error::{Operation, PostgresError};
 use crate::secret::{Credentials, Secret};
@@ -282,31 +283,6 @@ pub(crate) fn read_optional(op: Operation, path: &Path) -> Result<Option<String>
             source,
         }),
     }
-}
-
-/// Quotes a configuration file value: `'...'` with `'` doubled and `\` escaped.
-pub(crate) fn conf_quote(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('\'');
-    for c in value.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// Quotes an SQL string literal (`standard_conforming_strings` is on).
-pub(crate) fn sql_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// Quotes an SQL identifier.
-pub(crate) fn sql_ident(value: &str) -> String {
-    format!("\"{}\"", value.replace('"', "\"\""))
 }
 
 pub(crate) fn render_value(value: &ParameterValue) -> String {
@@ -645,12 +621,5 @@ Min recovery ending loc's timeline:   2
         )
         .unwrap();
         assert_eq!(parse_upstream(&none), None);
-    }
-
-    #[test]
-    fn values_are_quoted_for_the_configuration_file() {
-        assert_eq!(conf_quote(r"a'b\c"), r"'a''b\\c'");
-        assert_eq!(sql_literal("it's"), "'it''s'");
-        assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -61,6 +61,7 @@ mod observe;
 mod process;
 mod promote;
 mod query;
+mod quoting;
 mod replication;
 mod restore;
 mod rewind;

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use super::files::SYNC_CONF_FILE;
 use super::sql::Target;
-use super::{files, sql};
+use super::{files, quoting, sql};
 use super::{Live, PgController, POLL};
 use crate::error::{Operation, PostgresError};
 use crate::secret::Credentials;
@@ -75,7 +75,7 @@ impl PgController {
             ),
             message,
         })?;
-        let literal = files::sql_literal(&slot);
+        let literal = quoting::sql_literal(&slot);
         let query = format!(
             "SELECT system_identifier::text FROM pg_control_system(); \
              SELECT pg_create_physical_replication_slot({literal}, true) \

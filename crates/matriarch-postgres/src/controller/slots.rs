@@ -7,7 +7,7 @@
 use matriarch_model::{DesiredSlots, Lsn, SlotKind, SlotReport, SlotState};
 use tokio_postgres::Client;
 
-use super::files::sql_literal;
+use super::quoting::sql_literal;
 use super::{sql, Live, PgController};
 use crate::error::{Operation, PostgresError};
 

@@ -10,18 +10,9 @@ use tokio::time::Instant;
 use tracing::info;
 use zookeeper_client as zk;
 
-use super::{ephemeral, Inner, ATTEMPTS};
+use super::{ephemeral, Inner, WrittenMember, ATTEMPTS};
 use crate::error::{map_zk, BACKEND};
 use crate::lease::LeaseKey;
-
-/// A member record as this client last wrote it.
-pub(super) struct WrittenMember {
-    /// The session whose ephemeral znode holds it.
-    session: i64,
-    /// The znode's data version after the write.
-    version: i32,
-    value: Vec<u8>,
-}
 
 impl Inner {
     pub(super) async fn publish_member(
