@@ -10,17 +10,14 @@
 
 use std::time::Duration;
 
-use matriarch_dcs::Dcs;
-use matriarch_model::{ClusterConfig, MemberName};
+use matriarch_model::ClusterConfig;
 use std::sync::Arc;
 
 mod support;
 use support::fake_pg::{Events, FakePg};
-use support::timed::{timed_leader_with_connection, SlowPg};
-
-fn leader_name() -> MemberName {
-    MemberName::new("a").unwrap()
-}
+use support::timed::{
+    fired_before, tick_until_the_lock_is_lost, timed_leader_with_connection, SlowPg,
+};
 
 /// When the stall starts (the engine has led for a while by then).
 const STALL_AT: Duration = Duration::from_secs(10);
@@ -50,19 +47,14 @@ async fn a_primary_rides_out_a_dcs_stall_shorter_than_its_fence_window() {
     let (engine, store, connection, fence, clock) =
         timed_leader_with_connection(SlowPg::new(fake.clone(), None)).await;
     let check = async {
-        for _ in 0..250 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = clock.now();
+        let lost = tick_until_the_lock_is_lost(&store, &clock, 250, |now| {
             connection.set_reachable(!(STALL_AT..STALL_AT + stall).contains(&now));
-            let view = store.connect().read_view().await.unwrap();
-            assert_eq!(view.leader_name(), Some(&leader_name()), "at {now:?}");
-            assert_eq!(
-                fence.fired(),
-                None,
-                "the fence fired during a stall of {stall:?} (at {now:?})"
-            );
+            let fired = fence.fired();
+            assert_eq!(fired, None, "the fence fired during a stall of {stall:?}");
             assert!(fake.is_writable_primary(), "not writable at {now:?}");
-        }
+        })
+        .await;
+        assert_eq!(lost, None, "the lock was lost");
     };
     tokio::join!(
         engine.run(tokio::time::sleep(Duration::from_secs(26))),
@@ -79,26 +71,12 @@ async fn a_longer_stall_stops_writes_by_the_fence_window_before_the_lock_can_exp
     let (engine, store, connection, fence, clock) =
         timed_leader_with_connection(SlowPg::new(fake.clone(), None)).await;
     let check = async {
-        let mut lock_free_at = None;
-        for _ in 0..300 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if clock.now() >= STALL_AT {
-                connection.set_reachable(false);
-            }
-            let view = store.connect().read_view().await.unwrap();
-            if view.leader_name() != Some(&leader_name()) {
-                lock_free_at = Some(clock.now());
-                break;
-            }
-        }
-        let lock_free_at = lock_free_at.expect("the lock of a primary cut off for good stayed");
-        let fired_at = fence
-            .fired()
-            .expect("the lock went without the fence firing");
-        assert!(
-            fired_at < lock_free_at,
-            "fired {fired_at:?}, free {lock_free_at:?}"
-        );
+        let lock_free_at = tick_until_the_lock_is_lost(&store, &clock, 300, |now| {
+            connection.set_reachable(now < STALL_AT);
+        })
+        .await
+        .expect("the lock of a primary cut off for good stayed");
+        let fired_at = fired_before(&fence, lock_free_at);
         // Not before the window after the last renewal (at most one loop
         // before the stall), and by the window after the stall began.
         assert!(

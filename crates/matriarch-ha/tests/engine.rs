@@ -17,7 +17,7 @@ use matriarch_router::{Endpoint, RecordingRouter, Router, RouterCall, RouterErro
 mod support;
 use support::fake_pg::{Events, FakePg, RecordingFence};
 use support::scene::SYSID;
-use support::timed::{timed_leader, SlowPg};
+use support::timed::{fired_before, tick_until_the_lock_is_lost, timed_leader, SlowPg};
 use support::LogCapture;
 
 fn name(n: &str) -> MemberName {
@@ -1140,29 +1140,17 @@ async fn a_hung_postgres_is_fenced_and_then_loses_the_lock() {
     let (engine, store, fence, clock) = timed_leader(pg.clone()).await;
     let hung_at = Duration::from_secs(10);
     let check = async {
-        let mut lock_free_at = None;
-        for _ in 0..400 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if clock.now() >= hung_at {
+        let lock_free_at = tick_until_the_lock_is_lost(&store, &clock, 400, |now| {
+            if now >= hung_at {
                 pg.hung.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            let view = store.connect().read_view().await.unwrap();
-            if clock.now() < hung_at {
-                assert_eq!(view.leader_name(), Some(&name("a")));
+            } else {
                 assert_eq!(fence.fired(), None);
-            } else if view.leader_name() != Some(&name("a")) {
-                lock_free_at = Some(clock.now());
-                break;
             }
-        }
-        let lock_free_at = lock_free_at.expect("a hung primary kept the leader lock for 30 s");
-        let fired_at = fence
-            .fired()
-            .expect("the lock went without the fence firing");
-        assert!(
-            fired_at < lock_free_at,
-            "the fence fired at {fired_at:?}, after the lock was free at {lock_free_at:?}"
-        );
+        })
+        .await
+        .expect("a hung primary kept the leader lock for 30 s");
+        assert!(lock_free_at >= hung_at, "lost the lock before hanging");
+        fired_before(&fence, lock_free_at);
     };
     tokio::join!(
         engine.run(tokio::time::sleep(Duration::from_secs(41))),

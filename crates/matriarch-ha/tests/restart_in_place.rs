@@ -9,16 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use matriarch_dcs::Dcs;
-use matriarch_model::{ClusterConfig, MemberName};
+use matriarch_model::ClusterConfig;
 
 mod support;
 use support::fake_pg::{Events, FakePg};
-use support::timed::{timed_leader, SlowPg};
-
-fn leader_name() -> MemberName {
-    MemberName::new("a").unwrap()
-}
+use support::timed::{fired_before, tick_until_the_lock_is_lost, timed_leader, SlowPg};
 
 /// When the tests crash PostgreSQL (the engine has led a running primary for
 /// a while by then).
@@ -43,29 +38,19 @@ async fn a_crash_recovery_longer_than_the_fence_window_keeps_the_lock_and_the_pr
     let check = async {
         let mut crashed = false;
         let mut restarted_at = None;
-        for _ in 0..300 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if !crashed && clock.now() >= CRASH_AT {
+        let lost = tick_until_the_lock_is_lost(&store, &clock, 300, |now| {
+            if !crashed && now >= CRASH_AT {
                 fake.state.lock().unwrap().running = false;
                 crashed = true;
             }
             if crashed && restarted_at.is_none() && fake.is_writable_primary() {
-                restarted_at = Some(clock.now());
+                restarted_at = Some(now);
             }
-            let view = store.connect().read_view().await.unwrap();
-            assert_eq!(
-                view.leader_name(),
-                Some(&leader_name()),
-                "the lock was lost at {:?}",
-                clock.now()
-            );
-            assert_eq!(
-                fence.fired(),
-                None,
-                "the fence fired during the crash recovery (at {:?})",
-                clock.now()
-            );
-        }
+            let fired = fence.fired();
+            assert_eq!(fired, None, "the fence fired during the crash recovery");
+        })
+        .await;
+        assert_eq!(lost, None, "the lock was lost");
         let restarted_at = restarted_at.expect("not restarted in place as primary");
         assert!(
             restarted_at <= CRASH_AT + recovery + config.loop_wait * 2,
@@ -93,31 +78,19 @@ async fn a_start_that_never_ends_gives_the_lock_up_after_primary_start_timeout_f
     let bound = CRASH_AT + config.primary_start_timeout + config.ttl + config.loop_wait;
     let check = async {
         let mut crashed = false;
-        let mut lock_free_at = None;
-        for _ in 0..600 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if !crashed && clock.now() >= CRASH_AT {
+        let lock_free_at = tick_until_the_lock_is_lost(&store, &clock, 600, |now| {
+            if !crashed && now >= CRASH_AT {
                 fake.state.lock().unwrap().running = false;
                 crashed = true;
             }
-            let view = store.connect().read_view().await.unwrap();
-            if view.leader_name() != Some(&leader_name()) {
-                lock_free_at = Some(clock.now());
-                break;
-            }
-        }
-        let lock_free_at = lock_free_at.expect("a start that never ends kept the lock for 60 s");
+        })
+        .await
+        .expect("a start that never ends kept the lock for 60 s");
         assert!(
             lock_free_at <= bound,
             "the lock was free only at {lock_free_at:?}, after {bound:?}"
         );
-        let fired_at = fence
-            .fired()
-            .expect("the lock went without the fence firing");
-        assert!(
-            fired_at < lock_free_at,
-            "the fence fired at {fired_at:?}, after the lock was free at {lock_free_at:?}"
-        );
+        fired_before(&fence, lock_free_at);
     };
     tokio::join!(
         engine.run(tokio::time::sleep(Duration::from_secs(61))),

@@ -210,3 +210,37 @@ pub(crate) async fn timed_leader_with_connection(
     .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
     (engine, store, connection, fence, clock)
 }
+
+/// Ticks every 100 ms of the paused clock, `ticks` times at most, calling
+/// `each_tick(now)` first (to inject a fault, or to check the primary);
+/// returns when the leader lock first read as not held by `a`, if it did.
+pub(crate) async fn tick_until_the_lock_is_lost(
+    store: &MemoryDcs,
+    clock: &Arc<dyn Clock>,
+    ticks: usize,
+    mut each_tick: impl FnMut(Duration),
+) -> Option<Duration> {
+    let me = MemberName::new("a").unwrap();
+    for _ in 0..ticks {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        each_tick(clock.now());
+        let view = store.connect().read_view().await.unwrap();
+        if view.leader_name() != Some(&me) {
+            return Some(clock.now());
+        }
+    }
+    None
+}
+
+/// When the fence fired, which must be before the lock was free at
+/// `lock_free_at`: no promotion while the old primary may take writes.
+pub(crate) fn fired_before(fence: &TimedFence, lock_free_at: Duration) -> Duration {
+    let fired_at = fence
+        .fired()
+        .expect("the lock went without the fence firing");
+    assert!(
+        fired_at < lock_free_at,
+        "the fence fired at {fired_at:?}, after the lock was free at {lock_free_at:?}"
+    );
+    fired_at
+}
