@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use matriarch_model::ClusterConfig;
+use matriarch_dcs::Dcs;
+use matriarch_ha::sim::running_member;
+use matriarch_model::{ClusterConfig, MemberName, Role};
 
 mod support;
 use support::fake_pg::{Events, FakePg};
@@ -65,8 +67,9 @@ async fn a_crash_recovery_longer_than_the_fence_window_keeps_the_lock_and_the_pr
 }
 
 /// The other side: a start that never ends (a postmaster stuck in its
-/// recovery) does not keep the lock past primary_start_timeout, and the
-/// fence fires before the lock is free.
+/// recovery) does not keep the lock past primary_start_timeout when a
+/// healthy replica could take over, and the fence fires before the lock is
+/// free.
 #[tokio::test(start_paused = true)]
 async fn a_start_that_never_ends_gives_the_lock_up_after_primary_start_timeout_fenced_first() {
     let config = ClusterConfig::default();
@@ -75,6 +78,16 @@ async fn a_start_that_never_ends_gives_the_lock_up_after_primary_start_timeout_f
     let pg = SlowPg::new(fake.clone(), None);
     pg.start_hangs.store(true, Ordering::SeqCst);
     let (engine, store, fence, clock) = timed_leader(pg).await;
+    // Replica b, as far as the leader, could take over.
+    let b = MemberName::new("b").unwrap();
+    store
+        .connect()
+        .publish_member(
+            &running_member(&b, Role::Replica, 800, 1),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
     let bound = CRASH_AT + config.primary_start_timeout + config.ttl + config.loop_wait;
     let check = async {
         let mut crashed = false;
@@ -91,6 +104,55 @@ async fn a_start_that_never_ends_gives_the_lock_up_after_primary_start_timeout_f
             "the lock was free only at {lock_free_at:?}, after {bound:?}"
         );
         fired_before(&fence, lock_free_at);
+    };
+    tokio::join!(
+        engine.run(tokio::time::sleep(Duration::from_secs(61))),
+        check
+    );
+}
+
+/// Past primary_start_timeout with no replica able to take over, the leader
+/// keeps restarting in place (there is nobody to hand the lock to): each
+/// start still gets the lock renewed while it runs, so a crash recovery
+/// longer than the fence's window completes instead of being killed on
+/// every try.
+#[tokio::test(start_paused = true)]
+async fn without_a_successor_each_start_past_the_timeout_keeps_the_lock_while_it_runs() {
+    let config = ClusterConfig::default();
+    let recovery = Duration::from_secs(8);
+    let starts_again_at = CRASH_AT + config.primary_start_timeout + Duration::from_secs(5);
+    let events: Events = Arc::default();
+    let fake = FakePg::primary(800, &events);
+    let mut pg = SlowPg::new(fake.clone(), None);
+    pg.start_takes = Some(recovery);
+    let start_fails = Arc::clone(&pg.start_fails);
+    let (engine, store, fence, clock) = timed_leader(pg).await;
+    let check = async {
+        let mut crashed = false;
+        let mut restarted_at = None;
+        let lost = tick_until_the_lock_is_lost(&store, &clock, 600, |now| {
+            if !crashed && now >= CRASH_AT {
+                // Every start fails until well past primary_start_timeout.
+                start_fails.store(true, Ordering::SeqCst);
+                fake.state.lock().unwrap().running = false;
+                crashed = true;
+            }
+            if now >= starts_again_at {
+                start_fails.store(false, Ordering::SeqCst);
+            }
+            if crashed && restarted_at.is_none() && fake.is_writable_primary() {
+                restarted_at = Some(now);
+            }
+            let fired = fence.fired();
+            assert_eq!(fired, None, "the fence fired while restarting in place");
+        })
+        .await;
+        assert_eq!(lost, None, "the lock was lost");
+        let restarted_at = restarted_at.expect("not restarted in place as primary");
+        assert!(
+            restarted_at <= starts_again_at + recovery + config.loop_wait * 2,
+            "restarted only at {restarted_at:?}"
+        );
     };
     tokio::join!(
         engine.run(tokio::time::sleep(Duration::from_secs(61))),

@@ -166,7 +166,16 @@ where
         if !keeps_leading {
             self.lease.set_leading(None);
         } else if restarting_in_place {
-            let since = self.memory.primary_start_failed_since.unwrap_or(decided_at);
+            // A run of failed starts counts from its first, up to
+            // primary_start_timeout; past it, decide restarts in place only
+            // when no replica could take over, and then each start counts
+            // from itself (nobody is waiting for the lock).
+            let timeout = self.config.primary_start_timeout;
+            let since = self
+                .memory
+                .primary_start_failed_since
+                .filter(|first| decided_at < first.saturating_add(timeout))
+                .unwrap_or(decided_at);
             self.lease.restarting_in_place(since);
         }
         let mut renewed = false;

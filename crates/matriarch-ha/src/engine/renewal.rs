@@ -6,10 +6,12 @@
 //! last plan kept this node leading a running primary, and stops once
 //! PostgreSQL has not answered as one for [`postgres_silence_limit`], so a
 //! hung primary still loses the lock (after its fence stopped it). While the
-//! loop restarts a crashed primary in place it renews too, for at most
-//! `primary_start_timeout` from the first start: a crash recovery may take
-//! longer than the fence's window after one renewal, and a fence that kills
-//! the recovering postmaster turns a restart into a failover.
+//! loop restarts a crashed primary in place it renews too, with fence windows
+//! that end by `primary_start_timeout` after the first start: a crash
+//! recovery may take longer than the fence's window after one renewal, and a
+//! fence that kills the recovering postmaster turns a restart into a
+//! failover; one that outlasts `primary_start_timeout` is fenced before the
+//! loop can hand the lock over.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -112,12 +114,11 @@ impl Lease {
         }
     }
 
-    /// The loop restarts its stopped primary in place, a run of starts that
-    /// began at `since`: renewals go on while a start runs, up to
-    /// `primary_start_timeout` from `since`.
+    /// The loop restarts its stopped primary in place, counting from `since`
+    /// (the first of a run of starts, or this start): renewals go on while
+    /// a start runs, up to `primary_start_timeout` from `since`.
     pub(super) fn restarting_in_place(&self, since: Duration) {
-        let mut state = self.lock();
-        state.restarting_since = Some(state.restarting_since.map_or(since, |at| at.min(since)));
+        self.lock().restarting_since = Some(since);
     }
 
     /// The last renewal that succeeded (the renewer's may be newer than the loop's).
@@ -204,9 +205,18 @@ impl<D: Dcs> Renewer<D> {
             let silent_for = state
                 .primary_seen_at
                 .map(|seen| sent_at.saturating_sub(seen));
-            let restart_in_time = state
-                .restarting_since
-                .is_some_and(|since| sent_at < since.saturating_add(state.start_timeout));
+            // While restarting in place, only renewals whose fence window
+            // ends by `since + primary_start_timeout`: past it the fence has
+            // stopped whatever runs before the loop can hand the lock over.
+            let window = state
+                .lock_ttl
+                .saturating_sub(matriarch_model::write_stop_margin(
+                    state.lock_ttl,
+                    state.retry_timeout,
+                ));
+            let restart_in_time = state.restarting_since.is_some_and(|since| {
+                sent_at.saturating_add(window) <= since.saturating_add(state.start_timeout)
+            });
             let silent_too_long = silent_for.is_none_or(|silent| silent >= state.silence_limit);
             if silent_too_long && !restart_in_time {
                 // A renewal on the strength of an answer this old could keep

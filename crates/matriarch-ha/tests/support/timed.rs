@@ -14,8 +14,8 @@ use matriarch_model::{
     encode_initialize, ClusterConfig, Initialize, KeyLayout, MemberName, SystemId, Timeline,
 };
 use matriarch_postgres::{
-    BootstrapSpec, LocalState, Postgres, PostgresError, RewindOutcome, StartAs, StopMode,
-    SyncStandbyNames, Upstream,
+    BootstrapSpec, LocalState, Operation, Postgres, PostgresError, RewindOutcome, StartAs,
+    StopMode, SyncStandbyNames, Upstream,
 };
 use matriarch_router::RecordingRouter;
 
@@ -36,8 +36,8 @@ impl Clock for TokioClock {
 /// A [`FakePg`] whose `observe` is slow every other call (it answers after
 /// `slow`), or that hangs for ever once `hung` is set (`observe`, `demote`
 /// and `stop` never answer, as a PostgreSQL stuck on its disk). A start
-/// takes `start_takes` (a crash recovery), or never ends once
-/// `start_hangs` is set.
+/// takes `start_takes` (a crash recovery), never ends once `start_hangs` is
+/// set, and fails at once while `start_fails` is set.
 #[derive(Clone)]
 pub(crate) struct SlowPg {
     pub(crate) inner: FakePg,
@@ -46,6 +46,7 @@ pub(crate) struct SlowPg {
     pub(crate) calls: Arc<AtomicUsize>,
     pub(crate) hung: Arc<AtomicBool>,
     pub(crate) start_hangs: Arc<AtomicBool>,
+    pub(crate) start_fails: Arc<AtomicBool>,
 }
 
 impl SlowPg {
@@ -57,6 +58,7 @@ impl SlowPg {
             calls: Arc::default(),
             hung: Arc::default(),
             start_hangs: Arc::default(),
+            start_fails: Arc::default(),
         }
     }
 
@@ -86,6 +88,13 @@ impl Postgres for SlowPg {
     async fn start(&self, as_role: StartAs) -> Result<(), PostgresError> {
         if self.start_hangs.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.start_fails.load(Ordering::SeqCst) {
+            return Err(PostgresError::Unexpected {
+                operation: Operation::Start,
+                context: "starting as primary".to_owned(),
+                message: "the test makes it fail".to_owned(),
+            });
         }
         if let Some(takes) = self.start_takes {
             tokio::time::sleep(takes).await;
