@@ -85,16 +85,27 @@ mod tests {
         step: Duration::from_millis(5),
     };
 
+    fn never_stopped() -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    /// Waits no test stops: `STOP` belongs to the test that sets it (tests
+    /// of one binary run at once).
+    const UNSTOPPED: Interruptible<&'static str> = Interruptible {
+        check: never_stopped,
+        step: Duration::from_millis(5),
+    };
+
     #[test]
     fn a_poll_returns_the_first_value_or_none_after_the_timeout() {
         let mut calls = 0;
-        let found = WAITS.poll(Duration::from_secs(5), Duration::from_millis(1), || {
+        let found = UNSTOPPED.poll(Duration::from_secs(5), Duration::from_millis(1), || {
             calls += 1;
             (calls == 3).then_some(calls)
         });
         assert_eq!(found, Ok(Some(3)));
         let started = Instant::now();
-        let nothing = WAITS.poll(Duration::from_millis(30), Duration::from_millis(5), || {
+        let nothing = UNSTOPPED.poll(Duration::from_millis(30), Duration::from_millis(5), || {
             None::<()>
         });
         assert_eq!(nothing, Ok(None));

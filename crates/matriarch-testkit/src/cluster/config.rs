@@ -273,7 +273,7 @@ mod tests {
             "scope: demo\nname: node2\n",
             "  listen: 127.0.0.1:8008\n  authentication:\n    username: admin\n    password: demo-api\n",
             "etcd3:\n  hosts: ['http://127.0.0.1:2379']\n",
-            "    ttl: 5\n    loop_wait: 1\n    retry_timeout: 2\n    synchronous_mode: quorum\npostgresql:\n",
+            "    ttl: 4\n    loop_wait: 1\n    retry_timeout: 1.5\n    synchronous_mode: quorum\npostgresql:\n",
             "  listen: 127.0.0.2:5432\n  data_dir: /tmp/n2/data\n",
             "superuser: {username: postgres, password: demo-pg}",
             "replication: {username: replicator, password: demo-replication}",
