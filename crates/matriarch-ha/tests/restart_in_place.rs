@@ -9,17 +9,47 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use matriarch_dcs::Dcs;
+use matriarch_dcs::{Clock, Dcs, MemoryDcs};
 use matriarch_ha::sim::running_member;
 use matriarch_model::{ClusterConfig, MemberName, Role};
 
 mod support;
 use support::fake_pg::{Events, FakePg};
-use support::timed::{fired_before, tick_until_the_lock_is_lost, timed_leader, SlowPg};
+use support::timed::{fired_before, tick_until_the_lock_is_lost, timed_leader, SlowPg, TimedFence};
 
 /// When the tests crash PostgreSQL (the engine has led a running primary for
 /// a while by then).
 const CRASH_AT: Duration = Duration::from_secs(5);
+
+/// Crashes PostgreSQL at [`CRASH_AT`] and watches `ticks` ticks, calling
+/// `each_tick(now)` on each: the leader keeps its lock and its fence never
+/// fires. Returns when PostgreSQL ran as a writable primary again.
+async fn crash_and_watch_the_restart(
+    store: &MemoryDcs,
+    clock: &Arc<dyn Clock>,
+    fence: &TimedFence,
+    pg: &FakePg,
+    ticks: usize,
+    mut each_tick: impl FnMut(Duration),
+) -> Duration {
+    let mut crashed = false;
+    let mut restarted_at = None;
+    let lost = tick_until_the_lock_is_lost(store, clock, ticks, |now| {
+        if !crashed && now >= CRASH_AT {
+            pg.state.lock().unwrap().running = false;
+            crashed = true;
+        }
+        each_tick(now);
+        if crashed && restarted_at.is_none() && pg.is_writable_primary() {
+            restarted_at = Some(now);
+        }
+        let fired = fence.fired();
+        assert_eq!(fired, None, "the fence fired while restarting in place");
+    })
+    .await;
+    assert_eq!(lost, None, "the lock was lost");
+    restarted_at.expect("not restarted in place as primary")
+}
 
 /// The soak's case: PostgreSQL is killed, and its crash recovery takes 8 s,
 /// well past the fence's window of 3.5 s after a renewal (within the
@@ -38,22 +68,8 @@ async fn a_crash_recovery_longer_than_the_fence_window_keeps_the_lock_and_the_pr
     pg.start_takes = Some(recovery);
     let (engine, store, fence, clock) = timed_leader(pg).await;
     let check = async {
-        let mut crashed = false;
-        let mut restarted_at = None;
-        let lost = tick_until_the_lock_is_lost(&store, &clock, 300, |now| {
-            if !crashed && now >= CRASH_AT {
-                fake.state.lock().unwrap().running = false;
-                crashed = true;
-            }
-            if crashed && restarted_at.is_none() && fake.is_writable_primary() {
-                restarted_at = Some(now);
-            }
-            let fired = fence.fired();
-            assert_eq!(fired, None, "the fence fired during the crash recovery");
-        })
-        .await;
-        assert_eq!(lost, None, "the lock was lost");
-        let restarted_at = restarted_at.expect("not restarted in place as primary");
+        let restarted_at =
+            crash_and_watch_the_restart(&store, &clock, &fence, &fake, 300, |_| {}).await;
         assert!(
             restarted_at <= CRASH_AT + recovery + config.loop_wait * 2,
             "restarted only at {restarted_at:?}"
@@ -125,30 +141,17 @@ async fn without_a_successor_each_start_past_the_timeout_keeps_the_lock_while_it
     let fake = FakePg::primary(800, &events);
     let mut pg = SlowPg::new(fake.clone(), None);
     pg.start_takes = Some(recovery);
+    // Every start fails until well past primary_start_timeout.
+    pg.start_fails.store(true, Ordering::SeqCst);
     let start_fails = Arc::clone(&pg.start_fails);
     let (engine, store, fence, clock) = timed_leader(pg).await;
     let check = async {
-        let mut crashed = false;
-        let mut restarted_at = None;
-        let lost = tick_until_the_lock_is_lost(&store, &clock, 600, |now| {
-            if !crashed && now >= CRASH_AT {
-                // Every start fails until well past primary_start_timeout.
-                start_fails.store(true, Ordering::SeqCst);
-                fake.state.lock().unwrap().running = false;
-                crashed = true;
-            }
+        let restarted_at = crash_and_watch_the_restart(&store, &clock, &fence, &fake, 600, |now| {
             if now >= starts_again_at {
                 start_fails.store(false, Ordering::SeqCst);
             }
-            if crashed && restarted_at.is_none() && fake.is_writable_primary() {
-                restarted_at = Some(now);
-            }
-            let fired = fence.fired();
-            assert_eq!(fired, None, "the fence fired while restarting in place");
         })
         .await;
-        assert_eq!(lost, None, "the lock was lost");
-        let restarted_at = restarted_at.expect("not restarted in place as primary");
         assert!(
             restarted_at <= starts_again_at + recovery + config.loop_wait * 2,
             "restarted only at {restarted_at:?}"
