@@ -62,3 +62,33 @@ impl Clock for ManualClock {
         *self.now.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// Monotonic time on tokio's clock: virtual while tokio's time is paused
+/// (the simulation, tests with `start_paused`), so an engine's clock and its
+/// timeouts, waits and sleeps agree.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock(tokio::time::Instant);
+
+impl TokioClock {
+    /// A clock that reads zero now.
+    pub fn new() -> Self {
+        TokioClock::starting_at(tokio::time::Instant::now())
+    }
+
+    /// A clock that reads zero at `start` (clocks sharing one start agree).
+    pub fn starting_at(start: tokio::time::Instant) -> Self {
+        TokioClock(start)
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        TokioClock::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}

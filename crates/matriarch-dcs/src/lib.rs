@@ -22,7 +22,7 @@ use matriarch_model::{
     ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Version,
 };
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{DcsError, Expected};
 pub use forwarding::ForwardingDcs;
 pub use memory::MemoryDcs;

@@ -56,9 +56,10 @@ pub use cluster::{member_settings, running_member};
 use dcs::SimDcs;
 use faults::{heal_everything, inject_fault, Heal};
 use invariants::{check_followers, check_primary, failsafe_outage};
+use matriarch_dcs::TokioClock;
 use plants::DecidePlant;
 use postgres::SimPostgres;
-use time::{NodeClock, Rng, TokioClock};
+use time::{NodeClock, Rng, ServersClock};
 use world::{lock, SimConditions, World};
 
 /// What to simulate.
@@ -282,14 +283,14 @@ fn cluster_config(sim: &SimConfig) -> ClusterConfig {
 /// The world and the nodes of a run, before any agent starts.
 fn build(sim: &SimConfig, rng: &mut Rng, start: Instant) -> Cluster {
     let config = cluster_config(sim);
-    let clock = Arc::new(TokioClock(start));
+    let clock = Arc::new(TokioClock::starting_at(start));
     let layout = KeyLayout::new("service", "sim").unwrap_or_else(|_| unreachable!());
     let store = MemoryDcs::with_clock(layout, clock);
     store.set_max_ttl(sim.max_ttl);
     let faults_active = Arc::new(AtomicBool::new(false));
     let pg = MemoryPostgresCluster::with(
         SYSTEM_ID,
-        Box::new(TokioClock(start)),
+        Box::new(ServersClock(TokioClock::starting_at(start))),
         Box::new(SimConditions {
             rng: Rng::new(sim.seed.rotate_left(17)),
             faults_active: Arc::clone(&faults_active),

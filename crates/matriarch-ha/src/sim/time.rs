@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use matriarch_dcs::Clock;
+use matriarch_dcs::{Clock, TokioClock};
 use matriarch_postgres::memory::MemoryClock;
 use tokio::time::Instant;
 
@@ -37,16 +37,6 @@ impl Rng {
     }
 }
 
-/// Monotonic time on tokio's (virtual) clock.
-#[derive(Debug)]
-pub(crate) struct TokioClock(pub(crate) Instant);
-
-impl Clock for TokioClock {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
-
 /// One node's monotonic clock: its own offset, running `ppm` parts per
 /// million fast (positive) or slow (negative) against real time.
 #[derive(Debug)]
@@ -71,8 +61,11 @@ pub(crate) fn real_span(local: Duration, ppm: i64) -> Duration {
     Duration::from_nanos(nanos.clamp(0, u64::MAX as i128) as u64)
 }
 
-impl MemoryClock for TokioClock {
+/// The in-memory PostgreSQL's clock: tokio's, as the DCS's.
+pub(crate) struct ServersClock(pub(crate) TokioClock);
+
+impl MemoryClock for ServersClock {
     fn now(&self) -> Duration {
-        self.0.elapsed()
+        Clock::now(&self.0)
     }
 }

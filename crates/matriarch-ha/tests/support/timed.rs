@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matriarch_dcs::{Clock, Dcs, MemoryDcs};
+use matriarch_dcs::{Clock, Dcs, MemoryDcs, TokioClock};
 use matriarch_ha::sim::member_settings;
 use matriarch_ha::{Engine, Fence, FenceError};
 use matriarch_model::{
@@ -21,17 +21,6 @@ use matriarch_router::RecordingRouter;
 
 use super::fake_pg::FakePg;
 use super::scene::SYSID;
-
-/// Monotonic time on tokio's clock (paused in the tests that use it, so the
-/// engine's timeouts, waits and sleeps all run on virtual time).
-#[derive(Debug)]
-pub(crate) struct TokioClock(tokio::time::Instant);
-
-impl Clock for TokioClock {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
 
 /// A [`FakePg`] whose `observe` is slow every other call (it answers after
 /// `slow`), or that hangs for ever once `hung` is set (`observe`, `demote`
@@ -195,7 +184,7 @@ pub(crate) async fn timed_leader_with_connection(
     Arc<TimedFence>,
     Arc<dyn Clock>,
 ) {
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock(tokio::time::Instant::now()));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let store = MemoryDcs::with_clock(
         KeyLayout::new("service", "test").unwrap(),
         Arc::clone(&clock),
