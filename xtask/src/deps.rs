@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 
 use std::ffi::OsStr;
 
-use crate::{is_root, run, workspace_root, Failure, Result};
+use crate::cmd::{is_root, run, Failure, Result};
+use crate::paths::workspace_root;
 
 /// What the tests and the demo need from Debian, each checked by a file it
 /// must provide (not by the package database, which a machine's earlier work can

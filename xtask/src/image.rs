@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{build, install_missing, is_root, only_flag, run, step, Failure, Requirement, Result};
+use crate::args::only_flag;
+use crate::cmd::{build, is_root, run, step, Failure, Result};
+use crate::deps::{install_missing, Requirement};
 
 /// What building and testing the image needs, each checked by a file it provides.
 const IMAGE_REQUIREMENTS: &[Requirement] = &[

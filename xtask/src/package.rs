@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{build, is_root, only_flag, package_installed, run, step, Failure, Result};
+use crate::args::only_flag;
+use crate::cmd::{build, is_root, render, run, step, Failure, Result};
+use crate::deps::package_installed;
 
 /// The package's name.
 const NAME: &str = "matriarch";
@@ -77,7 +79,7 @@ pub(crate) fn package(args: &[String]) -> Result {
 
 /// Output of a command that must exit 0, trimmed.
 fn output(cmd: &mut Command) -> Result<String> {
-    let what = crate::render(cmd);
+    let what = render(cmd);
     let out = cmd
         .output()
         .map_err(|e| Failure(format!("cannot run `{what}`: {e}")))?;

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{render, Failure, Result};
+use crate::cmd::{render, Failure, Result};
 
 /// How many test binaries run at once unless `MATRIARCH_TEST_JOBS` says
 /// otherwise: on CI's two cores, three overlap the waiting without starving
