@@ -376,8 +376,11 @@ pub fn inject_and_measure(
             }
         }
         if routes_dns && marks.routed.is_none() {
-            let dns =
-                crate::dns::resolve_a(cluster.dns_server(), &dns_name, Duration::from_millis(500));
+            let dns = matriarch_testkit::dns::resolve_a(
+                cluster.dns_server(),
+                &dns_name,
+                Duration::from_millis(500),
+            );
             if let Ok([ip]) = dns.as_deref() {
                 if *ip != primary_ip && cluster.node_at(*ip).is_some() {
                     rec.mark(

@@ -362,13 +362,9 @@ fn scenario(cluster: &mut Cluster, args: &Args, runtime: &Handle) -> Result<()> 
         );
     }
     // Every write acknowledged so far must be on the new primary.
-    let acked_so_far: Vec<i64> = writer.log().acks.iter().map(|a| a.id).collect();
+    let acked_so_far: BTreeSet<i64> = writer.log().acks.iter().map(|a| a.id).collect();
     let on_new = table_ids(runtime, &target, new_ip)?;
-    let lost: Vec<i64> = acked_so_far
-        .iter()
-        .copied()
-        .filter(|id| !on_new.contains(id))
-        .collect();
+    let lost: Vec<i64> = acked_so_far.difference(&on_new).copied().collect();
     println!(
         "    Acknowledged writes missing from the new primary: {} of {}{}",
         lost.len(),

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::dns::resolve_a_async;
+use matriarch_testkit::dns::resolve_a_async;
 
 /// The table the writer fills.
 pub const TABLE: &str = "demo_writes";
