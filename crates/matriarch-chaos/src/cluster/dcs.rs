@@ -13,15 +13,38 @@ use matriarch_testkit::cluster::DcsHosts;
 use matriarch_testkit::{zookeeper_args, EtcdMemberArgs, ZOOKEEPER_LOG4J};
 use serde_json::Value;
 
-use super::{etcd_ip, Cluster, ClusterSpec, EtcdMember, Proc, NODES};
+use super::layout::{etcd_ip, NODES};
+use super::node::Proc;
 use crate::error::{ChaosError, Result};
 use crate::netns::Lab;
 use crate::{sys, zk, Dcs};
 
 /// etcd's program.
-pub(super) const ETCD: &str = "/usr/bin/etcd";
+const ETCD: &str = "/usr/bin/etcd";
 /// etcdctl.
-pub(super) const ETCDCTL: &str = "/usr/bin/etcdctl";
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+/// One DCS server: an etcd member or a ZooKeeper server.
+#[derive(Debug)]
+pub struct DcsServer {
+    /// e1..e3 (also the namespace's short name).
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The process.
+    pub proc: Proc,
+}
+
+/// The DCS of a run: its three servers, and raw access to its keys (etcdctl
+/// for etcd, a ZooKeeper client for ZooKeeper).
+pub struct DcsServers {
+    /// Which DCS it is.
+    pub kind: Dcs,
+    /// The servers, in e1..e3.
+    pub servers: Vec<DcsServer>,
+    /// ZooKeeper's client for the key faults (`None` for etcd).
+    zk: Option<zk::Keys>,
+}
 
 /// The agents' `etcd3` or `zookeeper` hosts.
 pub(super) fn hosts(dcs: Dcs) -> DcsHosts {
@@ -35,19 +58,11 @@ pub(super) fn hosts(dcs: Dcs) -> DcsHosts {
     }
 }
 
-/// Starts the three DCS servers (not waiting for them) and, for ZooKeeper, the
-/// client the key faults use.
-pub(super) fn start(
-    lab: &Lab,
-    spec: &ClusterSpec<'_>,
-    data: &Path,
-) -> Result<(Vec<EtcdMember>, Option<zk::Keys>)> {
-    match spec.dcs {
-        Dcs::Etcd => Ok((start_etcd(lab, spec, data)?, None)),
-        Dcs::ZooKeeper => Ok((
-            start_zookeeper(lab, spec, data)?,
-            Some(zk::Keys::new(zk_hosts())?),
-        )),
+/// The programs a `kind` DCS needs.
+pub(super) fn programs(kind: Dcs) -> [&'static str; 2] {
+    match kind {
+        Dcs::Etcd => [ETCD, ETCDCTL],
+        Dcs::ZooKeeper => [zk::JAVA, zk::JAR],
     }
 }
 
@@ -64,7 +79,7 @@ fn zk_hosts() -> String {
 }
 
 /// Starts the three etcd members (e1..e3), not waiting for them.
-fn start_etcd(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<EtcdMember>> {
+fn start_etcd(lab: &Lab, logs: &Path, data: &Path) -> Result<Vec<DcsServer>> {
     let initial = (0..NODES)
         .map(|i| format!("e{}=http://{}:2380", i + 1, etcd_ip(i)))
         .collect::<Vec<_>>()
@@ -85,20 +100,17 @@ fn start_etcd(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<Etcd
             }
             .to_args(),
         );
-        let mut proc = Proc::in_namespace(
-            &lab.ns(&name),
-            argv,
-            spec.logs.join(format!("etcd-{name}.log")),
-        );
+        let mut proc =
+            Proc::in_namespace(&lab.ns(&name), argv, logs.join(format!("etcd-{name}.log")));
         proc.start()?;
-        etcd.push(EtcdMember { name, ip, proc });
+        etcd.push(DcsServer { name, ip, proc });
     }
     Ok(etcd)
 }
 
 /// Starts a three-server ZooKeeper ensemble in e1..e3 (java with
 /// `QuorumPeerMain`, a `zoo.cfg` and a `myid` each), not waiting for it.
-fn start_zookeeper(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec<EtcdMember>> {
+fn start_zookeeper(lab: &Lab, logs: &Path, data: &Path) -> Result<Vec<DcsServer>> {
     let ips: Vec<Ipv4Addr> = (0..NODES).map(etcd_ip).collect();
     let mut servers = Vec::new();
     for i in 0..NODES {
@@ -123,10 +135,10 @@ fn start_zookeeper(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec
         let mut proc = Proc::in_namespace(
             &lab.ns(&name),
             argv,
-            spec.logs.join(format!("zookeeper-{name}.log")),
+            logs.join(format!("zookeeper-{name}.log")),
         );
         proc.start()?;
-        servers.push(EtcdMember {
+        servers.push(DcsServer {
             name,
             ip: ips[i],
             proc,
@@ -135,9 +147,22 @@ fn start_zookeeper(lab: &Lab, spec: &ClusterSpec<'_>, data: &Path) -> Result<Vec
     Ok(servers)
 }
 
-impl Cluster<'_> {
+impl DcsServers {
+    /// Starts the three `kind` servers (not waiting for them) and, for
+    /// ZooKeeper, the client the key faults use.
+    pub(super) fn start(lab: &Lab, kind: Dcs, logs: &Path, data: &Path) -> Result<DcsServers> {
+        let (servers, zk) = match kind {
+            Dcs::Etcd => (start_etcd(lab, logs, data)?, None),
+            Dcs::ZooKeeper => (
+                start_zookeeper(lab, logs, data)?,
+                Some(zk::Keys::new(zk_hosts())?),
+            ),
+        };
+        Ok(DcsServers { kind, servers, zk })
+    }
+
     /// The etcd endpoints, comma-separated.
-    pub fn etcd_endpoints(&self) -> String {
+    fn etcd_endpoints(&self) -> String {
         (0..NODES)
             .map(|i| format!("{}:2379", etcd_ip(i)))
             .collect::<Vec<_>>()
@@ -156,13 +181,13 @@ impl Cluster<'_> {
     }
 
     /// `etcdctl <args>` against every member (run from the client namespace).
-    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+    fn etcdctl(&self, args: &[&str]) -> Result<String> {
         sys::run(self.etcdctl_command("2s").args(args))
     }
 
     /// The index of the etcd leader, if all answering members agree on one and
     /// `all` of them (when asked) answer.
-    pub fn etcd_leader(&self, all: bool) -> Option<usize> {
+    fn etcd_leader(&self, all: bool) -> Option<usize> {
         let out = self
             .etcdctl_command("1s")
             .args(["endpoint", "status", "-w", "json"])
@@ -193,8 +218,8 @@ impl Cluster<'_> {
 
     /// The index of the DCS leader (etcd's Raft leader or ZooKeeper's quorum
     /// leader), if there is one and `all` three servers (when asked) answer.
-    pub fn dcs_leader(&self, all: bool) -> Option<usize> {
-        match self.dcs {
+    pub fn leader(&self, all: bool) -> Option<usize> {
+        match self.kind {
             Dcs::Etcd => self.etcd_leader(all),
             Dcs::ZooKeeper => {
                 let modes: Vec<Option<bool>> = (0..NODES).map(|i| zk::leads(etcd_ip(i))).collect();
@@ -211,7 +236,7 @@ impl Cluster<'_> {
     }
 
     /// The raw value of a DCS key (full path, `/service/<scope>/…`), `None` when absent.
-    pub fn dcs_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match &self.zk {
             Some(keys) => keys.get(key),
             None => {
@@ -255,7 +280,7 @@ impl Cluster<'_> {
 
     /// Writes raw bytes into a DCS key behind the agents' backs (on etcd
     /// without a lease, on ZooKeeper creating a persistent znode if absent).
-    pub fn dcs_put(&self, key: &str, value: &[u8]) -> Result<()> {
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         match &self.zk {
             Some(keys) => keys.put(key, value),
             None => {
@@ -273,19 +298,20 @@ impl Cluster<'_> {
     }
 
     /// Deletes a DCS key (absent is fine).
-    pub fn dcs_del(&self, key: &str) -> Result<()> {
+    pub fn del(&self, key: &str) -> Result<()> {
         match &self.zk {
             Some(keys) => keys.del(key),
             None => self.etcdctl(&["del", key]).map(drop),
         }
     }
 
-    pub(super) fn wait_etcd(&self, timeout: Duration) -> Result<()> {
+    /// Waits until the three servers agree on a leader.
+    pub(super) fn wait_leader(&self, timeout: Duration) -> Result<()> {
         sys::wait_for(
             "the three DCS servers to elect a leader",
             timeout,
             Duration::from_millis(200),
-            || self.dcs_leader(true),
+            || self.leader(true),
         )
         .map(drop)
     }

@@ -12,6 +12,8 @@
 //! is the namespace layout with its fixed addresses and the health check.
 
 mod dcs;
+mod layout;
+mod node;
 
 use std::ffi::OsString;
 use std::fs;
@@ -21,35 +23,23 @@ use std::time::Duration;
 
 use matriarch_testkit::cluster::{
     keep_server_log, node_dirs, node_log_tails, only_primary, preflight, tail, AgentConfig,
-    Credentials, DnsRoute, NodeDir, RestApi, Supervised, Timing,
+    DnsRoute, NodeDir, RestApi, Supervised, Timing,
 };
 use matriarch_testkit::dns::resolve_a;
 use matriarch_testkit::{bin_dir, named_args, random_tsig_secret, BindConfig, BIND_TSIG_ALGORITHM};
-use serde_json::Value;
 use tempfile::TempDir;
 
+pub use self::dcs::{DcsServer, DcsServers};
+pub use self::layout::{
+    credentials, etcd_ip, hosts, node_at, node_ip, API_PORT, CLIENT, CLIENT_IP, DNS_IP, NODES,
+    PG_PORT, SCOPE, WRITER, ZONE,
+};
+use self::layout::{DATA_PREFIX, TSIG_KEY};
+pub use self::node::{Node, Proc, Standby};
 use crate::error::{ChaosError, Result};
-use crate::netns::{Host, Lab};
+use crate::netns::Lab;
 use crate::sys;
-use crate::zk;
 use crate::{Dcs, Mode};
-
-/// The cluster's name (the DCS scope).
-pub const SCOPE: &str = "chaos";
-/// The DNS zone BIND serves.
-pub const ZONE: &str = "chaos.test";
-/// The name that points at the primary.
-pub const WRITER: &str = "primary.chaos.test";
-/// PostgreSQL's port (on every node's own address).
-pub const PG_PORT: u16 = 5432;
-/// The REST API's port.
-pub const API_PORT: u16 = 8008;
-/// How many PostgreSQL nodes and how many etcd members.
-pub const NODES: usize = 3;
-/// The TSIG key name.
-const TSIG_KEY: &str = "chaos-key";
-/// The prefix of a run's data directory under `/tmp` (followed by the pid).
-const DATA_PREFIX: &str = "matriarch-chaos-";
 
 /// Removes the data directories (`/tmp/matriarch-chaos-<pid>-*`) of chaos runs
 /// whose process is gone; run after [`crate::netns::cleanup_stale`] killed their
@@ -75,143 +65,21 @@ pub fn cleanup_stale_data() -> usize {
     removed
 }
 
-/// The address of node `i` (0-based): 127.1.0.11, .12, .13.
-pub fn node_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 1, 0, 11 + i as u8)
-}
-
-/// The address of etcd member `i` (0-based): 127.1.0.21, .22, .23.
-pub fn etcd_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 1, 0, 21 + i as u8)
-}
-
-/// BIND's address.
-pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 30);
-/// The client's address.
-pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 40);
-/// The client namespace's short name.
-pub const CLIENT: &str = "cl";
-
-/// Every host of the lab: n1..n3, e1..e3, dns, cl.
-pub fn hosts() -> Vec<Host> {
-    let mut hosts = Vec::new();
-    for i in 0..NODES {
-        hosts.push(Host::new(&format!("n{}", i + 1), node_ip(i)));
-    }
-    for i in 0..NODES {
-        hosts.push(Host::new(&format!("e{}", i + 1), etcd_ip(i)));
-    }
-    hosts.push(Host::new("dns", DNS_IP));
-    hosts.push(Host::new(CLIENT, CLIENT_IP));
-    hosts
-}
-
-/// The index of the node whose address is `ip`.
-pub fn node_at(ip: Ipv4Addr) -> Option<usize> {
-    (0..NODES).find(|i| node_ip(*i) == ip)
-}
-
-/// A long-running program in a namespace, restartable with the same command line
-/// (the test kit's [`Supervised`], started with `ip netns exec`).
-pub type Proc = Supervised;
-
-/// One PostgreSQL node: its agent and data directory.
-#[derive(Debug)]
-pub struct Node {
-    /// Member name: node1..node3.
-    pub name: String,
-    /// Namespace short name: n1..n3.
-    pub short: String,
-    /// Its address.
-    pub ip: Ipv4Addr,
-    /// Its directory (data directory, server log, socket), owned by `postgres`.
-    pub dir: NodeDir,
-    /// The agent.
-    pub agent: Proc,
-    /// Its REST API (`http://<ip>:8008`), with the cluster's credentials for
-    /// `call` (switchovers, `PATCH /config`).
-    pub rest: RestApi,
-}
-
-impl Node {
-    /// PostgreSQL's server log (pg_ctl's `-l`, next to the data directory).
-    pub fn server_log(&self) -> PathBuf {
-        self.dir.server_log()
-    }
-
-    /// The postmaster's pid, if `postmaster.pid` names a live postgres process.
-    pub fn postmaster_pid(&self) -> Option<i32> {
-        self.dir.postmaster_pid()
-    }
-
-    /// `GET path` as JSON when it answers 200.
-    pub fn get_json(&self, path: &str) -> Option<Value> {
-        self.rest.get_json(path)
-    }
-
-    /// The standbys its `/patroni` lists under `replication` (as a primary;
-    /// `None` when it does not answer).
-    pub fn standbys(&self) -> Option<Vec<Standby>> {
-        standbys_of(&self.get_json("/patroni")?)
-    }
-}
-
-/// One standby as a primary's `/patroni` lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Standby {
-    /// Its `application_name` (the member name).
-    pub name: String,
-    /// Its `state` is `streaming`.
-    pub streaming: bool,
-    /// Its `sync_state` is `sync` or `quorum`: commits wait for it.
-    pub synchronous: bool,
-}
-
-/// The `replication` list of a `/patroni` answer.
-fn standbys_of(patroni: &Value) -> Option<Vec<Standby>> {
-    let text = |r: &Value, key: &str| r.get(key).and_then(Value::as_str).map(str::to_owned);
-    let standbys = patroni
-        .get("replication")?
-        .as_array()?
-        .iter()
-        .map(|r| Standby {
-            name: text(r, "application_name").unwrap_or_default(),
-            streaming: text(r, "state").as_deref() == Some("streaming"),
-            synchronous: matches!(text(r, "sync_state").as_deref(), Some("sync" | "quorum")),
-        })
-        .collect();
-    Some(standbys)
-}
-
-/// One etcd member.
-#[derive(Debug)]
-pub struct EtcdMember {
-    /// e1..e3 (also the namespace's short name).
-    pub name: String,
-    /// Its address.
-    pub ip: Ipv4Addr,
-    /// The process.
-    pub proc: Proc,
-}
-
 /// The running cluster.
 pub struct Cluster<'lab> {
     /// The namespaces.
     pub lab: &'lab Lab,
     /// The PostgreSQL nodes.
     pub nodes: Vec<Node>,
-    /// The DCS servers: etcd members, or ZooKeeper servers with `--dcs zookeeper`.
-    pub etcd: Vec<EtcdMember>,
+    /// The DCS: its three servers (etcd members, or ZooKeeper servers with
+    /// `--dcs zookeeper`) and raw access to its keys.
+    pub dcs: DcsServers,
     /// BIND.
     pub named: Proc,
     /// Where logs and configurations go (`target/chaos/<run>/`).
     pub logs: PathBuf,
     /// The synchronous mode of the run.
     pub mode: Mode,
-    /// The DCS the agents use: [`Cluster::etcd`] holds its three servers
-    /// (etcd members or ZooKeeper servers, same namespaces and addresses).
-    pub dcs: Dcs,
-    zk: Option<zk::Keys>,
     data: Option<TempDir>,
 }
 
@@ -261,11 +129,7 @@ impl<'lab> Cluster<'lab> {
             context: "checking the agents' programs".into(),
             source,
         })?;
-        let programs: &[&str] = match spec.dcs {
-            Dcs::Etcd => &[dcs::ETCD, dcs::ETCDCTL, NAMED],
-            Dcs::ZooKeeper => &[zk::JAVA, zk::JAR, NAMED],
-        };
-        for program in programs {
+        for program in dcs::programs(spec.dcs).into_iter().chain([NAMED]) {
             if !Path::new(program).is_file() {
                 return Err(ChaosError::Setup(format!(
                     "{program} is missing: run `cargo xtask deps`"
@@ -285,18 +149,16 @@ impl<'lab> Cluster<'lab> {
             source,
         })?;
         // etcd or ZooKeeper: three servers, all started before any waits for the others.
-        let (etcd, zk) = dcs::start(lab, spec, data.path())?;
+        let dcs = DcsServers::start(lab, spec.dcs, spec.logs, data.path())?;
         let secret = random_tsig_secret()?;
         let named = start_named(lab, spec.logs, &data.path().join("dns"), &secret)?;
         let mut cluster = Cluster {
             lab,
             nodes: Vec::new(),
-            etcd,
+            dcs,
             named,
             logs: spec.logs.to_path_buf(),
             mode: spec.mode,
-            dcs: spec.dcs,
-            zk,
             data: None,
         };
         for (i, (name, dir)) in names.into_iter().zip(dirs).enumerate() {
@@ -321,7 +183,7 @@ impl<'lab> Cluster<'lab> {
             });
         }
         cluster.data = Some(data);
-        cluster.wait_etcd(Duration::from_secs(60))?;
+        cluster.dcs.wait_leader(Duration::from_secs(60))?;
         cluster.wait_dns_server(Duration::from_secs(30))?;
         for node in &mut cluster.nodes {
             node.agent.start()?;
@@ -375,8 +237,8 @@ impl<'lab> Cluster<'lab> {
         if self.writer_addrs()? != vec![self.nodes[primary].ip] {
             return None;
         }
-        self.dcs_leader(true)?;
-        for member in &mut self.etcd {
+        self.dcs.leader(true)?;
+        for member in &mut self.dcs.servers {
             if !member.proc.is_running() {
                 return None;
             }
@@ -422,7 +284,7 @@ impl<'lab> Cluster<'lab> {
                 lines,
             ));
         }
-        for member in &self.etcd {
+        for member in &self.dcs.servers {
             out.push_str(&format!(
                 "----- etcd {} -----\n{}\n",
                 member.name,
@@ -450,7 +312,7 @@ impl<'lab> Cluster<'lab> {
             node.agent.kill();
             self.lab.kill_all(&node.short);
         }
-        for member in &mut self.etcd {
+        for member in &mut self.dcs.servers {
             member.proc.kill();
             self.lab.kill_all(&member.name);
         }
@@ -506,60 +368,5 @@ fn agent_config(
             algorithm: BIND_TSIG_ALGORITHM.into(),
             secret: secret.into(),
         }),
-    }
-}
-
-/// The REST API's and PostgreSQL's users and passwords: `admin` /
-/// `chaos-api`, `postgres` / `chaos-pg`, `replicator` / `chaos-replication`.
-pub fn credentials() -> Credentials {
-    Credentials::with_prefix(SCOPE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_host_has_its_address_on_the_bridge() {
-        let addresses: Vec<(String, Ipv4Addr)> =
-            hosts().into_iter().map(|h| (h.short, h.ip)).collect();
-        let expected: Vec<(String, Ipv4Addr)> = [
-            ("n1", 11),
-            ("n2", 12),
-            ("n3", 13),
-            ("e1", 21),
-            ("e2", 22),
-            ("e3", 23),
-            ("dns", 30),
-            (CLIENT, 40),
-        ]
-        .map(|(short, last)| (short.to_owned(), Ipv4Addr::new(127, 1, 0, last)))
-        .to_vec();
-        assert_eq!(addresses, expected);
-        assert_eq!(node_at(node_ip(1)), Some(1));
-        assert_eq!(node_at(DNS_IP), None);
-    }
-
-    #[test]
-    fn standbys_are_read_from_the_patroni_replication_list() {
-        let patroni = serde_json::json!({"replication": [
-            {"application_name": "node2", "state": "streaming", "sync_state": "sync"},
-            {"application_name": "node3", "state": "streaming", "sync_state": "async"},
-            {"application_name": "node1", "state": "startup", "sync_state": "quorum"},
-        ]});
-        let standby = |name: &str, streaming, synchronous| Standby {
-            name: name.into(),
-            streaming,
-            synchronous,
-        };
-        assert_eq!(
-            standbys_of(&patroni),
-            Some(vec![
-                standby("node2", true, true),
-                standby("node3", true, false),
-                standby("node1", false, true),
-            ])
-        );
-        assert_eq!(standbys_of(&serde_json::json!({"state": "running"})), None);
     }
 }

@@ -61,7 +61,8 @@ pub(super) fn malformed_keys(
     let panics_before: Vec<usize> = (0..NODES).map(|i| panics(cluster, i)).collect();
     let config_key = cluster.key("config");
     let good_config = cluster
-        .dcs_get(&config_key)?
+        .dcs
+        .get(&config_key)?
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ChaosError::Client(format!("{config_key} is empty before the fault")))?;
     let keys = [
@@ -79,7 +80,7 @@ pub(super) fn malformed_keys(
     for (what, key) in &keys {
         let kind = rng.below(3);
         let value = garbage(what, kind, &mut rng, &leader_name, &other_name);
-        cluster.dcs_put(key, &value)?;
+        cluster.dcs.put(key, &value)?;
         if at_us == 0 {
             at_us = sys::now_us();
         }
@@ -108,16 +109,16 @@ pub(super) fn malformed_keys(
     // key and the primary the sync key; config and failover stay as written).
     let mut kept = Vec::new();
     for ((what, key), value) in keys.iter().zip(&values) {
-        if cluster.dcs_get(key).ok().flatten().as_ref() == Some(value) {
+        if cluster.dcs.get(key).ok().flatten().as_ref() == Some(value) {
             kept.push(*what);
         }
     }
     let mut repair_errors = Vec::new();
     for (what, key) in &keys {
         let repaired = if *what == "config" {
-            cluster.dcs_put(key, &good_config)
+            cluster.dcs.put(key, &good_config)
         } else {
-            cluster.dcs_del(key)
+            cluster.dcs.del(key)
         };
         if let Err(e) = repaired {
             repair_errors.push(format!("repairing {key}: {e}"));

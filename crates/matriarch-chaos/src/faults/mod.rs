@@ -278,8 +278,8 @@ fn dcs_serves_writes(cluster: &Cluster<'_>, within: Duration) -> bool {
     let started = std::time::Instant::now();
     let key = "/chaos-probe";
     loop {
-        if cluster.dcs_put(key, b"probe").is_ok() {
-            let _ = cluster.dcs_del(key);
+        if cluster.dcs.put(key, b"probe").is_ok() {
+            let _ = cluster.dcs.del(key);
             return true;
         }
         if started.elapsed() >= within || sys::check_interrupt().is_err() {
@@ -469,44 +469,47 @@ pub fn run_fault(
                 "a DCS leader",
                 Duration::from_secs(10),
                 Duration::from_millis(200),
-                || cluster.dcs_leader(false),
+                || cluster.dcs.leader(false),
             )?;
-            cluster.etcd[leader].proc.kill();
-            let at_us = hold_then_heal(hold, || Ok(cluster.etcd[leader].proc.start()?))?;
+            cluster.dcs.servers[leader].proc.kill();
+            let at_us = hold_then_heal(hold, || Ok(cluster.dcs.servers[leader].proc.start()?))?;
             Ok(Injected::new(
                 None,
                 at_us,
                 format!(
                     "SIGKILL the {} leader {}; restarted after {hold:?}",
-                    cluster.dcs.name(),
-                    cluster.etcd[leader].name
+                    cluster.dcs.kind.name(),
+                    cluster.dcs.servers[leader].name
                 ),
             ))
         }
         FaultKind::EtcdStopAll => {
-            for member in &mut cluster.etcd {
+            for member in &mut cluster.dcs.servers {
                 member.proc.signal(libc::SIGSTOP);
             }
             let at_us = hold_then_heal(hold, || {
-                for member in &cluster.etcd {
+                for member in &cluster.dcs.servers {
                     member.proc.signal(libc::SIGCONT);
                 }
                 Ok(())
             })?;
-            let mut detail = format!("SIGSTOP all {} servers for {hold:?}", cluster.dcs.name());
+            let mut detail = format!(
+                "SIGSTOP all {} servers for {hold:?}",
+                cluster.dcs.kind.name()
+            );
             // ZooKeeper 3.8.0 (Debian's) sometimes comes back from a stop of
             // every server with a leader that never commits again: sessions
             // are created and expire unanswered, for any client. No agent can
             // recover from a DCS that serves nothing; an operator restarts
             // the servers, and so does this fault, saying so.
             if !dcs_serves_writes(cluster, DCS_SERVES_AFTER_HEAL) {
-                for member in &mut cluster.etcd {
+                for member in &mut cluster.dcs.servers {
                     member.proc.kill();
                     member.proc.start()?;
                 }
                 detail.push_str(&format!(
                     "; the {} servers accepted no write {DCS_SERVES_AFTER_HEAL:?} after SIGCONT: restarted them (operator action)",
-                    cluster.dcs.name()
+                    cluster.dcs.kind.name()
                 ));
             }
             Ok(Injected::new(None, at_us, detail))
@@ -520,7 +523,7 @@ pub fn run_fault(
                 BadKey::Leader => (cluster.key("leader"), None),
                 BadKey::Config => {
                     let key = cluster.key("config");
-                    let value = cluster.dcs_get(&key)?;
+                    let value = cluster.dcs.get(&key)?;
                     (key, value.filter(|v| !v.is_empty()))
                 }
                 BadKey::Member => (
@@ -528,12 +531,12 @@ pub fn run_fault(
                     None,
                 ),
             };
-            cluster.dcs_put(&key, GARBAGE.as_bytes())?;
+            cluster.dcs.put(&key, GARBAGE.as_bytes())?;
             let at_us = sys::now_us();
             let result = sys::sleep(hold);
             let repaired = match &original {
-                Some(value) => cluster.dcs_put(&key, value),
-                None => cluster.dcs_del(&key),
+                Some(value) => cluster.dcs.put(&key, value),
+                None => cluster.dcs.del(&key),
             };
             result?;
             repaired.map_err(|e| ChaosError::Client(format!("repairing {key}: {e}")))?;
