@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::checker::{self, Ack, DeposedAck, Promotion, Stats};
 use crate::faults::{FaultKind, PlannedFault};
-use crate::RunSettings;
+use crate::settings::RunSettings;
 
 /// One fault as it happened.
 #[derive(Clone, Debug, Serialize)]
@@ -470,7 +470,7 @@ mod tests {
     use super::*;
     use crate::checker::tests::ack;
     use crate::faults::{BadKey, Target};
-    use crate::{Dcs, Mode};
+    use crate::settings::{Dcs, Mode};
 
     fn planned(kind: FaultKind) -> PlannedFault {
         PlannedFault {

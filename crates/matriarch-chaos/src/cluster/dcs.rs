@@ -17,7 +17,8 @@ use super::layout::{etcd_ip, NODES};
 use super::node::Proc;
 use crate::error::{ChaosError, Result};
 use crate::netns::Lab;
-use crate::{sys, zk, Dcs};
+use crate::settings::Dcs;
+use crate::{sys, zk};
 
 /// etcd's program.
 const ETCD: &str = "/usr/bin/etcd";

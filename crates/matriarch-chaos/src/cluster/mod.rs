@@ -38,8 +38,8 @@ use self::layout::{DATA_PREFIX, TSIG_KEY};
 pub use self::node::{Node, Proc, Standby};
 use crate::error::{ChaosError, Result};
 use crate::netns::Lab;
+use crate::settings::{Dcs, Mode};
 use crate::sys;
-use crate::{Dcs, Mode};
 
 /// Removes the data directories (`/tmp/matriarch-chaos-<pid>-*`) of chaos runs
 /// whose process is gone; run after [`crate::netns::cleanup_stale`] killed their
