@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{ChaosError, Result};
-use crate::faults::FaultKind;
+use crate::faults::planned::FaultKind;
 
 /// How commits wait for replicas (`bootstrap.dcs.synchronous_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

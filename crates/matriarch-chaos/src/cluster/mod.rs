@@ -19,7 +19,7 @@
 //! [`only_primary`]: matriarch_testkit::cluster::only_primary
 
 mod dcs;
-mod layout;
+pub(crate) mod layout;
 mod node;
 mod running;
 

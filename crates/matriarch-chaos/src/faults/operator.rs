@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{resolve_target, Injected, PlannedFault, Target};
+use super::injected::Injected;
+use super::planned::{resolve_target, PlannedFault, Target};
 use crate::cluster::{Cluster, NODES};
 use crate::error::{ChaosError, Result};
 use crate::sys;

@@ -3,6 +3,7 @@
 use super::keys::garbage;
 use super::operator::other_timing;
 use super::*;
+use crate::sys::Rng;
 use std::collections::BTreeSet;
 
 #[test]
