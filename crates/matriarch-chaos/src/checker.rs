@@ -263,17 +263,15 @@ pub fn log_promotions(text: &str) -> Vec<u64> {
         .collect()
 }
 
+/// An acknowledgement with its times in milliseconds (for the tests here and
+/// in the report).
 #[cfg(test)]
-impl Ack {
-    /// An acknowledgement with its times in milliseconds (for the tests here and
-    /// in the report).
-    pub(crate) fn at_ms(id: i64, node: usize, sent_ms: u64, acked_ms: u64) -> Ack {
-        Ack {
-            id,
-            node,
-            sent_us: sent_ms * 1000,
-            acked_us: acked_ms * 1000,
-        }
+pub(crate) fn ack(id: i64, node: usize, sent_ms: u64, acked_ms: u64) -> Ack {
+    Ack {
+        id,
+        node,
+        sent_us: sent_ms * 1000,
+        acked_us: acked_ms * 1000,
     }
 }
 
@@ -304,7 +302,7 @@ mod tests {
     /// Acknowledgements from (id, node, sent ms, acked ms).
     fn acks(list: &[(i64, usize, u64, u64)]) -> Vec<Ack> {
         list.iter()
-            .map(|&(id, node, sent_ms, acked_ms)| Ack::at_ms(id, node, sent_ms, acked_ms))
+            .map(|&(id, node, sent_ms, acked_ms)| ack(id, node, sent_ms, acked_ms))
             .collect()
     }
 
@@ -390,7 +388,7 @@ mod tests {
             ]
         );
         // A poll-only promotion flags the previous primary's later acks.
-        let flagged = deposed_acks(&[Ack::at_ms(7, 1, 9_100, 9_200)], &all);
+        let flagged = deposed_acks(&[ack(7, 1, 9_100, 9_200)], &all);
         assert_eq!(flagged.len(), 1);
         assert_eq!(flagged[0].by, 2);
     }
@@ -399,9 +397,9 @@ mod tests {
     fn margins_measure_the_closest_call() {
         let promotions = node0_then_node1_at_1s();
         let acks = [
-            Ack::at_ms(1, 0, 900, 950),
-            Ack::at_ms(2, 0, 960, 990),
-            Ack::at_ms(3, 1, 1100, 1110),
+            ack(1, 0, 900, 950),
+            ack(2, 0, 960, 990),
+            ack(3, 1, 1100, 1110),
         ];
         let m = margins(&acks, &promotions);
         assert_eq!(m.len(), 1);
@@ -411,11 +409,7 @@ mod tests {
 
     #[test]
     fn lost_acks_are_the_acknowledged_ids_missing_at_the_end() {
-        let acks = [
-            Ack::at_ms(1, 0, 1, 2),
-            Ack::at_ms(2, 0, 3, 4),
-            Ack::at_ms(5, 1, 5, 6),
-        ];
+        let acks = [ack(1, 0, 1, 2), ack(2, 0, 3, 4), ack(5, 1, 5, 6)];
         let final_ids: BTreeSet<i64> = [1, 3, 4, 5].into_iter().collect();
         assert_eq!(lost_acks(&acks, &final_ids), vec![2]);
         let all: BTreeSet<i64> = [1, 2, 5].into_iter().collect();
@@ -429,11 +423,7 @@ mod tests {
         assert_eq!(window(&starts, 1000), Some(0));
         assert_eq!(window(&starts, 4999), Some(0));
         assert_eq!(window(&starts, 7000), Some(1));
-        let acks = [
-            Ack::at_ms(1, 0, 0, 1),
-            Ack::at_ms(2, 0, 1, 4),
-            Ack::at_ms(3, 1, 4, 6),
-        ];
+        let acks = [ack(1, 0, 0, 1), ack(2, 0, 1, 4), ack(3, 1, 4, 6)];
         // The write in flight at the fault (sent at 1 ms) does not count.
         assert_eq!(unavailability(&acks, 2000), Some(4000));
         assert_eq!(unavailability(&acks, 7000), None);
@@ -443,10 +433,10 @@ mod tests {
     fn the_worst_gap_sees_late_outages() {
         // Acks right after the fault, then nothing for 5 s, then acks again.
         let acks = [
-            Ack::at_ms(1, 0, 0, 1010),
-            Ack::at_ms(2, 0, 1011, 1020),
-            Ack::at_ms(3, 1, 1021, 6020),
-            Ack::at_ms(4, 1, 6021, 6030),
+            ack(1, 0, 0, 1010),
+            ack(2, 0, 1011, 1020),
+            ack(3, 1, 1021, 6020),
+            ack(4, 1, 6021, 6030),
         ];
         assert_eq!(unavailability(&acks, 1_000_000), Some(20_000));
         assert_eq!(worst_gap(&acks, 1_000_000, 7_000_000), 5_000_000);

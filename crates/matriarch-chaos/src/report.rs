@@ -468,6 +468,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checker::ack;
     use crate::faults::{BadKey, Target};
     use crate::settings::{Dcs, Mode};
 
@@ -529,9 +530,9 @@ mod tests {
     fn evaluated() -> Report {
         let mut report = sample_report();
         let acks = [
-            Ack::at_ms(1, 0, 900, 950),
-            Ack::at_ms(2, 0, 1100, 1400),
-            Ack::at_ms(3, 1, 5200, 5300),
+            ack(1, 0, 900, 950),
+            ack(2, 0, 1100, 1400),
+            ack(3, 1, 5200, 5300),
         ];
         let final_ids: BTreeSet<i64> = [1, 3].into_iter().collect();
         let promotions = checker::promotions(Some(0), &[(1, 4_000_000)], &[]);
