@@ -22,8 +22,9 @@ use matriarch_model::{
     LeaderStatus, Lsn, MemberName, Record, SyncState, SystemId, Timeline, TimelineHistory,
 };
 
+use crate::error::{DcsError, Expected};
+use crate::store::{Dcs, WatchOutcome};
 use crate::test_support::{lead, member, name, publish, timed_watch};
-use crate::{Dcs, DcsError, Expected, WatchOutcome};
 
 /// What the suite needs from a backend under test.
 #[async_trait]

@@ -9,7 +9,8 @@ use matriarch_model::{
     ClusterView, DcsKey, KeyLayout, Member, MemberName, Record, SystemId, Version,
 };
 
-use crate::{Dcs, DcsError, Expected, WatchOutcome};
+use crate::error::{DcsError, Expected};
+use crate::store::{Dcs, WatchOutcome};
 
 /// A [`Dcs`] that wraps another client and forwards to it every call it
 /// does not override: every type that implements it is a [`Dcs`].

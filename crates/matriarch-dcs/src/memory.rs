@@ -13,7 +13,9 @@ use matriarch_model::{
 };
 use tokio::sync::Notify;
 
-use crate::{is_record_key, Clock, DcsError, Expected, SystemClock, WatchOutcome};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{DcsError, Expected};
+use crate::store::{is_record_key, Dcs, WatchOutcome};
 
 const BACKEND: &str = "memory";
 
@@ -92,7 +94,7 @@ struct Shared {
     max_ttl: Mutex<Option<Duration>>,
 }
 
-/// An in-memory [`crate::Dcs`]: every contract of the trait, with TTLs on a
+/// An in-memory [`Dcs`]: every contract of the trait, with TTLs on a
 /// [`Clock`] that tests can drive ([`crate::ManualClock`]).
 ///
 /// [`MemoryDcs::connect`] makes another client of the same store, as another
@@ -261,7 +263,7 @@ fn check(key: &DcsKey, stored: Option<&Stored>, expected: Expected) -> Result<()
 }
 
 #[async_trait]
-impl crate::Dcs for MemoryDcs {
+impl Dcs for MemoryDcs {
     fn layout(&self) -> &KeyLayout {
         &self.layout
     }

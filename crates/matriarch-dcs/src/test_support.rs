@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use matriarch_model::{Lsn, Member, MemberName, MemberState, Role, Timeline};
 
-use crate::{Dcs, ForwardingDcs, MemoryDcs, WatchOutcome};
+use crate::forwarding::ForwardingDcs;
+use crate::memory::MemoryDcs;
+use crate::store::{Dcs, WatchOutcome};
 
 /// The member name `text`; panics when it is not a valid name (tests pass
 /// literals).

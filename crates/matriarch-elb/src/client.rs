@@ -9,12 +9,11 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_sdk_elasticloadbalancingv2 as sdk;
 use aws_sdk_elasticloadbalancingv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use matriarch_router::RouterError;
 use tracing::warn;
-
-use crate::sdk;
 
 /// How an [`ElbRouter`](crate::ElbRouter) reaches AWS: the region, the
 /// endpoint, and the bounds of every call.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use matriarch_router::RouterError;
 
-use crate::AwsConnection;
+use crate::client::AwsConnection;
 
 /// What an [`ElbRouter`](crate::ElbRouter) manages, and how it reaches AWS.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use matriarch_router::{Endpoint, RouterError};
 
-use crate::ElbRouterConfig;
+use crate::config::ElbRouterConfig;
 
 /// A target as registered in a target group.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

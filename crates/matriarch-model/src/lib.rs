@@ -14,6 +14,7 @@ mod lsn;
 mod member;
 mod records;
 mod secret;
+mod slot_name;
 mod slots;
 mod standby;
 mod switch;
@@ -37,9 +38,10 @@ pub use records::{
     LeaderStatus, SyncState, TimelineHistory,
 };
 pub use secret::Secret;
+pub use slot_name::{valid_slot_name, MAX_SLOT_NAME_LEN};
 pub use slots::{
-    valid_slot_name, DesiredSlots, IgnoreSlotRule, SlotConfigError, SlotKind, SlotReport,
-    SlotState, SlotsConfig, DEFAULT_MEMBER_SLOTS_TTL, MAX_SLOT_NAME_LEN,
+    DesiredSlots, IgnoreSlotRule, SlotConfigError, SlotKind, SlotReport, SlotState, SlotsConfig,
+    DEFAULT_MEMBER_SLOTS_TTL,
 };
 pub use standby::{StandbyCluster, StandbyClusterError};
 pub use switch::deserialize_switch;

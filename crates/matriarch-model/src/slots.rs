@@ -12,15 +12,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{ClusterConfig, Lsn};
+use crate::config::ClusterConfig;
+use crate::lsn::Lsn;
+use crate::slot_name::valid_slot_name;
 
 /// Patroni's default `member_slots_ttl`: a member's slot outlives the member
 /// by 30 minutes, so a member that restarts or is replaced by one with the
 /// same name finds its WAL still there.
 pub const DEFAULT_MEMBER_SLOTS_TTL: Duration = Duration::from_secs(30 * 60);
-
-/// The longest name PostgreSQL accepts for a slot (`NAMEDATALEN - 1`).
-pub const MAX_SLOT_NAME_LEN: usize = 63;
 
 /// What kind of slot a permanent slot is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -208,15 +207,6 @@ impl SlotsConfig {
         }
         (out, errors)
     }
-}
-
-/// Whether PostgreSQL accepts `name` as a slot name.
-pub fn valid_slot_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_SLOT_NAME_LEN
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn parse_permanent(name: &str, definition: &Value) -> Result<SlotKind, SlotConfigError> {
@@ -495,15 +485,5 @@ mod tests {
             errors.as_slice(),
             [SlotConfigError::SlotsNotAnObject { .. }]
         ));
-    }
-
-    #[test]
-    fn slot_names() {
-        assert!(valid_slot_name("pg_1"));
-        assert!(!valid_slot_name(""));
-        assert!(!valid_slot_name("A"));
-        assert!(!valid_slot_name("a-b"));
-        assert!(!valid_slot_name(&"a".repeat(64)));
-        assert!(valid_slot_name(&"a".repeat(63)));
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::slots::valid_slot_name;
+use crate::slot_name::valid_slot_name;
 
 /// Where a standby cluster takes its WAL from (Patroni's `standby_cluster`):
 /// the member holding the lock streams from `host:port` with the

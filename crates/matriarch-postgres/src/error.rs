@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use matriarch_model::SystemId;
 
-use crate::state::PgRole;
+use crate::role::PgRole;
 
 /// Which [`crate::Postgres`] operation an error comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -17,6 +17,7 @@ mod controller;
 mod error;
 pub mod memory;
 mod replica_method;
+mod role;
 mod secret;
 mod state;
 mod sync_standby;
@@ -38,9 +39,10 @@ pub use error::{Operation, PostgresError};
 pub use matriarch_os_user::OsIdentity;
 pub use memory::{MemoryPostgres, MemoryPostgresCluster};
 pub use replica_method::{BackupType, CustomMethod, PgBackRestConfig, ReplicaMethod};
+pub use role::PgRole;
 pub use secret::{Credentials, Secret};
 pub use state::{
-    DataDirectoryState, LocalState, PgRole, ReplicationConnection, ServerState, StandbySyncState,
+    DataDirectoryState, LocalState, ReplicationConnection, ServerState, StandbySyncState,
     WalPositions, WalSenderState,
 };
 pub use sync_standby::SyncStandbyNames;

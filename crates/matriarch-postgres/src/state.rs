@@ -1,29 +1,10 @@
 //! What [`crate::Postgres::observe`] reports about the local server.
 
-use std::fmt;
-
 use matriarch_model::{Lsn, MemberName, SystemId, Timeline};
 
+use crate::role::PgRole;
 use crate::sync_standby::SyncStandbyNames;
 use crate::upstream::Upstream;
-
-/// The role of a running server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PgRole {
-    /// Read-write (`pg_is_in_recovery()` is false).
-    Primary,
-    /// In recovery: streaming from an upstream or replaying archived WAL.
-    Replica,
-}
-
-impl fmt::Display for PgRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PgRole::Primary => "primary",
-            PgRole::Replica => "replica",
-        })
-    }
-}
 
 /// What the data directory says about a server that is not running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,10 +6,12 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use matriarch_postgres::{CustomMethod, PgControllerConfig, Postgres, ReplicaMethod, StartAs};
+use matriarch_postgres::{
+    CustomMethod, PgControllerConfig, Postgres, PostgresError, ReplicaMethod, StartAs,
+};
 use matriarch_testkit::PgOsUser;
 use tempfile::TempDir;
 
@@ -31,41 +33,66 @@ fn node(name: &str, adjust: impl FnOnce(&mut PgControllerConfig)) -> Node {
     })
 }
 
-/// A running primary to clone from, and a directory for the test's scripts
-/// (owned by the PostgreSQL OS user).
-async fn primary_and_scripts() -> (Node, TempDir) {
-    let primary = node("primary", |_| {});
-    primary
-        .ctl
-        .bootstrap(&PASSWORDS.spec())
-        .await
-        .expect("bootstrap");
-    let user = PgOsUser::detect().expect("OS user");
-    let scripts = user.tempdir("matriarch-scripts-").expect("tempdir");
-    (primary, scripts)
+/// What every test here clones from: a running primary, and a directory
+/// (owned by the PostgreSQL OS user) for the custom methods' scripts and
+/// what they leave behind.
+struct Cluster {
+    primary: Node,
+    scripts: TempDir,
 }
 
-/// A shell script (run as the PostgreSQL OS user) in `dir`.
-fn script(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write script");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    PgOsUser::detect()
-        .expect("OS user")
-        .chown(&path)
-        .expect("chown");
-    path.display().to_string()
-}
+impl Cluster {
+    async fn start() -> Cluster {
+        let primary = node("primary", |_| {});
+        primary
+            .ctl
+            .bootstrap(&PASSWORDS.spec())
+            .await
+            .expect("bootstrap");
+        let user = PgOsUser::detect().expect("OS user");
+        let scripts = user.tempdir("matriarch-scripts-").expect("tempdir");
+        Cluster { primary, scripts }
+    }
 
-fn custom(name: &str, command: String, keep_data: bool) -> ReplicaMethod {
-    ReplicaMethod::Command(CustomMethod {
-        name: name.to_owned(),
-        command: vec![command],
-        params: vec![("threads".to_owned(), "4".to_owned())],
-        keep_data,
-        no_params: false,
-        no_leader: false,
-    })
+    /// `name` in the scripts' directory.
+    fn file(&self, name: &str) -> PathBuf {
+        self.scripts.path().join(name)
+    }
+
+    /// Custom method `name` (with `--threads=4`): the shell script `body`,
+    /// run as the PostgreSQL OS user.
+    fn custom(&self, name: &str, body: &str, keep_data: bool) -> ReplicaMethod {
+        let path = self.file(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        PgOsUser::detect()
+            .expect("OS user")
+            .chown(&path)
+            .expect("chown");
+        ReplicaMethod::Command(CustomMethod {
+            name: name.to_owned(),
+            command: vec![path.display().to_string()],
+            params: vec![("threads".to_owned(), "4".to_owned())],
+            keep_data,
+            no_params: false,
+            no_leader: false,
+        })
+    }
+
+    /// Member `replica` trying `methods` in order, its configuration
+    /// adjusted, and what cloning it from the primary returned.
+    async fn clone_replica(
+        &self,
+        methods: Vec<ReplicaMethod>,
+        adjust: impl FnOnce(&mut PgControllerConfig),
+    ) -> (Node, Result<(), PostgresError>) {
+        let replica = node("replica", |c| {
+            c.replica_methods = methods;
+            adjust(c);
+        });
+        let cloned = replica.ctl.clone_replica(&self.primary.upstream()).await;
+        (replica, cloned)
+    }
 }
 
 /// A custom method that fails after writing into the data directory: it
@@ -73,32 +100,27 @@ fn custom(name: &str, command: String, keep_data: bool) -> ReplicaMethod {
 /// is removed, and `basebackup` then makes a replica that streams.
 #[tokio::test]
 async fn a_failed_custom_method_is_cleaned_up_and_basebackup_follows() {
-    let (primary, scripts) = primary_and_scripts().await;
-    let record = scripts.path().join("args");
-    let failing = script(
-        scripts.path(),
-        "failing-clone",
+    let cluster = Cluster::start().await;
+    let primary = &cluster.primary;
+    let record = cluster.file("args");
+    let failing = cluster.custom(
+        "wal_g",
         &format!(
             "printf '%s\\n' \"$@\" > {rec}\necho \"PGPASSWORD=$PGPASSWORD\" >> {rec}\n\
              for a in \"$@\"; do case $a in --datadir=*) touch \"${{a#--datadir=}}/junk\";; esac; done\n\
              exit 3\n",
             rec = record.display()
         ),
+        false,
     );
-    let replica = node("replica", |c| {
-        c.replica_methods = vec![
-            custom("wal_g", failing, false),
-            ReplicaMethod::Basebackup {
-                options: vec!["--verbose".to_owned()],
-            },
-        ];
-    });
+    let basebackup = ReplicaMethod::Basebackup {
+        options: vec!["--verbose".to_owned()],
+    };
+    let (replica, cloned) = cluster
+        .clone_replica(vec![failing, basebackup], |_| {})
+        .await;
+    cloned.expect("clone falls back to basebackup");
     let data_dir = replica.data_dir();
-    replica
-        .ctl
-        .clone_replica(&primary.upstream())
-        .await
-        .expect("clone falls back to basebackup");
 
     let recorded = std::fs::read_to_string(&record).expect("the custom method ran");
     let lines: Vec<&str> = recorded.lines().collect();
@@ -133,20 +155,17 @@ async fn a_failed_custom_method_is_cleaned_up_and_basebackup_follows() {
 /// (the next method needs an empty directory).
 #[tokio::test]
 async fn keep_data_keeps_a_failed_methods_files() {
-    let (primary, scripts) = primary_and_scripts().await;
-    let failing = script(
-        scripts.path(),
-        "failing-clone",
+    let cluster = Cluster::start().await;
+    let failing = cluster.custom(
+        "kept",
         "for a in \"$@\"; do case $a in --datadir=*) touch \"${a#--datadir=}/junk\";; esac; done\nexit 1\n",
+        true,
     );
-    let replica = node("replica", |c| {
-        c.replica_methods = vec![
-            custom("kept", failing, true),
-            ReplicaMethod::Basebackup { options: vec![] },
-        ];
-    });
-    let result = replica.ctl.clone_replica(&primary.upstream()).await;
-    assert!(result.is_err(), "{result:?}");
+    let basebackup = ReplicaMethod::Basebackup { options: vec![] };
+    let (replica, cloned) = cluster
+        .clone_replica(vec![failing, basebackup], |_| {})
+        .await;
+    assert!(cloned.is_err(), "{cloned:?}");
     let data_dir = replica.data_dir();
     assert!(data_dir.join("junk").exists());
     assert!(
@@ -159,26 +178,21 @@ async fn keep_data_keeps_a_failed_methods_files() {
 /// limit (not after a fixed time), and the next method runs.
 #[tokio::test]
 async fn a_stalled_method_is_stopped_and_the_next_one_runs() {
-    let (primary, scripts) = primary_and_scripts().await;
-    let pid_file = scripts.path().join("pid");
-    let stuck = script(
-        scripts.path(),
-        "stuck-clone",
+    let cluster = Cluster::start().await;
+    let pid_file = cluster.file("pid");
+    let stuck = cluster.custom(
+        "stuck",
         &format!("echo $$ > {}\nsleep 600\n", pid_file.display()),
+        false,
     );
-    let replica = node("replica", |c| {
-        c.timeouts.clone_stall = Duration::from_secs(3);
-        c.replica_methods = vec![
-            custom("stuck", stuck, false),
-            ReplicaMethod::Basebackup { options: vec![] },
-        ];
-    });
+    let basebackup = ReplicaMethod::Basebackup { options: vec![] };
     let started = Instant::now();
-    replica
-        .ctl
-        .clone_replica(&primary.upstream())
-        .await
-        .expect("basebackup after the stalled method");
+    let (_replica, cloned) = cluster
+        .clone_replica(vec![stuck, basebackup], |c| {
+            c.timeouts.clone_stall = Duration::from_secs(3);
+        })
+        .await;
+    cloned.expect("basebackup after the stalled method");
     let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(3),

@@ -21,7 +21,8 @@ use async_trait::async_trait;
 
 use matriarch_model::MemberName;
 
-use crate::{Endpoint, Router, RouterError, Routes};
+use crate::error::RouterError;
+use crate::router::{Endpoint, Router, Routes};
 
 /// What a backend serves at one moment, read from the backend itself.
 ///

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::join_all;
 
-use crate::{Endpoint, Router, RouterError, Routes};
+use crate::error::RouterError;
+use crate::router::{Endpoint, Router, Routes};
 
 /// A [`Router`] that forwards every call to all of its routers concurrently
 /// (say, a load balancer and a DNS record).

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use crate::{Endpoint, Router, RouterError, Routes};
+use crate::error::RouterError;
+use crate::router::{Endpoint, Router, Routes};
 
 /// One call a [`RecordingRouter`] received.
 #[derive(Clone, Debug, PartialEq, Eq)]

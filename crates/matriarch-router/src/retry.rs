@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Endpoint, Router, RouterError, Routes};
+use crate::error::RouterError;
+use crate::router::{Endpoint, Router, Routes};
 
 /// A [`Router`] layer that repeats a failed call, up to a number of attempts
 /// with a fixed pause between them, while the error

@@ -4,28 +4,10 @@
 //! with a reload, without a restart. An empty list leaves its file alone
 //! (initdb's, a base backup's, or one edited by hand).
 
+use super::auth_lines::{check_lines, AuthLines};
 use super::files;
 use super::PgController;
 use crate::error::{Operation, PostgresError};
-
-/// The `pg_hba.conf` and `pg_ident.conf` lines in force.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct AuthLines {
-    /// `pg_hba.conf` lines, first match wins; empty: the file is left alone.
-    pub(super) pg_hba: Vec<String>,
-    /// `pg_ident.conf` lines; empty: the file is left alone.
-    pub(super) pg_ident: Vec<String>,
-}
-
-/// Refuses a line that would break the file (a line break or NUL).
-pub(super) fn check_lines(what: &str, lines: &[String]) -> Result<(), PostgresError> {
-    match lines.iter().find(|line| line.contains(['\n', '\r', '\0'])) {
-        Some(line) => Err(PostgresError::InvalidConfig {
-            reason: format!("{what} line {line:?} holds a line break"),
-        }),
-        None => Ok(()),
-    }
-}
 
 impl PgController {
     /// Sets the `pg_hba.conf` and `pg_ident.conf` lines; they are written at

@@ -234,8 +234,8 @@ impl PgControllerConfig {
         for (name, value) in &self.parameters {
             check_parameter(name, value)?;
         }
-        super::auth_files::check_lines("pg_hba", &self.pg_hba)?;
-        super::auth_files::check_lines("pg_ident", &self.pg_ident)?;
+        super::auth_lines::check_lines("pg_hba", &self.pg_hba)?;
+        super::auth_lines::check_lines("pg_ident", &self.pg_ident)?;
         if self.replica_methods.is_empty() {
             return invalid("create_replica_methods is empty".to_owned());
         }

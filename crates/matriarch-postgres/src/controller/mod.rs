@@ -50,6 +50,7 @@
 //!   the new timeline soon; `rewind` also checkpoints a primary source first.
 
 mod auth_files;
+mod auth_lines;
 mod backup;
 mod bootstrap;
 mod clone;
@@ -93,7 +94,8 @@ pub use self::process::{PostmasterLauncher, PostmasterSpec};
 use self::sql::Target;
 use crate::bootstrap::BootstrapSpec;
 use crate::error::{Operation, PostgresError};
-use crate::state::{LocalState, PgRole};
+use crate::role::PgRole;
+use crate::state::LocalState;
 use crate::sync_standby::SyncStandbyNames;
 use crate::upstream::Upstream;
 use crate::{Postgres, RewindOutcome, StartAs, StopMode};
@@ -120,10 +122,10 @@ pub struct PgController {
     parameters: std::sync::RwLock<BTreeMap<String, ParameterValue>>,
     /// The `pg_hba.conf`/`pg_ident.conf` lines in force: the configuration's
     /// at first, then whatever [`PgController::set_auth_lines`] last accepted.
-    auth_lines: std::sync::RwLock<auth_files::AuthLines>,
+    auth_lines: std::sync::RwLock<auth_lines::AuthLines>,
     /// The cluster's (dynamic configuration's) `pg_hba`/`pg_ident` lines,
     /// used for a file whose node lines are empty.
-    cluster_auth_lines: std::sync::RwLock<auth_files::AuthLines>,
+    cluster_auth_lines: std::sync::RwLock<auth_lines::AuthLines>,
     /// The member the data directory was last cloned from, until it starts:
     /// such a copy cannot have diverged from its source.
     cloned_from: std::sync::Mutex<Option<MemberName>>,
@@ -165,11 +167,11 @@ impl PgController {
             server_log: config.server_log_path(),
             launcher: None,
             parameters: std::sync::RwLock::new(config.parameters.clone()),
-            auth_lines: std::sync::RwLock::new(auth_files::AuthLines {
+            auth_lines: std::sync::RwLock::new(auth_lines::AuthLines {
                 pg_hba: config.pg_hba.clone(),
                 pg_ident: config.pg_ident.clone(),
             }),
-            cluster_auth_lines: std::sync::RwLock::new(auth_files::AuthLines::default()),
+            cluster_auth_lines: std::sync::RwLock::new(auth_lines::AuthLines::default()),
             cloned_from: std::sync::Mutex::new(None),
             timeline_probe_failing: std::sync::atomic::AtomicBool::new(false),
             cluster_system_id: std::sync::RwLock::new(config.expected_system_id),

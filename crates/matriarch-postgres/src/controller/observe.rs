@@ -8,8 +8,9 @@ use super::files::DirContents;
 use super::sql;
 use super::PgController;
 use crate::error::{Operation, PostgresError};
+use crate::role::PgRole;
 use crate::state::{
-    DataDirectoryState, LocalState, PgRole, ReplicationConnection, ServerState, StandbySyncState,
+    DataDirectoryState, LocalState, ReplicationConnection, ServerState, StandbySyncState,
     WalPositions, WalSenderState,
 };
 use crate::sync_standby::SyncStandbyNames;

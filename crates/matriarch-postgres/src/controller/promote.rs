@@ -9,7 +9,7 @@ use super::files::DirContents;
 use super::sql;
 use super::{Live, PgController, PROMOTE_POLL};
 use crate::error::{Operation, PostgresError};
-use crate::state::PgRole;
+use crate::role::PgRole;
 use crate::upstream::Upstream;
 use crate::{StartAs, StopMode};
 

@@ -11,8 +11,8 @@ use super::sql::Target;
 use super::{files, quoting, sql};
 use super::{Live, PgController, POLL};
 use crate::error::{Operation, PostgresError};
+use crate::role::PgRole;
 use crate::secret::Credentials;
-use crate::state::PgRole;
 use crate::sync_standby::SyncStandbyNames;
 use crate::upstream::{push_libpq_value, Upstream};
 

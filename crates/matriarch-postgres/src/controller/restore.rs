@@ -12,7 +12,7 @@ use super::process::{last_lines, Finished};
 use super::{files, Live, PgController, POLL};
 use crate::bootstrap::{recovery_settings, BootstrapSpec, CustomBootstrap, RECOVERY_PARAMETERS};
 use crate::error::{Operation, PostgresError};
-use crate::state::PgRole;
+use crate::role::PgRole;
 use crate::sync_standby::SyncStandbyNames;
 use crate::StopMode;
 

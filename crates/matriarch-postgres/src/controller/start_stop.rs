@@ -11,7 +11,7 @@ use super::process::{arg, PostmasterLauncher};
 use super::{files, process};
 use super::{Live, PgController, IMMEDIATE_STOP, KILL_WAIT, POLL};
 use crate::error::{Operation, PostgresError};
-use crate::state::PgRole;
+use crate::role::PgRole;
 use crate::{StartAs, StopMode};
 
 impl PgController {
