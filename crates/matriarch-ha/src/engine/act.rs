@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::errors::{ActionError, PostgresCallError};
-use super::{bounded, pg_bounded, Engine};
+use super::state::Engine;
+use super::timeouts::{bounded, pg_bounded};
 use crate::decide::{Action, Decision, DemoteMode, EngineRole, LocalPostgres, LocalRole, Outcome};
 
 /// Races for `initialize`, runs the bootstrap, records the system id, writes
