@@ -97,6 +97,7 @@ pub(super) fn failsafe_leading(
         reason,
         demotion_deadline: plan.deadline,
         pending: None,
+        restart_in_place_since: None,
     };
     Some(decision)
 }

@@ -75,6 +75,19 @@ impl Inputs<'_> {
         Some(until.saturating_sub(margin))
     }
 
+    /// What a start of the stopped primary in place counts from: a run of
+    /// failed starts from its first, up to `primary_start_timeout`. Past it,
+    /// decide restarts in place only when no replica could take over, and
+    /// then each start counts from itself (nobody is waiting for the lock),
+    /// as does a first start.
+    pub(super) fn start_in_place_since(&self) -> Duration {
+        let timeout = self.config.primary_start_timeout;
+        self.memory
+            .primary_start_failed_since
+            .filter(|first| self.now < first.saturating_add(timeout))
+            .unwrap_or(self.now)
+    }
+
     /// A failsafe heartbeat acknowledged less than ttl ago.
     pub(super) fn fresh_heartbeat(&self) -> Option<&ReceivedHeartbeat> {
         self.failsafe

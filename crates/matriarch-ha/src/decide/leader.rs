@@ -95,7 +95,7 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
             if let Some(decision) = primary_not_starting(inputs, view, &mut plan) {
                 return decision;
             }
-            plan.push(Action::StartPrimary);
+            plan.start_primary_in_place(inputs);
             return plan.done(
                 EngineRole::Leader,
                 "holding the lock: restarting PostgreSQL as primary",

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::action::Action;
+use super::inputs::Inputs;
 
 /// The role the engine plays after this loop, for reporting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +38,14 @@ pub struct Decision {
     /// something or someone): shown as `pending` in `GET /patroni` and
     /// logged at info when it begins. `None` when nothing is held back.
     pub pending: Option<String>,
+    /// Set when this plan restarts the stopped primary in place (this node
+    /// leads and [`Action::StartPrimary`] is in the plan): the time
+    /// (monotonic) the start counts from. The lock's renewer keeps renewing
+    /// while the start runs, up to `primary_start_timeout` from then. A run
+    /// of failed starts counts from its first, up to `primary_start_timeout`;
+    /// past it (restarting in place only because no replica could take
+    /// over) each start counts from itself.
+    pub restart_in_place_since: Option<Duration>,
 }
 
 /// The plan under construction.
@@ -45,6 +54,8 @@ pub(super) struct Plan {
     pub(super) deadline: Option<Duration>,
     /// Appended to the reason (why failsafe did not keep a primary leading).
     pub(super) reason_note: Option<String>,
+    /// See [`Decision::restart_in_place_since`].
+    pub(super) restart_in_place_since: Option<Duration>,
 }
 
 impl Plan {
@@ -54,6 +65,7 @@ impl Plan {
             actions: Vec::new(),
             deadline: None,
             reason_note: None,
+            restart_in_place_since: None,
         }
     }
 
@@ -63,6 +75,7 @@ impl Plan {
             actions: std::mem::take(&mut self.actions),
             deadline: self.deadline,
             reason_note: self.reason_note.take(),
+            restart_in_place_since: self.restart_in_place_since.take(),
         }
     }
 
@@ -77,11 +90,19 @@ impl Plan {
             reason,
             demotion_deadline: self.deadline,
             pending: None,
+            restart_in_place_since: self.restart_in_place_since,
         }
     }
 
     pub(super) fn push(&mut self, action: Action) {
         self.actions.push(action);
+    }
+
+    /// Starts the stopped primary again in place, as the leader, counting
+    /// from [`Inputs::start_in_place_since`].
+    pub(super) fn start_primary_in_place(&mut self, inputs: &Inputs<'_>) {
+        self.push(Action::StartPrimary);
+        self.restart_in_place_since = Some(inputs.start_in_place_since());
     }
 
     /// Gives the lock up instead of renewing it: the plan so far, then

@@ -30,7 +30,7 @@ pub(super) fn primary_not_starting(
         .unwrap_or_else(|| "PostgreSQL does not start as primary".to_owned());
     let mut plan = plan.take();
     if failing_for < timeout {
-        plan.push(Action::StartPrimary);
+        plan.start_primary_in_place(inputs);
         // No elapsed time in the text: `pending` is logged when it changes.
         return Some(plan.wait(
             EngineRole::Leader,
@@ -53,7 +53,7 @@ pub(super) fn primary_not_starting(
             Some(decision)
         }
         None => {
-            plan.push(Action::StartPrimary);
+            plan.start_primary_in_place(inputs);
             Some(plan.wait(
                 EngineRole::Leader,
                 format!("{cause}; no healthy replica can take over: restarting in place"),

@@ -70,6 +70,7 @@ pub(super) fn planned_switchover(
         reason: "switchover: stepping down for the candidate".to_owned(),
         demotion_deadline: plan.deadline,
         pending: None,
+        restart_in_place_since: None,
     })
 }
 
@@ -209,7 +210,7 @@ pub(super) fn after_switchover(
         plan.push(Action::ClearFailoverRequest(request.version));
     }
     plan.push(Action::SwitchoverAbandoned(reason.clone()));
-    plan.push(Action::StartPrimary);
+    plan.start_primary_in_place(inputs);
     Some(plan.take().done(
         EngineRole::Leader,
         format!("switchover abandoned: {reason}"),
