@@ -1124,11 +1124,7 @@ async fn a_slow_postgres_answer_does_not_delay_the_lock_renewal_past_the_fence()
     };
     run_beside(engine, Duration::from_secs(31), check).await;
     assert!(leader.pg.calls.load(std::sync::atomic::Ordering::SeqCst) > 10);
-    assert!(
-        leader.events.lock().unwrap().is_empty(),
-        "{:?}",
-        leader.events
-    );
+    leader.assert_postgres_left_alone();
 }
 
 /// The other side of the same rule: a primary whose PostgreSQL no longer

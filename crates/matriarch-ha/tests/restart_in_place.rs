@@ -68,11 +68,7 @@ async fn a_crash_recovery_longer_than_the_fence_window_keeps_the_lock_and_the_pr
         );
     };
     run_beside(engine, Duration::from_secs(31), check).await;
-    assert!(
-        leader.events.lock().unwrap().is_empty(),
-        "{:?}",
-        leader.events
-    );
+    leader.assert_postgres_left_alone();
 }
 
 /// The other side: a start that never ends (a postmaster stuck in its

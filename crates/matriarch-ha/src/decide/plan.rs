@@ -79,6 +79,7 @@ impl Plan {
         }
     }
 
+    /// The decision: this plan, with `role` and why (and the note, if any).
     pub(super) fn done(self, role: EngineRole, reason: impl Into<String>) -> Decision {
         let mut reason = reason.into();
         if let Some(note) = self.reason_note {

@@ -176,7 +176,7 @@ pub(crate) struct TimedLeader {
     /// shared with the engine's).
     pub(crate) pg: SlowPg,
     /// What the engine did to PostgreSQL besides starting it.
-    pub(crate) events: Events,
+    events: Events,
 }
 
 /// The engine of a [`TimedLeader`].
@@ -257,6 +257,13 @@ impl TimedLeader {
             "the fence fired at {fired_at:?}, after the lock was free at {lock_free_at:?}"
         );
         fired_at
+    }
+
+    /// Asserts that the engine did nothing to PostgreSQL but start it (no
+    /// demotion, no stop): the primary rode out whatever happened.
+    pub(crate) fn assert_postgres_left_alone(&self) {
+        let events = self.events.lock().unwrap();
+        assert!(events.is_empty(), "{events:?}");
     }
 }
 
