@@ -11,13 +11,9 @@
 use std::time::Duration;
 
 use matriarch_model::ClusterConfig;
-use std::sync::Arc;
 
 mod support;
-use support::fake_pg::{Events, FakePg};
-use support::timed::{
-    fired_before, tick_until_the_lock_is_lost, timed_leader_with_connection, SlowPg,
-};
+use support::timed::{run_beside, timed_leader_with};
 
 /// When the stall starts (the engine has led for a while by then).
 const STALL_AT: Duration = Duration::from_secs(10);
@@ -42,41 +38,39 @@ async fn a_primary_rides_out_a_dcs_stall_shorter_than_its_fence_window() {
         stall > Duration::from_secs(2),
         "a 2 s etcd election is ridden out at the defaults: {stall:?}"
     );
-    let events: Events = Arc::default();
-    let fake = FakePg::primary(800, &events);
-    let (engine, store, connection, fence, clock) =
-        timed_leader_with_connection(SlowPg::new(fake.clone(), None)).await;
+    let (engine, leader) = timed_leader_with(|_| {}).await;
     let check = async {
-        let lost = tick_until_the_lock_is_lost(&store, &clock, 250, |now| {
-            connection.set_reachable(!(STALL_AT..STALL_AT + stall).contains(&now));
-            let fired = fence.fired();
-            assert_eq!(fired, None, "the fence fired during a stall of {stall:?}");
-            assert!(fake.is_writable_primary(), "not writable at {now:?}");
-        })
-        .await;
+        let lost = leader
+            .tick_until_the_lock_is_lost(250, |now| {
+                leader
+                    .connection
+                    .set_reachable(!(STALL_AT..STALL_AT + stall).contains(&now));
+                let fired = leader.fence.fired();
+                assert_eq!(fired, None, "the fence fired during a stall of {stall:?}");
+                assert!(
+                    leader.pg.inner.is_writable_primary(),
+                    "not writable at {now:?}"
+                );
+            })
+            .await;
         assert_eq!(lost, None, "the lock was lost");
     };
-    tokio::join!(
-        engine.run(tokio::time::sleep(Duration::from_secs(26))),
-        check
-    );
-    assert!(events.lock().unwrap().is_empty(), "{:?}", events);
+    run_beside(engine, Duration::from_secs(26), check).await;
+    leader.assert_postgres_left_alone();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_longer_stall_stops_writes_by_the_fence_window_before_the_lock_can_expire() {
     let config = ClusterConfig::default();
-    let events: Events = Arc::default();
-    let fake = FakePg::primary(800, &events);
-    let (engine, store, connection, fence, clock) =
-        timed_leader_with_connection(SlowPg::new(fake.clone(), None)).await;
+    let (engine, leader) = timed_leader_with(|_| {}).await;
     let check = async {
-        let lock_free_at = tick_until_the_lock_is_lost(&store, &clock, 300, |now| {
-            connection.set_reachable(now < STALL_AT);
-        })
-        .await
-        .expect("the lock of a primary cut off for good stayed");
-        let fired_at = fired_before(&fence, lock_free_at);
+        let lock_free_at = leader
+            .tick_until_the_lock_is_lost(300, |now| {
+                leader.connection.set_reachable(now < STALL_AT);
+            })
+            .await
+            .expect("the lock of a primary cut off for good stayed");
+        let fired_at = leader.fired_before(lock_free_at);
         // Not before the window after the last renewal (at most one loop
         // before the stall), and by the window after the stall began.
         assert!(
@@ -88,8 +82,5 @@ async fn a_longer_stall_stops_writes_by_the_fence_window_before_the_lock_can_exp
             "fired at {fired_at:?}: later than the window after the stall began"
         );
     };
-    tokio::join!(
-        engine.run(tokio::time::sleep(Duration::from_secs(31))),
-        check
-    );
+    run_beside(engine, Duration::from_secs(31), check).await;
 }

@@ -1985,6 +1985,9 @@ fn switchover_not_taken_over_the_former_leader_waits_then_starts_as_primary_on_i
         "{acts:?}"
     );
     assert_eq!(acts[3], Action::StartPrimary);
+    // The same data directory, started in place: the renewer keeps the lock
+    // taken back while it starts.
+    assert_eq!(decision.restart_in_place_since, Some(world.now));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use matriarch_router::{Endpoint, RecordingRouter, Router, RouterCall, RouterErro
 mod support;
 use support::fake_pg::{Events, FakePg, RecordingFence};
 use support::scene::SYSID;
-use support::timed::{fired_before, tick_until_the_lock_is_lost, timed_leader, SlowPg};
+use support::timed::{run_beside, timed_leader_with};
 use support::LogCapture;
 
 fn name(n: &str) -> MemberName {
@@ -1109,24 +1109,22 @@ async fn a_repeated_reason_not_to_race_is_logged_once_and_shown_in_the_status() 
 #[tokio::test(start_paused = true)]
 async fn a_slow_postgres_answer_does_not_delay_the_lock_renewal_past_the_fence() {
     let config = ClusterConfig::default();
-    let events: Events = Arc::default();
-    let fake = FakePg::primary(800, &events);
-    let pg = SlowPg::new(fake.clone(), Some(config.retry_timeout));
-    let (engine, store, fence, _clock) = timed_leader(pg.clone()).await;
+    let (engine, leader) = timed_leader_with(|pg| pg.slow = Some(config.retry_timeout)).await;
     let check = async {
-        for _ in 0..300 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let view = store.connect().read_view().await.unwrap();
-            assert_eq!(view.leader_name(), Some(&name("a")), "the lock was lost");
-            assert_eq!(fence.fired(), None, "the fence fired on a healthy primary");
-        }
+        let lost = leader
+            .tick_until_the_lock_is_lost(300, |_| {
+                assert_eq!(
+                    leader.fence.fired(),
+                    None,
+                    "the fence fired on a healthy primary"
+                );
+            })
+            .await;
+        assert_eq!(lost, None, "the lock was lost");
     };
-    tokio::join!(
-        engine.run(tokio::time::sleep(Duration::from_secs(31))),
-        check
-    );
-    assert!(pg.calls.load(std::sync::atomic::Ordering::SeqCst) > 10);
-    assert!(events.lock().unwrap().is_empty(), "{:?}", events);
+    run_beside(engine, Duration::from_secs(31), check).await;
+    assert!(leader.pg.calls.load(std::sync::atomic::Ordering::SeqCst) > 10);
+    leader.assert_postgres_left_alone();
 }
 
 /// The other side of the same rule: a primary whose PostgreSQL no longer
@@ -1135,27 +1133,26 @@ async fn a_slow_postgres_answer_does_not_delay_the_lock_renewal_past_the_fence()
 /// while the hung primary may still take writes).
 #[tokio::test(start_paused = true)]
 async fn a_hung_postgres_is_fenced_and_then_loses_the_lock() {
-    let events: Events = Arc::default();
-    let pg = SlowPg::new(FakePg::primary(800, &events), None);
-    let (engine, store, fence, clock) = timed_leader(pg.clone()).await;
+    let (engine, leader) = timed_leader_with(|_| {}).await;
     let hung_at = Duration::from_secs(10);
     let check = async {
-        let lock_free_at = tick_until_the_lock_is_lost(&store, &clock, 400, |now| {
-            if now >= hung_at {
-                pg.hung.store(true, std::sync::atomic::Ordering::SeqCst);
-            } else {
-                assert_eq!(fence.fired(), None);
-            }
-        })
-        .await
-        .expect("a hung primary kept the leader lock for 30 s");
+        let lock_free_at = leader
+            .tick_until_the_lock_is_lost(400, |now| {
+                if now >= hung_at {
+                    leader
+                        .pg
+                        .hung
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                } else {
+                    assert_eq!(leader.fence.fired(), None);
+                }
+            })
+            .await
+            .expect("a hung primary kept the leader lock for 30 s");
         assert!(lock_free_at >= hung_at, "lost the lock before hanging");
-        fired_before(&fence, lock_free_at);
+        leader.fired_before(lock_free_at);
     };
-    tokio::join!(
-        engine.run(tokio::time::sleep(Duration::from_secs(41))),
-        check
-    );
+    run_beside(engine, Duration::from_secs(41), check).await;
 }
 
 /// Issue 21, item 8: a `failover` key naming a member that does not exist

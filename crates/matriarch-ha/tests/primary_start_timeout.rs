@@ -110,6 +110,52 @@ fn the_primary_restarts_in_place_until_primary_start_timeout_then_hands_over() {
     assert!(decision.reason.contains(CAUSE), "{}", decision.reason);
 }
 
+/// The engine's renewer keeps the lock while a start in place runs, up to
+/// `primary_start_timeout` from the time the decision says the start counts
+/// from.
+#[test]
+fn a_restart_in_place_counts_from_the_first_failed_start_then_from_itself() {
+    let timeout = ClusterConfig::default().primary_start_timeout;
+    // Within the timeout: from the first failed start of the run.
+    let mut within = World::leader_failing_for(timeout - Duration::from_secs(1));
+    within.replica("b", 1000, Tags::default());
+    let decision = within.decide();
+    assert!(restarts_in_place(&decision), "{decision:?}");
+    assert_eq!(
+        decision.restart_in_place_since,
+        Some(within.now - (timeout - Duration::from_secs(1))),
+        "the first failure's time"
+    );
+
+    // Past it, nobody to hand over to: this start counts from itself.
+    let past = World::leader_failing_for(timeout * 20);
+    let decision = past.decide();
+    assert!(restarts_in_place(&decision), "{decision:?}");
+    assert_eq!(decision.restart_in_place_since, Some(past.now));
+
+    // Past it with a replica to take over: no start in place at all.
+    let mut handing_over = World::leader_failing_for(timeout);
+    handing_over.replica("b", 1000, Tags::default());
+    let decision = handing_over.decide();
+    assert!(hands_over(&decision), "{decision:?}");
+    assert_eq!(decision.restart_in_place_since, None);
+
+    // A first start (none failed yet) counts from itself.
+    let mut first = World::leader_failing_for(Duration::ZERO);
+    first.memory.primary_start_failed_since = None;
+    first.memory.primary_start_failures = 0;
+    let decision = first.decide();
+    assert!(restarts_in_place(&decision), "{decision:?}");
+    assert_eq!(decision.restart_in_place_since, Some(first.now));
+
+    // A leader running its primary restarts nothing.
+    let mut running = World::leader_failing_for(Duration::ZERO);
+    running.running_primary_holding_the_lock(1000);
+    let decision = running.decide();
+    assert_eq!(decision.role, EngineRole::Leader, "{decision:?}");
+    assert_eq!(decision.restart_in_place_since, None);
+}
+
 #[test]
 fn a_timeout_of_zero_hands_over_after_the_first_failed_start() {
     let mut world = World::leader_failing_for(Duration::ZERO);

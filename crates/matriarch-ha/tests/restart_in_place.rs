@@ -6,16 +6,14 @@
 //! that never ends still loses the lock, fenced first.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use matriarch_dcs::{Clock, Dcs, MemoryDcs};
+use matriarch_dcs::Dcs;
 use matriarch_ha::sim::running_member;
 use matriarch_model::{ClusterConfig, MemberName, Role};
 
 mod support;
-use support::fake_pg::{Events, FakePg};
-use support::timed::{fired_before, tick_until_the_lock_is_lost, timed_leader, SlowPg, TimedFence};
+use support::timed::{run_beside, timed_leader_with, TimedLeader};
 
 /// When the tests crash PostgreSQL (the engine has led a running primary for
 /// a while by then).
@@ -25,28 +23,27 @@ const CRASH_AT: Duration = Duration::from_secs(5);
 /// `each_tick(now)` on each: the leader keeps its lock and its fence never
 /// fires. Returns when PostgreSQL ran as a writable primary again.
 async fn crash_and_watch_the_restart(
-    store: &MemoryDcs,
-    clock: &Arc<dyn Clock>,
-    fence: &TimedFence,
-    pg: &FakePg,
+    leader: &TimedLeader,
     ticks: usize,
     mut each_tick: impl FnMut(Duration),
 ) -> Duration {
+    let pg = &leader.pg.inner;
     let mut crashed = false;
     let mut restarted_at = None;
-    let lost = tick_until_the_lock_is_lost(store, clock, ticks, |now| {
-        if !crashed && now >= CRASH_AT {
-            pg.state.lock().unwrap().running = false;
-            crashed = true;
-        }
-        each_tick(now);
-        if crashed && restarted_at.is_none() && pg.is_writable_primary() {
-            restarted_at = Some(now);
-        }
-        let fired = fence.fired();
-        assert_eq!(fired, None, "the fence fired while restarting in place");
-    })
-    .await;
+    let lost = leader
+        .tick_until_the_lock_is_lost(ticks, |now| {
+            if !crashed && now >= CRASH_AT {
+                pg.state.lock().unwrap().running = false;
+                crashed = true;
+            }
+            each_tick(now);
+            if crashed && restarted_at.is_none() && pg.is_writable_primary() {
+                restarted_at = Some(now);
+            }
+            let fired = leader.fence.fired();
+            assert_eq!(fired, None, "the fence fired while restarting in place");
+        })
+        .await;
     assert_eq!(lost, None, "the lock was lost");
     restarted_at.expect("not restarted in place as primary")
 }
@@ -62,24 +59,16 @@ async fn a_crash_recovery_longer_than_the_fence_window_keeps_the_lock_and_the_pr
     let recovery = Duration::from_secs(8);
     assert!(recovery > config.ttl - config.write_stop_margin(config.ttl));
     assert!(recovery < config.primary_start_timeout);
-    let events: Events = Arc::default();
-    let fake = FakePg::primary(800, &events);
-    let mut pg = SlowPg::new(fake.clone(), None);
-    pg.start_takes = Some(recovery);
-    let (engine, store, fence, clock) = timed_leader(pg).await;
+    let (engine, leader) = timed_leader_with(|pg| pg.start_takes = Some(recovery)).await;
     let check = async {
-        let restarted_at =
-            crash_and_watch_the_restart(&store, &clock, &fence, &fake, 300, |_| {}).await;
+        let restarted_at = crash_and_watch_the_restart(&leader, 300, |_| {}).await;
         assert!(
             restarted_at <= CRASH_AT + recovery + config.loop_wait * 2,
             "restarted only at {restarted_at:?}"
         );
     };
-    tokio::join!(
-        engine.run(tokio::time::sleep(Duration::from_secs(31))),
-        check
-    );
-    assert!(events.lock().unwrap().is_empty(), "{:?}", events);
+    run_beside(engine, Duration::from_secs(31), check).await;
+    leader.assert_postgres_left_alone();
 }
 
 /// The other side: a start that never ends (a postmaster stuck in its
@@ -89,14 +78,12 @@ async fn a_crash_recovery_longer_than_the_fence_window_keeps_the_lock_and_the_pr
 #[tokio::test(start_paused = true)]
 async fn a_start_that_never_ends_gives_the_lock_up_after_primary_start_timeout_fenced_first() {
     let config = ClusterConfig::default();
-    let events: Events = Arc::default();
-    let fake = FakePg::primary(800, &events);
-    let pg = SlowPg::new(fake.clone(), None);
-    pg.start_hangs.store(true, Ordering::SeqCst);
-    let (engine, store, fence, clock) = timed_leader(pg).await;
+    let (engine, leader) =
+        timed_leader_with(|pg| pg.start_hangs.store(true, Ordering::SeqCst)).await;
     // Replica b, as far as the leader, could take over.
     let b = MemberName::new("b").unwrap();
-    store
+    leader
+        .store
         .connect()
         .publish_member(
             &running_member(&b, Role::Replica, 800, 1),
@@ -107,24 +94,22 @@ async fn a_start_that_never_ends_gives_the_lock_up_after_primary_start_timeout_f
     let bound = CRASH_AT + config.primary_start_timeout + config.ttl + config.loop_wait;
     let check = async {
         let mut crashed = false;
-        let lock_free_at = tick_until_the_lock_is_lost(&store, &clock, 600, |now| {
-            if !crashed && now >= CRASH_AT {
-                fake.state.lock().unwrap().running = false;
-                crashed = true;
-            }
-        })
-        .await
-        .expect("a start that never ends kept the lock for 60 s");
+        let lock_free_at = leader
+            .tick_until_the_lock_is_lost(600, |now| {
+                if !crashed && now >= CRASH_AT {
+                    leader.pg.inner.state.lock().unwrap().running = false;
+                    crashed = true;
+                }
+            })
+            .await
+            .expect("a start that never ends kept the lock for 60 s");
         assert!(
             lock_free_at <= bound,
             "the lock was free only at {lock_free_at:?}, after {bound:?}"
         );
-        fired_before(&fence, lock_free_at);
+        leader.fired_before(lock_free_at);
     };
-    tokio::join!(
-        engine.run(tokio::time::sleep(Duration::from_secs(61))),
-        check
-    );
+    run_beside(engine, Duration::from_secs(61), check).await;
 }
 
 /// Past primary_start_timeout with no replica able to take over, the leader
@@ -137,18 +122,16 @@ async fn without_a_successor_each_start_past_the_timeout_keeps_the_lock_while_it
     let config = ClusterConfig::default();
     let recovery = Duration::from_secs(8);
     let starts_again_at = CRASH_AT + config.primary_start_timeout + Duration::from_secs(5);
-    let events: Events = Arc::default();
-    let fake = FakePg::primary(800, &events);
-    let mut pg = SlowPg::new(fake.clone(), None);
-    pg.start_takes = Some(recovery);
-    // Every start fails until well past primary_start_timeout.
-    pg.start_fails.store(true, Ordering::SeqCst);
-    let start_fails = Arc::clone(&pg.start_fails);
-    let (engine, store, fence, clock) = timed_leader(pg).await;
+    let (engine, leader) = timed_leader_with(|pg| {
+        pg.start_takes = Some(recovery);
+        // Every start fails until well past primary_start_timeout.
+        pg.start_fails.store(true, Ordering::SeqCst);
+    })
+    .await;
     let check = async {
-        let restarted_at = crash_and_watch_the_restart(&store, &clock, &fence, &fake, 600, |now| {
+        let restarted_at = crash_and_watch_the_restart(&leader, 600, |now| {
             if now >= starts_again_at {
-                start_fails.store(false, Ordering::SeqCst);
+                leader.pg.start_fails.store(false, Ordering::SeqCst);
             }
         })
         .await;
@@ -157,8 +140,5 @@ async fn without_a_successor_each_start_past_the_timeout_keeps_the_lock_while_it
             "restarted only at {restarted_at:?}"
         );
     };
-    tokio::join!(
-        engine.run(tokio::time::sleep(Duration::from_secs(61))),
-        check
-    );
+    run_beside(engine, Duration::from_secs(61), check).await;
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use matriarch_model::{ClusterView, Failsafe, MemberName};
 
+use super::action::{Action, DemoteMode};
+use super::inputs::Inputs;
 use super::observed::LocalRole;
-use super::{Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
+use super::plan::{Decision, EngineRole, Plan};
 
 pub(super) fn dcs_unreachable(inputs: &Inputs<'_>, mut plan: Plan) -> Decision {
     let holds_lock = inputs.memory.lock_renewed_at.is_some();
@@ -95,6 +97,7 @@ pub(super) fn failsafe_leading(
         reason,
         demotion_deadline: plan.deadline,
         pending: None,
+        restart_in_place_since: None,
     };
     Some(decision)
 }

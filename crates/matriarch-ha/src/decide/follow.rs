@@ -2,10 +2,13 @@
 
 use matriarch_model::{ClusterView, MemberName, MemberState, Role};
 
+use super::action::{Action, DemoteMode};
+use super::inputs::Inputs;
 use super::observed::LocalRole;
+use super::plan::{Decision, EngineRole, Plan};
 use super::slots::push_replica_slots;
 use super::upstream::node_to_follow;
-use super::{member, Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
+use super::view::member;
 
 /// After this many loops following an upstream without streaming from it, a
 /// replica is taken for diverged and stopped to be rewound (pg_rewind finds

@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use matriarch_model::{ClusterConfig, ClusterView};
 
+use super::action::{Action, DemoteMode};
 use super::failsafe::desired_failsafe;
+use super::inputs::Inputs;
 use super::observed::LocalRole;
+use super::plan::{Decision, EngineRole, Plan};
 use super::promotion::{push_promotion, push_route};
 use super::race::race_verdict;
 use super::slots::push_leader_slots;
@@ -14,7 +17,6 @@ use super::standby::{config_unreadable, standby_leader};
 use super::start_timeout::primary_not_starting;
 use super::switchover::{planned_switchover, unknown_candidate, UnknownCandidate};
 use super::sync::maintain_sync;
-use super::{Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
 
 pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
     let me = &inputs.node.name;
@@ -93,7 +95,7 @@ pub(super) fn leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) ->
             if let Some(decision) = primary_not_starting(inputs, view, &mut plan) {
                 return decision;
             }
-            plan.push(Action::StartPrimary);
+            plan.start_primary_in_place(inputs);
             return plan.done(
                 EngineRole::Leader,
                 "holding the lock: restarting PostgreSQL as primary",

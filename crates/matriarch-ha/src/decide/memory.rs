@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use matriarch_model::{ClusterView, Lsn, Member, MemberName, Version};
 
+use super::action::{Action, DemoteMode, Routes};
 use super::observed::{LastLeader, LocalPostgres, LocalRole};
-use super::{member, Action, DemoteMode, Routes};
+use super::view::member;
 
 /// What the engine remembers between loops. The loop updates it from the
 /// outcome of each action ([`Memory::record`]); `decide` only reads it.

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use matriarch_model::{ClusterView, MemberName, MemberState, Role, SynchronousMode};
 
-use super::{Action, Inputs, Plan, Routes};
+use super::action::{Action, Routes};
+use super::inputs::Inputs;
+use super::plan::Plan;
 
 /// Promotion, preceded in synchronous mode by emptying the `sync` key: until
 /// this node waits for standbys of its own, no other member may be promoted

@@ -6,18 +6,19 @@ use matriarch_model::{
     ClusterView, Initialize, Lsn, Member, MemberName, MemberState, SynchronousMode,
 };
 
+use super::action::{Action, DemoteMode};
+use super::candidate::candidate_looks_able;
 use super::failsafe::failsafe_verdict;
+use super::inputs::Inputs;
 use super::memory::Memory;
 use super::observed::{LocalRole, PeerReport};
+use super::plan::{Decision, EngineRole, Plan};
 use super::promotion::push_promotion;
 use super::standby::{config_unreadable, push_standby_race_win};
 use super::start_timeout::handed_over_bar;
 use super::switchover::after_switchover;
 use super::sync::sync_verdict;
-use super::{
-    candidate_looks_able, cluster_system_id, cluster_timeline, history_next_timeline, member,
-    Action, Decision, DemoteMode, EngineRole, Inputs, Plan,
-};
+use super::view::{cluster_system_id, cluster_timeline, history_next_timeline, member};
 
 pub(super) fn no_leader(inputs: &Inputs<'_>, view: &ClusterView, mut plan: Plan) -> Decision {
     let local = inputs.local;

@@ -15,26 +15,13 @@
 //! reports (the slot is idle and would hold WAL for ever).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use matriarch_model::{ClusterView, DesiredSlots, MemberName, SlotKind, SlotsConfig};
 
-use super::{member, Action, Inputs, Plan};
-
-/// What [`Action::ReconcileSlots`] asks for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SlotPlan {
-    /// The slots the local server should have.
-    pub desired: DesiredSlots,
-    /// Leader only: when (monotonic) each member slot's member was last
-    /// seen, for [`crate::Memory::slot_members_seen`]; the slots kept are
-    /// the ones named here, and they go into the `status` key's
-    /// `retain_slots`.
-    pub members_seen: Option<BTreeMap<String, Duration>>,
-    /// Invalid entries of `slots`, `ignore_slots` and `member_slots_ttl`,
-    /// left out (the engine logs them once).
-    pub config_errors: Vec<String>,
-}
+use super::action::{Action, SlotPlan};
+use super::inputs::Inputs;
+use super::plan::Plan;
+use super::view::member;
 
 /// The leader with a running primary: keep its members' slots and the
 /// permanent ones, drop the rest.

@@ -6,8 +6,10 @@
 
 use matriarch_model::{ClusterView, Member, Role, StandbyCluster};
 
+use super::action::{Action, DemoteMode};
+use super::inputs::Inputs;
 use super::observed::LocalRole;
-use super::{Action, Decision, DemoteMode, EngineRole, Inputs, Plan};
+use super::plan::{Decision, EngineRole, Plan};
 
 /// The section in force, if this is a standby cluster.
 pub(super) fn standby_section<'a>(inputs: &Inputs<'a>) -> Option<&'a StandbyCluster> {
@@ -27,7 +29,7 @@ pub(super) fn config_unreadable(view: &ClusterView) -> bool {
 /// local state is handled like any leader's (no data, unknown).
 pub(super) fn standby_leader(inputs: &Inputs<'_>, plan: &mut Plan) -> Option<Decision> {
     let section = standby_section(inputs)?;
-    let plan = super::take(plan);
+    let plan = plan.take();
     Some(match &inputs.local.role {
         LocalRole::Primary => demote_primary(plan),
         LocalRole::Stopped { .. } => follow_source(

@@ -6,7 +6,11 @@
 
 use matriarch_model::{ClusterView, Member, MemberName, SynchronousMode};
 
-use super::{candidate_looks_able, in_sync_key, Action, Decision, EngineRole, Inputs, Plan};
+use super::action::Action;
+use super::candidate::candidate_looks_able;
+use super::inputs::Inputs;
+use super::plan::{Decision, EngineRole, Plan};
+use super::view::in_sync_key;
 
 /// The decision for a leader whose stopped PostgreSQL (that ran as primary)
 /// has failed to start; `None` while no start has failed yet (the caller
@@ -24,9 +28,9 @@ pub(super) fn primary_not_starting(
         .start_failure
         .clone()
         .unwrap_or_else(|| "PostgreSQL does not start as primary".to_owned());
-    let mut plan = super::take(plan);
+    let mut plan = plan.take();
     if failing_for < timeout {
-        plan.push(Action::StartPrimary);
+        plan.start_primary_in_place(inputs);
         // No elapsed time in the text: `pending` is logged when it changes.
         return Some(plan.wait(
             EngineRole::Leader,
@@ -49,7 +53,7 @@ pub(super) fn primary_not_starting(
             Some(decision)
         }
         None => {
-            plan.push(Action::StartPrimary);
+            plan.start_primary_in_place(inputs);
             Some(plan.wait(
                 EngineRole::Leader,
                 format!("{cause}; no healthy replica can take over: restarting in place"),

@@ -3,11 +3,12 @@
 
 use matriarch_model::{ClusterView, FailoverRequest, Lsn, Member, SynchronousMode, Versioned};
 
+use super::action::{Action, DemoteMode};
+use super::candidate::candidate_looks_able;
+use super::inputs::Inputs;
 use super::observed::LocalRole;
-use super::{
-    candidate_looks_able, cluster_timeline, in_sync_key, member, take, wrote_sync_key, Action,
-    Decision, DemoteMode, EngineRole, Inputs, Plan,
-};
+use super::plan::{Decision, EngineRole, Plan};
+use super::view::{cluster_timeline, in_sync_key, member, wrote_sync_key};
 
 /// The readable `failover` key, if it asks this leader (or any leader) to hand
 /// over to another member and its scheduled time has come.
@@ -69,6 +70,7 @@ pub(super) fn planned_switchover(
         reason: "switchover: stepping down for the candidate".to_owned(),
         demotion_deadline: plan.deadline,
         pending: None,
+        restart_in_place_since: None,
     })
 }
 
@@ -145,7 +147,7 @@ pub(super) fn after_switchover(
         // step down again.
         return request.map(|request| {
             plan.push(Action::ClearFailoverRequest(request.version));
-            take(plan).done(
+            plan.take().done(
                 EngineRole::Demoting,
                 format!(
                     "switchover abandoned: cannot confirm that {} did not promote; rejoining through the usual race",
@@ -166,19 +168,19 @@ pub(super) fn after_switchover(
     if let Some((name, _)) = running_primary {
         // Nobody may run as primary without the lock; until that is
         // resolved, neither does this node.
-        return Some(take(plan).wait(
+        return Some(plan.take().wait(
             EngineRole::Demoting,
             format!("switchover: stepped down; {name} answers as a running primary: waiting"),
         ));
     }
     if inputs.now < since.saturating_add(wait) {
-        return Some(take(plan).wait(
+        return Some(plan.take().wait(
             EngineRole::Demoting,
             format!("switchover: stepped down, waiting up to {wait:?} for {who} to take the lock"),
         ));
     }
     if !unconfirmed.is_empty() {
-        return Some(take(plan).wait(
+        return Some(plan.take().wait(
             EngineRole::Demoting,
             format!(
                 "switchover: stepped down; cannot confirm that {} did not promote: waiting",
@@ -208,8 +210,8 @@ pub(super) fn after_switchover(
         plan.push(Action::ClearFailoverRequest(request.version));
     }
     plan.push(Action::SwitchoverAbandoned(reason.clone()));
-    plan.push(Action::StartPrimary);
-    Some(take(plan).done(
+    plan.start_primary_in_place(inputs);
+    Some(plan.take().done(
         EngineRole::Leader,
         format!("switchover abandoned: {reason}"),
     ))

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use matriarch_model::{ClusterView, Lsn, Member, MemberName, MemberState, Role, SynchronousMode};
 
-use super::{Action, Inputs, Plan};
+use super::action::Action;
+use super::inputs::Inputs;
+use super::plan::Plan;
 
 /// What `synchronous_standby_names` says, or should say.
 #[derive(Clone, Debug, PartialEq, Eq)]

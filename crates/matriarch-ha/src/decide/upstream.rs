@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 
 use matriarch_model::{ClusterView, Member, MemberName, MemberState, Role};
 
-use super::{member, Inputs};
+use super::inputs::Inputs;
+use super::view::member;
 
 /// The member this replica should stream from while `holder` leads, or
 /// `None` when it must not stream at all (`nostream`: it replays what

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::errors::{ActionError, PostgresCallError};
-use super::{bounded, pg_bounded, Engine};
+use super::state::Engine;
+use super::timeouts::{bounded, pg_bounded};
 use crate::decide::{Action, Decision, DemoteMode, EngineRole, LocalPostgres, LocalRole, Outcome};
 
 /// Races for `initialize`, runs the bootstrap, records the system id, writes
@@ -153,29 +154,18 @@ where
             changed
         });
         // The renewer keeps only a plan that keeps this node leading a
-        // running primary, or restarting its stopped primary in place; any
-        // other stops it before the plan starts.
-        let restarting_in_place = decision.role == EngineRole::Leader
-            && matches!(local.role, LocalRole::Stopped { .. })
-            && decision.actions.contains(&Action::StartPrimary);
-        let keeps_leading = (writable || restarting_in_place)
+        // running primary, or restarting its stopped primary in place (from
+        // when decide says that start counts); any other stops it before the
+        // plan starts.
+        let restart_in_place_since = decision.restart_in_place_since;
+        let keeps_leading = (writable || restart_in_place_since.is_some())
             && !decision
                 .actions
                 .iter()
                 .any(|a| matches!(a, Action::Demote(_) | Action::ReleaseLock));
         if !keeps_leading {
             self.lease.set_leading(None);
-        } else if restarting_in_place {
-            // A run of failed starts counts from its first, up to
-            // primary_start_timeout; past it, decide restarts in place only
-            // when no replica could take over, and then each start counts
-            // from itself (nobody is waiting for the lock).
-            let timeout = self.config.primary_start_timeout;
-            let since = self
-                .memory
-                .primary_start_failed_since
-                .filter(|first| decided_at < first.saturating_add(timeout))
-                .unwrap_or(decided_at);
+        } else if let Some(since) = restart_in_place_since {
             self.lease.restarting_in_place(since);
         }
         let mut renewed = false;

@@ -12,8 +12,10 @@ use matriarch_postgres::Postgres;
 use matriarch_router::{Endpoint, Router};
 use tracing::{info, warn};
 
+use super::address::host_port;
 use super::errors::ActionError;
-use super::{bounded, host_port, Engine};
+use super::state::Engine;
+use super::timeouts::bounded;
 use crate::decide::Routes;
 
 impl<D, P, R> Engine<D, P, R>

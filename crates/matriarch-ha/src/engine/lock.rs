@@ -8,7 +8,8 @@ use matriarch_router::Router;
 use tracing::{error, info, warn};
 
 use super::errors::FenceError;
-use super::{bounded, pg_bounded, Engine};
+use super::state::Engine;
+use super::timeouts::{bounded, pg_bounded};
 
 impl<D, P, R> Engine<D, P, R>
 where

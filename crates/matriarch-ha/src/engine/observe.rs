@@ -14,7 +14,8 @@ use matriarch_router::Router;
 use tracing::{debug, info, warn};
 
 use super::handles::EngineStatus;
-use super::{bounded, pg_bounded, Engine};
+use super::state::Engine;
+use super::timeouts::{bounded, pg_bounded};
 use crate::decide::{
     implausible_records, Action, DcsObservation, Decision, EngineRole, FailsafeInputs,
     FailsafeRound, Inputs, LocalPostgres, LocalRole, Outcome, PeerReport,

@@ -7,7 +7,7 @@ use matriarch_model::{Member, MemberState, Role};
 use matriarch_postgres::Postgres;
 use matriarch_router::Router;
 
-use super::Engine;
+use super::state::Engine;
 use crate::decide::LocalPostgres;
 
 impl<D, P, R> Engine<D, P, R>

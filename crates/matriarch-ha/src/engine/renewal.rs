@@ -22,8 +22,13 @@ use tokio::sync::Notify;
 use tracing::{debug, error, warn};
 
 use super::handles::Fence;
-use super::{bounded, MIN_RENEWAL_INTERVAL};
+use super::timeouts::bounded;
 use crate::decide::postgres_silence_limit;
+
+/// The shortest wait between two renewals of a held lock, however short its
+/// real life: a store that grants a lock for less than `2 × retry_timeout`
+/// still gets a renewal this often rather than a busy loop.
+pub(super) const MIN_RENEWAL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the loop tells the renewer, and the renewer tells the loop.
 #[derive(Debug, Default)]

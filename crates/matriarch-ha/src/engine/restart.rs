@@ -6,7 +6,8 @@ use matriarch_router::Router;
 use tracing::{info, warn};
 
 use super::errors::{RestartError, RestartFailure, RestartRefusal};
-use super::{pg_bounded, Engine};
+use super::state::Engine;
+use super::timeouts::pg_bounded;
 use crate::decide::{Action, Decision, EngineRole, LocalPostgres, LocalRole, Outcome};
 
 impl<D, P, R> Engine<D, P, R>

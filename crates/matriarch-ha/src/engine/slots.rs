@@ -7,7 +7,8 @@ use matriarch_postgres::Postgres;
 use matriarch_router::Router;
 use tracing::{debug, info, warn};
 
-use super::{pg_bounded, Engine};
+use super::state::Engine;
+use super::timeouts::pg_bounded;
 use crate::decide::SlotPlan;
 
 impl<D, P, R> Engine<D, P, R>

@@ -8,7 +8,7 @@ use matriarch_router::Router;
 use tracing::{debug, error};
 
 use super::errors::{ActionError, PostgresCallError};
-use super::Engine;
+use super::state::Engine;
 use crate::decide::Action;
 
 /// `PostgreSQL cannot <what>: no space left on device (<path>: <free>)`

@@ -14,10 +14,10 @@ use matriarch_postgres::BootstrapSpec;
 use matriarch_router::RecordingRouter;
 
 use super::dcs::SimDcs;
+use super::plants::ModelBug;
 use super::postgres::{SimFailsafe, SimPostgres, SimProbe};
 use super::time::NodeClock;
 use super::world::{lock, World};
-use super::ModelBug;
 use crate::{Decider, Engine, EngineSettings, NodeSettings};
 
 /// SIGSTOP and SIGCONT for a future: while paused it is not polled, and its

@@ -9,9 +9,9 @@ use matriarch_postgres::{PgRole, Postgres, ServerState, StartAs, StopMode};
 use tokio::time::Instant;
 
 use super::cluster::{member_name, Cluster};
+use super::plants::ModelBug;
 use super::time::Rng;
 use super::world::lock;
-use super::ModelBug;
 
 /// A fault's end.
 pub(super) enum Heal {

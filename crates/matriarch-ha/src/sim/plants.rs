@@ -9,7 +9,24 @@ use std::cell::RefCell;
 use crate::{decide, Action, DcsObservation, Decision, DemoteMode, Inputs, Memory};
 use matriarch_model::Lsn;
 
-use super::ModelBug;
+/// Defects planted in the simulated world rather than in the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelBug {
+    /// The DCS client does not report the store's lock lifetime: deadlines
+    /// count from the configured ttl, not the lock's real life.
+    HideLockLifetime,
+    /// A replica's observed timeline is its last restartpoint's (pg_control)
+    /// rather than the timeline it replays, as the controller read it
+    /// ([`TimelineReport::ControlFile`]).
+    TimelineFromRestartpoint,
+    /// A REST restart bypasses the engine: PostgreSQL is stopped and started
+    /// in the role it ran in, whether or not this node holds the lock.
+    RestartBypassesEngine,
+    /// The postmaster outlives the agent's processes: before the fence
+    /// process started it under PR_SET_PDEATHSIG, killing the agent (its
+    /// process group) left a primary running with no fence at all.
+    PostmasterOutlivesAgent,
+}
 
 /// Defects planted in the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use matriarch_postgres::memory::{Conditions, Shipment, ShippingLink};
 use matriarch_postgres::MemoryPostgresCluster;
 use tokio::time::Instant;
 
+use super::plants::ModelBug;
 use super::time::Rng;
-use super::ModelBug;
 use crate::FailsafeHandle;
 
 /// What the simulation keeps about a node besides its PostgreSQL.

@@ -2,6 +2,7 @@
 //! take time or hang, and a write fence that keeps its deadline on that
 //! clock, for the tests of the lock renewal's timing.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use matriarch_postgres::{
 };
 use matriarch_router::RecordingRouter;
 
-use super::fake_pg::FakePg;
+use super::fake_pg::{Events, FakePg};
 use super::scene::SYSID;
 
 /// A [`FakePg`] whose `observe` is slow every other call (it answers after
@@ -30,7 +31,7 @@ use super::scene::SYSID;
 #[derive(Clone)]
 pub(crate) struct SlowPg {
     pub(crate) inner: FakePg,
-    slow: Option<Duration>,
+    pub(crate) slow: Option<Duration>,
     pub(crate) start_takes: Option<Duration>,
     pub(crate) calls: Arc<AtomicUsize>,
     pub(crate) hung: Arc<AtomicBool>,
@@ -39,10 +40,10 @@ pub(crate) struct SlowPg {
 }
 
 impl SlowPg {
-    pub(crate) fn new(inner: FakePg, slow: Option<Duration>) -> Self {
+    pub(crate) fn new(inner: FakePg) -> Self {
         SlowPg {
             inner,
-            slow,
+            slow: None,
             start_takes: None,
             calls: Arc::default(),
             hung: Arc::default(),
@@ -160,30 +161,35 @@ impl Fence for TimedFence {
     }
 }
 
-/// A leader `a` over `pg`, on tokio's (paused) clock, with a [`TimedFence`].
-pub(crate) async fn timed_leader(
-    pg: SlowPg,
-) -> (
-    Engine<MemoryDcs, SlowPg, RecordingRouter>,
-    MemoryDcs,
-    Arc<TimedFence>,
-    Arc<dyn Clock>,
-) {
-    let (engine, store, _connection, fence, clock) = timed_leader_with_connection(pg).await;
-    (engine, store, fence, clock)
+/// Leader `a` running a primary at position 800 (a [`FakePg`] under a
+/// [`SlowPg`]) on tokio's paused clock, with a [`TimedFence`]: where the
+/// tests of the lock renewal's timing start. [`timed_leader_with`] returns
+/// the engine beside it.
+pub(crate) struct TimedLeader {
+    pub(crate) store: MemoryDcs,
+    /// The engine's own DCS client, to cut it off
+    /// ([`MemoryDcs::set_reachable`]) while the store stays up for the others.
+    pub(crate) connection: MemoryDcs,
+    pub(crate) fence: Arc<TimedFence>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The engine's PostgreSQL (a copy: its switches and its [`FakePg`] are
+    /// shared with the engine's).
+    pub(crate) pg: SlowPg,
+    /// What the engine did to PostgreSQL besides starting it.
+    events: Events,
 }
 
-/// [`timed_leader`], and the engine's own DCS client, to cut it off
-/// ([`MemoryDcs::set_reachable`]) while the store stays up for the others.
-pub(crate) async fn timed_leader_with_connection(
-    pg: SlowPg,
-) -> (
-    Engine<MemoryDcs, SlowPg, RecordingRouter>,
-    MemoryDcs,
-    MemoryDcs,
-    Arc<TimedFence>,
-    Arc<dyn Clock>,
-) {
+/// The engine of a [`TimedLeader`].
+pub(crate) type TimedEngine = Engine<MemoryDcs, SlowPg, RecordingRouter>;
+
+/// A [`TimedLeader`] and its engine, whose [`SlowPg`] is set up by `shape`
+/// first (slow answers, slow or failing starts).
+pub(crate) async fn timed_leader_with(
+    shape: impl FnOnce(&mut SlowPg),
+) -> (TimedEngine, TimedLeader) {
+    let events: Events = Arc::default();
+    let mut pg = SlowPg::new(FakePg::primary(800, &events));
+    shape(&mut pg);
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let store = MemoryDcs::with_clock(
         KeyLayout::new("service", "test").unwrap(),
@@ -200,45 +206,72 @@ pub(crate) async fn timed_leader_with_connection(
     let connection = store.connect();
     let engine = Engine::new(
         connection.clone(),
-        pg,
+        pg.clone(),
         RecordingRouter::new("recording"),
         member_settings(&MemberName::new("a").unwrap(), config),
         Arc::clone(&clock),
     )
     .with_fence(Arc::clone(&fence) as Arc<dyn Fence>);
-    (engine, store, connection, fence, clock)
+    let leader = TimedLeader {
+        store,
+        connection,
+        fence,
+        clock,
+        pg,
+        events,
+    };
+    (engine, leader)
 }
 
-/// Ticks every 100 ms of the paused clock, `ticks` times at most, calling
-/// `each_tick(now)` first (to inject a fault, or to check the primary);
-/// returns when the leader lock first read as not held by `a`, if it did.
-pub(crate) async fn tick_until_the_lock_is_lost(
-    store: &MemoryDcs,
-    clock: &Arc<dyn Clock>,
-    ticks: usize,
-    mut each_tick: impl FnMut(Duration),
-) -> Option<Duration> {
-    let me = MemberName::new("a").unwrap();
-    for _ in 0..ticks {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        each_tick(clock.now());
-        let view = store.connect().read_view().await.unwrap();
-        if view.leader_name() != Some(&me) {
-            return Some(clock.now());
+impl TimedLeader {
+    /// Ticks every 100 ms of the paused clock, `ticks` times at most,
+    /// calling `each_tick(now)` first (to inject a fault, or to check the
+    /// primary); returns when the leader lock first read as not held by
+    /// `a`, if it did.
+    pub(crate) async fn tick_until_the_lock_is_lost(
+        &self,
+        ticks: usize,
+        mut each_tick: impl FnMut(Duration),
+    ) -> Option<Duration> {
+        let me = MemberName::new("a").unwrap();
+        for _ in 0..ticks {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            each_tick(self.clock.now());
+            let view = self.store.connect().read_view().await.unwrap();
+            if view.leader_name() != Some(&me) {
+                return Some(self.clock.now());
+            }
         }
+        None
     }
-    None
+
+    /// When the fence fired, which must be before the lock was free at
+    /// `lock_free_at`: no promotion while the old primary may take writes.
+    pub(crate) fn fired_before(&self, lock_free_at: Duration) -> Duration {
+        let fired_at = self
+            .fence
+            .fired()
+            .expect("the lock went without the fence firing");
+        assert!(
+            fired_at < lock_free_at,
+            "the fence fired at {fired_at:?}, after the lock was free at {lock_free_at:?}"
+        );
+        fired_at
+    }
+
+    /// Asserts that the engine did nothing to PostgreSQL but start it (no
+    /// demotion, no stop): the primary rode out whatever happened.
+    pub(crate) fn assert_postgres_left_alone(&self) {
+        let events = self.events.lock().unwrap();
+        assert!(events.is_empty(), "{events:?}");
+    }
 }
 
-/// When the fence fired, which must be before the lock was free at
-/// `lock_free_at`: no promotion while the old primary may take writes.
-pub(crate) fn fired_before(fence: &TimedFence, lock_free_at: Duration) -> Duration {
-    let fired_at = fence
-        .fired()
-        .expect("the lock went without the fence firing");
-    assert!(
-        fired_at < lock_free_at,
-        "the fence fired at {fired_at:?}, after the lock was free at {lock_free_at:?}"
-    );
-    fired_at
+/// Runs `engine` for `run_for` of the paused clock, with `check` beside it.
+pub(crate) async fn run_beside(
+    engine: TimedEngine,
+    run_for: Duration,
+    check: impl Future<Output = ()>,
+) {
+    tokio::join!(engine.run(tokio::time::sleep(run_for)), check);
 }
