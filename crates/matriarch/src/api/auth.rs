@@ -14,7 +14,8 @@ use base64::Engine as _;
 use tracing::warn;
 
 use super::limits::Throttle;
-use super::{error, ApiState, Client, Resp};
+use super::response::{error, Resp};
+use super::state::{ApiState, Client};
 
 /// Refused change requests (one log line per interval).
 static REFUSALS: Throttle = Throttle::new();

@@ -10,8 +10,9 @@ use matriarch_dcs::Expected;
 use matriarch_model::DcsKey;
 use tracing::info;
 
+use super::response::{text, Resp};
+use super::state::ApiState;
 use super::switchover::dcs_error;
-use super::{text, ApiState, Resp};
 
 /// `DELETE /switchover`: 200 "scheduled switchover deleted", 404 "no
 /// switchover is scheduled", 409 when the key changed meanwhile.

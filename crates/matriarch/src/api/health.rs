@@ -6,10 +6,11 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 
+use super::response::{respond, Resp};
+use super::state::ApiState;
 use super::view::{health_check, Node};
-use super::{respond, ApiState, Resp};
 
-/// Every health check's path (after [`super::normalize_path`]).
+/// Every health check's path (after [`super::routes::normalize_path`]).
 pub(crate) const PATHS: &[&str] = &[
     "/",
     "/primary",

@@ -1,6 +1,6 @@
 //! Connections: the listener, the caps on connections in total and per
 //! client address, the timeouts on headers and TLS handshakes, and the
-//! hyper connection that hands each request to the axum [`super::router`].
+//! hyper connection that hands each request to the axum [`super::routes::router`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +14,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use super::{normalize_path, router, ApiState, Client, Tls};
+use super::routes::{normalize_path, router};
+use super::state::{ApiState, Client};
+use super::tls::Tls;
 
 /// How long a client may take to send a request's headers; also how long an
 /// idle keep-alive connection is kept.

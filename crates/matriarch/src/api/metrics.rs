@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use super::state::ApiState;
 use super::view::Node;
-use super::ApiState;
 
 /// A label value escaped for the Prometheus text format: backslash, double
 /// quote and newline.

@@ -16,8 +16,10 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use super::body::{parse_body, JsonBody};
+use super::config_checks;
+use super::response::{error, respond, Resp};
+use super::state::ApiState;
 use super::switchover::dcs_error;
-use super::{config_checks, error, respond, ApiState, Resp};
 use crate::config::{check_requested_config_keys, dynamic_config_from_json};
 
 /// `POST /reinitialize` bodies, Patroni's keys (accepted; matriarch always

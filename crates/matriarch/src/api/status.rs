@@ -10,8 +10,9 @@ use matriarch_model::{MemberName, MemberState, Role};
 use matriarch_postgres::PgRole;
 use serde_json::{json, Value};
 
+use super::response::{error, respond, text, Resp};
+use super::state::ApiState;
 use super::view::Node;
-use super::{error, respond, text, ApiState, Resp};
 
 /// `GET /patroni`.
 pub(crate) async fn patroni(State(state): State<Arc<ApiState>>) -> Resp {

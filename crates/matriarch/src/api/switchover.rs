@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::body::{parse_body, JsonBody};
-use super::{error, respond, ApiState, Resp};
+use super::response::{error, respond, Resp};
+use super::state::ApiState;
 
 /// `POST /switchover`.
 pub(crate) async fn switchover(
