@@ -497,11 +497,16 @@ fn keepalives(session: &Session) -> usize {
     session.bytes.iter().filter(|b| **b == b'1').count()
 }
 
-fn watchdog_yaml(device: &Path, mode: &str) -> String {
-    format!(
-        "watchdog:\n  mode: {mode}\n  device: {}\n  safety_margin: 1\n",
-        device.display()
-    )
+/// Options with a watchdog section: `device` (`{name}` is each node's
+/// name) in `mode`, safety margin 1 s.
+fn watchdog_options(device: &Path, mode: &str) -> Options {
+    Options {
+        extra: format!(
+            "watchdog:\n  mode: {mode}\n  device: {}\n  safety_margin: 1\n",
+            device.display()
+        ),
+        ..Options::default()
+    }
 }
 
 #[test]
@@ -509,10 +514,7 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // Each node gets its own stand-in device: <dir>/<name>.wd.
-    let options = Options {
-        extra: watchdog_yaml(&dir.path().join("{name}.wd"), "required"),
-        ..Options::default()
-    };
+    let options = watchdog_options(&dir.path().join("{name}.wd"), "required");
     let devices: Vec<StandIn> = (1..=2)
         .map(|i| StandIn::create(dir.path().join(format!("node{i}.wd"))))
         .collect();
@@ -608,10 +610,7 @@ fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_devic
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-watchdog");
-    let options = Options {
-        extra: watchdog_yaml(&missing, "required"),
-        ..Options::default()
-    };
+    let options = watchdog_options(&missing, "required");
     // No DCS is needed: the check comes before any connection.
     let mut cluster = Cluster::configure(1, DcsSpec::Etcd("127.0.0.1:9".to_owned()), options);
     cluster.nodes[0].start(&[]);
@@ -640,10 +639,7 @@ fn an_automatic_watchdog_that_cannot_be_opened_is_logged_and_the_node_still_lead
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-watchdog");
-    let options = Options {
-        extra: watchdog_yaml(&missing, "automatic"),
-        ..Options::default()
-    };
+    let options = watchdog_options(&missing, "automatic");
     let (cluster, primary) = Cluster::healthy_on_etcd(1, options, Duration::from_secs(90));
     cluster.psql_ok(primary, "CREATE TABLE unguarded (v int)");
     let log = std::fs::read_to_string(&cluster.nodes[primary].log).unwrap();
