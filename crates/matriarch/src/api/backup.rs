@@ -1,8 +1,6 @@
 //! `POST /backup`: a pgBackRest backup of this member's PostgreSQL, taken
 //! only while it leads (pgBackRest backs up the primary it runs beside).
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use matriarch_ha::EngineRole;
@@ -12,10 +10,10 @@ use tracing::{info, warn};
 
 use super::body::JsonBody;
 use super::response::{error, respond, Resp};
-use super::state::ApiState;
+use super::state::SharedState;
 
 /// `POST /backup` with `{"type": "full"|"incr"|"diff"}` (`incr` when absent).
-pub(crate) async fn backup(State(state): State<Arc<ApiState>>, JsonBody(body): JsonBody) -> Resp {
+pub(crate) async fn backup(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     let Some(runner) = state.backup.clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,7 +63,7 @@ pub(crate) async fn backup(State(state): State<Arc<ApiState>>, JsonBody(body): J
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use axum::http::Method;
     use matriarch_postgres::PgRole;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use axum::extract::State;
 use matriarch_ha::{EngineStatus, FailsafeHandle, RestartHandle, StatusHandle};
 use matriarch_model::{ClusterConfig, MemberName, Secret, Tags};
 use matriarch_postgres::Postgres;
@@ -106,6 +107,9 @@ pub(crate) struct ApiState {
     /// Takes `POST /backup`'s backups; `None` (no pgBackRest repository) answers 503.
     pub backup: Option<Arc<dyn BackupRunner>>,
 }
+
+/// [`ApiState`] as handlers extract it.
+pub(crate) type SharedState = State<Arc<ApiState>>;
 
 /// What [`refresh`] keeps beside the engine's status.
 #[derive(Default)]

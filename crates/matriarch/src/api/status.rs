@@ -1,8 +1,6 @@
 //! Information endpoints: `/patroni`, `/cluster`, `/history`, `/metrics`,
 //! `GET /config` and `GET /failsafe`.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use matriarch_ha::EngineRole;
@@ -12,23 +10,23 @@ use serde_json::{json, Value};
 
 use super::metrics::{flag, patroni_series, Exposition};
 use super::response::{error, respond, text, Resp};
-use super::state::ApiState;
+use super::state::{ApiState, SharedState};
 use super::view::Node;
 
 /// `GET /patroni`.
-pub(crate) async fn patroni(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn patroni(State(state): SharedState) -> Resp {
     let node = state.node();
     respond(StatusCode::OK, state.patroni_body(&node))
 }
 
 /// `GET /cluster`.
-pub(crate) async fn cluster(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn cluster(State(state): SharedState) -> Resp {
     let node = state.node();
     respond(StatusCode::OK, state.cluster_body(&node))
 }
 
 /// `GET /metrics` (Prometheus text).
-pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn metrics(State(state): SharedState) -> Resp {
     let node = state.node();
     text(
         StatusCode::OK,
@@ -38,13 +36,13 @@ pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Resp {
 }
 
 /// `GET /failsafe`.
-pub(crate) async fn failsafe_members(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn failsafe_members(State(state): SharedState) -> Resp {
     let node = state.node();
     state.failsafe_members(&node)
 }
 
 /// `GET /config`: the DCS `config` key, read now.
-pub(crate) async fn config(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn config(State(state): SharedState) -> Resp {
     match state.fresh_view().await {
         Ok(view) => match view.config {
             Some(Ok(c)) => respond(
@@ -66,7 +64,7 @@ pub(crate) async fn config(State(state): State<Arc<ApiState>>) -> Resp {
 
 /// `GET /history`: Patroni's five fields per timeline switch, then a
 /// failover's report.
-pub(crate) async fn history(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn history(State(state): SharedState) -> Resp {
     let node = state.node();
     let history: Vec<Value> = node
         .view
