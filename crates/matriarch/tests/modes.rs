@@ -493,6 +493,15 @@ impl Drop for StandIn {
     }
 }
 
+/// [`watchdog_options`] naming a device that does not exist: the temporary
+/// directory it would be in (kept until dropped), its path, the options.
+fn missing_watchdog(mode: &str) -> (tempfile::TempDir, PathBuf, Options) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-watchdog");
+    let options = watchdog_options(&missing, mode);
+    (dir, missing, options)
+}
+
 fn keepalives(session: &Session) -> usize {
     session.bytes.iter().filter(|b| **b == b'1').count()
 }
@@ -608,9 +617,7 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
 #[test]
 fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_device() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-watchdog");
-    let options = watchdog_options(&missing, "required");
+    let (_dir, missing, options) = missing_watchdog("required");
     // No DCS is needed: the check comes before any connection.
     let mut cluster = Cluster::configure(1, DcsSpec::Etcd("127.0.0.1:9".to_owned()), options);
     cluster.nodes[0].start(&[]);
@@ -637,9 +644,7 @@ fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_devic
 #[test]
 fn an_automatic_watchdog_that_cannot_be_opened_is_logged_and_the_node_still_leads() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-watchdog");
-    let options = watchdog_options(&missing, "automatic");
+    let (_dir, missing, options) = missing_watchdog("automatic");
     let (cluster, primary) = Cluster::healthy_on_etcd(1, options, Duration::from_secs(90));
     cluster.psql_ok(primary, "CREATE TABLE unguarded (v int)");
     let log = std::fs::read_to_string(&cluster.nodes[primary].log).unwrap();
