@@ -12,9 +12,9 @@ use axum::middleware::Next;
 use base64::Engine as _;
 use tracing::warn;
 
-use super::limits::Throttle;
 use super::response::{error, Resp};
 use super::state::{ApiState, Client, SharedState};
+use super::throttle::Throttle;
 
 /// Refused change requests (one log line per interval).
 static REFUSALS: Throttle = Throttle::new();

@@ -49,6 +49,7 @@ mod routes;
 mod state;
 mod status;
 mod switchover;
+mod throttle;
 mod tls;
 mod view;
 
