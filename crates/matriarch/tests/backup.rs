@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{wait_for, Cluster, Options};
+use common::{wait_for, Cluster, ClusterChecks, Options};
 use matriarch_testkit::{backup_summary, run_pgbackrest, MotoS3, PgOsUser};
 
 const STANZA: &str = "e2e";
@@ -98,13 +98,7 @@ fn wait_stanza(cluster: &Cluster, i: usize) {
 
 fn ctl_backup(cluster: &Cluster, i: usize, kind: &str) {
     let out = cluster.nodes[i].ctl(&["backup", "--type", kind]);
-    assert!(
-        out.status.success(),
-        "ctl backup --type {kind}: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
+    cluster.assert_ctl_ok(&out, &format!("ctl backup --type {kind}"));
 }
 
 /// No credential in an agent's log; the configuration file that holds them is 0600.
@@ -138,9 +132,7 @@ fn ctl_backup_full_then_incremental_and_archiving_survives_a_failover() {
     wait_stanza(&cluster, 0);
 
     ctl_backup(&cluster, 1, "full");
-    cluster.nodes[0]
-        .psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
-        .expect("insert");
+    cluster.psql_ok(0, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
     ctl_backup(&cluster, 1, "incr");
     let (types, _) =
         backup_summary(&pgbackrest(&cluster, 0, &["--output=json", "info"])).expect("info");
@@ -149,11 +141,7 @@ fn ctl_backup_full_then_incremental_and_archiving_survives_a_failover() {
     // Failover: the primary's agent stops (it steps down), node2 is promoted.
     cluster.nodes[0].signal(libc::SIGTERM);
     assert!(cluster.nodes[0].wait_exit(WAIT), "node1 did not stop");
-    assert!(
-        cluster.wait_primary_is(1, WAIT),
-        "node2 not promoted\n{}",
-        cluster.logs()
-    );
+    cluster.check(cluster.wait_primary_is(1, WAIT), "node2 not promoted");
     assert_eq!(cluster.nodes[1].timeline(), Some(2));
     // `check` switches WAL on the new primary and waits for it in the repository.
     pgbackrest(&cluster, 1, &["check"]);
@@ -185,32 +173,24 @@ fn a_replica_is_restored_from_s3_when_the_primary_refuses_base_backups() {
     wait_stanza(&cluster, 0);
     ctl_backup(&cluster, 0, "full");
     // Written after the backup: only the archive has them.
-    cluster.nodes[0]
-        .psql("CREATE TABLE after_backup AS SELECT generate_series(1, 500) AS n")
-        .expect("insert");
+    cluster.psql_ok(
+        0,
+        "CREATE TABLE after_backup AS SELECT generate_series(1, 500) AS n",
+    );
     pgbackrest(&cluster, 0, &["check"]);
 
     start(&mut cluster, 1, &s3);
     let restored = cluster.wait_sql(1, "SELECT count(*) FROM after_backup", "500", WAIT);
-    assert!(
-        restored,
-        "node2 has not the archived rows\n{}",
-        cluster.logs()
-    );
+    cluster.check(restored, "node2 has not the archived rows");
     let log = std::fs::read_to_string(&cluster.nodes[1].log).unwrap_or_default();
     let fell_back = log
         .lines()
         .any(|l| l.contains("replica creation method failed") && l.contains("basebackup"));
-    assert!(
-        fell_back,
-        "basebackup did not fail first\n{}",
-        cluster.logs()
-    );
-    assert!(
+    cluster.check(fell_back, "basebackup did not fail first");
+    cluster.check(
         log.lines()
             .any(|l| l.contains("created a replica") && l.contains("pgbackrest")),
-        "not created by pgbackrest\n{}",
-        cluster.logs()
+        "not created by pgbackrest",
     );
     assert_eq!(
         cluster.nodes[0]
@@ -231,14 +211,11 @@ fn a_replica_is_restored_from_s3_when_the_primary_refuses_base_backups() {
         "1",
         WAIT,
     );
-    assert!(streaming, "node2 does not stream\n{}", cluster.logs());
-    cluster.nodes[0]
-        .psql("INSERT INTO after_backup VALUES (501)")
-        .expect("insert");
-    assert!(
+    cluster.check(streaming, "node2 does not stream");
+    cluster.psql_ok(0, "INSERT INTO after_backup VALUES (501)");
+    cluster.check(
         cluster.wait_sql(1, "SELECT count(*) FROM after_backup", "501", WAIT),
-        "the streamed row did not arrive\n{}",
-        cluster.logs()
+        "the streamed row did not arrive",
     );
     assert_secrets_kept(&cluster, &s3);
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{on_config, OFFLINE_CONFIG};
+use common::{assert_check_refuses, check_refuses, on_config, OFFLINE_CONFIG};
 
 /// The offline node file with Patroni's default timing (ttl 30, loop_wait 10,
 /// retry_timeout 10).
@@ -56,8 +56,7 @@ fn check_refuses_a_setting_naming_the_key_and_the_replacement() {
     ] {
         let config = good().replace(from, to);
         assert_ne!(config, good(), "{from:?} is not in the file");
-        let (code, stderr) = check(&config);
-        assert_eq!(code, Some(2), "{stderr}");
+        let stderr = check_refuses(&config);
         assert!(
             stderr.contains(key) && stderr.contains(instead),
             "{stderr}"
@@ -74,8 +73,7 @@ fn three_distinct_errors_get_three_lines_in_one_run() {
             "  listen: 127.0.0.1:5999\n",
             "  listen: 127.0.0.1:5999\n  parameters:\n    hba_file: /etc/postgresql/pg_hba.conf\n",
         );
-    let (code, stderr) = check(&config);
-    assert_eq!(code, Some(2), "{stderr}");
+    let stderr = check_refuses(&config);
     let lines = error_lines(&stderr);
     assert_eq!(lines.len(), 3, "{stderr}");
     for key in [
@@ -98,8 +96,7 @@ fn every_bootstrap_dcs_error_is_reported() {
         "    ttl: 30\n",
         "    ttl: thirty\n    synchronous_mode: maybe\n",
     );
-    let (code, stderr) = check(&config);
-    assert_eq!(code, Some(2), "{stderr}");
+    let stderr = check_refuses(&config);
     let lines = error_lines(&stderr);
     assert!(
         lines.iter().any(|l| l.contains("`bootstrap.dcs.ttl`"))
@@ -115,8 +112,7 @@ fn errors_in_several_sections_are_all_reported() {
     let config = good()
         .replace("127.0.0.1:8008", "127.0.0.1:0")
         .replace("name: node1\n", "name: node1\nlog:\n  level: \"not a [filter\"\ncallbacks:\n  on_start: /nonexistent/on_start.sh\n");
-    let (code, stderr) = check(&config);
-    assert_eq!(code, Some(2), "{stderr}");
+    let stderr = check_refuses(&config);
     let lines = error_lines(&stderr);
     for key in ["`log.level`", "`restapi.listen`", "`callbacks.on_start`"] {
         assert!(
@@ -137,11 +133,9 @@ fn pg_hba_in_bootstrap_dcs_must_be_a_list_of_lines() {
     };
     let (code, stderr) = check(&with_lines("[\"host all all 10.0.0.0/8 scram-sha-256\"]"));
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, stderr) = check(&with_lines("\"host all all 10.0.0.0/8 scram-sha-256\""));
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("`bootstrap.dcs.postgresql.pg_hba`: must be a list of lines"),
-        "{stderr}"
+    assert_check_refuses(
+        &with_lines("\"host all all 10.0.0.0/8 scram-sha-256\""),
+        "`bootstrap.dcs.postgresql.pg_hba`: must be a list of lines",
     );
 }
 
@@ -151,8 +145,7 @@ fn check_refuses_a_required_watchdog_whose_device_is_missing_as_run_does() {
         "{}watchdog:\n  mode: required\n  device: /nonexistent/matriarch-check-watchdog\n",
         good()
     );
-    let (code, stderr) = check(&config);
-    assert_eq!(code, Some(2), "{stderr}");
+    let stderr = check_refuses(&config);
     let lines = error_lines(&stderr);
     assert!(
         lines.iter().any(|line| line.contains("watchdog.device")

@@ -65,6 +65,12 @@ impl Stub {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `matriarch ctl ARGS --api <this server>`.
+    fn ctl(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        ctl(&[args, &["--api", &url]].concat())
+    }
+
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").clone()
     }
@@ -199,7 +205,7 @@ const AUTH: &str = "Basic YWRtaW46czNjcmV0"; // admin:s3cret
 #[test]
 fn list_prints_the_member_table_with_cluster_name_and_system_id() {
     let stub = member((200, "\"ok\""));
-    let out = ctl(&["list", "--api", &stub.url()]);
+    let out = stub.ctl(&["list"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -220,7 +226,7 @@ fn list_prints_the_member_table_with_cluster_name_and_system_id() {
 #[test]
 fn list_and_topology_as_json() {
     let stub = member((200, "\"ok\""));
-    let out = ctl(&["list", "--format", "json", "--api", &stub.url()]);
+    let out = stub.ctl(&["list", "--format", "json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let rows: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(
@@ -228,7 +234,7 @@ fn list_and_topology_as_json() {
         json!({"Cluster": "demo", "Member": "pg2", "Host": "127.0.0.1:5433", "Role": "Replica",
                                "State": "streaming", "TL": 4, "Lag in MB": 0})
     );
-    let out = ctl(&["topology", "--api", &stub.url()]);
+    let out = stub.ctl(&["topology"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_stdout_contains(&out, "| + pg2 ");
 }
@@ -266,10 +272,8 @@ fn each_api_is_tried_until_one_answers() {
 #[test]
 fn switchover_posts_leader_candidate_and_time_with_basic_auth() {
     let stub = member((202, "Switchover scheduled"));
-    let out = ctl(&[
+    let out = stub.ctl(&[
         "switchover",
-        "--api",
-        &stub.url(),
         "--username",
         "admin",
         "--password",
@@ -382,19 +386,19 @@ fn failover_posts_the_candidate() {
 #[test]
 fn pause_and_resume_patch_config_and_wait_for_members() {
     let stub = member((200, "{}"));
-    let out = ctl(&["pause", "--wait", "--timeout", "10", "--api", &stub.url()]);
+    let out = stub.ctl(&["pause", "--wait", "--timeout", "10"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains("paused"));
     assert_eq!(stub.mutations()[0].path, "/config");
     assert_eq!(stub.mutations()[0].method, "PATCH");
     assert_eq!(stub.mutations()[0].json(), json!({"pause": true}));
-    let out = ctl(&["pause", "--api", &stub.url()]);
+    let out = stub.ctl(&["pause"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("already paused"));
-    let out = ctl(&["resume", "--wait", "--api", &stub.url()]);
+    let out = stub.ctl(&["resume", "--wait"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stub.mutations()[1].json(), json!({"pause": false}));
-    let out = ctl(&["resume", "--api", &stub.url()]);
+    let out = stub.ctl(&["resume"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("not paused"));
 }
@@ -402,10 +406,8 @@ fn pause_and_resume_patch_config_and_wait_for_members() {
 #[test]
 fn edit_config_sends_the_merge_patch() {
     let stub = member((200, "{}"));
-    let out = ctl(&[
+    let out = stub.ctl(&[
         "edit-config",
-        "--api",
-        &stub.url(),
         "--force",
         "-s",
         "ttl=20",
@@ -427,14 +429,7 @@ fn edit_config_sends_the_merge_patch() {
         json!({"ttl": 20, "name": "x y", "postgresql": {"use_pg_rewind": false,
                "parameters": {"max_connections": 200, "pg_stat_statements.track": "all"}}})
     );
-    let out = ctl(&[
-        "edit-config",
-        "--api",
-        &stub.url(),
-        "--force",
-        "-s",
-        "ttl=30",
-    ]);
+    let out = stub.ctl(&["edit-config", "--force", "-s", "ttl=30"]);
     assert_eq!(code(&out), 0);
     assert!(stdout(&out).contains("Not changed"));
     assert_eq!(stub.mutations().len(), 1);
@@ -493,20 +488,20 @@ fn restart_reload_and_reinit_go_to_the_members_own_api() {
 #[test]
 fn history_and_show_config_in_text_and_json() {
     let stub = member((200, "{}"));
-    let out = ctl(&["history", "--api", &stub.url()]);
+    let out = stub.ctl(&["history"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_stdout_contains(
         &out,
         "|  1 | 25623960 | no recovery target specified | 2026-01-01T00:00:00+00:00 | pg1        |",
     );
-    let out = ctl(&["history", "--format", "json", "--api", &stub.url()]);
+    let out = stub.ctl(&["history", "--format", "json"]);
     let rows: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(rows[0]["New Leader"], json!("pg1"));
-    let out = ctl(&["show-config", "--api", &stub.url()]);
+    let out = stub.ctl(&["show-config"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_stdout_contains(&out, "ttl: 30");
     assert_stdout_contains(&out, "  parameters:\n    max_connections: 100");
-    let out = ctl(&["show-config", "--format", "json", "--api", &stub.url()]);
+    let out = stub.ctl(&["show-config", "--format", "json"]);
     let config: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(config["loop_wait"], json!(10));
 }
@@ -562,7 +557,7 @@ fn usage_errors_exit_2_and_send_nothing() {
 #[test]
 fn an_api_that_answers_503_is_named_with_its_answer() {
     let starting = Stub::start(|_| (503, "\"starting up\"".into()));
-    let out = ctl(&["show-config", "--api", &starting.url()]);
+    let out = starting.ctl(&["show-config"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(!err.contains("no REST API answered"), "{err}");
@@ -586,7 +581,7 @@ fn list_shows_a_scheduled_switchover_under_the_table() {
         }
         _ => (404, "\"not found\"".into()),
     });
-    let out = ctl(&["list", "--api", &stub.url()]);
+    let out = stub.ctl(&["list"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, wait_for, Cluster, Options};
+use common::{etcd_get, three_with_a_replicated_row, wait_for, Cluster, ClusterChecks, Options};
 
 /// ttl 4 s, loop_wait 1 s, retry_timeout 1.5 s (the harness's), failsafe on.
 fn failsafe_options() -> Options {
@@ -20,9 +20,10 @@ const TTL: Duration = Duration::from_secs(4);
 fn start() -> (Cluster, usize) {
     let (cluster, primary) =
         Cluster::healthy_on_etcd(3, failsafe_options(), Duration::from_secs(90));
-    cluster.nodes[primary]
-        .psql("CREATE TABLE herd (id serial primary key, at timestamptz default now())")
-        .unwrap_or_else(|e| panic!("create table: {e}\n{}", cluster.logs()));
+    cluster.psql_ok(
+        primary,
+        "CREATE TABLE herd (id serial primary key, at timestamptz default now())",
+    );
     // The leader lists every member in the failsafe key.
     let key = wait_for(Duration::from_secs(20), || {
         let (value, _) = etcd_get(&cluster.etcd_url(), "/service/e2e/failsafe")?;
@@ -36,9 +37,7 @@ fn start() -> (Cluster, usize) {
     }
     // Both replicas stream from the primary (a heartbeat is acknowledged
     // only by a running replica of its sender).
-    cluster.nodes[primary]
-        .psql("INSERT INTO herd DEFAULT VALUES")
-        .expect("first write");
+    cluster.psql_ok(primary, "INSERT INTO herd DEFAULT VALUES");
     for i in (0..3).filter(|i| *i != primary) {
         assert!(
             cluster.wait_sql(i, "SELECT count(*) FROM herd", "1", Duration::from_secs(30)),
@@ -110,28 +109,19 @@ fn failsafe_keeps_the_primary_writable_through_a_full_etcd_outage_when_every_mem
         std::thread::sleep(Duration::from_millis(250));
     }
     cluster.etcd().resume().expect("SIGCONT etcd");
-    assert!(
+    cluster.check(
         failures.is_empty(),
-        "writes failed during the outage ({writes} succeeded): {failures:?}\n{}",
-        cluster.logs()
+        &format!("writes failed during the outage ({writes} succeeded): {failures:?}"),
     );
     assert!(writes > 20, "only {writes} writes");
-    assert!(
-        saw_failsafe,
-        "/patroni never said failsafe_mode_is_active\n{}",
-        cluster.logs()
-    );
+    cluster.check(saw_failsafe, "/patroni never said failsafe_mode_is_active");
 
     // etcd is back: the same primary holds the lock again, nobody was promoted.
     let holder = wait_for(Duration::from_secs(20), || {
         let (holder, _) = etcd_get(&cluster.etcd_url(), "/service/e2e/leader")?;
         (holder == cluster.nodes[primary].name).then_some(holder)
     });
-    assert!(
-        holder.is_some(),
-        "the primary did not take the lock again\n{}",
-        cluster.logs()
-    );
+    cluster.check(holder.is_some(), "the primary did not take the lock again");
     std::thread::sleep(TTL * 2);
     assert_eq!(cluster.primary(), Some(primary), "{}", cluster.logs());
     insert(&cluster, primary)
@@ -183,16 +173,14 @@ fn failsafe_primary_stops_writes_by_its_deadline_when_a_member_does_not_answer()
     // psql call takes).
     let margin = Duration::from_millis(500);
     if let Some(last) = last_write {
-        assert!(
+        cluster.check(
             last < TTL + margin,
-            "a write succeeded {last:?} into the outage (ttl {TTL:?})\n{}",
-            cluster.logs()
+            &format!("a write succeeded {last:?} into the outage (ttl {TTL:?})"),
         );
     }
-    assert!(
+    cluster.check(
         first_failure < TTL,
-        "writes failed only {first_failure:?} into the outage\n{}",
-        cluster.logs()
+        &format!("writes failed only {first_failure:?} into the outage"),
     );
     let log = cluster.nodes[primary].log_tail(400);
     assert!(
@@ -203,32 +191,20 @@ fn failsafe_primary_stops_writes_by_its_deadline_when_a_member_does_not_answer()
     let answering = (0..3)
         .find(|i| *i != primary && *i != silent)
         .unwrap_or_default();
-    assert!(
+    cluster.check(
         cluster.nodes[answering]
             .log_tail(400)
             .contains("failsafe heartbeat acknowledged"),
-        "{}",
-        cluster.logs()
+        "the answering member did not acknowledge a failsafe heartbeat",
     );
     // Once etcd is back, the cluster elects a primary again.
     let after = wait_for(Duration::from_secs(60), || cluster.primary());
-    assert!(
-        after.is_some(),
-        "no primary after the outage\n{}",
-        cluster.logs()
-    );
+    cluster.check(after.is_some(), "no primary after the outage");
 }
 
 #[test]
 fn automatic_failover_reports_the_possible_loss_in_history_and_metrics() {
-    let (mut cluster, old) =
-        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(90));
-    cluster.nodes[old]
-        .psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
-        .unwrap_or_else(|e| panic!("write: {e}\n{}", cluster.logs()));
-    for i in 0..3 {
-        assert!(cluster.wait_sql(i, "SELECT count(*) FROM t", "1", Duration::from_secs(30)));
-    }
+    let (mut cluster, old) = three_with_a_replicated_row(Duration::from_secs(90));
     // The whole node dies: its lock expires, a replica takes over.
     cluster.nodes[old].crash();
     let new = cluster.new_primary(old, Duration::from_secs(40));

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options};
+use common::{etcd_get, serial, wait_for, Cluster, ClusterChecks, DcsSpec, Options};
 use matriarch_testkit::bin_dir;
 
 /// The `sync` key as etcd holds it: (leader, standbys).
@@ -33,6 +33,21 @@ fn sync_key(etcd_url: &str) -> Option<(String, BTreeSet<String>)> {
         .map(str::to_owned)
         .collect();
     Some((leader, standbys))
+}
+
+/// Starts `nodes` nodes on etcd with `dcs` added to the dynamic
+/// configuration and waits until the primary has a synchronous standby
+/// ([`wait_sync_established`]): the cluster, its primary, etcd's URL, and the
+/// sync key's standbys with `synchronous_standby_names`.
+fn start_synchronous(
+    nodes: usize,
+    dcs: &str,
+) -> (Cluster, usize, String, (BTreeSet<String>, String)) {
+    let (cluster, primary) =
+        Cluster::healthy_on_etcd(nodes, Options::with_dcs(dcs), Duration::from_secs(90));
+    let url = cluster.etcd_url();
+    let established = wait_sync_established(&cluster, &url, primary);
+    (cluster, primary, url, established)
 }
 
 /// Waits until the primary `primary` wrote a `sync` key naming a standby and
@@ -119,9 +134,7 @@ fn crash_primary_while_writing(
     etcd_url: &str,
     primary: usize,
 ) -> (usize, BTreeSet<String>) {
-    cluster.nodes[primary]
-        .psql("CREATE TABLE acked (id bigint PRIMARY KEY)")
-        .unwrap_or_else(|e| panic!("create table: {e}\n{}", cluster.logs()));
+    cluster.psql_ok(primary, "CREATE TABLE acked (id bigint PRIMARY KEY)");
     let writer = Writer::start(
         cluster.nodes[primary].pg_host.clone(),
         cluster.nodes[primary].pg_port,
@@ -162,21 +175,14 @@ fn crash_primary_while_writing(
         cluster.logs()
     );
     // The new primary takes writes.
-    cluster.nodes[new]
-        .psql("INSERT INTO acked VALUES (-1)")
-        .unwrap_or_else(|e| panic!("write on the new primary: {e}\n{}", cluster.logs()));
+    cluster.psql_ok(new, "INSERT INTO acked VALUES (-1)");
     (new, standbys_before)
 }
 
 #[test]
 fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged_writes() {
-    let (mut cluster, primary) = Cluster::healthy_on_etcd(
-        3,
-        Options::with_dcs("    synchronous_mode: true\n"),
-        Duration::from_secs(90),
-    );
-    let url = cluster.etcd_url();
-    let (standbys, setting) = wait_sync_established(&cluster, &url, primary);
+    let (mut cluster, primary, url, (standbys, setting)) =
+        start_synchronous(3, "    synchronous_mode: true\n");
     assert_eq!(standbys.len(), 1, "synchronous_node_count 1: {standbys:?}");
     let standby = standbys.iter().next().cloned().unwrap_or_default();
     assert_eq!(setting, format!("FIRST 1 (\"{standby}\")"));
@@ -243,13 +249,10 @@ fn synchronous_mode_promotes_the_synchronous_standby_without_losing_acknowledged
 
 #[test]
 fn quorum_mode_promotes_a_node_holding_every_acknowledged_write() {
-    let (mut cluster, primary) = Cluster::healthy_on_etcd(
+    let (mut cluster, primary, url, _) = start_synchronous(
         3,
-        Options::with_dcs("    synchronous_mode: quorum\n    synchronous_node_count: 1\n"),
-        Duration::from_secs(90),
+        "    synchronous_mode: quorum\n    synchronous_node_count: 1\n",
     );
-    let url = cluster.etcd_url();
-    wait_sync_established(&cluster, &url, primary);
     // A quorum names every streaming standby: any one of the two may
     // acknowledge a commit, and both are in the key.
     let replicas: BTreeSet<String> = (0..3)
@@ -314,14 +317,11 @@ fn spawn_psql(host: &str, port: u16, sql: &str) -> Child {
 
 #[test]
 fn strict_synchronous_mode_blocks_commits_without_a_standby_and_resumes_when_it_returns() {
-    let (mut cluster, primary) = Cluster::healthy_on_etcd(
+    let (mut cluster, primary, _, (standbys, setting)) = start_synchronous(
         2,
-        Options::with_dcs("    synchronous_mode: true\n    synchronous_mode_strict: true\n"),
-        Duration::from_secs(90),
+        "    synchronous_mode: true\n    synchronous_mode_strict: true\n",
     );
-    let url = cluster.etcd_url();
     let replica = 1 - primary;
-    let (standbys, setting) = wait_sync_established(&cluster, &url, primary);
     let standby = cluster.nodes[replica].name.clone();
     assert_eq!(standbys, BTreeSet::from([standby.clone()]));
     assert_eq!(setting, format!("FIRST 1 (\"{standby}\")"));
@@ -393,15 +393,14 @@ fn strict_synchronous_mode_blocks_commits_without_a_standby_and_resumes_when_it_
     );
     p.psql("INSERT INTO strict_t VALUES (3)")
         .unwrap_or_else(|e| panic!("a later commit: {e}\n{}", cluster.logs()));
-    assert!(
+    cluster.check(
         cluster.wait_sql(
             replica,
             "SELECT count(*) FROM strict_t",
             "3",
-            Duration::from_secs(20)
+            Duration::from_secs(20),
         ),
-        "the standby does not have the commits\n{}",
-        cluster.logs()
+        "the standby does not have the commits",
     );
 }
 
@@ -494,15 +493,29 @@ impl Drop for StandIn {
     }
 }
 
+/// [`watchdog_options`] naming a device that does not exist: the temporary
+/// directory it would be in (kept until dropped), its path, the options.
+fn missing_watchdog(mode: &str) -> (tempfile::TempDir, PathBuf, Options) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-watchdog");
+    let options = watchdog_options(&missing, mode);
+    (dir, missing, options)
+}
+
 fn keepalives(session: &Session) -> usize {
     session.bytes.iter().filter(|b| **b == b'1').count()
 }
 
-fn watchdog_yaml(device: &Path, mode: &str) -> String {
-    format!(
-        "watchdog:\n  mode: {mode}\n  device: {}\n  safety_margin: 1\n",
-        device.display()
-    )
+/// Options with a watchdog section: `device` (`{name}` is each node's
+/// name) in `mode`, safety margin 1 s.
+fn watchdog_options(device: &Path, mode: &str) -> Options {
+    Options {
+        extra: format!(
+            "watchdog:\n  mode: {mode}\n  device: {}\n  safety_margin: 1\n",
+            device.display()
+        ),
+        ..Options::default()
+    }
 }
 
 #[test]
@@ -510,10 +523,7 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // Each node gets its own stand-in device: <dir>/<name>.wd.
-    let options = Options {
-        extra: watchdog_yaml(&dir.path().join("{name}.wd"), "required"),
-        ..Options::default()
-    };
+    let options = watchdog_options(&dir.path().join("{name}.wd"), "required");
     let devices: Vec<StandIn> = (1..=2)
         .map(|i| StandIn::create(dir.path().join(format!("node{i}.wd"))))
         .collect();
@@ -585,10 +595,9 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
         devices[replica].sessions(),
         cluster.logs()
     );
-    assert!(
+    cluster.check(
         cluster.nodes[primary].wait_status("/replica", 200, Duration::from_secs(60)),
-        "the old primary did not rejoin as a replica\n{}",
-        cluster.logs()
+        "the old primary did not rejoin as a replica",
     );
     // As a replica, the old primary writes nothing more.
     std::thread::sleep(Duration::from_secs(2));
@@ -608,12 +617,7 @@ fn the_watchdog_is_fed_while_primary_and_closed_with_v_on_demotion_never_touched
 #[test]
 fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_device() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-watchdog");
-    let options = Options {
-        extra: watchdog_yaml(&missing, "required"),
-        ..Options::default()
-    };
+    let (_dir, missing, options) = missing_watchdog("required");
     // No DCS is needed: the check comes before any connection.
     let mut cluster = Cluster::configure(1, DcsSpec::Etcd("127.0.0.1:9".to_owned()), options);
     cluster.nodes[0].start(&[]);
@@ -640,16 +644,9 @@ fn a_required_watchdog_that_cannot_be_opened_stops_the_start_and_names_the_devic
 #[test]
 fn an_automatic_watchdog_that_cannot_be_opened_is_logged_and_the_node_still_leads() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-watchdog");
-    let options = Options {
-        extra: watchdog_yaml(&missing, "automatic"),
-        ..Options::default()
-    };
+    let (_dir, missing, options) = missing_watchdog("automatic");
     let (cluster, primary) = Cluster::healthy_on_etcd(1, options, Duration::from_secs(90));
-    cluster.nodes[primary]
-        .psql("CREATE TABLE unguarded (v int)")
-        .unwrap_or_else(|e| panic!("write: {e}\n{}", cluster.logs()));
+    cluster.psql_ok(primary, "CREATE TABLE unguarded (v int)");
     let log = std::fs::read_to_string(&cluster.nodes[primary].log).unwrap();
     let device = missing.display().to_string();
     assert!(

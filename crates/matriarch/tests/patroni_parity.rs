@@ -11,21 +11,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{etcd_get, wait_for, Cluster, Node, Options, API_PASSWORD, API_USER};
+use common::{
+    etcd_get, healthy_pair, output_text, wait_for, Cluster, Node, Options, API_PASSWORD, API_USER,
+};
 use serde_json::Value;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
+/// Asserts that a command printed exactly `expected` on stdout.
+#[track_caller]
+fn assert_printed(out: &Output, expected: &str) {
+    assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+        expected,
+        "{}",
+        output_text(out)
+    );
+}
+
+/// Asserts that a command printed the DSN of `node` (`dsn`).
+#[track_caller]
+fn assert_dsn(out: &Output, node: &Node) {
+    let dsn = format!("host={} port={}", node.pg_host, node.pg_port);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        dsn,
+        "{}",
+        output_text(out)
+    );
 }
 
 /// Asserts that a command said `needle` (on stdout or stderr).
 #[track_caller]
 fn assert_says(out: &Output, needle: &str) {
-    let said = text(out);
+    let said = output_text(out);
     assert!(said.contains(needle), "{needle:?} not in:\n{said}");
 }
 
@@ -106,7 +123,7 @@ impl Patronictl {
         }
         let out = child.wait_with_output().expect("patronictl's output");
         // Shown with a failing test's output (or --nocapture).
-        eprintln!("$ patronictl {}\n{}", args.join(" "), text(&out));
+        eprintln!("$ patronictl {}\n{}", args.join(" "), output_text(&out));
         out
     }
 
@@ -127,8 +144,12 @@ impl Patronictl {
     /// `patronictl ARGS` whose stdout is JSON (`-f json`).
     fn json(&self, args: &[&str]) -> Value {
         let out = self.run(args);
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("patronictl {args:?}: not JSON ({e}):\n{}", text(&out)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "patronictl {args:?}: not JSON ({e}):\n{}",
+                output_text(&out)
+            )
+        })
     }
 }
 
@@ -138,7 +159,7 @@ fn assert_leads_after(cluster: &Cluster, leader: usize, out: &Output) {
     assert!(
         cluster.wait_primary_is(leader, Duration::from_secs(60)),
         "{}\n{}",
-        text(out),
+        output_text(out),
         cluster.logs()
     );
     assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), leader);
@@ -198,22 +219,17 @@ fn patroni_tools_work_against_matriarch() {
 
     // matriarch ctl with patronictl's arguments.
     let out = p.ctl(&["list", "e2e", "--format", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let out = p.ctl(&["list", "another"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert_says(&out, "not another");
     let out = p.ctl(&["version", "e2e"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     for node in &cluster.nodes {
         assert_says(&out, &format!("{}: Patroni ", node.name));
     }
     let out = p.ctl(&["dsn", "e2e"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("host={} port={}", p.pg_host, p.pg_port),
-        "{}",
-        text(&out)
-    );
+    assert_dsn(&out, p);
     // A restart only if pending: nothing is pending, the member says so.
     let out = p.ctl(&["restart", "e2e", &r.name, "--pending", "--force"]);
     assert_says(
@@ -223,7 +239,7 @@ fn patroni_tools_work_against_matriarch() {
     // A scheduled switchover, flushed.
     let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let out = p.ctl(&["switchover", "e2e", "--scheduled", &at, "--force"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let out = p.ctl(&["flush", "e2e", "switchover"]);
     assert_says(&out, "Success: scheduled switchover deleted");
     let out = p.ctl(&["flush", "e2e", "switchover"]);
@@ -254,12 +270,7 @@ fn patroni_tools_work_against_matriarch() {
         ],
         &[("PGPASSWORD", common::PG_PASSWORD)],
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "x\ty\n1\tNone\n",
-        "{}",
-        text(&out)
-    );
+    assert_printed(&out, "x\ty\n1\tNone\n");
     // list --watch prints again until interrupted.
     let mut watch = Command::new(env!("CARGO_BIN_EXE_matriarch"))
         .args(["ctl", "list", "e2e", "-w", "0.3", "--api", &api])
@@ -279,7 +290,7 @@ fn patroni_tools_work_against_matriarch() {
     let patronictl = Patronictl::for_cluster(&cluster);
 
     let out = patronictl.run(&["list", "e2e", "-f", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let rows: Value = serde_json::from_slice(&out.stdout).expect("patronictl list json");
     let rows = rows.as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -297,9 +308,9 @@ fn patroni_tools_work_against_matriarch() {
     // pause --wait: every member acknowledges in its DCS record.
     let out = patronictl.run(&["pause", "e2e", "--wait"]);
     assert!(
-        text(&out).contains("Success: cluster management is paused"),
+        output_text(&out).contains("Success: cluster management is paused"),
         "{}\n{}",
-        text(&out),
+        output_text(&out),
         cluster.logs()
     );
     // patronictl also says Success when a member's record never changes
@@ -327,7 +338,11 @@ fn patroni_tools_work_against_matriarch() {
     // Restarts by patronictl whose conditions do not hold: none happens.
     let before = r.postmaster_pid();
     let out = patronictl.run(&["restart", "e2e", &r.name, "--pending", "--force"]);
-    assert!(!text(&out).contains("Success"), "{}", text(&out));
+    assert!(
+        !output_text(&out).contains("Success"),
+        "{}",
+        output_text(&out)
+    );
     let out = patronictl.run(&["restart", "e2e", &r.name, "--pg-version", "10.0", "--force"]);
     assert_says(&out, &format!(
             "Failed: restart for member {}, status code=503, (restart conditions are not satisfied)",
@@ -365,7 +380,7 @@ fn patroni_tools_work_against_matriarch() {
         404,
         "patronictl flush left the restart: {}\n{}",
         cancelled.body_text(),
-        text(&out)
+        output_text(&out)
     );
 
     // Replay positions in the member records: patronictl lists them.
@@ -383,7 +398,7 @@ fn patroni_tools_work_against_matriarch() {
     .unwrap_or_else(|| {
         panic!(
             "no replay LSN listed\n{}",
-            text(&patronictl.run(&["list", "e2e"]))
+            output_text(&patronictl.run(&["list", "e2e"]))
         )
     });
 
@@ -405,7 +420,7 @@ fn patroni_tools_work_against_matriarch() {
     .unwrap_or_else(|| {
         panic!(
             "no pending restart listed\n{}\n{}",
-            text(&patronictl.run(&["list", "e2e"])),
+            output_text(&patronictl.run(&["list", "e2e"])),
             cluster.logs()
         )
     });
@@ -413,9 +428,9 @@ fn patroni_tools_work_against_matriarch() {
     let before = r.postmaster_pid();
     let out = patronictl.run(&["restart", "e2e", &r.name, "--pending", "--force"]);
     assert!(
-        text(&out).contains(&format!("Success: restart on member {}", r.name)),
+        output_text(&out).contains(&format!("Success: restart on member {}", r.name)),
         "{}\n{}",
-        text(&out),
+        output_text(&out),
         cluster.logs()
     );
     assert_ne!(r.postmaster_pid(), before, "not restarted");
@@ -433,9 +448,7 @@ fn lines_with<'a>(out: &'a str, needle: &str) -> Vec<&'a str> {
 /// patronictl, each checked by what it did to the cluster.
 #[test]
 fn patronictl_reads_and_configures_the_cluster() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(120));
-    let replica = 1 - primary;
+    let (cluster, primary, replica) = healthy_pair(Duration::from_secs(120));
     let (p, r) = (&cluster.nodes[primary], &cluster.nodes[replica]);
     let patronictl = Patronictl::for_cluster(&cluster);
 
@@ -451,13 +464,13 @@ fn patronictl_reads_and_configures_the_cluster() {
     assert!(
         matches!((leader_row, replica_row), (Some(l), Some(r)) if l < r),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // show-config: the dynamic configuration the members serve.
     let out = patronictl.run(&["show-config", "e2e"]);
     let shown: Value = serde_norway::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("show-config is not YAML ({e}):\n{}", text(&out)));
+        .unwrap_or_else(|e| panic!("show-config is not YAML ({e}):\n{}", output_text(&out)));
     assert_eq!(shown["ttl"], 4, "{shown}");
     assert_eq!(shown["loop_wait"], 1, "{shown}");
     assert_eq!(shown, p.get_json("/config"), "show-config vs GET /config");
@@ -531,11 +544,9 @@ fn patronictl_reads_and_configures_the_cluster() {
         // (initdb in the C locale), which patronictl prints as b'...'.
         "SELECT 1 AS one, current_setting('port')::int AS port, pg_is_in_recovery() AS standby",
     ]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("one\tport\tstandby\n1\t{}\tFalse\n", p.pg_port),
-        "{}",
-        text(&out)
+    assert_printed(
+        &out,
+        &format!("one\tport\tstandby\n1\t{}\tFalse\n", p.pg_port),
     );
     let out = patronictl.run(&[
         "query",
@@ -547,28 +558,13 @@ fn patronictl_reads_and_configures_the_cluster() {
         "-c",
         "SELECT pg_is_in_recovery() AS standby",
     ]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "standby\nTrue\n",
-        "{}",
-        text(&out)
-    );
+    assert_printed(&out, "standby\nTrue\n");
 
     // dsn: the leader's address, or a replica's.
     let out = patronictl.run(&["dsn", "e2e"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("host={} port={}", p.pg_host, p.pg_port),
-        "{}",
-        text(&out)
-    );
+    assert_dsn(&out, p);
     let out = patronictl.run(&["dsn", "e2e", "-r", "replica"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("host={} port={}", r.pg_host, r.pg_port),
-        "{}",
-        text(&out)
-    );
+    assert_dsn(&out, r);
 }
 
 /// switchover (now, and scheduled then flushed), history, failover, reinit
@@ -603,7 +599,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
     .unwrap_or_else(|| {
         panic!(
             "no history line for timeline {timeline}\n{}",
-            text(&patronictl.run(&["history", "e2e"]))
+            output_text(&patronictl.run(&["history", "e2e"]))
         )
     });
     assert_eq!(entry["New Leader"], second_name.as_str(), "{entry}");
@@ -617,7 +613,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
                 .trim_start_matches(['|', ' '])
                 .starts_with(&format!("{timeline} "))),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // A switchover scheduled in a few seconds, flushed at once: none happens.
@@ -636,7 +632,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
     assert!(
         scheduled["scheduled_switchover"]["at"].is_string(),
         "{scheduled}\n{}",
-        text(&out)
+        output_text(&out)
     );
     let out = patronictl.run(&["flush", "e2e", "switchover"]);
     assert_says(&out, "Success: scheduled switchover deleted");
@@ -692,13 +688,13 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
         assert!(
             states.contains(&Value::from("creating replica")),
             "/patroni states {reported:?}, record states {recorded:?}\n{}",
-            text(&out)
+            output_text(&out)
         );
     }
     assert!(
-        text(&out).contains(&format!("Reinitialize is completed on: {second_name}")),
+        output_text(&out).contains(&format!("Reinitialize is completed on: {second_name}")),
         "{}\n{}",
-        text(&out),
+        output_text(&out),
         cluster.logs()
     );
     // --wait returned: the clone is over (PostgreSQL may still be starting,
@@ -706,7 +702,7 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
     assert!(
         !marker.exists(),
         "not rebuilt\n{}\n{}",
-        text(&out),
+        output_text(&out),
         cluster.logs()
     );
     let now = replica.get_json("/patroni");
@@ -717,7 +713,12 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
     })
     .unwrap_or_else(|| panic!("not running again\n{}", cluster.logs()));
     assert_eq!(status["database_system_identifier"], system, "{status}");
-    assert_ne!(replica.postmaster_pid(), postmaster, "{}", text(&out));
+    assert_ne!(
+        replica.postmaster_pid(),
+        postmaster,
+        "{}",
+        output_text(&out)
+    );
     cluster.nodes[first]
         .psql("CREATE TABLE after_reinit(x int); INSERT INTO after_reinit VALUES (7)")
         .expect("write on the leader");
@@ -759,5 +760,5 @@ fn patronictl_moves_the_leader_and_rebuilds_a_replica() {
         &format!("e2e\nYes I am aware\n{leader}\n"),
     );
     let (_, keys) = common::etcd_range(&cluster.etcd_url(), "/service/e2e/");
-    assert!(keys.is_empty(), "{keys:?}\n{}", text(&out));
+    assert!(keys.is_empty(), "{keys:?}\n{}", output_text(&out));
 }

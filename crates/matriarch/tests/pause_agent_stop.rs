@@ -7,24 +7,13 @@
 
 mod common;
 
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, psql_at, wait_for, Cluster, Options};
+use common::{etcd_get, healthy_pair, psql_at, wait_for, Cluster, ClusterChecks, Options};
 
 const LEADER_KEY: &str = "/service/e2e/leader";
-
-fn assert_ctl_ok(out: &Output, what: &str, cluster: &Cluster) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-}
 
 /// Inserts into `paused_writes` at `host:port` in a loop until stopped; the
 /// times of the writes acknowledged.
@@ -93,15 +82,11 @@ fn leader(cluster: &Cluster) -> Option<String> {
 
 #[test]
 fn stopping_the_primary_agent_while_paused_leaves_postgres_writable_and_the_lock_in_place() {
-    let (mut cluster, primary) =
-        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
-    let replica = 1 - primary;
+    let (mut cluster, primary, replica) = healthy_pair(Duration::from_secs(60));
     let name = cluster.nodes[primary].name.clone();
-    cluster.nodes[primary]
-        .psql("CREATE TABLE paused_writes (v int)")
-        .unwrap();
+    cluster.psql_ok(primary, "CREATE TABLE paused_writes (v int)");
     let out = cluster.nodes[primary].ctl(&["pause", "--wait", "--timeout", "30"]);
-    assert_ctl_ok(&out, "ctl pause", &cluster);
+    cluster.assert_ctl_ok(&out, "ctl pause");
     let postmaster = cluster.nodes[primary]
         .postmaster_pid()
         .expect("the primary's postmaster");
@@ -114,11 +99,8 @@ fn stopping_the_primary_agent_while_paused_leaves_postgres_writable_and_the_lock
     // The operator stops the agent (to upgrade it, say).
     let stopped = Instant::now();
     cluster.nodes[primary].signal(libc::SIGTERM);
-    assert!(
-        cluster.nodes[primary].wait_exit(Duration::from_secs(15)),
-        "the agent did not stop\n{}",
-        cluster.logs()
-    );
+    let exited = cluster.nodes[primary].wait_exit(Duration::from_secs(15));
+    cluster.check(exited, "the agent did not stop");
     let leader_after_stop = leader(&cluster);
     assert_eq!(
         leader_after_stop.as_deref(),
@@ -130,15 +112,13 @@ fn stopping_the_primary_agent_while_paused_leaves_postgres_writable_and_the_lock
     std::thread::sleep(Duration::from_secs(10));
     let (gap, writes) = writer.longest_gap_since(stopped);
     eprintln!("paused agent stop: {writes} writes, longest gap {gap:?}");
-    assert!(
+    cluster.check(
         postmaster_alive(postmaster),
-        "postmaster {postmaster} did not survive its agent's stop in pause\n{}",
-        cluster.logs()
+        &format!("postmaster {postmaster} did not survive its agent's stop in pause"),
     );
-    assert!(
+    cluster.check(
         gap < Duration::from_secs(2) && writes > 10,
-        "PostgreSQL stopped taking writes in pause: longest gap {gap:?}, {writes} writes\n{}",
-        cluster.logs()
+        &format!("PostgreSQL stopped taking writes in pause: longest gap {gap:?}, {writes} writes"),
     );
     assert_eq!(
         cluster.nodes[replica]
@@ -149,18 +129,16 @@ fn stopping_the_primary_agent_while_paused_leaves_postgres_writable_and_the_lock
         cluster.logs()
     );
     let leader_now = leader(&cluster);
-    assert!(
+    cluster.check(
         leader_now.is_none() || leader_now.as_deref() == Some(name.as_str()),
-        "another member took the leader key in pause: {leader_now:?}\n{}",
-        cluster.logs()
+        &format!("another member took the leader key in pause: {leader_now:?}"),
     );
 
     // The upgraded agent starts again: it adopts the running PostgreSQL.
     cluster.nodes[primary].start(&[]);
-    assert!(
+    cluster.check(
         cluster.nodes[primary].wait_status("/primary", 200, Duration::from_secs(30)),
-        "the restarted agent does not serve as the primary\n{}",
-        cluster.logs()
+        "the restarted agent does not serve as the primary",
     );
     assert_eq!(
         cluster.nodes[primary].postmaster_pid(),
@@ -168,43 +146,38 @@ fn stopping_the_primary_agent_while_paused_leaves_postgres_writable_and_the_lock
         "the restarted agent did not adopt the running postmaster\n{}",
         cluster.logs()
     );
-    assert!(
-        wait_for(Duration::from_secs(15), || (leader(&cluster).as_deref()
-            == Some(name.as_str()))
-        .then_some(()))
+    cluster.check(
+        wait_for(Duration::from_secs(15), || {
+            (leader(&cluster).as_deref() == Some(name.as_str())).then_some(())
+        })
         .is_some(),
-        "the restarted agent does not hold the leader key\n{}",
-        cluster.logs()
+        "the restarted agent does not hold the leader key",
     );
     let (gap, writes) = writer.longest_gap_since(stopped);
     writer.stop();
     eprintln!("paused agent stop and restart: {writes} writes, longest gap {gap:?}");
-    assert!(
+    cluster.check(
         gap < Duration::from_secs(2),
-        "PostgreSQL stopped taking writes across the agent restart: longest gap {gap:?}\n{}",
-        cluster.logs()
+        &format!("PostgreSQL stopped taking writes across the agent restart: longest gap {gap:?}"),
     );
 
     // Resumed: the fence guards the primary again; a killed agent takes
     // its PostgreSQL with it and the replica takes over.
     let out = cluster.nodes[primary].ctl(&["resume", "--wait", "--timeout", "30"]);
-    assert_ctl_ok(&out, "ctl resume", &cluster);
+    cluster.assert_ctl_ok(&out, "ctl resume");
     // Two loops (loop_wait 1 s): the fence is armed.
     std::thread::sleep(Duration::from_secs(3));
     cluster.nodes[primary].kill_agent();
     let dead = wait_for(Duration::from_secs(10), || {
         (!postmaster_alive(postmaster)).then_some(())
     });
-    assert!(
+    cluster.check(
         dead.is_some(),
-        "postmaster {postmaster} outlives its killed agent after resume\n{}",
-        cluster.logs()
+        &format!("postmaster {postmaster} outlives its killed agent after resume"),
     );
     let new = cluster.new_primary(primary, Duration::from_secs(30));
     assert_eq!(new, replica);
-    cluster.nodes[new]
-        .psql("INSERT INTO paused_writes VALUES (2)")
-        .unwrap();
+    cluster.psql_ok(new, "INSERT INTO paused_writes VALUES (2)");
 }
 
 /// Whether `pid` runs (not a zombie).
@@ -225,25 +198,23 @@ fn killing_the_primary_agent_alone_while_paused_leaves_postgres_running() {
     let (mut cluster, primary) =
         Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
     let out = cluster.nodes[primary].ctl(&["pause", "--wait", "--timeout", "30"]);
-    assert_ctl_ok(&out, "ctl pause", &cluster);
+    cluster.assert_ctl_ok(&out, "ctl pause");
     let postmaster = cluster.nodes[primary]
         .postmaster_pid()
         .expect("the primary's postmaster");
     cluster.nodes[primary].kill_agent();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(
+    cluster.check(
         postmaster_alive(postmaster),
-        "postmaster {postmaster} died with its agent in pause\n{}",
-        cluster.logs()
+        &format!("postmaster {postmaster} died with its agent in pause"),
     );
     cluster.nodes[primary]
         .psql("CREATE TABLE after_kill (v int)")
         .unwrap_or_else(|e| panic!("no write after the agent's kill in pause: {e}"));
     cluster.nodes[primary].start(&[]);
-    assert!(
+    cluster.check(
         cluster.nodes[primary].wait_status("/primary", 200, Duration::from_secs(30)),
-        "the restarted agent does not serve as the primary\n{}",
-        cluster.logs()
+        "the restarted agent does not serve as the primary",
     );
     assert_eq!(cluster.nodes[primary].postmaster_pid(), Some(postmaster));
 }

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{wait_for, Cluster, Options};
+use common::{healthy_pair, wait_for, Cluster, ClusterChecks, Options};
 
 /// Starts a healthy primary (node1), fills node2's data directory with
 /// `prepare`, starts node2's agent and asks it to reinitialize; returns the
@@ -49,10 +49,9 @@ fn assert_refused_and_kept(
     reason: &str,
 ) {
     let dir = cluster.nodes[1].data_dir();
-    assert!(
+    cluster.check(
         kept.iter().all(|file| dir.join(file).exists()),
-        "reinitialize deleted {lost} (HTTP {status} {body})\n{}",
-        cluster.logs()
+        &format!("reinitialize deleted {lost} (HTTP {status} {body})"),
     );
     assert_eq!(status, 503, "the refusal is not reported: {body}");
     assert!(
@@ -99,25 +98,20 @@ fn reinitialize_refuses_another_clusters_data_directory() {
 /// own cluster is emptied in place (no sibling directory) and cloned again.
 #[test]
 fn reinitialize_of_a_replica_clones_it_again_in_place() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(90));
-    let replica = 1 - primary;
-    cluster.nodes[primary]
-        .psql("CREATE TABLE before_reinit (v int)")
-        .expect("create a table on the primary");
+    let (cluster, primary, replica) = healthy_pair(Duration::from_secs(90));
+    cluster.psql_ok(primary, "CREATE TABLE before_reinit (v int)");
     let before = cluster.nodes[replica].postmaster_pid();
     let r = cluster.nodes[replica].call("POST", "/reinitialize", "{}", true);
     cluster.assert_status(&r, 200);
     assert_eq!(cluster.wait_healthy(1, Duration::from_secs(90)), primary);
-    assert!(
+    cluster.check(
         cluster.wait_sql(
             replica,
             "SELECT count(*) FROM pg_tables WHERE tablename = 'before_reinit'",
             "1",
-            Duration::from_secs(60)
+            Duration::from_secs(60),
         ),
-        "the reinitialized replica does not have the primary's data\n{}",
-        cluster.logs()
+        "the reinitialized replica does not have the primary's data",
     );
     assert_ne!(
         cluster.nodes[replica].postmaster_pid(),

@@ -4,7 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{etcd_get, serial, wait_for, Cluster, DcsSpec, Options, RecordedCallbacks};
+use common::{
+    etcd_get, healthy_pair, serial, three_with_a_replicated_row, wait_for, Cluster, ClusterChecks,
+    DcsSpec, Options, RecordedCallbacks,
+};
 
 #[test]
 fn bootstrap_and_replicate() {
@@ -92,14 +95,7 @@ fn bootstrap_and_replicate() {
 
 #[test]
 fn node_crash_fails_over_and_the_old_primary_rejoins() {
-    let (mut cluster, old) =
-        Cluster::healthy_on_etcd(3, Options::default(), Duration::from_secs(60));
-    cluster.nodes[old]
-        .psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
-        .unwrap();
-    for i in 0..3 {
-        assert!(cluster.wait_sql(i, "SELECT count(*) FROM t", "1", Duration::from_secs(20)));
-    }
+    let (mut cluster, old) = three_with_a_replicated_row(Duration::from_secs(60));
     // The whole node dies: agent and PostgreSQL, no clean shutdown.
     cluster.nodes[old].crash();
     let crashed = Instant::now();
@@ -107,20 +103,16 @@ fn node_crash_fails_over_and_the_old_primary_rejoins() {
     let took = crashed.elapsed();
     // ttl 4 s: the lock expires, a replica wins the race and is promoted.
     assert!(took < Duration::from_secs(20), "failover took {took:?}");
-    cluster.nodes[new]
-        .psql("INSERT INTO t VALUES (2)")
-        .unwrap_or_else(|e| panic!("write on the new primary: {e}\n{}", cluster.logs()));
+    cluster.psql_ok(new, "INSERT INTO t VALUES (2)");
     // The old primary comes back and rejoins as a replica of the new one.
     cluster.nodes[old].start(&[]);
-    assert!(
+    cluster.check(
         cluster.nodes[old].wait_status("/replica", 200, Duration::from_secs(60)),
-        "the old primary did not rejoin\n{}",
-        cluster.logs()
+        "the old primary did not rejoin",
     );
-    assert!(
+    cluster.check(
         cluster.wait_sql(old, "SELECT count(*) FROM t", "2", Duration::from_secs(30)),
-        "the rejoined node does not see the new primary's write\n{}",
-        cluster.logs()
+        "the rejoined node does not see the new primary's write",
     );
     assert_eq!(cluster.primary(), Some(new));
 }
@@ -147,25 +139,20 @@ fn sigterm_on_the_primary_hands_over_without_waiting_for_the_ttl() {
     );
     // PostgreSQL of the old primary was stopped cleanly.
     assert_eq!(cluster.nodes[old].postmaster_pid(), None);
-    cluster.nodes[new]
-        .psql("CREATE TABLE after_handover (v int)")
-        .unwrap();
+    cluster.psql_ok(new, "CREATE TABLE after_handover (v int)");
 }
 
 #[test]
 fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
     let (mut cluster, primary) =
         Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
-    cluster.nodes[primary]
-        .psql("CREATE TABLE fenced (v int)")
-        .unwrap();
+    cluster.psql_ok(primary, "CREATE TABLE fenced (v int)");
     // The replica has the table before the primary is cut off (under load it
     // may lag, and a promoted replica without it would fail the last insert).
     let has_table = "SELECT count(*) FROM pg_tables WHERE tablename = 'fenced'";
-    assert!(
+    cluster.check(
         cluster.wait_sql(1 - primary, has_table, "1", Duration::from_secs(30)),
-        "the replica does not have the table\n{}",
-        cluster.logs()
+        "the replica does not have the table",
     );
     // Only the agent dies (kill -9); its PostgreSQL keeps running unless fenced.
     cluster.nodes[primary].kill_agent();
@@ -175,10 +162,9 @@ fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
             .psql("INSERT INTO fenced VALUES (1)")
             .err()
     });
-    assert!(
+    cluster.check(
         refused.is_some(),
-        "the orphaned primary still accepts writes 10 s after its agent died\n{}",
-        cluster.logs()
+        "the orphaned primary still accepts writes 10 s after its agent died",
     );
     // Well within the lock's ttl (4 s): before a replica could be promoted.
     assert!(
@@ -187,9 +173,7 @@ fn the_write_fence_stops_postgres_when_the_primary_agent_is_killed() {
         killed.elapsed()
     );
     let new = cluster.new_primary(primary, Duration::from_secs(30));
-    cluster.nodes[new]
-        .psql("INSERT INTO fenced VALUES (2)")
-        .unwrap();
+    cluster.psql_ok(new, "INSERT INTO fenced VALUES (2)");
 }
 
 #[test]
@@ -212,14 +196,11 @@ fn switchover_by_rest_api_with_callbacks() {
     );
     let new = wait_for(Duration::from_secs(30), || cluster.primary()).unwrap();
     assert_eq!(new, candidate, "{}", cluster.logs());
-    assert!(
+    cluster.check(
         cluster.nodes[old].wait_status("/replica", 200, Duration::from_secs(60)),
-        "the old primary did not become a replica\n{}",
-        cluster.logs()
+        "the old primary did not become a replica",
     );
-    cluster.nodes[candidate]
-        .psql("CREATE TABLE switched (v int)")
-        .unwrap();
+    cluster.psql_ok(candidate, "CREATE TABLE switched (v int)");
     // History records the timeline switch.
     let history: serde_json::Value = serde_json::from_slice(
         &cluster.nodes[candidate]
@@ -255,9 +236,7 @@ fn switchover_by_rest_api_with_callbacks() {
 
 #[test]
 fn rest_api_refuses_unauthenticated_and_bad_changes_and_applies_good_ones() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
-    let replica = 1 - primary;
+    let (cluster, primary, replica) = healthy_pair(Duration::from_secs(60));
     let p = &cluster.nodes[primary];
     let leader = &p.name;
     let candidate = &cluster.nodes[replica].name;
@@ -431,15 +410,14 @@ fn rest_api_refuses_unauthenticated_and_bad_changes_and_applies_good_ones() {
     let r = cluster.nodes[replica].call("POST", "/reinitialize", "{}", true);
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(cluster.wait_healthy(1, Duration::from_secs(60)), primary);
-    assert!(
+    cluster.check(
         cluster.wait_sql(
             replica,
             "SELECT count(*) FROM before_reinit",
             "0",
-            Duration::from_secs(30)
+            Duration::from_secs(30),
         ),
-        "{}",
-        cluster.logs()
+        "the reinitialized replica does not have the primary's table",
     );
 }
 
@@ -513,9 +491,10 @@ fn a_duplicate_member_name_is_refused() {
 fn a_postgres_crash_with_the_agent_alive_recovers() {
     let (cluster, primary) =
         Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
-    cluster.nodes[primary]
-        .psql("CREATE TABLE crash (v int); INSERT INTO crash VALUES (1)")
-        .unwrap();
+    cluster.psql_ok(
+        primary,
+        "CREATE TABLE crash (v int); INSERT INTO crash VALUES (1)",
+    );
     cluster.nodes[primary].kill_postgres();
     // The agent restarts PostgreSQL (or the replica takes over): either way
     // the cluster has a primary that takes writes and a replica again.
@@ -529,15 +508,14 @@ fn a_postgres_crash_with_the_agent_alive_recovers() {
     let p = writable
         .unwrap_or_else(|| panic!("no writable primary after the crash\n{}", cluster.logs()));
     cluster.wait_healthy(1, Duration::from_secs(60));
-    assert!(
+    cluster.check(
         cluster.wait_sql(
             1 - p,
             "SELECT count(*) FROM crash",
             "2",
-            Duration::from_secs(30)
+            Duration::from_secs(30),
         ),
-        "{}",
-        cluster.logs()
+        "the replica does not have the row written after the crash",
     );
 }
 
@@ -610,9 +588,7 @@ fn zookeeper_bootstrap_and_failover() {
         cluster.nodes[old].name.as_str(),
         "{started}"
     );
-    cluster.nodes[old]
-        .psql("CREATE TABLE zk (v int); INSERT INTO zk VALUES (1)")
-        .unwrap();
+    cluster.psql_ok(old, "CREATE TABLE zk (v int); INSERT INTO zk VALUES (1)");
     let other = 1 - old;
     assert!(cluster.wait_sql(
         other,
@@ -623,18 +599,14 @@ fn zookeeper_bootstrap_and_failover() {
     cluster.nodes[old].crash();
     let new = cluster.new_primary(old, Duration::from_secs(40));
     assert_eq!(new, other);
-    cluster.nodes[new]
-        .psql("INSERT INTO zk VALUES (2)")
-        .unwrap();
+    cluster.psql_ok(new, "INSERT INTO zk VALUES (2)");
 }
 
 #[test]
 fn an_etcd_outage_stops_writes_on_the_primary_before_its_lock_expires() {
     let (cluster, primary) =
         Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
-    cluster.nodes[primary]
-        .psql("CREATE TABLE outage (v int)")
-        .unwrap();
+    cluster.psql_ok(primary, "CREATE TABLE outage (v int)");
     cluster.etcd().pause().expect("pause etcd");
     let cut = Instant::now();
     // The lock was renewed at most `cut` ago and lives 4 s (ttl): the primary
@@ -648,10 +620,9 @@ fn an_etcd_outage_stops_writes_on_the_primary_before_its_lock_expires() {
     cluster.etcd().resume().expect("resume etcd");
     let refused =
         refused.unwrap_or_else(|| panic!("the primary kept taking writes\n{}", cluster.logs()));
-    assert!(
+    cluster.check(
         refused < Duration::from_secs(4),
-        "writes stopped only after {refused:?}\n{}",
-        cluster.logs()
+        &format!("writes stopped only after {refused:?}"),
     );
     // Once etcd is back, the cluster has a primary again.
     cluster.wait_healthy(1, Duration::from_secs(60));
@@ -673,10 +644,9 @@ fn a_nofailover_replica_is_never_promoted() {
     crash_node1_and_check_node2_stays_a_replica(&mut cluster);
     // The old primary comes back and leads again.
     cluster.nodes[0].start(&[]);
-    assert!(
+    cluster.check(
         cluster.wait_primary_is(0, Duration::from_secs(60)),
-        "{}",
-        cluster.logs()
+        "node1 does not lead again",
     );
 }
 
@@ -710,11 +680,7 @@ fn a_failing_pre_promote_cancels_the_promotion() {
             .ok()
             .filter(|c| c.contains("pre_promote primary e2e"))
     });
-    assert!(
-        called.is_some(),
-        "pre_promote was not called\n{}",
-        cluster.logs()
-    );
+    cluster.check(called.is_some(), "pre_promote was not called");
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         cluster.nodes[1]
@@ -724,13 +690,12 @@ fn a_failing_pre_promote_cancels_the_promotion() {
     );
     // Once the script agrees, the next attempt promotes.
     std::fs::write(&allow, "").unwrap();
-    assert!(
-        wait_for(Duration::from_secs(30), || cluster.nodes[1]
-            .psql("CREATE TABLE allowed (v int)")
-            .ok())
+    cluster.check(
+        wait_for(Duration::from_secs(30), || {
+            cluster.nodes[1].psql("CREATE TABLE allowed (v int)").ok()
+        })
         .is_some(),
-        "not promoted after pre_promote agreed\n{}",
-        cluster.logs()
+        "not promoted after pre_promote agreed",
     );
 }
 
@@ -748,18 +713,13 @@ fn haproxy_with_httpchk_on_primary_sends_clients_to_the_new_primary() {
         .is_some()
     };
     let old_port = cluster.nodes[old].pg_port;
-    assert!(
-        server_port(old_port),
-        "HAProxy does not reach the primary\n{}",
-        cluster.logs()
-    );
+    cluster.check(server_port(old_port), "HAProxy does not reach the primary");
     cluster.nodes[old].crash();
     let new = cluster.new_primary(old, Duration::from_secs(30));
     let new_port = cluster.nodes[new].pg_port;
-    assert!(
+    cluster.check(
         server_port(new_port),
-        "HAProxy does not send clients to the new primary\n{}",
-        cluster.logs()
+        "HAProxy does not send clients to the new primary",
     );
     common::psql_at(
         "127.0.0.1",
@@ -874,23 +834,22 @@ fn scheduled_switchover_happens_at_its_time() {
     .is_some());
 
     // The old primary follows the new one, and sees its writes.
-    assert!(
+    cluster.check(
         cluster.nodes[old].wait_status("/replica", 200, Duration::from_secs(60)),
-        "the old primary did not rejoin as a replica\n{}",
-        cluster.logs()
+        "the old primary did not rejoin as a replica",
     );
-    cluster.nodes[candidate]
-        .psql("CREATE TABLE scheduled (v int); INSERT INTO scheduled VALUES (1)")
-        .unwrap_or_else(|e| panic!("write on the new primary: {e}\n{}", cluster.logs()));
-    assert!(
+    cluster.psql_ok(
+        candidate,
+        "CREATE TABLE scheduled (v int); INSERT INTO scheduled VALUES (1)",
+    );
+    cluster.check(
         cluster.wait_sql(
             old,
             "SELECT count(*) FROM scheduled",
             "1",
-            Duration::from_secs(30)
+            Duration::from_secs(30),
         ),
-        "{}",
-        cluster.logs()
+        "the old primary does not see the new primary's write",
     );
 }
 
@@ -916,9 +875,7 @@ fn failover_priority_decides_between_equally_fresh_replicas() {
     // priority node2 would be promoted.
     cluster.edit_config(2, "  failover_priority: 1\n", "  failover_priority: 5\n");
     cluster.start_node1_first(Duration::from_secs(60));
-    cluster.nodes[0]
-        .psql("CREATE TABLE prio (v int); INSERT INTO prio VALUES (1)")
-        .unwrap();
+    cluster.psql_ok(0, "CREATE TABLE prio (v int); INSERT INTO prio VALUES (1)");
     // No more writes: wait until both replicas have received and replayed
     // everything the primary wrote, and it stays so for a second.
     let all_caught_up = || {
@@ -955,13 +912,10 @@ fn failover_priority_decides_between_equally_fresh_replicas() {
         cluster.logs()
     );
     // The other replica follows it, and the cluster takes writes.
-    cluster.nodes[2]
-        .psql("INSERT INTO prio VALUES (2)")
-        .unwrap_or_else(|e| panic!("write on the new primary: {e}\n{}", cluster.logs()));
-    assert!(
+    cluster.psql_ok(2, "INSERT INTO prio VALUES (2)");
+    cluster.check(
         cluster.wait_sql(1, "SELECT count(*) FROM prio", "2", Duration::from_secs(30)),
-        "node2 does not follow node3\n{}",
-        cluster.logs()
+        "node2 does not follow node3",
     );
     assert_eq!(cluster.primary(), Some(2));
 }
@@ -1138,15 +1092,14 @@ fn a_postgresql_parameter_change_reaches_every_running_server() {
     let replica = &cluster.nodes[through];
     let r = replica.call("POST", "/restart", "{}", true);
     cluster.assert_status(&r, 200);
-    assert!(
+    cluster.check(
         cluster.wait_sql(
             through,
             "SHOW max_connections",
             "123",
-            Duration::from_secs(30)
+            Duration::from_secs(30),
         ),
-        "{}",
-        cluster.logs()
+        "max_connections 123 not in force after the restart",
     );
     let cleared = wait_for(Duration::from_secs(15), || {
         replica
@@ -1167,9 +1120,7 @@ fn a_postgresql_parameter_change_reaches_every_running_server() {
 /// without a restart of the agent or of PostgreSQL.
 #[test]
 fn sighup_applies_changed_tags_and_postgresql_parameters() {
-    let (cluster, primary) =
-        Cluster::healthy_on_etcd(2, Options::default(), Duration::from_secs(60));
-    let replica = 1 - primary;
+    let (cluster, primary, replica) = healthy_pair(Duration::from_secs(60));
     let node = &cluster.nodes[replica];
     let postmaster = node.postmaster_pid();
     node.edit_config(
@@ -1182,10 +1133,9 @@ fn sighup_applies_changed_tags_and_postgresql_parameters() {
     );
     node.signal(libc::SIGHUP);
 
-    assert!(
+    cluster.check(
         cluster.wait_sql(replica, "SHOW work_mem", "9MB", Duration::from_secs(15)),
-        "{}",
-        cluster.logs()
+        "work_mem 9MB not in force after SIGHUP",
     );
     let published = wait_for(Duration::from_secs(15), || {
         let body = cluster.nodes[primary].get_json("/cluster");
@@ -1218,16 +1168,15 @@ fn sighup_applies_changed_tags_and_postgresql_parameters() {
 fn the_former_primary_rejoins_by_pg_rewind() {
     let mut cluster = Cluster::configure_on_etcd(2, Options::default());
     cluster.start_node1_first(Duration::from_secs(60));
-    cluster.nodes[0]
-        .psql("CREATE TABLE rw (v int); INSERT INTO rw VALUES (1)")
-        .unwrap();
+    cluster.psql_ok(0, "CREATE TABLE rw (v int); INSERT INTO rw VALUES (1)");
     assert!(cluster.wait_sql(1, "SELECT count(*) FROM rw", "1", Duration::from_secs(20)));
 
     // node2 goes down entirely; node1 alone takes writes node2 never gets.
     cluster.nodes[1].crash();
-    cluster.nodes[0]
-        .psql("INSERT INTO rw SELECT 100 + g FROM generate_series(1, 10) g")
-        .unwrap_or_else(|e| panic!("write on the lone primary: {e}\n{}", cluster.logs()));
+    cluster.psql_ok(
+        0,
+        "INSERT INTO rw SELECT 100 + g FROM generate_series(1, 10) g",
+    );
     // Then node1 dies too, without a clean shutdown.
     cluster.nodes[0].crash();
 
@@ -1237,11 +1186,7 @@ fn the_former_primary_rejoins_by_pg_rewind() {
     let writable = wait_for(Duration::from_secs(40), || {
         cluster.nodes[1].psql("INSERT INTO rw VALUES (2)").ok()
     });
-    assert!(
-        writable.is_some(),
-        "node2 was not promoted\n{}",
-        cluster.logs()
-    );
+    cluster.check(writable.is_some(), "node2 was not promoted");
     assert_eq!(
         cluster.nodes[1].psql("SELECT count(*) FROM rw").unwrap(),
         "2",
@@ -1254,10 +1199,9 @@ fn the_former_primary_rejoins_by_pg_rewind() {
         .unwrap_or_default()
         .len();
     cluster.nodes[0].start(&[]);
-    assert!(
+    cluster.check(
         cluster.nodes[0].wait_status("/replica", 200, Duration::from_secs(60)),
-        "node1 did not rejoin\n{}",
-        cluster.logs()
+        "node1 did not rejoin",
     );
     assert!(
         cluster.wait_sql(
@@ -1291,6 +1235,6 @@ fn the_former_primary_rejoins_by_pg_rewind() {
         "{}",
         cluster.nodes[0].get_json("/patroni")
     );
-    cluster.nodes[1].psql("INSERT INTO rw VALUES (3)").unwrap();
+    cluster.psql_ok(1, "INSERT INTO rw VALUES (3)");
     assert!(cluster.wait_sql(0, "SELECT count(*) FROM rw", "3", Duration::from_secs(20)));
 }

@@ -4,7 +4,6 @@
 //! Without any authentication configured, changes are refused.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -13,19 +12,16 @@ use axum::middleware::Next;
 use base64::Engine as _;
 use tracing::warn;
 
-use super::limits::Throttle;
-use super::{error, ApiState, Client, Resp};
+use super::response::{error, Resp};
+use super::state::{ApiState, Client, SharedState};
+use super::throttle::Throttle;
 
 /// Refused change requests (one log line per interval).
 static REFUSALS: Throttle = Throttle::new();
 
 /// The middleware in front of every change (and `POST /failsafe`): runs
 /// before the body is read, so that an anonymous client holds nothing open.
-pub(crate) async fn authorize(
-    State(state): State<Arc<ApiState>>,
-    req: Request<Body>,
-    next: Next,
-) -> Resp {
+pub(crate) async fn authorize(State(state): SharedState, req: Request<Body>, next: Next) -> Resp {
     let client = req.extensions().get::<Client>().copied();
     match state.check_authorization(req.headers(), client) {
         Ok(()) => next.run(req).await,

@@ -1,37 +1,19 @@
 //! `POST /backup`: a pgBackRest backup of this member's PostgreSQL, taken
 //! only while it leads (pgBackRest backs up the primary it runs beside).
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
 use matriarch_ha::EngineRole;
-use matriarch_postgres::{BackupType, PgController};
+use matriarch_postgres::BackupType;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::body::JsonBody;
-use super::{error, respond, ApiState, Resp};
-
-/// Takes backups; [`PgController`] with a pgBackRest repository.
-#[async_trait]
-pub(crate) trait BackupRunner: Send + Sync {
-    /// Runs `pgbackrest backup --type=<kind>`; its console output, or why it failed.
-    async fn backup(&self, kind: BackupType) -> Result<String, String>;
-}
-
-#[async_trait]
-impl BackupRunner for PgController {
-    async fn backup(&self, kind: BackupType) -> Result<String, String> {
-        PgController::backup(self, kind)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
+use super::response::{error, respond, Resp};
+use super::state::SharedState;
 
 /// `POST /backup` with `{"type": "full"|"incr"|"diff"}` (`incr` when absent).
-pub(crate) async fn backup(State(state): State<Arc<ApiState>>, JsonBody(body): JsonBody) -> Resp {
+pub(crate) async fn backup(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     let Some(runner) = state.backup.clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -81,12 +63,15 @@ pub(crate) async fn backup(State(state): State<Arc<ApiState>>, JsonBody(body): J
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use axum::http::Method;
     use matriarch_postgres::PgRole;
 
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::api::pg_ops::BackupRunner;
     use crate::api::router_tests::{FakePostgres, Harness};
 
     /// Records the backups asked for.

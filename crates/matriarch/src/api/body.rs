@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{error, Resp};
+use super::response::{error, Resp};
 
 /// The largest request body accepted (413 beyond): a `/config` body is a
 /// few kilobytes.

@@ -2,20 +2,19 @@
 //! (`patronictl flush <cluster> switchover`). A switchover due now is not
 //! cancelled: it is under way.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use matriarch_dcs::Expected;
 use matriarch_model::DcsKey;
 use tracing::info;
 
+use super::response::{text, Resp};
+use super::state::SharedState;
 use super::switchover::dcs_error;
-use super::{text, ApiState, Resp};
 
 /// `DELETE /switchover`: 200 "scheduled switchover deleted", 404 "no
 /// switchover is scheduled", 409 when the key changed meanwhile.
-pub(crate) async fn delete_switchover(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn delete_switchover(State(state): SharedState) -> Resp {
     let view = match state.fresh_view().await {
         Ok(view) => view,
         Err(response) => return response,

@@ -1,15 +1,14 @@
 //! Role and health endpoints: 200 when the check passes, 503 when not, both
 //! with the `/patroni` body, as Patroni answers them.
 
-use std::sync::Arc;
-
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 
+use super::response::{respond, Resp};
+use super::state::{ApiState, SharedState};
 use super::view::{health_check, Node};
-use super::{respond, ApiState, Resp};
 
-/// Every health check's path (after [`super::normalize_path`]).
+/// Every health check's path (after [`super::routes::normalize_path`]).
 pub(crate) const PATHS: &[&str] = &[
     "/",
     "/primary",
@@ -34,7 +33,7 @@ pub(crate) const PATHS: &[&str] = &[
 
 /// `GET <health check>[?lag=..&tag=..]`.
 pub(crate) async fn check(
-    State(state): State<Arc<ApiState>>,
+    State(state): SharedState,
     uri: Uri,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Resp {

@@ -1,12 +1,11 @@
 //! Connections: the listener, the caps on connections in total and per
 //! client address, the timeouts on headers and TLS handshakes, and the
-//! hyper connection that hands each request to the axum [`super::router`].
+//! hyper connection that hands each request to the axum [`super::routes::router`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::Request;
@@ -14,7 +13,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use super::{normalize_path, router, ApiState, Client, Tls};
+use super::routes::{normalize_path, router};
+use super::state::{ApiState, Client};
+use super::throttle::Throttle;
+use super::tls::Tls;
 
 /// How long a client may take to send a request's headers; also how long an
 /// idle keep-alive connection is kept.
@@ -30,9 +32,6 @@ pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The per-client connection cap when `restapi.max_connections_per_ip` is
 /// not set.
 pub(super) const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
-
-/// How often a refused connection is logged at most.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Caps on the connections the API serves at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,37 +104,6 @@ pub(crate) fn raise_file_limit() -> Result<u64, FileLimitError> {
     Ok(wanted)
 }
 
-/// Lets one log line through per [`REFUSAL_LOG_INTERVAL`], so that a flood
-/// of refused requests or connections cannot flood the log.
-pub(crate) struct Throttle {
-    /// Events since the last line let through.
-    since: AtomicU64,
-    /// When that was.
-    last: Mutex<Option<Instant>>,
-}
-
-impl Throttle {
-    pub(crate) const fn new() -> Self {
-        Throttle {
-            since: AtomicU64::new(0),
-            last: Mutex::new(None),
-        }
-    }
-
-    /// Counts one event; `Some(events left unlogged before it)` when it is
-    /// to be logged.
-    pub(crate) fn due(&self) -> Option<u64> {
-        let since = self.since.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
-            return None;
-        }
-        *last = Some(Instant::now());
-        self.since.store(0, Ordering::Relaxed);
-        Some(since)
-    }
-}
-
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -203,7 +171,7 @@ impl ConnectionGate {
         })
     }
 
-    /// Logs refusals, at most once per [`REFUSAL_LOG_INTERVAL`].
+    /// Logs refusals, at most once per [`super::throttle::REFUSAL_LOG_INTERVAL`].
     fn refused(&self, peer: SocketAddr, why: Refusal) {
         let Some(suppressed) = self.refusals.due() else {
             return;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::restart::RestartSchedule;
+use super::restart_request::RestartSchedule;
 use crate::params::ParameterStatus;
 
 /// The engine's [`matriarch_ha::MemberExtras`]: what the REST API and the
@@ -46,8 +46,8 @@ mod tests {
     use matriarch_ha::MemberExtras as _;
     use serde_json::json;
 
-    use super::super::restart::RestartRequest;
     use super::*;
+    use crate::api::restart_request::RestartRequest;
 
     #[test]
     fn pending_and_scheduled_restarts_come_from_the_api_and_the_parameters() {

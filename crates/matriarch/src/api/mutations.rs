@@ -3,8 +3,6 @@
 //! `/reinitialize` and `/failsafe` (a primary's heartbeat). Every one has
 //! passed [`super::auth::authorize`] before its body is read.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use matriarch_dcs::Expected;
@@ -16,8 +14,10 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use super::body::{parse_body, JsonBody};
+use super::config_checks;
+use super::response::{error, respond, Resp};
+use super::state::{ApiState, SharedState};
 use super::switchover::dcs_error;
-use super::{config_checks, error, respond, ApiState, Resp};
 use crate::config::{check_requested_config_keys, dynamic_config_from_json};
 
 /// `POST /reinitialize` bodies, Patroni's keys (accepted; matriarch always
@@ -37,47 +37,38 @@ struct ReinitializeBody {
 }
 
 /// `PATCH /config`: an RFC 7396 merge patch onto the `config` key.
-pub(crate) async fn patch_config(
-    State(state): State<Arc<ApiState>>,
-    JsonBody(body): JsonBody,
-) -> Resp {
+pub(crate) async fn patch_config(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     state.change_config(body, false).await
 }
 
 /// `PUT /config`: the whole `config` key.
-pub(crate) async fn put_config(
-    State(state): State<Arc<ApiState>>,
-    JsonBody(body): JsonBody,
-) -> Resp {
+pub(crate) async fn put_config(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     state.change_config(body, true).await
 }
 
 /// `POST /restart`.
-pub(crate) async fn restart(State(state): State<Arc<ApiState>>, JsonBody(body): JsonBody) -> Resp {
+pub(crate) async fn restart(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     super::restart::post_restart(state, body).await
 }
 
 /// `DELETE /restart`: cancels a scheduled restart.
-pub(crate) async fn cancel_restart(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn cancel_restart(State(state): SharedState) -> Resp {
     super::restart::delete_restart(&state)
 }
 
 /// `POST /reload`.
-pub(crate) async fn reload(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn reload(State(state): SharedState) -> Resp {
     state.reload_request().await
 }
 
 /// `POST /reinitialize`.
-pub(crate) async fn reinitialize(
-    State(state): State<Arc<ApiState>>,
-    JsonBody(body): JsonBody,
-) -> Resp {
+pub(crate) async fn reinitialize(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     state.reinitialize(body).await
 }
 
 /// `POST /failsafe`.
 pub(crate) async fn failsafe_heartbeat(
-    State(state): State<Arc<ApiState>>,
+    State(state): SharedState,
     JsonBody(body): JsonBody,
 ) -> Resp {
     state.failsafe_heartbeat(body).await

@@ -9,8 +9,8 @@ use matriarch_model::SynchronousMode;
 use matriarch_postgres::LocalState;
 use serde_json::{json, Value};
 
+use super::state::ApiState;
 use super::view::Node;
-use super::ApiState;
 
 /// A PostgreSQL `timestamptz` (microseconds since the epoch) as Patroni
 /// prints one: Python's `str()` of an aware datetime,

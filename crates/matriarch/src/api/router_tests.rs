@@ -24,7 +24,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
-use super::{normalize_path, router, ApiState, Cache, Client, ReloadPostgres, StatusSource};
+use super::pg_ops::ReloadPostgres;
+use super::routes::{normalize_path, router};
+use super::state::{ApiState, Cache, Client, StatusSource};
 use crate::config::IpRange;
 
 /// PostgreSQL as the API sees it: what `observe` reports, and the stops
@@ -560,7 +562,7 @@ async fn config_changes_are_checked_then_written() {
 #[tokio::test]
 async fn the_view_follows_every_status_change() {
     let node = Harness::new(EngineRole::Replica, PgRole::Replica);
-    let refresher = tokio::spawn(super::refresh(Arc::clone(&node.state)));
+    let refresher = tokio::spawn(super::state::refresh(Arc::clone(&node.state)));
     // A leader appears in the DCS; the next engine loop publishes the view
     // it read with its status.
     let leader = MemberName::new("other").unwrap();

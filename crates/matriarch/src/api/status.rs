@@ -1,8 +1,6 @@
 //! Information endpoints: `/patroni`, `/cluster`, `/history`, `/metrics`,
 //! `GET /config` and `GET /failsafe`.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use matriarch_ha::EngineRole;
@@ -10,23 +8,25 @@ use matriarch_model::{MemberName, MemberState, Role};
 use matriarch_postgres::PgRole;
 use serde_json::{json, Value};
 
+use super::metrics::{flag, patroni_series, Exposition};
+use super::response::{error, respond, text, Resp};
+use super::state::{ApiState, SharedState};
 use super::view::Node;
-use super::{error, respond, text, ApiState, Resp};
 
 /// `GET /patroni`.
-pub(crate) async fn patroni(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn patroni(State(state): SharedState) -> Resp {
     let node = state.node();
     respond(StatusCode::OK, state.patroni_body(&node))
 }
 
 /// `GET /cluster`.
-pub(crate) async fn cluster(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn cluster(State(state): SharedState) -> Resp {
     let node = state.node();
     respond(StatusCode::OK, state.cluster_body(&node))
 }
 
 /// `GET /metrics` (Prometheus text).
-pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn metrics(State(state): SharedState) -> Resp {
     let node = state.node();
     text(
         StatusCode::OK,
@@ -36,13 +36,13 @@ pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Resp {
 }
 
 /// `GET /failsafe`.
-pub(crate) async fn failsafe_members(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn failsafe_members(State(state): SharedState) -> Resp {
     let node = state.node();
     state.failsafe_members(&node)
 }
 
 /// `GET /config`: the DCS `config` key, read now.
-pub(crate) async fn config(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn config(State(state): SharedState) -> Resp {
     match state.fresh_view().await {
         Ok(view) => match view.config {
             Some(Ok(c)) => respond(
@@ -64,7 +64,7 @@ pub(crate) async fn config(State(state): State<Arc<ApiState>>) -> Resp {
 
 /// `GET /history`: Patroni's five fields per timeline switch, then a
 /// failover's report.
-pub(crate) async fn history(State(state): State<Arc<ApiState>>) -> Resp {
+pub(crate) async fn history(State(state): SharedState) -> Resp {
     let node = state.node();
     let history: Vec<Value> = node
         .view
@@ -278,62 +278,58 @@ impl ApiState {
     }
 
     fn metrics(&self, node: &Node) -> String {
-        let labels = super::metrics::labels(&self.scope, self.name.as_str());
-        let mut out = super::metrics::patroni_series(self, node, &self.patroni_body(node));
-        let mut gauge = |name: &str, help: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}\n"
-            ));
-        };
-        let b = |v: bool| if v { "1" } else { "0" }.to_owned();
-        gauge(
+        let mut out = Exposition::new(&self.scope, self.name.as_str());
+        patroni_series(&mut out, self, node, &self.patroni_body(node));
+        let leader = node.role == EngineRole::Leader;
+        out.gauge(
             "matriarch_leader",
             "1 if this node holds the leader lock",
-            b(node.role == EngineRole::Leader),
+            flag(leader),
         );
-        gauge(
+        out.gauge(
             "matriarch_primary",
             "1 if this node runs as a writable primary holding the lock",
-            b(node.is_primary()),
+            flag(node.is_primary()),
         );
-        gauge(
+        out.gauge(
             "matriarch_replica",
             "1 if this node runs as a replica",
-            b(node.is_replica()),
+            flag(node.is_replica()),
         );
-        gauge(
+        out.gauge(
             "matriarch_postgres_running",
             "1 if PostgreSQL accepts connections",
-            b(node.running()),
+            flag(node.running()),
         );
-        gauge(
+        out.gauge(
             "matriarch_postgres_timeline",
             "the local timeline",
-            node.timeline.unwrap_or(0).to_string(),
+            node.timeline.unwrap_or(0),
         );
-        gauge(
+        out.gauge(
             "matriarch_wal_position_bytes",
             "the local WAL position",
-            node.wal_position.map_or(0, |l| l.0).to_string(),
+            node.wal_position.map_or(0, |l| l.0),
         );
-        gauge(
+        let lag = if leader {
+            "0".to_owned()
+        } else {
+            node.lag().map_or("-1".to_owned(), |l| l.to_string())
+        };
+        out.gauge(
             "matriarch_replication_lag_bytes",
             "bytes behind the leader (0 on the leader, -1 when unknown)",
-            if node.role == EngineRole::Leader {
-                "0".to_owned()
-            } else {
-                node.lag().map_or("-1".to_owned(), |l| l.to_string())
-            },
+            lag,
         );
-        gauge(
+        out.gauge(
             "matriarch_dcs_reachable",
             "1 if the last DCS read succeeded",
-            b(node.dcs_reachable),
+            flag(node.dcs_reachable),
         );
-        gauge(
+        out.gauge(
             "matriarch_paused",
             "1 if the cluster is in maintenance mode",
-            b(node.paused),
+            flag(node.paused),
         );
         // This node's own report, else the newest one in the history.
         let loss = node.last_failover_loss.or_else(|| {
@@ -343,21 +339,23 @@ impl ApiState {
                 .and_then(|h| h.as_ref().ok())
                 .and_then(|h| h.value.0.iter().rev().find_map(|e| e.possible_loss_bytes()))
         });
-        gauge(
+        out.gauge(
             "matriarch_last_failover_possible_loss_bytes",
             "WAL bytes the former leader was last known to hold beyond the promoted position at the last automatic failover (-1: none reported)",
             loss.map_or("-1".to_owned(), |l| l.to_string()),
         );
-        gauge(
+        out.gauge(
             "matriarch_failsafe_active",
             "1 if this primary leads on failsafe (DCS unreachable, every member acknowledged)",
-            b(node.failsafe_active),
+            flag(node.failsafe_active),
         );
-        out.push_str(&format!(
-            "# HELP matriarch_ha_loops_total HA loops run\n# TYPE matriarch_ha_loops_total counter\nmatriarch_ha_loops_total{{{labels}}} {}\n",
-            node.loops
-        ));
-        out
+        out.series(
+            "matriarch_ha_loops_total",
+            "counter",
+            "HA loops run",
+            node.loops,
+        );
+        out.into_text()
     }
 }
 

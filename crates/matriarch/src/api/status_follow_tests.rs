@@ -24,8 +24,9 @@ use matriarch_postgres::{
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::pg_ops::ReloadPostgres;
 use super::router_tests::{answer, test_api_state};
-use super::{refresh, ApiState, ReloadPostgres};
+use super::state::{refresh, ApiState};
 
 /// How often the API asked PostgreSQL for anything.
 #[derive(Default)]

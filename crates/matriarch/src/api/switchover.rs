@@ -3,7 +3,6 @@
 //! (or the request is withdrawn, and why).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -18,18 +17,16 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::body::{parse_body, JsonBody};
-use super::{error, respond, ApiState, Resp};
+use super::response::{error, respond, Resp};
+use super::state::{ApiState, SharedState};
 
 /// `POST /switchover`.
-pub(crate) async fn switchover(
-    State(state): State<Arc<ApiState>>,
-    JsonBody(body): JsonBody,
-) -> Resp {
+pub(crate) async fn switchover(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     state.switchover(body, false).await
 }
 
 /// `POST /failover`.
-pub(crate) async fn failover(State(state): State<Arc<ApiState>>, JsonBody(body): JsonBody) -> Resp {
+pub(crate) async fn failover(State(state): SharedState, JsonBody(body): JsonBody) -> Resp {
     state.switchover(body, true).await
 }
 

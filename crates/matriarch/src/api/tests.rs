@@ -10,10 +10,11 @@ use matriarch_postgres::{DataDirectoryState, LocalState, PgRole, ServerState};
 use serde_json::json;
 
 use super::auth::constant_time_eq;
+use super::limits::ConnectionLimits;
 use super::limits::DEFAULT_MAX_CONNECTIONS;
 use super::limits::{ConnectionGate, Refusal};
+use super::mutations::merge_patch;
 use super::view::{health_check, parse_size, postmaster_alive, Node};
-use super::{merge_patch, ConnectionLimits};
 
 /// A query string as the health endpoints' `Query` extractor decodes it.
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {

@@ -8,7 +8,7 @@ use matriarch_model::{ClusterConfig, ClusterView, Lsn, MemberName, SynchronousMo
 use matriarch_postgres::{DataDirectoryState, LocalState, PgRole, ServerState};
 use serde_json::Value;
 
-use super::ApiState;
+use super::state::ApiState;
 
 /// Parses `?lag=`: bytes, or a size with a unit (`1MB`, `16 kB`, `1GB`).
 pub(crate) fn parse_size(text: &str) -> Option<u64> {

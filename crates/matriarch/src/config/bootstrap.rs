@@ -10,7 +10,7 @@ use matriarch_model::ParameterValue;
 use matriarch_postgres::{check_recovery_conf, BootstrapMethod, CustomBootstrap};
 use serde::Deserialize;
 
-use super::check_all::unknown_key;
+use super::unknown_key::unknown_key;
 use crate::error::ConfigError;
 
 /// `bootstrap:`. Unknown keys are refused by [`BootstrapConfig::method`]:

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use matriarch_model::ParameterValue;
 
 use super::dynamic::{CLUSTER_CONFIG_KEYS, CLUSTER_POSTGRESQL_KEYS};
+use super::unknown_key::unknown_key;
 use super::{cluster_config_from_json, set_path, NodeConfig, ENV_OVERRIDES};
 use crate::error::ConfigError;
 
@@ -266,19 +267,6 @@ fn cluster_config_error(key: String, alone: serde_json::Value) -> Vec<ConfigErro
         Ok(_) => Vec::new(),
         Err(error) => vec![ConfigError::invalid(key, error.to_string())],
     }
-}
-
-/// "unknown key" for `field` at `key`, with the closest known one.
-pub(crate) fn unknown_key(key: &str, field: &str, known: &[&str]) -> ConfigError {
-    let hint = known
-        .iter()
-        .find(|k| strsim::levenshtein(k, field) <= 2)
-        .map(|k| format!("did you mean `{k}`? "))
-        .unwrap_or_default();
-    ConfigError::invalid(
-        key,
-        format!("unknown key; {hint}expected one of {}", known.join(", ")),
-    )
 }
 
 /// The parameters of `parameters` (at `key`) that the PostgreSQL

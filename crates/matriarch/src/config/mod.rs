@@ -22,6 +22,7 @@ mod restapi;
 mod router;
 #[cfg(test)]
 mod tests;
+mod unknown_key;
 mod watchdog;
 
 use std::net::SocketAddr;

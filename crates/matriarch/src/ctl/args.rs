@@ -15,12 +15,28 @@ pub(crate) enum Format {
     Json,
 }
 
+/// patronictl's first argument, which most commands take: the cluster's
+/// name, checked against the one the API serves.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct ClusterName {
+    /// The cluster's name, as patronictl's first argument (checked against the API's).
+    #[arg(value_name = "CLUSTER")]
+    cluster: Option<String>,
+}
+
+impl ClusterName {
+    /// The name given, if any.
+    pub(crate) fn get(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+}
+
 /// Options of the reading commands.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ReadArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+    /// The cluster's name, as patronictl's first argument.
+    #[command(flatten)]
+    pub cluster: ClusterName,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -29,9 +45,9 @@ pub(crate) struct ReadArgs {
 /// Options of `switchover`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct SwitchoverArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+    /// The cluster's name, as patronictl's first argument.
+    #[command(flatten)]
+    pub cluster: ClusterName,
     /// The current leader (checked against the cluster's; default: whoever leads).
     #[arg(long, alias = "primary")]
     pub leader: Option<String>,
@@ -49,9 +65,9 @@ pub(crate) struct SwitchoverArgs {
 /// Options of `failover`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct FailoverArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+    /// The cluster's name, as patronictl's first argument.
+    #[command(flatten)]
+    pub cluster: ClusterName,
     /// The member to promote.
     #[arg(long, required = true)]
     pub candidate: String,
@@ -63,9 +79,9 @@ pub(crate) struct FailoverArgs {
 /// Options of `pause` and `resume`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct WaitArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+    /// The cluster's name, as patronictl's first argument.
+    #[command(flatten)]
+    pub cluster: ClusterName,
     /// Wait until every member reports the change (at most --timeout seconds).
     #[arg(long)]
     pub wait: bool,
@@ -74,9 +90,9 @@ pub(crate) struct WaitArgs {
 /// Options of `edit-config`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct EditConfigArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+    /// The cluster's name, as patronictl's first argument.
+    #[command(flatten)]
+    pub cluster: ClusterName,
     /// Set a key of the dynamic configuration: `ttl=30`, `postgresql.use_pg_rewind=false`;
     /// values are JSON when they parse, text otherwise; `null` removes the key.
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
@@ -161,12 +177,13 @@ pub(crate) struct FlushArgs {
     pub force: bool,
 }
 
-/// Options of `dsn`.
+/// Options of `dsn`, and which member `query` connects to: the leader by
+/// default, or one of `--role`/`--member`.
 #[derive(clap::Args, Debug)]
-pub(crate) struct DsnArgs {
-    /// The cluster's name (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+pub(crate) struct MemberChoice {
+    /// The cluster's name, as patronictl's first argument.
+    #[command(flatten)]
+    pub cluster: ClusterName,
     /// leader (default), primary, replica or any.
     #[arg(short = 'r', long)]
     pub role: Option<String>,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::json;
 
+use super::args::ClusterName;
 use super::client::Client;
 use super::commands::{member_api, read_parsed};
 use super::error::CtlError;
@@ -29,9 +30,9 @@ pub(crate) enum BackupKind {
 /// Options of `backup`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct BackupArgs {
-    /// The cluster's name, as patronictl's first argument (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+    /// The cluster's name, as patronictl's first argument.
+    #[command(flatten)]
+    pub cluster: ClusterName,
     /// The backup type.
     #[arg(long = "type", value_enum, default_value_t = BackupKind::Incr)]
     pub kind: BackupKind,
@@ -39,7 +40,7 @@ pub(crate) struct BackupArgs {
 
 /// Asks the leader for a backup and prints pgBackRest's answer.
 pub(super) async fn backup(client: &mut Client, args: &BackupArgs) -> Result<(), CtlError> {
-    super::patroni_cmds::require_cluster(client, args.cluster.as_deref()).await?;
+    super::patroni_cmds::require_cluster(client, args.cluster.get()).await?;
     let (cluster, _) = read_parsed(client, "/cluster", Cluster::parse).await?;
     let leader = cluster
         .leader()

@@ -30,8 +30,8 @@ use matriarch_model::Secret;
 use serde_json::json;
 
 use args::{
-    DsnArgs, EditConfigArgs, FailoverArgs, FlushArgs, ListArgs, MemberArgs, ReadArgs, RestartArgs,
-    SwitchoverArgs, VersionArgs, WaitArgs,
+    ClusterName, EditConfigArgs, FailoverArgs, FlushArgs, ListArgs, MemberArgs, MemberChoice,
+    ReadArgs, RestartArgs, SwitchoverArgs, VersionArgs, WaitArgs,
 };
 use client::{Client, Endpoint, TlsFiles};
 use commands::{edit_config, failover, history, on_members, pause, show_config, switchover};
@@ -143,12 +143,27 @@ pub(crate) enum CtlCommand {
     /// Discard scheduled events: `flush CLUSTER [MEMBER]... restart|switchover`.
     Flush(FlushArgs),
     /// `host=… port=…` of the leader, of a member with a role, or of a member.
-    Dsn(DsnArgs),
+    Dsn(MemberChoice),
     /// Run SQL on a member's PostgreSQL (the leader by default); rows as tsv.
     Query(query::QueryArgs),
     /// Delete every key of a cluster from the DCS (needs --config; asks for confirmation,
     /// answers may be piped on stdin).
     Remove(remove::RemoveArgs),
+}
+
+impl CtlCommand {
+    /// The cluster name given to a command that checks it against the API's
+    /// before anything else (the others check it themselves, or take none).
+    fn checked_cluster(&self) -> Option<&ClusterName> {
+        match self {
+            CtlCommand::History(read) | CtlCommand::ShowConfig(read) => Some(&read.cluster),
+            CtlCommand::Switchover(s) => Some(&s.cluster),
+            CtlCommand::Failover(f) => Some(&f.cluster),
+            CtlCommand::Pause(w) | CtlCommand::Resume(w) => Some(&w.cluster),
+            CtlCommand::EditConfig(edit) => Some(&edit.cluster),
+            _ => None,
+        }
+    }
 }
 
 /// Runs a `ctl` command and returns its exit code; messages go to stdout (results) and
@@ -247,33 +262,18 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
         _ => None,
     };
     let mut client = client_from(&args)?;
+    if let Some(name) = args.command.checked_cluster() {
+        patroni_cmds::require_cluster(&mut client, name.get()).await?;
+    }
     match *args.command {
         CtlCommand::List(l) => list(&mut client, &l, args.config.as_deref(), false).await,
         CtlCommand::Topology(l) => list(&mut client, &l, args.config.as_deref(), true).await,
-        CtlCommand::History(read) => {
-            patroni_cmds::require_cluster(&mut client, read.cluster.as_deref()).await?;
-            history(&mut client, read.format).await
-        }
-        CtlCommand::ShowConfig(read) => {
-            patroni_cmds::require_cluster(&mut client, read.cluster.as_deref()).await?;
-            show_config(&mut client, read.format).await
-        }
-        CtlCommand::Switchover(s) => {
-            patroni_cmds::require_cluster(&mut client, s.cluster.as_deref()).await?;
-            switchover(&mut client, &s, scheduled).await
-        }
-        CtlCommand::Failover(f) => {
-            patroni_cmds::require_cluster(&mut client, f.cluster.as_deref()).await?;
-            failover(&mut client, &f).await
-        }
-        CtlCommand::Pause(w) => {
-            patroni_cmds::require_cluster(&mut client, w.cluster.as_deref()).await?;
-            pause(&mut client, true, w.wait, args.timeout).await
-        }
-        CtlCommand::Resume(w) => {
-            patroni_cmds::require_cluster(&mut client, w.cluster.as_deref()).await?;
-            pause(&mut client, false, w.wait, args.timeout).await
-        }
+        CtlCommand::History(read) => history(&mut client, read.format).await,
+        CtlCommand::ShowConfig(read) => show_config(&mut client, read.format).await,
+        CtlCommand::Switchover(s) => switchover(&mut client, &s, scheduled).await,
+        CtlCommand::Failover(f) => failover(&mut client, &f).await,
+        CtlCommand::Pause(w) => pause(&mut client, true, w.wait, args.timeout).await,
+        CtlCommand::Resume(w) => pause(&mut client, false, w.wait, args.timeout).await,
         CtlCommand::Version(v) => {
             let cluster = v.names.first().map(String::as_str);
             let members = v.names.get(1..).unwrap_or_default();
@@ -284,17 +284,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Query(q) => {
             query::query(&mut client, &q, Duration::from_secs(args.timeout)).await
         }
-        CtlCommand::Dsn(d) => {
-            patroni_cmds::dsn(
-                &mut client,
-                d.cluster.as_deref(),
-                d.role.as_deref(),
-                d.member.as_deref(),
-            )
-            .await
-        }
+        CtlCommand::Dsn(d) => patroni_cmds::dsn(&mut client, &d).await,
         CtlCommand::EditConfig(edit) => {
-            patroni_cmds::require_cluster(&mut client, edit.cluster.as_deref()).await?;
             edit_config(&mut client, patch.unwrap_or_default(), edit.force).await
         }
         CtlCommand::Restart(r) => {
@@ -340,11 +331,7 @@ async fn list(
     node_config: Option<&std::path::Path>,
     tree: bool,
 ) -> Result<(), CtlError> {
-    let (cluster, format, interval) = (
-        args.read.cluster.as_deref(),
-        args.read.format,
-        args.interval()?,
-    );
+    let (cluster, format, interval) = (args.read.cluster.get(), args.read.format, args.interval()?);
     patroni_cmds::list(client, cluster, node_config, format, tree, interval).await
 }
 

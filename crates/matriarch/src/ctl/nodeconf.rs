@@ -121,24 +121,15 @@ mod tests {
 
     #[test]
     fn listen_is_used_without_connect_address_and_wildcards_become_loopback() {
-        assert_eq!(
-            parse("restapi: {listen: '0.0.0.0:8009'}").expect("ok").url,
-            "http://127.0.0.1:8009"
-        );
-        assert_eq!(
-            parse("restapi: {listen: ':8010'}").expect("ok").url,
-            "http://127.0.0.1:8010"
-        );
-        assert_eq!(
-            parse("restapi: {listen: '[::]:8011'}").expect("ok").url,
-            "http://[::1]:8011"
-        );
-        assert_eq!(
-            parse("restapi: {listen: '127.0.0.2:8012'}")
-                .expect("ok")
-                .url,
-            "http://127.0.0.2:8012"
-        );
+        for (listen, url) in [
+            ("0.0.0.0:8009", "http://127.0.0.1:8009"),
+            (":8010", "http://127.0.0.1:8010"),
+            ("[::]:8011", "http://[::1]:8011"),
+            ("127.0.0.2:8012", "http://127.0.0.2:8012"),
+        ] {
+            let node = parse(&format!("restapi: {{listen: '{listen}'}}")).expect("ok");
+            assert_eq!(node.url, url, "{listen}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::Value;
 
-use super::args::Format;
+use super::args::{Format, MemberChoice};
 use super::client::{Client, Endpoint, ReadOutcome};
 use super::commands::{self, confirm};
 use super::error::CtlError;
@@ -272,31 +272,25 @@ pub(super) async fn flush(
 
 /// `dsn [CLUSTER] [--role R] [--member M]`: `host=H port=P` of the leader
 /// (by default), of a member with that role, or of that member.
-pub(super) async fn dsn(
-    client: &mut Client,
-    cluster_name: Option<&str>,
-    role: Option<&str>,
-    member: Option<&str>,
-) -> Result<(), CtlError> {
-    let (host, port) = member_address(client, cluster_name, role, member).await?;
+pub(super) async fn dsn(client: &mut Client, choice: &MemberChoice) -> Result<(), CtlError> {
+    let (host, port) = member_address(client, choice).await?;
     println!("host={host} port={port}");
     Ok(())
 }
 
 /// PostgreSQL's address of the leader (by default), of a member with
-/// `role`, or of `member`, as patronictl's `get_any_member` picks it.
+/// `--role`, or of `--member`, as patronictl's `get_any_member` picks it.
 pub(super) async fn member_address(
     client: &mut Client,
-    cluster_name: Option<&str>,
-    role: Option<&str>,
-    member: Option<&str>,
+    choice: &MemberChoice,
 ) -> Result<(String, u16), CtlError> {
+    let (role, member) = (choice.role.as_deref(), choice.member.as_deref());
     if role.is_some() && member.is_some() {
         return Err(CtlError::Usage(
             "--role and --member are mutually exclusive".to_owned(),
         ));
     }
-    let cluster = read_named_cluster(client, cluster_name).await?;
+    let cluster = read_named_cluster(client, choice.cluster.get()).await?;
     let found = match (member, role.unwrap_or("leader")) {
         (Some(name), _) => cluster.member(name),
         (None, "leader" | "primary" | "master") => cluster.leader(),
@@ -361,7 +355,7 @@ mod tests {
         let Ok(CtlCommand::List(list)) = parse(&["list", "demo", "-W"]) else {
             panic!("list demo -W")
         };
-        assert_eq!(list.read.cluster.as_deref(), Some("demo"));
+        assert_eq!(list.read.cluster.get(), Some("demo"));
         assert_eq!(list.interval().unwrap(), Some(Duration::from_secs(2)));
         let Ok(CtlCommand::List(list)) = parse(&["list", "-w", "0.5"]) else {
             panic!("list -w 0.5")

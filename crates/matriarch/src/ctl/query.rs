@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio_postgres::SimpleQueryMessage;
 
+use super::args::MemberChoice;
 use super::client::Client;
 use super::error::CtlError;
 use super::patroni_cmds;
@@ -15,21 +16,15 @@ use super::patroni_cmds;
 /// Options of `query`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct QueryArgs {
-    /// The cluster's name (checked against the API's).
-    #[arg(value_name = "CLUSTER")]
-    pub cluster: Option<String>,
+    /// The cluster, and the member to query.
+    #[command(flatten)]
+    pub target: MemberChoice,
     /// The SQL to run.
     #[arg(short = 'c', long = "command", conflicts_with = "file")]
     pub command: Option<String>,
     /// A file with the SQL to run.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// leader (default), primary, replica or any.
-    #[arg(short = 'r', long)]
-    pub role: Option<String>,
-    /// The member to query.
-    #[arg(short = 'm', long)]
-    pub member: Option<String>,
     /// The database user (default: postgres); the password comes from PGPASSWORD.
     #[arg(short = 'U', long = "pg-username", value_name = "USER")]
     pub user: Option<String>,
@@ -53,13 +48,7 @@ pub(super) async fn query(
             .map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", file.display())))?,
         (None, None) => return Err(CtlError::Usage("query needs -c SQL or -f FILE".to_owned())),
     };
-    let (host, port) = patroni_cmds::member_address(
-        client,
-        args.cluster.as_deref(),
-        args.role.as_deref(),
-        args.member.as_deref(),
-    )
-    .await?;
+    let (host, port) = patroni_cmds::member_address(client, &args.target).await?;
     let mut config = tokio_postgres::Config::new();
     config
         .host(&host)

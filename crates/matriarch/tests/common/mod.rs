@@ -13,18 +13,24 @@ use std::path::Path;
 use std::process::Output;
 
 mod callbacks;
+mod checks;
 mod etcd;
+mod fixtures;
 mod offline_config;
 
 pub(crate) use callbacks::RecordedCallbacks;
+pub(crate) use checks::{output_text, ClusterChecks};
 pub(crate) use etcd::{etcd_get, etcd_lease_granted_ttl, etcd_put, etcd_range};
+pub(crate) use fixtures::{healthy_pair, three_with_a_replicated_row};
 pub(crate) use matriarch_testkit::cluster::{
     basic_auth, psql_at, psql_command, serial, switchover_body, DcsSpec,
     ScenarioCluster as Cluster, ScenarioNode as Node, ScenarioOptions as Options, Serial,
     API_PASSWORD, API_USER, PG_PASSWORD,
 };
 pub(crate) use matriarch_testkit::wait::wait_for;
-pub(crate) use offline_config::{on_config, OFFLINE_CONFIG, OFFLINE_DATA_ROOT};
+pub(crate) use offline_config::{
+    assert_check_refuses, check_refuses, on_config, OFFLINE_CONFIG, OFFLINE_DATA_ROOT,
+};
 
 /// `matriarch ctl ARGS` of this build, with none of ctl's variables from the
 /// test's environment.

@@ -52,3 +52,18 @@ pub(crate) fn on_config(
     );
     (output.status.code(), stderr)
 }
+
+/// Asserts that `matriarch check` refuses `config` (exit 2); its stderr.
+#[track_caller]
+pub(crate) fn check_refuses(config: &str) -> String {
+    let (code, stderr) = on_config("check", config, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    stderr
+}
+
+/// Asserts that `matriarch check` refuses `config` (exit 2) saying `message`.
+#[track_caller]
+pub(crate) fn assert_check_refuses(config: &str, message: &str) {
+    let stderr = check_refuses(config);
+    assert!(stderr.contains(message), "{stderr}");
+}
