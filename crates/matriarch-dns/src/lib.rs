@@ -33,147 +33,28 @@
 #![warn(missing_docs)]
 
 mod base64;
+mod config;
+mod names;
+mod records;
+mod tsig;
 mod wire;
 
-use std::collections::BTreeSet;
+pub use config::DnsRouterConfig;
+pub use records::{DnsState, NameRecords};
+pub use tsig::TsigKey;
+
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, UpdateMessage};
-use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
+use hickory_proto::rr::rdata::tsig::TsigError;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
 use matriarch_router::{Endpoint, Router, RouterError, Routes};
+use names::fqdn;
 use tracing::{debug, info, warn};
-
-/// The TSIG fudge (allowed clock difference) sent with every signed message.
-const TSIG_FUDGE_SECS: u16 = 300;
-
-/// A TSIG key: the name the server knows it by, its algorithm and its
-/// secret. `Debug` never shows the secret.
-#[derive(Clone)]
-pub struct TsigKey {
-    name: String,
-    algorithm: String,
-    secret: Vec<u8>,
-}
-
-impl TsigKey {
-    /// A key from its name (e.g. `matriarch-key`), algorithm (`hmac-sha256`,
-    /// `hmac-sha384`, `hmac-sha512` or `hmac-sha512-256`) and base64 secret
-    /// (as in BIND's `key` statement or `tsig-keygen` output).
-    pub fn from_base64(
-        name: impl Into<String>,
-        algorithm: impl Into<String>,
-        secret_base64: &str,
-    ) -> Result<Self, RouterError> {
-        let name = name.into();
-        let secret = base64::decode(secret_base64).map_err(|detail| RouterError::Config {
-            message: format!("TSIG key `{name}`: the secret is not valid base64: {detail}"),
-        })?;
-        Ok(TsigKey {
-            name,
-            algorithm: algorithm.into(),
-            secret,
-        })
-    }
-
-    /// The key's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The key's algorithm name.
-    pub fn algorithm(&self) -> &str {
-        &self.algorithm
-    }
-}
-
-impl fmt::Debug for TsigKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TsigKey")
-            .field("name", &self.name)
-            .field("algorithm", &self.algorithm)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
-
-/// What a [`DnsRouter`] manages and how it reaches the server.
-#[derive(Clone, Debug)]
-pub struct DnsRouterConfig {
-    /// The zone's primary server (it must accept TSIG-signed updates), e.g.
-    /// `10.0.0.53:53`.
-    pub server: SocketAddr,
-    /// The zone to update, e.g. `db.example.com` (a trailing dot is optional).
-    pub zone: String,
-    /// The name that points at the primary, e.g. `primary.db.example.com`;
-    /// it must be inside `zone`.
-    pub writer_name: String,
-    /// The name that holds the replicas' addresses, if any; it must be
-    /// inside `zone` and differ from `writer_name`.
-    pub reader_name: Option<String>,
-    /// The TTL of the records written, in seconds; keep it low (clients may
-    /// use a cached answer that long after a failover).
-    pub ttl: u32,
-    /// The key that signs the updates.
-    pub key: TsigKey,
-    /// The bound on each call (`route`, `withdraw`), connecting included.
-    pub timeout: Duration,
-}
-
-impl DnsRouterConfig {
-    /// A configuration with TTL 5 s, a 5 s timeout and no reader name.
-    pub fn new(
-        server: SocketAddr,
-        zone: impl Into<String>,
-        writer_name: impl Into<String>,
-        key: TsigKey,
-    ) -> Self {
-        DnsRouterConfig {
-            server,
-            zone: zone.into(),
-            writer_name: writer_name.into(),
-            reader_name: None,
-            ttl: 5,
-            key,
-            timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// The records one name holds, among those a [`DnsRouter`] manages (A,
-/// AAAA, CNAME).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NameRecords {
-    /// The IPv4 addresses.
-    pub a: BTreeSet<Ipv4Addr>,
-    /// The IPv6 addresses.
-    pub aaaa: BTreeSet<Ipv6Addr>,
-    /// The alias target, if the name is a CNAME.
-    pub cname: Option<String>,
-    /// The TTLs seen (empty when the name holds none of these records).
-    pub ttls: BTreeSet<u32>,
-}
-
-impl NameRecords {
-    /// Whether the name holds none of the managed records.
-    pub fn is_empty(&self) -> bool {
-        self.a.is_empty() && self.aaaa.is_empty() && self.cname.is_none()
-    }
-}
-
-/// What the managed names held when [`DnsRouter::read`] looked: the
-/// expectation that [`DnsRouter::route_from`] turns into prerequisites.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DnsState {
-    /// The writer name's records.
-    pub writer: NameRecords,
-    /// The reader name's records (empty without a reader name).
-    pub reader: NameRecords,
-}
 
 /// A [`Router`] that points DNS names at the cluster's members with
 /// TSIG-signed RFC 2136 updates. See the crate documentation.
@@ -202,33 +83,6 @@ impl fmt::Debug for DnsRouter {
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
-}
-
-fn fqdn(what: &str, text: &str) -> Result<Name, RouterError> {
-    let mut name =
-        Name::from_ascii(text.trim_end_matches('.')).map_err(|e| RouterError::Config {
-            message: format!("{what} `{text}` is not a valid DNS name: {e}"),
-        })?;
-    name.set_fqdn(true);
-    Ok(name)
-}
-
-fn tsig_algorithm(name: &str) -> Result<TsigAlgorithm, RouterError> {
-    let algorithm = match name.trim_end_matches('.').to_ascii_lowercase().as_str() {
-        "hmac-sha256" => TsigAlgorithm::HmacSha256,
-        "hmac-sha384" => TsigAlgorithm::HmacSha384,
-        "hmac-sha512" => TsigAlgorithm::HmacSha512,
-        "hmac-sha512-256" => TsigAlgorithm::HmacSha512_256,
-        other => {
-            return Err(RouterError::Config {
-                message: format!(
-                    "TSIG algorithm `{other}` is not supported (use hmac-sha256, hmac-sha384, \
-                     hmac-sha512 or hmac-sha512-256)"
-                ),
-            })
-        }
-    };
-    Ok(algorithm)
 }
 
 /// An endpoint's host as an address, if it is one (`[::1]` included).
@@ -281,22 +135,7 @@ impl DnsRouter {
                 Some(reader)
             }
         };
-        if config.key.secret.is_empty() {
-            return Err(RouterError::Config {
-                message: format!("TSIG key `{}` has an empty secret", config.key.name),
-            });
-        }
-        let key_name = fqdn("TSIG key name", &config.key.name)?;
-        let algorithm = tsig_algorithm(&config.key.algorithm)?;
-        let signer = TSigner::new(
-            config.key.secret.clone(),
-            algorithm,
-            key_name,
-            TSIG_FUDGE_SECS,
-        )
-        .map_err(|e| RouterError::Config {
-            message: format!("TSIG key `{}`: {e}", config.key.name),
-        })?;
+        let signer = config.key.signer()?;
         if config.timeout.is_zero() {
             return Err(RouterError::Config {
                 message: "the DNS router's timeout must be positive".to_owned(),
@@ -309,7 +148,7 @@ impl DnsRouter {
             writer,
             reader,
             ttl: config.ttl,
-            key_name: config.key.name.clone(),
+            key_name: config.key.name().to_owned(),
             signer,
             timeout: config.timeout,
         })
