@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use matriarch_model::{DesiredSlots, IgnoreSlotRule, SlotKind, SlotReport};
 
-use super::{cluster, observe, primary_position, wait_replayed, Harness};
+use super::harness::{cluster, observe, primary_position, wait_replayed, Harness};
 use crate::{Postgres, PostgresError, StopMode};
 
 async fn reconcile<H: Harness>(harness: &H, index: usize, desired: &DesiredSlots) -> SlotReport {

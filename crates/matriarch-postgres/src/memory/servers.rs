@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use matriarch_model::{MemberName, SystemId, Timeline};
 
+use super::clock::MemoryClock;
+use super::conditions::{Conditions, ShippingLink, TimelineReport};
 use super::server::{DataDirectory, Server, WalRecord};
-use super::{Conditions, MemoryClock, ShippingLink, TimelineReport};
 use crate::{
     DataDirectoryState, LocalState, Operation, PgRole, PostgresError, ReplicationConnection,
     RewindOutcome, ServerState, StandbySyncState, StartAs, StopMode, SyncStandbyNames, Upstream,

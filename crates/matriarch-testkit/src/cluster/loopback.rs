@@ -22,7 +22,7 @@ use super::agent::{
 };
 use super::config::{AgentConfig, Credentials, DcsHosts, DnsRoute, Timing};
 use super::patroni::PatroniConfig;
-use super::{node_dirs, preflight};
+use super::setup::{node_dirs, preflight};
 use crate::bind::BindServer;
 use crate::error::{IoContext, Result, TestkitError};
 use crate::etcd::EtcdCluster;

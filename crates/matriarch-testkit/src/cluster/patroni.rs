@@ -36,7 +36,11 @@ pub const PATRONI_DEFAULT_TIMING: Timing = Timing {
 pub fn patroni_venv() -> Result<PathBuf> {
     let venv = std::env::var_os("MATRIARCH_PATRONI_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| super::workspace_root().join("target").join("patroni-venv"));
+        .unwrap_or_else(|| {
+            super::setup::workspace_root()
+                .join("target")
+                .join("patroni-venv")
+        });
     let program = venv.join("bin").join("patroni");
     if program.is_file() {
         Ok(venv)

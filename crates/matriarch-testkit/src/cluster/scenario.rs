@@ -90,7 +90,7 @@ fn matriarch_beside_test() -> PathBuf {
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("matriarch")))
         .filter(|path| path.is_file())
-        .unwrap_or_else(|| super::target_dir().join("debug").join("matriarch"))
+        .unwrap_or_else(|| super::setup::target_dir().join("debug").join("matriarch"))
 }
 
 /// Node `name`'s file: the harness's settings, then `options`' pieces.
