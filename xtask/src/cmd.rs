@@ -7,6 +7,7 @@ use std::process::Command;
 use crate::paths::{target_dir, workspace_root};
 
 /// A failure with a message for the user.
+#[derive(Debug)]
 pub(crate) struct Failure(pub(crate) String);
 
 /// The result of a step of `cargo xtask`.

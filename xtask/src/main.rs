@@ -6,6 +6,7 @@ mod args;
 mod cmd;
 mod deps;
 mod image;
+mod imports;
 mod package;
 mod paths;
 mod programs;
@@ -37,6 +38,9 @@ fn main() -> ExitCode {
         "chaos" => programs::chaos(rest),
         "package" => package::package(rest),
         "image" => image::image(rest),
+        "imports" => {
+            args::no_args(cmd, rest).and_then(|()| imports::imports(&paths::workspace_root()))
+        }
         other => {
             eprintln!("cargo xtask: unknown command `{other}`\n\n{USAGE}");
             return ExitCode::from(2);

@@ -56,5 +56,7 @@ commands:
                 release build, then the Debian package target/debian/matriarch_<version>_<arch>.deb
                 (dpkg-deb; files from packaging/); --check, as root: dpkg -i it, run
                 `matriarch check` on the packaged /etc/matriarch/node.yaml, dpkg --purge
+  imports       the import-cycle check (also a test of `test`): lists files of a crate that
+                use each other, directly or through others; fails if any
   help          show this message
 ";
