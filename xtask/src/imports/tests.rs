@@ -28,76 +28,115 @@ fn relative(src: &Path, file: &Path) -> String {
         .to_string()
 }
 
-#[test]
-fn a_parent_and_a_child_that_use_each_other_are_a_cycle() {
-    let found = cycles_of(&[
-        (
-            "lib.rs",
-            "mod child;\npub struct Shared;\npub fn run() { child::work(); }\n",
-        ),
-        (
-            "child.rs",
-            "use crate::Shared;\npub fn work() -> Option<Shared> { None }\n",
-        ),
-    ]);
-    assert_eq!(
-        found,
-        vec![vec!["child.rs".to_owned(), "lib.rs".to_owned()]]
-    );
+/// A crate's files, and the cycles (file names, sorted) the check must find.
+struct Case {
+    what: &'static str,
+    files: &'static [(&'static str, &'static str)],
+    cycles: &'static [&'static [&'static str]],
 }
 
-#[test]
-fn a_parent_that_only_declares_and_reexports_is_no_cycle() {
-    let found = cycles_of(&[
-        (
-            "lib.rs",
-            "mod child;\nmod shared;\npub use child::work;\npub use shared::Shared;\n",
-        ),
-        ("shared.rs", "pub struct Shared;\n"),
+const CASES: &[Case] = &[
+    Case {
+        what: "a parent and a child that use each other",
+        files: &[
+            (
+                "lib.rs",
+                "mod child;\npub struct Shared;\npub fn run() { child::work(); }\n",
+            ),
+            (
+                "child.rs",
+                "use crate::Shared;\npub fn work() -> Option<Shared> { None }\n",
+            ),
+        ],
+        cycles: &[&["child.rs", "lib.rs"]],
+    },
+    Case {
         // Through the root's re-export, but the name is defined in shared.rs.
-        (
-            "child.rs",
-            "use crate::Shared;\npub fn work() -> Option<Shared> { None }\n",
-        ),
-    ]);
-    assert!(found.is_empty(), "{found:?}");
-}
+        what: "a parent that only declares and re-exports",
+        files: &[
+            (
+                "lib.rs",
+                "mod child;\nmod shared;\npub use child::work;\npub use shared::Shared;\n",
+            ),
+            ("shared.rs", "pub struct Shared;\n"),
+            (
+                "child.rs",
+                "use crate::Shared;\npub fn work() -> Option<Shared> { None }\n",
+            ),
+        ],
+        cycles: &[],
+    },
+    Case {
+        what: "a cycle through three files",
+        files: &[
+            ("lib.rs", "mod a;\nmod b;\nmod c;\n"),
+            ("a.rs", "pub fn a() { super::b::b(); }\n"),
+            ("b.rs", "use crate::c::c;\npub fn b() { c(); }\n"),
+            ("c.rs", "pub fn c() { crate::a::a(); }\n"),
+        ],
+        cycles: &[&["a.rs", "b.rs", "c.rs"]],
+    },
+    Case {
+        what: "tests that reach into their parent",
+        files: &[
+            ("lib.rs", "mod a;\npub fn root() { a::a(); }\n"),
+            (
+                "a.rs",
+                "pub fn a() {}\n#[cfg(test)]\nmod tests { use crate::root; }\n",
+            ),
+        ],
+        cycles: &[],
+    },
+    Case {
+        what: "a glob import of the parent outside tests",
+        files: &[
+            ("lib.rs", "mod a;\npub fn root() { a::a(); }\n"),
+            ("a.rs", "use super::*;\npub fn a() {}\n"),
+        ],
+        cycles: &[&["a.rs", "lib.rs"]],
+    },
+    Case {
+        what: "super inside an inline module (the file itself)",
+        files: &[
+            ("lib.rs", "mod a;\npub use a::A;\n"),
+            (
+                "a.rs",
+                "pub struct A;\nmod helpers {\n    use super::*;\n    pub fn f(_: A) {}\n}\n",
+            ),
+        ],
+        cycles: &[],
+    },
+    Case {
+        what: "a visibility path (pub(crate) names who may see, not what is used)",
+        files: &[
+            ("lib.rs", "mod a;\npub fn run() -> u8 { a::one() }\n"),
+            ("a.rs", "pub(crate) fn one() -> u8 { 1 }\n"),
+        ],
+        cycles: &[],
+    },
+    Case {
+        what: "a parent's local named like its child module",
+        files: &[
+            (
+                "lib.rs",
+                "mod lease;\npub struct State;\npub fn f(lease: u8) -> u8 { lease }\n",
+            ),
+            ("lease.rs", "use crate::State;\npub fn g(_: State) {}\n"),
+        ],
+        cycles: &[],
+    },
+];
 
 #[test]
-fn a_cycle_through_three_files_is_found() {
-    let found = cycles_of(&[
-        ("lib.rs", "mod a;\nmod b;\nmod c;\n"),
-        ("a.rs", "pub fn a() { super::b::b(); }\n"),
-        ("b.rs", "use crate::c::c;\npub fn b() { c(); }\n"),
-        ("c.rs", "pub fn c() { crate::a::a(); }\n"),
-    ]);
-    assert_eq!(
-        found,
-        vec![vec![
-            "a.rs".to_owned(),
-            "b.rs".to_owned(),
-            "c.rs".to_owned()
-        ]]
-    );
-}
-
-#[test]
-fn test_only_items_and_glob_imports_are_read_as_written() {
-    // Tests may reach into their parent; a glob import of the parent outside
-    // tests is a real use of it.
-    let tests_only = cycles_of(&[
-        ("lib.rs", "mod a;\npub fn root() { a::a(); }\n"),
-        (
-            "a.rs",
-            "pub fn a() {}\n#[cfg(test)]\nmod tests { use crate::root; }\n",
-        ),
-    ]);
-    assert!(tests_only.is_empty(), "{tests_only:?}");
-    let glob = cycles_of(&[
-        ("lib.rs", "mod a;\npub fn root() { a::a(); }\n"),
-        ("a.rs", "use super::*;\npub fn a() {}\n"),
-    ]);
-    assert_eq!(glob, vec![vec!["a.rs".to_owned(), "lib.rs".to_owned()]]);
+fn the_check_finds_exactly_the_cycles_of_each_layout() {
+    for case in CASES {
+        let wanted: Vec<Vec<String>> = case
+            .cycles
+            .iter()
+            .map(|cycle| cycle.iter().map(|f| (*f).to_owned()).collect())
+            .collect();
+        assert_eq!(cycles_of(case.files), wanted, "{}", case.what);
+    }
 }
 
 #[test]
@@ -107,16 +146,4 @@ fn the_workspace_has_no_import_cycle() {
         found.is_empty(),
         "files that import each other (move what they share into a file of its own): {found:#?}"
     );
-}
-
-#[test]
-fn super_inside_an_inline_module_is_the_file_itself() {
-    let found = cycles_of(&[
-        ("lib.rs", "mod a;\npub use a::A;\n"),
-        (
-            "a.rs",
-            "pub struct A;\nmod serde_helpers {\n    use super::*;\n    pub fn f(_: A) {}\n}\n",
-        ),
-    ]);
-    assert!(found.is_empty(), "{found:?}");
 }
