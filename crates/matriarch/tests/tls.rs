@@ -193,6 +193,13 @@ fn etcd_over_tls_and_a_rest_api_that_takes_client_certificates() {
         &["-d", r#"{"pause": false}"#, "-u", &auth],
     );
     assert_eq!(code, 200, "{body}");
+    // Resumed before `ctl pause --wait` below: until the node has seen the
+    // resume, its /patroni still says paused and the wait would end at once.
+    let resumed = wait_for(Duration::from_secs(10), || {
+        let (_, body) = curl(dir, "GET", &format!("{base}/patroni"), &[]);
+        (!body.contains("\"pause\":true")).then_some(())
+    });
+    assert!(resumed.is_some(), "{}", cluster.logs());
 
     // `matriarch ctl` over https: reads with the CA, changes with the
     // client certificate.
