@@ -16,50 +16,24 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use matriarch_model::{
     ClusterConfig, ClusterView, DcsKey, FailoverRequest, Failsafe, HistoryEntry, Initialize,
-    LeaderStatus, Lsn, MemberName, Record, SyncState, SystemId, Timeline, TimelineHistory,
+    LeaderStatus, Lsn, Record, SyncState, SystemId, Timeline, TimelineHistory,
+};
+
+mod harness;
+mod lock;
+
+pub use harness::{Harness, WATCH_WAKE_BOUND};
+pub use lock::{
+    concurrent_acquirers_have_exactly_one_winner, lock_expires_after_ttl_and_not_before,
+    release_frees_the_lock_at_once, renew_and_release_by_a_non_owner_fail, renewal_keeps_the_lock,
+    reported_lock_lifetime_is_never_longer_than_the_lock_lives,
 };
 
 use crate::error::{DcsError, Expected};
 use crate::store::{Dcs, WatchOutcome};
 use crate::test_support::{lead, member, name, publish, timed_watch};
-
-/// What the suite needs from a backend under test.
-#[async_trait]
-pub trait Harness: Send + Sync + 'static {
-    /// The client type under test.
-    type Client: Dcs + 'static;
-
-    /// A new client of this harness' scope, as another member would have
-    /// (its own lease or session). Each harness uses a scope no other test uses.
-    async fn client(&self) -> Self::Client;
-
-    /// Stores raw bytes under a path relative to the scope, as a third party
-    /// writing directly to the DCS would.
-    async fn put_raw(&self, relative_key: &str, value: &[u8]);
-
-    /// Lets `duration` pass as the backend's TTLs see it: a virtual clock may
-    /// jump at once; a real server is waited for.
-    async fn pass_time(&self, duration: Duration);
-
-    /// A client of another scope in the same namespace of the same store,
-    /// named this harness' scope with `-sibling` appended (scope `a`, sibling
-    /// `a-sibling`): what [`Dcs::remove_cluster`] must leave alone.
-    async fn sibling_client(&self) -> Self::Client;
-
-    /// The TTL the suite uses for locks and members.
-    fn ttl(&self) -> Duration;
-
-    /// How far from `ttl` a backend may expire a key (servers round TTLs to
-    /// their own ticks); the suite checks "not before `ttl - slack`" and
-    /// "gone by `ttl + slack`".
-    fn expiry_slack(&self) -> Duration;
-}
-
-/// How long a watch may take to report a change, at most.
-pub const WATCH_WAKE_BOUND: Duration = Duration::from_secs(2);
 
 /// A fresh scope reads as empty.
 pub async fn empty_scope_reads_as_empty<H: Harness>(harness: &H) {
@@ -149,165 +123,6 @@ where
         results.push(task.await.expect("task").expect("DCS call"));
     }
     results
-}
-
-/// Of many members racing for the leader lock, exactly one wins, and the
-/// view names it.
-pub async fn concurrent_acquirers_have_exactly_one_winner<H: Harness>(harness: &H) {
-    let ttl = harness.ttl();
-    let mut clients = Vec::new();
-    for _ in 0..5 {
-        clients.push(Arc::new(harness.client().await));
-    }
-    let names: Vec<MemberName> = (0..clients.len())
-        .map(|i| name(&format!("racer{i}")))
-        .collect();
-    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
-    let mut tasks = Vec::new();
-    for (client, me) in clients.iter().zip(&names) {
-        let (client, me, barrier) = (Arc::clone(client), me.clone(), Arc::clone(&barrier));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            client.acquire_leader(&me, ttl).await
-        }));
-    }
-    let mut winners = Vec::new();
-    for (task, me) in tasks.into_iter().zip(&names) {
-        if task.await.expect("task").expect("acquire_leader") {
-            winners.push(me.clone());
-        }
-    }
-    assert_eq!(winners.len(), 1, "lock winners: {winners:?}");
-    let view = clients[0].read_view().await.expect("read_view");
-    assert_eq!(view.leader_name(), Some(&winners[0]));
-}
-
-/// Two clients of the scope, `holder` and `other`, and the member names they
-/// race with (`holder`, `other`).
-async fn rivals<H: Harness>(harness: &H) -> (H::Client, H::Client, MemberName, MemberName) {
-    let holder = harness.client().await;
-    let other = harness.client().await;
-    (holder, other, name("holder"), name("other"))
-}
-
-/// An unrenewed lock lives for its TTL, and not longer.
-pub async fn lock_expires_after_ttl_and_not_before<H: Harness>(harness: &H) {
-    let (ttl, slack) = (harness.ttl(), harness.expiry_slack());
-    let (holder, other, a, b) = rivals(harness).await;
-    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    harness.pass_time(ttl.saturating_sub(slack)).await;
-    assert!(
-        !other.acquire_leader(&b, ttl).await.expect("acquire"),
-        "the lock was free before ttl - slack"
-    );
-    assert_eq!(
-        other.read_view().await.expect("read").leader_name(),
-        Some(&a)
-    );
-    harness.pass_time(slack * 2).await;
-    assert!(
-        other.acquire_leader(&b, ttl).await.expect("acquire"),
-        "the lock was still held after ttl + slack"
-    );
-    // The expired holder learns it lost the lock, and to whom.
-    match holder.renew_leader(&a, ttl).await {
-        Err(DcsError::LockNotHeld { member, holder }) => {
-            assert_eq!(member, a);
-            assert_eq!(holder, Some(b));
-        }
-        other => panic!("renewal of an expired lock gave {other:?}"),
-    }
-}
-
-/// The lifetime a holder reports for its lock ([`Dcs::lock_lifetime`]) is
-/// never longer than the lock lives: asked for twice the suite's ttl (more
-/// than a server may grant), the lock, left unrenewed, is still held
-/// `lifetime - slack` after its last renewal. A backend that reported the
-/// ttl asked for while its server clamped it fails here.
-pub async fn reported_lock_lifetime_is_never_longer_than_the_lock_lives<H: Harness>(harness: &H) {
-    let (ttl, slack) = (harness.ttl(), harness.expiry_slack());
-    let asked = ttl * 2;
-    let (holder, other, a, b) = rivals(harness).await;
-    assert!(holder.acquire_leader(&a, asked).await.expect("acquire"));
-    let after_acquire = holder
-        .lock_lifetime()
-        .expect("a lock lifetime after a successful acquire");
-    assert!(!after_acquire.is_zero(), "a zero lock lifetime");
-    holder.renew_leader(&a, asked).await.expect("renew");
-    let lifetime = holder
-        .lock_lifetime()
-        .expect("a lock lifetime after a successful renewal");
-    assert!(!lifetime.is_zero(), "a zero lock lifetime");
-    let passed = lifetime.saturating_sub(slack);
-    harness.pass_time(passed).await;
-    assert!(
-        !other.acquire_leader(&b, ttl).await.expect("acquire"),
-        "the lock was free {passed:?} after its renewal, before the lifetime of {lifetime:?} \
-         its holder reported (asked for {asked:?})"
-    );
-    assert_eq!(
-        other.read_view().await.expect("read").leader_name(),
-        Some(&a)
-    );
-}
-
-/// Renewals keep the lock for as long as they come in time.
-pub async fn renewal_keeps_the_lock<H: Harness>(harness: &H) {
-    let ttl = harness.ttl();
-    let (holder, other, a, b) = rivals(harness).await;
-    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    for _ in 0..6 {
-        harness.pass_time(ttl / 3).await;
-        holder.renew_leader(&a, ttl).await.expect("renew");
-        assert!(!other.acquire_leader(&b, ttl).await.expect("acquire"));
-    }
-    assert!(holder
-        .acquire_leader(&a, ttl)
-        .await
-        .expect("re-acquire by the holder"));
-}
-
-/// Renewal and release by a member that does not hold the lock fail and
-/// change nothing.
-pub async fn renew_and_release_by_a_non_owner_fail<H: Harness>(harness: &H) {
-    let ttl = harness.ttl();
-    let (holder, other, a, b) = rivals(harness).await;
-    let err = other
-        .renew_leader(&b, ttl)
-        .await
-        .expect_err("renew of a free lock");
-    assert!(
-        matches!(&err, DcsError::LockNotHeld { holder: None, .. }),
-        "{err}"
-    );
-    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    for result in [
-        other.renew_leader(&b, ttl).await,
-        other.release_leader(&b).await,
-    ] {
-        match result {
-            Err(DcsError::LockNotHeld { member, holder }) => {
-                assert_eq!((member, holder), (b.clone(), Some(a.clone())));
-            }
-            other => panic!("non-owner lock call gave {other:?}"),
-        }
-    }
-    let view = other.read_view().await.expect("read");
-    assert_eq!(view.leader_name(), Some(&a));
-}
-
-/// A released lock is free at once.
-pub async fn release_frees_the_lock_at_once<H: Harness>(harness: &H) {
-    let ttl = harness.ttl();
-    let (holder, other, a, b) = rivals(harness).await;
-    assert!(holder.acquire_leader(&a, ttl).await.expect("acquire"));
-    holder.release_leader(&a).await.expect("release");
-    assert!(other
-        .acquire_leader(&b, ttl)
-        .await
-        .expect("acquire after release"));
-    let err = holder.release_leader(&a).await.expect_err("second release");
-    assert!(matches!(err, DcsError::LockNotHeld { .. }), "{err}");
 }
 
 /// Member records are visible to everyone, refreshed by republishing, gone
