@@ -25,6 +25,8 @@ mod harness;
 mod lock;
 
 pub use harness::{Harness, WATCH_WAKE_BOUND};
+
+use harness::race;
 pub use lock::{
     concurrent_acquirers_have_exactly_one_winner, lock_expires_after_ttl_and_not_before,
     release_frees_the_lock_at_once, renew_and_release_by_a_non_owner_fail, renewal_keeps_the_lock,
@@ -49,10 +51,9 @@ pub async fn initialize_race_has_exactly_one_winner<H: Harness>(harness: &H) {
     for _ in 0..5 {
         clients.push(Arc::new(harness.client().await));
     }
-    let results = race(
-        &clients,
-        |client| async move { client.try_initialize().await },
-    )
+    let results = race(clients.clone(), |client| async move {
+        client.try_initialize().await
+    })
     .await;
     let winners: Vec<usize> = results
         .iter()
@@ -99,30 +100,6 @@ pub async fn initialize_race_has_exactly_one_winner<H: Harness>(harness: &H) {
         .expect_err("complete twice");
     assert!(matches!(err, DcsError::Conflict { .. }), "{err}");
     assert!(winner.read_view().await.expect("read").initialize.is_some());
-}
-
-async fn race<C, F, Fut, T>(clients: &[Arc<C>], call: F) -> Vec<T>
-where
-    C: Dcs + 'static,
-    F: Fn(Arc<C>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, DcsError>> + Send + 'static,
-    T: Send + 'static,
-{
-    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
-    let mut tasks = Vec::new();
-    for client in clients {
-        let barrier = Arc::clone(&barrier);
-        let future = call(Arc::clone(client));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            future.await
-        }));
-    }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.expect("task").expect("DCS call"));
-    }
-    results
 }
 
 /// Member records are visible to everyone, refreshed by republishing, gone

@@ -1,9 +1,15 @@
-//! What the suite needs from a backend ([`Harness`]) and its bounds.
+//! What the suite needs from a backend ([`Harness`]), its bounds, and how it
+//! starts calls on many clients at once.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use tokio::sync::Barrier;
+
+use crate::error::DcsError;
 use crate::store::Dcs;
 
 /// What the suite needs from a backend under test.
@@ -40,3 +46,28 @@ pub trait Harness: Send + Sync + 'static {
 
 /// How long a watch may take to report a change, at most.
 pub const WATCH_WAKE_BOUND: Duration = Duration::from_secs(2);
+
+/// Runs `call` on every item at the same moment (a barrier releases them
+/// together) and returns the outcomes in the items' order.
+pub(super) async fn race<I, F, Fut, T>(items: Vec<I>, call: F) -> Vec<T>
+where
+    F: Fn(I) -> Fut,
+    Fut: Future<Output = Result<T, DcsError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(items.len()));
+    let mut tasks = Vec::new();
+    for item in items {
+        let barrier = Arc::clone(&barrier);
+        let future = call(item);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            future.await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task").expect("DCS call"));
+    }
+    results
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use matriarch_model::MemberName;
 
-use super::harness::Harness;
+use super::harness::{race, Harness};
 use crate::error::DcsError;
 use crate::store::Dcs;
 use crate::test_support::name;
@@ -21,24 +21,20 @@ pub async fn concurrent_acquirers_have_exactly_one_winner<H: Harness>(harness: &
     let names: Vec<MemberName> = (0..clients.len())
         .map(|i| name(&format!("racer{i}")))
         .collect();
-    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
-    let mut tasks = Vec::new();
-    for (client, me) in clients.iter().zip(&names) {
-        let (client, me, barrier) = (Arc::clone(client), me.clone(), Arc::clone(&barrier));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            client.acquire_leader(&me, ttl).await
-        }));
-    }
-    let mut winners = Vec::new();
-    for (task, me) in tasks.into_iter().zip(&names) {
-        if task.await.expect("task").expect("acquire_leader") {
-            winners.push(me.clone());
-        }
-    }
+    let racers = clients.iter().map(Arc::clone).zip(names.iter().cloned());
+    let won = race(racers.collect(), |(client, me)| async move {
+        client.acquire_leader(&me, ttl).await
+    })
+    .await;
+    let winners: Vec<&MemberName> = names
+        .iter()
+        .zip(won)
+        .filter(|(_, won)| *won)
+        .map(|(me, _)| me)
+        .collect();
     assert_eq!(winners.len(), 1, "lock winners: {winners:?}");
     let view = clients[0].read_view().await.expect("read_view");
-    assert_eq!(view.leader_name(), Some(&winners[0]));
+    assert_eq!(view.leader_name(), Some(winners[0]));
 }
 
 /// Two clients of the scope, `holder` and `other`, and the member names they
