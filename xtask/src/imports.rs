@@ -8,7 +8,9 @@
 //! module only re-exports (`pub use child::Item`) resolves to the file that
 //! defines it, so a parent that declares and re-exports is no cycle.
 //! Items under `#[cfg(test)]` are left out: tests may look anywhere.
-//! Paths inside macro invocations are not seen.
+//! Not seen: paths inside macro invocations, and methods a child file adds
+//! to its parent's type (`impl Parent { … }` in the child; a method call
+//! names no path).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
