@@ -66,7 +66,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use axum::http::Method;
-    use matriarch_postgres::PgRole;
+    use matriarch_postgres::{Operation, PgRole, PostgresError};
 
     use async_trait::async_trait;
 
@@ -80,9 +80,23 @@ mod tests {
 
     #[async_trait]
     impl BackupRunner for Recorder {
-        async fn backup(&self, kind: BackupType) -> Result<String, String> {
+        async fn backup(&self, kind: BackupType) -> Result<String, PostgresError> {
             self.0.lock().expect("lock").push(kind);
             Ok("done".into())
+        }
+    }
+
+    /// A repository whose pgbackrest is not installed.
+    struct NoPgBackRest;
+
+    #[async_trait]
+    impl BackupRunner for NoPgBackRest {
+        async fn backup(&self, _: BackupType) -> Result<String, PostgresError> {
+            Err(PostgresError::MissingProgram {
+                operation: Operation::Backup,
+                program: "pgbackrest".into(),
+                path: "/usr/bin/pgbackrest".into(),
+            })
         }
     }
 
@@ -106,6 +120,24 @@ mod tests {
         assert_eq!(
             *runner.0.lock().expect("lock"),
             [BackupType::Full, BackupType::Incr]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_backup_is_a_500_that_says_why() {
+        let runner = Arc::new(NoPgBackRest) as Arc<dyn BackupRunner>;
+        let leader = Harness::with(
+            EngineRole::Leader,
+            FakePostgres::running(PgRole::Primary),
+            |state| state.backup = Some(runner),
+        );
+        let (status, body, _) = leader.call(Method::POST, "/backup", "{}", true).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let text = body.to_string();
+        assert!(
+            text.contains("backup failed")
+                && text.contains("pgbackrest not found at /usr/bin/pgbackrest"),
+            "{text}"
         );
     }
 

@@ -24,14 +24,12 @@ impl ReloadPostgres for PgController {
 #[async_trait]
 pub(crate) trait BackupRunner: Send + Sync {
     /// Runs `pgbackrest backup --type=<kind>`; its console output, or why it failed.
-    async fn backup(&self, kind: BackupType) -> Result<String, String>;
+    async fn backup(&self, kind: BackupType) -> Result<String, PostgresError>;
 }
 
 #[async_trait]
 impl BackupRunner for PgController {
-    async fn backup(&self, kind: BackupType) -> Result<String, String> {
-        PgController::backup(self, kind)
-            .await
-            .map_err(|e| e.to_string())
+    async fn backup(&self, kind: BackupType) -> Result<String, PostgresError> {
+        PgController::backup(self, kind).await
     }
 }
