@@ -166,7 +166,8 @@ where
         if !keeps_leading {
             self.lease.set_leading(None);
         } else if let Some(since) = restart_in_place_since {
-            self.lease.restarting_in_place(since);
+            self.lease
+                .restarting_in_place(since.saturating_add(self.config.primary_start_timeout));
         }
         let mut renewed = false;
         for action in &decision.actions {

@@ -51,12 +51,11 @@ struct LeaseState {
     silence_limit: Duration,
     /// The silence was already reported.
     silence_reported: bool,
-    /// When (monotonic) the loop began restarting its stopped primary in
-    /// place (the first start of the current run); cleared once PostgreSQL
-    /// answers as a running primary or the loop stops leading.
-    restarting_since: Option<Duration>,
-    /// `primary_start_timeout`: how long a restart in place may take.
-    start_timeout: Duration,
+    /// While the loop restarts its stopped primary in place: when (monotonic)
+    /// the restart's `primary_start_timeout` runs out, counted from the first
+    /// start of the run; cleared once PostgreSQL answers as a running primary
+    /// or the loop stops leading.
+    restart_ends_by: Option<Duration>,
     /// The cluster is paused: a renewal does not arm the fence.
     paused: bool,
     /// The fence was last told to suspend (the cluster is paused).
@@ -111,19 +110,18 @@ impl Lease {
         state.retry_timeout = config.retry_timeout;
         state.silence_limit = postgres_silence_limit(config);
         state.paused = config.pause;
-        state.start_timeout = config.primary_start_timeout;
         if running_primary {
             state.primary_seen_at = Some(now);
             state.silence_reported = false;
-            state.restarting_since = None;
+            state.restart_ends_by = None;
         }
     }
 
-    /// The loop restarts its stopped primary in place, counting from `since`
-    /// (the first of a run of starts, or this start): renewals go on while
-    /// a start runs, up to `primary_start_timeout` from `since`.
-    pub(super) fn restarting_in_place(&self, since: Duration) {
-        self.lock().restarting_since = Some(since);
+    /// The loop restarts its stopped primary in place: renewals go on while
+    /// a start runs, with fence windows that end by `ends_by` (the first
+    /// start of the run plus `primary_start_timeout`).
+    pub(super) fn restarting_in_place(&self, ends_by: Duration) {
+        self.lock().restart_ends_by = Some(ends_by);
     }
 
     /// The last renewal that succeeded (the renewer's may be newer than the loop's).
@@ -138,7 +136,7 @@ impl Lease {
             let mut state = self.lock();
             state.leading = renewed_at.is_some();
             if !state.leading {
-                state.restarting_since = None;
+                state.restart_ends_by = None;
             }
             state.renewed_at = match (state.renewed_at, renewed_at) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -211,7 +209,7 @@ impl<D: Dcs> Renewer<D> {
                 .primary_seen_at
                 .map(|seen| sent_at.saturating_sub(seen));
             // While restarting in place, only renewals whose fence window
-            // ends by `since + primary_start_timeout`: past it the fence has
+            // ends by the restart's `primary_start_timeout`: past it the fence has
             // stopped whatever runs before the loop can hand the lock over.
             let window = state
                 .lock_ttl
@@ -219,9 +217,9 @@ impl<D: Dcs> Renewer<D> {
                     state.lock_ttl,
                     state.retry_timeout,
                 ));
-            let restart_in_time = state.restarting_since.is_some_and(|since| {
-                sent_at.saturating_add(window) <= since.saturating_add(state.start_timeout)
-            });
+            let restart_in_time = state
+                .restart_ends_by
+                .is_some_and(|ends_by| sent_at.saturating_add(window) <= ends_by);
             let silent_too_long = silent_for.is_none_or(|silent| silent >= state.silence_limit);
             if silent_too_long && !restart_in_time {
                 // A renewal on the strength of an answer this old could keep
