@@ -37,8 +37,9 @@ pub(crate) fn cycles(workspace: &Path) -> Result<Vec<Vec<PathBuf>>> {
 pub(crate) fn imports(workspace: &Path) -> Result {
     let found = cycles(workspace)?;
     for cycle in &found {
+        // A strongly connected group: every file reaches every other.
         let files: Vec<String> = cycle.iter().map(|f| f.display().to_string()).collect();
-        println!("import cycle: {}", files.join(" -> "));
+        println!("files in an import cycle: {}", files.join(", "));
     }
     if found.is_empty() {
         println!("no import cycle");
@@ -52,13 +53,8 @@ pub(crate) fn imports(workspace: &Path) -> Result {
 fn crate_sources(workspace: &Path) -> Result<Vec<PathBuf>> {
     let mut sources = vec![workspace.join("xtask/src")];
     for parent in ["crates", "examples"] {
-        let dir = workspace.join(parent);
-        let entries = fs::read_dir(&dir)
-            .map_err(|e| Failure(format!("cannot list {}: {e}", dir.display())))?;
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| Failure(format!("cannot list {}: {e}", dir.display())))?;
-            let src = entry.path().join("src");
+        for member in list_dir(&workspace.join(parent))? {
+            let src = member.join("src");
             if src.is_dir() {
                 sources.push(src);
             }
@@ -68,6 +64,15 @@ fn crate_sources(workspace: &Path) -> Result<Vec<PathBuf>> {
     Ok(sources)
 }
 
+/// The entries of `dir`.
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let listing = |e| Failure(format!("cannot list {}: {e}", dir.display()));
+    fs::read_dir(dir)
+        .map_err(listing)?
+        .map(|entry| entry.map(|e| e.path()).map_err(listing))
+        .collect()
+}
+
 /// The files of one crate by module path: `lib.rs` is the root (a `main.rs`
 /// beside it is another crate root, left out, as are `bin/` programs).
 fn modules(src: &Path) -> Result<BTreeMap<ModulePath, PathBuf>> {
@@ -75,12 +80,7 @@ fn modules(src: &Path) -> Result<BTreeMap<ModulePath, PathBuf>> {
     let mut files = BTreeMap::new();
     let mut pending = vec![src.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = fs::read_dir(&dir)
-            .map_err(|e| Failure(format!("cannot list {}: {e}", dir.display())))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| Failure(format!("cannot list {}: {e}", dir.display())))?
-                .path();
+        for path in list_dir(&dir)? {
             if path.is_dir() {
                 pending.push(path);
                 continue;

@@ -444,9 +444,9 @@ mod tests {
 
     #[test]
     fn a_run_leaves_its_durations_for_the_next_and_bad_files_are_ignored() {
-        let dir = std::env::temp_dir().join(format!("xtask-durations-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("temp dir");
-        assert!(previous_durations(&dir).is_empty(), "no file yet");
+        let temp = tempfile::tempdir().expect("a temporary folder");
+        let dir = temp.path();
+        assert!(previous_durations(dir).is_empty(), "no file yet");
         let outcome = |name: &str, millis| Outcome {
             name: name.to_owned(),
             took: Duration::from_millis(millis),
@@ -456,22 +456,19 @@ mod tests {
             ok: true,
             log: dir.join("x.log"),
         };
-        save_durations(&[outcome("a::x", 1500), outcome("b::y", 250)], &dir);
-        let read = previous_durations(&dir);
+        save_durations(&[outcome("a::x", 1500), outcome("b::y", 250)], dir);
+        let read = previous_durations(dir);
         assert_eq!(read.len(), 2);
         assert_eq!(read["a::x"], 1.5);
         assert_eq!(read["b::y"], 0.25);
         fs::write(dir.join(DURATIONS_FILE), "not json").expect("write");
-        assert!(previous_durations(&dir).is_empty(), "unreadable file");
-        fs::remove_file(dir.join(DURATIONS_FILE)).expect("remove");
-        fs::remove_dir(&dir).expect("remove dir");
+        assert!(previous_durations(dir).is_empty(), "unreadable file");
     }
 
     #[test]
     fn the_harness_totals_are_summed_over_a_log() {
-        let dir = std::env::temp_dir().join(format!("xtask-counts-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("temp dir");
-        let log = dir.join("a.log");
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let log = dir.path().join("a.log");
         fs::write(
             &log,
             "running 3 tests\ntest result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s\n\
@@ -479,7 +476,5 @@ mod tests {
         )
         .expect("log");
         assert_eq!(counts(&log), (5, 1, 1));
-        fs::remove_file(&log).expect("remove");
-        fs::remove_dir(&dir).expect("remove dir");
     }
 }

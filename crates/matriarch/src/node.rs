@@ -402,7 +402,7 @@ async fn run_node(
         data_dir: pg_config.data_dir.clone(),
         pkglibdir: api::pkglibdir(&pg_config.bin_dir),
         ops,
-        status: api::StatusSource::Engine(status.clone()),
+        status: status.clone(),
         auth: config
             .restapi
             .authentication

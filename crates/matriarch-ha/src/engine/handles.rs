@@ -280,6 +280,14 @@ pub struct EngineStatus {
 #[derive(Clone, Debug)]
 pub struct StatusHandle(pub(super) watch::Receiver<EngineStatus>);
 
+impl From<watch::Receiver<EngineStatus>> for StatusHandle {
+    /// A handle on a status whoever holds the sender publishes (an
+    /// embedder's own loop, a test standing in for the engine).
+    fn from(receiver: watch::Receiver<EngineStatus>) -> Self {
+        StatusHandle(receiver)
+    }
+}
+
 impl StatusHandle {
     /// The latest status.
     pub fn get(&self) -> EngineStatus {

@@ -12,7 +12,7 @@ use super::view::Node;
 
 /// A label value escaped for the Prometheus text format: backslash, double
 /// quote and newline.
-pub(crate) fn escape_label(value: &str) -> String {
+fn escape_label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -26,7 +26,7 @@ pub(crate) fn escape_label(value: &str) -> String {
 }
 
 /// `scope="…",name="…"`, escaped.
-pub(crate) fn labels(scope: &str, name: &str) -> String {
+fn labels(scope: &str, name: &str) -> String {
     format!(
         "scope=\"{}\",name=\"{}\"",
         escape_label(scope),

@@ -67,6 +67,6 @@ pub(crate) use limits::{bind, raise_file_limit, serve, ConnectionLimits, FileLim
 pub(crate) use member_record::DaemonExtras;
 pub(crate) use mutations::merge_patch;
 pub(crate) use pg_ops::{BackupRunner, ReloadPostgres};
-pub(crate) use state::{refresh, ApiState, Cache, StatusSource};
+pub(crate) use state::{refresh, ApiState, Cache};
 pub(crate) use status::host_port as conn_url_host_port;
 pub(crate) use tls::tls_acceptor;

@@ -26,7 +26,7 @@ use tower::ServiceExt as _;
 
 use super::pg_ops::ReloadPostgres;
 use super::routes::{normalize_path, router};
-use super::state::{ApiState, Cache, Client, StatusSource};
+use super::state::{ApiState, Cache, Client};
 use crate::config::IpRange;
 
 /// PostgreSQL as the API sees it: what `observe` reports, and the stops
@@ -190,7 +190,7 @@ pub(super) fn test_api_state(
         data_dir: data_dir.path().to_owned(),
         pkglibdir: None,
         ops: Arc::default(),
-        status: StatusSource::Channel(status),
+        status: status.into(),
         auth: None,
         client_certs: false,
         allowlist: Vec::new(),

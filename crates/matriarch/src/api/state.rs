@@ -1,5 +1,5 @@
 //! What every handler serves from: [`ApiState`], the engine's status
-//! ([`StatusSource`]), the facts [`refresh`] keeps beside it ([`Cache`]),
+//! ([`StatusHandle`]), the facts [`refresh`] keeps beside it ([`Cache`]),
 //! and who sent a request ([`Client`]).
 
 use std::net::SocketAddr;
@@ -8,47 +8,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::State;
-use matriarch_ha::{EngineStatus, FailsafeHandle, RestartHandle, StatusHandle};
+use matriarch_ha::{FailsafeHandle, RestartHandle, StatusHandle};
 use matriarch_model::{ClusterConfig, MemberName, Secret, Tags};
 use matriarch_postgres::Postgres;
-#[cfg(test)]
-use tokio::sync::watch;
 
 use super::pg_ops::{BackupRunner, ReloadPostgres};
 use super::restart_request::RestartSchedule;
 use crate::config::IpRange;
 use crate::dcs::AnyDcs;
-
-/// Where the API reads the engine's status: the engine's own handle, or (in
-/// the API's in-process tests) a channel fed by hand.
-#[derive(Clone, Debug)]
-pub(crate) enum StatusSource {
-    /// [`matriarch_ha::Engine::status`].
-    Engine(StatusHandle),
-    /// A status published by whoever holds the sender.
-    #[cfg(test)]
-    Channel(watch::Receiver<EngineStatus>),
-}
-
-impl StatusSource {
-    /// The latest status.
-    pub(crate) fn get(&self) -> EngineStatus {
-        match self {
-            StatusSource::Engine(handle) => handle.get(),
-            #[cfg(test)]
-            StatusSource::Channel(receiver) => receiver.borrow().clone(),
-        }
-    }
-
-    /// Waits until the status changes; `false` once it never will.
-    pub(crate) async fn changed(&mut self) -> bool {
-        match self {
-            StatusSource::Engine(handle) => handle.changed().await,
-            #[cfg(test)]
-            StatusSource::Channel(receiver) => receiver.changed().await.is_ok(),
-        }
-    }
-}
 
 /// What the API serves from: the engine's status, which carries what its
 /// loop observed and decided (PostgreSQL, the DCS view), and the few facts
@@ -72,7 +39,7 @@ pub(crate) struct ApiState {
     /// Serializes PostgreSQL changes with the engine's.
     pub ops: Arc<tokio::sync::Mutex<()>>,
     /// The engine's status.
-    pub status: StatusSource,
+    pub status: StatusHandle,
     /// Basic authentication for changes.
     pub auth: Option<(String, Secret)>,
     /// Whether a verified client certificate authenticates a change.
