@@ -17,6 +17,7 @@ mod control;
 mod controller;
 mod error;
 pub mod memory;
+mod quoting;
 mod replica_method;
 mod role;
 mod secret;

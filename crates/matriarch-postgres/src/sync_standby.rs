@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::PostgresError;
+use crate::quoting::sql_ident;
 
 /// The standbys a primary waits for at commit, as PostgreSQL's
 /// `synchronous_standby_names` expresses it.
@@ -130,7 +131,7 @@ impl fmt::Display for SyncStandbyNames {
             if name == "*" {
                 f.write_str("*")?;
             } else {
-                write!(f, "\"{}\"", name.replace('"', "\"\""))?;
+                f.write_str(&sql_ident(name))?;
             }
         }
         f.write_str(")")

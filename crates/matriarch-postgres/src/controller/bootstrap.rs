@@ -8,9 +8,10 @@ use tokio_postgres::Client;
 
 use super::process::arg;
 use super::PgController;
-use super::{config, files, quoting, sql};
+use super::{config, files, sql};
 use crate::bootstrap::{check_recovery_conf, BootstrapMethod, BootstrapSpec};
 use crate::error::{Operation, PostgresError};
+use crate::quoting;
 use crate::secret::Credentials;
 use crate::sync_standby::SyncStandbyNames;
 use crate::StopMode;

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use matriarch_model::{Lsn, MemberName, ParameterValue, StandbyCluster, SystemId, Timeline};
 
 use super::process::OsUser;
-use super::quoting::{conf_quote, sql_ident};
 use super::standby_source::{parse_standby_source, render_standby_source};
 use crate::error::{Operation, PostgresError};
+use crate::quoting::{conf_quote, sql_ident};
 use crate::secret::{Credentials, Secret};
 use crate::sync_standby::SyncStandbyNames;
 use crate::upstream::{pgpass_line, Upstream};

@@ -62,7 +62,6 @@ mod observe;
 mod process;
 mod promote;
 mod query;
-mod quoting;
 mod replication;
 mod restore;
 mod rewind;

@@ -8,9 +8,10 @@ use tokio_postgres::Client;
 
 use super::files::SYNC_CONF_FILE;
 use super::sql::Target;
-use super::{files, quoting, sql};
+use super::{files, sql};
 use super::{Live, PgController, POLL};
 use crate::error::{Operation, PostgresError};
+use crate::quoting;
 use crate::role::PgRole;
 use crate::secret::Credentials;
 use crate::sync_standby::SyncStandbyNames;

@@ -7,9 +7,9 @@
 use matriarch_model::{DesiredSlots, Lsn, SlotKind, SlotReport, SlotState};
 use tokio_postgres::Client;
 
-use super::quoting::sql_literal;
 use super::{sql, Live, PgController};
 use crate::error::{Operation, PostgresError};
+use crate::quoting::sql_literal;
 
 const OP: Operation = Operation::ReconcileSlots;
 

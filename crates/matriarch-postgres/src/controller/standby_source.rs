@@ -3,7 +3,7 @@
 
 use matriarch_model::StandbyCluster;
 
-use super::quoting::conf_quote;
+use crate::quoting::conf_quote;
 
 /// The comment that records the section the file was written for, read
 /// back by [`parse_standby_source`].

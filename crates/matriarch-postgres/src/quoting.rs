@@ -1,5 +1,6 @@
 //! Quoting values for PostgreSQL's configuration files and for SQL, shared
-//! by the files the controller writes and the statements it runs.
+//! by the files the controller writes, the statements it runs and the
+//! `synchronous_standby_names` value.
 
 /// Quotes a configuration file value: `'...'` with `'` doubled and `\` escaped.
 pub(crate) fn conf_quote(value: &str) -> String {
